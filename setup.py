@@ -1,0 +1,40 @@
+"""tcc-eval: task-related visual token compression for MLLMs, as VLMEvalKit and lmms-eval plug-ins."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="tcc-eval",
+    version="0.1.0",
+    description="Task-related visual token compression (input-stage pruning) for Qwen2-VL, LLaVA-OneVision "
+    "and VILA1.5, plugged into VLMEvalKit and lmms-eval",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["tcc_eval", "tcc_eval.*", "model_registry", "model_registry.*"]),
+    include_package_data=True,
+    package_data={"tcc_eval": ["assets/**/*", "lmms_tasks/**/*"], "model_registry": ["*.yaml"]},
+    install_requires=[
+        "torch>=2.4,<=2.14.1",
+        "torchvision",
+        # internals used for pruning (get_rope_index, `cache` kwarg, generate's position handling) move
+        # between releases: widen only after the exactness tests pass on the new version
+        "transformers>=5.24,<5.25",
+        "ms-vlmeval==0.0.20",
+        "lmms-eval==0.7.3",
+        "filelock<4",
+        "decord",
+        "pandas",
+        "openpyxl",
+        "matplotlib",
+        "tokenizers",
+        "pillow",
+        "tqdm",
+    ],
+    extras_require={"test": ["pytest>=8"]},
+    entry_points={
+        "lmms_eval.models": [
+            "qwen2_vl_tcc = tcc_eval.integrations.lmms_eval.manifests:qwen2_vl_tcc",
+            "llava_onevision_tcc = tcc_eval.integrations.lmms_eval.manifests:llava_onevision_tcc",
+        ],
+    },
+)

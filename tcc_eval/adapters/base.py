@@ -1,0 +1,164 @@
+"""What every MLLM adapter provides: where the visual tokens are, how they group, and their positions.
+
+An adapter never scores or prunes. It turns processor outputs into the exact tensors the unchanged LLM
+would receive (merged ``inputs_embeds``, ``attention_mask``, original ``position_ids``) plus a mask of
+visual positions and a group id (image / frame) per visual token. Everything downstream is shared.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar
+
+import torch
+from torch import nn
+
+
+@dataclass
+class LLMInputs:
+    """The LLM's input for one (possibly left-padded) batch, before any pruning."""
+
+    input_ids: torch.Tensor  # (B, L)
+    inputs_embeds: torch.Tensor  # (B, L, D): placeholders already replaced by visual features
+    attention_mask: torch.Tensor  # (B, L)
+    position_ids: torch.Tensor  # (B, L), or (3, B, L) for M-RoPE
+    visual_mask: torch.Tensor  # (B, L) bool
+    visual_groups: list[torch.Tensor]  # per sample: group id (image or frame) of each visual token
+
+    def n_visual(self, b: int) -> int:
+        return int(self.visual_mask[b].sum())
+
+
+class _Captured(Exception):
+    """Raised by the capture hook to stop the forward once the LLM input is known."""
+
+
+class MLLMAdapter:
+    """Base adapter: subclasses set ``family``, ``model_types`` and implement ``visual_token_ids`` and
+    ``visual_groups``; ``capture_llm_inputs`` reuses the model's own feature merge, so embeddings are
+    exactly what the vanilla forward would feed the LLM."""
+
+    family: ClassVar[str]
+    model_types: ClassVar[tuple[str, ...]]
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    # --- where things live -------------------------------------------------------------------
+    @property
+    def language_model(self) -> nn.Module:
+        """The decoder stack (has ``.layers``, ``.rotary_emb``, ``.embed_tokens``)."""
+        return self.model.model.language_model
+
+    def visual_token_ids(self) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    def visual_groups(
+        self, input_ids: torch.Tensor, inputs: dict[str, Any], front_end: dict[str, Any]
+    ) -> list[torch.Tensor]:
+        """Group id per visual token; ``front_end`` is what ``run_until_llm`` learned on the way."""
+        raise NotImplementedError
+
+    def default_position_ids(self, attention_mask: torch.Tensor) -> torch.Tensor:
+        """1-D positions exactly as ``generate`` builds them from a left-padded mask."""
+        pos = attention_mask.long().cumsum(-1) - 1
+        return pos.masked_fill(attention_mask == 0, 0)
+
+    # --- capture -----------------------------------------------------------------------------
+    def run_until_llm(self, inputs: dict[str, Any], front_end: dict[str, Any]) -> None:
+        """Run the model's multimodal front end; the capture hook stops it at the LLM's input.
+
+        Facts only the front end knows (e.g. tokens per image) go into ``front_end``."""
+        self.model.model(**inputs, use_cache=False)
+
+    @torch.no_grad()
+    def capture_llm_inputs(self, inputs: dict[str, Any]) -> LLMInputs:
+        captured: dict[str, Any] = {}
+
+        def hook(_module: nn.Module, args: tuple, kwargs: dict) -> None:
+            captured.update(kwargs)
+            raise _Captured
+
+        handle = self.language_model.register_forward_pre_hook(hook, with_kwargs=True)
+        front_end: dict[str, Any] = {}
+        try:
+            self.run_until_llm(inputs, front_end)
+        except _Captured:
+            pass
+        finally:
+            handle.remove()
+        if "inputs_embeds" not in captured:
+            raise RuntimeError(f"{type(self).__name__}: the model never reached its language model")
+        input_ids = inputs["input_ids"]
+        attention_mask = inputs.get("attention_mask")
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        position_ids = captured.get("position_ids")
+        if position_ids is None:
+            position_ids = self.default_position_ids(attention_mask)
+        elif position_ids.dim() == 3 and position_ids.shape[0] == 4:  # text row + 3 M-RoPE rows
+            position_ids = position_ids[1:]
+        visual_mask = torch.zeros_like(input_ids, dtype=torch.bool)
+        for token_id in self.visual_token_ids():
+            visual_mask |= input_ids == token_id
+        return LLMInputs(
+            input_ids=input_ids,
+            inputs_embeds=captured["inputs_embeds"],
+            attention_mask=attention_mask.to(input_ids.device),
+            position_ids=position_ids,
+            visual_mask=visual_mask,
+            visual_groups=self.visual_groups(input_ids, inputs, front_end),
+        )
+
+    # --- running the unchanged LLM ------------------------------------------------------------
+    def generate_from_embeds(
+        self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, **gen_kwargs
+    ) -> torch.Tensor:
+        """Prefill + decode on (pruned) embeddings; returns only the new tokens."""
+        return self.model.generate(
+            inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids, **gen_kwargs
+        )
+
+    def forward_from_embeds(
+        self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, **kwargs
+    ):
+        """One forward on (pruned) embeddings; used for logits checks and the oracle."""
+        return self.model(
+            inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids, **kwargs
+        )
+
+
+def runs_of(mask: torch.Tensor) -> list[tuple[int, int]]:
+    """Contiguous True runs of a 1-D mask as (start, end) pairs: one per image or video in the sequence."""
+    idx = torch.nonzero(mask).flatten().tolist()
+    runs: list[tuple[int, int]] = []
+    for i in idx:
+        if runs and runs[-1][1] == i:
+            runs[-1] = (runs[-1][0], i + 1)
+        else:
+            runs.append((i, i + 1))
+    return runs
+
+
+ADAPTERS: dict[str, type[MLLMAdapter]] = {}
+
+
+def register_adapter(cls: type[MLLMAdapter]) -> type[MLLMAdapter]:
+    """Class decorator: make an adapter findable by its model types."""
+    for model_type in cls.model_types:
+        ADAPTERS[model_type] = cls
+    return cls
+
+
+def adapter_for(model: nn.Module) -> MLLMAdapter:
+    """The adapter for a loaded model, with a clear error for unsupported families."""
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type not in ADAPTERS:
+        raise ValueError(
+            f"no token-compression adapter for model type {model_type!r} ({type(model).__name__}); "
+            f"supported: {sorted(ADAPTERS)}. Text-only checkpoints cannot take image or video input."
+        )
+    return ADAPTERS[model_type](model)
+
+
+AdapterFactory = Callable[[nn.Module], MLLMAdapter]

@@ -1,0 +1,161 @@
+"""Public entry point: ``tcc_eval.load(model_path, method=..., keep_ratio=...)``."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+
+from .adapters import ADAPTERS
+from .methods import Scorer, a0_scorer, check_method, random_scorer, tcc_scorer
+from .pruned import TokenPrunedModel
+
+
+def default_device(device: str | torch.device | None = None) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def default_dtype(device: torch.device, dtype: str | torch.dtype | None = None) -> torch.dtype:
+    """fp32 on CPU (bf16 matmuls are ~7x slower there); bf16 on GPUs that support it, else fp16."""
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    if dtype is not None:
+        return dtype
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def model_type_of(model_path: str | os.PathLike) -> str:
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(model_path).model_type
+    except (OSError, ValueError) as err:
+        vila_config = os.path.join(str(model_path), "llm")
+        if os.path.isdir(vila_config):
+            return "vila"
+        raise ValueError(f"cannot read a model config from {model_path!r}: {err}") from err
+
+
+def load_hf_model(model_path: str | os.PathLike, device: torch.device, dtype: torch.dtype, attn: str = "sdpa"):
+    """Load model + processor exactly like a hub checkpoint; refuse families we cannot prune."""
+    model_type = model_type_of(model_path)
+    if model_type not in ADAPTERS:
+        raise ValueError(
+            f"{model_path!r} is a {model_type!r} checkpoint, which has no token-compression adapter; "
+            f"supported model types: {sorted(ADAPTERS)} (image/video input needs a multimodal checkpoint)"
+        )
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    model = AutoModelForImageTextToText.from_pretrained(model_path, dtype=dtype, attn_implementation=attn)
+    processor = AutoProcessor.from_pretrained(model_path)
+    return model.to(device).eval(), processor
+
+
+def build_scorer(method: str, model, compressor: Any = None, seed: int = 0, **options: Any) -> Scorer | None:
+    """The scorer for an input-stage method ("none" -> keep everything)."""
+    check_method(method)
+    if method == "none":
+        return None
+    if method == "random":
+        return random_scorer(seed)
+    if method == "a0":
+        return a0_scorer()
+    if method == "tcc":
+        from .compressor import load_compressor_for
+
+        return tcc_scorer(load_compressor_for(model, compressor))
+    if method == "oracle":
+        from .oracle import oracle_scorer
+
+        return oracle_scorer(**options)
+    raise ValueError(f"method {method!r} does not prune at the LLM input")
+
+
+def wrap_model(
+    model,
+    method: str = "random",
+    keep_ratio: float = 0.5,
+    compressor: Any = None,
+    budget: str = "global",
+    seed: int = 0,
+    **options: Any,
+) -> TokenPrunedModel:
+    """Wrap an already loaded HF MLLM; the result's ``generate`` is a drop-in for ``model.generate``."""
+    check_method(method)
+    if method == "fastv":
+        from .fastv import FastVModel
+
+        return FastVModel(model, keep_ratio=keep_ratio, **options)
+    scorer = build_scorer(method, model, compressor=compressor, seed=seed, **options)
+    return TokenPrunedModel(model, scorer, keep_ratio=keep_ratio, budget=budget, method=method)
+
+
+class CompressedMLLM:
+    """A loaded MLLM + processor + pruning method, driven with HF chat-format messages."""
+
+    def __init__(self, pruned: TokenPrunedModel, processor):
+        self.pruned = pruned
+        self.processor = processor
+
+    @property
+    def model(self):
+        return self.pruned.model
+
+    @property
+    def last_selection(self):
+        return self.pruned.last_selection
+
+    @property
+    def last_stats(self) -> dict[str, Any]:
+        return self.pruned.last_stats
+
+    def prepare(self, messages: list[dict]) -> dict[str, torch.Tensor]:
+        """Chat messages (images as PIL or paths, video as frames or a path) -> model inputs."""
+        inputs = self.processor.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+        )
+        device = next(self.model.parameters()).device
+        dtype = next(self.model.parameters()).dtype
+        return {
+            k: (v.to(device, dtype) if torch.is_floating_point(v) else v.to(device))
+            for k, v in inputs.items()
+            if isinstance(v, torch.Tensor)
+        }
+
+    def generate(self, messages: list[dict], max_new_tokens: int = 32, **gen_kwargs: Any) -> str:
+        inputs = self.prepare(messages)
+        gen_kwargs.setdefault("do_sample", False)
+        output = self.pruned.generate(**inputs, max_new_tokens=max_new_tokens, **gen_kwargs)
+        new_tokens = output[:, inputs["input_ids"].shape[1] :]
+        return self.processor.batch_decode(new_tokens, skip_special_tokens=True)[0].strip()
+
+
+def load(
+    model_path: str | os.PathLike,
+    method: str = "random",
+    keep_ratio: float = 0.5,
+    compressor: Any = None,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    **options: Any,
+) -> CompressedMLLM:
+    """Load a checkpoint and attach a pruning method.
+
+    method: none | random | a0 | tcc | oracle | fastv; keep_ratio in (0, 1]; compressor: path of a
+    trained compressor (required for tcc). CUDA when available (bf16/fp16), else CPU (fp32).
+    """
+    from .core import check_keep_ratio
+
+    check_method(method)
+    check_keep_ratio(keep_ratio)
+    device = default_device(device)
+    dtype = default_dtype(device, dtype)
+    attn = "eager" if method == "oracle" else "sdpa"
+    model, processor = load_hf_model(model_path, device, dtype, attn=attn)
+    pruned = wrap_model(model, method=method, keep_ratio=keep_ratio, compressor=compressor, **options)
+    return CompressedMLLM(pruned, processor)

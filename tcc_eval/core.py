@@ -1,0 +1,125 @@
+"""Framework-free pruning core: score -> select -> gather.
+
+Every method (random, a0, tcc, oracle, ...) and every MLLM adapter shares these three steps. Nothing
+here knows about a model family; inputs are plain tensors.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+
+def check_keep_ratio(keep_ratio: float) -> float:
+    """Validate a retention ratio rho in (0, 1]."""
+    try:
+        ratio = float(keep_ratio)
+    except (TypeError, ValueError):
+        raise ValueError(f"keep_ratio must be a number in (0, 1], got {keep_ratio!r}") from None
+    if not (0.0 < ratio <= 1.0) or math.isnan(ratio):
+        raise ValueError(
+            f"keep_ratio must be in (0, 1] (fraction of visual tokens kept, e.g. 0.25), got {keep_ratio!r}"
+        )
+    return ratio
+
+
+def keep_count(n_visual: int, keep_ratio: float) -> int:
+    """k = round(rho * N_v), at least 1 (half rounds up, so results never depend on banker's rounding)."""
+    if n_visual <= 0:
+        return 0
+    return max(1, min(n_visual, int(math.floor(keep_ratio * n_visual + 0.5))))
+
+
+def topk_in_order(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the k highest scores, returned in ascending (original sequence) order.
+
+    Ties are broken deterministically towards the earlier token: a stable descending sort keeps the
+    original order among equal scores.
+    """
+    order = torch.sort(scores.detach().float().cpu(), descending=True, stable=True).indices
+    return torch.sort(order[:k]).values
+
+
+def select_visual(
+    scores: torch.Tensor,
+    keep_ratio: float,
+    groups: torch.Tensor | None = None,
+    budget: str = "global",
+) -> torch.Tensor:
+    """Choose which visual tokens to keep; returns indices into the visual-token sequence.
+
+    budget="global": one top-k over all visual tokens of the sample.
+    budget="per_group": k_g = round(rho * n_g) per image / per frame group (``groups`` gives each
+    visual token's group id), so every image or frame keeps the same fraction.
+    """
+    n = scores.numel()
+    if budget == "global" or groups is None:
+        return topk_in_order(scores, keep_count(n, keep_ratio))
+    if budget != "per_group":
+        raise ValueError(f"budget must be 'global' or 'per_group', got {budget!r}")
+    kept = []
+    groups = groups.cpu()
+    for g in torch.unique(groups):
+        members = torch.nonzero(groups == g).flatten()
+        local = topk_in_order(scores.cpu()[members], keep_count(members.numel(), keep_ratio))
+        kept.append(members[local])
+    return torch.sort(torch.cat(kept)).values
+
+
+@dataclass
+class Selection:
+    """What one prefill kept, per sample: for `.last_selection` and efficiency records."""
+
+    visual_before: list[int] = field(default_factory=list)
+    visual_after: list[int] = field(default_factory=list)
+    kept_positions: list[torch.Tensor] = field(default_factory=list)  # indices into the original sequence
+    seq_before: list[int] = field(default_factory=list)
+    seq_after: list[int] = field(default_factory=list)
+
+    @property
+    def retention(self) -> float:
+        before = sum(self.visual_before)
+        return sum(self.visual_after) / before if before else 1.0
+
+
+def keep_positions(valid: torch.Tensor, visual: torch.Tensor, kept_visual: torch.Tensor) -> torch.Tensor:
+    """Sequence positions that survive: every valid non-visual token plus the kept visual tokens."""
+    keep = valid & ~visual
+    visual_pos = torch.nonzero(visual).flatten()
+    keep[visual_pos[kept_visual.to(visual_pos.device)]] = True
+    return torch.nonzero(keep).flatten()
+
+
+def gather_left_padded(
+    inputs_embeds: torch.Tensor,
+    attention_mask: torch.Tensor,
+    position_ids: torch.Tensor,
+    positions: list[torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gather each sample's kept positions and left-pad the batch again.
+
+    ``position_ids`` is (B, L) or (R, B, L) (R = 3 for M-RoPE); the ORIGINAL ids of the kept tokens are
+    carried over, so RoPE sees the same geometry as in the unpruned sequence. Padding slots get a zero
+    embedding, mask 0 and position 1 (never attended to).
+    """
+    batch = inputs_embeds.shape[0]
+    length = max(int(p.numel()) for p in positions)
+    multirow = position_ids.dim() == 3
+    embeds = inputs_embeds.new_zeros(batch, length, inputs_embeds.shape[-1])
+    mask = attention_mask.new_zeros(batch, length)
+    if multirow:
+        pos = position_ids.new_ones(position_ids.shape[0], batch, length)
+    else:
+        pos = position_ids.new_ones(batch, length)
+    for b, idx in enumerate(positions):
+        idx = idx.to(inputs_embeds.device)
+        start = length - idx.numel()
+        embeds[b, start:] = inputs_embeds[b, idx]
+        mask[b, start:] = attention_mask[b, idx]
+        if multirow:
+            pos[:, b, start:] = position_ids[:, b, idx]
+        else:
+            pos[b, start:] = position_ids[b, idx]
+    return embeds, mask, pos

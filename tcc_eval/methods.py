@@ -1,0 +1,78 @@
+"""Token scorers: one score per visual token of one sample. Higher = more worth keeping.
+
+Every scorer sees the same ``SampleView`` (one unpadded sample of the LLM input) and returns a 1-D
+tensor over that sample's visual tokens in sequence order; selection and gather are shared (core.py).
+Methods that prune *inside* the LLM (FastV) live in fastv.py.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from .adapters.base import MLLMAdapter
+from .probe import instruction_to_visual
+
+
+@dataclass
+class SampleView:
+    """One sample's LLM input without padding; positions are the original ones."""
+
+    adapter: MLLMAdapter
+    input_ids: torch.Tensor  # (L,)
+    inputs_embeds: torch.Tensor  # (1, L, D)
+    attention_mask: torch.Tensor  # (1, L)
+    position_ids: torch.Tensor  # (1, L) or (3, 1, L)
+    visual: torch.Tensor  # (L,) bool
+    groups: torch.Tensor  # (N_v,)
+
+    @property
+    def n_visual(self) -> int:
+        return int(self.visual.sum())
+
+    def layer0_attention(self) -> torch.Tensor:
+        """Instruction -> visual attention of LLM layer 0 (the compressor's input)."""
+        return instruction_to_visual(
+            self.adapter.language_model, self.inputs_embeds, self.position_ids, self.attention_mask, self.visual
+        )
+
+
+Scorer = Callable[[SampleView], torch.Tensor]
+
+
+def random_scorer(seed: int = 0) -> Scorer:
+    """Uniform random scores, seeded by the sample's token ids so reruns and reorderings agree."""
+
+    def score(view: SampleView) -> torch.Tensor:
+        digest = zlib.crc32(view.input_ids.cpu().numpy().tobytes())
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + digest)
+        return torch.rand(view.n_visual, generator=generator)
+
+    return score
+
+
+def a0_scorer() -> Scorer:
+    """Raw layer-0 instruction->visual attention, no learned compressor (the paper's key ablation)."""
+    return SampleView.layer0_attention
+
+
+def tcc_scorer(compressor: torch.nn.Module) -> Scorer:
+    """The learned compressor f_theta applied to layer-0 attention."""
+
+    def score(view: SampleView) -> torch.Tensor:
+        return compressor.predict(view.layer0_attention())
+
+    return score
+
+
+INPUT_STAGE_METHODS = ("none", "random", "a0", "tcc", "oracle")
+ALL_METHODS = INPUT_STAGE_METHODS + ("fastv",)
+
+
+def check_method(method: str) -> str:
+    if method not in ALL_METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(ALL_METHODS)}")
+    return method

@@ -1,0 +1,174 @@
+"""Explainability oracle: gradient-weighted attention relevance (Chefer et al. 2021) over the LLM.
+
+For each answer token y_t (teacher forcing: one forward over prompt + answer, one backward per token):
+    Abar_l = mean_heads(clamp_min(dlogit(y_t)/dA_l * A_l, 0))
+    r = e_p;  for l = L-1 .. 0:  r = r + r @ Abar_l          (row p of R = prod_l (I + Abar_l))
+Relevance R_v = mean_t r_t[visual columns]. The one-row recursion costs O(N^2) per layer instead of the
+O(N^3) full-matrix update, and gives the same row (tests check both).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+from .methods import SampleView, Scorer
+
+
+@dataclass
+class Explanation:
+    relevance: torch.Tensor  # (N_v,) oracle R_v over visual tokens, sequence order
+    a0: torch.Tensor  # (N_v,) layer-0 instruction->visual attention (the compressor's input)
+    groups: torch.Tensor  # (N_v,) image / frame group of each visual token
+    answer_ids: torch.Tensor  # (T,) answer tokens explained
+    answer: str | None = None
+
+
+@contextmanager
+def eager_attention(model: nn.Module) -> Iterator[None]:
+    """Attention probabilities exist only in eager mode (sdpa/flash return none): switch for the oracle."""
+    previous = model.config._attn_implementation
+    if previous != "eager":
+        model.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        if previous != "eager":
+            model.set_attn_implementation(previous)
+
+
+def gradient_weighted_maps(attentions: tuple[torch.Tensor, ...], target: torch.Tensor) -> list[torch.Tensor]:
+    """Abar_l = mean over heads of (grad * A)^+ for every layer, fp32, (N, N) each."""
+    grads = torch.autograd.grad(target, attentions, retain_graph=True)
+    return [(g.float() * a.float()).clamp_min(0).mean(dim=1)[0] for g, a in zip(grads, attentions)]
+
+
+def relevance_row(maps: list[torch.Tensor], row: int) -> torch.Tensor:
+    """Row ``row`` of R = prod_l (I + Abar_l), by the one-row recursion from the last layer down."""
+    r = torch.zeros(maps[0].shape[-1], dtype=torch.float32, device=maps[0].device)
+    r[row] = 1.0
+    for abar in reversed(maps):
+        r = r + r @ abar
+    return r
+
+
+def relevance_full_matrix(maps: list[torch.Tensor]) -> torch.Tensor:
+    """Naive reference: R = I; R = R + Abar_l @ R for l = 0..L-1 (O(N^3) per layer; tests only)."""
+    n = maps[0].shape[-1]
+    R = torch.eye(n, dtype=torch.float32, device=maps[0].device)
+    for abar in maps:
+        R = R + abar @ R
+    return R
+
+
+def answer_positions(position_ids: torch.Tensor, n_answer: int) -> torch.Tensor:
+    """Positions of appended answer tokens: each row continues from the prompt's last position."""
+    steps = torch.arange(1, n_answer + 1, device=position_ids.device)
+    return torch.cat([position_ids, position_ids[..., -1:] + steps], dim=-1)
+
+
+def view_relevance(view: SampleView, answer_ids: torch.Tensor) -> torch.Tensor:
+    """R_v for one unpadded sample and a given answer (teacher forcing)."""
+    model = view.adapter.model
+    embed = model.get_input_embeddings()
+    answer_embeds = embed(answer_ids.to(view.inputs_embeds.device))[None].to(view.inputs_embeds.dtype)
+    embeds = torch.cat([view.inputs_embeds, answer_embeds], dim=1).detach().requires_grad_(True)
+    mask = torch.ones(1, embeds.shape[1], dtype=view.attention_mask.dtype, device=embeds.device)
+    positions = answer_positions(view.position_ids, answer_ids.numel())
+    prompt_len = view.inputs_embeds.shape[1]
+    visual = torch.nonzero(view.visual).flatten()
+    total = torch.zeros(visual.numel(), dtype=torch.float32, device=embeds.device)
+    with eager_attention(model), torch.enable_grad():
+        out = view.adapter.forward_from_embeds(embeds, mask, positions, output_attentions=True, use_cache=False)
+        for t, token in enumerate(answer_ids.tolist()):
+            row = prompt_len - 1 + t
+            maps = gradient_weighted_maps(out.attentions, out.logits[0, row, token])
+            total += relevance_row(maps, row)[visual]
+    return (total / max(1, answer_ids.numel())).detach()
+
+
+def draft_answer(view: SampleView, max_answer_tokens: int) -> torch.Tensor:
+    """Greedy answer on the full (unpruned) input, without EOS/padding."""
+    model = view.adapter.model
+    new = view.adapter.generate_from_embeds(
+        view.inputs_embeds, view.attention_mask, view.position_ids, max_new_tokens=max_answer_tokens, do_sample=False
+    )[0]
+    stop = {model.generation_config.pad_token_id}
+    eos = model.generation_config.eos_token_id
+    stop.update(eos if isinstance(eos, list) else [eos])
+    keep = []
+    for token in new.tolist():
+        if token in stop:
+            break
+        keep.append(token)
+    return torch.tensor(keep or new[:1].tolist(), dtype=torch.long, device=new.device)
+
+
+def single_view(model: nn.Module, inputs: dict[str, torch.Tensor]) -> SampleView:
+    from .pruned import TokenPrunedModel
+
+    pruned = TokenPrunedModel(model, scorer=None)
+    llm = pruned.adapter.capture_llm_inputs(inputs)
+    if llm.input_ids.shape[0] != 1:
+        raise ValueError("explain works on one sample at a time (batch size 1)")
+    if llm.n_visual(0) == 0:
+        raise ValueError("the input has no image or video tokens: nothing to explain")
+    return pruned.sample_view(llm, 0)
+
+
+def explain_inputs(
+    model: nn.Module,
+    inputs: dict[str, torch.Tensor],
+    answer_ids: torch.Tensor | None = None,
+    max_answer_tokens: int = 16,
+) -> Explanation:
+    """Relevance of every visual token for the answer (generated greedily when not given)."""
+    view = single_view(model, inputs)
+    with torch.no_grad():
+        if answer_ids is None:
+            answer_ids = draft_answer(view, max_answer_tokens)
+        a0 = view.layer0_attention().float()
+    answer_ids = answer_ids.flatten()[:max_answer_tokens]
+    return Explanation(
+        relevance=view_relevance(view, answer_ids).cpu(),
+        a0=a0.cpu(),
+        groups=view.groups.cpu(),
+        answer_ids=answer_ids.cpu(),
+    )
+
+
+def explain(model: Any, messages: list[dict], answer: str | None = None, processor: Any = None,
+            max_answer_tokens: int = 16) -> Explanation:
+    """``tcc_eval.explain``: model is a ``CompressedMLLM`` (from ``tcc_eval.load``) or an HF model with
+    ``processor``; ``answer`` is explained as given, else the model's greedy answer is."""
+    if processor is None:
+        processor, model = model.processor, model.model
+    inputs = processor.apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+    )
+    param = next(model.parameters())
+    inputs = {
+        k: (v.to(param.device, param.dtype) if torch.is_floating_point(v) else v.to(param.device))
+        for k, v in inputs.items() if isinstance(v, torch.Tensor)
+    }
+    answer_ids = None
+    if answer is not None:
+        answer_ids = processor.tokenizer(answer, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
+    result = explain_inputs(model, inputs, answer_ids, max_answer_tokens)
+    result.answer = processor.tokenizer.decode(result.answer_ids, skip_special_tokens=True)
+    return result
+
+
+def oracle_scorer(max_answer_tokens: int = 16) -> Scorer:
+    """Upper-bound method: draft an answer on all tokens, explain it, keep the most relevant tokens."""
+
+    def score(view: SampleView) -> torch.Tensor:
+        with torch.no_grad():
+            answer_ids = draft_answer(view, max_answer_tokens)
+        return view_relevance(view, answer_ids)
+
+    return score

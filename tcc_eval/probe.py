@@ -1,0 +1,77 @@
+"""Cheap attention probe: softmax(q k^T) of one decoder layer for a few query rows, no full layer.
+
+Only the layer's input norm, q/k projections and rotary embedding run (for Qwen2-VL the rotary module
+applies M-RoPE), so the cost is a small fraction of a forward. The same function serves layer 0 (the
+compressor's input) and layer K-1 (FastV's ranking).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+from torch import nn
+
+
+def _rotary_fn(attn: nn.Module):
+    """The model file's own ``apply_rotary_pos_emb`` (every HF decoder defines one next to its attention)."""
+    module = sys.modules[type(attn).__module__]
+    return module.apply_rotary_pos_emb
+
+
+def attention_rows(
+    language_model: nn.Module,
+    hidden_states: torch.Tensor,
+    position_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    rows: torch.Tensor,
+    layer_idx: int = 0,
+) -> torch.Tensor:
+    """Attention probabilities of query ``rows`` over all keys in layer ``layer_idx``.
+
+    hidden_states: (1, L, D) input of that layer; position_ids: (1, L) or (3, 1, L); attention_mask:
+    (1, L) with 0 on padding; rows: 1-D query positions. Returns (heads, len(rows), L) in fp32,
+    causal and padding-masked exactly like eager attention.
+    """
+    layer = language_model.layers[layer_idx]
+    attn = layer.self_attn
+    normed = layer.input_layernorm(hidden_states)
+    cos, sin = language_model.rotary_emb(normed, position_ids)
+    head_dim = attn.head_dim
+    length = hidden_states.shape[1]
+    q = attn.q_proj(normed[:, rows]).view(1, rows.numel(), -1, head_dim).transpose(1, 2)
+    k = attn.k_proj(normed).view(1, length, -1, head_dim).transpose(1, 2)
+    rotate = _rotary_fn(attn)
+    q, _ = rotate(q, q, cos[..., rows, :], sin[..., rows, :])
+    _, k = rotate(k, k, cos, sin)
+    k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+    logits = (q.float() @ k.float().transpose(-1, -2)) * attn.scaling
+    keys = torch.arange(length, device=hidden_states.device)
+    allowed = (keys[None, :] <= rows.to(keys.device)[:, None]) & attention_mask[0].bool()[None, :]
+    logits = logits.masked_fill(~allowed, torch.finfo(logits.dtype).min)
+    return torch.softmax(logits, dim=-1)[0]
+
+
+def instruction_rows(valid: torch.Tensor, visual: torch.Tensor) -> torch.Tensor:
+    """Default instruction rows: every valid token after the last visual token (METHOD.md, open point)."""
+    last_visual = int(torch.nonzero(visual).max())
+    rows = torch.nonzero(valid).flatten()
+    return rows[rows > last_visual]
+
+
+def instruction_to_visual(
+    language_model: nn.Module,
+    inputs_embeds: torch.Tensor,
+    position_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    visual: torch.Tensor,
+    layer_idx: int = 0,
+) -> torch.Tensor:
+    """Layer-0 attention from the instruction tokens to each visual token, averaged over rows and heads.
+
+    Inputs are one sample: inputs_embeds (1, L, D), position_ids (1, L) / (3, 1, L), attention_mask
+    (1, L), visual (L,) bool. Returns (N_v,) in sequence order (video frames concatenated).
+    """
+    rows = instruction_rows(attention_mask[0].bool(), visual)
+    probs = attention_rows(language_model, inputs_embeds, position_ids, attention_mask, rows, layer_idx)
+    return probs.mean(dim=(0, 1))[visual]

@@ -1,0 +1,179 @@
+"""Input-stage pruning around an unchanged HF MLLM.
+
+``TokenPrunedModel.generate(**processor_inputs, **gen_kwargs)`` is a drop-in for ``model.generate``:
+framework wrappers (VLMEvalKit, lmms-eval) keep their own prompt code and only swap the model. Data
+flows one way: adapter (LLM inputs) -> scorer -> selection -> gather -> unchanged LLM.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+from torch import nn
+
+from .adapters import LLMInputs, adapter_for
+from .core import Selection, check_keep_ratio, gather_left_padded, keep_positions, select_visual
+from .methods import SampleView, Scorer
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class PrefillTimer:
+    """Times the first LLM call of a generate (the prefill) with forward hooks on the decoder stack."""
+
+    def __init__(self, language_model: nn.Module, device: torch.device):
+        self.device = device
+        self.seconds = 0.0
+        self._start = None
+        self._handles = [
+            language_model.register_forward_pre_hook(self._pre),
+            language_model.register_forward_hook(self._post),
+        ]
+
+    def _pre(self, *_):
+        if self._start is None:
+            sync(self.device)
+            self._start = time.perf_counter()
+
+    def _post(self, *_):
+        if self._start is not None and not self.seconds:
+            sync(self.device)
+            self.seconds = time.perf_counter() - self._start
+
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+
+class TokenPrunedModel(nn.Module):
+    """An HF MLLM whose visual tokens are pruned before LLM layer 0 by ``scorer``.
+
+    ``scorer=None`` keeps every token (method "none") through the same code path.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        scorer: Scorer | None,
+        keep_ratio: float = 1.0,
+        budget: str = "global",
+        method: str = "custom",
+    ):
+        super().__init__()
+        self.model = model
+        self.adapter = adapter_for(model)
+        self.scorer = scorer
+        self.keep_ratio = check_keep_ratio(keep_ratio)
+        self.budget = budget
+        self.method = method
+        self.last_selection: Selection | None = None
+        self.last_stats: dict[str, Any] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.model, name)
+
+    # --- selection ------------------------------------------------------------------------------
+    def sample_view(self, llm: LLMInputs, b: int) -> SampleView:
+        valid = llm.attention_mask[b].bool()
+        rows = torch.nonzero(valid).flatten()
+        positions = llm.position_ids[:, b : b + 1, rows] if llm.position_ids.dim() == 3 else llm.position_ids[b : b + 1, rows]
+        return SampleView(
+            adapter=self.adapter,
+            input_ids=llm.input_ids[b, rows],
+            inputs_embeds=llm.inputs_embeds[b : b + 1, rows],
+            attention_mask=llm.attention_mask[b : b + 1, rows],
+            position_ids=positions,
+            visual=llm.visual_mask[b, rows],
+            groups=llm.visual_groups[b],
+        )
+
+    def select(self, llm: LLMInputs) -> Selection:
+        """Which sequence positions of each sample survive."""
+        selection = Selection()
+        for b in range(llm.input_ids.shape[0]):
+            valid = llm.attention_mask[b].bool()
+            visual = llm.visual_mask[b] & valid
+            n_visual = int(visual.sum())
+            if self.scorer is None or n_visual == 0 or self.keep_ratio >= 1.0:
+                kept_visual = torch.arange(n_visual)
+            else:
+                scores = self.scorer(self.sample_view(llm, b))
+                kept_visual = select_visual(scores, self.keep_ratio, llm.visual_groups[b], self.budget)
+            positions = keep_positions(valid, visual, kept_visual)
+            selection.visual_before.append(n_visual)
+            selection.visual_after.append(int(kept_visual.numel()))
+            selection.kept_positions.append(positions.cpu())
+            selection.seq_before.append(int(valid.sum()))
+            selection.seq_after.append(int(positions.numel()))
+        return selection
+
+    def prune(self, inputs: dict[str, Any]) -> tuple[LLMInputs, Selection, tuple[torch.Tensor, ...]]:
+        """Adapter -> scorer -> selection -> gather; returns the pruned (embeds, mask, position_ids)."""
+        llm = self.adapter.capture_llm_inputs(inputs)
+        selection = self.select(llm)
+        pruned = gather_left_padded(llm.inputs_embeds, llm.attention_mask, llm.position_ids, selection.kept_positions)
+        return llm, selection, pruned
+
+    @torch.no_grad()
+    def prefill_logits(self, **inputs: torch.Tensor) -> torch.Tensor:
+        """Logits of one pruned prefill, (B, L_kept, V) left-padded; for checks and scoring studies."""
+        _, self.last_selection, (embeds, mask, positions) = self.prune(inputs)
+        return self.adapter.forward_from_embeds(embeds, mask, positions).logits
+
+    # --- HF-compatible entry points ---------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        """Like ``model.generate``: returns prompt ids followed by the new tokens."""
+        inputs = {"input_ids": input_ids, **{k: kwargs.pop(k) for k in MODEL_INPUT_KEYS if k in kwargs}}
+        device = input_ids.device
+        sync(device)
+        start = time.perf_counter()
+        llm, selection, (embeds, mask, positions) = self.prune(inputs)
+        sync(device)
+        compressor_s = time.perf_counter() - start
+        timer = PrefillTimer(self.adapter.language_model, device)
+        try:
+            new_tokens = self.adapter.generate_from_embeds(embeds, mask, positions, **kwargs)
+        finally:
+            timer.close()
+        sync(device)
+        self.last_selection = selection
+        self.last_stats = self._stats(selection, compressor_s, timer.seconds, time.perf_counter() - start, new_tokens)
+        return torch.cat([input_ids, new_tokens.to(input_ids.device)], dim=1)
+
+    def _stats(self, selection: Selection, compressor_s: float, prefill_s: float, total_s: float, new_tokens) -> dict:
+        from .flops import kv_cache_bytes
+
+        cfg = self.adapter.language_model.config
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        elem = next(self.model.parameters()).element_size()
+        return {
+            "method": self.method,
+            "keep_ratio": self.keep_ratio,
+            "visual_before": sum(selection.visual_before),
+            "visual_after": sum(selection.visual_after),
+            "seq_before": sum(selection.seq_before),
+            "seq_after": sum(selection.seq_after),
+            "compressor_s": compressor_s,
+            "prefill_s": prefill_s,
+            "total_s": total_s,
+            "kv_cache_bytes": kv_cache_bytes(
+                sum(selection.seq_after), cfg.num_hidden_layers, cfg.num_key_value_heads, head_dim, elem
+            ),
+            "new_tokens": int(new_tokens.shape[1]),
+        }
+
+
+# Processor outputs the model's forward consumes; everything else passed to generate is a generation option.
+MODEL_INPUT_KEYS = {
+    "attention_mask", "pixel_values", "pixel_values_videos", "image_grid_thw", "video_grid_thw",
+    "mm_token_type_ids", "image_sizes", "image_sizes_videos", "batch_num_images",
+}

@@ -1,0 +1,57 @@
+"""Shared fixtures: tiny real-architecture checkpoints built once per session, plus input builders."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tcc_eval.fixtures import build_tiny_checkpoint
+
+torch.set_num_threads(2)
+
+FAMILIES = ("qwen2_vl", "llava_onevision")
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tmp_path_factory) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("tiny_ckpt")
+    return {family: str(build_tiny_checkpoint(family, root / family)) for family in FAMILIES}
+
+
+@pytest.fixture(scope="session")
+def loaded(tiny_checkpoints):
+    """family -> (model, processor), fp32, eager attention (needed for reference attention maps)."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    out = {}
+    for family, path in tiny_checkpoints.items():
+        model = AutoModelForImageTextToText.from_pretrained(path, attn_implementation="eager").eval()
+        out[family] = (model, AutoProcessor.from_pretrained(path))
+    return out
+
+
+def random_image(h: int, w: int, seed: int) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
+
+
+def messages_for(kind: str, seed: int = 0, question: str = "What color is the circle?") -> list[dict]:
+    if kind == "image":
+        content = [{"type": "image", "image": random_image(112, 84, seed)}]
+    elif kind == "multi_image":
+        content = [{"type": "image", "image": random_image(56, 112, seed)},
+                   {"type": "image", "image": random_image(84, 84, seed + 1)}]
+    elif kind == "video":
+        content = [{"type": "video", "video": [random_image(56, 56, seed + i) for i in range(4)]}]
+    else:
+        raise ValueError(kind)
+    return [{"role": "user", "content": content + [{"type": "text", "text": question}]}]
+
+
+def model_inputs(processor, messages) -> dict[str, torch.Tensor]:
+    inputs = processor.apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+    )
+    return {k: v for k, v in inputs.items() if isinstance(v, torch.Tensor)}

@@ -1,0 +1,63 @@
+"""The fast oracle row equals the naive full-matrix relevance; teacher forcing equals step-by-step."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import FAMILIES, messages_for, model_inputs
+from tcc_eval.oracle import (
+    answer_positions, explain_inputs, gradient_weighted_maps, relevance_full_matrix, relevance_row, single_view,
+)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("kind", ("image", "video"))
+def test_fast_row_equals_full_matrix(loaded, family, kind):
+    model, processor = loaded[family]
+    view = single_view(model, model_inputs(processor, messages_for(kind)))
+    embeds = view.inputs_embeds.detach().requires_grad_(True)
+    with torch.enable_grad():
+        out = view.adapter.forward_from_embeds(embeds, view.attention_mask, view.position_ids, output_attentions=True)
+        row = embeds.shape[1] - 1
+        token = int(out.logits[0, row].argmax())
+        maps = gradient_weighted_maps(out.attentions, out.logits[0, row, token])
+    fast = relevance_row(maps, row)
+    full = relevance_full_matrix(maps)[row]
+    assert fast.abs().max() > 0
+    assert (fast - full).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_teacher_forcing_equals_step_by_step(loaded, family):
+    model, processor = loaded[family]
+    inputs = model_inputs(processor, messages_for("image"))
+    explanation = explain_inputs(model, inputs, answer_ids=torch.tensor([40, 41, 42]))
+    view = single_view(model, inputs)
+    embed = model.get_input_embeddings()
+    visual = torch.nonzero(view.visual).flatten()
+    total = torch.zeros(visual.numel())
+    answer = [40, 41, 42]
+    for t, token in enumerate(answer):
+        prefix = torch.tensor(answer[:t], dtype=torch.long)
+        embeds = torch.cat([view.inputs_embeds, embed(prefix)[None]], dim=1).detach().requires_grad_(True)
+        positions = answer_positions(view.position_ids, t)
+        mask = torch.ones(1, embeds.shape[1], dtype=torch.long)
+        with torch.enable_grad():
+            out = view.adapter.forward_from_embeds(embeds, mask, positions, output_attentions=True)
+            maps = gradient_weighted_maps(out.attentions, out.logits[0, -1, token])
+        total += relevance_row(maps, embeds.shape[1] - 1)[visual]
+    step_by_step = total / len(answer)
+    assert explanation.relevance.shape == (view.n_visual,)
+    assert (explanation.relevance - step_by_step).abs().max().item() < 1e-5
+    assert explanation.a0.shape == explanation.relevance.shape
+
+
+def test_explain_public_api(tiny_checkpoints):
+    import tcc_eval
+
+    mllm = tcc_eval.load(tiny_checkpoints["qwen2_vl"], method="none", keep_ratio=1.0)
+    result = tcc_eval.explain(mllm, messages_for("image"), answer="red")
+    assert result.answer == "red"
+    assert torch.isfinite(result.relevance).all() and result.relevance.sum() > 0
+    assert mllm.model.config._attn_implementation == "sdpa"  # restored after the oracle

@@ -1,0 +1,133 @@
+"""The pruning core is exact: keep-all == vanilla, pruned == unpruned with dropped tokens masked."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import FAMILIES, messages_for, model_inputs
+from tcc_eval import wrap_model
+from tcc_eval.probe import attention_rows
+
+KINDS = ("image", "multi_image", "video")
+
+
+def original_positions(model, family: str, inputs: dict) -> torch.Tensor:
+    """Reference position ids computed directly from the model (independent of our capture)."""
+    mask = inputs["attention_mask"]
+    if family == "qwen2_vl":
+        pos, _ = model.model.get_rope_index(
+            inputs["input_ids"], inputs["mm_token_type_ids"], image_grid_thw=inputs.get("image_grid_thw"),
+            video_grid_thw=inputs.get("video_grid_thw"), attention_mask=mask,
+        )
+        return pos
+    return (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("kind", KINDS)
+def test_keep_all_equals_vanilla(loaded, family, kind):
+    model, processor = loaded[family]
+    inputs = model_inputs(processor, messages_for(kind))
+    with torch.no_grad():
+        vanilla_logits = model(**inputs).logits
+        vanilla_tokens = model.generate(**inputs, max_new_tokens=6, do_sample=False)
+    for method in ("none", "random"):
+        pruned = wrap_model(model, method=method, keep_ratio=1.0)
+        logits = pruned.prefill_logits(**inputs)
+        assert logits.shape == vanilla_logits.shape
+        assert (logits - vanilla_logits).abs().max().item() == 0.0
+        tokens = pruned.generate(**inputs, max_new_tokens=6, do_sample=False)
+        assert torch.equal(tokens, vanilla_tokens)
+        sel = pruned.last_selection
+        assert sel.visual_before == sel.visual_after and sel.visual_before[0] > 0
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("kind", ("image", "video"))
+@pytest.mark.parametrize("ratio", (0.5, 0.25))
+@pytest.mark.parametrize("method", ("random", "a0"))
+def test_pruned_equals_masked_reference(loaded, family, kind, ratio, method):
+    model, processor = loaded[family]
+    inputs = model_inputs(processor, messages_for(kind, seed=3))
+    pruned = wrap_model(model, method=method, keep_ratio=ratio)
+    logits = pruned.prefill_logits(**inputs)[0]
+    sel = pruned.last_selection
+    n_visual = sel.visual_before[0]
+    assert sel.visual_after[0] == max(1, int(ratio * n_visual + 0.5))
+    kept = sel.kept_positions[0]
+    masked = torch.zeros_like(inputs["attention_mask"])
+    masked[0, kept] = 1
+    with torch.no_grad():
+        reference = model(**inputs | {"attention_mask": masked, "position_ids": original_positions(model, family, inputs)}).logits[0]
+    diff = (logits - reference[kept]).abs().max().item()
+    assert diff < 1e-4, diff
+    # the text after the image always survives; only visual tokens are dropped
+    assert sel.seq_before[0] - sel.seq_after[0] == n_visual - sel.visual_after[0]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_left_padded_batch_equals_single_runs(loaded, family):
+    model, processor = loaded[family]
+    from conftest import random_image
+
+    prompts, images = [], [random_image(112, 84, 0), random_image(56, 56, 1)]
+    for image in images:
+        msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What shape?"}]}]
+        prompts.append(processor.apply_chat_template(msgs, add_generation_prompt=True))
+    processor.tokenizer.padding_side = "left"
+    batch = dict(processor(text=prompts, images=images, return_tensors="pt", padding=True))
+    assert (batch["attention_mask"] == 0).any(), "samples must differ in length"
+    pruned = wrap_model(model, method="a0", keep_ratio=0.5)
+    batch_tokens = pruned.generate(**batch, max_new_tokens=5, do_sample=False)
+    batch_logits = pruned.prefill_logits(**batch)[:, -1]
+    for b, (prompt, image) in enumerate(zip(prompts, images)):
+        single = dict(processor(text=[prompt], images=[image], return_tensors="pt"))
+        tokens = pruned.generate(**single, max_new_tokens=5, do_sample=False)
+        assert torch.equal(tokens[0, single["input_ids"].shape[1]:], batch_tokens[b, batch["input_ids"].shape[1]:])
+        logits = pruned.prefill_logits(**single)[0, -1]
+        assert (logits - batch_logits[b]).abs().max().item() < 1e-4
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("kind", ("image", "video"))
+def test_layer0_probe_equals_eager_attention(loaded, family, kind):
+    model, processor = loaded[family]
+    inputs = model_inputs(processor, messages_for(kind))
+    pruned = wrap_model(model, method="none")
+    llm = pruned.adapter.capture_llm_inputs(inputs)
+    lm = pruned.adapter.language_model
+    with torch.no_grad():
+        eager = lm(inputs_embeds=llm.inputs_embeds, attention_mask=llm.attention_mask,
+                   position_ids=llm.position_ids, output_attentions=True).attentions[0][0]
+        rows = torch.arange(llm.inputs_embeds.shape[1] - 8, llm.inputs_embeds.shape[1])
+        probe = attention_rows(lm, llm.inputs_embeds, llm.position_ids, llm.attention_mask, rows)
+    assert (probe - eager[:, rows]).abs().max().item() < 1e-6
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_visual_groups(loaded, family):
+    model, processor = loaded[family]
+    pruned = wrap_model(model, method="none")
+    multi = pruned.adapter.capture_llm_inputs(model_inputs(processor, messages_for("multi_image")))
+    assert multi.visual_groups[0].unique().tolist() == [0, 1]
+    assert multi.visual_groups[0].numel() == multi.n_visual(0)
+    video = pruned.adapter.capture_llm_inputs(model_inputs(processor, messages_for("video")))
+    frames = 2 if family == "qwen2_vl" else 4  # Qwen2-VL merges frame pairs
+    counts = torch.bincount(video.visual_groups[0])
+    assert counts.numel() == frames
+    assert counts[:-1].unique().numel() == 1  # equal-size frame groups
+
+
+def test_per_group_budget_keeps_fraction_of_each_frame(loaded):
+    model, processor = loaded["llava_onevision"]
+    inputs = model_inputs(processor, messages_for("video"))
+    pruned = wrap_model(model, method="a0", keep_ratio=0.5, budget="per_group")
+    pruned.prefill_logits(**inputs)
+    llm = pruned.adapter.capture_llm_inputs(inputs)
+    kept = pruned.last_selection.kept_positions[0]
+    visual_pos = torch.nonzero(llm.visual_mask[0]).flatten()
+    kept_visual = torch.isin(visual_pos, kept)
+    for g in llm.visual_groups[0].unique():
+        members = llm.visual_groups[0] == g
+        assert kept_visual[members].sum().item() == max(1, int(0.5 * members.sum().item() + 0.5))
