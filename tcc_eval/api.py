@@ -95,12 +95,42 @@ def wrap_model(
     return TokenPrunedModel(model, scorer, keep_ratio=keep_ratio, budget=budget, method=method)
 
 
+def read_video_frames(path: str | os.PathLike, num_frames: int = 8) -> list:
+    """Uniformly sample ``num_frames`` frames of a video file with decord (PIL images)."""
+    import decord
+    from PIL import Image
+
+    reader = decord.VideoReader(str(path))
+    count = len(reader)
+    if count == 0:
+        raise ValueError(f"video {path!r} has no frames")
+    indices = [min(count - 1, int((i + 0.5) * count / num_frames)) for i in range(min(num_frames, count))]
+    return [Image.fromarray(frame) for frame in reader.get_batch(indices).asnumpy()]
+
+
+def frames_for_videos(messages: list[dict], num_frames: int) -> list[dict]:
+    """Replace video paths by decoded frames (transformers' own decoder needs torchcodec)."""
+    out = []
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, list):
+            content = [
+                {**part, "video": read_video_frames(part["video"], num_frames)}
+                if part.get("type") == "video" and isinstance(part.get("video"), (str, os.PathLike))
+                else part
+                for part in content
+            ]
+        out.append({**message, "content": content})
+    return out
+
+
 class CompressedMLLM:
     """A loaded MLLM + processor + pruning method, driven with HF chat-format messages."""
 
-    def __init__(self, pruned: TokenPrunedModel, processor):
+    def __init__(self, pruned: TokenPrunedModel, processor, num_frames: int = 8):
         self.pruned = pruned
         self.processor = processor
+        self.num_frames = num_frames
 
     @property
     def model(self):
@@ -117,7 +147,7 @@ class CompressedMLLM:
     def prepare(self, messages: list[dict]) -> dict[str, torch.Tensor]:
         """Chat messages (images as PIL or paths, video as frames or a path) -> model inputs."""
         inputs = self.processor.apply_chat_template(
-            messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+            frames_for_videos(messages, self.num_frames), add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
         )
         device = next(self.model.parameters()).device
         dtype = next(self.model.parameters()).dtype

@@ -145,16 +145,12 @@ def explain(model: Any, messages: list[dict], answer: str | None = None, process
             max_answer_tokens: int = 16) -> Explanation:
     """``tcc_eval.explain``: model is a ``CompressedMLLM`` (from ``tcc_eval.load``) or an HF model with
     ``processor``; ``answer`` is explained as given, else the model's greedy answer is."""
-    if processor is None:
-        processor, model = model.processor, model.model
-    inputs = processor.apply_chat_template(
-        messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
-    )
-    param = next(model.parameters())
-    inputs = {
-        k: (v.to(param.device, param.dtype) if torch.is_floating_point(v) else v.to(param.device))
-        for k, v in inputs.items() if isinstance(v, torch.Tensor)
-    }
+    from .api import CompressedMLLM
+    from .pruned import TokenPrunedModel
+
+    mllm = model if processor is None else CompressedMLLM(TokenPrunedModel(model, scorer=None), processor)
+    inputs = mllm.prepare(messages)
+    model, processor = mllm.model, mllm.processor
     answer_ids = None
     if answer is not None:
         answer_ids = processor.tokenizer(answer, add_special_tokens=False, return_tensors="pt")["input_ids"][0]

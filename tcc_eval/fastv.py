@@ -1,0 +1,164 @@
+"""FastV baseline: prune visual tokens inside the LLM at layer K by the last token's attention.
+
+Layers 0..K-1 see every token; at layer K the visual tokens with the highest head-mean attention from the
+last token in layer K-1 survive, and layers K..L-1 run on the shorter sequence (their KV cache holds
+only the kept tokens). Implemented with forward pre-hooks on the decoder layers (FastV's minimal hook),
+so the LLM code is untouched. Ranking and selection reuse the shared probe and core.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+from torch import nn
+
+from .core import Selection, check_keep_ratio, keep_positions, select_visual
+from .probe import attention_rows
+from .pruned import PrefillTimer, TokenPrunedModel, sync
+
+
+def fastv_layer_keep_ratio(avg_retention: float, layers: int, k: int) -> float:
+    """Keep ratio r at layer K so that the average retention (K + (L-K) r) / L equals ``avg_retention``."""
+    if not 0 < k < layers:
+        raise ValueError(f"FastV layer K={k} must be in 1..{layers - 1} for a {layers}-layer LLM")
+    r = (avg_retention * layers - k) / (layers - k)
+    if r <= 0:
+        raise ValueError(
+            f"average retention {avg_retention} is below FastV's floor K/L = {k}/{layers}: the first K layers "
+            f"already see every token. Use a larger keep_ratio or a smaller fastv_k."
+        )
+    return min(1.0, r)
+
+
+class _LayerKPruner:
+    """Hook state for one sample: rank at layer K-1, slice from layer K on."""
+
+    def __init__(
+        self, language_model: nn.Module, k: int, keep_ratio: float, visual: torch.Tensor, positions: torch.Tensor
+    ):
+        self.lm = language_model
+        self.positions = positions  # original position ids of the sample (rotary for the ranking probe)
+        self.k = k
+        self.keep_ratio = keep_ratio
+        self.visual = visual  # (L,) bool, one unpadded sample
+        self.kept: torch.Tensor | None = None  # positions kept from layer K on (prefill sequence)
+        self.prefill_len = int(visual.numel())
+        self.handles = [language_model.layers[k - 1].register_forward_pre_hook(self.rank, with_kwargs=True)]
+        for layer in language_model.layers[k:]:
+            self.handles.append(layer.register_forward_pre_hook(self.slice, with_kwargs=True))
+
+    def close(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+    def rank(self, _module: nn.Module, args: tuple, kwargs: dict) -> None:
+        hidden = args[0] if args else kwargs["hidden_states"]
+        if hidden.shape[1] != self.prefill_len or self.kept is not None:
+            return  # decode step
+        last = torch.tensor([hidden.shape[1] - 1], device=hidden.device)
+        mask = torch.ones(1, hidden.shape[1], dtype=torch.long, device=hidden.device)
+        probs = attention_rows(self.lm, hidden, self.positions, mask, last, layer_idx=self.k - 1)
+        scores = probs.mean(dim=(0, 1))[self.visual]
+        kept_visual = select_visual(scores, self.keep_ratio)
+        self.kept = keep_positions(torch.ones_like(self.visual), self.visual, kept_visual)
+
+    def slice(self, _module: nn.Module, args: tuple, kwargs: dict):
+        if self.kept is None:
+            return None
+        hidden = args[0] if args else kwargs.pop("hidden_states")
+        kept = self.kept.to(hidden.device)
+        mask = kwargs.get("attention_mask")
+        if hidden.shape[1] == self.prefill_len:  # prefill: drop rows and columns
+            hidden = hidden[:, kept]
+            cos, sin = kwargs["position_embeddings"]
+            kwargs["position_embeddings"] = (cos[..., kept, :], sin[..., kept, :])
+            if isinstance(mask, torch.Tensor):
+                kwargs["attention_mask"] = mask[..., kept, :][..., kept]
+        elif isinstance(mask, torch.Tensor):  # decode: drop the pruned prompt columns only
+            tail = torch.arange(self.prefill_len, mask.shape[-1], device=mask.device)
+            kwargs["attention_mask"] = mask[..., torch.cat([kept, tail])]
+        return (hidden,) + tuple(args[1:]), kwargs
+
+
+class FastVModel(TokenPrunedModel):
+    """FastV through the same adapter and selection code; ``keep_ratio`` is the *average* retention over
+    layers (METHOD.md), unless ``match="kept"``, where it is the fraction kept from layer K on."""
+
+    def __init__(self, model: nn.Module, keep_ratio: float = 0.5, fastv_k: int = 2, match: str = "avg_retention"):
+        super().__init__(model, scorer=None, keep_ratio=keep_ratio, method="fastv")
+        layers = self.adapter.language_model.config.num_hidden_layers
+        if match not in ("avg_retention", "kept"):
+            raise ValueError(f"match must be 'avg_retention' or 'kept', got {match!r}")
+        self.fastv_k = fastv_k
+        self.layer_keep_ratio = (
+            check_keep_ratio(keep_ratio) if match == "kept" else fastv_layer_keep_ratio(keep_ratio, layers, fastv_k)
+        )
+
+    def pruner(self, view) -> _LayerKPruner:
+        return _LayerKPruner(
+            self.adapter.language_model, self.fastv_k, self.layer_keep_ratio, view.visual, view.position_ids
+        )
+
+    def run_sample(self, view, **gen_kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+        """Generate for one unpadded sample; returns (new tokens, kept prompt positions from layer K)."""
+        if self.layer_keep_ratio >= 1.0 or view.n_visual == 0:
+            new = self.adapter.generate_from_embeds(view.inputs_embeds, view.attention_mask, view.position_ids, **gen_kwargs)
+            return new, torch.arange(view.visual.numel())
+        pruner = self.pruner(view)
+        try:
+            new = self.adapter.generate_from_embeds(view.inputs_embeds, view.attention_mask, view.position_ids, **gen_kwargs)
+        finally:
+            pruner.close()
+        return new, pruner.kept.cpu()
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        from .pruned import MODEL_INPUT_KEYS
+
+        inputs = {"input_ids": input_ids, **{k: kwargs.pop(k) for k in MODEL_INPUT_KEYS if k in kwargs}}
+        device = input_ids.device
+        sync(device)
+        start = time.perf_counter()
+        llm = self.adapter.capture_llm_inputs(inputs)
+        timer = PrefillTimer(self.adapter.language_model, device)
+        outputs, selection = [], Selection()
+        try:
+            for b in range(input_ids.shape[0]):
+                view = self.sample_view(llm, b)
+                new, kept = self.run_sample(view, **kwargs)
+                outputs.append(new[0])
+                selection.visual_before.append(view.n_visual)
+                selection.visual_after.append(int(view.visual[kept].sum()))
+                selection.kept_positions.append(kept)
+                selection.seq_before.append(int(view.visual.numel()))
+                selection.seq_after.append(int(kept.numel()))
+        finally:
+            timer.close()
+        pad = self.model.generation_config.pad_token_id or 0
+        width = max(o.numel() for o in outputs)
+        new_tokens = torch.full((len(outputs), width), pad, dtype=torch.long, device=device)
+        for b, o in enumerate(outputs):
+            new_tokens[b, : o.numel()] = o
+        sync(device)
+        self.last_selection = selection
+        self.last_stats = self._stats(selection, 0.0, timer.seconds, time.perf_counter() - start, new_tokens)
+        return torch.cat([input_ids, new_tokens], dim=1)
+
+    @torch.no_grad()
+    def prefill_logits(self, **inputs: torch.Tensor) -> torch.Tensor:
+        """Last-token logits per sample (B, 1, V) of a FastV prefill."""
+        llm = self.adapter.capture_llm_inputs(inputs)
+        rows, selection = [], Selection()
+        for b in range(llm.input_ids.shape[0]):
+            view = self.sample_view(llm, b)
+            pruner = self.pruner(view)
+            try:
+                out = self.adapter.forward_from_embeds(view.inputs_embeds, view.attention_mask, view.position_ids)
+            finally:
+                pruner.close()
+            rows.append(out.logits[:, -1:])
+            selection.kept_positions.append(pruner.kept.cpu())
+        self.last_selection = selection
+        return torch.cat(rows)

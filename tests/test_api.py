@@ -1,0 +1,76 @@
+"""Public API: tcc_eval.load(...).generate(messages) and its clear errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import messages_for, model_inputs
+import tcc_eval
+
+
+@pytest.mark.parametrize("ratio", (0, -0.5, 1.5, float("nan"), "half"))
+def test_bad_keep_ratio(tiny_checkpoints, ratio):
+    with pytest.raises(ValueError, match=r"keep_ratio must be .*\(0, 1\]"):
+        tcc_eval.load(tiny_checkpoints["qwen2_vl"], method="random", keep_ratio=ratio)
+
+
+def test_unknown_method(tiny_checkpoints):
+    with pytest.raises(ValueError, match="unknown method 'magic'.*none, random, a0, tcc, oracle, fastv"):
+        tcc_eval.load(tiny_checkpoints["qwen2_vl"], method="magic")
+
+
+def test_text_only_checkpoint_is_refused(tmp_path):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    Qwen2ForCausalLM(Qwen2Config(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                 num_attention_heads=2, num_key_value_heads=1)).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="'qwen2' checkpoint, which has no token-compression adapter"):
+        tcc_eval.load(tmp_path, method="a0")
+
+
+def test_missing_path_is_clear(tmp_path):
+    with pytest.raises(ValueError, match="cannot read a model config"):
+        tcc_eval.load(tmp_path / "nowhere", method="none")
+
+
+@pytest.mark.parametrize("family", ("qwen2_vl", "llava_onevision"))
+def test_load_generate_and_last_selection(tiny_checkpoints, loaded, family):
+    mllm = tcc_eval.load(tiny_checkpoints[family], method="random", keep_ratio=0.25)
+    text = mllm.generate(messages_for("image"), max_new_tokens=4)
+    assert isinstance(text, str)
+    sel = mllm.last_selection
+    assert sel.visual_after[0] == max(1, int(0.25 * sel.visual_before[0] + 0.5))
+    assert sel.kept_positions[0].numel() == sel.seq_after[0]
+    stats = mllm.last_stats
+    assert stats["kv_cache_bytes"] > 0 and stats["prefill_s"] > 0 and stats["visual_before"] > stats["visual_after"]
+    # random is seeded by the input: the same prompt keeps the same tokens
+    first = sel.kept_positions[0].clone()
+    mllm.generate(messages_for("image"), max_new_tokens=1)
+    assert torch.equal(mllm.last_selection.kept_positions[0], first)
+
+
+def test_text_only_prompt_passes_through(loaded):
+    model, processor = loaded["qwen2_vl"]
+    messages = [{"role": "user", "content": [{"type": "text", "text": "What color is the circle?"}]}]
+    inputs = model_inputs(processor, messages)
+    pruned = tcc_eval.wrap_model(model, method="a0", keep_ratio=0.25)
+    with torch.no_grad():
+        vanilla = model.generate(**inputs, max_new_tokens=5, do_sample=False)
+    assert torch.equal(pruned.generate(**inputs, max_new_tokens=5, do_sample=False), vanilla)
+    assert pruned.last_selection.visual_before == [0]
+
+
+def test_video_as_path(tiny_checkpoints, tmp_path):
+    import cv2
+    import numpy as np
+
+    path = str(tmp_path / "clip.mp4")
+    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), 2, (56, 56))
+    for i in range(8):
+        writer.write(np.full((56, 56, 3), 30 * i, dtype=np.uint8))
+    writer.release()
+    mllm = tcc_eval.load(tiny_checkpoints["llava_onevision"], method="a0", keep_ratio=0.5)
+    msgs = [{"role": "user", "content": [{"type": "video", "video": path}, {"type": "text", "text": "What appeared?"}]}]
+    mllm.generate(msgs, max_new_tokens=2)
+    assert mllm.last_selection.visual_before[0] > 0
