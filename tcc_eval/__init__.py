@@ -1,9 +1,28 @@
-"""tcc-eval: task-related visual token compression for multimodal LLMs (input-stage pruning)."""
+"""tcc-eval: task-related visual token compression for multimodal LLMs (input-stage pruning).
 
-from .api import CompressedMLLM, load, wrap_model
-from .core import Selection, keep_count, select_visual
-from .oracle import Explanation, explain
-from .pruned import TokenPrunedModel
+Public names are imported lazily so command-line tools (aggregate, demo paths) start without torch.
+"""
 
-__all__ = ["CompressedMLLM", "Explanation", "explain", "Selection", "TokenPrunedModel", "keep_count", "load", "select_visual", "wrap_model"]
+from importlib import import_module
+from typing import Any
+
 __version__ = "0.1.0"
+
+_PUBLIC = {
+    "load": "api",
+    "wrap_model": "api",
+    "CompressedMLLM": "api",
+    "explain": "oracle",
+    "Explanation": "oracle",
+    "TokenPrunedModel": "pruned",
+    "Selection": "core",
+    "keep_count": "core",
+    "select_visual": "core",
+}
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _PUBLIC:
+        return getattr(import_module(f".{_PUBLIC[name]}", __name__), name)
+    raise AttributeError(f"module 'tcc_eval' has no attribute {name!r}")

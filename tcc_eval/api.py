@@ -49,6 +49,11 @@ def load_hf_model(model_path: str | os.PathLike, device: torch.device, dtype: to
             f"{model_path!r} is a {model_type!r} checkpoint, which has no token-compression adapter; "
             f"supported model types: {sorted(ADAPTERS)} (image/video input needs a multimodal checkpoint)"
         )
+    if model_type == "vila":  # not a transformers model: assembled from its llm/, vision_tower/, mm_projector/
+        from .vila import VilaForConditionalGeneration, VilaProcessor
+
+        model = VilaForConditionalGeneration.from_pretrained(model_path, dtype=dtype, device=device, attn_implementation=attn)
+        return model.eval(), VilaProcessor.from_pretrained(model_path)
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     model = AutoModelForImageTextToText.from_pretrained(model_path, dtype=dtype, attn_implementation=attn)

@@ -221,9 +221,17 @@ def build_tiny_llava_onevision(
     return out
 
 
+def build_tiny_vila(out_dir: str | os.PathLike, **kwargs) -> Path:
+    """Tiny VILA1.5 in the published folder layout (llm/, vision_tower/, mm_projector/)."""
+    from .vila.fixtures import build_tiny_vila as build  # local import: tcc_eval.vila imports this module
+
+    return Path(build(out_dir, **kwargs))
+
+
 FIXTURE_BUILDERS = {
     "qwen2_vl": build_tiny_qwen2vl,
     "llava_onevision": build_tiny_llava_onevision,
+    "vila": build_tiny_vila,
 }
 
 

@@ -1,0 +1,776 @@
+"""Turn VLMEvalKit / lmms-eval outputs and our efficiency records into paper-style tables.
+
+    python -m tcc_eval.aggregate RESULTS_DIR [--out DIR] [--shape BASE=KEY ...] [--fastv-k 2]
+
+RESULTS_DIR is searched recursively for
+- VLMEvalKit score files ``<MODEL>_<DATASET>_acc.csv`` (MCQ, fractions), ``_score.csv`` (MME and
+  yes/no sets, points / percent), ``_acc.json`` (EVAL_FORMAT=json) and ``_rating.json`` (MVBench,
+  Video-MME); MODEL is a registry name ``<Base>_<Method><ratio>`` or ``<Base>_Vanilla``;
+- lmms-eval ``*_results.json`` (runs keyed by ``config.model_args``);
+- per-sample ``*_efficiency.jsonl`` written by our model wrappers.
+It writes ``summary.csv``, ``efficiency.csv``, ``table_<framework>.md``, ``tables.xlsx`` and
+``preservation_<framework>_<base>.png`` into RESULTS_DIR/tables (or --out). Raw files are only read;
+an unreadable file is reported on one line and skipped. VLMEvalKit's status.json is never read: its
+"primary_metric" is a heuristic, not the paper's metric.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import re
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+if __package__ in (None, ""):  # run as a file: import the package copy so both forms share one module
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tcc_eval.aggregate import main as _main
+
+    sys.exit(_main())
+
+import pandas as pd
+
+from tcc_eval.flops import (LLM_SHAPES, LLMShape, fastv_average_retention, flops_ratio, guess_shape,
+                            shape_from_config)
+
+log = logging.getLogger("tcc_eval.aggregate")
+
+FRAMEWORKS = ("vlmeval", "lmms_eval")
+METHOD_TOKENS = {"TCC": "tcc", "Random": "random", "A0": "a0", "FastV": "fastv", "Oracle": "oracle"}
+METHOD_ORDER = ("none", "tcc", "oracle", "a0", "random", "fastv")
+MODEL_NAME_RE = re.compile(
+    rf"^(?P<base>.+?)_(?:(?P<vanilla>Vanilla)|(?P<method>{'|'.join(METHOD_TOKENS)})(?P<ratio>\d{{1,3}}))$"
+)
+VLMEVAL_SUFFIXES = ("_rating.json", "_score.csv", "_acc.csv", "_acc.json")
+LMMS_SUFFIX = "_results.json"
+EFFICIENCY_SUFFIX = "_efficiency.jsonl"
+# lmms-eval metrics preferred as a task's headline number, before "first numeric metric".
+LMMS_PREFERRED_METRICS = ("exact_match", "accuracy", "acc", "mvbench_accuracy", "videomme_perception_score",
+                          "gpt_eval_score")
+# Preferred row of a multi-split acc.csv.
+SPLIT_PREFERENCE = ("overall", "all", "none", "test", "dev", "val", "validation")
+BYTES_PER_MB = 1e6
+
+
+class ResultFileError(ValueError):
+    """A results file exists but does not have the layout its writer produces."""
+
+
+# --------------------------------------------------------------------------------------------------
+# names
+# --------------------------------------------------------------------------------------------------
+def parse_model_name(name: str) -> tuple[str, str, float]:
+    """``Qwen2VL_TCC50`` -> ("Qwen2VL", "tcc", 0.5); ``TinyQwen2VL_A050`` -> (.., "a0", 0.5);
+    ``X_Vanilla`` -> ("X", "none", 1.0). Raises ValueError for names outside the registry scheme."""
+    found = MODEL_NAME_RE.match(name)
+    if not found:
+        raise ValueError(f"unknown model name {name!r}: expected <Base>_Vanilla or <Base>_<Method><ratio> "
+                         f"with Method in {sorted(METHOD_TOKENS)}")
+    if found["vanilla"]:
+        return found["base"], "none", 1.0
+    ratio = int(found["ratio"])
+    if not 0 < ratio <= 100:
+        raise ValueError(f"model name {name!r}: keep ratio {ratio}% is outside 1..100")
+    return found["base"], METHOD_TOKENS[found["method"]], ratio / 100
+
+
+def normalize_method(method: Any) -> str:
+    """Lower-case method; "", "vanilla" and "none" all mean the unpruned model."""
+    text = str(method or "").strip().lower()
+    return "none" if text in ("", "none", "vanilla", "null") else text
+
+
+def normalize_ratio(value: Any) -> float:
+    """Keep ratio as a fraction; percentages (e.g. 50) are divided by 100."""
+    ratio = float(value)
+    if not 0 < ratio <= 100:
+        raise ValueError(f"keep ratio {value!r} is not in (0, 1] nor a percentage")
+    return ratio / 100 if ratio > 1 else ratio
+
+
+def lmms_base_model(model: str | None, pretrained: str | None) -> str:
+    """Readable base-model name for an lmms-eval run: model id (our ``_tcc`` suffix dropped, so an
+    upstream vanilla run pairs with ours) / basename of the checkpoint. Idempotent, so efficiency
+    records may carry either the checkpoint path or this name."""
+    family = re.sub(r"_tcc$", "", (model or "").strip())
+    family = "" if "/" in family else family  # lmms-eval stores a checkpoint path when given a model object
+    name = Path(str(pretrained or "").rstrip("/")).name
+    if family and name:
+        return f"{family}/{name}"
+    return family or name or "unknown"
+
+
+def parse_model_args(model_args: Any) -> dict[str, str]:
+    """``"pretrained=/p,method=tcc,ratio=0.5"`` (or an already parsed dict) -> dict of strings."""
+    if isinstance(model_args, dict):
+        return {str(k): str(v) for k, v in model_args.items()}
+    args: dict[str, str] = {}
+    last = None
+    for piece in str(model_args or "").split(","):
+        key, sep, value = piece.partition("=")
+        if sep:
+            last = key.strip()
+            args[last] = value.strip()
+        elif last is not None and piece:  # a value that itself contained a comma
+            args[last] += "," + piece
+    return args
+
+
+def _safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "model"
+
+
+# --------------------------------------------------------------------------------------------------
+# records
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class Score:
+    """One number from one results file, before scale normalisation and pairing."""
+
+    framework: str
+    model: str  # run identity: registry name (vlmeval) or model_args (lmms-eval)
+    base_model: str
+    method: str
+    keep_ratio: float
+    benchmark: str
+    metric: str
+    value: float
+    scale: str  # "fraction" (x100), "percent", "points" (kept) or "auto" (decided per metric)
+    primary: bool
+    source: str
+    mtime: float = 0.0
+    note: str = ""
+
+
+def _walk(root: Path, skip: Path | None) -> Iterator[Path]:
+    """Every regular file under root (sorted, symlinked folders not followed), except our output dir."""
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if skip is None or Path(folder, d) != skip)
+        for name in sorted(files):
+            path = Path(folder, name)
+            if path.is_file():
+                yield path
+
+
+def _warn_skip(path: Path, reason: Any) -> None:
+    log.warning("skipped %s: %s", path, str(reason).splitlines()[0] if str(reason) else type(reason).__name__)
+
+
+def _num(value: Any) -> float:
+    number = float(value)
+    if math.isnan(number):
+        raise ResultFileError("value is NaN")
+    return number
+
+
+# --------------------------------------------------------------------------------------------------
+# VLMEvalKit
+# --------------------------------------------------------------------------------------------------
+def _vlmeval_model_dataset(path: Path, root: Path, suffix: str) -> tuple[str, str] | None:
+    """Split ``<MODEL>_<DATASET><suffix>``: MODEL is the nearest folder above the file whose name
+    prefixes the file name (works for ``<MODEL>/T<date>_G<commit>/`` too), else a registry name."""
+    stem = path.name[: -len(suffix)]
+    folders = [p.name for p in path.relative_to(root).parents if p.name] + [root.name]
+    for folder in folders:
+        if stem.startswith(folder + "_") and len(stem) > len(folder) + 1:
+            return folder, stem[len(folder) + 1:]
+    parts = stem.split("_")
+    for cut in range(len(parts) - 1, 0, -1):
+        model = "_".join(parts[:cut])
+        if MODEL_NAME_RE.match(model):
+            return model, "_".join(parts[cut:])
+    return None
+
+
+def _pick_row(frame: pd.DataFrame) -> tuple[pd.Series, str]:
+    """The row of a per-split score table to report, and a note when a choice was made."""
+    if len(frame) == 1 or "split" not in frame.columns:
+        return frame.iloc[0], "" if len(frame) == 1 else f"first of {len(frame)} rows"
+    splits = [str(s).lower() for s in frame["split"]]
+    for wanted in SPLIT_PREFERENCE:
+        if wanted in splits:
+            index = splits.index(wanted)
+            return frame.iloc[index], f"split {frame['split'].iloc[index]} of {len(frame)}"
+    return frame.iloc[0], f"split {frame['split'].iloc[0]} of {len(frame)}"
+
+
+def _scores_from_table(frame: pd.DataFrame) -> list[tuple[str, float, str, bool, str]]:
+    """(metric, value, scale, primary, note) from an acc/score table."""
+    columns = {str(c).lower(): c for c in frame.columns}
+    if frame.empty:
+        raise ResultFileError("table has no rows")
+    if "perception" in columns and "reasoning" in columns:  # MME: points, perception /2000, reasoning /800
+        row = frame.iloc[0]
+        perception, reasoning = _num(row[columns["perception"]]), _num(row[columns["reasoning"]])
+        return [("total", perception + reasoning, "points", True, ""),
+                ("perception", perception, "points", False, ""),
+                ("reasoning", reasoning, "points", False, "")]
+    if "overall" not in columns:
+        raise ResultFileError(f"no Overall column (columns: {', '.join(map(str, frame.columns[:8]))})")
+    row, note = _pick_row(frame)
+    return [("Overall", _num(row[columns["overall"]]), "auto", True, note)]
+
+
+def _scores_from_rating(data: Any) -> list[tuple[str, float, str, bool, str]]:
+    """MVBench ``{task: [correct, total, "xx.xx%"], "overall": [...]}`` or Video-MME
+    ``{"short"|"medium"|"long"|"overall": {"overall": "0.xxx", ...}}``."""
+    if not isinstance(data, dict) or "overall" not in data:
+        raise ResultFileError("rating json has no 'overall' entry")
+    overall = data["overall"]
+    if isinstance(overall, list) and len(overall) >= 2:
+        correct, total = _num(overall[0]), _num(overall[1])
+        if total <= 0:
+            raise ResultFileError("overall total is 0")
+        return [("overall", 100.0 * correct / total, "percent", True, f"{int(correct)}/{int(total)}")]
+    if isinstance(overall, dict) and "overall" in overall:
+        out = [("overall", _num(overall["overall"]), "fraction", True, "")]
+        for duration in ("short", "medium", "long"):
+            part = data.get(duration)
+            if isinstance(part, dict):
+                try:
+                    out.append((duration, _num(part.get("overall")), "fraction", False, ""))
+                except (TypeError, ValueError):
+                    pass  # a duration with no questions in a partial run
+        return out
+    if isinstance(overall, (int, float)) and not isinstance(overall, bool):
+        return [("overall", _num(overall), "auto", True, "")]
+    raise ResultFileError("unrecognised rating layout")
+
+
+def _read_vlmeval_file(path: Path, suffix: str) -> list[tuple[str, float, str, bool, str]]:
+    if suffix.endswith(".csv"):
+        return _scores_from_table(pd.read_csv(path))
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if suffix == "_acc.json":
+        if not isinstance(data, list):
+            raise ResultFileError("acc json is not a list of records")
+        return _scores_from_table(pd.DataFrame(data))
+    return _scores_from_rating(data)
+
+
+def read_vlmeval(root: Path, skip: Path | None = None) -> list[Score]:
+    """Scores from every VLMEvalKit score file under root (all runs; the newest wins later)."""
+    scores: list[Score] = []
+    unknown: set[str] = set()
+    for path in _walk(root, skip):
+        suffix = next((s for s in VLMEVAL_SUFFIXES if path.name.endswith(s)), None)
+        if suffix is None:
+            continue
+        split = _vlmeval_model_dataset(path, root, suffix)
+        if split is None:
+            log.debug("not a VLMEvalKit score file: %s", path)
+            continue
+        model, dataset = split
+        try:
+            base, method, ratio = parse_model_name(model)
+        except ValueError as err:
+            if model not in unknown:
+                unknown.add(model)
+                log.warning("skipped model %s (%s): %s", model, path.parent, err)
+            continue
+        try:
+            rows = _read_vlmeval_file(path, suffix)
+        except Exception as err:  # noqa: BLE001 - any unreadable file is skipped, never fatal
+            _warn_skip(path, err)
+            continue
+        mtime = path.stat().st_mtime
+        for metric, value, scale, primary, note in rows:
+            scores.append(Score("vlmeval", model, base, method, ratio, dataset, metric, value, scale, primary,
+                                str(path), mtime, note))
+    return scores
+
+
+# --------------------------------------------------------------------------------------------------
+# lmms-eval
+# --------------------------------------------------------------------------------------------------
+def _metrics_of(entry: dict) -> list[tuple[str, float]]:
+    """("metric,filter" key, value) for numeric, non-stderr metrics, in file order."""
+    out = []
+    for key, value in entry.items():
+        if "," not in key or "_stderr" in key.split(",")[0]:
+            continue
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            out.append((key, float(value)))
+    return out
+
+
+def _lmms_task_scores(entry: dict) -> list[tuple[str, float, str, bool, str]]:
+    """(metric, value, scale, primary, note): MME as perception + cognition points, else the first
+    preferred metric, else the first numeric one (first filter wins)."""
+    metrics = _metrics_of(entry)
+    by_name: dict[str, float] = {}
+    for key, value in metrics:
+        by_name.setdefault(key.split(",")[0], value)
+    if "mme_perception_score" in by_name and "mme_cognition_score" in by_name:
+        perception, cognition = by_name["mme_perception_score"], by_name["mme_cognition_score"]
+        return [("total", perception + cognition, "points", True, ""),
+                ("perception", perception, "points", False, ""),
+                ("cognition", cognition, "points", False, "")]
+    for wanted in LMMS_PREFERRED_METRICS:
+        if wanted in by_name:
+            return [(wanted, by_name[wanted], "auto", True, "")]
+    if metrics:
+        key, value = metrics[0]
+        return [(key.split(",")[0], value, "auto", True, "")]
+    return []
+
+
+def _subtasks(name: str, groups: dict[str, list]) -> list[str]:
+    """Leaf tasks of a group (recursively), in order."""
+    leaves: list[str] = []
+    for child in groups.get(name) or []:
+        leaves.extend(_subtasks(child, groups) if groups.get(child) else [child])
+    return leaves
+
+
+def _lmms_scores(data: dict) -> list[tuple[str, str, float, str, bool, str]]:
+    """(benchmark, metric, value, scale, primary, note) for the top-level tasks and groups of a run;
+    a group without its own metric (e.g. mvbench) is the sample-weighted mean of its subtasks."""
+    results = data["results"]
+    entries = {**results, **(data.get("groups") or {})}
+    groups = {k: v for k, v in (data.get("group_subtasks") or {}).items() if isinstance(v, list)}
+    sizes = data.get("n-samples") or {}
+    covered = {leaf for name, children in groups.items() if children for leaf in _subtasks(name, groups)}
+    covered |= {child for children in groups.values() for child in children}
+    out = []
+    for name, entry in entries.items():
+        if name in covered or not isinstance(entry, dict):
+            continue
+        rows = _lmms_task_scores(entry)
+        if not rows and groups.get(name):
+            leaves = [(leaf, _lmms_task_scores(results.get(leaf) or {})) for leaf in _subtasks(name, groups)]
+            leaves = [(leaf, r[0]) for leaf, r in leaves if r]
+            metric_names = {r[0] for _, r in leaves}
+            if len(metric_names) == 1:
+                weights = [float((sizes.get(leaf) or {}).get("effective") or 1) for leaf, _ in leaves]
+                mean = sum(w * r[1] for w, (_, r) in zip(weights, leaves)) / sum(weights)
+                rows = [(metric_names.pop(), mean, "auto", True, f"mean of {len(leaves)} subtasks")]
+        out.extend((name, *row) for row in rows)
+    return out
+
+
+def read_lmms(root: Path, skip: Path | None = None) -> list[Score]:
+    """Scores from every lmms-eval ``*_results.json`` under root."""
+    scores: list[Score] = []
+    for path in _walk(root, skip):
+        if not path.name.endswith(LMMS_SUFFIX):
+            continue
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(data, dict) or not isinstance(data.get("results"), dict) \
+                    or not isinstance(data.get("config"), dict):
+                raise ResultFileError("not an lmms-eval results file (needs 'results' and 'config')")
+            config = data["config"]
+            args = parse_model_args(config.get("model_args"))
+            model_id = str(config.get("model") or "")
+            method = normalize_method(args.get("method"))
+            ratio_text = args.get("ratio", args.get("keep_ratio"))
+            ratio = 1.0 if ratio_text is None else normalize_ratio(ratio_text)
+            if method == "none" and ratio < 1:
+                raise ResultFileError(f"model_args give ratio={ratio_text} but no method")
+            ratio = 1.0 if method == "none" else ratio
+            rows = _lmms_scores(data)
+        except Exception as err:  # noqa: BLE001 - any unreadable file is skipped, never fatal
+            _warn_skip(path, err)
+            continue
+        base = lmms_base_model(model_id, args.get("pretrained") or args.get("model"))
+        run = f"{model_id}:{config.get('model_args')}"
+        mtime = path.stat().st_mtime
+        for benchmark, metric, value, scale, primary, note in rows:
+            scores.append(Score("lmms_eval", run, base, method, ratio, benchmark, metric, value, scale, primary,
+                                str(path), mtime, note))
+    return scores
+
+
+# --------------------------------------------------------------------------------------------------
+# efficiency records
+# --------------------------------------------------------------------------------------------------
+EFFICIENCY_REQUIRED = ("framework", "dataset", "keep_ratio", "base_model", "visual_before", "visual_after",
+                       "prefill_s", "total_s", "kv_cache_bytes")
+MAX_LINE_WARNINGS = 5  # per efficiency file; the rest are counted on one line
+EFFICIENCY_NUMERIC = ("visual_before", "visual_after", "seq_before", "seq_after", "prefill_s", "compressor_s",
+                      "total_s", "kv_cache_bytes", "new_tokens")
+
+
+def _efficiency_key(record: dict) -> tuple[str, str, str, float]:
+    """(framework, base_model, method, keep_ratio) in the same naming the score readers use."""
+    framework = str(record["framework"])
+    if framework == "vlmeval":
+        try:
+            base, method, ratio = parse_model_name(str(record.get("model", "")))
+            return framework, base, method, ratio
+        except ValueError:
+            pass
+    method = normalize_method(record.get("method"))
+    ratio = 1.0 if method == "none" else normalize_ratio(record["keep_ratio"])
+    base = str(record["base_model"])
+    if framework == "lmms_eval":
+        base = lmms_base_model(str(record.get("model") or ""), base)
+    return framework, base, method, ratio
+
+
+def read_efficiency(root: Path, skip: Path | None = None) -> pd.DataFrame:
+    """All per-sample efficiency records; a repeated (run, dataset, index) keeps the newest file's."""
+    rows: list[dict] = []
+    for path in _walk(root, skip):
+        if not path.name.endswith(EFFICIENCY_SUFFIX):
+            continue
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as err:
+            _warn_skip(path, err)
+            continue
+        mtime = path.stat().st_mtime
+        bad = 0
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                if not isinstance(record, dict):
+                    raise ResultFileError("line is not a JSON object")
+                missing = [k for k in EFFICIENCY_REQUIRED if k not in record]
+                if missing:
+                    raise ResultFileError(f"missing {', '.join(missing)}")
+                framework, base, method, ratio = _efficiency_key(record)
+                row = {"framework": framework, "base_model": base, "method": method, "keep_ratio": ratio,
+                       "dataset": str(record["dataset"]),
+                       "index": json.dumps(record.get("index"), sort_keys=True, default=str),
+                       "mtime": mtime, "source": str(path)}
+                for name in EFFICIENCY_NUMERIC:
+                    row[name] = float(record[name]) if record.get(name) is not None else math.nan
+            except Exception as err:  # noqa: BLE001 - a bad line is skipped, never fatal
+                bad += 1
+                if bad <= MAX_LINE_WARNINGS:
+                    log.warning("skipped %s:%d: %s", path, number, err)
+                continue
+            rows.append(row)
+        if bad > MAX_LINE_WARNINGS:
+            log.warning("skipped %s: %d more bad lines", path, bad - MAX_LINE_WARNINGS)
+    frame = pd.DataFrame(rows, columns=["framework", "base_model", "method", "keep_ratio", "dataset", "index",
+                                        "mtime", "source", *EFFICIENCY_NUMERIC])
+    frame["keep_ratio"] = frame["keep_ratio"].astype(float).round(6)
+    frame = frame.sort_values("mtime", kind="stable")
+    return frame.drop_duplicates(["framework", "base_model", "method", "keep_ratio", "dataset", "index"],
+                                 keep="last").reset_index(drop=True)
+
+
+def summarize_efficiency(records: pd.DataFrame) -> pd.DataFrame:
+    """Per run and dataset, plus an ``ALL`` row per run: sums and means of times, KV MB, tokens."""
+    key = ["framework", "base_model", "method", "keep_ratio"]
+    columns = [*key, "dataset", "samples", "prefill_s_sum", "prefill_s_mean", "compressor_s_sum",
+               "compressor_s_mean", "total_s_sum", "total_s_mean", "kv_cache_mb_mean", "visual_before_mean",
+               "visual_after_mean", "measured_retention", "seq_before_mean", "seq_after_mean", "new_tokens_mean"]
+    if records.empty:
+        return pd.DataFrame(columns=columns)
+
+    def stats(group: pd.DataFrame) -> dict:
+        before = group["visual_before"].sum()
+        return {
+            "samples": len(group),
+            "prefill_s_sum": group["prefill_s"].sum(), "prefill_s_mean": group["prefill_s"].mean(),
+            "compressor_s_sum": group["compressor_s"].sum(), "compressor_s_mean": group["compressor_s"].mean(),
+            "total_s_sum": group["total_s"].sum(), "total_s_mean": group["total_s"].mean(),
+            "kv_cache_mb_mean": group["kv_cache_bytes"].mean() / BYTES_PER_MB,
+            "visual_before_mean": group["visual_before"].mean(), "visual_after_mean": group["visual_after"].mean(),
+            "measured_retention": group["visual_after"].sum() / before if before > 0 else math.nan,
+            "seq_before_mean": group["seq_before"].mean(), "seq_after_mean": group["seq_after"].mean(),
+            "new_tokens_mean": group["new_tokens"].mean(),
+        }
+
+    rows = []
+    for values, group in records.groupby(key, sort=True):
+        for dataset, part in group.groupby("dataset", sort=True):
+            rows.append({**dict(zip(key, values)), "dataset": dataset, **stats(part)})
+        rows.append({**dict(zip(key, values)), "dataset": "ALL", **stats(group)})
+    return pd.DataFrame(rows, columns=columns)
+
+
+# --------------------------------------------------------------------------------------------------
+# pairing and tables
+# --------------------------------------------------------------------------------------------------
+SCORE_KEY = ["framework", "base_model", "method", "keep_ratio", "benchmark", "metric"]
+SUMMARY_COLUMNS = ["framework", "base_model", "model", "method", "keep_ratio", "benchmark", "metric", "primary",
+                   "score", "vanilla_score", "preservation", "note", "source"]
+
+
+def _to_display(scores: list[Score]) -> pd.DataFrame:
+    """Scores as a frame with ``score`` in percent (points for MME); the newest run wins per key."""
+    if not scores:
+        return pd.DataFrame(columns=[*SUMMARY_COLUMNS, "mtime"])
+    frame = pd.DataFrame([asdict(s) for s in scores])
+    frame["keep_ratio"] = frame["keep_ratio"].round(6)
+    # "auto": one decision per (framework, benchmark, metric), so vanilla and compressed share a scale.
+    is_fraction = frame["scale"] == "fraction"
+    auto = frame["scale"] == "auto"
+    if auto.any():
+        small = frame[auto].groupby(["framework", "benchmark", "metric"])["value"].transform(
+            lambda v: bool((v.abs() <= 1.0).all()))
+        is_fraction |= small.astype(bool).reindex(frame.index, fill_value=False)
+    frame["score"] = frame["value"].where(~is_fraction, frame["value"] * 100.0)
+    frame = frame.sort_values(["mtime", "source"], kind="stable")
+    counts = frame.groupby(SCORE_KEY)["source"].transform("nunique")
+    frame = frame.drop_duplicates(SCORE_KEY, keep="last").copy()
+    for index in frame.index[counts.loc[frame.index] > 1]:
+        frame.at[index, "note"] = "; ".join(filter(None, [frame.at[index, "note"], f"newest of {counts[index]} runs"]))
+    return frame
+
+
+def pair_with_vanilla(frame: pd.DataFrame) -> pd.DataFrame:
+    """Add vanilla_score and preservation (= score / vanilla_score) from the same framework, base model,
+    benchmark and metric; a missing or zero vanilla leaves preservation empty with a note."""
+    frame = frame.copy()
+    vanilla = frame[frame["method"] == "none"].set_index(["framework", "base_model", "benchmark", "metric"])["score"]
+    keys = list(zip(frame["framework"], frame["base_model"], frame["benchmark"], frame["metric"]))
+    frame["vanilla_score"] = [vanilla.get(k, math.nan) for k in keys]
+    frame["preservation"] = frame["score"] / frame["vanilla_score"].where(frame["vanilla_score"] != 0)
+    missing = frame["vanilla_score"].isna()
+    zero = frame["vanilla_score"] == 0
+    for mask, text in ((missing, "no vanilla run"), (zero, "vanilla score is 0")):
+        frame.loc[mask, "note"] = [("; ".join(filter(None, [n, text]))) for n in frame.loc[mask, "note"]]
+    return frame
+
+
+def _method_rank(method: str) -> tuple[int, str]:
+    return (METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER), method)
+
+
+@dataclass
+class TableOptions:
+    """How costs are derived where the records cannot say: LLM shapes per base model and FastV's K."""
+
+    shapes: dict[str, LLMShape] = field(default_factory=dict)
+    fastv_k: int = 2
+
+    def shape(self, base_model: str) -> LLMShape | None:
+        """--shape override > the registry base's checkpoint > the name itself; None when unsure."""
+        if base_model in self.shapes:
+            return self.shapes[base_model]
+        return _registry_shape(base_model) or guess_shape(base_model)
+
+
+def _registry_shape(base_model: str) -> LLMShape | None:
+    """Shape of a model_registry base (``Qwen2VL`` is Qwen2-VL-7B there): from its local checkpoint's
+    config.json when it has one, else from its hub id. None when the registry is not importable."""
+    try:
+        from model_registry.matrix import all_bases
+
+        entry = all_bases().get(base_model)
+    except Exception:  # noqa: BLE001 - registry absent or TCC_EXTRA_MODELS malformed: names must do
+        return None
+    if entry is None:
+        return None
+    config = Path(entry.path or "", "config.json")
+    if entry.path and config.is_file():
+        try:
+            return shape_from_config(json.loads(config.read_text(encoding="utf-8")))
+        except (OSError, ValueError):
+            return None
+    return guess_shape(entry.hf_id) if entry.hf_id else None
+
+
+def build_table(summary: pd.DataFrame, efficiency: pd.DataFrame, framework: str,
+                options: TableOptions) -> pd.DataFrame:
+    """Paper-style table for one framework: one row per base model x method x keep ratio."""
+    scores = summary[(summary["framework"] == framework) & summary["primary"].astype(bool)]
+    totals = efficiency[(efficiency["framework"] == framework) & (efficiency["dataset"] == "ALL")]
+    benchmarks = sorted(scores["benchmark"].unique(), key=str.lower)
+    paired = scores[scores["method"] == "none"].groupby("base_model")["benchmark"].nunique()
+    keys = {tuple(k) for k in scores[["base_model", "method", "keep_ratio"]].itertuples(index=False)}
+    keys |= {tuple(k) for k in totals[["base_model", "method", "keep_ratio"]].itertuples(index=False)}
+    rows = []
+    for base, method, ratio in sorted(keys, key=lambda k: (k[0], _method_rank(k[1]), -k[2])):
+        mine = scores[(scores["base_model"] == base) & (scores["method"] == method) & (scores["keep_ratio"] == ratio)]
+        row: dict[str, Any] = {"base_model": base, "method": method, "keep_ratio": ratio}
+        notes = []
+        for bench in benchmarks:
+            hit = mine[mine["benchmark"] == bench]
+            row[bench] = hit["score"].iloc[0] if len(hit) else math.nan
+        preserved = mine["preservation"].dropna()
+        row["Avg preservation"] = 100 * preserved.mean() if len(preserved) else math.nan
+        if len(mine) and preserved.empty:
+            notes.append("no vanilla run")
+        elif len(preserved) < paired.get(base, 0):
+            notes.append(f"preservation over {len(preserved)} of {paired[base]} benchmarks")
+        eff = totals[(totals["base_model"] == base) & (totals["method"] == method) & (totals["keep_ratio"] == ratio)]
+        vanilla_eff = totals[(totals["base_model"] == base) & (totals["method"] == "none")]
+        measured = eff["measured_retention"].iloc[0] if len(eff) else math.nan
+        kept = 1.0 if method == "none" else (measured if not math.isnan(measured) else ratio)
+        shape = options.shape(base)
+        if method == "fastv":
+            if shape is not None:
+                row["Avg retention"] = fastv_average_retention(kept, shape.layers, options.fastv_k)
+            else:
+                row["Avg retention"] = kept
+                notes.append("FastV retention = keep ratio (LLM depth unknown; pass --shape)")
+        else:
+            row["Avg retention"] = kept
+        n_visual = next((f["visual_before_mean"].iloc[0] for f in (eff, vanilla_eff) if len(f)), math.nan)
+        if method == "none":
+            row["FLOPs ratio"] = 1.0
+        elif shape is not None and n_visual > 0:
+            row["FLOPs ratio"] = flops_ratio(n_visual, ratio, shape, method, options.fastv_k)
+        else:
+            row["FLOPs ratio"] = math.nan
+        if method != "none" and eff.empty:
+            notes.append("no efficiency records")
+        row["prefill s"] = eff["prefill_s_mean"].iloc[0] if len(eff) else math.nan
+        row["total s"] = eff["total_s_mean"].iloc[0] if len(eff) else math.nan
+        row["KV MB"] = eff["kv_cache_mb_mean"].iloc[0] if len(eff) else math.nan
+        row["note"] = "; ".join(notes)
+        rows.append(row)
+    columns = ["base_model", "method", "keep_ratio", *benchmarks, "Avg preservation", "Avg retention",
+               "FLOPs ratio", "prefill s", "total s", "KV MB", "note"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _fmt(column: str, value: Any) -> str:
+    if isinstance(value, str):
+        return value.replace("|", "\\|")
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if column == "Avg preservation":
+        return f"{value:.1f}%"
+    if column in ("keep_ratio", "Avg retention", "FLOPs ratio", "prefill s", "total s"):
+        return f"{value:.3f}"
+    return f"{value:.1f}"
+
+
+def table_markdown(table: pd.DataFrame, framework: str) -> str:
+    """GitHub markdown of a framework table, with a legend of units."""
+    lines = [f"# {framework}", "",
+             "| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
+    for _, row in table.iterrows():
+        lines.append("| " + " | ".join(_fmt(c, row[c]) for c in table.columns) + " |")
+    lines += ["", "Scores in percent (MME: perception + reasoning/cognition points). Avg preservation: mean of "
+              "score / vanilla score over the benchmarks with a vanilla run. Avg retention: measured kept "
+              "fraction of visual tokens (FastV: averaged over layers). FLOPs ratio: visual-part FLOPs vs "
+              "vanilla (theoretical). prefill s, total s: mean per sample; KV MB: mean KV cache (10^6 bytes).",
+              ""]
+    return "\n".join(lines)
+
+
+def plot_preservation(table: pd.DataFrame, framework: str, out_dir: Path) -> list[Path]:
+    """One PNG per base model: average preservation (%) against average retention, a line per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    for base, rows in table.groupby("base_model", sort=True):
+        points = rows[(rows["method"] != "none") & rows["Avg preservation"].notna()]
+        if points.empty:
+            continue
+        fig, ax = plt.subplots(figsize=(5, 4))
+        for method in sorted(points["method"].unique(), key=_method_rank):
+            line = points[points["method"] == method].sort_values("Avg retention")
+            ax.plot(line["Avg retention"], line["Avg preservation"], marker="o", label=method)
+        ax.plot([1.0], [100.0], marker="*", markersize=12, color="black", linestyle="none", label="vanilla")
+        ax.set_xlabel("average retention ratio")
+        ax.set_ylabel("average performance preservation (%)")
+        ax.set_title(f"{base} ({framework})")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        path = out_dir / f"preservation_{framework}_{_safe_name(str(base))}.png"
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+@dataclass
+class Tables:
+    """Everything aggregate() produced, for callers and tests."""
+
+    summary: pd.DataFrame
+    efficiency: pd.DataFrame
+    tables: dict[str, pd.DataFrame]
+    files: list[Path]
+
+
+def aggregate(results_dir: Path | str, out_dir: Path | str | None = None,
+              options: TableOptions | None = None) -> Tables:
+    """Read every results file under results_dir and write the tables into out_dir (default
+    results_dir/tables). Never writes anywhere else."""
+    root = Path(results_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"results directory {root} does not exist or is not a directory")
+    out = Path(out_dir) if out_dir is not None else root / "tables"
+    options = options or TableOptions()
+    skip = out.resolve() if out.resolve().is_relative_to(root.resolve()) else None
+    root = root.resolve()
+
+    scores = read_vlmeval(root, skip) + read_lmms(root, skip)
+    summary = pair_with_vanilla(_to_display(scores))
+    summary = summary.sort_values(
+        ["framework", "base_model", "method", "keep_ratio", "benchmark", "primary", "metric"],
+        ascending=[True, True, True, False, True, False, True],
+        key=lambda col: col.map(lambda m: "%02d%s" % _method_rank(m)) if col.name == "method" else col,
+    )[SUMMARY_COLUMNS]
+    efficiency = summarize_efficiency(read_efficiency(root, skip))
+    if summary.empty and efficiency.empty:
+        log.warning("no results found under %s (looked for *%s, *_results.json, *%s)", root,
+                    ", *".join(VLMEVAL_SUFFIXES), EFFICIENCY_SUFFIX)
+
+    out.mkdir(parents=True, exist_ok=True)
+    files = [out / "summary.csv", out / "efficiency.csv", out / "tables.xlsx"]
+    summary.to_csv(files[0], index=False)
+    efficiency.to_csv(files[1], index=False)
+    present = set(summary["framework"]) | set(efficiency["framework"])
+    tables = {fw: build_table(summary, efficiency, fw, options)
+              for fw in [*FRAMEWORKS, *sorted(present - set(FRAMEWORKS))] if fw in present}
+    with pd.ExcelWriter(files[2], engine="openpyxl") as writer:
+        summary.to_excel(writer, sheet_name="summary", index=False)
+        for framework, table in tables.items():
+            table.to_excel(writer, sheet_name=_safe_name(framework)[:31], index=False)
+        efficiency.to_excel(writer, sheet_name="efficiency", index=False)
+    for framework, table in tables.items():
+        path = out / f"table_{_safe_name(framework)}.md"
+        path.write_text(table_markdown(table, framework), encoding="utf-8")
+        files.append(path)
+        files.extend(plot_preservation(table, framework, out))
+    return Tables(summary, efficiency, tables, files)
+
+
+def _parse_shape(text: str) -> tuple[str, LLMShape]:
+    base, sep, key = text.partition("=")
+    if not sep or key not in LLM_SHAPES:
+        raise argparse.ArgumentTypeError(
+            f"--shape {text!r}: expected BASE=KEY with KEY in {', '.join(sorted(LLM_SHAPES))}")
+    return base, LLM_SHAPES[key]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tcc_eval.aggregate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("results_dir", type=Path,
+                        help="VLMEvalKit --work-dir, lmms-eval --output_path, or any folder above them")
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default RESULTS_DIR/tables)")
+    parser.add_argument("--shape", type=_parse_shape, action="append", default=[], metavar="BASE=KEY",
+                        help="LLM shape of a base model whose name states no size, e.g. Qwen2VL=qwen2-vl-2b "
+                             "(used for FLOPs and FastV's average retention)")
+    parser.add_argument("--fastv-k", type=int, default=2, help="layer at which FastV prunes (default 2)")
+    args = parser.parse_args(argv)
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("aggregate: %(levelname)s: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+    if not args.results_dir.is_dir():
+        print(f"error: results directory {args.results_dir} does not exist; pass the VLMEvalKit --work-dir "
+              f"or lmms-eval --output_path (or a folder above them)", file=sys.stderr)
+        return 2
+    result = aggregate(args.results_dir, args.out, TableOptions(dict(args.shape), args.fastv_k))
+    print(f"{len(result.summary)} scores, {len(result.efficiency)} efficiency rows -> "
+          f"{result.files[0].parent}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""Theoretical cost of the visual tokens inside the LLM: FLOPs and KV cache (METHOD.md, Metrics).
+
+The paper reports FLOPs of the visual part only, summed over layers and divided by the vanilla
+model's, and KV cache bytes; both follow from the LLM's shape. Measured timings come from the
+efficiency records instead (see ``tcc_eval.aggregate``).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+# Model types whose FFN is a plain two-matrix MLP (c = 2); every other decoder here is gated (c = 3).
+PLAIN_FFN_MODEL_TYPES = frozenset({"gpt2", "gptj", "gpt_neox", "opt", "bloom", "phi", "falcon"})
+
+
+@dataclass(frozen=True)
+class LLMShape:
+    """The decoder facts the cost formulas need."""
+
+    layers: int
+    hidden: int
+    intermediate: int
+    heads: int
+    kv_heads: int
+    head_dim: int = 0  # 0: hidden // heads
+    gated: bool = True
+
+    def __post_init__(self) -> None:
+        if self.head_dim == 0:
+            object.__setattr__(self, "head_dim", self.hidden // self.heads)
+
+
+# Real configurations (config.json of the public checkpoints; LLaVA-OneVision and VILA1.5 use these LLMs).
+_QWEN2_7B = LLMShape(layers=28, hidden=3584, intermediate=18944, heads=28, kv_heads=4)
+_QWEN2_0_5B = LLMShape(layers=24, hidden=896, intermediate=4864, heads=14, kv_heads=2)
+_LLAMA3_8B = LLMShape(layers=32, hidden=4096, intermediate=14336, heads=32, kv_heads=8)
+LLM_SHAPES: dict[str, LLMShape] = {
+    "qwen2-vl-7b": _QWEN2_7B,
+    "qwen2-vl-2b": LLMShape(layers=28, hidden=1536, intermediate=8960, heads=12, kv_heads=2),
+    "qwen2-7b": _QWEN2_7B,
+    "qwen2-0.5b": _QWEN2_0_5B,
+    "llava-ov-7b": _QWEN2_7B,
+    "llava-ov-0.5b": _QWEN2_0_5B,
+    "vila1.5-3b": LLMShape(layers=32, hidden=2560, intermediate=6912, heads=20, kv_heads=20),  # Sheared-LLaMA-2.7B
+    "vila1.5-8b": _LLAMA3_8B,
+    "llama3-8b": _LLAMA3_8B,
+}
+
+
+def visual_flops(n: float, d: int, m: int, layers: int, gated: bool = True) -> float:
+    """FLOPs of ``n`` visual tokens over ``layers`` layers: per layer 4 n d^2 + 2 n^2 d + c n d m."""
+    c = 3 if gated else 2
+    return layers * (4 * n * d * d + 2 * n * n * d + c * n * d * m)
+
+
+def kept_tokens(n_visual: int, keep_ratio: float) -> int:
+    """Tokens a top-k keeps: k = round(rho * N_v), at least 1 (METHOD.md, Inference)."""
+    return max(1, round(keep_ratio * n_visual))
+
+
+def flops_ratio(
+    n_visual: float, keep_ratio: float, cfg: LLMShape | str, method: str = "tcc", fastv_k: int = 2
+) -> float:
+    """Visual-part FLOPs of a pruned model relative to vanilla.
+
+    Input-stage methods (tcc, random, a0, oracle, ...) run every layer on the kept tokens; ``fastv``
+    runs the first ``fastv_k`` layers on all tokens and the rest on the kept ones. The n^2 attention
+    term makes a 50% keep cost slightly less than half."""
+    shape = LLM_SHAPES[cfg] if isinstance(cfg, str) else cfg
+    if n_visual <= 0:
+        raise ValueError(f"n_visual must be positive, got {n_visual}")
+    if method == "none" or keep_ratio >= 1.0:
+        return 1.0
+    n = round(n_visual)
+    k = kept_tokens(n, keep_ratio)
+    d, m, gated = shape.hidden, shape.intermediate, shape.gated
+    full = visual_flops(n, d, m, shape.layers, gated)
+    if method == "fastv":
+        early = min(fastv_k, shape.layers)
+        pruned = visual_flops(n, d, m, early, gated) + visual_flops(k, d, m, shape.layers - early, gated)
+    else:
+        pruned = visual_flops(k, d, m, shape.layers, gated)
+    return pruned / full
+
+
+def fastv_average_retention(keep_ratio: float, layers: int, k: int = 2) -> float:
+    """Mean kept fraction over all layers when pruning at layer K: (K + (L - K) r) / L."""
+    k = min(k, layers)
+    return (k + (layers - k) * keep_ratio) / layers
+
+
+def kv_cache_bytes(tokens: int, layers: int, kv_heads: int, head_dim: int, bytes_per_elem: int = 2) -> int:
+    """Bytes of keys and values cached for ``tokens`` tokens: 2 x layers x kv_heads x head_dim x bytes."""
+    return 2 * layers * kv_heads * head_dim * bytes_per_elem * tokens
+
+
+def shape_from_config(hf_config: Any) -> LLMShape:
+    """LLM shape from a Hugging Face config (object or dict), using ``text_config`` when present."""
+    cfg = hf_config.to_dict() if hasattr(hf_config, "to_dict") else dict(hf_config)
+    text = cfg.get("text_config") or cfg.get("llm_cfg") or cfg
+    if hasattr(text, "to_dict"):
+        text = text.to_dict()
+    try:
+        hidden = int(text["hidden_size"])
+        heads = int(text["num_attention_heads"])
+        shape = LLMShape(
+            layers=int(text["num_hidden_layers"]),
+            hidden=hidden,
+            intermediate=int(text["intermediate_size"]),
+            heads=heads,
+            kv_heads=int(text.get("num_key_value_heads") or heads),
+            head_dim=int(text.get("head_dim") or hidden // heads),
+            gated=text.get("model_type") not in PLAIN_FFN_MODEL_TYPES,
+        )
+    except KeyError as err:
+        raise ValueError(f"config has no text-model field {err}; pass the MLLM's or its LLM's config") from None
+    return shape
+
+
+# Family pattern (on the lower-cased name without punctuation) -> size token -> LLM_SHAPES key.
+_FAMILY_SIZES: dict[str, dict[str, str]] = {
+    r"qwen2vl": {"7b": "qwen2-vl-7b", "2b": "qwen2-vl-2b"},
+    r"llava(?:ov|onevision)": {"7b": "llava-ov-7b", "05b": "llava-ov-0.5b"},
+    r"vila(?:15)?": {"3b": "vila1.5-3b", "8b": "vila1.5-8b"},
+    r"llama3": {"8b": "llama3-8b"},
+    r"qwen2": {"7b": "qwen2-7b", "05b": "qwen2-0.5b"},
+}
+
+
+def guess_shape(name: str) -> LLMShape | None:
+    """Shape for a readable model name (``Qwen2VL7B``, ``qwen2_vl/Qwen2-VL-2B-Instruct``, ``VILA1.5-3B``).
+
+    Only names that state family and size resolve; tiny test models and names without a size (the
+    family's sizes differ in width or depth) give None, so costs are never guessed."""
+    words = re.sub(r"[^a-z0-9]+", "-", name.lower().replace(".", ""))  # "Qwen2-0.5B" -> "qwen2-05b"
+    compact = words.replace("-", "")
+    if compact.startswith("tiny"):
+        return None
+    for family, sizes in _FAMILY_SIZES.items():
+        if re.search(family, compact):
+            for size, key in sizes.items():
+                if re.search(rf"(?<!\d){size}", words):
+                    return LLM_SHAPES[key]
+            return None
+    return None

@@ -1,0 +1,423 @@
+"""aggregate.py on a results tree written exactly the way VLMEvalKit 0.0.20 and lmms-eval 0.7.3 write it.
+
+The writers reproduced here follow vlmeval/smp/file.py ``dump`` (csv: ``to_csv(index=False,
+quoting=QUOTE_ALL)``, json: ``indent=4, ensure_ascii=False``), ``report_acc`` (MCQ fractions per split),
+``MME_rating`` + ``d2df`` (one row: perception, reasoning, categories), the MVBench / Video-MME
+``get_dimension_rating``, and lmms-eval's ``save_results_aggregated`` (``indent=2``).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import os
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tcc_eval.aggregate import (TableOptions, aggregate, lmms_base_model, main, parse_model_args,
+                                parse_model_name)
+from tcc_eval.flops import LLM_SHAPES, fastv_average_retention, flops_ratio
+
+REPO = Path(__file__).resolve().parents[1]
+OLD = 1_700_000_000  # mtime of superseded runs
+
+
+# --------------------------------------------------------------------------------------------------
+# writers in the frameworks' formats
+# --------------------------------------------------------------------------------------------------
+def vlmeval_csv(frame: pd.DataFrame, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(path, index=False, encoding="utf-8", quoting=csv.QUOTE_ALL)
+
+
+def vlmeval_json(data, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    json.dump(data, open(path, "w"), indent=4, ensure_ascii=False)
+
+
+def write_mcq_acc(path: Path, correct: int, total: int = 100) -> None:
+    """report_acc: split 'none', Overall and per-category np.mean of hits (fractions)."""
+    hits = np.array([1] * correct + [0] * (total - correct))
+    cats = np.array(["coarse perception", "math"] * (total // 2))
+    res = defaultdict(list)
+    res["split"] = ["none"]
+    res["Overall"] = [np.mean(hits)]
+    for cat in sorted(set(cats)):
+        res[cat] = [np.mean(hits[cats == cat])]
+    vlmeval_csv(pd.DataFrame(res), path)
+
+
+def write_mme_score(path: Path, perception: float, reasoning: float) -> None:
+    """MME_rating + d2df: perception, reasoning, then the 14 categories (one row)."""
+    ret = {"perception": perception, "reasoning": reasoning}
+    ret.update({c: perception / 10 for c in ["OCR", "artwork", "celebrity", "color", "count", "existence",
+                                             "landmark", "position", "posters", "scene"]})
+    ret.update({c: reasoning / 4 for c in ["code_reasoning", "commonsense_reasoning", "numerical_calculation",
+                                           "text_translation"]})
+    vlmeval_csv(pd.DataFrame({k: [v] for k, v in ret.items()}), path)
+
+
+def write_mvbench_rating(path: Path, correct: dict[str, int], per_task: int = 100) -> None:
+    board = {task: [c, per_task, f"{c / per_task * 100:.2f}%"] for task, c in correct.items()}
+    total_c, total_t = sum(correct.values()), per_task * len(correct)
+    board["overall"] = [total_c, total_t, f"{total_c / total_t * 100:.2f}%"]
+    vlmeval_json(board, path)
+
+
+def write_videomme_rating(path: Path, overall: float, short: float) -> None:
+    def block(value):
+        return {"overall": f"{value:.3f}", "domain": {"Knowledge": f"{value:.3f}"},
+                "sub_category": {"Humanity & History": f"{value:.3f}"}, "task_type": {"Counting Problem": "nan"}}
+    vlmeval_json({"short": block(short), "medium": block(overall), "long": {**block(0), "overall": "nan"},
+                  "overall": block(overall)}, path)
+
+
+def write_lmms_results(output_path: Path, model: str, model_args: str, date: str, results: dict,
+                       group_subtasks: dict, n_samples: dict) -> Path:
+    pretrained = parse_model_args(model_args)["pretrained"]
+    folder = output_path / "__".join(pretrained.split("/")[-2:])
+    folder.mkdir(parents=True, exist_ok=True)
+    data = {
+        "results": results,
+        "group_subtasks": group_subtasks,
+        "configs": {t: {"task": t} for t in results},
+        "versions": {t: "Yaml" for t in results},
+        "n-shot": {t: 0 for t in results},
+        "higher_is_better": {t: {} for t in results},
+        "n-samples": n_samples,
+        "config": {"model": model, "model_args": model_args, "batch_size": "1", "batch_sizes": [],
+                   "device": "cuda", "use_cache": None, "limit": None, "bootstrap_iters": 100000,
+                   "gen_kwargs": "", "random_seed": 0, "numpy_seed": 1234, "torch_seed": 1234, "fewshot_seed": 1234},
+        "git_hash": None, "date": date, "task_hashes": {},
+        "model_source": model, "model_name": pretrained, "model_name_sanitized": folder.name,
+        "system_instruction": None, "system_instruction_sha": None, "fewshot_as_multiturn": False,
+        "chat_template": None, "chat_template_sha": None, "start_time": 1.0, "end_time": 2.0,
+        "total_evaluation_time_seconds": "1.0",
+    }
+    path = folder / f"{date}_results.json"
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
+    return path
+
+
+def lmms_run(perception, cognition, synth, mv_a, mv_b):
+    results = {
+        "mme": {"alias": "mme", "mme_cognition_score,none": cognition, "mme_cognition_score_stderr,none": "N/A",
+                "mme_perception_score,none": perception, "mme_perception_score_stderr,none": "N/A"},
+        "mvbench": {"alias": "mvbench", " ": " "},
+        "mvbench_action_antonym": {"alias": " - mvbench_action_antonym", "mvbench_accuracy,none": mv_a,
+                                   "mvbench_accuracy_stderr,none": "N/A"},
+        "mvbench_action_count": {"alias": " - mvbench_action_count", "mvbench_accuracy,none": mv_b,
+                                 "mvbench_accuracy_stderr,none": "N/A"},
+        "tccsynth_img": {"alias": "tccsynth_img", "exact_match,none": synth, "exact_match_stderr,none": 0.01},
+    }
+    groups = {"tccsynth_img": [], "mvbench": ["mvbench_action_antonym", "mvbench_action_count"], "mme": []}
+    sizes = {"mme": {"original": 2374, "effective": 2374}, "tccsynth_img": {"original": 64, "effective": 64},
+             "mvbench_action_antonym": {"original": 200, "effective": 100},
+             "mvbench_action_count": {"original": 200, "effective": 300}}
+    return results, groups, sizes
+
+
+def efficiency_line(model, framework, dataset, index, method, ratio, base, before, after, prefill, total):
+    return json.dumps({"model": model, "framework": framework, "dataset": dataset, "index": index,
+                       "method": method, "keep_ratio": ratio, "base_model": base, "visual_before": before,
+                       "visual_after": after, "seq_before": before + 60, "seq_after": after + 60,
+                       "prefill_s": prefill, "compressor_s": 0.01, "total_s": total,
+                       "kv_cache_bytes": (after + 60) * 57344, "new_tokens": 1})
+
+
+# --------------------------------------------------------------------------------------------------
+# the results tree
+# --------------------------------------------------------------------------------------------------
+# (model, MMStar correct of 100, MME perception, reasoning, MVBench correct per task of 100)
+VLMEVAL_RUNS = {
+    "Qwen2VL7B_Vanilla": (60, 1500.0, 400.0, (70, 50)),
+    "Qwen2VL7B_TCC50": (57, 1425.0, 380.0, (66, 48)),
+    "Qwen2VL7B_TCC25": (54, 1350.0, 360.0, (63, 45)),
+    "LLaVAOV7B_Vanilla": (50, 1600.0, 300.0, (60, 60)),
+    "LLaVAOV7B_TCC50": (49, 1520.0, 300.0, (57, 57)),
+    "LLaVAOV7B_TCC25": (45, 1440.0, 270.0, (54, 54)),
+}
+
+
+def build_tree(root: Path) -> dict[str, Path]:
+    work = root / "vlmeval_work"
+    special = {}
+    for model, (mmstar, perception, reasoning, mv) in VLMEVAL_RUNS.items():
+        folder = work / model
+        if model == "Qwen2VL7B_TCC50":  # newer VLMEvalKit layout: one timestamped folder per run
+            stale = folder / "T20251101-000000_G1234abcd"
+            write_mcq_acc(stale / f"{model}_MMStar_acc.csv", 10)
+            os.utime(stale / f"{model}_MMStar_acc.csv", (OLD, OLD))
+            folder = folder / "T20251128-101010_G1234abcd"
+        write_mcq_acc(folder / f"{model}_MMStar_acc.csv", mmstar)
+        write_mme_score(folder / f"{model}_MME_score.csv", perception, reasoning)
+        write_mvbench_rating(folder / f"{model}_MVBench_8frame_rating.json",
+                             {"Action Antonym": mv[0], "Action Count": mv[1]})
+        vlmeval_json({"MMStar": {"status": "done", "primary_metric": 0.99}}, folder / "status.json")
+    special["corrupt"] = work / "LLaVAOV7B_TCC25" / "LLaVAOV7B_TCC25_MME_score.csv"
+    special["corrupt"].write_bytes(b"\x00\x01garbage\xff")
+    write_videomme_rating(work / "Qwen2VL7B_Vanilla" / "Qwen2VL7B_Vanilla_Video-MME_8frame_rating.json", 0.6, 0.7)
+    write_videomme_rating(work / "Qwen2VL7B_TCC50" / "Qwen2VL7B_TCC50_Video-MME_8frame_rating.json", 0.57, 0.63)
+    write_mcq_acc(work / "VILA15_TCC25" / "VILA15_TCC25_MMStar_acc.csv", 40)  # no vanilla run
+    write_mcq_acc(work / "Qwen2VL7B_FastV25" / "Qwen2VL7B_FastV25_MMStar_acc.csv", 45)
+    write_mcq_acc(work / "TinyQwen2VL_Vanilla" / "TinyQwen2VL_Vanilla_MMStar_acc.csv", 80)
+    write_mcq_acc(work / "TinyQwen2VL_A050" / "TinyQwen2VL_A050_MMStar_acc.csv", 60)
+    write_mcq_acc(work / "TinyQwen2VL_FastV25" / "TinyQwen2VL_FastV25_MMStar_acc.csv", 40)
+    write_mcq_acc(work / "Qwen2-VL-7B-Instruct" / "Qwen2-VL-7B-Instruct_MMStar_acc.csv", 61)  # not ours
+
+    eff = root / "vlmeval_work"
+    lines = []
+    for model, method, ratio, after, prefill in [("Qwen2VL7B_Vanilla", "none", 1.0, 1000, 2.0),
+                                                  ("Qwen2VL7B_TCC50", "tcc", 0.5, 500, 1.2),
+                                                  ("Qwen2VL7B_TCC25", "tcc", 0.25, 250, 0.7),
+                                                  ("Qwen2VL7B_FastV25", "fastv", 0.25, 250, 0.9),
+                                                  ("TinyQwen2VL_FastV25", "fastv", 0.25, 36, 0.1)]:
+        for i in range(4):
+            before = 144 if model.startswith("Tiny") else 1000
+            lines.append(efficiency_line(model, "vlmeval", "MMStar", i, method, ratio, "Qwen2VL7B", before,
+                                         after + (i % 2) * 2 - 1, prefill + 0.1 * i, prefill + 1.0))
+    lines.insert(3, "{not json")
+    special["efficiency"] = eff / "vlmeval_efficiency.jsonl"
+    special["efficiency"].write_text("\n".join(lines) + "\n")
+
+    lmms = root / "lmms_out"
+    args = "pretrained=/models/Qwen/Qwen2-VL-7B-Instruct,method={},ratio={},compressor=/ckpt/c.pt,batch_size=1"
+    write_lmms_results(lmms, "qwen2_vl_tcc", args.format("none", 1.0), "20251128_120000",
+                       *lmms_run(1500.0, 400.0, 0.8, 70.0, 50.0))
+    write_lmms_results(lmms, "qwen2_vl_tcc", args.format("tcc", 0.5), "20251128_130000",
+                       *lmms_run(1425.0, 380.0, 0.76, 66.5, 47.5))
+    (lmms / "Qwen__Qwen2-VL-7B-Instruct" / "20251128_140000_results.json").write_text('{"results": {')
+    (lmms / "Qwen__Qwen2-VL-7B-Instruct" / "20251128_140000_samples_mme.jsonl").write_text("{}\n")
+    (lmms / "lmms_efficiency.jsonl").write_text("\n".join(
+        efficiency_line("qwen2_vl_tcc", "lmms_eval", "mme", i, m, r, "/models/Qwen/Qwen2-VL-7B-Instruct",
+                        1200, int(1200 * r), p, p + 0.5) for i in range(3)
+        for m, r, p in [("none", 1.0, 3.0), ("tcc", 0.5, 1.6)]) + "\n")
+    return special
+
+
+def snapshot(root: Path) -> dict[str, tuple[float, str]]:
+    return {str(p): (p.stat().st_mtime, hashlib.sha256(p.read_bytes()).hexdigest())
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("results")
+    special = build_tree(root)
+    before = snapshot(root)
+    handler = _Collect()
+    logger = logging.getLogger("tcc_eval.aggregate")
+    logger.addHandler(handler)
+    try:
+        result = aggregate(root, options=TableOptions())
+    finally:
+        logger.removeHandler(handler)
+    after = {k: v for k, v in snapshot(root).items() if "/tables/" not in k}
+    summary = pd.read_csv(root / "tables" / "summary.csv")
+    return dict(root=root, special=special, before=before, after=after, result=result, summary=summary,
+                warnings=handler.messages)
+
+
+class _Collect(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+def row(summary, framework, base, method, ratio, benchmark, metric):
+    hit = summary[(summary.framework == framework) & (summary.base_model == base) & (summary.method == method)
+                  & np.isclose(summary.keep_ratio, ratio) & (summary.benchmark == benchmark)
+                  & (summary.metric == metric)]
+    assert len(hit) == 1, (framework, base, method, ratio, benchmark, metric, len(hit))
+    return hit.iloc[0]
+
+
+# --------------------------------------------------------------------------------------------------
+# tests
+# --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name, expected", [
+    ("Qwen2VL_TCC50", ("Qwen2VL", "tcc", 0.5)),
+    ("Qwen2VL7B_TCC25", ("Qwen2VL7B", "tcc", 0.25)),
+    ("LLaVAOV_Random25", ("LLaVAOV", "random", 0.25)),
+    ("TinyQwen2VL_A050", ("TinyQwen2VL", "a0", 0.5)),
+    ("Qwen2VL_FastV25", ("Qwen2VL", "fastv", 0.25)),
+    ("Qwen2VL_Oracle75", ("Qwen2VL", "oracle", 0.75)),
+    ("VILA15_TCC25", ("VILA15", "tcc", 0.25)),
+    ("Qwen2VL_Vanilla", ("Qwen2VL", "none", 1.0)),
+])
+def test_parse_model_name(name, expected):
+    assert parse_model_name(name) == expected
+
+
+@pytest.mark.parametrize("name", ["Qwen2-VL-7B-Instruct", "Qwen2VL_TCC", "Qwen2VL_PDrop50", "Qwen2VL_TCC0"])
+def test_parse_model_name_rejects_unknown(name):
+    with pytest.raises(ValueError, match="unknown model name|outside"):
+        parse_model_name(name)
+
+
+def test_model_args_and_base_name():
+    args = parse_model_args("pretrained=/m/Qwen2-VL-7B-Instruct,method=tcc,ratio=0.5,max_pixels=1,2")
+    assert args == {"pretrained": "/m/Qwen2-VL-7B-Instruct", "method": "tcc", "ratio": "0.5", "max_pixels": "1,2"}
+    name = lmms_base_model("qwen2_vl_tcc", "/m/Qwen2-VL-7B-Instruct/")
+    assert name == "qwen2_vl/Qwen2-VL-7B-Instruct"
+    assert lmms_base_model("qwen2_vl", name) == name  # upstream vanilla and our wrapper pair; idempotent
+    assert lmms_base_model("/m/Qwen2-VL-7B-Instruct", "/m/Qwen2-VL-7B-Instruct") == "Qwen2-VL-7B-Instruct"
+
+
+def test_vlmeval_preservation_exact(run):
+    s = run["summary"]
+    van = row(s, "vlmeval", "Qwen2VL7B", "none", 1.0, "MMStar", "Overall")
+    assert van.score == pytest.approx(60.0) and van.preservation == pytest.approx(1.0)
+    r = row(s, "vlmeval", "Qwen2VL7B", "tcc", 0.25, "MMStar", "Overall")
+    assert (r.score, r.vanilla_score, r.preservation) == pytest.approx((54.0, 60.0, 0.9))
+    mme = row(s, "vlmeval", "Qwen2VL7B", "tcc", 0.5, "MME", "total")
+    assert (mme.score, mme.vanilla_score, mme.preservation) == pytest.approx((1805.0, 1900.0, 0.95))
+    assert bool(mme.primary)
+    assert row(s, "vlmeval", "Qwen2VL7B", "tcc", 0.5, "MME", "reasoning").score == pytest.approx(380.0)
+    mv = row(s, "vlmeval", "LLaVAOV7B", "tcc", 0.25, "MVBench_8frame", "overall")
+    assert (mv.score, mv.vanilla_score, mv.preservation) == pytest.approx((54.0, 60.0, 0.9))
+    vm = row(s, "vlmeval", "Qwen2VL7B", "tcc", 0.5, "Video-MME_8frame", "overall")
+    assert (vm.score, vm.preservation) == pytest.approx((57.0, 0.95))
+    assert row(s, "vlmeval", "TinyQwen2VL", "a0", 0.5, "MMStar", "Overall").preservation == pytest.approx(0.75)
+
+
+def test_newest_nested_run_wins(run):
+    r = row(run["summary"], "vlmeval", "Qwen2VL7B", "tcc", 0.5, "MMStar", "Overall")
+    assert r.score == pytest.approx(57.0)
+    assert "T20251128-101010" in r.source and "newest of 2 runs" in r.note
+
+
+def test_missing_vanilla_is_noted(run):
+    r = row(run["summary"], "vlmeval", "VILA15", "tcc", 0.25, "MMStar", "Overall")
+    assert r.score == pytest.approx(40.0)
+    assert pd.isna(r.vanilla_score) and pd.isna(r.preservation) and "no vanilla run" in r.note
+
+
+def test_corrupt_and_unknown_files_warn_and_others_survive(run):
+    corrupt = str(run["special"]["corrupt"])
+    assert any(corrupt in m for m in run["warnings"]), run["warnings"]
+    assert any("Qwen2-VL-7B-Instruct" in m and "unknown model name" in m for m in run["warnings"])
+    assert any(m.startswith(f"skipped {run['special']['efficiency']}:4:") for m in run["warnings"])
+    assert any("20251128_140000_results.json" in m for m in run["warnings"])
+    assert all("\n" not in m for m in run["warnings"])
+    s = run["summary"]
+    assert not ((s.base_model == "LLaVAOV7B") & (s.keep_ratio == 0.25) & (s.benchmark == "MME")).any()
+    assert row(s, "vlmeval", "LLaVAOV7B", "tcc", 0.25, "MMStar", "Overall").score == pytest.approx(45.0)
+    assert set(s.benchmark) >= {"MMStar", "MME", "MVBench_8frame", "Video-MME_8frame", "mme", "tccsynth_img"}
+    assert "status" not in " ".join(s.source)
+
+
+def test_raw_files_untouched(run):
+    assert run["after"] == run["before"]
+
+
+def test_lmms_results(run):
+    s = run["summary"]
+    base = "qwen2_vl/Qwen2-VL-7B-Instruct"
+    mme = row(s, "lmms_eval", base, "tcc", 0.5, "mme", "total")
+    assert (mme.score, mme.vanilla_score, mme.preservation) == pytest.approx((1805.0, 1900.0, 0.95))
+    assert row(s, "lmms_eval", base, "none", 1.0, "mme", "cognition").score == pytest.approx(400.0)
+    synth = row(s, "lmms_eval", base, "tcc", 0.5, "tccsynth_img", "exact_match")
+    assert (synth.score, synth.preservation) == pytest.approx((76.0, 0.95))  # fraction -> percent
+    mv = row(s, "lmms_eval", base, "tcc", 0.5, "mvbench", "mvbench_accuracy")
+    van = (70.0 * 100 + 50.0 * 300) / 400  # weighted by effective samples
+    assert (mv.score, mv.vanilla_score) == pytest.approx(((66.5 * 100 + 47.5 * 300) / 400, van))
+    assert "mvbench_action_count" not in set(s.benchmark)
+
+
+def test_tables_efficiency_and_costs(run):
+    tables = run["result"].tables
+    vt = tables["vlmeval"].set_index(["base_model", "method", "keep_ratio"])
+    tcc50 = vt.loc[("Qwen2VL7B", "tcc", 0.5)]
+    assert tcc50["MMStar"] == pytest.approx(57.0)
+    # mean of MMStar 0.95, MME 0.95, MVBench 114/120, Video-MME 0.95
+    assert tcc50["Avg preservation"] == pytest.approx(100 * (0.95 * 3 + 114 / 120) / 4)
+    assert tcc50["Avg retention"] == pytest.approx(0.5)  # (499 + 501 + 499 + 501) / 4000
+    assert tcc50["FLOPs ratio"] == pytest.approx(flops_ratio(1000, 0.5, LLM_SHAPES["qwen2-vl-7b"], "tcc"))
+    assert tcc50["prefill s"] == pytest.approx(1.35)
+    assert tcc50["KV MB"] == pytest.approx(560 * 57344 / 1e6)
+    assert vt.loc[("Qwen2VL7B", "none", 1.0)]["FLOPs ratio"] == 1.0
+    assert vt.loc[("Qwen2VL7B", "tcc", 0.25)]["note"] == "preservation over 3 of 4 benchmarks"
+    assert "no efficiency records" in vt.loc[("LLaVAOV7B", "tcc", 0.5)]["note"]
+    fastv = vt.loc[("Qwen2VL7B", "fastv", 0.25)]
+    assert fastv["Avg retention"] == pytest.approx(fastv_average_retention(0.25, 28, 2))
+    assert fastv["FLOPs ratio"] == pytest.approx(flops_ratio(1000, 0.25, "qwen2-vl-7b", "fastv"))
+    tiny = vt.loc[("TinyQwen2VL", "fastv", 0.25)]
+    assert tiny["Avg retention"] == pytest.approx(0.25) and "LLM depth unknown" in tiny["note"]
+    assert pd.isna(tiny["FLOPs ratio"])
+    lt = tables["lmms_eval"].set_index(["base_model", "method", "keep_ratio"])
+    lrow = lt.loc[("qwen2_vl/Qwen2-VL-7B-Instruct", "tcc", 0.5)]
+    assert lrow["prefill s"] == pytest.approx(1.6) and lrow["Avg retention"] == pytest.approx(0.5)
+    eff = run["result"].efficiency
+    allrow = eff[(eff.framework == "vlmeval") & (eff.method == "tcc") & (eff.keep_ratio == 0.25)
+                 & (eff.dataset == "ALL")].iloc[0]
+    assert allrow["samples"] == 4 and allrow["prefill_s_sum"] == pytest.approx(4 * 0.7 + 0.6)
+
+
+def test_outputs_written(run):
+    out = run["root"] / "tables"
+    from openpyxl import load_workbook
+
+    book = load_workbook(out / "tables.xlsx", read_only=True)
+    assert {"summary", "vlmeval", "lmms_eval", "efficiency"} <= set(book.sheetnames)
+    book.close()
+    md = (out / "table_vlmeval.md").read_text()
+    assert "| Qwen2VL7B | tcc | 0.500 |" in md and "Avg preservation" in md and "95.0%" not in md.split("\n")[0]
+    for name in ["preservation_vlmeval_Qwen2VL7B.png", "preservation_vlmeval_LLaVAOV7B.png",
+                 "preservation_lmms_eval_qwen2_vl_Qwen2-VL-7B-Instruct.png"]:
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    assert not (out / "preservation_vlmeval_VILA15.png").exists()  # nothing to plot without vanilla
+
+
+def test_shape_override_enables_costs(tmp_path):
+    work = tmp_path / "w"
+    write_mcq_acc(work / "MyVLM_Vanilla" / "MyVLM_Vanilla_MMStar_acc.csv", 50)
+    write_mcq_acc(work / "MyVLM_FastV50" / "MyVLM_FastV50_MMStar_acc.csv", 40)
+    plain = aggregate(work).tables["vlmeval"].set_index("method")
+    assert plain.loc["fastv", "Avg retention"] == pytest.approx(0.5)
+    shaped = aggregate(work, tmp_path / "o", TableOptions({"MyVLM": LLM_SHAPES["qwen2-vl-2b"]})).tables
+    assert shaped["vlmeval"].set_index("method").loc["fastv", "Avg retention"] == pytest.approx(
+        (2 + 26 * 0.5) / 28)
+
+
+def test_registry_bases_resolve_to_their_checkpoint_shape():
+    pytest.importorskip("model_registry.matrix")
+    options = TableOptions()
+    assert options.shape("Qwen2VL") == LLM_SHAPES["qwen2-vl-7b"]  # registry: Qwen/Qwen2-VL-7B-Instruct
+    assert options.shape("LLaVAOV05B") == LLM_SHAPES["llava-ov-0.5b"]
+    assert options.shape("VILA15") == LLM_SHAPES["llama3-8b"]  # Llama-3-VILA1.5-8b
+    assert options.shape("TinyQwen2VL") is None
+
+
+def test_cli_script_and_module_forms(tmp_path):
+    work = tmp_path / "w"
+    write_mcq_acc(work / "Qwen2VL_Vanilla" / "Qwen2VL_Vanilla_MMStar_acc.csv", 50)
+    write_mcq_acc(work / "Qwen2VL_TCC50" / "Qwen2VL_TCC50_MMStar_acc.csv", 45)
+    (work / "Qwen2VL_TCC50" / "Qwen2VL_TCC50_MME_score.csv").write_text('"a","b"\n"1"\n"2","3","4"\n')
+    script = subprocess.run([sys.executable, str(REPO / "tcc_eval" / "aggregate.py"), str(work), "--shape", "Qwen2VL=qwen2-vl-2b"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert script.returncode == 0, script.stderr
+    assert "Qwen2VL_TCC50_MME_score.csv" in script.stderr
+    summary = pd.read_csv(work / "tables" / "summary.csv")
+    assert summary.loc[summary.method == "tcc", "preservation"].iloc[0] == pytest.approx(0.9)
+    missing = subprocess.run([sys.executable, "-m", "tcc_eval.aggregate", str(tmp_path / "nope")],
+                             cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
+
+
+def test_empty_dir_still_writes_tables(tmp_path):
+    assert main([str(tmp_path)]) == 0
+    assert list(pd.read_csv(tmp_path / "tables" / "summary.csv").columns)[:4] == [
+        "framework", "base_model", "model", "method"]
+    assert (tmp_path / "tables" / "tables.xlsx").exists()
