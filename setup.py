@@ -1,8 +1,31 @@
 """tcc-eval: task-related visual token compression for MLLMs, as VLMEvalKit and lmms-eval plug-ins."""
 
+import shutil
+from pathlib import Path
+
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
+
+# Start-up hook that registers our models when vlmeval.config is imported (see autoregister.py).
+PTH = Path("tcc_eval", "integrations", "vlmeval", "tcc_eval_vlmeval.pth")
+
+
+class build_py_with_pth(build_py):
+    """Also put the .pth at the top of site-packages: wheels (`pip install .`) take it from build_lib;
+    PEP 660 editable wheels (`pip install -e .`) from the install dir (the editable wheel's root)."""
+
+    def run(self):
+        super().run()
+        targets = [Path(self.build_lib)]
+        if getattr(self, "editable_mode", False):
+            targets.append(Path(self.get_finalized_command("install").install_lib))
+        for target in targets:
+            target.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(PTH, target / PTH.name)
+
 
 setup(
+    cmdclass={"build_py": build_py_with_pth},
     name="tcc-eval",
     version="0.1.0",
     description="Task-related visual token compression (input-stage pruning) for Qwen2-VL, LLaVA-OneVision "

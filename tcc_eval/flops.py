@@ -55,11 +55,6 @@ def visual_flops(n: float, d: int, m: int, layers: int, gated: bool = True) -> f
     return layers * (4 * n * d * d + 2 * n * n * d + c * n * d * m)
 
 
-def kept_tokens(n_visual: int, keep_ratio: float) -> int:
-    """Tokens a top-k keeps: k = round(rho * N_v), at least 1 (METHOD.md, Inference)."""
-    return max(1, round(keep_ratio * n_visual))
-
-
 def flops_ratio(
     n_visual: float, keep_ratio: float, cfg: LLMShape | str, method: str = "tcc", fastv_k: int = 2
 ) -> float:
@@ -74,7 +69,9 @@ def flops_ratio(
     if method == "none" or keep_ratio >= 1.0:
         return 1.0
     n = round(n_visual)
-    k = kept_tokens(n, keep_ratio)
+    from .core import keep_count  # local: keeps the aggregator free of torch at start-up
+
+    k = keep_count(n, keep_ratio)
     d, m, gated = shape.hidden, shape.intermediate, shape.gated
     full = visual_flops(n, d, m, shape.layers, gated)
     if method == "fastv":
