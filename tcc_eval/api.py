@@ -188,6 +188,10 @@ def load(
 
     check_method(method)
     check_keep_ratio(keep_ratio)
+    if method == "tcc":
+        from .compressor import check_compressor_argument
+
+        check_compressor_argument(compressor)
     device = default_device(device)
     dtype = default_dtype(device, dtype)
     attn = "eager" if method == "oracle" else "sdpa"

@@ -74,3 +74,11 @@ def test_video_as_path(tiny_checkpoints, tmp_path):
     msgs = [{"role": "user", "content": [{"type": "video", "video": path}, {"type": "text", "text": "What appeared?"}]}]
     mllm.generate(msgs, max_new_tokens=2)
     assert mllm.last_selection.visual_before[0] > 0
+
+
+def test_tcc_without_compressor_fails_before_loading(tmp_path):
+    # the model path does not even exist: the compressor check must come first
+    with pytest.raises(ValueError, match="needs a trained compressor.*compressor label"):
+        tcc_eval.load(tmp_path / "no_model", method="tcc", keep_ratio=0.5)
+    with pytest.raises(FileNotFoundError, match="does not exist.*compressor train"):
+        tcc_eval.load(tmp_path / "no_model", method="tcc", keep_ratio=0.5, compressor=tmp_path / "missing.pt")

@@ -1,0 +1,40 @@
+"""``python -m tcc_eval.compressor {label,train,evaluate}``: build a compressor for your own checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import evaluate, labels, train
+
+EPILOG = """\
+typical run:
+  python -m tcc_eval.compressor label --model MODEL --data train.tsv --out labels/
+  python -m tcc_eval.compressor train --labels labels/ --out compressor.pt
+  python -m tcc_eval.compressor evaluate --labels labels/ --compressor compressor.pt
+  then tcc_eval.load(MODEL, method="tcc", keep_ratio=0.25, compressor="compressor.pt")
+several GPUs: torchrun --nproc-per-node 8 -m tcc_eval.compressor label ... (one shard per process)
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m tcc_eval.compressor", description=__doc__, epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, module in (("label", labels), ("train", train), ("evaluate", evaluate)):
+        sub = commands.add_parser(name, help=module.HELP, description=module.DESCRIPTION,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.add_arguments(sub)
+        sub.set_defaults(run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""``python -m tcc_eval.compressor evaluate``: how well a compressor reproduces the oracle.
+
+Per sample, with k = round(rho * N_v) exactly as at inference: recall of the oracle's top-k inside the
+predicted top-k, for rho = 25% and 50%, and the Spearman rank correlation between prediction and oracle
+relevance; averaged over samples. Rows: ``tcc`` (the compressor), ``a0`` (raw layer-0 attention, the
+same input without the CNN: the CNN's value is the gap) and ``chance`` (a random ranking: recall k/N).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from scipy.stats import spearmanr
+
+from ..core import keep_count, topk_in_order
+from . import check_match, load_compressor
+from .network import kl_loss, make_target
+from .train import LabelSample, load_labels
+
+HELP = "fidelity of a compressor to the oracle (recall at 25/50 percent, Spearman) vs the a0 baseline"
+DESCRIPTION = __doc__
+RATIOS = (0.25, 0.5)
+
+
+def recall_at(pred: torch.Tensor, oracle: torch.Tensor, ratio: float) -> float:
+    """Fraction of the oracle's top-k tokens that the prediction's top-k also keeps."""
+    k = keep_count(oracle.numel(), ratio)
+    hits = set(topk_in_order(pred, k).tolist()) & set(topk_in_order(oracle, k).tolist())
+    return len(hits) / k
+
+
+def spearman(pred: torch.Tensor, oracle: torch.Tensor) -> float | None:
+    """Rank correlation (ties averaged); None when either side is constant."""
+    if pred.numel() < 2 or bool((pred == pred[0]).all()) or bool((oracle == oracle[0]).all()):
+        return None
+    return float(spearmanr(pred.double().numpy(), oracle.double().numpy()).statistic)
+
+
+def _mean(values: list[float | None]) -> float | None:
+    kept = [v for v in values if v is not None]
+    return sum(kept) / len(kept) if kept else None
+
+
+def fidelity(compressor: Any, samples: list[LabelSample]) -> dict[str, dict[str, float | None]]:
+    """Mean recall@rho, Spearman and KL(target || prediction) for tcc, a0 and chance."""
+    rows: dict[str, dict[str, list]] = {m: {"spearman": [], "kl": [], **{f"recall@{int(r * 100)}": [] for r in RATIOS}}
+                                        for m in ("tcc", "a0", "chance")}
+    for s in samples:
+        oracle = s.relevance
+        target = make_target(oracle)[None]
+        a0 = s.a0.clamp_min(0)
+        scores = {"tcc": compressor.predict(s.a0).float().cpu(), "a0": a0}
+        log_probs = {"tcc": torch.log_softmax(scores["tcc"], dim=-1),
+                     "a0": torch.log(a0 / a0.sum() if a0.sum() > 0 else torch.full_like(a0, 1 / a0.numel()))}
+        for method, pred in scores.items():
+            for r in RATIOS:
+                rows[method][f"recall@{int(r * 100)}"].append(recall_at(pred, oracle, r))
+            rows[method]["spearman"].append(spearman(pred, oracle))
+            rows[method]["kl"].append(float(kl_loss(log_probs[method][None], target)))
+        for r in RATIOS:
+            rows["chance"][f"recall@{int(r * 100)}"].append(keep_count(oracle.numel(), r) / oracle.numel())
+        rows["chance"]["spearman"].append(0.0)
+        rows["chance"]["kl"].append(None)
+    return {method: {name: _mean(values) for name, values in metrics.items()} for method, metrics in rows.items()}
+
+
+def choose_samples(samples: list[LabelSample], val_keys: set[str], split: str) -> tuple[list[LabelSample], str]:
+    """``auto``: the checkpoint's held-out samples if these labels contain them, else all samples."""
+    held_out = [s for s in samples if s.key in val_keys]
+    if split == "val" and not held_out:
+        raise ValueError("--split val: none of the compressor's held-out samples is in these label directories")
+    if split == "all" or (split == "auto" and not held_out):
+        return samples, "all samples (labels not used in training)" if split == "auto" else "all samples"
+    return held_out, "held-out validation split of training"
+
+
+def format_table(report: dict[str, Any]) -> str:
+    names = [f"recall@{int(r * 100)}" for r in RATIOS] + ["spearman", "kl"]
+    lines = [f"{report['n_samples']} samples ({report['split']}), mean N_v {report['mean_n_visual']:.0f}",
+             f"{'method':<8}" + "".join(f"{n:>12}" for n in names)]
+    for method, metrics in report["methods"].items():
+        cells = "".join(f"{'-':>12}" if metrics[n] is None else f"{metrics[n]:>12.4f}" for n in names)
+        lines.append(f"{method:<8}{cells}")
+    return "\n".join(lines)
+
+
+def evaluate(labels: list[str], compressor_path: str, split: str = "auto") -> dict[str, Any]:
+    compressor = load_compressor(compressor_path)
+    source, _, samples, _ = load_labels(labels)
+    check_match(compressor.source_model, source, f"compressor {compressor_path}", "the model of these labels")
+    chosen, how = choose_samples(samples, set(compressor.train_stats.get("val_keys", [])), split)
+    if not chosen:
+        raise ValueError(f"no usable label files in {labels}")
+    return {
+        "compressor": str(compressor_path), "labels": [str(Path(d).resolve()) for d in labels],
+        "split": how, "n_samples": len(chosen), "mean_n_visual": sum(s.n for s in chosen) / len(chosen),
+        "methods": fidelity(compressor, chosen),
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    report = evaluate(args.labels, args.compressor, args.split)
+    print(format_table(report))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report, indent=1))
+    return 0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--labels", required=True, nargs="+", help="label directories")
+    parser.add_argument("--compressor", required=True, help="checkpoint written by `train`")
+    parser.add_argument("--split", default="auto", choices=("auto", "val", "all"),
+                        help="auto: the training run's held-out samples if present, else all (default)")
+    parser.add_argument("--json", default=None, help="also write the report as JSON here")

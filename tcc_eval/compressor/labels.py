@@ -1,0 +1,420 @@
+"""``python -m tcc_eval.compressor label``: oracle relevance + layer-0 attention per sample.
+
+Output layout (one directory per model and dataset):
+    DIR/meta.json                 model facts (family, LLM shape), data file, modality
+    DIR/samples/<id>.pt           a0, relevance, groups, n_visual, answer ... per kept sample
+    DIR/skipped/<id>.json         samples the model answered wrongly (so a resumed run skips them)
+    DIR/label_stats_<i>of<n>.json kept / skipped / failed counts of shard i of n
+Resumable (existing sample files are skipped) and shardable (``--shard i/n`` or torchrun's RANK /
+WORLD_SIZE; LOCAL_RANK picks the GPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import base64
+import io
+import json
+import math
+import os
+import re
+import string
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+HELP = "generate training labels (oracle relevance) with an MLLM"
+DESCRIPTION = """\
+Run the MLLM on every sample, keep those it answers correctly (letter match for multiple choice,
+normalised exact match otherwise; --keep-all keeps every sample), and store per sample the layer-0
+instruction->visual attention (the compressor's input) and the oracle relevance (its target).
+
+Data: a VLMEvalKit-style MCQ TSV (index, image as base64 [or image_path], question, A, B, [C, D ...],
+answer, [hint], [category]; or a video / frames_dir column), or a JSONL with one object per line:
+{"id", "image" | "images" | "video" | "frames_dir", "question", "answer", ["options"]}; paths are
+relative to the data file. Multiple-choice prompt: question, one line per option "A. ...", then
+"Answer with the option's letter from the given choices directly."
+
+Memory: the oracle runs one forward with eager attention and keeps every layer's attention maps for
+the backward passes, i.e. O(layers * heads * N^2) activations for N tokens (about 2 GB per 1000 tokens
+for a 7B model in bf16; the batch is always 1). Long videos may need fewer frames (--num-frames).
+Time: one backward pass per explained answer token; --max-answer-tokens caps them (default 16).
+"""
+
+OPTION_LETTERS = "ABCDEFGH"
+MCQ_SUFFIX = "Answer with the option's letter from the given choices directly."
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif")
+
+
+# ------------------------------------------------------------------------------------------ data
+@dataclass
+class Sample:
+    """One question with its visual input; images/video hold base64 strings or file paths."""
+
+    id: str
+    question: str
+    answer: str
+    options: dict[str, str] = field(default_factory=dict)
+    images: list[str] = field(default_factory=list)
+    video: str | None = None
+    base_dir: Path = Path(".")
+
+    @property
+    def modality(self) -> str:
+        return "video" if self.video is not None else "image"
+
+    def prompt(self) -> str:
+        if not self.options:
+            return self.question
+        lines = [f"{letter}. {text}" for letter, text in self.options.items()]
+        return "\n".join([self.question, *lines, MCQ_SUFFIX])
+
+
+def _present(value: Any) -> bool:
+    return value is not None and not (isinstance(value, float) and math.isnan(value)) and str(value) != ""
+
+
+def _options_from(obj: Any) -> dict[str, str]:
+    if isinstance(obj, dict):
+        return {str(k).strip(): str(v) for k, v in obj.items() if _present(v)}
+    if isinstance(obj, (list, tuple)):
+        return {OPTION_LETTERS[i]: str(v) for i, v in enumerate(obj)}
+    return {}
+
+
+def _answer_letter(answer: str, options: dict[str, str]) -> str:
+    """MCQ answers may be given as the letter or as the option's text."""
+    answer = str(answer).strip()
+    if answer.upper() in options:
+        return answer.upper()
+    for letter, text in options.items():
+        if normalize(text) == normalize(answer):
+            return letter
+    return answer
+
+
+def read_tsv(path: Path) -> list[Sample]:
+    import pandas as pd
+
+    # only empty cells are missing: options such as "None" or "NA" are real answers
+    frame = pd.read_csv(path, sep="\t", dtype={"index": str}, keep_default_na=False, na_values=[""])
+    missing = {"index", "question", "answer"} - set(frame.columns)
+    if missing:
+        raise ValueError(f"{path}: TSV lacks column(s) {sorted(missing)} (VLMEvalKit MCQ format expected)")
+    by_index = dict(zip(frame["index"], frame["image"])) if "image" in frame.columns else {}
+    samples = []
+    for row in frame.to_dict("records"):
+        options = {L: str(row[L]) for L in OPTION_LETTERS if L in row and _present(row[L])}
+        question = str(row["question"])
+        if _present(row.get("hint")):
+            question = f"Hint: {row['hint']}\n{question}"
+        sample = Sample(id=str(row["index"]), question=question, answer=_answer_letter(row["answer"], options),
+                        options=options, base_dir=path.parent)
+        if _present(row.get("frames_dir")) or _present(row.get("video")):
+            sample.video = str(row["frames_dir"] if _present(row.get("frames_dir")) else row["video"])
+        elif _present(row.get("image")):
+            image = str(row["image"])
+            if len(image) <= 64 and image in by_index:  # VLMEvalKit stores repeated images as a row index
+                image = str(by_index[image])
+            sample.images = [str(x) for x in ast.literal_eval(image)] if image.startswith("[") else [image]
+        elif _present(row.get("image_path")):
+            paths = str(row["image_path"])
+            sample.images = [str(x) for x in ast.literal_eval(paths)] if paths.startswith("[") else [paths]
+        else:
+            raise ValueError(f"{path}: row {row['index']} has no image, image_path, video or frames_dir")
+        samples.append(sample)
+    return samples
+
+
+def read_jsonl(path: Path) -> list[Sample]:
+    samples = []
+    for line_no, line in enumerate(path.read_text().splitlines()):
+        if not line.strip():
+            continue
+        rec = json.loads(line)
+        where = f"{path}:{line_no + 1}"
+        if "question" not in rec or "answer" not in rec:
+            raise ValueError(f"{where}: each line needs 'question' and 'answer'")
+        options = _options_from(rec.get("options"))
+        sample = Sample(id=str(rec.get("id", rec.get("index", line_no))), question=str(rec["question"]),
+                        answer=_answer_letter(rec["answer"], options) if options else str(rec["answer"]),
+                        options=options, base_dir=path.parent)
+        video = rec.get("frames_dir") or rec.get("video") or rec.get("video_path")
+        images = rec.get("images") or rec.get("image") or rec.get("image_path")
+        if video:
+            sample.video = str(video)
+        elif images:
+            sample.images = [str(x) for x in (images if isinstance(images, list) else [images])]
+        else:
+            raise ValueError(f"{where}: needs 'image', 'images', 'video' or 'frames_dir'")
+        samples.append(sample)
+    return samples
+
+
+def read_data(path: str | os.PathLike) -> list[Sample]:
+    """Samples of a TSV or JSONL file, in file order; ids must be unique."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"data file {str(path)!r} does not exist")
+    samples = read_jsonl(path) if path.suffix.lower() in (".jsonl", ".json") else read_tsv(path)
+    seen: dict[str, str] = {}
+    for s in samples:
+        key = file_stem(s.id)
+        if key in seen:
+            raise ValueError(f"{path}: sample ids {seen[key]!r} and {s.id!r} collide (ids must be unique)")
+        seen[key] = s.id
+    return samples
+
+
+def file_stem(sample_id: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", sample_id)
+
+
+def load_image(ref: str, base_dir: Path) -> Image.Image:
+    """A file path (relative to the data file) or a base64-encoded image."""
+    if len(ref) < 4096:
+        path = Path(ref) if os.path.isabs(ref) else base_dir / ref
+        if path.is_file():
+            return Image.open(path).convert("RGB")
+    try:
+        return Image.open(io.BytesIO(base64.b64decode(ref))).convert("RGB")
+    except Exception as err:
+        raise ValueError(f"image {ref[:60]!r} is neither an existing file nor base64 image data") from err
+
+
+def uniform_indices(total: int, count: int) -> list[int]:
+    if total <= count:
+        return list(range(total))
+    return [int((i + 0.5) * total / count) for i in range(count)]
+
+
+def load_video(ref: str, base_dir: Path, num_frames: int) -> list[Image.Image]:
+    """Frames of a frames folder (sorted image files) or a video file, uniformly subsampled."""
+    path = Path(ref) if os.path.isabs(ref) else base_dir / ref
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise ValueError(f"frames folder {path} holds no images")
+        return [Image.open(files[i]).convert("RGB") for i in uniform_indices(len(files), num_frames)]
+    if not path.is_file():
+        raise FileNotFoundError(f"video {path} does not exist")
+    import decord
+
+    reader = decord.VideoReader(str(path))
+    frames = reader.get_batch(uniform_indices(len(reader), num_frames)).asnumpy()
+    return [Image.fromarray(f) for f in frames]
+
+
+def messages_for(sample: Sample, num_frames: int) -> list[dict]:
+    if sample.video is not None:
+        content = [{"type": "video", "video": load_video(sample.video, sample.base_dir, num_frames)}]
+    else:
+        content = [{"type": "image", "image": load_image(ref, sample.base_dir)} for ref in sample.images]
+    return [{"role": "user", "content": content + [{"type": "text", "text": sample.prompt()}]}]
+
+
+def dataset_modality(samples: list[Sample]) -> str:
+    kinds = {s.modality for s in samples}
+    return kinds.pop() if len(kinds) == 1 else "mixed"
+
+
+# ------------------------------------------------------------------------------------------ answers
+def normalize(text: str) -> str:
+    """Lower case, no punctuation, no articles, single spaces (SQuAD-style)."""
+    words = str(text).lower().translate(str.maketrans("", "", string.punctuation)).split()
+    content = [w for w in words if w not in ("a", "an", "the")]
+    return " ".join(content or words)  # a bare "A" is an answer (option letter), not an article
+
+
+def extract_letter(response: str, options: dict[str, str]) -> str | None:
+    """The option a free-form response picks: a leading letter, a single standalone letter, or an option text."""
+    text = response.strip()
+    lead = re.match(r"^\(?([A-H])(?:[\s.):,]|$)", text)
+    if lead and lead.group(1) in options:
+        return lead.group(1)
+    found = [letter for letter in options if re.search(rf"\b{letter}\b", text)]
+    if len(found) == 1:
+        return found[0]
+    by_text = [letter for letter, option in options.items() if normalize(option) == normalize(text)]
+    return by_text[0] if len(by_text) == 1 else None
+
+
+def is_correct(response: str, sample: Sample) -> bool:
+    if sample.options:
+        return extract_letter(response, sample.options) == sample.answer
+    return normalize(response) == normalize(sample.answer)
+
+
+# ------------------------------------------------------------------------------------------ labelling
+def parse_shard(text: str | None) -> tuple[int, int]:
+    """'i/n' -> (i, n); torchrun's RANK / WORLD_SIZE when not given; (0, 1) otherwise."""
+    if text is None:
+        if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+            return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        return 0, 1
+    match = re.fullmatch(r"(\d+)/(\d+)", text.strip())
+    if not match or not int(match.group(1)) < int(match.group(2)):
+        raise ValueError(f"--shard must be i/n with 0 <= i < n (e.g. 0/4), got {text!r}")
+    return int(match.group(1)), int(match.group(2))
+
+
+def pick_device(requested: str | None) -> torch.device:
+    if requested:
+        return torch.device(requested)
+    if torch.cuda.is_available() and "LOCAL_RANK" in os.environ:
+        return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    from ..api import default_device
+
+    return default_device()
+
+
+def answer_tokens(model: Any, new_tokens: torch.Tensor) -> torch.Tensor:
+    """Generated ids up to the first EOS / padding token."""
+    stop = {model.generation_config.pad_token_id}
+    eos = model.generation_config.eos_token_id
+    stop.update(eos if isinstance(eos, list) else [eos])
+    ids = new_tokens.tolist()
+    end = next((i for i, t in enumerate(ids) if t in stop), len(ids))
+    return new_tokens[:end]
+
+
+def write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1, default=str))
+    os.replace(tmp, path)
+
+
+def prepare_meta(out: Path, meta: dict[str, Any]) -> None:
+    """Write DIR/meta.json, or check that an existing one describes the same model and data."""
+    path = out / "meta.json"
+    if path.is_file():
+        old = json.loads(path.read_text())
+        if old.get("model") != meta["model"] or old.get("data") != meta["data"]:
+            raise ValueError(
+                f"{out} already holds labels of {old.get('model', {}).get('family')} on {old.get('data')}; "
+                f"this run is {meta['model']['family']} on {meta['data']}: use another --out"
+            )
+        return
+    write_json(path, meta)
+
+
+def label_sample(model, processor, sample: Sample, args: argparse.Namespace, meta: dict) -> dict[str, Any]:
+    """Answer one sample; explain the answer when it is right (or --keep-all). Returns the record."""
+    from ..oracle import explain_inputs
+
+    inputs = processor.apply_chat_template(
+        messages_for(sample, args.num_frames), add_generation_prompt=True, tokenize=True, return_dict=True,
+        return_tensors="pt",
+    )
+    param = next(model.parameters())
+    inputs = {
+        k: (v.to(param.device, param.dtype) if torch.is_floating_point(v) else v.to(param.device))
+        for k, v in inputs.items() if isinstance(v, torch.Tensor)
+    }
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=False)
+    new_tokens = out[0, inputs["input_ids"].shape[1]:]
+    ids = answer_tokens(model, new_tokens)
+    response = processor.tokenizer.decode(ids, skip_special_tokens=True).strip()
+    record: dict[str, Any] = {"id": sample.id, "prediction": response, "answer": sample.answer,
+                              "correct": is_correct(response, sample)}
+    if not (record["correct"] or args.keep_all):
+        return record
+    explanation = explain_inputs(model, inputs, ids if ids.numel() else new_tokens[:1], args.max_answer_tokens)
+    record.update(
+        a0=explanation.a0.float().cpu(),
+        relevance=explanation.relevance.float().cpu(),
+        groups=explanation.groups.cpu(),
+        answer_ids=explanation.answer_ids.cpu(),
+        n_visual=int(explanation.relevance.numel()),
+        modality=sample.modality,
+        model=meta["model"],
+    )
+    return record
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from ..api import default_dtype, load_hf_model
+    from . import model_meta
+
+    shard, n_shards = parse_shard(args.shard)
+    samples = read_data(args.data)
+    if args.limit is not None:
+        samples = samples[: args.limit]
+    out = Path(args.out)
+    (out / "samples").mkdir(parents=True, exist_ok=True)
+    (out / "skipped").mkdir(exist_ok=True)
+    device = pick_device(args.device)
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)
+    model, processor = load_hf_model(args.model, device, default_dtype(device, args.dtype), attn="eager")
+    meta = {
+        "format": "tcc-labels", "version": 1, "model": model_meta(model), "model_path": str(args.model),
+        "data": str(Path(args.data).resolve()), "modality": dataset_modality(samples),
+        "max_answer_tokens": args.max_answer_tokens, "keep_all": args.keep_all,
+        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+    }
+    prepare_meta(out, meta)
+    mine = samples[shard::n_shards]
+    stats: dict[str, Any] = {"shard": f"{shard}/{n_shards}", "total": len(mine), "kept": 0, "skipped_wrong": 0,
+                             "failed": 0, "already_done": 0, "errors": []}
+    start = time.time()
+    bar = tqdm(mine, desc=f"label {shard}/{n_shards}", unit="sample", dynamic_ncols=True)
+    for sample in bar:
+        target = out / "samples" / f"{file_stem(sample.id)}.pt"
+        skipped = out / "skipped" / f"{file_stem(sample.id)}.json"
+        if target.is_file() or (skipped.is_file() and not args.keep_all):
+            stats["already_done"] += 1
+            continue
+        try:
+            record = label_sample(model, processor, sample, args, meta)
+        except Exception as err:  # noqa: BLE001  one bad sample (corrupt image, OOM on a huge video) must not stop the run
+            stats["failed"] += 1
+            stats["errors"].append({"id": sample.id, "error": f"{type(err).__name__}: {err}"[:500]})
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            continue
+        if "relevance" in record:
+            tmp = target.with_name(target.name + ".tmp")
+            torch.save(record, tmp)
+            os.replace(tmp, target)
+            stats["kept"] += 1
+        else:
+            write_json(skipped, record)
+            stats["skipped_wrong"] += 1
+        bar.set_postfix(kept=stats["kept"], wrong=stats["skipped_wrong"], failed=stats["failed"])
+    bar.close()
+    stats["seconds"] = round(time.time() - start, 2)
+    write_json(out / f"label_stats_{shard}of{n_shards}.json", stats)
+    print(
+        f"shard {shard}/{n_shards}: {stats['kept']} kept, {stats['skipped_wrong']} skipped (wrong answer), "
+        f"{stats['failed']} failed, {stats['already_done']} already done; labels in {out}"
+    )
+    for error in stats["errors"][:5]:
+        print(f"  failed {error['id']}: {error['error']}")
+    return 0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="HF checkpoint folder of the MLLM (qwen2_vl, llava_onevision)")
+    parser.add_argument("--data", required=True, help="VLMEvalKit-style MCQ .tsv or .jsonl")
+    parser.add_argument("--out", required=True, help="label directory (created; reused to resume)")
+    parser.add_argument("--shard", default=None, help="i/n: label every n-th sample starting at i "
+                        "(default: torchrun's RANK/WORLD_SIZE, else 0/1)")
+    parser.add_argument("--keep-all", action="store_true", help="keep wrongly answered samples too")
+    parser.add_argument("--max-answer-tokens", type=int, default=16,
+                        help="explain at most this many answer tokens (one backward pass each; default 16)")
+    parser.add_argument("--max-new-tokens", type=int, default=16,
+                        help="tokens generated to judge the answer (default 16)")
+    parser.add_argument("--num-frames", type=int, default=8, help="frames sampled per video (default 8)")
+    parser.add_argument("--limit", type=int, default=None, help="use only the first N samples of the data")
+    parser.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda:LOCAL_RANK or cuda if "
+                        "available, else cpu)")
+    parser.add_argument("--dtype", default=None, help="model dtype (default bf16/fp16 on CUDA, fp32 on CPU)")

@@ -1,0 +1,220 @@
+"""``python -m tcc_eval.compressor train``: fit f_theta to oracle labels (KL(target || prediction), Adam).
+
+Labels come from one or more ``label`` directories of the same model. A seeded validation split is held
+out; the checkpoint with the best validation loss is saved (rewritten on every improvement, so an
+interrupted run still leaves a usable file) and training stops after ``--patience`` epochs without one.
+The held-out sample keys are stored in the checkpoint so ``evaluate`` scores exactly those samples.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import MATCH_KEYS, describe, load_compressor, save_compressor
+from .network import (
+    INPUT_SCALES,
+    NORMS,
+    CompressorConfig,
+    TokenCompressor,
+    kl_loss,
+    make_target,
+    pad_batch,
+)
+
+HELP = "train a compressor on label directories"
+DESCRIPTION = """\
+Train the compressor f_theta (5 depthwise-separable 1-D conv layers, 32-64-128-256-512 channels) to
+predict the oracle relevance (bottom 50% zeroed, sum-normalised) from layer-0 attention.
+Loss KL(target || prediction), Adam, seeded validation split, best-checkpoint saving, early stopping.
+Runs on CUDA when available (fp32), else CPU.
+"""
+
+
+@dataclass
+class LabelSample:
+    key: str  # "<data file>#<sample id>": unique across label directories
+    a0: torch.Tensor
+    relevance: torch.Tensor
+    groups: torch.Tensor
+
+    @property
+    def n(self) -> int:
+        return int(self.a0.numel())
+
+
+def read_meta(labels_dir: Path) -> dict[str, Any]:
+    path = labels_dir / "meta.json"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{labels_dir} is not a label directory (no meta.json): create one with "
+            f"`python -m tcc_eval.compressor label --model MODEL --data DATA --out {labels_dir}`"
+        )
+    return json.loads(path.read_text())
+
+
+def load_labels(dirs: list[str | Path]) -> tuple[dict[str, Any], str, list[LabelSample], int]:
+    """All usable samples of the label directories, sorted by key.
+
+    Returns (source model meta, modality, samples, number of unusable samples skipped)."""
+    metas, samples, bad = [], [], 0
+    for d in map(Path, dirs):
+        meta = read_meta(d)
+        if metas and any(metas[0]["model"].get(k) != meta["model"].get(k) for k in MATCH_KEYS):
+            raise ValueError(
+                f"label directories {dirs[0]} and {d} come from different models ({describe(metas[0]['model'])} "
+                f"vs {describe(meta['model'])}): train one compressor per model"
+            )
+        metas.append(meta)
+        for path in sorted((d / "samples").glob("*.pt")):
+            rec = torch.load(path, map_location="cpu", weights_only=True)
+            a0, rel = rec["a0"].float().flatten(), rec["relevance"].float().flatten()
+            if a0.numel() == 0 or a0.shape != rel.shape or not (torch.isfinite(a0).all() and torch.isfinite(rel).all()):
+                bad += 1
+                continue
+            samples.append(LabelSample(f"{meta['data']}#{rec['id']}", a0, rel, rec["groups"].flatten()))
+    modalities = {m.get("modality") for m in metas}
+    modality = modalities.pop() if len(modalities) == 1 else "mixed"
+    samples.sort(key=lambda s: s.key)
+    return metas[0]["model"], modality, samples, bad
+
+
+def split_keys(keys: list[str], val_frac: float, seed: int) -> set[str]:
+    """Seeded held-out subset: round(val_frac * n) keys, at least 1 when there are 2+ samples and val_frac > 0."""
+    n = len(keys)
+    n_val = 0 if val_frac <= 0 or n < 2 else min(n - 1, max(1, round(val_frac * n)))
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    return {keys[i] for i in order[:n_val]}
+
+
+def micro_batches(samples: list[LabelSample], max_tokens: int) -> Iterator[list[LabelSample]]:
+    """Split one batch into length-sorted chunks of at most ``max_tokens`` padded tokens (memory bound)."""
+    chunk: list[LabelSample] = []
+    for s in sorted(samples, key=lambda s: s.n):
+        if chunk and (len(chunk) + 1) * s.n > max_tokens:
+            yield chunk
+            chunk = []
+        chunk.append(s)
+    if chunk:
+        yield chunk
+
+
+def batch_loss(
+    network: TokenCompressor, batch: list[LabelSample], targets: dict[str, torch.Tensor], device: torch.device,
+    max_tokens: int, scale: float, backward: bool,
+) -> float:
+    """Summed per-sample KL over the batch; gradients (if ``backward``) are of sum * scale."""
+    total = 0.0
+    for chunk in micro_batches(batch, max_tokens):
+        a0, mask = pad_batch([s.a0 for s in chunk])
+        target, _ = pad_batch([targets[s.key] for s in chunk])
+        a0, mask, target = a0.to(device), mask.to(device), target.to(device)
+        loss_sum = kl_loss(network(a0, mask), target, mask) * len(chunk)
+        if backward:
+            (loss_sum * scale).backward()
+        total += float(loss_sum.detach())
+    return total
+
+
+def mean_loss(network, samples, targets, device, batch_size, max_tokens) -> float:
+    network.eval()
+    total = 0.0
+    with torch.no_grad():
+        for i in range(0, len(samples), batch_size):
+            total += batch_loss(network, samples[i : i + batch_size], targets, device, max_tokens, 1.0, False)
+    return total / max(1, len(samples))
+
+
+def train(args: argparse.Namespace) -> dict[str, Any]:
+    from tqdm import tqdm
+
+    start = time.time()
+    source, modality, samples, bad = load_labels(args.labels)
+    if not samples:
+        raise ValueError(f"no usable label files in {args.labels}: run `python -m tcc_eval.compressor label` first")
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    val_keys = split_keys([s.key for s in samples], args.val_frac, args.seed)
+    train_set = [s for s in samples if s.key not in val_keys]
+    val_set = [s for s in samples if s.key in val_keys]
+    targets = {s.key: make_target(s.relevance) for s in samples}
+    torch.manual_seed(args.seed)
+    config = CompressorConfig(kernel_size=args.kernel_size, activation=args.activation, norm=args.norm,
+                              input_scale=args.input_scale)
+    network = TokenCompressor(config).to(device)
+    optimizer = torch.optim.Adam(network.parameters(), lr=args.lr)
+    generator = torch.Generator().manual_seed(args.seed)
+    stats: dict[str, Any] = {
+        "labels": [str(Path(d).resolve()) for d in args.labels], "n_train": len(train_set), "n_val": len(val_set),
+        "n_unusable": bad, "seed": args.seed, "val_frac": args.val_frac, "lr": args.lr,
+        "batch_size": args.batch_size, "device": str(device), "val_keys": sorted(val_keys),
+        "best_val_loss": math.inf, "best_epoch": 0, "epochs_run": 0, "history": [],
+    }
+    best_loss, since_best = math.inf, 0
+    print(f"training on {len(train_set)} samples, validating on {len(val_set)} ({device}); "
+          f"{source['family']} hidden {source['hidden_size']}, modality {modality}")
+    bar = tqdm(range(1, args.epochs + 1), desc="train", unit="epoch", dynamic_ncols=True)
+    for epoch in bar:
+        network.train()
+        order = torch.randperm(len(train_set), generator=generator).tolist()
+        train_total = 0.0
+        for i in range(0, len(order), args.batch_size):
+            batch = [train_set[j] for j in order[i : i + args.batch_size]]
+            optimizer.zero_grad(set_to_none=True)
+            train_total += batch_loss(network, batch, targets, device, args.max_batch_tokens, 1.0 / len(batch), True)
+            optimizer.step()
+        train_loss = train_total / len(train_set)
+        val_loss = train_loss
+        if val_set:
+            val_loss = mean_loss(network, val_set, targets, device, args.batch_size, args.max_batch_tokens)
+        stats["history"].append([round(train_loss, 6), round(val_loss, 6)])
+        stats["epochs_run"] = epoch
+        bar.set_postfix(train=f"{train_loss:.4f}", val=f"{val_loss:.4f}", best=f"{min(best_loss, val_loss):.4f}")
+        if val_loss < best_loss:
+            best_loss, since_best = val_loss, 0
+            stats.update(best_val_loss=val_loss, best_epoch=epoch, time_s=round(time.time() - start, 2))
+            save_compressor(args.out, network, source, modality, stats)
+        else:
+            since_best += 1
+            if since_best >= args.patience:
+                break
+    bar.close()
+    # Rewrite the best weights with the final statistics (epochs run, total time).
+    best = load_compressor(args.out)
+    stats["time_s"] = round(time.time() - start, 2)
+    save_compressor(args.out, best, source, modality, stats)
+    print(f"best validation KL {best_loss:.4f} at epoch {stats['best_epoch']} of {stats['epochs_run']} "
+          f"({stats['time_s']:.1f} s); saved {args.out}")
+    return stats
+
+
+def run(args: argparse.Namespace) -> int:
+    train(args)
+    return 0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--labels", required=True, nargs="+", help="label directories (same model)")
+    parser.add_argument("--out", required=True, help="checkpoint path to write (e.g. compressor.pt)")
+    parser.add_argument("--epochs", type=int, default=100)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--val-frac", type=float, default=0.1, help="held-out fraction (default 0.1)")
+    parser.add_argument("--patience", type=int, default=10, help="epochs without improvement before stopping")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--kernel-size", type=int, default=5, help="odd conv kernel size (default 5)")
+    parser.add_argument("--activation", default="gelu", choices=("gelu", "relu", "silu"))
+    parser.add_argument("--norm", default="layer", choices=NORMS,
+                        help="layer: per-token LayerNorm over channels (default; exact for any length)")
+    parser.add_argument("--input-scale", default="n", choices=INPUT_SCALES,
+                        help="n: A*N_v (default); log: log(A*N_v); none: raw attention")
+    parser.add_argument("--max-batch-tokens", type=int, default=262144,
+                        help="padded tokens per forward; larger batches are accumulated (bounds memory)")
+    parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")

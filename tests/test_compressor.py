@@ -1,0 +1,318 @@
+"""The learned compressor: network, labels, KL loss, the label -> train -> evaluate CLI round trip, and
+checkpoint validation against the model it is attached to."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import tcc_eval
+from tcc_eval import synth
+from tcc_eval.compressor import (
+    CompressorConfig,
+    TokenCompressor,
+    kl_loss,
+    load_compressor,
+    load_compressor_for,
+    make_target,
+    pad_batch,
+    save_compressor,
+)
+from tcc_eval.compressor.__main__ import main
+from tcc_eval.compressor.labels import (
+    extract_letter,
+    is_correct,
+    messages_for,
+    parse_shard,
+    read_data,
+)
+from tcc_eval.compressor.train import split_keys
+from tcc_eval.core import keep_count, topk_in_order
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def one_thread():
+    """Small convolutions run faster on one thread, and much faster when other processes share the cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# ------------------------------------------------------------------------------------------ network
+@pytest.mark.parametrize("norm", ("none", "layer", "group", "batch"))
+@pytest.mark.parametrize("n", (1, 2, 7, 300))
+def test_network_output_is_a_distribution_over_any_length(norm, n):
+    net = TokenCompressor(norm=norm).eval()
+    a0 = torch.rand(3, 1, n)
+    log_p = net(a0)
+    assert log_p.shape == (3, n)
+    assert torch.allclose(log_p.exp().sum(-1), torch.ones(3), atol=1e-5)
+    assert [b.pointwise.out_channels for b in net.blocks] == [32, 64, 128, 256, 512]
+    assert all(b.depthwise.groups == b.depthwise.in_channels for b in net.blocks)  # depthwise-separable
+    assert net.head.out_channels == 1
+
+
+@pytest.mark.parametrize("norm", ("none", "layer", "group", "batch"))
+@pytest.mark.parametrize("scale", ("n", "log", "none"))
+def test_padded_batch_equals_samples_alone(norm, scale):
+    torch.manual_seed(0)
+    net = TokenCompressor(norm=norm, input_scale=scale, kernel_size=3).eval()
+    vectors = [torch.softmax(torch.randn(n), 0) for n in (5, 40, 17)]
+    a0, mask = pad_batch(vectors)
+    batched = net(a0, mask)
+    for i, v in enumerate(vectors):
+        alone = net(v[None, None])[0]
+        assert torch.allclose(batched[i, : v.numel()], alone, atol=1e-5)
+        assert torch.isinf(batched[i, v.numel():]).all()  # padding gets probability 0
+
+
+def test_predict_takes_one_vector_and_ranks_like_forward():
+    net = TokenCompressor()
+    a0 = torch.softmax(torch.randn(50), 0)
+    scores = net.predict(a0)
+    assert scores.shape == (50,) and scores.dtype == torch.float32 and scores.device == a0.device
+    assert torch.equal(scores, net.eval()(a0[None, None])[0])
+    with pytest.raises(ValueError, match=r"\(N_v,\)"):
+        net.predict(a0[None])
+
+
+def test_config_is_validated():
+    with pytest.raises(ValueError, match="odd"):
+        CompressorConfig(kernel_size=4)
+    with pytest.raises(ValueError, match="norm"):
+        CompressorConfig(norm="instance")
+    assert TokenCompressor(kernel_size=7).blocks[0].depthwise.kernel_size == (7,)
+
+
+# ------------------------------------------------------------------------------------------ labels and loss
+def test_target_zeroes_bottom_half_and_sums_to_one():
+    r = torch.tensor([0.1, 0.5, 0.2, 0.9, 0.05, 0.3])
+    t = make_target(r)
+    assert torch.equal(t > 0, torch.tensor([False, True, False, True, False, True]))
+    assert torch.allclose(t[[1, 3, 5]], torch.tensor([0.5, 0.9, 0.3]) / 1.7)
+    assert math.isclose(float(t.sum()), 1.0, abs_tol=1e-6)
+    odd = make_target(torch.arange(5.0))  # 5 tokens: the bottom 2 are dropped, 3 kept
+    assert int((odd > 0).sum()) == 3 and odd[0] == 0 and odd[1] == 0
+    negative = make_target(torch.tensor([-1.0, 2.0, 1.0, 3.0]))
+    assert negative.min() >= 0 and math.isclose(float(negative.sum()), 1.0, abs_tol=1e-6)
+    flat = make_target(torch.zeros(4))  # no relevance at all: uniform over the kept half
+    assert torch.equal(flat, torch.tensor([0.5, 0.5, 0.0, 0.0]))
+
+
+def test_kl_loss_is_zero_at_the_target_and_matches_torch():
+    target = make_target(torch.rand(2, 10)[0])[None]
+    assert float(kl_loss(torch.log(target), target)) == 0.0  # exact target, zeros included
+    full = torch.softmax(torch.randn(2, 10), -1)
+    assert abs(float(kl_loss(full.log(), full))) < 1e-6
+    log_pred = torch.log_softmax(torch.randn(2, 10), -1)
+    reference = torch.nn.functional.kl_div(log_pred, full, reduction="batchmean")
+    assert torch.allclose(kl_loss(log_pred, full), reference, atol=1e-6)
+    assert float(kl_loss(log_pred, full)) > 0
+
+
+def test_answer_matching(tmp_path):
+    options = {"A": "red", "B": "green", "C": "blue"}
+    assert extract_letter("B", options) == "B"
+    assert extract_letter("(C) blue", options) == "C"
+    assert extract_letter("The answer is A.", options) == "A"
+    assert extract_letter("green", options) == "B"
+    assert extract_letter("no idea", options) is None
+    assert extract_letter("D", options) is None
+    sample = read_data_from_lines([{"question": "Shape?", "answer": "The Circle", "image": "x.png"}], tmp_path)[0]
+    assert is_correct("circle.", sample) and not is_correct("square", sample)
+    letter = read_data_from_lines([{"question": "Pick A or B", "answer": "A", "image": "x.png"}], tmp_path)[0]
+    assert is_correct("A", letter) and is_correct("a.", letter) and not is_correct("", letter)
+    assert not is_correct("B", letter)
+
+
+def read_data_from_lines(lines: list[dict], folder: Path):
+    path = folder / "data.jsonl"
+    path.write_text("\n".join(json.dumps(line) for line in lines))
+    return read_data(path)
+
+
+def test_read_data_tsv_and_jsonl(tmp_path):
+    samples = synth.generate("image", 4, seed=1, split="train")
+    tsv = synth.export_vlmeval_tsv(samples, tmp_path / "d.tsv")
+    rows = read_data(tsv)
+    assert [r.id for r in rows] == ["0", "1", "2", "3"]
+    prompt = rows[0].prompt().split("\n")
+    assert prompt[0] == samples[0].question and prompt[1] == f"A. {samples[0].options['A']}"
+    assert prompt[-1] == "Answer with the option's letter from the given choices directly."
+    assert all(r.answer == s.answer and r.modality == "image" for r, s in zip(rows, samples))
+    assert messages_for(rows[0], 8)[0]["content"][0]["image"].size == samples[0].image.size
+    jsonl = read_data_from_lines(
+        [{"id": "v1", "video": "frames", "question": "What?", "options": ["cat", "dog"], "answer": "dog"}], tmp_path
+    )
+    assert jsonl[0].answer == "B" and jsonl[0].modality == "video" and jsonl[0].options == {"A": "cat", "B": "dog"}
+
+
+def test_shards_from_flag_or_torchrun(monkeypatch):
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert parse_shard(None) == (0, 1) and parse_shard("2/4") == (2, 4)
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    assert parse_shard(None) == (3, 8)
+    with pytest.raises(ValueError, match="i/n"):
+        parse_shard("4/4")
+
+
+def test_split_is_seeded_and_disjoint():
+    keys = [f"k{i}" for i in range(50)]
+    val = split_keys(keys, 0.1, seed=0)
+    assert len(val) == 5 and val == split_keys(keys, 0.1, seed=0) and val != split_keys(keys, 0.1, seed=1)
+    assert split_keys(keys[:1], 0.1, 0) == set()
+
+
+# ------------------------------------------------------------------------------------------ training learns
+def write_fake_labels(root: Path, n_samples: int, seed: int = 0) -> Path:
+    """Labels whose relevance is layer-0 attention shifted right by 3 tokens: a0's own ranking is near
+    chance, a conv net with a receptive field > 3 can learn it exactly."""
+    gen = torch.Generator().manual_seed(seed)
+    (root / "samples").mkdir(parents=True)
+    meta = {"family": "qwen2_vl", "model_type": "qwen2_vl", "architecture": "X", "hidden_size": 64,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "num_layers": 2}
+    (root / "meta.json").write_text(json.dumps({"model": meta, "data": "fake", "modality": "image"}))
+    for i in range(n_samples):
+        n = int(torch.randint(24, 64, (1,), generator=gen))
+        a0 = torch.rand(n, generator=gen) ** 4
+        a0 = a0 / a0.sum() * 0.6
+        relevance = torch.zeros(n)
+        relevance[3:] = a0[:-3]
+        torch.save({"id": str(i), "a0": a0, "relevance": relevance, "groups": torch.zeros(n, dtype=torch.long)},
+                   root / "samples" / f"{i}.pt")
+    return root
+
+
+def test_training_learns_a_known_mapping(tmp_path, one_thread):
+    labels = write_fake_labels(tmp_path / "labels", 80)
+    ckpt = tmp_path / "c.pt"
+    main(["train", "--labels", str(labels), "--out", str(ckpt), "--epochs", "15", "--batch-size", "16",
+          "--lr", "3e-3", "--val-frac", "0.2", "--patience", "15", "--kernel-size", "3"])
+    main(["evaluate", "--labels", str(labels), "--compressor", str(ckpt), "--json", str(tmp_path / "r.json")])
+    report = json.loads((tmp_path / "r.json").read_text())
+    tcc, a0 = report["methods"]["tcc"], report["methods"]["a0"]
+    assert report["n_samples"] == 16 and report["split"].startswith("held-out")
+    assert tcc["recall@25"] > 0.8 and tcc["recall@25"] > a0["recall@25"] + 0.4
+    assert tcc["spearman"] > a0["spearman"] + 0.3
+    stats = load_compressor(ckpt).train_stats
+    assert stats["n_train"] == 64 and stats["n_val"] == 16 and stats["best_val_loss"] < stats["history"][0][1]
+
+
+# ------------------------------------------------------------------------------------------ round trip
+def test_label_train_evaluate_round_trip(tiny_checkpoints, tmp_path, capsys, one_thread):
+    qwen = tiny_checkpoints["qwen2_vl"]
+    samples = synth.generate("image", 12, seed=0, split="train")
+    data = synth.export_vlmeval_tsv(samples, tmp_path / "train.tsv")
+    labels, ckpt = tmp_path / "labels", tmp_path / "compressor.pt"
+    label_args = ["label", "--model", qwen, "--data", str(data), "--out", str(labels), "--keep-all",
+                  "--max-answer-tokens", "2", "--max-new-tokens", "4", "--device", "cpu"]
+    assert main(label_args) == 0
+    stats = json.loads((labels / "label_stats_0of1.json").read_text())
+    assert (stats["kept"], stats["failed"]) == (12, 0)
+    meta = json.loads((labels / "meta.json").read_text())
+    assert meta["model"]["family"] == "qwen2_vl" and meta["modality"] == "image"
+    record = torch.load(labels / "samples" / "0.pt", weights_only=True)
+    assert record["a0"].shape == record["relevance"].shape == (record["n_visual"],)
+    assert record["answer_ids"].numel() <= 2 and record["relevance"].min() >= 0
+    main(label_args)  # resumed: nothing is redone
+    assert json.loads((labels / "label_stats_0of1.json").read_text())["already_done"] == 12
+
+    assert main(["train", "--labels", str(labels), "--out", str(ckpt), "--epochs", "3", "--batch-size", "4"]) == 0
+    payload = torch.load(ckpt, weights_only=True)
+    assert set(payload) >= {"config", "state_dict", "source_model", "modality", "train_stats"}
+    assert payload["source_model"] == meta["model"] and payload["modality"] == "image"
+    assert payload["train_stats"]["n_train"] + payload["train_stats"]["n_val"] == 12
+    report_path = tmp_path / "e.json"
+    assert main(["evaluate", "--labels", str(labels), "--compressor", str(ckpt), "--json", str(report_path)]) == 0
+    report = json.loads(report_path.read_text())
+    assert report["n_samples"] == 1 and set(report["methods"]) == {"tcc", "a0", "chance"}
+    assert all(0 <= report["methods"][m]["recall@50"] <= 1 for m in ("tcc", "a0"))
+    assert "recall@25" in capsys.readouterr().out
+
+    # checkpoint round trip: identical weights and predictions after save -> load
+    compressor = load_compressor(ckpt)
+    save_compressor(tmp_path / "again.pt", compressor, compressor.source_model, compressor.modality,
+                    compressor.train_stats)
+    again = load_compressor(tmp_path / "again.pt")
+    assert torch.equal(compressor.predict(record["a0"]), again.predict(record["a0"]))
+
+    # inference keeps exactly the top-k of the compressor applied to the stored layer-0 attention
+    model = tcc_eval.load(qwen, method="tcc", keep_ratio=0.5, compressor=str(ckpt), device="cpu")
+    answer = model.generate(messages_for(read_data(data)[0], 8), max_new_tokens=3)
+    assert isinstance(answer, str)
+    sel = model.last_selection
+    n = record["n_visual"]
+    assert sel.visual_before == [n] and sel.visual_after == [keep_count(n, 0.5)]
+    inputs = model.prepare(messages_for(read_data(data)[0], 8))
+    visual_positions = torch.nonzero(model.pruned.adapter.capture_llm_inputs(inputs).visual_mask[0]).flatten()
+    kept_visual = torch.nonzero(torch.isin(visual_positions, sel.kept_positions[0])).flatten()
+    assert torch.equal(kept_visual, topk_in_order(compressor.predict(record["a0"]), keep_count(n, 0.5)))
+
+
+def test_label_shards_jsonl_and_counts_failures(tiny_checkpoints, tmp_path, one_thread):
+    from conftest import random_image
+
+    for i in range(2):
+        random_image(56, 56, seed=i).save(tmp_path / f"{i}.png")
+    lines = [{"id": i, "image": f"{i}.png", "question": "Color?", "options": ["red", "blue"], "answer": "A"}
+             for i in range(3)]  # 2.png does not exist
+    data = tmp_path / "d.jsonl"
+    data.write_text("\n".join(json.dumps(line) for line in lines))
+    out = tmp_path / "labels"
+    common = ["label", "--model", tiny_checkpoints["llava_onevision"], "--data", str(data), "--out", str(out),
+              "--max-answer-tokens", "1", "--max-new-tokens", "2", "--device", "cpu"]
+    main(common + ["--shard", "0/2"])  # samples 0 and 2; the model's random answer decides 0
+    first = json.loads((out / "label_stats_0of2.json").read_text())
+    assert first["total"] == 2 and first["failed"] == 1 and first["kept"] + first["skipped_wrong"] == 1
+    assert first["errors"][0]["id"] == "2" and "2.png" in first["errors"][0]["error"]
+    main(common + ["--shard", "1/2", "--keep-all"])
+    assert json.loads((out / "label_stats_1of2.json").read_text())["kept"] == 1
+    assert (out / "samples" / "1.pt").is_file() and not (out / "samples" / "2.pt").exists()
+    assert json.loads((out / "meta.json").read_text())["model"]["family"] == "llava_onevision"
+    with pytest.raises(ValueError, match="already holds labels of llava_onevision"):
+        main(["label", "--model", tiny_checkpoints["qwen2_vl"], "--data", str(data), "--out", str(out),
+              "--device", "cpu"])
+
+
+def test_wrong_model_and_missing_file_give_clear_errors(tiny_checkpoints, tmp_path):
+    from transformers import AutoModelForImageTextToText
+
+    source = {"family": "qwen2_vl", "model_type": "qwen2_vl", "architecture": "Qwen2VLForConditionalGeneration",
+              "hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2, "num_layers": 2}
+    ckpt = save_compressor(tmp_path / "c.pt", TokenCompressor(), source, "image", {})
+    qwen = AutoModelForImageTextToText.from_pretrained(tiny_checkpoints["qwen2_vl"])
+    assert load_compressor_for(qwen, ckpt).modality == "image"
+    llava = AutoModelForImageTextToText.from_pretrained(tiny_checkpoints["llava_onevision"])
+    with pytest.raises(ValueError, match=r"trained for qwen2_vl hidden 64.*this model is llava_onevision.*"
+                                         r"tcc_eval.compressor label.*tcc_eval.compressor train"):
+        load_compressor_for(llava, ckpt)
+    with pytest.raises(ValueError, match="trained for qwen2_vl"):
+        load_compressor_for(llava, load_compressor(ckpt))  # an already loaded module is validated too
+    with pytest.raises(FileNotFoundError, match="nope.pt.*tcc_eval.compressor train"):
+        load_compressor_for(qwen, tmp_path / "nope.pt")
+    with pytest.raises(ValueError, match="needs a trained compressor"):
+        load_compressor_for(qwen, None)
+
+
+def test_cli_help_documents_memory_and_answer_cap(capsys):
+    for argv in (["--help"], ["train", "--help"], ["evaluate", "--help"]):
+        with pytest.raises(SystemExit) as done:
+            main(argv)
+        assert done.value.code == 0
+    assert "label,train,evaluate" in capsys.readouterr().out
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    out = subprocess.run([sys.executable, "-m", "tcc_eval.compressor", "label", "--help"], capture_output=True,
+                         text=True, env=env, check=True).stdout
+    assert "layers * heads * N^2" in out and "--max-answer-tokens" in out and "--shard" in out
