@@ -1,0 +1,112 @@
+"""Per-sample efficiency records of the lmms-eval wrappers (one JSON line per ``generate`` call).
+
+lmms-eval never tells a model where ``--output_path`` is, so the folder comes from, in order: the
+``efficiency_dir=`` model arg, the ``TCC_EFFICIENCY_DIR`` environment variable, or
+``<--output_path>/efficiency`` read from the command line. Without any of them no records are written
+(one warning). Each process truncates its files on first write, so a rerun replaces a run's records.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from loguru import logger
+from torch import nn
+
+EFFICIENCY_ENV = "TCC_EFFICIENCY_DIR"
+
+
+def cli_output_path(argv: list[str] | None = None) -> str | None:
+    """``--output_path`` of the running lmms-eval command line, if any."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser.add_argument("--output_path")
+    known, _ = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    return known.output_path
+
+
+def resolve_efficiency_dir(explicit: str | None, environ: dict[str, str], argv: list[str] | None = None) -> Path | None:
+    if explicit:
+        return Path(explicit)
+    if environ.get(EFFICIENCY_ENV):
+        return Path(environ[EFFICIENCY_ENV])
+    output_path = cli_output_path(argv)
+    return Path(output_path) / "efficiency" if output_path else None
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "model"
+
+
+class EfficiencyLog:
+    """Writes ``<dir>/<model>_<base>_<method>-<ratio%>_<task>[_rank<r>]_efficiency.jsonl``."""
+
+    def __init__(
+        self,
+        directory: Path | None,
+        model: str,
+        base_model: str,
+        method: str,
+        keep_ratio: float,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        self.directory = directory
+        self.fields = {
+            "model": model,
+            "framework": "lmms_eval",
+            "method": method,
+            "keep_ratio": keep_ratio,
+            "base_model": base_model,
+        }
+        self._stem = f"{model}_{_safe(Path(base_model.rstrip('/')).name)}_{method}-{keep_ratio * 100:g}"
+        self._rank_suffix = f"_rank{rank}" if world_size > 1 else ""
+        self._started: set[Path] = set()
+        if directory is None:
+            logger.warning(
+                f"no efficiency records will be written: pass --output_path, the efficiency_dir= model arg "
+                f"or ${EFFICIENCY_ENV}"
+            )
+
+    def path_for(self, task: str | None) -> Path:
+        assert self.directory is not None
+        return self.directory / f"{self._stem}_{_safe(task or 'unknown')}{self._rank_suffix}_efficiency.jsonl"
+
+    def write(self, task: str | None, index: Any, stats: dict[str, Any], batch_size: int = 1) -> None:
+        if self.directory is None:
+            return
+        record = {**self.fields, "dataset": task, "index": index, **stats}
+        if batch_size > 1:
+            record["batch_size"] = batch_size
+        path = self.path_for(task)
+        mode = "a" if path in self._started else "w"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open(mode, encoding="utf-8") as handle:
+            handle.write(json.dumps(record, default=str) + "\n")
+        self._started.add(path)
+
+
+class RecordingModel(nn.Module):
+    """The pruned model as the wrapper sees it: after every ``generate`` it hands the call's
+    ``last_stats`` and batch size to ``on_generate``; everything else is the pruned model's."""
+
+    def __init__(self, pruned: nn.Module, on_generate: Callable[[dict[str, Any], int], None]):
+        super().__init__()
+        self.pruned = pruned
+        self._on_generate = on_generate
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.pruned, name)
+
+    def generate(self, *args: Any, **kwargs: Any):
+        output = self.pruned.generate(*args, **kwargs)
+        self._on_generate(dict(self.pruned.last_stats), int(output.shape[0]))
+        return output

@@ -1,0 +1,19 @@
+"""Entry-point payloads for lmms-eval's ``lmms_eval.models`` group (see setup.py).
+
+lmms-eval 0.7.3 resolves ``--model NAME`` through ``ModelManifest`` objects with string class paths,
+so this module must stay import-light: the model classes (torch, transformers, decord) load only when
+a run asks for them. ``llava_onevision_tcc`` mirrors upstream ``llava_hf``: the chat class by default,
+the simple one with ``--force_simple``.
+"""
+
+from lmms_eval.models.registry_v2 import ModelManifest
+
+_MODELS = "tcc_eval.integrations.lmms_eval.models"
+
+qwen2_vl_tcc = ModelManifest(model_id="qwen2_vl_tcc", simple_class_path=f"{_MODELS}.Qwen2VLTCC")
+
+llava_onevision_tcc = ModelManifest(
+    model_id="llava_onevision_tcc",
+    simple_class_path=f"{_MODELS}.LlavaOneVisionTCC",
+    chat_class_path=f"{_MODELS}.LlavaOneVisionTCCChat",
+)

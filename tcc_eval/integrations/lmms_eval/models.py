@@ -1,0 +1,244 @@
+"""lmms-eval model classes: the upstream wrappers with their HF model swapped for a pruned one.
+
+Prompt building, media loading, batching and decoding stay upstream's (``qwen2_vl``, ``llava_hf``), so a
+``method=none`` run sees exactly the inputs of the upstream baseline. Our model args are popped before
+the upstream constructor runs (it asserts that no unknown kwargs are left):
+
+    method=none|random|a0|tcc|oracle|fastv   required (none = unpruned, through the same code path)
+    ratio=0.5                                fraction of visual tokens kept, required unless method=none
+                                             (keep_ratio= is accepted as an alias)
+    compressor=PATH                          trained compressor, for method=tcc
+    budget=global|...  seed=0                selection options of the input-stage methods
+    fastv_k=2  match=avg_retention           FastV options;  max_answer_tokens=16: oracle option
+    efficiency_dir=DIR                       where the per-sample records go (see efficiency.py)
+    dtype=float32                            qwen2_vl_tcc only: cast after loading (llava_hf has its own)
+
+The device defaults to CUDA when available, else CPU (upstream assumes CUDA); under ``accelerate
+launch`` the upstream data-parallel logic places one model per process, as for the upstream wrappers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+from lmms_eval.models.chat.llava_hf import LlavaHf as UpstreamLlavaHfChat
+from lmms_eval.models.simple.llava_hf import LlavaHf as UpstreamLlavaHf
+from lmms_eval.models.simple.qwen2_vl import Qwen2_VL as UpstreamQwen2VL
+
+from tcc_eval.api import default_device, default_dtype, wrap_model
+from tcc_eval.core import check_keep_ratio
+from tcc_eval.methods import check_method
+
+from .efficiency import EfficiencyLog, RecordingModel, resolve_efficiency_dir
+
+METHOD_OPTIONS = {"fastv": ("fastv_k", "match"), "oracle": ("max_answer_tokens",)}
+
+
+@dataclasses.dataclass(frozen=True)
+class TCCSettings:
+    """Our model args, validated before any weights load."""
+
+    method: str
+    keep_ratio: float
+    compressor: str | None = None
+    budget: str = "global"
+    seed: int = 0
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    efficiency_dir: str | None = None
+
+    @classmethod
+    def pop_from(cls, kwargs: dict[str, Any], model_id: str) -> TCCSettings:
+        if "method" not in kwargs:
+            raise ValueError(
+                f"{model_id} needs method=...: e.g. method=tcc,ratio=0.5,compressor=PATH, method=random,ratio=0.5, "
+                f"or method=none for the unpruned baseline"
+            )
+        method = check_method(str(kwargs.pop("method")))
+        ratio = kwargs.pop("ratio", kwargs.pop("keep_ratio", None))
+        if method == "none":
+            if ratio is not None and float(ratio) != 1.0:
+                raise ValueError(f"method=none keeps every visual token; drop ratio={ratio} or pick a pruning method")
+            keep_ratio = 1.0
+        elif ratio is None:
+            raise ValueError(f"method={method} needs ratio=R, the fraction of visual tokens kept (e.g. ratio=0.25)")
+        else:
+            keep_ratio = check_keep_ratio(ratio)
+        options = {}
+        for name in sum(METHOD_OPTIONS.values(), ()):
+            if name in kwargs:
+                if name not in METHOD_OPTIONS.get(method, ()):
+                    raise ValueError(f"{name}= is an option of method {_owner(name)}, not of method={method}")
+                options[name] = kwargs.pop(name)
+        compressor = kwargs.pop("compressor", None)
+        if compressor is not None and method != "tcc":
+            raise ValueError(f"compressor= is only used by method=tcc, not method={method}")
+        return cls(
+            method=method,
+            keep_ratio=keep_ratio,
+            compressor=None if compressor is None else str(compressor),
+            budget=str(kwargs.pop("budget", "global")),
+            seed=int(kwargs.pop("seed", 0)),
+            options=options,
+            efficiency_dir=kwargs.pop("efficiency_dir", None),
+        )
+
+
+def _owner(option: str) -> str:
+    return next(method for method, names in METHOD_OPTIONS.items() if option in names)
+
+
+class TCCWrapperMixin:
+    """Shared by the three classes: pop our args, build the parent, swap its model, log efficiency."""
+
+    model_id: str  # the --model name, recorded in the efficiency records
+    doc_fn_arg: int  # position of the per-doc callable (doc_to_visual / doc_to_messages) in a request
+
+    def __init__(self, **kwargs: Any) -> None:
+        settings = TCCSettings.pop_from(kwargs, self.model_id)
+        kwargs.setdefault("device", str(default_device()))
+        self._set_parent_defaults(kwargs)
+        super().__init__(**kwargs)
+        self._pending_docs: list[tuple[str, Any]] = []
+        self._install_pruning(settings, str(kwargs.get("pretrained") or self.model.config._name_or_path))
+
+    def _set_parent_defaults(self, kwargs: dict[str, Any]) -> None:
+        """Family-specific tweaks of the upstream constructor's kwargs."""
+
+    def _install_pruning(self, settings: TCCSettings, base_model: str) -> None:
+        model = self.model  # unwrapped from accelerate, if prepared
+        if settings.method == "oracle":
+            model.set_attn_implementation("eager")  # relevance needs attention probabilities
+        pruned = wrap_model(
+            model,
+            method=settings.method,
+            keep_ratio=settings.keep_ratio,
+            compressor=settings.compressor,
+            budget=settings.budget,
+            seed=settings.seed,
+            **settings.options,
+        )
+        self.efficiency = EfficiencyLog(
+            resolve_efficiency_dir(settings.efficiency_dir, dict(os.environ)),
+            model=self.model_id,
+            base_model=base_model,
+            method=settings.method,
+            keep_ratio=settings.keep_ratio,
+            rank=self.rank,
+            world_size=self.world_size,
+        )
+        self._model = RecordingModel(pruned, self._record)
+
+    # --- per-sample records -------------------------------------------------------------------------
+    def generate_until(self, requests: list) -> list:
+        """Upstream ``generate_until`` on requests whose doc callable notes which doc is being built,
+        so each ``generate`` call can be attributed to its (task, doc_id). Multi-round generation is not
+        wrapped: its records carry no index."""
+        return super().generate_until([self._tracked(request) for request in requests])
+
+    def _tracked(self, request):
+        fn = request.arguments[self.doc_fn_arg]
+        if not callable(fn):
+            return request
+        key = (request.task_name, request.doc_id)
+
+        def tracked(*args: Any, **kwargs: Any):
+            self._pending_docs.append(key)
+            return fn(*args, **kwargs)
+
+        arguments = request.arguments[: self.doc_fn_arg] + (tracked,) + request.arguments[self.doc_fn_arg + 1 :]
+        return dataclasses.replace(request, arguments=arguments)
+
+    def _record(self, stats: dict[str, Any], batch_size: int) -> None:
+        # upstream builds every doc of a batch right before its generate call: the last ones are this call's
+        docs = self._pending_docs[-batch_size:]
+        self._pending_docs.clear()
+        task = docs[0][0] if docs else None
+        if batch_size == 1:
+            index = docs[0][1] if docs else None
+        else:
+            index = [doc_id for _, doc_id in docs]
+        self.efficiency.write(task, index, stats, batch_size)
+
+
+class Qwen2VLTCC(TCCWrapperMixin, UpstreamQwen2VL):
+    """``--model qwen2_vl_tcc``: upstream ``qwen2_vl`` with a pruned model."""
+
+    model_id = "qwen2_vl_tcc"
+    doc_fn_arg = 2  # (ctx, gen_kwargs, doc_to_visual, doc_id, task, split)
+
+    def __init__(self, **kwargs: Any) -> None:
+        self._cast_dtype = kwargs.pop("dtype", None)
+        super().__init__(**kwargs)
+
+    def _set_parent_defaults(self, kwargs: dict[str, Any]) -> None:
+        kwargs.setdefault("device_map", kwargs["device"])  # upstream defaults device_map to "cuda"
+
+    def _install_pruning(self, settings: TCCSettings, base_model: str) -> None:
+        if self._cast_dtype is not None:
+            self.model.to(default_dtype(self.device, str(self._cast_dtype)))
+        super()._install_pruning(settings, base_model)
+
+
+class _LlavaHfTCC(TCCWrapperMixin):
+    """What both llava_hf flavours need on top of the mixin."""
+
+    model_id = "llava_onevision_tcc"
+
+    def _set_parent_defaults(self, kwargs: dict[str, Any]) -> None:
+        # upstream defaults device_map to "", which transformers 5 rejects in a single process; under
+        # accelerate "" must stay: it selects upstream's one-GPU-per-process branch
+        from accelerate import PartialState
+
+        if PartialState().num_processes == 1 and not kwargs.get("device_map"):
+            kwargs["device_map"] = kwargs["device"]
+
+    def _install_pruning(self, settings: TCCSettings, base_model: str) -> None:
+        self._image_processor = UpstreamProcessorFixes(self._image_processor)
+        super()._install_pruning(settings, base_model)
+
+
+class LlavaOneVisionTCC(_LlavaHfTCC, UpstreamLlavaHf):
+    """``--model llava_onevision_tcc --force_simple``: upstream simple ``llava_hf`` with a pruned model."""
+
+    doc_fn_arg = 2  # (ctx, gen_kwargs, doc_to_visual, doc_id, task, split)
+
+
+class LlavaOneVisionTCCChat(_LlavaHfTCC, UpstreamLlavaHfChat):
+    """``--model llava_onevision_tcc``: upstream chat ``llava_hf`` (its default) with a pruned model."""
+
+    doc_fn_arg = 1  # (ctx, doc_to_messages, gen_kwargs, doc_id, task, split)
+
+
+class UpstreamProcessorFixes:
+    """The HF processor with two transformers-5 incompatibilities of upstream llava_hf fixed; neither
+    changes a prompt or a pixel:
+
+    - ``images=[]`` / ``videos=[]`` mean "none": upstream chat llava_hf passes ``images=[]`` for
+      video-only requests, which LLaVA-OneVision's image processor rejects (IndexError);
+    - video paths are decoded here with decord (every frame, as the HF loader does without frame
+      sampling) when torchcodec, the only video decoder left in transformers 5, is not installed.
+    """
+
+    def __init__(self, processor: Any):
+        self.processor = processor
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.processor, name)
+
+    def __call__(self, *args: Any, images: Any = None, videos: Any = None, **kwargs: Any):
+        if videos:
+            videos = [_decode_all_frames(v) if isinstance(v, str) else v for v in videos]
+        return self.processor(*args, images=images or None, videos=videos or None, **kwargs)
+
+
+def _decode_all_frames(path: str):
+    from transformers.utils.import_utils import is_torchcodec_usable
+
+    if is_torchcodec_usable(decode="video"):
+        return path
+    import decord
+
+    reader = decord.VideoReader(path, ctx=decord.cpu(0))
+    return reader.get_batch(list(range(len(reader)))).asnumpy()

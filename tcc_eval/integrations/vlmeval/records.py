@@ -1,0 +1,123 @@
+"""Per-sample efficiency records next to VLMEvalKit's outputs.
+
+VLMEvalKit calls ``model.generate(message, dataset)`` without the sample index or the output folder,
+so ``track_inference`` wraps its ``infer_data`` functions: while one runs, ``current()`` says where
+records go (``<work_dir>/<MODEL>/<MODEL>_<DATASET>_efficiency.jsonl``) and which sample is being
+prompted (noted when the dataset's or the model's ``build_prompt`` sees the row). Records are only
+ever appended, one JSON object per line, so reruns add lines (the last line per index is the latest)
+and VLMEvalKit's own files are never touched.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+import numbers
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+FRAMEWORK = "vlmeval"
+
+
+@dataclass
+class InferenceContext:
+    work_dir: str  # VLMEvalKit's per-model folder (<work-dir>/<MODEL>)
+    model_name: str
+    dataset_name: str
+    dataset: Any = None
+    index: Any = None  # the sample being prompted
+
+    @property
+    def path(self) -> Path:
+        return records_path(self.work_dir, self.model_name, self.dataset_name)
+
+
+_current: InferenceContext | None = None
+
+
+def current() -> InferenceContext | None:
+    return _current
+
+
+def records_path(model_dir: str | os.PathLike, model_name: str, dataset_name: str) -> Path:
+    return Path(model_dir) / f"{model_name}_{dataset_name}_efficiency.jsonl"
+
+
+def note_line(line: Any) -> None:
+    """Remember which sample ``line`` is (a row with 'index', or a row position as video sets pass it)."""
+    ctx = _current
+    if ctx is None:
+        return
+    try:
+        if isinstance(line, numbers.Integral):
+            ctx.index = ctx.dataset.data.iloc[int(line)]["index"]
+        else:
+            ctx.index = line["index"]
+    except Exception:  # noqa: BLE001 - an unknown row shape must not stop inference; the record just lacks its index
+        ctx.index = None
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "item"):  # numpy / torch scalars
+        return value.item()
+    return str(value)
+
+
+def append_record(path: str | os.PathLike, record: dict[str, Any]) -> None:
+    """Append one JSON line with a single write (O_APPEND), so torchrun ranks can share the file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = (json.dumps(record, default=_json_default) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+def run_dataset_name(model_name: str, dataset: Any, out_file: str | os.PathLike | None) -> str:
+    """The ``--data`` name VLMEvalKit's result files carry.
+
+    A video preset (``MVBench_8frame``) builds a dataset whose ``dataset_name`` is the base set
+    (``MVBench``); only the per-rank ``out_file`` (``<rank><world>_<MODEL>_<preset>.pkl``) keeps the preset.
+    Image sets use ``<rank><world>_<DATASET>.pkl`` and their own name.
+    """
+    stem = Path(out_file).stem.split("_", 1)[-1] if out_file else ""
+    prefix = f"{model_name}_"
+    return stem[len(prefix):] if stem.startswith(prefix) and len(stem) > len(prefix) else dataset.dataset_name
+
+
+def track_inference(infer_data: Callable) -> Callable:
+    """Wrap a VLMEvalKit ``infer_data(model, model_name, work_dir, dataset, ...)`` to set the context."""
+    if getattr(infer_data, "tcc_eval_tracked", False):
+        return infer_data
+    signature = inspect.signature(infer_data)
+
+    @functools.wraps(infer_data)
+    def tracked(*args: Any, **kwargs: Any) -> Any:
+        global _current
+        bound = signature.bind(*args, **kwargs).arguments
+        dataset = bound["dataset"]
+        model_name = str(bound["model_name"])
+        name = run_dataset_name(model_name, dataset, bound.get("out_file"))
+        ctx = InferenceContext(str(bound["work_dir"]), model_name, name, dataset)
+        original = dataset.build_prompt
+
+        def build_prompt(line, *a, **k):
+            note_line(line)
+            return original(line, *a, **k)
+
+        dataset.build_prompt = build_prompt  # instance attribute, removed again below
+        previous, _current = _current, ctx
+        try:
+            return infer_data(*args, **kwargs)
+        finally:
+            _current = previous
+            del dataset.build_prompt
+
+    tracked.tcc_eval_tracked = True
+    return tracked

@@ -1,0 +1,278 @@
+"""VLMEvalKit model wrappers: VLMEvalKit's own Qwen2-VL / LLaVA-OneVision-HF classes with tcc-eval pruning.
+
+Prompt building and decoding are inherited unchanged (``generate_inner`` of ``Qwen2VLChat`` and
+``LLaVA_OneVision_HF``), so ``<Base>_Vanilla`` sees exactly VLMEvalKit's prompts. Only three things
+are swapped: the constructor (no GPU assert, no forced flash-attention: sdpa, or eager for the oracle;
+device per torchrun rank; dtype from ``tcc_eval.api.default_dtype``), the processor's ``.to('cuda')``
+(redirected to our device and dtype), and ``self.model.generate`` (goes through ``tcc_eval.wrap_model``).
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+import warnings
+from typing import Any
+
+import torch
+from vlmeval.vlm.base import BaseModel
+from vlmeval.vlm.llava.llava import LLaVA_OneVision_HF
+from vlmeval.vlm.qwen2_vl.model import VLLM_MAX_IMAGE_INPUT_NUM, Qwen2VLChat
+
+from model_registry import all_bases, resolve_compressor, resolve_model_path
+
+from ... import api
+from .. import rank_device
+from . import records
+
+
+class _ToDevice:
+    """Processor proxy whose batches go to our device/dtype whatever ``.to(...)`` the caller asks for.
+
+    VLMEvalKit's wrappers call ``inputs.to('cuda')`` / ``.to('cuda', torch.float16)``; redirecting that
+    one call is what lets their prompt code run unchanged on CPU or on this rank's GPU.
+    """
+
+    def __init__(self, processor, device: torch.device, dtype: torch.dtype):
+        self._processor = processor
+        self._device = device
+        self._dtype = dtype
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._processor, name)
+
+    def __call__(self, *args: Any, **kwargs: Any):
+        batch = self._processor(*args, **kwargs)
+        batch.to = lambda *_, **__: self._move(batch)  # instance attribute shadows BatchFeature.to
+        return batch
+
+    def _move(self, batch):
+        for key, value in batch.items():
+            if isinstance(value, torch.Tensor):
+                floating = torch.is_floating_point(value)
+                batch[key] = value.to(self._device, self._dtype) if floating else value.to(self._device)
+        return batch
+
+
+class _ToDeviceVideoFix(_ToDevice):
+    """LLaVA-OneVision-HF: also drop the stray ``<image>`` line VLMEvalKit writes into video prompts.
+
+    ``LLaVA_OneVision_HF.generate_inner_video`` puts a literal ``<image>`` line in the text besides the
+    ``<video>`` its chat template adds, but passes no image. Old transformers embedded it as a plain
+    token; transformers 5 rejects the call ("Found 1 <image> tokens in the text but no images were
+    passed"). Removing that placeholder is the only difference from VLMEvalKit's video prompt.
+    """
+
+    def __call__(self, *args: Any, **kwargs: Any):
+        text, token = kwargs.get("text"), getattr(self._processor, "image_token", None)
+        if token and kwargs.get("videos") is not None and kwargs.get("images") is None and isinstance(text, str):
+            kwargs["text"] = text.replace(token + "\n", "")
+        return super().__call__(*args, **kwargs)
+
+
+class _PrunedGenerate:
+    """Stands in for the HF model inside the VLMEvalKit wrapper: ``generate`` goes through pruning."""
+
+    def __init__(self, owner: TCCModelMixin):
+        self._owner = owner
+
+    def generate(self, **kwargs: Any) -> torch.Tensor:
+        return self._owner._pruned_generate(**kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._owner.hf_model, name)
+
+
+class TCCModelMixin:
+    """Loading, pruning and efficiency records shared by both wrappers (put first in the bases)."""
+
+    processor_proxy = _ToDevice
+
+    def _init_tcc(
+        self,
+        base: str,
+        method: str,
+        keep_ratio: float,
+        model_path: str | None,
+        compressor: Any,
+        device: str | None,
+        dtype: str | None,
+        max_new_tokens: int | None,
+        method_options: dict[str, Any] | None,
+    ) -> None:
+        from ...core import check_keep_ratio
+        from ...methods import check_method
+
+        bases = all_bases()
+        if base not in bases:
+            raise ValueError(f"unknown base {base!r}; registered bases: {sorted(bases)}")
+        self.base = bases[base]
+        self.method = check_method(method)
+        self.keep_ratio = check_keep_ratio(keep_ratio)
+        self.compressor = compressor
+        self.method_options = dict(method_options or {})  # e.g. budget, seed, fastv_k: see tcc_eval.wrap_model
+        self.max_new_tokens_cap = max_new_tokens
+        if method == "tcc":
+            _check_some_compressor(self.base, compressor)
+        self.model_path = resolve_model_path(self.base, model_path)
+        self.device = rank_device(device)
+        self.dtype = api.default_dtype(self.device, dtype)
+        attn = "eager" if method == "oracle" else "sdpa"  # the oracle needs attention probabilities
+        self.hf_model, processor = api.load_hf_model(self.model_path, self.device, self.dtype, attn=attn)
+        self.processor = self.processor_proxy(processor, self.device, self.dtype)
+        self.model = _PrunedGenerate(self)
+        self._pruned: dict[str, Any] = {}
+        self._modality = "image"
+        self.last_stats: dict[str, Any] = {}
+        self.last_record: dict[str, Any] | None = None
+
+    # --- pruning -----------------------------------------------------------------------------------
+    def pruned_model(self, modality: str):
+        """The pruned model for ``modality`` (TCC has one compressor per modality; others share one)."""
+        key = modality if self.method == "tcc" else "any"
+        if key not in self._pruned:
+            compressor = resolve_compressor(self.base, modality, self.compressor) if self.method == "tcc" else None
+            self._pruned[key] = api.wrap_model(
+                self.hf_model, method=self.method, keep_ratio=self.keep_ratio, compressor=compressor,
+                **self.method_options,
+            )
+        return self._pruned[key]
+
+    def _pruned_generate(self, **kwargs: Any) -> torch.Tensor:
+        if self.max_new_tokens_cap is not None:
+            kwargs["max_new_tokens"] = min(kwargs.get("max_new_tokens", self.max_new_tokens_cap), self.max_new_tokens_cap)
+        pruned = self.pruned_model(self._modality)
+        output = pruned.generate(**kwargs)
+        self.last_stats = dict(pruned.last_stats)
+        return output
+
+    # --- VLMEvalKit hooks --------------------------------------------------------------------------
+    def build_prompt(self, line, *args: Any, **kwargs: Any):
+        records.note_line(line)
+        return super().build_prompt(line, *args, **kwargs)
+
+    def generate_inner(self, message, dataset=None):
+        self._modality = _modality_of(message, dataset)
+        self.last_stats = {}
+        response = super().generate_inner(message, dataset)
+        self._write_record(dataset)
+        return response
+
+    def _write_record(self, dataset: str | None) -> None:
+        ctx = records.current()
+        self.last_record = {
+            "model": ctx.model_name if ctx else None,
+            "framework": records.FRAMEWORK,
+            "dataset": ctx.dataset_name if ctx else dataset,
+            "index": ctx.index if ctx else None,
+            "method": self.method,
+            "keep_ratio": self.keep_ratio,
+            "base_model": self.base.name,
+            "model_path": self.model_path,
+            "modality": self._modality,
+            "time": time.time(),
+            **self.last_stats,
+        }
+        if ctx is not None:
+            records.append_record(ctx.path, self.last_record)
+
+
+def _check_some_compressor(base, compressor: Any) -> None:
+    """Fail before loading weights when no modality has a compressor (each dataset picks its own later)."""
+    errors = []
+    for modality in ("image", "video"):
+        try:
+            resolve_compressor(base, modality, compressor)
+            return
+        except FileNotFoundError as err:
+            errors.append(err)
+    raise errors[0]
+
+
+def _modality_of(message: list[dict], dataset: str | None) -> str:
+    if any(item.get("type") == "video" for item in message):
+        return "video"
+    if dataset is None:
+        return "image"
+    from vlmeval.dataset import DATASET_MODALITY
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # custom dataset names warn here; the default is right for them
+        return "video" if DATASET_MODALITY(dataset) == "VIDEO" else "image"
+
+
+def _no_accelerated_backends(kwargs: dict[str, Any]) -> None:
+    for flag in ("use_vllm", "use_lmdeploy"):
+        if kwargs.pop(flag, False):
+            raise ValueError(f"{flag}=True is not supported: tcc-eval prunes tokens inside transformers' generate")
+
+
+def _defaults(func) -> dict[str, Any]:
+    return {k: p.default for k, p in inspect.signature(func).parameters.items() if p.default is not inspect.Parameter.empty}
+
+
+class TCCQwen2VLChat(TCCModelMixin, Qwen2VLChat):
+    """``Qwen2VLChat`` with pruning; constructor options and defaults are Qwen2VLChat's."""
+
+    def __init__(
+        self,
+        base: str,
+        method: str = "none",
+        keep_ratio: float = 1.0,
+        model_path: str | None = None,
+        compressor: Any = None,
+        device: str | None = None,
+        dtype: str | None = None,
+        method_options: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ):
+        _no_accelerated_backends(kwargs)
+        opts = {**_defaults(Qwen2VLChat.__init__), **kwargs}
+        BaseModel.__init__(self)
+        self._use_custom_prompt = opts["use_custom_prompt"]  # as Qwen2VLPromptMixin.__init__
+        # The attributes Qwen2VLChat.__init__ sets on its transformers path (checked by the tests).
+        self.min_pixels, self.max_pixels, self.total_pixels = opts["min_pixels"], opts["max_pixels"], opts["total_pixels"]
+        self.max_new_tokens = opts["max_new_tokens"]
+        self.generate_kwargs = {k: opts[k] for k in (
+            "max_new_tokens", "top_p", "top_k", "temperature", "repetition_penalty", "do_sample")}
+        self.system_prompt = opts["system_prompt"]
+        self.verbose = opts["verbose"]
+        self.post_process = opts["post_process"]
+        self.fps = opts.get("fps", 2)  # Qwen2VLChat pops these from **kwargs with these defaults
+        self.nframe = opts.get("nframe", 128)
+        self.use_audio_in_video = opts["use_audio_in_video"]
+        self.FRAME_FACTOR = 2
+        self.use_vllm = self.use_lmdeploy = False
+        self.limit_mm_per_prompt = VLLM_MAX_IMAGE_INPUT_NUM
+        self._init_tcc(base, method, keep_ratio, model_path, compressor, device, dtype, opts["max_new_tokens"],
+                       method_options)
+
+
+class TCCLLaVAOneVisionHF(TCCModelMixin, LLaVA_OneVision_HF):
+    """``LLaVA_OneVision_HF`` with pruning. ``max_new_tokens`` caps its fixed 2048-token answers."""
+
+    processor_proxy = _ToDeviceVideoFix
+
+    def __init__(
+        self,
+        base: str,
+        method: str = "none",
+        keep_ratio: float = 1.0,
+        model_path: str | None = None,
+        compressor: Any = None,
+        device: str | None = None,
+        dtype: str | None = None,
+        max_new_tokens: int | None = None,
+        method_options: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ):
+        _no_accelerated_backends(kwargs)
+        # The attributes LLaVA_OneVision_HF.__init__ sets (checked by the tests).
+        self.video_kwargs = kwargs.get("video_kwargs", {})
+        self.force_sample = self.video_kwargs.get("force_sample", False)
+        self.nframe = kwargs.get("nframe", 8)
+        self.fps = 1
+        self._init_tcc(base, method, keep_ratio, model_path, compressor, device, dtype, max_new_tokens, method_options)
+
+
+WRAPPERS: dict[str, type] = {"qwen2_vl": TCCQwen2VLChat, "llava_onevision": TCCLLaVAOneVisionHF}

@@ -1,0 +1,280 @@
+"""lmms-eval 0.7.3 integration: ``--model qwen2_vl_tcc`` / ``llava_onevision_tcc`` on the shipped
+``tccsynth_img`` / ``tccsynth_vid`` tasks, end to end through the real CLI, plus method=none against the
+upstream wrappers on identical inputs. Tiny random-weight checkpoints: accuracy is meaningless here,
+the plumbing (registration, prompts, pruning, results, efficiency records) is what is tested."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tcc_eval.core import keep_count
+from tcc_eval.integrations.lmms_eval import check_results
+from tcc_eval.lmms_tasks import TASKS_DIR
+
+TASKS = ["tccsynth_img", "tccsynth_vid"]
+LIMIT = 4
+SYNTH_N = "8"
+RECORD_KEYS = {"model", "framework", "dataset", "index", "method", "keep_ratio", "base_model", "visual_before",
+               "visual_after", "seq_before", "seq_after", "prefill_s", "compressor_s", "total_s", "kv_cache_bytes",
+               "new_tokens"}
+
+
+@pytest.fixture(scope="module")
+def task_env(tmp_path_factory):
+    """Small synthetic sets in a private folder, offline hub; shared by subprocesses and in-process runs."""
+    env = {
+        "TCC_LMMS_DATA": str(tmp_path_factory.mktemp("lmms_data")),
+        "TCC_LMMS_SYNTH_N": SYNTH_N,
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+    }
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in env.items():
+            patch.setenv(key, value)
+        patch.delenv("TCC_EFFICIENCY_DIR", raising=False)
+        yield env
+
+
+def run_lmms_eval(model: str, model_args: str, out: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "lmms_eval", "--model", model, "--model_args", model_args,
+           "--tasks", ",".join(TASKS), "--include_path", str(TASKS_DIR), "--limit", str(LIMIT),
+           "--output_path", str(out), "--timezone", "UTC", "--gen_kwargs", "max_new_tokens=4"]
+    full_env = {**os.environ, **env, "OMP_NUM_THREADS": "2", "HF_DATASETS_CACHE": str(out / "hf_datasets")}
+    return subprocess.run(cmd, check=False, env=full_env, capture_output=True, text=True, timeout=400)
+
+
+def read_records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def untrained_compressor(tiny_checkpoints, tmp_path_factory) -> str:
+    """A compressor checkpoint for the tiny Qwen2-VL (random weights: exercises method=tcc's plumbing)."""
+    from transformers import AutoModelForImageTextToText
+
+    from tcc_eval.compressor import TokenCompressor, model_meta, save_compressor
+
+    model = AutoModelForImageTextToText.from_pretrained(tiny_checkpoints["qwen2_vl"])
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("compressor") / "qwen2_vl_untrained.pt"
+    return str(save_compressor(path, TokenCompressor(channels=(8, 16)), model_meta(model), "image", {}))
+
+
+@pytest.mark.parametrize("family,model,method", [
+    ("qwen2_vl", "qwen2_vl_tcc", "tcc"),
+    ("llava_onevision", "llava_onevision_tcc", "random"),
+])
+def test_cli_runs_both_tasks_and_writes_results_and_records(family, model, method, tiny_checkpoints,
+                                                           untrained_compressor, task_env, tmp_path):
+    pretrained = tiny_checkpoints[family]
+    model_args = f"pretrained={pretrained},method={method},ratio=0.5"
+    if method == "tcc":
+        model_args += f",compressor={untrained_compressor}"
+    started = time.time()
+    proc = run_lmms_eval(model, model_args, tmp_path, task_env)
+    log = proc.stdout[-3000:] + proc.stderr[-6000:]
+    assert proc.returncode == 0, log
+
+    results_file = check_results(tmp_path, tasks=TASKS, newer_than=started)
+    data = json.loads(results_file.read_text())
+    assert (data["config"]["model"], data["config"]["model_args"]) == (model, model_args)
+    for task in TASKS:
+        assert 0.0 <= data["results"][task]["exact_match,none"] <= 1.0, data["results"]
+        assert data["n-samples"][task]["effective"] == LIMIT
+
+    records_dir = tmp_path / "efficiency"
+    for task in TASKS:
+        files = list(records_dir.glob(f"{model}_*_{method}-50_{task}_efficiency.jsonl"))
+        assert len(files) == 1, sorted(p.name for p in records_dir.iterdir())
+        records = read_records(files[0])
+        assert sorted(r["index"] for r in records) == list(range(LIMIT))
+        for record in records:
+            assert RECORD_KEYS <= record.keys()
+            assert (record["model"], record["framework"], record["dataset"]) == (model, "lmms_eval", task)
+            assert (record["method"], record["keep_ratio"], record["base_model"]) == (method, 0.5, pretrained)
+            assert record["visual_before"] > 0
+            assert record["visual_after"] == keep_count(record["visual_before"], 0.5)
+            assert record["seq_before"] - record["seq_after"] == record["visual_before"] - record["visual_after"]
+            assert record["new_tokens"] >= 1 and record["total_s"] >= record["prefill_s"] > 0
+
+
+# --- method=none against the upstream wrappers, in process so the model inputs can be compared --------
+@pytest.fixture(scope="module")
+def task_manager(task_env):
+    from lmms_eval.tasks import TaskManager
+
+    return TaskManager(include_path=str(TASKS_DIR), include_defaults=False)  # our tasks only: saves ~8 s
+
+
+def capture_generate(model, calls: list[dict]) -> None:
+    """Record the tensors of every ``model.generate`` call (the wrapper's complete model input)."""
+    original = model.generate
+
+    def generate(*args, **kwargs):
+        calls.append({name: value.clone() for name, value in kwargs.items() if torch.is_tensor(value)})
+        return original(*args, **kwargs)
+
+    model.generate = generate
+
+
+def evaluate(lm, tasks: list[str], task_manager) -> tuple[list[dict], dict]:
+    from lmms_eval.evaluator import simple_evaluate
+
+    calls: list[dict] = []
+    capture_generate(lm._model, calls)
+    out = simple_evaluate(model=lm, tasks=tasks, limit=LIMIT, task_manager=task_manager, log_samples=True,
+                          gen_kwargs="max_new_tokens=8", verbosity="WARNING")
+    answers = {task: {s["doc_id"]: s["resps"] for s in samples} for task, samples in out["samples"].items()}
+    return calls, answers
+
+
+def upstream_and_ours(kind: str):
+    from lmms_eval.models.chat.llava_hf import LlavaHf as LlavaChat
+    from lmms_eval.models.simple.llava_hf import LlavaHf as LlavaSimple
+    from lmms_eval.models.simple.qwen2_vl import Qwen2_VL
+
+    from tcc_eval.integrations.lmms_eval import models
+
+    return {
+        "qwen2_vl": (Qwen2_VL, models.Qwen2VLTCC),
+        "llava_chat": (LlavaChat, models.LlavaOneVisionTCCChat),
+        "llava_simple": (LlavaSimple, models.LlavaOneVisionTCC),
+    }[kind]
+
+
+# Upstream chat llava_hf cannot run video here (images=[] crash, and no torchcodec): images only.
+@pytest.mark.parametrize("kind,family,tasks", [
+    ("qwen2_vl", "qwen2_vl", TASKS),
+    ("llava_chat", "llava_onevision", ["tccsynth_img"]),
+    ("llava_simple", "llava_onevision", TASKS),
+])
+def test_method_none_matches_upstream_inputs_and_answers(kind, family, tasks, tiny_checkpoints, task_manager, tmp_path):
+    upstream_cls, ours_cls = upstream_and_ours(kind)
+    pretrained = tiny_checkpoints[family]
+    upstream = upstream_cls(pretrained=pretrained, device="cpu", device_map="cpu")
+    up_calls, up_answers = evaluate(upstream, tasks, task_manager)
+    ours = ours_cls(pretrained=pretrained, device="cpu", method="none", efficiency_dir=str(tmp_path))
+    our_calls, our_answers = evaluate(ours, tasks, task_manager)
+
+    assert len(up_calls) == len(our_calls) == LIMIT * len(tasks)
+    for up, our in zip(up_calls, our_calls):
+        assert up.keys() == our.keys()
+        for name in up:
+            assert torch.equal(up[name], our[name]), name
+        prompt = ours.tokenizer.decode(our["input_ids"][0])
+        assert "Answer with the option's letter from the given choices directly." in prompt
+    assert our_answers == up_answers
+
+    for task in tasks:
+        (path,) = tmp_path.glob(f"{ours.model_id}_*_none-100_{task}_efficiency.jsonl")
+        records = read_records(path)
+        assert len(records) == LIMIT
+        assert all(r["visual_after"] == r["visual_before"] > 0 and r["keep_ratio"] == 1.0 for r in records)
+
+
+# --- registration, arguments, tasks, results check --------------------------------------------------
+def test_entry_points_resolve_to_our_classes():
+    from lmms_eval.models import get_model
+
+    from tcc_eval.integrations.lmms_eval import models
+
+    assert get_model("qwen2_vl_tcc") is models.Qwen2VLTCC
+    assert get_model("llava_onevision_tcc") is models.LlavaOneVisionTCCChat  # like upstream llava_hf
+    assert get_model("llava_onevision_tcc", force_simple=True) is models.LlavaOneVisionTCC
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({}, "needs method="),
+    ({"method": "random"}, "needs ratio="),
+    ({"method": "none", "ratio": 0.5}, "keeps every visual token"),
+    ({"method": "random", "ratio": 1.5}, "keep_ratio must be in"),
+    ({"method": "bogus", "ratio": 0.5}, "unknown method"),
+    ({"method": "random", "ratio": 0.5, "fastv_k": 2}, "option of method fastv"),
+    ({"method": "a0", "ratio": 0.5, "compressor": "/x.pt"}, "only used by method=tcc"),
+])
+def test_bad_model_args_fail_before_loading(kwargs, message):
+    from tcc_eval.integrations.lmms_eval.models import TCCSettings
+
+    with pytest.raises(ValueError, match=message):
+        TCCSettings.pop_from(dict(kwargs), "qwen2_vl_tcc")
+
+
+def test_settings_pop_only_our_args():
+    from tcc_eval.integrations.lmms_eval.models import TCCSettings
+
+    kwargs = {"pretrained": "p", "method": "fastv", "keep_ratio": 0.25, "fastv_k": 3, "batch_size": 1}
+    settings = TCCSettings.pop_from(kwargs, "qwen2_vl_tcc")
+    assert kwargs == {"pretrained": "p", "batch_size": 1}
+    assert (settings.method, settings.keep_ratio, settings.options) == ("fastv", 0.25, {"fastv_k": 3})
+
+
+def test_efficiency_dir_resolution(tmp_path):
+    from tcc_eval.integrations.lmms_eval.efficiency import resolve_efficiency_dir
+
+    argv = ["--model", "m", "--output_path", str(tmp_path), "--limit", "4"]
+    assert resolve_efficiency_dir(None, {}, argv) == tmp_path / "efficiency"
+    assert resolve_efficiency_dir(None, {"TCC_EFFICIENCY_DIR": "/e"}, argv) == Path("/e")
+    assert resolve_efficiency_dir("/x", {"TCC_EFFICIENCY_DIR": "/e"}, argv) == Path("/x")
+    assert resolve_efficiency_dir(None, {}, ["--model", "m"]) is None
+
+
+def test_task_prompt_and_scoring():
+    from tcc_eval.lmms_tasks.tccsynth import doc_to_text, extract_letter, process_results
+
+    doc = {"question": "What color is the circle?", "options": ["red", "green", "blue"], "answer": "B"}
+    text = doc_to_text(doc, {"pre_prompt": "", "post_prompt": "Answer with the letter."})
+    assert text == "What color is the circle?\nA. red\nB. green\nC. blue\nAnswer with the letter."
+    assert [extract_letter(r, doc["options"]) for r in ["B", "(B) green", "B. green", "green.", "Green", " C\n"]] \
+        == ["B", "B", "B", "B", "B", "C"]
+    assert extract_letter("D", doc["options"]) is None  # only 3 options
+    assert extract_letter("Because", doc["options"]) is None
+    assert process_results(doc, ["B"]) == {"exact_match": 1.0}
+    assert process_results(doc, ["A"]) == {"exact_match": 0.0}
+
+
+def test_task_data_is_generated_once_with_absolute_paths(task_env):
+    import datasets
+
+    from tcc_eval.lmms_tasks.tccsynth import process_docs
+
+    spec = datasets.Dataset.from_list([{"kind": "image", "n": 200, "seed": 0, "split": "test"}])
+    docs = process_docs(spec)
+    assert len(docs) == int(SYNTH_N)  # TCC_LMMS_SYNTH_N overrides the spec's n
+    assert all(Path(p).is_absolute() and Path(p).exists() for p in docs["image_path"])
+    assert set(docs["answer"]) <= set("ABCD")
+    stamp = Path(docs[0]["image_path"]).stat().st_mtime
+    process_docs(spec)
+    assert Path(docs[0]["image_path"]).stat().st_mtime == stamp  # reused, not regenerated
+
+
+def test_check_results_fails_loudly(tmp_path):
+    with pytest.raises(RuntimeError, match="exits 0 even when evaluation crashes"):
+        check_results(tmp_path)
+    run = tmp_path / "model"
+    run.mkdir()
+    (run / "20260101_000000_results.json").write_text(json.dumps({"results": {"tccsynth_img": {}}}))
+    assert check_results(tmp_path, tasks=["tccsynth_img"]) == run / "20260101_000000_results.json"
+    with pytest.raises(RuntimeError, match="covers tasks"):
+        check_results(tmp_path, tasks=["tccsynth_vid"])
+    with pytest.raises(RuntimeError, match="older ones"):
+        check_results(tmp_path, newer_than=time.time() + 60)
+
+
+def test_results_cli_exit_codes(tmp_path, capsys):
+    from tcc_eval.integrations.lmms_eval.results import main
+
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "x_results.json").write_text(json.dumps({"results": {"tccsynth_img": {}}}))
+    assert main([str(tmp_path), "--tasks", "tccsynth_img"]) == 0
+    assert capsys.readouterr().out.strip() == str(tmp_path / "m" / "x_results.json")
+    assert main([str(tmp_path), "--tasks", "tccsynth_img,tccsynth_vid"]) == 1
+    assert "covers tasks" in capsys.readouterr().err

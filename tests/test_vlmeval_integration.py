@@ -1,0 +1,435 @@
+"""VLMEvalKit integration: the literal `python -m vlmeval.run` through the .pth hook, Vanilla prompts equal
+VLMEvalKit's own wrappers, TCC100 == Vanilla, efficiency records, and a hook that never breaks start-up.
+
+Test-only bases (TQwen, TLlava) point at tiny checkpoints through TCC_EXTRA_MODELS; TQwen's TCC runs use
+untrained compressors found through TCC_COMPRESSOR_DIR.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import site
+import subprocess
+import sys
+from pathlib import Path
+from unittest import mock
+
+import pandas as pd
+import pytest
+import torch
+
+import model_registry
+from model_registry import matrix
+
+PTH_NAME = "tcc_eval_vlmeval.pth"
+N = 4  # samples per synthetic set (TCC_SYNTH_N)
+MODELS = ("TQwen_Vanilla", "TQwen_TCC100", "TQwen_TCC50", "TLlava_Vanilla", "TLlava_Random50")
+DATASETS = ("TCCSynth_IMG", "TCCSynth_VID")
+RECORD_KEYS = {
+    "model", "framework", "dataset", "index", "method", "keep_ratio", "base_model", "visual_before", "visual_after",
+    "seq_before", "seq_after", "prefill_s", "compressor_s", "total_s", "kv_cache_bytes", "new_tokens",
+}
+
+
+def _clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TCC_", "LMUData"))}
+    env.update(OMP_NUM_THREADS="2", **extra)
+    return env
+
+
+def _installed_pth() -> Path:
+    dirs = site.getsitepackages() + [site.getusersitepackages()]
+    for d in dirs:
+        if (Path(d) / PTH_NAME).is_file():
+            return Path(d) / PTH_NAME
+    pytest.fail(f"{PTH_NAME} is in none of {dirs}: install the package first (pip install -e .)")
+
+
+# --- model matrix -----------------------------------------------------------------------------------
+def test_matrix_names_and_parsing():
+    specs = model_registry.expand()
+    for name in ("Qwen2VL_TCC50", "Qwen2VL_TCC25", "LLaVAOV_TCC50", "Qwen2VL_Random25", "Qwen2VL_A025",
+                 "Qwen2VL_FastV25", "Qwen2VL_Oracle50", "Qwen2VL_Vanilla", "Qwen2VL2B_TCC75", "LLaVAOV05B_TCC100",
+                 "TinyQwen2VL_TCC50", "TinyLLaVAOV_Vanilla"):
+        assert name in specs, name
+    assert "Qwen2VL_Random100" not in specs  # 100 only for TCC, the equality check
+    assert specs["Qwen2VL_A025"].method == "a0" and specs["Qwen2VL_A025"].keep_ratio == 0.25
+    assert specs["LLaVAOV_Vanilla"].method == "none" and specs["LLaVAOV_Vanilla"].keep_ratio == 1.0
+    assert specs["Qwen2VL_TCC50"].base.hf_id == "Qwen/Qwen2-VL-7B-Instruct"
+    assert specs["LLaVAOV05B_TCC50"].base.hf_id == "llava-hf/llava-onevision-qwen2-0.5b-ov-hf"
+    for name, spec in specs.items():
+        assert model_registry.parse_name(name) == spec
+    assert model_registry.parse_name("Qwen2VL_TCC10").keep_ratio == 0.1  # any ratio parses
+    for bad in ("Qwen2VL_Magic50", "Nope_TCC50", "Qwen2VL_TCC0", "Qwen2VL_TCC", "Qwen2VL_TCC150"):
+        with pytest.raises(ValueError):
+            model_registry.parse_name(bad)
+
+
+def test_extra_models_env(tiny_checkpoints, monkeypatch):
+    qwen, llava = tiny_checkpoints["qwen2_vl"], tiny_checkpoints["llava_onevision"]
+    bases = matrix.extra_bases(f"A={qwen}, B={llava}")
+    assert (bases["A"].family, bases["B"].family) == ("qwen2_vl", "llava_onevision")
+    bases = matrix.extra_bases(json.dumps({"C": {"path": qwen, "max_new_tokens": 3}}))
+    assert bases["C"].options == {"max_new_tokens": 3} and bases["C"].path == qwen
+    monkeypatch.setenv(matrix.EXTRA_MODELS_ENV, f"Mine={qwen}")
+    assert model_registry.parse_name("Mine_Random50").base.path == qwen
+    for bad, msg in (("A", "not NAME=PATH"), ("A_b=/x", "letters and digits"), ("A=/does/not/exist", "model_type"),
+                     ("{bad json", "not valid JSON"), (f"Qwen2VL={qwen}", "redefines declared bases")):
+        monkeypatch.setenv(matrix.EXTRA_MODELS_ENV, bad)
+        with pytest.raises(ValueError, match=msg):
+            model_registry.expand()
+
+
+def test_model_path_resolution(monkeypatch, tmp_path):
+    base = model_registry.BASES["Qwen2VL"]
+    monkeypatch.delenv("TCC_MODEL_PATH_QWEN2VL", raising=False)
+    assert model_registry.resolve_model_path(base) == "Qwen/Qwen2-VL-7B-Instruct"
+    monkeypatch.setenv("TCC_MODEL_PATH_QWEN2VL", str(tmp_path))
+    assert model_registry.resolve_model_path(base) == str(tmp_path)
+    assert model_registry.resolve_model_path(base, "/explicit") == "/explicit"  # e.g. from --config JSON
+    with pytest.raises(NotImplementedError, match="VILA1.5"):
+        model_registry.resolve_model_path(model_registry.BASES["VILA15"])
+    import tcc_eval.demo
+
+    demo = model_registry.BASES["TinyQwen2VL"]
+    monkeypatch.setattr(tcc_eval.demo, "paths", lambda: {"qwen2_vl": {"model": str(tmp_path)}})
+    assert model_registry.resolve_model_path(demo) == str(tmp_path)
+    monkeypatch.setattr(tcc_eval.demo, "paths", lambda: {"qwen2_vl": {"model": str(tmp_path / "missing")}})
+    with pytest.raises(FileNotFoundError, match="not built yet.*python -m tcc_eval.demo build"):
+        model_registry.resolve_model_path(demo)
+    monkeypatch.setattr(tcc_eval.demo, "paths", dict)
+    with pytest.raises(RuntimeError, match="no entry for TinyQwen2VL.*TCC_MODEL_PATH_TINYQWEN2VL"):
+        model_registry.resolve_model_path(demo)
+
+
+def test_compressor_lookup(monkeypatch, tmp_path):
+    base = model_registry.BASES["Qwen2VL"]
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv(model_registry.COMPRESSOR_DIR_ENV, raising=False)
+    with pytest.raises(FileNotFoundError, match=r"Qwen2VL_video\.pt.*python -m tcc_eval\.compressor train"):
+        model_registry.resolve_compressor(base, "video")
+    default = tmp_path / "home/.cache/tcc_eval/compressors/Qwen2VL_video.pt"
+    default.parent.mkdir(parents=True)
+    default.touch()
+    assert model_registry.resolve_compressor(base, "video") == str(default)
+    monkeypatch.setenv(model_registry.COMPRESSOR_DIR_ENV, str(tmp_path))
+    (tmp_path / "Qwen2VL_video.pt").touch()
+    assert model_registry.resolve_compressor(base, "video") == str(tmp_path / "Qwen2VL_video.pt")
+    assert model_registry.resolve_compressor(base, "video", "/x.pt") == "/x.pt"
+    assert model_registry.resolve_compressor(base, "image", {"image": "/i.pt", "video": "/v.pt"}) == "/i.pt"
+
+
+def test_demo_compressor_lookup(monkeypatch, tmp_path):
+    import tcc_eval.demo
+
+    demo = model_registry.BASES["TinyLLaVAOV"]
+    shipped = tmp_path / "shipped_image.pt"
+    monkeypatch.setattr(tcc_eval.demo, "paths", lambda: {"llava_onevision": {"model": "/m", "compressor_image": str(shipped)}})
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv(model_registry.COMPRESSOR_DIR_ENV, str(tmp_path / "mine"))
+    with pytest.raises(FileNotFoundError, match="shipped_image.pt.*python -m tcc_eval.demo build"):
+        model_registry.resolve_compressor(demo, "image")
+    shipped.touch()
+    assert model_registry.resolve_compressor(demo, "image") == str(shipped)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine/TinyLLaVAOV_image.pt").touch()  # the env dir overrides the shipped file
+    assert model_registry.resolve_compressor(demo, "image") == str(tmp_path / "mine/TinyLLaVAOV_image.pt")
+
+
+# --- in-process VLMEvalKit pieces -------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def registered():
+    from tcc_eval.integrations.vlmeval import register
+
+    return register()
+
+
+def test_registration_tables(registered):
+    from vlmeval.config import supported_VLM
+    from vlmeval.dataset import DATASET_MODALITY, DATASET_TYPE
+    from vlmeval.dataset.video_dataset_config import supported_video_datasets
+
+    from tcc_eval.integrations.vlmeval.register import KnownKwargsPartial
+    from tcc_eval.integrations.vlmeval.wrappers import (
+        TCCLLaVAOneVisionHF,
+        TCCQwen2VLChat,
+    )
+
+    assert {"Qwen2VL_TCC50", "LLaVAOV_Vanilla", "TinyQwen2VL_TCC50"} <= set(registered)
+    entry = supported_VLM["Qwen2VL_TCC50"]
+    assert entry.func is TCCQwen2VLChat and entry.keywords["method"] == "tcc" and entry.keywords["keep_ratio"] == 0.5
+    assert entry.keywords["min_pixels"] == 1280 * 28 * 28  # VLMEvalKit's own Qwen2-VL setting
+    assert supported_VLM["LLaVAOV05B_A025"].func is TCCLLaVAOneVisionHF
+    with pytest.raises(NotImplementedError, match="VILA1.5"):
+        supported_VLM["VILA15_TCC25"]()
+    assert DATASET_MODALITY("TCCSynth_VID") == "VIDEO" and DATASET_TYPE("TCCSynth_VID") == "Video-MCQ"
+    assert DATASET_MODALITY("TCCSynth_IMG") == "IMAGE" and DATASET_TYPE("TCCSynth_IMG") == "MCQ"
+    # the ms-vlmeval 0.0.20 kwargs bug workaround covers every video preset, and stays a partial
+    assert all(isinstance(e, KnownKwargsPartial) for e in supported_video_datasets.values())
+    assert supported_video_datasets["MVBench_8frame"].func.__name__ == "MVBench"
+
+
+def test_tcc_without_compressor_fails_before_loading(registered, monkeypatch, tmp_path):
+    from vlmeval.config import supported_VLM
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv(model_registry.COMPRESSOR_DIR_ENV, raising=False)
+    monkeypatch.setenv("TCC_MODEL_PATH_QWEN2VL", str(tmp_path / "never_loaded"))
+    with pytest.raises(FileNotFoundError, match="no trained image compressor for Qwen2VL.*tcc_eval.compressor train"):
+        supported_VLM["Qwen2VL_TCC50"]()
+
+
+def test_rank_device_per_torchrun_rank(monkeypatch):
+    from tcc_eval.integrations import rank_device
+
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)  # all GPUs visible: rank r takes cuda:r
+    assert rank_device() == torch.device("cuda", 2) and chosen == [2]
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # VLMEvalKit narrowed CUDA_VISIBLE_DEVICES
+    assert rank_device() == torch.device("cuda", 0)
+    assert rank_device("cpu") == torch.device("cpu")
+
+
+def test_video_preset_drops_cli_kwargs():
+    from tcc_eval.integrations.vlmeval.register import KnownKwargsPartial
+
+    class Dataset:
+        def __init__(self, dataset="X", nframe=0, fps=-1):
+            self.args = (dataset, nframe, fps)
+
+    preset = KnownKwargsPartial(Dataset, dataset="X", nframe=8)
+    # what run.py passes: vars(args), including `data` and an unrelated fps default
+    built = preset(data=["X"], model=["M"], work_dir="out", fps=-1, nframe=0)
+    assert built.args == ("X", 8, -1)
+
+
+def test_records_use_the_run_dataset_name():
+    from types import SimpleNamespace
+
+    from tcc_eval.integrations.vlmeval.records import run_dataset_name
+
+    mvbench = SimpleNamespace(dataset_name="MVBench")
+    assert run_dataset_name("M_TCC50", mvbench, "/w/M_TCC50/02_M_TCC50_MVBench_8frame.pkl") == "MVBench_8frame"
+    image = SimpleNamespace(dataset_name="TCCSynth_IMG")
+    assert run_dataset_name("M_TCC50", image, "/w/M_TCC50/01_TCCSynth_IMG.pkl") == "TCCSynth_IMG"
+    assert run_dataset_name("M_TCC50", image, None) == "TCCSynth_IMG"
+
+
+def test_run_entry_parses_models():
+    from tcc_eval.run import requested_models
+
+    argv = ["--model", "A_TCC50", "B_Vanilla", "--data", "D", "--model=C_TCC10", "--verbose"]
+    assert requested_models(argv) == ["A_TCC50", "B_Vanilla", "C_TCC10"]
+
+
+class Recorder:
+    """Stands in for the generating model: records what reaches ``generate`` and answers 'A'."""
+
+    def __init__(self, answer_id: int):
+        self.answer_id = answer_id
+        self.calls: list[dict] = []
+        self.last_stats: dict = {}
+
+    def generate(self, **kwargs):
+        self.calls.append(kwargs)
+        ids = kwargs["input_ids"]
+        return torch.cat([ids, torch.full((ids.shape[0], 1), self.answer_id)], dim=1)
+
+
+def _upstream(cls, family_ckpt: str, **kwargs):
+    """VLMEvalKit's own wrapper, built on CPU by stubbing its GPU check and weight loading."""
+    import transformers
+
+    hf_cls = {"qwen2_vl": "Qwen2VLForConditionalGeneration", "llava_onevision": "LlavaOnevisionForConditionalGeneration"}
+    family = json.loads((Path(family_ckpt) / "config.json").read_text())["model_type"]
+    with mock.patch("vlmeval.vlm.qwen2_vl.model.get_gpu_memory", return_value=[80_000]), \
+            mock.patch.object(getattr(transformers, hf_cls[family]), "from_pretrained", return_value=mock.MagicMock()):
+        return cls(model_path=family_ckpt, **kwargs)
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "llava_onevision"])
+def test_vanilla_matches_vlmevalkit_wrapper(registered, tiny_checkpoints, tmp_path, family):
+    """Same constructor state and, for the same message, the same tensors reach generate()."""
+    from vlmeval.vlm import LLaVA_OneVision_HF, Qwen2VLChat
+
+    from tcc_eval import synth
+    from tcc_eval.integrations.vlmeval.datasets import mcq_prompt
+    from tcc_eval.integrations.vlmeval.wrappers import WRAPPERS
+
+    ckpt = tiny_checkpoints[family]
+    options = matrix.QWEN2VL_VLMEVAL_KWARGS if family == "qwen2_vl" else {}
+    upstream = _upstream(Qwen2VLChat if family == "qwen2_vl" else LLaVA_OneVision_HF, ckpt, **options)
+    base = "Qwen2VL" if family == "qwen2_vl" else "LLaVAOV"
+    ours = WRAPPERS[family](base=base, model_path=ckpt, method="none", **options)
+    ignore = {"model", "processor"}
+    state = {k: v for k, v in vars(upstream).items() if k not in ignore}
+    assert state == {k: vars(ours)[k] for k in state}
+
+    sample = synth.generate("image", 1, seed=3)[0]
+    image = tmp_path / "0.png"
+    sample.image.save(image)
+    line = {"question": sample.question, **sample.options}
+    message = [{"type": "image", "value": str(image)}, {"type": "text", "value": mcq_prompt(line)}]
+    answer = ours.processor.tokenizer.convert_tokens_to_ids("A")
+    # the one change our wrappers make to VLMEvalKit's path: `.to('cuda')` goes to our device and dtype
+    upstream.processor = ours.processor_proxy(upstream.processor, torch.device("cpu"), torch.float32)
+    upstream.model, ours._pruned["any"] = Recorder(answer), Recorder(answer)
+    assert upstream.generate(message, dataset="TCCSynth_IMG") == ours.generate(message, dataset="TCCSynth_IMG") == "A"
+    (theirs,), (mine,) = upstream.model.calls, ours._pruned["any"].calls
+    assert theirs.keys() == mine.keys()
+    for key, value in theirs.items():
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(value, mine[key]), key
+        else:
+            assert value == mine[key], key
+
+
+def test_llava_video_prompt_drops_only_the_stray_image_token(registered, tiny_checkpoints, tmp_path):
+    from tcc_eval import synth
+    from tcc_eval.integrations.vlmeval.wrappers import TCCLLaVAOneVisionHF
+
+    sample = synth.generate("video", 1, seed=0)[0]
+    synth.export_vlmeval_video([sample], tmp_path)
+    ours = TCCLLaVAOneVisionHF(base="LLaVAOV", model_path=tiny_checkpoints["llava_onevision"])
+    texts = []
+    call = type(ours.processor).__call__
+
+    def spy(proxy, *args, **kwargs):
+        texts.append(kwargs.get("text"))
+        return call(proxy, *args, **kwargs)
+
+    ours._pruned["any"] = Recorder(0)
+    message = [{"type": "video", "value": str(tmp_path / "videos/0.mp4")}, {"type": "text", "value": "Question?"}]
+    with mock.patch.object(type(ours.processor), "__call__", spy):
+        ours.generate(message, dataset="TCCSynth_VID")
+    (text,) = texts
+    assert text.count("<image>\n") == 1 and "<video>" in text  # VLMEvalKit's prompt, as it builds it
+    ids = ours._pruned["any"].calls[0]["input_ids"]
+    image_id = ours.hf_model.config.image_token_index
+    assert not (ids == image_id).any()  # ... minus the stray placeholder transformers 5 rejects
+    assert (ids == ours.hf_model.config.video_token_index).sum() > 0
+
+
+def test_synthetic_set_settings_are_checked(registered, monkeypatch, tmp_path):
+    from tcc_eval.integrations.vlmeval.datasets import ensure_image_set
+
+    monkeypatch.setenv("TCC_SYNTH_N", "2")
+    tsv = ensure_image_set(tmp_path)
+    assert len(pd.read_csv(tsv, sep="\t")) == 2 and ensure_image_set(tmp_path) == tsv  # reused as is
+    monkeypatch.setenv("TCC_SYNTH_N", "3")
+    with pytest.raises(ValueError, match="other settings.*n=2.*n=3.*delete it"):
+        ensure_image_set(tmp_path)
+
+
+# --- the real runner, literally, through the .pth hook ----------------------------------------------
+@pytest.fixture(scope="module")
+def vlmeval_run(tiny_checkpoints, tmp_path_factory):
+    """One `python -m vlmeval.run` over both synthetic sets and five test models."""
+    from transformers import AutoModelForImageTextToText
+
+    from tcc_eval.compressor import TokenCompressor, model_meta, save_compressor
+
+    _installed_pth()
+    root = tmp_path_factory.mktemp("vlmeval_run")
+    compressors = root / "compressors"
+    model = AutoModelForImageTextToText.from_pretrained(tiny_checkpoints["qwen2_vl"])
+    torch.manual_seed(0)
+    for modality in ("image", "video"):  # untrained: TCC100 must still equal Vanilla
+        save_compressor(compressors / f"TQwen_{modality}.pt", TokenCompressor(), model_meta(model), modality, {})
+    extra = {"TQwen": {"path": tiny_checkpoints["qwen2_vl"], "max_new_tokens": 4},
+             "TLlava": {"path": tiny_checkpoints["llava_onevision"], "max_new_tokens": 4}}
+    env = _clean_env(LMUData=str(root / "LMUData"), TCC_SYNTH_N=str(N), TCC_EXTRA_MODELS=json.dumps(extra),
+                     TCC_COMPRESSOR_DIR=str(compressors))
+    (root / "LMUData").mkdir()
+    cmd = [sys.executable, "-m", "vlmeval.run", "--model", *MODELS, "--data", *DATASETS,
+           "--judge", "exact_matching", "--work-dir", str(root / "out")]
+    proc = subprocess.run(cmd, cwd=root, env=env, check=False, capture_output=True, text=True, timeout=900)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+    assert "tcc-eval:" not in log, log[-4000:]
+    return root, log
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_run_outputs(vlmeval_run, model):
+    root, _ = vlmeval_run
+    folder = root / "out" / model
+    status = json.loads((folder / "status.json").read_text())["datasets"]
+    assert {d: status[d]["status"] for d in DATASETS} == {d: "done" for d in DATASETS}, status
+    assert not any(status[d].get("error_message") for d in DATASETS), status
+    for dataset in DATASETS:
+        predictions = pd.read_excel(folder / f"{model}_{dataset}.xlsx")
+        assert len(predictions) == N and predictions["prediction"].notna().all()
+        acc = pd.read_csv(folder / f"{model}_{dataset}_acc.csv")
+        assert "Overall" in acc.columns and 0 <= acc["Overall"].iloc[0] <= 1
+        lines = (folder / f"{model}_{dataset}_efficiency.jsonl").read_text().splitlines()
+        records = [json.loads(x) for x in lines]
+        assert len(records) == N
+        assert all(RECORD_KEYS <= r.keys() for r in records)
+        assert sorted(r["index"] for r in records) == sorted(predictions["index"])
+        for r in records:
+            assert (r["model"], r["framework"], r["dataset"]) == (model, "vlmeval", dataset)
+            assert r["modality"] == ("video" if dataset.endswith("VID") else "image")
+            assert r["visual_before"] > 0 and r["new_tokens"] >= 1
+            expected = max(1, round(r["keep_ratio"] * r["visual_before"]))
+            assert abs(r["visual_after"] - expected) <= 1 + r["visual_before"] // 20  # per-group rounding
+            assert r["seq_before"] - r["seq_after"] == r["visual_before"] - r["visual_after"]
+
+
+@pytest.mark.parametrize("dataset", DATASETS)
+def test_tcc100_equals_vanilla(vlmeval_run, dataset):
+    root, _ = vlmeval_run
+
+    def predictions(model):
+        return list(pd.read_excel(root / "out" / model / f"{model}_{dataset}.xlsx")["prediction"])
+
+    assert predictions("TQwen_TCC100") == predictions("TQwen_Vanilla")
+    records = [json.loads(x) for x in
+               (root / "out/TQwen_TCC100" / f"TQwen_TCC100_{dataset}_efficiency.jsonl").read_text().splitlines()]
+    assert all(r["method"] == "tcc" and r["visual_after"] == r["visual_before"] for r in records)
+
+
+def test_synthetic_sets_generated_on_first_use(vlmeval_run):
+    root, _ = vlmeval_run
+    lmu = root / "LMUData"
+    tsv = pd.read_csv(lmu / "TCCSynth_IMG.tsv", sep="\t")
+    assert len(tsv) == N and {"index", "image", "question", "A", "B", "answer", "category"} <= set(tsv.columns)
+    assert (lmu / "TCCSynth_IMG_gt.json").is_file() and (lmu / "TCCSynth_VID/TCCSynth_VID_gt.json").is_file()
+    assert sorted(p.suffix for p in (lmu / "images/TCCSynth_IMG").iterdir()) == [".png"] * N  # lossless
+
+
+# --- a broken install must never break start-up ------------------------------------------------------
+def test_hook_is_lazy():
+    _installed_pth()
+    code = ("import sys; assert not {'tcc_eval', 'torch', 'vlmeval'} & set(sys.modules), sorted(sys.modules);"
+            "assert any(getattr(f, 'tcc_eval_hook', False) for f in sys.meta_path)")
+    proc = subprocess.run([sys.executable, "-c", code], env=_clean_env(), check=False, capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+
+
+def test_broken_registration_keeps_vlmeval_working(tmp_path):
+    _installed_pth()
+    env = _clean_env(TCC_EVAL_SIMULATE_BROKEN="1")
+    proc = subprocess.run([sys.executable, "-c", "pass"], env=env, check=False, capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout == proc.stderr == ""
+    proc = subprocess.run([sys.executable, "-m", "vlmeval.run", "--help"], cwd=tmp_path, env=env,
+                          check=False, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "--model" in proc.stdout
+    ours = [line for line in (proc.stdout + proc.stderr).splitlines() if "tcc-eval" in line]
+    assert len(ours) == 1 and "TCC_EVAL_SIMULATE_BROKEN" in ours[0], ours
+
+
+def test_broken_package_keeps_startup_working(tmp_path):
+    """A tcc_eval that shadows ours and lacks the hook file: the .pth prints one line, start-up goes on."""
+    _installed_pth()
+    (tmp_path / "tcc_eval").mkdir()
+    (tmp_path / "tcc_eval/__init__.py").write_text("raise ImportError('broken on purpose')\n")
+    env = _clean_env(PYTHONPATH=str(tmp_path))
+    proc = subprocess.run([sys.executable, "-c", "print('alive')"], env=env, check=False, capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout == "alive\n"
+    assert len(proc.stderr.splitlines()) == 1 and proc.stderr.startswith("tcc-eval:"), proc.stderr
