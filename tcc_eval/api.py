@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from .adapters import ADAPTERS
-from .methods import Scorer, a0_scorer, check_method, random_scorer, tcc_scorer
+from .methods import Scorer, TCCScorer, a0_scorer, check_method, random_scorer
 from .pruned import TokenPrunedModel
 
 
@@ -71,14 +71,37 @@ def build_scorer(method: str, model, compressor: Any = None, seed: int = 0, **op
     if method == "a0":
         return a0_scorer()
     if method == "tcc":
-        from .compressor import load_compressor_for
-
-        return tcc_scorer(load_compressor_for(model, compressor))
+        return TCCScorer(compressors_by_modality(model, compressor))
     if method == "oracle":
         from .oracle import oracle_scorer
 
         return oracle_scorer(**options)
     raise ValueError(f"method {method!r} does not prune at the LLM input")
+
+
+MODALITIES = ("image", "video")
+
+
+def compressors_by_modality(model, compressor: Any) -> dict[str, Any]:
+    """A compressor per modality from: one checkpoint (used for both), a {modality: checkpoint} dict, or a
+    directory holding ``<family>_<modality>.pt`` files (the layout of the shipped demo compressors)."""
+    from .adapters import adapter_for
+    from .compressor import check_compressor_argument, load_compressor_for
+
+    if isinstance(compressor, dict):
+        return {m: load_compressor_for(model, c) for m, c in compressor.items()}
+    if isinstance(compressor, (str, os.PathLike)) and os.path.isdir(compressor):
+        family = adapter_for(model).family
+        found = {m: os.path.join(compressor, f"{family}_{m}.pt") for m in MODALITIES}
+        found = {m: path for m, path in found.items() if os.path.isfile(path)}
+        if not found:
+            raise FileNotFoundError(
+                f"no {family}_image.pt or {family}_video.pt in compressor directory {str(compressor)!r}"
+            )
+        return {m: load_compressor_for(model, path) for m, path in found.items()}
+    check_compressor_argument(compressor)
+    loaded = load_compressor_for(model, compressor)
+    return {m: loaded for m in MODALITIES}
 
 
 def wrap_model(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Mapping
 
 import torch
 
@@ -32,6 +32,10 @@ class SampleView:
     @property
     def n_visual(self) -> int:
         return int(self.visual.sum())
+
+    @property
+    def modality(self) -> str:
+        return self.adapter.modality(self.input_ids)
 
     def layer0_attention(self) -> torch.Tensor:
         """Instruction -> visual attention of LLM layer 0 (the compressor's input)."""
@@ -59,13 +63,20 @@ def a0_scorer() -> Scorer:
     return SampleView.layer0_attention
 
 
-def tcc_scorer(compressor: torch.nn.Module) -> Scorer:
-    """The learned compressor f_theta applied to layer-0 attention."""
+class TCCScorer:
+    """The learned compressor f_theta applied to layer-0 attention; one compressor per modality."""
 
-    def score(view: SampleView) -> torch.Tensor:
-        return compressor.predict(view.layer0_attention())
+    def __init__(self, compressors: Mapping[str, torch.nn.Module]):
+        self.compressors = dict(compressors)
 
-    return score
+    def __call__(self, view: SampleView) -> torch.Tensor:
+        modality = view.modality
+        if modality not in self.compressors:
+            raise ValueError(
+                f"no compressor for {modality} input (have: {', '.join(sorted(self.compressors))}); train one with "
+                f"`python -m tcc_eval.compressor label ...` on {modality} data, then `... train ...`"
+            )
+        return self.compressors[modality].predict(view.layer0_attention())
 
 
 INPUT_STAGE_METHODS = ("none", "random", "a0", "tcc", "oracle")

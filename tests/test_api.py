@@ -82,3 +82,23 @@ def test_tcc_without_compressor_fails_before_loading(tmp_path):
         tcc_eval.load(tmp_path / "no_model", method="tcc", keep_ratio=0.5)
     with pytest.raises(FileNotFoundError, match="does not exist.*compressor train"):
         tcc_eval.load(tmp_path / "no_model", method="tcc", keep_ratio=0.5, compressor=tmp_path / "missing.pt")
+
+
+def test_tcc_picks_the_compressor_of_the_input_modality(loaded, tmp_path):
+    from tcc_eval.compressor import TokenCompressor, CompressorConfig, model_meta, save_compressor
+
+    model, processor = loaded["qwen2_vl"]
+    for modality in ("image", "video"):
+        save_compressor(tmp_path / f"qwen2_vl_{modality}.pt", TokenCompressor(CompressorConfig()),
+                        model_meta(model), modality, {})
+    pruned = tcc_eval.wrap_model(model, method="tcc", keep_ratio=0.5, compressor=tmp_path)
+    calls = []
+    for modality, compressor in pruned.scorer.compressors.items():
+        original = compressor.predict
+        compressor.predict = lambda a0, m=modality, f=original: calls.append(m) or f(a0)
+    for kind in ("image", "video"):
+        pruned.generate(**model_inputs(processor, messages_for(kind)), max_new_tokens=1)
+    assert calls == ["image", "video"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no qwen2_vl_image.pt or qwen2_vl_video.pt"):
+        tcc_eval.wrap_model(model, method="tcc", keep_ratio=0.5, compressor=tmp_path / "empty")

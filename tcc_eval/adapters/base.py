@@ -53,6 +53,15 @@ class MLLMAdapter:
     def visual_token_ids(self) -> tuple[int, ...]:
         raise NotImplementedError
 
+    def video_token_id(self) -> int | None:
+        """Placeholder id of video tokens (None where videos are fed as frames of images)."""
+        return getattr(self.model.config, "video_token_id", None)
+
+    def modality(self, input_ids: torch.Tensor) -> str:
+        """"video" when the prompt holds video tokens, else "image" (selects the per-modality compressor)."""
+        video = self.video_token_id()
+        return "video" if video is not None and bool((input_ids == video).any()) else "image"
+
     def visual_groups(
         self, input_ids: torch.Tensor, inputs: dict[str, Any], front_end: dict[str, Any]
     ) -> list[torch.Tensor]:

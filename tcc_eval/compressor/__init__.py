@@ -126,7 +126,7 @@ def check_compressor_argument(compressor: Any) -> None:
     """Fail before a (possibly huge) model is loaded when the tcc compressor cannot be found."""
     if compressor is None:
         raise ValueError(f"method 'tcc' needs a trained compressor (compressor=PATH); {TRAIN_HINT}")
-    if isinstance(compressor, (str, os.PathLike)) and not Path(compressor).is_file():
+    if isinstance(compressor, (str, os.PathLike)) and not Path(compressor).exists():
         raise FileNotFoundError(f"compressor checkpoint {str(compressor)!r} does not exist: {TRAIN_HINT}")
 
 

@@ -1,0 +1,147 @@
+#!/usr/bin/env bash
+# Run the evaluation matrix through VLMEvalKit and lmms-eval, then build the paper-style tables.
+#
+#   bash run_all.sh                      # demo suite: offline demo models x methods x ratios on the
+#                                        # synthetic image + video benchmarks (CPU, < 30 min on 2 cores)
+#   bash run_all.sh --suite paper        # the paper's matrix on real checkpoints (GPUs, hub access)
+#   options: --results DIR (default results/)  --frameworks vlmeval,lmms_eval  --n N (synthetic set size)
+#
+# Resumable: a run whose score files already exist is skipped. Fails loudly when a run produced no results
+# (lmms-eval exits 0 even when evaluation crashes, so its results file is checked explicitly).
+set -euo pipefail
+cd "$(dirname "$0")"
+
+SUITE=demo
+RESULTS=results
+FRAMEWORKS=vlmeval,lmms_eval
+N=""
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --suite) SUITE="$2"; shift 2 ;;
+    --results) RESULTS="$2"; shift 2 ;;
+    --frameworks) FRAMEWORKS="$2"; shift 2 ;;
+    --n) N="$2"; shift 2 ;;
+    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+    *) echo "run_all.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+
+PY=${PYTHON:-python3}
+NGPU=$($PY -c "import torch; print(torch.cuda.device_count())" 2>/dev/null || echo 0)
+mkdir -p "$RESULTS"
+RESULTS=$(cd "$RESULTS" && pwd)
+LOG="$RESULTS/run_all.log"
+echo "== run_all.sh suite=$SUITE frameworks=$FRAMEWORKS gpus=$NGPU results=$RESULTS ($(date -u +%FT%TZ))" | tee -a "$LOG"
+
+if [[ "$SUITE" == demo ]]; then
+  export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+  export TCC_SYNTH_N=${N:-${TCC_SYNTH_N:-100}} TCC_LMMS_SYNTH_N=${N:-${TCC_LMMS_SYNTH_N:-100}}
+  export LMUData=${LMUData:-$RESULTS/data/LMUData} TCC_LMMS_DATA=${TCC_LMMS_DATA:-$RESULTS/data/lmms}
+  mkdir -p "$LMUData"
+  built=$($PY -m tcc_eval.demo paths | $PY -c "import json,sys; p=json.load(sys.stdin); print(all(p[f]['built'] for f in ('qwen2_vl','llava_onevision')))")
+  if [[ "$built" != True ]]; then
+    echo "run_all.sh: the demo models are missing; rebuild them with: python -m tcc_eval.demo build" >&2
+    exit 1
+  fi
+  VLMEVAL_BASES=(TinyQwen2VL TinyLLaVAOV)
+  VLMEVAL_DATA=(TCCSynth_IMG TCCSynth_VID)
+  JUDGE=(--judge exact_matching)
+  METHODS=(TCC Random A0 FastV Oracle)
+  RATIOS=(75 50 25)
+  LMMS_TASKS=tccsynth_img,tccsynth_vid
+  LMMS_INCLUDE=(--include_path "$($PY -c 'import tcc_eval.demo as d; print(d.LMMS_TASKS)')")
+  LMMS_METHODS=(tcc random a0 fastv)
+  LMMS_MODELS=()
+  for family in qwen2_vl llava_onevision; do
+    ckpt=$($PY -m tcc_eval.demo paths | $PY -c "import json,sys; print(json.load(sys.stdin)['$family']['model'])")
+    LMMS_MODELS+=("${family}_tcc|pretrained=$ckpt")
+  done
+elif [[ "$SUITE" == paper ]]; then
+  VLMEVAL_BASES=(Qwen2VL LLaVAOV VILA15)
+  VLMEVAL_DATA=(MME MMBench_DEV_EN SEEDBench_IMG MMStar MMVet MVBench_8frame Video-MME_8frame)
+  JUDGE=()
+  METHODS=(TCC)
+  RATIOS=(50 25)
+  LMMS_TASKS=mme,mmbench_en_dev,seedbench,mmstar,mvbench,videomme
+  LMMS_INCLUDE=()
+  LMMS_METHODS=(tcc)
+  LMMS_MODELS=("qwen2_vl_tcc|pretrained=Qwen/Qwen2-VL-7B-Instruct" "llava_onevision_tcc|pretrained=llava-hf/llava-onevision-qwen2-7b-ov-hf")
+  echo "paper suite: tcc needs trained compressors (TCC_COMPRESSOR_DIR or ~/.cache/tcc_eval/compressors); see README" | tee -a "$LOG"
+else
+  echo "run_all.sh: --suite must be demo or paper, got '$SUITE'" >&2
+  exit 2
+fi
+
+vlmeval_launcher() {  # multi-GPU through VLMEvalKit's own torchrun support
+  if [[ "$NGPU" -gt 1 ]]; then echo "torchrun --nproc-per-node=$NGPU -m vlmeval.run"; else echo "$PY -m vlmeval.run"; fi
+}
+lmms_launcher() {  # multi-GPU through lmms-eval's own accelerate support
+  if [[ "$NGPU" -gt 1 ]]; then echo "accelerate launch --num_processes=$NGPU -m lmms_eval"; else echo "$PY -m lmms_eval"; fi
+}
+
+if [[ ",$FRAMEWORKS," == *,vlmeval,* ]]; then
+  MODELS=()
+  for base in "${VLMEVAL_BASES[@]}"; do
+    MODELS+=("${base}_Vanilla")
+    for m in "${METHODS[@]}"; do for r in "${RATIOS[@]}"; do MODELS+=("${base}_${m}${r}"); done; done
+  done
+  WORK="$RESULTS/vlmeval"
+  i=0
+  for model in "${MODELS[@]}"; do
+    i=$((i + 1))
+    todo=()
+    for data in "${VLMEVAL_DATA[@]}"; do
+      if ! compgen -G "$WORK/$model/${model}_${data}_*.csv" >/dev/null && ! compgen -G "$WORK/$model/${model}_${data}_*rating.json" >/dev/null; then
+        todo+=("$data")
+      fi
+    done
+    if [[ ${#todo[@]} -eq 0 ]]; then echo "[vlmeval $i/${#MODELS[@]}] $model: done, skipped" | tee -a "$LOG"; continue; fi
+    echo "[vlmeval $i/${#MODELS[@]}] $model on ${todo[*]}" | tee -a "$LOG"
+    start=$(date +%s)
+    $(vlmeval_launcher) --model "$model" --data "${todo[@]}" "${JUDGE[@]}" --work-dir "$WORK" >>"$LOG" 2>&1 \
+      || { echo "run_all.sh: VLMEvalKit failed for $model (see $LOG)" >&2; exit 1; }
+    for data in "${todo[@]}"; do
+      if ! compgen -G "$WORK/$model/*${data}*" >/dev/null; then
+        echo "run_all.sh: VLMEvalKit wrote no results for $model on $data (see $LOG)" >&2; exit 1
+      fi
+    done
+    echo "    $(( $(date +%s) - start )) s" | tee -a "$LOG"
+  done
+fi
+
+if [[ ",$FRAMEWORKS," == *,lmms_eval,* ]]; then
+  OUT="$RESULTS/lmms_eval"
+  mkdir -p "$OUT/.done"
+  runs=()
+  for entry in "${LMMS_MODELS[@]}"; do
+    runs+=("$entry|method=none")
+    for m in "${LMMS_METHODS[@]}"; do for r in "${RATIOS[@]}"; do
+      runs+=("$entry|method=$m,ratio=$(awk "BEGIN{print $r/100}")")
+    done; done
+  done
+  i=0
+  for run in "${runs[@]}"; do
+    i=$((i + 1))
+    IFS='|' read -r model base_args method_args <<<"$run"
+    args="$base_args,$method_args"
+    if [[ "$SUITE" == demo && "$method_args" == method=tcc* ]]; then
+      family=${model%_tcc}
+      args="$args,compressor=$($PY -m tcc_eval.demo paths | $PY -c "import json,sys,os; print(os.path.dirname(json.load(sys.stdin)['$family']['compressor_image']))")"
+    fi
+    if [[ "$SUITE" == demo && "$method_args" == method=fastv* ]]; then args="$args,fastv_k=1"; fi
+    tag=$(echo "$model $args $LMMS_TASKS" | md5sum | cut -c1-16)
+    if [[ -f "$OUT/.done/$tag" ]]; then echo "[lmms-eval $i/${#runs[@]}] $model $method_args: done, skipped" | tee -a "$LOG"; continue; fi
+    echo "[lmms-eval $i/${#runs[@]}] $model $method_args" | tee -a "$LOG"
+    start=$(date +%s)
+    $(lmms_launcher) --model "$model" --model_args "$args" --tasks "$LMMS_TASKS" "${LMMS_INCLUDE[@]}" \
+      --batch_size 1 --output_path "$OUT" --timezone UTC >>"$LOG" 2>&1 \
+      || { echo "run_all.sh: lmms-eval failed for $model $args (see $LOG)" >&2; exit 1; }
+    $PY -m tcc_eval.integrations.lmms_eval "$OUT" --tasks "$LMMS_TASKS" --newer-than "$start" >>"$LOG" 2>&1 \
+      || { echo "run_all.sh: lmms-eval produced no results file for $model $args (see $LOG)" >&2; exit 1; }
+    echo "$model $args" >"$OUT/.done/$tag"
+    echo "    $(( $(date +%s) - start )) s" | tee -a "$LOG"
+  done
+fi
+
+$PY tcc_eval/aggregate.py "$RESULTS" | tee -a "$LOG"
+echo "== tables in $RESULTS/tables/ ($(date -u +%FT%TZ))" | tee -a "$LOG"
