@@ -3,6 +3,7 @@ real files live (checkpoint paths, trained compressors). Import-light: no torch,
 
 Checkpoint path, first match wins: explicit ``model_path`` (e.g. VLMEvalKit ``--config`` JSON) >
 env ``TCC_MODEL_PATH_<BASE>`` (e.g. ``TCC_MODEL_PATH_QWEN2VL``) > the base's fixed/demo path > its hub id.
+VILA1.5 is read from a folder, so its hub ids go through ``local_folder`` (downloaded once by huggingface_hub).
 
 Compressor (method ``tcc``; one per base and modality), first match wins: explicit ``compressor``
 (a path, or ``{"image": PATH, "video": PATH}``) > ``$TCC_COMPRESSOR_DIR/<Base>_<modality>.pt`` >
@@ -35,9 +36,11 @@ from .matrix import (
 
 __all__ = [
     "BASES", "EXTRA_MODELS_ENV", "FAMILIES", "METHOD_TOKENS", "RATIOS", "VANILLA", "Base", "ModelSpec",
-    "all_bases", "compressor_candidates", "expand", "extra_bases", "model_name", "model_path_env", "parse_name",
-    "resolve_compressor", "resolve_model_path",
+    "all_bases", "compressor_candidates", "expand", "extra_bases", "local_folder", "model_name", "model_path_env",
+    "parse_name", "resolve_compressor", "resolve_model_path",
 ]
+
+from tcc_eval.api import local_folder  # noqa: E402  (re-exported for the integrations)
 
 COMPRESSOR_DIR_ENV = "TCC_COMPRESSOR_DIR"
 DEFAULT_COMPRESSOR_DIR = Path("~/.cache/tcc_eval/compressors")

@@ -15,8 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-# Checkpoint families we have a framework wrapper for (VILA: adapter and wrapper not there yet).
+# Checkpoint families we have a framework wrapper for.
 FAMILIES = ("qwen2_vl", "llava_onevision", "vila")
+# config.json model_type -> family where they differ: VILA1.5's top-level config says "llava_llama".
+MODEL_TYPE_FAMILIES = {"llava_llama": "vila"}
 
 # Options VLMEvalKit's own config (vlmeval/config.py) passes for these checkpoints, so baselines match it.
 QWEN2VL_VLMEVAL_KWARGS = {"min_pixels": 1280 * 28 * 28, "max_pixels": 16384 * 28 * 28}
@@ -42,9 +44,13 @@ BASES: dict[str, Base] = {
         Base("Qwen2VL2B", "qwen2_vl", "Qwen/Qwen2-VL-2B-Instruct", options=QWEN2VL_VLMEVAL_KWARGS),
         Base("LLaVAOV", "llava_onevision", "llava-hf/llava-onevision-qwen2-7b-ov-hf"),
         Base("LLaVAOV05B", "llava_onevision", "llava-hf/llava-onevision-qwen2-0.5b-ov-hf"),
+        # VLMEvalKit's VILA wrapper defaults to Llama-3-VILA1.5-8b; its config also lists VILA1.5-3b/13b/40b.
+        Base("VILA15", "vila", "Efficient-Large-Model/Llama-3-VILA1.5-8b"),
+        Base("VILA153B", "vila", "Efficient-Large-Model/VILA1.5-3b"),
         Base(
-            "VILA15", "vila", "Efficient-Large-Model/Llama-3-VILA1.5-8b",
-            unavailable="VILA1.5 has no VLMEvalKit wrapper in tcc-eval yet (planned)",
+            "VILA1540B", "vila", "Efficient-Large-Model/VILA1.5-40b",
+            unavailable="VILA1.5-40b's InternViT-6B vision tower has no transformers class (tcc_eval.vila covers "
+                        "VILA1.5-3b, Llama-3-VILA1.5-8b and VILA1.5-13b); use VILA15 or VILA153B",
         ),
         # Demo models are tiny: a short answer cap keeps CPU runs fast (they answer with one letter).
         Base("TinyQwen2VL", "qwen2_vl", demo=True, options={"max_new_tokens": 8}),
@@ -168,7 +174,8 @@ def _extra_base(name: str, entry: str | dict[str, Any]) -> Base:
 def _family_of(path: str) -> str:
     config = Path(path) / "config.json"
     try:
-        return json.loads(config.read_text())["model_type"]
+        model_type = json.loads(config.read_text())["model_type"]
+        return MODEL_TYPE_FAMILIES.get(model_type, model_type)
     except (OSError, ValueError, KeyError) as err:
         raise ValueError(
             f"{EXTRA_MODELS_ENV}: cannot read model_type from {config} ({err}); give the family explicitly "

@@ -29,21 +29,49 @@ def default_dtype(device: torch.device, dtype: str | torch.dtype | None = None) 
     return torch.float32
 
 
-def model_type_of(model_path: str | os.PathLike) -> str:
+def local_folder(model_path: str | os.PathLike) -> str:
+    """``model_path`` as a local folder: a hub id is downloaded first (into the HF cache).
+
+    For checkpoints that are not transformers models (VILA1.5: llm/, vision_tower/, mm_projector/), which
+    are read file by file and so cannot go through ``from_pretrained``'s hub lookup."""
+    from pathlib import Path
+
+    folder = Path(model_path).expanduser()
+    if folder.is_dir():
+        return str(folder)
+    if folder.is_absolute() or str(model_path).startswith((".", "~")):
+        raise FileNotFoundError(f"checkpoint folder {str(model_path)!r} does not exist")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(str(model_path))
+    except (OSError, ValueError) as err:  # not a repo id, offline, repository not found, ...
+        raise FileNotFoundError(
+            f"{str(model_path)!r} is neither a local folder nor a downloadable hub repository ({err}); download it "
+            f"with `huggingface-cli download {model_path} --local-dir DIR` and pass DIR as the model path"
+        ) from err
+
+
+def model_type_of(model_path: str | os.PathLike) -> tuple[str, str | os.PathLike]:
+    """(model type, path to load from): VILA1.5 folders are not transformers configs, so hub ids of them are
+    fetched to a local folder first."""
     from transformers import AutoConfig
 
     try:
-        return AutoConfig.from_pretrained(model_path).model_type
+        return AutoConfig.from_pretrained(model_path).model_type, model_path
     except (OSError, ValueError) as err:
-        vila_config = os.path.join(str(model_path), "llm")
-        if os.path.isdir(vila_config):
-            return "vila"
-        raise ValueError(f"cannot read a model config from {model_path!r}: {err}") from err
+        try:
+            folder = local_folder(model_path)
+        except FileNotFoundError:
+            folder = str(model_path)
+        if os.path.isdir(os.path.join(folder, "llm")):
+            return "vila", folder
+        raise ValueError(f"cannot read a model config from {str(model_path)!r}: {err}") from err
 
 
 def load_hf_model(model_path: str | os.PathLike, device: torch.device, dtype: torch.dtype, attn: str = "sdpa"):
     """Load model + processor exactly like a hub checkpoint; refuse families we cannot prune."""
-    model_type = model_type_of(model_path)
+    model_type, model_path = model_type_of(model_path)
     if model_type not in ADAPTERS:
         raise ValueError(
             f"{model_path!r} is a {model_type!r} checkpoint, which has no token-compression adapter; "

@@ -89,7 +89,7 @@ def test_model_path_resolution(monkeypatch, tmp_path):
     assert model_registry.resolve_model_path(base) == str(tmp_path)
     assert model_registry.resolve_model_path(base, "/explicit") == "/explicit"  # e.g. from --config JSON
     with pytest.raises(NotImplementedError, match="VILA1.5"):
-        model_registry.resolve_model_path(model_registry.BASES["VILA15"])
+        model_registry.resolve_model_path(model_registry.BASES["VILA1540B"])
     import tcc_eval.demo
 
     demo = model_registry.BASES["TinyQwen2VL"]
@@ -162,7 +162,7 @@ def test_registration_tables(registered):
     assert entry.keywords["min_pixels"] == 1280 * 28 * 28  # VLMEvalKit's own Qwen2-VL setting
     assert supported_VLM["LLaVAOV05B_A025"].func is TCCLLaVAOneVisionHF
     with pytest.raises(NotImplementedError, match="VILA1.5"):
-        supported_VLM["VILA15_TCC25"]()
+        supported_VLM["VILA1540B_TCC25"]()
     assert DATASET_MODALITY("TCCSynth_VID") == "VIDEO" and DATASET_TYPE("TCCSynth_VID") == "Video-MCQ"
     assert DATASET_MODALITY("TCCSynth_IMG") == "IMAGE" and DATASET_TYPE("TCCSynth_IMG") == "MCQ"
     # the ms-vlmeval 0.0.20 kwargs bug workaround covers every video preset, and stays a partial

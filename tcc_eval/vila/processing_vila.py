@@ -288,7 +288,7 @@ class VilaProcessor:
 
     # -- text ----------------------------------------------------------------------------------------------
 
-    def _tokenize_prompt(self, prompt: str) -> list[int]:
+    def tokenize_prompt(self, prompt: str) -> list[int]:
         """VILA's ``tokenizer_image_token`` with each ``<image>`` widened to ``num_image_tokens`` placeholders."""
         chunks = prompt.split(IMAGE_PLACEHOLDER)
         ids = list(self.tokenizer(chunks[0]).input_ids)
@@ -323,7 +323,7 @@ class VilaProcessor:
                     frames = self._video_frames(next(videos_left))
                     pixels.extend(self.preprocess(frame) for frame in frames)
                     pieces[i] = (IMAGE_PLACEHOLDER + "\n") * len(frames)
-            rows.append(self._tokenize_prompt("".join(pieces)))
+            rows.append(self.tokenize_prompt("".join(pieces)))
         data = self._pad_left(rows)
         if pixels:
             data["pixel_values"] = torch.stack(pixels)

@@ -3,7 +3,7 @@
 lmms-eval 0.7.3 resolves ``--model NAME`` through ``ModelManifest`` objects with string class paths,
 so this module must stay import-light: the model classes (torch, transformers, decord) load only when
 a run asks for them. ``llava_onevision_tcc`` mirrors upstream ``llava_hf``: the chat class by default,
-the simple one with ``--force_simple``.
+the simple one with ``--force_simple``; ``vila_tcc`` mirrors upstream ``vila`` (simple only).
 """
 
 from lmms_eval.models.registry_v2 import ModelManifest
@@ -17,3 +17,5 @@ llava_onevision_tcc = ModelManifest(
     simple_class_path=f"{_MODELS}.LlavaOneVisionTCC",
     chat_class_path=f"{_MODELS}.LlavaOneVisionTCCChat",
 )
+
+vila_tcc = ModelManifest(model_id="vila_tcc", simple_class_path=f"{_MODELS}.VilaTCC")

@@ -1,8 +1,10 @@
 """lmms-eval model classes: the upstream wrappers with their HF model swapped for a pruned one.
 
 Prompt building, media loading, batching and decoding stay upstream's (``qwen2_vl``, ``llava_hf``), so a
-``method=none`` run sees exactly the inputs of the upstream baseline. Our model args are popped before
-the upstream constructor runs (it asserts that no unknown kwargs are left):
+``method=none`` run sees exactly the inputs of the upstream baseline. Upstream ``vila`` imports the NVlabs
+VILA repository at module load, so ``vila_tcc`` builds on ``VilaBaseline``, its generation path re-stated
+on ``tcc_eval.vila``. Our model args are popped before the upstream constructor runs (it asserts that no
+unknown kwargs are left):
 
     method=none|random|a0|tcc|oracle|fastv   required (none = unpruned, through the same code path)
     ratio=0.5                                fraction of visual tokens kept, required unless method=none
@@ -11,7 +13,8 @@ the upstream constructor runs (it asserts that no unknown kwargs are left):
     budget=global|...  seed=0                selection options of the input-stage methods
     fastv_k=2  match=avg_retention           FastV options;  max_answer_tokens=16: oracle option
     efficiency_dir=DIR                       where the per-sample records go (see efficiency.py)
-    dtype=float32                            qwen2_vl_tcc only: cast after loading (llava_hf has its own)
+    dtype=float32                            qwen2_vl_tcc: cast after loading; vila_tcc: load dtype
+                                             (llava_hf has its own)
 
 The device defaults to CUDA when available, else CPU (upstream assumes CUDA); under ``accelerate
 launch`` the upstream data-parallel logic places one model per process, as for the upstream wrappers.
@@ -23,10 +26,13 @@ import dataclasses
 import os
 from typing import Any
 
+import torch
+from lmms_eval.api.model import lmms
 from lmms_eval.models.chat.llava_hf import LlavaHf as UpstreamLlavaHfChat
 from lmms_eval.models.simple.llava_hf import LlavaHf as UpstreamLlavaHf
 from lmms_eval.models.simple.qwen2_vl import Qwen2_VL as UpstreamQwen2VL
 
+from model_registry import local_folder
 from tcc_eval.api import default_device, default_dtype, wrap_model
 from tcc_eval.core import check_keep_ratio
 from tcc_eval.methods import check_method
@@ -34,6 +40,7 @@ from tcc_eval.methods import check_method
 from .efficiency import EfficiencyLog, RecordingModel, resolve_efficiency_dir
 
 METHOD_OPTIONS = {"fastv": ("fastv_k", "match"), "oracle": ("max_answer_tokens",)}
+DEFAULT_VILA = "Efficient-Large-Model/Llama-3-VILA1.5-8b"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,6 +216,144 @@ class LlavaOneVisionTCCChat(_LlavaHfTCC, UpstreamLlavaHfChat):
     """``--model llava_onevision_tcc``: upstream chat ``llava_hf`` (its default) with a pruned model."""
 
     doc_fn_arg = 1  # (ctx, doc_to_messages, gen_kwargs, doc_id, task, split)
+
+
+class VilaBaseline(lmms):
+    """Upstream ``vila`` (lmms_eval/models/simple/vila.py) on ``tcc_eval.vila``, unpruned.
+
+    As upstream, per request: every visual is a video file, of which the checkpoint's ``num_video_frames``
+    frames are decoded with decord at ``linspace(0, n - 2)``; the user turn is ``"<image>\\n" * frames +
+    "<video>\\n " + context`` (the ``<video>`` stays literal text) in ``conv_template``; the attention mask is
+    ``input_ids != pad id``; generation uses the task's settings, else ``max_new_tokens`` 1024, ``temperature``
+    0.2 (sampling only when > 0), ``top_p`` None, ``num_beams`` 1, stops at the template's separator, and the
+    new tokens are decoded without special tokens and stripped. ``max_frames_num=0`` feeds black frames.
+
+    Where upstream cannot serve, this differs: an image visual becomes one ``<image>\\n`` before the context
+    (VILA's own image evaluation; upstream would decode it as a video and fall back to black frames); an
+    unreadable video raises instead of turning black; ``conv_template`` defaults to the checkpoint's own
+    template and ``pretrained`` to Llama-3-VILA1.5-8b (upstream: hermes-2 and VILA1.5-40b, which
+    tcc_eval.vila cannot load); the dtype is fp32 on CPU and bf16/fp16 on GPU unless ``dtype=`` says
+    (upstream: float16); under ``accelerate launch`` each process takes its own GPU.
+    """
+
+    def __init__(
+        self,
+        pretrained: str = DEFAULT_VILA,
+        max_frames_num: int = 100,
+        conv_template: str | None = None,
+        device: str | None = None,
+        batch_size: int | str = 1,
+        attn_implementation: str = "sdpa",
+        use_cache: bool = True,
+        video_decode_backend: str = "decord",
+        dtype: str | None = None,
+    ) -> None:
+        from accelerate import Accelerator
+
+        from tcc_eval.vila import VilaForConditionalGeneration, VilaProcessor
+
+        super().__init__()
+        if video_decode_backend != "decord":
+            raise ValueError(f"video_decode_backend={video_decode_backend!r} is not supported by vila_tcc; use decord "
+                             f"(upstream vila's other backend returns arrays its VILA1.5 preprocessing cannot resize)")
+        accelerator = Accelerator()
+        if accelerator.num_processes > 1:
+            self._device = torch.device(f"cuda:{accelerator.local_process_index}")
+            self.accelerator = accelerator
+            self._rank, self._world_size = accelerator.process_index, accelerator.num_processes
+        else:
+            self._device = default_device(device)
+        folder = local_folder(pretrained)
+        self._model = VilaForConditionalGeneration.from_pretrained(
+            folder, dtype=default_dtype(self._device, dtype), device=self._device, attn_implementation=attn_implementation)
+        self.processor = VilaProcessor.from_pretrained(folder, conv_mode=conv_template)  # None: the checkpoint's
+        self._config, self._dtype = self._model.config, self._model.dtype
+        self.max_frames_num = int(max_frames_num)
+        self.batch_size_per_gpu = int(batch_size)  # requests run one at a time, as upstream
+        self.use_cache = use_cache
+
+    @property
+    def model(self):
+        return self._model
+
+    @property
+    def tokenizer(self):
+        return self.processor.tokenizer
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    @property
+    def batch_size(self) -> int:
+        return self.batch_size_per_gpu
+
+    def loglikelihood(self, requests: list) -> list:
+        raise NotImplementedError("vila_tcc serves generation tasks (generate_until) only: token pruning acts in generate")
+
+    def generate_until_multi_round(self, requests) -> list:
+        raise NotImplementedError("vila_tcc does not implement multi-round generation (nor does upstream vila)")
+
+    def generate_until(self, requests: list) -> list[str]:
+        from tqdm import tqdm
+
+        answers = []
+        for request in tqdm(requests, disable=self.rank != 0, desc="Model Responding"):
+            context, gen_kwargs, doc_to_visual, doc_id, task, split = request.args
+            visuals = doc_to_visual(self.task_dict[task][split][doc_id])
+            frames, has_video = self._frames(visuals)
+            text = f"<video>\n {context}" if has_video else context
+            prompt = self.processor.template.render([("user", "<image>\n" * len(frames) + text)])
+            answers.append(self._generate(prompt, frames, dict(gen_kwargs)))
+        return answers
+
+    def _frames(self, visuals: list) -> tuple[list, bool]:
+        """The images the prompt shows, and whether any visual was a video."""
+        from PIL import Image
+
+        from tcc_eval.vila import load_video_frames
+
+        count = self._config.num_video_frames
+        if self.max_frames_num == 0:
+            return [Image.new("RGB", (448, 448), (0, 0, 0))] * count, True
+        frames, has_video = [], False
+        for visual in visuals:
+            if isinstance(visual, Image.Image):
+                frames.append(visual)
+            elif isinstance(visual, (str, os.PathLike)):
+                frames.extend(load_video_frames(visual, count))
+                has_video = True
+            else:
+                raise TypeError(f"vila_tcc takes PIL images and video paths as visuals, got {type(visual).__name__}")
+        return frames, has_video
+
+    def _generate(self, prompt: str, frames: list, gen_kwargs: dict[str, Any]) -> str:
+        # the prompt may hold a literal "<video>", which VilaProcessor.__call__ would read as a video slot
+        input_ids = torch.tensor([self.processor.tokenize_prompt(prompt)], device=self.device)
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        inputs = {"input_ids": input_ids, "attention_mask": input_ids.ne(pad_id).long()}
+        if frames:
+            pixels = torch.stack([self.processor.preprocess(frame) for frame in frames])
+            inputs["pixel_values"] = pixels.to(self.device, self._dtype)
+        settings = {"max_new_tokens": 1024, "temperature": 0.2, "top_p": None, "num_beams": 1, **gen_kwargs}
+        do_sample = settings["temperature"] > 0
+        sampling = {k: settings[k] for k in ("temperature", "top_p") if do_sample and settings[k] is not None}
+        output = self.model.generate(
+            **inputs, use_cache=self.use_cache, eos_token_id=self.processor.stop_token_ids, do_sample=do_sample,
+            num_beams=settings["num_beams"], max_new_tokens=settings["max_new_tokens"], **sampling,
+        )
+        return self.tokenizer.batch_decode(output[:, input_ids.shape[1]:], skip_special_tokens=True)[0].strip()
+
+
+class VilaTCC(TCCWrapperMixin, VilaBaseline):
+    """``--model vila_tcc``: ``VilaBaseline`` (upstream ``vila``'s prompts) with a pruned model."""
+
+    model_id = "vila_tcc"
+    doc_fn_arg = 2  # (ctx, gen_kwargs, doc_to_visual, doc_id, task, split)
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("pretrained", DEFAULT_VILA)  # recorded as base_model
+        super().__init__(**kwargs)
 
 
 class UpstreamProcessorFixes:

@@ -5,6 +5,9 @@ Prompt building and decoding are inherited unchanged (``generate_inner`` of ``Qw
 are swapped: the constructor (no GPU assert, no forced flash-attention: sdpa, or eager for the oracle;
 device per torchrun rank; dtype from ``tcc_eval.api.default_dtype``), the processor's ``.to('cuda')``
 (redirected to our device and dtype), and ``self.model.generate`` (goes through ``tcc_eval.wrap_model``).
+
+VILA1.5 is the exception: VLMEvalKit's ``VILA.generate_inner`` calls the NVlabs VILA repository, so
+``TCCVILA`` re-states its few prompt steps on ``tcc_eval.vila`` (see ``VilaChat``).
 """
 
 from __future__ import annotations
@@ -12,16 +15,26 @@ from __future__ import annotations
 import inspect
 import time
 import warnings
+from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 from vlmeval.vlm.base import BaseModel
 from vlmeval.vlm.llava.llava import LLaVA_OneVision_HF
 from vlmeval.vlm.qwen2_vl.model import VLLM_MAX_IMAGE_INPUT_NUM, Qwen2VLChat
+from vlmeval.vlm.vila import VILA
 
-from model_registry import all_bases, resolve_compressor, resolve_model_path
+from model_registry import (
+    all_bases,
+    local_folder,
+    resolve_compressor,
+    resolve_model_path,
+)
 
 from ... import api
+from ...vila import VilaProcessor
+from ...vila.processing_vila import IMAGE_PLACEHOLDER
 from .. import rank_device
 from . import records
 
@@ -118,13 +131,17 @@ class TCCModelMixin:
         self.device = rank_device(device)
         self.dtype = api.default_dtype(self.device, dtype)
         attn = "eager" if method == "oracle" else "sdpa"  # the oracle needs attention probabilities
-        self.hf_model, processor = api.load_hf_model(self.model_path, self.device, self.dtype, attn=attn)
+        self.hf_model, processor = self._load(attn)
         self.processor = self.processor_proxy(processor, self.device, self.dtype)
         self.model = _PrunedGenerate(self)
         self._pruned: dict[str, Any] = {}
         self._modality = "image"
         self.last_stats: dict[str, Any] = {}
         self.last_record: dict[str, Any] | None = None
+
+    def _load(self, attn: str):
+        """The unpruned model and its processor, from ``self.model_path`` (a folder or hub id)."""
+        return api.load_hf_model(self.model_path, self.device, self.dtype, attn=attn)
 
     # --- pruning -----------------------------------------------------------------------------------
     def pruned_model(self, modality: str):
@@ -275,4 +292,93 @@ class TCCLLaVAOneVisionHF(TCCModelMixin, LLaVA_OneVision_HF):
         self._init_tcc(base, method, keep_ratio, model_path, compressor, device, dtype, max_new_tokens, method_options)
 
 
-WRAPPERS: dict[str, type] = {"qwen2_vl": TCCQwen2VLChat, "llava_onevision": TCCLLaVAOneVisionHF}
+# VLMEvalKit's VILA.__init__ generation settings (updated by the constructor's extra kwargs).
+VILA_GENERATION_DEFAULTS = {"do_sample": False, "temperature": 0, "max_new_tokens": 2048, "top_p": None, "num_beams": 1,
+                            "use_cache": True}
+
+
+def vlmeval_vila_conv_mode(model_path: str) -> str | None:
+    """The conversation template VLMEvalKit's ``VILA`` picks from the checkpoint name (None: no rule matches).
+
+    Its rule, kept as is: '3b' -> vicuna_v1, then '8b' -> llama_3, else '13b' -> vicuna_v1, else '40b' -> hermes-2.
+    Applied to the last path component (the hub id's model name) so a parent folder's name cannot change it."""
+    name = Path(str(model_path).rstrip("/")).name
+    mode = "vicuna_v1" if "3b" in name else None
+    if "8b" in name:
+        mode = "llama_3"
+    elif "13b" in name:
+        mode = "vicuna_v1"
+    elif "40b" in name:
+        mode = "hermes-2"
+    return mode
+
+
+def _generate_kwargs(settings: dict[str, Any]) -> dict[str, Any]:
+    """VLMEvalKit's VILA generation settings as transformers 5 takes them: unset (None) values and, for
+    greedy decoding, the sampling parameters (no effect there, but warned about) are left out."""
+    kwargs = {k: v for k, v in settings.items() if v is not None}
+    if not kwargs.get("do_sample"):
+        for name in ("temperature", "top_p", "top_k"):
+            kwargs.pop(name, None)
+    return kwargs
+
+
+class VilaChat(VILA):
+    """The prompt path of VLMEvalKit's ``VILA`` (vlmeval/vlm/vila.py), on ``tcc_eval.vila`` instead of the VILA
+    repository. Needs ``processor`` (a VilaProcessor with the chosen template), ``model``, ``device`` and
+    ``kwargs`` set by a subclass.
+
+    As there: message items are concatenated in order, text as is and each image (opened, RGB) as
+    ``<image>\n``; that becomes the one user turn of the conversation template; greedy decoding with
+    VLMEvalKit's settings, stopping at the template's separator; the new tokens are decoded without special
+    tokens and stripped. Video datasets give frames as images (no ``VIDEO_LLM``), as VLMEvalKit does for VILA.
+    """
+
+    def generate_inner(self, message, dataset=None):
+        content, images = "", []
+        for item in message:
+            if item["type"] == "text":
+                content += item["value"]
+            elif item["type"] == "image":
+                images.append(Image.open(item["value"]).convert("RGB"))
+                content += IMAGE_PLACEHOLDER + "\n"
+        prompt = self.processor.template.render([("user", content)])
+        inputs = self.processor(text=prompt, images=images or None, return_tensors="pt").to(self.device)
+        output = self.model.generate(**inputs, eos_token_id=self.processor.stop_token_ids, **_generate_kwargs(self.kwargs))
+        answer = output[:, inputs["input_ids"].shape[1]:]
+        return self.processor.batch_decode(answer, skip_special_tokens=True)[0].strip()
+
+
+class TCCVILA(TCCModelMixin, VilaChat):
+    """VLMEvalKit's ``VILA`` with pruning, no VILA repository. Extra kwargs are generation settings, as there
+    (e.g. ``max_new_tokens``); ``conv_mode`` overrides the template, which otherwise follows VLMEvalKit's
+    name rule (``vlmeval_vila_conv_mode``) and, for names it does not cover, the checkpoint's own template."""
+
+    def __init__(
+        self,
+        base: str,
+        method: str = "none",
+        keep_ratio: float = 1.0,
+        model_path: str | None = None,
+        compressor: Any = None,
+        device: str | None = None,
+        dtype: str | None = None,
+        conv_mode: str | None = None,
+        method_options: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ):
+        _no_accelerated_backends(kwargs)
+        BaseModel.__init__(self)
+        self.kwargs = {**VILA_GENERATION_DEFAULTS, **kwargs}
+        self._conv_mode_arg = conv_mode
+        self._init_tcc(base, method, keep_ratio, model_path, compressor, device, dtype, None, method_options)
+        self.conv_mode = self.processor.conv_mode  # as VLMEvalKit's VILA exposes it
+
+    def _load(self, attn: str):
+        """VILA1.5 folders are read part by part (a hub id is downloaded first); the processor gets the template."""
+        model, processor = api.load_hf_model(local_folder(self.model_path), self.device, self.dtype, attn=attn)
+        conv_mode = self._conv_mode_arg or vlmeval_vila_conv_mode(self.model_path)
+        return model, VilaProcessor(processor.tokenizer, processor.image_spec, processor.config, conv_mode)
+
+
+WRAPPERS: dict[str, type] = {"qwen2_vl": TCCQwen2VLChat, "llava_onevision": TCCLLaVAOneVisionHF, "vila": TCCVILA}
