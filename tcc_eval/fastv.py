@@ -65,14 +65,17 @@ class _LayerKPruner:
         self.kept = keep_positions(torch.ones_like(self.visual), self.visual, kept_visual)
 
     def slice(self, _module: nn.Module, args: tuple, kwargs: dict):
+        """Every layer from K on receives the full-length rotary tables and mask from the decoder loop; only
+        layer K receives the full-length hidden states (later layers get the already shortened ones)."""
         if self.kept is None:
             return None
         hidden = args[0] if args else kwargs.pop("hidden_states")
         kept = self.kept.to(hidden.device)
         mask = kwargs.get("attention_mask")
-        if hidden.shape[1] == self.prefill_len:  # prefill: drop rows and columns
-            hidden = hidden[:, kept]
-            cos, sin = kwargs["position_embeddings"]
+        cos, sin = kwargs["position_embeddings"]
+        if cos.shape[-2] == self.prefill_len:  # prefill: drop rows and columns
+            if hidden.shape[1] == self.prefill_len:
+                hidden = hidden[:, kept]
             kwargs["position_embeddings"] = (cos[..., kept, :], sin[..., kept, :])
             if isinstance(mask, torch.Tensor):
                 kwargs["attention_mask"] = mask[..., kept, :][..., kept]

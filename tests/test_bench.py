@@ -1,0 +1,177 @@
+"""Efficiency benchmark: JSON schema, one row per method x ratio, kept counts, KV bytes and FLOPs agree
+with flops.py, and the benchmark's FastV equals masking. No timing claims here (those live in the
+benchmark's own output)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from tcc_eval import bench
+from tcc_eval.fastv import fastv_layer_keep_ratio
+from tcc_eval.flops import LLM_SHAPES, kv_cache_bytes, visual_flops
+
+TINY = "layers=12,hidden=64,intermediate=128,heads=4,kv_heads=2"
+LAYERS, KV_HEADS, HEAD_DIM, K = 12, 2, 16, 2
+N_V, TEXT, SYSTEM = 61, 9, 14  # 0.5 * 61 = 30.5: the half-up rule of METHOD.md must give 31
+ROW_KEYS = {"method", "keep_ratio", "avg_retention", "kept_visual", "prefill_s", "overhead_s", "kv_bytes",
+            "flops_ratio", "ratio_vs_vanilla", "ratio_vs_limit"}
+
+
+def half_up(x: float) -> int:
+    return max(1, math.floor(x + 0.5))
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "bench.json"
+    argv = ["--shape", TINY, "--visual", str(N_V), "--text", str(TEXT), "--system", str(SYSTEM),
+            "--ratios", "0.5,0.25", "--repeats", "1", "--warmup", "0", "--device", "cpu", "--json", str(out)]
+    assert bench.main(argv) == 0
+    return json.loads(out.read_text())
+
+
+def test_schema_and_machine(result):
+    assert set(result) >= {"machine", "config", "rows"}
+    machine = result["machine"]
+    for key in ("load_before", "load_after", "cpu_count", "torch_threads", "device_name", "device"):
+        assert key in machine, key
+    assert len(machine["load_before"]) == 3 and machine["cpu_count"] >= 1
+    cfg = result["config"]
+    assert (cfg["visual"], cfg["text"], cfg["system"], cfg["ratios"]) == (N_V, TEXT, SYSTEM, [0.5, 0.25])
+    assert cfg["dtype"] == "float32" and cfg["shape"]["layers"] == LAYERS
+    pairs = [(r["method"], r["keep_ratio"]) for r in result["rows"]]
+    expected = [("none", 1.0)] + [(m, rho) for rho in (0.5, 0.25) for m in bench.METHODS[1:]]
+    assert pairs == expected
+    for row in result["rows"]:
+        assert ROW_KEYS <= set(row), ROW_KEYS - set(row)
+        assert row["prefill_s"] > 0 and 0 <= row["overhead_s"] <= row["prefill_s"]
+        assert row["prefill_cpu_s"] > 0 and 0 <= row["overhead_cpu_s"] <= row["prefill_cpu_s"]
+        assert len(row["prefill_runs_s"]) == len(row["prefill_cpu_runs_s"]) == 1
+
+
+def test_kept_counts_and_retention(result):
+    rows = {(r["method"], r["keep_ratio"]): r for r in result["rows"]}
+    assert rows[("none", 1.0)]["kept_visual"] == N_V and rows[("none", 1.0)]["avg_retention"] == 1.0
+    for rho in (0.5, 0.25):
+        k = half_up(rho * N_V)
+        for method in ("tcc", "fastv_same_kept", "limit"):
+            assert rows[(method, rho)]["kept_visual"] == k, (method, rho)
+        assert rows[("tcc", rho)]["avg_retention"] == pytest.approx(k / N_V)
+        assert rows[("limit", rho)]["avg_retention"] == pytest.approx(k / N_V)
+        assert rows[("fastv_same_kept", rho)]["avg_retention"] == pytest.approx((K + (LAYERS - K) * k / N_V) / LAYERS)
+        r = fastv_layer_keep_ratio(rho, LAYERS, K)
+        same_avg = rows[("fastv_same_avg_retention", rho)]
+        assert same_avg["layer_keep_ratio"] == pytest.approx(r)
+        assert same_avg["kept_visual"] == half_up(r * N_V)
+        assert same_avg["avg_retention"] == pytest.approx(rho, abs=1 / N_V)
+
+
+def test_kv_bytes_and_flops_match_flops_py(result):
+    full_seq = SYSTEM + N_V + TEXT
+
+    def kv(tokens: int, layers: int) -> int:
+        return kv_cache_bytes(tokens, layers, KV_HEADS, HEAD_DIM, bytes_per_elem=4)
+
+    def vf(n: int, layers: int) -> float:
+        return visual_flops(n, 64, 128, layers)
+
+    for row in result["rows"]:
+        kept = row["kept_visual"]
+        seq = full_seq - N_V + kept
+        if row["method"].startswith("fastv"):
+            kv_expected = kv(full_seq, K) + kv(seq, LAYERS - K)
+            flops_expected = (vf(N_V, K) + vf(kept, LAYERS - K)) / vf(N_V, LAYERS)
+        else:
+            kv_expected = kv(seq, LAYERS)
+            flops_expected = vf(kept, LAYERS) / vf(N_V, LAYERS)
+        assert row["kv_bytes"] == kv_expected, row["method"]
+        assert row["kv_bytes_measured"] == kv_expected, row["method"]  # the real cache agrees with the formula
+        assert row["flops_ratio"] == pytest.approx(flops_expected), row["method"]
+
+
+def test_ratios_and_checks(result):
+    rows = result["rows"]
+    vanilla = rows[0]["prefill_s"]
+    limits = {r["keep_ratio"]: r["prefill_s"] for r in rows if r["method"] == "limit"}
+    for row in rows:
+        assert row["ratio_vs_vanilla"] == pytest.approx(row["prefill_s"] / vanilla)
+        if row["method"] == "none":
+            assert row["ratio_vs_limit"] is None
+        else:
+            assert row["ratio_vs_limit"] == pytest.approx(row["prefill_s"] / limits[row["keep_ratio"]])
+    names = {(c["basis"], c["keep_ratio"], c["check"]) for c in result["checks"]}
+    assert len(names) == 2 * 2 * 3 and all(isinstance(c["ok"], bool) for c in result["checks"])  # wall + cpu on CPU
+    tcc = next(c for c in result["checks"] if c["basis"] == "cpu" and c["check"] == "tcc_prefill / limit")
+    by = {(r["method"], r["keep_ratio"]): r for r in rows}
+    assert tcc["value"] == pytest.approx(by[("tcc", 0.5)]["prefill_cpu_s"] / by[("limit", 0.5)]["prefill_cpu_s"])
+
+
+def test_table_lists_every_row(result):
+    table = bench.format_table(result).splitlines()
+    for method in bench.METHODS:
+        assert any(line.startswith(method) for line in table), method
+    assert "load1 before" in table[1]
+
+
+def test_llama_arch_and_fastv_floor():
+    """VILA-style Llama decoder; a ratio under FastV's floor K/L gives an explained empty row, not a crash."""
+    name, shape, arch = bench.parse_shape("layers=4,hidden=32,intermediate=64,heads=4,kv_heads=4,arch=llama")
+    cfg = bench.BenchConfig(name, shape, arch, visual=20, text=4, system=3, ratios=(0.25,), repeats=1, warmup=0,
+                            fastv_k=2, device="cpu", dtype="float32")
+    result = bench.run_bench(cfg, log=lambda _msg: None)
+    rows = {r["method"]: r for r in result["rows"]}
+    assert set(rows) == set(bench.METHODS) and result["config"]["arch"] == "llama"
+    floor = rows["fastv_same_avg_retention"]
+    assert floor["prefill_s"] is None and "floor" in floor["note"]
+    assert rows["tcc"]["kept_visual"] == 5 and rows["limit"]["kept_visual"] == 5
+
+
+def test_parse_shape():
+    assert bench.parse_shape("qwen2-0.5b") == ("qwen2-0.5b", LLM_SHAPES["qwen2-0.5b"], "qwen2")
+    assert bench.parse_shape("vila1.5-3b")[2] == "llama"
+    with pytest.raises(ValueError, match="missing keys.*kv_heads"):
+        bench.parse_shape("layers=2,hidden=8,intermediate=16,heads=2")
+    with pytest.raises(ValueError, match="unknown shape"):
+        bench.parse_shape("qwen9")
+
+
+def test_bench_fastv_equals_masking():
+    """The benchmark's FastV pruner (several layers after K) equals hiding the dropped tokens from layer K on."""
+    from transformers import Qwen2Config, Qwen2Model
+
+    config = Qwen2Config(hidden_size=64, intermediate_size=128, num_hidden_layers=6, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=16, attn_implementation="eager")
+    torch.manual_seed(0)
+    llm = Qwen2Model(config).eval()
+    length = 30
+    visual = torch.zeros(length, dtype=torch.bool)
+    visual[2:20] = True
+    positions, mask = torch.arange(length)[None], torch.ones(1, length, dtype=torch.long)
+    embeds = torch.randn(1, length, 64)
+    pruner = bench._TimedPruner(bench.Clock(torch.device("cpu")), llm, K, 0.5, visual, positions)
+    try:
+        with torch.no_grad():
+            out = llm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True)
+    finally:
+        pruner.close()
+    dropped = torch.tensor(sorted(set(range(length)) - set(pruner.kept.tolist())))
+    assert dropped.numel() == 18 - 9
+
+    def hide(_module, args, kwargs):
+        kwargs["attention_mask"] = kwargs["attention_mask"].clone()
+        kwargs["attention_mask"][..., dropped] = torch.finfo(torch.float32).min
+        return args, kwargs
+
+    handles = [layer.register_forward_pre_hook(hide, with_kwargs=True) for layer in llm.layers[K:]]
+    try:
+        with torch.no_grad():
+            ref = llm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert torch.allclose(out.last_hidden_state[0, -1], ref.last_hidden_state[0, -1], atol=1e-5)
+    assert [layer.keys.shape[2] for layer in out.cache.layers] == [length] * K + [length - 9] * (6 - K)
