@@ -78,6 +78,14 @@ class Selection:
     seq_before: list[int] = field(default_factory=list)
     seq_after: list[int] = field(default_factory=list)
 
+    def add(self, visual_before: int, visual_after: int, kept_positions: torch.Tensor, seq_before: int) -> None:
+        """Record one sample."""
+        self.visual_before.append(int(visual_before))
+        self.visual_after.append(int(visual_after))
+        self.kept_positions.append(kept_positions.cpu())
+        self.seq_before.append(int(seq_before))
+        self.seq_after.append(int(kept_positions.numel()))
+
     @property
     def retention(self) -> float:
         before = sum(self.visual_before)

@@ -16,7 +16,7 @@ from torch import nn
 
 from .core import Selection, check_keep_ratio, keep_positions, select_visual
 from .probe import attention_rows
-from .pruned import PrefillTimer, TokenPrunedModel, sync
+from .pruned import PrefillTimer, TokenPrunedModel, split_model_inputs, sync
 
 
 def fastv_layer_keep_ratio(avg_retention: float, layers: int, k: int) -> float:
@@ -118,9 +118,7 @@ class FastVModel(TokenPrunedModel):
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-        from .pruned import MODEL_INPUT_KEYS
-
-        inputs = {"input_ids": input_ids, **{k: kwargs.pop(k) for k in MODEL_INPUT_KEYS if k in kwargs}}
+        inputs = split_model_inputs(input_ids, kwargs)
         device = input_ids.device
         sync(device)
         start = time.perf_counter()
@@ -132,11 +130,7 @@ class FastVModel(TokenPrunedModel):
                 view = self.sample_view(llm, b)
                 new, kept = self.run_sample(view, **kwargs)
                 outputs.append(new[0])
-                selection.visual_before.append(view.n_visual)
-                selection.visual_after.append(int(view.visual[kept].sum()))
-                selection.kept_positions.append(kept)
-                selection.seq_before.append(int(view.visual.numel()))
-                selection.seq_after.append(int(kept.numel()))
+                selection.add(view.n_visual, view.visual[kept].sum(), kept, view.visual.numel())
         finally:
             timer.close()
         pad = self.model.generation_config.pad_token_id or 0

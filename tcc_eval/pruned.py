@@ -107,12 +107,7 @@ class TokenPrunedModel(nn.Module):
             else:
                 scores = self.scorer(self.sample_view(llm, b))
                 kept_visual = select_visual(scores, self.keep_ratio, llm.visual_groups[b], self.budget)
-            positions = keep_positions(valid, visual, kept_visual)
-            selection.visual_before.append(n_visual)
-            selection.visual_after.append(int(kept_visual.numel()))
-            selection.kept_positions.append(positions.cpu())
-            selection.seq_before.append(int(valid.sum()))
-            selection.seq_after.append(int(positions.numel()))
+            selection.add(n_visual, kept_visual.numel(), keep_positions(valid, visual, kept_visual), valid.sum())
         return selection
 
     def prune(self, inputs: dict[str, Any]) -> tuple[LLMInputs, Selection, tuple[torch.Tensor, ...]]:
@@ -132,7 +127,7 @@ class TokenPrunedModel(nn.Module):
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         """Like ``model.generate``: returns prompt ids followed by the new tokens."""
-        inputs = {"input_ids": input_ids, **{k: kwargs.pop(k) for k in MODEL_INPUT_KEYS if k in kwargs}}
+        inputs = split_model_inputs(input_ids, kwargs)
         device = input_ids.device
         sync(device)
         start = time.perf_counter()
@@ -170,6 +165,11 @@ class TokenPrunedModel(nn.Module):
             ),
             "new_tokens": int(new_tokens.shape[1]),
         }
+
+
+def split_model_inputs(input_ids: torch.Tensor, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Move the processor outputs out of generate's kwargs; what stays is generation options."""
+    return {"input_ids": input_ids, **{k: kwargs.pop(k) for k in MODEL_INPUT_KEYS if k in kwargs}}
 
 
 # Processor outputs the model's forward consumes; everything else passed to generate is a generation option.
