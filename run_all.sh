@@ -38,21 +38,29 @@ if [[ "$SUITE" == demo ]]; then
   export TCC_SYNTH_N=${N:-${TCC_SYNTH_N:-100}} TCC_LMMS_SYNTH_N=${N:-${TCC_LMMS_SYNTH_N:-100}}
   export LMUData=${LMUData:-$RESULTS/data/LMUData} TCC_LMMS_DATA=${TCC_LMMS_DATA:-$RESULTS/data/lmms}
   mkdir -p "$LMUData"
-  built=$($PY -m tcc_eval.demo paths | $PY -c "import json,sys; p=json.load(sys.stdin); print(all(p[f]['built'] for f in ('qwen2_vl','llava_onevision')))")
-  if [[ "$built" != True ]]; then
-    echo "run_all.sh: the demo models are missing; rebuild them with: python -m tcc_eval.demo build" >&2
-    exit 1
+  # the demo families whose model and compressors exist (shipped or rebuilt with `python -m tcc_eval.demo build`)
+  read -r -a BUILT <<<"$($PY -m tcc_eval.demo paths | $PY -c "import json,sys; p=json.load(sys.stdin); print(' '.join(f for f in ('qwen2_vl','llava_onevision') if p[f]['built']))")"
+  if [[ ${#BUILT[@]} -eq 0 ]]; then
+    echo "demo models missing: building them first (python -m tcc_eval.demo build; CPU, tens of minutes)" | tee -a "$LOG"
+    $PY -m tcc_eval.demo build 2>&1 | tee -a "$LOG"
+    read -r -a BUILT <<<"$($PY -m tcc_eval.demo paths | $PY -c "import json,sys; p=json.load(sys.stdin); print(' '.join(f for f in ('qwen2_vl','llava_onevision') if p[f]['built']))")"
+    [[ ${#BUILT[@]} -gt 0 ]] || { echo "run_all.sh: demo build produced no models" >&2; exit 1; }
   fi
-  VLMEVAL_BASES=(TinyQwen2VL TinyLLaVAOV)
+  echo "demo families: ${BUILT[*]}" | tee -a "$LOG"
+  declare -A DEMO_BASE=([qwen2_vl]=TinyQwen2VL [llava_onevision]=TinyLLaVAOV)
+  VLMEVAL_BASES=()
+  for family in "${BUILT[@]}"; do VLMEVAL_BASES+=("${DEMO_BASE[$family]}"); done
   VLMEVAL_DATA=(TCCSynth_IMG TCCSynth_VID)
   JUDGE=(--judge exact_matching)
   METHODS=(TCC Random A0 FastV Oracle)
   RATIOS=(75 50 25)
+  SKIP=(TinyQwen2VL_FastV25 TinyLLaVAOV_FastV25)  # 4-layer demo LLMs: 25% is FastV's floor K/L at K=1
   LMMS_TASKS=tccsynth_img,tccsynth_vid
   LMMS_INCLUDE=(--include_path "$($PY -c 'import tcc_eval.demo as d; print(d.LMMS_TASKS)')")
-  LMMS_METHODS=(tcc random a0 fastv)
+  LMMS_METHODS=(tcc random a0)  # lmms-eval pays ~20 s start-up per run: the full matrix runs in VLMEvalKit
+  LMMS_RATIOS=(50 25)
   LMMS_MODELS=()
-  for family in qwen2_vl llava_onevision; do
+  for family in "${BUILT[@]}"; do
     ckpt=$($PY -m tcc_eval.demo paths | $PY -c "import json,sys; print(json.load(sys.stdin)['$family']['model'])")
     LMMS_MODELS+=("${family}_tcc|pretrained=$ckpt")
   done
@@ -62,9 +70,11 @@ elif [[ "$SUITE" == paper ]]; then
   JUDGE=()
   METHODS=(TCC)
   RATIOS=(50 25)
+  SKIP=()
   LMMS_TASKS=mme,mmbench_en_dev,seedbench,mmstar,mvbench,videomme
   LMMS_INCLUDE=()
   LMMS_METHODS=(tcc)
+  LMMS_RATIOS=(50 25)
   LMMS_MODELS=("qwen2_vl_tcc|pretrained=Qwen/Qwen2-VL-7B-Instruct" "llava_onevision_tcc|pretrained=llava-hf/llava-onevision-qwen2-7b-ov-hf")
   echo "paper suite: tcc needs trained compressors (TCC_COMPRESSOR_DIR or ~/.cache/tcc_eval/compressors); see README" | tee -a "$LOG"
 else
@@ -83,29 +93,30 @@ if [[ ",$FRAMEWORKS," == *,vlmeval,* ]]; then
   MODELS=()
   for base in "${VLMEVAL_BASES[@]}"; do
     MODELS+=("${base}_Vanilla")
-    for m in "${METHODS[@]}"; do for r in "${RATIOS[@]}"; do MODELS+=("${base}_${m}${r}"); done; done
+    for m in "${METHODS[@]}"; do for r in "${RATIOS[@]}"; do
+      [[ " ${SKIP[*]} " == *" ${base}_${m}${r} "* ]] || MODELS+=("${base}_${m}${r}")
+    done; done
   done
   WORK="$RESULTS/vlmeval"
-  i=0
+  has_score() { compgen -G "$WORK/$1/${1}_${2}_*.csv" >/dev/null || compgen -G "$WORK/$1/${1}_${2}_*rating.json" >/dev/null; }
+  todo=()
   for model in "${MODELS[@]}"; do
-    i=$((i + 1))
-    todo=()
     for data in "${VLMEVAL_DATA[@]}"; do
-      if ! compgen -G "$WORK/$model/${model}_${data}_*.csv" >/dev/null && ! compgen -G "$WORK/$model/${model}_${data}_*rating.json" >/dev/null; then
-        todo+=("$data")
-      fi
+      if ! has_score "$model" "$data"; then todo+=("$model"); break; fi
     done
-    if [[ ${#todo[@]} -eq 0 ]]; then echo "[vlmeval $i/${#MODELS[@]}] $model: done, skipped" | tee -a "$LOG"; continue; fi
-    echo "[vlmeval $i/${#MODELS[@]}] $model on ${todo[*]}" | tee -a "$LOG"
+  done
+  echo "[vlmeval] ${#MODELS[@]} models x ${#VLMEVAL_DATA[@]} datasets: $(( ${#MODELS[@]} - ${#todo[@]} )) models done, ${#todo[@]} to run" | tee -a "$LOG"
+  if [[ ${#todo[@]} -gt 0 ]]; then
     start=$(date +%s)
-    $(vlmeval_launcher) --model "$model" --data "${todo[@]}" "${JUDGE[@]}" --work-dir "$WORK" >>"$LOG" 2>&1 \
-      || { echo "run_all.sh: VLMEvalKit failed for $model (see $LOG)" >&2; exit 1; }
-    for data in "${todo[@]}"; do
-      if ! compgen -G "$WORK/$model/*${data}*" >/dev/null; then
-        echo "run_all.sh: VLMEvalKit wrote no results for $model on $data (see $LOG)" >&2; exit 1
-      fi
+    # one process for all models: VLMEvalKit's start-up is paid once, finished model x dataset pairs are reused
+    $(vlmeval_launcher) --model "${todo[@]}" --data "${VLMEVAL_DATA[@]}" "${JUDGE[@]}" --work-dir "$WORK" >>"$LOG" 2>&1 \
+      || { echo "run_all.sh: VLMEvalKit failed (see $LOG)" >&2; exit 1; }
+    echo "[vlmeval] $(( $(date +%s) - start )) s" | tee -a "$LOG"
+  fi
+  for model in "${MODELS[@]}"; do
+    for data in "${VLMEVAL_DATA[@]}"; do
+      has_score "$model" "$data" || { echo "run_all.sh: VLMEvalKit wrote no score file for $model on $data (see $LOG)" >&2; exit 1; }
     done
-    echo "    $(( $(date +%s) - start )) s" | tee -a "$LOG"
   done
 fi
 
@@ -115,7 +126,7 @@ if [[ ",$FRAMEWORKS," == *,lmms_eval,* ]]; then
   runs=()
   for entry in "${LMMS_MODELS[@]}"; do
     runs+=("$entry|method=none")
-    for m in "${LMMS_METHODS[@]}"; do for r in "${RATIOS[@]}"; do
+    for m in "${LMMS_METHODS[@]}"; do for r in "${LMMS_RATIOS[@]}"; do
       runs+=("$entry|method=$m,ratio=$(awk "BEGIN{print $r/100}")")
     done; done
   done

@@ -24,6 +24,9 @@ MODEL_TYPE_FAMILIES = {"llava_llama": "vila"}
 QWEN2VL_VLMEVAL_KWARGS = {"min_pixels": 1280 * 28 * 28, "max_pixels": 16384 * 28 * 28}
 
 
+DEMO_OPTIONS = {"max_new_tokens": 8, "method_options": {"fastv_k": 1}}
+
+
 @dataclass(frozen=True)
 class Base:
     """One MLLM checkpoint that methods are applied to."""
@@ -52,9 +55,10 @@ BASES: dict[str, Base] = {
             unavailable="VILA1.5-40b's InternViT-6B vision tower has no transformers class (tcc_eval.vila covers "
                         "VILA1.5-3b, Llama-3-VILA1.5-8b and VILA1.5-13b); use VILA15 or VILA153B",
         ),
-        # Demo models are tiny: a short answer cap keeps CPU runs fast (they answer with one letter).
-        Base("TinyQwen2VL", "qwen2_vl", demo=True, options={"max_new_tokens": 8}),
-        Base("TinyLLaVAOV", "llava_onevision", demo=True, options={"max_new_tokens": 8}),
+        # Demo models are tiny: a short answer cap keeps CPU runs fast (they answer with one letter). With 4
+        # LLM layers FastV prunes after layer 1 (K=2 would leave no room below 50% average retention).
+        Base("TinyQwen2VL", "qwen2_vl", demo=True, options=DEMO_OPTIONS),
+        Base("TinyLLaVAOV", "llava_onevision", demo=True, options=DEMO_OPTIONS),
     )
 }
 

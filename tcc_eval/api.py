@@ -89,7 +89,9 @@ def load_hf_model(model_path: str | os.PathLike, device: torch.device, dtype: to
     return model.to(device).eval(), processor
 
 
-def build_scorer(method: str, model, compressor: Any = None, seed: int = 0, **options: Any) -> Scorer | None:
+def build_scorer(
+    method: str, model, compressor: Any = None, seed: int = 0, max_answer_tokens: int = 16
+) -> Scorer | None:
     """The scorer for an input-stage method ("none" -> keep everything)."""
     check_method(method)
     if method == "none":
@@ -103,7 +105,7 @@ def build_scorer(method: str, model, compressor: Any = None, seed: int = 0, **op
     if method == "oracle":
         from .oracle import oracle_scorer
 
-        return oracle_scorer(**options)
+        return oracle_scorer(max_answer_tokens=max_answer_tokens)
     raise ValueError(f"method {method!r} does not prune at the LLM input")
 
 
@@ -139,15 +141,21 @@ def wrap_model(
     compressor: Any = None,
     budget: str = "global",
     seed: int = 0,
-    **options: Any,
+    fastv_k: int = 2,
+    match: str = "avg_retention",
+    max_answer_tokens: int = 16,
 ) -> TokenPrunedModel:
-    """Wrap an already loaded HF MLLM; the result's ``generate`` is a drop-in for ``model.generate``."""
+    """Wrap an already loaded HF MLLM; the result's ``generate`` is a drop-in for ``model.generate``.
+
+    Options of other methods are ignored, so one option set (e.g. a base's ``fastv_k``) serves every
+    method: ``fastv_k`` / ``match`` apply to fastv (``match="kept"``: keep_ratio is the fraction kept from
+    layer K on instead of the average retention), ``max_answer_tokens`` to the oracle."""
     check_method(method)
     if method == "fastv":
         from .fastv import FastVModel
 
-        return FastVModel(model, keep_ratio=keep_ratio, **options)
-    scorer = build_scorer(method, model, compressor=compressor, seed=seed, **options)
+        return FastVModel(model, keep_ratio=keep_ratio, fastv_k=fastv_k, match=match)
+    scorer = build_scorer(method, model, compressor=compressor, seed=seed, max_answer_tokens=max_answer_tokens)
     return TokenPrunedModel(model, scorer, keep_ratio=keep_ratio, budget=budget, method=method)
 
 
@@ -232,8 +240,10 @@ def load(
 ) -> CompressedMLLM:
     """Load a checkpoint and attach a pruning method.
 
-    method: none | random | a0 | tcc | oracle | fastv; keep_ratio in (0, 1]; compressor: path of a
-    trained compressor (required for tcc). CUDA when available (bf16/fp16), else CPU (fp32).
+    method: none | random | a0 | tcc | oracle | fastv; keep_ratio in (0, 1]; compressor: a trained
+    compressor checkpoint, {modality: checkpoint} or a folder of ``<family>_<modality>.pt`` (required for
+    tcc); options: ``wrap_model``'s (budget, seed, fastv_k, match, max_answer_tokens). CUDA when
+    available (bf16/fp16), else CPU (fp32).
     """
     from .core import check_keep_ratio
 

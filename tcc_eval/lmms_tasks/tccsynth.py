@@ -46,16 +46,17 @@ def ensure_data(kind: str, n: int, seed: int, split: str = "test") -> Path:
     half-written set: the first rename wins, the others discard their copy.
     """
     from tcc_eval import synth
+    from tcc_eval.demo import OPTION_ORDER, benchmark
 
     name = NAMES[kind]
-    folder = data_root() / f"{name}_{split}_n{n}_seed{seed}"
+    folder = data_root() / f"{name}_{split}_n{n}_seed{seed}_{OPTION_ORDER}"
     jsonl = folder / f"{name}.jsonl"
     if jsonl.exists():
         return jsonl
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
-        written = synth.export_lmms(synth.generate(kind, n, seed, split), tmp, kind, name=name)
+        written = synth.export_lmms(benchmark.samples(kind, n, seed, split), tmp, kind, name=name)
         if kind == "video":
             _require_mp4(written)
         try:

@@ -54,10 +54,17 @@ def requested_size(kind: str) -> int:
 
 
 def synth_config(kind: str) -> dict[str, Any]:
-    """Generator options: the demo benchmark's question types (what the demo models are trained on)."""
-    from ...demo import TASKS
+    """Generator options of the demo benchmark (what the demo models are trained on)."""
+    from ...demo import OPTION_ORDER, TASKS
 
-    return {k: list(v) for k, v in TASKS[kind].items()}
+    return {**{k: list(v) for k, v in TASKS[kind].items()}, "option_order": OPTION_ORDER}
+
+
+def demo_samples(kind: str, n: int) -> list:
+    """The demo benchmark's samples (its question types and option order), test split."""
+    from ...demo import benchmark
+
+    return benchmark.samples(kind, n, SEED, SPLIT)
 
 
 def _meta(kind: str, n: int) -> dict[str, Any]:
@@ -88,7 +95,7 @@ def ensure_image_set(root: str | os.PathLike | None = None) -> Path:
         _check_meta(meta, "image", str(tsv))
         return tsv
     n = requested_size("image")
-    samples = synth.generate("image", n, SEED, SPLIT, **synth_config("image"))
+    samples = demo_samples("image", n)
     synth.save_ground_truth(samples, root / f"{IMAGE_NAME}_gt.json")
     tmp = root / f"{IMAGE_NAME}.tsv.tmp{os.getpid()}"
     synth.export_vlmeval_tsv(samples, tmp)
@@ -107,7 +114,7 @@ def ensure_video_set(root: str | os.PathLike | None = None) -> Path:
         _check_meta(meta, "video", str(folder))
         return folder
     n = requested_size("video")
-    samples = synth.generate("video", n, SEED, SPLIT, **synth_config("video"))
+    samples = demo_samples("video", n)
     tmp = folder.with_name(f"{VIDEO_NAME}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     synth.export_vlmeval_video(samples, tmp, name=VIDEO_NAME, fps=VIDEO_FPS)

@@ -1,0 +1,64 @@
+"""The embedded default: tiny demo MLLMs trained from scratch on the synthetic benchmarks, and their compressors.
+
+``paths()`` is the one place scripts and integrations look the shipped files up (nothing here imports
+torch, so it is cheap). ``python -m tcc_eval.demo build|evaluate|paths`` rebuilds, scores and lists them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+# TCC_DEMO_ROOT points every tool at a rebuilt demo (`python -m tcc_eval.demo build --out DIR`).
+ASSETS = Path(os.environ.get("TCC_DEMO_ROOT") or Path(__file__).resolve().parent.parent / "assets" / "demo")
+LMMS_TASKS = Path(__file__).resolve().parent.parent / "lmms_tasks"
+FAMILIES = ("qwen2_vl", "llava_onevision")
+MODALITIES = ("image", "video")
+
+# The demo benchmark (tcc_eval/demo/benchmark.py): the synthetic configuration the demo models are
+# trained and scored on, each question answered by one object, options in canonical order.
+TASKS: dict[str, dict[str, Any]] = {
+    "image": {"question_types": ("color_of_shape", "shape_of_color"), "min_objects": 1, "max_objects": 1},
+    "video": {"question_types": ("what_appeared",)},
+}
+OPTION_ORDER = "canonical"
+
+
+def model_dir(family: str, root: str | os.PathLike | None = None) -> Path:
+    return Path(root or ASSETS) / family
+
+
+def compressor_path(family: str, modality: str, root: str | os.PathLike | None = None) -> Path:
+    return Path(root or ASSETS) / "compressors" / f"{family}_{modality}.pt"
+
+
+def vlmeval_data_dir() -> Path:
+    """VLMEvalKit's $LMUData (its LMUDataRoot rule: the env var if it exists, else ~/LMUData)."""
+    env = os.environ.get("LMUData")
+    if env and os.path.exists(env):
+        return Path(env)
+    return Path.home() / "LMUData"
+
+
+def paths(root: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Local paths of every demo model and compressor, the VLMEvalKit data dir and the lmms-eval include path.
+
+    Per family: {"model": DIR, "compressor_image": FILE, "compressor_video": FILE}. Paths are returned
+    whether or not they exist yet (``python -m tcc_eval.demo build`` writes them); ``"built"`` says which do.
+    """
+    out: dict[str, Any] = {}
+    for family in FAMILIES:
+        entry = {"model": str(model_dir(family, root))}
+        for modality in MODALITIES:
+            entry[f"compressor_{modality}"] = str(compressor_path(family, modality, root))
+        entry["built"] = all(Path(p).exists() for p in entry.values() if isinstance(p, str))
+        out[family] = entry
+    out["vlmeval_data_dir"] = str(vlmeval_data_dir())
+    out["lmms_eval_include_path"] = str(LMMS_TASKS)
+    out["tasks"] = {k: {q: list(v) if isinstance(v, tuple) else v for q, v in cfg.items()} for k, cfg in TASKS.items()}
+    out["option_order"] = OPTION_ORDER
+    return out
+
+
+__all__ = ["ASSETS", "FAMILIES", "MODALITIES", "OPTION_ORDER", "TASKS", "compressor_path", "model_dir", "paths"]

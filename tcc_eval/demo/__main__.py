@@ -1,0 +1,88 @@
+"""``python -m tcc_eval.demo build|evaluate|paths``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+
+def _quiet_transformers() -> None:
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    _quiet_transformers()
+    from .build import build
+
+    start = time.time()
+    info = build(args.out, tuple(args.family), threads=args.threads, skip_models=args.compressors_only)
+    print(f"build finished in {time.time() - start:.0f}s; wrote {args.out or 'the package assets'}; "
+          f"see build_info.json ({info['build_seconds']}s)")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import torch
+
+    _quiet_transformers()
+    torch.set_num_threads(args.threads)
+    from .evaluate import evaluate, format_table
+
+    start = time.time()
+    rows = evaluate(seed=args.seed, n=args.n, families=args.family, modalities=args.modality,
+                    ratios=tuple(args.ratios), root=args.root, batch_size=args.batch_size)
+    print(format_table(rows))
+    print(f"\nevaluated in {time.time() - start:.0f}s")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+        print(f"rows written to {args.json}")
+    return 0
+
+
+def cmd_paths(args: argparse.Namespace) -> int:
+    from . import paths
+
+    print(json.dumps(paths(args.root), indent=1))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from . import FAMILIES, MODALITIES
+
+    parser = argparse.ArgumentParser(prog="python -m tcc_eval.demo", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    b = sub.add_parser("build", help="train the demo models and their compressors (seeded; tens of minutes on CPU)")
+    b.add_argument("--out", default=None, help="output folder (default: the package's assets/demo, i.e. overwrite)")
+    b.add_argument("--family", nargs="+", default=list(FAMILIES), choices=FAMILIES)
+    b.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    b.add_argument("--compressors-only", action="store_true", help="keep the models in --out, redo the compressors")
+    b.set_defaults(func=cmd_build)
+
+    e = sub.add_parser("evaluate", help="score every method on a fresh synthetic test split")
+    e.add_argument("--seed", type=int, default=1, help="test-split seed (any; training never sees the test split)")
+    e.add_argument("--n", type=int, default=200, help="samples per modality (default 200)")
+    e.add_argument("--family", nargs="+", default=list(FAMILIES), choices=FAMILIES)
+    e.add_argument("--modality", nargs="+", default=list(MODALITIES), choices=MODALITIES)
+    e.add_argument("--ratios", nargs="+", type=float, default=[0.75, 0.5, 0.25])
+    e.add_argument("--root", default=None, help="demo folder (default: the shipped assets)")
+    e.add_argument("--batch-size", type=int, default=16)
+    e.add_argument("--threads", type=int, default=2)
+    e.add_argument("--json", default=None, help="write the rows as JSON here")
+    e.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("paths", help="print the local paths of the demo models, compressors and data as JSON")
+    p.add_argument("--root", default=None, help="demo folder (default: the shipped assets)")
+    p.set_defaults(func=cmd_paths)
+
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""``python -m tcc_eval.demo build``: train the demo models, label, train their compressors, in one seeded run.
+
+Steps per family: train the MLLM (train.py) -> export a training split of each modality as JSONL ->
+``python -m tcc_eval.compressor label`` (oracle relevance on correctly answered samples) ->
+``python -m tcc_eval.compressor train``. Everything is seeded, so a rebuild reproduces the shipped
+files up to floating-point summation order (thread count).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from .. import synth
+from . import ASSETS, FAMILIES, MODALITIES, benchmark, compressor_path, model_dir
+from .train import DEFAULT_SPECS, DemoSpec, train
+
+LABEL_SEED = 7  # train split; the model's training batches use other seeds, the test split another split
+LABEL_SAMPLES = {"image": 600, "video": 400}
+COMPRESSOR_ARGS = ["--epochs", "40", "--patience", "6", "--batch-size", "32", "--seed", "0"]
+
+
+def export_label_data(modality: str, n: int, folder: Path) -> Path:
+    """A JSONL the compressor's ``label`` command reads, carrying the exact demo prompt.
+
+    The full prompt goes into ``question`` with no ``options`` field, so ``label`` asks it verbatim and
+    checks the answer letter by exact match (its own MCQ wording would differ from the demo's)."""
+    samples = benchmark.samples(modality, n, LABEL_SEED, "train")
+    lines = []
+    for s in samples:
+        rec: dict[str, Any] = {"id": f"{modality}{s.index}", "question": s.prompt(), "answer": s.answer}
+        if modality == "image":
+            rel = Path("images") / f"{s.index}.png"
+            (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+            s.image.save(folder / rel)
+            rec["image"] = rel.as_posix()
+        else:
+            rel = Path("frames") / str(s.index)
+            (folder / rel).mkdir(parents=True, exist_ok=True)
+            for i, frame in enumerate(s.video):
+                frame.save(folder / rel / f"{i:03d}.png")
+            rec["frames_dir"] = rel.as_posix()
+        lines.append(json.dumps(rec))
+    path = folder / "data.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def build_compressor(family: str, modality: str, root: Path, work: Path, log: Callable[[str], None]) -> dict[str, Any]:
+    from ..compressor.__main__ import main as compressor_cli
+
+    start = time.time()
+    data = export_label_data(modality, LABEL_SAMPLES[modality], work / f"data_{modality}")
+    labels = work / f"labels_{family}_{modality}"
+    code = compressor_cli(["label", "--model", str(model_dir(family, root)), "--data", str(data), "--out", str(labels),
+                           "--max-new-tokens", "1", "--max-answer-tokens", "1",
+                           "--num-frames", str(synth.VideoConfig().frames)])
+    if code:
+        raise RuntimeError(f"compressor label failed for {family}/{modality} (exit {code})")
+    kept = len(list((labels / "samples").glob("*.pt")))
+    log(f"[{family}/{modality}] labelled {kept}/{LABEL_SAMPLES[modality]} correctly answered samples "
+        f"({time.time() - start:.0f}s)")
+    out = compressor_path(family, modality, root)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    code = compressor_cli(["train", "--labels", str(labels), "--out", str(out), *COMPRESSOR_ARGS])
+    if code:
+        raise RuntimeError(f"compressor train failed for {family}/{modality} (exit {code})")
+    return {"labelled": kept, "seconds": round(time.time() - start, 1)}
+
+
+def build(out: str | Path | None = None, families: tuple[str, ...] = FAMILIES, threads: int = 2,
+          skip_models: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train every demo model and compressor into ``out`` (default: the package's assets folder)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    root = Path(out or ASSETS)
+    root.mkdir(parents=True, exist_ok=True)
+    specs: dict[str, DemoSpec] = {s.family: s for s in DEFAULT_SPECS}
+    info: dict[str, Any] = {"threads": threads, "models": {}, "compressors": {}}
+    start = time.time()
+    for family in families:
+        if not skip_models:
+            target = model_dir(family, root)
+            shutil.rmtree(target, ignore_errors=True)
+            info["models"][family] = train(specs[family], target, log=log)
+        with tempfile.TemporaryDirectory(prefix=f"tcc_demo_{family}_") as tmp:
+            for modality in MODALITIES:
+                info["compressors"][f"{family}_{modality}"] = build_compressor(family, modality, root, Path(tmp), log)
+        log(f"[{family}] done, {time.time() - start:.0f}s since start")
+    info["build_seconds"] = round(time.time() - start, 1)
+    (root / "build_info.json").write_text(json.dumps(info, indent=1, default=str))
+    return info

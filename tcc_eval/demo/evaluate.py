@@ -1,0 +1,243 @@
+"""Score the demo models on a fresh synthetic test split: accuracy per method and retention, plus region checks.
+
+Every method runs through the same public wrappers users call (``tcc_eval.api.wrap_model`` ->
+``generate``), one answer token, greedy. Region metrics use the known object boxes:
+- pointing: share of samples whose top-scored visual token covers a ground-truth object;
+- gt_recall: share of ground-truth tokens inside the kept set (mean over samples);
+- keep_gt / drop_gt: accuracy when only the ground-truth visual tokens are kept / only they are dropped
+  (the register-token checks of DEMO_NOTES: ~vanilla and ~chance for a model that reads the objects).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import torch
+
+from .. import synth
+from ..adapters import adapter_for
+from ..api import wrap_model
+from ..core import keep_positions
+from ..pruned import TokenPrunedModel
+from . import FAMILIES, MODALITIES, benchmark, compressor_path, model_dir
+from .regions import token_regions
+from .train import answer_logits, encode, letter_ids
+
+METHODS = ("none", "random", "a0", "tcc", "oracle", "fastv")
+RATIOS = (0.75, 0.5, 0.25)
+SCORED = ("random", "a0", "tcc", "oracle")  # methods with per-token scores (pointing)
+FASTV_K = 1  # the demo LLMs have 4 layers; FastV's K=2 default leaves no room at 50%/25%
+
+
+def load_demo(family: str, root: str | None = None):
+    """Shipped (or rebuilt) demo model in fp32 with its processor."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    path = model_dir(family, root)
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(f"no demo model at {path}; build it with `python -m tcc_eval.demo build`")
+    model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32, attn_implementation="sdpa")
+    return model.eval(), AutoProcessor.from_pretrained(path)
+
+
+@dataclass
+class Batch:
+    samples: list[synth.SynthSample]
+    inputs: dict[str, torch.Tensor]
+    gt: list[np.ndarray]  # per sample, over its visual tokens
+
+
+def make_batches(model, processor, samples: list[synth.SynthSample], batch_size: int) -> list[Batch]:
+    batches = []
+    for i in range(0, len(samples), batch_size):
+        chunk = samples[i:i + batch_size]
+        inputs = encode(processor, chunk)
+        gt = [token_regions(model, inputs, b, s).ground_truth(s) for b, s in enumerate(chunk)]
+        batches.append(Batch(chunk, inputs, gt))
+    return batches
+
+
+def visual_rows(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B, L) bool: visual token positions (padding excluded)."""
+    visual = torch.zeros_like(input_ids, dtype=torch.bool)
+    for token_id in adapter_for(model).visual_token_ids():
+        visual |= input_ids == token_id
+    return visual & attention_mask.bool()
+
+
+class RecordingScorer:
+    """Wraps a scorer: remembers each sample's scores (for pointing) and reuses them across ratios."""
+
+    def __init__(self, scorer: Callable):
+        self.scorer = scorer
+        self.cache: dict[str, torch.Tensor] = {}
+        self.calls: list[torch.Tensor] = []
+
+    def __call__(self, view) -> torch.Tensor:
+        key = hashlib.sha1(view.input_ids.cpu().numpy().tobytes()
+                           + view.inputs_embeds.detach().float().cpu().numpy().tobytes()).hexdigest()
+        if key not in self.cache:
+            self.cache[key] = self.scorer(view).detach().float().cpu()
+        self.calls.append(self.cache[key])
+        return self.cache[key]
+
+
+def kept_visual_mask(kept: torch.Tensor, visual: torch.Tensor) -> np.ndarray:
+    """Which visual tokens (in order) survive, given kept sequence positions and the row's visual mask."""
+    positions = torch.nonzero(visual).flatten()
+    return torch.isin(positions, kept.cpu()).numpy()
+
+
+def run_method(model, pruned, batches: list[Batch], letters: dict[int, str], fastv: bool = False) -> dict[str, Any]:
+    """Accuracy and ground-truth recall of one wrapped model over all batches."""
+    hits, recalls = [], []
+    for batch in batches:
+        ids, mask = batch.inputs["input_ids"], batch.inputs["attention_mask"]
+        inputs = dict(batch.inputs)
+        out = pruned.generate(**inputs, max_new_tokens=1, do_sample=False)
+        pred = out[:, ids.shape[1]].tolist()
+        hits += [letters.get(p) == s.answer for p, s in zip(pred, batch.samples)]
+        visual = visual_rows(model, ids, mask)
+        for b, kept in enumerate(pruned.last_selection.kept_positions):
+            row = visual[b][mask[b].bool()] if fastv else visual[b]  # FastV reports unpadded positions
+            keep = kept_visual_mask(kept, row)
+            gt = batch.gt[b]
+            recalls.append(float(keep[gt].mean()) if gt.any() else 1.0)
+    return {"accuracy": float(np.mean(hits)), "gt_recall": float(np.mean(recalls)), "n": len(hits)}
+
+
+def pointing(scores: list[torch.Tensor], batches: list[Batch]) -> float:
+    gts = [g for batch in batches for g in batch.gt]
+    if len(scores) != len(gts):
+        raise RuntimeError(f"expected one score vector per sample ({len(gts)}), got {len(scores)}")
+    return float(np.mean([bool(g[int(torch.argmax(s))]) for s, g in zip(scores, gts)]))
+
+
+@torch.no_grad()
+def region_checks(model, batches: list[Batch], letters: dict[int, str]) -> list[dict[str, Any]]:
+    """Accuracy keeping only / dropping only the ground-truth visual tokens."""
+    rows = []
+    for name, keep_gt in (("keep_gt", True), ("drop_gt", False)):
+        hits, kept_share = [], []
+        for batch in batches:
+            ids, mask = batch.inputs["input_ids"], batch.inputs["attention_mask"]
+            visual = visual_rows(model, ids, mask)
+            positions = []
+            for b, gt in enumerate(batch.gt):
+                keep = gt if keep_gt else ~gt
+                kept_share.append(float(keep.mean()))
+                positions.append(keep_positions(mask[b].bool(), visual[b], torch.from_numpy(np.nonzero(keep)[0])))
+            pred = answer_logits(model, batch.inputs, positions).argmax(-1).tolist()
+            hits += [letters.get(p) == s.answer for p, s in zip(pred, batch.samples)]
+        rows.append({"method": name, "ratio": round(float(np.mean(kept_share)), 4), "accuracy": float(np.mean(hits)),
+                     "n": len(hits)})
+    return rows
+
+
+def chance(samples: Iterable[synth.SynthSample]) -> float:
+    return float(np.mean([1 / len(s.options) for s in samples]))
+
+
+def fastv_model(model, ratio: float) -> tuple[Any, str]:
+    """FastV at equal average retention when possible, else keeping ``ratio`` from layer K on (flagged)."""
+    from ..fastv import FastVModel
+
+    try:
+        return FastVModel(model, keep_ratio=ratio, fastv_k=FASTV_K), "avg_retention"
+    except ValueError:
+        return FastVModel(model, keep_ratio=ratio, fastv_k=FASTV_K, match="kept"), "kept"
+
+
+def evaluate_model(
+    model, processor, samples: list[synth.SynthSample], compressor: str | None,
+    methods: Iterable[str] = METHODS, ratios: Iterable[float] = RATIOS, batch_size: int = 16,
+    log: Callable[[str], None] = lambda _: None,
+) -> list[dict[str, Any]]:
+    """Rows {method, ratio, accuracy, n, ...} for one model on one sample set (one modality)."""
+    letters = {v: k for k, v in letter_ids(processor.tokenizer).items()}
+    batches = make_batches(model, processor, samples, batch_size)
+    rows: list[dict[str, Any]] = [{"method": "chance", "ratio": 1.0, "accuracy": chance(samples), "n": len(samples)}]
+    for method in methods:
+        if method == "none":
+            res = run_method(model, wrap_model(model, method="none"), batches, letters)
+            rows.append({"method": "none", "ratio": 1.0, **res})
+            log(f"  none: {res['accuracy']:.3f}")
+            continue
+        recorder = None
+        for ratio in ratios:
+            extra: dict[str, Any] = {}
+            if method == "fastv":
+                pruned, match = fastv_model(model, ratio)
+                extra["fastv_match"] = match
+                extra["fastv_k"] = FASTV_K
+            else:
+                if method == "tcc" and compressor is None:
+                    raise ValueError("method tcc needs a compressor path")
+                pruned = wrap_model(model, method=method, keep_ratio=ratio, compressor=compressor)
+                if recorder is None:
+                    recorder = RecordingScorer(pruned.scorer)
+                pruned.scorer = recorder
+                recorder.calls = []
+            res = run_method(model, pruned, batches, letters, fastv=method == "fastv")
+            row = {"method": method, "ratio": ratio, **res, **extra}
+            if recorder is not None:
+                row["pointing"] = pointing(recorder.calls, batches)
+            rows.append(row)
+            log(f"  {method}@{ratio:.2f}: {res['accuracy']:.3f} (gt recall {res['gt_recall']:.2f}"
+                + (f", pointing {row['pointing']:.2f})" if "pointing" in row else ")"))
+    for row in region_checks(model, batches, letters):
+        rows.append(row)
+        log(f"  {row['method']} (keeps {row['ratio']:.3f} of tokens): {row['accuracy']:.3f}")
+    return rows
+
+
+def evaluate(
+    seed: int = 1, n: int = 200, families: Iterable[str] = FAMILIES, modalities: Iterable[str] = MODALITIES,
+    methods: Iterable[str] = METHODS, ratios: Iterable[float] = RATIOS, root: str | None = None,
+    batch_size: int = 16, log: Callable[[str], None] = print,
+) -> list[dict[str, Any]]:
+    """All rows for the demo models on a test split (``split="test"``, never used in training)."""
+    rows = []
+    for modality in modalities:
+        samples = benchmark.samples(modality, n, seed, "test")
+        for family in families:
+            model, processor = load_demo(family, root)
+            comp = compressor_path(family, modality, root)
+            log(f"{family} / {modality}: {n} samples, seed {seed}")
+            for row in evaluate_model(model, processor, samples, str(comp) if comp.exists() else None,
+                                      [m for m in methods if m != "tcc" or comp.exists()], ratios, batch_size, log):
+                rows.append({"model": family, "modality": modality, "seed": seed, **row})
+    return rows
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """One block per model/modality: methods as rows, retention ratios as columns."""
+    lines = []
+    ratios = sorted({r["ratio"] for r in rows if r["method"] in METHODS and r["method"] != "none"}, reverse=True)
+    for (model, modality) in dict.fromkeys((r["model"], r["modality"]) for r in rows):
+        block = [r for r in rows if r["model"] == model and r["modality"] == modality]
+        vanilla = next((r["accuracy"] for r in block if r["method"] == "none"), None)
+        lines.append(f"\n{model} / {modality} (n={block[0]['n']}, vanilla {vanilla:.3f})" if vanilla is not None
+                     else f"\n{model} / {modality}")
+        lines.append(f"{'method':<10}" + "".join(f"{f'{r * 100:g}%':>22}" for r in ratios))
+        for method in [m for m in METHODS if m != "none"]:
+            cells = []
+            for ratio in ratios:
+                r = next((x for x in block if x["method"] == method and x["ratio"] == ratio), None)
+                if r is None:
+                    cells.append(f"{'-':>22}")
+                    continue
+                extra = f" p{r['pointing']:.2f}" if "pointing" in r and method != "random" else ""
+                flag = "*" if r.get("fastv_match") == "kept" else ""
+                cells.append(f"{r['accuracy']:.3f}{flag} rec{r['gt_recall']:.2f}{extra}".rjust(22))
+            if any(c.strip() != "-" for c in cells):
+                lines.append(f"{method:<10}" + "".join(cells))
+        for r in block:
+            if r["method"] in ("keep_gt", "drop_gt", "chance"):
+                lines.append(f"{r['method']:<10}{r['accuracy']:>10.3f}   (keeps {r['ratio']:.3f} of visual tokens)")
+    lines.append("\nrec = ground-truth recall in the kept set, p = pointing (top token on ground truth); "
+                 "* FastV keeping that share from layer K on (equal average retention impossible)")
+    return "\n".join(lines)

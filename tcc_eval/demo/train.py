@@ -1,0 +1,423 @@
+"""Train the tiny demo MLLMs from scratch on the synthetic benchmarks, on CPU, in minutes.
+
+Design (see /work/shared/DEMO_NOTES.md for why):
+- Real HF classes (Qwen2-VL, LLaVA-OneVision) saved with ``save_pretrained``, so every tool loads them
+  like hub checkpoints.
+- No mixing inside the vision tower (Qwen2-VL depth 0: patch embed + 2x2 merger; LLaVA-OneVision reads
+  SigLIP's patch embeddings, ``vision_feature_layer=-2``; its one encoder layer, which HF requires, is
+  computed but unused): a visual token sees only its own pixels, so the answer cannot hide in
+  "register" tokens far from the object, and dropping the ground-truth tokens removes the evidence.
+- Stage 0: the vision front end learns to tell each token's colour and shape (linear probes on the LLM
+  input), then is frozen: the stand-in for the pre-trained vision encoder of a real MLLM. Trained end to
+  end from scratch instead, the LLM learned to read colours within a few hundred steps, shapes not at all.
+- Stage 1: the LLM learns to answer. Loss on the answer letter (plus a small one on the end-of-turn
+  token after it, so generation stops like a chat model's), teacher forcing through the model's own
+  multimodal front end.
+- Background dropout: most samples keep only the object tokens (all of the easy phase, 70% after it);
+  the rest keep a random share of the background. Dropped tokens are removed with their original
+  positions kept, exactly as pruning does. The model so neither relies on background tokens nor breaks
+  when they are pruned, and short sequences make steps ~3x cheaper.
+- A few prompt wordings (VLMEvalKit's dataset prompt, its Qwen2-VL variant, the lmms-eval task's), so
+  the models answer the same question asked by either framework.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .. import synth
+from ..adapters import adapter_for
+from ..core import gather_left_padded, keep_positions
+from ..oracle import answer_positions
+from ..fixtures import (
+    LLAVA_OV_CHAT_TEMPLATE, LLAVA_OV_SPECIAL_TOKENS, QWEN2VL_CHAT_TEMPLATE, QWEN2VL_SPECIAL_TOKENS, build_tokenizer,
+)
+from . import benchmark
+from .regions import token_regions
+
+LMMS_SUFFIX = "Answer with the option's letter from the given choices directly."
+VALIDATION_SEED = 10**9  # train split, never used for training batches (those use seeds < 10**8)
+
+
+@dataclass(frozen=True)
+class DemoSpec:
+    """Everything that determines one demo model; ``build`` is a pure function of it."""
+
+    name: str
+    family: str  # "qwen2_vl" | "llava_onevision"
+    hidden: int = 128
+    layers: int = 4
+    heads: int = 8
+    kv_heads: int = 4
+    rope_theta: float = 1e4
+    intermediate: int = 256
+    vision_embed: int = 32
+    vision_steps: int = 250  # stage 0: vision front end pre-trained to tell each token's colour and shape,
+    freeze_vision: bool = True  # then frozen (as LLaVA-style training freezes the vision encoder)
+    steps: int = 2000
+    batch_size: int = 16
+    lr: float = 3e-3
+    warmup: int = 150
+    weight_decay: float = 0.01
+    video_fraction: float = 0.4  # share of training batches that are videos (0 = image-only model)
+    easy_steps: int = 300  # curriculum: only object tokens (easy_drop of the background dropped), and
+    easy_objects: tuple[int, int] | None = None  # (min, max) objects per image, if given
+    easy_drop: float = 1.0
+    background_prob: float = 0.3  # after the easy phase: share of samples that keep some background
+    # (drop rate uniform in [0, 1]); the others keep only object tokens: binding is the hard part, and
+    # object-only sequences make steps ~3x cheaper
+    seed: int = 0
+
+
+DEFAULT_SPECS = (
+    DemoSpec(name="tiny_qwen2_vl", family="qwen2_vl"),
+    DemoSpec(name="tiny_llava_onevision", family="llava_onevision"),
+)
+
+
+# ----------------------------------------------------------------------------- prompts and inputs
+def prompt_text(sample: synth.SynthSample, variant: int = 0) -> str:
+    """0: VLMEvalKit dataset prompt (the canonical one); 1: its Qwen2-VL wrapper (stripped); 2: lmms-eval style."""
+    if variant == 0:
+        return sample.prompt()
+    if variant == 1:
+        return sample.prompt().rstrip()
+    opts = "".join(f"{k}. {v}\n" for k, v in sample.options.items())
+    return f"{sample.question}\n{opts}{LMMS_SUFFIX}"
+
+
+def messages_for(sample: synth.SynthSample, text: str) -> list[dict]:
+    media = ({"type": "image", "image": sample.image} if sample.kind == "image"
+             else {"type": "video", "video": sample.video})
+    return [{"role": "user", "content": [media, {"type": "text", "text": text}]}]
+
+
+def encode(processor, samples: list[synth.SynthSample], variants: list[int] | None = None) -> dict[str, torch.Tensor]:
+    """One batched processor call (left padding) for samples of one kind."""
+    variants = variants or [0] * len(samples)
+    msgs = [messages_for(s, prompt_text(s, v)) for s, v in zip(samples, variants)]
+    inputs = processor.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True, return_dict=True,
+                                           return_tensors="pt", padding=True)
+    return {k: v for k, v in inputs.items() if isinstance(v, torch.Tensor)}
+
+
+def tokenizer_corpus(seed: int = 0) -> list[str]:
+    """Every wording the demo models will read, so the tiny BPE vocabulary covers them compactly."""
+    texts = []
+    for kind, task in (("image", {"question_types": synth.IMAGE_TYPES}), ("video", {"question_types": synth.VIDEO_TYPES})):
+        for s in synth.generate(kind, 48, seed, "train", **task):
+            texts += [prompt_text(s, v) for v in range(3)]
+    return texts
+
+
+# ----------------------------------------------------------------------------- model construction
+def _text_config(tokenizer, spec: DemoSpec, **extra: Any) -> dict[str, Any]:
+    return dict(
+        vocab_size=len(tokenizer), hidden_size=spec.hidden, intermediate_size=spec.intermediate,
+        num_hidden_layers=spec.layers, num_attention_heads=spec.heads, num_key_value_heads=spec.kv_heads,
+        max_position_embeddings=4096, bos_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"), pad_token_id=tokenizer.pad_token_id, **extra,
+    )
+
+
+def _qwen2vl(spec: DemoSpec, corpus: list[str]):
+    from transformers import (Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessor,
+                              Qwen2VLProcessor, Qwen2VLVideoProcessor)
+
+    tokenizer = build_tokenizer(QWEN2VL_SPECIAL_TOKENS, corpus)
+    half = spec.hidden // spec.heads // 2
+    mrope = [half - 2 * (half // 3), half // 3, half // 3]
+    config = Qwen2VLConfig(
+        text_config=_text_config(tokenizer, spec, rope_parameters={
+            "rope_type": "default", "rope_theta": spec.rope_theta, "mrope_section": mrope}),
+        vision_config=dict(depth=0, embed_dim=spec.vision_embed, hidden_size=spec.hidden, num_heads=2, mlp_ratio=2,
+                           patch_size=14, spatial_merge_size=2, temporal_patch_size=2),
+        image_token_id=tokenizer.convert_tokens_to_ids("<|image_pad|>"),
+        video_token_id=tokenizer.convert_tokens_to_ids("<|video_pad|>"),
+        vision_start_token_id=tokenizer.convert_tokens_to_ids("<|vision_start|>"),
+        vision_end_token_id=tokenizer.convert_tokens_to_ids("<|vision_end|>"),
+        tie_word_embeddings=False,
+    )
+    model = Qwen2VLForConditionalGeneration(config)
+    pixels = {"shortest_edge": 56 * 56, "longest_edge": 336 * 336}
+    processor = Qwen2VLProcessor(
+        image_processor=Qwen2VLImageProcessor(size=pixels), video_processor=Qwen2VLVideoProcessor(size=pixels),
+        tokenizer=tokenizer, chat_template=QWEN2VL_CHAT_TEMPLATE,
+    )
+    return model, processor
+
+
+def _llava_onevision(spec: DemoSpec, corpus: list[str]):
+    from transformers import (LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration,
+                              LlavaOnevisionImageProcessor, LlavaOnevisionProcessor, LlavaOnevisionVideoProcessor)
+
+    tokenizer = build_tokenizer(LLAVA_OV_SPECIAL_TOKENS, corpus)
+    size, patch = 336, 28  # 12x12 tokens per view: one token per synthetic cell
+    pinpoints = [[size, size]]
+    config = LlavaOnevisionConfig(
+        text_config=dict(model_type="qwen2", **_text_config(tokenizer, spec, rope_parameters={
+            "rope_type": "default", "rope_theta": spec.rope_theta})),
+        vision_config=dict(model_type="siglip_vision_model", hidden_size=spec.vision_embed,
+                           intermediate_size=spec.vision_embed * 2, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=size, patch_size=patch),
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        video_token_index=tokenizer.convert_tokens_to_ids("<video>"),
+        vision_feature_select_strategy="full", vision_feature_layer=-2, image_grid_pinpoints=pinpoints,
+        tie_word_embeddings=False,
+    )
+    model = LlavaOnevisionForConditionalGeneration(config)
+    hw = {"height": size, "width": size}
+    processor = LlavaOnevisionProcessor(
+        image_processor=LlavaOnevisionImageProcessor(size=hw, image_grid_pinpoints=pinpoints),
+        video_processor=LlavaOnevisionVideoProcessor(size=hw), tokenizer=tokenizer,
+        num_image_tokens=(size // patch) ** 2, vision_feature_select_strategy="full",
+        chat_template=LLAVA_OV_CHAT_TEMPLATE,
+    )
+    return model, processor
+
+
+BUILDERS: dict[str, Callable] = {"qwen2_vl": _qwen2vl, "llava_onevision": _llava_onevision}
+
+
+def build_untrained(spec: DemoSpec):
+    """Freshly initialised (seeded) model and its processor."""
+    if spec.family not in BUILDERS:
+        raise ValueError(f"unknown demo family {spec.family!r}; choose one of {sorted(BUILDERS)}")
+    corpus = tokenizer_corpus()
+    torch.manual_seed(spec.seed)
+    model, processor = BUILDERS[spec.family](spec, corpus)
+    tok = processor.tokenizer
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.generation_config.eos_token_id = tok.eos_token_id
+    return model, processor
+
+
+# ----------------------------------------------------------------------------- the training step
+class _Stop(Exception):
+    pass
+
+
+def llm_inputs(model, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(inputs_embeds, attention_mask, position_ids) exactly as the model feeds its LLM, with gradients."""
+    lm = adapter_for(model).language_model
+    captured: dict[str, Any] = {}
+
+    def hook(_module, _args, kwargs):
+        captured.update(kwargs)
+        raise _Stop
+
+    handle = lm.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        model.model(**inputs, use_cache=False)
+    except _Stop:
+        pass
+    finally:
+        handle.remove()
+    mask = inputs["attention_mask"]
+    positions = captured.get("position_ids")
+    if positions is None:
+        positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+    return captured["inputs_embeds"], mask, positions
+
+
+def letter_ids(tokenizer) -> dict[str, int]:
+    ids = {}
+    for letter in synth.LETTERS[:4]:
+        enc = tokenizer(letter, add_special_tokens=False)["input_ids"]
+        if len(enc) != 1:
+            raise ValueError(f"the demo tokenizer splits the answer letter {letter!r} into {enc}")
+        ids[letter] = enc[0]
+    return ids
+
+
+def kept_positions(model, inputs, samples, drop_rates: list[float], rng: np.random.Generator) -> list[torch.Tensor]:
+    """Per sample: all text, every object's visual tokens, and each background token with prob 1 - rate."""
+    visual_ids = adapter_for(model).visual_token_ids()
+    out = []
+    for b, (sample, rate) in enumerate(zip(samples, drop_rates)):
+        valid = inputs["attention_mask"][b].bool()
+        visual = torch.zeros_like(valid)
+        for token_id in visual_ids:
+            visual |= inputs["input_ids"][b] == token_id
+        visual &= valid
+        objects = token_regions(model, inputs, b, sample).objects(sample)
+        if len(objects) != int(visual.sum()):
+            raise RuntimeError(f"token layout mismatch: {len(objects)} regions for {int(visual.sum())} visual tokens")
+        keep = objects | (rng.random(len(objects)) >= rate)
+        out.append(keep_positions(valid, visual, torch.from_numpy(np.nonzero(keep)[0])))
+    return out
+
+
+def answer_logits(model, inputs, positions: list[torch.Tensor] | None = None,
+                  answer_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """Next-token logits at the last prompt position, (B, V); ``positions`` prunes like the real pipeline.
+
+    With ``answer_ids`` (B,) teacher-forced after the prompt, returns (B, 2, V): the logits that predict
+    the answer and the ones that predict the token after it."""
+    embeds, mask, pos = llm_inputs(model, inputs)
+    if positions is not None:
+        embeds, mask, pos = gather_left_padded(embeds, mask, pos, positions)
+    if answer_ids is not None:
+        embeds = torch.cat([embeds, model.get_input_embeddings()(answer_ids)[:, None].to(embeds.dtype)], dim=1)
+        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+        pos = answer_positions(pos, 1)
+    lm = adapter_for(model).language_model
+    hidden = lm(inputs_embeds=embeds, attention_mask=mask, position_ids=pos, use_cache=False).last_hidden_state
+    return model.lm_head(hidden[:, -1]) if answer_ids is None else model.lm_head(hidden[:, -2:])
+
+
+def lr_factor(step: int, spec: DemoSpec) -> float:
+    warm = min(1.0, (step + 1) / spec.warmup)
+    return warm * max(0.05, 0.5 * (1 + math.cos(math.pi * step / spec.steps)))
+
+
+def drop_rate(spec: DemoSpec, step: int, rng: np.random.Generator) -> float:
+    if step >= spec.easy_steps and rng.random() < spec.background_prob:
+        return float(rng.uniform(0, 1))
+    return spec.easy_drop
+
+
+def training_batch(spec: DemoSpec, step: int, rng: np.random.Generator, kind: str | None = None,
+                   seed_offset: int = 0, **overrides: Any) -> list[synth.SynthSample]:
+    kind = kind or ("video" if rng.random() < spec.video_fraction else "image")
+    if kind == "image" and step < spec.easy_steps and spec.easy_objects:
+        overrides = {"min_objects": spec.easy_objects[0], "max_objects": spec.easy_objects[1], **overrides}
+    seed = spec.seed * 1_000_003 % 10**7 + seed_offset + step
+    return benchmark.samples(kind, spec.batch_size, seed, "train", **overrides)
+
+
+VISION_COLORS = ("background", *synth.PALETTE)
+VISION_SHAPES = ("background", *synth.SHAPES)
+
+
+def token_attributes(model, inputs, b: int, sample: synth.SynthSample) -> tuple[torch.Tensor, torch.Tensor]:
+    """Colour and shape class of every visual token of row ``b`` (0 = background)."""
+    regions = token_regions(model, inputs, b, sample)
+    color = np.zeros(len(regions), dtype=np.int64)
+    shape = np.zeros(len(regions), dtype=np.int64)
+    for o in sample.objects:
+        frames = o.get("frames")
+        covered = regions.covering([o["box"]] * len(frames or [None]), frames)
+        color[covered] = VISION_COLORS.index(o["color"])
+        shape[covered] = VISION_SHAPES.index(o["shape"])
+    return torch.from_numpy(color), torch.from_numpy(shape)
+
+
+def pretrain_vision(model, processor, spec: DemoSpec, log: Callable[[str], None]) -> None:
+    """Stage 0: teach the vision front end (patch embedding + merger/projector) each token's colour and shape.
+
+    A stand-in for the pre-trained vision encoder every real MLLM starts from: with features that already
+    separate colours and shapes, the LLM only has to learn to bind them to the question (which otherwise
+    takes thousands of steps, DEMO_NOTES.md). Linear probes on the LLM input are discarded afterwards."""
+    hidden = model.config.text_config.hidden_size
+    heads = torch.nn.ModuleList([torch.nn.Linear(hidden, len(VISION_COLORS)), torch.nn.Linear(hidden, len(VISION_SHAPES))])
+    front = [p for n, p in model.named_parameters() if not n.startswith(("model.language_model", "lm_head"))]
+    opt = torch.optim.AdamW(front + list(heads.parameters()), lr=spec.lr)
+    rng = np.random.default_rng(spec.seed + 1)
+    weights = [torch.tensor([0.1] + [1.0] * (len(VISION_COLORS) - 1)), torch.tensor([0.1] + [1.0] * (len(VISION_SHAPES) - 1))]
+    visual_ids = adapter_for(model).visual_token_ids()
+    for step in range(spec.vision_steps):
+        kind = "video" if spec.video_fraction and step % 3 == 2 else "image"
+        crowded = {"min_objects": 2, "max_objects": 4} if kind == "image" else {}  # more labelled tokens
+        samples = training_batch(spec, spec.easy_steps + step, rng, kind, seed_offset=5 * 10**6, **crowded)
+        inputs = encode(processor, samples)
+        embeds = llm_inputs(model, inputs)[0]
+        feats, colors, shapes = [], [], []
+        for b, sample in enumerate(samples):
+            visual = torch.zeros_like(inputs["input_ids"][b], dtype=torch.bool)
+            for token_id in visual_ids:
+                visual |= inputs["input_ids"][b] == token_id
+            feats.append(embeds[b][visual & inputs["attention_mask"][b].bool()])
+            c, s = token_attributes(model, inputs, b, sample)
+            colors.append(c)
+            shapes.append(s)
+        feats = torch.cat(feats)
+        loss = sum(F.cross_entropy(head(feats), torch.cat(y), weight=w)
+                   for head, y, w in zip(heads, (colors, shapes), weights))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if (step + 1) % 50 == 0 or step + 1 == spec.vision_steps:
+            with torch.no_grad():
+                obj = torch.cat(colors) > 0
+                acc = [float((head(feats[obj]).argmax(-1) == torch.cat(y)[obj]).float().mean())
+                       for head, y in zip(heads, (colors, shapes))]
+            log(f"[{spec.name}] vision step {step + 1}/{spec.vision_steps} loss {loss.item():.3f} "
+                f"object colour acc {acc[0]:.2f} shape acc {acc[1]:.2f}")
+
+
+@torch.no_grad()
+def accuracy(model, processor, samples: list[synth.SynthSample], batch_size: int = 32) -> tuple[float, dict[str, float]]:
+    """Letter accuracy on full inputs (argmax over the whole vocabulary), overall and per answer letter."""
+    ids = letter_ids(processor.tokenizer)
+    inv = {v: k for k, v in ids.items()}
+    hits, per = [], {}
+    for i in range(0, len(samples), batch_size):
+        chunk = samples[i:i + batch_size]
+        pred = answer_logits(model, encode(processor, chunk)).argmax(-1).tolist()
+        for s, p in zip(chunk, pred):
+            hit = inv.get(p) == s.answer
+            hits.append(hit)
+            per.setdefault(s.answer, []).append(hit)
+    return float(np.mean(hits)), {k: float(np.mean(v)) for k, v in sorted(per.items())}
+
+
+def train(spec: DemoSpec, out_dir: str | Path, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train one demo model and save it (model + processor) to ``out_dir``; returns training stats."""
+    start = time.time()
+    model, processor = build_untrained(spec)
+    ids = letter_ids(processor.tokenizer)
+    eos = processor.tokenizer.eos_token_id  # answers end like a chat turn: "A<|im_end|>"
+    model.train()
+    pretrain_vision(model, processor, spec, log)
+    if spec.freeze_vision:
+        for name, param in model.named_parameters():
+            param.requires_grad_(name.startswith(("model.language_model", "lm_head")))
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=spec.lr, betas=(0.9, 0.98), weight_decay=spec.weight_decay)
+    rng = np.random.default_rng(spec.seed)
+    running: list[tuple[str, bool]] = []
+    for step in range(spec.steps):
+        for group in opt.param_groups:
+            group["lr"] = spec.lr * lr_factor(step, spec)
+        samples = training_batch(spec, step, rng)
+        variants = rng.integers(3, size=len(samples)).tolist()
+        inputs = encode(processor, samples, variants)
+        rates = [drop_rate(spec, step, rng) for _ in samples]
+        target = torch.tensor([ids[s.answer] for s in samples])
+        both = answer_logits(model, inputs, kept_positions(model, inputs, samples, rates, rng), answer_ids=target)
+        logits = both[:, 0]
+        loss = F.cross_entropy(logits, target) + 0.2 * F.cross_entropy(both[:, 1], torch.full_like(target, eos))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        opt.step()
+        running += [(s.category, hit) for s, hit in zip(samples, (logits.argmax(-1) == target).tolist())]
+        if (step + 1) % 50 == 0 or step + 1 == spec.steps:
+            recent = running[-50 * spec.batch_size:]
+            per = {c: np.mean([h for k, h in recent if k == c]) for c in dict.fromkeys(k for k, _ in recent)}
+            log(f"[{spec.name}] step {step + 1}/{spec.steps} loss {loss.item():.3f} train acc (last 50 steps) "
+                f"{np.mean([h for _, h in recent]):.2f} " + " ".join(f"{c} {a:.2f}" for c, a in per.items())
+                + f"  {time.time() - start:.0f}s")
+    model.eval()
+    stats: dict[str, Any] = {"spec": asdict(spec), "train_seconds": round(time.time() - start, 1)}
+    for kind in ("image", "video") if spec.video_fraction else ("image",):
+        acc, per = accuracy(model, processor, benchmark.samples(kind, 96, VALIDATION_SEED, "train"))
+        stats[f"val_{kind}"] = {"accuracy": acc, "per_letter": per}
+        log(f"[{spec.name}] validation {kind}: {acc:.3f} per letter {per}")
+    out = Path(out_dir)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return stats
+
+
+def spec_with(spec: DemoSpec, **overrides: Any) -> DemoSpec:
+    return replace(spec, **overrides)

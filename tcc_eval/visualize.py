@@ -1,0 +1,140 @@
+"""``python -m tcc_eval.visualize``: which visual tokens each method keeps, drawn on the synthetic inputs.
+
+For a few test samples, one row per sample: the input, then one panel per method (tcc, random, oracle
+by default) where pruned tokens are blanked (grey) and kept tokens show their pixels; ground-truth
+objects are outlined in green. Videos show every frame pair (Qwen2-VL) or frame (LLaVA-OneVision) side
+by side. Uses the shipped demo models (``tcc_eval.demo.paths()``) unless ``--model`` is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+BLANK = (60, 60, 60)
+GT = (40, 220, 60)
+LABEL_H = 16
+
+
+def kept_tokens(model, processor, sample, method: str, ratio: float, compressor: str | None) -> tuple[np.ndarray, Any, str]:
+    """(kept mask over visual tokens, token regions, predicted letter) for one sample and method."""
+    from .api import wrap_model
+    from .demo.evaluate import kept_visual_mask, visual_rows
+    from .demo.regions import token_regions
+    from .demo.train import encode
+
+    inputs = encode(processor, [sample])
+    pruned = wrap_model(model, method=method, keep_ratio=ratio, compressor=compressor)
+    out = pruned.generate(**inputs, max_new_tokens=1, do_sample=False)
+    visual = visual_rows(model, inputs["input_ids"], inputs["attention_mask"])[0]
+    keep = kept_visual_mask(pruned.last_selection.kept_positions[0], visual)
+    answer = processor.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+    return keep, token_regions(model, inputs, 0, sample), answer
+
+
+def panels(sample, keep: np.ndarray | None, regions) -> list[Image.Image]:
+    """One panel per image, frame pair or frame: pixels of kept tokens, blank elsewhere."""
+    frames = [sample.image] if sample.kind == "image" else sample.video
+    groups = [()] if sample.kind == "image" else sorted({f for f in regions.frames if f}, key=lambda f: f[0])
+    out = []
+    for group in groups:
+        src = np.asarray(frames[group[0]] if group else frames[0])
+        canvas = np.empty_like(src)
+        canvas[:] = BLANK if keep is not None else src
+        members = [i for i, f in enumerate(regions.frames) if f == group and regions.boxes[i, 0] >= 0]
+        for i in members:
+            if keep is None or keep[i]:
+                x0, y0, x1, y1 = regions.boxes[i]
+                canvas[y0:y1, x0:x1] = src[y0:y1, x0:x1]
+        img = Image.fromarray(canvas)
+        draw = ImageDraw.Draw(img)
+        for box, f in zip(sample.boxes, sample.frames or [None] * len(sample.boxes)):
+            if f is None or f in group:
+                draw.rectangle([box[0] - 2, box[1] - 2, box[2] + 1, box[3] + 1], outline=GT, width=2)
+        out.append(img)
+    return out
+
+
+def strip(images: list[Image.Image], title: str, gap: int = 4) -> Image.Image:
+    w = sum(i.width for i in images) + gap * (len(images) - 1)
+    h = max(i.height for i in images) + LABEL_H
+    out = Image.new("RGB", (w, h), (255, 255, 255))
+    ImageDraw.Draw(out).text((2, 2), title, fill=(0, 0, 0))
+    x = 0
+    for img in images:
+        out.paste(img, (x, LABEL_H))
+        x += img.width + gap
+    return out
+
+
+def render(family: str, modality: str, n: int, seed: int, ratio: float, methods: list[str], out: Path,
+           model_path: str | None = None, compressor: str | None = None) -> Path:
+    from .demo import benchmark, compressor_path
+    from .demo.evaluate import load_demo
+
+    if model_path:
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        model = AutoModelForImageTextToText.from_pretrained(model_path, dtype=torch.float32).eval()
+        processor = AutoProcessor.from_pretrained(model_path)
+    else:
+        model, processor = load_demo(family)
+    compressor = compressor or str(compressor_path(family, modality))
+    rows = []
+    for sample in benchmark.samples(modality, n, seed, "test"):
+        row = []
+        regions = None
+        for method in methods:
+            keep, regions, answer = kept_tokens(model, processor, sample, method, ratio, compressor)
+            mark = "right" if answer == sample.answer else "wrong"
+            row.append(strip(panels(sample, keep, regions), f"{method} {int(ratio * 100)}%: {answer} ({mark})"))
+        title = f"{sample.question} -> {sample.answer}. {sample.options[sample.answer]}"
+        row.insert(0, strip(panels(sample, None, regions), title[:60]))
+        rows.append(row)
+    width = max(sum(p.width for p in r) + 8 * (len(r) - 1) for r in rows)
+    height = sum(max(p.height for p in r) + 8 for r in rows)
+    sheet = Image.new("RGB", (width, height), (255, 255, 255))
+    y = 0
+    for r in rows:
+        x = 0
+        for p in r:
+            sheet.paste(p, (x, y))
+            x += p.width + 8
+        y += max(p.height for p in r) + 8
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(out)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .demo import FAMILIES, MODALITIES
+
+    parser = argparse.ArgumentParser(prog="python -m tcc_eval.visualize", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--family", default="qwen2_vl", choices=FAMILIES)
+    parser.add_argument("--modality", default="image", choices=MODALITIES)
+    parser.add_argument("--n", type=int, default=4, help="samples (rows)")
+    parser.add_argument("--seed", type=int, default=1, help="test-split seed")
+    parser.add_argument("--ratio", type=float, default=0.25, help="retention ratio")
+    parser.add_argument("--methods", nargs="+", default=["tcc", "random", "oracle"])
+    parser.add_argument("--model", default=None, help="another checkpoint instead of the demo model")
+    parser.add_argument("--compressor", default=None, help="compressor for tcc (default: the demo's)")
+    parser.add_argument("--out", default="visualize.png", help="PNG to write")
+    args = parser.parse_args(argv)
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    path = render(args.family, args.modality, args.n, args.seed, args.ratio, args.methods, Path(args.out),
+                  args.model, args.compressor)
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
