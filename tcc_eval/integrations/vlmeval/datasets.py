@@ -57,7 +57,8 @@ def synth_config(kind: str) -> dict[str, Any]:
     """Generator options of the demo benchmark (what the demo models are trained on)."""
     from ...demo import OPTION_ORDER, TASKS
 
-    return {**{k: list(v) for k, v in TASKS[kind].items()}, "option_order": OPTION_ORDER}
+    config = {k: list(v) if isinstance(v, (tuple, list)) else v for k, v in TASKS[kind].items()}
+    return {**config, "option_order": OPTION_ORDER}
 
 
 def demo_samples(kind: str, n: int) -> list:
