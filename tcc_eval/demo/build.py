@@ -20,7 +20,7 @@ from . import ASSETS, FAMILIES, MODALITIES, benchmark, compressor_path, model_di
 from .train import DEFAULT_SPECS, DemoSpec, train
 
 LABEL_SEED = 7  # train split; the model's training batches use other seeds, the test split another split
-LABEL_SAMPLES = {"image": 600, "video": 400}
+LABEL_SAMPLES = {"image": 400, "video": 300}
 COMPRESSOR_ARGS = ["--epochs", "40", "--patience", "6", "--batch-size", "32", "--seed", "0"]
 
 
