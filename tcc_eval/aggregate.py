@@ -736,6 +736,10 @@ def aggregate(results_dir: Path | str, out_dir: Path | str | None = None,
         path.write_text(table_markdown(table, framework), encoding="utf-8")
         files.append(path)
         files.extend(plot_preservation(table, framework, out))
+    # a table or plot of an earlier aggregation that this one did not rewrite would be read as current
+    for stale in {*out.glob("table_*.md"), *out.glob("preservation_*.png")} - set(files):
+        log.info("removing stale %s (no longer produced by these results)", stale)
+        stale.unlink()
     return Tables(summary, efficiency, tables, files)
 
 

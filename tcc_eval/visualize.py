@@ -22,7 +22,8 @@ GT = (40, 220, 60)
 LABEL_H = 16
 
 
-def kept_tokens(model, processor, sample, method: str, ratio: float, compressor: str | None) -> tuple[np.ndarray, Any, str]:
+def kept_tokens(model, processor, sample, method: str, ratio: float,
+                compressor: str | None) -> tuple[np.ndarray, Any, str]:
     """(kept mask over visual tokens, token regions, predicted letter) for one sample and method."""
     from .api import wrap_model
     from .demo.evaluate import kept_visual_mask, visual_rows
@@ -94,7 +95,7 @@ def render(family: str, modality: str, n: int, seed: int, ratio: float, methods:
             keep, regions, answer = kept_tokens(model, processor, sample, method, ratio, compressor)
             mark = "right" if answer == sample.answer else "wrong"
             row.append(strip(panels(sample, keep, regions), f"{method} {int(ratio * 100)}%: {answer} ({mark})"))
-        title = f"{sample.question} -> {sample.answer}. {sample.options[sample.answer]}"
+        title = f"{sample.answer}. {sample.options[sample.answer]} <- {sample.question}"
         row.insert(0, strip(panels(sample, None, regions), title[:60]))
         rows.append(row)
     width = max(sum(p.width for p in r) + 8 * (len(r) - 1) for r in rows)

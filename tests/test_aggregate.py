@@ -421,3 +421,20 @@ def test_empty_dir_still_writes_tables(tmp_path):
     assert list(pd.read_csv(tmp_path / "tables" / "summary.csv").columns)[:4] == [
         "framework", "base_model", "model", "method"]
     assert (tmp_path / "tables" / "tables.xlsx").exists()
+
+
+def test_rerun_drops_tables_of_vanished_runs_but_keeps_raw_files(tmp_path):
+    work = tmp_path / "w"
+    for base in ("Qwen2VL", "LLaVAOV"):
+        write_mcq_acc(work / f"{base}_Vanilla" / f"{base}_Vanilla_MMStar_acc.csv", 50)
+        write_mcq_acc(work / f"{base}_TCC50" / f"{base}_TCC50_MMStar_acc.csv", 45)
+    aggregate(work)
+    plots = work / "tables"
+    assert (plots / "preservation_vlmeval_LLaVAOV.png").exists()
+    moved = tmp_path / "elsewhere"
+    (work / "LLaVAOV_TCC50").rename(moved)  # the user moves a base model's runs out of the results
+    (work / "LLaVAOV_Vanilla").rename(tmp_path / "elsewhere_vanilla")
+    aggregate(work)
+    assert (plots / "preservation_vlmeval_Qwen2VL.png").exists()
+    assert not (plots / "preservation_vlmeval_LLaVAOV.png").exists()
+    assert (moved / "LLaVAOV_TCC50_MMStar_acc.csv").exists()

@@ -20,7 +20,9 @@ MODALITIES = ("image", "video")
 # trained and scored on, each question answered by one object, options in canonical order.
 TASKS: dict[str, dict[str, Any]] = {
     "image": {"question_types": ("color_of_shape", "shape_of_color"), "min_objects": 1, "max_objects": 1},
-    "video": {"question_types": ("what_appeared",)},
+    # 168-px frames: after LLaVA-OneVision's resize to 336 and 2x2 pooling, one token is exactly one 28-px
+    # cell, as for Qwen2-VL (224-px frames left LLaVA's tokens straddling objects: shapes were unreadable)
+    "video": {"question_types": ("what_appeared",), "size": 168},
 }
 OPTION_ORDER = "canonical"
 

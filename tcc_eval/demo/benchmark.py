@@ -3,7 +3,7 @@
 - Images (TCCSynth_IMG generator, ``TASKS["image"]``): one small object (one of 144 visual tokens for
   Qwen2-VL, two of 300 for LLaVA-OneVision) on a noisy 336x336 canvas; "What color is the {shape}?" or
   "What shape is the {color} object?".
-- Videos (``TASKS["video"]``): 8 frames; one coloured object in one frame pair among grey distractors in
+- Videos (``TASKS["video"]``): 8 frames of 168 px; one coloured object in one frame pair among grey distractors in
   every pair; "Which colored shape appeared" / "What was the color of the colored shape".
 - Options in canonical order (colours red, green, blue, yellow; shapes circle, square, triangle, cross),
   so the answer letter names the colour or shape directly, as yes/no or chronological options do.
@@ -12,9 +12,10 @@ Why this configuration (measured while building the demo, see the build report):
 a correct answer needs a second, purely textual hop (find the option that spells the attribute, copy its
 letter); a from-scratch CPU-sized LLM stayed at chance on it for 900+ steps. Binding a question word to
 one of 2-4 objects plateaued at ~70% after 2,600 steps. Both are LLM skills the build's CPU budget
-cannot teach (real MLLMs have them). What stays is what token compression is about: the answer depends on a few known tokens among hundreds, which
-ones depends on the input (and, for videos, on telling the coloured object from grey distractors), and
-which attribute to read depends on the question.
+cannot teach (real MLLMs have them). What stays is what token compression is about: the answer
+depends on a few known tokens among hundreds, which ones depends on the input (and, for videos, on
+telling the coloured object from grey distractors), and which attribute to read on the question.
+Videos use 168-px frames so that each visual token covers exactly one 28-px cell in both families.
 """
 
 from __future__ import annotations

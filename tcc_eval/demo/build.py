@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 from .. import synth
 from . import ASSETS, FAMILIES, MODALITIES, benchmark, compressor_path, model_dir
-from .train import DEFAULT_SPECS, DemoSpec, train
+from .train import DEFAULT_SPECS, TRAIN_RECORD, DemoSpec, train
 
 LABEL_SEED = 7  # train split; the model's training batches use other seeds, the test split another split
 LABEL_SAMPLES = {"image": 400, "video": 300}
@@ -84,8 +84,11 @@ def build(out: str | Path | None = None, families: tuple[str, ...] = FAMILIES, t
     info: dict[str, Any] = {"threads": threads, "models": {}, "compressors": {}}
     start = time.time()
     for family in families:
-        if not skip_models:
-            target = model_dir(family, root)
+        target = model_dir(family, root)
+        if skip_models:
+            record = target / TRAIN_RECORD
+            info["models"][family] = json.loads(record.read_text()) if record.exists() else None
+        else:
             shutil.rmtree(target, ignore_errors=True)
             info["models"][family] = train(specs[family], target, log=log)
         with tempfile.TemporaryDirectory(prefix=f"tcc_demo_{family}_") as tmp:

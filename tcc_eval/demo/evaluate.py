@@ -21,7 +21,6 @@ from .. import synth
 from ..adapters import adapter_for
 from ..api import wrap_model
 from ..core import keep_positions
-from ..pruned import TokenPrunedModel
 from . import FAMILIES, MODALITIES, benchmark, compressor_path, model_dir
 from .regions import token_regions
 from .train import answer_logits, encode, letter_ids
