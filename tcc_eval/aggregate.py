@@ -35,8 +35,8 @@ if __package__ in (None, ""):  # run as a file: import the package copy so both 
 
 import pandas as pd
 
-from tcc_eval.flops import (LLM_SHAPES, LLMShape, fastv_average_retention, flops_ratio, guess_shape,
-                            shape_from_config)
+from tcc_eval.flops import (LLM_SHAPES, LLMShape, fastv_average_retention, fastv_layer_keep_ratio, flops_ratio,
+                            guess_shape, shape_from_config)
 
 log = logging.getLogger("tcc_eval.aggregate")
 
@@ -394,7 +394,7 @@ EFFICIENCY_REQUIRED = ("framework", "dataset", "keep_ratio", "base_model", "visu
                        "prefill_s", "total_s", "kv_cache_bytes")
 MAX_LINE_WARNINGS = 5  # per efficiency file; the rest are counted on one line
 EFFICIENCY_NUMERIC = ("visual_before", "visual_after", "seq_before", "seq_after", "prefill_s", "compressor_s",
-                      "total_s", "kv_cache_bytes", "new_tokens")
+                      "total_s", "kv_cache_bytes", "new_tokens", "avg_retention", "fastv_k")
 
 
 def _efficiency_key(record: dict) -> tuple[str, str, str, float]:
@@ -444,6 +444,8 @@ def read_efficiency(root: Path, skip: Path | None = None) -> pd.DataFrame:
                        "mtime": mtime, "source": str(path)}
                 for name in EFFICIENCY_NUMERIC:
                     row[name] = float(record[name]) if record.get(name) is not None else math.nan
+                shape = record.get("llm_shape")
+                row["llm_shape"] = json.dumps(asdict(LLMShape(**shape)), sort_keys=True) if shape else ""
             except Exception as err:  # noqa: BLE001 - a bad line is skipped, never fatal
                 bad += 1
                 if bad <= MAX_LINE_WARNINGS:
@@ -453,7 +455,7 @@ def read_efficiency(root: Path, skip: Path | None = None) -> pd.DataFrame:
         if bad > MAX_LINE_WARNINGS:
             log.warning("skipped %s: %d more bad lines", path, bad - MAX_LINE_WARNINGS)
     frame = pd.DataFrame(rows, columns=["framework", "base_model", "method", "keep_ratio", "dataset", "index",
-                                        "mtime", "source", *EFFICIENCY_NUMERIC])
+                                        "mtime", "source", *EFFICIENCY_NUMERIC, "llm_shape"])
     frame["keep_ratio"] = frame["keep_ratio"].astype(float).round(6)
     frame = frame.sort_values("mtime", kind="stable")
     return frame.drop_duplicates(["framework", "base_model", "method", "keep_ratio", "dataset", "index"],
@@ -465,12 +467,15 @@ def summarize_efficiency(records: pd.DataFrame) -> pd.DataFrame:
     key = ["framework", "base_model", "method", "keep_ratio"]
     columns = [*key, "dataset", "samples", "prefill_s_sum", "prefill_s_mean", "compressor_s_sum",
                "compressor_s_mean", "total_s_sum", "total_s_mean", "kv_cache_mb_mean", "visual_before_mean",
-               "visual_after_mean", "measured_retention", "seq_before_mean", "seq_after_mean", "new_tokens_mean"]
+               "visual_after_mean", "measured_retention", "avg_retention", "seq_before_mean", "seq_after_mean",
+               "new_tokens_mean", "fastv_k", "llm_shape"]
     if records.empty:
         return pd.DataFrame(columns=columns)
 
     def stats(group: pd.DataFrame) -> dict:
         before = group["visual_before"].sum()
+        layer_avg = group["avg_retention"]  # per sample, over layers (records of older versions lack it)
+        shapes = [s for s in group["llm_shape"] if s]
         return {
             "samples": len(group),
             "prefill_s_sum": group["prefill_s"].sum(), "prefill_s_mean": group["prefill_s"].mean(),
@@ -479,8 +484,12 @@ def summarize_efficiency(records: pd.DataFrame) -> pd.DataFrame:
             "kv_cache_mb_mean": group["kv_cache_bytes"].mean() / BYTES_PER_MB,
             "visual_before_mean": group["visual_before"].mean(), "visual_after_mean": group["visual_after"].mean(),
             "measured_retention": group["visual_after"].sum() / before if before > 0 else math.nan,
+            "avg_retention": ((layer_avg * group["visual_before"]).sum() / before
+                              if before > 0 and layer_avg.notna().all() else math.nan),
             "seq_before_mean": group["seq_before"].mean(), "seq_after_mean": group["seq_after"].mean(),
             "new_tokens_mean": group["new_tokens"].mean(),
+            "fastv_k": group["fastv_k"].dropna().iloc[0] if group["fastv_k"].notna().any() else math.nan,
+            "llm_shape": shapes[0] if shapes else "",
         }
 
     rows = []
@@ -574,6 +583,12 @@ def _registry_shape(base_model: str) -> LLMShape | None:
     return guess_shape(entry.hf_id) if entry.hf_id else None
 
 
+def _recorded_shape(efficiency: pd.DataFrame) -> LLMShape | None:
+    """The LLM shape the run's efficiency records carry (the model's own config), if any."""
+    text = efficiency["llm_shape"].iloc[0] if len(efficiency) else ""
+    return LLMShape(**json.loads(text)) if text else None
+
+
 def build_table(summary: pd.DataFrame, efficiency: pd.DataFrame, framework: str,
                 options: TableOptions) -> pd.DataFrame:
     """Paper-style table for one framework: one row per base model x method x keep ratio."""
@@ -601,20 +616,29 @@ def build_table(summary: pd.DataFrame, efficiency: pd.DataFrame, framework: str,
         vanilla_eff = totals[(totals["base_model"] == base) & (totals["method"] == "none")]
         measured = eff["measured_retention"].iloc[0] if len(eff) else math.nan
         kept = 1.0 if method == "none" else (measured if not math.isnan(measured) else ratio)
-        shape = options.shape(base)
-        if method == "fastv":
-            if shape is not None:
-                row["Avg retention"] = fastv_average_retention(kept, shape.layers, options.fastv_k)
+        recorded = eff["avg_retention"].iloc[0] if len(eff) else math.nan
+        shape = options.shape(base) or _recorded_shape(eff)
+        fastv_k = int(eff["fastv_k"].iloc[0]) if len(eff) and not math.isnan(eff["fastv_k"].iloc[0]) \
+            else options.fastv_k
+        if not math.isnan(recorded):
+            row["Avg retention"] = recorded
+        elif method == "fastv":
+            # our FastV names give the average retention over layers (and keep kept = the post-K share)
+            if shape is not None and not math.isnan(measured):
+                row["Avg retention"] = fastv_average_retention(kept, shape.layers, fastv_k)
             else:
-                row["Avg retention"] = kept
-                notes.append("FastV retention = keep ratio (LLM depth unknown; pass --shape)")
+                row["Avg retention"] = ratio
+                notes.append("FastV average retention from the model name (LLM depth unknown)")
         else:
             row["Avg retention"] = kept
         n_visual = next((f["visual_before_mean"].iloc[0] for f in (eff, vanilla_eff) if len(f)), math.nan)
         if method == "none":
             row["FLOPs ratio"] = 1.0
         elif shape is not None and n_visual > 0:
-            row["FLOPs ratio"] = flops_ratio(n_visual, ratio, shape, method, options.fastv_k)
+            pruned_share = ratio
+            if method == "fastv":  # flops_ratio wants the share kept from layer K on
+                pruned_share = kept if not math.isnan(measured) else fastv_layer_keep_ratio(ratio, shape.layers, fastv_k)
+            row["FLOPs ratio"] = flops_ratio(n_visual, pruned_share, shape, method, fastv_k)
         else:
             row["FLOPs ratio"] = math.nan
         if method != "none" and eff.empty:

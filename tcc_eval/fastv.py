@@ -15,21 +15,9 @@ import torch
 from torch import nn
 
 from .core import Selection, check_keep_ratio, keep_positions, select_visual
+from .flops import fastv_layer_keep_ratio
 from .probe import attention_rows
 from .pruned import PrefillTimer, TokenPrunedModel, split_model_inputs, sync
-
-
-def fastv_layer_keep_ratio(avg_retention: float, layers: int, k: int) -> float:
-    """Keep ratio r at layer K so that the average retention (K + (L-K) r) / L equals ``avg_retention``."""
-    if not 0 < k < layers:
-        raise ValueError(f"FastV layer K={k} must be in 1..{layers - 1} for a {layers}-layer LLM")
-    r = (avg_retention * layers - k) / (layers - k)
-    if r <= 0:
-        raise ValueError(
-            f"average retention {avg_retention} is below FastV's floor K/L = {k}/{layers}: the first K layers "
-            f"already see every token. Use a larger keep_ratio or a smaller fastv_k."
-        )
-    return min(1.0, r)
 
 
 class _LayerKPruner:
@@ -98,6 +86,14 @@ class FastVModel(TokenPrunedModel):
         self.layer_keep_ratio = (
             check_keep_ratio(keep_ratio) if match == "kept" else fastv_layer_keep_ratio(keep_ratio, layers, fastv_k)
         )
+
+    def layer_average(self, before: float, after: float, layers: int) -> float:
+        """The first K layers hold every token, the others the kept ones."""
+        k = min(self.fastv_k, layers)
+        return (k * before + (layers - k) * after) / layers
+
+    def _stats(self, *args: Any) -> dict:
+        return {**super()._stats(*args), "fastv_k": self.fastv_k}
 
     def pruner(self, view) -> _LayerKPruner:
         return _LayerKPruner(

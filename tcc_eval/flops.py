@@ -88,6 +88,19 @@ def fastv_average_retention(keep_ratio: float, layers: int, k: int = 2) -> float
     return (k + (layers - k) * keep_ratio) / layers
 
 
+def fastv_layer_keep_ratio(avg_retention: float, layers: int, k: int) -> float:
+    """Keep ratio r at layer K so that the average retention (K + (L-K) r) / L equals ``avg_retention``."""
+    if not 0 < k < layers:
+        raise ValueError(f"FastV layer K={k} must be in 1..{layers - 1} for a {layers}-layer LLM")
+    r = (avg_retention * layers - k) / (layers - k)
+    if r <= 0:
+        raise ValueError(
+            f"average retention {avg_retention} is below FastV's floor K/L = {k}/{layers}: the first K layers "
+            f"already see every token. Use a larger keep_ratio or a smaller fastv_k."
+        )
+    return min(1.0, r)
+
+
 def kv_cache_bytes(tokens: int, layers: int, kv_heads: int, head_dim: int, bytes_per_elem: int = 2) -> int:
     """Bytes of keys and values cached for ``tokens`` tokens: 2 x layers x kv_heads x head_dim x bytes."""
     return 2 * layers * kv_heads * head_dim * bytes_per_elem * tokens

@@ -145,26 +145,37 @@ class TokenPrunedModel(nn.Module):
         return torch.cat([input_ids, new_tokens.to(input_ids.device)], dim=1)
 
     def _stats(self, selection: Selection, compressor_s: float, prefill_s: float, total_s: float, new_tokens) -> dict:
-        from .flops import kv_cache_bytes
+        """Per-call efficiency record. It carries the LLM shape and the average retention over layers, so
+        tables can compute FLOPs and FastV's retention for any checkpoint without knowing its name."""
+        from dataclasses import asdict
 
-        cfg = self.adapter.language_model.config
-        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        from .flops import kv_cache_bytes, shape_from_config
+
+        shape = shape_from_config(self.adapter.language_model.config)
         elem = next(self.model.parameters()).element_size()
+        before, after = sum(selection.visual_before), sum(selection.visual_after)
         return {
             "method": self.method,
             "keep_ratio": self.keep_ratio,
-            "visual_before": sum(selection.visual_before),
-            "visual_after": sum(selection.visual_after),
+            "visual_before": before,
+            "visual_after": after,
             "seq_before": sum(selection.seq_before),
             "seq_after": sum(selection.seq_after),
+            "avg_retention": self.layer_average(before, after, shape.layers) / before if before else 1.0,
             "compressor_s": compressor_s,
             "prefill_s": prefill_s,
             "total_s": total_s,
-            "kv_cache_bytes": kv_cache_bytes(
-                sum(selection.seq_after), cfg.num_hidden_layers, cfg.num_key_value_heads, head_dim, elem
-            ),
+            "kv_cache_bytes": round(kv_cache_bytes(
+                self.layer_average(sum(selection.seq_before), sum(selection.seq_after), shape.layers),
+                shape.layers, shape.kv_heads, shape.head_dim, elem,
+            )),
             "new_tokens": int(new_tokens.shape[1]),
+            "llm_shape": asdict(shape),
         }
+
+    def layer_average(self, before: float, after: float, layers: int) -> float:
+        """Tokens per layer averaged over the LLM's layers: input-stage pruning keeps ``after`` in every layer."""
+        return after
 
 
 def split_model_inputs(input_ids: torch.Tensor, kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -24,7 +24,7 @@ import pytest
 
 from tcc_eval.aggregate import (TableOptions, aggregate, lmms_base_model, main, parse_model_args,
                                 parse_model_name)
-from tcc_eval.flops import LLM_SHAPES, fastv_average_retention, flops_ratio
+from tcc_eval.flops import LLM_SHAPES, LLMShape, fastv_average_retention, flops_ratio
 
 REPO = Path(__file__).resolve().parents[1]
 OLD = 1_700_000_000  # mtime of superseded runs
@@ -354,7 +354,7 @@ def test_tables_efficiency_and_costs(run):
     assert fastv["Avg retention"] == pytest.approx(fastv_average_retention(0.25, 28, 2))
     assert fastv["FLOPs ratio"] == pytest.approx(flops_ratio(1000, 0.25, "qwen2-vl-7b", "fastv"))
     tiny = vt.loc[("TinyQwen2VL", "fastv", 0.25)]
-    assert tiny["Avg retention"] == pytest.approx(0.25) and "LLM depth unknown" in tiny["note"]
+    assert tiny["Avg retention"] == pytest.approx(0.25) and "from the model name" in tiny["note"]
     assert pd.isna(tiny["FLOPs ratio"])
     lt = tables["lmms_eval"].set_index(["base_model", "method", "keep_ratio"])
     lrow = lt.loc[("qwen2_vl/Qwen2-VL-7B-Instruct", "tcc", 0.5)]
@@ -381,14 +381,20 @@ def test_outputs_written(run):
 
 
 def test_shape_override_enables_costs(tmp_path):
+    """Records without a shape (older versions, other tools): --shape supplies the depth for FastV."""
     work = tmp_path / "w"
     write_mcq_acc(work / "MyVLM_Vanilla" / "MyVLM_Vanilla_MMStar_acc.csv", 50)
     write_mcq_acc(work / "MyVLM_FastV50" / "MyVLM_FastV50_MMStar_acc.csv", 40)
+    after = 462  # FastV50 on a 28-layer LLM with K=2 keeps (0.5 * 28 - 2) / 26 = 46.2% from layer 2 on
+    (work / "MyVLM_FastV50" / "MyVLM_FastV50_MMStar_efficiency.jsonl").write_text(
+        efficiency_line("MyVLM_FastV50", "vlmeval", "MMStar", 0, "fastv", 0.5, "MyVLM", 1000, after, 1, 2) + "\n")
     plain = aggregate(work).tables["vlmeval"].set_index("method")
-    assert plain.loc["fastv", "Avg retention"] == pytest.approx(0.5)
+    assert plain.loc["fastv", "Avg retention"] == pytest.approx(0.5) and "model name" in plain.loc["fastv", "note"]
+    assert pd.isna(plain.loc["fastv", "FLOPs ratio"])
     shaped = aggregate(work, tmp_path / "o", TableOptions({"MyVLM": LLM_SHAPES["qwen2-vl-2b"]})).tables
-    assert shaped["vlmeval"].set_index("method").loc["fastv", "Avg retention"] == pytest.approx(
-        (2 + 26 * 0.5) / 28)
+    row = shaped["vlmeval"].set_index("method").loc["fastv"]
+    assert row["Avg retention"] == pytest.approx((2 + 26 * after / 1000) / 28)
+    assert row["FLOPs ratio"] == pytest.approx(flops_ratio(1000, after / 1000, "qwen2-vl-2b", "fastv"))
 
 
 def test_registry_bases_resolve_to_their_checkpoint_shape():
@@ -438,3 +444,22 @@ def test_rerun_drops_tables_of_vanished_runs_but_keeps_raw_files(tmp_path):
     assert (plots / "preservation_vlmeval_Qwen2VL.png").exists()
     assert not (plots / "preservation_vlmeval_LLaVAOV.png").exists()
     assert (moved / "LLaVAOV_TCC50_MMStar_acc.csv").exists()
+
+
+def test_records_carry_shape_retention_and_fastv_k(tmp_path):
+    """Records of this version name the LLM shape, K and the per-sample average retention: tables use
+    them for a checkpoint nobody can name (FLOPs, FastV's retention) instead of guessing."""
+    work = tmp_path / "w"
+    shape = {"layers": 4, "hidden": 128, "intermediate": 256, "heads": 8, "kv_heads": 4, "head_dim": 16, "gated": True}
+    for name, method, ratio, after, avg in [("MyVLM_Vanilla", "none", 1.0, 144, 1.0),
+                                            ("MyVLM_FastV75", "fastv", 0.75, 96, 0.75),
+                                            ("MyVLM_TCC25", "tcc", 0.25, 36, 0.25)]:
+        write_mcq_acc(work / name / f"{name}_MMStar_acc.csv", 50)
+        record = json.loads(efficiency_line(name, "vlmeval", "MMStar", 0, method, ratio, "MyVLM", 144, after, 0.1, 0.2))
+        record.update(llm_shape=shape, avg_retention=avg, **({"fastv_k": 1} if method == "fastv" else {}))
+        (work / name / f"{name}_MMStar_efficiency.jsonl").write_text(json.dumps(record) + "\n")
+    table = aggregate(work).tables["vlmeval"].set_index("method")
+    tiny = LLMShape(**shape)
+    assert table.loc["fastv", "Avg retention"] == pytest.approx(0.75) and table.loc["fastv", "note"] == ""
+    assert table.loc["fastv", "FLOPs ratio"] == pytest.approx(flops_ratio(144, 96 / 144, tiny, "fastv", fastv_k=1))
+    assert table.loc["tcc", "FLOPs ratio"] == pytest.approx(flops_ratio(144, 0.25, tiny, "tcc"))

@@ -44,6 +44,8 @@ def test_load_generate_and_last_selection(tiny_checkpoints, loaded, family):
     assert sel.kept_positions[0].numel() == sel.seq_after[0]
     stats = mllm.last_stats
     assert stats["kv_cache_bytes"] > 0 and stats["prefill_s"] > 0 and stats["visual_before"] > stats["visual_after"]
+    assert stats["avg_retention"] == pytest.approx(stats["visual_after"] / stats["visual_before"])
+    assert stats["llm_shape"]["layers"] == mllm.model.config.text_config.num_hidden_layers
     # random is seeded by the input: the same prompt keeps the same tokens
     first = sel.kept_positions[0].clone()
     mllm.generate(messages_for("image"), max_new_tokens=1)

@@ -95,6 +95,13 @@ def test_fastv_generate_decodes_with_short_cache(deep):
     assert out.shape[1] == inputs["input_ids"].shape[1] + 4
     stats = fastv.last_stats
     assert stats["visual_after"] < stats["visual_before"]
+    # the record's costs: layer 0 (K=1) holds every token, layers 1-3 the kept ones
+    cfg = fastv.adapter.language_model.config
+    assert stats["fastv_k"] == 1 and stats["llm_shape"]["layers"] == cfg.num_hidden_layers == 4
+    before, after = stats["visual_before"], stats["visual_after"]
+    assert stats["avg_retention"] == pytest.approx((before + 3 * after) / (4 * before))
+    per_token_layer = 2 * cfg.num_key_value_heads * (cfg.hidden_size // cfg.num_attention_heads) * 4  # fp32
+    assert stats["kv_cache_bytes"] == stats["seq_before"] * per_token_layer + 3 * stats["seq_after"] * per_token_layer
     kept = set(fastv.last_selection.kept_positions[0].tolist())
     dropped = torch.tensor([i for i in range(inputs["input_ids"].shape[1]) if i not in kept])
     handles = masked_from_layer(model, fastv.adapter.language_model, 1, dropped)
