@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -10,6 +11,8 @@ import torch
 from .adapters import ADAPTERS
 from .methods import Scorer, TCCScorer, a0_scorer, check_method, random_scorer
 from .pruned import TokenPrunedModel
+
+log = logging.getLogger("tcc_eval")
 
 
 def default_device(device: str | torch.device | None = None) -> torch.device:
@@ -119,7 +122,7 @@ def compressors_by_modality(model, compressor: Any) -> dict[str, Any]:
     from .compressor import check_compressor_argument, load_compressor_for
 
     if isinstance(compressor, dict):
-        return {m: load_compressor_for(model, c) for m, c in compressor.items()}
+        return {m: _for_modality(load_compressor_for(model, c), m, c) for m, c in compressor.items()}
     if isinstance(compressor, (str, os.PathLike)) and os.path.isdir(compressor):
         family = adapter_for(model).family
         found = {m: os.path.join(compressor, f"{family}_{m}.pt") for m in MODALITIES}
@@ -128,10 +131,25 @@ def compressors_by_modality(model, compressor: Any) -> dict[str, Any]:
             raise FileNotFoundError(
                 f"no {family}_image.pt or {family}_video.pt in compressor directory {str(compressor)!r}"
             )
-        return {m: load_compressor_for(model, path) for m, path in found.items()}
+        return {m: _for_modality(load_compressor_for(model, path), m, path) for m, path in found.items()}
     check_compressor_argument(compressor)
     loaded = load_compressor_for(model, compressor)
+    other = [m for m in MODALITIES if loaded.modality not in (None, m)]
+    if other:
+        log.warning("compressor %s was trained on %s inputs; it will also score %s inputs (pass a {modality: "
+                    "checkpoint} dict or a folder of <family>_<modality>.pt to use one per modality)",
+                    compressor, loaded.modality, " and ".join(other))
     return {m: loaded for m in MODALITIES}
+
+
+def _for_modality(compressor, modality: str, source: Any):
+    """A compressor listed for ``modality`` must have been trained on it (attention patterns differ)."""
+    if compressor.modality not in (None, modality):
+        raise ValueError(
+            f"compressor {source} was trained on {compressor.modality} inputs but is listed for {modality}; "
+            f"train one on {modality} data (`python -m tcc_eval.compressor label ... && ... train ...`)"
+        )
+    return compressor
 
 
 def wrap_model(

@@ -23,7 +23,7 @@ LABEL_H = 16
 
 
 def kept_tokens(model, processor, sample, method: str, ratio: float,
-                compressor: str | None) -> tuple[np.ndarray, Any, str]:
+                compressor: Any) -> tuple[np.ndarray, Any, str]:
     """(kept mask over visual tokens, token regions, predicted letter) for one sample and method."""
     from .api import wrap_model
     from .demo.evaluate import kept_visual_mask, visual_rows
@@ -86,7 +86,7 @@ def render(family: str, modality: str, n: int, seed: int, ratio: float, methods:
         processor = AutoProcessor.from_pretrained(model_path)
     else:
         model, processor = load_demo(family)
-    compressor = compressor or str(compressor_path(family, modality))
+    compressor = {modality: compressor or str(compressor_path(family, modality))}  # this modality's compressor
     rows = []
     for sample in benchmark.samples(modality, n, seed, "test"):
         row = []

@@ -104,3 +104,22 @@ def test_tcc_picks_the_compressor_of_the_input_modality(loaded, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no qwen2_vl_image.pt or qwen2_vl_video.pt"):
         tcc_eval.wrap_model(model, method="tcc", keep_ratio=0.5, compressor=tmp_path / "empty")
+
+
+def test_compressor_modality_must_match_where_it_is_listed(loaded, tmp_path, caplog):
+    from tcc_eval.compressor import TokenCompressor, CompressorConfig, model_meta, save_compressor
+
+    model, _ = loaded["qwen2_vl"]
+    image_ckpt = tmp_path / "image_trained.pt"
+    save_compressor(image_ckpt, TokenCompressor(CompressorConfig()), model_meta(model), "image", {})
+    with pytest.raises(ValueError, match="trained on image inputs but is listed for video"):
+        tcc_eval.wrap_model(model, method="tcc", compressor={"image": image_ckpt, "video": image_ckpt})
+    folder = tmp_path / "dir"
+    folder.mkdir()
+    (folder / "qwen2_vl_video.pt").write_bytes(image_ckpt.read_bytes())  # misnamed file
+    with pytest.raises(ValueError, match="listed for video"):
+        tcc_eval.wrap_model(model, method="tcc", compressor=folder)
+    with caplog.at_level("WARNING", logger="tcc_eval"):
+        pruned = tcc_eval.wrap_model(model, method="tcc", compressor=image_ckpt)  # one file for both: allowed
+    assert set(pruned.scorer.compressors) == {"image", "video"}
+    assert "trained on image inputs; it will also score video inputs" in caplog.text

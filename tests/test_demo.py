@@ -120,7 +120,7 @@ def test_quick_bars(demo_models, family, modality):
 
     model, processor = demo_models[family]
     samples = benchmark.samples(modality, QUICK_N[modality], TEST_SEED)
-    rows = evaluate_model(model, processor, samples, str(compressor_path(family, modality)),
+    rows = evaluate_model(model, processor, samples, {modality: str(compressor_path(family, modality))},
                           methods=("none", "random", "a0", "tcc", "oracle"), ratios=(0.25,),
                           batch_size=QUICK_N[modality])
     acc = {r["method"]: r["accuracy"] for r in rows}

@@ -151,11 +151,12 @@ def fastv_model(model, ratio: float) -> tuple[Any, str]:
 
 
 def evaluate_model(
-    model, processor, samples: list[synth.SynthSample], compressor: str | None,
+    model, processor, samples: list[synth.SynthSample], compressor: Any,
     methods: Iterable[str] = METHODS, ratios: Iterable[float] = RATIOS, batch_size: int = 16,
     log: Callable[[str], None] = lambda _: None,
 ) -> list[dict[str, Any]]:
-    """Rows {method, ratio, accuracy, n, ...} for one model on one sample set (one modality)."""
+    """Rows {method, ratio, accuracy, n, ...} for one model on one sample set (one modality); ``compressor``
+    takes what ``wrap_model`` does (a {modality: checkpoint} dict names which modality the file is for)."""
     letters = {v: k for k, v in letter_ids(processor.tokenizer).items()}
     batches = make_batches(model, processor, samples, batch_size)
     rows: list[dict[str, Any]] = [{"method": "chance", "ratio": 1.0, "accuracy": chance(samples), "n": len(samples)}]
@@ -206,7 +207,7 @@ def evaluate(
             model, processor = load_demo(family, root)
             comp = compressor_path(family, modality, root)
             log(f"{family} / {modality}: {n} samples, seed {seed}")
-            for row in evaluate_model(model, processor, samples, str(comp) if comp.exists() else None,
+            for row in evaluate_model(model, processor, samples, {modality: str(comp)} if comp.exists() else None,
                                       [m for m in methods if m != "tcc" or comp.exists()], ratios, batch_size, log):
                 rows.append({"model": family, "modality": modality, "seed": seed, **row})
     return rows
