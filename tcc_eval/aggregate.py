@@ -692,9 +692,13 @@ def plot_preservation(table: pd.DataFrame, framework: str, out_dir: Path) -> lis
         if points.empty:
             continue
         fig, ax = plt.subplots(figsize=(5, 4))
-        for method in sorted(points["method"].unique(), key=_method_rank):
+        methods = sorted(points["method"].unique(), key=_method_rank)
+        for i, method in enumerate(methods):
             line = points[points["method"] == method].sort_values("Avg retention")
-            ax.plot(line["Avg retention"], line["Avg preservation"], marker="o", label=method)
+            # nested marker sizes and dashes keep methods with identical numbers visible on top of each other
+            ax.plot(line["Avg retention"], line["Avg preservation"], marker="osD^vP"[i % 6],
+                    markersize=4 + 2.5 * (len(methods) - i), linestyle=("-", "--", ":", "-.")[i % 4],
+                    markerfacecolor="none", label=method)
         ax.plot([1.0], [100.0], marker="*", markersize=12, color="black", linestyle="none", label="vanilla")
         ax.set_xlabel("average retention ratio")
         ax.set_ylabel("average performance preservation (%)")
