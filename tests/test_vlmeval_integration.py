@@ -433,3 +433,15 @@ def test_broken_package_keeps_startup_working(tmp_path):
     proc = subprocess.run([sys.executable, "-c", "print('alive')"], env=env, check=False, capture_output=True, text=True)
     assert proc.returncode == 0 and proc.stdout == "alive\n"
     assert len(proc.stderr.splitlines()) == 1 and proc.stderr.startswith("tcc-eval:"), proc.stderr
+
+
+def test_importing_our_datasets_first_still_registers_everything():
+    """datasets.py's own vlmeval imports fire the start-up hook mid-import; registration must not fail."""
+    code = ("import tcc_eval.integrations.vlmeval.datasets\n"
+            "import vlmeval.config as c, vlmeval.dataset as vd\n"
+            "print('TCCSynth_VID' in vd.SUPPORTED_DATASETS, 'TinyQwen2VL_TCC50' in c.supported_VLM)")
+    proc = subprocess.run([sys.executable, "-c", code], env=_clean_env(), check=False, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split()[-2:] == ["True", "True"]
+    assert "not registered" not in proc.stderr

@@ -212,3 +212,9 @@ VIDEO_PRESETS = {
     VIDEO_NAME: partial(TCCSynthVideo, dataset=VIDEO_NAME, nframe=8),
     f"{VIDEO_NAME}_4frame": partial(TCCSynthVideo, dataset=VIDEO_NAME, nframe=4),
 }
+
+# Importing this module first (before vlmeval.config) runs the start-up hook from inside the import above;
+# the hook then leaves the dataset tables to this line.
+from .register import finish_deferred_registration  # noqa: E402
+
+finish_deferred_registration()

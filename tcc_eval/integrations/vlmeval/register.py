@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import sys
 from collections.abc import Iterable
 from functools import partial
 from typing import Any
@@ -132,7 +133,29 @@ def register() -> list[str]:
     for cls in WRAPPERS.values():  # so --config JSON can name them as "class"
         setattr(vlmeval.vlm, cls.__name__, cls)
     names = register_models(expand().values())
-    register_datasets()
-    fix_video_dataset_kwargs()
+    if _datasets_module_importing():
+        _deferred.append("datasets")  # datasets.py calls finish_deferred_registration() once complete
+    else:
+        register_datasets()
+        fix_video_dataset_kwargs()
     track_inference()
     return names
+
+
+_deferred: list[str] = []
+
+
+def _datasets_module_importing() -> bool:
+    """True while our datasets.py is itself being imported: its own ``vlmeval`` imports load
+    ``vlmeval.config``, which fires the start-up hook before the dataset classes exist. (``_initializing``
+    is set on a module's spec while the import system executes it.)"""
+    module = sys.modules.get(f"{__package__}.datasets")
+    return bool(getattr(getattr(module, "__spec__", None), "_initializing", False))
+
+
+def finish_deferred_registration() -> None:
+    """Register the datasets whose registration had to wait for datasets.py (see register())."""
+    if _deferred:
+        _deferred.clear()
+        register_datasets()
+        fix_video_dataset_kwargs()
