@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .core import Selection, check_keep_ratio, keep_positions, select_visual
-from .flops import fastv_layer_keep_ratio
+from .flops import fastv_average_retention, fastv_layer_keep_ratio
 from .probe import attention_rows
 from .pruned import PrefillTimer, TokenPrunedModel, split_model_inputs, sync
 
@@ -89,8 +89,7 @@ class FastVModel(TokenPrunedModel):
 
     def layer_average(self, before: float, after: float, layers: int) -> float:
         """The first K layers hold every token, the others the kept ones."""
-        k = min(self.fastv_k, layers)
-        return (k * before + (layers - k) * after) / layers
+        return before * fastv_average_retention(after / before, layers, self.fastv_k) if before else 0.0
 
     def _stats(self, *args: Any) -> dict:
         return {**super()._stats(*args), "fastv_k": self.fastv_k}
