@@ -39,22 +39,22 @@ if [[ "$SUITE" == demo ]]; then
   export LMUData=${LMUData:-$RESULTS/data/LMUData} TCC_LMMS_DATA=${TCC_LMMS_DATA:-$RESULTS/data/lmms}
   mkdir -p "$LMUData"
   # the demo families whose model and compressors exist (shipped or rebuilt with `python -m tcc_eval.demo build`)
-  read -r -a BUILT <<<"$($PY -m tcc_eval.demo paths | $PY -c "import json,sys; p=json.load(sys.stdin); print(' '.join(f for f in ('qwen2_vl','llava_onevision') if p[f]['built']))")"
+  read -r -a BUILT <<<"$($PY -m tcc_eval.demo paths | $PY -c "import json,sys; p=json.load(sys.stdin); import tcc_eval.demo as d; print(' '.join(f for f in d.FAMILIES if p[f]['built']))")"
   if [[ ${#BUILT[@]} -eq 0 ]]; then
     echo "demo models missing: building them first (python -m tcc_eval.demo build; CPU, tens of minutes)" | tee -a "$LOG"
     $PY -m tcc_eval.demo build 2>&1 | tee -a "$LOG"
-    read -r -a BUILT <<<"$($PY -m tcc_eval.demo paths | $PY -c "import json,sys; p=json.load(sys.stdin); print(' '.join(f for f in ('qwen2_vl','llava_onevision') if p[f]['built']))")"
+    read -r -a BUILT <<<"$($PY -m tcc_eval.demo paths | $PY -c "import json,sys; p=json.load(sys.stdin); import tcc_eval.demo as d; print(' '.join(f for f in d.FAMILIES if p[f]['built']))")"
     [[ ${#BUILT[@]} -gt 0 ]] || { echo "run_all.sh: demo build produced no models" >&2; exit 1; }
   fi
   echo "demo families: ${BUILT[*]}" | tee -a "$LOG"
-  declare -A DEMO_BASE=([qwen2_vl]=TinyQwen2VL [llava_onevision]=TinyLLaVAOV)
+  declare -A DEMO_BASE=([qwen2_vl]=TinyQwen2VL [llava_onevision]=TinyLLaVAOV [vila]=TinyVILA)
   VLMEVAL_BASES=()
   for family in "${BUILT[@]}"; do VLMEVAL_BASES+=("${DEMO_BASE[$family]}"); done
   VLMEVAL_DATA=(TCCSynth_IMG TCCSynth_VID)
   JUDGE=(--judge exact_matching)
   METHODS=(TCC Random A0 FastV Oracle)
   RATIOS=(75 50 25)
-  SKIP=(TinyQwen2VL_FastV25 TinyLLaVAOV_FastV25)  # 4-layer demo LLMs: 25% is FastV's floor K/L at K=1
+  SKIP=(TinyQwen2VL_FastV25 TinyLLaVAOV_FastV25 TinyVILA_FastV25)  # 4-layer demo LLMs: 25% is FastV's floor K/L at K=1
   LMMS_TASKS=tccsynth_img,tccsynth_vid
   LMMS_INCLUDE=(--include_path "$($PY -c 'import tcc_eval.demo as d; print(d.LMMS_TASKS)')")
   LMMS_METHODS=(tcc random a0)  # lmms-eval pays ~20 s start-up per run: the full matrix runs in VLMEvalKit

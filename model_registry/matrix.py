@@ -65,6 +65,7 @@ BASES: dict[str, Base] = {
         # LLM layers FastV prunes after layer 1 (K=2 would leave no room below 50% average retention).
         Base("TinyQwen2VL", "qwen2_vl", demo=True, options=DEMO_QWEN2VL_OPTIONS),
         Base("TinyLLaVAOV", "llava_onevision", demo=True, options=DEMO_OPTIONS),
+        Base("TinyVILA", "vila", demo=True, options=DEMO_OPTIONS),
     )
 }
 

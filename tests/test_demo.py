@@ -38,7 +38,7 @@ def test_paths_lists_every_shipped_file():
         assert (Path(entry["model"]) / "config.json").is_file()
         for modality in MODALITIES:
             assert Path(entry[f"compressor_{modality}"]).is_file()
-        size = sum(p.stat().st_size for p in Path(entry["model"]).iterdir())
+        size = sum(p.stat().st_size for p in Path(entry["model"]).rglob("*") if p.is_file())  # VILA: subfolders
         assert size < 20e6, f"{family} checkpoint is {size / 1e6:.1f} MB"
     assert Path(table["lmms_eval_include_path"]).is_dir()
     assert "vlmeval_data_dir" in table and set(table["tasks"]) == {"image", "video"}
@@ -47,6 +47,23 @@ def test_paths_lists_every_shipped_file():
 def test_paths_cli_prints_json():
     out = subprocess.run([sys.executable, "-m", "tcc_eval.demo", "paths"], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout)["qwen2_vl"]["model"] == paths()["qwen2_vl"]["model"]
+
+
+def test_building_one_family_keeps_the_others_build_record(tmp_path, monkeypatch):
+    """build_info.json describes the whole folder: rebuilding one family must not drop the others' entries."""
+    from tcc_eval.demo import build as build_module
+
+    record = tmp_path / "build_info.json"
+    record.write_text(json.dumps({"models": {"qwen2_vl": {"val_image": 1.0}},
+                                  "compressors": {"qwen2_vl_image": {"labelled": 398}},
+                                  "runs": [{"families": ["qwen2_vl"], "seconds": 457.0}]}))
+    monkeypatch.setattr(build_module, "build_compressor", lambda family, modality, *a: {"labelled": 7})
+    build_module.build(tmp_path, families=("vila",), threads=1, skip_models=True, log=lambda _: None)
+    info = json.loads(record.read_text())
+    assert info["models"] == {"qwen2_vl": {"val_image": 1.0}, "vila": None}
+    assert info["compressors"] == {"qwen2_vl_image": {"labelled": 398}, "vila_image": {"labelled": 7},
+                                   "vila_video": {"labelled": 7}}
+    assert [r["families"] for r in info["runs"]] == [["qwen2_vl"], ["vila"]]
 
 
 def test_paths_point_at_a_rebuilt_demo(tmp_path):

@@ -341,6 +341,29 @@ def test_vila_visual_groups_are_images_and_frames(vila):
     assert torch.equal(both.position_ids[0], torch.arange(both.input_ids.shape[1]))
 
 
+def test_vila_modality_is_video_for_frame_runs(vila):
+    """VILA has no video token: per-modality compressors must still see videos as videos."""
+    from tcc_eval.adapters import adapter_for
+
+    model, processor = vila
+    adapter = adapter_for(model)
+    image = inputs_for(processor, chat("image"))["input_ids"]
+    video = inputs_for(processor, chat("video"))["input_ids"]
+    assert adapter.modality(image[0]) == "image" and adapter.modality(video[0]) == "video"
+    batch = processor.apply_chat_template([chat("image"), chat("video")], tokenize=True, return_dict=True)
+    assert [adapter.modality(row) for row in batch["input_ids"]] == ["image", "video"]
+
+
+def test_demo_regions_follow_vila15_column_order():
+    """Token k of an mlp_downsample grid covers merged cell (row k % side, col k // side); odd grids pad."""
+    from tcc_eval.demo.regions import _vila_downsample_boxes
+
+    assert _vila_downsample_boxes(3, (42, 42)).tolist() == [[0, 0, 28, 28], [0, 28, 28, 42],
+                                                           [28, 0, 42, 28], [28, 28, 42, 42]]
+    boxes = _vila_downsample_boxes(24, (336, 336))  # the demo: one token per 28-px cell
+    assert boxes[1].tolist() == [0, 28, 28, 56] and boxes[12].tolist() == [28, 0, 56, 28]
+
+
 def test_oracle_explains_vila_frames(vila):
     import tcc_eval.adapters.vila  # noqa: F401
     from tcc_eval import explain

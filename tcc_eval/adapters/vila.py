@@ -22,6 +22,13 @@ class VilaAdapter(MLLMAdapter):
     def visual_token_ids(self) -> tuple[int, ...]:
         return (self.model.config.image_token_id,)
 
+    def modality(self, input_ids: torch.Tensor) -> str:
+        """VILA has no video token: a video is a run of frames, each its own image block, so a prompt with more
+        than one image block is scored as a video (a multi-image prompt then uses the video compressor too)."""
+        rows = input_ids.reshape(-1, input_ids.shape[-1])
+        blocks = max(len(runs_of(row == self.model.config.image_token_id)) for row in rows)
+        return "video" if blocks > 1 else "image"
+
     def run_until_llm(self, inputs: dict[str, Any], front_end: dict[str, Any]) -> None:
         self.model(**inputs, use_cache=False)
 

@@ -13,7 +13,7 @@ from typing import Any
 # TCC_DEMO_ROOT points every tool at a rebuilt demo (`python -m tcc_eval.demo build --out DIR`).
 ASSETS = Path(os.environ.get("TCC_DEMO_ROOT") or Path(__file__).resolve().parent.parent / "assets" / "demo")
 LMMS_TASKS = Path(__file__).resolve().parent.parent / "lmms_tasks"
-FAMILIES = ("qwen2_vl", "llava_onevision")
+FAMILIES = ("qwen2_vl", "llava_onevision", "vila")
 MODALITIES = ("image", "video")
 
 # The demo benchmark (tcc_eval/demo/benchmark.py): the synthetic configuration the demo models are

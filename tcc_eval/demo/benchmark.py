@@ -1,7 +1,7 @@
 """The demo benchmark: the synthetic generator in the configuration the demo models are trained and scored on.
 
 - Images (TCCSynth_IMG generator, ``TASKS["image"]``): one small object (one of 144 visual tokens for
-  Qwen2-VL, two of 300 for LLaVA-OneVision) on a noisy 336x336 canvas; "What color is the {shape}?" or
+  Qwen2-VL and VILA1.5, two of 300 for LLaVA-OneVision) on a noisy 336x336 canvas; "What color is the {shape}?" or
   "What shape is the {color} object?".
 - Videos (``TASKS["video"]``): 8 frames of 168 px; one coloured object in one frame pair among grey distractors in
   every pair; "Which colored shape appeared" / "What was the color of the colored shape".
@@ -15,7 +15,8 @@ one of 2-4 objects plateaued at ~70% after 2,600 steps. Both are LLM skills the 
 cannot teach (real MLLMs have them). What stays is what token compression is about: the answer
 depends on a few known tokens among hundreds, which ones depends on the input (and, for videos, on
 telling the coloured object from grey distractors), and which attribute to read on the question.
-Videos use 168-px frames so that each visual token covers exactly one 28-px cell in both families.
+Videos use 168-px frames so that each visual token covers exactly one 28-px cell in Qwen2-VL and
+LLaVA-OneVision (VILA1.5 resizes every frame to its 336-px input: one cell is 2x2 of its tokens).
 """
 
 from __future__ import annotations

@@ -81,13 +81,17 @@ def build(out: str | Path | None = None, families: tuple[str, ...] = FAMILIES, t
     root = Path(out or ASSETS)
     root.mkdir(parents=True, exist_ok=True)
     specs: dict[str, DemoSpec] = {s.family: s for s in DEFAULT_SPECS}
-    info: dict[str, Any] = {"threads": threads, "models": {}, "compressors": {}}
+    record = root / "build_info.json"  # one file for the folder: families built in other runs keep their entries
+    info: dict[str, Any] = json.loads(record.read_text()) if record.exists() else {}
+    info.setdefault("models", {})
+    info.setdefault("compressors", {})
+    info.setdefault("runs", [])
     start = time.time()
     for family in families:
         target = model_dir(family, root)
         if skip_models:
-            record = target / TRAIN_RECORD
-            info["models"][family] = json.loads(record.read_text()) if record.exists() else None
+            trained = target / TRAIN_RECORD
+            info["models"][family] = json.loads(trained.read_text()) if trained.exists() else None
         else:
             shutil.rmtree(target, ignore_errors=True)
             info["models"][family] = train(specs[family], target, log=log)
@@ -95,6 +99,7 @@ def build(out: str | Path | None = None, families: tuple[str, ...] = FAMILIES, t
             for modality in MODALITIES:
                 info["compressors"][f"{family}_{modality}"] = build_compressor(family, modality, root, Path(tmp), log)
         log(f"[{family}] done, {time.time() - start:.0f}s since start")
-    info["build_seconds"] = round(time.time() - start, 1)
-    (root / "build_info.json").write_text(json.dumps(info, indent=1, default=str))
+    info["runs"].append({"families": list(families), "skip_models": skip_models, "threads": threads,
+                         "seconds": round(time.time() - start, 1)})
+    record.write_text(json.dumps(info, indent=1, default=str))
     return info

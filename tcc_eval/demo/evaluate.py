@@ -19,7 +19,7 @@ import torch
 
 from .. import synth
 from ..adapters import adapter_for
-from ..api import wrap_model
+from ..api import load_hf_model, wrap_model
 from ..core import keep_positions
 from . import FAMILIES, MODALITIES, benchmark, compressor_path, model_dir
 from .regions import token_regions
@@ -32,14 +32,11 @@ FASTV_K = 1  # the demo LLMs have 4 layers; FastV's K=2 default leaves no room a
 
 
 def load_demo(family: str, root: str | None = None):
-    """Shipped (or rebuilt) demo model in fp32 with its processor."""
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
+    """Shipped (or rebuilt) demo model in fp32 with its processor, loaded like any checkpoint of its family."""
     path = model_dir(family, root)
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"no demo model at {path}; build it with `python -m tcc_eval.demo build`")
-    model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32, attn_implementation="sdpa")
-    return model.eval(), AutoProcessor.from_pretrained(path)
+    return load_hf_model(path, torch.device("cpu"), torch.float32)
 
 
 @dataclass

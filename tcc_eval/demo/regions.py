@@ -7,6 +7,8 @@ whether it covers a ground-truth object. Layouts (checked against the HF models 
 - LLaVA-OneVision image (single 336x336 pinpoint): the base view (row-major), then the one anyres crop
   with a newline token after every row; newline tokens cover no pixels.
 - LLaVA-OneVision video: per frame the 2x2-pooled grid (row-major), frames in order, one final newline.
+- VILA1.5 (SigLIP, ``mlp_downsample``): each image or frame is one block of 2x2-merged patch cells in
+  VILA1.5's column-major order (an odd patch grid's zero padding leaves the last row/column half-size).
 """
 
 from __future__ import annotations
@@ -92,4 +94,24 @@ def token_regions(model: torch.nn.Module, inputs: dict[str, torch.Tensor], b: in
         boxes = np.concatenate([grid] * sample.n_frames + [NO_BOX])
         frames = [(f,) for f in range(sample.n_frames) for _ in range(len(grid))] + [()]
         return TokenRegions(boxes, frames)
+    if cfg.model_type == "vila":
+        if cfg.projector_type != "mlp_downsample" or cfg.num_vision_tokens != (cfg.vision_config.image_size
+                                                                            // cfg.vision_config.patch_size) ** 2:
+            raise ValueError("demo regions assume VILA with a SigLIP tower and the mlp_downsample projector")
+        grid = _vila_downsample_boxes(cfg.vision_config.image_size // cfg.vision_config.patch_size, canvas)
+        if sample.kind == "image":
+            return TokenRegions(grid, [()] * len(grid))
+        frames = [(f,) for f in range(sample.n_frames) for _ in range(len(grid))]
+        return TokenRegions(np.concatenate([grid] * sample.n_frames), frames)
     raise ValueError(f"no demo token layout for model type {cfg.model_type!r}")
+
+
+def _vila_downsample_boxes(patches: int, canvas_hw: tuple[int, int]) -> np.ndarray:
+    """Boxes of VILA's 2x2-merged tokens over a ``patches`` x ``patches`` grid, column by column."""
+    side = -(-patches // 2)
+    cols, rows = np.divmod(np.arange(side * side), side)  # index = col * rows + row
+    ch, cw = canvas_hw
+    x0, y0 = 2 * cols * cw // patches, 2 * rows * ch // patches
+    x1 = np.minimum(2 * cols + 2, patches) * cw // patches
+    y1 = np.minimum(2 * rows + 2, patches) * ch // patches
+    return np.stack([x0, y0, x1, y1], axis=1)

@@ -1,10 +1,10 @@
 """Train the tiny demo MLLMs from scratch on the synthetic benchmarks, on CPU, in minutes.
 
 Design (see /work/shared/DEMO_NOTES.md for why):
-- Real HF classes (Qwen2-VL, LLaVA-OneVision) saved with ``save_pretrained``, so every tool loads them
-  like hub checkpoints.
-- No mixing inside the vision tower (Qwen2-VL depth 0: patch embed + 2x2 merger; LLaVA-OneVision reads
-  SigLIP's patch embeddings, ``vision_feature_layer=-2``; its one encoder layer, which HF requires, is
+- Real HF classes (Qwen2-VL, LLaVA-OneVision; VILA1.5 as tcc_eval.vila assembles it from HF Llama + SigLIP)
+  saved with ``save_pretrained``, so every tool loads them like hub checkpoints.
+- No mixing inside the vision tower (Qwen2-VL depth 0: patch embed + 2x2 merger; LLaVA-OneVision and VILA
+  read SigLIP's patch embeddings, ``vision_feature_layer=-2``; the one encoder layer HF requires is
   computed but unused): a visual token sees only its own pixels, so the answer cannot hide in
   "register" tokens far from the object, and dropping the ground-truth tokens removes the evidence.
 - Stage 0: the vision front end learns to tell each token's colour and shape (linear probes on the LLM
@@ -54,7 +54,7 @@ class DemoSpec:
     """Everything that determines one demo model; ``build`` is a pure function of it."""
 
     name: str
-    family: str  # "qwen2_vl" | "llava_onevision"
+    family: str  # "qwen2_vl" | "llava_onevision" | "vila"
     hidden: int = 128
     layers: int = 4
     heads: int = 8
@@ -82,6 +82,7 @@ class DemoSpec:
 DEFAULT_SPECS = (
     DemoSpec(name="tiny_qwen2_vl", family="qwen2_vl"),
     DemoSpec(name="tiny_llava_onevision", family="llava_onevision", video_fraction=0.5),  # its videos learn slower
+    DemoSpec(name="tiny_vila", family="vila", video_fraction=0.5),
 )
 
 
@@ -186,7 +187,18 @@ def _llava_onevision(spec: DemoSpec, corpus: list[str]):
     return model, processor
 
 
-BUILDERS: dict[str, Callable] = {"qwen2_vl": _qwen2vl, "llava_onevision": _llava_onevision}
+def _vila(spec: DemoSpec, corpus: list[str]):
+    from ..vila.fixtures import tiny_vila
+
+    # 336-px SigLIP input, 14-px patches, 2x2 mlp_downsample: 12x12 tokens, one per synthetic 28-px cell (168-px
+    # video frames are resized to 336, so one cell spans 2x2 tokens). VILA1.5-3b's LLM template (vicuna_v1).
+    return tiny_vila(hidden=spec.hidden, layers=spec.layers, heads=spec.heads, kv_heads=spec.kv_heads,
+                     intermediate=spec.intermediate, rope_theta=spec.rope_theta, vision_layers=1,
+                     vision_hidden=spec.vision_embed, image_size=336, patch_size=14, conv_mode="vicuna_v1",
+                     num_video_frames=synth.VideoConfig().frames, corpus=corpus, seed=spec.seed)
+
+
+BUILDERS: dict[str, Callable] = {"qwen2_vl": _qwen2vl, "llava_onevision": _llava_onevision, "vila": _vila}
 
 
 def build_untrained(spec: DemoSpec):
@@ -208,17 +220,18 @@ class _Stop(Exception):
 
 
 def llm_inputs(model, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(inputs_embeds, attention_mask, position_ids) exactly as the model feeds its LLM, with gradients."""
-    lm = adapter_for(model).language_model
+    """(inputs_embeds, attention_mask, position_ids) exactly as the model feeds its LLM, with gradients
+    (``MLLMAdapter.capture_llm_inputs`` is the same capture without them)."""
+    adapter = adapter_for(model)
     captured: dict[str, Any] = {}
 
     def hook(_module, _args, kwargs):
         captured.update(kwargs)
         raise _Stop
 
-    handle = lm.register_forward_pre_hook(hook, with_kwargs=True)
+    handle = adapter.language_model.register_forward_pre_hook(hook, with_kwargs=True)
     try:
-        model.model(**inputs, use_cache=False)
+        adapter.run_until_llm(inputs, {})
     except _Stop:
         pass
     finally:
@@ -228,6 +241,11 @@ def llm_inputs(model, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, to
     if positions is None:
         positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
     return captured["inputs_embeds"], mask, positions
+
+
+def llm_parameters(model) -> set[int]:
+    """ids of the LLM's parameters (decoder + head); everything else is the vision front end."""
+    return {id(p) for module in (adapter_for(model).language_model, model.lm_head) for p in module.parameters()}
 
 
 def letter_ids(tokenizer) -> dict[str, int]:
@@ -322,7 +340,8 @@ def pretrain_vision(model, processor, spec: DemoSpec, log: Callable[[str], None]
     hidden = model.config.text_config.hidden_size
     classes = (len(VISION_COLORS), len(VISION_SHAPES))
     heads = torch.nn.ModuleList([torch.nn.Linear(hidden, n) for n in classes])
-    front = [p for n, p in model.named_parameters() if not n.startswith(("model.language_model", "lm_head"))]
+    llm = llm_parameters(model)
+    front = [p for p in model.parameters() if id(p) not in llm]
     opt = torch.optim.AdamW(front + list(heads.parameters()), lr=spec.lr)
     rng = np.random.default_rng(spec.seed + 1)
     weights = [torch.tensor([0.1] + [1.0] * (n - 1)) for n in classes]  # background is most tokens
@@ -383,8 +402,9 @@ def train(spec: DemoSpec, out_dir: str | Path, log: Callable[[str], None] = prin
     model.train()
     pretrain_vision(model, processor, spec, log)
     if spec.freeze_vision:
-        for name, param in model.named_parameters():
-            param.requires_grad_(name.startswith(("model.language_model", "lm_head")))
+        llm = llm_parameters(model)
+        for param in model.parameters():
+            param.requires_grad_(id(param) in llm)
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=spec.lr, betas=(0.9, 0.98), weight_decay=spec.weight_decay)
     rng = np.random.default_rng(spec.seed)

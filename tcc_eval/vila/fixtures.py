@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 import torch
 
@@ -47,13 +47,14 @@ def _tokenizer(conv_mode: str, image_token_in_vocab: bool, corpus: Iterable[str]
     return tokenizer
 
 
-def build_tiny_vila(
-    out_dir: str | os.PathLike,
+def tiny_vila(
     *,
     hidden: int = 64,
     layers: int = 2,
     heads: int = 4,
     kv_heads: int = 2,
+    intermediate: int | None = None,
+    rope_theta: float = 1e4,
     vision_layers: int = 2,
     vision_hidden: int = 32,
     image_size: int = 42,
@@ -65,8 +66,9 @@ def build_tiny_vila(
     image_token_in_vocab: bool = True,
     corpus: Iterable[str] = (),
     seed: int = 0,
-) -> Path:
-    """Write a tiny VILA1.5-style checkpoint (Llama LLM, SigLIP tower, VILA projector) and its processor files.
+) -> tuple[VilaForConditionalGeneration, VilaProcessor]:
+    """A freshly initialised (seeded) tiny VILA1.5-style model (Llama LLM, SigLIP tower, VILA projector) and
+    its processor; ``build_tiny_vila`` saves them, the demo trains them first.
 
     ``image_token_in_vocab=False`` mimics the published tokenizers, which have no ``<image>`` token: the
     placeholder id is then VILA's -200.
@@ -75,10 +77,10 @@ def build_tiny_vila(
 
     if conv_mode not in CHAT_TEMPLATES:
         raise ValueError(f"unknown conv_mode {conv_mode!r}; choose one of {sorted(CHAT_TEMPLATES)}")
-    out = Path(out_dir)
     tokenizer = _tokenizer(conv_mode, image_token_in_vocab, corpus)
     text_config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=intermediate or 2 * hidden, num_hidden_layers=layers,
+        rope_theta=rope_theta,
         num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=4096,
         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         tie_word_embeddings=False,
@@ -97,11 +99,18 @@ def build_tiny_vila(
     model = VilaForConditionalGeneration.from_config(config).eval()
     model.llm.generation_config.pad_token_id = tokenizer.pad_token_id
     model.llm.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.save_pretrained(out)
     image_spec = VilaImageSpec.from_dict({
         "do_normalize": True, "do_rescale": True, "do_resize": True, "image_mean": [0.5, 0.5, 0.5],
         "image_std": [0.5, 0.5, 0.5], "image_processor_type": "SiglipImageProcessor", "resample": 3,
         "rescale_factor": 1 / 255, "size": {"height": image_size, "width": image_size},
     })
-    VilaProcessor(tokenizer, image_spec, config).save_pretrained(out)
+    return model, VilaProcessor(tokenizer, image_spec, config)
+
+
+def build_tiny_vila(out_dir: str | os.PathLike, **kwargs: Any) -> Path:
+    """Write a tiny VILA1.5 checkpoint folder (``tiny_vila``'s keywords) exactly as the published ones are laid out."""
+    model, processor = tiny_vila(**kwargs)
+    out = Path(out_dir)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
     return out
