@@ -41,10 +41,26 @@ def eager_attention(model: nn.Module) -> Iterator[None]:
             model.set_attn_implementation(previous)
 
 
-def gradient_weighted_maps(attentions: tuple[torch.Tensor, ...], target: torch.Tensor) -> list[torch.Tensor]:
-    """Abar_l = mean over heads of (grad * A)^+ for every layer, fp32, (N, N) each."""
+# How each layer's map Abar_l is formed. "clamp" is the method (Chefer et al. 2021, METHOD.md); the others
+# are diagnostics (`python -m tcc_eval.demo oracle-rules`): "abs" keeps negative evidence, "signed" lets it
+# cancel, "attention" drops the gradient (plain head-mean attention rollout, the paper's ablation).
+RELEVANCE_RULES = ("clamp", "abs", "signed", "attention")
+
+
+def gradient_weighted_maps(attentions: tuple[torch.Tensor, ...], target: torch.Tensor,
+                           rule: str = "clamp") -> list[torch.Tensor]:
+    """Abar_l = mean over heads of (grad * A)^+ for every layer (``rule`` "clamp"), fp32, (N, N) each."""
+    if rule not in RELEVANCE_RULES:
+        raise ValueError(f"unknown relevance rule {rule!r}; choose one of {RELEVANCE_RULES}")
+    if rule == "attention":
+        return [a.float().mean(dim=1)[0] for a in attentions]
     grads = torch.autograd.grad(target, attentions, retain_graph=True)
-    return [(g.float() * a.float()).clamp_min(0).mean(dim=1)[0] for g, a in zip(grads, attentions)]
+    weighted = [g.float() * a.float() for g, a in zip(grads, attentions)]
+    if rule == "clamp":
+        weighted = [w.clamp_min(0) for w in weighted]
+    elif rule == "abs":
+        weighted = [w.abs() for w in weighted]
+    return [w.mean(dim=1)[0] for w in weighted]
 
 
 def relevance_row(maps: list[torch.Tensor], row: int) -> torch.Tensor:
@@ -71,7 +87,7 @@ def answer_positions(position_ids: torch.Tensor, n_answer: int) -> torch.Tensor:
     return torch.cat([position_ids, position_ids[..., -1:] + steps], dim=-1)
 
 
-def view_relevance(view: SampleView, answer_ids: torch.Tensor) -> torch.Tensor:
+def view_relevance(view: SampleView, answer_ids: torch.Tensor, rule: str = "clamp") -> torch.Tensor:
     """R_v for one unpadded sample and a given answer (teacher forcing)."""
     model = view.adapter.model
     embed = model.get_input_embeddings()
@@ -86,7 +102,7 @@ def view_relevance(view: SampleView, answer_ids: torch.Tensor) -> torch.Tensor:
         out = view.adapter.forward_from_embeds(embeds, mask, positions, output_attentions=True, use_cache=False)
         for t, token in enumerate(answer_ids.tolist()):
             row = prompt_len - 1 + t
-            maps = gradient_weighted_maps(out.attentions, out.logits[0, row, token])
+            maps = gradient_weighted_maps(out.attentions, out.logits[0, row, token], rule)
             total += relevance_row(maps, row)[visual]
     return (total / max(1, answer_ids.numel())).detach()
 

@@ -160,6 +160,19 @@ def test_quick_bars(demo_models, family, modality):
 
 
 @needs_assets
+def test_oracle_rule_pointing_reproduces_the_oracle(demo_models):
+    """The rule comparison's "clamp" column is the oracle the evaluation runs (batched, through wrap_model)."""
+    from tcc_eval.demo.evaluate import evaluate_model, oracle_rule_pointing
+
+    model, processor = demo_models["llava_onevision"]
+    samples = benchmark.samples("image", 12, TEST_SEED)
+    rules = oracle_rule_pointing(model, processor, samples)
+    rows = evaluate_model(model, processor, samples, None, methods=("oracle",), ratios=(0.5,), batch_size=12)
+    assert rules["clamp"] == next(r["pointing"] for r in rows if r["method"] == "oracle")
+    assert set(rules) == {"clamp", "abs", "signed", "attention"} and all(0 <= v <= 1 for v in rules.values())
+
+
+@needs_assets
 def test_generate_path_agrees_with_training_forward(demo_models):
     """The evaluation's generate() answers equal the training code's teacher-forced argmax (same model)."""
     from tcc_eval.api import wrap_model

@@ -7,7 +7,7 @@ import torch
 
 from conftest import FAMILIES, messages_for, model_inputs
 from tcc_eval.oracle import (
-    answer_positions, explain_inputs, gradient_weighted_maps, relevance_full_matrix, relevance_row, single_view,
+    RELEVANCE_RULES, answer_positions, explain_inputs, gradient_weighted_maps, relevance_full_matrix, relevance_row, single_view,
 )
 
 
@@ -26,6 +26,27 @@ def test_fast_row_equals_full_matrix(loaded, family, kind):
     full = relevance_full_matrix(maps)[row]
     assert fast.abs().max() > 0
     assert (fast - full).abs().max().item() < 1e-5
+
+
+def test_relevance_rules_match_their_formulas(loaded):
+    """clamp (the method), abs, signed and gradient-free attention maps, against direct head means."""
+    model, processor = loaded["qwen2_vl"]
+    view = single_view(model, model_inputs(processor, messages_for("image")))
+    embeds = view.inputs_embeds.detach().requires_grad_(True)
+    with torch.enable_grad():
+        out = view.adapter.forward_from_embeds(embeds, view.attention_mask, view.position_ids, output_attentions=True)
+        target = out.logits[0, -1].max()
+        grads = torch.autograd.grad(target, out.attentions, retain_graph=True)
+        maps = {rule: gradient_weighted_maps(out.attentions, target, rule) for rule in RELEVANCE_RULES}
+        with pytest.raises(ValueError, match="unknown relevance rule 'relu'"):
+            gradient_weighted_maps(out.attentions, target, "relu")
+    for layer, (g, a) in enumerate(zip(grads, out.attentions)):
+        gw = (g * a)[0]
+        expected = {"clamp": gw.clamp_min(0).mean(0), "abs": gw.abs().mean(0), "signed": gw.mean(0),
+                    "attention": a[0].mean(0)}
+        for rule, ref in expected.items():
+            assert torch.allclose(maps[rule][layer], ref, atol=1e-7), (rule, layer)
+        assert (maps["signed"][layer] < 0).any()  # a rule choice that matters: negative evidence exists
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -1,4 +1,4 @@
-"""``python -m tcc_eval.demo build|evaluate|paths``."""
+"""``python -m tcc_eval.demo build|evaluate|oracle-rules|paths``."""
 
 from __future__ import annotations
 
@@ -51,6 +51,28 @@ def cmd_paths(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_oracle_rules(args: argparse.Namespace) -> int:
+    import torch
+
+    _quiet_transformers()
+    torch.set_num_threads(args.threads)
+    from . import benchmark
+    from .evaluate import load_demo, oracle_rule_pointing
+
+    rows = []
+    for family in args.family:
+        model, processor = load_demo(family, args.root)
+        for modality in args.modality:
+            samples = benchmark.samples(modality, args.n, args.seed, "test")
+            result = oracle_rule_pointing(model, processor, samples)
+            rows.append({"model": family, "modality": modality, "seed": args.seed, "n": args.n, "pointing": result})
+            print(f"{family} / {modality}: " + "  ".join(f"{k} {v:.3f}" for k, v in result.items()), flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     from . import FAMILIES, MODALITIES
 
@@ -75,6 +97,17 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--threads", type=int, default=2)
     e.add_argument("--json", default=None, help="write the rows as JSON here")
     e.set_defaults(func=cmd_evaluate)
+
+    o = sub.add_parser("oracle-rules", help="oracle pointing per relevance rule (clamp = the method; abs, signed, "
+                                            "attention = diagnostics)")
+    o.add_argument("--seed", type=int, default=1)
+    o.add_argument("--n", type=int, default=100)
+    o.add_argument("--family", nargs="+", default=list(FAMILIES), choices=FAMILIES)
+    o.add_argument("--modality", nargs="+", default=list(MODALITIES), choices=MODALITIES)
+    o.add_argument("--root", default=None, help="demo folder (default: the shipped assets)")
+    o.add_argument("--threads", type=int, default=2)
+    o.add_argument("--json", default=None, help="write the rows as JSON here")
+    o.set_defaults(func=cmd_oracle_rules)
 
     p = sub.add_parser("paths", help="print the local paths of the demo models, compressors and data as JSON")
     p.add_argument("--root", default=None, help="demo folder (default: the shipped assets)")

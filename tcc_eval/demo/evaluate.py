@@ -21,6 +21,7 @@ from .. import synth
 from ..adapters import adapter_for
 from ..api import load_hf_model, wrap_model
 from ..core import keep_positions
+from ..oracle import RELEVANCE_RULES, draft_answer, single_view, view_relevance
 from . import FAMILIES, MODALITIES, benchmark, compressor_path, model_dir
 from .regions import token_regions
 from .train import answer_logits, encode, letter_ids
@@ -189,6 +190,25 @@ def evaluate_model(
         rows.append(row)
         log(f"  {row['method']} (keeps {row['ratio']:.3f} of tokens): {row['accuracy']:.3f}")
     return rows
+
+
+def oracle_rule_pointing(model, processor, samples: list[synth.SynthSample],
+                         rules: Iterable[str] = RELEVANCE_RULES) -> dict[str, float]:
+    """Pointing of the explainability oracle under each relevance rule, on the same samples and answers.
+
+    Tells a rule that misses the evidence from a model that hides it: if |grad * A| or plain attention
+    rollout find the object where the method's clamped rule does not, the object's evidence enters with a
+    negative gradient and the clamp removes it."""
+    hits: dict[str, list[bool]] = {rule: [] for rule in rules}
+    for sample in samples:
+        inputs = encode(processor, [sample])
+        gt = token_regions(model, inputs, 0, sample).ground_truth(sample)
+        view = single_view(model, inputs)
+        with torch.no_grad():
+            answer = draft_answer(view, 1)
+        for rule in hits:
+            hits[rule].append(bool(gt[int(torch.argmax(view_relevance(view, answer, rule)))]))
+    return {rule: float(np.mean(h)) for rule, h in hits.items()}
 
 
 def evaluate(
