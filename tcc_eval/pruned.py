@@ -154,19 +154,20 @@ class TokenPrunedModel(nn.Module):
         shape = shape_from_config(self.adapter.language_model.config)
         elem = next(self.model.parameters()).element_size()
         before, after = sum(selection.visual_before), sum(selection.visual_after)
+        seq_before, seq_after = sum(selection.seq_before), sum(selection.seq_after)
         return {
             "method": self.method,
             "keep_ratio": self.keep_ratio,
             "visual_before": before,
             "visual_after": after,
-            "seq_before": sum(selection.seq_before),
-            "seq_after": sum(selection.seq_after),
+            "seq_before": seq_before,
+            "seq_after": seq_after,
             "avg_retention": self.layer_average(before, after, shape.layers) / before if before else 1.0,
             "compressor_s": compressor_s,
             "prefill_s": prefill_s,
             "total_s": total_s,
             "kv_cache_bytes": round(kv_cache_bytes(
-                self.layer_average(sum(selection.seq_before), sum(selection.seq_after), shape.layers),
+                self.layer_average(seq_before, seq_after, shape.layers),
                 shape.layers, shape.kv_heads, shape.head_dim, elem,
             )),
             "new_tokens": int(new_tokens.shape[1]),

@@ -79,11 +79,10 @@ def render(family: str, modality: str, n: int, seed: int, ratio: float, methods:
     from .demo import benchmark, compressor_path
     from .demo.evaluate import load_demo
 
-    if model_path:
-        from transformers import AutoModelForImageTextToText, AutoProcessor
+    if model_path:  # any checkpoint of a supported family, loaded as every tool loads it (VILA folders too)
+        from .api import load_hf_model
 
-        model = AutoModelForImageTextToText.from_pretrained(model_path, dtype=torch.float32).eval()
-        processor = AutoProcessor.from_pretrained(model_path)
+        model, processor = load_hf_model(model_path, torch.device("cpu"), torch.float32)
     else:
         model, processor = load_demo(family)
     compressor = {modality: compressor or str(compressor_path(family, modality))}  # this modality's compressor

@@ -57,6 +57,13 @@ class MLLMAdapter:
         """Placeholder id of video tokens (None where videos are fed as frames of images)."""
         return getattr(self.model.config, "video_token_id", None)
 
+    def visual_mask(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Boolean mask (same shape) of image/video placeholder positions."""
+        mask = torch.zeros_like(input_ids, dtype=torch.bool)
+        for token_id in self.visual_token_ids():
+            mask |= input_ids == token_id
+        return mask
+
     def modality(self, input_ids: torch.Tensor) -> str:
         """"video" when the prompt holds video tokens, else "image" (selects the per-modality compressor)."""
         video = self.video_token_id()
@@ -80,8 +87,9 @@ class MLLMAdapter:
         Facts only the front end knows (e.g. tokens per image) go into ``front_end``."""
         self.model.model(**inputs, use_cache=False)
 
-    @torch.no_grad()
-    def capture_llm_inputs(self, inputs: dict[str, Any]) -> LLMInputs:
+    def llm_call_kwargs(self, inputs: dict[str, Any], front_end: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The keyword arguments the model passes its language model (``inputs_embeds``, ``position_ids``, ...),
+        captured by a pre-hook that stops the forward there. Gradients flow unless the caller disables them."""
         captured: dict[str, Any] = {}
 
         def hook(_module: nn.Module, args: tuple, kwargs: dict) -> None:
@@ -89,15 +97,20 @@ class MLLMAdapter:
             raise _Captured
 
         handle = self.language_model.register_forward_pre_hook(hook, with_kwargs=True)
-        front_end: dict[str, Any] = {}
         try:
-            self.run_until_llm(inputs, front_end)
+            self.run_until_llm(inputs, {} if front_end is None else front_end)
         except _Captured:
             pass
         finally:
             handle.remove()
         if "inputs_embeds" not in captured:
             raise RuntimeError(f"{type(self).__name__}: the model never reached its language model")
+        return captured
+
+    @torch.no_grad()
+    def capture_llm_inputs(self, inputs: dict[str, Any]) -> LLMInputs:
+        front_end: dict[str, Any] = {}
+        captured = self.llm_call_kwargs(inputs, front_end)
         input_ids = inputs["input_ids"]
         attention_mask = inputs.get("attention_mask")
         if attention_mask is None:
@@ -107,9 +120,7 @@ class MLLMAdapter:
             position_ids = self.default_position_ids(attention_mask)
         elif position_ids.dim() == 3 and position_ids.shape[0] == 4:  # text row + 3 M-RoPE rows
             position_ids = position_ids[1:]
-        visual_mask = torch.zeros_like(input_ids, dtype=torch.bool)
-        for token_id in self.visual_token_ids():
-            visual_mask |= input_ids == token_id
+        visual_mask = self.visual_mask(input_ids)
         return LLMInputs(
             input_ids=input_ids,
             inputs_embeds=captured["inputs_embeds"],

@@ -59,10 +59,7 @@ def make_batches(model, processor, samples: list[synth.SynthSample], batch_size:
 
 def visual_rows(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """(B, L) bool: visual token positions (padding excluded)."""
-    visual = torch.zeros_like(input_ids, dtype=torch.bool)
-    for token_id in adapter_for(model).visual_token_ids():
-        visual |= input_ids == token_id
-    return visual & attention_mask.bool()
+    return adapter_for(model).visual_mask(input_ids) & attention_mask.bool()
 
 
 class RecordingScorer:

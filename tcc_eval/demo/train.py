@@ -215,31 +215,14 @@ def build_untrained(spec: DemoSpec):
 
 
 # ----------------------------------------------------------------------------- the training step
-class _Stop(Exception):
-    pass
-
-
 def llm_inputs(model, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(inputs_embeds, attention_mask, position_ids) exactly as the model feeds its LLM, with gradients
-    (``MLLMAdapter.capture_llm_inputs`` is the same capture without them)."""
+    """(inputs_embeds, attention_mask, position_ids) exactly as the model feeds its LLM, with gradients."""
     adapter = adapter_for(model)
-    captured: dict[str, Any] = {}
-
-    def hook(_module, _args, kwargs):
-        captured.update(kwargs)
-        raise _Stop
-
-    handle = adapter.language_model.register_forward_pre_hook(hook, with_kwargs=True)
-    try:
-        adapter.run_until_llm(inputs, {})
-    except _Stop:
-        pass
-    finally:
-        handle.remove()
+    captured = adapter.llm_call_kwargs(inputs)
     mask = inputs["attention_mask"]
     positions = captured.get("position_ids")
     if positions is None:
-        positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+        positions = adapter.default_position_ids(mask)
     return captured["inputs_embeds"], mask, positions
 
 
@@ -260,14 +243,11 @@ def letter_ids(tokenizer) -> dict[str, int]:
 
 def kept_positions(model, inputs, samples, drop_rates: list[float], rng: np.random.Generator) -> list[torch.Tensor]:
     """Per sample: all text, every object's visual tokens, and each background token with prob 1 - rate."""
-    visual_ids = adapter_for(model).visual_token_ids()
+    visual_of = adapter_for(model).visual_mask
     out = []
     for b, (sample, rate) in enumerate(zip(samples, drop_rates)):
         valid = inputs["attention_mask"][b].bool()
-        visual = torch.zeros_like(valid)
-        for token_id in visual_ids:
-            visual |= inputs["input_ids"][b] == token_id
-        visual &= valid
+        visual = visual_of(inputs["input_ids"][b]) & valid
         objects = token_regions(model, inputs, b, sample).objects(sample)
         if len(objects) != int(visual.sum()):
             raise RuntimeError(f"token layout mismatch: {len(objects)} regions for {int(visual.sum())} visual tokens")
@@ -345,7 +325,7 @@ def pretrain_vision(model, processor, spec: DemoSpec, log: Callable[[str], None]
     opt = torch.optim.AdamW(front + list(heads.parameters()), lr=spec.lr)
     rng = np.random.default_rng(spec.seed + 1)
     weights = [torch.tensor([0.1] + [1.0] * (n - 1)) for n in classes]  # background is most tokens
-    visual_ids = adapter_for(model).visual_token_ids()
+    visual_of = adapter_for(model).visual_mask
     for step in range(spec.vision_steps):
         kind = "video" if spec.video_fraction and step % 3 == 2 else "image"
         crowded = {"min_objects": 2, "max_objects": 4} if kind == "image" else {}  # more labelled tokens
@@ -354,9 +334,7 @@ def pretrain_vision(model, processor, spec: DemoSpec, log: Callable[[str], None]
         embeds = llm_inputs(model, inputs)[0]
         feats, colors, shapes = [], [], []
         for b, sample in enumerate(samples):
-            visual = torch.zeros_like(inputs["input_ids"][b], dtype=torch.bool)
-            for token_id in visual_ids:
-                visual |= inputs["input_ids"][b] == token_id
+            visual = visual_of(inputs["input_ids"][b])
             feats.append(embeds[b][visual & inputs["attention_mask"][b].bool()])
             c, s = token_attributes(model, inputs, b, sample)
             colors.append(c)
