@@ -36,6 +36,10 @@ PART_NAMES = {
     4: ("first quarter", "second quarter", "third quarter", "fourth quarter"),
 }
 IMAGE_TYPES = ("color_of_shape", "shape_of_color", "count", "presence")
+# Relational questions about one anchor object (drawn once, in a shape no other object has) among a crowd:
+# its colour, or the colour of the object in the cell right of it. The second kind's answer object looks
+# like every other object, so only its place next to the anchor singles it out.
+ANCHOR_TYPES = ("anchor_color", "right_of_anchor")
 VIDEO_TYPES = ("what_appeared", "when_appeared")
 
 
@@ -47,9 +51,10 @@ class ImageConfig:
     margin: int = 3  # empty pixels between the shape and its cell border
     colors: tuple[str, ...] = ("red", "green", "blue", "yellow")
     shapes: tuple[str, ...] = ("circle", "square", "triangle", "cross")
-    min_objects: int = 2
+    min_objects: int = 2  # anchor questions: objects besides the anchor and its right neighbour
     max_objects: int = 4
     question_types: tuple[str, ...] = IMAGE_TYPES
+    anchor: str = "diamond"  # the anchor questions' landmark shape; must not be one of ``shapes``
     background: int = 118
     noise: int = 14  # background pixels are uniform in background +- noise, per channel
     noise_block: int = 4  # noise is constant over blocks of this many pixels (keeps PNGs ~25 KB)
@@ -124,15 +129,22 @@ def _validate(cfg: ImageConfig | VideoConfig) -> None:
     need(not bad, f"unsupported colours/shapes {bad}; colours: {sorted(set(PALETTE) - {'grey'})}, shapes: {SHAPES}")
     need(len(cfg.colors) >= 2 and len(cfg.shapes) >= 2, "need at least 2 colours and 2 shapes")
     need(len(set(cfg.colors)) == len(cfg.colors) and len(set(cfg.shapes)) == len(cfg.shapes), "duplicate names")
-    valid_types = IMAGE_TYPES if isinstance(cfg, ImageConfig) else VIDEO_TYPES
+    valid_types = IMAGE_TYPES + ANCHOR_TYPES if isinstance(cfg, ImageConfig) else VIDEO_TYPES
     need(bool(cfg.question_types) and set(cfg.question_types) <= set(valid_types),
          f"question_types {cfg.question_types} must be a non-empty subset of {valid_types}")
     need(0 <= cfg.noise <= cfg.background <= 255 - cfg.noise, "background +- noise must stay in 0..255")
     need(cfg.noise_block >= 1, "noise_block must be >= 1")
     n_cells = (cfg.size // cfg.cell) ** 2
     if isinstance(cfg, ImageConfig):
-        need(1 <= cfg.min_objects <= cfg.max_objects, "need 1 <= min_objects <= max_objects")
-        need(cfg.max_objects <= min(len(cfg.shapes), n_cells), "max_objects exceeds distinct shapes or cells")
+        anchored = set(cfg.question_types) & set(ANCHOR_TYPES)
+        need(int(not anchored) <= cfg.min_objects <= cfg.max_objects,
+             "need 1 <= min_objects <= max_objects (0 <= min_objects for anchor questions)")
+        if anchored:
+            need(cfg.anchor in SHAPES and cfg.anchor not in cfg.shapes,
+                 f"anchor {cfg.anchor!r} must be one of {SHAPES} and not in shapes {cfg.shapes} (it must be unique)")
+            need(cfg.max_objects + 2 <= n_cells, f"max_objects + anchor + neighbour exceed the {n_cells} cells")
+        if set(cfg.question_types) - set(ANCHOR_TYPES):
+            need(cfg.max_objects <= min(len(cfg.shapes), n_cells), "max_objects exceeds distinct shapes or cells")
         if "shape_of_color" in cfg.question_types:
             need(cfg.max_objects <= len(cfg.colors), "shape_of_color needs max_objects <= len(colors)")
     else:
@@ -188,7 +200,34 @@ def _mcq(rng: np.random.Generator, answer: str, pool: Sequence[str], k: int) -> 
 
 
 # ----------------------------------------------------------------------------- generators
+def _anchor_sample(index: int, rng: np.random.Generator, cfg: ImageConfig, qtype: str) -> SynthSample:
+    """The anchor in a random cell with a right neighbour, that neighbour, and ``min..max_objects`` others."""
+    grid = cfg.size // cfg.cell
+    anchor_cell = int(rng.integers(grid)) * grid + int(rng.integers(grid - 1))
+    n_others = int(rng.integers(cfg.min_objects, cfg.max_objects + 1))
+    free = [c for c in range(grid * grid) if c not in (anchor_cell, anchor_cell + 1)]
+    cells = [anchor_cell, anchor_cell + 1] + [int(c) for c in rng.choice(free, size=n_others, replace=False)]
+    shapes = [cfg.anchor] + [cfg.shapes[int(i)] for i in rng.integers(len(cfg.shapes), size=n_others + 1)]
+    colors = [cfg.colors[int(i)] for i in rng.integers(len(cfg.colors), size=n_others + 2)]
+    objects = [{"shape": s, "color": c, "box": _cell_box(cell, cfg)} for s, c, cell in zip(shapes, colors, cells)]
+    img = Image.fromarray(_background(rng, cfg), "RGB")
+    draw = ImageDraw.Draw(img)
+    for o in objects:
+        _draw(draw, o["shape"], o["box"], PALETTE[o["color"]])
+    anchor, neighbour = objects[0], objects[1]
+    if qtype == "anchor_color":
+        question, color, relevant = f"What color is the {cfg.anchor}?", anchor["color"], [anchor]
+    else:  # the neighbour carries the answer; the anchor is what locates it
+        question, color, relevant = f"What color is the shape right of the {cfg.anchor}?", neighbour["color"], [neighbour, anchor]
+    options, answer = _mcq(rng, color, cfg.colors, min(4, len(cfg.colors)))
+    return SynthSample(index=index, question=question, options=options, answer=answer, category=qtype,
+                       boxes=[list(o["box"]) for o in relevant], frames=[], image=img,
+                       canvas_hw=(cfg.size, cfg.size), n_frames=0, objects=objects)
+
+
 def _image_sample(index: int, rng: np.random.Generator, cfg: ImageConfig, qtype: str) -> SynthSample:
+    if qtype in ANCHOR_TYPES:
+        return _anchor_sample(index, rng, cfg, qtype)
     n_obj = int(rng.integers(cfg.min_objects, cfg.max_objects + 1))
     shapes = [cfg.shapes[i] for i in rng.permutation(len(cfg.shapes))[:n_obj]]
     if qtype == "shape_of_color":  # colours must identify one object

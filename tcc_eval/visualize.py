@@ -75,19 +75,21 @@ def strip(images: list[Image.Image], title: str, gap: int = 4) -> Image.Image:
 
 
 def render(family: str, modality: str, n: int, seed: int, ratio: float, methods: list[str], out: Path,
-           model_path: str | None = None, compressor: str | None = None) -> Path:
+           model_path: str | None = None, compressor: str | None = None, root: str | None = None) -> Path:
     from .demo import benchmark, compressor_path
-    from .demo.evaluate import load_demo
+    from .demo.evaluate import load_demo, samples_for
 
     if model_path:  # any checkpoint of a supported family, loaded as every tool loads it (VILA folders too)
         from .api import load_hf_model
 
         model, processor = load_hf_model(model_path, torch.device("cpu"), torch.float32)
+        samples = benchmark.samples(modality, n, seed, "test")
     else:
-        model, processor = load_demo(family)
-    compressor = {modality: compressor or str(compressor_path(family, modality))}  # this modality's compressor
+        model, processor = load_demo(family, root)
+        samples = samples_for(family, modality, n, seed, root)  # the benchmark (variant) the model was trained on
+    compressor = {modality: compressor or str(compressor_path(family, modality, root))}  # this modality's compressor
     rows = []
-    for sample in benchmark.samples(modality, n, seed, "test"):
+    for sample in samples:
         row = []
         regions = None
         for method in methods:
@@ -113,7 +115,7 @@ def render(family: str, modality: str, n: int, seed: int, ratio: float, methods:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .demo import FAMILIES, MODALITIES
+    from .demo import FAMILIES, MODALITIES, VARIANTS, demo_root
 
     parser = argparse.ArgumentParser(prog="python -m tcc_eval.visualize", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -125,13 +127,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", nargs="+", default=["tcc", "random", "oracle"])
     parser.add_argument("--model", default=None, help="another checkpoint instead of the demo model")
     parser.add_argument("--compressor", default=None, help="compressor for tcc (default: the demo's)")
+    parser.add_argument("--root", default=None, help="demo folder (default: the shipped demo)")
+    parser.add_argument("--variant", default=None, choices=sorted(VARIANTS),
+                        help="the shipped models of an image variant (e.g. relational)")
     parser.add_argument("--out", default="visualize.png", help="PNG to write")
     args = parser.parse_args(argv)
+    if args.root and args.variant:
+        parser.error("give --root or --variant, not both (--variant names the shipped variant folder)")
     import transformers
 
     transformers.logging.set_verbosity_error()
     path = render(args.family, args.modality, args.n, args.seed, args.ratio, args.methods, Path(args.out),
-                  args.model, args.compressor)
+                  args.model, args.compressor, demo_root(args.root, args.variant))
     print(f"wrote {path}")
     return 0
 

@@ -195,3 +195,86 @@ def test_visualize_writes_png(tmp_path):
     assert main(["--n", "1", "--methods", "tcc", "random", "--out", str(out)]) == 0
     img = Image.open(out)
     assert img.width > 336 * 2 and img.height >= 336
+
+
+def test_variant_inputs_are_checked():
+    from tcc_eval.demo import ASSETS, demo_root, variant_root
+    from tcc_eval.demo.build import build
+
+    with pytest.raises(ValueError, match="image variants"):
+        benchmark.samples("video", 1, TEST_SEED, variant="relational")
+    with pytest.raises(ValueError, match="image variants"):
+        benchmark.samples("image", 1, TEST_SEED, variant="spatial")
+    with pytest.raises(ValueError, match="unknown demo variant"):
+        build(None, families=("qwen2_vl",), variant="spatial")
+    assert variant_root("relational") != ASSETS and demo_root(None, "relational") == str(variant_root("relational"))
+    out = subprocess.run([sys.executable, "-m", "tcc_eval.demo", "evaluate", "--root", "x", "--variant", "relational"],
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and "not both" in out.stderr
+
+
+@needs_assets
+def test_variant_wording_leaves_the_default_vocabulary_as_shipped():
+    """Variant prompts extend the tokenizer corpus only for variant builds: default rebuilds stay bit-identical."""
+    from transformers import AutoTokenizer
+
+    from tcc_eval.demo.train import tokenizer_corpus
+    from tcc_eval.fixtures import QWEN2VL_SPECIAL_TOKENS, build_tokenizer
+
+    shipped = AutoTokenizer.from_pretrained(paths()["qwen2_vl"]["model"]).get_vocab()
+    assert build_tokenizer(QWEN2VL_SPECIAL_TOKENS, tokenizer_corpus()).get_vocab() == shipped
+    variant = build_tokenizer(QWEN2VL_SPECIAL_TOKENS, tokenizer_corpus(variant="relational"))
+    assert "Ġdiamond" in variant.get_vocab() and "Ġdiamond" not in shipped
+
+
+def test_evaluate_scores_a_variant_model_on_its_own_benchmark(tmp_path):
+    """A variant build's record decides the test split (its image variant) and the modalities (image only)."""
+    from dataclasses import asdict
+
+    from tcc_eval.demo.evaluate import evaluate, format_table, trained_benchmark
+    from tcc_eval.demo.train import DEFAULT_SPECS, TRAIN_RECORD, build_untrained, variant_spec
+
+    spec = variant_spec(DEFAULT_SPECS[0], "relational")
+    model, processor = build_untrained(spec)
+    folder = tmp_path / spec.family
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    (folder / TRAIN_RECORD).write_text(json.dumps({"spec": asdict(spec)}))
+    assert trained_benchmark(spec.family, str(tmp_path)) == ("relational", ("image",))
+    rows = evaluate(seed=TEST_SEED, n=4, families=(spec.family,), methods=("none", "a0"), ratios=(0.25,),
+                    root=str(tmp_path), log=lambda _: None)
+    assert {r["modality"] for r in rows} == {"image"}
+    none = next(r for r in rows if r["method"] == "none")
+    assert set(none["by_category"]) == {"anchor_color", "right_of_anchor"}
+    assert "by question type:" in format_table(rows)
+
+
+VARIANT_SHIPPED = all(paths()["variants"]["relational"][f]["built"] for f in FAMILIES)
+# the method's clamped relevance misses on the SigLIP-based models here too (oracle-rules --variant relational:
+# clamp 0.93 / 0.80 / 0.66, attention rollout 1.00 / 0.98 / 1.00 at n=100); on this 48-sample split the oracle
+# points 0.875 / 0.875 / 0.69, and the floors sit a little below
+VARIANT_ORACLE_POINTING_FLOOR = {"qwen2_vl": 0.85, "llava_onevision": 0.8, "vila": 0.6}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.skipif(not VARIANT_SHIPPED, reason="relational demo not in this checkout; "
+                                                "`python -m tcc_eval.demo build --variant relational`")
+def test_relational_variant_quick_bars(family):
+    """The variant the default task cannot be: tcc@25% beats a0@25%, because the answer to "right of the
+    diamond" lies next to a0's peak, not on it; the rest of the bars as for the default demo."""
+    from tcc_eval.demo import compressor_path, variant_root
+    from tcc_eval.demo.evaluate import evaluate_model, load_demo, samples_for
+
+    root = str(variant_root("relational"))
+    model, processor = load_demo(family, root)
+    samples = samples_for(family, "image", 48, TEST_SEED, root)
+    rows = evaluate_model(model, processor, samples, {"image": str(compressor_path(family, "image", root))},
+                          methods=("none", "random", "a0", "tcc", "oracle"), ratios=(0.25,), batch_size=16)
+    row = {r["method"]: r for r in rows}
+    acc = {m: r["accuracy"] for m, r in row.items()}
+    relational = {m: r["by_category"]["right_of_anchor"] for m, r in row.items() if m != "chance"}
+    assert acc["none"] >= 0.9, rows
+    assert acc["tcc"] >= 0.95 * acc["none"] and acc["tcc"] >= acc["random"] + 0.15, rows
+    assert acc["tcc"] >= acc["a0"] + 0.05 and relational["tcc"] >= relational["a0"] + 0.1, rows
+    assert row["oracle"]["pointing"] >= VARIANT_ORACLE_POINTING_FLOOR[family], rows
+    assert acc["keep_gt"] >= acc["none"] - 0.1 and acc["drop_gt"] <= acc["chance"] + 0.2, rows

@@ -197,3 +197,39 @@ def test_config_knobs_and_errors():
         synth.generate("video", 1, seed=0, split="test", frames=7)
     with pytest.raises(ValueError, match="split"):
         synth.generate("image", 1, seed=0, split="val")
+
+
+def _cell_of(box, cell=CELL, grid=336 // CELL):
+    return (box[1] // cell) * grid + box[0] // cell
+
+
+def test_anchor_questions_single_out_the_anchor_and_its_right_neighbour():
+    samples = synth.generate("image", 60, seed=4, split="test", question_types=synth.ANCHOR_TYPES,
+                             min_objects=20, max_objects=90)
+    assert Counter(s.category for s in samples) == {t: 30 for t in synth.ANCHOR_TYPES}
+    for s in samples:
+        anchor, neighbour = s.objects[0], s.objects[1]
+        assert [o["shape"] for o in s.objects].count("diamond") == 1 and anchor["shape"] == "diamond"
+        assert 22 <= len(s.objects) <= 92 and len({_cell_of(o["box"]) for o in s.objects}) == len(s.objects)
+        assert _cell_of(neighbour["box"]) == _cell_of(anchor["box"]) + 1  # same row: the anchor is never last
+        assert _cell_of(anchor["box"]) % 12 != 11
+        arr = np.asarray(s.image)
+        assert _rgb_at(s.image, anchor["box"]) == synth.PALETTE[anchor["color"]] and not _is_background(arr)
+        if s.category == "anchor_color":
+            assert s.options[s.answer] == anchor["color"] and s.boxes == [anchor["box"]]
+        else:
+            assert s.question == "What color is the shape right of the diamond?"
+            assert s.options[s.answer] == neighbour["color"] and s.boxes == [neighbour["box"], anchor["box"]]
+    assert len({s.options[s.answer] for s in samples if s.category == "right_of_anchor"}) == 4
+
+
+def test_anchor_config_errors():
+    with pytest.raises(ValueError, match="must not be one of|not in shapes"):
+        synth.generate("image", 1, seed=0, split="test", question_types=["anchor_color"],
+                       shapes=["circle", "diamond"])
+    with pytest.raises(ValueError, match="exceed the 144 cells"):
+        synth.generate("image", 1, seed=0, split="test", question_types=["anchor_color"], max_objects=143)
+    with pytest.raises(ValueError, match="max_objects exceeds distinct shapes"):  # crowds only for anchor questions
+        synth.generate("image", 1, seed=0, split="test", question_types=["anchor_color", "count"], max_objects=30)
+    assert len(synth.generate("image", 2, seed=0, split="test", question_types=["right_of_anchor"],
+                              min_objects=0, max_objects=0)[0].objects) == 2

@@ -26,6 +26,28 @@ TASKS: dict[str, dict[str, Any]] = {
 }
 OPTION_ORDER = "canonical"
 
+# Image benchmark variants, each with its own image-only demo models in assets/demo_<variant>
+# (`python -m tcc_eval.demo build|evaluate --variant NAME`). "relational": an anchor diamond among 24-96
+# objects; "What color is the diamond?" or "What color is the shape right of the diamond?". The second
+# question's object looks like all the others, so the layer-0 attention (a0) that finds the anchor cannot
+# rank it above the crowd; a compressor that learned "the token right of an attention peak" can. It
+# separates tcc from a0, which the default task (one salient object) cannot.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "relational": {"question_types": ("anchor_color", "right_of_anchor"), "min_objects": 24, "max_objects": 96},
+}
+
+
+def variant_root(variant: str) -> Path:
+    """The shipped folder of a variant's demo models (not moved by TCC_DEMO_ROOT)."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown demo variant {variant!r}; choose one of {sorted(VARIANTS)}")
+    return Path(__file__).resolve().parent.parent / "assets" / f"demo_{variant}"
+
+
+def demo_root(root: str | os.PathLike | None, variant: str | None) -> str | None:
+    """A demo folder given by path, else the shipped folder of ``variant``, else None (the default demo)."""
+    return str(root) if root else (str(variant_root(variant)) if variant else None)
+
 
 def model_dir(family: str, root: str | os.PathLike | None = None) -> Path:
     return Path(root or ASSETS) / family
@@ -59,8 +81,17 @@ def paths(root: str | os.PathLike | None = None) -> dict[str, Any]:
     out["vlmeval_data_dir"] = str(vlmeval_data_dir())
     out["lmms_eval_include_path"] = str(LMMS_TASKS)
     out["tasks"] = {k: {q: list(v) if isinstance(v, tuple) else v for q, v in cfg.items()} for k, cfg in TASKS.items()}
+    out["variants"] = {}
+    for name in VARIANTS:
+        vroot = variant_root(name)
+        entry = {f: {"model": str(model_dir(f, vroot)), "compressor_image": str(compressor_path(f, "image", vroot))}
+                 for f in FAMILIES}
+        for e in entry.values():
+            e["built"] = all(Path(p).exists() for p in e.values())
+        out["variants"][name] = {"root": str(vroot), **entry}
     out["option_order"] = OPTION_ORDER
     return out
 
 
-__all__ = ["ASSETS", "FAMILIES", "MODALITIES", "OPTION_ORDER", "TASKS", "compressor_path", "model_dir", "paths"]
+__all__ = ["ASSETS", "FAMILIES", "MODALITIES", "OPTION_ORDER", "TASKS", "VARIANTS", "compressor_path", "model_dir",
+           "demo_root", "paths", "variant_root"]

@@ -16,12 +16,13 @@ def _quiet_transformers() -> None:
 
 def cmd_build(args: argparse.Namespace) -> int:
     _quiet_transformers()
+    from . import demo_root
     from .build import build
 
     start = time.time()
-    build(args.out, tuple(args.family), threads=args.threads, skip_models=args.compressors_only)
+    build(args.out, tuple(args.family), threads=args.threads, skip_models=args.compressors_only, variant=args.variant)
     print(f"build of {' '.join(args.family)} finished in {time.time() - start:.0f}s; wrote "
-          f"{args.out or 'the package assets'} (build_info.json records every run)")
+          f"{args.out or demo_root(None, args.variant) or 'the package assets'} (build_info.json records every run)")
     return 0
 
 
@@ -30,11 +31,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     _quiet_transformers()
     torch.set_num_threads(args.threads)
+    from . import demo_root
     from .evaluate import evaluate, format_table
 
     start = time.time()
     rows = evaluate(seed=args.seed, n=args.n, families=args.family, modalities=args.modality,
-                    ratios=tuple(args.ratios), root=args.root, batch_size=args.batch_size)
+                    ratios=tuple(args.ratios), root=demo_root(args.root, args.variant), batch_size=args.batch_size)
     print(format_table(rows))
     print(f"\nevaluated in {time.time() - start:.0f}s")
     if args.json:
@@ -56,14 +58,14 @@ def cmd_oracle_rules(args: argparse.Namespace) -> int:
 
     _quiet_transformers()
     torch.set_num_threads(args.threads)
-    from . import benchmark
-    from .evaluate import load_demo, oracle_rule_pointing
+    from . import demo_root
+    from .evaluate import load_demo, oracle_rule_pointing, samples_for, trained_benchmark
 
-    rows = []
+    rows, root = [], demo_root(args.root, args.variant)
     for family in args.family:
-        model, processor = load_demo(family, args.root)
-        for modality in args.modality:
-            samples = benchmark.samples(modality, args.n, args.seed, "test")
+        model, processor = load_demo(family, root)
+        for modality in [m for m in args.modality if m in trained_benchmark(family, root)[1]]:
+            samples = samples_for(family, modality, args.n, args.seed, root)
             result = oracle_rule_pointing(model, processor, samples)
             rows.append({"model": family, "modality": modality, "seed": args.seed, "n": args.n, "pointing": result})
             print(f"{family} / {modality}: " + "  ".join(f"{k} {v:.3f}" for k, v in result.items()), flush=True)
@@ -74,7 +76,7 @@ def cmd_oracle_rules(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from . import FAMILIES, MODALITIES
+    from . import FAMILIES, MODALITIES, VARIANTS
 
     parser = argparse.ArgumentParser(prog="python -m tcc_eval.demo", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -84,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--family", nargs="+", default=list(FAMILIES), choices=FAMILIES)
     b.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     b.add_argument("--compressors-only", action="store_true", help="keep the models in --out, redo the compressors")
+    b.add_argument("--variant", default=None, choices=sorted(VARIANTS),
+                   help="image-only demo models for an image benchmark variant (default --out: assets/demo_VARIANT)")
     b.set_defaults(func=cmd_build)
 
     e = sub.add_parser("evaluate", help="score every method on a fresh synthetic test split")
@@ -93,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--modality", nargs="+", default=list(MODALITIES), choices=MODALITIES)
     e.add_argument("--ratios", nargs="+", type=float, default=[0.75, 0.5, 0.25])
     e.add_argument("--root", default=None, help="demo folder (default: the shipped assets)")
+    e.add_argument("--variant", default=None, choices=sorted(VARIANTS), help="the shipped models of an image variant")
     e.add_argument("--batch-size", type=int, default=16)
     e.add_argument("--threads", type=int, default=2)
     e.add_argument("--json", default=None, help="write the rows as JSON here")
@@ -105,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     o.add_argument("--family", nargs="+", default=list(FAMILIES), choices=FAMILIES)
     o.add_argument("--modality", nargs="+", default=list(MODALITIES), choices=MODALITIES)
     o.add_argument("--root", default=None, help="demo folder (default: the shipped assets)")
+    o.add_argument("--variant", default=None, choices=sorted(VARIANTS), help="the shipped models of an image variant")
     o.add_argument("--threads", type=int, default=2)
     o.add_argument("--json", default=None, help="write the rows as JSON here")
     o.set_defaults(func=cmd_oracle_rules)
@@ -114,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_paths)
 
     args = parser.parse_args(argv)
+    if getattr(args, "root", None) and getattr(args, "variant", None):
+        parser.error("give --root or --variant, not both (--variant names the shipped variant folder)")
     return args.func(args)
 
 

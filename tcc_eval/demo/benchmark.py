@@ -25,7 +25,7 @@ from dataclasses import replace
 from typing import Any
 
 from .. import synth
-from . import OPTION_ORDER, TASKS
+from . import OPTION_ORDER, TASKS, VARIANTS
 
 CANONICAL_ORDER = {name: i for i, name in enumerate(list(synth.PALETTE) + list(synth.SHAPES))}
 
@@ -40,8 +40,11 @@ def canonical_options(sample: synth.SynthSample) -> synth.SynthSample:
     return replace(sample, options=dict(zip(synth.LETTERS, ordered)), answer=answer)
 
 
-def samples(kind: str, n: int, seed: int, split: str = "test", **overrides: Any) -> list[synth.SynthSample]:
-    """``n`` demo-benchmark samples of ``kind`` (deterministic in kind, n, seed, split, overrides)."""
-    config = {**TASKS[kind], **overrides}
+def samples(kind: str, n: int, seed: int, split: str = "test", variant: str | None = None,
+            **overrides: Any) -> list[synth.SynthSample]:
+    """``n`` demo-benchmark samples of ``kind`` (deterministic in kind, n, seed, split, variant, overrides)."""
+    if variant is not None and (kind != "image" or variant not in VARIANTS):
+        raise ValueError(f"unknown {kind} variant {variant!r}; image variants: {sorted(VARIANTS)}")
+    config = {**TASKS[kind], **(VARIANTS[variant] if variant else {}), **overrides}
     out = synth.generate(kind, n, seed, split, **config)
     return [canonical_options(s) for s in out] if OPTION_ORDER == "canonical" else out

@@ -16,20 +16,23 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .. import synth
-from . import ASSETS, FAMILIES, MODALITIES, benchmark, compressor_path, model_dir
-from .train import DEFAULT_SPECS, TRAIN_RECORD, DemoSpec, train
+from . import ASSETS, FAMILIES, MODALITIES, benchmark, compressor_path, model_dir, variant_root
+from .train import DEFAULT_SPECS, TRAIN_RECORD, DemoSpec, train, variant_spec
 
 LABEL_SEED = 7  # train split; the model's training batches use other seeds, the test split another split
 LABEL_SAMPLES = {"image": 400, "video": 300}
 COMPRESSOR_ARGS = ["--epochs", "40", "--patience", "6", "--batch-size", "32", "--seed", "0"]
+# The relational answer sits one cell right of the anchor: the next token for Qwen2-VL and LLaVA-OneVision,
+# 12 tokens on in VILA1.5's column-major order, beyond kernel 5's reach (21 tokens); kernel 7 reaches 31.
+VARIANT_COMPRESSOR_ARGS = {"relational": ["--kernel-size", "7"]}
 
 
-def export_label_data(modality: str, n: int, folder: Path) -> Path:
+def export_label_data(modality: str, n: int, folder: Path, variant: str | None = None) -> Path:
     """A JSONL the compressor's ``label`` command reads, carrying the exact demo prompt.
 
     The full prompt goes into ``question`` with no ``options`` field, so ``label`` asks it verbatim and
     checks the answer letter by exact match (its own MCQ wording would differ from the demo's)."""
-    samples = benchmark.samples(modality, n, LABEL_SEED, "train")
+    samples = benchmark.samples(modality, n, LABEL_SEED, "train", variant)
     lines = []
     for s in samples:
         rec: dict[str, Any] = {"id": f"{modality}{s.index}", "question": s.prompt(), "answer": s.answer}
@@ -50,11 +53,12 @@ def export_label_data(modality: str, n: int, folder: Path) -> Path:
     return path
 
 
-def build_compressor(family: str, modality: str, root: Path, work: Path, log: Callable[[str], None]) -> dict[str, Any]:
+def build_compressor(family: str, modality: str, root: Path, work: Path, log: Callable[[str], None],
+                     variant: str | None = None) -> dict[str, Any]:
     from ..compressor.__main__ import main as compressor_cli
 
     start = time.time()
-    data = export_label_data(modality, LABEL_SAMPLES[modality], work / f"data_{modality}")
+    data = export_label_data(modality, LABEL_SAMPLES[modality], work / f"data_{modality}", variant)
     labels = work / f"labels_{family}_{modality}"
     code = compressor_cli(["label", "--model", str(model_dir(family, root)), "--data", str(data), "--out", str(labels),
                            "--max-new-tokens", "1", "--max-answer-tokens", "1",
@@ -66,21 +70,26 @@ def build_compressor(family: str, modality: str, root: Path, work: Path, log: Ca
         f"({time.time() - start:.0f}s)")
     out = compressor_path(family, modality, root)
     out.parent.mkdir(parents=True, exist_ok=True)
-    code = compressor_cli(["train", "--labels", str(labels), "--out", str(out), *COMPRESSOR_ARGS])
+    code = compressor_cli(["train", "--labels", str(labels), "--out", str(out), *COMPRESSOR_ARGS,
+                           *VARIANT_COMPRESSOR_ARGS.get(variant, [])])
     if code:
         raise RuntimeError(f"compressor train failed for {family}/{modality} (exit {code})")
     return {"labelled": kept, "seconds": round(time.time() - start, 1)}
 
 
 def build(out: str | Path | None = None, families: tuple[str, ...] = FAMILIES, threads: int = 2,
-          skip_models: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Train every demo model and compressor into ``out`` (default: the package's assets folder)."""
+          skip_models: bool = False, log: Callable[[str], None] = print, variant: str | None = None) -> dict[str, Any]:
+    """Train every demo model and compressor into ``out`` (default: the package's assets folder).
+
+    ``variant`` (a demo.VARIANTS name) builds image-only models for that image benchmark instead (default
+    folder: the variant's own, never the default demo's)."""
     import torch
 
+    default_root = variant_root(variant) if variant is not None else ASSETS
     torch.set_num_threads(threads)
-    root = Path(out or ASSETS)
+    root = Path(out or default_root)
     root.mkdir(parents=True, exist_ok=True)
-    specs: dict[str, DemoSpec] = {s.family: s for s in DEFAULT_SPECS}
+    specs: dict[str, DemoSpec] = {s.family: variant_spec(s, variant) if variant else s for s in DEFAULT_SPECS}
     record = root / "build_info.json"  # one file for the folder: families built in other runs keep their entries
     info: dict[str, Any] = json.loads(record.read_text()) if record.exists() else {}
     info.setdefault("models", {})
@@ -96,10 +105,11 @@ def build(out: str | Path | None = None, families: tuple[str, ...] = FAMILIES, t
             shutil.rmtree(target, ignore_errors=True)
             info["models"][family] = train(specs[family], target, log=log)
         with tempfile.TemporaryDirectory(prefix=f"tcc_demo_{family}_") as tmp:
-            for modality in MODALITIES:
-                info["compressors"][f"{family}_{modality}"] = build_compressor(family, modality, root, Path(tmp), log)
+            for modality in MODALITIES if specs[family].video_fraction else ("image",):
+                info["compressors"][f"{family}_{modality}"] = build_compressor(family, modality, root, Path(tmp), log,
+                                                                               variant)
         log(f"[{family}] done, {time.time() - start:.0f}s since start")
-    info["runs"].append({"families": list(families), "skip_models": skip_models, "threads": threads,
+    info["runs"].append({"families": list(families), "variant": variant, "skip_models": skip_models, "threads": threads,
                          "seconds": round(time.time() - start, 1)})
     record.write_text(json.dumps(info, indent=1, default=str))
     return info

@@ -11,6 +11,7 @@ Every method runs through the same public wrappers users call (``tcc_eval.api.wr
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
@@ -24,7 +25,7 @@ from ..core import keep_positions
 from ..oracle import RELEVANCE_RULES, draft_answer, single_view, view_relevance
 from . import FAMILIES, MODALITIES, benchmark, compressor_path, model_dir
 from .regions import token_regions
-from .train import answer_logits, encode, letter_ids
+from .train import TRAIN_RECORD, answer_logits, encode, letter_ids
 
 METHODS = ("none", "random", "a0", "tcc", "oracle", "fastv")
 RATIOS = (0.75, 0.5, 0.25)
@@ -38,6 +39,27 @@ def load_demo(family: str, root: str | None = None):
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"no demo model at {path}; build it with `python -m tcc_eval.demo build`")
     return load_hf_model(path, torch.device("cpu"), torch.float32)
+
+
+def trained_benchmark(family: str, root: str | None = None) -> tuple[str | None, tuple[str, ...]]:
+    """(image variant, modalities) a demo model was trained on, from the spec its build recorded."""
+    record = model_dir(family, root) / TRAIN_RECORD
+    spec = json.loads(record.read_text()).get("spec", {}) if record.exists() else {}
+    modalities = MODALITIES if spec.get("video_fraction", 1) else ("image",)
+    return spec.get("image_variant"), modalities
+
+
+def samples_for(family: str, modality: str, n: int, seed: int, root: str | None = None) -> list[synth.SynthSample]:
+    """A test split of the benchmark the model was trained on (its image variant, if any)."""
+    variant, _ = trained_benchmark(family, root)
+    return benchmark.samples(modality, n, seed, "test", variant if modality == "image" else None)
+
+
+def by_category(samples: list[synth.SynthSample], hits: list[bool]) -> dict[str, float]:
+    cats: dict[str, list[bool]] = {}
+    for s, hit in zip(samples, hits):
+        cats.setdefault(s.category, []).append(hit)
+    return {c: float(np.mean(h)) for c, h in cats.items()}
 
 
 @dataclass
@@ -86,7 +108,7 @@ def kept_visual_mask(kept: torch.Tensor, visual: torch.Tensor) -> np.ndarray:
 
 
 def run_method(model, pruned, batches: list[Batch], letters: dict[int, str], fastv: bool = False) -> dict[str, Any]:
-    """Accuracy and ground-truth recall of one wrapped model over all batches."""
+    """Accuracy (overall and per question type) and ground-truth recall of one wrapped model over all batches."""
     hits, recalls = [], []
     for batch in batches:
         ids, mask = batch.inputs["input_ids"], batch.inputs["attention_mask"]
@@ -100,7 +122,9 @@ def run_method(model, pruned, batches: list[Batch], letters: dict[int, str], fas
             keep = kept_visual_mask(kept, row)
             gt = batch.gt[b]
             recalls.append(float(keep[gt].mean()) if gt.any() else 1.0)
-    return {"accuracy": float(np.mean(hits)), "gt_recall": float(np.mean(recalls)), "n": len(hits)}
+    samples = [s for batch in batches for s in batch.samples]
+    return {"accuracy": float(np.mean(hits)), "gt_recall": float(np.mean(recalls)), "n": len(hits),
+            "by_category": by_category(samples, hits)}
 
 
 def pointing(scores: list[torch.Tensor], batches: list[Batch]) -> float:
@@ -113,7 +137,7 @@ def pointing(scores: list[torch.Tensor], batches: list[Batch]) -> float:
 @torch.no_grad()
 def region_checks(model, batches: list[Batch], letters: dict[int, str]) -> list[dict[str, Any]]:
     """Accuracy keeping only / dropping only the ground-truth visual tokens."""
-    rows = []
+    rows, samples = [], [s for batch in batches for s in batch.samples]
     for name, keep_gt in (("keep_gt", True), ("drop_gt", False)):
         hits, kept_share = [], []
         for batch in batches:
@@ -127,7 +151,7 @@ def region_checks(model, batches: list[Batch], letters: dict[int, str]) -> list[
             pred = answer_logits(model, batch.inputs, positions).argmax(-1).tolist()
             hits += [letters.get(p) == s.answer for p, s in zip(pred, batch.samples)]
         rows.append({"method": name, "ratio": round(float(np.mean(kept_share)), 4), "accuracy": float(np.mean(hits)),
-                     "n": len(hits)})
+                     "n": len(hits), "by_category": by_category(samples, hits)})
     return rows
 
 
@@ -213,11 +237,15 @@ def evaluate(
     methods: Iterable[str] = METHODS, ratios: Iterable[float] = RATIOS, root: str | None = None,
     batch_size: int = 16, log: Callable[[str], None] = print,
 ) -> list[dict[str, Any]]:
-    """All rows for the demo models on a test split (``split="test"``, never used in training)."""
+    """All rows for the demo models on a test split (``split="test"``, never used in training) of the
+    benchmark each model was trained on; modalities a model was not trained on are skipped."""
     rows = []
     for modality in modalities:
-        samples = benchmark.samples(modality, n, seed, "test")
         for family in families:
+            if modality not in trained_benchmark(family, root)[1]:
+                log(f"{family} / {modality}: skipped (an image-only demo model)")
+                continue
+            samples = samples_for(family, modality, n, seed, root)
             model, processor = load_demo(family, root)
             comp = compressor_path(family, modality, root)
             log(f"{family} / {modality}: {n} samples, seed {seed}")
@@ -252,6 +280,12 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         for r in block:
             if r["method"] in ("keep_gt", "drop_gt", "chance"):
                 lines.append(f"{r['method']:<10}{r['accuracy']:>10.3f}   (keeps {r['ratio']:.3f} of visual tokens)")
+        if any(len(r.get("by_category", {})) > 1 for r in block):
+            lines.append("by question type:")
+            for r in block:
+                if r.get("by_category") and r["method"] != "chance":
+                    label = r["method"] if r["method"] in ("none", "keep_gt", "drop_gt") else f"{r['method']}@{r['ratio']:g}"
+                    lines.append(f"  {label:<14}" + "  ".join(f"{c} {a:.3f}" for c, a in r["by_category"].items()))
     lines.append("\nrec = ground-truth recall in the kept set, p = pointing (top token on ground truth); "
                  "* FastV keeping that share from layer K on (equal average retention impossible)")
     return "\n".join(lines)
