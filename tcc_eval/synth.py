@@ -218,7 +218,8 @@ def _anchor_sample(index: int, rng: np.random.Generator, cfg: ImageConfig, qtype
     if qtype == "anchor_color":
         question, color, relevant = f"What color is the {cfg.anchor}?", anchor["color"], [anchor]
     else:  # the neighbour carries the answer; the anchor is what locates it
-        question, color, relevant = f"What color is the shape right of the {cfg.anchor}?", neighbour["color"], [neighbour, anchor]
+        question, color = f"What color is the shape right of the {cfg.anchor}?", neighbour["color"]
+        relevant = [neighbour, anchor]
     options, answer = _mcq(rng, color, cfg.colors, min(4, len(cfg.colors)))
     return SynthSample(index=index, question=question, options=options, answer=answer, category=qtype,
                        boxes=[list(o["box"]) for o in relevant], frames=[], image=img,

@@ -132,13 +132,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="the shipped models of an image variant (e.g. relational)")
     parser.add_argument("--out", default="visualize.png", help="PNG to write")
     args = parser.parse_args(argv)
-    if args.root and args.variant:
-        parser.error("give --root or --variant, not both (--variant names the shipped variant folder)")
+    try:
+        root = demo_root(args.root, args.variant)
+    except ValueError as err:
+        parser.error(str(err))
     import transformers
 
     transformers.logging.set_verbosity_error()
     path = render(args.family, args.modality, args.n, args.seed, args.ratio, args.methods, Path(args.out),
-                  args.model, args.compressor, demo_root(args.root, args.variant))
+                  args.model, args.compressor, root)
     print(f"wrote {path}")
     return 0
 

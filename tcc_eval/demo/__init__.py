@@ -46,6 +46,8 @@ def variant_root(variant: str) -> Path:
 
 def demo_root(root: str | os.PathLike | None, variant: str | None) -> str | None:
     """A demo folder given by path, else the shipped folder of ``variant``, else None (the default demo)."""
+    if root and variant:
+        raise ValueError("give --root or --variant, not both (--variant names the shipped variant folder)")
     return str(root) if root else (str(variant_root(variant)) if variant else None)
 
 

@@ -76,7 +76,7 @@ def cmd_oracle_rules(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from . import FAMILIES, MODALITIES, VARIANTS
+    from . import FAMILIES, MODALITIES, VARIANTS, demo_root
 
     parser = argparse.ArgumentParser(prog="python -m tcc_eval.demo", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -120,8 +120,10 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_paths)
 
     args = parser.parse_args(argv)
-    if getattr(args, "root", None) and getattr(args, "variant", None):
-        parser.error("give --root or --variant, not both (--variant names the shipped variant folder)")
+    try:
+        demo_root(getattr(args, "root", None), getattr(args, "variant", None))
+    except ValueError as err:
+        parser.error(str(err))
     return args.func(args)
 
 

@@ -284,7 +284,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
             lines.append("by question type:")
             for r in block:
                 if r.get("by_category") and r["method"] != "chance":
-                    label = r["method"] if r["method"] in ("none", "keep_gt", "drop_gt") else f"{r['method']}@{r['ratio']:g}"
+                    whole = r["method"] in ("none", "keep_gt", "drop_gt")
+                    label = r["method"] if whole else f"{r['method']}@{r['ratio']:g}"
                     lines.append(f"  {label:<14}" + "  ".join(f"{c} {a:.3f}" for c, a in r["by_category"].items()))
     lines.append("\nrec = ground-truth recall in the kept set, p = pointing (top token on ground truth); "
                  "* FastV keeping that share from layer K on (equal average retention impossible)")
