@@ -7,7 +7,8 @@ import torch
 
 from conftest import FAMILIES, messages_for, model_inputs
 from tcc_eval.oracle import (
-    RELEVANCE_RULES, answer_positions, explain_inputs, gradient_weighted_maps, relevance_full_matrix, relevance_row, single_view,
+    RELEVANCE_RULES, answer_positions, explain_inputs, gradient_weighted_maps, relevance_full_matrix, relevance_row,
+    single_view,
 )
 
 

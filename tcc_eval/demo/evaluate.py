@@ -49,10 +49,14 @@ def trained_benchmark(family: str, root: str | None = None) -> tuple[str | None,
     return spec.get("image_variant"), modalities
 
 
+def test_split(modality: str, n: int, seed: int, variant: str | None = None) -> list[synth.SynthSample]:
+    """The demo benchmark's test split of ``modality`` (``variant`` applies to images only)."""
+    return benchmark.samples(modality, n, seed, "test", variant if modality == "image" else None)
+
+
 def samples_for(family: str, modality: str, n: int, seed: int, root: str | None = None) -> list[synth.SynthSample]:
     """A test split of the benchmark the model was trained on (its image variant, if any)."""
-    variant, _ = trained_benchmark(family, root)
-    return benchmark.samples(modality, n, seed, "test", variant if modality == "image" else None)
+    return test_split(modality, n, seed, trained_benchmark(family, root)[0])
 
 
 def by_category(samples: list[synth.SynthSample], hits: list[bool]) -> dict[str, float]:
@@ -241,11 +245,16 @@ def evaluate(
     benchmark each model was trained on; modalities a model was not trained on are skipped."""
     rows = []
     for modality in modalities:
+        splits: dict[str | None, list[synth.SynthSample]] = {}  # families trained on one benchmark share its split
         for family in families:
-            if modality not in trained_benchmark(family, root)[1]:
+            variant, trained = trained_benchmark(family, root)
+            if modality not in trained:
                 log(f"{family} / {modality}: skipped (an image-only demo model)")
                 continue
-            samples = samples_for(family, modality, n, seed, root)
+            key = variant if modality == "image" else None
+            if key not in splits:
+                splits[key] = test_split(modality, n, seed, key)
+            samples = splits[key]
             model, processor = load_demo(family, root)
             comp = compressor_path(family, modality, root)
             log(f"{family} / {modality}: {n} samples, seed {seed}")

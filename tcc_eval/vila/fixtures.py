@@ -79,8 +79,8 @@ def tiny_vila(
         raise ValueError(f"unknown conv_mode {conv_mode!r}; choose one of {sorted(CHAT_TEMPLATES)}")
     tokenizer = _tokenizer(conv_mode, image_token_in_vocab, corpus)
     text_config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=intermediate or 2 * hidden, num_hidden_layers=layers,
-        rope_theta=rope_theta,
+        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=intermediate or 2 * hidden,
+        num_hidden_layers=layers, rope_theta=rope_theta,
         num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=4096,
         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         tie_word_embeddings=False,
