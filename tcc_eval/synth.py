@@ -38,7 +38,8 @@ PART_NAMES = {
 IMAGE_TYPES = ("color_of_shape", "shape_of_color", "count", "presence")
 # Relational questions about one anchor object (drawn once, in a shape no other object has) among a crowd:
 # its colour, or the colour of the object in the cell right of it. The second kind's answer object looks
-# like every other object, so only its place next to the anchor singles it out.
+# like every other object, so only its place next to the anchor singles it out. In videos the anchor and
+# its neighbour share one frame pair, and every frame pair has its own crowd.
 ANCHOR_TYPES = ("anchor_color", "right_of_anchor")
 VIDEO_TYPES = ("what_appeared", "when_appeared")
 
@@ -72,6 +73,9 @@ class VideoConfig:
     max_distractors: int = 2  # grey objects per frame pair, 0..max, shapes independent of the target
     n_parts: int = 4
     question_types: tuple[str, ...] = VIDEO_TYPES
+    min_objects: int = 0  # anchor questions: crowd per frame pair besides the anchor and its right neighbour
+    max_objects: int = 0
+    anchor: str = "diamond"
     background: int = 118
     noise: int = 14
     noise_block: int = 4
@@ -129,20 +133,20 @@ def _validate(cfg: ImageConfig | VideoConfig) -> None:
     need(not bad, f"unsupported colours/shapes {bad}; colours: {sorted(set(PALETTE) - {'grey'})}, shapes: {SHAPES}")
     need(len(cfg.colors) >= 2 and len(cfg.shapes) >= 2, "need at least 2 colours and 2 shapes")
     need(len(set(cfg.colors)) == len(cfg.colors) and len(set(cfg.shapes)) == len(cfg.shapes), "duplicate names")
-    valid_types = IMAGE_TYPES + ANCHOR_TYPES if isinstance(cfg, ImageConfig) else VIDEO_TYPES
+    valid_types = (IMAGE_TYPES if isinstance(cfg, ImageConfig) else VIDEO_TYPES) + ANCHOR_TYPES
     need(bool(cfg.question_types) and set(cfg.question_types) <= set(valid_types),
          f"question_types {cfg.question_types} must be a non-empty subset of {valid_types}")
     need(0 <= cfg.noise <= cfg.background <= 255 - cfg.noise, "background +- noise must stay in 0..255")
     need(cfg.noise_block >= 1, "noise_block must be >= 1")
     n_cells = (cfg.size // cfg.cell) ** 2
+    anchored = set(cfg.question_types) & set(ANCHOR_TYPES)
+    if anchored:
+        need(cfg.anchor in SHAPES and cfg.anchor not in cfg.shapes,
+             f"anchor {cfg.anchor!r} must be one of {SHAPES} and not in shapes {cfg.shapes} (it must be unique)")
+        need(cfg.max_objects + 2 <= n_cells, f"max_objects + anchor + neighbour exceed the {n_cells} cells")
     if isinstance(cfg, ImageConfig):
-        anchored = set(cfg.question_types) & set(ANCHOR_TYPES)
         need(int(not anchored) <= cfg.min_objects <= cfg.max_objects,
              "need 1 <= min_objects <= max_objects (0 <= min_objects for anchor questions)")
-        if anchored:
-            need(cfg.anchor in SHAPES and cfg.anchor not in cfg.shapes,
-                 f"anchor {cfg.anchor!r} must be one of {SHAPES} and not in shapes {cfg.shapes} (it must be unique)")
-            need(cfg.max_objects + 2 <= n_cells, f"max_objects + anchor + neighbour exceed the {n_cells} cells")
         if set(cfg.question_types) - set(ANCHOR_TYPES):
             need(cfg.max_objects <= min(len(cfg.shapes), n_cells), "max_objects exceeds distinct shapes or cells")
         if "shape_of_color" in cfg.question_types:
@@ -152,6 +156,7 @@ def _validate(cfg: ImageConfig | VideoConfig) -> None:
         need(cfg.n_parts in PART_NAMES and (cfg.frames // 2) % cfg.n_parts == 0,
              f"n_parts must be in {sorted(PART_NAMES)} and divide the {cfg.frames // 2} frame pairs")
         need(cfg.max_distractors + 1 <= n_cells, "too many distractors for the grid")
+        need(0 <= cfg.min_objects <= cfg.max_objects, "need 0 <= min_objects <= max_objects (crowd per frame pair)")
 
 
 # ----------------------------------------------------------------------------- drawing
@@ -200,7 +205,7 @@ def _mcq(rng: np.random.Generator, answer: str, pool: Sequence[str], k: int) -> 
 
 
 # ----------------------------------------------------------------------------- generators
-def _anchor_sample(index: int, rng: np.random.Generator, cfg: ImageConfig, qtype: str) -> SynthSample:
+def _anchor_layout(rng: np.random.Generator, cfg: ImageConfig | VideoConfig) -> list[dict[str, Any]]:
     """The anchor in a random cell with a right neighbour, that neighbour, and ``min..max_objects`` others."""
     grid = cfg.size // cfg.cell
     anchor_cell = int(rng.integers(grid)) * grid + int(rng.integers(grid - 1))
@@ -209,21 +214,70 @@ def _anchor_sample(index: int, rng: np.random.Generator, cfg: ImageConfig, qtype
     cells = [anchor_cell, anchor_cell + 1] + [int(c) for c in rng.choice(free, size=n_others, replace=False)]
     shapes = [cfg.anchor] + [cfg.shapes[int(i)] for i in rng.integers(len(cfg.shapes), size=n_others + 1)]
     colors = [cfg.colors[int(i)] for i in rng.integers(len(cfg.colors), size=n_others + 2)]
-    objects = [{"shape": s, "color": c, "box": _cell_box(cell, cfg)} for s, c, cell in zip(shapes, colors, cells)]
-    img = Image.fromarray(_background(rng, cfg), "RGB")
-    draw = ImageDraw.Draw(img)
-    for o in objects:
-        _draw(draw, o["shape"], o["box"], PALETTE[o["color"]])
-    anchor, neighbour = objects[0], objects[1]
+    return [{"shape": s, "color": c, "box": _cell_box(cell, cfg)} for s, c, cell in zip(shapes, colors, cells)]
+
+
+def _crowd(rng: np.random.Generator, cfg: VideoConfig) -> list[dict[str, Any]]:
+    """``min..max_objects`` objects in the anchor's colours and non-anchor shapes, in random distinct cells."""
+    n = int(rng.integers(cfg.min_objects, cfg.max_objects + 1))
+    cells = rng.choice((cfg.size // cfg.cell) ** 2, size=n, replace=False)
+    shapes = rng.integers(len(cfg.shapes), size=n)
+    colors = rng.integers(len(cfg.colors), size=n)
+    return [{"shape": cfg.shapes[int(s)], "color": cfg.colors[int(c)], "box": _cell_box(int(cell), cfg)}
+            for s, c, cell in zip(shapes, colors, cells)]
+
+
+def _anchor_question(rng: np.random.Generator, cfg: ImageConfig | VideoConfig, anchor: dict[str, Any],
+                     neighbour: dict[str, Any], qtype: str) -> tuple[str, dict[str, str], str, list[dict[str, Any]]]:
+    """(question, options, answer letter, the objects the answer depends on)."""
     if qtype == "anchor_color":
         question, color, relevant = f"What color is the {cfg.anchor}?", anchor["color"], [anchor]
     else:  # the neighbour carries the answer; the anchor is what locates it
         question, color = f"What color is the shape right of the {cfg.anchor}?", neighbour["color"]
         relevant = [neighbour, anchor]
     options, answer = _mcq(rng, color, cfg.colors, min(4, len(cfg.colors)))
+    return question, options, answer, relevant
+
+
+def _anchor_sample(index: int, rng: np.random.Generator, cfg: ImageConfig, qtype: str) -> SynthSample:
+    objects = _anchor_layout(rng, cfg)
+    img = Image.fromarray(_background(rng, cfg), "RGB")
+    draw = ImageDraw.Draw(img)
+    for o in objects:
+        _draw(draw, o["shape"], o["box"], PALETTE[o["color"]])
+    question, options, answer, relevant = _anchor_question(rng, cfg, objects[0], objects[1], qtype)
     return SynthSample(index=index, question=question, options=options, answer=answer, category=qtype,
                        boxes=[list(o["box"]) for o in relevant], frames=[], image=img,
                        canvas_hw=(cfg.size, cfg.size), n_frames=0, objects=objects)
+
+
+def _draw_frames(rng: np.random.Generator, cfg: VideoConfig, objects: list[dict[str, Any]]) -> list[Image.Image]:
+    video = []
+    for f in range(cfg.frames):
+        img = Image.fromarray(_background(rng, cfg), "RGB")
+        draw = ImageDraw.Draw(img)
+        for o in objects:
+            if f in o["frames"]:
+                _draw(draw, o["shape"], o["box"], PALETTE[o["color"]])
+        video.append(img)
+    return video
+
+
+def _anchor_video_sample(index: int, rng: np.random.Generator, cfg: VideoConfig, qtype: str) -> SynthSample:
+    """A crowd in every frame pair; the anchor and its right neighbour in one of them."""
+    n_seg = cfg.frames // 2
+    seg = int(rng.integers(n_seg))
+    objects: list[dict[str, Any]] = []
+    for s in range(n_seg):
+        layer = _anchor_layout(rng, cfg) if s == seg else _crowd(rng, cfg)
+        objects += [{**o, "frames": [2 * s, 2 * s + 1]} for o in layer]
+    video = _draw_frames(rng, cfg, objects)
+    event = next(i for i, o in enumerate(objects) if o["shape"] == cfg.anchor)
+    question, options, answer, relevant = _anchor_question(rng, cfg, objects[event], objects[event + 1], qtype)
+    return SynthSample(index=index, question=question, options=options, answer=answer, category=qtype,
+                       boxes=[list(o["box"]) for o in relevant for _ in o["frames"]],
+                       frames=[f for o in relevant for f in o["frames"]],
+                       video=video, canvas_hw=(cfg.size, cfg.size), n_frames=cfg.frames, objects=objects)
 
 
 def _image_sample(index: int, rng: np.random.Generator, cfg: ImageConfig, qtype: str) -> SynthSample:
@@ -275,6 +329,8 @@ def _image_sample(index: int, rng: np.random.Generator, cfg: ImageConfig, qtype:
 
 
 def _video_sample(index: int, rng: np.random.Generator, cfg: VideoConfig, qtype: str) -> SynthSample:
+    if qtype in ANCHOR_TYPES:
+        return _anchor_video_sample(index, rng, cfg, qtype)
     n_seg, n_cells = cfg.frames // 2, (cfg.size // cfg.cell) ** 2
     seg = int(rng.integers(n_seg))
     shape = cfg.shapes[int(rng.integers(len(cfg.shapes)))]
@@ -289,14 +345,7 @@ def _video_sample(index: int, rng: np.random.Generator, cfg: VideoConfig, qtype:
             objects.append({"shape": cfg.shapes[int(rng.integers(len(cfg.shapes)))], "color": "grey",
                             "box": _cell_box(int(cell), cfg), "frames": [2 * s, 2 * s + 1]})
 
-    video = []
-    for f in range(cfg.frames):
-        img = Image.fromarray(_background(rng, cfg), "RGB")
-        draw = ImageDraw.Draw(img)
-        for o in objects:
-            if f in o["frames"]:
-                _draw(draw, o["shape"], o["box"], PALETTE[o["color"]])
-        video.append(img)
+    video = _draw_frames(rng, cfg, objects)
 
     if qtype == "what_appeared" and rng.random() < 0.5:
         question = "Which colored shape appeared in the video?"

@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compressor", default=None, help="compressor for tcc (default: the demo's)")
     parser.add_argument("--root", default=None, help="demo folder (default: the shipped demo)")
     parser.add_argument("--variant", default=None, choices=sorted(VARIANTS),
-                        help="the shipped models of an image variant (e.g. relational)")
+                        help="the shipped models of a benchmark variant (e.g. relational)")
     parser.add_argument("--out", default="visualize.png", help="PNG to write")
     args = parser.parse_args(argv)
     try:
@@ -139,8 +139,11 @@ def main(argv: list[str] | None = None) -> int:
     import transformers
 
     transformers.logging.set_verbosity_error()
-    path = render(args.family, args.modality, args.n, args.seed, args.ratio, args.methods, Path(args.out),
-                  args.model, args.compressor, root)
+    try:
+        path = render(args.family, args.modality, args.n, args.seed, args.ratio, args.methods, Path(args.out),
+                      args.model, args.compressor, root)
+    except ValueError as err:  # e.g. a modality the demo model was not trained on
+        parser.error(str(err))
     print(f"wrote {path}")
     return 0
 

@@ -197,16 +197,18 @@ def test_visualize_writes_png(tmp_path):
     assert img.width > 336 * 2 and img.height >= 336
 
 
-def test_variant_inputs_are_checked():
+def test_variant_inputs_are_checked(tmp_path):
     from tcc_eval.demo import ASSETS, demo_root, variant_root
     from tcc_eval.demo.build import build
 
-    with pytest.raises(ValueError, match="image variants"):
-        benchmark.samples("video", 1, TEST_SEED, variant="relational")
+    with pytest.raises(ValueError, match=r"video variants: \['relational'\]"):
+        benchmark.samples("video", 1, TEST_SEED, variant="spatial")
     with pytest.raises(ValueError, match="image variants"):
         benchmark.samples("image", 1, TEST_SEED, variant="spatial")
     with pytest.raises(ValueError, match="unknown demo variant"):
         build(None, families=("qwen2_vl",), variant="spatial")
+    with pytest.raises(ValueError, match="does not hold the stage-1 model"):  # an empty folder
+        build(tmp_path, families=("qwen2_vl",), variant="relational", reuse_stage1=True)
     assert variant_root("relational") != ASSETS and demo_root(None, "relational") == str(variant_root("relational"))
     out = subprocess.run([sys.executable, "-m", "tcc_eval.demo", "evaluate", "--root", "x", "--variant", "relational"],
                          capture_output=True, text=True)
@@ -228,53 +230,112 @@ def test_variant_wording_leaves_the_default_vocabulary_as_shipped():
 
 
 def test_evaluate_scores_a_variant_model_on_its_own_benchmark(tmp_path):
-    """A variant build's record decides the test split (its image variant) and the modalities (image only)."""
+    """A variant build's record decides the test split (its variant) and the modalities: image only after
+    stage 1, images and videos after stage 2."""
     from dataclasses import asdict
 
-    from tcc_eval.demo.evaluate import evaluate, format_table, trained_benchmark
-    from tcc_eval.demo.train import DEFAULT_SPECS, TRAIN_RECORD, build_untrained, variant_spec
+    from tcc_eval.demo.evaluate import evaluate, format_table, samples_for, trained_benchmark
+    from tcc_eval.demo.train import DEFAULT_SPECS, TRAIN_RECORD, build_untrained, stage1_spec, variant_spec
 
     spec = variant_spec(DEFAULT_SPECS[0], "relational")
     model, processor = build_untrained(spec)
     folder = tmp_path / spec.family
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
+    (folder / TRAIN_RECORD).write_text(json.dumps({"spec": asdict(stage1_spec(spec))}))
+    assert trained_benchmark(spec.family, str(tmp_path)) == {"image": "relational"}
+    with pytest.raises(ValueError, match=r"trained on \['image'\] only"):
+        samples_for(spec.family, "video", 2, TEST_SEED, str(tmp_path))
     (folder / TRAIN_RECORD).write_text(json.dumps({"spec": asdict(spec)}))
-    assert trained_benchmark(spec.family, str(tmp_path)) == ("relational", ("image",))
+    assert trained_benchmark(spec.family, str(tmp_path)) == {"image": "relational", "video": "relational"}
     rows = evaluate(seed=TEST_SEED, n=4, families=(spec.family,), methods=("none", "a0"), ratios=(0.25,),
                     root=str(tmp_path), log=lambda _: None)
-    assert {r["modality"] for r in rows} == {"image"}
-    none = next(r for r in rows if r["method"] == "none")
-    assert set(none["by_category"]) == {"anchor_color", "right_of_anchor"}
+    assert {r["modality"] for r in rows} == {"image", "video"}
+    for modality in ("image", "video"):
+        none = next(r for r in rows if r["method"] == "none" and r["modality"] == modality)
+        assert set(none["by_category"]) == {"anchor_color", "right_of_anchor"}
     assert "by question type:" in format_table(rows)
 
 
+def test_stage1_is_reused_only_from_exactly_its_spec(tmp_path):
+    """--reuse-stage1 continues a folder's model only if its record is this spec's stage 1: not a finished
+    two-stage model (stage 2 would run twice) and not a stage 1 trained with other settings."""
+    from dataclasses import asdict
+
+    from tcc_eval.demo.train import DEFAULT_SPECS, TRAIN_RECORD, reusable_stage1, stage1_spec, variant_spec
+
+    spec = variant_spec(DEFAULT_SPECS[2], "relational")
+    record = tmp_path / TRAIN_RECORD
+    assert reusable_stage1(spec, tmp_path) is None  # nothing there
+    stage1 = {k: v for k, v in asdict(stage1_spec(spec)).items() if k not in ("video_variant", "stage2_steps")}
+    record.write_text(json.dumps({"spec": stage1, "train_seconds": 1.0}))  # a record older than stage 2's fields
+    assert reusable_stage1(spec, tmp_path) == {"spec": json.loads(json.dumps(stage1)), "train_seconds": 1.0}
+    for other in (asdict(spec), {**stage1, "steps": 2400}, {**stage1, "family": "qwen2_vl"}):
+        record.write_text(json.dumps({"spec": other}))
+        assert reusable_stage1(spec, tmp_path) is None, other
+    assert reusable_stage1(stage1_spec(spec), tmp_path) is None  # a one-stage spec has nothing to continue
+
+
+def test_two_stage_training_continues_from_its_saved_stage1(tmp_path):
+    """Stage 2 always starts from the saved stage-1 checkpoint, so --reuse-stage1 on a stage-1 folder gives the
+    very weights a full run gives (a tiny two-stage spec, a few steps each)."""
+    from tcc_eval.demo.train import TRAIN_RECORD, DemoSpec, stage1_spec, train
+
+    spec = DemoSpec(name="tiny", family="qwen2_vl", hidden=32, layers=1, heads=2, kv_heads=1, intermediate=64,
+                    vision_embed=16, vision_steps=2, steps=2, batch_size=2, warmup=1, easy_steps=1,
+                    easy_objects=(0, 2), video_fraction=0.0, image_variant="relational", video_variant="relational",
+                    stage2_steps=2, stage2_easy_steps=1, stage2_vision_steps=2)
+    full = train(spec, tmp_path / "full", log=lambda _: None)
+    assert set(full) >= {"stage1", "stage2_seconds", "val_image", "val_video"}
+    assert full["stage1"]["spec"]["stage2_steps"] == 0 and "val_video" not in full["stage1"]
+    train(stage1_spec(spec), tmp_path / "resumed", log=lambda _: None)
+    logs: list[str] = []
+    train(spec, tmp_path / "resumed", log=logs.append, reuse_stage1=True)
+    assert any("stage 1 reused" in line for line in logs)
+    a, b = (_state(tmp_path / d) for d in ("full", "resumed"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((tmp_path / "resumed" / TRAIN_RECORD).read_text())["spec"] == json.loads(json.dumps(full["spec"]))
+
+
+def _state(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "model.safetensors"))
+
+
 VARIANT_SHIPPED = all(paths()["variants"]["relational"][f]["built"] for f in FAMILIES)
-# the method's clamped relevance misses on the SigLIP-based models here too (oracle-rules --variant relational:
-# clamp 0.93 / 0.80 / 0.66, attention rollout 1.00 / 0.98 / 1.00 at n=100); on this 48-sample split the oracle
-# points 0.875 / 0.875 / 0.69, and the floors sit a little below
-VARIANT_ORACLE_POINTING_FLOOR = {"qwen2_vl": 0.85, "llava_onevision": 0.8, "vila": 0.6}
+# oracle pointing on this 48-sample split: 0.85 / 0.90 (Qwen2-VL image / video), 1.00 / 1.00 (LLaVA-OV), 0.75 / 0.98
+# (VILA1.5, whose image relevance the clamp loses: oracle-rules --variant relational, n=100, clamp 0.76, attention
+# rollout 1.00); the floors sit a little below
+VARIANT_ORACLE_POINTING_FLOOR = {("qwen2_vl", "image"): 0.8, ("qwen2_vl", "video"): 0.85,
+                                 ("llava_onevision", "image"): 0.9, ("llava_onevision", "video"): 0.9,
+                                 ("vila", "image"): 0.65, ("vila", "video"): 0.9}
+# tcc@25% / vanilla: >= 0.95 everywhere but LLaVA-OV videos, whose layer-0 attention often misses the anchor of a
+# "right of" question, so the compressor's only input lacks it (0.840 at n=200, 0.833 here; README)
+TCC_PRESERVATION_FLOOR = {("llava_onevision", "video"): 0.8}
 
 
 @pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("modality", MODALITIES)
 @pytest.mark.skipif(not VARIANT_SHIPPED, reason="relational demo not in this checkout; "
                                                 "`python -m tcc_eval.demo build --variant relational`")
-def test_relational_variant_quick_bars(family):
+def test_relational_variant_quick_bars(family, modality):
     """The variant the default task cannot be: tcc@25% beats a0@25%, because the answer to "right of the
-    diamond" lies next to a0's peak, not on it; the rest of the bars as for the default demo."""
+    diamond" lies next to a0's peak, not on it; the rest of the bars as for the default demo (images and videos)."""
     from tcc_eval.demo import compressor_path, variant_root
     from tcc_eval.demo.evaluate import evaluate_model, load_demo, samples_for
 
     root = str(variant_root("relational"))
     model, processor = load_demo(family, root)
-    samples = samples_for(family, "image", 48, TEST_SEED, root)
-    rows = evaluate_model(model, processor, samples, {"image": str(compressor_path(family, "image", root))},
+    samples = samples_for(family, modality, 48, TEST_SEED, root)
+    rows = evaluate_model(model, processor, samples, {modality: str(compressor_path(family, modality, root))},
                           methods=("none", "random", "a0", "tcc", "oracle"), ratios=(0.25,), batch_size=16)
     row = {r["method"]: r for r in rows}
     acc = {m: r["accuracy"] for m, r in row.items()}
     relational = {m: r["by_category"]["right_of_anchor"] for m, r in row.items() if m != "chance"}
     assert acc["none"] >= 0.9, rows
-    assert acc["tcc"] >= 0.95 * acc["none"] and acc["tcc"] >= acc["random"] + 0.15, rows
+    assert acc["tcc"] >= TCC_PRESERVATION_FLOOR.get((family, modality), 0.95) * acc["none"], rows
+    assert acc["tcc"] >= acc["random"] + 0.15, rows
     assert acc["tcc"] >= acc["a0"] + 0.05 and relational["tcc"] >= relational["a0"] + 0.1, rows
-    assert row["oracle"]["pointing"] >= VARIANT_ORACLE_POINTING_FLOOR[family], rows
+    assert row["oracle"]["pointing"] >= VARIANT_ORACLE_POINTING_FLOOR[family, modality], rows
     assert acc["keep_gt"] >= acc["none"] - 0.1 and acc["drop_gt"] <= acc["chance"] + 0.2, rows

@@ -223,6 +223,31 @@ def test_anchor_questions_single_out_the_anchor_and_its_right_neighbour():
     assert len({s.options[s.answer] for s in samples if s.category == "right_of_anchor"}) == 4
 
 
+def test_video_anchor_questions_put_the_anchor_pair_in_one_frame_pair_among_crowds():
+    samples = synth.generate("video", 24, seed=4, split="test", size=168, question_types=synth.ANCHOR_TYPES,
+                             min_objects=6, max_objects=24)
+    assert Counter(s.category for s in samples) == {t: 12 for t in synth.ANCHOR_TYPES}
+    for s in samples:
+        anchors = [i for i, o in enumerate(s.objects) if o["shape"] == "diamond"]
+        assert len(anchors) == 1
+        anchor, neighbour = s.objects[anchors[0]], s.objects[anchors[0] + 1]
+        pair = anchor["frames"]
+        assert neighbour["frames"] == pair and pair[0] % 2 == 0 and pair[1] == pair[0] + 1
+        assert _cell_of(neighbour["box"], grid=6) == _cell_of(anchor["box"], grid=6) + 1
+        for p in range(4):  # every frame pair has its own crowd, in distinct cells
+            layer = [o for o in s.objects if o["frames"] == [2 * p, 2 * p + 1]]
+            extra = 2 if [2 * p, 2 * p + 1] == pair else 0
+            assert 6 + extra <= len(layer) <= 24 + extra and len({_cell_of(o["box"], grid=6) for o in layer}) == len(layer)
+        for f, frame in enumerate(s.video):  # the anchor is drawn in its pair; its cell is empty where no crowd is
+            covered = any(o["box"] == anchor["box"] and f in o["frames"] for o in s.objects)
+            assert _rgb_at(frame, anchor["box"]) == synth.PALETTE[anchor["color"]] if f in pair else (
+                covered or _is_background(np.asarray(frame.crop(anchor["box"]))))
+        relevant = [anchor] if s.category == "anchor_color" else [neighbour, anchor]
+        assert s.options[s.answer] == relevant[0]["color"]
+        assert s.boxes == [o["box"] for o in relevant for _ in pair] and s.frames == [f for _ in relevant for f in pair]
+    assert len({s.video[0].size for s in samples}) == 1 and samples[0].n_frames == 8
+
+
 def test_anchor_config_errors():
     with pytest.raises(ValueError, match="must not be one of|not in shapes"):
         synth.generate("image", 1, seed=0, split="test", question_types=["anchor_color"],
@@ -231,5 +256,10 @@ def test_anchor_config_errors():
         synth.generate("image", 1, seed=0, split="test", question_types=["anchor_color"], max_objects=143)
     with pytest.raises(ValueError, match="max_objects exceeds distinct shapes"):  # crowds only for anchor questions
         synth.generate("image", 1, seed=0, split="test", question_types=["anchor_color", "count"], max_objects=30)
+    with pytest.raises(ValueError, match="exceed the 36 cells"):
+        synth.generate("video", 1, seed=0, split="test", size=168, question_types=["anchor_color"], max_objects=35)
+    with pytest.raises(ValueError, match="min_objects <= max_objects"):
+        synth.generate("video", 1, seed=0, split="test", size=168, question_types=["anchor_color"],
+                       min_objects=5, max_objects=4)
     assert len(synth.generate("image", 2, seed=0, split="test", question_types=["right_of_anchor"],
                               min_objects=0, max_objects=0)[0].objects) == 2

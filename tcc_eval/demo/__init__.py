@@ -26,14 +26,18 @@ TASKS: dict[str, dict[str, Any]] = {
 }
 OPTION_ORDER = "canonical"
 
-# Image benchmark variants, each with its own image-only demo models in assets/demo_<variant>
-# (`python -m tcc_eval.demo build|evaluate --variant NAME`). "relational": an anchor diamond among 24-96
-# objects; "What color is the diamond?" or "What color is the shape right of the diamond?". The second
-# question's object looks like all the others, so the layer-0 attention (a0) that finds the anchor cannot
-# rank it above the crowd; a compressor that learned "the token right of an attention peak" can. It
-# separates tcc from a0, which the default task (one salient object) cannot.
-VARIANTS: dict[str, dict[str, Any]] = {
-    "relational": {"question_types": ("anchor_color", "right_of_anchor"), "min_objects": 24, "max_objects": 96},
+# Benchmark variants, each with its own demo models in assets/demo_<variant>
+# (`python -m tcc_eval.demo build|evaluate --variant NAME`); per modality, settings on top of TASKS.
+# "relational": an anchor diamond among a crowd (24-96 objects per image, 6-24 per video frame pair);
+# "What color is the diamond?" or "What color is the shape right of the diamond?". The second question's
+# object looks like all the others, so the layer-0 attention (a0) that finds the anchor cannot rank it
+# above the crowd; a compressor that learned "the token right of an attention peak" can. It separates tcc
+# from a0, which the default task (one salient object) cannot.
+VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
+    "relational": {
+        "image": {"question_types": ("anchor_color", "right_of_anchor"), "min_objects": 24, "max_objects": 96},
+        "video": {"question_types": ("anchor_color", "right_of_anchor"), "min_objects": 6, "max_objects": 24},
+    },
 }
 
 
@@ -86,7 +90,8 @@ def paths(root: str | os.PathLike | None = None) -> dict[str, Any]:
     out["variants"] = {}
     for name in VARIANTS:
         vroot = variant_root(name)
-        entry = {f: {"model": str(model_dir(f, vroot)), "compressor_image": str(compressor_path(f, "image", vroot))}
+        entry = {f: {"model": str(model_dir(f, vroot)),
+                     **{f"compressor_{m}": str(compressor_path(f, m, vroot)) for m in VARIANTS[name]}}
                  for f in FAMILIES}
         for e in entry.values():
             e["built"] = all(Path(p).exists() for p in e.values())

@@ -20,7 +20,12 @@ def cmd_build(args: argparse.Namespace) -> int:
     from .build import build
 
     start = time.time()
-    build(args.out, tuple(args.family), threads=args.threads, skip_models=args.compressors_only, variant=args.variant)
+    try:
+        build(args.out, tuple(args.family), threads=args.threads, skip_models=args.compressors_only,
+              variant=args.variant, reuse_stage1=args.reuse_stage1)
+    except ValueError as err:  # bad folder or variant: say so, no traceback
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print(f"build of {' '.join(args.family)} finished in {time.time() - start:.0f}s; wrote "
           f"{args.out or demo_root(None, args.variant) or 'the package assets'} (build_info.json records every run)")
     return 0
@@ -64,7 +69,7 @@ def cmd_oracle_rules(args: argparse.Namespace) -> int:
     rows, root = [], demo_root(args.root, args.variant)
     for family in args.family:
         model, processor = load_demo(family, root)
-        for modality in [m for m in args.modality if m in trained_benchmark(family, root)[1]]:
+        for modality in [m for m in args.modality if m in trained_benchmark(family, root)]:
             samples = samples_for(family, modality, args.n, args.seed, root)
             result = oracle_rule_pointing(model, processor, samples)
             rows.append({"model": family, "modality": modality, "seed": args.seed, "n": args.n, "pointing": result})
@@ -87,7 +92,10 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     b.add_argument("--compressors-only", action="store_true", help="keep the models in --out, redo the compressors")
     b.add_argument("--variant", default=None, choices=sorted(VARIANTS),
-                   help="image-only demo models for an image benchmark variant (default --out: assets/demo_VARIANT)")
+                   help="demo models for a benchmark variant (default --out: assets/demo_VARIANT)")
+    b.add_argument("--reuse-stage1", action="store_true",
+                   help="continue a variant model in --out that is exactly its spec's stage 1 (image-only) with "
+                        "stage 2, instead of training it from scratch")
     b.set_defaults(func=cmd_build)
 
     e = sub.add_parser("evaluate", help="score every method on a fresh synthetic test split")
@@ -97,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--modality", nargs="+", default=list(MODALITIES), choices=MODALITIES)
     e.add_argument("--ratios", nargs="+", type=float, default=[0.75, 0.5, 0.25])
     e.add_argument("--root", default=None, help="demo folder (default: the shipped assets)")
-    e.add_argument("--variant", default=None, choices=sorted(VARIANTS), help="the shipped models of an image variant")
+    e.add_argument("--variant", default=None, choices=sorted(VARIANTS), help="the shipped models of a benchmark variant")
     e.add_argument("--batch-size", type=int, default=16)
     e.add_argument("--threads", type=int, default=2)
     e.add_argument("--json", default=None, help="write the rows as JSON here")
@@ -110,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     o.add_argument("--family", nargs="+", default=list(FAMILIES), choices=FAMILIES)
     o.add_argument("--modality", nargs="+", default=list(MODALITIES), choices=MODALITIES)
     o.add_argument("--root", default=None, help="demo folder (default: the shipped assets)")
-    o.add_argument("--variant", default=None, choices=sorted(VARIANTS), help="the shipped models of an image variant")
+    o.add_argument("--variant", default=None, choices=sorted(VARIANTS), help="the shipped models of a benchmark variant")
     o.add_argument("--threads", type=int, default=2)
     o.add_argument("--json", default=None, help="write the rows as JSON here")
     o.set_defaults(func=cmd_oracle_rules)

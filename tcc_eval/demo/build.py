@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 from .. import synth
 from . import ASSETS, FAMILIES, MODALITIES, benchmark, compressor_path, model_dir, variant_root
-from .train import DEFAULT_SPECS, TRAIN_RECORD, DemoSpec, train, variant_spec
+from .train import DEFAULT_SPECS, TRAIN_RECORD, DemoSpec, reusable_stage1, train, variant_spec
 
 LABEL_SEED = 7  # train split; the model's training batches use other seeds, the test split another split
 LABEL_SAMPLES = {"image": 400, "video": 300}
@@ -78,11 +78,13 @@ def build_compressor(family: str, modality: str, root: Path, work: Path, log: Ca
 
 
 def build(out: str | Path | None = None, families: tuple[str, ...] = FAMILIES, threads: int = 2,
-          skip_models: bool = False, log: Callable[[str], None] = print, variant: str | None = None) -> dict[str, Any]:
+          skip_models: bool = False, log: Callable[[str], None] = print, variant: str | None = None,
+          reuse_stage1: bool = False) -> dict[str, Any]:
     """Train every demo model and compressor into ``out`` (default: the package's assets folder).
 
-    ``variant`` (a demo.VARIANTS name) builds image-only models for that image benchmark instead (default
-    folder: the variant's own, never the default demo's)."""
+    ``variant`` (a demo.VARIANTS name) builds models for that benchmark variant instead (default folder: the
+    variant's own, never the default demo's). ``reuse_stage1``: continue from a folder's model that is
+    exactly its spec's stage 1 (train.train says why that is safe)."""
     import torch
 
     default_root = variant_root(variant) if variant is not None else ASSETS
@@ -90,6 +92,11 @@ def build(out: str | Path | None = None, families: tuple[str, ...] = FAMILIES, t
     root = Path(out or default_root)
     root.mkdir(parents=True, exist_ok=True)
     specs: dict[str, DemoSpec] = {s.family: variant_spec(s, variant) if variant else s for s in DEFAULT_SPECS}
+    for family in families if reuse_stage1 and not skip_models else ():  # before any training starts
+        if reusable_stage1(specs[family], model_dir(family, root)) is None:
+            raise ValueError(f"--reuse-stage1: {model_dir(family, root)} does not hold the stage-1 model of "
+                             f"{specs[family].name} (no {TRAIN_RECORD}, another spec, or a finished two-stage model); "
+                             "build without --reuse-stage1 to train it from scratch")
     record = root / "build_info.json"  # one file for the folder: families built in other runs keep their entries
     info: dict[str, Any] = json.loads(record.read_text()) if record.exists() else {}
     info.setdefault("models", {})
@@ -101,15 +108,17 @@ def build(out: str | Path | None = None, families: tuple[str, ...] = FAMILIES, t
         if skip_models:
             trained = target / TRAIN_RECORD
             info["models"][family] = json.loads(trained.read_text()) if trained.exists() else None
+        elif reuse_stage1:
+            info["models"][family] = train(specs[family], target, log=log, reuse_stage1=True)
         else:
             shutil.rmtree(target, ignore_errors=True)
             info["models"][family] = train(specs[family], target, log=log)
         with tempfile.TemporaryDirectory(prefix=f"tcc_demo_{family}_") as tmp:
-            for modality in MODALITIES if specs[family].video_fraction else ("image",):
+            for modality in specs[family].modalities:
                 info["compressors"][f"{family}_{modality}"] = build_compressor(family, modality, root, Path(tmp), log,
                                                                                variant)
         log(f"[{family}] done, {time.time() - start:.0f}s since start")
-    info["runs"].append({"families": list(families), "variant": variant, "skip_models": skip_models, "threads": threads,
-                         "seconds": round(time.time() - start, 1)})
+    info["runs"].append({"families": list(families), "variant": variant, "skip_models": skip_models,
+                         "reuse_stage1": reuse_stage1, "threads": threads, "seconds": round(time.time() - start, 1)})
     record.write_text(json.dumps(info, indent=1, default=str))
     return info

@@ -25,7 +25,7 @@ from ..core import keep_positions
 from ..oracle import RELEVANCE_RULES, draft_answer, single_view, view_relevance
 from . import FAMILIES, MODALITIES, benchmark, compressor_path, model_dir
 from .regions import token_regions
-from .train import TRAIN_RECORD, answer_logits, encode, letter_ids
+from .train import TRAIN_RECORD, DemoSpec, answer_logits, encode, letter_ids
 
 METHODS = ("none", "random", "a0", "tcc", "oracle", "fastv")
 RATIOS = (0.75, 0.5, 0.25)
@@ -41,22 +41,29 @@ def load_demo(family: str, root: str | None = None):
     return load_hf_model(path, torch.device("cpu"), torch.float32)
 
 
-def trained_benchmark(family: str, root: str | None = None) -> tuple[str | None, tuple[str, ...]]:
-    """(image variant, modalities) a demo model was trained on, from the spec its build recorded."""
+def trained_benchmark(family: str, root: str | None = None) -> dict[str, str | None]:
+    """{modality: benchmark variant or None} for each modality a demo model was trained on (its build record)."""
     record = model_dir(family, root) / TRAIN_RECORD
-    spec = json.loads(record.read_text()).get("spec", {}) if record.exists() else {}
-    modalities = MODALITIES if spec.get("video_fraction", 1) else ("image",)
-    return spec.get("image_variant"), modalities
+    if not record.exists():
+        return dict.fromkeys(MODALITIES)
+    saved = json.loads(record.read_text())["spec"]
+    spec = DemoSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()
+                       if k in DemoSpec.__dataclass_fields__})
+    return {m: spec.image_variant if m == "image" else spec.video_variant for m in spec.modalities}
 
 
 def test_split(modality: str, n: int, seed: int, variant: str | None = None) -> list[synth.SynthSample]:
-    """The demo benchmark's test split of ``modality`` (``variant`` applies to images only)."""
-    return benchmark.samples(modality, n, seed, "test", variant if modality == "image" else None)
+    """The demo benchmark's test split of ``modality`` (of its ``variant``, if given)."""
+    return benchmark.samples(modality, n, seed, "test", variant)
 
 
 def samples_for(family: str, modality: str, n: int, seed: int, root: str | None = None) -> list[synth.SynthSample]:
-    """A test split of the benchmark the model was trained on (its image variant, if any)."""
-    return test_split(modality, n, seed, trained_benchmark(family, root)[0])
+    """A test split of the benchmark the model was trained on (its variant, if any)."""
+    trained = trained_benchmark(family, root)
+    if modality not in trained:
+        raise ValueError(f"the {family} demo model in {model_dir(family, root)} was trained on {list(trained)} only, "
+                         f"not {modality}")
+    return test_split(modality, n, seed, trained[modality])
 
 
 def by_category(samples: list[synth.SynthSample], hits: list[bool]) -> dict[str, float]:
@@ -247,11 +254,11 @@ def evaluate(
     for modality in modalities:
         splits: dict[str | None, list[synth.SynthSample]] = {}  # families trained on one benchmark share its split
         for family in families:
-            variant, trained = trained_benchmark(family, root)
+            trained = trained_benchmark(family, root)
             if modality not in trained:
                 log(f"{family} / {modality}: skipped (an image-only demo model)")
                 continue
-            key = variant if modality == "image" else None
+            key = trained[modality]
             if key not in splits:
                 splits[key] = test_split(modality, n, seed, key)
             samples = splits[key]

@@ -212,8 +212,9 @@ class VilaConfig:
             "mm_use_im_start_end": False,
             "mm_use_im_patch_token": False,
             "s2": False,
-            "llm_cfg": {"_name_or_path": "./llm", **self.text_config.to_dict()},
-            "vision_tower_cfg": {"_name_or_path": "./vision_tower", **self.vision_config.to_dict()},
+            # the sub-configs' own _name_or_path is wherever they were last loaded from: never ship that
+            "llm_cfg": {**self.text_config.to_dict(), "_name_or_path": "./llm"},
+            "vision_tower_cfg": {**self.vision_config.to_dict(), "_name_or_path": "./vision_tower"},
             "mm_projector_cfg": {"_name_or_path": "./mm_projector", "model_type": "v2l_projector",
                                  "mm_projector_type": self.projector_type},
         }
