@@ -237,7 +237,8 @@ def test_video_anchor_questions_put_the_anchor_pair_in_one_frame_pair_among_crow
         for p in range(4):  # every frame pair has its own crowd, in distinct cells
             layer = [o for o in s.objects if o["frames"] == [2 * p, 2 * p + 1]]
             extra = 2 if [2 * p, 2 * p + 1] == pair else 0
-            assert 6 + extra <= len(layer) <= 24 + extra and len({_cell_of(o["box"], grid=6) for o in layer}) == len(layer)
+            assert 6 + extra <= len(layer) <= 24 + extra
+            assert len({_cell_of(o["box"], grid=6) for o in layer}) == len(layer)
         for f, frame in enumerate(s.video):  # the anchor is drawn in its pair; its cell is empty where no crowd is
             covered = any(o["box"] == anchor["box"] and f in o["frames"] for o in s.objects)
             assert _rgb_at(frame, anchor["box"]) == synth.PALETTE[anchor["color"]] if f in pair else (

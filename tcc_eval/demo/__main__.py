@@ -105,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--modality", nargs="+", default=list(MODALITIES), choices=MODALITIES)
     e.add_argument("--ratios", nargs="+", type=float, default=[0.75, 0.5, 0.25])
     e.add_argument("--root", default=None, help="demo folder (default: the shipped assets)")
-    e.add_argument("--variant", default=None, choices=sorted(VARIANTS), help="the shipped models of a benchmark variant")
+    e.add_argument("--variant", default=None, choices=sorted(VARIANTS),
+                   help="the shipped models of a benchmark variant")
     e.add_argument("--batch-size", type=int, default=16)
     e.add_argument("--threads", type=int, default=2)
     e.add_argument("--json", default=None, help="write the rows as JSON here")
@@ -118,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     o.add_argument("--family", nargs="+", default=list(FAMILIES), choices=FAMILIES)
     o.add_argument("--modality", nargs="+", default=list(MODALITIES), choices=MODALITIES)
     o.add_argument("--root", default=None, help="demo folder (default: the shipped assets)")
-    o.add_argument("--variant", default=None, choices=sorted(VARIANTS), help="the shipped models of a benchmark variant")
+    o.add_argument("--variant", default=None, choices=sorted(VARIANTS),
+                   help="the shipped models of a benchmark variant")
     o.add_argument("--threads", type=int, default=2)
     o.add_argument("--json", default=None, help="write the rows as JSON here")
     o.set_defaults(func=cmd_oracle_rules)

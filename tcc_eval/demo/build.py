@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .. import synth
-from . import ASSETS, FAMILIES, MODALITIES, benchmark, compressor_path, model_dir, variant_root
+from . import ASSETS, FAMILIES, benchmark, compressor_path, model_dir, variant_root
 from .train import DEFAULT_SPECS, TRAIN_RECORD, DemoSpec, reusable_stage1, train, variant_spec
 
 LABEL_SEED = 7  # train split; the model's training batches use other seeds, the test split another split
