@@ -218,7 +218,7 @@ def _anchor_layout(rng: np.random.Generator, cfg: ImageConfig | VideoConfig) -> 
 
 
 def _crowd(rng: np.random.Generator, cfg: VideoConfig) -> list[dict[str, Any]]:
-    """``min..max_objects`` objects in the anchor's colours and non-anchor shapes, in random distinct cells."""
+    """``min..max_objects`` objects of the configured colours and shapes (never the anchor's), in distinct cells."""
     n = int(rng.integers(cfg.min_objects, cfg.max_objects + 1))
     cells = rng.choice((cfg.size // cfg.cell) ** 2, size=n, replace=False)
     shapes = rng.integers(len(cfg.shapes), size=n)
