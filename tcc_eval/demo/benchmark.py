@@ -43,9 +43,9 @@ def canonical_options(sample: synth.SynthSample) -> synth.SynthSample:
 def samples(kind: str, n: int, seed: int, split: str = "test", variant: str | None = None,
             **overrides: Any) -> list[synth.SynthSample]:
     """``n`` demo-benchmark samples of ``kind`` (deterministic in kind, n, seed, split, variant, overrides)."""
-    if variant is not None and kind not in VARIANTS.get(variant, {}):
+    if variant is not None and kind not in VARIANTS.get(variant, {}).get("benchmark", {}):
         raise ValueError(f"unknown {kind} variant {variant!r}; {kind} variants: "
-                         f"{sorted(v for v, kinds in VARIANTS.items() if kind in kinds)}")
-    config = {**TASKS[kind], **(VARIANTS[variant][kind] if variant else {}), **overrides}
+                         f"{sorted(v for v, entry in VARIANTS.items() if kind in entry['benchmark'])}")
+    config = {**TASKS[kind], **(VARIANTS[variant]["benchmark"][kind] if variant else {}), **overrides}
     out = synth.generate(kind, n, seed, split, **config)
     return [canonical_options(s) for s in out] if OPTION_ORDER == "canonical" else out

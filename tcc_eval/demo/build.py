@@ -16,15 +16,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .. import synth
-from . import ASSETS, FAMILIES, benchmark, compressor_path, model_dir, variant_root
+from . import ASSETS, FAMILIES, VARIANTS, benchmark, compressor_path, model_dir, variant_root
 from .train import DEFAULT_SPECS, TRAIN_RECORD, DemoSpec, reusable_stage1, train, variant_spec
 
 LABEL_SEED = 7  # train split; the model's training batches use other seeds, the test split another split
 LABEL_SAMPLES = {"image": 400, "video": 300}
 COMPRESSOR_ARGS = ["--epochs", "40", "--patience", "6", "--batch-size", "32", "--seed", "0"]
-# The relational answer sits one cell right of the anchor: the next token for Qwen2-VL and LLaVA-OneVision,
-# 12 tokens on in VILA1.5's column-major order, beyond kernel 5's reach (21 tokens); kernel 7 reaches 31.
-VARIANT_COMPRESSOR_ARGS = {"relational": ["--kernel-size", "7"]}
 
 
 def export_label_data(modality: str, n: int, folder: Path, variant: str | None = None) -> Path:
@@ -71,7 +68,7 @@ def build_compressor(family: str, modality: str, root: Path, work: Path, log: Ca
     out = compressor_path(family, modality, root)
     out.parent.mkdir(parents=True, exist_ok=True)
     code = compressor_cli(["train", "--labels", str(labels), "--out", str(out), *COMPRESSOR_ARGS,
-                           *VARIANT_COMPRESSOR_ARGS.get(variant, [])])
+                           *(VARIANTS[variant]["compressor_args"] if variant else [])])
     if code:
         raise RuntimeError(f"compressor train failed for {family}/{modality} (exit {code})")
     return {"labelled": kept, "seconds": round(time.time() - start, 1)}
@@ -92,11 +89,12 @@ def build(out: str | Path | None = None, families: tuple[str, ...] = FAMILIES, t
     root = Path(out or default_root)
     root.mkdir(parents=True, exist_ok=True)
     specs: dict[str, DemoSpec] = {s.family: variant_spec(s, variant) if variant else s for s in DEFAULT_SPECS}
-    for family in families if reuse_stage1 and not skip_models else ():  # before any training starts
-        if reusable_stage1(specs[family], model_dir(family, root)) is None:
-            raise ValueError(f"--reuse-stage1: {model_dir(family, root)} does not hold the stage-1 model of "
-                             f"{specs[family].name} (no {TRAIN_RECORD}, another spec, or a finished two-stage model); "
-                             "build without --reuse-stage1 to train it from scratch")
+    if reuse_stage1 and not skip_models:  # every folder is checked before any training starts
+        for family in families:
+            if reusable_stage1(specs[family], model_dir(family, root)) is None:
+                raise ValueError(f"--reuse-stage1: {model_dir(family, root)} does not hold the stage-1 model of "
+                                 f"{specs[family].name} (no {TRAIN_RECORD}, another spec, or a finished two-stage "
+                                 "model); build without --reuse-stage1 to train it from scratch")
     record = root / "build_info.json"  # one file for the folder: families built in other runs keep their entries
     info: dict[str, Any] = json.loads(record.read_text()) if record.exists() else {}
     info.setdefault("models", {})

@@ -52,18 +52,13 @@ def trained_benchmark(family: str, root: str | None = None) -> dict[str, str | N
     return {m: spec.image_variant if m == "image" else spec.video_variant for m in spec.modalities}
 
 
-def test_split(modality: str, n: int, seed: int, variant: str | None = None) -> list[synth.SynthSample]:
-    """The demo benchmark's test split of ``modality`` (of its ``variant``, if given)."""
-    return benchmark.samples(modality, n, seed, "test", variant)
-
-
 def samples_for(family: str, modality: str, n: int, seed: int, root: str | None = None) -> list[synth.SynthSample]:
     """A test split of the benchmark the model was trained on (its variant, if any)."""
     trained = trained_benchmark(family, root)
     if modality not in trained:
         raise ValueError(f"the {family} demo model in {model_dir(family, root)} was trained on {list(trained)} only, "
                          f"not {modality}")
-    return test_split(modality, n, seed, trained[modality])
+    return benchmark.samples(modality, n, seed, "test", trained[modality])
 
 
 def by_category(samples: list[synth.SynthSample], hits: list[bool]) -> dict[str, float]:
@@ -256,11 +251,11 @@ def evaluate(
         for family in families:
             trained = trained_benchmark(family, root)
             if modality not in trained:
-                log(f"{family} / {modality}: skipped (an image-only demo model)")
+                log(f"{family} / {modality}: skipped (the model was trained on {', '.join(trained)} only)")
                 continue
             key = trained[modality]
             if key not in splits:
-                splits[key] = test_split(modality, n, seed, key)
+                splits[key] = benchmark.samples(modality, n, seed, "test", key)
             samples = splits[key]
             model, processor = load_demo(family, root)
             comp = compressor_path(family, modality, root)

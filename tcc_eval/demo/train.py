@@ -41,7 +41,7 @@ from ..oracle import answer_positions
 from ..fixtures import (
     LLAVA_OV_CHAT_TEMPLATE, LLAVA_OV_SPECIAL_TOKENS, QWEN2VL_CHAT_TEMPLATE, QWEN2VL_SPECIAL_TOKENS, build_tokenizer,
 )
-from . import benchmark
+from . import VARIANTS, benchmark
 from .regions import token_regions
 
 LMMS_SUFFIX = "Answer with the option's letter from the given choices directly."
@@ -112,16 +112,10 @@ def stage2_spec(spec: DemoSpec) -> DemoSpec:
 
 
 def variant_spec(spec: DemoSpec, variant: str) -> DemoSpec:
-    """A model for a benchmark variant. Stage 1, image-only: the relational question needs two hops (find the
-    anchor, read its right neighbour); it is learned by step 700-1,100 when the curriculum starts with 0-2
-    other objects (measured on all three families), so it trains twice as long as the default task.
-    Stage 2 adds the variant's videos (the same question in one frame pair of four). Its front end first
-    relearns colours and shapes on videos too: LLaVA-OneVision and VILA1.5 see a video cell as 2x2 patches of
-    a quarter object each, which image-only features do not tell apart (LLaVA-OV stayed at ~40% on crowded
-    videos for 100 steps without this)."""
-    return replace(spec, name=f"{spec.name}_{variant}", image_variant=variant, video_fraction=0.0, steps=2500,
-                   easy_steps=600, easy_objects=(0, 2), warmup=200, lr=2e-3,
-                   video_variant=variant, stage2_steps=1000, stage2_video_fraction=0.5, stage2_vision_steps=250)
+    """A model for a benchmark variant: its benchmarks and its training settings (demo.VARIANTS says why)."""
+    entry = VARIANTS[variant]
+    return replace(spec, name=f"{spec.name}_{variant}", image_variant=variant,
+                   video_variant=variant if "video" in entry["benchmark"] else None, **entry["training"])
 
 
 DEFAULT_SPECS = (
