@@ -47,6 +47,18 @@ if [[ "$SUITE" == demo ]]; then
     [[ ${#BUILT[@]} -gt 0 ]] || { echo "run_all.sh: demo build produced no models" >&2; exit 1; }
   fi
   echo "demo families: ${BUILT[*]}" | tee -a "$LOG"
+  # resuming reuses finished score files: refuse when they came from other demo weights (a rebuilt or
+  # replaced demo), instead of mixing old and new models in one table; the file also records which
+  # weights the committed tables came from
+  DEMO_ROOT=$($PY -c 'import tcc_eval.demo as d; print(d.ASSETS)')
+  FINGERPRINT=$(cd "$DEMO_ROOT" && find . \( -name '*.safetensors' -o -name '*.pt' \) | sort | xargs md5sum | md5sum | cut -c1-32)
+  if [[ -f "$RESULTS/demo_fingerprint" && "$(cat "$RESULTS/demo_fingerprint")" != "$FINGERPRINT" ]] \
+     && [[ -d "$RESULTS/vlmeval" || -d "$RESULTS/lmms_eval" ]]; then
+    echo "run_all.sh: $RESULTS holds results of other demo weights than $DEMO_ROOT (demo_fingerprint differs);" \
+         "use --results NEW_DIR, or delete $RESULTS/vlmeval $RESULTS/lmms_eval $RESULTS/demo_fingerprint to rerun" >&2
+    exit 1
+  fi
+  echo "$FINGERPRINT" >"$RESULTS/demo_fingerprint"
   declare -A DEMO_BASE=([qwen2_vl]=TinyQwen2VL [llava_onevision]=TinyLLaVAOV [vila]=TinyVILA)
   VLMEVAL_BASES=()
   for family in "${BUILT[@]}"; do VLMEVAL_BASES+=("${DEMO_BASE[$family]}"); done

@@ -119,33 +119,73 @@ def test_visual_tokens_see_only_their_own_cell(demo_models, family, modality):
     assert changed.any() and np.array_equal(changed, expected)
 
 
-QUICK_N = {"image": 40, "video": 24}
-# The issue's bar is 0.9. The two SigLIP-based demo models miss it: at n=200 (seed 1) the oracle's top token
-# lies on the object in 85% (LLaVA-OneVision) / 86% (VILA) of images and 77% of VILA videos; in the misses
-# the object's relevance is near zero and the peak sits on border tokens.
-ORACLE_POINTING_FLOOR = {("llava_onevision", "image"): 0.8, ("vila", "image"): 0.8, ("vila", "video"): 0.7}
-# Where random pruning is checked to lose >= 15 points (the issue's bar is at 25%). VILA resizes the 168-px
-# video frames to its 336-px input, so a video object covers 2x2 tokens in each of its 2 frames and random
-# keeps one of the 8 at 25% in ~90% of samples (n=200: random 0.895); at 10% it loses 36 points.
-DISCRIMINATION_RATIO = {("vila", "video"): 0.1}
+# oracle pointing on this 48-sample split: 0.85 / 0.90 (Qwen2-VL image / video), 1.00 / 1.00 (LLaVA-OV), 0.75 / 0.98
+# (VILA1.5, whose image relevance the clamp loses: oracle-rules, n=100, clamp 0.76, attention
+# rollout 1.00); the floors sit a little below
+ORACLE_POINTING_FLOOR = {("qwen2_vl", "image"): 0.8, ("qwen2_vl", "video"): 0.85,
+                                 ("llava_onevision", "image"): 0.9, ("llava_onevision", "video"): 0.9,
+                                 ("vila", "image"): 0.65, ("vila", "video"): 0.9}
+# tcc@25% / vanilla: >= 0.95 everywhere but LLaVA-OV videos, whose layer-0 attention often misses the anchor of a
+# "right of" question, so the compressor's only input lacks it (0.840 at n=200, 0.833 here; README)
+TCC_PRESERVATION_FLOOR = {("llava_onevision", "video"): 0.8}
 
 
 @pytest.mark.parametrize("family", SHIPPED_FAMILIES)
 @pytest.mark.parametrize("modality", MODALITIES)
 @needs_assets
 def test_quick_bars(demo_models, family, modality):
-    """A small fresh test split: vanilla high, tcc@25% preserves it, beats random@25% by a margin and is at
-    least as good as raw a0, the oracle points into the ground truth, and the answer lives in the
-    ground-truth tokens (keeping only them ~vanilla, dropping only them ~chance)."""
+    """The issue's bars on a small fresh test split: vanilla high; tcc@25% preserves it and beats random@25%
+    and a0@25% (the answer to "right of the diamond" lies next to a0's peak, not on it); the oracle points
+    into the ground truth; the answer lives in the ground-truth tokens (keeping only them ~vanilla,
+    dropping only them ~chance)."""
     from tcc_eval.demo import compressor_path
     from tcc_eval.demo.evaluate import evaluate_model
 
     model, processor = demo_models[family]
-    samples = benchmark.samples(modality, QUICK_N[modality], TEST_SEED)
-    low = DISCRIMINATION_RATIO.get((family, modality), 0.25)
+    samples = benchmark.samples(modality, 48, TEST_SEED)
     rows = evaluate_model(model, processor, samples, {modality: str(compressor_path(family, modality))},
+                          methods=("none", "random", "a0", "tcc", "oracle"), ratios=(0.25,), batch_size=16)
+    row = {r["method"]: r for r in rows}
+    acc = {m: r["accuracy"] for m, r in row.items()}
+    relational = {m: r["by_category"]["right_of_anchor"] for m, r in row.items() if m != "chance"}
+    assert acc["none"] >= 0.9, rows
+    assert acc["tcc"] >= TCC_PRESERVATION_FLOOR.get((family, modality), 0.95) * acc["none"], rows
+    assert acc["tcc"] >= acc["random"] + 0.15, rows
+    assert acc["tcc"] >= acc["a0"] + 0.05 and relational["tcc"] >= relational["a0"] + 0.1, rows
+    assert row["oracle"]["pointing"] >= ORACLE_POINTING_FLOOR[family, modality], rows
+    assert acc["keep_gt"] >= acc["none"] - 0.1 and acc["drop_gt"] <= acc["chance"] + 0.2, rows
+
+
+SINGLE_SHIPPED = all(paths()["variants"]["single"][f]["built"] for f in FAMILIES)
+SINGLE_QUICK_N = {"image": 40, "video": 24}
+# The issue's bar is 0.9. The two SigLIP-based single-object models miss it: at n=200 (seed 1) the oracle's top token
+# lies on the object in 85% (LLaVA-OneVision) / 86% (VILA) of images and 77% of VILA videos; in the misses
+# the object's relevance is near zero and the peak sits on border tokens.
+SINGLE_ORACLE_POINTING_FLOOR = {("llava_onevision", "image"): 0.8, ("vila", "image"): 0.8, ("vila", "video"): 0.7}
+# Where random pruning is checked to lose >= 15 points (the issue's bar is at 25%). VILA resizes the 168-px
+# video frames to its 336-px input, so a video object covers 2x2 tokens in each of its 2 frames and random
+# keeps one of the 8 at 25% in ~90% of samples (n=200: random 0.895); at 10% it loses 36 points.
+SINGLE_DISCRIMINATION_RATIO = {("vila", "video"): 0.1}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("modality", MODALITIES)
+@pytest.mark.skipif(not SINGLE_SHIPPED, reason="single-object demo not in this checkout; "
+                                               "`python -m tcc_eval.demo build --variant single`")
+def test_single_variant_quick_bars(family, modality):
+    """The single-object variant (one salient object per question): vanilla high, tcc@25% preserves it,
+    beats random by a margin and is at least as good as raw a0 (which finds one salient object as well), the
+    oracle points into the ground truth, and the answer lives in the ground-truth tokens."""
+    from tcc_eval.demo import compressor_path, variant_root
+    from tcc_eval.demo.evaluate import evaluate_model, load_demo, samples_for
+
+    root = str(variant_root("single"))
+    model, processor = load_demo(family, root)
+    samples = samples_for(family, modality, SINGLE_QUICK_N[modality], TEST_SEED, root)
+    low = SINGLE_DISCRIMINATION_RATIO.get((family, modality), 0.25)
+    rows = evaluate_model(model, processor, samples, {modality: str(compressor_path(family, modality, root))},
                           methods=("none", "random", "a0", "tcc", "oracle"), ratios=tuple(sorted({0.25, low})),
-                          batch_size=QUICK_N[modality])
+                          batch_size=SINGLE_QUICK_N[modality])
     pruned = ("random", "a0", "tcc", "oracle")
     acc = {r["method"]: r["accuracy"] for r in rows if r["method"] not in pruned or r["ratio"] == 0.25}
     at_low = {r["method"]: r["accuracy"] for r in rows if r["method"] in pruned and r["ratio"] == low}
@@ -153,7 +193,7 @@ def test_quick_bars(demo_models, family, modality):
     assert acc["tcc"] >= 0.95 * acc["none"], rows
     assert at_low["tcc"] >= at_low["random"] + 0.15, rows
     assert acc["tcc"] >= acc["a0"], rows
-    floor = ORACLE_POINTING_FLOOR.get((family, modality), 0.9)
+    floor = SINGLE_ORACLE_POINTING_FLOOR.get((family, modality), 0.9)
     assert next(r["pointing"] for r in rows if r["method"] == "oracle") >= floor, rows
     assert acc["keep_gt"] >= acc["none"] - 0.1, rows
     assert acc["drop_gt"] <= acc["chance"] + 0.2, rows
@@ -201,7 +241,7 @@ def test_variant_inputs_are_checked(tmp_path):
     from tcc_eval.demo import ASSETS, demo_root, variant_root
     from tcc_eval.demo.build import build
 
-    with pytest.raises(ValueError, match=r"video variants: \['relational'\]"):
+    with pytest.raises(ValueError, match=r"video variants: \['relational', 'single'\]"):
         benchmark.samples("video", 1, TEST_SEED, variant="spatial")
     with pytest.raises(ValueError, match="image variants"):
         benchmark.samples("image", 1, TEST_SEED, variant="spatial")
@@ -209,24 +249,29 @@ def test_variant_inputs_are_checked(tmp_path):
         build(None, families=("qwen2_vl",), variant="spatial")
     with pytest.raises(ValueError, match="does not hold the stage-1 model"):  # an empty folder
         build(tmp_path, families=("qwen2_vl",), variant="relational", reuse_stage1=True)
-    assert variant_root("relational") != ASSETS and demo_root(None, "relational") == str(variant_root("relational"))
+    assert variant_root("relational") == ASSETS != variant_root("single")  # the default variant is the default demo
+    assert demo_root(None, "single") == str(variant_root("single")) and demo_root(None, None) is None
     out = subprocess.run([sys.executable, "-m", "tcc_eval.demo", "evaluate", "--root", "x", "--variant", "relational"],
                          capture_output=True, text=True)
     assert out.returncode == 2 and "not both" in out.stderr
 
 
 @needs_assets
-def test_variant_wording_leaves_the_default_vocabulary_as_shipped():
-    """Variant prompts extend the tokenizer corpus only for variant builds: default rebuilds stay bit-identical."""
+@pytest.mark.skipif(not SINGLE_SHIPPED, reason="single-object demo not in this checkout")
+def test_variant_wording_leaves_the_base_vocabulary_as_shipped():
+    """Variant prompts extend the tokenizer corpus only for variant builds: both shipped vocabularies are
+    what a rebuild makes (the single-object models predate variants)."""
     from transformers import AutoTokenizer
 
+    from tcc_eval.demo import variant_root
     from tcc_eval.demo.train import tokenizer_corpus
     from tcc_eval.fixtures import QWEN2VL_SPECIAL_TOKENS, build_tokenizer
 
-    shipped = AutoTokenizer.from_pretrained(paths()["qwen2_vl"]["model"]).get_vocab()
-    assert build_tokenizer(QWEN2VL_SPECIAL_TOKENS, tokenizer_corpus()).get_vocab() == shipped
-    variant = build_tokenizer(QWEN2VL_SPECIAL_TOKENS, tokenizer_corpus(variant="relational"))
-    assert "Ġdiamond" in variant.get_vocab() and "Ġdiamond" not in shipped
+    single = AutoTokenizer.from_pretrained(variant_root("single") / "qwen2_vl").get_vocab()
+    relational = AutoTokenizer.from_pretrained(paths()["qwen2_vl"]["model"]).get_vocab()
+    assert build_tokenizer(QWEN2VL_SPECIAL_TOKENS, tokenizer_corpus()).get_vocab() == single
+    assert build_tokenizer(QWEN2VL_SPECIAL_TOKENS, tokenizer_corpus(variant="relational")).get_vocab() == relational
+    assert "Ġdiamond" in relational and "Ġdiamond" not in single
 
 
 def test_evaluate_scores_a_variant_model_on_its_own_benchmark(tmp_path):
@@ -301,41 +346,3 @@ def _state(folder: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     return load_file(str(folder / "model.safetensors"))
-
-
-VARIANT_SHIPPED = all(paths()["variants"]["relational"][f]["built"] for f in FAMILIES)
-# oracle pointing on this 48-sample split: 0.85 / 0.90 (Qwen2-VL image / video), 1.00 / 1.00 (LLaVA-OV), 0.75 / 0.98
-# (VILA1.5, whose image relevance the clamp loses: oracle-rules --variant relational, n=100, clamp 0.76, attention
-# rollout 1.00); the floors sit a little below
-VARIANT_ORACLE_POINTING_FLOOR = {("qwen2_vl", "image"): 0.8, ("qwen2_vl", "video"): 0.85,
-                                 ("llava_onevision", "image"): 0.9, ("llava_onevision", "video"): 0.9,
-                                 ("vila", "image"): 0.65, ("vila", "video"): 0.9}
-# tcc@25% / vanilla: >= 0.95 everywhere but LLaVA-OV videos, whose layer-0 attention often misses the anchor of a
-# "right of" question, so the compressor's only input lacks it (0.840 at n=200, 0.833 here; README)
-TCC_PRESERVATION_FLOOR = {("llava_onevision", "video"): 0.8}
-
-
-@pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("modality", MODALITIES)
-@pytest.mark.skipif(not VARIANT_SHIPPED, reason="relational demo not in this checkout; "
-                                                "`python -m tcc_eval.demo build --variant relational`")
-def test_relational_variant_quick_bars(family, modality):
-    """The variant the default task cannot be: tcc@25% beats a0@25%, because the answer to "right of the
-    diamond" lies next to a0's peak, not on it; the rest of the bars as for the default demo (images and videos)."""
-    from tcc_eval.demo import compressor_path, variant_root
-    from tcc_eval.demo.evaluate import evaluate_model, load_demo, samples_for
-
-    root = str(variant_root("relational"))
-    model, processor = load_demo(family, root)
-    samples = samples_for(family, modality, 48, TEST_SEED, root)
-    rows = evaluate_model(model, processor, samples, {modality: str(compressor_path(family, modality, root))},
-                          methods=("none", "random", "a0", "tcc", "oracle"), ratios=(0.25,), batch_size=16)
-    row = {r["method"]: r for r in rows}
-    acc = {m: r["accuracy"] for m, r in row.items()}
-    relational = {m: r["by_category"]["right_of_anchor"] for m, r in row.items() if m != "chance"}
-    assert acc["none"] >= 0.9, rows
-    assert acc["tcc"] >= TCC_PRESERVATION_FLOOR.get((family, modality), 0.95) * acc["none"], rows
-    assert acc["tcc"] >= acc["random"] + 0.15, rows
-    assert acc["tcc"] >= acc["a0"] + 0.05 and relational["tcc"] >= relational["a0"] + 0.1, rows
-    assert row["oracle"]["pointing"] >= VARIANT_ORACLE_POINTING_FLOOR[family, modality], rows
-    assert acc["keep_gt"] >= acc["none"] - 0.1 and acc["drop_gt"] <= acc["chance"] + 0.2, rows

@@ -10,14 +10,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-# TCC_DEMO_ROOT points every tool at a rebuilt demo (`python -m tcc_eval.demo build --out DIR`).
-ASSETS = Path(os.environ.get("TCC_DEMO_ROOT") or Path(__file__).resolve().parent.parent / "assets" / "demo")
 LMMS_TASKS = Path(__file__).resolve().parent.parent / "lmms_tasks"
 FAMILIES = ("qwen2_vl", "llava_onevision", "vila")
 MODALITIES = ("image", "video")
 
-# The demo benchmark (tcc_eval/demo/benchmark.py): the synthetic configuration the demo models are
-# trained and scored on, each question answered by one object, options in canonical order.
+# The base configuration of the demo benchmarks (tcc_eval/demo/benchmark.py), options in canonical order;
+# each variant below adds its settings on top. Alone (variant "single") each question is answered by one object.
 TASKS: dict[str, dict[str, Any]] = {
     "image": {"question_types": ("color_of_shape", "shape_of_color"), "min_objects": 1, "max_objects": 1},
     # 168-px frames: after LLaVA-OneVision's resize to 336 and 2x2 pooling, one token is exactly one 28-px
@@ -26,15 +24,16 @@ TASKS: dict[str, dict[str, Any]] = {
 }
 OPTION_ORDER = "canonical"
 
-# Benchmark variants, each with its own demo models in assets/demo_<variant>
-# (`python -m tcc_eval.demo build|evaluate --variant NAME`). One entry holds all of a variant's settings:
-# "benchmark" (per modality, on top of TASKS), "training" (DemoSpec overrides, train.variant_spec) and
-# "compressor_args" (extra `compressor train` flags).
-# "relational": an anchor diamond among a crowd (24-96 objects per image, 6-24 per video frame pair);
+# Benchmark variants, each with its own demo models (`python -m tcc_eval.demo build|evaluate --variant NAME`).
+# One entry holds all of a variant's settings: "benchmark" (per modality, on top of TASKS), "training"
+# (DemoSpec overrides, train.variant_spec), "compressor_args" (extra `compressor train` flags) and optionally
+# "compressor_overrides" ({(family, modality): {"label_samples": N, "args": [more flags]}}).
+# "relational" (DEFAULT_VARIANT: TCCSynth_IMG / TCCSynth_VID, the models in assets/demo): an anchor diamond
+# among a crowd (24-96 objects per image, 6-24 per video frame pair);
 # "What color is the diamond?" or "What color is the shape right of the diamond?". The second question's
 # object looks like all the others, so the layer-0 attention (a0) that finds the anchor cannot rank it
 # above the crowd; a compressor that learned "the token right of an attention peak" can. It separates tcc
-# from a0, which the default task (one salient object) cannot.
+# from a0, which the single-object task cannot.
 VARIANTS: dict[str, dict[str, Any]] = {
     "relational": {
         "benchmark": {
@@ -43,7 +42,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
         },
         # Stage 1, image-only: the two-hop question (find the anchor, read its right neighbour) is learned by
         # step 700-1,100 when the curriculum starts with 0-2 other objects (measured on all three families),
-        # so it trains twice as long as the default task. Stage 2 adds the videos; its front end first
+        # so it trains twice as long as the single-object task. Stage 2 adds the videos; its front end first
         # relearns colours and shapes on videos too: LLaVA-OneVision and VILA1.5 see a video cell as 2x2
         # patches of a quarter object each, which image-only features do not tell apart (LLaVA-OV stayed at
         # ~40% on crowded videos for 100 steps without this).
@@ -52,15 +51,39 @@ VARIANTS: dict[str, dict[str, Any]] = {
         # The answer sits one cell right of the anchor: the next token for Qwen2-VL and LLaVA-OneVision, 12
         # tokens on in VILA1.5's column-major order, beyond kernel 5's reach (21 tokens); kernel 7 reaches 31.
         "compressor_args": ["--kernel-size", "7"],
+        # Per model and modality, on top: LLaVA-OneVision's layer-0 attention ranks red diamonds near the
+        # bottom of a video's 289 tokens (top for the other colours), so the anchor shows only in a0's low
+        # end. log(A*N_v) input makes that end readable, and more labels help learn it. tcc@25% / @50% at
+        # n=200, seed 1: 300 labels 0.840 / 0.890; 1,200 labels 0.850 / 0.895; with log input 0.890 / 0.950;
+        # 3,000 labels with log 0.880 / 0.975 (a0: 0.760 / 0.780).
+        "compressor_overrides": {("llava_onevision", "video"): {"label_samples": 3000,
+                                                               "args": ["--input-scale", "log"]}},
     },
+    # "single" (assets/demo_single): the base configuration, one salient object per question. The first
+    # default demo; kept because it shows where a0 is enough: tcc and a0 both keep 1.000 at 25% there.
+    # Its models' specs name no variant (they predate variants), so a rebuild reproduces them.
+    "single": {"benchmark": {"image": {}, "video": {}}, "training": {}, "compressor_args": []},
 }
+DEFAULT_VARIANT = "relational"
+BASE_VARIANT = "single"  # TASKS alone; a spec or record variant of None means this one
+_ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
+# TCC_DEMO_ROOT points every tool at a rebuilt demo (`python -m tcc_eval.demo build --out DIR`).
+ASSETS = Path(os.environ.get("TCC_DEMO_ROOT") or _ASSETS_DIR / "demo")
+
+
+def benchmark_config(kind: str, variant: str | None = DEFAULT_VARIANT) -> dict[str, Any]:
+    """Generator options of a demo benchmark (``variant`` None: the base configuration)."""
+    if variant is not None and kind not in VARIANTS.get(variant, {}).get("benchmark", {}):
+        raise ValueError(f"unknown {kind} variant {variant!r}; {kind} variants: "
+                         f"{sorted(v for v, entry in VARIANTS.items() if kind in entry['benchmark'])}")
+    return {**TASKS[kind], **(VARIANTS[variant]["benchmark"][kind] if variant else {})}
 
 
 def variant_root(variant: str) -> Path:
     """The shipped folder of a variant's demo models (not moved by TCC_DEMO_ROOT)."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown demo variant {variant!r}; choose one of {sorted(VARIANTS)}")
-    return Path(__file__).resolve().parent.parent / "assets" / f"demo_{variant}"
+    return _ASSETS_DIR / ("demo" if variant == DEFAULT_VARIANT else f"demo_{variant}")
 
 
 def demo_root(root: str | os.PathLike | None, variant: str | None) -> str | None:
@@ -101,7 +124,8 @@ def paths(root: str | os.PathLike | None = None) -> dict[str, Any]:
         out[family] = entry
     out["vlmeval_data_dir"] = str(vlmeval_data_dir())
     out["lmms_eval_include_path"] = str(LMMS_TASKS)
-    out["tasks"] = {k: {q: list(v) if isinstance(v, tuple) else v for q, v in cfg.items()} for k, cfg in TASKS.items()}
+    out["tasks"] = {k: {q: list(v) if isinstance(v, tuple) else v for q, v in benchmark_config(k).items()}
+                    for k in MODALITIES}
     out["variants"] = {}
     for name in VARIANTS:
         vroot = variant_root(name)
@@ -115,5 +139,5 @@ def paths(root: str | os.PathLike | None = None) -> dict[str, Any]:
     return out
 
 
-__all__ = ["ASSETS", "FAMILIES", "MODALITIES", "OPTION_ORDER", "TASKS", "VARIANTS", "compressor_path", "model_dir",
-           "demo_root", "paths", "variant_root"]
+__all__ = ["ASSETS", "BASE_VARIANT", "DEFAULT_VARIANT", "FAMILIES", "MODALITIES", "OPTION_ORDER", "TASKS", "VARIANTS",
+           "benchmark_config", "compressor_path", "model_dir", "demo_root", "paths", "variant_root"]

@@ -81,20 +81,21 @@ def cmd_oracle_rules(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from . import FAMILIES, MODALITIES, VARIANTS, demo_root
+    from . import DEFAULT_VARIANT, FAMILIES, MODALITIES, VARIANTS, demo_root
 
     parser = argparse.ArgumentParser(prog="python -m tcc_eval.demo", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     b = sub.add_parser("build", help="train the demo models and their compressors (seeded; tens of minutes on CPU)")
-    b.add_argument("--out", default=None, help="output folder (default: the package's assets/demo, i.e. overwrite)")
+    b.add_argument("--out", default=None, help="output folder (default: the variant's shipped folder, i.e. overwrite)")
     b.add_argument("--family", nargs="+", default=list(FAMILIES), choices=FAMILIES)
     b.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     b.add_argument("--compressors-only", action="store_true", help="keep the models in --out, redo the compressors")
     b.add_argument("--variant", default=None, choices=sorted(VARIANTS),
-                   help="demo models for a benchmark variant (default --out: assets/demo_VARIANT)")
+                   help=f"the benchmark variant (default {DEFAULT_VARIANT}: the default demo in assets/demo; "
+                        "others in assets/demo_VARIANT)")
     b.add_argument("--reuse-stage1", action="store_true",
-                   help="continue a variant model in --out that is exactly its spec's stage 1 (image-only) with "
+                   help="continue a model in --out that is exactly its spec's stage 1 (image-only) with "
                         "stage 2, instead of training it from scratch")
     b.set_defaults(func=cmd_build)
 

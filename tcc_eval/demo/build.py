@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .. import synth
-from . import ASSETS, FAMILIES, VARIANTS, benchmark, compressor_path, model_dir, variant_root
+from . import ASSETS, DEFAULT_VARIANT, FAMILIES, VARIANTS, benchmark, compressor_path, model_dir, variant_root
 from .train import DEFAULT_SPECS, TRAIN_RECORD, DemoSpec, reusable_stage1, train, variant_spec
 
 LABEL_SEED = 7  # train split; the model's training batches use other seeds, the test split another split
@@ -24,7 +24,7 @@ LABEL_SAMPLES = {"image": 400, "video": 300}
 COMPRESSOR_ARGS = ["--epochs", "40", "--patience", "6", "--batch-size", "32", "--seed", "0"]
 
 
-def export_label_data(modality: str, n: int, folder: Path, variant: str | None = None) -> Path:
+def export_label_data(modality: str, n: int, folder: Path, variant: str = DEFAULT_VARIANT) -> Path:
     """A JSONL the compressor's ``label`` command reads, carrying the exact demo prompt.
 
     The full prompt goes into ``question`` with no ``options`` field, so ``label`` asks it verbatim and
@@ -51,11 +51,13 @@ def export_label_data(modality: str, n: int, folder: Path, variant: str | None =
 
 
 def build_compressor(family: str, modality: str, root: Path, work: Path, log: Callable[[str], None],
-                     variant: str | None = None) -> dict[str, Any]:
+                     variant: str = DEFAULT_VARIANT) -> dict[str, Any]:
     from ..compressor.__main__ import main as compressor_cli
 
     start = time.time()
-    data = export_label_data(modality, LABEL_SAMPLES[modality], work / f"data_{modality}", variant)
+    override = VARIANTS[variant].get("compressor_overrides", {}).get((family, modality), {})
+    n = override.get("label_samples", LABEL_SAMPLES[modality])
+    data = export_label_data(modality, n, work / f"data_{modality}", variant)
     labels = work / f"labels_{family}_{modality}"
     code = compressor_cli(["label", "--model", str(model_dir(family, root)), "--data", str(data), "--out", str(labels),
                            "--max-new-tokens", "1", "--max-answer-tokens", "1",
@@ -63,12 +65,12 @@ def build_compressor(family: str, modality: str, root: Path, work: Path, log: Ca
     if code:
         raise RuntimeError(f"compressor label failed for {family}/{modality} (exit {code})")
     kept = len(list((labels / "samples").glob("*.pt")))
-    log(f"[{family}/{modality}] labelled {kept}/{LABEL_SAMPLES[modality]} correctly answered samples "
+    log(f"[{family}/{modality}] labelled {kept}/{n} correctly answered samples "
         f"({time.time() - start:.0f}s)")
     out = compressor_path(family, modality, root)
     out.parent.mkdir(parents=True, exist_ok=True)
     code = compressor_cli(["train", "--labels", str(labels), "--out", str(out), *COMPRESSOR_ARGS,
-                           *(VARIANTS[variant]["compressor_args"] if variant else [])])
+                           *VARIANTS[variant]["compressor_args"], *override.get("args", [])])
     if code:
         raise RuntimeError(f"compressor train failed for {family}/{modality} (exit {code})")
     return {"labelled": kept, "seconds": round(time.time() - start, 1)}
@@ -79,16 +81,18 @@ def build(out: str | Path | None = None, families: tuple[str, ...] = FAMILIES, t
           reuse_stage1: bool = False) -> dict[str, Any]:
     """Train every demo model and compressor into ``out`` (default: the package's assets folder).
 
-    ``variant`` (a demo.VARIANTS name) builds models for that benchmark variant instead (default folder: the
-    variant's own, never the default demo's). ``reuse_stage1``: continue from a folder's model that is
-    exactly its spec's stage 1 (train.train says why that is safe)."""
+    ``variant`` (a demo.VARIANTS name, default DEFAULT_VARIANT) picks the benchmark and training; the default
+    folder is that variant's shipped one (the default variant's: ASSETS, which TCC_DEMO_ROOT moves).
+    ``reuse_stage1``: continue from a folder's model that is exactly its spec's stage 1 (train.train says
+    why that is safe)."""
     import torch
 
-    default_root = variant_root(variant) if variant is not None else ASSETS
+    default_root = ASSETS if variant in (None, DEFAULT_VARIANT) else variant_root(variant)
+    variant = variant or DEFAULT_VARIANT
     torch.set_num_threads(threads)
     root = Path(out or default_root)
     root.mkdir(parents=True, exist_ok=True)
-    specs: dict[str, DemoSpec] = {s.family: variant_spec(s, variant) if variant else s for s in DEFAULT_SPECS}
+    specs: dict[str, DemoSpec] = {s.family: variant_spec(s, variant) for s in DEFAULT_SPECS}
     if reuse_stage1 and not skip_models:  # every folder is checked before any training starts
         for family in families:
             if reusable_stage1(specs[family], model_dir(family, root)) is None:

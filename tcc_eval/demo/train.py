@@ -41,7 +41,7 @@ from ..oracle import answer_positions
 from ..fixtures import (
     LLAVA_OV_CHAT_TEMPLATE, LLAVA_OV_SPECIAL_TOKENS, QWEN2VL_CHAT_TEMPLATE, QWEN2VL_SPECIAL_TOKENS, build_tokenizer,
 )
-from . import VARIANTS, benchmark
+from . import BASE_VARIANT, VARIANTS, benchmark
 from .regions import token_regions
 
 LMMS_SUFFIX = "Answer with the option's letter from the given choices directly."
@@ -77,7 +77,7 @@ class DemoSpec:
     # (drop rate uniform in [0, 1]); the others keep only object tokens: binding is the hard part, and
     # object-only sequences make steps ~3x cheaper
     seed: int = 0
-    image_variant: str | None = None  # a demo.VARIANTS image benchmark instead of the default one
+    image_variant: str | None = None  # the demo.VARIANTS image benchmark (None: the base configuration)
     video_variant: str | None = None  # likewise for videos
     # Stage 2 (when stage2_steps > 0): images and videos together, stage2_video_fraction of the batches
     # videos, with a fresh optimizer and batches of their own. A model that learned a question on images
@@ -113,6 +113,8 @@ def stage2_spec(spec: DemoSpec) -> DemoSpec:
 
 def variant_spec(spec: DemoSpec, variant: str) -> DemoSpec:
     """A model for a benchmark variant: its benchmarks and its training settings (demo.VARIANTS says why)."""
+    if variant == BASE_VARIANT:  # the base benchmark: its specs name no variant, as the shipped records do
+        return spec
     entry = VARIANTS[variant]
     return replace(spec, name=f"{spec.name}_{variant}", image_variant=variant,
                    video_variant=variant if "video" in entry["benchmark"] else None, **entry["training"])

@@ -4,7 +4,7 @@ lmms-eval loads each task's one-row spec file (``*.spec.json``: kind, n, seed, s
 ``process_docs`` then swaps in the real samples, generating them with ``tcc_eval.synth`` on first use
 into a cache folder, so nothing has to be downloaded and the YAMLs stay declarative:
 
-    $TCC_LMMS_DATA (default ~/.cache/tcc_eval/lmms_tasks) / <NAME>_<split>_n<N>_seed<S>/<NAME>.jsonl
+    $TCC_LMMS_DATA (default ~/.cache/tcc_eval/lmms_tasks) / <NAME>_<split>_n<N>_seed<S>_<variant>_<order>/<NAME>.jsonl
 
 ``TCC_LMMS_SYNTH_N`` overrides N (fast tests). Scoring is exact match of the option letter.
 """
@@ -46,10 +46,11 @@ def ensure_data(kind: str, n: int, seed: int, split: str = "test") -> Path:
     half-written set: the first rename wins, the others discard their copy.
     """
     from tcc_eval import synth
-    from tcc_eval.demo import OPTION_ORDER, benchmark
+    from tcc_eval.demo import DEFAULT_VARIANT, OPTION_ORDER, benchmark
 
     name = NAMES[kind]
-    folder = data_root() / f"{name}_{split}_n{n}_seed{seed}_{OPTION_ORDER}"
+    # the benchmark's variant is in the key: a set cached before the default changed is never reused
+    folder = data_root() / f"{name}_{split}_n{n}_seed{seed}_{DEFAULT_VARIANT}_{OPTION_ORDER}"
     jsonl = folder / f"{name}.jsonl"
     if jsonl.exists():
         return jsonl

@@ -7,7 +7,7 @@
   ``$LMUData/TCCSynth_VID/`` (mp4 + lossless frame PNGs). Video LLMs get the mp4 path, like MVBench /
   Video-MME give it; others get ``nframe`` frames as images. Scored like the image set.
 
-Content: the demo benchmark's question types (``tcc_eval.demo.TASKS``), ``TCC_SYNTH_N`` samples per set
+Content: the default demo benchmark (``tcc_eval.demo.benchmark_config``), ``TCC_SYNTH_N`` samples per set
 (default 200 images / 100 videos), seed 0, split "test". Ground truth for region metrics sits beside
 the data (``*_gt.json``); ``*meta.json`` records the settings, and a set generated with other settings
 is refused rather than silently reused.
@@ -55,9 +55,9 @@ def requested_size(kind: str) -> int:
 
 def synth_config(kind: str) -> dict[str, Any]:
     """Generator options of the demo benchmark (what the demo models are trained on)."""
-    from ...demo import OPTION_ORDER, TASKS
+    from ...demo import OPTION_ORDER, benchmark_config
 
-    config = {k: list(v) if isinstance(v, (tuple, list)) else v for k, v in TASKS[kind].items()}
+    config = {k: list(v) if isinstance(v, (tuple, list)) else v for k, v in benchmark_config(kind).items()}
     return {**config, "option_order": OPTION_ORDER}
 
 
