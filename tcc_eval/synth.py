@@ -457,8 +457,17 @@ def export_vlmeval_tsv(samples: Sequence[SynthSample], path: str | os.PathLike) 
     return path
 
 
+# Lossless FFV1 in the mp4 container: frameworks hand video LLMs the file, and a lossy codec (mp4v: max
+# pixel error 146, mean 5.5 on these frames) blurs objects of 28 px into their crowded neighbours, so the
+# pixels would no longer match the ground-truth boxes. decord, PyAV and OpenCV decode it bit-exactly.
+VIDEO_CODEC = "FFV1"
+# One frame per second: LLaVA-OneVision's VLMEvalKit wrapper samples a video file at 1 fps, so it reads all
+# 8 frames, as every other path does (at 2 fps it read every other frame: 4 of 8).
+VIDEO_FPS = 1.0
+
+
 def _write_video(frames: Sequence[Image.Image], frames_dir: Path, mp4_path: Path, fps: float) -> bool:
-    """Frame PNGs always; an mp4 (mp4v, lossy) when OpenCV can write one. Returns whether it did."""
+    """Frame PNGs always; a lossless mp4 (VIDEO_CODEC) when OpenCV can write one. Returns whether it did."""
     frames_dir.mkdir(parents=True, exist_ok=True)
     for i, fr in enumerate(frames):
         fr.save(frames_dir / f"{i:03d}.png")
@@ -467,7 +476,7 @@ def _write_video(frames: Sequence[Image.Image], frames_dir: Path, mp4_path: Path
     except ImportError:
         return False
     w, h = frames[0].size
-    writer = cv2.VideoWriter(str(mp4_path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+    writer = cv2.VideoWriter(str(mp4_path), cv2.VideoWriter_fourcc(*VIDEO_CODEC), fps, (w, h))
     if not writer.isOpened():
         return False
     for fr in frames:
@@ -477,7 +486,7 @@ def _write_video(frames: Sequence[Image.Image], frames_dir: Path, mp4_path: Path
 
 
 def export_vlmeval_video(samples: Sequence[SynthSample], root: str | os.PathLike, name: str = "TCCSynth_VID",
-                         fps: float = 2.0) -> Path:
+                         fps: float = VIDEO_FPS) -> Path:
     """Write root/videos/<index>/NNN.png, root/videos/<index>.mp4 and root/<name>.tsv.
 
     TSV columns: index, video, question, A.., answer, category, frames_dir; paths are relative to
@@ -498,7 +507,7 @@ def export_vlmeval_video(samples: Sequence[SynthSample], root: str | os.PathLike
 
 
 def export_lmms(samples: Sequence[SynthSample], out_dir: str | os.PathLike, kind: str,
-                name: str | None = None, fps: float = 2.0) -> Path:
+                name: str | None = None, fps: float = VIDEO_FPS) -> Path:
     """lmms-eval local-task data: out_dir/<name>.jsonl plus PNGs (and mp4s) beside it.
 
     Each line: id, question, options (list, letter order), answer (letter), category and either

@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compressor", default=None, help="compressor for tcc (default: the demo's)")
     parser.add_argument("--root", default=None, help="demo folder (default: the shipped demo)")
     parser.add_argument("--variant", default=None, choices=sorted(VARIANTS),
-                        help="the shipped models of a benchmark variant (e.g. relational)")
+                        help="the shipped models of a benchmark variant (e.g. single)")
     parser.add_argument("--out", default="visualize.png", help="PNG to write")
     args = parser.parse_args(argv)
     try:

@@ -26,8 +26,7 @@ OPTION_ORDER = "canonical"
 
 # Benchmark variants, each with its own demo models (`python -m tcc_eval.demo build|evaluate --variant NAME`).
 # One entry holds all of a variant's settings: "benchmark" (per modality, on top of TASKS), "training"
-# (DemoSpec overrides, train.variant_spec), "compressor_args" (extra `compressor train` flags) and optionally
-# "compressor_overrides" ({(family, modality): {"label_samples": N, "args": [more flags]}}).
+# (DemoSpec overrides, train.variant_spec) and "compressor_args" (extra `compressor train` flags).
 # "relational" (DEFAULT_VARIANT: TCCSynth_IMG / TCCSynth_VID, the models in assets/demo): an anchor diamond
 # among a crowd (24-96 objects per image, 6-24 per video frame pair);
 # "What color is the diamond?" or "What color is the shape right of the diamond?". The second question's
@@ -51,13 +50,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
         # The answer sits one cell right of the anchor: the next token for Qwen2-VL and LLaVA-OneVision, 12
         # tokens on in VILA1.5's column-major order, beyond kernel 5's reach (21 tokens); kernel 7 reaches 31.
         "compressor_args": ["--kernel-size", "7"],
-        # Per model and modality, on top: LLaVA-OneVision's layer-0 attention ranks red diamonds near the
-        # bottom of a video's 289 tokens (top for the other colours), so the anchor shows only in a0's low
-        # end. log(A*N_v) input makes that end readable, and more labels help learn it. tcc@25% / @50% at
-        # n=200, seed 1: 300 labels 0.840 / 0.890; 1,200 labels 0.850 / 0.895; with log input 0.890 / 0.950;
-        # 3,000 labels with log 0.880 / 0.975 (a0: 0.760 / 0.780).
-        "compressor_overrides": {("llava_onevision", "video"): {"label_samples": 3000,
-                                                               "args": ["--input-scale", "log"]}},
     },
     # "single" (assets/demo_single): the base configuration, one salient object per question. The first
     # default demo; kept because it shows where a0 is enough: tcc and a0 both keep 1.000 at 25% there.

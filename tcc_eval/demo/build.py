@@ -55,9 +55,7 @@ def build_compressor(family: str, modality: str, root: Path, work: Path, log: Ca
     from ..compressor.__main__ import main as compressor_cli
 
     start = time.time()
-    override = VARIANTS[variant].get("compressor_overrides", {}).get((family, modality), {})
-    n = override.get("label_samples", LABEL_SAMPLES[modality])
-    data = export_label_data(modality, n, work / f"data_{modality}", variant)
+    data = export_label_data(modality, LABEL_SAMPLES[modality], work / f"data_{modality}", variant)
     labels = work / f"labels_{family}_{modality}"
     code = compressor_cli(["label", "--model", str(model_dir(family, root)), "--data", str(data), "--out", str(labels),
                            "--max-new-tokens", "1", "--max-answer-tokens", "1",
@@ -65,12 +63,12 @@ def build_compressor(family: str, modality: str, root: Path, work: Path, log: Ca
     if code:
         raise RuntimeError(f"compressor label failed for {family}/{modality} (exit {code})")
     kept = len(list((labels / "samples").glob("*.pt")))
-    log(f"[{family}/{modality}] labelled {kept}/{n} correctly answered samples "
+    log(f"[{family}/{modality}] labelled {kept}/{LABEL_SAMPLES[modality]} correctly answered samples "
         f"({time.time() - start:.0f}s)")
     out = compressor_path(family, modality, root)
     out.parent.mkdir(parents=True, exist_ok=True)
     code = compressor_cli(["train", "--labels", str(labels), "--out", str(out), *COMPRESSOR_ARGS,
-                           *VARIANTS[variant]["compressor_args"], *override.get("args", [])])
+                           *VARIANTS[variant]["compressor_args"]])
     if code:
         raise RuntimeError(f"compressor train failed for {family}/{modality} (exit {code})")
     return {"labelled": kept, "seconds": round(time.time() - start, 1)}

@@ -4,7 +4,8 @@ lmms-eval loads each task's one-row spec file (``*.spec.json``: kind, n, seed, s
 ``process_docs`` then swaps in the real samples, generating them with ``tcc_eval.synth`` on first use
 into a cache folder, so nothing has to be downloaded and the YAMLs stay declarative:
 
-    $TCC_LMMS_DATA (default ~/.cache/tcc_eval/lmms_tasks) / <NAME>_<split>_n<N>_seed<S>_<variant>_<order>/<NAME>.jsonl
+    $TCC_LMMS_DATA (default ~/.cache/tcc_eval/lmms_tasks)
+        / <NAME>_<split>_n<N>_seed<S>_<variant>_<order>_<codec><fps>fps/<NAME>.jsonl
 
 ``TCC_LMMS_SYNTH_N`` overrides N (fast tests). Scoring is exact match of the option letter.
 """
@@ -49,8 +50,9 @@ def ensure_data(kind: str, n: int, seed: int, split: str = "test") -> Path:
     from tcc_eval.demo import DEFAULT_VARIANT, OPTION_ORDER, benchmark
 
     name = NAMES[kind]
-    # the benchmark's variant is in the key: a set cached before the default changed is never reused
-    folder = data_root() / f"{name}_{split}_n{n}_seed{seed}_{DEFAULT_VARIANT}_{OPTION_ORDER}"
+    # the benchmark's variant and video encoding are in the key: a set cached with other ones is never reused
+    key = f"{split}_n{n}_seed{seed}_{DEFAULT_VARIANT}_{OPTION_ORDER}_{synth.VIDEO_CODEC.lower()}{synth.VIDEO_FPS:g}fps"
+    folder = data_root() / f"{name}_{key}"
     jsonl = folder / f"{name}.jsonl"
     if jsonl.exists():
         return jsonl
@@ -76,7 +78,7 @@ def _require_mp4(jsonl: Path) -> None:
     if not first["video_path"].endswith(".mp4"):
         raise RuntimeError(
             "tccsynth_vid needs mp4 videos but OpenCV could not write one; install opencv-python (cv2) "
-            "with a working mp4v encoder and rerun"
+            "with FFmpeg video I/O (its FFV1 encoder) and rerun"
         )
 
 

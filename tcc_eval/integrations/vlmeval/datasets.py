@@ -36,7 +36,6 @@ SIZE_ENV = "TCC_SYNTH_N"
 DEFAULT_SIZE = {"image": 200, "video": 100}
 SEED = 0
 SPLIT = "test"
-VIDEO_FPS = 2.0  # frames per second written into the mp4s
 
 
 # --- generation on first use ---------------------------------------------------------------------
@@ -69,7 +68,10 @@ def demo_samples(kind: str, n: int) -> list:
 
 
 def _meta(kind: str, n: int) -> dict[str, Any]:
-    return {"kind": kind, "n": n, "seed": SEED, "split": SPLIT, "config": synth_config(kind)}
+    from ... import synth
+
+    meta = {"kind": kind, "n": n, "seed": SEED, "split": SPLIT, "config": synth_config(kind)}
+    return {**meta, "video_codec": synth.VIDEO_CODEC, "video_fps": synth.VIDEO_FPS} if kind == "video" else meta
 
 
 def _check_meta(meta_path: Path, kind: str, data: str) -> None:
@@ -118,7 +120,7 @@ def ensure_video_set(root: str | os.PathLike | None = None) -> Path:
     samples = demo_samples("video", n)
     tmp = folder.with_name(f"{VIDEO_NAME}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    synth.export_vlmeval_video(samples, tmp, name=VIDEO_NAME, fps=VIDEO_FPS)
+    synth.export_vlmeval_video(samples, tmp, name=VIDEO_NAME)
     synth.save_ground_truth(samples, tmp / f"{VIDEO_NAME}_gt.json")
     (tmp / "meta.json").write_text(json.dumps(_meta("video", n)))
     try:
@@ -186,9 +188,11 @@ class TCCSynthVideo(VideoBaseDataset):
 
     def frame_files(self, line) -> list[str]:
         """``nframe`` frames spread uniformly over the clip (or every frame at ``fps``), as lossless PNGs."""
+        from ... import synth
+
         frames = sorted((Path(self.data_root) / line["frames_dir"]).glob("*.png"))
         if self.fps > 0:
-            picked = frames[:: max(1, round(VIDEO_FPS / self.fps))]
+            picked = frames[:: max(1, round(synth.VIDEO_FPS / self.fps))]
         else:
             picked = [frames[i] for i in np.linspace(0, len(frames) - 1, self.nframe).round().astype(int)]
         return [str(p) for p in picked]
