@@ -119,12 +119,13 @@ def test_visual_tokens_see_only_their_own_cell(demo_models, family, modality):
     assert changed.any() and np.array_equal(changed, expected)
 
 
-# oracle pointing on this 48-sample split: 0.85 / 0.90 (Qwen2-VL image / video), 1.00 / 1.00 (LLaVA-OV), 0.75 / 0.98
-# (VILA1.5, whose image relevance the clamp loses: oracle-rules, n=100, clamp 0.76, attention
-# rollout 1.00); the floors sit a little below
+QUICK_N = 48
+# oracle pointing on this split: 0.85 / 0.90 (Qwen2-VL image / video), 1.00 / 1.00 (LLaVA-OV), 0.75 / 0.98
+# (VILA1.5, whose image relevance the clamp loses: oracle-rules, n=100, clamp 0.76, attention rollout 1.00);
+# the floors sit a little below
 ORACLE_POINTING_FLOOR = {("qwen2_vl", "image"): 0.8, ("qwen2_vl", "video"): 0.85,
-                                 ("llava_onevision", "image"): 0.9, ("llava_onevision", "video"): 0.9,
-                                 ("vila", "image"): 0.65, ("vila", "video"): 0.9}
+                         ("llava_onevision", "image"): 0.9, ("llava_onevision", "video"): 0.9,
+                         ("vila", "image"): 0.65, ("vila", "video"): 0.9}
 # tcc@25% / vanilla: >= 0.95 everywhere but LLaVA-OV videos, whose layer-0 attention often misses the anchor of a
 # "right of" question, so the compressor's only input lacks it (0.840 at n=200, 0.833 here; README)
 TCC_PRESERVATION_FLOOR = {("llava_onevision", "video"): 0.8}
@@ -142,7 +143,7 @@ def test_quick_bars(demo_models, family, modality):
     from tcc_eval.demo.evaluate import evaluate_model
 
     model, processor = demo_models[family]
-    samples = benchmark.samples(modality, 48, TEST_SEED)
+    samples = benchmark.samples(modality, QUICK_N, TEST_SEED)
     rows = evaluate_model(model, processor, samples, {modality: str(compressor_path(family, modality))},
                           methods=("none", "random", "a0", "tcc", "oracle"), ratios=(0.25,), batch_size=16)
     row = {r["method"]: r for r in rows}
