@@ -49,7 +49,7 @@ def trained_benchmark(family: str, root: str | None = None) -> dict[str, str | N
     saved = json.loads(record.read_text())["spec"]
     spec = DemoSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()
                        if k in DemoSpec.__dataclass_fields__})
-    return {m: spec.image_variant if m == "image" else spec.video_variant for m in spec.modalities}
+    return {m: spec.variant(m) for m in spec.modalities}
 
 
 def samples_for(family: str, modality: str, n: int, seed: int, root: str | None = None) -> list[synth.SynthSample]:

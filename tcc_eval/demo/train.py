@@ -93,6 +93,10 @@ class DemoSpec:
         videos = self.video_fraction or (self.stage2_steps and self.stage2_video_fraction)
         return ("image", "video") if videos else ("image",)
 
+    def variant(self, kind: str) -> str | None:
+        """The benchmark variant of ``kind`` ("image" | "video") this model trains on."""
+        return self.image_variant if kind == "image" else self.video_variant
+
 
 STAGE2_FIELDS = ("video_variant", "stage2_steps", "stage2_video_fraction", "stage2_lr", "stage2_easy_steps",
                  "stage2_vision_steps")
@@ -331,7 +335,7 @@ def drop_rate(spec: DemoSpec, step: int, rng: np.random.Generator) -> float:
 def training_batch(spec: DemoSpec, step: int, rng: np.random.Generator, kind: str | None = None,
                    seed_offset: int = 0, **overrides: Any) -> list[synth.SynthSample]:
     kind = kind or ("video" if rng.random() < spec.video_fraction else "image")
-    variant = spec.image_variant if kind == "image" else spec.video_variant
+    variant = spec.variant(kind)
     if step < spec.easy_steps and spec.easy_objects and (kind == "image" or variant):
         overrides = {"min_objects": spec.easy_objects[0], "max_objects": spec.easy_objects[1], **overrides}
     seed = spec.seed * 1_000_003 % 10**7 + seed_offset + step
@@ -471,8 +475,7 @@ def validate_and_save(model, processor, spec: DemoSpec, stats: dict[str, Any], o
                       log: Callable[[str], None]) -> dict[str, Any]:
     model.eval()
     for kind in spec.modalities:
-        variant = spec.image_variant if kind == "image" else spec.video_variant
-        acc, per = accuracy(model, processor, benchmark.samples(kind, 96, VALIDATION_SEED, "train", variant))
+        acc, per = accuracy(model, processor, benchmark.samples(kind, 96, VALIDATION_SEED, "train", spec.variant(kind)))
         stats[f"val_{kind}"] = {"accuracy": acc, "per_letter": per}
         log(f"[{spec.name}] validation {kind}: {acc:.3f} per letter {per}")
     model.save_pretrained(out)
