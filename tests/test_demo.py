@@ -204,13 +204,21 @@ def test_single_variant_quick_bars(family, modality):
 def test_oracle_rule_pointing_reproduces_the_oracle(demo_models):
     """The rule comparison's "clamp" column is the oracle the evaluation runs (batched, through wrap_model)."""
     from tcc_eval.demo.evaluate import evaluate_model, oracle_rule_pointing
+    from tcc_eval.demo.regions import token_regions
+    from tcc_eval.demo.train import encode
 
     model, processor = demo_models["llava_onevision"]
     samples = benchmark.samples("image", 12, TEST_SEED)
     rules = oracle_rule_pointing(model, processor, samples)
     rows = evaluate_model(model, processor, samples, None, methods=("oracle",), ratios=(0.5,), batch_size=12)
-    assert rules["clamp"] == next(r["pointing"] for r in rows if r["method"] == "oracle")
-    assert set(rules) == {"clamp", "abs", "signed", "attention"} and all(0 <= v <= 1 for v in rules.values())
+    assert rules["clamp"]["ground_truth"] == next(r["pointing"] for r in rows if r["method"] == "oracle")
+    assert set(rules) == {"clamp", "abs", "signed", "attention"}
+    assert all(set(places) == {"ground_truth", "other_object", "background"} for places in rules.values())
+    # "other_object" means outside the ground truth only because every ground-truth token covers a drawn object
+    for sample in samples:
+        regions = token_regions(model, encode(processor, [sample]), 0, sample)
+        gt = regions.ground_truth(sample)
+        assert gt.any() and not (gt & ~regions.objects(sample)).any()
 
 
 @needs_assets

@@ -72,8 +72,12 @@ def cmd_oracle_rules(args: argparse.Namespace) -> int:
         for modality in [m for m in args.modality if m in trained_benchmark(family, root)]:
             samples = samples_for(family, modality, args.n, args.seed, root)
             result = oracle_rule_pointing(model, processor, samples)
-            rows.append({"model": family, "modality": modality, "seed": args.seed, "n": args.n, "pointing": result})
-            print(f"{family} / {modality}: " + "  ".join(f"{k} {v:.3f}" for k, v in result.items()), flush=True)
+            rows.append({"model": family, "modality": modality, "seed": args.seed, "n": args.n,
+                         "pointing": {rule: places["ground_truth"] for rule, places in result.items()},
+                         "top_token": result})
+            print(f"{family} / {modality}: " + "  ".join(
+                f"{rule} {p['ground_truth']:.3f} (other objects {p['other_object']:.2f}, background {p['background']:.2f})"
+                for rule, p in result.items()), flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
@@ -114,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     e.set_defaults(func=cmd_evaluate)
 
     o = sub.add_parser("oracle-rules", help="oracle pointing per relevance rule (clamp = the method; abs, signed, "
-                                            "attention = diagnostics)")
+                                            "attention = diagnostics) and where its misses land")
     o.add_argument("--seed", type=int, default=1)
     o.add_argument("--n", type=int, default=100)
     o.add_argument("--family", nargs="+", default=list(FAMILIES), choices=FAMILIES)

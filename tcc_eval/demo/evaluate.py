@@ -219,23 +219,31 @@ def evaluate_model(
     return rows
 
 
+TOP_TOKEN_PLACES = ("ground_truth", "other_object", "background")
+
+
 def oracle_rule_pointing(model, processor, samples: list[synth.SynthSample],
-                         rules: Iterable[str] = RELEVANCE_RULES) -> dict[str, float]:
-    """Pointing of the explainability oracle under each relevance rule, on the same samples and answers.
+                         rules: Iterable[str] = RELEVANCE_RULES) -> dict[str, dict[str, float]]:
+    """Where the explainability oracle's top token lands under each relevance rule, on the same samples and
+    answers: {rule: {place: share}} over TOP_TOKEN_PLACES ("ground_truth" is the pointing score).
 
     Tells a rule that misses the evidence from a model that hides it: if |grad * A| or plain attention
     rollout find the object where the method's clamped rule does not, the object's evidence enters with a
-    negative gradient and the clamp removes it."""
-    hits: dict[str, list[bool]] = {rule: [] for rule in rules}
+    negative gradient and the clamp removes it. A miss on another drawn object is the model drawing on it
+    (a distractor, or a token it uses as a register); a miss on background is relevance the boxes cannot explain."""
+    places: dict[str, list[str]] = {rule: [] for rule in rules}
     for sample in samples:
         inputs = encode(processor, [sample])
-        gt = token_regions(model, inputs, 0, sample).ground_truth(sample)
+        regions = token_regions(model, inputs, 0, sample)
+        gt, drawn = regions.ground_truth(sample), regions.objects(sample)
         view = single_view(model, inputs)
         with torch.no_grad():
             answer = draft_answer(view, 1)
-        for rule in hits:
-            hits[rule].append(bool(gt[int(torch.argmax(view_relevance(view, answer, rule)))]))
-    return {rule: float(np.mean(h)) for rule, h in hits.items()}
+        for rule in places:
+            top = int(torch.argmax(view_relevance(view, answer, rule)))
+            places[rule].append("ground_truth" if gt[top] else "other_object" if drawn[top] else "background")
+    return {rule: {place: float(np.mean([p == place for p in landed])) for place in TOP_TOKEN_PLACES}
+            for rule, landed in places.items()}
 
 
 def evaluate(
