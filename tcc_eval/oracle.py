@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -47,20 +47,30 @@ def eager_attention(model: nn.Module) -> Iterator[None]:
 RELEVANCE_RULES = ("clamp", "abs", "signed", "attention")
 
 
-def gradient_weighted_maps(attentions: tuple[torch.Tensor, ...], target: torch.Tensor,
-                           rule: str = "clamp") -> list[torch.Tensor]:
-    """Abar_l = mean over heads of (grad * A)^+ for every layer (``rule`` "clamp"), fp32, (N, N) each."""
+def check_rule(rule: str) -> None:
     if rule not in RELEVANCE_RULES:
         raise ValueError(f"unknown relevance rule {rule!r}; choose one of {RELEVANCE_RULES}")
+
+
+def rule_maps(attentions: tuple[torch.Tensor, ...], grads: tuple[torch.Tensor, ...] | None,
+              rule: str) -> list[torch.Tensor]:
+    """Every layer's Abar_l under ``rule`` from given gradients, so several rules share one backward pass."""
     if rule == "attention":
         return [a.float().mean(dim=1)[0] for a in attentions]
-    grads = torch.autograd.grad(target, attentions, retain_graph=True)
     weighted = [g.float() * a.float() for g, a in zip(grads, attentions)]
     if rule == "clamp":
         weighted = [w.clamp_min(0) for w in weighted]
     elif rule == "abs":
         weighted = [w.abs() for w in weighted]
     return [w.mean(dim=1)[0] for w in weighted]
+
+
+def gradient_weighted_maps(attentions: tuple[torch.Tensor, ...], target: torch.Tensor,
+                           rule: str = "clamp") -> list[torch.Tensor]:
+    """Abar_l = mean over heads of (grad * A)^+ for every layer (``rule`` "clamp"), fp32, (N, N) each."""
+    check_rule(rule)
+    grads = None if rule == "attention" else torch.autograd.grad(target, attentions, retain_graph=True)
+    return rule_maps(attentions, grads, rule)
 
 
 def relevance_row(maps: list[torch.Tensor], row: int) -> torch.Tensor:
@@ -89,6 +99,14 @@ def answer_positions(position_ids: torch.Tensor, n_answer: int) -> torch.Tensor:
 
 def view_relevance(view: SampleView, answer_ids: torch.Tensor, rule: str = "clamp") -> torch.Tensor:
     """R_v for one unpadded sample and a given answer (teacher forcing)."""
+    return view_relevances(view, answer_ids, (rule,))[rule]
+
+
+def view_relevances(view: SampleView, answer_ids: torch.Tensor, rules: Iterable[str]) -> dict[str, torch.Tensor]:
+    """R_v under each relevance rule, from one forward and one backward per answer token."""
+    rules = tuple(rules)
+    for rule in rules:
+        check_rule(rule)
     model = view.adapter.model
     embed = model.get_input_embeddings()
     answer_embeds = embed(answer_ids.to(view.inputs_embeds.device))[None].to(view.inputs_embeds.dtype)
@@ -97,14 +115,17 @@ def view_relevance(view: SampleView, answer_ids: torch.Tensor, rule: str = "clam
     positions = answer_positions(view.position_ids, answer_ids.numel())
     prompt_len = view.inputs_embeds.shape[1]
     visual = torch.nonzero(view.visual).flatten()
-    total = torch.zeros(visual.numel(), dtype=torch.float32, device=embeds.device)
+    totals = {rule: torch.zeros(visual.numel(), dtype=torch.float32, device=embeds.device) for rule in rules}
+    needs_grad = any(rule != "attention" for rule in rules)
     with eager_attention(model), torch.enable_grad():
         out = view.adapter.forward_from_embeds(embeds, mask, positions, output_attentions=True, use_cache=False)
         for t, token in enumerate(answer_ids.tolist()):
             row = prompt_len - 1 + t
-            maps = gradient_weighted_maps(out.attentions, out.logits[0, row, token], rule)
-            total += relevance_row(maps, row)[visual]
-    return (total / max(1, answer_ids.numel())).detach()
+            grads = (torch.autograd.grad(out.logits[0, row, token], out.attentions, retain_graph=True)
+                     if needs_grad else None)
+            for rule in rules:
+                totals[rule] += relevance_row(rule_maps(out.attentions, grads, rule), row)[visual]
+    return {rule: (total / max(1, answer_ids.numel())).detach() for rule, total in totals.items()}
 
 
 def draft_answer(view: SampleView, max_answer_tokens: int) -> torch.Tensor:

@@ -8,7 +8,7 @@ import torch
 from conftest import FAMILIES, messages_for, model_inputs
 from tcc_eval.oracle import (
     RELEVANCE_RULES, answer_positions, explain_inputs, gradient_weighted_maps, relevance_full_matrix, relevance_row,
-    single_view,
+    single_view, view_relevance, view_relevances,
 )
 
 
@@ -48,6 +48,20 @@ def test_relevance_rules_match_their_formulas(loaded):
         for rule, ref in expected.items():
             assert torch.allclose(maps[rule][layer], ref, atol=1e-7), (rule, layer)
         assert (maps["signed"][layer] < 0).any()  # a rule choice that matters: negative evidence exists
+
+
+def test_rules_sharing_one_backward_equal_separate_runs(loaded):
+    """oracle-rules computes every rule from one forward/backward per answer token: same as one run per rule."""
+    model, processor = loaded["qwen2_vl"]
+    view = single_view(model, model_inputs(processor, messages_for("image")))
+    answer = torch.tensor([40, 41])
+    together = view_relevances(view, answer, RELEVANCE_RULES)
+    for rule in RELEVANCE_RULES:
+        alone = view_relevance(view, answer, rule)
+        assert torch.equal(together[rule], alone), rule
+    assert not torch.equal(together["clamp"], together["signed"])
+    with pytest.raises(ValueError, match="unknown relevance rule 'relu'"):
+        view_relevances(view, answer, ("clamp", "relu"))
 
 
 @pytest.mark.parametrize("family", FAMILIES)

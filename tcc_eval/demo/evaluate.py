@@ -22,7 +22,7 @@ from .. import synth
 from ..adapters import adapter_for
 from ..api import load_hf_model, wrap_model
 from ..core import keep_positions
-from ..oracle import RELEVANCE_RULES, draft_answer, single_view, view_relevance
+from ..oracle import RELEVANCE_RULES, draft_answer, single_view, view_relevances
 from . import FAMILIES, MODALITIES, benchmark, compressor_path, model_dir
 from .regions import token_regions
 from .train import TRAIN_RECORD, DemoSpec, answer_logits, encode, letter_ids
@@ -239,8 +239,8 @@ def oracle_rule_pointing(model, processor, samples: list[synth.SynthSample],
         view = single_view(model, inputs)
         with torch.no_grad():
             answer = draft_answer(view, 1)
-        for rule in places:
-            top = int(torch.argmax(view_relevance(view, answer, rule)))
+        for rule, relevance in view_relevances(view, answer, places).items():
+            top = int(torch.argmax(relevance))
             places[rule].append("ground_truth" if gt[top] else "other_object" if drawn[top] else "background")
     return {rule: {place: float(np.mean([p == place for p in landed])) for place in TOP_TOKEN_PLACES}
             for rule, landed in places.items()}
