@@ -76,8 +76,8 @@ def cmd_oracle_rules(args: argparse.Namespace) -> int:
                          "pointing": {rule: places["ground_truth"] for rule, places in result.items()},
                          "top_token": result})
             print(f"{family} / {modality}: " + "  ".join(
-                f"{rule} {p['ground_truth']:.3f} (other objects {p['other_object']:.2f}, background {p['background']:.2f})"
-                for rule, p in result.items()), flush=True)
+                f"{rule} {p['ground_truth']:.3f} (other objects {p['other_object']:.2f}, "
+                f"background {p['background']:.2f})" for rule, p in result.items()), flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
