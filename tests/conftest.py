@@ -7,11 +7,17 @@ import pytest
 import torch
 from PIL import Image
 
+from tcc_eval import demo
 from tcc_eval.fixtures import build_tiny_checkpoint
 
 torch.set_num_threads(2)
 
 FAMILIES = ("qwen2_vl", "llava_onevision")
+# Tests of the shipped demo models and compressors skip in a checkout without them.
+needs_assets = pytest.mark.skipif(
+    not all(demo.paths()[f]["built"] for f in demo.FAMILIES),
+    reason="demo assets are not in this checkout; build them with `python -m tcc_eval.demo build`",
+)
 
 
 @pytest.fixture(scope="session")

@@ -18,14 +18,11 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import needs_assets
 from tcc_eval.demo import FAMILIES, MODALITIES, benchmark, paths
 
 TEST_SEED = 11  # test split: never seen in training
 SHIPPED_FAMILIES = FAMILIES
-SHIPPED = all(paths()[f]["built"] for f in SHIPPED_FAMILIES)
-needs_assets = pytest.mark.skipif(
-    not SHIPPED, reason="demo assets are not in this checkout; build them with `python -m tcc_eval.demo build`"
-)
 
 
 @needs_assets

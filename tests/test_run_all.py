@@ -6,13 +6,9 @@ import os
 import subprocess
 from pathlib import Path
 
-import pytest
-
-from tcc_eval.demo import FAMILIES, paths
+from conftest import needs_assets
 
 REPO = Path(__file__).resolve().parent.parent
-needs_assets = pytest.mark.skipif(not all(paths()[f]["built"] for f in FAMILIES),
-                                  reason="demo assets are not in this checkout")
 
 
 def _run_all(results: Path) -> subprocess.CompletedProcess:
