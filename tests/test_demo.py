@@ -257,6 +257,7 @@ def test_variant_inputs_are_checked(tmp_path):
         build(tmp_path, families=("qwen2_vl",), variant="relational", reuse_stage1=True)
     assert variant_root("relational") == ASSETS != variant_root("single")  # the default variant is the default demo
     assert demo_root(None, "single") == str(variant_root("single")) and demo_root(None, None) is None
+    assert demo_root(None, "relational") is None  # the default demo: build and the readers share ASSETS
     out = subprocess.run([sys.executable, "-m", "tcc_eval.demo", "evaluate", "--root", "x", "--variant", "relational"],
                          capture_output=True, text=True)
     assert out.returncode == 2 and "not both" in out.stderr

@@ -79,10 +79,13 @@ def variant_root(variant: str) -> Path:
 
 
 def demo_root(root: str | os.PathLike | None, variant: str | None) -> str | None:
-    """A demo folder given by path, else the shipped folder of ``variant``, else None (the default demo)."""
+    """A demo folder given by path, else the shipped folder of another ``variant``, else None: the default
+    demo, ASSETS (which TCC_DEMO_ROOT moves), whether or not ``variant`` names DEFAULT_VARIANT."""
     if root and variant:
         raise ValueError("give --root or --variant, not both (--variant names the shipped variant folder)")
-    return str(root) if root else (str(variant_root(variant)) if variant else None)
+    if root:
+        return str(root)
+    return str(variant_root(variant)) if variant not in (None, DEFAULT_VARIANT) else None
 
 
 def model_dir(family: str, root: str | os.PathLike | None = None) -> Path:

@@ -16,7 +16,7 @@ def _quiet_transformers() -> None:
 
 def cmd_build(args: argparse.Namespace) -> int:
     _quiet_transformers()
-    from . import demo_root
+    from . import ASSETS, demo_root
     from .build import build
 
     start = time.time()
@@ -27,7 +27,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"build of {' '.join(args.family)} finished in {time.time() - start:.0f}s; wrote "
-          f"{args.out or demo_root(None, args.variant) or 'the package assets'} (build_info.json records every run)")
+          f"{args.out or demo_root(None, args.variant) or ASSETS} (build_info.json records every run)")
     return 0
 
 

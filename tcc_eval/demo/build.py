@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .. import synth
-from . import ASSETS, DEFAULT_VARIANT, FAMILIES, VARIANTS, benchmark, compressor_path, model_dir, variant_root
+from . import ASSETS, DEFAULT_VARIANT, FAMILIES, VARIANTS, benchmark, compressor_path, demo_root, model_dir
 from .train import DEFAULT_SPECS, TRAIN_RECORD, DemoSpec, reusable_stage1, train, variant_spec
 
 LABEL_SEED = 7  # train split; the model's training batches use other seeds, the test split another split
@@ -85,10 +85,9 @@ def build(out: str | Path | None = None, families: tuple[str, ...] = FAMILIES, t
     why that is safe)."""
     import torch
 
-    default_root = ASSETS if variant in (None, DEFAULT_VARIANT) else variant_root(variant)
-    variant = variant or DEFAULT_VARIANT
     torch.set_num_threads(threads)
-    root = Path(out or default_root)
+    root = Path(out or demo_root(None, variant) or ASSETS)
+    variant = variant or DEFAULT_VARIANT
     root.mkdir(parents=True, exist_ok=True)
     specs: dict[str, DemoSpec] = {s.family: variant_spec(s, variant) for s in DEFAULT_SPECS}
     if reuse_stage1 and not skip_models:  # every folder is checked before any training starts
