@@ -6,6 +6,7 @@ A quick version of the issue's bars on a small fresh test split (the full table 
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
@@ -117,15 +118,15 @@ def test_visual_tokens_see_only_their_own_cell(demo_models, family, modality):
 
 
 QUICK_N = 48
-# oracle pointing on this split: 0.85 / 0.90 (Qwen2-VL image / video), 1.00 / 1.00 (LLaVA-OV), 0.75 / 0.98
+# oracle pointing on this split: 0.85 / 0.90 (Qwen2-VL image / video), 0.98 / 0.98 (LLaVA-OV), 0.75 / 0.98
 # (VILA1.5, whose image relevance the clamp loses: oracle-rules, n=100, clamp 0.76, attention rollout 1.00);
 # the floors sit a little below
 ORACLE_POINTING_FLOOR = {("qwen2_vl", "image"): 0.8, ("qwen2_vl", "video"): 0.85,
                          ("llava_onevision", "image"): 0.9, ("llava_onevision", "video"): 0.9,
                          ("vila", "image"): 0.65, ("vila", "video"): 0.9}
-# tcc@25% / vanilla: >= 0.95 everywhere but LLaVA-OV videos, whose layer-0 attention often misses the anchor of a
-# "right of" question, so the compressor's only input lacks it (0.840 at n=200, 0.833 here; README)
-TCC_PRESERVATION_FLOOR = {("llava_onevision", "video"): 0.8}
+# tcc@25% / vanilla: >= 0.95 everywhere but LLaVA-OV videos, 0.938 here and 0.975 / 0.985 / 0.935 at n=200 (seeds
+# 1 / 2 / 3): its layer-0 attention still ranks some diamonds low, which the compressor's only input then lacks
+TCC_PRESERVATION_FLOOR = {("llava_onevision", "video"): 0.9}
 
 
 @pytest.mark.parametrize("family", SHIPPED_FAMILIES)
@@ -328,6 +329,21 @@ def test_stage1_is_reused_only_from_exactly_its_spec(tmp_path):
     assert reusable_stage1(stage1_spec(spec), tmp_path) is None  # a one-stage spec has nothing to continue
 
 
+def test_family_training_applies_to_its_family_and_stage2_only():
+    """A variant's family_training changes that family's spec alone, and only in stage 2: its stage-1 spec stays
+    the one the other settings give, so a stage-1 model trained before the setting existed is still reused."""
+    from tcc_eval.demo import VARIANTS
+    from tcc_eval.demo.train import DEFAULT_SPECS, STAGE2_FIELDS, stage1_spec, variant_spec
+
+    own = VARIANTS["relational"]["family_training"]
+    assert set(own) == {"llava_onevision"} and set(own["llava_onevision"]) <= set(STAGE2_FIELDS)
+    specs = {s.family: variant_spec(s, "relational") for s in DEFAULT_SPECS}
+    pull = own["llava_onevision"]["stage2_prototype_weight"]
+    assert pull > 0 and [specs[f].stage2_prototype_weight for f in FAMILIES] == [0.0, pull, 0.0]
+    assert stage1_spec(specs["llava_onevision"]) == stage1_spec(replace(specs["llava_onevision"],
+                                                                        stage2_prototype_weight=0.0))
+
+
 def test_two_stage_training_continues_from_its_saved_stage1(tmp_path):
     """Stage 2 always starts from the saved stage-1 checkpoint, so --reuse-stage1 on a stage-1 folder gives the
     very weights a full run gives (a tiny two-stage spec, a few steps each)."""
@@ -336,7 +352,7 @@ def test_two_stage_training_continues_from_its_saved_stage1(tmp_path):
     spec = DemoSpec(name="tiny", family="qwen2_vl", hidden=32, layers=1, heads=2, kv_heads=1, intermediate=64,
                     vision_embed=16, vision_steps=2, steps=2, batch_size=2, warmup=1, easy_steps=1,
                     easy_objects=(0, 2), video_fraction=0.0, image_variant="relational", video_variant="relational",
-                    stage2_steps=2, stage2_easy_steps=1, stage2_vision_steps=2)
+                    stage2_steps=2, stage2_easy_steps=1, stage2_vision_steps=2, stage2_prototype_weight=1.0)
     full = train(spec, tmp_path / "full", log=lambda _: None)
     assert set(full) >= {"stage1", "stage2_seconds", "val_image", "val_video"}
     assert full["stage1"]["spec"]["stage2_steps"] == 0 and "val_video" not in full["stage1"]
@@ -344,9 +360,78 @@ def test_two_stage_training_continues_from_its_saved_stage1(tmp_path):
     logs: list[str] = []
     train(spec, tmp_path / "resumed", log=logs.append, reuse_stage1=True)
     assert any("stage 1 reused" in line for line in logs)
+    assert any("prototype cosine" in line for line in logs)  # stage 2's front end ran with the prototype pull
     a, b = (_state(tmp_path / d) for d in ("full", "resumed"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert json.loads((tmp_path / "resumed" / TRAIN_RECORD).read_text())["spec"] == json.loads(json.dumps(full["spec"]))
+
+
+def _tiny_two_stage_spec(**extra):
+    from tcc_eval.demo.train import DemoSpec
+
+    return DemoSpec(name="tiny", family="llava_onevision", hidden=32, layers=1, heads=2, kv_heads=1, intermediate=64,
+                    vision_embed=16, vision_steps=6, batch_size=4, easy_steps=0, video_fraction=0.5,
+                    image_variant="relational", video_variant="relational", **extra)
+
+
+def test_image_prototypes_are_each_kinds_mean_embedding():
+    """The prototype of a (colour, shape) kind is the mean LLM-input embedding of the image tokens covering such
+    an object, recomputed here token by token; kinds the images lack are NaN, never a zero vector."""
+    from tcc_eval.demo.train import (VISION_COLORS, VISION_SHAPES, build_untrained, encode, image_prototypes,
+                                     llm_inputs, token_attributes)
+
+    torch.manual_seed(0)
+    model, processor = build_untrained(_tiny_two_stage_spec())
+    batches = [benchmark.samples("image", 2, seed, "train", min_objects=2, max_objects=3) for seed in (3, 4)]
+    protos = image_prototypes(model, processor, batches)
+    by_kind: dict[tuple[int, int], list[torch.Tensor]] = {}
+    with torch.no_grad():
+        for samples in batches:
+            inputs = encode(processor, samples)
+            embeds = llm_inputs(model, inputs)[0]
+            for b, sample in enumerate(samples):
+                tokens = embeds[b][inputs["input_ids"][b] == model.config.image_token_index]
+                color, shape = token_attributes(model, inputs, b, sample)
+                for t, c, k in zip(tokens, color.tolist(), shape.tolist()):
+                    by_kind.setdefault((c, k), []).append(t)
+    assert len(by_kind) >= 6  # background and several object kinds
+    for (c, k), tokens in by_kind.items():
+        torch.testing.assert_close(protos[c, k], torch.stack(tokens).mean(0))
+    absent = [(c, k) for c in range(len(VISION_COLORS)) for k in range(len(VISION_SHAPES)) if (c, k) not in by_kind]
+    assert absent and all(protos[c, k].isnan().all() for c, k in absent)
+
+
+def test_prototype_pull_brings_video_tokens_toward_image_prototypes():
+    """Stage 2's front end, trained with the prototype term, ends with video object tokens closer (cosine) to
+    their kind's image prototype than the same training without it, from the same start."""
+    from tcc_eval.demo.train import (build_untrained, encode, image_prototypes, llm_inputs, pretrain_vision,
+                                     prototype_batches, token_attributes)
+
+    spec = _tiny_two_stage_spec()
+    torch.manual_seed(0)
+    start, processor = build_untrained(spec)
+    protos = image_prototypes(start, processor, prototype_batches(spec, seed_offset=0, batches=2))
+    videos = benchmark.samples("video", 4, 5, "train")
+
+    def video_cosine(weight: float) -> float:
+        """Mean cosine of the video object tokens to their kind's prototype, after training at ``weight``."""
+        model = copy.deepcopy(start)
+        torch.manual_seed(1)
+        pretrain_vision(model, processor, spec, lambda _: None, prototypes=protos, prototype_weight=weight)
+        with torch.no_grad():
+            inputs = encode(processor, videos)
+            embeds = llm_inputs(model, inputs)[0]
+            cosines = []
+            for b, sample in enumerate(videos):
+                tokens = embeds[b][inputs["input_ids"][b] == model.config.video_token_index]
+                color, shape = token_attributes(model, inputs, b, sample)
+                target = protos[color, shape]
+                known = (color > 0) & ~target.isnan().any(-1)  # object kinds the prototype images held
+                cosines.append(torch.nn.functional.cosine_similarity(tokens[known], target[known]))
+        return float(torch.cat(cosines).mean())
+
+    pulled, free = video_cosine(5.0), video_cosine(0.0)
+    assert pulled > free + 0.3, (pulled, free)  # measured: 0.83 against 0.02
 
 
 def _state(folder: Path) -> dict[str, torch.Tensor]:

@@ -87,6 +87,7 @@ class DemoSpec:
     stage2_lr: float = 1e-3
     stage2_easy_steps: int = 300
     stage2_vision_steps: int = 0  # first the front end again, on both modalities (then frozen again)
+    stage2_prototype_weight: float = 0.0  # meanwhile: pull object tokens toward stage 1's image embedding of their kind
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -99,7 +100,7 @@ class DemoSpec:
 
 
 STAGE2_FIELDS = ("video_variant", "stage2_steps", "stage2_video_fraction", "stage2_lr", "stage2_easy_steps",
-                 "stage2_vision_steps")
+                 "stage2_vision_steps", "stage2_prototype_weight")
 STAGE2_SEED_OFFSET = 10**6  # stage 2's generators and batch seeds: apart from stage 1's (step < 10**6) ones
 
 
@@ -120,8 +121,9 @@ def variant_spec(spec: DemoSpec, variant: str) -> DemoSpec:
     if variant == BASE_VARIANT:  # the base benchmark: its specs name no variant, as the shipped records do
         return spec
     entry = VARIANTS[variant]
+    training = {**entry["training"], **entry.get("family_training", {}).get(spec.family, {})}
     return replace(spec, name=f"{spec.name}_{variant}", image_variant=variant,
-                   video_variant=variant if "video" in entry["benchmark"] else None, **entry["training"])
+                   video_variant=variant if "video" in entry["benchmark"] else None, **training)
 
 
 DEFAULT_SPECS = (
@@ -359,12 +361,43 @@ def token_attributes(model, inputs, b: int, sample: synth.SynthSample) -> tuple[
     return torch.from_numpy(color), torch.from_numpy(shape)
 
 
-def pretrain_vision(model, processor, spec: DemoSpec, log: Callable[[str], None], seed_offset: int = 0) -> None:
+def prototype_batches(spec: DemoSpec, seed_offset: int, batches: int = 8) -> list[list[synth.SynthSample]]:
+    """Crowded training images (2-4 objects besides the anchor pair) for ``image_prototypes``."""
+    rng = np.random.default_rng(spec.seed + 2 + seed_offset)
+    return [training_batch(spec, spec.easy_steps + step, rng, "image", seed_offset=6 * 10**6 + seed_offset,
+                           min_objects=2, max_objects=4) for step in range(batches)]
+
+
+@torch.no_grad()
+def image_prototypes(model, processor, batches: list[list[synth.SynthSample]]) -> torch.Tensor:
+    """(colours, shapes, hidden): the front end's mean LLM-input embedding of each kind of object token on
+    these images; NaN for kinds they lack (video-only grey distractors)."""
+    visual_of = adapter_for(model).visual_mask
+    feats, kinds = [], []
+    for samples in batches:
+        inputs = encode(processor, samples)
+        embeds = llm_inputs(model, inputs)[0]
+        for b, sample in enumerate(samples):
+            feats.append(embeds[b][visual_of(inputs["input_ids"][b]) & inputs["attention_mask"][b].bool()])
+            color, shape = token_attributes(model, inputs, b, sample)
+            kinds.append(color * len(VISION_SHAPES) + shape)
+    feats, kinds = torch.cat(feats), torch.cat(kinds)
+    out = torch.full((len(VISION_COLORS) * len(VISION_SHAPES), feats.shape[-1]), float("nan"))
+    for kind in kinds.unique().tolist():  # a mean per kind, not index_put_(accumulate=True): with 2+ threads its
+        out[kind] = feats[kinds == kind].mean(0)  # adds into one slot come in varying order (builds not bit-exact)
+    return out.view(len(VISION_COLORS), len(VISION_SHAPES), -1)
+
+
+def pretrain_vision(model, processor, spec: DemoSpec, log: Callable[[str], None], seed_offset: int = 0,
+                    prototypes: torch.Tensor | None = None, prototype_weight: float = 0.0) -> None:
     """Stage 0: teach the vision front end (patch embedding + merger/projector) each token's colour and shape.
 
     A stand-in for the pre-trained vision encoder every real MLLM starts from: with features that already
     separate colours and shapes, the LLM only has to learn to bind them to the question (which otherwise
-    takes thousands of steps, DEMO_NOTES.md). Linear probes on the LLM input are discarded afterwards."""
+    takes thousands of steps, DEMO_NOTES.md). Linear probes on the LLM input are discarded afterwards.
+    ``prototypes`` (``image_prototypes``) adds ``prototype_weight`` x (1 - cosine) between each object token
+    and its kind's prototype, so that a token means on videos what it meant on images, as a real encoder's
+    does."""
     hidden = model.config.text_config.hidden_size
     classes = (len(VISION_COLORS), len(VISION_SHAPES))
     heads = torch.nn.ModuleList([torch.nn.Linear(hidden, n) for n in classes])
@@ -391,6 +424,11 @@ def pretrain_vision(model, processor, spec: DemoSpec, log: Callable[[str], None]
         feats = torch.cat(feats)
         loss = sum(F.cross_entropy(head(feats), torch.cat(y), weight=w)
                    for head, y, w in zip(heads, (colors, shapes), weights))
+        if prototype_weight:
+            target = prototypes[torch.cat(colors), torch.cat(shapes)]
+            known = (torch.cat(colors) > 0) & ~target.isnan().any(-1)
+            cosine = F.cosine_similarity(feats[known], target[known], dim=-1)
+            loss = loss + prototype_weight * (1 - cosine).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -400,7 +438,8 @@ def pretrain_vision(model, processor, spec: DemoSpec, log: Callable[[str], None]
                 acc = [float((head(feats[obj]).argmax(-1) == torch.cat(y)[obj]).float().mean())
                        for head, y in zip(heads, (colors, shapes))]
             log(f"[{spec.name}] vision step {step + 1}/{spec.vision_steps} loss {loss.item():.3f} "
-                f"object colour acc {acc[0]:.2f} shape acc {acc[1]:.2f}")
+                f"object colour acc {acc[0]:.2f} shape acc {acc[1]:.2f}"
+                + (f" prototype cosine {cosine.mean().item():.3f}" if prototype_weight else ""))
 
 
 @torch.no_grad()
@@ -517,7 +556,10 @@ def train(spec: DemoSpec, out_dir: str | Path, log: Callable[[str], None] = prin
     if second.vision_steps:
         for param in model.parameters():
             param.requires_grad_(True)
-        pretrain_vision(model, processor, second, log, seed_offset=STAGE2_SEED_OFFSET)
+        prototypes = (image_prototypes(model, processor, prototype_batches(second, STAGE2_SEED_OFFSET))
+                      if spec.stage2_prototype_weight else None)
+        pretrain_vision(model, processor, second, log, seed_offset=STAGE2_SEED_OFFSET, prototypes=prototypes,
+                        prototype_weight=spec.stage2_prototype_weight)
     freeze_front_end(model, second)
     fit_llm(model, processor, second, log, seed_offset=STAGE2_SEED_OFFSET)
     stats = {"spec": asdict(spec), "stage1": stage1, "stage2_seconds": round(time.time() - start, 1),
