@@ -366,7 +366,7 @@ def test_two_stage_training_continues_from_its_saved_stage1(tmp_path):
     assert json.loads((tmp_path / "resumed" / TRAIN_RECORD).read_text())["spec"] == json.loads(json.dumps(full["spec"]))
 
 
-def _tiny_two_stage_spec(**extra):
+def _tiny_llava_spec(**extra):
     from tcc_eval.demo.train import DemoSpec
 
     return DemoSpec(name="tiny", family="llava_onevision", hidden=32, layers=1, heads=2, kv_heads=1, intermediate=64,
@@ -381,7 +381,7 @@ def test_image_prototypes_are_each_kinds_mean_embedding():
                                      llm_inputs, token_attributes)
 
     torch.manual_seed(0)
-    model, processor = build_untrained(_tiny_two_stage_spec())
+    model, processor = build_untrained(_tiny_llava_spec())
     batches = [benchmark.samples("image", 2, seed, "train", min_objects=2, max_objects=3) for seed in (3, 4)]
     protos = image_prototypes(model, processor, batches)
     by_kind: dict[tuple[int, int], list[torch.Tensor]] = {}
@@ -407,7 +407,7 @@ def test_prototype_pull_brings_video_tokens_toward_image_prototypes():
     from tcc_eval.demo.train import (build_untrained, encode, image_prototypes, llm_inputs, pretrain_vision,
                                      prototype_batches, token_attributes)
 
-    spec = _tiny_two_stage_spec()
+    spec = _tiny_llava_spec()
     torch.manual_seed(0)
     start, processor = build_untrained(spec)
     protos = image_prototypes(start, processor, prototype_batches(spec, seed_offset=0, batches=2))
