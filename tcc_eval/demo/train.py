@@ -361,6 +361,21 @@ def token_attributes(model, inputs, b: int, sample: synth.SynthSample) -> tuple[
     return torch.from_numpy(color), torch.from_numpy(shape)
 
 
+def labelled_visual_tokens(model, processor, samples: list[synth.SynthSample]
+                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One batch's visual tokens: LLM-input embeddings (N, hidden), colour and shape classes (N,) each."""
+    visual_of = adapter_for(model).visual_mask
+    inputs = encode(processor, samples)
+    embeds = llm_inputs(model, inputs)[0]
+    feats, colors, shapes = [], [], []
+    for b, sample in enumerate(samples):
+        feats.append(embeds[b][visual_of(inputs["input_ids"][b]) & inputs["attention_mask"][b].bool()])
+        color, shape = token_attributes(model, inputs, b, sample)
+        colors.append(color)
+        shapes.append(shape)
+    return torch.cat(feats), torch.cat(colors), torch.cat(shapes)
+
+
 def prototype_batches(spec: DemoSpec, seed_offset: int, batches: int = 8) -> list[list[synth.SynthSample]]:
     """Crowded training images (2-4 objects besides the anchor pair) for ``image_prototypes``."""
     rng = np.random.default_rng(spec.seed + 2 + seed_offset)
@@ -372,15 +387,11 @@ def prototype_batches(spec: DemoSpec, seed_offset: int, batches: int = 8) -> lis
 def image_prototypes(model, processor, batches: list[list[synth.SynthSample]]) -> torch.Tensor:
     """(colours, shapes, hidden): the front end's mean LLM-input embedding of each kind of object token on
     these images; NaN for kinds they lack (video-only grey distractors)."""
-    visual_of = adapter_for(model).visual_mask
     feats, kinds = [], []
     for samples in batches:
-        inputs = encode(processor, samples)
-        embeds = llm_inputs(model, inputs)[0]
-        for b, sample in enumerate(samples):
-            feats.append(embeds[b][visual_of(inputs["input_ids"][b]) & inputs["attention_mask"][b].bool()])
-            color, shape = token_attributes(model, inputs, b, sample)
-            kinds.append(color * len(VISION_SHAPES) + shape)
+        tokens, colors, shapes = labelled_visual_tokens(model, processor, samples)
+        feats.append(tokens)
+        kinds.append(colors * len(VISION_SHAPES) + shapes)
     feats, kinds = torch.cat(feats), torch.cat(kinds)
     out = torch.full((len(VISION_COLORS) * len(VISION_SHAPES), feats.shape[-1]), float("nan"))
     for kind in kinds.unique().tolist():  # a mean per kind, not index_put_(accumulate=True): with 2+ threads its
@@ -406,27 +417,16 @@ def pretrain_vision(model, processor, spec: DemoSpec, log: Callable[[str], None]
     opt = torch.optim.AdamW(front + list(heads.parameters()), lr=spec.lr)
     rng = np.random.default_rng(spec.seed + 1 + seed_offset)
     weights = [torch.tensor([0.1] + [1.0] * (n - 1)) for n in classes]  # background is most tokens
-    visual_of = adapter_for(model).visual_mask
     for step in range(spec.vision_steps):
         kind = "video" if spec.video_fraction and step % 3 == 2 else "image"
         crowded = {"min_objects": 2, "max_objects": 4} if kind == "image" else {}  # more labelled tokens
         samples = training_batch(spec, spec.easy_steps + step, rng, kind, seed_offset=5 * 10**6 + seed_offset,
                                  **crowded)
-        inputs = encode(processor, samples)
-        embeds = llm_inputs(model, inputs)[0]
-        feats, colors, shapes = [], [], []
-        for b, sample in enumerate(samples):
-            visual = visual_of(inputs["input_ids"][b])
-            feats.append(embeds[b][visual & inputs["attention_mask"][b].bool()])
-            c, s = token_attributes(model, inputs, b, sample)
-            colors.append(c)
-            shapes.append(s)
-        feats = torch.cat(feats)
-        loss = sum(F.cross_entropy(head(feats), torch.cat(y), weight=w)
-                   for head, y, w in zip(heads, (colors, shapes), weights))
+        feats, colors, shapes = labelled_visual_tokens(model, processor, samples)
+        loss = sum(F.cross_entropy(head(feats), y, weight=w) for head, y, w in zip(heads, (colors, shapes), weights))
         if prototype_weight:
-            target = prototypes[torch.cat(colors), torch.cat(shapes)]
-            known = (torch.cat(colors) > 0) & ~target.isnan().any(-1)
+            target = prototypes[colors, shapes]
+            known = (colors > 0) & ~target.isnan().any(-1)
             cosine = F.cosine_similarity(feats[known], target[known], dim=-1)
             loss = loss + prototype_weight * (1 - cosine).mean()
         opt.zero_grad(set_to_none=True)
@@ -434,8 +434,8 @@ def pretrain_vision(model, processor, spec: DemoSpec, log: Callable[[str], None]
         opt.step()
         if (step + 1) % 50 == 0 or step + 1 == spec.vision_steps:
             with torch.no_grad():
-                obj = torch.cat(colors) > 0
-                acc = [float((head(feats[obj]).argmax(-1) == torch.cat(y)[obj]).float().mean())
+                obj = colors > 0
+                acc = [float((head(feats[obj]).argmax(-1) == y[obj]).float().mean())
                        for head, y in zip(heads, (colors, shapes))]
             log(f"[{spec.name}] vision step {step + 1}/{spec.vision_steps} loss {loss.item():.3f} "
                 f"object colour acc {acc[0]:.2f} shape acc {acc[1]:.2f}"
