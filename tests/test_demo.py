@@ -118,12 +118,11 @@ def test_visual_tokens_see_only_their_own_cell(demo_models, family, modality):
 
 
 QUICK_N = 48
-# oracle pointing on this split: 0.85 / 0.90 (Qwen2-VL image / video), 0.98 / 0.98 (LLaVA-OV), 0.75 / 0.98
-# (VILA1.5, whose image relevance the clamp loses: oracle-rules, n=100, clamp 0.76, attention rollout 1.00);
-# the floors sit a little below
-ORACLE_POINTING_FLOOR = {("qwen2_vl", "image"): 0.8, ("qwen2_vl", "video"): 0.85,
+# oracle pointing on this split: 0.94 / 0.96 (Qwen2-VL image / video), 0.98 / 0.98 (LLaVA-OV), 0.90 / 0.96
+# (VILA1.5, 0.86 / 0.89 on images at n=200, seeds 1 / 2); the floors sit a little below
+ORACLE_POINTING_FLOOR = {("qwen2_vl", "image"): 0.85, ("qwen2_vl", "video"): 0.9,
                          ("llava_onevision", "image"): 0.9, ("llava_onevision", "video"): 0.9,
-                         ("vila", "image"): 0.65, ("vila", "video"): 0.9}
+                         ("vila", "image"): 0.8, ("vila", "video"): 0.9}
 # tcc@25% / vanilla: >= 0.95 everywhere but LLaVA-OV videos, 0.938 here and 0.975 / 0.985 / 0.935 at n=200 (seeds
 # 1 / 2 / 3): its layer-0 attention still ranks some diamonds low, which the compressor's only input then lacks
 TCC_PRESERVATION_FLOOR = {("llava_onevision", "video"): 0.9}
@@ -329,19 +328,16 @@ def test_stage1_is_reused_only_from_exactly_its_spec(tmp_path):
     assert reusable_stage1(stage1_spec(spec), tmp_path) is None  # a one-stage spec has nothing to continue
 
 
-def test_family_training_applies_to_its_family_and_stage2_only():
-    """A variant's family_training changes that family's spec alone, and only in stage 2: its stage-1 spec stays
-    the one the other settings give, so a stage-1 model trained before the setting existed is still reused."""
-    from tcc_eval.demo import VARIANTS
-    from tcc_eval.demo.train import DEFAULT_SPECS, STAGE2_FIELDS, stage1_spec, variant_spec
+def test_prototype_pull_is_a_stage2_setting_of_every_family():
+    """The relational demo trains all three families with the stage-2 prototype pull, and the pull is not part of
+    the stage-1 spec, so the stage-1 models trained before it existed are still reused (--reuse-stage1)."""
+    from tcc_eval.demo.train import DEFAULT_SPECS, stage1_spec, variant_spec
 
-    own = VARIANTS["relational"]["family_training"]
-    assert set(own) == {"llava_onevision"} and set(own["llava_onevision"]) <= set(STAGE2_FIELDS)
-    specs = {s.family: variant_spec(s, "relational") for s in DEFAULT_SPECS}
-    pull = own["llava_onevision"]["stage2_prototype_weight"]
-    assert pull > 0 and [specs[f].stage2_prototype_weight for f in FAMILIES] == [0.0, pull, 0.0]
-    assert stage1_spec(specs["llava_onevision"]) == stage1_spec(replace(specs["llava_onevision"],
-                                                                        stage2_prototype_weight=0.0))
+    specs = [variant_spec(s, "relational") for s in DEFAULT_SPECS]
+    assert [s.family for s in specs] == list(FAMILIES)
+    assert all(s.stage2_prototype_weight > 0 and s.stage2_vision_steps > 0 for s in specs)
+    assert all(stage1_spec(s) == stage1_spec(replace(s, stage2_prototype_weight=0.0)) for s in specs)
+    assert all(stage1_spec(s).stage2_prototype_weight == 0.0 for s in specs)
 
 
 def test_two_stage_training_continues_from_its_saved_stage1(tmp_path):

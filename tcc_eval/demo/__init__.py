@@ -26,8 +26,7 @@ OPTION_ORDER = "canonical"
 
 # Benchmark variants, each with its own demo models (`python -m tcc_eval.demo build|evaluate --variant NAME`).
 # One entry holds all of a variant's settings: "benchmark" (per modality, on top of TASKS), "training"
-# (DemoSpec overrides, train.variant_spec; "family_training" adds a family's own) and "compressor_args" (extra
-# `compressor train` flags).
+# (DemoSpec overrides, train.variant_spec) and "compressor_args" (extra `compressor train` flags).
 # "relational" (DEFAULT_VARIANT: TCCSynth_IMG / TCCSynth_VID, the models in assets/demo): an anchor diamond
 # among a crowd (24-96 objects per image, 6-24 per video frame pair);
 # "What color is the diamond?" or "What color is the shape right of the diamond?". The second question's
@@ -47,12 +46,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
         # patches of a quarter object each, which image-only features do not tell apart (LLaVA-OV stayed at
         # ~40% on crowded videos for 100 steps without this).
         "training": {"video_fraction": 0.0, "steps": 2500, "easy_steps": 600, "easy_objects": (0, 2), "warmup": 200,
-                     "lr": 2e-3, "stage2_steps": 1000, "stage2_video_fraction": 0.5, "stage2_vision_steps": 250},
-        # LLaVA-OV's front end also pulls every object token toward stage 1's mean image embedding of its kind
-        # while it relearns: without that, its layer 0 ranked red diamonds in videos below the background (it
-        # found them in images), so a0 and tcc lost them. Qwen2-VL and VILA1.5 met the bars without it and keep
-        # the weights shipped before it existed (with it they held their tcc@25%, README).
-        "family_training": {"llava_onevision": {"stage2_prototype_weight": 3.0}},
+                     "lr": 2e-3, "stage2_steps": 1000, "stage2_video_fraction": 0.5, "stage2_vision_steps": 250,
+                     "stage2_prototype_weight": 3.0},
+        # While it relearns, the front end also pulls every object token toward stage 1's mean image embedding
+        # of its kind, so a video token means what the same object meant in an image: without that, LLaVA-OV's
+        # layer 0 ranked red diamonds in videos below the background (it found them in images), and a0 and
+        # tcc lost them.
         # The answer sits one cell right of the anchor: the next token for Qwen2-VL and LLaVA-OneVision, 12
         # tokens on in VILA1.5's column-major order, beyond kernel 5's reach (21 tokens); kernel 7 reaches 31.
         "compressor_args": ["--kernel-size", "7"],

@@ -121,9 +121,8 @@ def variant_spec(spec: DemoSpec, variant: str) -> DemoSpec:
     if variant == BASE_VARIANT:  # the base benchmark: its specs name no variant, as the shipped records do
         return spec
     entry = VARIANTS[variant]
-    training = {**entry["training"], **entry.get("family_training", {}).get(spec.family, {})}
     return replace(spec, name=f"{spec.name}_{variant}", image_variant=variant,
-                   video_variant=variant if "video" in entry["benchmark"] else None, **training)
+                   video_variant=variant if "video" in entry["benchmark"] else None, **entry["training"])
 
 
 DEFAULT_SPECS = (
