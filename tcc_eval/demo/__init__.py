@@ -44,14 +44,13 @@ VARIANTS: dict[str, dict[str, Any]] = {
         # so it trains twice as long as the single-object task. Stage 2 adds the videos; its front end first
         # relearns colours and shapes on videos too: LLaVA-OneVision and VILA1.5 see a video cell as 2x2
         # patches of a quarter object each, which image-only features do not tell apart (LLaVA-OV stayed at
-        # ~40% on crowded videos for 100 steps without this).
+        # ~40% on crowded videos for 100 steps without this). While it relearns, it also pulls every object
+        # token toward stage 1's mean image embedding of its kind (stage2_prototype_weight), so a video token
+        # means what the same object meant in an image: without that, LLaVA-OV's layer 0 ranked red diamonds
+        # in videos below the background (it found them in images), and a0 and tcc lost them.
         "training": {"video_fraction": 0.0, "steps": 2500, "easy_steps": 600, "easy_objects": (0, 2), "warmup": 200,
                      "lr": 2e-3, "stage2_steps": 1000, "stage2_video_fraction": 0.5, "stage2_vision_steps": 250,
                      "stage2_prototype_weight": 3.0},
-        # While it relearns, the front end also pulls every object token toward stage 1's mean image embedding
-        # of its kind, so a video token means what the same object meant in an image: without that, LLaVA-OV's
-        # layer 0 ranked red diamonds in videos below the background (it found them in images), and a0 and
-        # tcc lost them.
         # The answer sits one cell right of the anchor: the next token for Qwen2-VL and LLaVA-OneVision, 12
         # tokens on in VILA1.5's column-major order, beyond kernel 5's reach (21 tokens); kernel 7 reaches 31.
         "compressor_args": ["--kernel-size", "7"],
