@@ -105,6 +105,21 @@ def view_relevance(view: SampleView, answer_ids: torch.Tensor, rule: str = "clam
 def view_relevances(view: SampleView, answer_ids: torch.Tensor, rules: Iterable[str]) -> dict[str, torch.Tensor]:
     """R_v under each relevance rule, from one forward and one backward per answer token."""
     rules = tuple(rules)
+    visual = torch.nonzero(view.visual).flatten()
+    totals = {rule: torch.zeros(visual.numel(), dtype=torch.float32, device=view.inputs_embeds.device)
+              for rule in rules}
+    for row, maps in answer_row_maps(view, answer_ids, rules):
+        for rule in rules:
+            totals[rule] += relevance_row(maps[rule], row)[visual]
+    return {rule: (total / max(1, answer_ids.numel())).detach() for rule, total in totals.items()}
+
+
+def answer_row_maps(view: SampleView, answer_ids: torch.Tensor,
+                    rules: Iterable[str]) -> Iterator[tuple[int, dict[str, list[torch.Tensor]]]]:
+    """Per answer token (teacher forcing): the row that emits it and every layer's Abar_l under each rule.
+
+    Exposed so diagnostics can look at one layer's map; ``view_relevances`` rolls them out."""
+    rules = tuple(rules)
     for rule in rules:
         check_rule(rule)
     model = view.adapter.model
@@ -114,8 +129,6 @@ def view_relevances(view: SampleView, answer_ids: torch.Tensor, rules: Iterable[
     mask = torch.ones(1, embeds.shape[1], dtype=view.attention_mask.dtype, device=embeds.device)
     positions = answer_positions(view.position_ids, answer_ids.numel())
     prompt_len = view.inputs_embeds.shape[1]
-    visual = torch.nonzero(view.visual).flatten()
-    totals = {rule: torch.zeros(visual.numel(), dtype=torch.float32, device=embeds.device) for rule in rules}
     needs_grad = any(rule != "attention" for rule in rules)
     with eager_attention(model), torch.enable_grad():
         out = view.adapter.forward_from_embeds(embeds, mask, positions, output_attentions=True, use_cache=False)
@@ -123,9 +136,7 @@ def view_relevances(view: SampleView, answer_ids: torch.Tensor, rules: Iterable[
             row = prompt_len - 1 + t
             grads = (torch.autograd.grad(out.logits[0, row, token], out.attentions, retain_graph=True)
                      if needs_grad else None)
-            for rule in rules:
-                totals[rule] += relevance_row(rule_maps(out.attentions, grads, rule), row)[visual]
-    return {rule: (total / max(1, answer_ids.numel())).detach() for rule, total in totals.items()}
+            yield row, {rule: rule_maps(out.attentions, grads, rule) for rule in rules}
 
 
 def draft_answer(view: SampleView, max_answer_tokens: int) -> torch.Tensor:

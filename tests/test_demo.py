@@ -198,24 +198,120 @@ def test_single_variant_quick_bars(family, modality):
 
 
 @needs_assets
-def test_oracle_rule_pointing_reproduces_the_oracle(demo_models):
-    """The rule comparison's "clamp" column is the oracle the evaluation runs (batched, through wrap_model)."""
-    from tcc_eval.demo.evaluate import evaluate_model, oracle_rule_pointing
+def test_oracle_diagnostics_reproduce_the_oracle(demo_models):
+    """oracle-rules' "clamp" column is the oracle the evaluation runs (batched, through wrap_model), and its
+    per-layer shares are each layer's gradient-weighted attention of the answer row, recomputed here with masks."""
+    from tcc_eval.demo.evaluate import evaluate_model, oracle_diagnostics
     from tcc_eval.demo.regions import token_regions
     from tcc_eval.demo.train import encode
+    from tcc_eval.oracle import answer_row_maps, draft_answer, single_view
 
     model, processor = demo_models["llava_onevision"]
     samples = benchmark.samples("image", 12, TEST_SEED)
-    rules = oracle_rule_pointing(model, processor, samples)
+    result = oracle_diagnostics(model, processor, samples)
     rows = evaluate_model(model, processor, samples, None, methods=("oracle",), ratios=(0.5,), batch_size=12)
+    rules = result["top_token"]
     assert rules["clamp"]["ground_truth"] == next(r["pointing"] for r in rows if r["method"] == "oracle")
     assert set(rules) == {"clamp", "abs", "signed", "attention"}
-    assert all(set(places) == {"ground_truth", "other_object", "background"} for places in rules.values())
-    # "other_object" means outside the ground truth only because every ground-truth token covers a drawn object
+    for places in rules.values():
+        assert set(places) == {"ground_truth", "lookalike", "other_object", "background"}
+        assert sum(places.values()) == pytest.approx(1.0)
+    shares: dict[str, list[np.ndarray]] = {}
     for sample in samples:
+        inputs = encode(processor, [sample])
+        regions = token_regions(model, inputs, 0, sample)
+        gt, look, drawn = regions.ground_truth(sample), regions.lookalikes(sample), regions.objects(sample)
+        # "other_object" means outside the ground truth only because every ground-truth token covers a drawn object
+        assert gt.any() and not (gt & ~drawn).any()
+        masks = [gt, look, drawn & ~gt & ~look, ~drawn]
+        view = single_view(model, inputs)
+        with torch.no_grad():
+            answer = draft_answer(view, 1)
+        (row, maps), = answer_row_maps(view, answer, ("clamp",))
+        direct = [abar[row, :len(view.visual)][view.visual].detach().numpy() for abar in maps["clamp"]]
+        shares.setdefault(sample.category, []).append(np.array([[d[m].sum() / d.sum() for m in masks] for d in direct]))
+    assert set(result["layer_shares"]) == set(shares) == {"anchor_color", "right_of_anchor"}
+    for category, per_sample in shares.items():
+        got = np.array([[layer[p] for p in ("ground_truth", "lookalike", "other_object", "background")]
+                        for layer in result["layer_shares"][category]])
+        assert got.shape == (model.config.text_config.num_hidden_layers, 4)
+        np.testing.assert_allclose(got, np.mean(per_sample, axis=0), atol=1e-4)
+
+
+@needs_assets
+def test_oracle_rules_cli_writes_every_diagnostic(tmp_path, capsys):
+    from tcc_eval.demo.__main__ import main
+
+    out = tmp_path / "rules.json"
+    assert main(["oracle-rules", "--family", "vila", "--modality", "image", "--n", "6", "--json", str(out)]) == 0
+    (row,) = json.loads(out.read_text())
+    assert row["pointing"]["clamp"] == row["top_token"]["clamp"]["ground_truth"]
+    assert set(row["layer_shares"]) <= {"anchor_color", "right_of_anchor"} and row["layer_shares"]
+    assert row["without_lookalikes"]["samples"] > 0
+    printed = capsys.readouterr().out
+    assert "vila / image: clamp" in printed and "lookalikes pruned" in printed
+
+
+@needs_assets
+def test_lookalikes_are_the_other_objects_that_show_the_answer(demo_models):
+    """A lookalike token lies outside the ground truth on an object of the answer's colour or shape; every such
+    object that the ground truth does not cover is found."""
+    from tcc_eval.demo.regions import token_regions
+    from tcc_eval.demo.train import encode
+
+    model, processor = demo_models["qwen2_vl"]
+    found = 0
+    for sample in benchmark.samples("image", 12, TEST_SEED):
         regions = token_regions(model, encode(processor, [sample]), 0, sample)
-        gt = regions.ground_truth(sample)
-        assert gt.any() and not (gt & ~regions.objects(sample)).any()
+        gt, look = regions.ground_truth(sample), regions.lookalikes(sample)
+        value = sample.options[sample.answer]
+        shows = [o for o in sample.objects if value in (o["color"], o["shape"])]
+        assert not (look & gt).any()
+        assert not (look & ~regions.covering([o["box"] for o in shows])).any()
+        for o in shows:
+            assert not (regions.covering([o["box"]]) & ~gt & ~look).any()
+        found += int(look.any())
+    assert found >= 6  # crowds of 24-96 objects in 9 colours: most images show the answer elsewhere too
+
+
+@needs_assets
+def test_pruning_the_lookalikes_equals_masking_them(demo_models):
+    """without_lookalikes' pruned margins equal an unpruned forward with the lookalike tokens masked out of the
+    attention (same positions), and it counts exactly the samples that have lookalikes."""
+    from tcc_eval.adapters import adapter_for
+    from tcc_eval.demo.evaluate import letter_margin, without_lookalikes
+    from tcc_eval.demo.regions import token_regions
+    from tcc_eval.demo.train import encode, letter_ids, llm_inputs
+
+    model, processor = demo_models["llava_onevision"]
+    samples = benchmark.samples("image", 8, TEST_SEED)
+    result = without_lookalikes(model, processor, samples)
+    letters = letter_ids(processor.tokenizer)
+    before, after, with_lookalikes = [], [], 0
+    with torch.no_grad():
+        for sample in samples:
+            inputs = encode(processor, [sample])
+            look = token_regions(model, inputs, 0, sample).lookalikes(sample)
+            if not look.any():
+                continue
+            with_lookalikes += 1
+            embeds, mask, pos = llm_inputs(model, inputs)
+            visual = torch.nonzero(adapter_for(model).visual_mask(inputs["input_ids"][0])).flatten()
+            lm = adapter_for(model).language_model
+            margins = []
+            for hide in (False, True):
+                masked = mask.clone()
+                if hide:
+                    masked[0, visual[torch.from_numpy(look)]] = 0
+                hidden = lm(inputs_embeds=embeds, attention_mask=masked, position_ids=pos).last_hidden_state
+                margins.append(letter_margin(model.lm_head(hidden[0, -1]), letters, sample.answer))
+            before.append(margins[0])
+            after.append(margins[1])
+    assert result["samples"] == with_lookalikes > 0
+    assert result["accuracy_full"] == np.mean([m > 0 for m in before])
+    assert result["accuracy"] == np.mean([m > 0 for m in after])
+    change = [(a - b) / abs(b) for a, b in zip(after, before)]
+    assert result["median_margin_change"] == pytest.approx(float(np.median(change)), abs=1e-4)
 
 
 @needs_assets

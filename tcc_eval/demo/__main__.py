@@ -64,20 +64,30 @@ def cmd_oracle_rules(args: argparse.Namespace) -> int:
     _quiet_transformers()
     torch.set_num_threads(args.threads)
     from . import demo_root
-    from .evaluate import load_demo, oracle_rule_pointing, samples_for, trained_benchmark
+    from .evaluate import METHOD_RULE, load_demo, oracle_diagnostics, samples_for, trained_benchmark
 
     rows, root = [], demo_root(args.root, args.variant)
     for family in args.family:
         model, processor = load_demo(family, root)
         for modality in [m for m in args.modality if m in trained_benchmark(family, root)]:
             samples = samples_for(family, modality, args.n, args.seed, root)
-            result = oracle_rule_pointing(model, processor, samples)
+            result = oracle_diagnostics(model, processor, samples)
             rows.append({"model": family, "modality": modality, "seed": args.seed, "n": args.n,
-                         "pointing": {rule: places["ground_truth"] for rule, places in result.items()},
-                         "top_token": result})
+                         "pointing": {rule: places["ground_truth"] for rule, places in result["top_token"].items()},
+                         **result})
             print(f"{family} / {modality}: " + "  ".join(
-                f"{rule} {p['ground_truth']:.3f} (other objects {p['other_object']:.2f}, "
-                f"background {p['background']:.2f})" for rule, p in result.items()), flush=True)
+                f"{rule} {p['ground_truth']:.3f} (lookalikes {p['lookalike']:.2f}, other objects "
+                f"{p['other_object']:.2f}, background {p['background']:.2f})"
+                for rule, p in result["top_token"].items()), flush=True)
+            for category, layers in result["layer_shares"].items():
+                print(f"  {category}: {METHOD_RULE} rule, the answer row's direct share per layer (ground truth / "
+                      "lookalikes): " + "  ".join(f"L{layer} {s['ground_truth']:.2f}/{s['lookalike']:.2f}"
+                                                  for layer, s in enumerate(layers) if s), flush=True)
+            gone = result["without_lookalikes"]
+            if gone["samples"]:
+                print(f"  lookalikes pruned ({gone['samples']} samples have any): accuracy {gone['accuracy_full']:.3f}"
+                      f" -> {gone['accuracy']:.3f}, answer margin change median {gone['median_margin_change']:+.3f}"
+                      f" mean {gone['mean_margin_change']:+.3f}", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
@@ -118,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     e.set_defaults(func=cmd_evaluate)
 
     o = sub.add_parser("oracle-rules", help="oracle pointing per relevance rule (clamp = the method; abs, signed, "
-                                            "attention = diagnostics) and where its misses land")
+                                            "attention = diagnostics), where its misses land, which layer puts "
+                                            "relevance there, and the model with the lookalikes pruned")
     o.add_argument("--seed", type=int, default=1)
     o.add_argument("--n", type=int, default=100)
     o.add_argument("--family", nargs="+", default=list(FAMILIES), choices=FAMILIES)

@@ -22,7 +22,7 @@ from .. import synth
 from ..adapters import adapter_for
 from ..api import load_hf_model, wrap_model
 from ..core import keep_positions
-from ..oracle import RELEVANCE_RULES, draft_answer, single_view, view_relevances
+from ..oracle import RELEVANCE_RULES, answer_row_maps, draft_answer, relevance_row, single_view
 from . import FAMILIES, MODALITIES, benchmark, compressor_path, model_dir
 from .regions import token_regions
 from .train import TRAIN_RECORD, DemoSpec, answer_logits, encode, letter_ids
@@ -219,31 +219,90 @@ def evaluate_model(
     return rows
 
 
-TOP_TOKEN_PLACES = ("ground_truth", "other_object", "background")
+TOP_TOKEN_PLACES = ("ground_truth", "lookalike", "other_object", "background")
+METHOD_RULE = "clamp"  # the method's relevance rule (oracle.RELEVANCE_RULES; the others are diagnostics)
 
 
-def oracle_rule_pointing(model, processor, samples: list[synth.SynthSample],
-                         rules: Iterable[str] = RELEVANCE_RULES) -> dict[str, dict[str, float]]:
-    """Where the explainability oracle's top token lands under each relevance rule, on the same samples and
-    answers: {rule: {place: share}} over TOP_TOKEN_PLACES ("ground_truth" is the pointing score).
+def token_places(model, inputs: dict[str, torch.Tensor], sample: synth.SynthSample) -> np.ndarray:
+    """(N_v,) index into TOP_TOKEN_PLACES of every visual token of a one-sample batch."""
+    regions = token_regions(model, inputs, 0, sample)
+    return np.select([regions.ground_truth(sample), regions.lookalikes(sample), regions.objects(sample)],
+                     [0, 1, 2], default=3)
+
+
+def letter_margin(logits: torch.Tensor, letters: dict[str, int], answer: str) -> float:
+    """Answer letter's logit minus the best other letter's (> 0: answered right)."""
+    others = [logits[i] for letter, i in letters.items() if letter != answer]
+    return float(logits[letters[answer]] - torch.stack(others).max())
+
+
+@torch.no_grad()
+def without_lookalikes(model, processor, samples: list[synth.SynthSample]) -> dict[str, Any]:
+    """Accuracy and answer margin when the lookalikes are pruned (positions kept), over the samples that have
+    any: a model that reads the answer from the ground-truth object alone loses neither."""
+    letters = letter_ids(processor.tokenizer)
+    full, pruned, change = [], [], []
+    for sample in samples:
+        inputs = encode(processor, [sample])
+        places = token_places(model, inputs, sample)
+        if not (places == 1).any():
+            continue
+        mask = inputs["attention_mask"][0].bool()
+        visual = visual_rows(model, inputs["input_ids"], inputs["attention_mask"])[0]
+        kept = keep_positions(mask, visual, torch.from_numpy(np.nonzero(places != 1)[0]))
+        before = letter_margin(answer_logits(model, inputs)[0], letters, sample.answer)
+        after = letter_margin(answer_logits(model, inputs, [kept])[0], letters, sample.answer)
+        full.append(before > 0)
+        pruned.append(after > 0)
+        change.append((after - before) / abs(before))
+    if not change:
+        return {"samples": 0}
+    return {"samples": len(change), "accuracy_full": float(np.mean(full)), "accuracy": float(np.mean(pruned)),
+            "median_margin_change": float(np.median(change)), "mean_margin_change": float(np.mean(change))}
+
+
+def oracle_diagnostics(model, processor, samples: list[synth.SynthSample],
+                       rules: Iterable[str] = RELEVANCE_RULES) -> dict[str, Any]:
+    """Where the explainability oracle's relevance goes, on the same samples and answers:
+    - "top_token": {rule: {place: share}}, where the top token lands under each relevance rule, over
+      TOP_TOKEN_PLACES ("ground_truth" is the pointing score);
+    - "layer_shares": {question type: per LLM layer, the method's gradient-weighted attention of the answer
+      row on the visual tokens (that layer's direct term of the rollout) as shares per place, averaged over
+      that type's samples};
+    - "without_lookalikes": the model with the lookalikes pruned (``without_lookalikes``).
 
     Tells a rule that misses the evidence from a model that hides it: if |grad * A| or plain attention
     rollout find the object where the method's clamped rule does not, the object's evidence enters with a
-    negative gradient and the clamp removes it. A miss on another drawn object is the model drawing on it
-    (a distractor, or a token it uses as a register); a miss on background is relevance the boxes cannot explain."""
-    places: dict[str, list[str]] = {rule: [] for rule in rules}
+    negative gradient and the clamp removes it. A miss on a lookalike (another object showing the answer) is
+    the model also reading the answer there, which the layer shares locate and "without_lookalikes" tests by
+    removing it; a miss on another object is the model drawing on it (a distractor, or a token it uses as a
+    register); a miss on background is relevance the boxes cannot explain."""
+    rules = tuple(dict.fromkeys((METHOD_RULE, *rules)))
+    landed: dict[str, list[int]] = {rule: [] for rule in rules}
+    layer_shares: dict[str, list[list[np.ndarray]]] = {}
     for sample in samples:
         inputs = encode(processor, [sample])
-        regions = token_regions(model, inputs, 0, sample)
-        gt, drawn = regions.ground_truth(sample), regions.objects(sample)
+        places = token_places(model, inputs, sample)
         view = single_view(model, inputs)
+        visual = torch.nonzero(view.visual).flatten()
         with torch.no_grad():
             answer = draft_answer(view, 1)
-        for rule, relevance in view_relevances(view, answer, places).items():
-            top = int(torch.argmax(relevance))
-            places[rule].append("ground_truth" if gt[top] else "other_object" if drawn[top] else "background")
-    return {rule: {place: float(np.mean([p == place for p in landed])) for place in TOP_TOKEN_PLACES}
-            for rule, landed in places.items()}
+        for row, maps in answer_row_maps(view, answer, rules):  # one answer token: its row is the relevance
+            for rule in rules:
+                landed[rule].append(int(places[int(torch.argmax(relevance_row(maps[rule], row)[visual]))]))
+            per_layer = layer_shares.setdefault(sample.category, [[] for _ in maps[METHOD_RULE]])
+            for layer, abar in enumerate(maps[METHOD_RULE]):
+                direct = abar[row, visual].detach().cpu().numpy()
+                shares = np.bincount(places, weights=direct, minlength=len(TOP_TOKEN_PLACES))
+                if shares.sum() > 0:
+                    per_layer[layer].append(shares / shares.sum())
+    return {
+        "top_token": {rule: {place: float(np.mean([p == k for p in hits])) for k, place in enumerate(TOP_TOKEN_PLACES)}
+                      for rule, hits in landed.items()},
+        "layer_shares": {category: [dict(zip(TOP_TOKEN_PLACES, np.mean(per, axis=0).round(4).tolist())) if per
+                                    else None for per in layers] for category, layers in layer_shares.items()},
+        "without_lookalikes": without_lookalikes(model, processor, samples),
+    }
 
 
 def evaluate(

@@ -44,6 +44,18 @@ class TokenRegions:
                 frames.append(f)
         return self.covering(boxes, frames if sample.kind == "video" else None)
 
+    def lookalikes(self, sample: SynthSample) -> np.ndarray:
+        """(N_v,) bool: tokens outside the ground truth on a drawn object that shows the answer (its colour or
+        shape is the correct option): evidence for the answer that the question does not point at."""
+        value = sample.options[sample.answer]
+        boxes, frames = [], []
+        for o in sample.objects:
+            if value in (o.get("color"), o.get("shape")):
+                for f in o.get("frames", [None]):
+                    boxes.append(o["box"])
+                    frames.append(f)
+        return self.covering(boxes, frames if sample.kind == "video" else None) & ~self.ground_truth(sample)
+
     def covering(self, boxes: list[list[int]], frames: list[int] | None = None) -> np.ndarray:
         """Tokens overlapping any box with positive area; ``frames[k]`` restricts box k to one frame."""
         out = np.zeros(len(self), dtype=bool)
