@@ -240,6 +240,7 @@ def test_oracle_diagnostics_reproduce_the_oracle(demo_models):
 
 @needs_assets
 def test_oracle_rules_cli_writes_every_diagnostic(tmp_path, capsys):
+    """`python -m tcc_eval.demo oracle-rules` prints and writes the top-token places, layer shares and pruning test."""
     from tcc_eval.demo.__main__ import main
 
     out = tmp_path / "rules.json"
