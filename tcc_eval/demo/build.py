@@ -20,7 +20,6 @@ from . import ASSETS, DEFAULT_VARIANT, FAMILIES, VARIANTS, benchmark, compressor
 from .train import DEFAULT_SPECS, TRAIN_RECORD, DemoSpec, reusable_stage1, train, variant_spec
 
 LABEL_SEED = 7  # train split; the model's training batches use other seeds, the test split another split
-LABEL_SAMPLES = {"image": 400, "video": 300}
 COMPRESSOR_ARGS = ["--epochs", "40", "--patience", "6", "--batch-size", "32", "--seed", "0"]
 
 
@@ -55,7 +54,8 @@ def build_compressor(family: str, modality: str, root: Path, work: Path, log: Ca
     from ..compressor.__main__ import main as compressor_cli
 
     start = time.time()
-    data = export_label_data(modality, LABEL_SAMPLES[modality], work / f"data_{modality}", variant)
+    n = VARIANTS[variant]["label_samples"][modality]
+    data = export_label_data(modality, n, work / f"data_{modality}", variant)
     labels = work / f"labels_{family}_{modality}"
     code = compressor_cli(["label", "--model", str(model_dir(family, root)), "--data", str(data), "--out", str(labels),
                            "--max-new-tokens", "1", "--max-answer-tokens", "1",
@@ -63,7 +63,7 @@ def build_compressor(family: str, modality: str, root: Path, work: Path, log: Ca
     if code:
         raise RuntimeError(f"compressor label failed for {family}/{modality} (exit {code})")
     kept = len(list((labels / "samples").glob("*.pt")))
-    log(f"[{family}/{modality}] labelled {kept}/{LABEL_SAMPLES[modality]} correctly answered samples "
+    log(f"[{family}/{modality}] labelled {kept}/{n} correctly answered samples "
         f"({time.time() - start:.0f}s)")
     out = compressor_path(family, modality, root)
     out.parent.mkdir(parents=True, exist_ok=True)
