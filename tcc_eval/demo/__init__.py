@@ -61,7 +61,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     },
     # "single" (assets/demo_single): the base configuration, one salient object per question. The first
     # default demo; kept because it shows where a0 is enough: tcc and a0 both keep 1.000 at 25% there.
-    # Its models' specs name no variant (they predate variants), so a rebuild reproduces them.
+    # Its models' specs name no variant (they predate variants), so a rebuild reproduces them (and its compressors:
+    # they were labelled from 400 images and 300 videos).
     "single": {"benchmark": {"image": {}, "video": {}}, "training": {}, "label_samples": {"image": 400, "video": 300},
                "compressor_args": []},
 }
