@@ -277,17 +277,21 @@ def test_lookalikes_are_the_other_objects_that_show_the_answer(demo_models):
 
 @needs_assets
 def test_pruning_the_lookalikes_equals_masking_them(demo_models):
-    """without_lookalikes' pruned margins equal an unpruned forward with the lookalike tokens masked out of the
-    attention (same positions), and it counts exactly the samples that have lookalikes."""
+    """lookalike_margins' pruned margins equal an unpruned forward with the lookalike tokens masked out of the
+    attention (same positions), and without_lookalikes counts exactly the samples that have lookalikes."""
     from tcc_eval.adapters import adapter_for
-    from tcc_eval.demo.evaluate import letter_margin, without_lookalikes
+    from tcc_eval.demo.evaluate import letter_margin, lookalike_margins, token_places, without_lookalikes
     from tcc_eval.demo.regions import token_regions
     from tcc_eval.demo.train import encode, letter_ids, llm_inputs
 
     model, processor = demo_models["llava_onevision"]
     samples = benchmark.samples("image", 8, TEST_SEED)
-    result = without_lookalikes(model, processor, samples)
     letters = letter_ids(processor.tokenizer)
+    pairs = []
+    for sample in samples:
+        inputs = encode(processor, [sample])
+        pairs.append(lookalike_margins(model, inputs, token_places(model, inputs, sample), letters, sample.answer))
+    result = without_lookalikes([p for p in pairs if p is not None])
     before, after, with_lookalikes = [], [], 0
     with torch.no_grad():
         for sample in samples:
@@ -309,6 +313,7 @@ def test_pruning_the_lookalikes_equals_masking_them(demo_models):
             before.append(margins[0])
             after.append(margins[1])
     assert result["samples"] == with_lookalikes > 0
+    np.testing.assert_allclose([p for p in pairs if p is not None], list(zip(before, after)), atol=1e-4)
     assert result["accuracy_full"] == np.mean([m > 0 for m in before])
     assert result["accuracy"] == np.mean([m > 0 for m in after])
     change = [(a - b) / abs(b) for a, b in zip(after, before)]

@@ -237,27 +237,27 @@ def letter_margin(logits: torch.Tensor, letters: dict[str, int], answer: str) ->
 
 
 @torch.no_grad()
-def without_lookalikes(model, processor, samples: list[synth.SynthSample]) -> dict[str, Any]:
-    """Accuracy and answer margin when the lookalikes are pruned (positions kept), over the samples that have
-    any: a model that reads the answer from the ground-truth object alone loses neither."""
-    letters = letter_ids(processor.tokenizer)
-    full, pruned, change = [], [], []
-    for sample in samples:
-        inputs = encode(processor, [sample])
-        places = token_places(model, inputs, sample)
-        if not (places == 1).any():
-            continue
-        mask = inputs["attention_mask"][0].bool()
-        visual = visual_rows(model, inputs["input_ids"], inputs["attention_mask"])[0]
-        kept = keep_positions(mask, visual, torch.from_numpy(np.nonzero(places != 1)[0]))
-        before = letter_margin(answer_logits(model, inputs)[0], letters, sample.answer)
-        after = letter_margin(answer_logits(model, inputs, [kept])[0], letters, sample.answer)
-        full.append(before > 0)
-        pruned.append(after > 0)
-        change.append((after - before) / abs(before))
-    if not change:
+def lookalike_margins(model, inputs: dict[str, torch.Tensor], places: np.ndarray, letters: dict[str, int],
+                      answer: str) -> tuple[float, float] | None:
+    """Answer margin of a one-sample batch before and after its lookalikes are pruned (positions kept); None
+    when it has none."""
+    if not (places == 1).any():
+        return None
+    mask = inputs["attention_mask"][0].bool()
+    visual = visual_rows(model, inputs["input_ids"], inputs["attention_mask"])[0]
+    kept = keep_positions(mask, visual, torch.from_numpy(np.nonzero(places != 1)[0]))
+    return (letter_margin(answer_logits(model, inputs)[0], letters, answer),
+            letter_margin(answer_logits(model, inputs, [kept])[0], letters, answer))
+
+
+def without_lookalikes(margins: list[tuple[float, float]]) -> dict[str, Any]:
+    """Accuracy and answer margin change when the lookalikes are pruned, over the samples that have any (their
+    ``lookalike_margins``): a model that reads the answer from the ground-truth object alone loses neither."""
+    if not margins:
         return {"samples": 0}
-    return {"samples": len(change), "accuracy_full": float(np.mean(full)), "accuracy": float(np.mean(pruned)),
+    change = [(after - before) / abs(before) for before, after in margins]
+    return {"samples": len(margins), "accuracy_full": float(np.mean([before > 0 for before, _ in margins])),
+            "accuracy": float(np.mean([after > 0 for _, after in margins])),
             "median_margin_change": float(np.median(change)), "mean_margin_change": float(np.mean(change))}
 
 
@@ -280,9 +280,14 @@ def oracle_diagnostics(model, processor, samples: list[synth.SynthSample],
     rules = tuple(dict.fromkeys((METHOD_RULE, *rules)))
     landed: dict[str, list[int]] = {rule: [] for rule in rules}
     layer_shares: dict[str, list[list[np.ndarray]]] = {}
+    letters = letter_ids(processor.tokenizer)
+    margins: list[tuple[float, float]] = []
     for sample in samples:
         inputs = encode(processor, [sample])
         places = token_places(model, inputs, sample)
+        pair = lookalike_margins(model, inputs, places, letters, sample.answer)
+        if pair is not None:
+            margins.append(pair)
         view = single_view(model, inputs)
         visual = torch.nonzero(view.visual).flatten()
         with torch.no_grad():
@@ -301,7 +306,7 @@ def oracle_diagnostics(model, processor, samples: list[synth.SynthSample],
                       for rule, hits in landed.items()},
         "layer_shares": {category: [dict(zip(TOP_TOKEN_PLACES, np.mean(per, axis=0).round(4).tolist())) if per
                                     else None for per in layers] for category, layers in layer_shares.items()},
-        "without_lookalikes": without_lookalikes(model, processor, samples),
+        "without_lookalikes": without_lookalikes(margins),
     }
 
 

@@ -35,10 +35,10 @@ class TokenRegions:
         """(N_v,) bool: tokens covering a box the answer depends on (in its frame, for video)."""
         return self.covering(sample.boxes, sample.frames or None)
 
-    def objects(self, sample: SynthSample) -> np.ndarray:
-        """(N_v,) bool: tokens covering any drawn object, relevant or not."""
+    def objects(self, sample: SynthSample, objects: list[dict] | None = None) -> np.ndarray:
+        """(N_v,) bool: tokens covering any drawn object, relevant or not (``objects``: only these of them)."""
         boxes, frames = [], []
-        for o in sample.objects:
+        for o in sample.objects if objects is None else objects:
             for f in o.get("frames", [None]):
                 boxes.append(o["box"])
                 frames.append(f)
@@ -48,13 +48,8 @@ class TokenRegions:
         """(N_v,) bool: tokens outside the ground truth on a drawn object that shows the answer (its colour or
         shape is the correct option): evidence for the answer that the question does not point at."""
         value = sample.options[sample.answer]
-        boxes, frames = [], []
-        for o in sample.objects:
-            if value in (o.get("color"), o.get("shape")):
-                for f in o.get("frames", [None]):
-                    boxes.append(o["box"])
-                    frames.append(f)
-        return self.covering(boxes, frames if sample.kind == "video" else None) & ~self.ground_truth(sample)
+        showing = [o for o in sample.objects if value in (o.get("color"), o.get("shape"))]
+        return self.objects(sample, showing) & ~self.ground_truth(sample)
 
     def covering(self, boxes: list[list[int]], frames: list[int] | None = None) -> np.ndarray:
         """Tokens overlapping any box with positive area; ``frames[k]`` restricts box k to one frame."""
