@@ -43,6 +43,10 @@ setup(
         # between releases: widen only after the exactness tests pass on the new version
         "transformers>=5.24,<5.25",
         "ms-vlmeval==0.0.20",
+        # ms-vlmeval downloads its video benchmarks (MVBench, Video-MME, ...) from ModelScope unless
+        # VLMEVALKIT_USE_MODELSCOPE=0, and does not depend on modelscope itself: without it `--data MVBench` fails.
+        # Its cache lookup (vlmeval.smp.get_cache_path) calls an API that modelscope 1.38 removed.
+        "modelscope>=1.20,<1.38",
         "lmms-eval==0.7.3",
         "filelock<4",
         "decord",

@@ -403,6 +403,31 @@ def test_synthetic_sets_generated_on_first_use(vlmeval_run):
     assert sorted(p.suffix for p in (lmu / "images/TCCSynth_IMG").iterdir()) == [".png"] * N  # lossless
 
 
+@pytest.mark.parametrize("dataset", ["MVBench_8frame", "Video-MME"])
+def test_video_benchmarks_reach_their_download(dataset, monkeypatch, tmp_path):
+    """ms-vlmeval fetches video benchmarks from ModelScope by default but does not install modelscope: the
+    README's `--data MVBench` needs our dependency on it, in a version whose cache lookup VLMEvalKit can call."""
+    import modelscope
+    from vlmeval.dataset import MVBench, VideoMME
+    from vlmeval.smp import get_cache_path
+
+    monkeypatch.delenv("VLMEVALKIT_USE_MODELSCOPE", raising=False)
+    monkeypatch.setenv("MODELSCOPE_CACHE", str(tmp_path / "modelscope"))
+    monkeypatch.setenv("LMUData", str(tmp_path / "LMUData"))
+    assert isinstance(get_cache_path("modelscope/MVBench"), str)  # None when the modelscope API moved
+
+    class DownloadReached(Exception):
+        pass
+
+    def no_download(dataset_id: str, **kwargs):
+        raise DownloadReached(dataset_id)
+
+    monkeypatch.setattr(modelscope, "dataset_snapshot_download", no_download)
+    dataset_class = MVBench if dataset.startswith("MVBench") else VideoMME
+    with pytest.raises(DownloadReached):
+        dataset_class(dataset, nframe=8)
+
+
 # --- a broken install must never break start-up ------------------------------------------------------
 def test_hook_is_lazy():
     _installed_pth()
