@@ -5,6 +5,7 @@
 #                                        # synthetic image + video benchmarks (CPU, < 30 min on 2 cores)
 #   bash run_all.sh --suite paper        # the paper's matrix on real checkpoints (GPUs, hub access)
 #   options: --results DIR (default results/)  --frameworks vlmeval,lmms_eval  --n N (synthetic set size)
+#            --dry-run (print the framework commands that would run, one per line, and run nothing)
 #
 # Resumable: a run whose score files already exist is skipped. Fails loudly when a run produced no results
 # (lmms-eval exits 0 even when evaluation crashes, so its results file is checked explicitly).
@@ -15,32 +16,43 @@ SUITE=demo
 RESULTS=results
 FRAMEWORKS=vlmeval,lmms_eval
 N=""
+DRY_RUN=""
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --suite) SUITE="$2"; shift 2 ;;
     --results) RESULTS="$2"; shift 2 ;;
     --frameworks) FRAMEWORKS="$2"; shift 2 ;;
     --n) N="$2"; shift 2 ;;
-    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+    --dry-run) DRY_RUN=1; shift ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
     *) echo "run_all.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
 
 PY=${PYTHON:-python3}
+show() { printf '+'; printf ' %q' "$@"; printf '\n'; }  # a --dry-run line: the command, shell-quoted
 NGPU=$($PY -c "import torch; print(torch.cuda.device_count())" 2>/dev/null || echo 0)
-mkdir -p "$RESULTS"
-RESULTS=$(cd "$RESULTS" && pwd)
-LOG="$RESULTS/run_all.log"
+if [[ -n "$DRY_RUN" ]]; then
+  RESULTS=$(realpath -m "$RESULTS")
+  LOG=/dev/null
+else
+  mkdir -p "$RESULTS"
+  RESULTS=$(cd "$RESULTS" && pwd)
+  LOG="$RESULTS/run_all.log"
+fi
 echo "== run_all.sh suite=$SUITE frameworks=$FRAMEWORKS gpus=$NGPU results=$RESULTS ($(date -u +%FT%TZ))" | tee -a "$LOG"
 
 if [[ "$SUITE" == demo ]]; then
   export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
   export TCC_SYNTH_N=${N:-${TCC_SYNTH_N:-100}} TCC_LMMS_SYNTH_N=${N:-${TCC_LMMS_SYNTH_N:-100}}
   export LMUData=${LMUData:-$RESULTS/data/LMUData} TCC_LMMS_DATA=${TCC_LMMS_DATA:-$RESULTS/data/lmms}
-  mkdir -p "$LMUData"
+  [[ -n "$DRY_RUN" ]] || mkdir -p "$LMUData"
   # the demo families whose model and compressors exist (shipped or rebuilt with `python -m tcc_eval.demo build`)
   read -r -a BUILT <<<"$($PY -m tcc_eval.demo paths | $PY -c "import json,sys; p=json.load(sys.stdin); import tcc_eval.demo as d; print(' '.join(f for f in d.FAMILIES if p[f]['built']))")"
-  if [[ ${#BUILT[@]} -eq 0 ]]; then
+  if [[ ${#BUILT[@]} -eq 0 && -n "$DRY_RUN" ]]; then
+    show $PY -m tcc_eval.demo build
+    read -r -a BUILT <<<"$($PY -c 'import tcc_eval.demo as d; print(" ".join(d.FAMILIES))')"
+  elif [[ ${#BUILT[@]} -eq 0 ]]; then
     echo "demo models missing: building them first (python -m tcc_eval.demo build; CPU, tens of minutes)" | tee -a "$LOG"
     $PY -m tcc_eval.demo build 2>&1 | tee -a "$LOG"
     read -r -a BUILT <<<"$($PY -m tcc_eval.demo paths | $PY -c "import json,sys; p=json.load(sys.stdin); import tcc_eval.demo as d; print(' '.join(f for f in d.FAMILIES if p[f]['built']))")"
@@ -58,7 +70,7 @@ if [[ "$SUITE" == demo ]]; then
          "use --results NEW_DIR, or delete $RESULTS/vlmeval $RESULTS/lmms_eval $RESULTS/demo_fingerprint to rerun" >&2
     exit 1
   fi
-  echo "$FINGERPRINT" >"$RESULTS/demo_fingerprint"
+  [[ -n "$DRY_RUN" ]] || echo "$FINGERPRINT" >"$RESULTS/demo_fingerprint"
   declare -A DEMO_BASE=([qwen2_vl]=TinyQwen2VL [llava_onevision]=TinyLLaVAOV [vila]=TinyVILA)
   VLMEVAL_BASES=()
   for family in "${BUILT[@]}"; do VLMEVAL_BASES+=("${DEMO_BASE[$family]}"); done
@@ -87,7 +99,12 @@ elif [[ "$SUITE" == paper ]]; then
   LMMS_INCLUDE=()
   LMMS_METHODS=(tcc)
   LMMS_RATIOS=(50 25)
-  LMMS_MODELS=("qwen2_vl_tcc|pretrained=Qwen/Qwen2-VL-7B-Instruct" "llava_onevision_tcc|pretrained=llava-hf/llava-onevision-qwen2-7b-ov-hf")
+  # the same checkpoints as the VLMEvalKit runs (TCC_MODEL_PATH_<BASE> included), as <family>_tcc; with no
+  # compressor= given, their tcc runs load the same $TCC_COMPRESSOR_DIR/<Base>_<modality>.pt files
+  LMMS_MODELS=()
+  for base in "${VLMEVAL_BASES[@]}"; do
+    LMMS_MODELS+=("$($PY -c "from model_registry import BASES, resolve_model_path as p; b = BASES['$base']; print(f'{b.family}_tcc|pretrained={p(b)}')")")
+  done
   echo "paper suite: tcc needs trained compressors (TCC_COMPRESSOR_DIR or ~/.cache/tcc_eval/compressors); see README" | tee -a "$LOG"
 else
   echo "run_all.sh: --suite must be demo or paper, got '$SUITE'" >&2
@@ -118,7 +135,9 @@ if [[ ",$FRAMEWORKS," == *,vlmeval,* ]]; then
     done
   done
   echo "[vlmeval] ${#MODELS[@]} models x ${#VLMEVAL_DATA[@]} datasets: $(( ${#MODELS[@]} - ${#todo[@]} )) models done, ${#todo[@]} to run" | tee -a "$LOG"
-  if [[ ${#todo[@]} -gt 0 ]]; then
+  if [[ ${#todo[@]} -gt 0 && -n "$DRY_RUN" ]]; then
+    show $(vlmeval_launcher) --model "${todo[@]}" --data "${VLMEVAL_DATA[@]}" "${JUDGE[@]}" --work-dir "$WORK"
+  elif [[ ${#todo[@]} -gt 0 ]]; then
     start=$(date +%s)
     # one process for all models: VLMEvalKit's start-up is paid once, finished model x dataset pairs are reused
     $(vlmeval_launcher) --model "${todo[@]}" --data "${VLMEVAL_DATA[@]}" "${JUDGE[@]}" --work-dir "$WORK" >>"$LOG" 2>&1 \
@@ -126,6 +145,7 @@ if [[ ",$FRAMEWORKS," == *,vlmeval,* ]]; then
     echo "[vlmeval] $(( $(date +%s) - start )) s" | tee -a "$LOG"
   fi
   for model in "${MODELS[@]}"; do
+    [[ -z "$DRY_RUN" ]] || break
     for data in "${VLMEVAL_DATA[@]}"; do
       has_score "$model" "$data" || { echo "run_all.sh: VLMEvalKit wrote no score file for $model on $data (see $LOG)" >&2; exit 1; }
     done
@@ -134,7 +154,7 @@ fi
 
 if [[ ",$FRAMEWORKS," == *,lmms_eval,* ]]; then
   OUT="$RESULTS/lmms_eval"
-  mkdir -p "$OUT/.done"
+  [[ -n "$DRY_RUN" ]] || mkdir -p "$OUT/.done"
   runs=()
   for entry in "${LMMS_MODELS[@]}"; do
     runs+=("$entry|method=none")
@@ -155,6 +175,11 @@ if [[ ",$FRAMEWORKS," == *,lmms_eval,* ]]; then
     tag=$(echo "$model $args $LMMS_TASKS" | md5sum | cut -c1-16)
     if [[ -f "$OUT/.done/$tag" ]]; then echo "[lmms-eval $i/${#runs[@]}] $model $method_args: done, skipped" | tee -a "$LOG"; continue; fi
     echo "[lmms-eval $i/${#runs[@]}] $model $method_args" | tee -a "$LOG"
+    if [[ -n "$DRY_RUN" ]]; then
+      show $(lmms_launcher) --model "$model" --model_args "$args" --tasks "$LMMS_TASKS" "${LMMS_INCLUDE[@]}" \
+        --batch_size 1 --output_path "$OUT" --timezone UTC
+      continue
+    fi
     start=$(date +%s)
     $(lmms_launcher) --model "$model" --model_args "$args" --tasks "$LMMS_TASKS" "${LMMS_INCLUDE[@]}" \
       --batch_size 1 --output_path "$OUT" --timezone UTC >>"$LOG" 2>&1 \
@@ -166,5 +191,6 @@ if [[ ",$FRAMEWORKS," == *,lmms_eval,* ]]; then
   done
 fi
 
+if [[ -n "$DRY_RUN" ]]; then show $PY tcc_eval/aggregate.py "$RESULTS"; exit 0; fi
 $PY tcc_eval/aggregate.py "$RESULTS" | tee -a "$LOG"
 echo "== tables in $RESULTS/tables/ ($(date -u +%FT%TZ))" | tee -a "$LOG"

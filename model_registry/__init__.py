@@ -36,8 +36,8 @@ from .matrix import (
 
 __all__ = [
     "BASES", "EXTRA_MODELS_ENV", "FAMILIES", "METHOD_TOKENS", "RATIOS", "VANILLA", "Base", "ModelSpec",
-    "all_bases", "compressor_candidates", "expand", "extra_bases", "local_folder", "model_name", "model_path_env",
-    "parse_name", "resolve_compressor", "resolve_model_path",
+    "all_bases", "base_for_checkpoint", "compressor_candidates", "compressors_for_checkpoint", "expand", "extra_bases",
+    "local_folder", "model_name", "model_path_env", "parse_name", "resolve_compressor", "resolve_model_path",
 ]
 
 from tcc_eval.api import local_folder  # noqa: E402  (re-exported for the integrations)
@@ -129,3 +129,42 @@ def resolve_compressor(base: Base, modality: str, compressor: Any = None) -> Any
         f"save it as one of those files, set {COMPRESSOR_DIR_ENV}=DIR holding {base.name}_{modality}.pt, "
         f"or pass compressor=PATH{demo}"
     )
+
+
+def base_for_checkpoint(checkpoint: str | os.PathLike) -> Base | None:
+    """The registered base whose checkpoint (by the lookup order above) is ``checkpoint``, if any."""
+    wanted = str(checkpoint)
+    wanted_dir = Path(wanted).expanduser().resolve() if Path(wanted).expanduser().is_dir() else None
+    for base in all_bases().values():
+        try:
+            path = resolve_model_path(base)
+        except (NotImplementedError, FileNotFoundError, RuntimeError, ValueError):
+            continue  # unavailable, or a demo model that is not built
+        if path == wanted or (wanted_dir is not None and Path(path).expanduser().resolve() == wanted_dir):
+            return base
+    return None
+
+
+def compressors_for_checkpoint(checkpoint: str | os.PathLike) -> dict[str, str]:
+    """``{modality: file}`` of the compressors the registry holds for ``checkpoint``, so that lmms-eval runs
+    find the same ``$TCC_COMPRESSOR_DIR/<Base>_<modality>.pt`` files as VLMEvalKit runs.
+
+    Modalities without a compressor are left out (an image-only run needs no video one); raises when the
+    checkpoint is no registered base or neither modality has one."""
+    base = base_for_checkpoint(checkpoint)
+    if base is None:
+        raise ValueError(
+            f"method=tcc needs compressor=PATH (a checkpoint, or a folder of <family>_<modality>.pt): "
+            f"{str(checkpoint)!r} is the checkpoint of no registered base, so {COMPRESSOR_DIR_ENV} is not looked "
+            f"in (register it with {EXTRA_MODELS_ENV}=Name=PATH to use {COMPRESSOR_DIR_ENV}/Name_<modality>.pt)"
+        )
+    found: dict[str, str] = {}
+    errors = []
+    for modality in MODALITIES:
+        try:
+            found[modality] = resolve_compressor(base, modality)
+        except FileNotFoundError as err:
+            errors.append(str(err))
+    if not found:
+        raise FileNotFoundError(" / ".join(errors))
+    return found

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -179,6 +180,32 @@ def test_method_none_matches_upstream_inputs_and_answers(kind, family, tasks, ti
         records = read_records(path)
         assert len(records) == LIMIT
         assert all(r["visual_after"] == r["visual_before"] > 0 and r["keep_ratio"] == 1.0 for r in records)
+
+
+def test_tcc_without_compressor_arg_takes_the_registry_files(untrained_compressor, tiny_checkpoints, task_manager,
+                                                            monkeypatch, tmp_path):
+    """No compressor=: $TCC_COMPRESSOR_DIR/<Base>_<modality>.pt, the files VLMEvalKit's runs of that checkpoint
+    use (run_all.sh --suite paper passes none); a missing file or an unregistered checkpoint fails before loading."""
+    from tcc_eval.integrations.lmms_eval import models
+
+    pretrained = tiny_checkpoints["qwen2_vl"]
+    folder = tmp_path / "compressors"
+    folder.mkdir()
+    monkeypatch.setenv("TCC_EXTRA_MODELS", f"MyQwen={pretrained}")
+    monkeypatch.setenv("TCC_COMPRESSOR_DIR", str(folder))
+    args = {"device": "cpu", "method": "tcc", "ratio": 0.5, "efficiency_dir": str(tmp_path)}
+    with pytest.raises(FileNotFoundError, match="MyQwen_image.pt"):
+        models.Qwen2VLTCC(pretrained=pretrained, **args)
+    with pytest.raises(ValueError, match="checkpoint of no registered base"):
+        models.Qwen2VLTCC(pretrained=str(tmp_path / "unregistered"), **args)
+
+    shutil.copyfile(untrained_compressor, folder / "MyQwen_image.pt")
+    ours = models.Qwen2VLTCC(pretrained=pretrained, **args)
+    assert set(ours._model.pruned.scorer.compressors) == {"image"}
+    calls, _ = evaluate(ours, ["tccsynth_img"], task_manager)
+    assert len(calls) == LIMIT
+    (path,) = tmp_path.glob("qwen2_vl_tcc_*_tcc-50_tccsynth_img_efficiency.jsonl")
+    assert all(r["visual_after"] == keep_count(r["visual_before"], 0.5) for r in read_records(path))
 
 
 # --- registration, arguments, tasks, results check --------------------------------------------------

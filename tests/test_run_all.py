@@ -1,11 +1,14 @@
-"""run_all.sh's guard against resuming on results of other demo weights (no framework is run here)."""
+"""run_all.sh's guard against resuming on results of other demo weights, and the framework commands its
+suites would launch (--dry-run: no framework is run here)."""
 
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 from pathlib import Path
 
+import pytest
 from conftest import needs_assets
 
 REPO = Path(__file__).resolve().parent.parent
@@ -30,3 +33,67 @@ def test_resuming_on_results_of_other_demo_weights_is_refused(tmp_path):
     (results / "vlmeval").mkdir()
     refused = _run_all(results)
     assert refused.returncode == 1 and "other demo weights" in refused.stderr and "--results NEW_DIR" in refused.stderr
+
+
+def _dry_run(suite: str, results: Path, **env: str) -> list[list[str]]:
+    proc = subprocess.run(["bash", str(REPO / "run_all.sh"), "--suite", suite, "--results", str(results), "--dry-run"],
+                          capture_output=True, text=True, env={**os.environ, "PYTHON": "python3", **env}, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return [shlex.split(line[2:]) for line in proc.stdout.splitlines() if line.startswith("+ ")]
+
+
+def _option(argv: list[str], name: str) -> list[str]:
+    """The values after ``name`` up to the next option."""
+    start = argv.index(name) + 1
+    end = next((i for i in range(start, len(argv)) if argv[i].startswith("--")), len(argv))
+    return argv[start:end]
+
+
+@pytest.mark.parametrize("suite", ["paper", pytest.param("demo", marks=needs_assets)])
+def test_dry_run_commands_name_what_the_frameworks_know(suite, tmp_path, monkeypatch):
+    """Every model, dataset and task a suite launches exists in VLMEvalKit / lmms-eval, every lmms-eval
+    model_args parses, and every tcc run finds its compressors; a dry run writes nothing."""
+    import vlmeval.config
+    from lmms_eval.models import get_model
+    from lmms_eval.tasks import TaskManager
+    from vlmeval.dataset import SUPPORTED_DATASETS
+    from vlmeval.dataset.video_dataset_config import supported_video_datasets
+
+    from model_registry import BASES, compressors_for_checkpoint
+    from tcc_eval.integrations.lmms_eval.models import TCCSettings
+
+    compressors = tmp_path / "compressors"
+    compressors.mkdir()
+    for base in BASES:  # what a user trains for the paper suite, named as README says
+        for modality in ("image", "video"):
+            (compressors / f"{base}_{modality}.pt").touch()
+    monkeypatch.setenv("TCC_COMPRESSOR_DIR", str(compressors))
+    results = tmp_path / "results"
+    commands = _dry_run(suite, results)
+    assert not results.exists()
+
+    (vlmeval_run,) = [c for c in commands if c[1:3] == ["-m", "vlmeval.run"]]
+    models = _option(vlmeval_run, "--model")
+    assert len(models) == (9 if suite == "paper" else 45)
+    assert set(models) <= set(vlmeval.config.supported_VLM)
+    datasets = _option(vlmeval_run, "--data")
+    assert set(datasets) <= set(SUPPORTED_DATASETS) | set(supported_video_datasets)
+
+    lmms_runs = [c for c in commands if c[1:3] == ["-m", "lmms_eval"]]
+    assert len(lmms_runs) == (9 if suite == "paper" else 21)
+    include = _option(lmms_runs[0], "--include_path") if "--include_path" in lmms_runs[0] else []
+    known_tasks = TaskManager(include_path=include[0] if include else None).all_tasks
+    for run in lmms_runs:
+        (model,), (model_args,), (tasks,) = (_option(run, n) for n in ("--model", "--model_args", "--tasks"))
+        assert get_model(model).model_id == model
+        assert set(tasks.split(",")) <= set(known_tasks)
+        kwargs = dict(arg.split("=", 1) for arg in model_args.split(","))
+        settings = TCCSettings.pop_from(kwargs, model)
+        if settings.method == "tcc":
+            if settings.compressor is None:
+                found = compressors_for_checkpoint(kwargs["pretrained"])
+            else:
+                family = model.removesuffix("_tcc")
+                found = {m: p for m in ("image", "video") if (p := Path(settings.compressor, f"{family}_{m}.pt")).is_file()}
+            assert set(found) == {"image", "video"}, run
+    assert commands[-1][-2:] == ["tcc_eval/aggregate.py", str(results)]

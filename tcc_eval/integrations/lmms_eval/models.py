@@ -9,7 +9,8 @@ unknown kwargs are left):
     method=none|random|a0|tcc|oracle|fastv   required (none = unpruned, through the same code path)
     ratio=0.5                                fraction of visual tokens kept, required unless method=none
                                              (keep_ratio= is accepted as an alias)
-    compressor=PATH                          trained compressor, for method=tcc
+    compressor=PATH                          trained compressor, for method=tcc; left out: the registry's
+                                             $TCC_COMPRESSOR_DIR/<Base>_<modality>.pt for the checkpoint
     budget=global|...  seed=0                selection options of the input-stage methods
     fastv_k=2  match=avg_retention           FastV options;  max_answer_tokens=16: oracle option
     efficiency_dir=DIR                       where the per-sample records go (see efficiency.py)
@@ -23,6 +24,7 @@ launch`` the upstream data-parallel logic places one model per process, as for t
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import os
 from typing import Any
 
@@ -32,7 +34,7 @@ from lmms_eval.models.chat.llava_hf import LlavaHf as UpstreamLlavaHfChat
 from lmms_eval.models.simple.llava_hf import LlavaHf as UpstreamLlavaHf
 from lmms_eval.models.simple.qwen2_vl import Qwen2_VL as UpstreamQwen2VL
 
-from model_registry import local_folder
+from model_registry import compressors_for_checkpoint, local_folder
 from tcc_eval.api import default_device, default_dtype, wrap_model
 from tcc_eval.core import check_keep_ratio
 from tcc_eval.methods import check_method
@@ -49,7 +51,7 @@ class TCCSettings:
 
     method: str
     keep_ratio: float
-    compressor: str | None = None
+    compressor: str | dict[str, str] | None = None  # a path, or {modality: path} from the registry
     budget: str = "global"
     seed: int = 0
     options: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -92,6 +94,11 @@ class TCCSettings:
         )
 
 
+    def with_registry_compressors(self, checkpoint: str) -> TCCSettings:
+        """No compressor= given: the registry's files for ``checkpoint``, as VLMEvalKit would use them."""
+        return dataclasses.replace(self, compressor=compressors_for_checkpoint(checkpoint))
+
+
 def _owner(option: str) -> str:
     return next(method for method, names in METHOD_OPTIONS.items() if option in names)
 
@@ -104,6 +111,8 @@ class TCCWrapperMixin:
 
     def __init__(self, **kwargs: Any) -> None:
         settings = TCCSettings.pop_from(kwargs, self.model_id)
+        if settings.method == "tcc" and settings.compressor is None:
+            settings = settings.with_registry_compressors(kwargs.get("pretrained") or self._upstream_default("pretrained"))
         kwargs.setdefault("device", str(default_device()))
         self._set_parent_defaults(kwargs)
         super().__init__(**kwargs)
@@ -112,6 +121,11 @@ class TCCWrapperMixin:
 
     def _set_parent_defaults(self, kwargs: dict[str, Any]) -> None:
         """Family-specific tweaks of the upstream constructor's kwargs."""
+
+    def _upstream_default(self, arg: str) -> Any:
+        """The upstream constructor's default for ``arg`` (what it uses when --model_args leaves it out)."""
+        parameter = inspect.signature(super(TCCWrapperMixin, self).__init__).parameters.get(arg)
+        return None if parameter is None else parameter.default
 
     def _install_pruning(self, settings: TCCSettings, base_model: str) -> None:
         model = self.model  # unwrapped from accelerate, if prepared
