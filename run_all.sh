@@ -103,7 +103,8 @@ elif [[ "$SUITE" == paper ]]; then
   # compressor= given, their tcc runs load the same $TCC_COMPRESSOR_DIR/<Base>_<modality>.pt files
   LMMS_MODELS=()
   for base in "${VLMEVAL_BASES[@]}"; do
-    LMMS_MODELS+=("$($PY -c "from model_registry import BASES, resolve_model_path as p; b = BASES['$base']; print(f'{b.family}_tcc|pretrained={p(b)}')")")
+    entry="from model_registry import BASES, resolve_model_path; b = BASES['$base']"
+    LMMS_MODELS+=("$($PY -c "$entry; print(f'{b.family}_tcc|pretrained={resolve_model_path(b)}')")")
   done
   echo "paper suite: tcc needs trained compressors (TCC_COMPRESSOR_DIR or ~/.cache/tcc_eval/compressors); see README" | tee -a "$LOG"
 else

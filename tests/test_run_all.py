@@ -94,6 +94,7 @@ def test_dry_run_commands_name_what_the_frameworks_know(suite, tmp_path, monkeyp
                 found = compressors_for_checkpoint(kwargs["pretrained"])
             else:
                 family = model.removesuffix("_tcc")
-                found = {m: p for m in ("image", "video") if (p := Path(settings.compressor, f"{family}_{m}.pt")).is_file()}
+                files = {m: Path(settings.compressor, f"{family}_{m}.pt") for m in ("image", "video")}
+                found = {m: path for m, path in files.items() if path.is_file()}
             assert set(found) == {"image", "video"}, run
     assert commands[-1][-2:] == ["tcc_eval/aggregate.py", str(results)]

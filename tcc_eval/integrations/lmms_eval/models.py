@@ -93,7 +93,6 @@ class TCCSettings:
             efficiency_dir=kwargs.pop("efficiency_dir", None),
         )
 
-
     def with_registry_compressors(self, checkpoint: str) -> TCCSettings:
         """No compressor= given: the registry's files for ``checkpoint``, as VLMEvalKit would use them."""
         return dataclasses.replace(self, compressor=compressors_for_checkpoint(checkpoint))
@@ -112,7 +111,8 @@ class TCCWrapperMixin:
     def __init__(self, **kwargs: Any) -> None:
         settings = TCCSettings.pop_from(kwargs, self.model_id)
         if settings.method == "tcc" and settings.compressor is None:
-            settings = settings.with_registry_compressors(kwargs.get("pretrained") or self._upstream_default("pretrained"))
+            checkpoint = kwargs.get("pretrained") or self._upstream_default("pretrained")
+            settings = settings.with_registry_compressors(checkpoint)
         kwargs.setdefault("device", str(default_device()))
         self._set_parent_defaults(kwargs)
         super().__init__(**kwargs)
