@@ -36,7 +36,8 @@ from .matrix import (
 
 __all__ = [
     "BASES", "EXTRA_MODELS_ENV", "FAMILIES", "METHOD_TOKENS", "RATIOS", "VANILLA", "Base", "ModelSpec",
-    "all_bases", "base_for_checkpoint", "compressor_candidates", "compressors_for_checkpoint", "expand", "extra_bases",
+    "all_bases", "available_compressors", "base_for_checkpoint", "compressor_candidates", "compressors_for_checkpoint",
+    "expand", "extra_bases",
     "local_folder", "model_name", "model_path_env", "parse_name", "resolve_compressor", "resolve_model_path",
 ]
 
@@ -131,6 +132,23 @@ def resolve_compressor(base: Base, modality: str, compressor: Any = None) -> Any
     )
 
 
+def available_compressors(base: Base, compressor: Any = None) -> dict[str, Any]:
+    """``{modality: compressor}`` for every modality that has one (an image-only run needs no video one).
+
+    Raises the image compressor's FileNotFoundError when neither modality has one, so that a tcc model
+    fails before its weights load."""
+    found: dict[str, Any] = {}
+    errors = []
+    for modality in MODALITIES:
+        try:
+            found[modality] = resolve_compressor(base, modality, compressor)
+        except FileNotFoundError as err:
+            errors.append(err)
+    if not found:
+        raise errors[0]
+    return found
+
+
 def base_for_checkpoint(checkpoint: str | os.PathLike) -> Base | None:
     """The registered base whose checkpoint (by the lookup order above) is ``checkpoint``, if any."""
     wanted = str(checkpoint)
@@ -145,12 +163,10 @@ def base_for_checkpoint(checkpoint: str | os.PathLike) -> Base | None:
     return None
 
 
-def compressors_for_checkpoint(checkpoint: str | os.PathLike) -> dict[str, str]:
-    """``{modality: file}`` of the compressors the registry holds for ``checkpoint``, so that lmms-eval runs
-    find the same ``$TCC_COMPRESSOR_DIR/<Base>_<modality>.pt`` files as VLMEvalKit runs.
-
-    Modalities without a compressor are left out (an image-only run needs no video one); raises when the
-    checkpoint is no registered base or neither modality has one."""
+def compressors_for_checkpoint(checkpoint: str | os.PathLike) -> dict[str, Any]:
+    """``available_compressors`` of the registered base whose checkpoint is ``checkpoint``, so that lmms-eval
+    runs find the same ``$TCC_COMPRESSOR_DIR/<Base>_<modality>.pt`` files as VLMEvalKit runs; raises when the
+    checkpoint is no registered base."""
     base = base_for_checkpoint(checkpoint)
     if base is None:
         raise ValueError(
@@ -158,13 +174,4 @@ def compressors_for_checkpoint(checkpoint: str | os.PathLike) -> dict[str, str]:
             f"{str(checkpoint)!r} is the checkpoint of no registered base, so {COMPRESSOR_DIR_ENV} is not looked "
             f"in (register it with {EXTRA_MODELS_ENV}=Name=PATH to use {COMPRESSOR_DIR_ENV}/Name_<modality>.pt)"
         )
-    found: dict[str, str] = {}
-    errors = []
-    for modality in MODALITIES:
-        try:
-            found[modality] = resolve_compressor(base, modality)
-        except FileNotFoundError as err:
-            errors.append(str(err))
-    if not found:
-        raise FileNotFoundError(" / ".join(errors))
-    return found
+    return available_compressors(base)

@@ -51,7 +51,7 @@ class TCCSettings:
 
     method: str
     keep_ratio: float
-    compressor: str | dict[str, str] | None = None  # a path, or {modality: path} from the registry
+    compressor: str | dict[str, Any] | None = None  # a path, or {modality: compressor} from the registry
     budget: str = "global"
     seed: int = 0
     options: dict[str, Any] = dataclasses.field(default_factory=dict)

@@ -27,6 +27,7 @@ from vlmeval.vlm.vila import VILA
 
 from model_registry import (
     all_bases,
+    available_compressors,
     local_folder,
     resolve_compressor,
     resolve_model_path,
@@ -126,7 +127,7 @@ class TCCModelMixin:
         self.method_options = dict(method_options or {})  # e.g. budget, seed, fastv_k: see tcc_eval.wrap_model
         self.max_new_tokens_cap = max_new_tokens
         if method == "tcc":
-            _check_some_compressor(self.base, compressor)
+            available_compressors(self.base, compressor)  # fails before loading when no modality has one
         self.model_path = resolve_model_path(self.base, model_path)
         self.device = rank_device(device)
         self.dtype = api.default_dtype(self.device, dtype)
@@ -192,18 +193,6 @@ class TCCModelMixin:
         }
         if ctx is not None:
             records.append_record(ctx.path, self.last_record)
-
-
-def _check_some_compressor(base, compressor: Any) -> None:
-    """Fail before loading weights when no modality has a compressor (each dataset picks its own later)."""
-    errors = []
-    for modality in ("image", "video"):
-        try:
-            resolve_compressor(base, modality, compressor)
-            return
-        except FileNotFoundError as err:
-            errors.append(err)
-    raise errors[0]
 
 
 def _modality_of(message: list[dict], dataset: str | None) -> str:
