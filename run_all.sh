@@ -30,7 +30,9 @@ while [[ $# -gt 0 ]]; do
 done
 
 PY=${PYTHON:-python3}
-show() { printf '+'; printf ' %q' "$@"; printf '\n'; }  # a --dry-run line: the command, shell-quoted
+exec 3>&1  # --dry-run lines go here, past the commands' own redirections into the log
+show() { printf '+' >&3; printf ' %q' "$@" >&3; printf '\n' >&3; }  # a --dry-run line: the command, shell-quoted
+run_or_show() { if [[ -n "$DRY_RUN" ]]; then show "$@"; else "$@"; fi; }  # the same argv either way
 NGPU=$($PY -c "import torch; print(torch.cuda.device_count())" 2>/dev/null || echo 0)
 if [[ -n "$DRY_RUN" ]]; then
   RESULTS=$(realpath -m "$RESULTS")
@@ -136,14 +138,12 @@ if [[ ",$FRAMEWORKS," == *,vlmeval,* ]]; then
     done
   done
   echo "[vlmeval] ${#MODELS[@]} models x ${#VLMEVAL_DATA[@]} datasets: $(( ${#MODELS[@]} - ${#todo[@]} )) models done, ${#todo[@]} to run" | tee -a "$LOG"
-  if [[ ${#todo[@]} -gt 0 && -n "$DRY_RUN" ]]; then
-    show $(vlmeval_launcher) --model "${todo[@]}" --data "${VLMEVAL_DATA[@]}" "${JUDGE[@]}" --work-dir "$WORK"
-  elif [[ ${#todo[@]} -gt 0 ]]; then
+  if [[ ${#todo[@]} -gt 0 ]]; then
     start=$(date +%s)
     # one process for all models: VLMEvalKit's start-up is paid once, finished model x dataset pairs are reused
-    $(vlmeval_launcher) --model "${todo[@]}" --data "${VLMEVAL_DATA[@]}" "${JUDGE[@]}" --work-dir "$WORK" >>"$LOG" 2>&1 \
-      || { echo "run_all.sh: VLMEvalKit failed (see $LOG)" >&2; exit 1; }
-    echo "[vlmeval] $(( $(date +%s) - start )) s" | tee -a "$LOG"
+    run_or_show $(vlmeval_launcher) --model "${todo[@]}" --data "${VLMEVAL_DATA[@]}" "${JUDGE[@]}" --work-dir "$WORK" \
+      >>"$LOG" 2>&1 || { echo "run_all.sh: VLMEvalKit failed (see $LOG)" >&2; exit 1; }
+    [[ -n "$DRY_RUN" ]] || echo "[vlmeval] $(( $(date +%s) - start )) s" | tee -a "$LOG"
   fi
   for model in "${MODELS[@]}"; do
     [[ -z "$DRY_RUN" ]] || break
@@ -176,15 +176,11 @@ if [[ ",$FRAMEWORKS," == *,lmms_eval,* ]]; then
     tag=$(echo "$model $args $LMMS_TASKS" | md5sum | cut -c1-16)
     if [[ -f "$OUT/.done/$tag" ]]; then echo "[lmms-eval $i/${#runs[@]}] $model $method_args: done, skipped" | tee -a "$LOG"; continue; fi
     echo "[lmms-eval $i/${#runs[@]}] $model $method_args" | tee -a "$LOG"
-    if [[ -n "$DRY_RUN" ]]; then
-      show $(lmms_launcher) --model "$model" --model_args "$args" --tasks "$LMMS_TASKS" "${LMMS_INCLUDE[@]}" \
-        --batch_size 1 --output_path "$OUT" --timezone UTC
-      continue
-    fi
     start=$(date +%s)
-    $(lmms_launcher) --model "$model" --model_args "$args" --tasks "$LMMS_TASKS" "${LMMS_INCLUDE[@]}" \
+    run_or_show $(lmms_launcher) --model "$model" --model_args "$args" --tasks "$LMMS_TASKS" "${LMMS_INCLUDE[@]}" \
       --batch_size 1 --output_path "$OUT" --timezone UTC >>"$LOG" 2>&1 \
       || { echo "run_all.sh: lmms-eval failed for $model $args (see $LOG)" >&2; exit 1; }
+    [[ -z "$DRY_RUN" ]] || continue
     $PY -m tcc_eval.integrations.lmms_eval "$OUT" --tasks "$LMMS_TASKS" --newer-than "$start" >>"$LOG" 2>&1 \
       || { echo "run_all.sh: lmms-eval produced no results file for $model $args (see $LOG)" >&2; exit 1; }
     echo "$model $args" >"$OUT/.done/$tag"
@@ -192,6 +188,6 @@ if [[ ",$FRAMEWORKS," == *,lmms_eval,* ]]; then
   done
 fi
 
-if [[ -n "$DRY_RUN" ]]; then show $PY tcc_eval/aggregate.py "$RESULTS"; exit 0; fi
-$PY tcc_eval/aggregate.py "$RESULTS" | tee -a "$LOG"
+run_or_show $PY tcc_eval/aggregate.py "$RESULTS" | tee -a "$LOG"
+[[ -z "$DRY_RUN" ]] || exit 0
 echo "== tables in $RESULTS/tables/ ($(date -u +%FT%TZ))" | tee -a "$LOG"
