@@ -4,7 +4,9 @@ For each answer token y_t (teacher forcing: one forward over prompt + answer, on
     Abar_l = mean_heads(clamp_min(dlogit(y_t)/dA_l * A_l, 0))
     r = e_p;  for l = L-1 .. 0:  r = r + r @ Abar_l          (row p of R = prod_l (I + Abar_l))
 Relevance R_v = mean_t r_t[visual columns]. The one-row recursion costs O(N^2) per layer instead of the
-O(N^3) full-matrix update, and gives the same row (tests check both).
+O(N^3) full-matrix update, and gives the same row (tests check both). Each layer's Abar_l is taken inside
+the backward pass (``streamed_maps``), so besides the attention maps the forward keeps, only one layer's
+gradient is alive at a time.
 """
 
 from __future__ import annotations
@@ -41,6 +43,20 @@ def eager_attention(model: nn.Module) -> Iterator[None]:
             model.set_attn_implementation(previous)
 
 
+@contextmanager
+def frozen_weights(model: nn.Module) -> Iterator[None]:
+    """The oracle differentiates with respect to attention maps only. Weights that need a gradient would make
+    autograd keep every linear layer's input for it (about 1 GB at 1,300 tokens on a 0.5B decoder)."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    for p in trainable:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in trainable:
+            p.requires_grad_(True)
+
+
 # How each layer's map Abar_l is formed. "clamp" is the method (Chefer et al. 2021, METHOD.md); the others
 # are diagnostics (`python -m tcc_eval.demo oracle-rules`): "abs" keeps negative evidence, "signed" lets it
 # cancel, "attention" drops the gradient (plain head-mean attention rollout, the paper's ablation).
@@ -52,25 +68,61 @@ def check_rule(rule: str) -> None:
         raise ValueError(f"unknown relevance rule {rule!r}; choose one of {RELEVANCE_RULES}")
 
 
-def rule_maps(attentions: tuple[torch.Tensor, ...], grads: tuple[torch.Tensor, ...] | None,
-              rule: str) -> list[torch.Tensor]:
-    """Every layer's Abar_l under ``rule`` from given gradients, so several rules share one backward pass."""
+def layer_map(attention: torch.Tensor, grad: torch.Tensor | None, rule: str) -> torch.Tensor:
+    """One layer's Abar_l under ``rule`` from its attention probabilities and their gradient, fp32, (N, N)."""
     if rule == "attention":
-        return [a.float().mean(dim=1)[0] for a in attentions]
-    weighted = [g.float() * a.float() for g, a in zip(grads, attentions)]
+        return attention.float().mean(dim=1)[0]
+    weighted = grad.float() * attention.float()
     if rule == "clamp":
-        weighted = [w.clamp_min(0) for w in weighted]
+        weighted.clamp_min_(0)
     elif rule == "abs":
-        weighted = [w.abs() for w in weighted]
-    return [w.mean(dim=1)[0] for w in weighted]
+        weighted.abs_()
+    return weighted.mean(dim=1)[0]
 
 
 def gradient_weighted_maps(attentions: tuple[torch.Tensor, ...], target: torch.Tensor,
                            rule: str = "clamp") -> list[torch.Tensor]:
-    """Abar_l = mean over heads of (grad * A)^+ for every layer (``rule`` "clamp"), fp32, (N, N) each."""
+    """Abar_l for every layer from one ``autograd.grad`` over all layers' attentions (tests' reference: it
+    holds every layer's gradient at once; ``streamed_maps`` gives the same maps with one layer's)."""
     check_rule(rule)
-    grads = None if rule == "attention" else torch.autograd.grad(target, attentions, retain_graph=True)
-    return rule_maps(attentions, grads, rule)
+    grads = ([None] * len(attentions) if rule == "attention"
+             else torch.autograd.grad(target, attentions, retain_graph=True))
+    return [layer_map(a, g, rule) for a, g in zip(attentions, grads)]
+
+
+def streamed_maps(attentions: tuple[torch.Tensor, ...], target: torch.Tensor,
+                  rules: tuple[str, ...]) -> dict[str, list[torch.Tensor]]:
+    """Every layer's Abar_l under each rule, formed by a gradient hook as the backward pass reaches that layer.
+
+    Why: asking autograd for all layers' gradients at once keeps layers x heads x N^2 of them alive, as many
+    values as the attention maps the forward already holds (measured side by side by ``python -m
+    tcc_eval.bench_oracle``). Here each layer's gradient is freed once its (N, N) map is taken. The graph is
+    kept (``retain_graph``) for the next answer token."""
+    maps: dict[str, list[Any]] = {rule: [None] * len(attentions) for rule in rules}
+    if "attention" in rules:
+        maps["attention"] = [layer_map(a, None, "attention") for a in attentions]
+    grad_rules = [rule for rule in rules if rule != "attention"]
+    if not grad_rules:
+        return maps
+
+    def take_maps(layer: int):
+        def hook(grad: torch.Tensor) -> None:
+            for rule in grad_rules:
+                maps[rule][layer] = layer_map(attentions[layer], grad, rule)
+        return hook
+
+    handles = [a.register_hook(take_maps(layer)) for layer, a in enumerate(attentions)]
+    try:  # layer 0's gradient needs every later layer's backward, so this one call reaches all hooks
+        torch.autograd.grad(target, attentions[0], retain_graph=True, allow_unused=True)
+    finally:
+        for handle in handles:
+            handle.remove()
+    missing = [layer for layer, m in enumerate(maps[grad_rules[0]]) if m is None]
+    if missing:
+        raise RuntimeError(f"the attention maps of layers {missing} are not on the answer logit's backward path; "
+                           "the oracle needs the probabilities eager attention computes with (load the model with "
+                           "attn_implementation='eager')")
+    return maps
 
 
 def relevance_row(maps: list[torch.Tensor], row: int) -> torch.Tensor:
@@ -129,14 +181,14 @@ def answer_row_maps(view: SampleView, answer_ids: torch.Tensor,
     mask = torch.ones(1, embeds.shape[1], dtype=view.attention_mask.dtype, device=embeds.device)
     positions = answer_positions(view.position_ids, answer_ids.numel())
     prompt_len = view.inputs_embeds.shape[1]
-    needs_grad = any(rule != "attention" for rule in rules)
-    with eager_attention(model), torch.enable_grad():
-        out = view.adapter.forward_from_embeds(embeds, mask, positions, output_attentions=True, use_cache=False)
+    n_answer = answer_ids.numel()
+    with eager_attention(model), frozen_weights(model), torch.enable_grad():
+        # logits only for the rows that emit answer tokens (the last n_answer + 1): a full (N, vocab) logit
+        # tensor and its gradient cost more memory than a layer of attention maps on a real vocabulary
+        out = view.adapter.forward_from_embeds(embeds, mask, positions, output_attentions=True, use_cache=False,
+                                               logits_to_keep=n_answer + 1)
         for t, token in enumerate(answer_ids.tolist()):
-            row = prompt_len - 1 + t
-            grads = (torch.autograd.grad(out.logits[0, row, token], out.attentions, retain_graph=True)
-                     if needs_grad else None)
-            yield row, {rule: rule_maps(out.attentions, grads, rule) for rule in rules}
+            yield prompt_len - 1 + t, streamed_maps(out.attentions, out.logits[0, t, token], rules)
 
 
 def draft_answer(view: SampleView, max_answer_tokens: int) -> torch.Tensor:

@@ -175,3 +175,35 @@ def test_bench_fastv_equals_masking():
             handle.remove()
     assert torch.allclose(out.last_hidden_state[0, -1], ref.last_hidden_state[0, -1], atol=1e-5)
     assert [layer.keys.shape[2] for layer in out.cache.layers] == [length] * K + [length - 9] * (6 - K)
+
+
+TINY_ORACLE_SHAPE = "layers=2,hidden=64,intermediate=128,heads=4,kv_heads=2"
+
+
+def test_oracle_bench_runs_both_variants_side_by_side(tmp_path, capsys):
+    """python -m tcc_eval.bench_oracle: each variant in its own process, the same relevance bit for bit."""
+    from tcc_eval import bench_oracle
+
+    out = tmp_path / "oracle.json"
+    assert bench_oracle.main(["--shape", TINY_ORACLE_SHAPE, "--tokens", "120", "--threads", "1",
+                              "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert [r["variant"] for r in result["rows"]] == list(bench_oracle.VARIANTS)
+    assert result["relevance_equal"] is True
+    assert all(r["peak_above_weights_bytes"] > 0 and r["seconds"] > 0 for r in result["rows"])
+    assert result["rows"][0]["peak_ratio"] == 1.0
+    assert result["config"]["tokens"] == 120 and result["machine"]["torch_threads"] == 1
+    assert "| streamed |" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--text", "2", "--answer", "2"], "--text > --answer"),
+    (["--tokens", "40", "--text", "30"], "some visual tokens"),
+    (["--shape", "layers=2"], "missing keys"),
+])
+def test_oracle_bench_rejects_impossible_layouts(args, message, capsys):
+    from tcc_eval import bench_oracle
+
+    with pytest.raises(SystemExit) as exit_info:
+        bench_oracle.parse_args(args)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err

@@ -8,7 +8,7 @@ import torch
 from conftest import FAMILIES, messages_for, model_inputs
 from tcc_eval.oracle import (
     RELEVANCE_RULES, answer_positions, explain_inputs, gradient_weighted_maps, relevance_full_matrix, relevance_row,
-    single_view, view_relevance, view_relevances,
+    single_view, streamed_maps, view_relevance, view_relevances,
 )
 
 
@@ -62,6 +62,45 @@ def test_rules_sharing_one_backward_equal_separate_runs(loaded):
     assert not torch.equal(together["clamp"], together["signed"])
     with pytest.raises(ValueError, match="unknown relevance rule 'relu'"):
         view_relevances(view, answer, ("clamp", "relu"))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_streamed_maps_equal_all_layer_gradients(loaded, family):
+    """The oracle takes each layer's map inside the backward pass (one layer's gradient alive at a time) and
+    logits only for the answer rows: bit for bit the relevance of full logits and every layer's gradient at once."""
+    model, processor = loaded[family]
+    view = single_view(model, model_inputs(processor, messages_for("image")))
+    answer = torch.tensor([40, 41, 42])
+    embeds = torch.cat([view.inputs_embeds, model.get_input_embeddings()(answer)[None]], dim=1)
+    embeds = embeds.detach().requires_grad_(True)
+    mask = torch.ones(1, embeds.shape[1], dtype=torch.long)
+    visual = torch.nonzero(view.visual).flatten()
+    prompt_len = view.inputs_embeds.shape[1]
+    with torch.enable_grad():
+        out = view.adapter.forward_from_embeds(embeds, mask, answer_positions(view.position_ids, 3),
+                                               output_attentions=True)
+        targets = [out.logits[0, prompt_len - 1 + t, token] for t, token in enumerate(answer.tolist())]
+        for rule in RELEVANCE_RULES:
+            streamed = streamed_maps(out.attentions, targets[0], (rule,))[rule]
+            reference = gradient_weighted_maps(out.attentions, targets[0], rule)
+            assert all(torch.equal(a, b) for a, b in zip(streamed, reference)), rule
+        reference = {rule: sum(relevance_row(gradient_weighted_maps(out.attentions, target, rule), prompt_len - 1 + t)
+                               for t, target in enumerate(targets))[visual] / 3 for rule in RELEVANCE_RULES}
+    oracle = view_relevances(view, answer, RELEVANCE_RULES)
+    for rule in RELEVANCE_RULES:
+        assert torch.equal(oracle[rule], reference[rule]), rule
+
+
+def test_streamed_maps_name_a_layer_off_the_backward_path(loaded):
+    model, processor = loaded["qwen2_vl"]
+    view = single_view(model, model_inputs(processor, messages_for("image")))
+    embeds = view.inputs_embeds.detach().requires_grad_(True)
+    with torch.enable_grad():
+        out = view.adapter.forward_from_embeds(embeds, view.attention_mask, view.position_ids, output_attentions=True)
+        last = len(out.attentions) - 1
+        copies = (*out.attentions[:last], out.attentions[last].detach().requires_grad_(True))  # a detached copy
+        with pytest.raises(RuntimeError, match=rf"layers \[{last}\] are not on the answer logit's backward path.*eager"):
+            streamed_maps(copies, out.logits[0, -1].max(), ("clamp",))
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -41,8 +41,10 @@ relative to the data file. Multiple-choice prompt: question, one line per option
 "Answer with the option's letter from the given choices directly."
 
 Memory: the oracle runs one forward with eager attention and keeps every layer's attention maps for
-the backward passes, i.e. O(layers * heads * N^2) activations for N tokens (about 2 GB per 1000 tokens
-for a 7B model in bf16; the batch is always 1). Long videos may need fewer frames (--num-frames).
+the backward passes, i.e. layers * heads * N^2 values for N tokens (1.5 GiB at 1,000 tokens for a
+28-layer, 28-head 7B model in bf16, 6 GiB at 2,000; the batch is always 1); the backward passes add one
+layer's gradient at a time (python -m tcc_eval.bench_oracle). Long videos may need fewer frames
+(--num-frames).
 Time: one backward pass per explained answer token; --max-answer-tokens caps them (default 16).
 """
 

@@ -1,0 +1,167 @@
+"""Oracle memory: every layer's attention gradient at once vs the streamed per-layer maps, side by side.
+
+``python -m tcc_eval.bench_oracle --shape qwen2-0.5b --tokens 1300 --answer 2 --json OUT``
+
+The oracle keeps the forward's attention maps for its backward passes (layers x heads x N^2; no variant
+avoids that). ``all_layers`` is the oracle's earlier form: the weights as loaded, which need gradients, and
+one ``autograd.grad`` for every layer's attention gradient at once (``oracle.gradient_weighted_maps``; the
+earlier code also formed all layers' fp32 products at once, so its peak was if anything higher).
+``streamed`` is the oracle now, as the oracle method and ``compressor label`` run it: weights frozen
+(``oracle.frozen_weights``), each layer's (N, N) map taken inside the backward pass and that layer's
+gradient let go (``oracle.streamed_maps``). Both run on the same random-weight decoder of a real shape
+(``bench.build_llm``), the same inputs and the same answer rows, each in a fresh process, one after the
+other: peak memory is per process (CPU: peak resident set; CUDA: ``max_memory_allocated``), reported above
+what the weights and inputs already hold. The two relevance rows must be equal bit for bit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .bench import build_llm, machine_info, make_inputs, parse_shape
+from .oracle import frozen_weights, gradient_weighted_maps, relevance_row, streamed_maps
+
+VARIANTS = ("all_layers", "streamed")
+
+
+def resident_bytes() -> int:
+    """This process's resident memory now (Linux)."""
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    """One variant in this process: the oracle's relevance over ``--answer`` rows; its peak memory and time."""
+    _, shape, arch = parse_shape(args.shape)
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    llm = build_llm(shape, arch, device, dtype, args.seed)
+    llm.set_attn_implementation("eager")
+    x = make_inputs(args.tokens, shape.hidden, device, dtype, visual_span=(args.system, args.tokens - args.text))
+    heads = torch.randn(args.answer, shape.hidden, generator=torch.Generator().manual_seed(args.seed)).to(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        held = torch.cuda.memory_allocated(device)
+    else:
+        held = resident_bytes()
+    start = time.perf_counter()
+    embeds = x.embeds.detach().requires_grad_(True)
+    relevance = torch.zeros(int(x.visual.sum()), device=device)
+    with torch.enable_grad(), frozen_weights(llm) if args.variant == "streamed" else nullcontext():
+        out = llm(inputs_embeds=embeds, attention_mask=x.mask, position_ids=x.positions, output_attentions=True,
+                  use_cache=False)
+        for t in range(args.answer):  # a random readout of the last rows stands in for an answer logit
+            row = args.tokens - args.answer - 1 + t
+            target = out.last_hidden_state[0, row].float() @ heads[t]
+            maps = (gradient_weighted_maps(out.attentions, target) if args.variant == "all_layers"
+                    else streamed_maps(out.attentions, target, ("clamp",))["clamp"])
+            relevance += relevance_row(maps, row)[x.visual]
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        peak = torch.cuda.max_memory_allocated(device)
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    seconds = time.perf_counter() - start
+    torch.save(relevance.cpu(), args.relevance_out)
+    return {"variant": args.variant, "peak_above_weights_bytes": peak - held, "seconds": seconds}
+
+
+def run_variants(args: argparse.Namespace) -> dict[str, Any]:
+    """Each variant in its own process, serially; their relevance rows compared."""
+    rows, relevances = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for variant in VARIANTS:
+            out = Path(tmp) / f"{variant}.pt"
+            command = [sys.executable, "-m", "tcc_eval.bench_oracle", *args.argv, "--variant", variant,
+                       "--relevance-out", str(out)]
+            load = os.getloadavg()[0]
+            done = subprocess.run(command, capture_output=True, text=True)
+            if done.returncode != 0:
+                raise RuntimeError(f"variant {variant} failed:\n{done.stderr[-3000:]}")
+            row = json.loads(done.stdout.strip().splitlines()[-1])
+            row["load_1min_before"] = load
+            rows.append(row)
+            relevances.append(torch.load(out))
+    base = rows[0]
+    for row in rows:
+        row["peak_ratio"] = row["peak_above_weights_bytes"] / base["peak_above_weights_bytes"]
+        row["time_ratio"] = row["seconds"] / base["seconds"]
+    machine = machine_info(torch.device(args.device))
+    machine["load_1min_after"] = os.getloadavg()[0]
+    config = {k: getattr(args, k) for k in ("shape", "tokens", "text", "system", "answer", "device", "dtype",
+                                            "threads", "seed")}
+    return {"machine": machine, "config": config, "rows": rows,
+            "relevance_equal": bool(torch.equal(relevances[0], relevances[1]))}
+
+
+def format_table(result: dict[str, Any]) -> str:
+    c, m = result["config"], result["machine"]
+    lines = [f"shape {c['shape']}, {c['tokens']} tokens, {c['answer']} answer rows, {c['device']} {c['dtype']}, "
+             f"torch threads {m['torch_threads']}; {m['device_name']}, {m['cpu_count']} CPUs, "
+             f"load1 after {m['load_1min_after']:.2f}",
+             "| variant | peak memory above weights (GiB) | vs all_layers | seconds | vs all_layers | load before |",
+             "|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        lines.append(f"| {r['variant']} | {r['peak_above_weights_bytes'] / 2**30:.2f} | {r['peak_ratio']:.2f}x "
+                     f"| {r['seconds']:.1f} | {r['time_ratio']:.2f}x | {r['load_1min_before']:.2f} |")
+    lines.append(f"relevance rows equal bit for bit: {result['relevance_equal']}")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m tcc_eval.bench_oracle", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shape", default="qwen2-0.5b", help="a key of flops.LLM_SHAPES or 'layers=..,hidden=..,...'")
+    p.add_argument("--tokens", type=int, default=1300, help="sequence length N (system + visual + text)")
+    p.add_argument("--text", type=int, default=30, help="text tokens after the visual ones")
+    p.add_argument("--system", type=int, default=14, help="tokens before the visual ones")
+    p.add_argument("--answer", type=int, default=2, help="answer rows explained (one backward pass each)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="default: float32 on CPU, bfloat16 on CUDA")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", help="write the results here")
+    p.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)  # set for the measuring child processes
+    p.add_argument("--relevance-out", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    args.dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
+    if args.system < 0 or args.text <= args.answer or args.tokens <= args.system + args.text:
+        p.error("need --system >= 0, --text > --answer (the answer rows are text rows) and --tokens > --system + "
+                "--text (some visual tokens)")
+    try:
+        parse_shape(args.shape)
+    except ValueError as err:
+        p.error(str(err))
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.variant:
+        print(json.dumps(measure(args)))
+        return 0
+    result = run_variants(args)
+    print(format_table(result))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
