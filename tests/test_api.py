@@ -123,3 +123,43 @@ def test_compressor_modality_must_match_where_it_is_listed(loaded, tmp_path, cap
         pruned = tcc_eval.wrap_model(model, method="tcc", compressor=image_ckpt)  # one file for both: allowed
     assert set(pruned.scorer.compressors) == {"image", "video"}
     assert "trained on image inputs; it will also score video inputs" in caplog.text
+
+
+@pytest.fixture(scope="module")
+def gpu_dtype_checkpoints(tiny_checkpoints, tmp_path_factory) -> dict[str, str]:
+    from tcc_eval.fixtures import build_tiny_checkpoint
+
+    return {**tiny_checkpoints, "vila": str(build_tiny_checkpoint("vila", tmp_path_factory.mktemp("vila") / "tiny"))}
+
+
+@pytest.mark.parametrize("dtype", ("bfloat16", "float16"))
+@pytest.mark.parametrize("family", ("qwen2_vl", "llava_onevision", "vila"))
+def test_every_method_runs_in_the_gpu_dtypes(gpu_dtype_checkpoints, tmp_path, family, dtype):
+    """On a GPU the models load in bf16 (fp16 where bf16 is missing); the CPU has both dtypes, so every method's
+    path is checked in them: keep-all gives the unwrapped model's logits exactly, each pruning method keeps
+    round(rho * N_v) tokens and answers, the oracle's relevance is finite and not all zero."""
+    from tcc_eval.compressor import CompressorConfig, TokenCompressor, model_meta, save_compressor
+    from tcc_eval.core import keep_count
+
+    torch_dtype = getattr(torch, dtype)
+    vanilla = tcc_eval.load(gpu_dtype_checkpoints[family], method="none", device="cpu", dtype=dtype)
+    model = vanilla.model
+    assert next(model.parameters()).dtype == torch_dtype
+    inputs = vanilla.prepare(messages_for("image"))
+    with torch.no_grad():
+        expected = model(**inputs).logits
+    assert expected.dtype == torch_dtype
+    assert torch.equal(vanilla.pruned.prefill_logits(**inputs), expected)
+    save_compressor(tmp_path / f"{family}_image.pt", TokenCompressor(CompressorConfig()), model_meta(model), "image", {})
+    for method in ("random", "a0", "tcc", "oracle", "fastv"):
+        ratio = 0.75 if method == "fastv" else 0.5  # FastV's floor on these 2-layer LLMs is K/L = 1/2
+        pruned = tcc_eval.wrap_model(model, method=method, keep_ratio=ratio, compressor=tmp_path, fastv_k=1)
+        new_tokens = pruned.generate(**inputs, max_new_tokens=2, do_sample=False)[:, inputs["input_ids"].shape[1]:]
+        assert new_tokens.shape == (1, 2), method
+        if method != "fastv":
+            selection = pruned.last_selection
+            assert selection.visual_after == [keep_count(selection.visual_before[0], 0.5)], method
+    from tcc_eval.oracle import explain_inputs
+
+    relevance = explain_inputs(model, inputs, answer_ids=torch.tensor([40, 41])).relevance
+    assert relevance.dtype == torch.float32 and torch.isfinite(relevance).all() and relevance.abs().max() > 0
