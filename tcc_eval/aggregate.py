@@ -41,8 +41,10 @@ from tcc_eval.flops import (LLM_SHAPES, LLMShape, fastv_average_retention, fastv
 log = logging.getLogger("tcc_eval.aggregate")
 
 FRAMEWORKS = ("vlmeval", "lmms_eval")
-METHOD_TOKENS = {"TCC": "tcc", "Random": "random", "A0": "a0", "FastV": "fastv", "Oracle": "oracle"}
-METHOD_ORDER = ("none", "tcc", "oracle", "a0", "random", "fastv")
+# model_registry.METHOD_TOKENS, restated so that reading results needs no torch (a test keeps them equal)
+METHOD_TOKENS = {"TCC": "tcc", "Random": "random", "A0": "a0", "FastV": "fastv", "Oracle": "oracle",
+                 "DivPrune": "divprune"}
+METHOD_ORDER = ("none", "tcc", "oracle", "a0", "random", "divprune", "fastv")
 MODEL_NAME_RE = re.compile(
     rf"^(?P<base>.+?)_(?:(?P<vanilla>Vanilla)|(?P<method>{'|'.join(METHOD_TOKENS)})(?P<ratio>\d{{1,3}}))$"
 )

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from .adapters import ADAPTERS
-from .methods import Scorer, TCCScorer, a0_scorer, check_method, random_scorer
+from .methods import Scorer, TCCScorer, a0_scorer, check_method, divprune_scorer, random_scorer
 from .pruned import TokenPrunedModel
 
 log = logging.getLogger("tcc_eval")
@@ -103,6 +103,8 @@ def build_scorer(
         return random_scorer(seed)
     if method == "a0":
         return a0_scorer()
+    if method == "divprune":
+        return divprune_scorer()
     if method == "tcc":
         return TCCScorer(compressors_by_modality(model, compressor))
     if method == "oracle":
@@ -258,7 +260,7 @@ def load(
 ) -> CompressedMLLM:
     """Load a checkpoint and attach a pruning method.
 
-    method: none | random | a0 | tcc | oracle | fastv; keep_ratio in (0, 1]; compressor: a trained
+    method: none | random | a0 | tcc | oracle | divprune | fastv; keep_ratio in (0, 1]; compressor: a trained
     compressor checkpoint, {modality: checkpoint} or a folder of ``<family>_<modality>.pt`` (required for
     tcc); options: ``wrap_model``'s (budget, seed, fastv_k, match, max_answer_tokens). CUDA when
     available (bf16/fp16), else CPU (fp32).

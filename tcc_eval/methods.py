@@ -63,6 +63,39 @@ def a0_scorer() -> Scorer:
     return SampleView.layer0_attention
 
 
+def max_min_diversity_order(features: torch.Tensor) -> torch.Tensor:
+    """Greedy max-min diversity order of the rows of ``features`` under cosine distance (DivPrune's selection):
+    first the row farthest from its nearest neighbour, then always the row farthest from those already picked.
+    Each pick ignores later ones, so the first k rows of the order are the greedy answer for any k."""
+    unit = torch.nn.functional.normalize(features.float(), dim=-1)
+    distance = 1.0 - unit @ unit.T
+    n = distance.shape[0]
+    nearest = distance.masked_fill(torch.eye(n, dtype=torch.bool, device=distance.device), float("inf")).amin(dim=1)
+    order = [int(torch.argmax(nearest))] if n > 1 else [0]
+    to_picked = distance[order[0]].clone()
+    to_picked[order[0]] = -float("inf")
+    for _ in range(n - 1):
+        pick = int(torch.argmax(to_picked))
+        order.append(pick)
+        to_picked = torch.minimum(to_picked, distance[pick])
+        to_picked[pick] = -float("inf")
+    return torch.tensor(order, dtype=torch.long)
+
+
+def divprune_scorer() -> Scorer:
+    """DivPrune (Alvar et al., CVPR 2025), a training-free peer baseline: keep the most diverse visual tokens,
+    by max-min diversity of the visual embeddings the LLM receives. Scores are the reverse pick order, so the
+    shared top-k keeps exactly the greedy picks."""
+
+    def score(view: SampleView) -> torch.Tensor:
+        order = max_min_diversity_order(view.inputs_embeds[0, view.visual])
+        scores = torch.empty(order.numel())
+        scores[order] = torch.arange(order.numel(), 0, -1, dtype=torch.float32)
+        return scores
+
+    return score
+
+
 class TCCScorer:
     """The learned compressor f_theta applied to layer-0 attention; one compressor per modality."""
 
@@ -79,7 +112,7 @@ class TCCScorer:
         return self.compressors[modality].predict(view.layer0_attention())
 
 
-INPUT_STAGE_METHODS = ("none", "random", "a0", "tcc", "oracle")
+INPUT_STAGE_METHODS = ("none", "random", "a0", "tcc", "oracle", "divprune")
 ALL_METHODS = INPUT_STAGE_METHODS + ("fastv",)
 
 

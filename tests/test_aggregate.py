@@ -254,10 +254,20 @@ def row(summary, framework, base, method, ratio, benchmark, metric):
     ("Qwen2VL_FastV25", ("Qwen2VL", "fastv", 0.25)),
     ("Qwen2VL_Oracle75", ("Qwen2VL", "oracle", 0.75)),
     ("VILA15_TCC25", ("VILA15", "tcc", 0.25)),
+    ("LLaVAOV_DivPrune50", ("LLaVAOV", "divprune", 0.5)),
     ("Qwen2VL_Vanilla", ("Qwen2VL", "none", 1.0)),
 ])
 def test_parse_model_name(name, expected):
     assert parse_model_name(name) == expected
+
+
+def test_method_names_are_the_registrys():
+    import model_registry
+    from tcc_eval import aggregate
+    from tcc_eval.methods import ALL_METHODS
+
+    assert aggregate.METHOD_TOKENS == model_registry.METHOD_TOKENS
+    assert sorted(aggregate.METHOD_ORDER) == sorted(ALL_METHODS)
 
 
 @pytest.mark.parametrize("name", ["Qwen2-VL-7B-Instruct", "Qwen2VL_TCC", "Qwen2VL_PDrop50", "Qwen2VL_TCC0"])

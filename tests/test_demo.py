@@ -411,6 +411,22 @@ def test_evaluate_scores_a_variant_model_on_its_own_benchmark(tmp_path):
     assert "by question type:" in format_table(rows)
 
 
+@needs_assets
+def test_evaluate_cli_scores_the_methods_asked_for(tmp_path, capsys):
+    """--methods picks the methods (any of tcc_eval's, DivPrune included); an unknown one is named, exit 2."""
+    from tcc_eval.demo.__main__ import main
+
+    out = tmp_path / "rows.json"
+    assert main(["evaluate", "--methods", "divprune", "--ratios", "0.25", "--n", "2", "--family", "qwen2_vl",
+                 "--modality", "image", "--threads", "1", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert {r["method"] for r in rows} == {"chance", "divprune", "keep_gt", "drop_gt"}
+    divprune = next(r for r in rows if r["method"] == "divprune")
+    assert divprune["ratio"] == 0.25 and divprune["n"] == 2 and 0 <= divprune["pointing"] <= 1
+    assert main(["evaluate", "--methods", "magic"]) == 2
+    assert "unknown method 'magic'" in capsys.readouterr().err
+
+
 def test_stage1_is_reused_only_from_exactly_its_spec(tmp_path):
     """--reuse-stage1 continues a folder's model only if its record is this spec's stage 1: not a finished
     two-stage model (stage 2 would run twice) and not a stage 1 trained with other settings."""

@@ -46,7 +46,7 @@ def test_keep_all_equals_vanilla(loaded, family, kind):
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("kind", ("image", "video"))
 @pytest.mark.parametrize("ratio", (0.5, 0.25))
-@pytest.mark.parametrize("method", ("random", "a0"))
+@pytest.mark.parametrize("method", ("random", "a0", "divprune"))
 def test_pruned_equals_masked_reference(loaded, family, kind, ratio, method):
     model, processor = loaded[family]
     inputs = model_inputs(processor, messages_for(kind, seed=3))
@@ -131,3 +131,39 @@ def test_per_group_budget_keeps_fraction_of_each_frame(loaded):
     for g in llm.visual_groups[0].unique():
         members = llm.visual_groups[0] == g
         assert kept_visual[members].sum().item() == max(1, int(0.5 * members.sum().item() + 0.5))
+
+
+def brute_force_max_min_order(features: torch.Tensor) -> list[int]:
+    """DivPrune's greedy, pair by pair in float64: the token farthest from its nearest neighbour, then always
+    the token whose nearest picked token is farthest (ties to the lower index)."""
+    unit = features.double() / features.double().norm(dim=1, keepdim=True)
+    n = unit.shape[0]
+    dist = [[1.0 - float(unit[i] @ unit[j]) for j in range(n)] for i in range(n)]
+    order = [max(range(n), key=lambda i: (min(dist[i][j] for j in range(n) if j != i), -i))]
+    while len(order) < n:
+        rest = [i for i in range(n) if i not in order]
+        order.append(max(rest, key=lambda i: (min(dist[i][j] for j in order), -i)))
+    return order
+
+
+def test_divprune_order_is_the_greedy_max_min_order():
+    from tcc_eval.methods import max_min_diversity_order
+
+    features = torch.randn(24, 16, generator=torch.Generator().manual_seed(0))
+    assert max_min_diversity_order(features).tolist() == brute_force_max_min_order(features)
+    assert max_min_diversity_order(features[:1]).tolist() == [0]
+
+
+def test_divprune_keeps_one_token_of_each_lookalike_group_first():
+    """Three groups of four near-copies: at 25% (3 tokens) DivPrune keeps one token of each group."""
+    from tcc_eval.core import select_visual
+    from tcc_eval.methods import SampleView, divprune_scorer
+
+    gen = torch.Generator().manual_seed(1)
+    centres = torch.randn(3, 32, generator=gen)
+    tokens = centres.repeat_interleave(4, dim=0) + 1e-3 * torch.randn(12, 32, generator=gen)
+    view = SampleView(adapter=None, input_ids=torch.zeros(12, dtype=torch.long), inputs_embeds=tokens[None],
+                      attention_mask=torch.ones(1, 12), position_ids=torch.arange(12)[None],
+                      visual=torch.ones(12, dtype=torch.bool), groups=torch.zeros(12, dtype=torch.long))
+    kept = select_visual(divprune_scorer()(view), 0.25)
+    assert sorted((kept // 4).tolist()) == [0, 1, 2]

@@ -36,11 +36,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     _quiet_transformers()
     torch.set_num_threads(args.threads)
+    from ..methods import check_method
     from . import demo_root
-    from .evaluate import evaluate, format_table
+    from .evaluate import METHODS, evaluate, format_table
 
+    methods = tuple(args.methods or METHODS)
+    try:
+        for method in methods:
+            check_method(method)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     start = time.time()
-    rows = evaluate(seed=args.seed, n=args.n, families=args.family, modalities=args.modality,
+    rows = evaluate(seed=args.seed, n=args.n, families=args.family, modalities=args.modality, methods=methods,
                     ratios=tuple(args.ratios), root=demo_root(args.root, args.variant), batch_size=args.batch_size)
     print(format_table(rows))
     print(f"\nevaluated in {time.time() - start:.0f}s")
@@ -118,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--n", type=int, default=200, help="samples per modality (default 200)")
     e.add_argument("--family", nargs="+", default=list(FAMILIES), choices=FAMILIES)
     e.add_argument("--modality", nargs="+", default=list(MODALITIES), choices=MODALITIES)
+    e.add_argument("--methods", nargs="+", default=None,
+                   help="methods to score (default: none random a0 tcc oracle fastv; divprune on request)")
     e.add_argument("--ratios", nargs="+", type=float, default=[0.75, 0.5, 0.25])
     e.add_argument("--root", default=None, help="demo folder (default: the shipped assets)")
     e.add_argument("--variant", default=None, choices=sorted(VARIANTS),
