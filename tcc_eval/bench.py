@@ -488,6 +488,14 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def add_machine_args(p: argparse.ArgumentParser) -> None:
+    """--device, --dtype, --threads and --seed, as every benchmark of this package takes them."""
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="default: float32 on CPU, bfloat16 on CUDA")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--seed", type=int, default=0)
+
+
 def parse_args(argv: list[str] | None = None) -> tuple[BenchConfig, str | None]:
     """The run's configuration and the JSON output path (None: print only)."""
     p = argparse.ArgumentParser(prog="python -m tcc_eval.bench", description=__doc__.split("\n\n")[0])
@@ -500,11 +508,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[BenchConfig, str | None]:
     p.add_argument("--repeats", type=int, default=3, help="timed rounds; rows report the median")
     p.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
     p.add_argument("--fastv-k", type=int, default=2, help="FastV pruning layer K")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="default: float32 on CPU, bfloat16 on CUDA")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    add_machine_args(p)
     p.add_argument("--compressor", help="trained compressor checkpoint (default: random weights, same cost)")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="write the results here")
     args = p.parse_args(argv)
     if args.repeats < 1 or args.warmup < 0:

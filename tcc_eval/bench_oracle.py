@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from .bench import build_llm, machine_info, make_inputs, parse_shape
+from .bench import add_machine_args, build_llm, machine_info, make_inputs, parse_shape
 from .oracle import frozen_weights, gradient_weighted_maps, relevance_row, streamed_maps
 
 VARIANTS = ("all_layers", "streamed")
@@ -127,10 +127,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--text", type=int, default=30, help="text tokens after the visual ones")
     p.add_argument("--system", type=int, default=14, help="tokens before the visual ones")
     p.add_argument("--answer", type=int, default=2, help="answer rows explained (one backward pass each)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="default: float32 on CPU, bfloat16 on CUDA")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--seed", type=int, default=0)
+    add_machine_args(p)
     p.add_argument("--json", help="write the results here")
     p.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)  # set for the measuring child processes
     p.add_argument("--relevance-out", help=argparse.SUPPRESS)

@@ -12,17 +12,21 @@ from tcc_eval.oracle import (
 )
 
 
+def forward_with_attentions(model, processor, kind: str = "image"):
+    """One eager forward over a sample's LLM input, differentiable in its embeddings: (view, output)."""
+    view = single_view(model, model_inputs(processor, messages_for(kind)))
+    embeds = view.inputs_embeds.detach().requires_grad_(True)
+    out = view.adapter.forward_from_embeds(embeds, view.attention_mask, view.position_ids, output_attentions=True)
+    return view, out
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("kind", ("image", "video"))
 def test_fast_row_equals_full_matrix(loaded, family, kind):
-    model, processor = loaded[family]
-    view = single_view(model, model_inputs(processor, messages_for(kind)))
-    embeds = view.inputs_embeds.detach().requires_grad_(True)
-    with torch.enable_grad():
-        out = view.adapter.forward_from_embeds(embeds, view.attention_mask, view.position_ids, output_attentions=True)
-        row = embeds.shape[1] - 1
-        token = int(out.logits[0, row].argmax())
-        maps = gradient_weighted_maps(out.attentions, out.logits[0, row, token])
+    view, out = forward_with_attentions(*loaded[family], kind)
+    row = view.inputs_embeds.shape[1] - 1
+    token = int(out.logits[0, row].argmax())
+    maps = gradient_weighted_maps(out.attentions, out.logits[0, row, token])
     fast = relevance_row(maps, row)
     full = relevance_full_matrix(maps)[row]
     assert fast.abs().max() > 0
@@ -31,16 +35,12 @@ def test_fast_row_equals_full_matrix(loaded, family, kind):
 
 def test_relevance_rules_match_their_formulas(loaded):
     """clamp (the method), abs, signed and gradient-free attention maps, against direct head means."""
-    model, processor = loaded["qwen2_vl"]
-    view = single_view(model, model_inputs(processor, messages_for("image")))
-    embeds = view.inputs_embeds.detach().requires_grad_(True)
-    with torch.enable_grad():
-        out = view.adapter.forward_from_embeds(embeds, view.attention_mask, view.position_ids, output_attentions=True)
-        target = out.logits[0, -1].max()
-        grads = torch.autograd.grad(target, out.attentions, retain_graph=True)
-        maps = {rule: gradient_weighted_maps(out.attentions, target, rule) for rule in RELEVANCE_RULES}
-        with pytest.raises(ValueError, match="unknown relevance rule 'relu'"):
-            gradient_weighted_maps(out.attentions, target, "relu")
+    _, out = forward_with_attentions(*loaded["qwen2_vl"])
+    target = out.logits[0, -1].max()
+    grads = torch.autograd.grad(target, out.attentions, retain_graph=True)
+    maps = {rule: gradient_weighted_maps(out.attentions, target, rule) for rule in RELEVANCE_RULES}
+    with pytest.raises(ValueError, match="unknown relevance rule 'relu'"):
+        gradient_weighted_maps(out.attentions, target, "relu")
     for layer, (g, a) in enumerate(zip(grads, out.attentions)):
         gw = (g * a)[0]
         expected = {"clamp": gw.clamp_min(0).mean(0), "abs": gw.abs().mean(0), "signed": gw.mean(0),
@@ -92,15 +92,11 @@ def test_streamed_maps_equal_all_layer_gradients(loaded, family):
 
 
 def test_streamed_maps_name_a_layer_off_the_backward_path(loaded):
-    model, processor = loaded["qwen2_vl"]
-    view = single_view(model, model_inputs(processor, messages_for("image")))
-    embeds = view.inputs_embeds.detach().requires_grad_(True)
-    with torch.enable_grad():
-        out = view.adapter.forward_from_embeds(embeds, view.attention_mask, view.position_ids, output_attentions=True)
-        last = len(out.attentions) - 1
-        copies = (*out.attentions[:last], out.attentions[last].detach().requires_grad_(True))  # a detached copy
-        with pytest.raises(RuntimeError, match=rf"layers \[{last}\] are not on the answer logit's backward path.*eager"):
-            streamed_maps(copies, out.logits[0, -1].max(), ("clamp",))
+    _, out = forward_with_attentions(*loaded["qwen2_vl"])
+    last = len(out.attentions) - 1
+    copies = (*out.attentions[:last], out.attentions[last].detach().requires_grad_(True))  # a detached copy
+    with pytest.raises(RuntimeError, match=rf"layers \[{last}\] are not on the answer logit's backward path.*eager"):
+        streamed_maps(copies, out.logits[0, -1].max(), ("clamp",))
 
 
 @pytest.mark.parametrize("family", FAMILIES)
