@@ -48,7 +48,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     llm = build_llm(shape, arch, device, dtype, args.seed)
     llm.set_attn_implementation("eager")
     x = make_inputs(args.tokens, shape.hidden, device, dtype, visual_span=(args.system, args.tokens - args.text))
-    heads = torch.randn(args.answer, shape.hidden, generator=torch.Generator().manual_seed(args.seed)).to(device)
+    readouts = torch.randn(args.answer, shape.hidden, generator=torch.Generator().manual_seed(args.seed)).to(device)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -63,7 +63,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                   use_cache=False)
         for t in range(args.answer):  # a random readout of the last rows stands in for an answer logit
             row = args.tokens - args.answer - 1 + t
-            target = out.last_hidden_state[0, row].float() @ heads[t]
+            target = out.last_hidden_state[0, row].float() @ readouts[t]
             maps = (gradient_weighted_maps(out.attentions, target) if args.variant == "all_layers"
                     else streamed_maps(out.attentions, target, ("clamp",))["clamp"])
             relevance += relevance_row(maps, row)[x.visual]

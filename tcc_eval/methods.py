@@ -85,7 +85,7 @@ def max_min_diversity_order(features: torch.Tensor) -> torch.Tensor:
 def divprune_scorer() -> Scorer:
     """DivPrune (Alvar et al., CVPR 2025), a training-free peer baseline: keep the most diverse visual tokens,
     by max-min diversity of the visual embeddings the LLM receives. Scores are the reverse pick order, so the
-    shared top-k keeps exactly the greedy picks."""
+    shared global top-k keeps exactly the greedy picks (budget="per_group": each frame's earliest picks)."""
 
     def score(view: SampleView) -> torch.Tensor:
         order = max_min_diversity_order(view.inputs_embeds[0, view.visual])
