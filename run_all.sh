@@ -78,7 +78,7 @@ if [[ "$SUITE" == demo ]]; then
   for family in "${BUILT[@]}"; do VLMEVAL_BASES+=("${DEMO_BASE[$family]}"); done
   VLMEVAL_DATA=(TCCSynth_IMG TCCSynth_VID)
   JUDGE=(--judge exact_matching)
-  METHODS=(TCC Random A0 FastV Oracle)
+  METHODS=(TCC Random A0 FastV Oracle DivPrune)
   RATIOS=(75 50 25)
   SKIP=(TinyQwen2VL_FastV25 TinyLLaVAOV_FastV25 TinyVILA_FastV25)  # 4-layer demo LLMs: 25% is FastV's floor K/L at K=1
   LMMS_TASKS=tccsynth_img,tccsynth_vid
