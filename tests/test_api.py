@@ -140,6 +140,7 @@ def test_every_method_runs_in_the_gpu_dtypes(gpu_dtype_checkpoints, tmp_path, fa
     round(rho * N_v) tokens and answers, the oracle's relevance is finite and not all zero."""
     from tcc_eval.compressor import CompressorConfig, TokenCompressor, model_meta, save_compressor
     from tcc_eval.core import keep_count
+    from tcc_eval.oracle import explain_inputs
 
     torch_dtype = getattr(torch, dtype)
     vanilla = tcc_eval.load(gpu_dtype_checkpoints[family], method="none", device="cpu", dtype=dtype)
@@ -159,7 +160,5 @@ def test_every_method_runs_in_the_gpu_dtypes(gpu_dtype_checkpoints, tmp_path, fa
         if method != "fastv":
             selection = pruned.last_selection
             assert selection.visual_after == [keep_count(selection.visual_before[0], 0.5)], method
-    from tcc_eval.oracle import explain_inputs
-
     relevance = explain_inputs(model, inputs, answer_ids=torch.tensor([40, 41])).relevance
     assert relevance.dtype == torch.float32 and torch.isfinite(relevance).all() and relevance.abs().max() > 0
