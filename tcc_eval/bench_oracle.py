@@ -88,7 +88,9 @@ def run_variants(args: argparse.Namespace) -> dict[str, Any]:
             load = os.getloadavg()[0]
             done = subprocess.run(command, capture_output=True, text=True)
             if done.returncode != 0:
-                raise RuntimeError(f"variant {variant} failed:\n{done.stderr[-3000:]}")
+                reason = ("killed, likely out of memory: fewer --tokens or a smaller --shape need less"
+                          if done.returncode == -9 else f"exit {done.returncode}")
+                raise RuntimeError(f"variant {variant} failed ({reason}):\n{done.stderr[-3000:]}")
             row = json.loads(done.stdout.strip().splitlines()[-1])
             row["load_1min_before"] = load
             rows.append(row)
@@ -151,7 +153,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.variant:
         print(json.dumps(measure(args)))
         return 0
-    result = run_variants(args)
+    try:
+        result = run_variants(args)
+    except RuntimeError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     print(format_table(result))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
