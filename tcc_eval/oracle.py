@@ -179,9 +179,9 @@ def answer_row_maps(view: SampleView, answer_ids: torch.Tensor,
     answer_embeds = embed(answer_ids.to(view.inputs_embeds.device))[None].to(view.inputs_embeds.dtype)
     embeds = torch.cat([view.inputs_embeds, answer_embeds], dim=1).detach().requires_grad_(True)
     mask = torch.ones(1, embeds.shape[1], dtype=view.attention_mask.dtype, device=embeds.device)
-    positions = answer_positions(view.position_ids, answer_ids.numel())
-    prompt_len = view.inputs_embeds.shape[1]
     n_answer = answer_ids.numel()
+    positions = answer_positions(view.position_ids, n_answer)
+    prompt_len = view.inputs_embeds.shape[1]
     with eager_attention(model), frozen_weights(model), torch.enable_grad():
         # logits only for the rows that emit answer tokens (the last n_answer + 1): a full (N, vocab) logit
         # tensor and its gradient cost more memory than a layer of attention maps on a real vocabulary

@@ -27,6 +27,12 @@ def tiny_checkpoints(tmp_path_factory) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
+def tiny_vila_path(tmp_path_factory):
+    """A tiny VILA1.5 in the published folder layout, built once (read only: copy it before changing files)."""
+    return build_tiny_checkpoint("vila", tmp_path_factory.mktemp("vila") / "tiny")
+
+
+@pytest.fixture(scope="session")
 def loaded(tiny_checkpoints):
     """family -> (model, processor), fp32, eager attention (needed for reference attention maps)."""
     from transformers import AutoModelForImageTextToText, AutoProcessor

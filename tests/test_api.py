@@ -126,10 +126,8 @@ def test_compressor_modality_must_match_where_it_is_listed(loaded, tmp_path, cap
 
 
 @pytest.fixture(scope="module")
-def gpu_dtype_checkpoints(tiny_checkpoints, tmp_path_factory) -> dict[str, str]:
-    from tcc_eval.fixtures import build_tiny_checkpoint
-
-    return {**tiny_checkpoints, "vila": str(build_tiny_checkpoint("vila", tmp_path_factory.mktemp("vila") / "tiny"))}
+def gpu_dtype_checkpoints(tiny_checkpoints, tiny_vila_path) -> dict[str, str]:
+    return {**tiny_checkpoints, "vila": str(tiny_vila_path)}
 
 
 @pytest.mark.parametrize("dtype", ("bfloat16", "float16"))

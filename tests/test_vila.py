@@ -30,8 +30,8 @@ TOKENS_PER_IMAGE = 4  # fixture: 42 px / 14 = 3x3 patches, padded to 4x4, merged
 
 
 @pytest.fixture(scope="module")
-def vila_path(tmp_path_factory) -> Path:
-    return build_tiny_vila(tmp_path_factory.mktemp("vila") / "tiny")
+def vila_path(tiny_vila_path) -> Path:
+    return tiny_vila_path
 
 
 @pytest.fixture(scope="module")
