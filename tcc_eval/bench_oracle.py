@@ -1,17 +1,16 @@
-"""Oracle memory: every layer's attention gradient at once vs the streamed per-layer maps, side by side.
+"""Oracle memory: one autograd pass over the whole forward vs the layer-by-layer oracle, side by side.
 
 ``python -m tcc_eval.bench_oracle --shape qwen2-0.5b --tokens 1300 --answer 2 --json OUT``
 
-The oracle keeps the forward's attention maps for its backward passes (layers x heads x N^2; no variant
-avoids that). ``all_layers`` is the oracle's earlier form: the weights as loaded, which need gradients, and
-one ``autograd.grad`` for every layer's attention gradient at once (``oracle.gradient_weighted_maps``; the
-earlier code also formed all layers' fp32 products at once, so its peak was if anything higher).
-``streamed`` is the oracle now, as the oracle method and ``compressor label`` run it: weights frozen
-(``oracle.frozen_weights``), each layer's (N, N) map taken inside the backward pass and that layer's
-gradient let go (``oracle.streamed_maps``). Both run on the same random-weight decoder of a real shape
-(``bench.build_llm``), the same inputs and the same answer rows, each in a fresh process, one after the
-other: peak memory is per process (CPU: peak resident set; CUDA: ``max_memory_allocated``), reported above
-what the weights and inputs already hold. The two relevance rows must be equal bit for bit.
+``all_layers`` is the textbook form: a forward with autograd that keeps every layer's attention maps
+(layers x heads x N^2), weights as loaded (needing gradients), and one ``autograd.grad`` for every layer's
+attention gradient at once (``oracle.gradient_weighted_maps``, the tests' reference). ``layerwise`` is the
+oracle as the oracle method and ``compressor label`` run it (``oracle.layerwise_maps``): weights frozen, a
+forward without autograd that keeps each layer's input, then each layer recomputed with autograd from the
+last down, its maps taken and its graph dropped before the next. Both run on the same random-weight decoder
+of a real shape (``bench.build_llm``), the same inputs and the same answer rows, each in a fresh process, one
+after the other: peak memory is per process (CPU: peak resident set; CUDA: ``max_memory_allocated``),
+reported above what the weights and inputs already hold. The two relevance rows must be equal bit for bit.
 """
 
 from __future__ import annotations
@@ -31,9 +30,9 @@ from typing import Any
 import torch
 
 from .bench import add_machine_args, build_llm, machine_info, make_inputs, parse_shape
-from .oracle import frozen_weights, gradient_weighted_maps, relevance_row, streamed_maps
+from .oracle import frozen_weights, gradient_weighted_maps, layerwise_maps, relevance_row
 
-VARIANTS = ("all_layers", "streamed")
+VARIANTS = ("all_layers", "layerwise")
 
 
 def resident_bytes() -> int:
@@ -56,17 +55,33 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     else:
         held = resident_bytes()
     start = time.perf_counter()
-    embeds = x.embeds.detach().requires_grad_(True)
-    relevance = torch.zeros(int(x.visual.sum()), device=device)
-    with torch.enable_grad(), frozen_weights(llm) if args.variant == "streamed" else nullcontext():
-        out = llm(inputs_embeds=embeds, attention_mask=x.mask, position_ids=x.positions, output_attentions=True,
-                  use_cache=False)
-        for t in range(args.answer):  # a random readout of the last rows stands in for an answer logit
-            row = args.tokens - args.answer - 1 + t
-            target = out.last_hidden_state[0, row].float() @ readouts[t]
-            maps = (gradient_weighted_maps(out.attentions, target) if args.variant == "all_layers"
-                    else streamed_maps(out.attentions, target, ("clamp",))["clamp"])
-            relevance += relevance_row(maps, row)[x.visual]
+    rows = args.tokens - args.answer - 1 + torch.arange(args.answer, device=device)
+    # a random readout of the last rows stands in for the answer logits
+    if args.variant == "all_layers":
+        relevance = torch.zeros(int(x.visual.sum()), device=device)
+        embeds = x.embeds.detach().requires_grad_(True)
+        with torch.enable_grad():
+            out = llm(inputs_embeds=embeds, attention_mask=x.mask, position_ids=x.positions, output_attentions=True,
+                      use_cache=False)
+            for t, row in enumerate(rows.tolist()):
+                target = out.last_hidden_state[0, row].float() @ readouts[t]
+                relevance += relevance_row(gradient_weighted_maps(out.attentions, target), row)[x.visual]
+    else:
+        r = torch.zeros(args.answer, args.tokens, device=device)
+        r[torch.arange(args.answer), rows] = 1.0
+
+        def run_forward() -> torch.Tensor:
+            out = llm(inputs_embeds=x.embeds, attention_mask=x.mask, position_ids=x.positions, use_cache=False)
+            return (out.last_hidden_state[0, rows].float() * readouts).sum(-1)
+
+        with frozen_weights(llm):
+            for _, per_row in layerwise_maps(llm.layers, run_forward,
+                                             lambda h: (llm.norm(h[0, rows]).float() * readouts).sum(-1), ("clamp",)):
+                for t, maps in enumerate(per_row):
+                    r[t] = r[t] + r[t] @ maps["clamp"]
+        relevance = torch.zeros(int(x.visual.sum()), device=device)
+        for t in range(args.answer):
+            relevance += r[t][x.visual]
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         peak = torch.cuda.max_memory_allocated(device)

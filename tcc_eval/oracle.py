@@ -4,16 +4,15 @@ For each answer token y_t (teacher forcing: one forward over prompt + answer, on
     Abar_l = mean_heads(clamp_min(dlogit(y_t)/dA_l * A_l, 0))
     r = e_p;  for l = L-1 .. 0:  r = r + r @ Abar_l          (row p of R = prod_l (I + Abar_l))
 Relevance R_v = mean_t r_t[visual columns]. The one-row recursion costs O(N^2) per layer instead of the
-O(N^3) full-matrix update, and gives the same row (tests check both). Each layer's Abar_l is taken inside
-the backward pass (``streamed_maps``), so besides the attention maps the forward keeps, only one layer's
-gradient is alive at a time.
+O(N^3) full-matrix update, and gives the same row (tests check both). The backward runs one layer at a time
+on a recomputed layer (``layerwise_maps``), so one layer's attention maps are alive at a time, not all L.
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -68,61 +67,127 @@ def check_rule(rule: str) -> None:
         raise ValueError(f"unknown relevance rule {rule!r}; choose one of {RELEVANCE_RULES}")
 
 
+@torch.no_grad()
 def layer_map(attention: torch.Tensor, grad: torch.Tensor | None, rule: str) -> torch.Tensor:
-    """One layer's Abar_l under ``rule`` from its attention probabilities and their gradient, fp32, (N, N)."""
-    if rule == "attention":
-        return attention.float().mean(dim=1)[0]
-    weighted = grad.float() * attention.float()
-    if rule == "clamp":
-        weighted.clamp_min_(0)
-    elif rule == "abs":
-        weighted.abs_()
-    return weighted.mean(dim=1)[0]
+    """One layer's Abar_l under ``rule`` from its attention probabilities and their gradient, fp32, (N, N).
+
+    Heads are summed one at a time, so the fp32 temporaries are (N, N), not heads x N^2 (4 GB per copy for 28
+    heads at 6,000 tokens). No autograd: a map that recorded its graph would keep its layer's graph alive."""
+    total = torch.zeros(attention.shape[-2:], dtype=torch.float32, device=attention.device)
+    for head in range(attention.shape[1]):
+        term = attention[0, head].float()
+        if rule != "attention":
+            term = grad[0, head].float() * term
+            if rule == "clamp":
+                term.clamp_min_(0)
+            elif rule == "abs":
+                term.abs_()
+        total += term
+    return total / attention.shape[1]
 
 
 def gradient_weighted_maps(attentions: tuple[torch.Tensor, ...], target: torch.Tensor,
                            rule: str = "clamp") -> list[torch.Tensor]:
-    """Abar_l for every layer from one ``autograd.grad`` over all layers' attentions (tests' reference: it
-    holds every layer's gradient at once; ``streamed_maps`` gives the same maps with one layer's)."""
+    """Abar_l for every layer from one ``autograd.grad`` over all layers' attentions kept by the forward (the
+    tests' and the benchmark's reference: it holds every layer's maps and gradients at once)."""
     check_rule(rule)
     grads = ([None] * len(attentions) if rule == "attention"
              else torch.autograd.grad(target, attentions, retain_graph=True))
     return [layer_map(a, g, rule) for a, g in zip(attentions, grads)]
 
 
-def streamed_maps(attentions: tuple[torch.Tensor, ...], target: torch.Tensor,
-                  rules: tuple[str, ...]) -> dict[str, list[torch.Tensor]]:
-    """Every layer's Abar_l under each rule, formed by a gradient hook as the backward pass reaches that layer.
+def layer_call_hidden(call: tuple[tuple, dict]) -> torch.Tensor:
+    args, kwargs = call
+    return args[0] if args else kwargs["hidden_states"]
 
-    Why: asking autograd for all layers' gradients at once keeps layers x heads x N^2 of them alive, as many
-    values as the attention maps the forward already holds (measured side by side by ``python -m
-    tcc_eval.bench_oracle``). Here each layer's gradient is freed once its (N, N) map is taken. The graph is
-    kept (``retain_graph``) for the next answer token."""
-    maps: dict[str, list[Any]] = {rule: [None] * len(attentions) for rule in rules}
-    if "attention" in rules:
-        maps["attention"] = [layer_map(a, None, "attention") for a in attentions]
-    grad_rules = [rule for rule in rules if rule != "attention"]
-    if not grad_rules:
-        return maps
 
-    def take_maps(layer: int):
-        def hook(grad: torch.Tensor) -> None:
-            for rule in grad_rules:
-                maps[rule][layer] = layer_map(attentions[layer], grad, rule)
+def recompute_layer(layer: nn.Module, call: tuple[tuple, dict], hidden: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run one decoder layer again as the forward called it, on ``hidden``: (its output, its attention probs)."""
+    args, kwargs = call
+    if kwargs.get("use_cache"):
+        raise RuntimeError("the forward the oracle replays ran with use_cache=True; replaying a layer would append "
+                           "to its KV cache (run it with use_cache=False)")
+    probs: list[torch.Tensor | None] = []
+    handle = layer.self_attn.register_forward_hook(lambda _module, _args, out: probs.append(out[1]))
+    try:
+        out = layer(hidden, *args[1:], **kwargs) if args else layer(**{**kwargs, "hidden_states": hidden})
+    finally:
+        handle.remove()
+    if not probs or probs[0] is None:
+        raise RuntimeError("the decoder layer returned no attention probabilities; the oracle needs eager attention "
+                           "(load the model with attn_implementation='eager')")
+    return (out[0] if isinstance(out, tuple) else out), probs[0]
+
+
+def check_recomputed(what: str, got: torch.Tensor, expected: torch.Tensor) -> None:
+    """A layer-wise recomputation must reproduce the forward it replays; a model that does more between its
+    layers (or after the last) than the recorded calls show would otherwise get silently wrong relevance."""
+    gap = (got.detach().float() - expected.float()).abs().max().item()
+    if not gap <= 1e-2 * max(expected.float().abs().max().item(), 1e-6):
+        raise RuntimeError(f"the oracle's layer-by-layer recomputation does not reproduce the model's {what} "
+                           f"(max difference {gap:.3g}): this decoder transforms its hidden states outside its "
+                           "layers, which the oracle does not support")
+
+
+def layerwise_maps(layers: Sequence[nn.Module], run_forward: Callable[[], torch.Tensor],
+                   head: Callable[[torch.Tensor], torch.Tensor], rules: Iterable[str]
+                   ) -> Iterator[tuple[int, list[dict[str, torch.Tensor]]]]:
+    """Abar_l under each rule for every target, from the last layer down: ``(l, [maps of target t])``.
+
+    ``run_forward`` runs the model once and returns the targets (e.g. answer logits) as it computes them;
+    ``head`` maps the last layer's output to the same targets, differentiably. Why layer by layer: autograd
+    over the whole forward keeps every layer's attention maps (layers x heads x N^2: 56 GB for a 28-layer,
+    28-head model on a 6,000-token video in bf16). Here the forward runs without autograd and keeps each
+    layer's input (N x D); then each layer is run again with autograd, the gradient of every target with
+    respect to its attention probabilities and its input is taken, and the layer's graph is dropped before
+    the next one down. The peak is one layer's maps, at the cost of one more forward."""
+    rules = tuple(rules)
+    for rule in rules:
+        check_rule(rule)
+    calls: list[Any] = [None] * len(layers)
+    last_output: list[torch.Tensor] = []
+
+    def record(index: int):
+        def hook(_module: nn.Module, args: tuple, kwargs: dict) -> None:
+            calls[index] = (args, kwargs)
         return hook
 
-    handles = [a.register_hook(take_maps(layer)) for layer, a in enumerate(attentions)]
-    try:  # layer 0's gradient needs every later layer's backward, so this one call reaches all hooks
-        torch.autograd.grad(target, attentions[0], retain_graph=True, allow_unused=True)
+    handles = [layer.register_forward_pre_hook(record(i), with_kwargs=True) for i, layer in enumerate(layers)]
+    handles.append(layers[-1].register_forward_hook(
+        lambda _module, _args, out: last_output.append(out[0] if isinstance(out, tuple) else out)))
+    try:
+        with torch.no_grad():
+            expected_targets = run_forward()
     finally:
         for handle in handles:
             handle.remove()
-    missing = [layer for layer, m in enumerate(maps[grad_rules[0]]) if m is None]
-    if missing:
-        raise RuntimeError(f"the attention maps of layers {missing} are not on the answer logit's backward path; "
-                           "the oracle needs the probabilities eager attention computes with (load the model with "
-                           "attn_implementation='eager')")
-    return maps
+    hidden = last_output[0].detach().requires_grad_(True)
+    with torch.enable_grad():
+        targets = head(hidden)
+        check_recomputed("answer logits", targets, expected_targets)
+        grads = [torch.autograd.grad(target, hidden, retain_graph=True)[0] for target in targets]
+    del targets, hidden
+    for index in reversed(range(len(layers))):
+        layer_input = layer_call_hidden(calls[index]).detach().requires_grad_(True)
+        with torch.enable_grad():
+            out, probs = recompute_layer(layers[index], calls[index], layer_input)
+            expected = last_output[0] if index == len(layers) - 1 else layer_call_hidden(calls[index + 1])
+            check_recomputed(f"layer {index} output", out, expected)
+            per_target, input_grads = [], []
+            for grad in grads:
+                input_grad, probs_grad = torch.autograd.grad(out, (layer_input, probs), grad, retain_graph=True,
+                                                             allow_unused=True)
+                if probs_grad is None:
+                    raise RuntimeError(f"the attention probabilities of layer {index} are not on the target's "
+                                       "backward path; the oracle needs the probabilities eager attention computes "
+                                       "with (load the model with attn_implementation='eager')")
+                per_target.append({rule: layer_map(probs, probs_grad, rule) for rule in rules})
+                input_grads.append(input_grad)
+        del out, probs, layer_input  # free this layer's graph before the next one is built
+        grads = input_grads
+        calls[index + 1:] = [None] * (len(layers) - index - 1)
+        yield index, per_target
 
 
 def relevance_row(maps: list[torch.Tensor], row: int) -> torch.Tensor:
@@ -155,40 +220,73 @@ def view_relevance(view: SampleView, answer_ids: torch.Tensor, rule: str = "clam
 
 
 def view_relevances(view: SampleView, answer_ids: torch.Tensor, rules: Iterable[str]) -> dict[str, torch.Tensor]:
-    """R_v under each relevance rule, from one forward and one backward per answer token."""
+    """R_v under each relevance rule, from one forward and one layer-by-layer backward over all answer tokens.
+
+    Each answer row's recursion r = r + r @ Abar_l runs from the last layer down, the order the maps arrive in,
+    so no layer's map outlives its step."""
     rules = tuple(rules)
     visual = torch.nonzero(view.visual).flatten()
+    prompt_len = view.inputs_embeds.shape[1]
+    n_tokens = prompt_len + answer_ids.numel()
+    rows = [{rule: torch.zeros(n_tokens, dtype=torch.float32, device=view.inputs_embeds.device) for rule in rules}
+            for _ in range(answer_ids.numel())]
+    for t, row in enumerate(rows):
+        for r in row.values():
+            r[prompt_len - 1 + t] = 1.0
+    for _, per_token in answer_layer_maps(view, answer_ids, rules):
+        for row, maps in zip(rows, per_token):
+            for rule in rules:
+                row[rule] = row[rule] + row[rule] @ maps[rule]
     totals = {rule: torch.zeros(visual.numel(), dtype=torch.float32, device=view.inputs_embeds.device)
               for rule in rules}
-    for row, maps in answer_row_maps(view, answer_ids, rules):
+    for row in rows:
         for rule in rules:
-            totals[rule] += relevance_row(maps[rule], row)[visual]
+            totals[rule] += row[rule][visual]
     return {rule: (total / max(1, answer_ids.numel())).detach() for rule, total in totals.items()}
 
 
-def answer_row_maps(view: SampleView, answer_ids: torch.Tensor,
-                    rules: Iterable[str]) -> Iterator[tuple[int, dict[str, list[torch.Tensor]]]]:
-    """Per answer token (teacher forcing): the row that emits it and every layer's Abar_l under each rule.
-
-    Exposed so diagnostics can look at one layer's map; ``view_relevances`` rolls them out."""
-    rules = tuple(rules)
-    for rule in rules:
-        check_rule(rule)
+def answer_layer_maps(view: SampleView, answer_ids: torch.Tensor,
+                      rules: Iterable[str]) -> Iterator[tuple[int, list[dict[str, torch.Tensor]]]]:
+    """Teacher forcing over prompt + answer: every layer's Abar_l for each answer token, last layer first."""
     model = view.adapter.model
+    decoder = view.adapter.language_model
     embed = model.get_input_embeddings()
-    answer_embeds = embed(answer_ids.to(view.inputs_embeds.device))[None].to(view.inputs_embeds.dtype)
-    embeds = torch.cat([view.inputs_embeds, answer_embeds], dim=1).detach().requires_grad_(True)
-    mask = torch.ones(1, embeds.shape[1], dtype=view.attention_mask.dtype, device=embeds.device)
+    answer_ids = answer_ids.to(view.inputs_embeds.device)
     n_answer = answer_ids.numel()
+    embeds = torch.cat([view.inputs_embeds, embed(answer_ids)[None].to(view.inputs_embeds.dtype)], dim=1).detach()
+    mask = torch.ones(1, embeds.shape[1], dtype=view.attention_mask.dtype, device=embeds.device)
     positions = answer_positions(view.position_ids, n_answer)
-    prompt_len = view.inputs_embeds.shape[1]
-    with eager_attention(model), frozen_weights(model), torch.enable_grad():
+    rows = view.inputs_embeds.shape[1] - 1 + torch.arange(n_answer, device=embeds.device)
+    steps = torch.arange(n_answer, device=embeds.device)
+
+    def run_forward() -> torch.Tensor:
         # logits only for the rows that emit answer tokens (the last n_answer + 1): a full (N, vocab) logit
-        # tensor and its gradient cost more memory than a layer of attention maps on a real vocabulary
-        out = view.adapter.forward_from_embeds(embeds, mask, positions, output_attentions=True, use_cache=False,
-                                               logits_to_keep=n_answer + 1)
-        for t, token in enumerate(answer_ids.tolist()):
-            yield prompt_len - 1 + t, streamed_maps(out.attentions, out.logits[0, t, token], rules)
+        # tensor costs more memory than a layer of attention maps on a real vocabulary
+        out = view.adapter.forward_from_embeds(embeds, mask, positions, use_cache=False, logits_to_keep=n_answer + 1)
+        return out.logits[0, steps, answer_ids]
+
+    def head(hidden: torch.Tensor) -> torch.Tensor:
+        return model.get_output_embeddings()(decoder.norm(hidden[0, rows]))[steps, answer_ids]
+
+    with eager_attention(model), frozen_weights(model):
+        yield from layerwise_maps(decoder.layers, run_forward, head, rules)
+
+
+def answer_row_maps(view: SampleView, answer_ids: torch.Tensor,
+                    rules: Iterable[str]) -> list[tuple[int, dict[str, list[torch.Tensor]]]]:
+    """Per answer token: the row that emits it and every layer's Abar_l under each rule.
+
+    For diagnostics that look at one layer's map; it holds all layers' maps of all answer tokens at once, which
+    ``view_relevances`` avoids."""
+    rules = tuple(rules)
+    n_layers = len(view.adapter.language_model.layers)
+    per_token = [{rule: [None] * n_layers for rule in rules} for _ in range(answer_ids.numel())]
+    for layer, maps_per_token in answer_layer_maps(view, answer_ids, rules):
+        for token_maps, maps in zip(per_token, maps_per_token):
+            for rule in rules:
+                token_maps[rule][layer] = maps[rule]
+    prompt_len = view.inputs_embeds.shape[1]
+    return [(prompt_len - 1 + t, maps) for t, maps in enumerate(per_token)]
 
 
 def draft_answer(view: SampleView, max_answer_tokens: int) -> torch.Tensor:

@@ -193,7 +193,7 @@ def test_oracle_bench_runs_both_variants_side_by_side(tmp_path, capsys):
     assert all(r["peak_above_weights_bytes"] > 0 and r["seconds"] > 0 for r in result["rows"])
     assert result["rows"][0]["peak_ratio"] == 1.0
     assert result["config"]["tokens"] == 120 and result["machine"]["torch_threads"] == 1
-    assert "| streamed |" in capsys.readouterr().out
+    assert "| layerwise |" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("args, message", [

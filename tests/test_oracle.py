@@ -7,8 +7,8 @@ import torch
 
 from conftest import FAMILIES, messages_for, model_inputs
 from tcc_eval.oracle import (
-    RELEVANCE_RULES, answer_positions, explain_inputs, gradient_weighted_maps, relevance_full_matrix, relevance_row,
-    single_view, streamed_maps, view_relevance, view_relevances,
+    RELEVANCE_RULES, answer_positions, answer_row_maps, explain_inputs, gradient_weighted_maps, layerwise_maps,
+    relevance_full_matrix, relevance_row, single_view, view_relevance, view_relevances,
 )
 
 
@@ -65,11 +65,12 @@ def test_rules_sharing_one_backward_equal_separate_runs(loaded):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_streamed_maps_equal_all_layer_gradients(loaded, family):
-    """The oracle takes each layer's map inside the backward pass (one layer's gradient alive at a time) and
-    logits only for the answer rows: bit for bit the relevance of full logits and every layer's gradient at once."""
+@pytest.mark.parametrize("kind", ("image", "video"))
+def test_layerwise_maps_equal_all_layer_gradients(loaded, family, kind):
+    """The oracle recomputes one layer at a time (one layer's maps alive) and asks for logits only on the answer
+    rows: bit for bit the maps and relevance of one autograd pass over the whole forward with full logits."""
     model, processor = loaded[family]
-    view = single_view(model, model_inputs(processor, messages_for("image")))
+    view = single_view(model, model_inputs(processor, messages_for(kind)))
     answer = torch.tensor([40, 41, 42])
     embeds = torch.cat([view.inputs_embeds, model.get_input_embeddings()(answer)[None]], dim=1)
     embeds = embeds.detach().requires_grad_(True)
@@ -80,23 +81,63 @@ def test_streamed_maps_equal_all_layer_gradients(loaded, family):
         out = view.adapter.forward_from_embeds(embeds, mask, answer_positions(view.position_ids, 3),
                                                output_attentions=True)
         targets = [out.logits[0, prompt_len - 1 + t, token] for t, token in enumerate(answer.tolist())]
+        reference_maps = {rule: [gradient_weighted_maps(out.attentions, target, rule) for target in targets]
+                          for rule in RELEVANCE_RULES}
+    reference = {rule: sum(relevance_row(maps, prompt_len - 1 + t) for t, maps in enumerate(reference_maps[rule]))
+                 [visual] / 3 for rule in RELEVANCE_RULES}
+    per_token = answer_row_maps(view, answer, RELEVANCE_RULES)
+    assert [row for row, _ in per_token] == [prompt_len - 1 + t for t in range(3)]
+    for t, (_, maps) in enumerate(per_token):
         for rule in RELEVANCE_RULES:
-            streamed = streamed_maps(out.attentions, targets[0], (rule,))[rule]
-            reference = gradient_weighted_maps(out.attentions, targets[0], rule)
-            assert all(torch.equal(a, b) for a, b in zip(streamed, reference)), rule
-        reference = {rule: sum(relevance_row(gradient_weighted_maps(out.attentions, target, rule), prompt_len - 1 + t)
-                               for t, target in enumerate(targets))[visual] / 3 for rule in RELEVANCE_RULES}
+            assert all(torch.equal(a, b) for a, b in zip(maps[rule], reference_maps[rule][t], strict=True)), rule
     oracle = view_relevances(view, answer, RELEVANCE_RULES)
     for rule in RELEVANCE_RULES:
+        assert oracle[rule].abs().max() > 0
         assert torch.equal(oracle[rule], reference[rule]), rule
 
 
-def test_streamed_maps_name_a_layer_off_the_backward_path(loaded):
-    _, out = forward_with_attentions(*loaded["qwen2_vl"])
-    last = len(out.attentions) - 1
-    copies = (*out.attentions[:last], out.attentions[last].detach().requires_grad_(True))  # a detached copy
-    with pytest.raises(RuntimeError, match=rf"layers \[{last}\] are not on the answer logit's backward path.*eager"):
-        streamed_maps(copies, out.logits[0, -1].max(), ("clamp",))
+class ScaledInput(torch.nn.Module):
+    """Stands in for a decoder that changes its hidden states between two layers."""
+
+    def __init__(self, layer: torch.nn.Module):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, hidden_states, *args, **kwargs):
+        return self.layer(hidden_states * 2.0, *args, **kwargs)
+
+
+def test_layerwise_maps_refuse_a_forward_they_cannot_replay(loaded):
+    """A decoder whose hidden states change outside its layers' calls, or a layer without attention
+    probabilities, gets a clear error instead of silently wrong relevance."""
+    model, processor = loaded["qwen2_vl"]
+    view = single_view(model, model_inputs(processor, messages_for("image")))
+    decoder = view.adapter.language_model
+    layers = list(decoder.layers)
+
+    def last_logit(use_cache: bool = False) -> torch.Tensor:
+        return view.adapter.forward_from_embeds(view.inputs_embeds, view.attention_mask, view.position_ids,
+                                                use_cache=use_cache).logits[0, -1, :1]
+
+    def head(hidden: torch.Tensor) -> torch.Tensor:
+        return model.get_output_embeddings()(decoder.norm(hidden[0, -1:]))[0, :1]
+
+    assert len(list(layerwise_maps(layers, last_logit, head, ("clamp",)))) == len(layers)
+    with pytest.raises(RuntimeError, match="use_cache=True; replaying a layer would append to its KV cache"):
+        list(layerwise_maps(layers, lambda: last_logit(use_cache=True), head, ("clamp",)))
+    last = len(layers) - 1
+    decoder.layers[last] = ScaledInput(layers[last])
+    try:  # the last layer is recorded with the doubled input; replaying the one before gives the undoubled one
+        with pytest.raises(RuntimeError, match=f"does not reproduce the model's layer {last - 1} output"):
+            list(layerwise_maps(layers, last_logit, head, ("clamp",)))
+    finally:
+        decoder.layers[last] = layers[last]
+    model.set_attn_implementation("sdpa")
+    try:
+        with pytest.raises(RuntimeError, match="no attention probabilities.*eager"):
+            list(layerwise_maps(layers, last_logit, head, ("clamp",)))
+    finally:
+        model.set_attn_implementation("eager")
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -40,12 +40,12 @@ answer, [hint], [category]; or a video / frames_dir column), or a JSONL with one
 relative to the data file. Multiple-choice prompt: question, one line per option "A. ...", then
 "Answer with the option's letter from the given choices directly."
 
-Memory: the oracle runs one forward with eager attention and keeps every layer's attention maps for
-the backward passes, i.e. layers * heads * N^2 values for N tokens (1.5 GiB at 1,000 tokens for a
-28-layer, 28-head 7B model in bf16, 6 GiB at 2,000; the batch is always 1); the backward passes add one
-layer's gradient at a time (python -m tcc_eval.bench_oracle). Long videos may need fewer frames
-(--num-frames).
-Time: one backward pass per explained answer token; --max-answer-tokens caps them (default 16).
+Memory: the oracle runs one forward with eager attention and no autograd, keeping each layer's input,
+then recomputes one layer at a time from the last down for the backward passes: one layer's attention
+maps (heads * N^2 values for N tokens; the batch is always 1) are alive at a time, not every layer's
+(python -m tcc_eval.bench_oracle measures both). Very long videos may still need fewer frames (--num-frames).
+Time: two forwards, and one backward pass per explained answer token; --max-answer-tokens caps them
+(default 16).
 """
 
 OPTION_LETTERS = "ABCDEFGH"

@@ -407,6 +407,9 @@ class VilaForConditionalGeneration(nn.Module):
     def get_input_embeddings(self) -> nn.Module:
         return self.llm.get_input_embeddings()
 
+    def get_output_embeddings(self) -> nn.Module:
+        return self.llm.lm_head
+
     def set_attn_implementation(self, attn_implementation: str) -> None:
         """Switch the LLM's attention backend (e.g. "eager" for attention maps); the vision tower keeps its own."""
         self.llm.set_attn_implementation(attn_implementation)
