@@ -78,9 +78,10 @@ if [[ "$SUITE" == demo ]]; then
   for family in "${BUILT[@]}"; do VLMEVAL_BASES+=("${DEMO_BASE[$family]}"); done
   VLMEVAL_DATA=(TCCSynth_IMG TCCSynth_VID)
   JUDGE=(--judge exact_matching)
-  METHODS=(TCC Random A0 FastV Oracle DivPrune)
+  METHODS=(TCC Random A0 FastV Oracle DivPrune DART)
   RATIOS=(75 50 25)
-  SKIP=(TinyQwen2VL_FastV25 TinyLLaVAOV_FastV25 TinyVILA_FastV25)  # 4-layer demo LLMs: 25% is FastV's floor K/L at K=1
+  # 4-layer demo LLMs: 25% is the floor K/L at K=1 of the methods that prune inside the LLM
+  SKIP=(TinyQwen2VL_FastV25 TinyLLaVAOV_FastV25 TinyVILA_FastV25 TinyQwen2VL_DART25 TinyLLaVAOV_DART25 TinyVILA_DART25)
   LMMS_TASKS=tccsynth_img,tccsynth_vid
   LMMS_INCLUDE=(--include_path "$($PY -c 'import tcc_eval.demo as d; print(d.LMMS_TASKS)')")
   LMMS_METHODS=(tcc random a0)  # lmms-eval pays ~20 s start-up per run: the full matrix runs in VLMEvalKit
@@ -94,7 +95,7 @@ elif [[ "$SUITE" == paper ]]; then
   VLMEVAL_BASES=(Qwen2VL LLaVAOV VILA15)
   VLMEVAL_DATA=(MME MMBench_DEV_EN SEEDBench_IMG MMStar MMVet MVBench_8frame Video-MME_8frame)
   JUDGE=()
-  METHODS=(TCC)
+  METHODS=(TCC DART)  # DART: one of the paper's two comparison methods, training-free
   RATIOS=(50 25)
   SKIP=()
   LMMS_TASKS=mme,mmbench_en_dev,seedbench,mmstar,mvbench,videomme

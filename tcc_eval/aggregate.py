@@ -35,16 +35,16 @@ if __package__ in (None, ""):  # run as a file: import the package copy so both 
 
 import pandas as pd
 
-from tcc_eval.flops import (LLM_SHAPES, LLMShape, fastv_average_retention, fastv_layer_keep_ratio, flops_ratio,
-                            guess_shape, shape_from_config)
+from tcc_eval.flops import (LAYER_K_METHODS, LLM_SHAPES, LLMShape, fastv_average_retention, fastv_layer_keep_ratio,
+                            flops_ratio, guess_shape, shape_from_config)
 
 log = logging.getLogger("tcc_eval.aggregate")
 
 FRAMEWORKS = ("vlmeval", "lmms_eval")
 # model_registry.METHOD_TOKENS, restated so that reading results needs no torch (a test keeps them equal)
 METHOD_TOKENS = {"TCC": "tcc", "Random": "random", "A0": "a0", "FastV": "fastv", "Oracle": "oracle",
-                 "DivPrune": "divprune"}
-METHOD_ORDER = ("none", "tcc", "oracle", "a0", "random", "divprune", "fastv")
+                 "DivPrune": "divprune", "DART": "dart"}
+METHOD_ORDER = ("none", "tcc", "oracle", "a0", "random", "divprune", "fastv", "dart")
 MODEL_NAME_RE = re.compile(
     rf"^(?P<base>.+?)_(?:(?P<vanilla>Vanilla)|(?P<method>{'|'.join(METHOD_TOKENS)})(?P<ratio>\d{{1,3}}))$"
 )
@@ -553,7 +553,8 @@ def _method_rank(method: str) -> tuple[int, str]:
 
 @dataclass
 class TableOptions:
-    """How costs are derived where the records cannot say: LLM shapes per base model and FastV's K."""
+    """How costs are derived where the records cannot say: LLM shapes per base model and the K of FastV
+    and DART."""
 
     shapes: dict[str, LLMShape] = field(default_factory=dict)
     fastv_k: int = 2
@@ -624,13 +625,13 @@ def build_table(summary: pd.DataFrame, efficiency: pd.DataFrame, framework: str,
             else options.fastv_k
         if not math.isnan(recorded):
             row["Avg retention"] = recorded
-        elif method == "fastv":
-            # our FastV names give the average retention over layers (and keep kept = the post-K share)
+        elif method in LAYER_K_METHODS:
+            # our FastV / DART names give the average retention over layers (and keep kept = the post-K share)
             if shape is not None and not math.isnan(measured):
                 row["Avg retention"] = fastv_average_retention(kept, shape.layers, fastv_k)
             else:
                 row["Avg retention"] = ratio
-                notes.append("FastV average retention from the model name (LLM depth unknown)")
+                notes.append("layer-K average retention from the model name (LLM depth unknown)")
         else:
             row["Avg retention"] = kept
         n_visual = next((f["visual_before_mean"].iloc[0] for f in (eff, vanilla_eff) if len(f)), math.nan)
@@ -638,7 +639,7 @@ def build_table(summary: pd.DataFrame, efficiency: pd.DataFrame, framework: str,
             row["FLOPs ratio"] = 1.0
         elif shape is not None and n_visual > 0:
             pruned_share = ratio
-            if method == "fastv":  # flops_ratio wants the share kept from layer K on
+            if method in LAYER_K_METHODS:  # flops_ratio wants the share kept from layer K on
                 pruned_share = kept if not math.isnan(measured) else fastv_layer_keep_ratio(ratio, shape.layers, fastv_k)
             row["FLOPs ratio"] = flops_ratio(n_visual, pruned_share, shape, method, fastv_k)
         else:
@@ -675,7 +676,7 @@ def table_markdown(table: pd.DataFrame, framework: str) -> str:
         lines.append("| " + " | ".join(_fmt(c, row[c]) for c in table.columns) + " |")
     lines += ["", "Scores in percent (MME: perception + reasoning/cognition points). Avg preservation: mean of "
               "score / vanilla score over the benchmarks with a vanilla run. Avg retention: measured kept "
-              "fraction of visual tokens (FastV: averaged over layers). FLOPs ratio: visual-part FLOPs vs "
+              "fraction of visual tokens (FastV, DART: averaged over layers). FLOPs ratio: visual-part FLOPs vs "
               "vanilla (theoretical). prefill s, total s: mean per sample; KV MB: mean KV cache (10^6 bytes).",
               ""]
     return "\n".join(lines)
@@ -788,8 +789,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="output folder (default RESULTS_DIR/tables)")
     parser.add_argument("--shape", type=_parse_shape, action="append", default=[], metavar="BASE=KEY",
                         help="LLM shape of a base model whose name states no size, e.g. Qwen2VL=qwen2-vl-2b "
-                             "(used for FLOPs and FastV's average retention)")
-    parser.add_argument("--fastv-k", type=int, default=2, help="layer at which FastV prunes (default 2)")
+                             "(used for FLOPs and FastV's and DART's average retention)")
+    parser.add_argument("--fastv-k", type=int, default=2, help="layer at which FastV and DART prune (default 2)")
     args = parser.parse_args(argv)
     if not log.handlers:
         handler = logging.StreamHandler(sys.stderr)

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from .adapters import ADAPTERS
+from .flops import LAYER_K_METHODS
 from .methods import Scorer, TCCScorer, a0_scorer, check_method, divprune_scorer, random_scorer
 from .pruned import TokenPrunedModel
 
@@ -168,13 +169,14 @@ def wrap_model(
     """Wrap an already loaded HF MLLM; the result's ``generate`` is a drop-in for ``model.generate``.
 
     Options of other methods are ignored, so one option set (e.g. a base's ``fastv_k``) serves every
-    method: ``fastv_k`` / ``match`` apply to fastv (``match="kept"``: keep_ratio is the fraction kept from
-    layer K on instead of the average retention), ``max_answer_tokens`` to the oracle."""
+    method: ``fastv_k`` (the layer K) / ``match`` apply to fastv and dart (``match="kept"``: keep_ratio is the
+    fraction kept from layer K on instead of the average retention), ``max_answer_tokens`` to the oracle."""
     check_method(method)
-    if method == "fastv":
-        from .fastv import FastVModel
+    if method in LAYER_K_METHODS:
+        from .fastv import DartModel, FastVModel
 
-        return FastVModel(model, keep_ratio=keep_ratio, fastv_k=fastv_k, match=match)
+        layer_k_model = FastVModel if method == "fastv" else DartModel
+        return layer_k_model(model, keep_ratio=keep_ratio, fastv_k=fastv_k, match=match)
     scorer = build_scorer(method, model, compressor=compressor, seed=seed, max_answer_tokens=max_answer_tokens)
     return TokenPrunedModel(model, scorer, keep_ratio=keep_ratio, budget=budget, method=method)
 
@@ -260,7 +262,7 @@ def load(
 ) -> CompressedMLLM:
     """Load a checkpoint and attach a pruning method.
 
-    method: none | random | a0 | tcc | oracle | divprune | fastv; keep_ratio in (0, 1]; compressor: a trained
+    method: none | random | a0 | tcc | oracle | divprune | fastv | dart; keep_ratio in (0, 1]; compressor: a trained
     compressor checkpoint, {modality: checkpoint} or a folder of ``<family>_<modality>.pt`` (required for
     tcc); options: ``wrap_model``'s (budget, seed, fastv_k, match, max_answer_tokens). CUDA when
     available (bf16/fp16), else CPU (fp32).

@@ -1,9 +1,10 @@
-"""FastV baseline: prune visual tokens inside the LLM at layer K by the last token's attention.
+"""Methods that prune visual tokens inside the LLM at layer K: FastV and DART.
 
-Layers 0..K-1 see every token; at layer K the visual tokens with the highest head-mean attention from the
-last token in layer K-1 survive, and layers K..L-1 run on the shorter sequence (their KV cache holds
-only the kept tokens). Implemented with forward pre-hooks on the decoder layers (FastV's minimal hook),
-so the LLM code is untouched. Ranking and selection reuse the shared probe and core.
+Layers 0..K-1 see every token; at layer K the selected visual tokens survive, and layers K..L-1 run on the
+shorter sequence (their KV cache holds only the kept tokens). FastV keeps the visual tokens with the highest
+head-mean attention from the last token in layer K-1; DART (Wen et al. 2025) keeps the visual tokens least
+duplicated by a few pivot tokens. Implemented with forward hooks on the decoder layers (FastV's minimal
+hook), so the LLM code is untouched. Ranking and selection reuse the shared probe and core.
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .core import Selection, check_keep_ratio, keep_positions, select_visual
+from .core import Selection, check_keep_ratio, keep_count, keep_positions, select_visual
 from .flops import fastv_average_retention, fastv_layer_keep_ratio
-from .probe import attention_rows
+from .probe import attention_rows, instruction_rows, layer_keys
 from .pruned import PrefillTimer, TokenPrunedModel, split_model_inputs, sync
 
 
@@ -33,13 +34,16 @@ class _LayerKPruner:
         self.visual = visual  # (L,) bool, one unpadded sample
         self.kept: torch.Tensor | None = None  # positions kept from layer K on (prefill sequence)
         self.prefill_len = int(visual.numel())
-        self.handles = [language_model.layers[k - 1].register_forward_pre_hook(self.rank, with_kwargs=True)]
+        self.handles = [self.register_ranking(language_model.layers[k - 1])]
         for layer in language_model.layers[k:]:
             self.handles.append(layer.register_forward_pre_hook(self.slice, with_kwargs=True))
 
     def close(self) -> None:
         for handle in self.handles:
             handle.remove()
+
+    def register_ranking(self, layer: nn.Module):
+        return layer.register_forward_pre_hook(self.rank, with_kwargs=True)
 
     def rank(self, _module: nn.Module, args: tuple, kwargs: dict) -> None:
         hidden = args[0] if args else kwargs["hidden_states"]
@@ -48,7 +52,9 @@ class _LayerKPruner:
         last = torch.tensor([hidden.shape[1] - 1], device=hidden.device)
         mask = torch.ones(1, hidden.shape[1], dtype=torch.long, device=hidden.device)
         probs = attention_rows(self.lm, hidden, self.positions, mask, last, layer_idx=self.k - 1)
-        scores = probs.mean(dim=(0, 1))[self.visual]
+        self.keep(probs.mean(dim=(0, 1))[self.visual])
+
+    def keep(self, scores: torch.Tensor) -> None:
         kept_visual = select_visual(scores, self.keep_ratio)
         self.kept = keep_positions(torch.ones_like(self.visual), self.visual, kept_visual)
 
@@ -73,12 +79,71 @@ class _LayerKPruner:
         return (hidden,) + tuple(args[1:]), kwargs
 
 
+def dart_scores(keys: torch.Tensor, states: torch.Tensor, visual: torch.Tensor, text: torch.Tensor, k: int,
+                image_pivots: int = 4, text_pivots: int = 4) -> torch.Tensor:
+    """DART's selection of ``k`` visual tokens, as scores whose top k are exactly its picks (reverse pick order).
+
+    Pivots are the tokens with the largest L1 norm of their keys (all heads concatenated): ``image_pivots``
+    among the visual tokens, which are kept, and ``text_pivots`` among the ``text`` positions. Each pivot in
+    turn (visual ones first, each group by descending norm) then takes its quota of the not yet picked visual
+    tokens least similar to it (cosine of ``states``), so the kept set covers what the pivots do not
+    duplicate. keys: (1, kv_heads, L, d); states: (L, D); visual, text: (L,) bool. The quota splits
+    k - image pivots over all pivots, the first ones taking one more where it does not divide (DART's code
+    keeps image pivots + pivots x floor(budget / pivots); here every method keeps exactly k)."""
+    norms = keys[0].float().abs().sum(dim=(0, 2))
+    visual_idx, text_idx = torch.nonzero(visual).flatten(), torch.nonzero(text).flatten()
+    by_norm = lambda idx: idx[torch.sort(norms[idx], descending=True, stable=True).indices]  # noqa: E731
+    image_pivot_idx = by_norm(visual_idx)[: min(image_pivots, k)]
+    pivots = torch.cat([image_pivot_idx, by_norm(text_idx)[:text_pivots]])
+    unit = torch.nn.functional.normalize(states.float(), dim=-1)
+    position_in_visual = torch.full((visual.numel(),), -1, dtype=torch.long, device=visual.device)
+    position_in_visual[visual_idx] = torch.arange(visual_idx.numel(), device=visual.device)
+    order = [int(position_in_visual[p]) for p in image_pivot_idx]
+    free = torch.ones(visual_idx.numel(), dtype=torch.bool, device=visual.device)
+    free[order] = False
+    rest = k - len(order)
+    for i, pivot in enumerate(pivots.tolist()):
+        quota = min(rest // len(pivots) + (1 if i < rest % len(pivots) else 0), int(free.sum()))
+        if quota == 0:
+            continue
+        similarity = (unit[visual_idx] @ unit[pivot]).masked_fill(~free, float("inf"))
+        picks = torch.sort(similarity, stable=True).indices[:quota]
+        order.extend(picks.tolist())
+        free[picks] = False
+    scores = torch.zeros(visual_idx.numel())
+    scores[order] = torch.arange(len(order), 0, -1, dtype=torch.float32)
+    return scores
+
+
+class _DartPruner(_LayerKPruner):
+    """DART at layer K: pivots from layer K-1's keys, duplication measured on layer K-1's output (the input
+    of layer K) after the decoder's final norm, as DART's code does. Text pivots come from the tokens after
+    the last visual one (the instruction)."""
+
+    def register_ranking(self, layer: nn.Module):
+        return layer.register_forward_hook(self.rank_by_duplication, with_kwargs=True)
+
+    def rank_by_duplication(self, _module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+        hidden = args[0] if args else kwargs["hidden_states"]
+        if hidden.shape[1] != self.prefill_len or self.kept is not None:
+            return  # decode step
+        out = output[0] if isinstance(output, tuple) else output
+        keys = layer_keys(self.lm, hidden, self.positions, self.k - 1)
+        text = torch.zeros_like(self.visual)
+        text[instruction_rows(torch.ones_like(self.visual), self.visual)] = True
+        k = keep_count(int(self.visual.sum()), self.keep_ratio)
+        self.keep(dart_scores(keys, self.lm.norm(out)[0], self.visual.to(out.device), text.to(out.device), k))
+
+
 class FastVModel(TokenPrunedModel):
     """FastV through the same adapter and selection code; ``keep_ratio`` is the *average* retention over
     layers (METHOD.md), unless ``match="kept"``, where it is the fraction kept from layer K on."""
 
+    method_id = "fastv"
+    pruner_class = _LayerKPruner
+
     def __init__(self, model: nn.Module, keep_ratio: float = 0.5, fastv_k: int = 2, match: str = "avg_retention"):
-        super().__init__(model, scorer=None, keep_ratio=keep_ratio, method="fastv")
+        super().__init__(model, scorer=None, keep_ratio=keep_ratio, method=self.method_id)
         layers = self.adapter.language_model.config.num_hidden_layers
         if match not in ("avg_retention", "kept"):
             raise ValueError(f"match must be 'avg_retention' or 'kept', got {match!r}")
@@ -95,7 +160,7 @@ class FastVModel(TokenPrunedModel):
         return {**super()._stats(*args), "fastv_k": self.fastv_k}
 
     def pruner(self, view) -> _LayerKPruner:
-        return _LayerKPruner(
+        return self.pruner_class(
             self.adapter.language_model, self.fastv_k, self.layer_keep_ratio, view.visual, view.position_ids
         )
 
@@ -154,3 +219,11 @@ class FastVModel(TokenPrunedModel):
             selection.kept_positions.append(pruner.kept.cpu())
         self.last_selection = selection
         return torch.cat(rows)
+
+
+class DartModel(FastVModel):
+    """DART (Wen et al. 2025, "Stop Looking for Important Tokens in Multimodal Language Models: Duplication
+    Matters More"), a training-free peer pruning at layer K (default 2) like FastV, with the same options."""
+
+    method_id = "dart"
+    pruner_class = _DartPruner

@@ -11,6 +11,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+# Methods that prune inside the LLM at layer K (layers 0..K-1 see every token): tcc_eval.fastv.
+LAYER_K_METHODS = ("fastv", "dart")
+
 # Model types whose FFN is a plain two-matrix MLP (c = 2); every other decoder here is gated (c = 3).
 PLAIN_FFN_MODEL_TYPES = frozenset({"gpt2", "gptj", "gpt_neox", "opt", "bloom", "phi", "falcon"})
 
@@ -60,8 +63,8 @@ def flops_ratio(
 ) -> float:
     """Visual-part FLOPs of a pruned model relative to vanilla.
 
-    Input-stage methods (tcc, random, a0, oracle, ...) run every layer on the kept tokens; ``fastv``
-    runs the first ``fastv_k`` layers on all tokens and the rest on the kept ones. The n^2 attention
+    Input-stage methods (tcc, random, a0, oracle, ...) run every layer on the kept tokens; layer-K methods
+    (fastv, dart) run the first ``fastv_k`` layers on all tokens and the rest on the kept ones. The n^2 attention
     term makes a 50% keep cost slightly less than half."""
     shape = LLM_SHAPES[cfg] if isinstance(cfg, str) else cfg
     if n_visual <= 0:
@@ -74,7 +77,7 @@ def flops_ratio(
     k = keep_count(n, keep_ratio)
     d, m, gated = shape.hidden, shape.intermediate, shape.gated
     full = visual_flops(n, d, m, shape.layers, gated)
-    if method == "fastv":
+    if method in LAYER_K_METHODS:
         early = min(fastv_k, shape.layers)
         pruned = visual_flops(n, d, m, early, gated) + visual_flops(k, d, m, shape.layers - early, gated)
     else:

@@ -19,6 +19,21 @@ def _rotary_fn(attn: nn.Module):
     return module.apply_rotary_pos_emb
 
 
+def _rotated_keys(attn: nn.Module, normed: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    k = attn.k_proj(normed).view(1, normed.shape[1], -1, attn.head_dim).transpose(1, 2)
+    _, k = _rotary_fn(attn)(k, k, cos, sin)
+    return k
+
+
+def layer_keys(language_model: nn.Module, hidden_states: torch.Tensor, position_ids: torch.Tensor,
+               layer_idx: int) -> torch.Tensor:
+    """Keys of every token in layer ``layer_idx`` after rotary, as its attention sees them: (1, kv_heads, L, d)."""
+    layer = language_model.layers[layer_idx]
+    normed = layer.input_layernorm(hidden_states)
+    cos, sin = language_model.rotary_emb(normed, position_ids)
+    return _rotated_keys(layer.self_attn, normed, cos, sin)
+
+
 def attention_rows(
     language_model: nn.Module,
     hidden_states: torch.Tensor,
@@ -37,14 +52,11 @@ def attention_rows(
     attn = layer.self_attn
     normed = layer.input_layernorm(hidden_states)
     cos, sin = language_model.rotary_emb(normed, position_ids)
-    head_dim = attn.head_dim
-    length = hidden_states.shape[1]
-    q = attn.q_proj(normed[:, rows]).view(1, rows.numel(), -1, head_dim).transpose(1, 2)
-    k = attn.k_proj(normed).view(1, length, -1, head_dim).transpose(1, 2)
-    rotate = _rotary_fn(attn)
-    q, _ = rotate(q, q, cos[..., rows, :], sin[..., rows, :])
-    _, k = rotate(k, k, cos, sin)
+    q = attn.q_proj(normed[:, rows]).view(1, rows.numel(), -1, attn.head_dim).transpose(1, 2)
+    q, _ = _rotary_fn(attn)(q, q, cos[..., rows, :], sin[..., rows, :])
+    k = _rotated_keys(attn, normed, cos, sin)
     k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+    length = hidden_states.shape[1]
     logits = (q.float() @ k.float().transpose(-1, -2)) * attn.scaling
     keys = torch.arange(length, device=hidden_states.device)
     allowed = (keys[None, :] <= rows.to(keys.device)[:, None]) & attention_mask[0].bool()[None, :]

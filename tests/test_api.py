@@ -150,12 +150,13 @@ def test_every_method_runs_in_the_gpu_dtypes(gpu_dtype_checkpoints, tmp_path, fa
     assert expected.dtype == torch_dtype
     assert torch.equal(vanilla.pruned.prefill_logits(**inputs), expected)
     save_compressor(tmp_path / f"{family}_image.pt", TokenCompressor(CompressorConfig()), model_meta(model), "image", {})
-    for method in ("random", "a0", "tcc", "oracle", "fastv"):
-        ratio = 0.75 if method == "fastv" else 0.5  # FastV's floor on these 2-layer LLMs is K/L = 1/2
+    for method in ("random", "a0", "tcc", "oracle", "divprune", "fastv", "dart"):
+        layer_k = method in ("fastv", "dart")
+        ratio = 0.75 if layer_k else 0.5  # FastV's and DART's floor on these 2-layer LLMs is K/L = 1/2
         pruned = tcc_eval.wrap_model(model, method=method, keep_ratio=ratio, compressor=tmp_path, fastv_k=1)
         new_tokens = pruned.generate(**inputs, max_new_tokens=2, do_sample=False)[:, inputs["input_ids"].shape[1]:]
         assert new_tokens.shape == (1, 2), method
-        if method != "fastv":
+        if not layer_k:
             selection = pruned.last_selection
             assert selection.visual_after == [keep_count(selection.visual_before[0], 0.5)], method
     relevance = explain_inputs(model, inputs, answer_ids=torch.tensor([40, 41])).relevance

@@ -413,16 +413,21 @@ def test_evaluate_scores_a_variant_model_on_its_own_benchmark(tmp_path):
 
 @needs_assets
 def test_evaluate_cli_scores_the_methods_asked_for(tmp_path, capsys):
-    """--methods picks the methods (any of tcc_eval's, DivPrune included); an unknown one is named, exit 2."""
+    """--methods picks the methods (any of tcc_eval's, DivPrune and DART included), the table shows each; an
+    unknown one is named, exit 2."""
     from tcc_eval.demo.__main__ import main
 
     out = tmp_path / "rows.json"
-    assert main(["evaluate", "--methods", "divprune", "--ratios", "0.25", "--n", "2", "--family", "qwen2_vl",
+    assert main(["evaluate", "--methods", "divprune", "dart", "--ratios", "0.5", "--n", "2", "--family", "qwen2_vl",
                  "--modality", "image", "--threads", "1", "--json", str(out)]) == 0
     rows = json.loads(out.read_text())
-    assert {r["method"] for r in rows} == {"chance", "divprune", "keep_gt", "drop_gt"}
+    assert {r["method"] for r in rows} == {"chance", "divprune", "dart", "keep_gt", "drop_gt"}
     divprune = next(r for r in rows if r["method"] == "divprune")
-    assert divprune["ratio"] == 0.25 and divprune["n"] == 2 and 0 <= divprune["pointing"] <= 1
+    assert divprune["ratio"] == 0.5 and divprune["n"] == 2 and 0 <= divprune["pointing"] <= 1
+    dart = next(r for r in rows if r["method"] == "dart")
+    assert dart["ratio"] == 0.5 and dart["fastv_k"] == 1 and dart["fastv_match"] == "avg_retention"
+    table = capsys.readouterr().out
+    assert "\ndivprune " in table and "\ndart " in table
     assert main(["evaluate", "--methods", "magic"]) == 2
     assert "unknown method 'magic'" in capsys.readouterr().err
 

@@ -1,4 +1,5 @@
-"""FastV: keep 100% equals vanilla; pruning equals masking the dropped tokens from layer K on."""
+"""FastV and DART: keep 100% equals vanilla; pruning equals masking the dropped tokens from layer K on; DART's
+selection equals a brute-force reading of its rule on independently captured keys and states."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import torch
 
 from conftest import FAMILIES, messages_for, model_inputs
 from tcc_eval import wrap_model
-from tcc_eval.fastv import fastv_layer_keep_ratio
+from tcc_eval.core import keep_count
+from tcc_eval.fastv import dart_scores, fastv_layer_keep_ratio
 
 
 def test_average_retention_formula():
@@ -19,10 +21,11 @@ def test_average_retention_formula():
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_fastv_keep_all_equals_vanilla(loaded, family):
+@pytest.mark.parametrize("method", ("fastv", "dart"))
+def test_fastv_keep_all_equals_vanilla(loaded, family, method):
     model, processor = loaded[family]
     inputs = model_inputs(processor, messages_for("image"))
-    fastv = wrap_model(model, method="fastv", keep_ratio=1.0, fastv_k=1)
+    fastv = wrap_model(model, method=method, keep_ratio=1.0, fastv_k=1)
     with torch.no_grad():
         vanilla = model.generate(**inputs, max_new_tokens=5, do_sample=False)
         vanilla_last = model(**inputs).logits[:, -1:]
@@ -63,10 +66,11 @@ def deep(tmp_path_factory):
 
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("kind", ("image", "video"))
-def test_fastv_equals_masked_reference(deep, family, kind):
+@pytest.mark.parametrize("method", ("fastv", "dart"))
+def test_fastv_equals_masked_reference(deep, family, kind, method):
     model, processor = deep[family]
     inputs = model_inputs(processor, messages_for(kind, seed=5))
-    fastv = wrap_model(model, method="fastv", keep_ratio=0.5, fastv_k=1, match="kept")
+    fastv = wrap_model(model, method=method, keep_ratio=0.5, fastv_k=1, match="kept")
     logits = fastv.prefill_logits(**inputs)[0, -1]
     kept = fastv.last_selection.kept_positions[0]
     length = inputs["input_ids"].shape[1]
@@ -112,3 +116,81 @@ def test_fastv_generate_decodes_with_short_cache(deep):
         for h in handles:
             h.remove()
     assert torch.equal(out, reference)  # decoding over the shortened cache == full cache with columns hidden
+
+
+def brute_force_dart(keys, states, visual, text, k, image_pivots=4, text_pivots=4):
+    """DART's rule read literally, in float64 Python loops: the kept visual positions in pick order."""
+    norms = {i: float(keys[0, :, i].double().abs().sum()) for i in range(visual.numel())}
+    by_norm = lambda idx: sorted(idx, key=lambda i: (-norms[i], i))  # noqa: E731
+    visual_idx = [i for i in range(visual.numel()) if visual[i]]
+    image = by_norm(visual_idx)[:min(image_pivots, k)]
+    pivots = image + by_norm([i for i in range(text.numel()) if text[i]])[:text_pivots]
+    unit = torch.nn.functional.normalize(states.double(), dim=-1)
+    picked, rest = list(image), k - len(image)
+    for n, pivot in enumerate(pivots):
+        quota = rest // len(pivots) + (1 if n < rest % len(pivots) else 0)
+        free = [i for i in visual_idx if i not in picked]
+        picked += sorted(free, key=lambda i: (float(unit[i] @ unit[pivot]), i))[:quota]
+    return picked
+
+
+@pytest.mark.parametrize("k", (1, 3, 4, 9, 20, 37, 40))
+def test_dart_scores_equal_a_brute_force_reading(k):
+    generator = torch.Generator().manual_seed(k)
+    length, n_visual = 60, 40
+    keys = torch.randn(1, 2, length, 8, generator=generator)
+    states = torch.randn(length, 16, generator=generator)
+    visual = torch.zeros(length, dtype=torch.bool)
+    visual[10:10 + n_visual] = True
+    text = torch.zeros(length, dtype=torch.bool)
+    text[10 + n_visual:] = True
+    scores = dart_scores(keys, states, visual, text, k)
+    visual_positions = torch.nonzero(visual).flatten()
+    expected = brute_force_dart(keys, states, visual, text, k)
+    assert len(expected) == k == len(set(expected))
+    order = visual_positions[torch.sort(scores, descending=True, stable=True).indices[:k]].tolist()
+    assert order == expected  # the same tokens in the same pick order: the shared top-k keeps exactly these
+    assert (scores > 0).sum() == k
+
+
+def test_dart_keeps_its_image_pivots_and_drops_their_duplicates():
+    """Visual tokens 0-3 have the largest keys (the image pivots); tokens 4-11 copy pivot 0's state, 12-19 are
+    unlike every pivot: at k = 12 DART keeps the pivots and the 8 unlike tokens, none of the copies."""
+    length = 24
+    keys = torch.ones(1, 1, length, 4)
+    keys[0, 0, :4] = 10.0
+    states = torch.zeros(length, 8)
+    states[:4, 0] = 1.0
+    states[4:12, 0] = 1.0
+    states[12:20, 1] = 1.0
+    states[20:, 0] = 1.0  # text tokens (their pivots) also look like pivot 0
+    visual = torch.zeros(length, dtype=torch.bool)
+    visual[:20] = True
+    scores = dart_scores(keys, states, visual, ~visual, 12)
+    kept = sorted(torch.sort(scores, descending=True, stable=True).indices[:12].tolist())
+    assert kept == [0, 1, 2, 3, *range(12, 20)]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_dart_selection_uses_layer_k_minus_1_keys_and_output(deep, family):
+    """The kept tokens equal DART's rule applied to layer K-1's keys as its KV cache holds them and to its
+    output hidden states (the model's own hidden_states), normed by the decoder's final norm."""
+    model, processor = deep[family]
+    inputs = model_inputs(processor, messages_for("image", seed=5))
+    dart = wrap_model(model, method="dart", keep_ratio=0.5, fastv_k=2, match="kept")
+    dart.prefill_logits(**inputs)
+    kept = dart.last_selection.kept_positions[0]
+    llm = dart.adapter.capture_llm_inputs(inputs)
+    with torch.no_grad():
+        out = dart.adapter.forward_from_embeds(llm.inputs_embeds, llm.attention_mask, llm.position_ids,
+                                               use_cache=True, output_hidden_states=True)
+        keys = out.past_key_values.layers[1].keys
+        states = dart.adapter.language_model.norm(out.hidden_states[2])[0]
+    visual = llm.visual_mask[0]
+    text = torch.zeros_like(visual)
+    text[int(torch.nonzero(visual).max()) + 1:] = True
+    scores = dart_scores(keys, states, visual, text, keep_count(int(visual.sum()), 0.5))
+    expected = torch.nonzero(visual).flatten()[torch.sort(scores, descending=True, stable=True).indices[:keep_count(
+        int(visual.sum()), 0.5)]]
+    assert kept[visual[kept]].tolist() == sorted(expected.tolist())
+    assert kept[~visual[kept]].tolist() == torch.nonzero(~visual).flatten().tolist()

@@ -225,7 +225,7 @@ def test_entry_points_resolve_to_our_classes():
     ({"method": "none", "ratio": 0.5}, "keeps every visual token"),
     ({"method": "random", "ratio": 1.5}, "keep_ratio must be in"),
     ({"method": "bogus", "ratio": 0.5}, "unknown method"),
-    ({"method": "random", "ratio": 0.5, "fastv_k": 2}, "option of method fastv"),
+    ({"method": "random", "ratio": 0.5, "fastv_k": 2}, "option of method fastv / dart, not of method=random"),
     ({"method": "a0", "ratio": 0.5, "compressor": "/x.pt"}, "only used by method=tcc"),
 ])
 def test_bad_model_args_fail_before_loading(kwargs, message):
@@ -242,6 +242,9 @@ def test_settings_pop_only_our_args():
     settings = TCCSettings.pop_from(kwargs, "qwen2_vl_tcc")
     assert kwargs == {"pretrained": "p", "batch_size": 1}
     assert (settings.method, settings.keep_ratio, settings.options) == ("fastv", 0.25, {"fastv_k": 3})
+    kwargs = {"pretrained": "p", "method": "dart", "ratio": 0.5, "fastv_k": 1, "match": "kept"}
+    settings = TCCSettings.pop_from(kwargs, "vila_tcc")
+    assert (settings.method, settings.options) == ("dart", {"fastv_k": 1, "match": "kept"})
 
 
 def test_efficiency_dir_resolution(tmp_path):

@@ -22,6 +22,8 @@ from .. import synth
 from ..adapters import adapter_for
 from ..api import load_hf_model, wrap_model
 from ..core import keep_positions
+from ..flops import LAYER_K_METHODS
+from ..methods import ALL_METHODS
 from ..oracle import RELEVANCE_RULES, answer_row_maps, draft_answer, relevance_row, single_view
 from . import FAMILIES, MODALITIES, benchmark, compressor_path, model_dir
 from .regions import token_regions
@@ -30,7 +32,7 @@ from .train import TRAIN_RECORD, DemoSpec, answer_logits, encode, letter_ids
 METHODS = ("none", "random", "a0", "tcc", "oracle", "fastv")
 RATIOS = (0.75, 0.5, 0.25)
 SCORED = ("random", "a0", "tcc", "oracle")  # methods with per-token scores (pointing)
-FASTV_K = 1  # the demo LLMs have 4 layers; FastV's K=2 default leaves no room at 50%/25%
+FASTV_K = 1  # the demo LLMs have 4 layers; FastV's and DART's K=2 default leaves no room at 50%/25%
 
 
 def load_demo(family: str, root: str | None = None):
@@ -113,7 +115,7 @@ def kept_visual_mask(kept: torch.Tensor, visual: torch.Tensor) -> np.ndarray:
     return torch.isin(positions, kept.cpu()).numpy()
 
 
-def run_method(model, pruned, batches: list[Batch], letters: dict[int, str], fastv: bool = False) -> dict[str, Any]:
+def run_method(model, pruned, batches: list[Batch], letters: dict[int, str], layer_k: bool = False) -> dict[str, Any]:
     """Accuracy (overall and per question type) and ground-truth recall of one wrapped model over all batches."""
     hits, recalls = [], []
     for batch in batches:
@@ -124,7 +126,7 @@ def run_method(model, pruned, batches: list[Batch], letters: dict[int, str], fas
         hits += [letters.get(p) == s.answer for p, s in zip(pred, batch.samples)]
         visual = visual_rows(model, ids, mask)
         for b, kept in enumerate(pruned.last_selection.kept_positions):
-            row = visual[b][mask[b].bool()] if fastv else visual[b]  # FastV reports unpadded positions
+            row = visual[b][mask[b].bool()] if layer_k else visual[b]  # FastV and DART report unpadded positions
             keep = kept_visual_mask(kept, row)
             gt = batch.gt[b]
             recalls.append(float(keep[gt].mean()) if gt.any() else 1.0)
@@ -165,14 +167,12 @@ def chance(samples: Iterable[synth.SynthSample]) -> float:
     return float(np.mean([1 / len(s.options) for s in samples]))
 
 
-def fastv_model(model, ratio: float) -> tuple[Any, str]:
-    """FastV at equal average retention when possible, else keeping ``ratio`` from layer K on (flagged)."""
-    from ..fastv import FastVModel
-
+def layer_k_model(model, method: str, ratio: float) -> tuple[Any, str]:
+    """FastV or DART at equal average retention when possible, else keeping ``ratio`` from layer K on (flagged)."""
     try:
-        return FastVModel(model, keep_ratio=ratio, fastv_k=FASTV_K), "avg_retention"
+        return wrap_model(model, method=method, keep_ratio=ratio, fastv_k=FASTV_K), "avg_retention"
     except ValueError:
-        return FastVModel(model, keep_ratio=ratio, fastv_k=FASTV_K, match="kept"), "kept"
+        return wrap_model(model, method=method, keep_ratio=ratio, fastv_k=FASTV_K, match="kept"), "kept"
 
 
 def evaluate_model(
@@ -194,8 +194,8 @@ def evaluate_model(
         recorder = None
         for ratio in ratios:
             extra: dict[str, Any] = {}
-            if method == "fastv":
-                pruned, match = fastv_model(model, ratio)
+            if method in LAYER_K_METHODS:
+                pruned, match = layer_k_model(model, method, ratio)
                 extra["fastv_match"] = match
                 extra["fastv_k"] = FASTV_K
             else:
@@ -206,7 +206,7 @@ def evaluate_model(
                     recorder = RecordingScorer(pruned.scorer)
                 pruned.scorer = recorder
                 recorder.calls = []
-            res = run_method(model, pruned, batches, letters, fastv=method == "fastv")
+            res = run_method(model, pruned, batches, letters, layer_k=method in LAYER_K_METHODS)
             row = {"method": method, "ratio": ratio, **res, **extra}
             if recorder is not None:
                 row["pointing"] = pointing(recorder.calls, batches)
@@ -341,14 +341,14 @@ def evaluate(
 def format_table(rows: list[dict[str, Any]]) -> str:
     """One block per model/modality: methods as rows, retention ratios as columns."""
     lines = []
-    ratios = sorted({r["ratio"] for r in rows if r["method"] in METHODS and r["method"] != "none"}, reverse=True)
+    ratios = sorted({r["ratio"] for r in rows if r["method"] in ALL_METHODS and r["method"] != "none"}, reverse=True)
     for (model, modality) in dict.fromkeys((r["model"], r["modality"]) for r in rows):
         block = [r for r in rows if r["model"] == model and r["modality"] == modality]
         vanilla = next((r["accuracy"] for r in block if r["method"] == "none"), None)
         lines.append(f"\n{model} / {modality} (n={block[0]['n']}, vanilla {vanilla:.3f})" if vanilla is not None
                      else f"\n{model} / {modality}")
         lines.append(f"{'method':<10}" + "".join(f"{f'{r * 100:g}%':>22}" for r in ratios))
-        for method in [m for m in METHODS if m != "none"]:
+        for method in [m for m in ALL_METHODS if m != "none" and any(r["method"] == m for r in block)]:
             cells = []
             for ratio in ratios:
                 r = next((x for x in block if x["method"] == method and x["ratio"] == ratio), None)
@@ -371,5 +371,5 @@ def format_table(rows: list[dict[str, Any]]) -> str:
                     label = r["method"] if whole else f"{r['method']}@{r['ratio']:g}"
                     lines.append(f"  {label:<14}" + "  ".join(f"{c} {a:.3f}" for c, a in r["by_category"].items()))
     lines.append("\nrec = ground-truth recall in the kept set, p = pointing (top token on ground truth); "
-                 "* FastV keeping that share from layer K on (equal average retention impossible)")
+                 "* FastV / DART keeping that share from layer K on (equal average retention impossible)")
     return "\n".join(lines)
