@@ -92,7 +92,10 @@ def dart_scores(keys: torch.Tensor, states: torch.Tensor, visual: torch.Tensor, 
     keeps image pivots + pivots x floor(budget / pivots); here every method keeps exactly k)."""
     norms = keys[0].float().abs().sum(dim=(0, 2))
     visual_idx, text_idx = torch.nonzero(visual).flatten(), torch.nonzero(text).flatten()
-    by_norm = lambda idx: idx[torch.sort(norms[idx], descending=True, stable=True).indices]  # noqa: E731
+
+    def by_norm(idx: torch.Tensor) -> torch.Tensor:
+        return idx[torch.sort(norms[idx], descending=True, stable=True).indices]
+
     image_pivot_idx = by_norm(visual_idx)[: min(image_pivots, k)]
     pivots = torch.cat([image_pivot_idx, by_norm(text_idx)[:text_pivots]])
     unit = torch.nn.functional.normalize(states.float(), dim=-1)
