@@ -73,11 +73,12 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             out = llm(inputs_embeds=x.embeds, attention_mask=x.mask, position_ids=x.positions, use_cache=False)
             return (out.last_hidden_state[0, rows].float() * readouts).sum(-1)
 
+        def head(hidden: torch.Tensor) -> torch.Tensor:
+            return (llm.norm(hidden[0, rows]).float() * readouts).sum(-1)
+
         with frozen_weights(llm):
-            for _, per_row in layerwise_maps(llm.layers, run_forward,
-                                             lambda h: (llm.norm(h[0, rows]).float() * readouts).sum(-1), ("clamp",)):
-                for t, maps in enumerate(per_row):
-                    r[t] = r[t] + r[t] @ maps["clamp"]
+            for _, t, maps in layerwise_maps(llm.layers, run_forward, head, ("clamp",)):
+                r[t] = r[t] + r[t] @ maps["clamp"]
         relevance = torch.zeros(int(x.visual.sum()), device=device)
         for t in range(args.answer):
             relevance += r[t][x.visual]

@@ -132,8 +132,8 @@ def check_recomputed(what: str, got: torch.Tensor, expected: torch.Tensor) -> No
 
 def layerwise_maps(layers: Sequence[nn.Module], run_forward: Callable[[], torch.Tensor],
                    head: Callable[[torch.Tensor], torch.Tensor], rules: Iterable[str]
-                   ) -> Iterator[tuple[int, list[dict[str, torch.Tensor]]]]:
-    """Abar_l under each rule for every target, from the last layer down: ``(l, [maps of target t])``.
+                   ) -> Iterator[tuple[int, int, dict[str, torch.Tensor]]]:
+    """Abar_l under each rule for every target t, from the last layer down: ``(l, t, {rule: map})``.
 
     ``run_forward`` runs the model once and returns the targets (e.g. answer logits) as it computes them;
     ``head`` maps the last layer's output to the same targets, differentiably. Why layer by layer: autograd
@@ -141,7 +141,8 @@ def layerwise_maps(layers: Sequence[nn.Module], run_forward: Callable[[], torch.
     28-head model on a 6,000-token video in bf16). Here the forward runs without autograd and keeps each
     layer's input (N x D); then each layer is run again with autograd, the gradient of every target with
     respect to its attention probabilities and its input is taken, and the layer's graph is dropped before
-    the next one down. The peak is one layer's maps, at the cost of one more forward."""
+    the next one down. The peak is one layer's maps, at the cost of one more forward. Each (N, N) map is
+    handed out as soon as it is formed, so a consumer that folds it in keeps one per rule, not one per target."""
     rules = tuple(rules)
     for rule in rules:
         check_rule(rule)
@@ -174,20 +175,20 @@ def layerwise_maps(layers: Sequence[nn.Module], run_forward: Callable[[], torch.
             out, probs = recompute_layer(layers[index], calls[index], layer_input)
             expected = last_output[0] if index == len(layers) - 1 else layer_call_hidden(calls[index + 1])
             check_recomputed(f"layer {index} output", out, expected)
-            per_target, input_grads = [], []
-            for grad in grads:
+            input_grads = []
+            for target, grad in enumerate(grads):
                 input_grad, probs_grad = torch.autograd.grad(out, (layer_input, probs), grad, retain_graph=True,
                                                              allow_unused=True)
                 if probs_grad is None:
                     raise RuntimeError(f"the attention probabilities of layer {index} are not on the target's "
                                        "backward path; the oracle needs the probabilities eager attention computes "
                                        "with (load the model with attn_implementation='eager')")
-                per_target.append({rule: layer_map(probs, probs_grad, rule) for rule in rules})
                 input_grads.append(input_grad)
+                yield index, target, {rule: layer_map(probs, probs_grad, rule) for rule in rules}
+                del probs_grad
         del out, probs, layer_input  # free this layer's graph before the next one is built
         grads = input_grads
         calls[index + 1:] = [None] * (len(layers) - index - 1)
-        yield index, per_target
 
 
 def relevance_row(maps: list[torch.Tensor], row: int) -> torch.Tensor:
@@ -233,10 +234,9 @@ def view_relevances(view: SampleView, answer_ids: torch.Tensor, rules: Iterable[
     for t, row in enumerate(rows):
         for r in row.values():
             r[prompt_len - 1 + t] = 1.0
-    for _, per_token in answer_layer_maps(view, answer_ids, rules):
-        for row, maps in zip(rows, per_token):
-            for rule in rules:
-                row[rule] = row[rule] + row[rule] @ maps[rule]
+    for _, t, maps in answer_layer_maps(view, answer_ids, rules):
+        for rule in rules:
+            rows[t][rule] = rows[t][rule] + rows[t][rule] @ maps[rule]
     totals = {rule: torch.zeros(visual.numel(), dtype=torch.float32, device=view.inputs_embeds.device)
               for rule in rules}
     for row in rows:
@@ -246,8 +246,9 @@ def view_relevances(view: SampleView, answer_ids: torch.Tensor, rules: Iterable[
 
 
 def answer_layer_maps(view: SampleView, answer_ids: torch.Tensor,
-                      rules: Iterable[str]) -> Iterator[tuple[int, list[dict[str, torch.Tensor]]]]:
-    """Teacher forcing over prompt + answer: every layer's Abar_l for each answer token, last layer first."""
+                      rules: Iterable[str]) -> Iterator[tuple[int, int, dict[str, torch.Tensor]]]:
+    """Teacher forcing over prompt + answer: ``(l, t, {rule: Abar_l})`` for every layer and answer token t,
+    last layer first."""
     model = view.adapter.model
     decoder = view.adapter.language_model
     embed = model.get_input_embeddings()
@@ -281,10 +282,9 @@ def answer_row_maps(view: SampleView, answer_ids: torch.Tensor,
     rules = tuple(rules)
     n_layers = len(view.adapter.language_model.layers)
     per_token = [{rule: [None] * n_layers for rule in rules} for _ in range(answer_ids.numel())]
-    for layer, maps_per_token in answer_layer_maps(view, answer_ids, rules):
-        for token_maps, maps in zip(per_token, maps_per_token):
-            for rule in rules:
-                token_maps[rule][layer] = maps[rule]
+    for layer, t, maps in answer_layer_maps(view, answer_ids, rules):
+        for rule in rules:
+            per_token[t][rule][layer] = maps[rule]
     prompt_len = view.inputs_embeds.shape[1]
     return [(prompt_len - 1 + t, maps) for t, maps in enumerate(per_token)]
 
