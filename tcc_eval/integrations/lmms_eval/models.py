@@ -13,7 +13,8 @@ unknown kwargs are left):
     compressor=PATH                          trained compressor, for method=tcc; left out: the registry's
                                              $TCC_COMPRESSOR_DIR/<Base>_<modality>.pt for the checkpoint
     budget=global|...  seed=0                selection options of the input-stage methods
-    fastv_k=2  match=avg_retention           FastV and DART options (K, what ratio means);  max_answer_tokens=16: oracle option
+    fastv_k=2  match=avg_retention           FastV and DART options (layer K, what ratio means)
+    max_answer_tokens=16                     oracle option
     efficiency_dir=DIR                       where the per-sample records go (see efficiency.py)
     dtype=float32                            qwen2_vl_tcc: cast after loading; vila_tcc: load dtype
                                              (llava_hf has its own)
