@@ -42,6 +42,15 @@ def topk_in_order(scores: torch.Tensor, k: int) -> torch.Tensor:
     return torch.sort(order[:k]).values
 
 
+def pick_order_scores(order: torch.Tensor | list[int], n: int) -> torch.Tensor:
+    """Scores over ``n`` tokens whose descending order is the pick order ``order`` (tokens never picked score
+    0), so the shared top-k keeps exactly the first k picks: how greedy selections (DivPrune, DART) enter."""
+    order = torch.as_tensor(order, dtype=torch.long)
+    scores = torch.zeros(n)
+    scores[order] = torch.arange(order.numel(), 0, -1, dtype=torch.float32)
+    return scores
+
+
 def select_visual(
     scores: torch.Tensor,
     keep_ratio: float,

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .core import Selection, check_keep_ratio, keep_count, keep_positions, select_visual
+from .core import Selection, check_keep_ratio, keep_count, keep_positions, pick_order_scores, select_visual
 from .flops import fastv_average_retention, fastv_layer_keep_ratio
 from .probe import attention_rows, instruction_rows, layer_keys
 from .pruned import PrefillTimer, TokenPrunedModel, split_model_inputs, sync
@@ -113,9 +113,7 @@ def dart_scores(keys: torch.Tensor, states: torch.Tensor, visual: torch.Tensor, 
         picks = torch.sort(similarity, stable=True).indices[:quota]
         order.extend(picks.tolist())
         free[picks] = False
-    scores = torch.zeros(visual_idx.numel())
-    scores[order] = torch.arange(len(order), 0, -1, dtype=torch.float32)
-    return scores
+    return pick_order_scores(order, visual_idx.numel())
 
 
 class _DartPruner(_LayerKPruner):

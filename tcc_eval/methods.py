@@ -14,6 +14,7 @@ from typing import Callable, Mapping
 import torch
 
 from .adapters.base import MLLMAdapter
+from .core import pick_order_scores
 from .flops import LAYER_K_METHODS
 from .probe import instruction_to_visual
 
@@ -90,9 +91,7 @@ def divprune_scorer() -> Scorer:
 
     def score(view: SampleView) -> torch.Tensor:
         order = max_min_diversity_order(view.inputs_embeds[0, view.visual])
-        scores = torch.empty(order.numel())
-        scores[order] = torch.arange(order.numel(), 0, -1, dtype=torch.float32)
-        return scores
+        return pick_order_scores(order, order.numel())
 
     return score
 

@@ -189,8 +189,8 @@ def test_dart_selection_uses_layer_k_minus_1_keys_and_output(deep, family):
     visual = llm.visual_mask[0]
     text = torch.zeros_like(visual)
     text[int(torch.nonzero(visual).max()) + 1:] = True
-    scores = dart_scores(keys, states, visual, text, keep_count(int(visual.sum()), 0.5))
-    expected = torch.nonzero(visual).flatten()[torch.sort(scores, descending=True, stable=True).indices[:keep_count(
-        int(visual.sum()), 0.5)]]
+    k = keep_count(int(visual.sum()), 0.5)
+    scores = dart_scores(keys, states, visual, text, k)
+    expected = torch.nonzero(visual).flatten()[torch.sort(scores, descending=True, stable=True).indices[:k]]
     assert kept[visual[kept]].tolist() == sorted(expected.tolist())
     assert kept[~visual[kept]].tolist() == torch.nonzero(~visual).flatten().tolist()
