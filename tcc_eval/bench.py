@@ -128,7 +128,8 @@ def build_llm(shape: LLMShape, arch: str, device: torch.device, dtype: torch.dty
         needed = sum(p.numel() for p in model_cls(config).parameters()) * dtype.itemsize
     _check_memory(needed, device)
     torch.manual_seed(seed)
-    return model_cls(config).to(device=device, dtype=dtype).eval()
+    with device:  # initialised where it runs: a 7B stack takes minutes to initialise on the CPU
+        return model_cls(config).to(dtype=dtype).eval()
 
 
 def _check_memory(needed: int, device: torch.device) -> None:
@@ -203,6 +204,7 @@ class Outcome:
     overhead: tuple[float, float | None]
     kv_bytes: int
     kept_visual: int
+    overhead_parts: dict[str, float] | None = None  # tcc: wall seconds of each step of the overhead
 
 
 def prefill(llm: nn.Module, embeds: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor) -> Any:
@@ -237,13 +239,19 @@ def run_none(llm: nn.Module, x: Inputs, clock: Clock) -> Outcome:
 def run_tcc(llm: nn.Module, x: Inputs, clock: Clock, compressor: nn.Module, rho: float) -> Outcome:
     start = clock.mark()
     a0 = instruction_to_visual(llm, x.embeds, x.positions, x.mask, x.visual)
-    kept_visual = select_visual(compressor.predict(a0), rho)
+    probed = clock.mark()
+    scores = compressor.predict(a0)
+    scored = clock.mark()
+    kept_visual = select_visual(scores, rho)
     kept = keep_positions(x.mask[0].bool(), x.visual, kept_visual)
     embeds, mask, positions = gather_left_padded(x.embeds, x.mask, x.positions, [kept])
     selected = clock.mark()
     out = prefill(llm, embeds, mask, positions)
     end = clock.mark()
-    return Outcome(clock.seconds(start, end), clock.seconds(start, selected), cache_bytes(out), int(kept_visual.numel()))
+    parts = {name: clock.seconds(a, b)[0] for name, a, b in
+             (("probe", start, probed), ("compressor", probed, scored), ("select_gather", scored, selected))}
+    return Outcome(clock.seconds(start, end), clock.seconds(start, selected), cache_bytes(out), int(kept_visual.numel()),
+                   parts)
 
 
 def run_fastv(llm: nn.Module, x: Inputs, clock: Clock, k: int, layer_keep_ratio: float) -> Outcome:
@@ -372,6 +380,8 @@ def _row(cfg: BenchConfig, case: Case, outcomes: list[Outcome]) -> dict[str, Any
         "prefill_cpu_runs_s": [o.total[1] for o in outcomes],
         "kv_bytes": kv_bytes, "kv_bytes_measured": outcomes[-1].kv_bytes, "flops_ratio": flops,
         "layer_keep_ratio": case.layer_keep_ratio, "note": case.note,
+        **({"overhead_parts_s": {name: statistics.median(o.overhead_parts[name] for o in outcomes)
+                                 for name in outcomes[0].overhead_parts}} if outcomes[0].overhead_parts else {}),
     }
 
 
@@ -482,6 +492,10 @@ def format_table(result: dict[str, Any]) -> str:
               "processes); avg ret: mean kept fraction over layers; KV MB in the run's dtype; FLOPs: visual part "
               "vs vanilla")
     lines += ["", legend, ""]
+    for r in result["rows"]:
+        if r.get("overhead_parts_s"):
+            lines.append(f"tcc overhead at rho={r['keep_ratio']:.2f} (wall, ms): "
+                         + ", ".join(f"{name} {t * 1e3:.2f}" for name, t in r["overhead_parts_s"].items()))
     for c in result["checks"]:
         lines.append(f"check {c['basis']:<4} rho={c['keep_ratio']:.2f}: {c['check']} = {c['value']:.3f} (< {c['max']}) "
                      f"{'PASS' if c['ok'] else 'FAIL'}")

@@ -51,6 +51,12 @@ def test_schema_and_machine(result):
         assert row["prefill_s"] > 0 and 0 <= row["overhead_s"] <= row["prefill_s"]
         assert row["prefill_cpu_s"] > 0 and 0 <= row["overhead_cpu_s"] <= row["prefill_cpu_s"]
         assert len(row["prefill_runs_s"]) == len(row["prefill_cpu_runs_s"]) == 1
+        if row["method"] == "tcc":  # the overhead's steps are consecutive stretches of it
+            parts = row["overhead_parts_s"]
+            assert set(parts) == {"probe", "compressor", "select_gather"} and min(parts.values()) > 0
+            assert sum(parts.values()) == pytest.approx(row["overhead_s"], rel=1e-6)
+        else:
+            assert "overhead_parts_s" not in row
 
 
 def test_kept_counts_and_retention(result):
@@ -194,6 +200,19 @@ def test_oracle_bench_runs_both_variants_side_by_side(tmp_path, capsys):
     assert result["rows"][0]["peak_ratio"] == 1.0
     assert result["config"]["tokens"] == 120 and result["machine"]["torch_threads"] == 1
     assert "| layerwise |" in capsys.readouterr().out
+
+
+def test_oracle_bench_measures_one_variant_alone(tmp_path, capsys):
+    """--variants layerwise: lengths whose all-layer maps would not fit; nothing to compare, so no equality claim."""
+    from tcc_eval import bench_oracle
+
+    out = tmp_path / "layerwise.json"
+    assert bench_oracle.main(["--shape", TINY_ORACLE_SHAPE, "--tokens", "120", "--threads", "1",
+                              "--variants", "layerwise", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert [r["variant"] for r in result["rows"]] == ["layerwise"] and result["relevance_equal"] is None
+    printed = capsys.readouterr().out
+    assert "| layerwise |" in printed and "vs layerwise" in printed and "bit for bit" not in printed
 
 
 @pytest.mark.parametrize("args, message", [

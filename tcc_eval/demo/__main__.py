@@ -47,9 +47,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        print(f"error: --device {args.device!r} is not a torch device; use cpu, cuda or cuda:N", file=sys.stderr)
+        return 2
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("error: --device cuda, but torch sees no CUDA GPU here; use --device cpu", file=sys.stderr)
+        return 2
     start = time.time()
     rows = evaluate(seed=args.seed, n=args.n, families=args.family, modalities=args.modality, methods=methods,
-                    ratios=tuple(args.ratios), root=demo_root(args.root, args.variant), batch_size=args.batch_size)
+                    ratios=tuple(args.ratios), root=demo_root(args.root, args.variant), batch_size=args.batch_size,
+                    device=args.device)
     print(format_table(rows))
     print(f"\nevaluated in {time.time() - start:.0f}s")
     if args.json:
@@ -133,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--variant", default=None, choices=sorted(VARIANTS),
                    help="the shipped models of a benchmark variant")
     e.add_argument("--batch-size", type=int, default=16)
+    e.add_argument("--device", default="cpu",
+                   help="cpu (default, fp32: how the committed tables were measured) or cuda (bf16, else fp16)")
     e.add_argument("--threads", type=int, default=2)
     e.add_argument("--json", default=None, help="write the rows as JSON here")
     e.set_defaults(func=cmd_evaluate)

@@ -20,7 +20,7 @@ import torch
 
 from .. import synth
 from ..adapters import adapter_for
-from ..api import load_hf_model, wrap_model
+from ..api import default_dtype, load_hf_model, wrap_model
 from ..core import keep_positions
 from ..flops import LAYER_K_METHODS
 from ..methods import ALL_METHODS
@@ -35,12 +35,16 @@ SCORED = ("random", "a0", "tcc", "oracle")  # methods with per-token scores (poi
 FASTV_K = 1  # the demo LLMs have 4 layers; FastV's and DART's K=2 default leaves no room at 50%/25%
 
 
-def load_demo(family: str, root: str | None = None):
-    """Shipped (or rebuilt) demo model in fp32 with its processor, loaded like any checkpoint of its family."""
+def load_demo(family: str, root: str | None = None, device: str | torch.device = "cpu"):
+    """Shipped (or rebuilt) demo model with its processor, loaded like any checkpoint of its family.
+
+    On the CPU by default, in fp32: the committed demo tables were measured so. On a GPU it loads in the
+    dtype a real checkpoint gets there (bf16, else fp16)."""
     path = model_dir(family, root)
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"no demo model at {path}; build it with `python -m tcc_eval.demo build`")
-    return load_hf_model(path, torch.device("cpu"), torch.float32)
+    device = torch.device(device)
+    return load_hf_model(path, device, default_dtype(device))
 
 
 def trained_benchmark(family: str, root: str | None = None) -> dict[str, str | None]:
@@ -73,17 +77,21 @@ def by_category(samples: list[synth.SynthSample], hits: list[bool]) -> dict[str,
 @dataclass
 class Batch:
     samples: list[synth.SynthSample]
-    inputs: dict[str, torch.Tensor]
+    inputs: dict[str, torch.Tensor]  # on the CPU, for the bookkeeping
+    model_inputs: dict[str, torch.Tensor]  # the same on the model's device, images in its dtype
     gt: list[np.ndarray]  # per sample, over its visual tokens
 
 
 def make_batches(model, processor, samples: list[synth.SynthSample], batch_size: int) -> list[Batch]:
+    param = next(model.parameters())
     batches = []
     for i in range(0, len(samples), batch_size):
         chunk = samples[i:i + batch_size]
         inputs = encode(processor, chunk)
         gt = [token_regions(model, inputs, b, s).ground_truth(s) for b, s in enumerate(chunk)]
-        batches.append(Batch(chunk, inputs, gt))
+        on_device = {k: v.to(param.device, param.dtype) if torch.is_floating_point(v) else v.to(param.device)
+                     for k, v in inputs.items()}
+        batches.append(Batch(chunk, inputs, on_device, gt))
     return batches
 
 
@@ -120,8 +128,7 @@ def run_method(model, pruned, batches: list[Batch], letters: dict[int, str], lay
     hits, recalls = [], []
     for batch in batches:
         ids, mask = batch.inputs["input_ids"], batch.inputs["attention_mask"]
-        inputs = dict(batch.inputs)
-        out = pruned.generate(**inputs, max_new_tokens=1, do_sample=False)
+        out = pruned.generate(**batch.model_inputs, max_new_tokens=1, do_sample=False)
         pred = out[:, ids.shape[1]].tolist()
         hits += [letters.get(p) == s.answer for p, s in zip(pred, batch.samples)]
         visual = visual_rows(model, ids, mask)
@@ -156,7 +163,8 @@ def region_checks(model, batches: list[Batch], letters: dict[int, str]) -> list[
                 keep = gt if keep_gt else ~gt
                 kept_share.append(float(keep.mean()))
                 positions.append(keep_positions(mask[b].bool(), visual[b], torch.from_numpy(np.nonzero(keep)[0])))
-            pred = answer_logits(model, batch.inputs, positions).argmax(-1).tolist()
+            device = batch.model_inputs["input_ids"].device
+            pred = answer_logits(model, batch.model_inputs, [p.to(device) for p in positions]).argmax(-1).tolist()
             hits += [letters.get(p) == s.answer for p, s in zip(pred, batch.samples)]
         rows.append({"method": name, "ratio": round(float(np.mean(kept_share)), 4), "accuracy": float(np.mean(hits)),
                      "n": len(hits), "by_category": by_category(samples, hits)})
@@ -313,10 +321,11 @@ def oracle_diagnostics(model, processor, samples: list[synth.SynthSample],
 def evaluate(
     seed: int = 1, n: int = 200, families: Iterable[str] = FAMILIES, modalities: Iterable[str] = MODALITIES,
     methods: Iterable[str] = METHODS, ratios: Iterable[float] = RATIOS, root: str | None = None,
-    batch_size: int = 16, log: Callable[[str], None] = print,
+    batch_size: int = 16, log: Callable[[str], None] = print, device: str = "cpu",
 ) -> list[dict[str, Any]]:
     """All rows for the demo models on a test split (``split="test"``, never used in training) of the
-    benchmark each model was trained on; modalities a model was not trained on are skipped."""
+    benchmark each model was trained on; modalities a model was not trained on are skipped. ``device``
+    as ``load_demo`` takes it."""
     rows = []
     for modality in modalities:
         splits: dict[str | None, list[synth.SynthSample]] = {}  # families trained on one benchmark share its split
@@ -329,7 +338,7 @@ def evaluate(
             if key not in splits:
                 splits[key] = benchmark.samples(modality, n, seed, "test", key)
             samples = splits[key]
-            model, processor = load_demo(family, root)
+            model, processor = load_demo(family, root, device)
             comp = compressor_path(family, modality, root)
             log(f"{family} / {modality}: {n} samples, seed {seed}")
             for row in evaluate_model(model, processor, samples, {modality: str(comp)} if comp.exists() else None,
