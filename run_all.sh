@@ -78,10 +78,11 @@ if [[ "$SUITE" == demo ]]; then
   for family in "${BUILT[@]}"; do VLMEVAL_BASES+=("${DEMO_BASE[$family]}"); done
   VLMEVAL_DATA=(TCCSynth_IMG TCCSynth_VID)
   JUDGE=(--judge exact_matching)
-  METHODS=(TCC Random A0 FastV Oracle DivPrune DART)
+  METHODS=(TCC Random A0 FastV Oracle DivPrune DART PDrop)
   RATIOS=(75 50 25)
-  # 4-layer demo LLMs: 25% is the floor K/L at K=1 of the methods that prune inside the LLM
-  SKIP=(TinyQwen2VL_FastV25 TinyLLaVAOV_FastV25 TinyVILA_FastV25 TinyQwen2VL_DART25 TinyLLaVAOV_DART25 TinyVILA_DART25)
+  # 4-layer demo LLMs: 25% is the floor of the methods that prune inside the LLM (K/L at K=1; PyramidDrop's L/4)
+  SKIP=()
+  for base in TinyQwen2VL TinyLLaVAOV TinyVILA; do SKIP+=("${base}_FastV25" "${base}_DART25" "${base}_PDrop25"); done
   LMMS_TASKS=tccsynth_img,tccsynth_vid
   LMMS_INCLUDE=(--include_path "$($PY -c 'import tcc_eval.demo as d; print(d.LMMS_TASKS)')")
   LMMS_METHODS=(tcc random a0)  # lmms-eval pays ~20 s start-up per run: the full matrix runs in VLMEvalKit
@@ -95,9 +96,9 @@ elif [[ "$SUITE" == paper ]]; then
   VLMEVAL_BASES=(Qwen2VL LLaVAOV VILA15)
   VLMEVAL_DATA=(MME MMBench_DEV_EN SEEDBench_IMG MMStar MMVet MVBench_8frame Video-MME_8frame)
   JUDGE=()
-  METHODS=(TCC DART)  # DART: one of the paper's two comparison methods, training-free
+  METHODS=(TCC DART PDrop)  # DART and PyramidDrop: the paper's two comparison methods, training-free
   RATIOS=(50 25)
-  SKIP=()
+  SKIP=(Qwen2VL_PDrop25 LLaVAOV_PDrop25 VILA15_PDrop25)  # 25% is PyramidDrop's floor (its first quarter keeps all)
   LMMS_TASKS=mme,mmbench_en_dev,seedbench,mmstar,mvbench,videomme
   LMMS_INCLUDE=()
   LMMS_METHODS=(tcc)

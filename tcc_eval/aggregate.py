@@ -35,16 +35,16 @@ if __package__ in (None, ""):  # run as a file: import the package copy so both 
 
 import pandas as pd
 
-from tcc_eval.flops import (LAYER_K_METHODS, LLM_SHAPES, LLMShape, fastv_average_retention, fastv_layer_keep_ratio,
-                            flops_ratio, guess_shape, shape_from_config)
+from tcc_eval.flops import (LAYER_K_METHODS, LLM_SHAPES, LLMShape, fastv_average_retention,
+                            fastv_layer_keep_ratio, flops_ratio, guess_shape, pyramid_stage_ratio, shape_from_config)
 
 log = logging.getLogger("tcc_eval.aggregate")
 
 FRAMEWORKS = ("vlmeval", "lmms_eval")
 # model_registry.METHOD_TOKENS, restated so that reading results needs no torch (a test keeps them equal)
 METHOD_TOKENS = {"TCC": "tcc", "Random": "random", "A0": "a0", "FastV": "fastv", "Oracle": "oracle",
-                 "DivPrune": "divprune", "DART": "dart"}
-METHOD_ORDER = ("none", "tcc", "oracle", "a0", "random", "divprune", "fastv", "dart")
+                 "DivPrune": "divprune", "DART": "dart", "PDrop": "pdrop"}
+METHOD_ORDER = ("none", "tcc", "oracle", "a0", "random", "divprune", "fastv", "dart", "pdrop")
 MODEL_NAME_RE = re.compile(
     rf"^(?P<base>.+?)_(?:(?P<vanilla>Vanilla)|(?P<method>{'|'.join(METHOD_TOKENS)})(?P<ratio>\d{{1,3}}))$"
 )
@@ -396,7 +396,7 @@ EFFICIENCY_REQUIRED = ("framework", "dataset", "keep_ratio", "base_model", "visu
                        "prefill_s", "total_s", "kv_cache_bytes")
 MAX_LINE_WARNINGS = 5  # per efficiency file; the rest are counted on one line
 EFFICIENCY_NUMERIC = ("visual_before", "visual_after", "seq_before", "seq_after", "prefill_s", "compressor_s",
-                      "total_s", "kv_cache_bytes", "new_tokens", "avg_retention", "fastv_k")
+                      "total_s", "kv_cache_bytes", "new_tokens", "avg_retention", "fastv_k", "pdrop_lambda")
 
 
 def _efficiency_key(record: dict) -> tuple[str, str, str, float]:
@@ -470,7 +470,7 @@ def summarize_efficiency(records: pd.DataFrame) -> pd.DataFrame:
     columns = [*key, "dataset", "samples", "prefill_s_sum", "prefill_s_mean", "compressor_s_sum",
                "compressor_s_mean", "total_s_sum", "total_s_mean", "kv_cache_mb_mean", "visual_before_mean",
                "visual_after_mean", "measured_retention", "avg_retention", "seq_before_mean", "seq_after_mean",
-               "new_tokens_mean", "fastv_k", "llm_shape"]
+               "new_tokens_mean", "fastv_k", "pdrop_lambda", "llm_shape"]
     if records.empty:
         return pd.DataFrame(columns=columns)
 
@@ -491,6 +491,8 @@ def summarize_efficiency(records: pd.DataFrame) -> pd.DataFrame:
             "seq_before_mean": group["seq_before"].mean(), "seq_after_mean": group["seq_after"].mean(),
             "new_tokens_mean": group["new_tokens"].mean(),
             "fastv_k": group["fastv_k"].dropna().iloc[0] if group["fastv_k"].notna().any() else math.nan,
+            "pdrop_lambda": (group["pdrop_lambda"].dropna().iloc[0] if group["pdrop_lambda"].notna().any()
+                             else math.nan),
             "llm_shape": shapes[0] if shapes else "",
         }
 
@@ -625,6 +627,9 @@ def build_table(summary: pd.DataFrame, efficiency: pd.DataFrame, framework: str,
             else options.fastv_k
         if not math.isnan(recorded):
             row["Avg retention"] = recorded
+        elif method == "pdrop":  # our PyramidDrop names give the average retention over layers
+            row["Avg retention"] = ratio
+            notes.append("PyramidDrop average retention from the model name (no efficiency records)")
         elif method in LAYER_K_METHODS:
             # our FastV / DART names give the average retention over layers (and keep kept = the post-K share)
             if shape is not None and not math.isnan(measured):
@@ -641,6 +646,10 @@ def build_table(summary: pd.DataFrame, efficiency: pd.DataFrame, framework: str,
             pruned_share = ratio
             if method in LAYER_K_METHODS:  # flops_ratio wants the share kept from layer K on
                 pruned_share = kept if not math.isnan(measured) else fastv_layer_keep_ratio(ratio, shape.layers, fastv_k)
+            elif method == "pdrop":  # and PyramidDrop's per-stage ratio
+                recorded_lambda = eff["pdrop_lambda"].iloc[0] if len(eff) else math.nan
+                pruned_share = (recorded_lambda if not math.isnan(recorded_lambda)
+                                else pyramid_stage_ratio(ratio, shape.layers))
             row["FLOPs ratio"] = flops_ratio(n_visual, pruned_share, shape, method, fastv_k)
         else:
             row["FLOPs ratio"] = math.nan
@@ -676,7 +685,8 @@ def table_markdown(table: pd.DataFrame, framework: str) -> str:
         lines.append("| " + " | ".join(_fmt(c, row[c]) for c in table.columns) + " |")
     lines += ["", "Scores in percent (MME: perception + reasoning/cognition points). Avg preservation: mean of "
               "score / vanilla score over the benchmarks with a vanilla run. Avg retention: measured kept "
-              "fraction of visual tokens (FastV, DART: averaged over layers). FLOPs ratio: visual-part FLOPs vs "
+              "fraction of visual tokens (FastV, DART, PyramidDrop: averaged over layers). FLOPs ratio: visual-part "
+              "FLOPs vs "
               "vanilla (theoretical). prefill s, total s: mean per sample; KV MB: mean KV cache (10^6 bytes).",
               ""]
     return "\n".join(lines)

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from .adapters import ADAPTERS
-from .flops import LAYER_K_METHODS
+from .flops import INSIDE_LLM_METHODS
 from .methods import Scorer, TCCScorer, a0_scorer, check_method, divprune_scorer, random_scorer
 from .pruned import TokenPrunedModel
 
@@ -169,12 +169,15 @@ def wrap_model(
     """Wrap an already loaded HF MLLM; the result's ``generate`` is a drop-in for ``model.generate``.
 
     Options of other methods are ignored, so one option set (e.g. a base's ``fastv_k``) serves every
-    method: ``fastv_k`` (the layer K) / ``match`` apply to fastv and dart (``match="kept"``: keep_ratio is the
-    fraction kept from layer K on instead of the average retention), ``max_answer_tokens`` to the oracle."""
+    method: ``fastv_k`` (the layer K) applies to fastv and dart, ``match`` to them and pdrop
+    (``match="kept"``: keep_ratio is the fraction kept from layer K on, for pdrop its per-stage ratio,
+    instead of the average retention over layers), ``max_answer_tokens`` to the oracle."""
     check_method(method)
-    if method in LAYER_K_METHODS:
-        from .fastv import DartModel, FastVModel
+    if method in INSIDE_LLM_METHODS:
+        from .fastv import DartModel, FastVModel, PyramidDropModel
 
+        if method == "pdrop":
+            return PyramidDropModel(model, keep_ratio=keep_ratio, match=match)
         layer_k_model = FastVModel if method == "fastv" else DartModel
         return layer_k_model(model, keep_ratio=keep_ratio, fastv_k=fastv_k, match=match)
     scorer = build_scorer(method, model, compressor=compressor, seed=seed, max_answer_tokens=max_answer_tokens)
@@ -262,10 +265,10 @@ def load(
 ) -> CompressedMLLM:
     """Load a checkpoint and attach a pruning method.
 
-    method: none | random | a0 | tcc | oracle | divprune | fastv | dart; keep_ratio in (0, 1]; compressor: a trained
-    compressor checkpoint, {modality: checkpoint} or a folder of ``<family>_<modality>.pt`` (required for
-    tcc); options: ``wrap_model``'s (budget, seed, fastv_k, match, max_answer_tokens). CUDA when
-    available (bf16/fp16), else CPU (fp32).
+    method: none | random | a0 | tcc | oracle | divprune | fastv | dart | pdrop; keep_ratio in (0, 1];
+    compressor: a trained compressor checkpoint, {modality: checkpoint} or a folder of
+    ``<family>_<modality>.pt`` (required for tcc); options: ``wrap_model``'s (budget, seed, fastv_k, match,
+    max_answer_tokens). CUDA when available (bf16/fp16), else CPU (fp32).
     """
     from .core import check_keep_ratio
 

@@ -86,14 +86,28 @@ class Selection:
     kept_positions: list[torch.Tensor] = field(default_factory=list)  # indices into the original sequence
     seq_before: list[int] = field(default_factory=list)
     seq_after: list[int] = field(default_factory=list)
+    layer_visual: list[list[int] | None] = field(default_factory=list)  # per LLM layer; None: visual_after in each
 
-    def add(self, visual_before: int, visual_after: int, kept_positions: torch.Tensor, seq_before: int) -> None:
-        """Record one sample."""
+    def add(self, visual_before: int, visual_after: int, kept_positions: torch.Tensor, seq_before: int,
+            layer_visual: list[int] | None = None) -> None:
+        """Record one sample; ``layer_visual``: the visual tokens each LLM layer holds, for methods that prune
+        inside the LLM (input-stage pruning holds ``visual_after`` in every layer)."""
         self.visual_before.append(int(visual_before))
         self.visual_after.append(int(visual_after))
         self.kept_positions.append(kept_positions.cpu())
         self.seq_before.append(int(seq_before))
         self.seq_after.append(int(kept_positions.numel()))
+        self.layer_visual.append(None if layer_visual is None else [int(n) for n in layer_visual])
+
+    def visual_per_layer(self, layers: int) -> list[int]:
+        """Visual tokens each LLM layer holds, summed over the samples."""
+        totals = [0] * layers
+        for after, per_layer in zip(self.visual_after, self.layer_visual):
+            per_layer = per_layer or [after] * layers
+            if len(per_layer) != layers:
+                raise ValueError(f"a sample recorded {len(per_layer)} layers, the LLM has {layers}")
+            totals = [t + n for t, n in zip(totals, per_layer)]
+        return totals
 
     @property
     def retention(self) -> float:

@@ -1,10 +1,12 @@
-"""Methods that prune visual tokens inside the LLM at layer K: FastV and DART.
+"""Methods that prune visual tokens inside the LLM: FastV and DART at layer K, PyramidDrop in stages.
 
 Layers 0..K-1 see every token; at layer K the selected visual tokens survive, and layers K..L-1 run on the
 shorter sequence (their KV cache holds only the kept tokens). FastV keeps the visual tokens with the highest
 head-mean attention from the last token in layer K-1; DART (Wen et al. 2025) keeps the visual tokens least
-duplicated by a few pivot tokens. Implemented with forward hooks on the decoder layers (FastV's minimal
-hook), so the LLM code is untouched. Ranking and selection reuse the shared probe and core.
+duplicated by a few pivot tokens; PyramidDrop (Xing et al. 2024) repeats FastV's kind of ranking at the start
+of each of its stages, keeping fewer tokens each time. Implemented with forward hooks on the decoder layers
+(FastV's minimal hook), so the LLM code is untouched. Ranking and selection reuse the shared probe and core.
+Kept tokens keep their original position ids, as in every method here (PyramidDrop's code renumbers them).
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .core import Selection, check_keep_ratio, keep_count, keep_positions, pick_order_scores, select_visual
-from .flops import fastv_average_retention, fastv_layer_keep_ratio
+from .core import (Selection, check_keep_ratio, keep_count, keep_positions, pick_order_scores, select_visual,
+                   topk_in_order)
+from .flops import fastv_layer_keep_ratio, pyramid_stage_layers, pyramid_stage_ratio
 from .probe import attention_rows, instruction_rows, layer_keys
 from .pruned import PrefillTimer, TokenPrunedModel, split_model_inputs, sync
 
@@ -57,6 +60,11 @@ class _LayerKPruner:
     def keep(self, scores: torch.Tensor) -> None:
         kept_visual = select_visual(scores, self.keep_ratio)
         self.kept = keep_positions(torch.ones_like(self.visual), self.visual, kept_visual)
+
+    def layer_visual(self) -> list[int]:
+        """Visual tokens each layer held in the prefill: all of them before layer K, the kept ones from K on."""
+        kept = int(self.visual[self.kept.to(self.visual.device)].sum())
+        return [int(self.visual.sum())] * self.k + [kept] * (len(self.lm.layers) - self.k)
 
     def slice(self, _module: nn.Module, args: tuple, kwargs: dict):
         """Every layer from K on receives the full-length rotary tables and mask from the decoder loop; only
@@ -136,6 +144,83 @@ class _DartPruner(_LayerKPruner):
         self.keep(dart_scores(keys, self.lm.norm(out)[0], self.visual.to(out.device), text.to(out.device), k))
 
 
+class _PyramidPruner:
+    """PyramidDrop's hook state for one sample. Before the first layer of stage s (layers L/4, L/2, 3L/4), the
+    visual tokens still present are ranked by the head-mean attention of the last token in that layer (its own
+    norm and q/k on the hidden states it receives), and round(lambda^s N) of them stay for the stage."""
+
+    def __init__(self, language_model: nn.Module, stage_ratio: float, visual: torch.Tensor, positions: torch.Tensor):
+        self.lm = language_model
+        self.visual = visual  # (L,) bool, one unpadded sample
+        self.positions = positions
+        self.prefill_len = int(visual.numel())
+        self.stage_layers = pyramid_stage_layers(len(language_model.layers))
+        n_visual = int(visual.sum())
+        self.counts = [keep_count(n_visual, stage_ratio ** s) for s in range(1, len(self.stage_layers) + 1)]
+        self.stage_kept: list[torch.Tensor] = []  # per stage ranked so far: kept positions (original sequence)
+        self.stage_local: list[torch.Tensor] = []  # the same as indices into the previous stage's sequence
+        self.handles = [layer.register_forward_pre_hook(self._hook(index), with_kwargs=True)
+                        for index, layer in enumerate(language_model.layers) if index >= self.stage_layers[0]]
+
+    @property
+    def kept(self) -> torch.Tensor | None:
+        """Positions kept in the last stage (None before the prefill ranked it)."""
+        return self.stage_kept[-1] if len(self.stage_kept) == len(self.stage_layers) else None
+
+    def close(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+    def _hook(self, index: int):
+        stage = sum(index >= start for start in self.stage_layers)  # 1-based stage of this layer
+
+        def pre_hook(_module: nn.Module, args: tuple, kwargs: dict):
+            if index == self.stage_layers[stage - 1] and len(self.stage_kept) < stage:
+                self.rank(stage, args[0] if args else kwargs["hidden_states"])
+            return self.slice(stage, index, args, kwargs)
+
+        return pre_hook
+
+    def rank(self, stage: int, hidden: torch.Tensor) -> None:
+        previous = self.stage_kept[-1].to(hidden.device) if self.stage_kept else torch.arange(self.prefill_len,
+                                                                                               device=hidden.device)
+        visual = self.visual.to(hidden.device)[previous]
+        last = torch.tensor([previous.numel() - 1], device=hidden.device)
+        mask = torch.ones(1, previous.numel(), dtype=torch.long, device=hidden.device)
+        probs = attention_rows(self.lm, hidden, self.positions[..., previous], mask, last,
+                               layer_idx=self.stage_layers[stage - 1])
+        kept_visual = topk_in_order(probs.mean(dim=(0, 1))[visual], self.counts[stage - 1])
+        local = keep_positions(torch.ones_like(visual), visual, kept_visual)
+        self.stage_local.append(local)
+        self.stage_kept.append(previous[local])
+
+    def slice(self, stage: int, index: int, args: tuple, kwargs: dict):
+        """As ``_LayerKPruner.slice``, with the kept set of this layer's stage; the first layer of a stage
+        shortens the hidden states it receives from the previous stage's sequence."""
+        if len(self.stage_kept) < stage:
+            return None
+        hidden = args[0] if args else kwargs.pop("hidden_states")
+        kept = self.stage_kept[stage - 1].to(hidden.device)
+        mask = kwargs.get("attention_mask")
+        cos, sin = kwargs["position_embeddings"]
+        if cos.shape[-2] == self.prefill_len:  # prefill: drop rows and columns
+            if index == self.stage_layers[stage - 1]:
+                hidden = hidden[:, self.stage_local[stage - 1].to(hidden.device)]
+            kwargs["position_embeddings"] = (cos[..., kept, :], sin[..., kept, :])
+            if isinstance(mask, torch.Tensor):
+                kwargs["attention_mask"] = mask[..., kept, :][..., kept]
+        elif isinstance(mask, torch.Tensor):  # decode: drop this stage's pruned prompt columns only
+            tail = torch.arange(self.prefill_len, mask.shape[-1], device=mask.device)
+            kwargs["attention_mask"] = mask[..., torch.cat([kept, tail])]
+        return (hidden,) + tuple(args[1:]), kwargs
+
+    def layer_visual(self) -> list[int]:
+        """Visual tokens each layer held in the prefill, stage by stage."""
+        starts = (0, *self.stage_layers, len(self.lm.layers))
+        counts = (int(self.visual.sum()), *self.counts)
+        return [counts[s] for s in range(len(counts)) for _ in range(starts[s], starts[s + 1])]
+
+
 class FastVModel(TokenPrunedModel):
     """FastV through the same adapter and selection code; ``keep_ratio`` is the *average* retention over
     layers (METHOD.md), unless ``match="kept"``, where it is the fraction kept from layer K on."""
@@ -153,10 +238,6 @@ class FastVModel(TokenPrunedModel):
             check_keep_ratio(keep_ratio) if match == "kept" else fastv_layer_keep_ratio(keep_ratio, layers, fastv_k)
         )
 
-    def layer_average(self, before: float, after: float, layers: int) -> float:
-        """The first K layers hold every token, the others the kept ones."""
-        return before * fastv_average_retention(after / before, layers, self.fastv_k) if before else 0.0
-
     def _stats(self, *args: Any) -> dict:
         return {**super()._stats(*args), "fastv_k": self.fastv_k}
 
@@ -165,17 +246,18 @@ class FastVModel(TokenPrunedModel):
             self.adapter.language_model, self.fastv_k, self.layer_keep_ratio, view.visual, view.position_ids
         )
 
-    def run_sample(self, view, **gen_kwargs) -> tuple[torch.Tensor, torch.Tensor]:
-        """Generate for one unpadded sample; returns (new tokens, kept prompt positions from layer K)."""
+    def run_sample(self, view, **gen_kwargs) -> tuple[torch.Tensor, torch.Tensor, list[int] | None]:
+        """Generate for one unpadded sample; returns (new tokens, prompt positions kept in the last layer, visual
+        tokens per layer; None when nothing was pruned)."""
         if self.layer_keep_ratio >= 1.0 or view.n_visual == 0:
             new = self.adapter.generate_from_embeds(view.inputs_embeds, view.attention_mask, view.position_ids, **gen_kwargs)
-            return new, torch.arange(view.visual.numel())
+            return new, torch.arange(view.visual.numel()), None
         pruner = self.pruner(view)
         try:
             new = self.adapter.generate_from_embeds(view.inputs_embeds, view.attention_mask, view.position_ids, **gen_kwargs)
         finally:
             pruner.close()
-        return new, pruner.kept.cpu()
+        return new, pruner.kept.cpu(), pruner.layer_visual()
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, **kwargs: Any) -> torch.Tensor:
@@ -189,9 +271,9 @@ class FastVModel(TokenPrunedModel):
         try:
             for b in range(input_ids.shape[0]):
                 view = self.sample_view(llm, b)
-                new, kept = self.run_sample(view, **kwargs)
+                new, kept, layer_visual = self.run_sample(view, **kwargs)
                 outputs.append(new[0])
-                selection.add(view.n_visual, view.visual[kept].sum(), kept, view.visual.numel())
+                selection.add(view.n_visual, view.visual[kept].sum(), kept, view.visual.numel(), layer_visual)
         finally:
             timer.close()
         pad = self.model.generation_config.pad_token_id or 0
@@ -228,3 +310,28 @@ class DartModel(FastVModel):
 
     method_id = "dart"
     pruner_class = _DartPruner
+
+
+class PyramidDropModel(FastVModel):
+    """PyramidDrop (Xing et al. 2024), the paper's other training-free peer: four stages split at layers L/4,
+    L/2 and 3L/4; stage s holds round(lambda^s N) visual tokens. ``keep_ratio`` is the average retention over
+    layers (lambda solved for it; the floor is 1/4, where the first stage alone holds every token), or with
+    ``match="kept"`` lambda itself (PyramidDrop's default is 0.5: 47% average retention)."""
+
+    method_id = "pdrop"
+
+    def __init__(self, model: nn.Module, keep_ratio: float = 0.5, match: str = "avg_retention"):
+        TokenPrunedModel.__init__(self, model, scorer=None, keep_ratio=keep_ratio, method=self.method_id)
+        if match not in ("avg_retention", "kept"):
+            raise ValueError(f"match must be 'avg_retention' or 'kept', got {match!r}")
+        layers = self.adapter.language_model.config.num_hidden_layers
+        self.stage_layers = pyramid_stage_layers(layers)
+        self.layer_keep_ratio = (check_keep_ratio(keep_ratio) if match == "kept"
+                                 else pyramid_stage_ratio(keep_ratio, layers))
+
+    def _stats(self, *args: Any) -> dict:
+        return {**TokenPrunedModel._stats(self, *args), "pdrop_lambda": self.layer_keep_ratio,
+                "pdrop_layers": list(self.stage_layers)}
+
+    def pruner(self, view) -> _PyramidPruner:
+        return _PyramidPruner(self.adapter.language_model, self.layer_keep_ratio, view.visual, view.position_ids)

@@ -11,8 +11,10 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-# Methods that prune inside the LLM at layer K (layers 0..K-1 see every token): tcc_eval.fastv.
+# Methods that prune inside the LLM (tcc_eval.fastv): FastV and DART at layer K (layers 0..K-1 see every token),
+# PyramidDrop in stages.
 LAYER_K_METHODS = ("fastv", "dart")
+INSIDE_LLM_METHODS = (*LAYER_K_METHODS, "pdrop")
 
 # Model types whose FFN is a plain two-matrix MLP (c = 2); every other decoder here is gated (c = 3).
 PLAIN_FFN_MODEL_TYPES = frozenset({"gpt2", "gptj", "gpt_neox", "opt", "bloom", "phi", "falcon"})
@@ -64,8 +66,9 @@ def flops_ratio(
     """Visual-part FLOPs of a pruned model relative to vanilla.
 
     Input-stage methods (tcc, random, a0, oracle, ...) run every layer on the kept tokens; layer-K methods
-    (fastv, dart) run the first ``fastv_k`` layers on all tokens and the rest on the kept ones. The n^2 attention
-    term makes a 50% keep cost slightly less than half."""
+    (fastv, dart) run the first ``fastv_k`` layers on all tokens and the rest on the kept ones; pdrop runs
+    each stage on its own count (``keep_ratio`` is its per-stage ratio lambda, ``pyramid_visual_counts``). The
+    n^2 attention term makes a 50% keep cost slightly less than half."""
     shape = LLM_SHAPES[cfg] if isinstance(cfg, str) else cfg
     if n_visual <= 0:
         raise ValueError(f"n_visual must be positive, got {n_visual}")
@@ -77,7 +80,10 @@ def flops_ratio(
     k = keep_count(n, keep_ratio)
     d, m, gated = shape.hidden, shape.intermediate, shape.gated
     full = visual_flops(n, d, m, shape.layers, gated)
-    if method in LAYER_K_METHODS:
+    if method == "pdrop":
+        counts = pyramid_visual_counts(n, keep_ratio, shape.layers)
+        pruned = sum(visual_flops(c, d, m, 1, gated) for c in counts)
+    elif method in LAYER_K_METHODS:
         early = min(fastv_k, shape.layers)
         pruned = visual_flops(n, d, m, early, gated) + visual_flops(k, d, m, shape.layers - early, gated)
     else:
@@ -102,6 +108,48 @@ def fastv_layer_keep_ratio(avg_retention: float, layers: int, k: int) -> float:
             f"already see every token. Use a larger keep_ratio or a smaller fastv_k."
         )
     return min(1.0, r)
+
+
+PYRAMID_STAGES = 4  # PyramidDrop's default: drops after layers L/4, L/2 and 3L/4
+
+
+def pyramid_stage_layers(layers: int) -> tuple[int, ...]:
+    """The layers that start PyramidDrop's stages 1..3 (each runs on fewer tokens than the one before)."""
+    if layers < PYRAMID_STAGES:
+        raise ValueError(f"PyramidDrop needs at least {PYRAMID_STAGES} LLM layers (one per stage), got {layers}")
+    return tuple(layers * s // PYRAMID_STAGES for s in range(1, PYRAMID_STAGES))
+
+
+def pyramid_visual_counts(n_visual: int, stage_ratio: float, layers: int) -> list[int]:
+    """Visual tokens each layer holds under PyramidDrop: stage s keeps round(lambda^s * N) (at least 1)."""
+    from .core import keep_count  # local: keeps the aggregator free of torch at start-up
+
+    starts = (0, *pyramid_stage_layers(layers), layers)
+    return [n_visual if s == 0 else keep_count(n_visual, stage_ratio ** s)
+            for s in range(PYRAMID_STAGES) for _ in range(starts[s], starts[s + 1])]
+
+
+def pyramid_average_retention(stage_ratio: float, layers: int) -> float:
+    """Mean kept fraction over all layers for per-stage ratio lambda: sum over stages of span_s * lambda^s / L."""
+    starts = (0, *pyramid_stage_layers(layers), layers)
+    return sum((starts[s + 1] - starts[s]) * stage_ratio ** s for s in range(PYRAMID_STAGES)) / layers
+
+
+def pyramid_stage_ratio(avg_retention: float, layers: int) -> float:
+    """The per-stage ratio lambda whose average retention is ``avg_retention`` (bisection: it is increasing)."""
+    first = pyramid_stage_layers(layers)[0]
+    if avg_retention <= first / layers:
+        raise ValueError(
+            f"average retention {avg_retention} is at or below PyramidDrop's floor {first}/{layers}: its first stage "
+            "sees every token. Use a larger keep_ratio, or match='kept' to set its per-stage ratio directly."
+        )
+    if avg_retention >= 1.0:
+        return 1.0
+    low, high = 0.0, 1.0
+    for _ in range(60):
+        mid = (low + high) / 2
+        low, high = (mid, high) if pyramid_average_retention(mid, layers) < avg_retention else (low, mid)
+    return (low + high) / 2
 
 
 def kv_cache_bytes(tokens: int, layers: int, kv_heads: int, head_dim: int, bytes_per_elem: int = 2) -> int:

@@ -2,7 +2,7 @@
 
 Every scorer sees the same ``SampleView`` (one unpadded sample of the LLM input) and returns a 1-D
 tensor over that sample's visual tokens in sequence order; selection and gather are shared (core.py).
-Methods that prune *inside* the LLM (FastV, DART) live in fastv.py.
+Methods that prune *inside* the LLM (FastV, DART, PyramidDrop) live in fastv.py.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 
 from .adapters.base import MLLMAdapter
 from .core import pick_order_scores
-from .flops import LAYER_K_METHODS
+from .flops import INSIDE_LLM_METHODS
 from .probe import instruction_to_visual
 
 
@@ -113,7 +113,7 @@ class TCCScorer:
 
 
 INPUT_STAGE_METHODS = ("none", "random", "a0", "tcc", "oracle", "divprune")
-ALL_METHODS = INPUT_STAGE_METHODS + LAYER_K_METHODS
+ALL_METHODS = INPUT_STAGE_METHODS + INSIDE_LLM_METHODS
 
 
 def check_method(method: str) -> str:

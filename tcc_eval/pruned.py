@@ -155,6 +155,7 @@ class TokenPrunedModel(nn.Module):
         elem = next(self.model.parameters()).element_size()
         before, after = sum(selection.visual_before), sum(selection.visual_after)
         seq_before, seq_after = sum(selection.seq_before), sum(selection.seq_after)
+        per_layer = selection.visual_per_layer(shape.layers)
         return {
             "method": self.method,
             "keep_ratio": self.keep_ratio,
@@ -162,21 +163,15 @@ class TokenPrunedModel(nn.Module):
             "visual_after": after,
             "seq_before": seq_before,
             "seq_after": seq_after,
-            "avg_retention": self.layer_average(before, after, shape.layers) / before if before else 1.0,
+            "avg_retention": sum(per_layer) / (shape.layers * before) if before else 1.0,
             "compressor_s": compressor_s,
             "prefill_s": prefill_s,
             "total_s": total_s,
-            "kv_cache_bytes": round(kv_cache_bytes(
-                self.layer_average(seq_before, seq_after, shape.layers),
-                shape.layers, shape.kv_heads, shape.head_dim, elem,
-            )),
+            "kv_cache_bytes": sum(kv_cache_bytes(seq_before - before + visual, 1, shape.kv_heads, shape.head_dim, elem)
+                                  for visual in per_layer),
             "new_tokens": int(new_tokens.shape[1]),
             "llm_shape": asdict(shape),
         }
-
-    def layer_average(self, before: float, after: float, layers: int) -> float:
-        """Tokens per layer averaged over the LLM's layers: input-stage pruning keeps ``after`` in every layer."""
-        return after
 
 
 def split_model_inputs(input_ids: torch.Tensor, kwargs: dict[str, Any]) -> dict[str, Any]:

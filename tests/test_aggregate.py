@@ -24,7 +24,7 @@ import pytest
 
 from tcc_eval.aggregate import (TableOptions, aggregate, lmms_base_model, main, parse_model_args,
                                 parse_model_name)
-from tcc_eval.flops import LLM_SHAPES, LLMShape, fastv_average_retention, flops_ratio
+from tcc_eval.flops import LLM_SHAPES, LLMShape, fastv_average_retention, flops_ratio, visual_flops
 
 REPO = Path(__file__).resolve().parents[1]
 OLD = 1_700_000_000  # mtime of superseded runs
@@ -270,7 +270,7 @@ def test_method_names_are_the_registrys():
     assert sorted(aggregate.METHOD_ORDER) == sorted(ALL_METHODS)
 
 
-@pytest.mark.parametrize("name", ["Qwen2-VL-7B-Instruct", "Qwen2VL_TCC", "Qwen2VL_PDrop50", "Qwen2VL_TCC0"])
+@pytest.mark.parametrize("name", ["Qwen2-VL-7B-Instruct", "Qwen2VL_TCC", "Qwen2VL_SparseVLM50", "Qwen2VL_TCC0"])
 def test_parse_model_name_rejects_unknown(name):
     with pytest.raises(ValueError, match="unknown model name|outside"):
         parse_model_name(name)
@@ -461,15 +461,39 @@ def test_records_carry_shape_retention_and_fastv_k(tmp_path):
     them for a checkpoint nobody can name (FLOPs, FastV's retention) instead of guessing."""
     work = tmp_path / "w"
     shape = {"layers": 4, "hidden": 128, "intermediate": 256, "heads": 8, "kv_heads": 4, "head_dim": 16, "gated": True}
+    extra = {"fastv": {"fastv_k": 1}, "pdrop": {"pdrop_lambda": 0.5, "pdrop_layers": [1, 2, 3]}}
     for name, method, ratio, after, avg in [("MyVLM_Vanilla", "none", 1.0, 144, 1.0),
                                             ("MyVLM_FastV75", "fastv", 0.75, 96, 0.75),
+                                            ("MyVLM_PDrop50", "pdrop", 0.5, 18, (144 + 72 + 36 + 18) / 576),
                                             ("MyVLM_TCC25", "tcc", 0.25, 36, 0.25)]:
         write_mcq_acc(work / name / f"{name}_MMStar_acc.csv", 50)
         record = json.loads(efficiency_line(name, "vlmeval", "MMStar", 0, method, ratio, "MyVLM", 144, after, 0.1, 0.2))
-        record.update(llm_shape=shape, avg_retention=avg, **({"fastv_k": 1} if method == "fastv" else {}))
+        record.update(llm_shape=shape, avg_retention=avg, **extra.get(method, {}))
         (work / name / f"{name}_MMStar_efficiency.jsonl").write_text(json.dumps(record) + "\n")
     table = aggregate(work).tables["vlmeval"].set_index("method")
     tiny = LLMShape(**shape)
     assert table.loc["fastv", "Avg retention"] == pytest.approx(0.75) and table.loc["fastv", "note"] == ""
     assert table.loc["fastv", "FLOPs ratio"] == pytest.approx(flops_ratio(144, 96 / 144, tiny, "fastv", fastv_k=1))
     assert table.loc["tcc", "FLOPs ratio"] == pytest.approx(flops_ratio(144, 0.25, tiny, "tcc"))
+    # PyramidDrop: per-stage counts 144, 72, 36, 18 in layers 0 / 1 / 2 / 3 of this 4-layer LLM
+    assert table.loc["pdrop", "Avg retention"] == pytest.approx(270 / 576) and table.loc["pdrop", "note"] == ""
+    per_layer = [visual_flops(n, 128, 256, 1) for n in (144, 72, 36, 18)]
+    assert table.loc["pdrop", "FLOPs ratio"] == pytest.approx(sum(per_layer) / visual_flops(144, 128, 256, 4))
+
+
+def test_pdrop_names_without_records_use_the_stage_ratio_of_their_retention(tmp_path):
+    """A PyramidDrop run without efficiency records: its name gives the average retention, lambda follows from
+    it (PyramidDrop's stages on the registry shape), and so do the FLOPs."""
+    from tcc_eval.flops import pyramid_stage_ratio
+
+    work = tmp_path / "w"
+    for name in ("Qwen2VL7B_Vanilla", "Qwen2VL7B_PDrop50"):
+        write_mcq_acc(work / name / f"{name}_MMStar_acc.csv", 50)
+    vanilla_record = efficiency_line("Qwen2VL7B_Vanilla", "vlmeval", "MMStar", 0, "none", 1.0, "Qwen2VL7B", 1000,
+                                     1000, 1, 2)
+    (work / "Qwen2VL7B_Vanilla" / "Qwen2VL7B_Vanilla_MMStar_efficiency.jsonl").write_text(vanilla_record + "\n")
+    row = aggregate(work).tables["vlmeval"].set_index("method").loc["pdrop"]
+    assert row["Avg retention"] == 0.5 and "PyramidDrop average retention from the model name" in row["note"]
+    stage_ratio = pyramid_stage_ratio(0.5, 28)  # the visual token count comes from the vanilla run's records
+    assert row["FLOPs ratio"] == pytest.approx(flops_ratio(1000, stage_ratio, "qwen2-vl-7b", "pdrop"))
+    assert row["FLOPs ratio"] < 0.5

@@ -54,7 +54,8 @@ def compressor_dir(tmp_path_factory, loaded):
 @pytest.fixture(scope="module")
 def both(loaded):
     """family -> (cpu model, device model, processor): the same fp32 eager weights in two places."""
-    return {family: (model, copy.deepcopy(model).to(DEVICE), processor) for family, (model, processor) in loaded.items()}
+    return {family: (model, copy.deepcopy(model).to(DEVICE), processor)
+            for family, (model, processor) in loaded.items()}
 
 
 @pytest.fixture(scope="module")
@@ -203,3 +204,39 @@ def test_demo_evaluate_on_the_device_matches_the_cpu():
     for key, row in dev.items():
         assert abs(row["accuracy"] - cpu[key]["accuracy"]) <= 2 / 32 + 1e-9, key
     assert dev[("none", 1.0)]["accuracy"] >= 0.9
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_pyramid_drop_on_the_device(deep_both, family):
+    """PyramidDrop's three stages on the device: the CPU's tokens in every stage, and logits equal to the device's
+    own full run with each layer hiding what its stage dropped."""
+    from test_fastv import hide_per_layer
+
+    cpu_model, model, processor = deep_both[family]
+    cpu_inputs = model_inputs(processor, messages_for("image", seed=5))
+    stages, logits = {}, None
+    for where, m, x in (("cpu", cpu_model, cpu_inputs), ("device", model, on_device(cpu_inputs))):
+        pdrop = tcc_eval.wrap_model(m, method="pdrop", keep_ratio=0.5)
+        view = pdrop.sample_view(pdrop.adapter.capture_llm_inputs(x), 0)
+        pruner = pdrop.pruner(view)
+        try:
+            with torch.no_grad():
+                logits = pdrop.adapter.forward_from_embeds(view.inputs_embeds, view.attention_mask,
+                                                           view.position_ids).logits[0, -1]
+        finally:
+            pruner.close()
+        stages[where] = [kept.cpu() for kept in pruner.stage_kept]
+    assert len(stages["device"]) == 3
+    assert all(torch.equal(d, c) for d, c in zip(stages["device"], stages["cpu"])), "the device kept other tokens"
+    length = view.visual.numel()
+    hidden = {layer: torch.tensor(sorted(set(range(length)) - set(kept.tolist())), device=DEVICE)
+              for layer, kept in zip(pruner.stage_layers, stages["device"])}
+    handles = hide_per_layer(pdrop.adapter.language_model, hidden)
+    try:
+        with torch.no_grad():
+            reference = pdrop.adapter.forward_from_embeds(view.inputs_embeds, view.attention_mask,
+                                                          view.position_ids).logits[0, -1]
+    finally:
+        for h in handles:
+            h.remove()
+    assert (logits - reference).abs().max().item() < 1e-4

@@ -1,5 +1,6 @@
-"""FastV and DART: keep 100% equals vanilla; pruning equals masking the dropped tokens from layer K on; DART's
-selection equals a brute-force reading of its rule on independently captured keys and states."""
+"""FastV, DART and PyramidDrop: keep 100% equals vanilla; pruning equals masking the dropped tokens from layer K
+on (per stage for PyramidDrop); DART's selection equals a brute-force reading of its rule on independently captured
+keys and states, PyramidDrop's the model's own attention in each stage's first layer."""
 
 from __future__ import annotations
 
@@ -194,3 +195,102 @@ def test_dart_selection_uses_layer_k_minus_1_keys_and_output(deep, family):
     expected = torch.nonzero(visual).flatten()[torch.sort(scores, descending=True, stable=True).indices[:k]]
     assert kept[visual[kept]].tolist() == sorted(expected.tolist())
     assert kept[~visual[kept]].tolist() == torch.nonzero(~visual).flatten().tolist()
+
+
+def hide_per_layer(language_model, dropped_by_layer: dict[int, torch.Tensor]):
+    """Reference: hooks that hide, in each listed layer, its own set of key columns (eager additive 4-D mask)."""
+    handles = []
+    for index, dropped in dropped_by_layer.items():
+        def hide(_m, args, kwargs, dropped=dropped):
+            mask = kwargs["attention_mask"].clone()
+            mask[..., dropped] = torch.finfo(mask.dtype).min
+            kwargs["attention_mask"] = mask
+            return args, kwargs
+
+        handles.append(language_model.layers[index].register_forward_pre_hook(hide, with_kwargs=True))
+    return handles
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("kind", ("image", "video"))
+def test_pdrop_equals_masking_each_stage_and_ranks_by_that_layers_attention(deep, family, kind):
+    """PyramidDrop on a 4-layer LLM (stages start at layers 1, 2, 3; lambda = 0.5 keeps 1/2, 1/4, 1/8): the
+    logits and the decode equal the full sequence with each layer hiding the tokens its stage dropped; each
+    stage keeps the visual tokens its first layer's last row attends to most (the model's own eager attention
+    over the previous stage's tokens), and it records per-stage costs."""
+    model, processor = deep[family]
+    inputs = model_inputs(processor, messages_for(kind, seed=5))
+    pdrop = wrap_model(model, method="pdrop", keep_ratio=0.5, match="kept")
+    view = pdrop.sample_view(pdrop.adapter.capture_llm_inputs(inputs), 0)
+    pruner = pdrop.pruner(view)
+    try:
+        with torch.no_grad():
+            logits = pdrop.adapter.forward_from_embeds(view.inputs_embeds, view.attention_mask,
+                                                       view.position_ids).logits[0, -1]
+    finally:
+        pruner.close()
+    length, visual = view.visual.numel(), view.visual
+    n_visual = int(visual.sum())
+    assert pruner.stage_layers == (1, 2, 3)
+    assert [int(visual[k].sum()) for k in pruner.stage_kept] == [keep_count(n_visual, 0.5 ** s) for s in (1, 2, 3)]
+    assert all(set(later.tolist()) < set(earlier.tolist())
+               for earlier, later in zip(pruner.stage_kept, pruner.stage_kept[1:]))
+    lm = pdrop.adapter.language_model
+
+    def dropped(kept: torch.Tensor) -> torch.Tensor:
+        return torch.tensor(sorted(set(range(length)) - set(kept.tolist())), dtype=torch.long)
+
+    stage_masks = {layer: dropped(pruner.stage_kept[layer - 1]) for layer in (1, 2, 3)}
+    handles = hide_per_layer(lm, stage_masks)
+    try:
+        with torch.no_grad():
+            reference = pdrop.adapter.forward_from_embeds(view.inputs_embeds, view.attention_mask,
+                                                          view.position_ids).logits[0, -1]
+            reference_tokens = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+    finally:
+        for h in handles:
+            h.remove()
+    assert (logits - reference).abs().max().item() < 1e-4
+    assert torch.equal(pdrop.generate(**inputs, max_new_tokens=4, do_sample=False), reference_tokens)
+    stats = pdrop.last_stats
+    counts = [n_visual] + [keep_count(n_visual, 0.5 ** s) for s in (1, 2, 3)]
+    assert stats["visual_after"] == counts[-1] and stats["pdrop_lambda"] == 0.5 and stats["pdrop_layers"] == [1, 2, 3]
+    assert stats["avg_retention"] == pytest.approx(sum(counts) / (4 * n_visual))
+    cfg = lm.config
+    per_token_layer = 2 * cfg.num_key_value_heads * (cfg.hidden_size // cfg.num_attention_heads) * 4  # fp32
+    assert stats["kv_cache_bytes"] == sum((length - n_visual + c) * per_token_layer for c in counts)
+    for stage, layer in enumerate((1, 2, 3)):
+        previous = pruner.stage_kept[stage - 1] if stage else torch.arange(length)
+        handles = hide_per_layer(lm, {**{l: stage_masks[l] for l in range(1, layer)}, layer: dropped(previous)})
+        try:
+            with torch.no_grad():
+                attentions = pdrop.adapter.forward_from_embeds(view.inputs_embeds, view.attention_mask,
+                                                               view.position_ids, output_attentions=True).attentions
+        finally:
+            for h in handles:
+                h.remove()
+        row = attentions[layer][0, :, -1].mean(dim=0)
+        candidates = [i for i in previous.tolist() if visual[i]]
+        ranked = sorted(candidates, key=lambda i: (-float(row[i]), i))[:counts[stage + 1]]
+        kept = pruner.stage_kept[stage]
+        assert kept[visual[kept]].tolist() == sorted(ranked), stage
+
+
+def test_pdrop_keep_all_equals_vanilla_and_its_stage_ratio(deep):
+    """Keeping 100% is the unwrapped model; the average retention asked for sets lambda, below the floor of 1/4
+    it is refused with the fix named."""
+    from tcc_eval.flops import pyramid_average_retention, pyramid_stage_layers
+
+    model, processor = deep["qwen2_vl"]
+    inputs = model_inputs(processor, messages_for("image"))
+    with torch.no_grad():
+        vanilla = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+    assert torch.equal(wrap_model(model, method="pdrop", keep_ratio=1.0).generate(**inputs, max_new_tokens=4,
+                                                                                  do_sample=False), vanilla)
+    pdrop = wrap_model(model, method="pdrop", keep_ratio=0.5)
+    assert pyramid_average_retention(pdrop.layer_keep_ratio, 4) == pytest.approx(0.5, abs=1e-12)
+    assert pyramid_average_retention(0.5, 4) == (1 + 0.5 + 0.25 + 0.125) / 4
+    with pytest.raises(ValueError, match="floor 1/4.*match='kept'"):
+        wrap_model(model, method="pdrop", keep_ratio=0.25)
+    with pytest.raises(ValueError, match="at least 4 LLM layers"):
+        pyramid_stage_layers(2)

@@ -226,6 +226,7 @@ def test_entry_points_resolve_to_our_classes():
     ({"method": "random", "ratio": 1.5}, "keep_ratio must be in"),
     ({"method": "bogus", "ratio": 0.5}, "unknown method"),
     ({"method": "random", "ratio": 0.5, "fastv_k": 2}, "option of method fastv / dart, not of method=random"),
+    ({"method": "pdrop", "ratio": 0.5, "fastv_k": 2}, "option of method fastv / dart, not of method=pdrop"),
     ({"method": "a0", "ratio": 0.5, "compressor": "/x.pt"}, "only used by method=tcc"),
 ])
 def test_bad_model_args_fail_before_loading(kwargs, message):
@@ -245,6 +246,8 @@ def test_settings_pop_only_our_args():
     kwargs = {"pretrained": "p", "method": "dart", "ratio": 0.5, "fastv_k": 1, "match": "kept"}
     settings = TCCSettings.pop_from(kwargs, "vila_tcc")
     assert (settings.method, settings.options) == ("dart", {"fastv_k": 1, "match": "kept"})
+    settings = TCCSettings.pop_from({"pretrained": "p", "method": "pdrop", "ratio": 0.5, "match": "kept"}, "qwen2_vl_tcc")
+    assert (settings.method, settings.options) == ("pdrop", {"match": "kept"})
 
 
 def test_efficiency_dir_resolution(tmp_path):

@@ -51,11 +51,13 @@ def test_matrix_names_and_parsing():
     specs = model_registry.expand()
     for name in ("Qwen2VL_TCC50", "Qwen2VL_TCC25", "LLaVAOV_TCC50", "Qwen2VL_Random25", "Qwen2VL_A025",
                  "Qwen2VL_FastV25", "Qwen2VL_Oracle50", "Qwen2VL_Vanilla", "Qwen2VL2B_TCC75", "LLaVAOV05B_TCC100",
-                 "TinyQwen2VL_TCC50", "TinyLLaVAOV_Vanilla", "Qwen2VL_DART25", "VILA15_DART50", "TinyVILA_DivPrune25"):
+                 "TinyQwen2VL_TCC50", "TinyLLaVAOV_Vanilla", "Qwen2VL_DART25", "VILA15_DART50", "TinyVILA_DivPrune25",
+                 "LLaVAOV_PDrop50", "TinyVILA_PDrop75"):
         assert name in specs, name
     assert "Qwen2VL_Random100" not in specs  # 100 only for TCC, the equality check
     assert specs["Qwen2VL_A025"].method == "a0" and specs["Qwen2VL_A025"].keep_ratio == 0.25
     assert specs["Qwen2VL_DART25"].method == "dart" and specs["Qwen2VL_DART25"].keep_ratio == 0.25
+    assert specs["LLaVAOV_PDrop50"].method == "pdrop" and specs["LLaVAOV_PDrop50"].keep_ratio == 0.5
     assert specs["LLaVAOV_Vanilla"].method == "none" and specs["LLaVAOV_Vanilla"].keep_ratio == 1.0
     assert specs["Qwen2VL_TCC50"].base.hf_id == "Qwen/Qwen2-VL-7B-Instruct"
     assert specs["LLaVAOV05B_TCC50"].base.hf_id == "llava-hf/llava-onevision-qwen2-0.5b-ov-hf"

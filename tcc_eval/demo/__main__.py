@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--family", nargs="+", default=list(FAMILIES), choices=FAMILIES)
     e.add_argument("--modality", nargs="+", default=list(MODALITIES), choices=MODALITIES)
     e.add_argument("--methods", nargs="+", default=None,
-                   help="methods to score (default: none random a0 tcc oracle fastv; divprune, dart on request)")
+                   help="methods to score (default: none random a0 tcc oracle fastv; divprune, dart, pdrop on request)")
     e.add_argument("--ratios", nargs="+", type=float, default=[0.75, 0.5, 0.25])
     e.add_argument("--root", default=None, help="demo folder (default: the shipped assets)")
     e.add_argument("--variant", default=None, choices=sorted(VARIANTS),

@@ -22,7 +22,7 @@ from .. import synth
 from ..adapters import adapter_for
 from ..api import default_dtype, load_hf_model, wrap_model
 from ..core import keep_positions
-from ..flops import LAYER_K_METHODS
+from ..flops import INSIDE_LLM_METHODS, LAYER_K_METHODS
 from ..methods import ALL_METHODS
 from ..oracle import RELEVANCE_RULES, answer_row_maps, draft_answer, relevance_row, single_view
 from . import FAMILIES, MODALITIES, benchmark, compressor_path, model_dir
@@ -123,7 +123,8 @@ def kept_visual_mask(kept: torch.Tensor, visual: torch.Tensor) -> np.ndarray:
     return torch.isin(positions, kept.cpu()).numpy()
 
 
-def run_method(model, pruned, batches: list[Batch], letters: dict[int, str], layer_k: bool = False) -> dict[str, Any]:
+def run_method(model, pruned, batches: list[Batch], letters: dict[int, str],
+               inside_llm: bool = False) -> dict[str, Any]:
     """Accuracy (overall and per question type) and ground-truth recall of one wrapped model over all batches."""
     hits, recalls = [], []
     for batch in batches:
@@ -133,7 +134,7 @@ def run_method(model, pruned, batches: list[Batch], letters: dict[int, str], lay
         hits += [letters.get(p) == s.answer for p, s in zip(pred, batch.samples)]
         visual = visual_rows(model, ids, mask)
         for b, kept in enumerate(pruned.last_selection.kept_positions):
-            row = visual[b][mask[b].bool()] if layer_k else visual[b]  # FastV and DART report unpadded positions
+            row = visual[b][mask[b].bool()] if inside_llm else visual[b]  # in-LLM methods report unpadded positions
             keep = kept_visual_mask(kept, row)
             gt = batch.gt[b]
             recalls.append(float(keep[gt].mean()) if gt.any() else 1.0)
@@ -175,8 +176,9 @@ def chance(samples: Iterable[synth.SynthSample]) -> float:
     return float(np.mean([1 / len(s.options) for s in samples]))
 
 
-def layer_k_model(model, method: str, ratio: float) -> tuple[Any, str]:
-    """FastV or DART at equal average retention when possible, else keeping ``ratio`` from layer K on (flagged)."""
+def inside_llm_model(model, method: str, ratio: float) -> tuple[Any, str]:
+    """FastV, DART or PyramidDrop at equal average retention when possible, else keeping ``ratio`` from layer K
+    on (PyramidDrop: ``ratio`` as its per-stage ratio), flagged."""
     try:
         return wrap_model(model, method=method, keep_ratio=ratio, fastv_k=FASTV_K), "avg_retention"
     except ValueError:
@@ -202,10 +204,13 @@ def evaluate_model(
         recorder = None
         for ratio in ratios:
             extra: dict[str, Any] = {}
-            if method in LAYER_K_METHODS:
-                pruned, match = layer_k_model(model, method, ratio)
+            if method in INSIDE_LLM_METHODS:
+                pruned, match = inside_llm_model(model, method, ratio)
                 extra["fastv_match"] = match
-                extra["fastv_k"] = FASTV_K
+                if method in LAYER_K_METHODS:
+                    extra["fastv_k"] = FASTV_K
+                else:
+                    extra["pdrop_lambda"] = pruned.layer_keep_ratio
             else:
                 if method == "tcc" and compressor is None:
                     raise ValueError("method tcc needs a compressor path")
@@ -214,7 +219,7 @@ def evaluate_model(
                     recorder = RecordingScorer(pruned.scorer)
                 pruned.scorer = recorder
                 recorder.calls = []
-            res = run_method(model, pruned, batches, letters, layer_k=method in LAYER_K_METHODS)
+            res = run_method(model, pruned, batches, letters, inside_llm=method in INSIDE_LLM_METHODS)
             row = {"method": method, "ratio": ratio, **res, **extra}
             if recorder is not None:
                 row["pointing"] = pointing(recorder.calls, batches)
@@ -380,5 +385,6 @@ def format_table(rows: list[dict[str, Any]]) -> str:
                     label = r["method"] if whole else f"{r['method']}@{r['ratio']:g}"
                     lines.append(f"  {label:<14}" + "  ".join(f"{c} {a:.3f}" for c, a in r["by_category"].items()))
     lines.append("\nrec = ground-truth recall in the kept set, p = pointing (top token on ground truth); "
-                 "* FastV / DART keeping that share from layer K on (equal average retention impossible)")
+                 "* FastV / DART keeping that share from layer K on, PyramidDrop that per-stage ratio (equal "
+                 "average retention impossible)")
     return "\n".join(lines)

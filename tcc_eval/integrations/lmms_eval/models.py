@@ -6,14 +6,15 @@ VILA repository at module load, so ``vila_tcc`` builds on ``VilaBaseline``, its 
 on ``tcc_eval.vila``. Our model args are popped before the upstream constructor runs (it asserts that no
 unknown kwargs are left):
 
-    method=none|random|a0|tcc|oracle|divprune|fastv|dart
+    method=none|random|a0|tcc|oracle|divprune|fastv|dart|pdrop
                                              required (none = unpruned, through the same code path)
     ratio=0.5                                fraction of visual tokens kept, required unless method=none
                                              (keep_ratio= is accepted as an alias)
     compressor=PATH                          trained compressor, for method=tcc; left out: the registry's
                                              $TCC_COMPRESSOR_DIR/<Base>_<modality>.pt for the checkpoint
     budget=global|...  seed=0                selection options of the input-stage methods
-    fastv_k=2  match=avg_retention           FastV and DART options (layer K, what ratio means)
+    fastv_k=2  match=avg_retention           FastV and DART options (layer K, what ratio means);
+                                             PyramidDrop takes match= (kept: ratio is its per-stage ratio)
     max_answer_tokens=16                     oracle option
     efficiency_dir=DIR                       where the per-sample records go (see efficiency.py)
     dtype=float32                            qwen2_vl_tcc: cast after loading; vila_tcc: load dtype
@@ -43,7 +44,8 @@ from tcc_eval.methods import check_method
 
 from .efficiency import EfficiencyLog, RecordingModel, resolve_efficiency_dir
 
-METHOD_OPTIONS = {"fastv": ("fastv_k", "match"), "dart": ("fastv_k", "match"), "oracle": ("max_answer_tokens",)}
+METHOD_OPTIONS = {"fastv": ("fastv_k", "match"), "dart": ("fastv_k", "match"), "pdrop": ("match",),
+                  "oracle": ("max_answer_tokens",)}
 DEFAULT_VILA = "Efficient-Large-Model/Llama-3-VILA1.5-8b"
 
 
