@@ -182,8 +182,8 @@ class _PyramidPruner:
         return pre_hook
 
     def rank(self, stage: int, hidden: torch.Tensor) -> None:
-        previous = self.stage_kept[-1].to(hidden.device) if self.stage_kept else torch.arange(self.prefill_len,
-                                                                                               device=hidden.device)
+        previous = (self.stage_kept[-1].to(hidden.device) if self.stage_kept
+                    else torch.arange(self.prefill_len, device=hidden.device))
         visual = self.visual.to(hidden.device)[previous]
         last = torch.tensor([previous.numel() - 1], device=hidden.device)
         mask = torch.ones(1, previous.numel(), dtype=torch.long, device=hidden.device)
@@ -221,30 +221,20 @@ class _PyramidPruner:
         return [counts[s] for s in range(len(counts)) for _ in range(starts[s], starts[s + 1])]
 
 
-class FastVModel(TokenPrunedModel):
-    """FastV through the same adapter and selection code; ``keep_ratio`` is the *average* retention over
-    layers (METHOD.md), unless ``match="kept"``, where it is the fraction kept from layer K on."""
+class InsideLLMModel(TokenPrunedModel):
+    """Generation and prefill for methods that prune inside the LLM: one unpadded sample at a time, through
+    the hooks of the pruner each subclass builds (``pruner``) for the share it keeps (``layer_keep_ratio``)."""
 
-    method_id = "fastv"
-    pruner_class = _LayerKPruner
+    method_id: str
+    layer_keep_ratio: float
 
-    def __init__(self, model: nn.Module, keep_ratio: float = 0.5, fastv_k: int = 2, match: str = "avg_retention"):
+    def __init__(self, model: nn.Module, keep_ratio: float, match: str):
         super().__init__(model, scorer=None, keep_ratio=keep_ratio, method=self.method_id)
-        layers = self.adapter.language_model.config.num_hidden_layers
         if match not in ("avg_retention", "kept"):
             raise ValueError(f"match must be 'avg_retention' or 'kept', got {match!r}")
-        self.fastv_k = fastv_k
-        self.layer_keep_ratio = (
-            check_keep_ratio(keep_ratio) if match == "kept" else fastv_layer_keep_ratio(keep_ratio, layers, fastv_k)
-        )
 
-    def _stats(self, *args: Any) -> dict:
-        return {**super()._stats(*args), "fastv_k": self.fastv_k}
-
-    def pruner(self, view) -> _LayerKPruner:
-        return self.pruner_class(
-            self.adapter.language_model, self.fastv_k, self.layer_keep_ratio, view.visual, view.position_ids
-        )
+    def pruner(self, view) -> _LayerKPruner | _PyramidPruner:
+        raise NotImplementedError
 
     def run_sample(self, view, **gen_kwargs) -> tuple[torch.Tensor, torch.Tensor, list[int] | None]:
         """Generate for one unpadded sample; returns (new tokens, prompt positions kept in the last layer, visual
@@ -304,6 +294,30 @@ class FastVModel(TokenPrunedModel):
         return torch.cat(rows)
 
 
+class FastVModel(InsideLLMModel):
+    """FastV through the same adapter and selection code; ``keep_ratio`` is the *average* retention over
+    layers (METHOD.md), unless ``match="kept"``, where it is the fraction kept from layer K on."""
+
+    method_id = "fastv"
+    pruner_class = _LayerKPruner
+
+    def __init__(self, model: nn.Module, keep_ratio: float = 0.5, fastv_k: int = 2, match: str = "avg_retention"):
+        super().__init__(model, keep_ratio, match)
+        layers = self.adapter.language_model.config.num_hidden_layers
+        self.fastv_k = fastv_k
+        self.layer_keep_ratio = (
+            check_keep_ratio(keep_ratio) if match == "kept" else fastv_layer_keep_ratio(keep_ratio, layers, fastv_k)
+        )
+
+    def _stats(self, *args: Any) -> dict:
+        return {**super()._stats(*args), "fastv_k": self.fastv_k}
+
+    def pruner(self, view) -> _LayerKPruner:
+        return self.pruner_class(
+            self.adapter.language_model, self.fastv_k, self.layer_keep_ratio, view.visual, view.position_ids
+        )
+
+
 class DartModel(FastVModel):
     """DART (Wen et al. 2025, "Stop Looking for Important Tokens in Multimodal Language Models: Duplication
     Matters More"), a training-free peer pruning at layer K (default 2) like FastV, with the same options."""
@@ -312,7 +326,7 @@ class DartModel(FastVModel):
     pruner_class = _DartPruner
 
 
-class PyramidDropModel(FastVModel):
+class PyramidDropModel(InsideLLMModel):
     """PyramidDrop (Xing et al. 2024), the paper's other training-free peer: four stages split at layers L/4,
     L/2 and 3L/4; stage s holds round(lambda^s N) visual tokens. ``keep_ratio`` is the average retention over
     layers (lambda solved for it; the floor is 1/4, where the first stage alone holds every token), or with
@@ -321,16 +335,14 @@ class PyramidDropModel(FastVModel):
     method_id = "pdrop"
 
     def __init__(self, model: nn.Module, keep_ratio: float = 0.5, match: str = "avg_retention"):
-        TokenPrunedModel.__init__(self, model, scorer=None, keep_ratio=keep_ratio, method=self.method_id)
-        if match not in ("avg_retention", "kept"):
-            raise ValueError(f"match must be 'avg_retention' or 'kept', got {match!r}")
+        super().__init__(model, keep_ratio, match)
         layers = self.adapter.language_model.config.num_hidden_layers
         self.stage_layers = pyramid_stage_layers(layers)
         self.layer_keep_ratio = (check_keep_ratio(keep_ratio) if match == "kept"
                                  else pyramid_stage_ratio(keep_ratio, layers))
 
     def _stats(self, *args: Any) -> dict:
-        return {**TokenPrunedModel._stats(self, *args), "pdrop_lambda": self.layer_keep_ratio,
+        return {**super()._stats(*args), "pdrop_lambda": self.layer_keep_ratio,
                 "pdrop_layers": list(self.stage_layers)}
 
     def pruner(self, view) -> _PyramidPruner:
