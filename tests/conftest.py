@@ -44,6 +44,20 @@ def loaded(tiny_checkpoints):
     return out
 
 
+@pytest.fixture(scope="session")
+def deep(tmp_path_factory):
+    """4-layer models, fp32 eager: with FastV's K=1 three layers run on the shortened sequence (2-layer fixtures
+    have one), and PyramidDrop has a layer per stage."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    out = {}
+    for family in FAMILIES:
+        path = build_tiny_checkpoint(family, tmp_path_factory.mktemp(f"deep_{family}"), layers=4)
+        model = AutoModelForImageTextToText.from_pretrained(path, attn_implementation="eager").eval()
+        out[family] = (model, AutoProcessor.from_pretrained(path))
+    return out
+
+
 def random_image(h: int, w: int, seed: int) -> Image.Image:
     rng = np.random.default_rng(seed)
     return Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8))

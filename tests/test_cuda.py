@@ -59,18 +59,9 @@ def both(loaded):
 
 
 @pytest.fixture(scope="module")
-def deep_both(tmp_path_factory):
-    """4-layer models (three layers after FastV's K=1), on the CPU and the device."""
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    from tcc_eval.fixtures import build_tiny_checkpoint
-
-    out = {}
-    for family in FAMILIES:
-        path = build_tiny_checkpoint(family, tmp_path_factory.mktemp(family), layers=4)
-        model = AutoModelForImageTextToText.from_pretrained(path, attn_implementation="eager").eval()
-        out[family] = (model, copy.deepcopy(model).to(DEVICE), AutoProcessor.from_pretrained(path))
-    return out
+def deep_both(deep):
+    """The 4-layer models (three layers after FastV's K=1, one per PyramidDrop stage), on the CPU and the device."""
+    return {family: (model, copy.deepcopy(model).to(DEVICE), processor) for family, (model, processor) in deep.items()}
 
 
 @pytest.mark.parametrize("family", ("qwen2_vl", "llava_onevision", "vila"))
@@ -210,21 +201,13 @@ def test_demo_evaluate_on_the_device_matches_the_cpu():
 def test_pyramid_drop_on_the_device(deep_both, family):
     """PyramidDrop's three stages on the device: the CPU's tokens in every stage, and logits equal to the device's
     own full run with each layer hiding what its stage dropped."""
-    from test_fastv import hide_per_layer
+    from test_fastv import hide_per_layer, pdrop_prefill
 
     cpu_model, model, processor = deep_both[family]
     cpu_inputs = model_inputs(processor, messages_for("image", seed=5))
-    stages, logits = {}, None
+    stages = {}
     for where, m, x in (("cpu", cpu_model, cpu_inputs), ("device", model, on_device(cpu_inputs))):
-        pdrop = tcc_eval.wrap_model(m, method="pdrop", keep_ratio=0.5)
-        view = pdrop.sample_view(pdrop.adapter.capture_llm_inputs(x), 0)
-        pruner = pdrop.pruner(view)
-        try:
-            with torch.no_grad():
-                logits = pdrop.adapter.forward_from_embeds(view.inputs_embeds, view.attention_mask,
-                                                           view.position_ids).logits[0, -1]
-        finally:
-            pruner.close()
+        pdrop, view, pruner, logits = pdrop_prefill(m, x, keep_ratio=0.5)
         stages[where] = [kept.cpu() for kept in pruner.stage_kept]
     assert len(stages["device"]) == 3
     assert all(torch.equal(d, c) for d, c in zip(stages["device"], stages["cpu"])), "the device kept other tokens"

@@ -50,21 +50,6 @@ def masked_from_layer(model, language_model, k: int, dropped: torch.Tensor):
     return handles
 
 
-@pytest.fixture(scope="module")
-def deep(tmp_path_factory):
-    """4-layer models: with K=1 three layers run on the shortened sequence (2-layer fixtures have one)."""
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    from tcc_eval.fixtures import build_tiny_checkpoint
-
-    out = {}
-    for family in FAMILIES:
-        path = build_tiny_checkpoint(family, tmp_path_factory.mktemp(family), layers=4)
-        model = AutoModelForImageTextToText.from_pretrained(path, attn_implementation="eager").eval()
-        out[family] = (model, AutoProcessor.from_pretrained(path))
-    return out
-
-
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("kind", ("image", "video"))
 @pytest.mark.parametrize("method", ("fastv", "dart"))
@@ -211,6 +196,21 @@ def hide_per_layer(language_model, dropped_by_layer: dict[int, torch.Tensor]):
     return handles
 
 
+def pdrop_prefill(model, inputs: dict, **options):
+    """One PyramidDrop prefill of the first sample, its pruner kept for its stages: (wrapper, view, pruner, logits
+    of the last position)."""
+    pdrop = wrap_model(model, method="pdrop", **options)
+    view = pdrop.sample_view(pdrop.adapter.capture_llm_inputs(inputs), 0)
+    pruner = pdrop.pruner(view)
+    try:
+        with torch.no_grad():
+            logits = pdrop.adapter.forward_from_embeds(view.inputs_embeds, view.attention_mask,
+                                                       view.position_ids).logits[0, -1]
+    finally:
+        pruner.close()
+    return pdrop, view, pruner, logits
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("kind", ("image", "video"))
 def test_pdrop_equals_masking_each_stage_and_ranks_by_that_layers_attention(deep, family, kind):
@@ -220,15 +220,7 @@ def test_pdrop_equals_masking_each_stage_and_ranks_by_that_layers_attention(deep
     over the previous stage's tokens), and it records per-stage costs."""
     model, processor = deep[family]
     inputs = model_inputs(processor, messages_for(kind, seed=5))
-    pdrop = wrap_model(model, method="pdrop", keep_ratio=0.5, match="kept")
-    view = pdrop.sample_view(pdrop.adapter.capture_llm_inputs(inputs), 0)
-    pruner = pdrop.pruner(view)
-    try:
-        with torch.no_grad():
-            logits = pdrop.adapter.forward_from_embeds(view.inputs_embeds, view.attention_mask,
-                                                       view.position_ids).logits[0, -1]
-    finally:
-        pruner.close()
+    pdrop, view, pruner, logits = pdrop_prefill(model, inputs, keep_ratio=0.5, match="kept")
     length, visual = view.visual.numel(), view.visual
     n_visual = int(visual.sum())
     assert pruner.stage_layers == (1, 2, 3)
