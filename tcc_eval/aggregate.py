@@ -648,9 +648,14 @@ def build_table(summary: pd.DataFrame, efficiency: pd.DataFrame, framework: str,
                 pruned_share = kept if not math.isnan(measured) else fastv_layer_keep_ratio(ratio, shape.layers, fastv_k)
             elif method == "pdrop":  # and PyramidDrop's per-stage ratio
                 recorded_lambda = eff["pdrop_lambda"].iloc[0] if len(eff) else math.nan
-                pruned_share = (recorded_lambda if not math.isnan(recorded_lambda)
-                                else pyramid_stage_ratio(ratio, shape.layers))
-            row["FLOPs ratio"] = flops_ratio(n_visual, pruned_share, shape, method, fastv_k)
+                try:
+                    pruned_share = (recorded_lambda if not math.isnan(recorded_lambda)
+                                    else pyramid_stage_ratio(ratio, shape.layers))
+                except ValueError:  # at or below its floor: only a record can say which lambda ran
+                    pruned_share = math.nan
+                    notes.append("PyramidDrop's per-stage ratio unknown (no efficiency records)")
+            row["FLOPs ratio"] = (flops_ratio(n_visual, pruned_share, shape, method, fastv_k)
+                                  if not math.isnan(pruned_share) else math.nan)
         else:
             row["FLOPs ratio"] = math.nan
         if method != "none" and eff.empty:
@@ -685,9 +690,9 @@ def table_markdown(table: pd.DataFrame, framework: str) -> str:
         lines.append("| " + " | ".join(_fmt(c, row[c]) for c in table.columns) + " |")
     lines += ["", "Scores in percent (MME: perception + reasoning/cognition points). Avg preservation: mean of "
               "score / vanilla score over the benchmarks with a vanilla run. Avg retention: measured kept "
-              "fraction of visual tokens (FastV, DART, PyramidDrop: averaged over layers). FLOPs ratio: visual-part "
-              "FLOPs vs "
-              "vanilla (theoretical). prefill s, total s: mean per sample; KV MB: mean KV cache (10^6 bytes).",
+              "fraction of visual tokens (FastV, DART, PyramidDrop: averaged over layers). FLOPs ratio: "
+              "visual-part FLOPs vs vanilla (theoretical). prefill s, total s: mean per sample; KV MB: mean KV "
+              "cache (10^6 bytes).",
               ""]
     return "\n".join(lines)
 

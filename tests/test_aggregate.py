@@ -487,13 +487,17 @@ def test_pdrop_names_without_records_use_the_stage_ratio_of_their_retention(tmp_
     from tcc_eval.flops import pyramid_stage_ratio
 
     work = tmp_path / "w"
-    for name in ("Qwen2VL7B_Vanilla", "Qwen2VL7B_PDrop50"):
+    for name in ("Qwen2VL7B_Vanilla", "Qwen2VL7B_PDrop50", "Qwen2VL7B_PDrop25"):
         write_mcq_acc(work / name / f"{name}_MMStar_acc.csv", 50)
     vanilla_record = efficiency_line("Qwen2VL7B_Vanilla", "vlmeval", "MMStar", 0, "none", 1.0, "Qwen2VL7B", 1000,
                                      1000, 1, 2)
     (work / "Qwen2VL7B_Vanilla" / "Qwen2VL7B_Vanilla_MMStar_efficiency.jsonl").write_text(vanilla_record + "\n")
-    row = aggregate(work).tables["vlmeval"].set_index("method").loc["pdrop"]
+    table = aggregate(work).tables["vlmeval"].set_index(["method", "keep_ratio"])
+    row = table.loc[("pdrop", 0.5)]
     assert row["Avg retention"] == 0.5 and "PyramidDrop average retention from the model name" in row["note"]
     stage_ratio = pyramid_stage_ratio(0.5, 28)  # the visual token count comes from the vanilla run's records
     assert row["FLOPs ratio"] == pytest.approx(flops_ratio(1000, stage_ratio, "qwen2-vl-7b", "pdrop"))
     assert row["FLOPs ratio"] < 0.5
+    # 25% is below its floor by the name, so only a record (a run with match=kept) could say which lambda ran
+    floor = table.loc[("pdrop", 0.25)]
+    assert pd.isna(floor["FLOPs ratio"]) and "per-stage ratio unknown" in floor["note"]
