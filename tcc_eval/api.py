@@ -33,6 +33,13 @@ def default_dtype(device: torch.device, dtype: str | torch.dtype | None = None) 
     return torch.float32
 
 
+def on_model_device(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Processor outputs moved to the model's device, floating ones (pixels) in its dtype."""
+    param = next(model.parameters())
+    return {k: v.to(param.device, param.dtype) if torch.is_floating_point(v) else v.to(param.device)
+            for k, v in inputs.items()}
+
+
 def local_folder(model_path: str | os.PathLike) -> str:
     """``model_path`` as a local folder: a hub id is downloaded first (into the HF cache).
 
@@ -238,13 +245,7 @@ class CompressedMLLM:
         inputs = self.processor.apply_chat_template(
             frames_for_videos(messages, self.num_frames), add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
         )
-        device = next(self.model.parameters()).device
-        dtype = next(self.model.parameters()).dtype
-        return {
-            k: (v.to(device, dtype) if torch.is_floating_point(v) else v.to(device))
-            for k, v in inputs.items()
-            if isinstance(v, torch.Tensor)
-        }
+        return on_model_device(self.model, {k: v for k, v in inputs.items() if isinstance(v, torch.Tensor)})
 
     def generate(self, messages: list[dict], max_new_tokens: int = 32, **gen_kwargs: Any) -> str:
         inputs = self.prepare(messages)

@@ -20,7 +20,7 @@ import torch
 
 from .. import synth
 from ..adapters import adapter_for
-from ..api import default_dtype, load_hf_model, wrap_model
+from ..api import default_dtype, load_hf_model, on_model_device, wrap_model
 from ..core import keep_positions
 from ..flops import INSIDE_LLM_METHODS, LAYER_K_METHODS
 from ..methods import ALL_METHODS
@@ -83,15 +83,12 @@ class Batch:
 
 
 def make_batches(model, processor, samples: list[synth.SynthSample], batch_size: int) -> list[Batch]:
-    param = next(model.parameters())
     batches = []
     for i in range(0, len(samples), batch_size):
         chunk = samples[i:i + batch_size]
         inputs = encode(processor, chunk)
         gt = [token_regions(model, inputs, b, s).ground_truth(s) for b, s in enumerate(chunk)]
-        on_device = {k: v.to(param.device, param.dtype) if torch.is_floating_point(v) else v.to(param.device)
-                     for k, v in inputs.items()}
-        batches.append(Batch(chunk, inputs, on_device, gt))
+        batches.append(Batch(chunk, inputs, on_model_device(model, inputs), gt))
     return batches
 
 
