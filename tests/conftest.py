@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import numpy as np
 import pytest
 import torch
@@ -56,6 +59,32 @@ def deep(tmp_path_factory):
         model = AutoModelForImageTextToText.from_pretrained(path, attn_implementation="eager").eval()
         out[family] = (model, AutoProcessor.from_pretrained(path))
     return out
+
+
+@contextmanager
+def hidden_key_columns(language_model, dropped_by_layer: dict[int, torch.Tensor]) -> Iterator[None]:
+    """Reference for pruning inside the LLM: while open, each listed decoder layer hides its own key columns
+    (eager additive 4-D mask), the full sequence otherwise unchanged."""
+    def hide(dropped: torch.Tensor):
+        def pre_hook(_module, args, kwargs):
+            mask = kwargs["attention_mask"].clone()
+            mask[..., dropped] = torch.finfo(mask.dtype).min
+            kwargs["attention_mask"] = mask
+            return args, kwargs
+        return pre_hook
+
+    handles = [language_model.layers[index].register_forward_pre_hook(hide(dropped), with_kwargs=True)
+               for index, dropped in dropped_by_layer.items()]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def from_layer(language_model, k: int, dropped: torch.Tensor) -> dict[int, torch.Tensor]:
+    """``dropped`` hidden in every layer from K on (FastV, DART)."""
+    return dict.fromkeys(range(k, len(language_model.layers)), dropped)
 
 
 def random_image(h: int, w: int, seed: int) -> Image.Image:

@@ -10,6 +10,7 @@ import math
 import pytest
 import torch
 
+from conftest import from_layer, hidden_key_columns
 from tcc_eval import bench
 from tcc_eval.fastv import fastv_layer_keep_ratio
 from tcc_eval.flops import LLM_SHAPES, kv_cache_bytes, visual_flops
@@ -167,18 +168,8 @@ def test_bench_fastv_equals_masking():
     dropped = torch.tensor(sorted(set(range(length)) - set(pruner.kept.tolist())))
     assert dropped.numel() == 18 - 9
 
-    def hide(_module, args, kwargs):
-        kwargs["attention_mask"] = kwargs["attention_mask"].clone()
-        kwargs["attention_mask"][..., dropped] = torch.finfo(torch.float32).min
-        return args, kwargs
-
-    handles = [layer.register_forward_pre_hook(hide, with_kwargs=True) for layer in llm.layers[K:]]
-    try:
-        with torch.no_grad():
-            ref = llm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions)
-    finally:
-        for handle in handles:
-            handle.remove()
+    with hidden_key_columns(llm, from_layer(llm, K, dropped)), torch.no_grad():
+        ref = llm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions)
     assert torch.allclose(out.last_hidden_state[0, -1], ref.last_hidden_state[0, -1], atol=1e-5)
     assert [layer.keys.shape[2] for layer in out.cache.layers] == [length] * K + [length - 9] * (6 - K)
 

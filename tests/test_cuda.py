@@ -11,7 +11,7 @@ import os
 import pytest
 import torch
 
-from conftest import FAMILIES, messages_for, model_inputs, needs_assets
+from conftest import FAMILIES, from_layer, hidden_key_columns, messages_for, model_inputs, needs_assets
 import tcc_eval
 from tcc_eval.api import default_dtype
 from tcc_eval.core import keep_count
@@ -135,8 +135,6 @@ def test_device_keeps_what_the_cpu_keeps_and_prunes_exactly(both, compressor_dir
 def test_layer_k_methods_on_the_device(deep_both, family, method):
     """FastV and DART at K=1 on the device: the CPU's tokens, and logits equal to the device's own full run with
     the dropped tokens hidden from layer K on; the short-cache decode equals the hidden-column decode."""
-    from test_fastv import masked_from_layer
-
     cpu_model, model, processor = deep_both[family]
     cpu_inputs = model_inputs(processor, messages_for("video", seed=5))
     inputs = on_device(cpu_inputs)
@@ -149,16 +147,12 @@ def test_layer_k_methods_on_the_device(deep_both, family, method):
     logits = pruned.prefill_logits(**inputs)[0, -1]
     length = inputs["input_ids"].shape[1]
     dropped = torch.tensor([i for i in range(length) if i not in set(kept_on["device"].tolist())], device=DEVICE)
-    handles = masked_from_layer(model, pruned.adapter.language_model, 1, dropped)
-    try:
-        with torch.no_grad():
-            llm = pruned.adapter.capture_llm_inputs(inputs)
-            reference = pruned.adapter.forward_from_embeds(llm.inputs_embeds, llm.attention_mask,
-                                                           llm.position_ids).logits[0, -1]
-            reference_tokens = model.generate(**inputs, max_new_tokens=3, do_sample=False)
-    finally:
-        for h in handles:
-            h.remove()
+    lm = pruned.adapter.language_model
+    with hidden_key_columns(lm, from_layer(lm, 1, dropped)), torch.no_grad():
+        llm = pruned.adapter.capture_llm_inputs(inputs)
+        reference = pruned.adapter.forward_from_embeds(llm.inputs_embeds, llm.attention_mask,
+                                                       llm.position_ids).logits[0, -1]
+        reference_tokens = model.generate(**inputs, max_new_tokens=3, do_sample=False)
     assert (logits - reference).abs().max().item() < 1e-4
     assert torch.equal(tokens, reference_tokens)
 
@@ -201,7 +195,7 @@ def test_demo_evaluate_on_the_device_matches_the_cpu():
 def test_pyramid_drop_on_the_device(deep_both, family):
     """PyramidDrop's three stages on the device: the CPU's tokens in every stage, and logits equal to the device's
     own full run with each layer hiding what its stage dropped."""
-    from test_fastv import hide_per_layer, pdrop_prefill
+    from test_fastv import pdrop_prefill
 
     cpu_model, model, processor = deep_both[family]
     cpu_inputs = model_inputs(processor, messages_for("image", seed=5))
@@ -214,12 +208,7 @@ def test_pyramid_drop_on_the_device(deep_both, family):
     length = view.visual.numel()
     hidden = {layer: torch.tensor(sorted(set(range(length)) - set(kept.tolist())), device=DEVICE)
               for layer, kept in zip(pruner.stage_layers, stages["device"])}
-    handles = hide_per_layer(pdrop.adapter.language_model, hidden)
-    try:
-        with torch.no_grad():
-            reference = pdrop.adapter.forward_from_embeds(view.inputs_embeds, view.attention_mask,
-                                                          view.position_ids).logits[0, -1]
-    finally:
-        for h in handles:
-            h.remove()
+    with hidden_key_columns(pdrop.adapter.language_model, hidden), torch.no_grad():
+        reference = pdrop.adapter.forward_from_embeds(view.inputs_embeds, view.attention_mask,
+                                                      view.position_ids).logits[0, -1]
     assert (logits - reference).abs().max().item() < 1e-4

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import FAMILIES, messages_for, model_inputs
+from conftest import FAMILIES, from_layer, hidden_key_columns, messages_for, model_inputs
 from tcc_eval import wrap_model
 from tcc_eval.core import keep_count
 from tcc_eval.fastv import dart_scores, fastv_layer_keep_ratio
@@ -34,22 +34,6 @@ def test_fastv_keep_all_equals_vanilla(loaded, family, method):
     assert (fastv.prefill_logits(**inputs) - vanilla_last).abs().max().item() == 0.0
 
 
-def masked_from_layer(model, language_model, k: int, dropped: torch.Tensor):
-    """Reference: hooks that hide ``dropped`` key columns from layers >= k (eager additive 4-D mask)."""
-    handles = []
-
-    def hide(_m, args, kwargs):
-        mask = kwargs["attention_mask"]
-        mask = mask.clone()
-        mask[..., dropped] = torch.finfo(mask.dtype).min
-        kwargs["attention_mask"] = mask
-        return args, kwargs
-
-    for layer in language_model.layers[k:]:
-        handles.append(layer.register_forward_pre_hook(hide, with_kwargs=True))
-    return handles
-
-
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("kind", ("image", "video"))
 @pytest.mark.parametrize("method", ("fastv", "dart"))
@@ -63,13 +47,9 @@ def test_fastv_equals_masked_reference(deep, family, kind, method):
     dropped = torch.tensor([i for i in range(length) if i not in set(kept.tolist())])
     llm = fastv.adapter.capture_llm_inputs(inputs)
     assert dropped.numel() == llm.n_visual(0) - max(1, int(0.5 * llm.n_visual(0) + 0.5))
-    handles = masked_from_layer(model, fastv.adapter.language_model, 1, dropped)
-    try:
-        with torch.no_grad():
-            reference = fastv.adapter.forward_from_embeds(llm.inputs_embeds, llm.attention_mask, llm.position_ids).logits[0, -1]
-    finally:
-        for h in handles:
-            h.remove()
+    lm = fastv.adapter.language_model
+    with hidden_key_columns(lm, from_layer(lm, 1, dropped)), torch.no_grad():
+        reference = fastv.adapter.forward_from_embeds(llm.inputs_embeds, llm.attention_mask, llm.position_ids).logits[0, -1]
     assert (logits - reference).abs().max().item() < 1e-4
     # and pruning really changed something compared with no pruning
     with torch.no_grad():
@@ -94,13 +74,9 @@ def test_fastv_generate_decodes_with_short_cache(deep):
     assert stats["kv_cache_bytes"] == stats["seq_before"] * per_token_layer + 3 * stats["seq_after"] * per_token_layer
     kept = set(fastv.last_selection.kept_positions[0].tolist())
     dropped = torch.tensor([i for i in range(inputs["input_ids"].shape[1]) if i not in kept])
-    handles = masked_from_layer(model, fastv.adapter.language_model, 1, dropped)
-    try:
-        with torch.no_grad():
-            reference = model.generate(**inputs, max_new_tokens=4, do_sample=False)
-    finally:
-        for h in handles:
-            h.remove()
+    lm = fastv.adapter.language_model
+    with hidden_key_columns(lm, from_layer(lm, 1, dropped)), torch.no_grad():
+        reference = model.generate(**inputs, max_new_tokens=4, do_sample=False)
     assert torch.equal(out, reference)  # decoding over the shortened cache == full cache with columns hidden
 
 
@@ -182,20 +158,6 @@ def test_dart_selection_uses_layer_k_minus_1_keys_and_output(deep, family):
     assert kept[~visual[kept]].tolist() == torch.nonzero(~visual).flatten().tolist()
 
 
-def hide_per_layer(language_model, dropped_by_layer: dict[int, torch.Tensor]):
-    """Reference: hooks that hide, in each listed layer, its own set of key columns (eager additive 4-D mask)."""
-    handles = []
-    for index, dropped in dropped_by_layer.items():
-        def hide(_m, args, kwargs, dropped=dropped):
-            mask = kwargs["attention_mask"].clone()
-            mask[..., dropped] = torch.finfo(mask.dtype).min
-            kwargs["attention_mask"] = mask
-            return args, kwargs
-
-        handles.append(language_model.layers[index].register_forward_pre_hook(hide, with_kwargs=True))
-    return handles
-
-
 def pdrop_prefill(model, inputs: dict, **options):
     """One PyramidDrop prefill of the first sample, its pruner kept for its stages: (wrapper, view, pruner, logits
     of the last position)."""
@@ -233,15 +195,10 @@ def test_pdrop_equals_masking_each_stage_and_ranks_by_that_layers_attention(deep
         return torch.tensor(sorted(set(range(length)) - set(kept.tolist())), dtype=torch.long)
 
     stage_masks = {layer: dropped(pruner.stage_kept[layer - 1]) for layer in (1, 2, 3)}
-    handles = hide_per_layer(lm, stage_masks)
-    try:
-        with torch.no_grad():
-            reference = pdrop.adapter.forward_from_embeds(view.inputs_embeds, view.attention_mask,
-                                                          view.position_ids).logits[0, -1]
-            reference_tokens = model.generate(**inputs, max_new_tokens=4, do_sample=False)
-    finally:
-        for h in handles:
-            h.remove()
+    with hidden_key_columns(lm, stage_masks), torch.no_grad():
+        reference = pdrop.adapter.forward_from_embeds(view.inputs_embeds, view.attention_mask,
+                                                      view.position_ids).logits[0, -1]
+        reference_tokens = model.generate(**inputs, max_new_tokens=4, do_sample=False)
     assert (logits - reference).abs().max().item() < 1e-4
     assert torch.equal(pdrop.generate(**inputs, max_new_tokens=4, do_sample=False), reference_tokens)
     stats = pdrop.last_stats
@@ -253,14 +210,10 @@ def test_pdrop_equals_masking_each_stage_and_ranks_by_that_layers_attention(deep
     assert stats["kv_cache_bytes"] == sum((length - n_visual + c) * per_token_layer for c in counts)
     for stage, layer in enumerate((1, 2, 3)):
         previous = pruner.stage_kept[stage - 1] if stage else torch.arange(length)
-        handles = hide_per_layer(lm, {**{l: stage_masks[l] for l in range(1, layer)}, layer: dropped(previous)})
-        try:
-            with torch.no_grad():
-                attentions = pdrop.adapter.forward_from_embeds(view.inputs_embeds, view.attention_mask,
-                                                               view.position_ids, output_attentions=True).attentions
-        finally:
-            for h in handles:
-                h.remove()
+        before_ranking = {**{l: stage_masks[l] for l in range(1, layer)}, layer: dropped(previous)}
+        with hidden_key_columns(lm, before_ranking), torch.no_grad():
+            attentions = pdrop.adapter.forward_from_embeds(view.inputs_embeds, view.attention_mask,
+                                                           view.position_ids, output_attentions=True).attentions
         row = attentions[layer][0, :, -1].mean(dim=0)
         candidates = [i for i in previous.tolist() if visual[i]]
         ranked = sorted(candidates, key=lambda i: (-float(row[i]), i))[:counts[stage + 1]]
