@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from .bench import add_machine_args, build_llm, machine_info, make_inputs, parse_shape
-from .oracle import frozen_weights, gradient_weighted_maps, layerwise_maps, relevance_row
+from .oracle import frozen_weights, gradient_weighted_maps, layerwise_maps, relevance_row, streamed_relevance_rows
 
 VARIANTS = ("all_layers", "layerwise")
 
@@ -66,9 +66,6 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 target = out.last_hidden_state[0, row].float() @ readouts[t]
                 relevance += relevance_row(gradient_weighted_maps(out.attentions, target), row)[x.visual]
     else:
-        r = torch.zeros(args.answer, args.tokens, device=device)
-        r[torch.arange(args.answer), rows] = 1.0
-
         def run_forward() -> torch.Tensor:
             out = llm(inputs_embeds=x.embeds, attention_mask=x.mask, position_ids=x.positions, use_cache=False)
             return (out.last_hidden_state[0, rows].float() * readouts).sum(-1)
@@ -77,11 +74,11 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             return (llm.norm(hidden[0, rows]).float() * readouts).sum(-1)
 
         with frozen_weights(llm):
-            for _, t, maps in layerwise_maps(llm.layers, run_forward, head, ("clamp",)):
-                r[t] = r[t] + r[t] @ maps["clamp"]
+            folded = streamed_relevance_rows(layerwise_maps(llm.layers, run_forward, head, ("clamp",)), rows.tolist(),
+                                             args.tokens, ("clamp",), device)
         relevance = torch.zeros(int(x.visual.sum()), device=device)
-        for t in range(args.answer):
-            relevance += r[t][x.visual]
+        for row in folded:
+            relevance += row["clamp"][x.visual]
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         peak = torch.cuda.max_memory_allocated(device)

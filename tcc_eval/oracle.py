@@ -200,6 +200,21 @@ def relevance_row(maps: list[torch.Tensor], row: int) -> torch.Tensor:
     return r
 
 
+def streamed_relevance_rows(layer_maps: Iterable[tuple[int, int, dict[str, torch.Tensor]]], rows: Sequence[int],
+                            n_tokens: int, rules: Iterable[str], device: torch.device) -> list[dict[str, torch.Tensor]]:
+    """``relevance_row`` of target t's row ``rows[t]`` under each rule, folded in as ``layerwise_maps`` hands the
+    maps out (last layer first), so no layer's map outlives its step."""
+    rules = tuple(rules)
+    relevance = [{rule: torch.zeros(n_tokens, dtype=torch.float32, device=device) for rule in rules} for _ in rows]
+    for t, row in enumerate(rows):
+        for r in relevance[t].values():
+            r[row] = 1.0
+    for _, t, maps in layer_maps:
+        for rule in rules:
+            relevance[t][rule] = relevance[t][rule] + relevance[t][rule] @ maps[rule]
+    return relevance
+
+
 def relevance_full_matrix(maps: list[torch.Tensor]) -> torch.Tensor:
     """Naive reference: R = I; R = R + Abar_l @ R for l = 0..L-1 (O(N^3) per layer; tests only)."""
     n = maps[0].shape[-1]
@@ -221,22 +236,13 @@ def view_relevance(view: SampleView, answer_ids: torch.Tensor, rule: str = "clam
 
 
 def view_relevances(view: SampleView, answer_ids: torch.Tensor, rules: Iterable[str]) -> dict[str, torch.Tensor]:
-    """R_v under each relevance rule, from one forward and one layer-by-layer backward over all answer tokens.
-
-    Each answer row's recursion r = r + r @ Abar_l runs from the last layer down, the order the maps arrive in,
-    so no layer's map outlives its step."""
+    """R_v under each relevance rule, from one forward and one layer-by-layer backward over all answer tokens."""
     rules = tuple(rules)
     visual = torch.nonzero(view.visual).flatten()
     prompt_len = view.inputs_embeds.shape[1]
-    n_tokens = prompt_len + answer_ids.numel()
-    rows = [{rule: torch.zeros(n_tokens, dtype=torch.float32, device=view.inputs_embeds.device) for rule in rules}
-            for _ in range(answer_ids.numel())]
-    for t, row in enumerate(rows):
-        for r in row.values():
-            r[prompt_len - 1 + t] = 1.0
-    for _, t, maps in answer_layer_maps(view, answer_ids, rules):
-        for rule in rules:
-            rows[t][rule] = rows[t][rule] + rows[t][rule] @ maps[rule]
+    rows = streamed_relevance_rows(answer_layer_maps(view, answer_ids, rules),
+                                   [prompt_len - 1 + t for t in range(answer_ids.numel())],
+                                   prompt_len + answer_ids.numel(), rules, view.inputs_embeds.device)
     totals = {rule: torch.zeros(visual.numel(), dtype=torch.float32, device=view.inputs_embeds.device)
               for rule in rules}
     for row in rows:
