@@ -20,7 +20,7 @@ from torch import nn
 from .core import (Selection, check_keep_ratio, keep_count, keep_positions, pick_order_scores, select_visual,
                    topk_in_order)
 from .flops import fastv_layer_keep_ratio, pyramid_stage_layers, pyramid_stage_ratio
-from .probe import attention_rows, instruction_rows, layer_keys
+from .probe import instruction_rows, last_token_attention, layer_keys
 from .pruned import PrefillTimer, TokenPrunedModel, split_model_inputs, sync
 
 
@@ -52,10 +52,7 @@ class _LayerKPruner:
         hidden = args[0] if args else kwargs["hidden_states"]
         if hidden.shape[1] != self.prefill_len or self.kept is not None:
             return  # decode step
-        last = torch.tensor([hidden.shape[1] - 1], device=hidden.device)
-        mask = torch.ones(1, hidden.shape[1], dtype=torch.long, device=hidden.device)
-        probs = attention_rows(self.lm, hidden, self.positions, mask, last, layer_idx=self.k - 1)
-        self.keep(probs.mean(dim=(0, 1))[self.visual])
+        self.keep(last_token_attention(self.lm, hidden, self.positions, self.k - 1)[self.visual])
 
     def keep(self, scores: torch.Tensor) -> None:
         kept_visual = select_visual(scores, self.keep_ratio)
@@ -185,11 +182,8 @@ class _PyramidPruner:
         previous = (self.stage_kept[-1].to(hidden.device) if self.stage_kept
                     else torch.arange(self.prefill_len, device=hidden.device))
         visual = self.visual.to(hidden.device)[previous]
-        last = torch.tensor([previous.numel() - 1], device=hidden.device)
-        mask = torch.ones(1, previous.numel(), dtype=torch.long, device=hidden.device)
-        probs = attention_rows(self.lm, hidden, self.positions[..., previous], mask, last,
-                               layer_idx=self.stage_layers[stage - 1])
-        kept_visual = topk_in_order(probs.mean(dim=(0, 1))[visual], self.counts[stage - 1])
+        scores = last_token_attention(self.lm, hidden, self.positions[..., previous], self.stage_layers[stage - 1])
+        kept_visual = topk_in_order(scores[visual], self.counts[stage - 1])
         local = keep_positions(torch.ones_like(visual), visual, kept_visual)
         self.stage_local.append(local)
         self.stage_kept.append(previous[local])

@@ -64,6 +64,16 @@ def attention_rows(
     return torch.softmax(logits, dim=-1)[0]
 
 
+def last_token_attention(language_model: nn.Module, hidden_states: torch.Tensor, position_ids: torch.Tensor,
+                         layer_idx: int) -> torch.Tensor:
+    """Head-mean attention of the last token over every token of one unpadded sample in layer ``layer_idx``:
+    (L,), the ranking FastV and PyramidDrop prune by."""
+    length = hidden_states.shape[1]
+    last = torch.tensor([length - 1], device=hidden_states.device)
+    mask = torch.ones(1, length, dtype=torch.long, device=hidden_states.device)
+    return attention_rows(language_model, hidden_states, position_ids, mask, last, layer_idx).mean(dim=(0, 1))
+
+
 def instruction_rows(valid: torch.Tensor, visual: torch.Tensor) -> torch.Tensor:
     """Default instruction rows: every valid token after the last visual token (METHOD.md, open point)."""
     last_visual = int(torch.nonzero(visual).max())
