@@ -30,6 +30,7 @@ while [[ $# -gt 0 ]]; do
 done
 
 PY=${PYTHON:-python3}
+LMMS_EXTRA_RUNS=()  # lmms-eval runs outside the methods x ratios grid, as entry|method args
 exec 3>&1  # --dry-run lines go here, past the commands' own redirections into the log
 show() { printf '+' >&3; printf ' %q' "$@" >&3; printf '\n' >&3; }  # a --dry-run line: the command, shell-quoted
 run_or_show() { if [[ -n "$DRY_RUN" ]]; then show "$@"; else "$@"; fi; }  # the same argv either way
@@ -103,12 +104,17 @@ elif [[ "$SUITE" == paper ]]; then
   LMMS_INCLUDE=()
   LMMS_METHODS=(tcc)
   LMMS_RATIOS=(50 25)
+  # PyramidDrop at 25% runs here instead, its first stage moved to layer 2 (where FastV and DART prune), the
+  # others at its own L/2 and 3L/4 (pdrop_layers, its layer_list; 28 layers for Qwen2-7B, 32 for Llama-3-8B)
+  declare -A PDROP_EARLY_STAGES=([Qwen2VL]=2/14/21 [LLaVAOV]=2/14/21 [VILA15]=2/16/24)
   # the same checkpoints as the VLMEvalKit runs (TCC_MODEL_PATH_<BASE> included), as <family>_tcc; with no
   # compressor= given, their tcc runs load the same $TCC_COMPRESSOR_DIR/<Base>_<modality>.pt files
   LMMS_MODELS=()
   for base in "${VLMEVAL_BASES[@]}"; do
     entry="from model_registry import BASES, resolve_model_path; b = BASES['$base']"
-    LMMS_MODELS+=("$($PY -c "$entry; print(f'{b.family}_tcc|pretrained={resolve_model_path(b)}')")")
+    model=$($PY -c "$entry; print(f'{b.family}_tcc|pretrained={resolve_model_path(b)}')")
+    LMMS_MODELS+=("$model")
+    LMMS_EXTRA_RUNS+=("$model|method=pdrop,ratio=0.25,pdrop_layers=${PDROP_EARLY_STAGES[$base]}")
   done
   echo "paper suite: tcc needs trained compressors (TCC_COMPRESSOR_DIR or ~/.cache/tcc_eval/compressors); see README" | tee -a "$LOG"
 else
@@ -165,6 +171,7 @@ if [[ ",$FRAMEWORKS," == *,lmms_eval,* ]]; then
       runs+=("$entry|method=$m,ratio=$(awk "BEGIN{print $r/100}")")
     done; done
   done
+  runs+=("${LMMS_EXTRA_RUNS[@]}")
   i=0
   for run in "${runs[@]}"; do
     i=$((i + 1))

@@ -448,6 +448,8 @@ def read_efficiency(root: Path, skip: Path | None = None) -> pd.DataFrame:
                     row[name] = float(record[name]) if record.get(name) is not None else math.nan
                 shape = record.get("llm_shape")
                 row["llm_shape"] = json.dumps(asdict(LLMShape(**shape)), sort_keys=True) if shape else ""
+                stages = record.get("pdrop_layers")
+                row["pdrop_layers"] = "/".join(str(int(layer)) for layer in stages) if stages else ""
             except Exception as err:  # noqa: BLE001 - a bad line is skipped, never fatal
                 bad += 1
                 if bad <= MAX_LINE_WARNINGS:
@@ -457,7 +459,7 @@ def read_efficiency(root: Path, skip: Path | None = None) -> pd.DataFrame:
         if bad > MAX_LINE_WARNINGS:
             log.warning("skipped %s: %d more bad lines", path, bad - MAX_LINE_WARNINGS)
     frame = pd.DataFrame(rows, columns=["framework", "base_model", "method", "keep_ratio", "dataset", "index",
-                                        "mtime", "source", *EFFICIENCY_NUMERIC, "llm_shape"])
+                                        "mtime", "source", *EFFICIENCY_NUMERIC, "llm_shape", "pdrop_layers"])
     frame["keep_ratio"] = frame["keep_ratio"].astype(float).round(6)
     frame = frame.sort_values("mtime", kind="stable")
     return frame.drop_duplicates(["framework", "base_model", "method", "keep_ratio", "dataset", "index"],
@@ -470,7 +472,7 @@ def summarize_efficiency(records: pd.DataFrame) -> pd.DataFrame:
     columns = [*key, "dataset", "samples", "prefill_s_sum", "prefill_s_mean", "compressor_s_sum",
                "compressor_s_mean", "total_s_sum", "total_s_mean", "kv_cache_mb_mean", "visual_before_mean",
                "visual_after_mean", "measured_retention", "avg_retention", "seq_before_mean", "seq_after_mean",
-               "new_tokens_mean", "fastv_k", "pdrop_lambda", "llm_shape"]
+               "new_tokens_mean", "fastv_k", "pdrop_lambda", "pdrop_layers", "llm_shape"]
     if records.empty:
         return pd.DataFrame(columns=columns)
 
@@ -493,6 +495,7 @@ def summarize_efficiency(records: pd.DataFrame) -> pd.DataFrame:
             "fastv_k": group["fastv_k"].dropna().iloc[0] if group["fastv_k"].notna().any() else math.nan,
             "pdrop_lambda": (group["pdrop_lambda"].dropna().iloc[0] if group["pdrop_lambda"].notna().any()
                              else math.nan),
+            "pdrop_layers": next((s for s in group["pdrop_layers"] if s), ""),
             "llm_shape": shapes[0] if shapes else "",
         }
 
@@ -625,6 +628,8 @@ def build_table(summary: pd.DataFrame, efficiency: pd.DataFrame, framework: str,
         shape = options.shape(base) or _recorded_shape(eff)
         fastv_k = int(eff["fastv_k"].iloc[0]) if len(eff) and not math.isnan(eff["fastv_k"].iloc[0]) \
             else options.fastv_k
+        recorded_stages = eff["pdrop_layers"].iloc[0] if len(eff) else ""
+        pdrop_layers = recorded_stages if isinstance(recorded_stages, str) and recorded_stages else None  # None: its own
         if not math.isnan(recorded):
             row["Avg retention"] = recorded
         elif method == "pdrop":  # our PyramidDrop names give the average retention over layers
@@ -646,7 +651,7 @@ def build_table(summary: pd.DataFrame, efficiency: pd.DataFrame, framework: str,
             pruned_share = ratio
             if method in LAYER_K_METHODS:  # flops_ratio wants the share kept from layer K on
                 pruned_share = kept if not math.isnan(measured) else fastv_layer_keep_ratio(ratio, shape.layers, fastv_k)
-            elif method == "pdrop":  # and PyramidDrop's per-stage ratio
+            elif method == "pdrop":  # and PyramidDrop's per-stage ratio, with the stages that ran
                 recorded_lambda = eff["pdrop_lambda"].iloc[0] if len(eff) else math.nan
                 try:
                     pruned_share = (recorded_lambda if not math.isnan(recorded_lambda)
@@ -654,7 +659,7 @@ def build_table(summary: pd.DataFrame, efficiency: pd.DataFrame, framework: str,
                 except ValueError:  # at or below its floor: only a record can say which lambda ran
                     pruned_share = math.nan
                     notes.append("PyramidDrop's per-stage ratio unknown (no efficiency records)")
-            row["FLOPs ratio"] = (flops_ratio(n_visual, pruned_share, shape, method, fastv_k)
+            row["FLOPs ratio"] = (flops_ratio(n_visual, pruned_share, shape, method, fastv_k, pdrop_layers)
                                   if not math.isnan(pruned_share) else math.nan)
         else:
             row["FLOPs ratio"] = math.nan

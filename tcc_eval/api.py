@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -171,6 +171,7 @@ def wrap_model(
     seed: int = 0,
     fastv_k: int = 2,
     match: str = "avg_retention",
+    pdrop_layers: Sequence[int] | str | None = None,
     max_answer_tokens: int = 16,
 ) -> TokenPrunedModel:
     """Wrap an already loaded HF MLLM; the result's ``generate`` is a drop-in for ``model.generate``.
@@ -178,13 +179,14 @@ def wrap_model(
     Options of other methods are ignored, so one option set (e.g. a base's ``fastv_k``) serves every
     method: ``fastv_k`` (the layer K) applies to fastv and dart, ``match`` to them and pdrop
     (``match="kept"``: keep_ratio is the fraction kept from layer K on, for pdrop its per-stage ratio,
-    instead of the average retention over layers), ``max_answer_tokens`` to the oracle."""
+    instead of the average retention over layers), ``pdrop_layers`` (the layers starting PyramidDrop's stages,
+    its ``layer_list``) to pdrop, ``max_answer_tokens`` to the oracle."""
     check_method(method)
     if method in INSIDE_LLM_METHODS:
         from .fastv import DartModel, FastVModel, PyramidDropModel
 
         if method == "pdrop":
-            return PyramidDropModel(model, keep_ratio=keep_ratio, match=match)
+            return PyramidDropModel(model, keep_ratio=keep_ratio, match=match, pdrop_layers=pdrop_layers)
         layer_k_model = FastVModel if method == "fastv" else DartModel
         return layer_k_model(model, keep_ratio=keep_ratio, fastv_k=fastv_k, match=match)
     scorer = build_scorer(method, model, compressor=compressor, seed=seed, max_answer_tokens=max_answer_tokens)
@@ -269,7 +271,7 @@ def load(
     method: none | random | a0 | tcc | oracle | divprune | fastv | dart | pdrop; keep_ratio in (0, 1];
     compressor: a trained compressor checkpoint, {modality: checkpoint} or a folder of
     ``<family>_<modality>.pt`` (required for tcc); options: ``wrap_model``'s (budget, seed, fastv_k, match,
-    max_answer_tokens). CUDA when available (bf16/fp16), else CPU (fp32).
+    pdrop_layers, max_answer_tokens). CUDA when available (bf16/fp16), else CPU (fp32).
     """
     from .core import check_keep_ratio
 

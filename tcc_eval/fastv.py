@@ -12,7 +12,7 @@ Kept tokens keep their original position ids, as in every method here (PyramidDr
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -142,16 +142,18 @@ class _DartPruner(_LayerKPruner):
 
 
 class _PyramidPruner:
-    """PyramidDrop's hook state for one sample. Before the first layer of stage s (layers L/4, L/2, 3L/4), the
-    visual tokens still present are ranked by the head-mean attention of the last token in that layer (its own
-    norm and q/k on the hidden states it receives), and round(lambda^s N) of them stay for the stage."""
+    """PyramidDrop's hook state for one sample. Before the first layer of stage s (``stage_layers``: L/4, L/2,
+    3L/4 by default), the visual tokens still present are ranked by the head-mean attention of the last token in
+    that layer (its own norm and q/k on the hidden states it receives), and round(lambda^s N) of them stay for the
+    stage."""
 
-    def __init__(self, language_model: nn.Module, stage_ratio: float, visual: torch.Tensor, positions: torch.Tensor):
+    def __init__(self, language_model: nn.Module, stage_ratio: float, stage_layers: tuple[int, ...],
+                 visual: torch.Tensor, positions: torch.Tensor):
         self.lm = language_model
         self.visual = visual  # (L,) bool, one unpadded sample
         self.positions = positions
         self.prefill_len = int(visual.numel())
-        self.stage_layers = pyramid_stage_layers(len(language_model.layers))
+        self.stage_layers = stage_layers
         n_visual = int(visual.sum())
         self.counts = [keep_count(n_visual, stage_ratio ** s) for s in range(1, len(self.stage_layers) + 1)]
         self.stage_kept: list[torch.Tensor] = []  # per stage ranked so far: kept positions (original sequence)
@@ -321,23 +323,26 @@ class DartModel(FastVModel):
 
 
 class PyramidDropModel(InsideLLMModel):
-    """PyramidDrop (Xing et al. 2024), the paper's other training-free peer: four stages split at layers L/4,
-    L/2 and 3L/4; stage s holds round(lambda^s N) visual tokens. ``keep_ratio`` is the average retention over
-    layers (lambda solved for it; the floor is 1/4, where the first stage alone holds every token), or with
+    """PyramidDrop (Xing et al. 2024), the paper's other training-free peer: stages split at ``pdrop_layers``
+    (its ``layer_list``; by default four stages, at layers L/4, L/2 and 3L/4); stage s holds round(lambda^s N)
+    visual tokens. ``keep_ratio`` is the average retention over layers (lambda solved for it; the floor is the
+    first stage layer / L, 1/4 by default, where the first stage alone holds every token), or with
     ``match="kept"`` lambda itself (PyramidDrop's default is 0.5: 47% average retention)."""
 
     method_id = "pdrop"
 
-    def __init__(self, model: nn.Module, keep_ratio: float = 0.5, match: str = "avg_retention"):
+    def __init__(self, model: nn.Module, keep_ratio: float = 0.5, match: str = "avg_retention",
+                 pdrop_layers: Sequence[int] | None = None):
         super().__init__(model, keep_ratio, match)
         layers = self.adapter.language_model.config.num_hidden_layers
-        self.stage_layers = pyramid_stage_layers(layers)
+        self.stage_layers = pyramid_stage_layers(layers, pdrop_layers)
         self.layer_keep_ratio = (check_keep_ratio(keep_ratio) if match == "kept"
-                                 else pyramid_stage_ratio(keep_ratio, layers))
+                                 else pyramid_stage_ratio(keep_ratio, layers, self.stage_layers))
 
     def _stats(self, *args: Any) -> dict:
         return {**super()._stats(*args), "pdrop_lambda": self.layer_keep_ratio,
                 "pdrop_layers": list(self.stage_layers)}
 
     def pruner(self, view) -> _PyramidPruner:
-        return _PyramidPruner(self.adapter.language_model, self.layer_keep_ratio, view.visual, view.position_ids)
+        return _PyramidPruner(self.adapter.language_model, self.layer_keep_ratio, self.stage_layers, view.visual,
+                              view.position_ids)

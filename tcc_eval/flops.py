@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 # Methods that prune inside the LLM (tcc_eval.fastv): FastV and DART at layer K (layers 0..K-1 see every token),
 # PyramidDrop in stages.
@@ -61,14 +61,16 @@ def visual_flops(n: float, d: int, m: int, layers: int, gated: bool = True) -> f
 
 
 def flops_ratio(
-    n_visual: float, keep_ratio: float, cfg: LLMShape | str, method: str = "tcc", fastv_k: int = 2
+    n_visual: float, keep_ratio: float, cfg: LLMShape | str, method: str = "tcc", fastv_k: int = 2,
+    pdrop_layers: Sequence[int] | None = None,
 ) -> float:
     """Visual-part FLOPs of a pruned model relative to vanilla.
 
     Input-stage methods (tcc, random, a0, oracle, ...) run every layer on the kept tokens; layer-K methods
     (fastv, dart) run the first ``fastv_k`` layers on all tokens and the rest on the kept ones; pdrop runs
-    each stage on its own count (``keep_ratio`` is its per-stage ratio lambda, ``pyramid_visual_counts``). The
-    n^2 attention term makes a 50% keep cost slightly less than half."""
+    each stage on its own count (``keep_ratio`` is its per-stage ratio lambda, stages at ``pdrop_layers`` or
+    PyramidDrop's own, ``pyramid_visual_counts``). The n^2 attention term makes a 50% keep cost slightly less
+    than half."""
     shape = LLM_SHAPES[cfg] if isinstance(cfg, str) else cfg
     if n_visual <= 0:
         raise ValueError(f"n_visual must be positive, got {n_visual}")
@@ -81,7 +83,7 @@ def flops_ratio(
     d, m, gated = shape.hidden, shape.intermediate, shape.gated
     full = visual_flops(n, d, m, shape.layers, gated)
     if method == "pdrop":
-        counts = pyramid_visual_counts(n, keep_ratio, shape.layers)
+        counts = pyramid_visual_counts(n, keep_ratio, shape.layers, pdrop_layers)
         pruned = sum(visual_flops(c, d, m, 1, gated) for c in counts)
     elif method in LAYER_K_METHODS:
         early = min(fastv_k, shape.layers)
@@ -113,42 +115,63 @@ def fastv_layer_keep_ratio(avg_retention: float, layers: int, k: int) -> float:
 PYRAMID_STAGES = 4  # PyramidDrop's default: drops after layers L/4, L/2 and 3L/4
 
 
-def pyramid_stage_layers(layers: int) -> tuple[int, ...]:
-    """The layers that start PyramidDrop's stages 1..3 (each runs on fewer tokens than the one before)."""
-    if layers < PYRAMID_STAGES:
-        raise ValueError(f"PyramidDrop needs at least {PYRAMID_STAGES} LLM layers (one per stage), got {layers}")
-    return tuple(layers * s // PYRAMID_STAGES for s in range(1, PYRAMID_STAGES))
+def pyramid_stage_layers(layers: int, pdrop_layers: Sequence[int] | str | int | None = None) -> tuple[int, ...]:
+    """The layers that start PyramidDrop's pruned stages, each on fewer tokens than the one before: PyramidDrop's
+    own L/4, L/2, 3L/4 unless ``pdrop_layers`` (its ``layer_list``; "2/14/21" as a framework option string)
+    names them, e.g. earlier ones for small budgets."""
+    default = tuple(layers * s // PYRAMID_STAGES for s in range(1, PYRAMID_STAGES))
+    if pdrop_layers is None:
+        if layers < PYRAMID_STAGES:
+            raise ValueError(f"PyramidDrop needs at least {PYRAMID_STAGES} LLM layers (one per stage), got {layers}")
+        return default
+    if isinstance(pdrop_layers, str):
+        parts = pdrop_layers.split("/")
+        starts = tuple(int(p) if p.strip().isdigit() else p for p in parts)
+    else:
+        starts = (pdrop_layers,) if isinstance(pdrop_layers, int) else tuple(pdrop_layers)
+    if (not starts or any(isinstance(s, bool) or not isinstance(s, int) for s in starts)
+            or list(starts) != sorted(set(starts)) or starts[0] < 1 or starts[-1] >= layers):
+        raise ValueError(
+            f"PyramidDrop stage layers {pdrop_layers!r} must be increasing integer layer indices in 1..{layers - 1} "
+            f"for this {layers}-layer LLM (layer 0 holds every token), e.g. {list(default)} or "
+            f"\"{'/'.join(map(str, default))}\""
+        )
+    return starts
 
 
-def pyramid_visual_counts(n_visual: int, stage_ratio: float, layers: int) -> list[int]:
+def pyramid_visual_counts(n_visual: int, stage_ratio: float, layers: int,
+                          pdrop_layers: Sequence[int] | None = None) -> list[int]:
     """Visual tokens each layer holds under PyramidDrop: stage s keeps round(lambda^s * N) (at least 1)."""
     from .core import keep_count  # local: keeps the aggregator free of torch at start-up
 
-    starts = (0, *pyramid_stage_layers(layers), layers)
+    starts = (0, *pyramid_stage_layers(layers, pdrop_layers), layers)
     return [n_visual if s == 0 else keep_count(n_visual, stage_ratio ** s)
-            for s in range(PYRAMID_STAGES) for _ in range(starts[s], starts[s + 1])]
+            for s in range(len(starts) - 1) for _ in range(starts[s], starts[s + 1])]
 
 
-def pyramid_average_retention(stage_ratio: float, layers: int) -> float:
+def pyramid_average_retention(stage_ratio: float, layers: int, pdrop_layers: Sequence[int] | None = None) -> float:
     """Mean kept fraction over all layers for per-stage ratio lambda: sum over stages of span_s * lambda^s / L."""
-    starts = (0, *pyramid_stage_layers(layers), layers)
-    return sum((starts[s + 1] - starts[s]) * stage_ratio ** s for s in range(PYRAMID_STAGES)) / layers
+    starts = (0, *pyramid_stage_layers(layers, pdrop_layers), layers)
+    return sum((starts[s + 1] - starts[s]) * stage_ratio ** s for s in range(len(starts) - 1)) / layers
 
 
-def pyramid_stage_ratio(avg_retention: float, layers: int) -> float:
+def pyramid_stage_ratio(avg_retention: float, layers: int, pdrop_layers: Sequence[int] | None = None) -> float:
     """The per-stage ratio lambda whose average retention is ``avg_retention`` (bisection: it is increasing)."""
-    first = pyramid_stage_layers(layers)[0]
+    first = pyramid_stage_layers(layers, pdrop_layers)[0]
     if avg_retention <= first / layers:
+        low_budget = [2, layers // 2, 3 * layers // 4]
+        earlier = (f"earlier stage layers (pdrop_layers, e.g. {low_budget}), " if first > 2 and layers >= 8
+                   else "")
         raise ValueError(
             f"average retention {avg_retention} is at or below PyramidDrop's floor {first}/{layers}: its first stage "
-            "sees every token. Use a larger keep_ratio, or match='kept' to set its per-stage ratio directly."
+            f"sees every token. Use a larger keep_ratio, {earlier}or match='kept' to set its per-stage ratio directly."
         )
     if avg_retention >= 1.0:
         return 1.0
     low, high = 0.0, 1.0
     for _ in range(60):
         mid = (low + high) / 2
-        low, high = (mid, high) if pyramid_average_retention(mid, layers) < avg_retention else (low, mid)
+        low, high = (mid, high) if pyramid_average_retention(mid, layers, pdrop_layers) < avg_retention else (low, mid)
     return (low + high) / 2
 
 

@@ -481,6 +481,28 @@ def test_records_carry_shape_retention_and_fastv_k(tmp_path):
     assert table.loc["pdrop", "FLOPs ratio"] == pytest.approx(sum(per_layer) / visual_flops(144, 128, 256, 4))
 
 
+def test_pdrop_flops_use_the_recorded_stage_layers(tmp_path):
+    """A PyramidDrop run with its own stage layers (pdrop_layers=1/3: layer 2 stays in stage 1) gets its FLOPs
+    from the stages its records name; the same lambda with PyramidDrop's own stages would cost less."""
+    work = tmp_path / "w"
+    shape = {"layers": 4, "hidden": 128, "intermediate": 256, "heads": 8, "kv_heads": 4, "head_dim": 16, "gated": True}
+    for name, method, ratio, after in [("MyVLM_Vanilla", "none", 1.0, 144), ("MyVLM_PDrop56", "pdrop", 0.5625, 36)]:
+        write_mcq_acc(work / name / f"{name}_MMStar_acc.csv", 50)
+        record = json.loads(efficiency_line(name, "vlmeval", "MMStar", 0, method, ratio, "MyVLM", 144, after, 0.1, 0.2))
+        record.update(llm_shape=shape, avg_retention=(144 + 72 + 72 + 36) / 576 if method == "pdrop" else 1.0)
+        if method == "pdrop":
+            record.update(pdrop_lambda=0.5, pdrop_layers=[1, 3])
+        (work / name / f"{name}_MMStar_efficiency.jsonl").write_text(json.dumps(record) + "\n")
+    result = aggregate(work)
+    row = result.tables["vlmeval"].set_index("method").loc["pdrop"]
+    per_layer = [visual_flops(n, 128, 256, 1) for n in (144, 72, 72, 36)]
+    assert row["FLOPs ratio"] == pytest.approx(sum(per_layer) / visual_flops(144, 128, 256, 4))
+    assert row["FLOPs ratio"] > flops_ratio(144, 0.5, LLMShape(**shape), "pdrop")  # stages 1/2/3
+    assert row["Avg retention"] == pytest.approx(324 / 576) and row["note"] == ""
+    efficiency = result.efficiency.set_index(["method", "dataset"])
+    assert efficiency.loc[("pdrop", "ALL"), "pdrop_layers"] == "1/3"
+
+
 def test_pdrop_names_without_records_use_the_stage_ratio_of_their_retention(tmp_path):
     """A PyramidDrop run without efficiency records: its name gives the average retention, lambda follows from
     it (PyramidDrop's stages on the registry shape), and so do the FLOPs."""

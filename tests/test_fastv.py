@@ -173,20 +173,18 @@ def pdrop_prefill(model, inputs: dict, **options):
     return pdrop, view, pruner, logits
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("kind", ("image", "video"))
-def test_pdrop_equals_masking_each_stage_and_ranks_by_that_layers_attention(deep, family, kind):
-    """PyramidDrop on a 4-layer LLM (stages start at layers 1, 2, 3; lambda = 0.5 keeps 1/2, 1/4, 1/8): the
-    logits and the decode equal the full sequence with each layer hiding the tokens its stage dropped; each
-    stage keeps the visual tokens its first layer's last row attends to most (the model's own eager attention
-    over the previous stage's tokens), and it records per-stage costs."""
-    model, processor = deep[family]
+def check_pdrop_stages(model, processor, kind: str, stage_layers: tuple[int, ...], **options) -> None:
+    """PyramidDrop with lambda = 0.5 on a 4-layer LLM, stages starting at ``stage_layers``: the logits and the
+    decode equal the full sequence with each layer hiding the tokens its stage dropped; each stage keeps the
+    visual tokens its first layer's last row attends to most (the model's own eager attention over the previous
+    stage's tokens), and it records per-stage costs."""
     inputs = model_inputs(processor, messages_for(kind, seed=5))
-    pdrop, view, pruner, logits = pdrop_prefill(model, inputs, keep_ratio=0.5, match="kept")
+    pdrop, view, pruner, logits = pdrop_prefill(model, inputs, keep_ratio=0.5, match="kept", **options)
     length, visual = view.visual.numel(), view.visual
     n_visual = int(visual.sum())
-    assert pruner.stage_layers == (1, 2, 3)
-    assert [int(visual[k].sum()) for k in pruner.stage_kept] == [keep_count(n_visual, 0.5 ** s) for s in (1, 2, 3)]
+    stages = range(1, len(stage_layers) + 1)
+    assert pruner.stage_layers == stage_layers
+    assert [int(visual[k].sum()) for k in pruner.stage_kept] == [keep_count(n_visual, 0.5 ** s) for s in stages]
     assert all(set(later.tolist()) < set(earlier.tolist())
                for earlier, later in zip(pruner.stage_kept, pruner.stage_kept[1:]))
     lm = pdrop.adapter.language_model
@@ -194,31 +192,52 @@ def test_pdrop_equals_masking_each_stage_and_ranks_by_that_layers_attention(deep
     def dropped(kept: torch.Tensor) -> torch.Tensor:
         return torch.tensor(sorted(set(range(length)) - set(kept.tolist())), dtype=torch.long)
 
-    stage_masks = {layer: dropped(pruner.stage_kept[layer - 1]) for layer in (1, 2, 3)}
-    with hidden_key_columns(lm, stage_masks), torch.no_grad():
+    # the stage of each layer from 1 on: the last stage layer at or below it
+    stage_of = {layer: sum(layer >= start for start in stage_layers) for layer in range(1, 4)}
+    layer_masks = {layer: dropped(pruner.stage_kept[stage - 1]) for layer, stage in stage_of.items() if stage}
+    with hidden_key_columns(lm, layer_masks), torch.no_grad():
         reference = pdrop.adapter.forward_from_embeds(view.inputs_embeds, view.attention_mask,
                                                       view.position_ids).logits[0, -1]
         reference_tokens = model.generate(**inputs, max_new_tokens=4, do_sample=False)
     assert (logits - reference).abs().max().item() < 1e-4
     assert torch.equal(pdrop.generate(**inputs, max_new_tokens=4, do_sample=False), reference_tokens)
     stats = pdrop.last_stats
-    counts = [n_visual] + [keep_count(n_visual, 0.5 ** s) for s in (1, 2, 3)]
-    assert stats["visual_after"] == counts[-1] and stats["pdrop_lambda"] == 0.5 and stats["pdrop_layers"] == [1, 2, 3]
-    assert stats["avg_retention"] == pytest.approx(sum(counts) / (4 * n_visual))
+    stage_counts = [n_visual] + [keep_count(n_visual, 0.5 ** s) for s in stages]
+    per_layer = [stage_counts[stage_of.get(layer, 0)] for layer in range(4)]
+    assert stats["visual_after"] == stage_counts[-1] and stats["pdrop_lambda"] == 0.5
+    assert stats["pdrop_layers"] == list(stage_layers)
+    assert stats["avg_retention"] == pytest.approx(sum(per_layer) / (4 * n_visual))
     cfg = lm.config
     per_token_layer = 2 * cfg.num_key_value_heads * (cfg.hidden_size // cfg.num_attention_heads) * 4  # fp32
-    assert stats["kv_cache_bytes"] == sum((length - n_visual + c) * per_token_layer for c in counts)
-    for stage, layer in enumerate((1, 2, 3)):
+    assert stats["kv_cache_bytes"] == sum((length - n_visual + c) * per_token_layer for c in per_layer)
+    for stage, layer in enumerate(stage_layers):
         previous = pruner.stage_kept[stage - 1] if stage else torch.arange(length)
-        before_ranking = {**{l: stage_masks[l] for l in range(1, layer)}, layer: dropped(previous)}
+        before_ranking = {**{l: m for l, m in layer_masks.items() if l < layer}, layer: dropped(previous)}
         with hidden_key_columns(lm, before_ranking), torch.no_grad():
             attentions = pdrop.adapter.forward_from_embeds(view.inputs_embeds, view.attention_mask,
                                                            view.position_ids, output_attentions=True).attentions
         row = attentions[layer][0, :, -1].mean(dim=0)
         candidates = [i for i in previous.tolist() if visual[i]]
-        ranked = sorted(candidates, key=lambda i: (-float(row[i]), i))[:counts[stage + 1]]
+        ranked = sorted(candidates, key=lambda i: (-float(row[i]), i))[:stage_counts[stage + 1]]
         kept = pruner.stage_kept[stage]
         assert kept[visual[kept]].tolist() == sorted(ranked), stage
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("kind", ("image", "video"))
+def test_pdrop_equals_masking_each_stage_and_ranks_by_that_layers_attention(deep, family, kind):
+    """PyramidDrop's own stages on a 4-layer LLM start at layers 1, 2, 3 (lambda = 0.5 keeps 1/2, 1/4, 1/8)."""
+    check_pdrop_stages(*deep[family], kind, (1, 2, 3))
+
+
+@pytest.mark.parametrize(("family", "kind", "pdrop_layers", "stage_layers"), [
+    ("qwen2_vl", "image", [1, 3], (1, 3)),  # two pruned stages; layer 2 runs on stage 1's tokens
+    ("qwen2_vl", "video", "2", (2,)),  # one stage, given as the framework option string
+    ("llava_onevision", "image", "1/2/3", (1, 2, 3)),
+])
+def test_pdrop_stage_layers_option(deep, family, kind, pdrop_layers, stage_layers):
+    """``pdrop_layers`` (PyramidDrop's layer_list) moves the stages; the same exactness holds for any of them."""
+    check_pdrop_stages(*deep[family], kind, stage_layers, pdrop_layers=pdrop_layers)
 
 
 def test_pdrop_keep_all_equals_vanilla_and_its_stage_ratio(deep):
@@ -239,3 +258,27 @@ def test_pdrop_keep_all_equals_vanilla_and_its_stage_ratio(deep):
         wrap_model(model, method="pdrop", keep_ratio=0.25)
     with pytest.raises(ValueError, match="at least 4 LLM layers"):
         pyramid_stage_layers(2)
+    # stages at layers 1 and 3: average retention (1 + 2 lambda + lambda^2) / 4 = 1/2 at lambda = sqrt(2) - 1
+    two_stages = wrap_model(model, method="pdrop", keep_ratio=0.5, pdrop_layers=[1, 3])
+    assert two_stages.stage_layers == (1, 3) and two_stages.layer_keep_ratio == pytest.approx(2 ** 0.5 - 1)
+    for bad in ([0, 2], [1, 4], [2, 2], [3, 1], [1.0], "1/x", ""):
+        with pytest.raises(ValueError, match=r"increasing integer layer indices in 1\.\.3 .*e\.g\. \[1, 2, 3\]"):
+            wrap_model(model, method="pdrop", keep_ratio=0.5, pdrop_layers=bad)
+
+
+def test_pdrop_earlier_stages_lower_its_floor():
+    """On a 28-layer LLM PyramidDrop's own stages (7, 14, 21) cannot reach 25% average retention; the refusal
+    names earlier stages, and with them lambda solves (2 + 12 l + 7 l^2 + 7 l^3) / 28 = 1/4."""
+    from tcc_eval.flops import flops_ratio, pyramid_stage_ratio, pyramid_visual_counts, visual_flops
+
+    with pytest.raises(ValueError, match=r"floor 7/28.*pdrop_layers, e\.g\. \[2, 14, 21\]"):
+        pyramid_stage_ratio(0.25, 28)
+    stage_ratio = pyramid_stage_ratio(0.25, 28, "2/14/21")
+    assert (2 + 12 * stage_ratio + 7 * stage_ratio ** 2 + 7 * stage_ratio ** 3) / 28 == pytest.approx(0.25, abs=1e-12)
+    counts = pyramid_visual_counts(1000, stage_ratio, 28, [2, 14, 21])
+    expected = [1000] * 2 + [keep_count(1000, stage_ratio ** s) for s, span in ((1, 12), (2, 7), (3, 7))
+                             for _ in range(span)]
+    assert counts == expected
+    full = visual_flops(1000, 3584, 18944, 28)
+    assert flops_ratio(1000, stage_ratio, "qwen2-vl-7b", "pdrop", pdrop_layers=(2, 14, 21)) == pytest.approx(
+        sum(visual_flops(n, 3584, 18944, 1) for n in expected) / full)

@@ -227,6 +227,7 @@ def test_entry_points_resolve_to_our_classes():
     ({"method": "bogus", "ratio": 0.5}, "unknown method"),
     ({"method": "random", "ratio": 0.5, "fastv_k": 2}, "option of method fastv / dart, not of method=random"),
     ({"method": "pdrop", "ratio": 0.5, "fastv_k": 2}, "option of method fastv / dart, not of method=pdrop"),
+    ({"method": "dart", "ratio": 0.5, "pdrop_layers": "2/14/21"}, "option of method pdrop, not of method=dart"),
     ({"method": "a0", "ratio": 0.5, "compressor": "/x.pt"}, "only used by method=tcc"),
 ])
 def test_bad_model_args_fail_before_loading(kwargs, message):
@@ -248,6 +249,9 @@ def test_settings_pop_only_our_args():
     assert (settings.method, settings.options) == ("dart", {"fastv_k": 1, "match": "kept"})
     settings = TCCSettings.pop_from({"pretrained": "p", "method": "pdrop", "ratio": 0.5, "match": "kept"}, "qwen2_vl_tcc")
     assert (settings.method, settings.options) == ("pdrop", {"match": "kept"})
+    kwargs = {"pretrained": "p", "method": "pdrop", "ratio": 0.25, "pdrop_layers": "2/14/21"}
+    settings = TCCSettings.pop_from(kwargs, "qwen2_vl_tcc")
+    assert kwargs == {"pretrained": "p"} and settings.options == {"pdrop_layers": "2/14/21"}
 
 
 def test_efficiency_dir_resolution(tmp_path):

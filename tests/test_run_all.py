@@ -60,6 +60,7 @@ def test_dry_run_commands_name_what_the_frameworks_know(suite, tmp_path, monkeyp
     from vlmeval.dataset.video_dataset_config import supported_video_datasets
 
     from model_registry import BASES, compressors_for_checkpoint
+    from tcc_eval.flops import guess_shape, pyramid_stage_ratio
     from tcc_eval.integrations.lmms_eval.models import TCCSettings
 
     compressors = tmp_path / "compressors"
@@ -80,9 +81,10 @@ def test_dry_run_commands_name_what_the_frameworks_know(suite, tmp_path, monkeyp
     assert set(datasets) <= set(SUPPORTED_DATASETS) | set(supported_video_datasets)
 
     lmms_runs = [c for c in commands if c[1:3] == ["-m", "lmms_eval"]]
-    assert len(lmms_runs) == (9 if suite == "paper" else 21)
+    assert len(lmms_runs) == (12 if suite == "paper" else 21)
     include = _option(lmms_runs[0], "--include_path") if "--include_path" in lmms_runs[0] else []
     known_tasks = TaskManager(include_path=include[0] if include else None).all_tasks
+    pdrop_runs = 0
     for run in lmms_runs:
         (model,), (model_args,), (tasks,) = (_option(run, n) for n in ("--model", "--model_args", "--tasks"))
         assert get_model(model).model_id == model
@@ -97,4 +99,9 @@ def test_dry_run_commands_name_what_the_frameworks_know(suite, tmp_path, monkeyp
                 files = {m: Path(settings.compressor, f"{family}_{m}.pt") for m in ("image", "video")}
                 found = {m: path for m, path in files.items() if path.is_file()}
             assert set(found) == {"image", "video"}, run
+        if settings.method == "pdrop":  # its stages reach the retention asked for on this checkpoint's LLM
+            pyramid_stage_ratio(settings.keep_ratio, guess_shape(kwargs["pretrained"]).layers,
+                                settings.options.get("pdrop_layers"))
+            pdrop_runs += 1
+    assert pdrop_runs == (3 if suite == "paper" else 0)
     assert commands[-1][-2:] == ["tcc_eval/aggregate.py", str(results)]

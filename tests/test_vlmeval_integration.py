@@ -183,6 +183,21 @@ def test_tcc_without_compressor_fails_before_loading(registered, monkeypatch, tm
         supported_VLM["Qwen2VL_TCC50"]()
 
 
+def test_config_json_passes_method_options(registered):
+    """A --config JSON entry without "class" calls the registered name with its options, e.g. PyramidDrop's
+    stage layers (``pdrop_layers``); a bad option or a retention below the stages' floor fails at start-up."""
+    from vlmeval.run import build_model_from_config
+
+    config = {"TinyQwen2VL_PDrop50": {"method_options": {"pdrop_layers": [1, 3]}},
+              "TinyQwen2VL_PDrop75": {"method_options": {"pdrop_layers": [0, 3]}}}
+    model = build_model_from_config(config, "TinyQwen2VL_PDrop50")
+    assert model.pruned_model("image").stage_layers == (1, 3) and model.method == "pdrop"
+    with pytest.raises(ValueError, match=r"increasing integer layer indices in 1\.\.3"):
+        build_model_from_config(config, "TinyQwen2VL_PDrop75")
+    with pytest.raises(ValueError, match="floor 1/4"):
+        build_model_from_config({"TinyQwen2VL_PDrop25": {}}, "TinyQwen2VL_PDrop25")
+
+
 def test_rank_device_per_torchrun_rank(monkeypatch):
     from tcc_eval.integrations import rank_device
 

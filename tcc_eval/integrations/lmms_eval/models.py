@@ -15,6 +15,7 @@ unknown kwargs are left):
     budget=global|...  seed=0                selection options of the input-stage methods
     fastv_k=2  match=avg_retention           FastV and DART options (layer K, what ratio means);
                                              PyramidDrop takes match= (kept: ratio is its per-stage ratio)
+    pdrop_layers=2/14/21                     PyramidDrop's stage layers (its layer_list; default L/4, L/2, 3L/4)
     max_answer_tokens=16                     oracle option
     efficiency_dir=DIR                       where the per-sample records go (see efficiency.py)
     dtype=float32                            qwen2_vl_tcc: cast after loading; vila_tcc: load dtype
@@ -44,7 +45,7 @@ from tcc_eval.methods import check_method
 
 from .efficiency import EfficiencyLog, RecordingModel, resolve_efficiency_dir
 
-METHOD_OPTIONS = {"fastv": ("fastv_k", "match"), "dart": ("fastv_k", "match"), "pdrop": ("match",),
+METHOD_OPTIONS = {"fastv": ("fastv_k", "match"), "dart": ("fastv_k", "match"), "pdrop": ("match", "pdrop_layers"),
                   "oracle": ("max_answer_tokens",)}
 DEFAULT_VILA = "Efficient-Large-Model/Llama-3-VILA1.5-8b"
 

@@ -124,7 +124,7 @@ class TCCModelMixin:
         self.method = check_method(method)
         self.keep_ratio = check_keep_ratio(keep_ratio)
         self.compressor = compressor
-        self.method_options = dict(method_options or {})  # e.g. budget, seed, fastv_k: see tcc_eval.wrap_model
+        self.method_options = dict(method_options or {})  # e.g. budget, seed, fastv_k, pdrop_layers: wrap_model's
         self.max_new_tokens_cap = max_new_tokens
         if method == "tcc":
             available_compressors(self.base, compressor)  # fails before loading when no modality has one
@@ -139,6 +139,8 @@ class TCCModelMixin:
         self._modality = "image"
         self.last_stats: dict[str, Any] = {}
         self.last_record: dict[str, Any] | None = None
+        if self.method != "tcc":  # built now, so that a bad method option fails at start-up, not on sample one
+            self.pruned_model(self._modality)
 
     def _load(self, attn: str):
         """The unpruned model and its processor, from ``self.model_path`` (a folder or hub id)."""
