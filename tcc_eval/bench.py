@@ -1,4 +1,4 @@
-"""Efficiency benchmark: prefill time of vanilla, tcc, FastV and the physical limit, side by side.
+"""Efficiency benchmark: prefill time of vanilla, tcc, FastV, PyramidDrop and the physical limit, side by side.
 
 ``python -m tcc_eval.bench --shape qwen2-0.5b --visual 1200 --text 100 --ratios 0.5,0.25 --json OUT``
 
@@ -12,6 +12,8 @@ retention ratio rho it times, in one process and strictly one after another:
 - ``fastv_same_kept``: FastV keeping the same number of visual tokens as tcc from layer K on (pays K
   full-length layers and the ranking, reported as ``overhead_s``);
 - ``fastv_same_avg_retention``: FastV whose layer keep ratio gives average retention rho;
+- ``pdrop_same_avg_retention``: PyramidDrop whose per-stage ratio lambda gives average retention rho (its own
+  stages, or ``--pdrop-layers``; its rankings are its ``overhead_s``);
 - ``limit``: a plain prefill of an unpruned sequence as long as tcc's kept one (the lower bound).
 
 Every round runs all measurements once (a warm-up round first), so load changes hit all methods
@@ -45,17 +47,19 @@ from .core import (
     keep_positions,
     select_visual,
 )
-from .fastv import _LayerKPruner, fastv_layer_keep_ratio
+from .fastv import _LayerKPruner, _PyramidPruner, fastv_layer_keep_ratio
 from .flops import (
     LLM_SHAPES,
     LLMShape,
     fastv_average_retention,
     flops_ratio,
     kv_cache_bytes,
+    pyramid_stage_layers,
+    pyramid_stage_ratio,
 )
 from .probe import instruction_to_visual
 
-METHODS = ("none", "tcc", "fastv_same_kept", "fastv_same_avg_retention", "limit")
+METHODS = ("none", "tcc", "fastv_same_kept", "fastv_same_avg_retention", "pdrop_same_avg_retention", "limit")
 ARCHS = ("qwen2", "llama")
 SHAPE_KEYS = ("layers", "hidden", "intermediate", "heads", "kv_heads", "head_dim")
 # Acceptance thresholds of issue 7 (reported as checks, never asserted).
@@ -81,6 +85,7 @@ class BenchConfig:
     dtype: str
     seed: int = 0
     compressor: str | None = None
+    pdrop_layers: tuple[int, ...] | None = None  # None: PyramidDrop's own stages (L/4, L/2, 3L/4)
 
     @property
     def seq_len(self) -> int:
@@ -205,6 +210,7 @@ class Outcome:
     kv_bytes: int
     kept_visual: int
     overhead_parts: dict[str, float] | None = None  # tcc: wall seconds of each step of the overhead
+    layer_visual: list[int] | None = None  # PyramidDrop: visual tokens each layer held
 
 
 def prefill(llm: nn.Module, embeds: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor) -> Any:
@@ -224,6 +230,20 @@ class _TimedPruner(_LayerKPruner):
         super().rank(module, args, kwargs)
         if self.kept is not None and self.marks is None:
             self.marks = (start, self.clock.mark())
+
+
+class _TimedPyramidPruner(_PyramidPruner):
+    """PyramidDrop's stage pruner with each ranking timed (its rankings are its overhead)."""
+
+    def __init__(self, clock: Clock, *args: Any):
+        self.clock = clock
+        self.rank_marks: list[tuple[Any, Any]] = []
+        super().__init__(*args)
+
+    def rank(self, stage: int, hidden: torch.Tensor) -> None:
+        start = self.clock.mark()
+        super().rank(stage, hidden)
+        self.rank_marks.append((start, self.clock.mark()))
 
 
 NO_OVERHEAD = (0.0, 0.0)
@@ -266,19 +286,34 @@ def run_fastv(llm: nn.Module, x: Inputs, clock: Clock, k: int, layer_keep_ratio:
                    int(x.visual[pruner.kept].sum()))
 
 
+def run_pdrop(llm: nn.Module, x: Inputs, clock: Clock, stage_ratio: float, stage_layers: tuple[int, ...]) -> Outcome:
+    pruner = _TimedPyramidPruner(clock, llm, stage_ratio, stage_layers, x.visual, x.positions)
+    try:
+        start = clock.mark()
+        out = prefill(llm, x.embeds, x.mask, x.positions)
+        end = clock.mark()
+    finally:
+        pruner.close()
+    spans = [clock.seconds(a, b) for a, b in pruner.rank_marks]
+    overhead = (sum(wall for wall, _ in spans), None if spans[0][1] is None else sum(cpu for _, cpu in spans))
+    return Outcome(clock.seconds(start, end), overhead, cache_bytes(out), int(x.visual[pruner.kept].sum()),
+                   layer_visual=pruner.layer_visual())
+
+
 # --- the benchmark --------------------------------------------------------------------------------
 @dataclass
 class Case:
     method: str
     keep_ratio: float
     run: Callable[[], Outcome] | None  # None: not measurable (see note)
-    layer_keep_ratio: float | None = None  # FastV: fraction of visual tokens kept from layer K on
+    layer_keep_ratio: float | None = None  # FastV: fraction kept from layer K on; PyramidDrop: lambda
     note: str = ""
 
 
 def plan(cfg: BenchConfig, llm: nn.Module, compressor: nn.Module, device: torch.device,
          dtype: torch.dtype) -> list[Case]:
-    """Every measurement of the run, vanilla first, then per ratio tcc, both FastV variants and the limit."""
+    """Every measurement of the run, vanilla first, then per ratio tcc, both FastV variants, PyramidDrop and the
+    limit."""
     clock = Clock(device)
     span = (cfg.system, cfg.system + cfg.visual)
     full = make_inputs(cfg.seq_len, cfg.shape.hidden, device, dtype, span, cfg.seed)
@@ -295,6 +330,13 @@ def plan(cfg: BenchConfig, llm: nn.Module, compressor: nn.Module, device: torch.
                               lambda r=r: run_fastv(llm, full, clock, cfg.fastv_k, r), r))
         except ValueError as err:
             cases.append(Case("fastv_same_avg_retention", rho, None, None, str(err)))
+        stages = pyramid_stage_layers(cfg.shape.layers, cfg.pdrop_layers)
+        try:
+            lam = pyramid_stage_ratio(rho, cfg.shape.layers, stages)
+            cases.append(Case("pdrop_same_avg_retention", rho,
+                              lambda lam=lam: run_pdrop(llm, full, clock, lam, stages), lam))
+        except ValueError as err:
+            cases.append(Case("pdrop_same_avg_retention", rho, None, None, str(err)))
         cases.append(Case("limit", rho, lambda short=short: run_none(llm, short, clock)))
     return cases
 
@@ -364,6 +406,11 @@ def _row(cfg: BenchConfig, case: Case, outcomes: list[Outcome]) -> dict[str, Any
         avg = fastv_average_retention(fraction, shape.layers, early)
         kv_bytes = kv(cfg.seq_len, early) + kv(short_len, shape.layers - early)
         flops = flops_ratio(n, fraction, shape, method="fastv", fastv_k=early)
+    elif case.method.startswith("pdrop"):
+        per_layer = outcomes[-1].layer_visual
+        avg = sum(per_layer) / (shape.layers * n)
+        kv_bytes = sum(kv(cfg.seq_len - n + count, 1) for count in per_layer)
+        flops = flops_ratio(n, case.layer_keep_ratio, shape, method="pdrop", pdrop_layers=cfg.pdrop_layers)
     else:
         avg = fraction
         kv_bytes = kv(short_len, shape.layers)
@@ -424,6 +471,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
         check_keep_ratio(rho)
     if not 0 < cfg.fastv_k < cfg.shape.layers:
         raise ValueError(f"--fastv-k {cfg.fastv_k} must be in 1..{cfg.shape.layers - 1} for this shape")
+    pyramid_stage_layers(cfg.shape.layers, cfg.pdrop_layers)  # a bad --pdrop-layers fails before the weights
     if cfg.visual < 1 or cfg.text < 1 or cfg.system < 0:
         raise ValueError("need --visual >= 1 and --text >= 1 (the probe's instruction rows), --system >= 0")
     llm = build_llm(cfg.shape, cfg.arch, device, dtype, cfg.seed)
@@ -472,7 +520,8 @@ def format_table(result: dict[str, Any]) -> str:
     cfg, machine, shape = result["config"], result["machine"], result["config"]["shape"]
     setup = (f"shape {cfg['shape_name']} ({cfg['arch']}, {shape['layers']} layers, hidden {shape['hidden']}), "
              f"{cfg['system']}+{cfg['visual']}+{cfg['text']} tokens, {cfg['device']} {cfg['dtype']}, "
-             f"median of {cfg['repeats']} after {cfg['warmup']} warm-up, FastV K={cfg['fastv_k']}")
+             f"median of {cfg['repeats']} after {cfg['warmup']} warm-up, FastV K={cfg['fastv_k']}, PyramidDrop stages "
+             f"{'/'.join(map(str, pyramid_stage_layers(shape['layers'], cfg.get('pdrop_layers'))))}")
     load = (f"machine: {machine['device_name']}, {machine['cpu_count']} CPUs, torch threads {machine['torch_threads']}, "
             f"load1 before {machine['load_before'][0]:.2f} after {machine['load_after'][0]:.2f}, "
             f"other processes' CPU share {_fmt(machine['others_cpu_share'], '.0%')}")
@@ -522,6 +571,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[BenchConfig, str | None]:
     p.add_argument("--repeats", type=int, default=3, help="timed rounds; rows report the median")
     p.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
     p.add_argument("--fastv-k", type=int, default=2, help="FastV pruning layer K")
+    p.add_argument("--pdrop-layers", help="PyramidDrop's stage layers, e.g. 2/14/21 (default: L/4, L/2, 3L/4)")
     add_machine_args(p)
     p.add_argument("--compressor", help="trained compressor checkpoint (default: random weights, same cost)")
     p.add_argument("--json", help="write the results here")
@@ -531,6 +581,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[BenchConfig, str | None]:
     try:
         name, shape, arch = parse_shape(args.shape)
         ratios = tuple(check_keep_ratio(r) for r in args.ratios.split(",") if r.strip())
+        pdrop_layers = None if args.pdrop_layers is None else pyramid_stage_layers(shape.layers, args.pdrop_layers)
     except ValueError as err:
         p.error(str(err))
     if args.threads:
@@ -538,7 +589,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[BenchConfig, str | None]:
     device = torch.device(args.device)
     dtype = args.dtype or ("bfloat16" if device.type == "cuda" else "float32")
     return BenchConfig(name, shape, arch, args.visual, args.text, args.system, ratios, args.repeats, args.warmup,
-                       args.fastv_k, str(device), dtype, args.seed, args.compressor), args.json
+                       args.fastv_k, str(device), dtype, args.seed, args.compressor, pdrop_layers), args.json
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -40,10 +40,10 @@ step() {  # step NAME MAX_SECONDS COMMAND...: runs under the smaller of MAX_SECO
 cat "$out/machine.txt"
 
 step cuda_tests 200 python3 -m pytest -q tests/test_cuda.py -p no:cacheprovider -ra
-step bench_qwen2-7b 110 python3 -m tcc_eval.bench --shape qwen2-7b --visual 6000 --text 100 --ratios 0.5,0.25 \
-  --repeats 5 --json "$out/bench_qwen2-7b_cuda_6000v.json"
-step bench_vila1.5-8b 80 python3 -m tcc_eval.bench --shape vila1.5-8b --visual 3136 --text 100 --ratios 0.5,0.25 \
-  --repeats 5 --json "$out/bench_vila1.5-8b_cuda_3136v.json"
+step bench_qwen2-7b 130 python3 -m tcc_eval.bench --shape qwen2-7b --visual 6000 --text 100 --ratios 0.5,0.25 \
+  --repeats 5 --pdrop-layers 2/14/21 --json "$out/bench_qwen2-7b_cuda_6000v.json"
+step bench_vila1.5-8b 95 python3 -m tcc_eval.bench --shape vila1.5-8b --visual 3136 --text 100 --ratios 0.5,0.25 \
+  --repeats 5 --pdrop-layers 2/16/24 --json "$out/bench_vila1.5-8b_cuda_3136v.json"
 step oracle_qwen2-7b_3000 90 python3 -m tcc_eval.bench_oracle --shape qwen2-7b --tokens 3000 --answer 2 \
   --json "$out/oracle_memory_qwen2-7b_cuda_3000.json"
 step oracle_qwen2-7b_6000 60 python3 -m tcc_eval.bench_oracle --shape qwen2-7b --tokens 6000 --answer 2 \

@@ -17,6 +17,7 @@ from tcc_eval.flops import LLM_SHAPES, kv_cache_bytes, visual_flops
 
 TINY = "layers=12,hidden=64,intermediate=128,heads=4,kv_heads=2"
 LAYERS, KV_HEADS, HEAD_DIM, K = 12, 2, 16, 2
+STAGES = (2, 6, 9)  # PyramidDrop's stage layers: floor 2/12, so 25% is reachable (its own 3/6/9 stop at 3/12)
 N_V, TEXT, SYSTEM = 61, 9, 14  # 0.5 * 61 = 30.5: the half-up rule of METHOD.md must give 31
 ROW_KEYS = {"method", "keep_ratio", "avg_retention", "kept_visual", "prefill_s", "overhead_s", "kv_bytes",
             "flops_ratio", "ratio_vs_vanilla", "ratio_vs_limit"}
@@ -26,11 +27,17 @@ def half_up(x: float) -> int:
     return max(1, math.floor(x + 0.5))
 
 
+def pdrop_stage_counts(stage_ratio: float) -> list[int]:
+    """Visual tokens of PyramidDrop's stages 0..3: N, then round(lambda^s N) half up."""
+    return [N_V] + [half_up(stage_ratio ** s * N_V) for s in (1, 2, 3)]
+
+
 @pytest.fixture(scope="module")
 def result(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "bench.json"
     argv = ["--shape", TINY, "--visual", str(N_V), "--text", str(TEXT), "--system", str(SYSTEM),
-            "--ratios", "0.5,0.25", "--repeats", "1", "--warmup", "0", "--device", "cpu", "--json", str(out)]
+            "--ratios", "0.5,0.25", "--repeats", "1", "--warmup", "0", "--device", "cpu", "--json", str(out),
+            "--pdrop-layers", "/".join(map(str, STAGES))]
     assert bench.main(argv) == 0
     return json.loads(out.read_text())
 
@@ -75,6 +82,13 @@ def test_kept_counts_and_retention(result):
         assert same_avg["layer_keep_ratio"] == pytest.approx(r)
         assert same_avg["kept_visual"] == half_up(r * N_V)
         assert same_avg["avg_retention"] == pytest.approx(rho, abs=1 / N_V)
+        pdrop = rows[("pdrop_same_avg_retention", rho)]
+        lam = pdrop["layer_keep_ratio"]
+        counts = pdrop_stage_counts(lam)
+        spans = (STAGES[0], STAGES[1] - STAGES[0], STAGES[2] - STAGES[1], LAYERS - STAGES[2])
+        assert sum(span * lam ** s for s, span in enumerate(spans)) / LAYERS == pytest.approx(rho, abs=1e-9)
+        assert pdrop["kept_visual"] == counts[-1]
+        assert pdrop["avg_retention"] == pytest.approx(sum(c * span for c, span in zip(counts, spans)) / (LAYERS * N_V))
 
 
 def test_kv_bytes_and_flops_match_flops_py(result):
@@ -92,6 +106,10 @@ def test_kv_bytes_and_flops_match_flops_py(result):
         if row["method"].startswith("fastv"):
             kv_expected = kv(full_seq, K) + kv(seq, LAYERS - K)
             flops_expected = (vf(N_V, K) + vf(kept, LAYERS - K)) / vf(N_V, LAYERS)
+        elif row["method"].startswith("pdrop"):
+            stage_spans = list(zip(pdrop_stage_counts(row["layer_keep_ratio"]), (0, *STAGES), (*STAGES, LAYERS)))
+            kv_expected = sum(kv(full_seq - N_V + c, end - start) for c, start, end in stage_spans)
+            flops_expected = sum(vf(c, end - start) for c, start, end in stage_spans) / vf(N_V, LAYERS)
         else:
             kv_expected = kv(seq, LAYERS)
             flops_expected = vf(kept, LAYERS) / vf(N_V, LAYERS)
@@ -134,6 +152,8 @@ def test_llama_arch_and_fastv_floor():
     assert set(rows) == set(bench.METHODS) and result["config"]["arch"] == "llama"
     floor = rows["fastv_same_avg_retention"]
     assert floor["prefill_s"] is None and "floor" in floor["note"]
+    pdrop_floor = rows["pdrop_same_avg_retention"]  # its own stages on 4 layers: 1/2/3, floor 1/4
+    assert pdrop_floor["prefill_s"] is None and "floor 1/4" in pdrop_floor["note"]
     assert rows["tcc"]["kept_visual"] == 5 and rows["limit"]["kept_visual"] == 5
 
 
@@ -172,6 +192,35 @@ def test_bench_fastv_equals_masking():
         ref = llm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions)
     assert torch.allclose(out.last_hidden_state[0, -1], ref.last_hidden_state[0, -1], atol=1e-5)
     assert [layer.keys.shape[2] for layer in out.cache.layers] == [length] * K + [length - 9] * (6 - K)
+
+
+def test_bench_pdrop_equals_masking_each_stage():
+    """The benchmark's PyramidDrop pruner (stages at layers 1, 3, 4 of 6) equals hiding each stage's dropped
+    tokens from its layers on; every layer's cache holds its stage's tokens."""
+    from transformers import Qwen2Config, Qwen2Model
+
+    config = Qwen2Config(hidden_size=64, intermediate_size=128, num_hidden_layers=6, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=16, attn_implementation="eager")
+    torch.manual_seed(0)
+    llm = Qwen2Model(config).eval()
+    length, stages = 30, (1, 3, 4)
+    visual = torch.zeros(length, dtype=torch.bool)
+    visual[2:20] = True
+    positions, mask = torch.arange(length)[None], torch.ones(1, length, dtype=torch.long)
+    embeds = torch.randn(1, length, 64)
+    pruner = bench._TimedPyramidPruner(bench.Clock(torch.device("cpu")), llm, 0.5, stages, visual, positions)
+    try:
+        with torch.no_grad():
+            out = llm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True)
+    finally:
+        pruner.close()
+    assert [int(visual[kept].sum()) for kept in pruner.stage_kept] == [9, 5, 2] and len(pruner.rank_marks) == 3
+    dropped = [torch.tensor(sorted(set(range(length)) - set(kept.tolist()))) for kept in pruner.stage_kept]
+    by_layer = {layer: dropped[sum(layer >= s for s in stages) - 1] for layer in range(1, 6)}
+    with hidden_key_columns(llm, by_layer), torch.no_grad():
+        ref = llm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions)
+    assert torch.allclose(out.last_hidden_state[0, -1], ref.last_hidden_state[0, -1], atol=1e-5)
+    assert [layer.keys.shape[2] for layer in out.cache.layers] == [30, 21, 21, 17, 14, 14]
 
 
 TINY_ORACLE_SHAPE = "layers=2,hidden=64,intermediate=128,heads=4,kv_heads=2"
