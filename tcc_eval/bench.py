@@ -1,4 +1,4 @@
-"""Efficiency benchmark: prefill time of vanilla, tcc, FastV, PyramidDrop and the physical limit, side by side.
+"""Efficiency benchmark: prefill time of vanilla, tcc, FastV, DART, PyramidDrop and the physical limit, side by side.
 
 ``python -m tcc_eval.bench --shape qwen2-0.5b --visual 1200 --text 100 --ratios 0.5,0.25 --json OUT``
 
@@ -12,6 +12,7 @@ retention ratio rho it times, in one process and strictly one after another:
 - ``fastv_same_kept``: FastV keeping the same number of visual tokens as tcc from layer K on (pays K
   full-length layers and the ranking, reported as ``overhead_s``);
 - ``fastv_same_avg_retention``: FastV whose layer keep ratio gives average retention rho;
+- ``dart_same_avg_retention``: DART, pruning at the same layer K, likewise (its pivot ranking is its overhead);
 - ``pdrop_same_avg_retention``: PyramidDrop whose per-stage ratio lambda gives average retention rho (its own
   stages, or ``--pdrop-layers``; its rankings are its ``overhead_s``);
 - ``limit``: a plain prefill of an unpruned sequence as long as tcc's kept one (the lower bound).
@@ -47,11 +48,10 @@ from .core import (
     keep_positions,
     select_visual,
 )
-from .fastv import _LayerKPruner, _PyramidPruner, fastv_layer_keep_ratio
+from .fastv import _DartPruner, _LayerKPruner, _PyramidPruner, fastv_layer_keep_ratio
 from .flops import (
     LLM_SHAPES,
     LLMShape,
-    fastv_average_retention,
     flops_ratio,
     kv_cache_bytes,
     pyramid_stage_layers,
@@ -59,7 +59,9 @@ from .flops import (
 )
 from .probe import instruction_to_visual
 
-METHODS = ("none", "tcc", "fastv_same_kept", "fastv_same_avg_retention", "pdrop_same_avg_retention", "limit")
+METHODS = ("none", "tcc", "fastv_same_kept", "fastv_same_avg_retention", "dart_same_avg_retention",
+           "pdrop_same_avg_retention", "limit")
+LAYER_K_ROWS = ("fastv_same_kept", "fastv_same_avg_retention", "dart_same_avg_retention")
 ARCHS = ("qwen2", "llama")
 SHAPE_KEYS = ("layers", "hidden", "intermediate", "heads", "kv_heads", "head_dim")
 # Acceptance thresholds of issue 7 (reported as checks, never asserted).
@@ -210,26 +212,40 @@ class Outcome:
     kv_bytes: int
     kept_visual: int
     overhead_parts: dict[str, float] | None = None  # tcc: wall seconds of each step of the overhead
-    layer_visual: list[int] | None = None  # PyramidDrop: visual tokens each layer held
+    layer_visual: list[int] | None = None  # pruning inside the LLM: visual tokens each layer held
 
 
 def prefill(llm: nn.Module, embeds: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor) -> Any:
     return llm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True)
 
 
-class _TimedPruner(_LayerKPruner):
-    """FastV's layer-K pruner with its ranking step timed (the ranking is FastV's overhead)."""
+class _TimedRanking:
+    """Mixin for the layer-K pruners: their ranking hook timed (the ranking is FastV's and DART's overhead)."""
 
     def __init__(self, clock: Clock, *args: Any):
         self.clock = clock
-        self.marks: tuple[Any, Any] | None = None
+        self.rank_marks: list[tuple[Any, Any]] = []
         super().__init__(*args)
 
-    def rank(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+    def _timed(self, ranking: Callable[..., None], *args: Any) -> None:
         start = self.clock.mark()
-        super().rank(module, args, kwargs)
-        if self.kept is not None and self.marks is None:
-            self.marks = (start, self.clock.mark())
+        ranking(*args)
+        if self.kept is not None and not self.rank_marks:
+            self.rank_marks.append((start, self.clock.mark()))
+
+    def rank(self, *args: Any) -> None:  # FastV's ranking hook
+        self._timed(super().rank, *args)
+
+    def rank_by_duplication(self, *args: Any) -> None:  # DART's
+        self._timed(super().rank_by_duplication, *args)
+
+
+class _TimedFastVPruner(_TimedRanking, _LayerKPruner):
+    pass
+
+
+class _TimedDartPruner(_TimedRanking, _DartPruner):
+    pass
 
 
 class _TimedPyramidPruner(_PyramidPruner):
@@ -274,20 +290,9 @@ def run_tcc(llm: nn.Module, x: Inputs, clock: Clock, compressor: nn.Module, rho:
                    parts)
 
 
-def run_fastv(llm: nn.Module, x: Inputs, clock: Clock, k: int, layer_keep_ratio: float) -> Outcome:
-    pruner = _TimedPruner(clock, llm, k, layer_keep_ratio, x.visual, x.positions)
-    try:
-        start = clock.mark()
-        out = prefill(llm, x.embeds, x.mask, x.positions)
-        end = clock.mark()
-    finally:
-        pruner.close()
-    return Outcome(clock.seconds(start, end), clock.seconds(*pruner.marks), cache_bytes(out),
-                   int(x.visual[pruner.kept].sum()))
-
-
-def run_pdrop(llm: nn.Module, x: Inputs, clock: Clock, stage_ratio: float, stage_layers: tuple[int, ...]) -> Outcome:
-    pruner = _TimedPyramidPruner(clock, llm, stage_ratio, stage_layers, x.visual, x.positions)
+def run_inside_llm(llm: nn.Module, x: Inputs, clock: Clock, pruner: Any) -> Outcome:
+    """Prefill with ``pruner``'s hooks on (a timed FastV, DART or PyramidDrop pruner); its rankings are the
+    overhead."""
     try:
         start = clock.mark()
         out = prefill(llm, x.embeds, x.mask, x.positions)
@@ -306,35 +311,40 @@ class Case:
     method: str
     keep_ratio: float
     run: Callable[[], Outcome] | None  # None: not measurable (see note)
-    layer_keep_ratio: float | None = None  # FastV: fraction kept from layer K on; PyramidDrop: lambda
+    layer_keep_ratio: float | None = None  # FastV, DART: fraction kept from layer K on; PyramidDrop: lambda
     note: str = ""
 
 
 def plan(cfg: BenchConfig, llm: nn.Module, compressor: nn.Module, device: torch.device,
          dtype: torch.dtype) -> list[Case]:
-    """Every measurement of the run, vanilla first, then per ratio tcc, both FastV variants, PyramidDrop and the
-    limit."""
+    """Every measurement of the run, vanilla first, then per ratio tcc, both FastV variants, DART, PyramidDrop and
+    the limit."""
     clock = Clock(device)
     span = (cfg.system, cfg.system + cfg.visual)
     full = make_inputs(cfg.seq_len, cfg.shape.hidden, device, dtype, span, cfg.seed)
+    stages = pyramid_stage_layers(cfg.shape.layers, cfg.pdrop_layers)
+
+    def layer_k(pruner_class: type, share: float) -> Callable[[], Outcome]:
+        return lambda: run_inside_llm(
+            llm, full, clock, pruner_class(clock, llm, cfg.fastv_k, share, full.visual, full.positions))
+
     cases = [Case("none", 1.0, lambda: run_none(llm, full, clock))]
     for rho in cfg.ratios:
         k = keep_count(cfg.visual, rho)
         short = make_inputs(cfg.seq_len - cfg.visual + k, cfg.shape.hidden, device, dtype,
                             (cfg.system, cfg.system + k), seed=cfg.seed + 1)
         cases.append(Case("tcc", rho, lambda rho=rho: run_tcc(llm, full, clock, compressor, rho)))
-        cases.append(Case("fastv_same_kept", rho, lambda rho=rho: run_fastv(llm, full, clock, cfg.fastv_k, rho), rho))
-        try:
-            r = fastv_layer_keep_ratio(rho, cfg.shape.layers, cfg.fastv_k)
-            cases.append(Case("fastv_same_avg_retention", rho,
-                              lambda r=r: run_fastv(llm, full, clock, cfg.fastv_k, r), r))
-        except ValueError as err:
-            cases.append(Case("fastv_same_avg_retention", rho, None, None, str(err)))
-        stages = pyramid_stage_layers(cfg.shape.layers, cfg.pdrop_layers)
+        cases.append(Case("fastv_same_kept", rho, layer_k(_TimedFastVPruner, rho), rho))
+        for method, pruner_class in (("fastv", _TimedFastVPruner), ("dart", _TimedDartPruner)):
+            try:
+                r = fastv_layer_keep_ratio(rho, cfg.shape.layers, cfg.fastv_k)
+                cases.append(Case(f"{method}_same_avg_retention", rho, layer_k(pruner_class, r), r))
+            except ValueError as err:
+                cases.append(Case(f"{method}_same_avg_retention", rho, None, None, str(err)))
         try:
             lam = pyramid_stage_ratio(rho, cfg.shape.layers, stages)
-            cases.append(Case("pdrop_same_avg_retention", rho,
-                              lambda lam=lam: run_pdrop(llm, full, clock, lam, stages), lam))
+            cases.append(Case("pdrop_same_avg_retention", rho, lambda lam=lam: run_inside_llm(
+                llm, full, clock, _TimedPyramidPruner(clock, llm, lam, stages, full.visual, full.positions)), lam))
         except ValueError as err:
             cases.append(Case("pdrop_same_avg_retention", rho, None, None, str(err)))
         cases.append(Case("limit", rho, lambda short=short: run_none(llm, short, clock)))
@@ -400,20 +410,14 @@ def _row(cfg: BenchConfig, case: Case, outcomes: list[Outcome]) -> dict[str, Any
     def kv(tokens: int, layers: int) -> int:
         return kv_cache_bytes(tokens, layers, shape.kv_heads, shape.head_dim, bytes_per_elem)
 
-    short_len = cfg.seq_len - n + kept
-    if case.method.startswith("fastv"):
-        early = cfg.fastv_k
-        avg = fastv_average_retention(fraction, shape.layers, early)
-        kv_bytes = kv(cfg.seq_len, early) + kv(short_len, shape.layers - early)
-        flops = flops_ratio(n, fraction, shape, method="fastv", fastv_k=early)
+    per_layer = outcomes[-1].layer_visual or [kept] * shape.layers  # input-stage: every layer holds the kept ones
+    avg = sum(per_layer) / (shape.layers * n)
+    kv_bytes = sum(kv(cfg.seq_len - n + count, 1) for count in per_layer)
+    if case.method in LAYER_K_ROWS:
+        flops = flops_ratio(n, fraction, shape, method="fastv", fastv_k=cfg.fastv_k)
     elif case.method.startswith("pdrop"):
-        per_layer = outcomes[-1].layer_visual
-        avg = sum(per_layer) / (shape.layers * n)
-        kv_bytes = sum(kv(cfg.seq_len - n + count, 1) for count in per_layer)
         flops = flops_ratio(n, case.layer_keep_ratio, shape, method="pdrop", pdrop_layers=cfg.pdrop_layers)
     else:
-        avg = fraction
-        kv_bytes = kv(short_len, shape.layers)
         flops = flops_ratio(n, fraction, shape, method="none" if case.method == "none" else "tcc")
     times = [o.total[0] for o in outcomes]
 
@@ -520,7 +524,7 @@ def format_table(result: dict[str, Any]) -> str:
     cfg, machine, shape = result["config"], result["machine"], result["config"]["shape"]
     setup = (f"shape {cfg['shape_name']} ({cfg['arch']}, {shape['layers']} layers, hidden {shape['hidden']}), "
              f"{cfg['system']}+{cfg['visual']}+{cfg['text']} tokens, {cfg['device']} {cfg['dtype']}, "
-             f"median of {cfg['repeats']} after {cfg['warmup']} warm-up, FastV K={cfg['fastv_k']}, PyramidDrop stages "
+             f"median of {cfg['repeats']} after {cfg['warmup']} warm-up, FastV and DART K={cfg['fastv_k']}, PyramidDrop stages "
              f"{'/'.join(map(str, pyramid_stage_layers(shape['layers'], cfg.get('pdrop_layers'))))}")
     load = (f"machine: {machine['device_name']}, {machine['cpu_count']} CPUs, torch threads {machine['torch_threads']}, "
             f"load1 before {machine['load_before'][0]:.2f} after {machine['load_after'][0]:.2f}, "
@@ -570,7 +574,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[BenchConfig, str | None]:
     p.add_argument("--ratios", default="0.5,0.25", help="comma-separated retention ratios rho")
     p.add_argument("--repeats", type=int, default=3, help="timed rounds; rows report the median")
     p.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
-    p.add_argument("--fastv-k", type=int, default=2, help="FastV pruning layer K")
+    p.add_argument("--fastv-k", type=int, default=2, help="FastV's and DART's pruning layer K")
     p.add_argument("--pdrop-layers", help="PyramidDrop's stage layers, e.g. 2/14/21 (default: L/4, L/2, 3L/4)")
     add_machine_args(p)
     p.add_argument("--compressor", help="trained compressor checkpoint (default: random weights, same cost)")

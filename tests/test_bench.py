@@ -78,10 +78,11 @@ def test_kept_counts_and_retention(result):
         assert rows[("limit", rho)]["avg_retention"] == pytest.approx(k / N_V)
         assert rows[("fastv_same_kept", rho)]["avg_retention"] == pytest.approx((K + (LAYERS - K) * k / N_V) / LAYERS)
         r = fastv_layer_keep_ratio(rho, LAYERS, K)
-        same_avg = rows[("fastv_same_avg_retention", rho)]
-        assert same_avg["layer_keep_ratio"] == pytest.approx(r)
-        assert same_avg["kept_visual"] == half_up(r * N_V)
-        assert same_avg["avg_retention"] == pytest.approx(rho, abs=1 / N_V)
+        for method in ("fastv_same_avg_retention", "dart_same_avg_retention"):
+            same_avg = rows[(method, rho)]
+            assert same_avg["layer_keep_ratio"] == pytest.approx(r)
+            assert same_avg["kept_visual"] == half_up(r * N_V)
+            assert same_avg["avg_retention"] == pytest.approx(rho, abs=1 / N_V)
         pdrop = rows[("pdrop_same_avg_retention", rho)]
         lam = pdrop["layer_keep_ratio"]
         counts = pdrop_stage_counts(lam)
@@ -103,7 +104,7 @@ def test_kv_bytes_and_flops_match_flops_py(result):
     for row in result["rows"]:
         kept = row["kept_visual"]
         seq = full_seq - N_V + kept
-        if row["method"].startswith("fastv"):
+        if row["method"].startswith(("fastv", "dart")):
             kv_expected = kv(full_seq, K) + kv(seq, LAYERS - K)
             flops_expected = (vf(N_V, K) + vf(kept, LAYERS - K)) / vf(N_V, LAYERS)
         elif row["method"].startswith("pdrop"):
@@ -166,8 +167,10 @@ def test_parse_shape():
         bench.parse_shape("qwen9")
 
 
-def test_bench_fastv_equals_masking():
-    """The benchmark's FastV pruner (several layers after K) equals hiding the dropped tokens from layer K on."""
+@pytest.mark.parametrize("pruner_class", ["_TimedFastVPruner", "_TimedDartPruner"])
+def test_bench_layer_k_pruners_equal_masking(pruner_class):
+    """The benchmark's FastV and DART pruners (several layers after K) equal hiding the dropped tokens from layer
+    K on, and time their ranking."""
     from transformers import Qwen2Config, Qwen2Model
 
     config = Qwen2Config(hidden_size=64, intermediate_size=128, num_hidden_layers=6, num_attention_heads=4,
@@ -179,14 +182,14 @@ def test_bench_fastv_equals_masking():
     visual[2:20] = True
     positions, mask = torch.arange(length)[None], torch.ones(1, length, dtype=torch.long)
     embeds = torch.randn(1, length, 64)
-    pruner = bench._TimedPruner(bench.Clock(torch.device("cpu")), llm, K, 0.5, visual, positions)
+    pruner = getattr(bench, pruner_class)(bench.Clock(torch.device("cpu")), llm, K, 0.5, visual, positions)
     try:
         with torch.no_grad():
             out = llm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True)
     finally:
         pruner.close()
     dropped = torch.tensor(sorted(set(range(length)) - set(pruner.kept.tolist())))
-    assert dropped.numel() == 18 - 9
+    assert dropped.numel() == 18 - 9 and len(pruner.rank_marks) == 1
 
     with hidden_key_columns(llm, from_layer(llm, K, dropped)), torch.no_grad():
         ref = llm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions)
