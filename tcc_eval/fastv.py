@@ -332,7 +332,7 @@ class PyramidDropModel(InsideLLMModel):
     method_id = "pdrop"
 
     def __init__(self, model: nn.Module, keep_ratio: float = 0.5, match: str = "avg_retention",
-                 pdrop_layers: Sequence[int] | None = None):
+                 pdrop_layers: Sequence[int] | str | None = None):
         super().__init__(model, keep_ratio, match)
         layers = self.adapter.language_model.config.num_hidden_layers
         self.stage_layers = pyramid_stage_layers(layers, pdrop_layers)

@@ -62,7 +62,7 @@ def visual_flops(n: float, d: int, m: int, layers: int, gated: bool = True) -> f
 
 def flops_ratio(
     n_visual: float, keep_ratio: float, cfg: LLMShape | str, method: str = "tcc", fastv_k: int = 2,
-    pdrop_layers: Sequence[int] | None = None,
+    pdrop_layers: Sequence[int] | str | None = None,
 ) -> float:
     """Visual-part FLOPs of a pruned model relative to vanilla.
 
@@ -140,7 +140,7 @@ def pyramid_stage_layers(layers: int, pdrop_layers: Sequence[int] | str | int | 
 
 
 def pyramid_visual_counts(n_visual: int, stage_ratio: float, layers: int,
-                          pdrop_layers: Sequence[int] | None = None) -> list[int]:
+                          pdrop_layers: Sequence[int] | str | None = None) -> list[int]:
     """Visual tokens each layer holds under PyramidDrop: stage s keeps round(lambda^s * N) (at least 1)."""
     from .core import keep_count  # local: keeps the aggregator free of torch at start-up
 
@@ -149,13 +149,15 @@ def pyramid_visual_counts(n_visual: int, stage_ratio: float, layers: int,
             for s in range(len(starts) - 1) for _ in range(starts[s], starts[s + 1])]
 
 
-def pyramid_average_retention(stage_ratio: float, layers: int, pdrop_layers: Sequence[int] | None = None) -> float:
+def pyramid_average_retention(stage_ratio: float, layers: int,
+                              pdrop_layers: Sequence[int] | str | None = None) -> float:
     """Mean kept fraction over all layers for per-stage ratio lambda: sum over stages of span_s * lambda^s / L."""
     starts = (0, *pyramid_stage_layers(layers, pdrop_layers), layers)
     return sum((starts[s + 1] - starts[s]) * stage_ratio ** s for s in range(len(starts) - 1)) / layers
 
 
-def pyramid_stage_ratio(avg_retention: float, layers: int, pdrop_layers: Sequence[int] | None = None) -> float:
+def pyramid_stage_ratio(avg_retention: float, layers: int,
+                        pdrop_layers: Sequence[int] | str | None = None) -> float:
     """The per-stage ratio lambda whose average retention is ``avg_retention`` (bisection: it is increasing)."""
     first = pyramid_stage_layers(layers, pdrop_layers)[0]
     if avg_retention <= first / layers:
