@@ -19,7 +19,7 @@ from torch import nn
 
 from .core import (Selection, check_keep_ratio, keep_count, keep_positions, pick_order_scores, select_visual,
                    topk_in_order)
-from .flops import fastv_layer_keep_ratio, pyramid_stage_layers, pyramid_stage_ratio
+from .flops import fastv_layer_keep_ratio, pyramid_stage_layers, pyramid_stage_ratio, pyramid_visual_counts
 from .probe import instruction_rows, last_token_attention, layer_keys
 from .pruned import PrefillTimer, TokenPrunedModel, split_model_inputs, sync
 
@@ -154,8 +154,9 @@ class _PyramidPruner:
         self.positions = positions
         self.prefill_len = int(visual.numel())
         self.stage_layers = stage_layers
-        n_visual = int(visual.sum())
-        self.counts = [keep_count(n_visual, stage_ratio ** s) for s in range(1, len(self.stage_layers) + 1)]
+        # visual tokens each layer holds: the flops module's count, so records and FLOPs agree by construction
+        self.layer_counts = pyramid_visual_counts(int(visual.sum()), stage_ratio, len(language_model.layers),
+                                                  stage_layers)
         self.stage_kept: list[torch.Tensor] = []  # per stage ranked so far: kept positions (original sequence)
         self.stage_local: list[torch.Tensor] = []  # the same as indices into the previous stage's sequence
         self.handles = [layer.register_forward_pre_hook(self._hook(index), with_kwargs=True)
@@ -185,7 +186,7 @@ class _PyramidPruner:
                     else torch.arange(self.prefill_len, device=hidden.device))
         visual = self.visual.to(hidden.device)[previous]
         scores = last_token_attention(self.lm, hidden, self.positions[..., previous], self.stage_layers[stage - 1])
-        kept_visual = topk_in_order(scores[visual], self.counts[stage - 1])
+        kept_visual = topk_in_order(scores[visual], self.layer_counts[self.stage_layers[stage - 1]])
         local = keep_positions(torch.ones_like(visual), visual, kept_visual)
         self.stage_local.append(local)
         self.stage_kept.append(previous[local])
@@ -212,9 +213,7 @@ class _PyramidPruner:
 
     def layer_visual(self) -> list[int]:
         """Visual tokens each layer held in the prefill, stage by stage."""
-        starts = (0, *self.stage_layers, len(self.lm.layers))
-        counts = (int(self.visual.sum()), *self.counts)
-        return [counts[s] for s in range(len(counts)) for _ in range(starts[s], starts[s + 1])]
+        return list(self.layer_counts)
 
 
 class InsideLLMModel(TokenPrunedModel):

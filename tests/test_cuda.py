@@ -195,7 +195,7 @@ def test_demo_evaluate_on_the_device_matches_the_cpu():
 def test_pyramid_drop_on_the_device(deep_both, family):
     """PyramidDrop's three stages on the device: the CPU's tokens in every stage, and logits equal to the device's
     own full run with each layer hiding what its stage dropped."""
-    from test_fastv import pdrop_prefill
+    from test_fastv import pdrop_prefill, stage_hidden_columns
 
     cpu_model, model, processor = deep_both[family]
     cpu_inputs = model_inputs(processor, messages_for("image", seed=5))
@@ -205,10 +205,9 @@ def test_pyramid_drop_on_the_device(deep_both, family):
         stages[where] = [kept.cpu() for kept in pruner.stage_kept]
     assert len(stages["device"]) == 3
     assert all(torch.equal(d, c) for d, c in zip(stages["device"], stages["cpu"])), "the device kept other tokens"
-    length = view.visual.numel()
-    hidden = {layer: torch.tensor(sorted(set(range(length)) - set(kept.tolist())), device=DEVICE)
-              for layer, kept in zip(pruner.stage_layers, stages["device"])}
-    with hidden_key_columns(pdrop.adapter.language_model, hidden), torch.no_grad():
+    lm = pdrop.adapter.language_model
+    hidden = stage_hidden_columns(pruner, view.visual.numel(), len(lm.layers), DEVICE)
+    with hidden_key_columns(lm, hidden), torch.no_grad():
         reference = pdrop.adapter.forward_from_embeds(view.inputs_embeds, view.attention_mask,
                                                       view.position_ids).logits[0, -1]
     assert (logits - reference).abs().max().item() < 1e-4

@@ -173,6 +173,17 @@ def pdrop_prefill(model, inputs: dict, **options):
     return pdrop, view, pruner, logits
 
 
+def stage_hidden_columns(pruner, length: int, layers: int, device: torch.device | str = "cpu") -> dict[int, torch.Tensor]:
+    """The masked reference of a PyramidDrop prefill: every layer from the first stage on hides the positions its
+    stage (the last stage layer at or below it) dropped."""
+    out = {}
+    for layer in range(pruner.stage_layers[0], layers):
+        stage = sum(layer >= start for start in pruner.stage_layers)
+        kept = set(pruner.stage_kept[stage - 1].tolist())
+        out[layer] = torch.tensor([i for i in range(length) if i not in kept], dtype=torch.long, device=device)
+    return out
+
+
 def check_pdrop_stages(model, processor, kind: str, stage_layers: tuple[int, ...], **options) -> None:
     """PyramidDrop with lambda = 0.5 on a 4-layer LLM, stages starting at ``stage_layers``: the logits and the
     decode equal the full sequence with each layer hiding the tokens its stage dropped; each stage keeps the
@@ -192,9 +203,7 @@ def check_pdrop_stages(model, processor, kind: str, stage_layers: tuple[int, ...
     def dropped(kept: torch.Tensor) -> torch.Tensor:
         return torch.tensor(sorted(set(range(length)) - set(kept.tolist())), dtype=torch.long)
 
-    # the stage of each layer from 1 on: the last stage layer at or below it
-    stage_of = {layer: sum(layer >= start for start in stage_layers) for layer in range(1, 4)}
-    layer_masks = {layer: dropped(pruner.stage_kept[stage - 1]) for layer, stage in stage_of.items() if stage}
+    layer_masks = stage_hidden_columns(pruner, length, 4)
     with hidden_key_columns(lm, layer_masks), torch.no_grad():
         reference = pdrop.adapter.forward_from_embeds(view.inputs_embeds, view.attention_mask,
                                                       view.position_ids).logits[0, -1]
@@ -203,7 +212,7 @@ def check_pdrop_stages(model, processor, kind: str, stage_layers: tuple[int, ...
     assert torch.equal(pdrop.generate(**inputs, max_new_tokens=4, do_sample=False), reference_tokens)
     stats = pdrop.last_stats
     stage_counts = [n_visual] + [keep_count(n_visual, 0.5 ** s) for s in stages]
-    per_layer = [stage_counts[stage_of.get(layer, 0)] for layer in range(4)]
+    per_layer = [stage_counts[sum(layer >= start for start in stage_layers)] for layer in range(4)]
     assert stats["visual_after"] == stage_counts[-1] and stats["pdrop_lambda"] == 0.5
     assert stats["pdrop_layers"] == list(stage_layers)
     assert stats["avg_retention"] == pytest.approx(sum(per_layer) / (4 * n_visual))
