@@ -30,6 +30,7 @@ class SampleView:
     position_ids: torch.Tensor  # (1, L) or (3, 1, L)
     visual: torch.Tensor  # (L,) bool
     groups: torch.Tensor  # (N_v,)
+    cells: torch.Tensor | None = None  # (N_v, 3) (grid, row, col) of each visual token (LLMInputs.visual_cells)
 
     @property
     def n_visual(self) -> int:
@@ -65,23 +66,30 @@ def a0_scorer() -> Scorer:
     return SampleView.layer0_attention
 
 
+def greedy_max_min_order(n: int, first: int, distance_from: Callable[[int], torch.Tensor]) -> torch.Tensor:
+    """Greedy max-min (farthest-point) order of ``n`` items: ``first``, then always the item farthest from those
+    already picked (ties to the lowest index); ``distance_from(i)`` is the (n,) distance of every item to item i.
+    Each pick ignores later ones, so the first k items of the order are the greedy answer for any k."""
+    order = [first]
+    to_picked = distance_from(first).clone()
+    to_picked[first] = -float("inf")
+    for _ in range(n - 1):
+        pick = int(torch.argmax(to_picked))
+        order.append(pick)
+        to_picked = torch.minimum(to_picked, distance_from(pick))
+        to_picked[pick] = -float("inf")
+    return torch.tensor(order, dtype=torch.long)
+
+
 def max_min_diversity_order(features: torch.Tensor) -> torch.Tensor:
-    """Greedy max-min diversity order of the rows of ``features`` under cosine distance (DivPrune's selection):
-    first the row farthest from its nearest neighbour, then always the row farthest from those already picked.
-    Each pick ignores later ones, so the first k rows of the order are the greedy answer for any k."""
+    """DivPrune's selection: the greedy max-min order of the rows of ``features`` under cosine distance, starting
+    from the row farthest from its nearest neighbour."""
     unit = torch.nn.functional.normalize(features.float(), dim=-1)
     distance = 1.0 - unit @ unit.T
     n = distance.shape[0]
     nearest = distance.masked_fill(torch.eye(n, dtype=torch.bool, device=distance.device), float("inf")).amin(dim=1)
-    order = [int(torch.argmax(nearest))] if n > 1 else [0]
-    to_picked = distance[order[0]].clone()
-    to_picked[order[0]] = -float("inf")
-    for _ in range(n - 1):
-        pick = int(torch.argmax(to_picked))
-        order.append(pick)
-        to_picked = torch.minimum(to_picked, distance[pick])
-        to_picked[pick] = -float("inf")
-    return torch.tensor(order, dtype=torch.long)
+    first = int(torch.argmax(nearest)) if n > 1 else 0
+    return greedy_max_min_order(n, first, lambda i: distance[i])
 
 
 def divprune_scorer() -> Scorer:
@@ -91,6 +99,69 @@ def divprune_scorer() -> Scorer:
 
     def score(view: SampleView) -> torch.Tensor:
         order = max_min_diversity_order(view.inputs_embeds[0, view.visual])
+        return pick_order_scores(order, order.numel())
+
+    return score
+
+
+def coarse_to_fine_ranks(n: int) -> torch.Tensor:
+    """Rank of each of ``n`` indices in van der Corput order (0, n/2, n/4, 3n/4, ...: bit-reversed), so every
+    prefix of the order is spread evenly over the axis: the first half is every other index, and so on."""
+    bits = max(1, (n - 1).bit_length())
+    reversed_bits = [int(f"{i:0{bits}b}"[::-1], 2) for i in range(n)]
+    order = sorted(range(n), key=reversed_bits.__getitem__)
+    ranks = torch.empty(n, dtype=torch.long)
+    ranks[torch.tensor(order)] = torch.arange(n)
+    return ranks
+
+
+def lattice_level(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """Finest lattice a cell belongs to in the chain S_0 > Q_0 > S_1 > Q_1 > ..., where S_t holds the cells whose row
+    and column are multiples of 2^t and its quincunx Q_t those of S_t whose row / 2^t + col / 2^t is even. Each
+    lattice holds half the cells of the one before, evenly spread: Q_0 is the checkerboard (50%), S_1 every other
+    row and column (25%), Q_1 its checkerboard (12.5%), ... Between two lattices S_t \\ Q_t splits into the cells
+    on odd rows of S_t (taken first) and those on odd columns, so 75% keeps three tokens of every 2 x 2 block.
+    Levels: 4t + 2 on Q_t \\ S_{t+1}, 4t + 1 and 4t on the two halves of S_t \\ Q_t."""
+    both = rows | cols
+    lowest_bit = torch.where(both == 0, 2**62, both & -both)  # the origin lies in every lattice
+    t = lowest_bit.double().log2().long()  # exact: lowest_bit is a power of two
+    row_odd, col_odd = ((rows >> t) & 1).bool(), ((cols >> t) & 1).bool()
+    return 4 * t + 2 * (row_odd & col_odd).long() + (row_odd & ~col_odd).long()
+
+
+def uniform_lattice_order(cells: torch.Tensor) -> torch.Tensor:
+    """Pick order of a sample's visual tokens from their (grid, row, col) cells: finest lattice first
+    (``lattice_level``), so the first k tokens are the same evenly spread lattice in every grid (the checkerboard at
+    50%, every other row and column at 25% of an even grid); a lattice only partly kept is thinned evenly (van der
+    Corput order of rows and columns). Tokens without a cell (-1) come last."""
+    n = cells.shape[0]
+    level = torch.full((n,), -1, dtype=torch.long)
+    spread = torch.full((n,), float("inf"), dtype=torch.float64)  # share of the coarse-to-fine row / col order needed
+    for grid in torch.unique(cells[:, 0]):
+        if grid < 0:
+            continue
+        members = torch.nonzero(cells[:, 0] == grid).flatten()
+        rows, cols = cells[members, 1], cells[members, 2]
+        level[members] = lattice_level(rows, cols)
+        row_share = (coarse_to_fine_ranks(int(rows.max()) + 1)[rows] + 1).double() / (int(rows.max()) + 1)
+        col_share = (coarse_to_fine_ranks(int(cols.max()) + 1)[cols] + 1).double() / (int(cols.max()) + 1)
+        spread[members] = torch.maximum(row_share, col_share)
+    order = torch.sort(spread, stable=True).indices
+    return order[torch.sort(level[order], descending=True, stable=True).indices]
+
+
+def uniform_scorer() -> Scorer:
+    """Uniform spatial sampling, the training-free "uniform" peer of METHOD.md: keep an evenly strided lattice of
+    visual tokens in every image or frame, blind to content and question. Scores are the reverse pick order of
+    ``uniform_lattice_order``, so any budget keeps its first picks."""
+
+    def score(view: SampleView) -> torch.Tensor:
+        if view.cells is None:
+            raise ValueError(
+                f"method 'uniform' needs each visual token's place in its image, which "
+                f"{type(view.adapter).__name__} does not give (it has no visual_cells layout)"
+            )
+        order = uniform_lattice_order(view.cells.cpu())
         return pick_order_scores(order, order.numel())
 
     return score
@@ -112,7 +183,7 @@ class TCCScorer:
         return self.compressors[modality].predict(view.layer0_attention())
 
 
-INPUT_STAGE_METHODS = ("none", "random", "a0", "tcc", "oracle", "divprune")
+INPUT_STAGE_METHODS = ("none", "random", "a0", "tcc", "oracle", "divprune", "uniform")
 ALL_METHODS = INPUT_STAGE_METHODS + INSIDE_LLM_METHODS
 
 

@@ -93,6 +93,7 @@ class TokenPrunedModel(nn.Module):
             position_ids=positions,
             visual=llm.visual_mask[b, rows],
             groups=llm.visual_groups[b],
+            cells=None if llm.visual_cells is None else llm.visual_cells[b],
         )
 
     def select(self, llm: LLMInputs) -> Selection:

@@ -19,7 +19,7 @@ from tcc_eval.core import keep_count
 DEVICE = torch.device(os.environ.get("TCC_TEST_DEVICE", "cuda"))
 pytestmark = pytest.mark.skipif(DEVICE.type == "cuda" and not torch.cuda.is_available(),
                                 reason="needs a CUDA GPU (TCC_TEST_DEVICE=cpu runs these checks on the CPU)")
-SCORED_METHODS = ("random", "a0", "tcc", "divprune")
+SCORED_METHODS = ("random", "a0", "tcc", "divprune", "uniform")
 LAYER_K_METHODS = ("fastv", "dart")
 
 

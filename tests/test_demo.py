@@ -117,6 +117,34 @@ def test_visual_tokens_see_only_their_own_cell(demo_models, family, modality):
     assert changed.any() and np.array_equal(changed, expected)
 
 
+@pytest.mark.parametrize("family", SHIPPED_FAMILIES)
+@pytest.mark.parametrize("modality", MODALITIES)
+@needs_assets
+def test_adapter_cells_are_the_demo_token_regions(demo_models, family, modality):
+    """Each adapter's (grid, row, col) cells, which uniform sampling keeps lattices of, against the pixel boxes of
+    demo.regions (checked above against what the models see): within a grid, rows and columns rank the boxes'
+    top and left edges; a grid is one image or frame; cell-less tokens are the box-less ones (newlines)."""
+    from tcc_eval.adapters import adapter_for
+    from tcc_eval.demo.regions import token_regions
+    from tcc_eval.demo.train import encode
+
+    model, processor = demo_models[family]
+    sample = benchmark.samples(modality, 1, TEST_SEED)[0]
+    inputs = encode(processor, [sample])
+    llm = adapter_for(model).capture_llm_inputs(inputs)
+    cells, regions = llm.visual_cells[0].numpy(), token_regions(model, inputs, 0, sample)
+    assert np.array_equal(cells[:, 0] < 0, regions.boxes[:, 0] < 0)
+    grids = [g for g in np.unique(cells[:, 0]) if g >= 0]
+    assert len(grids) == {"image": 2 if family == "llava_onevision" else 1,
+                          "video": {"qwen2_vl": sample.n_frames // 2}.get(family, sample.n_frames)}[modality]
+    for grid in grids:
+        members = cells[:, 0] == grid
+        top = np.unique(regions.boxes[members, 1], return_inverse=True)[1]
+        left = np.unique(regions.boxes[members, 0], return_inverse=True)[1]
+        assert np.array_equal(cells[members, 1], top) and np.array_equal(cells[members, 2], left)
+        assert len({regions.frames[i] for i in np.flatnonzero(members)}) == 1
+
+
 QUICK_N = 48
 # oracle pointing on this split: 0.94 / 0.96 (Qwen2-VL image / video), 0.98 / 0.98 (LLaVA-OV), 0.90 / 0.96
 # (VILA1.5, 0.86 / 0.89 on images at n=200, seeds 1 / 2); the floors sit a little below

@@ -46,7 +46,7 @@ def test_keep_all_equals_vanilla(loaded, family, kind):
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("kind", ("image", "video"))
 @pytest.mark.parametrize("ratio", (0.5, 0.25))
-@pytest.mark.parametrize("method", ("random", "a0", "divprune"))
+@pytest.mark.parametrize("method", ("random", "a0", "divprune", "uniform"))
 def test_pruned_equals_masked_reference(loaded, family, kind, ratio, method):
     model, processor = loaded[family]
     inputs = model_inputs(processor, messages_for(kind, seed=3))

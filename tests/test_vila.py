@@ -305,7 +305,7 @@ def test_keep_all_equals_unpruned_vila(vila, kind):
 
 
 @pytest.mark.parametrize("kind", ("image", "video"))
-@pytest.mark.parametrize("method", ("random", "a0"))
+@pytest.mark.parametrize("method", ("random", "a0", "uniform"))
 def test_pruned_vila_equals_masked_reference(vila, kind, method):
     import tcc_eval.adapters.vila  # noqa: F401
     from tcc_eval import wrap_model
@@ -339,6 +339,24 @@ def test_vila_visual_groups_are_images_and_frames(vila):
     both = adapter.capture_llm_inputs(inputs_for(processor, two))
     assert both.visual_groups[0].tolist() == [0] * TOKENS_PER_IMAGE + [1] * TOKENS_PER_IMAGE
     assert torch.equal(both.position_ids[0], torch.arange(both.input_ids.shape[1]))
+
+
+def test_vila_cells_follow_the_projector_token_order(vila):
+    """Each frame block's cells are the merged 2x2 cells in the order the projector emits them: feeding the
+    projector's merge patches that carry their own (row, col) gives back each token's place."""
+    from tcc_eval.adapters import adapter_for
+
+    model, processor = vila
+    llm = adapter_for(model).capture_llm_inputs(inputs_for(processor, chat("video")))
+    patches = model.config.vision_config.image_size // model.config.vision_config.patch_size
+    rows, cols = torch.meshgrid(torch.arange(patches), torch.arange(patches), indexing="ij")
+    places = torch.stack([rows, cols], dim=-1).reshape(1, -1, 2).float()
+    merged = VilaMultimodalProjector("mlp_downsample", 2, 2).layers[0](places)[0, :, :2]  # each cell's top-left patch
+    cells = llm.visual_cells[0]
+    assert cells.shape == (3 * TOKENS_PER_IMAGE, 3)
+    assert cells[:, 0].tolist() == [0] * TOKENS_PER_IMAGE + [1] * TOKENS_PER_IMAGE + [2] * TOKENS_PER_IMAGE
+    for block in range(3):
+        assert torch.equal(cells[cells[:, 0] == block, 1:], (merged // 2).long())
 
 
 def test_vila_modality_is_video_for_frame_runs(vila):

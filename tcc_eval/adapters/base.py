@@ -24,6 +24,10 @@ class LLMInputs:
     position_ids: torch.Tensor  # (B, L), or (3, B, L) for M-RoPE
     visual_mask: torch.Tensor  # (B, L) bool
     visual_groups: list[torch.Tensor]  # per sample: group id (image or frame) of each visual token
+    # per sample: (N_v, 3) long (grid, row, col) of each visual token: which token grid of the sample it belongs to
+    # (an image, a frame, LLaVA-OV's base view or its crops) and where in it; -1 rows for tokens that cover no
+    # pixels (LLaVA-OV newlines, a CLS token). None: the adapter does not know its layout.
+    visual_cells: list[torch.Tensor] | None = None
 
     def n_visual(self, b: int) -> int:
         return int(self.visual_mask[b].sum())
@@ -74,6 +78,13 @@ class MLLMAdapter:
     ) -> list[torch.Tensor]:
         """Group id per visual token; ``front_end`` is what ``run_until_llm`` learned on the way."""
         raise NotImplementedError
+
+    def visual_cells(
+        self, input_ids: torch.Tensor, inputs: dict[str, Any], front_end: dict[str, Any]
+    ) -> list[torch.Tensor] | None:
+        """Where each visual token lies in its token grid (see ``LLMInputs.visual_cells``); spatial methods
+        (uniform) need it. None unless the adapter knows its family's token layout."""
+        return None
 
     def default_position_ids(self, attention_mask: torch.Tensor) -> torch.Tensor:
         """1-D positions exactly as ``generate`` builds them from a left-padded mask."""
@@ -128,6 +139,7 @@ class MLLMAdapter:
             position_ids=position_ids,
             visual_mask=visual_mask,
             visual_groups=self.visual_groups(input_ids, inputs, front_end),
+            visual_cells=self.visual_cells(input_ids, inputs, front_end),
         )
 
     # --- running the unchanged LLM ------------------------------------------------------------
@@ -158,6 +170,17 @@ def runs_of(mask: torch.Tensor) -> list[tuple[int, int]]:
         else:
             runs.append((i, i + 1))
     return runs
+
+
+def grid_cells(grid: int, rows: int, cols: int, column_major: bool = False) -> torch.Tensor:
+    """(grid, row, col) of every token of a ``rows`` x ``cols`` token grid, row by row (``column_major``: column by
+    column)."""
+    row, col = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
+    cells = torch.stack([torch.full_like(row, grid), row, col], dim=-1)
+    return (cells.transpose(0, 1) if column_major else cells).reshape(-1, 3)
+
+
+NO_CELL = torch.full((1, 3), -1)  # a visual token that covers no pixels
 
 
 ADAPTERS: dict[str, type[MLLMAdapter]] = {}

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from .base import MLLMAdapter, register_adapter, runs_of
+from .base import NO_CELL, MLLMAdapter, grid_cells, register_adapter, runs_of
 
 
 @register_adapter
@@ -40,6 +40,8 @@ class LlavaOnevisionAdapter(MLLMAdapter):
                 return_dict=True,
             )
             front_end["image_tokens"] = [int(f.shape[0]) for f in image_outputs.pooler_output]
+            newline = self.model.model.image_newline
+            front_end["image_newlines"] = [int((f == newline.to(f)).all(dim=-1).sum()) for f in image_outputs.pooler_output]
             inputs["mm_encoder_outputs"] = {"image": image_outputs}
         self.model.model(**inputs, use_cache=False)
 
@@ -69,3 +71,47 @@ class LlavaOnevisionAdapter(MLLMAdapter):
             ids.sort(key=lambda item: item[0])
             groups.append(torch.cat([g for _, g in ids]) if ids else torch.zeros(0, dtype=torch.long))
         return groups
+
+    def visual_cells(
+        self, input_ids: torch.Tensor, inputs: dict[str, Any], front_end: dict[str, Any]
+    ) -> list[torch.Tensor]:
+        """An image is its base view (``image_size / patch_size`` square, row by row), then, when it has anyres
+        crops, their unpadded grid row by row with a newline after each row (the newline count, read from the
+        packed features, gives the rows); without crops, one newline follows the base view. A video frame is its
+        pooled square grid; the video's one trailing newline ends the run."""
+        cfg = self.model.config
+        side = cfg.vision_config.image_size // cfg.vision_config.patch_size
+        pooled = -(-side // 2)
+        counts = iter(zip(front_end.get("image_tokens", []), front_end.get("image_newlines", [])))
+        cells = []
+        for row in input_ids:
+            parts, grids = [], 0  # (run start, cells); grid ids need only be distinct within the sample
+            for start, end in runs_of(row == cfg.video_token_id):
+                frames = max(1, (end - start - 1) // (pooled * pooled))
+                frame_cells = [grid_cells(grids + f, pooled, pooled) for f in range(frames)]
+                parts.append((start, torch.cat(frame_cells + [NO_CELL])))
+                grids += frames
+            for start, end in runs_of(row == cfg.image_token_id):
+                offset = start
+                while offset < end:
+                    n_tokens, newline_rows = next(counts)
+                    parts.append((offset, self.image_cells(grids, side, n_tokens, newline_rows)))
+                    grids += 2
+                    offset += n_tokens
+            parts.sort(key=lambda part: part[0])
+            cells.append(torch.cat([c for _, c in parts]) if parts else torch.zeros(0, 3, dtype=torch.long))
+        return cells
+
+    @staticmethod
+    def image_cells(grid: int, side: int, n_tokens: int, newline_rows: int) -> torch.Tensor:
+        """Base view as grid ``grid``, crops (if any) as grid ``grid + 1``."""
+        base = grid_cells(grid, side, side)
+        if n_tokens == side * side + 1:
+            return torch.cat([base, NO_CELL])
+        cols = (n_tokens - side * side) // max(newline_rows, 1) - 1
+        if newline_rows == 0 or newline_rows * (cols + 1) != n_tokens - side * side:
+            raise ValueError(f"LLaVA-OneVision image of {n_tokens} tokens with {newline_rows} newlines does not split "
+                             f"into a {side}x{side} base view and rows of crop tokens")
+        crops = torch.cat([grid_cells(grid + 1, newline_rows, cols).reshape(newline_rows, cols, 3),
+                           NO_CELL.expand(newline_rows, 1, 3)], dim=1)
+        return torch.cat([base, crops.reshape(-1, 3)])

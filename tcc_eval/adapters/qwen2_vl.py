@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from .base import MLLMAdapter, register_adapter, runs_of
+from .base import MLLMAdapter, grid_cells, register_adapter, runs_of
 
 
 def grid_list(grid_thw: torch.Tensor | None) -> list[list[int]]:
@@ -46,3 +46,22 @@ class Qwen2VLAdapter(MLLMAdapter):
                     next_group += 1
             groups.append(torch.cat(ids) if ids else torch.zeros(0, dtype=torch.long))
         return groups
+
+    def visual_cells(
+        self, input_ids: torch.Tensor, inputs: dict[str, Any], front_end: dict[str, Any]
+    ) -> list[torch.Tensor]:
+        """Each image, and each frame pair of a video, is its ``grid_thw`` grid merged ``spatial_merge_size``-fold,
+        row by row."""
+        cfg = self.model.config
+        merge = cfg.vision_config.spatial_merge_size
+        image_grids = iter(grid_list(inputs.get("image_grid_thw")))
+        video_grids = iter(grid_list(inputs.get("video_grid_thw")))
+        cells = []
+        for row in input_ids:
+            visual = (row == cfg.image_token_id) | (row == cfg.video_token_id)
+            parts: list[torch.Tensor] = []
+            for start, _ in runs_of(visual):
+                t, h, w = next(video_grids if row[start] == cfg.video_token_id else image_grids)
+                parts += [grid_cells(len(parts) + i, h // merge, w // merge) for i in range(t)]
+            cells.append(torch.cat(parts) if parts else torch.zeros(0, 3, dtype=torch.long))
+        return cells

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .base import MLLMAdapter, register_adapter, runs_of
+from .base import NO_CELL, MLLMAdapter, grid_cells, register_adapter, runs_of
 
 
 @register_adapter
@@ -45,3 +45,21 @@ class VilaAdapter(MLLMAdapter):
                 next_group += (end - start) // per_image
             groups.append(torch.cat(ids) if ids else torch.zeros(0, dtype=torch.long))
         return groups
+
+    def visual_cells(
+        self, input_ids: torch.Tensor, inputs: dict[str, Any], front_end: dict[str, Any]
+    ) -> list[torch.Tensor]:
+        """Every image or frame block is one grid: ``mlp_downsample`` (VILA1.5) emits its 2x2-merged cells column
+        by column; other projectors keep the tower's patches row by row, after a CLS token where it has one."""
+        cfg = self.model.config
+        patches = cfg.vision_config.image_size // cfg.vision_config.patch_size
+        cells = []
+        for row in input_ids:
+            blocks = int((row == cfg.image_token_id).sum()) // cfg.num_image_tokens
+            if cfg.projector_type == "mlp_downsample":
+                parts = [grid_cells(b, -(-patches // 2), -(-patches // 2), column_major=True) for b in range(blocks)]
+            else:
+                cls = NO_CELL.expand(cfg.num_vision_tokens - patches * patches, 3)
+                parts = [torch.cat([cls, grid_cells(b, patches, patches)]) for b in range(blocks)]
+            cells.append(torch.cat(parts) if parts else torch.zeros(0, 3, dtype=torch.long))
+        return cells
