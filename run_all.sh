@@ -79,7 +79,7 @@ if [[ "$SUITE" == demo ]]; then
   for family in "${BUILT[@]}"; do VLMEVAL_BASES+=("${DEMO_BASE[$family]}"); done
   VLMEVAL_DATA=(TCCSynth_IMG TCCSynth_VID)
   JUDGE=(--judge exact_matching)
-  METHODS=(TCC Random A0 FastV Oracle DivPrune Uniform DART PDrop)
+  METHODS=(TCC Random A0 FastV Oracle DivPrune Uniform Pool DART PDrop)
   RATIOS=(75 50 25)
   # 4-layer demo LLMs: 25% is the floor of the methods that prune inside the LLM (K/L at K=1; PyramidDrop's L/4)
   SKIP=()

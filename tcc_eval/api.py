@@ -10,7 +10,7 @@ import torch
 
 from .adapters import ADAPTERS
 from .flops import INSIDE_LLM_METHODS
-from .methods import Scorer, TCCScorer, a0_scorer, check_method, divprune_scorer, random_scorer, uniform_scorer
+from .methods import Scorer, TCCScorer, a0_scorer, check_method, divprune_scorer, pool_merger, random_scorer, uniform_scorer
 from .pruned import TokenPrunedModel
 
 log = logging.getLogger("tcc_eval")
@@ -113,7 +113,7 @@ def build_scorer(
         return a0_scorer()
     if method == "divprune":
         return divprune_scorer()
-    if method == "uniform":
+    if method in ("uniform", "pool"):  # pool: uniform's lattice, each kept token the mean of its neighbourhood
         return uniform_scorer()
     if method == "tcc":
         return TCCScorer(compressors_by_modality(model, compressor))
@@ -192,7 +192,8 @@ def wrap_model(
         layer_k_model = FastVModel if method == "fastv" else DartModel
         return layer_k_model(model, keep_ratio=keep_ratio, fastv_k=fastv_k, match=match)
     scorer = build_scorer(method, model, compressor=compressor, seed=seed, max_answer_tokens=max_answer_tokens)
-    return TokenPrunedModel(model, scorer, keep_ratio=keep_ratio, budget=budget, method=method)
+    merger = pool_merger() if method == "pool" else None
+    return TokenPrunedModel(model, scorer, keep_ratio=keep_ratio, budget=budget, method=method, merger=merger)
 
 
 def read_video_frames(path: str | os.PathLike, num_frames: int = 8) -> list:
@@ -270,7 +271,7 @@ def load(
 ) -> CompressedMLLM:
     """Load a checkpoint and attach a pruning method.
 
-    method: none | random | a0 | tcc | oracle | divprune | uniform | fastv | dart | pdrop; keep_ratio in (0, 1];
+    method: none | random | a0 | tcc | oracle | divprune | uniform | pool | fastv | dart | pdrop; keep_ratio in (0, 1];
     compressor: a trained compressor checkpoint, {modality: checkpoint} or a folder of
     ``<family>_<modality>.pt`` (required for tcc); options: ``wrap_model``'s (budget, seed, fastv_k, match,
     pdrop_layers, max_answer_tokens). CUDA when available (bf16/fp16), else CPU (fp32).

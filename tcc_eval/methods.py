@@ -167,6 +167,57 @@ def uniform_scorer() -> Scorer:
     return score
 
 
+Merger = Callable[[SampleView, torch.Tensor], torch.Tensor]
+"""(view, kept visual indices) -> the (k, D) embeddings the kept tokens carry into the LLM."""
+
+
+def nearest_kept(cells: torch.Tensor, kept: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+    """For every visual token, the position in ``kept`` of the nearest kept token of its grid (squared distance
+    between cells; ties to the upper, then the left one); -1 for tokens without a cell or without a kept token in
+    their grid. A kept token without a cell stands for itself."""
+    owner = torch.full((cells.shape[0],), -1, dtype=torch.long)
+    owner[kept[cells[kept, 0] < 0]] = torch.nonzero(cells[kept, 0] < 0).flatten()
+    for grid in torch.unique(cells[kept, 0]):
+        if grid < 0:
+            continue
+        slots = torch.nonzero(cells[kept, 0] == grid).flatten()  # positions in ``kept``
+        anchors = cells[kept[slots], 1:]
+        by_place = torch.argsort(anchors[:, 0] * (int(anchors[:, 1].max()) + 1) + anchors[:, 1])
+        place_rank = torch.empty_like(by_place)
+        place_rank[by_place] = torch.arange(len(by_place))
+        members = torch.nonzero(cells[:, 0] == grid).flatten()
+        for start in range(0, len(members), chunk):
+            part = members[start:start + chunk]
+            distance = (cells[part, 1:, None] - anchors.T[None]).pow(2).sum(dim=1)  # (part, anchors)
+            owner[part] = slots[torch.argmin(distance * len(slots) + place_rank[None], dim=1)]
+    return owner
+
+
+def pool_merger() -> Merger:
+    """Pooling, the other half of METHOD.md's "uniform/pool" peer: every visual token joins the nearest kept token
+    of its grid (``nearest_kept``) and each kept token carries the mean embedding of those that joined it, at its
+    own position. With uniform's lattice at 25% of an even grid this is 2 x 2 average pooling; newline tokens join
+    nothing."""
+
+    def merge(view: SampleView, kept: torch.Tensor) -> torch.Tensor:
+        if view.cells is None:
+            raise ValueError(
+                f"method 'pool' needs each visual token's place in its image, which "
+                f"{type(view.adapter).__name__} does not give (it has no visual_cells layout)"
+            )
+        cells, kept = view.cells.cpu(), kept.cpu()
+        owner = nearest_kept(cells, kept)
+        visual = view.inputs_embeds[0, view.visual]
+        joined = owner >= 0
+        target = owner[joined].to(visual.device)
+        sums = torch.zeros(len(kept), visual.shape[-1], dtype=torch.float32, device=visual.device)
+        sums.index_add_(0, target, visual[joined.to(visual.device)].float())
+        counts = torch.bincount(owner[joined], minlength=len(kept)).to(visual.device)
+        return (sums / counts[:, None]).to(visual.dtype)
+
+    return merge
+
+
 class TCCScorer:
     """The learned compressor f_theta applied to layer-0 attention; one compressor per modality."""
 
@@ -183,7 +234,7 @@ class TCCScorer:
         return self.compressors[modality].predict(view.layer0_attention())
 
 
-INPUT_STAGE_METHODS = ("none", "random", "a0", "tcc", "oracle", "divprune", "uniform")
+INPUT_STAGE_METHODS = ("none", "random", "a0", "tcc", "oracle", "divprune", "uniform", "pool")
 ALL_METHODS = INPUT_STAGE_METHODS + INSIDE_LLM_METHODS
 
 

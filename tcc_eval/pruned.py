@@ -2,7 +2,7 @@
 
 ``TokenPrunedModel.generate(**processor_inputs, **gen_kwargs)`` is a drop-in for ``model.generate``:
 framework wrappers (VLMEvalKit, lmms-eval) keep their own prompt code and only swap the model. Data
-flows one way: adapter (LLM inputs) -> scorer -> selection -> gather -> unchanged LLM.
+flows one way: adapter (LLM inputs) -> scorer -> selection -> (merge) -> gather -> unchanged LLM.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from torch import nn
 
 from .adapters import LLMInputs, adapter_for
 from .core import Selection, check_keep_ratio, gather_left_padded, keep_positions, select_visual
-from .methods import SampleView, Scorer
+from .methods import Merger, SampleView, Scorer
 
 
 def sync(device: torch.device) -> None:
@@ -53,7 +53,8 @@ class PrefillTimer:
 class TokenPrunedModel(nn.Module):
     """An HF MLLM whose visual tokens are pruned before LLM layer 0 by ``scorer``.
 
-    ``scorer=None`` keeps every token (method "none") through the same code path.
+    ``scorer=None`` keeps every token (method "none") through the same code path. A ``merger`` (pooling) sets
+    the embeddings the kept tokens carry; without one they keep their own.
     """
 
     def __init__(
@@ -63,6 +64,7 @@ class TokenPrunedModel(nn.Module):
         keep_ratio: float = 1.0,
         budget: str = "global",
         method: str = "custom",
+        merger: Merger | None = None,
     ):
         super().__init__()
         self.model = model
@@ -71,6 +73,7 @@ class TokenPrunedModel(nn.Module):
         self.keep_ratio = check_keep_ratio(keep_ratio)
         self.budget = budget
         self.method = method
+        self.merger = merger
         self.last_selection: Selection | None = None
         self.last_stats: dict[str, Any] = {}
 
@@ -115,8 +118,20 @@ class TokenPrunedModel(nn.Module):
         """Adapter -> scorer -> selection -> gather; returns the pruned (embeds, mask, position_ids)."""
         llm = self.adapter.capture_llm_inputs(inputs)
         selection = self.select(llm)
-        pruned = gather_left_padded(llm.inputs_embeds, llm.attention_mask, llm.position_ids, selection.kept_positions)
+        embeds = llm.inputs_embeds if self.merger is None else self.merged_embeds(llm, selection)
+        pruned = gather_left_padded(embeds, llm.attention_mask, llm.position_ids, selection.kept_positions)
         return llm, selection, pruned
+
+    def merged_embeds(self, llm: LLMInputs, selection: Selection) -> torch.Tensor:
+        """The LLM input with each kept visual token's embedding replaced by what the merger gives it."""
+        embeds = llm.inputs_embeds.clone()
+        for b, kept_positions in enumerate(selection.kept_positions):
+            view = self.sample_view(llm, b)
+            visual_rows = torch.nonzero(llm.attention_mask[b].bool()).flatten()[view.visual]
+            kept = torch.nonzero(torch.isin(visual_rows, kept_positions.to(visual_rows.device))).flatten()
+            if kept.numel():
+                embeds[b, visual_rows[kept]] = self.merger(view, kept)
+        return embeds
 
     @torch.no_grad()
     def prefill_logits(self, **inputs: torch.Tensor) -> torch.Tensor:

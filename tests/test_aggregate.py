@@ -256,6 +256,7 @@ def row(summary, framework, base, method, ratio, benchmark, metric):
     ("VILA15_TCC25", ("VILA15", "tcc", 0.25)),
     ("LLaVAOV_DivPrune50", ("LLaVAOV", "divprune", 0.5)),
     ("VILA15_Uniform25", ("VILA15", "uniform", 0.25)),
+    ("Qwen2VL_Pool50", ("Qwen2VL", "pool", 0.5)),
     ("Qwen2VL_Vanilla", ("Qwen2VL", "none", 1.0)),
 ])
 def test_parse_model_name(name, expected):

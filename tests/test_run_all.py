@@ -75,7 +75,7 @@ def test_dry_run_commands_name_what_the_frameworks_know(suite, tmp_path, monkeyp
 
     (vlmeval_run,) = [c for c in commands if c[1:3] == ["-m", "vlmeval.run"]]
     models = _option(vlmeval_run, "--model")
-    assert len(models) == (18 if suite == "paper" else 75)
+    assert len(models) == (18 if suite == "paper" else 84)
     assert set(models) <= set(vlmeval.config.supported_VLM)
     datasets = _option(vlmeval_run, "--data")
     assert set(datasets) <= set(SUPPORTED_DATASETS) | set(supported_video_datasets)

@@ -117,3 +117,67 @@ def test_llava_onevision_crop_grid_is_transformers_unpadded_grid(loaded):
     assert expected != (high * side, wide * side)  # the case where unpadding matters
     base = cells[cells[:, 0] == 0]
     assert torch.equal(base, grid_cells(0, side, side))
+
+
+# --------------------------------------------------------------------------------------------- pooling
+
+
+def test_nearest_kept_gives_2x2_blocks_on_the_25_percent_lattice():
+    from tcc_eval.methods import nearest_kept
+
+    cells = torch.cat([grid_cells(0, 4, 6), NO_CELL, grid_cells(1, 2, 2)])
+    order = uniform_lattice_order(cells)
+    kept = torch.sort(order[:6 + 1]).values  # grid 0's 2 x 3 lattice and grid 1's origin
+    owner = nearest_kept(cells, kept)
+    for i, (grid, row, col) in enumerate(cells.tolist()):
+        if grid < 0:
+            assert owner[i] == -1
+        else:
+            anchor = (grid, row - row % 2, col - col % 2)
+            assert tuple(cells[kept[owner[i]]].tolist()) == anchor
+
+
+def pool_reference(model, adapter, inputs, kept_positions: torch.Tensor) -> torch.Tensor:
+    """The unpruned sequence with every visual token outside ``kept_positions`` masked out and each kept one
+    carrying the mean of its 2 x 2 block (cells (row // 2, col // 2) of its grid), at the original positions."""
+    llm = adapter.capture_llm_inputs(inputs)
+    cells = llm.visual_cells[0]
+    visual_rows = torch.nonzero(llm.visual_mask[0]).flatten()
+    embeds = llm.inputs_embeds.clone()
+    for i in torch.nonzero(torch.isin(visual_rows, kept_positions)).flatten().tolist():
+        grid, row, col = cells[i].tolist()
+        block = (cells[:, 0] == grid) & (cells[:, 1] // 2 == row // 2) & (cells[:, 2] // 2 == col // 2)
+        embeds[0, visual_rows[i]] = llm.inputs_embeds[0, visual_rows[block]].mean(dim=0)
+    mask = torch.zeros_like(llm.attention_mask)
+    mask[0, kept_positions] = 1
+    with torch.no_grad():
+        return adapter.forward_from_embeds(embeds, mask, llm.position_ids).logits[0, kept_positions]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_pool_equals_2x2_average_pooling_at_the_original_positions(loaded, family):
+    """An image whose grids are all even (Qwen2-VL: 4 x 4 merged; LLaVA-OV: 4 x 4 base view and 4 x 4 crops): keeping
+    exactly each grid's every-other-row-and-column lattice, pool's logits equal the 2 x 2 block means fed at the
+    kept tokens' own positions with the rest masked out; keep-all pool equals vanilla exactly."""
+    from conftest import random_image
+
+    model, processor = loaded[family]
+    side = 112 if family == "qwen2_vl" else 56
+    messages = [{"role": "user", "content": [{"type": "image", "image": random_image(side, side, 4)},
+                                             {"type": "text", "text": "What color is the circle?"}]}]
+    inputs = model_inputs(processor, messages)
+    pool = wrap_model(model, method="pool", keep_ratio=1.0)
+    with torch.no_grad():
+        assert torch.equal(pool.prefill_logits(**inputs), model(**inputs).logits)
+    cells = pool.adapter.capture_llm_inputs(inputs).visual_cells[0]
+    lattice_size = int(((cells[:, 0] >= 0) & (cells[:, 1] % 2 == 0) & (cells[:, 2] % 2 == 0)).sum())
+    pool = wrap_model(model, method="pool", keep_ratio=lattice_size / cells.shape[0])
+    logits = pool.prefill_logits(**inputs)[0]
+    kept = pool.last_selection.kept_positions[0]
+    assert pool.last_selection.visual_after[0] == lattice_size
+    reference = pool_reference(model, pool.adapter, inputs, kept)
+    assert (logits - reference).abs().max().item() < 1e-4
+    uniform = wrap_model(model, method="uniform", keep_ratio=lattice_size / cells.shape[0])
+    uniform_logits = uniform.prefill_logits(**inputs)[0]
+    assert torch.equal(uniform.last_selection.kept_positions[0], kept)
+    assert (uniform_logits - logits).abs().max().item() > 1e-3  # same tokens kept: pooling changed their input
