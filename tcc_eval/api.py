@@ -10,7 +10,8 @@ import torch
 
 from .adapters import ADAPTERS
 from .flops import INSIDE_LLM_METHODS
-from .methods import Scorer, TCCScorer, a0_scorer, check_method, divprune_scorer, pool_merger, random_scorer, uniform_scorer
+from .methods import (Scorer, TCCScorer, a0_scorer, check_method, divprune_scorer, pool_merger, random_scorer,
+                      uniform_scorer)
 from .pruned import TokenPrunedModel
 
 log = logging.getLogger("tcc_eval")
@@ -271,7 +272,8 @@ def load(
 ) -> CompressedMLLM:
     """Load a checkpoint and attach a pruning method.
 
-    method: none | random | a0 | tcc | oracle | divprune | uniform | pool | fastv | dart | pdrop; keep_ratio in (0, 1];
+    method: none | random | a0 | tcc | oracle | divprune | uniform | pool | fastv | dart | pdrop;
+    keep_ratio in (0, 1];
     compressor: a trained compressor checkpoint, {modality: checkpoint} or a folder of
     ``<family>_<modality>.pt`` (required for tcc); options: ``wrap_model``'s (budget, seed, fastv_k, match,
     pdrop_layers, max_answer_tokens). CUDA when available (bf16/fp16), else CPU (fp32).

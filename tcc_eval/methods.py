@@ -66,30 +66,23 @@ def a0_scorer() -> Scorer:
     return SampleView.layer0_attention
 
 
-def greedy_max_min_order(n: int, first: int, distance_from: Callable[[int], torch.Tensor]) -> torch.Tensor:
-    """Greedy max-min (farthest-point) order of ``n`` items: ``first``, then always the item farthest from those
-    already picked (ties to the lowest index); ``distance_from(i)`` is the (n,) distance of every item to item i.
-    Each pick ignores later ones, so the first k items of the order are the greedy answer for any k."""
-    order = [first]
-    to_picked = distance_from(first).clone()
-    to_picked[first] = -float("inf")
-    for _ in range(n - 1):
-        pick = int(torch.argmax(to_picked))
-        order.append(pick)
-        to_picked = torch.minimum(to_picked, distance_from(pick))
-        to_picked[pick] = -float("inf")
-    return torch.tensor(order, dtype=torch.long)
-
-
 def max_min_diversity_order(features: torch.Tensor) -> torch.Tensor:
-    """DivPrune's selection: the greedy max-min order of the rows of ``features`` under cosine distance, starting
-    from the row farthest from its nearest neighbour."""
+    """Greedy max-min diversity order of the rows of ``features`` under cosine distance (DivPrune's selection):
+    first the row farthest from its nearest neighbour, then always the row farthest from those already picked.
+    Each pick ignores later ones, so the first k rows of the order are the greedy answer for any k."""
     unit = torch.nn.functional.normalize(features.float(), dim=-1)
     distance = 1.0 - unit @ unit.T
     n = distance.shape[0]
     nearest = distance.masked_fill(torch.eye(n, dtype=torch.bool, device=distance.device), float("inf")).amin(dim=1)
-    first = int(torch.argmax(nearest)) if n > 1 else 0
-    return greedy_max_min_order(n, first, lambda i: distance[i])
+    order = [int(torch.argmax(nearest))] if n > 1 else [0]
+    to_picked = distance[order[0]].clone()
+    to_picked[order[0]] = -float("inf")
+    for _ in range(n - 1):
+        pick = int(torch.argmax(to_picked))
+        order.append(pick)
+        to_picked = torch.minimum(to_picked, distance[pick])
+        to_picked[pick] = -float("inf")
+    return torch.tensor(order, dtype=torch.long)
 
 
 def divprune_scorer() -> Scorer:

@@ -16,7 +16,8 @@ def test_bad_keep_ratio(tiny_checkpoints, ratio):
 
 
 def test_unknown_method(tiny_checkpoints):
-    with pytest.raises(ValueError, match="unknown method 'magic'.*none, random, a0, tcc, oracle, divprune, uniform, pool, fastv"):
+    with pytest.raises(ValueError, match="unknown method 'magic'.*none, random, a0, tcc, oracle, divprune, uniform, "
+                                         "pool, fastv"):
         tcc_eval.load(tiny_checkpoints["qwen2_vl"], method="magic")
 
 

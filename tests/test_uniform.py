@@ -55,7 +55,8 @@ def test_every_grid_keeps_the_same_lattice_and_cell_less_tokens_go_last():
     assert (-1, -1, -1) not in kept and len(kept) == 32
     half = kept_cells(cells, 16 / 33)
     for grid in (0, 1):
-        assert {(r, c) for g, r, c in half if g == grid} == {(r, c) for r in range(4) for c in range(4) if (r + c) % 2 == 0}
+        checkerboard = {(r, c) for r in range(4) for c in range(4) if (r + c) % 2 == 0}
+        assert {(r, c) for g, r, c in half if g == grid} == checkerboard
     assert uniform_lattice_order(cells)[-1].item() == 32
 
 
@@ -64,15 +65,20 @@ def test_column_major_grid_keeps_the_same_places():
     assert kept_cells(grid_cells(0, 6, 6, column_major=True), 0.25) == kept_cells(grid_cells(0, 6, 6), 0.25)
 
 
-def test_uniform_without_a_layout_names_the_adapter():
+def test_uniform_and_pool_without_a_layout_name_the_adapter():
+    from tcc_eval.methods import pool_merger
+
     class NoLayout:
         pass
 
-    view = SampleView(adapter=NoLayout(), input_ids=torch.zeros(4, dtype=torch.long), inputs_embeds=torch.zeros(1, 4, 2),
+    view = SampleView(adapter=NoLayout(), input_ids=torch.zeros(4, dtype=torch.long),
+                      inputs_embeds=torch.zeros(1, 4, 2),
                       attention_mask=torch.ones(1, 4), position_ids=torch.arange(4)[None],
                       visual=torch.ones(4, dtype=torch.bool), groups=torch.zeros(4, dtype=torch.long))
     with pytest.raises(ValueError, match="method 'uniform' needs .*NoLayout does not give .*visual_cells"):
         uniform_scorer()(view)
+    with pytest.raises(ValueError, match="method 'pool' needs .*NoLayout does not give .*visual_cells"):
+        pool_merger()(view, torch.tensor([0, 2]))
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -109,7 +115,8 @@ def test_llava_onevision_crop_grid_is_transformers_unpadded_grid(loaded):
     llm = wrap_model(model, method="none").adapter.capture_llm_inputs(inputs)
     cfg = model.config
     side = cfg.vision_config.image_size // cfg.vision_config.patch_size
-    high, wide = get_anyres_image_grid_shape(inputs["image_sizes"][0], cfg.image_grid_pinpoints, cfg.vision_config.image_size)
+    high, wide = get_anyres_image_grid_shape(inputs["image_sizes"][0], cfg.image_grid_pinpoints,
+                                             cfg.vision_config.image_size)
     expected = unpad_image(torch.zeros(1, high * side, wide * side), inputs["image_sizes"][0]).shape[1:]
     cells = llm.visual_cells[0]
     crops = cells[cells[:, 0] == 1]

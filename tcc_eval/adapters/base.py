@@ -82,8 +82,8 @@ class MLLMAdapter:
     def visual_cells(
         self, input_ids: torch.Tensor, inputs: dict[str, Any], front_end: dict[str, Any]
     ) -> list[torch.Tensor] | None:
-        """Where each visual token lies in its token grid (see ``LLMInputs.visual_cells``); spatial methods
-        (uniform) need it. None unless the adapter knows its family's token layout."""
+        """Where each visual token lies in its token grid (see ``LLMInputs.visual_cells``); the spatial methods
+        (uniform, pool) need it. None unless the adapter knows its family's token layout."""
         return None
 
     def default_position_ids(self, attention_mask: torch.Tensor) -> torch.Tensor:

@@ -41,7 +41,8 @@ class LlavaOnevisionAdapter(MLLMAdapter):
             )
             front_end["image_tokens"] = [int(f.shape[0]) for f in image_outputs.pooler_output]
             newline = self.model.model.image_newline
-            front_end["image_newlines"] = [int((f == newline.to(f)).all(dim=-1).sum()) for f in image_outputs.pooler_output]
+            front_end["image_newlines"] = [int((f == newline.to(f)).all(dim=-1).sum())
+                                           for f in image_outputs.pooler_output]
             inputs["mm_encoder_outputs"] = {"image": image_outputs}
         self.model.model(**inputs, use_cache=False)
 
