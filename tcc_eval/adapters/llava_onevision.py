@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -46,29 +46,43 @@ class LlavaOnevisionAdapter(MLLMAdapter):
             inputs["mm_encoder_outputs"] = {"image": image_outputs}
         self.model.model(**inputs, use_cache=False)
 
+    def media(self, row: torch.Tensor, images: Iterator[tuple[int, int]]) -> list[tuple[int, str, int, int]]:
+        """The videos and images of one prompt row as (start, kind, tokens, count): a video's frames, an image's
+        crop rows (its newlines). ``images`` yields each image's (tokens, newlines) from ``run_until_llm``, in
+        order; back-to-back images share one run of <image> tokens. Videos come first, then images."""
+        cfg = self.model.config
+        parts = []
+        for start, end in runs_of(row == cfg.video_token_id):
+            parts.append((start, "video", end - start, max(1, (end - start - 1) // self.frame_tokens())))
+        for start, end in runs_of(row == cfg.image_token_id):
+            offset = start
+            while offset < end:
+                n_tokens, newline_rows = next(images)
+                parts.append((offset, "image", n_tokens, newline_rows))
+                offset += n_tokens
+        return parts
+
+    @staticmethod
+    def images(front_end: dict[str, Any]) -> Iterator[tuple[int, int]]:
+        return iter(zip(front_end.get("image_tokens", []), front_end.get("image_newlines", [])))
+
     def visual_groups(
         self, input_ids: torch.Tensor, inputs: dict[str, Any], front_end: dict[str, Any]
     ) -> list[torch.Tensor]:
         """One group per image (base view, crops and newlines); one per video frame (the video's single
         trailing newline token joins the last frame)."""
-        cfg = self.model.config
         per_frame = self.frame_tokens()
-        image_tokens = iter(front_end.get("image_tokens", []))
+        images = self.images(front_end)
         groups = []
         for row in input_ids:
             ids, next_group = [], 0
-            for start, end in runs_of(row == cfg.video_token_id):
-                n = end - start
-                frames = max(1, (n - 1) // per_frame)
-                ids.append((start, next_group + torch.clamp(torch.arange(n) // per_frame, max=frames - 1)))
-                next_group += frames
-            for start, end in runs_of(row == cfg.image_token_id):
-                offset = start
-                while offset < end:
-                    n = next(image_tokens)
-                    ids.append((offset, torch.full((n,), next_group)))
+            for start, kind, n_tokens, count in self.media(row, images):
+                if kind == "video":
+                    ids.append((start, next_group + torch.clamp(torch.arange(n_tokens) // per_frame, max=count - 1)))
+                    next_group += count
+                else:
+                    ids.append((start, torch.full((n_tokens,), next_group)))
                     next_group += 1
-                    offset += n
             ids.sort(key=lambda item: item[0])
             groups.append(torch.cat([g for _, g in ids]) if ids else torch.zeros(0, dtype=torch.long))
         return groups
@@ -82,23 +96,19 @@ class LlavaOnevisionAdapter(MLLMAdapter):
         pooled square grid; the video's one trailing newline ends the run."""
         cfg = self.model.config
         side = cfg.vision_config.image_size // cfg.vision_config.patch_size
-        pooled = -(-side // 2)
-        counts = iter(zip(front_end.get("image_tokens", []), front_end.get("image_newlines", [])))
+        pooled = math.isqrt(self.frame_tokens())
+        images = self.images(front_end)
         cells = []
         for row in input_ids:
-            parts, grids = [], 0  # (run start, cells); grid ids need only be distinct within the sample
-            for start, end in runs_of(row == cfg.video_token_id):
-                frames = max(1, (end - start - 1) // (pooled * pooled))
-                frame_cells = [grid_cells(grids + f, pooled, pooled) for f in range(frames)]
-                parts.append((start, torch.cat(frame_cells + [NO_CELL])))
-                grids += frames
-            for start, end in runs_of(row == cfg.image_token_id):
-                offset = start
-                while offset < end:
-                    n_tokens, newline_rows = next(counts)
-                    parts.append((offset, self.image_cells(grids, side, n_tokens, newline_rows)))
+            parts, grids = [], 0  # (start, cells); grid ids need only be distinct within the sample
+            for start, kind, n_tokens, count in self.media(row, images):
+                if kind == "video":
+                    frames = [grid_cells(grids + f, pooled, pooled) for f in range(count)]
+                    parts.append((start, torch.cat(frames + [NO_CELL])))
+                    grids += count
+                else:
+                    parts.append((start, self.image_cells(grids, side, n_tokens, count)))
                     grids += 2
-                    offset += n_tokens
             parts.sort(key=lambda part: part[0])
             cells.append(torch.cat([c for _, c in parts]) if parts else torch.zeros(0, 3, dtype=torch.long))
         return cells

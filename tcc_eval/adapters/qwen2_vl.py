@@ -25,27 +25,8 @@ class Qwen2VLAdapter(MLLMAdapter):
     def visual_groups(
         self, input_ids: torch.Tensor, inputs: dict[str, Any], front_end: dict[str, Any]
     ) -> list[torch.Tensor]:
-        """One group per image; one group per temporal patch (2 frames) of a video."""
-        cfg = self.model.config
-        merge = cfg.vision_config.spatial_merge_size ** 2
-        image_grids = iter(grid_list(inputs.get("image_grid_thw")))
-        video_grids = iter(grid_list(inputs.get("video_grid_thw")))
-        groups = []
-        for row in input_ids:
-            visual = (row == cfg.image_token_id) | (row == cfg.video_token_id)
-            ids, next_group = [], 0
-            for start, end in runs_of(visual):
-                if row[start] == cfg.video_token_id:
-                    t, h, w = next(video_grids)
-                    per_frame = h * w // merge
-                    ids.append(next_group + torch.arange(end - start) // per_frame)
-                    next_group += t
-                else:
-                    next(image_grids)
-                    ids.append(torch.full((end - start,), next_group))
-                    next_group += 1
-            groups.append(torch.cat(ids) if ids else torch.zeros(0, dtype=torch.long))
-        return groups
+        """One group per image; one group per temporal patch (2 frames) of a video: the token grid of each."""
+        return [cells[:, 0] for cells in self.visual_cells(input_ids, inputs, front_end)]
 
     def visual_cells(
         self, input_ids: torch.Tensor, inputs: dict[str, Any], front_end: dict[str, Any]
