@@ -71,8 +71,8 @@ BASES: dict[str, Base] = {
 
 # Method token in a model name -> tcc_eval method id.
 METHOD_TOKENS: dict[str, str] = {"TCC": "tcc", "Random": "random", "A0": "a0", "FastV": "fastv", "Oracle": "oracle",
-                                 "DivPrune": "divprune", "Uniform": "uniform", "Pool": "pool", "DART": "dart",
-                                 "PDrop": "pdrop"}
+                                 "DivPrune": "divprune", "Uniform": "uniform", "Pool": "pool", "VisionZip": "visionzip",
+                                 "DART": "dart", "PDrop": "pdrop"}
 VANILLA = "Vanilla"  # method "none": the same wrapper and code path with nothing pruned
 RATIOS: tuple[int, ...] = (75, 50, 25)
 # TCC100 keeps every visual token, so its predictions must equal Vanilla's: a cheap end-to-end check.

@@ -43,8 +43,10 @@ log = logging.getLogger("tcc_eval.aggregate")
 FRAMEWORKS = ("vlmeval", "lmms_eval")
 # model_registry.METHOD_TOKENS, restated so that reading results needs no torch (a test keeps them equal)
 METHOD_TOKENS = {"TCC": "tcc", "Random": "random", "A0": "a0", "FastV": "fastv", "Oracle": "oracle",
-                 "DivPrune": "divprune", "Uniform": "uniform", "Pool": "pool", "DART": "dart", "PDrop": "pdrop"}
-METHOD_ORDER = ("none", "tcc", "oracle", "a0", "random", "uniform", "pool", "divprune", "fastv", "dart", "pdrop")
+                 "DivPrune": "divprune", "Uniform": "uniform", "Pool": "pool", "VisionZip": "visionzip",
+                 "DART": "dart", "PDrop": "pdrop"}
+METHOD_ORDER = ("none", "tcc", "oracle", "a0", "random", "uniform", "pool", "divprune", "visionzip", "fastv", "dart",
+                "pdrop")
 MODEL_NAME_RE = re.compile(
     rf"^(?P<base>.+?)_(?:(?P<vanilla>Vanilla)|(?P<method>{'|'.join(METHOD_TOKENS)})(?P<ratio>\d{{1,3}}))$"
 )

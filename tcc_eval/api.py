@@ -10,8 +10,8 @@ import torch
 
 from .adapters import ADAPTERS
 from .flops import INSIDE_LLM_METHODS
-from .methods import (Scorer, TCCScorer, a0_scorer, check_method, divprune_scorer, pool_merger, random_scorer,
-                      uniform_scorer)
+from .methods import (Scorer, TCCScorer, VisionZip, a0_scorer, check_method, divprune_scorer, pool_merger,
+                      random_scorer, uniform_scorer)
 from .pruned import TokenPrunedModel
 
 log = logging.getLogger("tcc_eval")
@@ -122,6 +122,8 @@ def build_scorer(
         from .oracle import oracle_scorer
 
         return oracle_scorer(max_answer_tokens=max_answer_tokens)
+    if method == "visionzip":
+        raise ValueError("method 'visionzip' splits its budget by keep_ratio; build it with wrap_model")
     raise ValueError(f"method {method!r} does not prune at the LLM input")
 
 
@@ -192,6 +194,10 @@ def wrap_model(
             return PyramidDropModel(model, keep_ratio=keep_ratio, match=match, pdrop_layers=pdrop_layers)
         layer_k_model = FastVModel if method == "fastv" else DartModel
         return layer_k_model(model, keep_ratio=keep_ratio, fastv_k=fastv_k, match=match)
+    if method == "visionzip":  # its dominant / contextual split depends on the budget: scorer and merger in one
+        zip_plan = VisionZip(keep_ratio, budget)
+        return TokenPrunedModel(model, zip_plan, keep_ratio=keep_ratio, budget=budget, method=method,
+                                merger=zip_plan.merge)
     scorer = build_scorer(method, model, compressor=compressor, seed=seed, max_answer_tokens=max_answer_tokens)
     merger = pool_merger() if method == "pool" else None
     return TokenPrunedModel(model, scorer, keep_ratio=keep_ratio, budget=budget, method=method, merger=merger)
@@ -272,7 +278,7 @@ def load(
 ) -> CompressedMLLM:
     """Load a checkpoint and attach a pruning method.
 
-    method: none | random | a0 | tcc | oracle | divprune | uniform | pool | fastv | dart | pdrop;
+    method: none | random | a0 | tcc | oracle | divprune | uniform | pool | visionzip | fastv | dart | pdrop;
     keep_ratio in (0, 1];
     compressor: a trained compressor checkpoint, {modality: checkpoint} or a folder of
     ``<family>_<modality>.pt`` (required for tcc); options: ``wrap_model``'s (budget, seed, fastv_k, match,

@@ -14,7 +14,8 @@ from typing import Callable, Mapping
 import torch
 
 from .adapters.base import MLLMAdapter
-from .core import pick_order_scores
+from .adapters.base import NO_PATCHES
+from .core import check_keep_ratio, keep_count, pick_order_scores
 from .flops import INSIDE_LLM_METHODS
 from .probe import instruction_to_visual
 
@@ -31,6 +32,7 @@ class SampleView:
     visual: torch.Tensor  # (L,) bool
     groups: torch.Tensor  # (N_v,)
     cells: torch.Tensor | None = None  # (N_v, 3) (grid, row, col) of each visual token (LLMInputs.visual_cells)
+    tower_attention: torch.Tensor | None = None  # (N_v,) LLMInputs.tower_attention, when the scorer reads it
 
     @property
     def n_visual(self) -> int:
@@ -211,6 +213,94 @@ def pool_merger() -> Merger:
     return merge
 
 
+VISIONZIP_CONTEXTUAL_SHARE = 10 / 64  # VisionZip's split of its budgets: 54 + 10 of 64, 108 + 20 of 128, 162 + 30 of 192
+
+
+@dataclass
+class ZipPlan:
+    """Which visual tokens VisionZip keeps for one sample, and how the others merge into the contextual ones."""
+
+    order: torch.Tensor  # pick order: each budget group's dominant tokens (most attended first), then its contextual
+    # tokens; the tokens left over follow, most attended first, so the shared top-k keeps exactly the first picks
+    kept: torch.Tensor  # the dominant and contextual tokens, ascending
+    owner: torch.Tensor  # (N_v,) the contextual token each token merges into (itself for a contextual one); -1: none
+
+
+class VisionZip:
+    """VisionZip-style dominant + contextual tokens (Yang et al., CVPR 2025), a training-free peer that reads the
+    vision tower instead of the question. Of each budget of k tokens, the k - c most attended in the tower are the
+    dominant ones (``LLMInputs.tower_attention``; c = round(k * 10/64), VisionZip's split); c contextual tokens, evenly
+    spaced over the rest in sequence order, each take the mean embedding of itself and the rest's tokens most like
+    it (cosine). Unlike VisionZip, which merges tower features before its projector and adds the target to the mean,
+    this merges the LLM-input embeddings, so the mean keeps their scale; each kept token keeps its own position.
+
+    The split depends on k, so one instance serves one ``keep_ratio`` and ``budget``: it is both the scorer and the
+    merger of a ``TokenPrunedModel`` built with the same two."""
+
+    reads_tower_attention = True  # TokenPrunedModel captures the tower's attention for scorers that say so
+
+    def __init__(self, keep_ratio: float, budget: str = "global", contextual_share: float = VISIONZIP_CONTEXTUAL_SHARE):
+        if not 0.0 <= contextual_share < 1.0:
+            raise ValueError(f"contextual_share is the fraction of kept tokens that merge the rest, in [0, 1); "
+                             f"got {contextual_share!r} (VisionZip: 10/64)")
+        self.keep_ratio = check_keep_ratio(keep_ratio)
+        self.budget = budget
+        self.contextual_share = contextual_share
+
+    def plan(self, view: SampleView) -> ZipPlan:
+        attention = view.tower_attention
+        if attention is None:
+            raise ValueError("method 'visionzip' ranks tokens by the vision tower's attention, which this input does "
+                             "not carry; capture it with adapter.capture_llm_inputs(inputs, tower_attention=True)")
+        attention = attention.float().cpu()
+        n = attention.numel()
+        groups = view.groups.cpu() if self.budget == "per_group" else torch.zeros(n, dtype=torch.long)
+        unit = torch.nn.functional.normalize(view.inputs_embeds[0, view.visual].float(), dim=-1).cpu()
+        owner = torch.full((n,), -1, dtype=torch.long)
+        picks = []
+        for group in torch.unique(groups):
+            members = torch.nonzero(groups == group).flatten()
+            k = keep_count(members.numel(), self.keep_ratio)
+            covered = members[attention[members] > NO_PATCHES]
+            # too few tokens with patches to leave a rest (nearly everything kept): all dominant
+            n_context = min(round(k * self.contextual_share), k - 1) if covered.numel() >= k else 0
+            by_attention = members[torch.sort(attention[members], descending=True, stable=True).indices]
+            dominant = by_attention[:k - n_context]
+            rest = covered[~torch.isin(covered, dominant)]
+            targets = rest[torch.arange(0, rest.numel(), max(1, rest.numel() // max(n_context, 1)))[:n_context]]
+            merged = rest[~torch.isin(rest, targets)]
+            if targets.numel():
+                owner[targets] = targets
+                owner[merged] = targets[torch.argmax(unit[merged] @ unit[targets].T, dim=1)]
+            picks += [dominant, targets]
+        chosen = torch.cat(picks)
+        left = torch.nonzero(~torch.isin(torch.arange(n), chosen)).flatten()
+        left = left[torch.sort(attention[left], descending=True, stable=True).indices]
+        return ZipPlan(order=torch.cat([chosen, left]), kept=torch.sort(chosen).values, owner=owner)
+
+    def __call__(self, view: SampleView) -> torch.Tensor:
+        return pick_order_scores(self.plan(view).order, view.n_visual)
+
+    def merge(self, view: SampleView, kept: torch.Tensor) -> torch.Tensor:
+        """The (k, D) embeddings the kept tokens carry: dominant ones their own, contextual ones their group's mean."""
+        plan = self.plan(view)
+        if not torch.equal(kept.cpu(), plan.kept):
+            raise ValueError(f"VisionZip(keep_ratio={self.keep_ratio}, budget={self.budget!r}) was handed a selection "
+                             f"its plan did not make: build the TokenPrunedModel with the same keep_ratio and budget")
+        visual = view.inputs_embeds[0, view.visual].float()
+        slot = torch.full((plan.owner.numel(),), -1, dtype=torch.long)
+        slot[plan.kept] = torch.arange(plan.kept.numel())
+        joined = plan.owner >= 0  # contextual tokens and the tokens merged into them
+        into = slot[plan.owner[joined]].to(visual.device)
+        sums = torch.zeros(plan.kept.numel(), visual.shape[-1], device=visual.device)
+        sums.index_add_(0, into, visual[joined.to(visual.device)])
+        counts = torch.bincount(into, minlength=plan.kept.numel()).float()
+        dominant = counts == 0
+        sums[dominant] = visual[plan.kept.to(visual.device)[dominant]]
+        counts[dominant] = 1.0
+        return (sums / counts[:, None]).to(view.inputs_embeds.dtype)
+
+
 class TCCScorer:
     """The learned compressor f_theta applied to layer-0 attention; one compressor per modality."""
 
@@ -227,7 +317,7 @@ class TCCScorer:
         return self.compressors[modality].predict(view.layer0_attention())
 
 
-INPUT_STAGE_METHODS = ("none", "random", "a0", "tcc", "oracle", "divprune", "uniform", "pool")
+INPUT_STAGE_METHODS = ("none", "random", "a0", "tcc", "oracle", "divprune", "uniform", "pool", "visionzip")
 ALL_METHODS = INPUT_STAGE_METHODS + INSIDE_LLM_METHODS
 
 

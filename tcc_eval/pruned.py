@@ -97,6 +97,7 @@ class TokenPrunedModel(nn.Module):
             visual=llm.visual_mask[b, rows],
             groups=llm.visual_groups[b],
             cells=None if llm.visual_cells is None else llm.visual_cells[b],
+            tower_attention=None if llm.tower_attention is None else llm.tower_attention[b],
         )
 
     def select(self, llm: LLMInputs) -> Selection:
@@ -116,9 +117,11 @@ class TokenPrunedModel(nn.Module):
 
     def prune(self, inputs: dict[str, Any]) -> tuple[LLMInputs, Selection, tuple[torch.Tensor, ...]]:
         """Adapter -> scorer -> selection -> gather; returns the pruned (embeds, mask, position_ids)."""
-        llm = self.adapter.capture_llm_inputs(inputs)
+        prunes = self.scorer is not None and self.keep_ratio < 1.0
+        tower = prunes and getattr(self.scorer, "reads_tower_attention", False)
+        llm = self.adapter.capture_llm_inputs(inputs, tower_attention=tower)
         selection = self.select(llm)
-        embeds = llm.inputs_embeds if self.merger is None else self.merged_embeds(llm, selection)
+        embeds = self.merged_embeds(llm, selection) if prunes and self.merger is not None else llm.inputs_embeds
         pruned = gather_left_padded(embeds, llm.attention_mask, llm.position_ids, selection.kept_positions)
         return llm, selection, pruned
 

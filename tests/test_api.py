@@ -17,7 +17,7 @@ def test_bad_keep_ratio(tiny_checkpoints, ratio):
 
 def test_unknown_method(tiny_checkpoints):
     with pytest.raises(ValueError, match="unknown method 'magic'.*none, random, a0, tcc, oracle, divprune, uniform, "
-                                         "pool, fastv"):
+                                         "pool, visionzip, fastv"):
         tcc_eval.load(tiny_checkpoints["qwen2_vl"], method="magic")
 
 
@@ -151,7 +151,7 @@ def test_every_method_runs_in_the_gpu_dtypes(gpu_dtype_checkpoints, tmp_path, fa
     assert expected.dtype == torch_dtype
     assert torch.equal(vanilla.pruned.prefill_logits(**inputs), expected)
     save_compressor(tmp_path / f"{family}_image.pt", TokenCompressor(CompressorConfig()), model_meta(model), "image", {})
-    for method in ("random", "a0", "tcc", "oracle", "divprune", "uniform", "pool", "fastv", "dart"):
+    for method in ("random", "a0", "tcc", "oracle", "divprune", "uniform", "pool", "visionzip", "fastv", "dart"):
         layer_k = method in ("fastv", "dart")
         ratio = 0.75 if layer_k else 0.5  # FastV's and DART's floor on these 2-layer LLMs is K/L = 1/2
         pruned = tcc_eval.wrap_model(model, method=method, keep_ratio=ratio, compressor=tmp_path, fastv_k=1)

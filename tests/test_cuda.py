@@ -84,7 +84,7 @@ def test_load_picks_the_device_and_its_dtype(tiny_checkpoints, tiny_vila_path, c
         compressors = {"image": str(_vila_compressor(model, compressor_dir))}
     else:
         compressors = compressor_dir
-    for method in (*SCORED_METHODS, "pool", "oracle", *LAYER_K_METHODS):
+    for method in (*SCORED_METHODS, "pool", "visionzip", "oracle", *LAYER_K_METHODS):
         layer_k = method in LAYER_K_METHODS
         ratio = 0.75 if layer_k else 0.5  # FastV's and DART's floor on these 2-layer LLMs is K/L = 1/2
         pruned = tcc_eval.wrap_model(model, method=method, keep_ratio=ratio, compressor=compressors, fastv_k=1)

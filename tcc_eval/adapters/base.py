@@ -7,11 +7,14 @@ visual positions and a group id (image / frame) per visual token. Everything dow
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
 
 import torch
 from torch import nn
+
+from ..tower_attention import TowerAttentionRecorder
 
 
 @dataclass
@@ -28,6 +31,9 @@ class LLMInputs:
     # (an image, a frame, LLaVA-OV's base view or its crops) and where in it; -1 rows for tokens that cover no
     # pixels (LLaVA-OV newlines, a CLS token). None: the adapter does not know its layout.
     visual_cells: list[torch.Tensor] | None = None
+    # per sample: (N_v,) attention each visual token's patches receive in the vision tower's feature layer
+    # (tower_attention.py); NO_PATCHES for tokens that cover no patches. None unless the capture asked for it.
+    tower_attention: list[torch.Tensor] | None = None
 
     def n_visual(self, b: int) -> int:
         return int(self.visual_mask[b].sum())
@@ -86,6 +92,18 @@ class MLLMAdapter:
         (uniform, pool) need it. None unless the adapter knows its family's token layout."""
         return None
 
+    def feature_attention(self) -> nn.Module:
+        """The self-attention module of the vision-tower layer whose output the LLM's visual features come from."""
+        raise ValueError(f"{type(self).__name__} does not say where its vision tower's attention is")
+
+    def tower_attention_streams(
+        self, calls: list[torch.Tensor], inputs: dict[str, Any], front_end: dict[str, Any]
+    ) -> dict[int, torch.Tensor]:
+        """Placeholder id -> one value per placeholder of that id, in the order the model fills them (row by row),
+        from the per-patch attention each call of ``feature_attention`` received (``TowerAttentionRecorder``):
+        the patches each token covers, merged and pooled as the family merges and pools its features."""
+        raise NotImplementedError
+
     def default_position_ids(self, attention_mask: torch.Tensor) -> torch.Tensor:
         """1-D positions exactly as ``generate`` builds them from a left-padded mask."""
         pos = attention_mask.long().cumsum(-1) - 1
@@ -119,9 +137,12 @@ class MLLMAdapter:
         return captured
 
     @torch.no_grad()
-    def capture_llm_inputs(self, inputs: dict[str, Any]) -> LLMInputs:
+    def capture_llm_inputs(self, inputs: dict[str, Any], tower_attention: bool = False) -> LLMInputs:
+        """The LLM's input; ``tower_attention``: also what each visual token receives in the vision tower."""
         front_end: dict[str, Any] = {}
-        captured = self.llm_call_kwargs(inputs, front_end)
+        recorder = TowerAttentionRecorder(self.feature_attention()) if tower_attention else nullcontext()
+        with recorder:
+            captured = self.llm_call_kwargs(inputs, front_end)
         input_ids = inputs["input_ids"]
         attention_mask = inputs.get("attention_mask")
         if attention_mask is None:
@@ -132,6 +153,10 @@ class MLLMAdapter:
         elif position_ids.dim() == 3 and position_ids.shape[0] == 4:  # text row + 3 M-RoPE rows
             position_ids = position_ids[1:]
         visual_mask = self.visual_mask(input_ids)
+        received = None
+        if tower_attention:
+            streams = self.tower_attention_streams(recorder.calls, inputs, front_end)
+            received = self.scatter_streams(streams, input_ids, visual_mask)
         return LLMInputs(
             input_ids=input_ids,
             inputs_embeds=captured["inputs_embeds"],
@@ -140,7 +165,22 @@ class MLLMAdapter:
             visual_mask=visual_mask,
             visual_groups=self.visual_groups(input_ids, inputs, front_end),
             visual_cells=self.visual_cells(input_ids, inputs, front_end),
+            tower_attention=received,
         )
+
+    @staticmethod
+    def scatter_streams(
+        streams: dict[int, torch.Tensor], input_ids: torch.Tensor, visual_mask: torch.Tensor
+    ) -> list[torch.Tensor]:
+        """Per-placeholder-id values -> each sample's values over its visual tokens in sequence order."""
+        full = torch.full(input_ids.shape, NO_PATCHES, dtype=torch.float32)
+        for token_id, values in streams.items():
+            slots = input_ids.cpu() == token_id
+            if int(slots.sum()) != values.numel():
+                raise ValueError(f"the vision tower's attention covers {values.numel()} tokens, but the prompt holds "
+                                 f"{int(slots.sum())} placeholders of id {token_id}")
+            full[slots] = values.float().cpu()
+        return [full[b][visual_mask[b].cpu()] for b in range(input_ids.shape[0])]
 
     # --- running the unchanged LLM ------------------------------------------------------------
     def generate_from_embeds(
@@ -181,6 +221,7 @@ def grid_cells(grid: int, rows: int, cols: int, column_major: bool = False) -> t
 
 
 NO_CELL = torch.full((1, 3), -1)  # a visual token that covers no pixels
+NO_PATCHES = -1.0  # tower attention of a visual token that covers no patches (attention received is never < 0)
 
 
 ADAPTERS: dict[str, type[MLLMAdapter]] = {}

@@ -6,8 +6,10 @@ import math
 from typing import Any, Iterator
 
 import torch
+from torch import nn
 
-from .base import NO_CELL, MLLMAdapter, grid_cells, register_adapter, runs_of
+from ..tower_attention import encoder_layers, feature_layer_index
+from .base import NO_CELL, NO_PATCHES, MLLMAdapter, grid_cells, register_adapter, runs_of
 
 
 @register_adapter
@@ -36,6 +38,7 @@ class LlavaOnevisionAdapter(MLLMAdapter):
                 inputs.get("image_sizes"),
                 vision_feature_layer=cfg.vision_feature_layer,
                 vision_feature_select_strategy=cfg.vision_feature_select_strategy,
+                vision_aspect_ratio=cfg.vision_aspect_ratio,
                 batch_num_images=inputs.get("batch_num_images"),
                 return_dict=True,
             )
@@ -126,3 +129,50 @@ class LlavaOnevisionAdapter(MLLMAdapter):
         crops = torch.cat([grid_cells(grid + 1, newline_rows, cols).reshape(newline_rows, cols, 3),
                            NO_CELL.expand(newline_rows, 1, 3)], dim=1)
         return torch.cat([base, crops.reshape(-1, 3)])
+
+    def feature_attention(self) -> nn.Module:
+        """The attention of the SigLIP layer whose output ``vision_feature_layer`` picks."""
+        layers = encoder_layers(self.model.model.vision_tower)
+        index = feature_layer_index(self.model.config.vision_feature_layer, len(layers), "this LLaVA-OneVision")
+        return layers[index].self_attn
+
+    def tower_attention_streams(
+        self, calls: list[torch.Tensor], inputs: dict[str, Any], front_end: dict[str, Any]
+    ) -> dict[int, torch.Tensor]:
+        """``run_until_llm`` runs the tower on every image crop, then the model runs it on every video frame. The
+        per-patch values go through the model's own packing (base view, unpadded and possibly interpolated crops)
+        and frame pooling, as the features do; newlines cover no patches."""
+        cfg = self.model.config
+        inner = self.model.model
+        calls = list(calls)
+        received = [c[:, 1:] if cfg.vision_feature_select_strategy == "default" else c for c in calls]
+        newline = torch.full((1,), NO_PATCHES)
+        streams = {}
+        if inputs.get("pixel_values") is not None:
+            per_crop = received.pop(0)
+            counts = self.crops_per_image(inputs)
+            if sum(counts) != per_crop.shape[0]:
+                raise ValueError(f"LLaVA-OneVision's tower ran on {per_crop.shape[0]} image crops, expected {sum(counts)}")
+            packed, _ = inner.pack_image_features(
+                [crops[..., None] for crops in per_crop.split(counts)], inputs["image_sizes"],
+                image_newline=newline.to(per_crop), vision_aspect_ratio=cfg.vision_aspect_ratio)
+            streams[cfg.image_token_id] = torch.cat(packed).flatten()
+        if inputs.get("pixel_values_videos") is not None:
+            videos = inputs["pixel_values_videos"].shape[0]
+            pooled = inner.apply_pooling(received.pop(0)[..., None]).reshape(videos, -1)
+            streams[cfg.video_token_id] = torch.cat([pooled, newline.to(pooled).expand(videos, 1)], dim=1).flatten()
+        if received:
+            raise ValueError(f"LLaVA-OneVision's tower ran {len(calls)} times, expected once for images, once for videos")
+        return streams
+
+    def crops_per_image(self, inputs: dict[str, Any]) -> list[int]:
+        """Crops (base view included) of each image, as ``get_image_features`` splits them: anyres crops only for an
+        image alone in its sample."""
+        from transformers.models.llava_onevision.modeling_llava_onevision import image_size_to_num_patches
+
+        cfg = self.model.config
+        sizes = inputs["image_sizes"]
+        batch_num_images = inputs.get("batch_num_images")
+        alone = [True] * len(sizes) if batch_num_images is None else [n == 1 for n in batch_num_images for _ in range(n)]
+        return [image_size_to_num_patches(size, cfg.image_grid_pinpoints, cfg.vision_config.image_size) if crop else 1
+                for size, crop in zip(sizes, alone)]

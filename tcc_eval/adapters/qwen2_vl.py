@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from torch import nn
 
 from .base import MLLMAdapter, grid_cells, register_adapter, runs_of
 
@@ -46,3 +47,27 @@ class Qwen2VLAdapter(MLLMAdapter):
                 parts += [grid_cells(len(parts) + i, h // merge, w // merge) for i in range(t)]
             cells.append(torch.cat(parts) if parts else torch.zeros(0, 3, dtype=torch.long))
         return cells
+
+    def feature_attention(self) -> nn.Module:
+        """The last vision block's attention: the patch merger reads that block's output."""
+        blocks = self.model.model.visual.blocks
+        if len(blocks) == 0:
+            raise ValueError("this Qwen2-VL's vision tower has no attention blocks (vision_config.depth=0: each token "
+                             "sees only its own pixels), so there is no tower attention to rank tokens by; use a "
+                             "method that does not read the vision tower (tcc, a0, divprune, ...)")
+        return blocks[-1].attn
+
+    def tower_attention_streams(
+        self, calls: list[torch.Tensor], inputs: dict[str, Any], front_end: dict[str, Any]
+    ) -> dict[int, torch.Tensor]:
+        """The tower runs once on all images, then once on all videos; each merged token is
+        ``spatial_merge_size``^2 consecutive patches, so its value is their mean."""
+        cfg = self.model.config
+        merged = cfg.vision_config.spatial_merge_size ** 2
+        media = [(token, inputs[key]) for token, key in ((cfg.image_token_id, "pixel_values"),
+                                                         (cfg.video_token_id, "pixel_values_videos"))
+                 if inputs.get(key) is not None]
+        if [call.numel() for call in calls] != [pixels.shape[0] for _, pixels in media]:
+            raise ValueError(f"Qwen2-VL's vision tower ran on {[c.numel() for c in calls]} patches, expected "
+                             f"{[p.shape[0] for _, p in media]} (images, then videos)")
+        return {token: call.reshape(-1, merged).mean(dim=1) for (token, _), call in zip(media, calls)}

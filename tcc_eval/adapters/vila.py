@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..tower_attention import encoder_layers, feature_layer_index
 from .base import NO_CELL, MLLMAdapter, grid_cells, register_adapter, runs_of
 
 
@@ -63,3 +64,25 @@ class VilaAdapter(MLLMAdapter):
                 parts = [torch.cat([cls, grid_cells(b, patches, patches)]) for b in range(blocks)]
             cells.append(torch.cat(parts) if parts else torch.zeros(0, 3, dtype=torch.long))
         return cells
+
+    def feature_attention(self) -> nn.Module:
+        """The attention of the tower layer whose output ``mm_vision_select_layer`` picks."""
+        layers = encoder_layers(self.model.vision_tower)
+        index = feature_layer_index(self.model.config.vision_select_layer, len(layers), "this VILA checkpoint")
+        return layers[index].self_attn
+
+    def tower_attention_streams(
+        self, calls: list[torch.Tensor], inputs: dict[str, Any], front_end: dict[str, Any]
+    ) -> dict[int, torch.Tensor]:
+        """One tower call for every image and frame; ``mlp_downsample`` tokens are 2x2 patch blocks (the mean over the
+        patches a block really holds: odd grids are padded), other projectors keep one token per patch."""
+        from ..vila.modeling_vila import VilaDownsample2x2
+
+        (received,) = calls
+        if self.model.config.vision_select_feature == "patch":
+            received = received[:, 1:]
+        if self.model.config.projector_type == "mlp_downsample":
+            merge = VilaDownsample2x2()
+            patches = merge(torch.ones_like(received)[..., None]).sum(dim=-1)
+            received = merge(received[..., None]).sum(dim=-1) / patches
+        return {self.model.config.image_token_id: received.flatten()}

@@ -6,7 +6,7 @@ VILA repository at module load, so ``vila_tcc`` builds on ``VilaBaseline``, its 
 on ``tcc_eval.vila``. Our model args are popped before the upstream constructor runs (it asserts that no
 unknown kwargs are left):
 
-    method=none|random|a0|tcc|oracle|divprune|uniform|pool|fastv|dart|pdrop
+    method=none|random|a0|tcc|oracle|divprune|uniform|pool|visionzip|fastv|dart|pdrop
                                              required (none = unpruned, through the same code path)
     ratio=0.5                                fraction of visual tokens kept, required unless method=none
                                              (keep_ratio= is accepted as an alias)

@@ -1,0 +1,236 @@
+"""VisionZip-style dominant + contextual tokens: the tower attention each visual token gets equals what the tower's
+own eager attention gives its patches, and a VisionZip run equals the unpruned sequence with the dropped tokens
+masked out and each contextual token carrying its group's mean."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import FAMILIES, messages_for, model_inputs, needs_assets, random_image
+from tcc_eval import wrap_model
+from tcc_eval.adapters import adapter_for
+from tcc_eval.adapters.base import NO_PATCHES
+from tcc_eval.methods import VISIONZIP_CONTEXTUAL_SHARE, SampleView, VisionZip
+
+ALL_FAMILIES = FAMILIES + ("vila",)
+
+
+@pytest.fixture(scope="module")
+def models(loaded, tiny_vila_path):
+    """family -> (model, processor), every tower in eager attention (the reference reads its probabilities)."""
+    from tcc_eval.api import load_hf_model
+
+    vila = load_hf_model(str(tiny_vila_path), torch.device("cpu"), torch.float32, attn="eager")
+    return {**loaded, "vila": vila}
+
+
+def eager_tower_probabilities(model, family: str, inputs: dict, monkeypatch) -> list[torch.Tensor]:
+    """The feature layer's softmax attention, (images, heads, n, n) per tower call, as eager attention computes it.
+    SigLIP returns it from the attention module; Qwen2-VL's vision attention drops it, so its eager function is
+    wrapped to keep a copy."""
+    seen: list[torch.Tensor] = []
+    adapter = adapter_for(model)
+    if family == "qwen2_vl":
+        from transformers.models.qwen2_vl import modeling_qwen2_vl
+
+        eager = modeling_qwen2_vl.eager_attention_forward
+        chunks: list[torch.Tensor] = []
+
+        def keep_weights(module, *args, **kwargs):
+            output, weights = eager(module, *args, **kwargs)
+            if module is adapter.feature_attention():
+                chunks.append(weights)
+            return output, weights
+
+        monkeypatch.setattr(modeling_qwen2_vl, "eager_attention_forward", keep_weights)
+        with torch.no_grad():
+            model(**inputs)
+        return chunks  # one (1, heads, n, n) per image / frame pair
+    handle = adapter.feature_attention().register_forward_hook(lambda _m, _a, out: seen.append(out[1]))
+    try:
+        with torch.no_grad():
+            model(**inputs)
+    finally:
+        handle.remove()
+    return seen
+
+
+def expected_token_attention(family: str, probabilities: list[torch.Tensor], cells: torch.Tensor, kind: str,
+                             adapter) -> torch.Tensor:
+    """Each visual token's value from its cell: the mean attention received (over heads and queries) by the patches
+    it covers, found from the layout each family documents, not from the adapter's mapping code."""
+    received = [row for p in probabilities for row in p.mean(dim=1).mean(dim=1)]  # (n,) per image, crop or frame
+    out = torch.full((cells.shape[0],), NO_PATCHES)
+    for i, (grid, row, col) in enumerate(cells.tolist()):
+        if grid < 0:
+            continue
+        if family == "qwen2_vl":  # grid g = g-th image / frame pair; its patches come in 2x2 blocks, row-major
+            chunk = received[grid]
+            width = cells[cells[:, 0] == grid, 2].max().item() + 1
+            out[i] = chunk[4 * (row * width + col): 4 * (row * width + col) + 4].mean()
+        elif family == "llava_onevision" and kind == "video":  # frame g: 2x2 mean pooling of its 4x4 patches
+            frame = received[grid].reshape(4, 4)
+            out[i] = frame[2 * row:2 * row + 2, 2 * col:2 * col + 2].mean()
+        elif family == "llava_onevision":  # 56x112 image: grid 0 = base view (crop 0); grid 1 = crops 1, 2 side by side
+            out[i] = received[0][row * 4 + col] if grid == 0 else received[1 + col // 4][row * 4 + col % 4]
+        else:  # VILA: 3x3 patches per image, 2x2 blocks (the padded row and column hold no patch)
+            patches = received[grid].reshape(3, 3)
+            out[i] = patches[2 * row:2 * row + 2, 2 * col:2 * col + 2].mean()
+    return out
+
+
+def inputs_for(processor, family: str, kind: str) -> dict:
+    if family == "llava_onevision" and kind == "image":  # anyres: base view + two crops, no unpadding
+        messages = [{"role": "user", "content": [{"type": "image", "image": random_image(56, 112, 5)},
+                                                 {"type": "text", "text": "What color is the circle?"}]}]
+        return model_inputs(processor, messages)
+    return model_inputs(processor, messages_for(kind, seed=5))
+
+
+@pytest.mark.parametrize("family", ALL_FAMILIES)
+@pytest.mark.parametrize("kind", ("image", "multi_image", "video"))
+def test_tower_attention_equals_the_feature_layers_eager_attention(models, family, kind, monkeypatch):
+    if family == "llava_onevision" and kind == "multi_image":
+        pytest.skip("images of a multi-image LLaVA-OV prompt are base views only: covered by the video's frames")
+    model, processor = models[family]
+    inputs = inputs_for(processor, family, kind)
+    adapter = adapter_for(model)
+    llm = adapter.capture_llm_inputs(inputs, tower_attention=True)
+    cells = llm.visual_cells[0]
+    expected = expected_token_attention(family, eager_tower_probabilities(model, family, inputs, monkeypatch), cells,
+                                        kind, adapter)
+    got = llm.tower_attention[0]
+    assert got.shape == (llm.n_visual(0),)
+    assert torch.equal(got == NO_PATCHES, cells[:, 0] < 0)  # exactly the newline tokens cover no patches
+    assert (got - expected).abs().max().item() < 1e-6
+    assert adapter.capture_llm_inputs(inputs).tower_attention is None  # only captured when asked for
+
+
+def synthetic_view(attention: list[float], embeds: torch.Tensor, groups: list[int] | None = None) -> SampleView:
+    n = len(attention)
+    return SampleView(adapter=None, input_ids=torch.zeros(n, dtype=torch.long), inputs_embeds=embeds[None],
+                      attention_mask=torch.ones(1, n), position_ids=torch.arange(n)[None],
+                      visual=torch.ones(n, dtype=torch.bool),
+                      groups=torch.tensor(groups or [0] * n), tower_attention=torch.tensor(attention))
+
+
+def test_plan_keeps_the_most_attended_and_spreads_the_contextual_tokens():
+    """64 tokens at 50%: k = 32, c = round(32 * 10/64) = 5; the 27 most attended are dominant; the 5 contextual tokens
+    are every 7th of the 37 others (37 // 5 = 7), in sequence order; each other token joins the one it is most like."""
+    torch.manual_seed(0)
+    attention = torch.randperm(64).float().tolist()
+    embeds = torch.randn(64, 8)
+    plan = VisionZip(0.5).plan(synthetic_view(attention, embeds))
+    dominant = sorted(range(64), key=lambda i: -attention[i])[:27]
+    others = [i for i in range(64) if i not in dominant]
+    contextual = others[0:35:7]
+    assert plan.order[:27].tolist() == dominant and plan.order[27:32].tolist() == contextual
+    assert plan.kept.tolist() == sorted(dominant + contextual)
+    unit = torch.nn.functional.normalize(embeds, dim=-1)
+    for i in range(64):
+        if i in dominant:
+            assert plan.owner[i] == -1
+        elif i in contextual:
+            assert plan.owner[i] == i
+        else:
+            assert plan.owner[i] == max(contextual, key=lambda t: float(unit[i] @ unit[t]))
+    assert round(32 * VISIONZIP_CONTEXTUAL_SHARE) == 5
+
+
+def test_plan_per_group_budget_and_tokens_without_patches():
+    """per_group: each frame of 16 keeps round(16 * 0.5) = 8 (7 dominant + 1 contextual); a token without patches
+    (a newline) is never contextual nor merged; keeping almost everything leaves no rest to merge."""
+    attention = [float(i % 16) for i in range(32)] + [NO_PATCHES]
+    embeds = torch.randn(33, 4)
+    view = synthetic_view(attention, embeds, groups=[0] * 16 + [1] * 17)
+    plan = VisionZip(0.5, budget="per_group").plan(view)
+    for frame, k in ((range(16), 8), (range(16, 33), 9)):  # k = round(n * 0.5), halves up
+        kept = [i for i in plan.kept.tolist() if i in frame]
+        contextual = [i for i in kept if plan.owner[i] == i]
+        assert len(kept) == k and len(contextual) == 1  # round(8 * 10/64) = round(9 * 10/64) = 1
+        assert min(attention[i] for i in kept if i not in contextual) >= max(
+            attention[i] for i in frame if i not in kept)  # the dominant ones are the frame's most attended
+    assert plan.owner[32] == -1 and 32 not in plan.kept.tolist()
+    everything = VisionZip(1.0).plan(view)
+    assert everything.kept.tolist() == list(range(33)) and (everything.owner == -1).all()
+
+
+def reference_logits(model, adapter, inputs, ratio: float, share: float) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Independent of VisionZip's code: rank by the captured tower attention, pick and merge with plain loops, then
+    run the unpruned sequence with dropped tokens masked and contextual tokens carrying their means. Also returns
+    the kept positions and how many tokens were merged into contextual ones."""
+    llm = adapter.capture_llm_inputs(inputs, tower_attention=True)
+    attention = llm.tower_attention[0].tolist()
+    n = len(attention)
+    k = max(1, int(ratio * n + 0.5))
+    covered = [i for i in range(n) if attention[i] != NO_PATCHES]
+    c = min(round(k * share), k - 1) if len(covered) >= k else 0
+    dominant = sorted(range(n), key=lambda i: (-attention[i], i))[:k - c]
+    rest = [i for i in covered if i not in dominant]
+    contextual = [rest[j] for j in range(0, len(rest), max(1, len(rest) // max(c, 1)))][:c]
+    visual_rows = torch.nonzero(llm.visual_mask[0]).flatten()
+    vis = llm.inputs_embeds[0, visual_rows]
+    unit = torch.nn.functional.normalize(vis, dim=-1)
+    members = {t: [t] for t in contextual}
+    for i in rest if contextual else ():  # without contextual tokens the rest is dropped
+        if i not in contextual:
+            members[max(contextual, key=lambda t: (float(unit[i] @ unit[t]), -contextual.index(t)))].append(i)
+    embeds = llm.inputs_embeds.clone()
+    for t, group in members.items():
+        embeds[0, visual_rows[t]] = vis[group].mean(dim=0)
+    kept_rows = visual_rows[sorted(dominant + contextual)]
+    keep = ~llm.visual_mask[0]
+    keep[kept_rows] = True
+    kept_positions = torch.nonzero(keep & llm.attention_mask[0].bool()).flatten()
+    mask = torch.zeros_like(llm.attention_mask)
+    mask[0, kept_positions] = 1
+    with torch.no_grad():
+        logits = adapter.forward_from_embeds(embeds, mask, llm.position_ids).logits[0, kept_positions]
+    return logits, kept_positions, sum(len(group) - 1 for group in members.values())
+
+
+@pytest.mark.parametrize("family", ALL_FAMILIES)
+@pytest.mark.parametrize("kind", ("image", "video"))
+def test_visionzip_equals_masked_reference_with_contextual_means(models, family, kind):
+    model, processor = models[family]
+    inputs = inputs_for(processor, family, kind)
+    vanilla = wrap_model(model, method="visionzip", keep_ratio=1.0)
+    with torch.no_grad():
+        assert torch.equal(vanilla.prefill_logits(**inputs), model(**inputs).logits)
+    ratio = 0.5
+    pruned = wrap_model(model, method="visionzip", keep_ratio=ratio)
+    logits = pruned.prefill_logits(**inputs)[0]
+    reference, kept_positions, merged = reference_logits(model, pruned.adapter, inputs, ratio, VISIONZIP_CONTEXTUAL_SHARE)
+    assert torch.equal(pruned.last_selection.kept_positions[0], kept_positions)
+    assert (logits - reference).abs().max().item() < 1e-4
+    k = max(1, int(ratio * pruned.last_selection.visual_before[0] + 0.5))
+    assert (merged > 0) == (round(k * VISIONZIP_CONTEXTUAL_SHARE) >= 1)  # VILA's 4-token image keeps 2: no context
+
+
+def test_visionzip_errors_name_the_problem(models):
+    model, processor = models["qwen2_vl"]
+    inputs = model_inputs(processor, messages_for("image"))
+    with pytest.raises(ValueError, match="contextual_share"):
+        VisionZip(0.5, contextual_share=1.0)
+    pruned = wrap_model(model, method="visionzip", keep_ratio=0.5)
+    pruned.merger = VisionZip(0.25).merge  # a merger built for another budget
+    with pytest.raises(ValueError, match="same keep_ratio and budget"):
+        pruned.prefill_logits(**inputs)
+    llm = pruned.adapter.capture_llm_inputs(inputs)
+    with pytest.raises(ValueError, match="tower_attention=True"):
+        VisionZip(0.5)(pruned.sample_view(llm, 0))
+
+
+@needs_assets
+@pytest.mark.parametrize("family, message", [("qwen2_vl", "depth=0"), ("llava_onevision", "patch embeddings"),
+                                             ("vila", "patch embeddings")])
+def test_demo_towers_without_mixing_refuse_visionzip(family, message):
+    """The demo's front ends cannot mix tokens by design, so they have no tower attention to rank by."""
+    from tcc_eval import demo
+    from tcc_eval.api import load_hf_model
+
+    model, processor = load_hf_model(demo.paths()[family]["model"], torch.device("cpu"), torch.float32)
+    inputs = model_inputs(processor, messages_for("image"))
+    with pytest.raises(ValueError, match=message):
+        wrap_model(model, method="visionzip", keep_ratio=0.25).prefill_logits(**inputs)
