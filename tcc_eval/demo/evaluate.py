@@ -102,6 +102,7 @@ class RecordingScorer:
 
     def __init__(self, scorer: Callable):
         self.scorer = scorer
+        self.reads_tower_attention = getattr(scorer, "reads_tower_attention", False)
         self.cache: dict[str, torch.Tensor] = {}
         self.calls: list[torch.Tensor] = []
 
@@ -212,7 +213,7 @@ def evaluate_model(
                 if method == "tcc" and compressor is None:
                     raise ValueError("method tcc needs a compressor path")
                 pruned = wrap_model(model, method=method, keep_ratio=ratio, compressor=compressor)
-                if recorder is None:
+                if recorder is None or method == "visionzip":  # VisionZip's scores depend on the budget
                     recorder = RecordingScorer(pruned.scorer)
                 pruned.scorer = recorder
                 recorder.calls = []
