@@ -33,6 +33,7 @@ class SampleView:
     groups: torch.Tensor  # (N_v,)
     cells: torch.Tensor | None = None  # (N_v, 3) (grid, row, col) of each visual token (LLMInputs.visual_cells)
     tower_attention: torch.Tensor | None = None  # (N_v,) LLMInputs.tower_attention, when the scorer reads it
+    tower_keys: torch.Tensor | None = None  # (N_v, d) LLMInputs.tower_keys, likewise
 
     @property
     def n_visual(self) -> int:
@@ -231,8 +232,9 @@ class VisionZip:
     vision tower instead of the question. Of each budget of k tokens, the k - c most attended in the tower are the
     dominant ones (``LLMInputs.tower_attention``; c = round(k * 10/64), VisionZip's split); c contextual tokens, evenly
     spaced over the rest in sequence order, each take the mean embedding of itself and the rest's tokens most like
-    it (cosine). Unlike VisionZip, which merges tower features before its projector and adds the target to the mean,
-    this merges the LLM-input embeddings, so the mean keeps their scale; each kept token keeps its own position.
+    it (cosine of the same layer's head-averaged keys, VisionZip's metric). Unlike VisionZip, which merges tower
+    features before its projector and adds the target to the mean, this merges the LLM-input embeddings, so the
+    mean keeps their scale; each kept token keeps its own position.
 
     The split depends on k, so one instance serves one ``keep_ratio`` and ``budget``: it is both the scorer and the
     merger of a ``TokenPrunedModel`` built with the same two."""
@@ -249,13 +251,13 @@ class VisionZip:
 
     def plan(self, view: SampleView) -> ZipPlan:
         attention = view.tower_attention
-        if attention is None:
+        if attention is None or view.tower_keys is None:
             raise ValueError("method 'visionzip' ranks tokens by the vision tower's attention, which this input does "
                              "not carry; capture it with adapter.capture_llm_inputs(inputs, tower_attention=True)")
         attention = attention.float().cpu()
         n = attention.numel()
         groups = view.groups.cpu() if self.budget == "per_group" else torch.zeros(n, dtype=torch.long)
-        unit = torch.nn.functional.normalize(view.inputs_embeds[0, view.visual].float(), dim=-1).cpu()
+        unit = torch.nn.functional.normalize(view.tower_keys.float(), dim=-1).cpu()
         owner = torch.full((n,), -1, dtype=torch.long)
         picks = []
         for group in torch.unique(groups):

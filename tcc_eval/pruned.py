@@ -98,6 +98,7 @@ class TokenPrunedModel(nn.Module):
             groups=llm.visual_groups[b],
             cells=None if llm.visual_cells is None else llm.visual_cells[b],
             tower_attention=None if llm.tower_attention is None else llm.tower_attention[b],
+            tower_keys=None if llm.tower_keys is None else llm.tower_keys[b],
         )
 
     def select(self, llm: LLMInputs) -> Selection:

@@ -6,7 +6,9 @@ families here (Qwen2-VL's ViT, SigLIP) have none, so a patch's score is the atte
 heads and over every query patch of its own image, crop or frame (as VisionZip and VisPruner do for such towers).
 
 The probabilities are recomputed from the inputs a forward pre-hook sees, query block by query block, so nothing
-in the tower changes and no N x N map per head is ever held (an sdpa or flash tower returns none anyway).
+in the tower changes and no N x N map per head is ever held (an sdpa or flash tower returns none anyway). The same
+layer's keys, averaged over heads, are VisionZip's measure of which patches are alike; they travel with the
+attention as further channels, so every family maps both to its LLM tokens in one pass.
 """
 
 from __future__ import annotations
@@ -36,35 +38,45 @@ def _split_heads(states: torch.Tensor, heads: int) -> torch.Tensor:
     return states.unflatten(-1, (heads, -1)).transpose(-3, -2)
 
 
-def received_attention(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> torch.Tensor:
-    """The attention each patch receives in one call of a vision self-attention ``module``, from the call's inputs:
-    (images, patches) for a batched SigLIP / CLIP layer, (patches,) for Qwen2-VL's packed layer (one image or
-    frame pair per ``cu_seqlens`` span)."""
+def _head_mean(states: torch.Tensor, heads: int) -> torch.Tensor:
+    """(..., n, heads * d) -> (..., n, d): VisionZip's similarity metric is the layer's keys averaged over heads."""
+    return states.unflatten(-1, (heads, -1)).mean(dim=-2)
+
+
+def tower_signals(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> torch.Tensor:
+    """What one call of a vision self-attention ``module`` tells about each patch, from the call's inputs: channel 0
+    the attention the patch receives, channels 1: its key averaged over heads (before rotary). (images, patches, 1 +
+    d) for a batched SigLIP / CLIP layer, (patches, 1 + d) for Qwen2-VL's packed layer (one image or frame pair per
+    ``cu_seqlens`` span)."""
     hidden = args[0] if args else kwargs["hidden_states"]
     if hasattr(module, "qkv"):  # Qwen2-VL VisionAttention: fused qkv, 2-D rotary, images packed along one axis
         from transformers.models.qwen2_vl.modeling_qwen2_vl import apply_rotary_pos_emb_vision
 
         query, key, _ = module.qkv(hidden).reshape(hidden.shape[0], 3, module.num_heads, -1).unbind(1)
+        keys = key.float().mean(dim=1)
         cos, sin = kwargs["position_embeddings"]
         query, key = apply_rotary_pos_emb_vision(query, key, cos, sin)
         bounds = kwargs["cu_seqlens"].tolist()
-        return torch.cat([
+        received = torch.cat([
             mean_received(query[a:b].transpose(0, 1), key[a:b].transpose(0, 1), module.scaling)
             for a, b in zip(bounds[:-1], bounds[1:])
         ])
+        return torch.cat([received[:, None], keys], dim=-1)
     if hasattr(module, "q_proj") and hasattr(module, "k_proj"):  # SigLIP / CLIP: one image per batch row
         if kwargs.get("attention_mask") is not None:
             raise ValueError(f"{type(module).__name__} was called with an attention mask; tower attention scoring "
                              f"covers towers that attend over whole images")
+        projected = module.k_proj(hidden)
         query = _split_heads(module.q_proj(hidden), module.num_heads)
-        key = _split_heads(module.k_proj(hidden), module.num_heads)
-        return torch.stack([mean_received(q, k, module.scale) for q, k in zip(query, key)])
+        key = _split_heads(projected, module.num_heads)
+        received = torch.stack([mean_received(q, k, module.scale) for q, k in zip(query, key)])
+        return torch.cat([received[..., None], _head_mean(projected.float(), module.num_heads)], dim=-1)
     raise ValueError(f"cannot read attention from a {type(module).__name__} vision layer (known: Qwen2-VL's "
                      f"VisionAttention, SigLIP and CLIP attention)")
 
 
 class TowerAttentionRecorder:
-    """While open, records ``received_attention`` for every call of ``module``, in call order."""
+    """While open, records ``tower_signals`` for every call of ``module``, in call order."""
 
     def __init__(self, module: nn.Module):
         self.module = module
@@ -73,7 +85,7 @@ class TowerAttentionRecorder:
 
     def _record(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         with torch.no_grad():
-            self.calls.append(received_attention(module, args, kwargs))
+            self.calls.append(tower_signals(module, args, kwargs))
 
     def __enter__(self) -> "TowerAttentionRecorder":
         self._handle = self.module.register_forward_pre_hook(self._record, with_kwargs=True)

@@ -25,58 +25,69 @@ def models(loaded, tiny_vila_path):
     return {**loaded, "vila": vila}
 
 
-def eager_tower_probabilities(model, family: str, inputs: dict, monkeypatch) -> list[torch.Tensor]:
-    """The feature layer's softmax attention, (images, heads, n, n) per tower call, as eager attention computes it.
-    SigLIP returns it from the attention module; Qwen2-VL's vision attention drops it, so its eager function is
-    wrapped to keep a copy."""
-    seen: list[torch.Tensor] = []
+def eager_tower_reference(model, family: str, inputs: dict, monkeypatch) -> list[torch.Tensor]:
+    """Per image, crop or frame (in tower order): (n, 1 + d), the attention each patch receives in the feature
+    layer (the mean over heads and queries of eager attention's softmax) and the layer's keys averaged over heads.
+    SigLIP returns its probabilities; Qwen2-VL's vision attention drops them, so its eager function is wrapped to
+    keep a copy. The keys are the layer's k projection of the input a pre-hook sees."""
     adapter = adapter_for(model)
+    layer = adapter.feature_attention()
+    probabilities: list[torch.Tensor] = []  # (images, heads, n, n) per call
+    keys: list[torch.Tensor] = []  # (n, d) per image
+    heads = layer.num_heads
+
+    def keep_keys(module, args, kwargs):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        if family == "qwen2_vl":
+            per_patch = module.qkv(hidden).reshape(hidden.shape[0], 3, heads, -1)[:, 1].mean(dim=1)
+            bounds = kwargs["cu_seqlens"].tolist()
+            keys.extend(per_patch[a:b] for a, b in zip(bounds[:-1], bounds[1:]))
+        else:
+            keys.extend(module.k_proj(hidden).reshape(*hidden.shape[:2], heads, -1).mean(dim=2))
+
+    handles = [layer.register_forward_pre_hook(keep_keys, with_kwargs=True)]
     if family == "qwen2_vl":
         from transformers.models.qwen2_vl import modeling_qwen2_vl
 
         eager = modeling_qwen2_vl.eager_attention_forward
-        chunks: list[torch.Tensor] = []
 
         def keep_weights(module, *args, **kwargs):
             output, weights = eager(module, *args, **kwargs)
-            if module is adapter.feature_attention():
-                chunks.append(weights)
+            if module is layer:
+                probabilities.append(weights)
             return output, weights
 
         monkeypatch.setattr(modeling_qwen2_vl, "eager_attention_forward", keep_weights)
-        with torch.no_grad():
-            model(**inputs)
-        return chunks  # one (1, heads, n, n) per image / frame pair
-    handle = adapter.feature_attention().register_forward_hook(lambda _m, _a, out: seen.append(out[1]))
+    else:
+        handles.append(layer.register_forward_hook(lambda _m, _a, out: probabilities.append(out[1])))
     try:
         with torch.no_grad():
             model(**inputs)
     finally:
-        handle.remove()
-    return seen
+        for handle in handles:
+            handle.remove()
+    received = [row for p in probabilities for row in p.mean(dim=1).mean(dim=1)]
+    assert len(received) == len(keys)
+    return [torch.cat([r[:, None], k], dim=-1) for r, k in zip(received, keys)]
 
 
-def expected_token_attention(family: str, probabilities: list[torch.Tensor], cells: torch.Tensor, kind: str,
-                             adapter) -> torch.Tensor:
-    """Each visual token's value from its cell: the mean attention received (over heads and queries) by the patches
-    it covers, found from the layout each family documents, not from the adapter's mapping code."""
-    received = [row for p in probabilities for row in p.mean(dim=1).mean(dim=1)]  # (n,) per image, crop or frame
-    out = torch.full((cells.shape[0],), NO_PATCHES)
+def expected_per_token(family: str, per_image: list[torch.Tensor], cells: torch.Tensor, kind: str) -> torch.Tensor:
+    """Each visual token's row from its cell: the mean over the patches it covers, found from the layout each
+    family documents, not from the adapter's mapping code; NO_PATCHES rows for tokens without a cell."""
+    out = torch.full((cells.shape[0], per_image[0].shape[-1]), NO_PATCHES)
     for i, (grid, row, col) in enumerate(cells.tolist()):
         if grid < 0:
             continue
         if family == "qwen2_vl":  # grid g = g-th image / frame pair; its patches come in 2x2 blocks, row-major
-            chunk = received[grid]
             width = cells[cells[:, 0] == grid, 2].max().item() + 1
-            out[i] = chunk[4 * (row * width + col): 4 * (row * width + col) + 4].mean()
+            block = row * width + col
+            out[i] = per_image[grid][4 * block:4 * block + 4].mean(dim=0)
         elif family == "llava_onevision" and kind == "video":  # frame g: 2x2 mean pooling of its 4x4 patches
-            frame = received[grid].reshape(4, 4)
-            out[i] = frame[2 * row:2 * row + 2, 2 * col:2 * col + 2].mean()
+            out[i] = per_image[grid].reshape(4, 4, -1)[2 * row:2 * row + 2, 2 * col:2 * col + 2].mean(dim=(0, 1))
         elif family == "llava_onevision":  # 56x112 image: grid 0 = base view (crop 0); grid 1 = crops 1, 2 side by side
-            out[i] = received[0][row * 4 + col] if grid == 0 else received[1 + col // 4][row * 4 + col % 4]
+            out[i] = per_image[0][row * 4 + col] if grid == 0 else per_image[1 + col // 4][row * 4 + col % 4]
         else:  # VILA: 3x3 patches per image, 2x2 blocks (the padded row and column hold no patch)
-            patches = received[grid].reshape(3, 3)
-            out[i] = patches[2 * row:2 * row + 2, 2 * col:2 * col + 2].mean()
+            out[i] = per_image[grid].reshape(3, 3, -1)[2 * row:2 * row + 2, 2 * col:2 * col + 2].mean(dim=(0, 1))
     return out
 
 
@@ -98,36 +109,38 @@ def test_tower_attention_equals_the_feature_layers_eager_attention(models, famil
     adapter = adapter_for(model)
     llm = adapter.capture_llm_inputs(inputs, tower_attention=True)
     cells = llm.visual_cells[0]
-    expected = expected_token_attention(family, eager_tower_probabilities(model, family, inputs, monkeypatch), cells,
-                                        kind, adapter)
+    expected = expected_per_token(family, eager_tower_reference(model, family, inputs, monkeypatch), cells, kind)
     got = llm.tower_attention[0]
     assert got.shape == (llm.n_visual(0),)
     assert torch.equal(got == NO_PATCHES, cells[:, 0] < 0)  # exactly the newline tokens cover no patches
-    assert (got - expected).abs().max().item() < 1e-6
+    assert (got - expected[:, 0]).abs().max().item() < 1e-6
+    covered = cells[:, 0] >= 0
+    assert (llm.tower_keys[0][covered] - expected[covered, 1:]).abs().max().item() < 1e-5
     assert adapter.capture_llm_inputs(inputs).tower_attention is None  # only captured when asked for
 
 
-def synthetic_view(attention: list[float], embeds: torch.Tensor, groups: list[int] | None = None) -> SampleView:
+def synthetic_view(attention: list[float], keys: torch.Tensor, groups: list[int] | None = None) -> SampleView:
     n = len(attention)
-    return SampleView(adapter=None, input_ids=torch.zeros(n, dtype=torch.long), inputs_embeds=embeds[None],
+    return SampleView(adapter=None, input_ids=torch.zeros(n, dtype=torch.long), inputs_embeds=torch.randn(1, n, 4),
                       attention_mask=torch.ones(1, n), position_ids=torch.arange(n)[None],
-                      visual=torch.ones(n, dtype=torch.bool),
-                      groups=torch.tensor(groups or [0] * n), tower_attention=torch.tensor(attention))
+                      visual=torch.ones(n, dtype=torch.bool), groups=torch.tensor(groups or [0] * n),
+                      tower_attention=torch.tensor(attention), tower_keys=keys)
 
 
 def test_plan_keeps_the_most_attended_and_spreads_the_contextual_tokens():
     """64 tokens at 50%: k = 32, c = round(32 * 10/64) = 5; the 27 most attended are dominant; the 5 contextual tokens
-    are every 7th of the 37 others (37 // 5 = 7), in sequence order; each other token joins the one it is most like."""
+    are every 7th of the 37 others (37 // 5 = 7), in sequence order; each other token joins the one whose tower key it
+    is most like (cosine)."""
     torch.manual_seed(0)
     attention = torch.randperm(64).float().tolist()
-    embeds = torch.randn(64, 8)
-    plan = VisionZip(0.5).plan(synthetic_view(attention, embeds))
+    keys = torch.randn(64, 8)
+    plan = VisionZip(0.5).plan(synthetic_view(attention, keys))
     dominant = sorted(range(64), key=lambda i: -attention[i])[:27]
     others = [i for i in range(64) if i not in dominant]
     contextual = others[0:35:7]
     assert plan.order[:27].tolist() == dominant and plan.order[27:32].tolist() == contextual
     assert plan.kept.tolist() == sorted(dominant + contextual)
-    unit = torch.nn.functional.normalize(embeds, dim=-1)
+    unit = torch.nn.functional.normalize(keys, dim=-1)
     for i in range(64):
         if i in dominant:
             assert plan.owner[i] == -1
@@ -142,8 +155,7 @@ def test_plan_per_group_budget_and_tokens_without_patches():
     """per_group: each frame of 16 keeps round(16 * 0.5) = 8 (7 dominant + 1 contextual); a token without patches
     (a newline) is never contextual nor merged; keeping almost everything leaves no rest to merge."""
     attention = [float(i % 16) for i in range(32)] + [NO_PATCHES]
-    embeds = torch.randn(33, 4)
-    view = synthetic_view(attention, embeds, groups=[0] * 16 + [1] * 17)
+    view = synthetic_view(attention, torch.randn(33, 4), groups=[0] * 16 + [1] * 17)
     plan = VisionZip(0.5, budget="per_group").plan(view)
     for frame, k in ((range(16), 8), (range(16, 33), 9)):  # k = round(n * 0.5), halves up
         kept = [i for i in plan.kept.tolist() if i in frame]
@@ -157,7 +169,8 @@ def test_plan_per_group_budget_and_tokens_without_patches():
 
 
 def reference_logits(model, adapter, inputs, ratio: float, share: float) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Independent of VisionZip's code: rank by the captured tower attention, pick and merge with plain loops, then
+    """Independent of VisionZip's code: rank by the captured tower attention, pick with plain loops, merge by the
+    captured tower keys, then
     run the unpruned sequence with dropped tokens masked and contextual tokens carrying their means. Also returns
     the kept positions and how many tokens were merged into contextual ones."""
     llm = adapter.capture_llm_inputs(inputs, tower_attention=True)
@@ -171,7 +184,7 @@ def reference_logits(model, adapter, inputs, ratio: float, share: float) -> tupl
     contextual = [rest[j] for j in range(0, len(rest), max(1, len(rest) // max(c, 1)))][:c]
     visual_rows = torch.nonzero(llm.visual_mask[0]).flatten()
     vis = llm.inputs_embeds[0, visual_rows]
-    unit = torch.nn.functional.normalize(vis, dim=-1)
+    unit = torch.nn.functional.normalize(llm.tower_keys[0], dim=-1)
     members = {t: [t] for t in contextual}
     for i in rest if contextual else ():  # without contextual tokens the rest is dropped
         if i not in contextual:

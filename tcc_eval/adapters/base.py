@@ -34,6 +34,7 @@ class LLMInputs:
     # per sample: (N_v,) attention each visual token's patches receive in the vision tower's feature layer
     # (tower_attention.py); NO_PATCHES for tokens that cover no patches. None unless the capture asked for it.
     tower_attention: list[torch.Tensor] | None = None
+    tower_keys: list[torch.Tensor] | None = None  # per sample: (N_v, d) that layer's keys, head-averaged, per token
 
     def n_visual(self, b: int) -> int:
         return int(self.visual_mask[b].sum())
@@ -99,9 +100,9 @@ class MLLMAdapter:
     def tower_attention_streams(
         self, calls: list[torch.Tensor], inputs: dict[str, Any], front_end: dict[str, Any]
     ) -> dict[int, torch.Tensor]:
-        """Placeholder id -> one value per placeholder of that id, in the order the model fills them (row by row),
-        from the per-patch attention each call of ``feature_attention`` received (``TowerAttentionRecorder``):
-        the patches each token covers, merged and pooled as the family merges and pools its features."""
+        """Placeholder id -> one row per placeholder of that id, in the order the model fills them (row by row),
+        from the per-patch channels each call of ``feature_attention`` gave (``tower_signals``): the mean over the
+        patches each token covers, merged and pooled as the family merges and pools its features."""
         raise NotImplementedError
 
     def default_position_ids(self, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -153,10 +154,10 @@ class MLLMAdapter:
         elif position_ids.dim() == 3 and position_ids.shape[0] == 4:  # text row + 3 M-RoPE rows
             position_ids = position_ids[1:]
         visual_mask = self.visual_mask(input_ids)
-        received = None
+        signals = None
         if tower_attention:
             streams = self.tower_attention_streams(recorder.calls, inputs, front_end)
-            received = self.scatter_streams(streams, input_ids, visual_mask)
+            signals = self.scatter_streams(streams, input_ids, visual_mask)
         return LLMInputs(
             input_ids=input_ids,
             inputs_embeds=captured["inputs_embeds"],
@@ -165,21 +166,23 @@ class MLLMAdapter:
             visual_mask=visual_mask,
             visual_groups=self.visual_groups(input_ids, inputs, front_end),
             visual_cells=self.visual_cells(input_ids, inputs, front_end),
-            tower_attention=received,
+            tower_attention=None if signals is None else [s[:, 0] for s in signals],
+            tower_keys=None if signals is None else [s[:, 1:] for s in signals],
         )
 
     @staticmethod
     def scatter_streams(
         streams: dict[int, torch.Tensor], input_ids: torch.Tensor, visual_mask: torch.Tensor
     ) -> list[torch.Tensor]:
-        """Per-placeholder-id values -> each sample's values over its visual tokens in sequence order."""
-        full = torch.full(input_ids.shape, NO_PATCHES, dtype=torch.float32)
-        for token_id, values in streams.items():
+        """Per-placeholder-id rows -> each sample's rows over its visual tokens in sequence order."""
+        channels = next(iter(streams.values())).shape[-1]
+        full = torch.full((*input_ids.shape, channels), NO_PATCHES, dtype=torch.float32)
+        for token_id, rows in streams.items():
             slots = input_ids.cpu() == token_id
-            if int(slots.sum()) != values.numel():
-                raise ValueError(f"the vision tower's attention covers {values.numel()} tokens, but the prompt holds "
+            if int(slots.sum()) != rows.shape[0]:
+                raise ValueError(f"the vision tower's attention covers {rows.shape[0]} tokens, but the prompt holds "
                                  f"{int(slots.sum())} placeholders of id {token_id}")
-            full[slots] = values.float().cpu()
+            full[slots] = rows.float().cpu()
         return [full[b][visual_mask[b].cpu()] for b in range(input_ids.shape[0])]
 
     # --- running the unchanged LLM ------------------------------------------------------------

@@ -141,26 +141,27 @@ class LlavaOnevisionAdapter(MLLMAdapter):
     ) -> dict[int, torch.Tensor]:
         """``run_until_llm`` runs the tower on every image crop, then the model runs it on every video frame. The
         per-patch values go through the model's own packing (base view, unpadded and possibly interpolated crops)
-        and frame pooling, as the features do; newlines cover no patches."""
+        and frame pooling, as the features do (bilinear where they are interpolated); newlines cover no patches."""
         cfg = self.model.config
         inner = self.model.model
         calls = list(calls)
         received = [c[:, 1:] if cfg.vision_feature_select_strategy == "default" else c for c in calls]
-        newline = torch.full((1,), NO_PATCHES)
+        newline = torch.full((calls[0].shape[-1],), NO_PATCHES) if calls else None
         streams = {}
         if inputs.get("pixel_values") is not None:
             per_crop = received.pop(0)
             counts = self.crops_per_image(inputs)
             if sum(counts) != per_crop.shape[0]:
                 raise ValueError(f"LLaVA-OneVision's tower ran on {per_crop.shape[0]} image crops, expected {sum(counts)}")
-            packed, _ = inner.pack_image_features(
-                [crops[..., None] for crops in per_crop.split(counts)], inputs["image_sizes"],
-                image_newline=newline.to(per_crop), vision_aspect_ratio=cfg.vision_aspect_ratio)
-            streams[cfg.image_token_id] = torch.cat(packed).flatten()
+            packed, _ = inner.pack_image_features(list(per_crop.split(counts)), inputs["image_sizes"],
+                                                  image_newline=newline.to(per_crop),
+                                                  vision_aspect_ratio=cfg.vision_aspect_ratio)
+            streams[cfg.image_token_id] = torch.cat(packed)
         if inputs.get("pixel_values_videos") is not None:
             videos = inputs["pixel_values_videos"].shape[0]
-            pooled = inner.apply_pooling(received.pop(0)[..., None]).reshape(videos, -1)
-            streams[cfg.video_token_id] = torch.cat([pooled, newline.to(pooled).expand(videos, 1)], dim=1).flatten()
+            pooled = inner.apply_pooling(received.pop(0)).reshape(videos, -1, newline.numel())
+            ends = newline.to(pooled).expand(videos, 1, -1)
+            streams[cfg.video_token_id] = torch.cat([pooled, ends], dim=1).flatten(0, 1)
         if received:
             raise ValueError(f"LLaVA-OneVision's tower ran {len(calls)} times, expected once for images, once for videos")
         return streams

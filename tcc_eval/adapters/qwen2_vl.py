@@ -67,7 +67,7 @@ class Qwen2VLAdapter(MLLMAdapter):
         media = [(token, inputs[key]) for token, key in ((cfg.image_token_id, "pixel_values"),
                                                          (cfg.video_token_id, "pixel_values_videos"))
                  if inputs.get(key) is not None]
-        if [call.numel() for call in calls] != [pixels.shape[0] for _, pixels in media]:
-            raise ValueError(f"Qwen2-VL's vision tower ran on {[c.numel() for c in calls]} patches, expected "
+        if [call.shape[0] for call in calls] != [pixels.shape[0] for _, pixels in media]:
+            raise ValueError(f"Qwen2-VL's vision tower ran on {[c.shape[0] for c in calls]} patches, expected "
                              f"{[p.shape[0] for _, p in media]} (images, then videos)")
-        return {token: call.reshape(-1, merged).mean(dim=1) for (token, _), call in zip(media, calls)}
+        return {token: call.unflatten(0, (-1, merged)).mean(dim=1) for (token, _), call in zip(media, calls)}

@@ -78,11 +78,11 @@ class VilaAdapter(MLLMAdapter):
         patches a block really holds: odd grids are padded), other projectors keep one token per patch."""
         from ..vila.modeling_vila import VilaDownsample2x2
 
-        (received,) = calls
+        (signals,) = calls  # (images, patches, channels)
         if self.model.config.vision_select_feature == "patch":
-            received = received[:, 1:]
+            signals = signals[:, 1:]
         if self.model.config.projector_type == "mlp_downsample":
             merge = VilaDownsample2x2()
-            patches = merge(torch.ones_like(received)[..., None]).sum(dim=-1)
-            received = merge(received[..., None]).sum(dim=-1) / patches
-        return {self.model.config.image_token_id: received.flatten()}
+            patches = merge(torch.ones_like(signals[..., :1])).sum(dim=-1, keepdim=True)  # (images, cells, 1)
+            signals = merge(signals).unflatten(-1, (4, -1)).sum(dim=-2) / patches
+        return {self.model.config.image_token_id: signals.flatten(0, 1)}
