@@ -24,7 +24,7 @@ from model_registry import matrix
 
 PTH_NAME = "tcc_eval_vlmeval.pth"
 N = 4  # samples per synthetic set (TCC_SYNTH_N)
-MODELS = ("TQwen_Vanilla", "TQwen_TCC100", "TQwen_TCC50", "TLlava_Vanilla", "TLlava_Random50")
+MODELS = ("TQwen_Vanilla", "TQwen_TCC100", "TQwen_TCC50", "TLlava_Vanilla", "TLlava_Random50", "TLlava_VisionZip50")
 DATASETS = ("TCCSynth_IMG", "TCCSynth_VID")
 RECORD_KEYS = {
     "model", "framework", "dataset", "index", "method", "keep_ratio", "base_model", "visual_before", "visual_after",
@@ -347,7 +347,7 @@ def test_synthetic_set_settings_are_checked(registered, monkeypatch, tmp_path):
 # --- the real runner, literally, through the .pth hook ----------------------------------------------
 @pytest.fixture(scope="module")
 def vlmeval_run(tiny_checkpoints, tmp_path_factory):
-    """One `python -m vlmeval.run` over both synthetic sets and five test models."""
+    """One `python -m vlmeval.run` over both synthetic sets and six test models."""
     from transformers import AutoModelForImageTextToText
 
     from tcc_eval.compressor import TokenCompressor, model_meta, save_compressor
