@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The checks that need a CUDA GPU, in one run: the CUDA tests, the efficiency and oracle-memory benchmarks at a
-# real 7B shape, and the demo table on the GPU (bf16). Each step's output goes to OUT_DIR/<step>.txt, the
+# real 7B shape, VisionZip's tower scoring at SigLIP-so400m's, and the demo table on the GPU (bf16). Each step's output goes to OUT_DIR/<step>.txt, the
 # benchmarks' JSON beside it; OUT_DIR/gpu_checks.tgz holds everything so far after every step.
 #   bash tests/gpu_checks.sh OUT_DIR [SECONDS]     (SECONDS: the whole run's budget, default 570)
 # ONLY="cuda_tests demo_cuda" runs just the steps named.
@@ -48,6 +48,8 @@ step oracle_qwen2-7b_3000 90 python3 -m tcc_eval.bench_oracle --shape qwen2-7b -
   --json "$out/oracle_memory_qwen2-7b_cuda_3000.json"
 step oracle_qwen2-7b_6000 60 python3 -m tcc_eval.bench_oracle --shape qwen2-7b --tokens 6000 --answer 2 \
   --variants layerwise --json "$out/oracle_memory_qwen2-7b_cuda_6000_layerwise.json"
+step tower_siglip 40 python3 -m tcc_eval.bench_tower --tower siglip-so400m --images 10 --repeats 5 \
+  --json "$out/visionzip_tower_siglip-so400m_cuda_10img.json"
 TAIL=60 step demo_cuda 240 python3 -m tcc_eval.demo evaluate --seed 1 --n 200 --device cuda \
   --methods none random a0 tcc fastv divprune dart --json "$out/demo_cuda_seed1.json"
 echo "done in $((SECONDS - start))s"

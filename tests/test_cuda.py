@@ -158,6 +158,26 @@ def test_layer_k_methods_on_the_device(deep_both, family, method):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("kind", ("image", "video"))
+def test_visionzip_on_the_device_keeps_what_the_cpu_keeps(both, family, kind):
+    """VisionZip's tower attention and keys, recomputed on the device, rank and merge as on the CPU: the same kept
+    tokens, the same tower signals (rtol 1e-4) and logits within 1e-3."""
+    cpu_model, model, processor = both[family]
+    cpu_inputs = model_inputs(processor, messages_for(kind, seed=3))
+    runs = {}
+    for where, m, x in (("cpu", cpu_model, cpu_inputs), ("device", model, on_device(cpu_inputs))):
+        pruned = tcc_eval.wrap_model(m, method="visionzip", keep_ratio=0.5)
+        llm = pruned.adapter.capture_llm_inputs(x, tower_attention=True)
+        runs[where] = (pruned.prefill_logits(**x)[0].cpu(), pruned.last_selection.kept_positions[0].cpu(),
+                       llm.tower_attention[0], llm.tower_keys[0])
+    (cpu_logits, cpu_kept, cpu_attention, cpu_keys), (logits, kept, attention, keys) = runs["cpu"], runs["device"]
+    assert torch.equal(kept, cpu_kept), "the device kept other tokens than the CPU"
+    assert torch.allclose(attention, cpu_attention, rtol=1e-4, atol=1e-7)
+    assert torch.allclose(keys, cpu_keys, rtol=1e-4, atol=1e-5)
+    assert (logits - cpu_logits).abs().max().item() < 1e-3
+
+
+@pytest.mark.parametrize("family", FAMILIES)
 def test_oracle_on_the_device_equals_the_cpu(both, family):
     """The layer-by-layer oracle (recompute, per-layer autograd, fp32 head sums) gives the CPU's relevance."""
     from tcc_eval.oracle import RELEVANCE_RULES, single_view, view_relevances
