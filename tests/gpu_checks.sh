@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The checks that need a CUDA GPU, in one run: the CUDA tests, the efficiency and oracle-memory benchmarks at a
-# real 7B shape, VisionZip's tower scoring at SigLIP-so400m's, and the demo table on the GPU (bf16). Each step's output goes to OUT_DIR/<step>.txt, the
-# benchmarks' JSON beside it; OUT_DIR/gpu_checks.tgz holds everything so far after every step.
+# real 7B shape, VisionZip's tower scoring at SigLIP-so400m's, and the demo table on the GPU (bf16). Each step's
+# output goes to OUT_DIR/<step>.txt, the benchmarks' JSON beside it; OUT_DIR/gpu_checks.tgz holds everything so
+# far after every step.
 #   bash tests/gpu_checks.sh OUT_DIR [SECONDS]     (SECONDS: the whole run's budget, default 570)
 # ONLY="cuda_tests demo_cuda" runs just the steps named.
 set -u
