@@ -72,7 +72,7 @@ def untrained_compressor(tiny_checkpoints, tmp_path_factory) -> str:
 
 @pytest.mark.parametrize("family,model,method", [
     ("qwen2_vl", "qwen2_vl_tcc", "tcc"),
-    ("llava_onevision", "llava_onevision_tcc", "random"),
+    ("llava_onevision", "llava_onevision_tcc", "visionzip"),  # reads the vision tower through the same wrapper
 ])
 def test_cli_runs_both_tasks_and_writes_results_and_records(family, model, method, tiny_checkpoints,
                                                            untrained_compressor, task_env, tmp_path):
