@@ -596,14 +596,19 @@ def parse_args(argv: list[str] | None = None) -> tuple[BenchConfig, str | None]:
                        args.fastv_k, str(device), dtype, args.seed, args.compressor, pdrop_layers), args.json
 
 
-def main(argv: list[str] | None = None) -> int:
-    cfg, json_path = parse_args(argv)
-    result = run_bench(cfg, log=lambda msg: print(msg, file=sys.stderr, flush=True))
-    print(format_table(result))
+def report(table: str, result: dict[str, Any], json_path: str | None) -> None:
+    """Print a benchmark's table; write its full result as JSON where asked (every benchmark of this package)."""
+    print(table)
     if json_path:
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)
         Path(json_path).write_text(json.dumps(result, indent=2))
         print(f"wrote {json_path}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg, json_path = parse_args(argv)
+    result = run_bench(cfg, log=lambda msg: print(msg, file=sys.stderr, flush=True))
+    report(format_table(result), result, json_path)
     return 0
 
 

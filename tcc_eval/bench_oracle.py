@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from .bench import add_machine_args, build_llm, machine_info, make_inputs, parse_shape
+from .bench import add_machine_args, build_llm, machine_info, make_inputs, parse_shape, report
 from .oracle import frozen_weights, gradient_weighted_maps, layerwise_maps, relevance_row, streamed_relevance_rows
 
 VARIANTS = ("all_layers", "layerwise")
@@ -174,11 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    print(format_table(result))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2))
-        print(f"wrote {args.json}")
+    report(format_table(result), result, args.json)
     return 0
 
 

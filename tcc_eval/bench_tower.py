@@ -13,18 +13,16 @@ time beside the wall time on CPU, and the machine's load average before and afte
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
-from .bench import add_machine_args, machine_info
+from .bench import add_machine_args, machine_info, report
 from .tower_attention import TowerAttentionRecorder, encoder_layers
 
 TOWERS = ("siglip-so400m", "qwen2-vl-vit")
@@ -105,9 +103,10 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def format_table(result: dict[str, Any]) -> str:
+    machine = result["machine"]
     lines = [f"{result['tower']}: {result['images']} image(s) x {result['patches_per_image']} patches, "
              f"{result['dtype']}, median of {result['repeats']}; load {result['load_before'][0]:.2f} -> "
-             f"{result['load_after'][0]:.2f} on {result['machine']['cpu_count']} CPUs ({result['machine']['device_name']})",
+             f"{result['load_after'][0]:.2f} on {machine['cpu_count']} CPUs ({machine['device_name']})",
              f"{'variant':<28}{'wall s':>10}{'ratio':>8}{'cpu s':>10}{'ratio':>8}"]
     for row in result["rows"]:
         cpu = "" if row["cpu_s"] is None else f"{row['cpu_s']:>10.3f}{row['cpu_ratio']:>8.3f}"
@@ -127,6 +126,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.images < 1 or args.repeats < 1:
         p.error("--images and --repeats must be at least 1")
+    if args.tower == "qwen2-vl-vit" and args.side % 28:
+        p.error(f"--side must be a multiple of 28 px for Qwen2-VL (patch 14, 2x2 merge), got {args.side}")
     return args
 
 
@@ -135,11 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     result = run_bench(args)
-    print(format_table(result))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2))
-        print(f"wrote {args.json}")
+    report(format_table(result), result, args.json)
     return 0
 
 

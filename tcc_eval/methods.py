@@ -214,7 +214,8 @@ def pool_merger() -> Merger:
     return merge
 
 
-VISIONZIP_CONTEXTUAL_SHARE = 10 / 64  # VisionZip's split of its budgets: 54 + 10 of 64, 108 + 20 of 128, 162 + 30 of 192
+# VisionZip's split of its budgets into dominant + contextual tokens: 54 + 10 of 64, 108 + 20 of 128, 162 + 30 of 192
+VISIONZIP_CONTEXTUAL_SHARE = 10 / 64
 
 
 @dataclass

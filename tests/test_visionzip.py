@@ -214,7 +214,8 @@ def test_visionzip_equals_masked_reference_with_contextual_means(models, family,
     ratio = 0.5
     pruned = wrap_model(model, method="visionzip", keep_ratio=ratio)
     logits = pruned.prefill_logits(**inputs)[0]
-    reference, kept_positions, merged = reference_logits(model, pruned.adapter, inputs, ratio, VISIONZIP_CONTEXTUAL_SHARE)
+    share = VISIONZIP_CONTEXTUAL_SHARE
+    reference, kept_positions, merged = reference_logits(model, pruned.adapter, inputs, ratio, share)
     assert torch.equal(pruned.last_selection.kept_positions[0], kept_positions)
     assert (logits - reference).abs().max().item() < 1e-4
     k = max(1, int(ratio * pruned.last_selection.visual_before[0] + 0.5))

@@ -152,7 +152,8 @@ class LlavaOnevisionAdapter(MLLMAdapter):
             per_crop = received.pop(0)
             counts = self.crops_per_image(inputs)
             if sum(counts) != per_crop.shape[0]:
-                raise ValueError(f"LLaVA-OneVision's tower ran on {per_crop.shape[0]} image crops, expected {sum(counts)}")
+                raise ValueError(f"LLaVA-OneVision's tower ran on {per_crop.shape[0]} image crops, "
+                                 f"expected {sum(counts)}")
             packed, _ = inner.pack_image_features(list(per_crop.split(counts)), inputs["image_sizes"],
                                                   image_newline=newline.to(per_crop),
                                                   vision_aspect_ratio=cfg.vision_aspect_ratio)
@@ -163,7 +164,8 @@ class LlavaOnevisionAdapter(MLLMAdapter):
             ends = newline.to(pooled).expand(videos, 1, -1)
             streams[cfg.video_token_id] = torch.cat([pooled, ends], dim=1).flatten(0, 1)
         if received:
-            raise ValueError(f"LLaVA-OneVision's tower ran {len(calls)} times, expected once for images, once for videos")
+            raise ValueError(f"LLaVA-OneVision's tower ran {len(calls)} times, expected once for images, "
+                             f"once for videos")
         return streams
 
     def crops_per_image(self, inputs: dict[str, Any]) -> list[int]:
@@ -174,6 +176,9 @@ class LlavaOnevisionAdapter(MLLMAdapter):
         cfg = self.model.config
         sizes = inputs["image_sizes"]
         batch_num_images = inputs.get("batch_num_images")
-        alone = [True] * len(sizes) if batch_num_images is None else [n == 1 for n in batch_num_images for _ in range(n)]
+        if batch_num_images is None:
+            alone = [True] * len(sizes)
+        else:
+            alone = [n == 1 for n in batch_num_images for _ in range(n)]
         return [image_size_to_num_patches(size, cfg.image_grid_pinpoints, cfg.vision_config.image_size) if crop else 1
                 for size, crop in zip(sizes, alone)]
