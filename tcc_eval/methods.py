@@ -13,8 +13,7 @@ from typing import Callable, Mapping
 
 import torch
 
-from .adapters.base import MLLMAdapter
-from .adapters.base import NO_PATCHES
+from .adapters.base import NO_PATCHES, MLLMAdapter
 from .core import check_keep_ratio, keep_count, pick_order_scores
 from .flops import INSIDE_LLM_METHODS
 from .probe import instruction_to_visual

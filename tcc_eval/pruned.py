@@ -54,7 +54,8 @@ class TokenPrunedModel(nn.Module):
     """An HF MLLM whose visual tokens are pruned before LLM layer 0 by ``scorer``.
 
     ``scorer=None`` keeps every token (method "none") through the same code path. A ``merger`` (pooling) sets
-    the embeddings the kept tokens carry; without one they keep their own.
+    the embeddings the kept tokens carry; without one they keep their own. A scorer whose
+    ``reads_tower_attention`` is true (VisionZip) gets the vision tower's attention and keys in its view.
     """
 
     def __init__(
