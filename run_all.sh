@@ -5,6 +5,8 @@
 #                                        # synthetic image + video benchmarks (CPU, < 30 min on 2 cores)
 #   bash run_all.sh --suite paper        # the paper's matrix on real checkpoints (GPUs, hub access)
 #   options: --results DIR (default results/)  --frameworks vlmeval,lmms_eval  --n N (synthetic set size)
+#            --methods TCC,VisionZip,... (the VLMEvalKit grid's method tokens, as in model names; default: the
+#            suite's; lmms-eval keeps its own shorter list)
 #            --dry-run (print the framework commands that would run, one per line, and run nothing)
 #
 # Resumable: a run whose score files already exist is skipped. Fails loudly when a run produced no results
@@ -16,6 +18,7 @@ SUITE=demo
 RESULTS=results
 FRAMEWORKS=vlmeval,lmms_eval
 N=""
+METHODS_ARG=""
 DRY_RUN=""
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -23,8 +26,9 @@ while [[ $# -gt 0 ]]; do
     --results) RESULTS="$2"; shift 2 ;;
     --frameworks) FRAMEWORKS="$2"; shift 2 ;;
     --n) N="$2"; shift 2 ;;
+    --methods) METHODS_ARG="$2"; shift 2 ;;
     --dry-run) DRY_RUN=1; shift ;;
-    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
     *) echo "run_all.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -120,6 +124,13 @@ elif [[ "$SUITE" == paper ]]; then
 else
   echo "run_all.sh: --suite must be demo or paper, got '$SUITE'" >&2
   exit 2
+fi
+if [[ -n "$METHODS_ARG" ]]; then
+  IFS=, read -ra METHODS <<<"$METHODS_ARG"
+  $PY -c "import sys; from model_registry import METHOD_TOKENS as known
+bad = [m for m in sys.argv[1:] if m not in known]
+sys.exit(f'run_all.sh: unknown method token(s) {bad} in --methods; known: {\",\".join(known)}' if bad else 0)" \
+    "${METHODS[@]}" || exit 2
 fi
 
 vlmeval_launcher() {  # multi-GPU through VLMEvalKit's own torchrun support

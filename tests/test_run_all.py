@@ -35,9 +35,10 @@ def test_resuming_on_results_of_other_demo_weights_is_refused(tmp_path):
     assert refused.returncode == 1 and "other demo weights" in refused.stderr and "--results NEW_DIR" in refused.stderr
 
 
-def _dry_run(suite: str, results: Path, **env: str) -> list[list[str]]:
-    proc = subprocess.run(["bash", str(REPO / "run_all.sh"), "--suite", suite, "--results", str(results), "--dry-run"],
-                          capture_output=True, text=True, env={**os.environ, "PYTHON": "python3", **env}, timeout=300)
+def _dry_run(suite: str, results: Path, *options: str) -> list[list[str]]:
+    proc = subprocess.run(["bash", str(REPO / "run_all.sh"), "--suite", suite, "--results", str(results), "--dry-run",
+                           *options],
+                          capture_output=True, text=True, env={**os.environ, "PYTHON": "python3"}, timeout=300)
     assert proc.returncode == 0, proc.stderr
     return [shlex.split(line[2:]) for line in proc.stdout.splitlines() if line.startswith("+ ")]
 
@@ -105,3 +106,23 @@ def test_dry_run_commands_name_what_the_frameworks_know(suite, tmp_path, monkeyp
             pdrop_runs += 1
     assert pdrop_runs == (3 if suite == "paper" else 0)
     assert commands[-1][-2:] == ["tcc_eval/aggregate.py", str(results)]
+
+
+def test_methods_option_sets_the_vlmeval_grid(tmp_path):
+    """--methods replaces the suite's VLMEvalKit methods (the suite's skips still apply); lmms-eval keeps its own
+    runs; an unknown token stops the run before anything launches, naming the known ones."""
+    import vlmeval.config
+
+    commands = _dry_run("paper", tmp_path / "results", "--methods", "VisionZip,PDrop")
+    (vlmeval_run,) = [c for c in commands if c[1:3] == ["-m", "vlmeval.run"]]
+    models = _option(vlmeval_run, "--model")
+    expected = {f"{base}_{m}" for base in ("Qwen2VL", "LLaVAOV", "VILA15")
+                for m in ("Vanilla", "VisionZip50", "VisionZip25", "PDrop50")}
+    assert set(models) == expected and len(models) == len(expected)
+    assert set(models) <= set(vlmeval.config.supported_VLM)
+    assert len([c for c in commands if c[1:3] == ["-m", "lmms_eval"]]) == 12
+    proc = subprocess.run(["bash", str(REPO / "run_all.sh"), "--suite", "paper", "--results", str(tmp_path / "r2"),
+                           "--dry-run", "--methods", "TCC,Zip"], capture_output=True, text=True,
+                          env={**os.environ, "PYTHON": "python3"}, timeout=300)
+    assert proc.returncode == 2 and "unknown method token(s) ['Zip']" in proc.stderr and "VisionZip" in proc.stderr
+    assert not [line for line in proc.stdout.splitlines() if line.startswith("+ ")]
