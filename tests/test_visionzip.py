@@ -84,6 +84,8 @@ def expected_per_token(family: str, per_image: list[torch.Tensor], cells: torch.
             out[i] = per_image[grid][4 * block:4 * block + 4].mean(dim=0)
         elif family == "llava_onevision" and kind == "video":  # frame g: 2x2 mean pooling of its 4x4 patches
             out[i] = per_image[grid].reshape(4, 4, -1)[2 * row:2 * row + 2, 2 * col:2 * col + 2].mean(dim=(0, 1))
+        elif family == "llava_onevision" and kind == "multi_image":  # no crops: image g // 2 is its base view alone
+            out[i] = per_image[grid // 2][row * 4 + col]
         elif family == "llava_onevision":  # 56x112 image: grid 0 = base view (crop 0); grid 1 = crops 1, 2 side by side
             out[i] = per_image[0][row * 4 + col] if grid == 0 else per_image[1 + col // 4][row * 4 + col % 4]
         else:  # VILA: 3x3 patches per image, 2x2 blocks (the padded row and column hold no patch)
@@ -102,8 +104,6 @@ def inputs_for(processor, family: str, kind: str) -> dict:
 @pytest.mark.parametrize("family", ALL_FAMILIES)
 @pytest.mark.parametrize("kind", ("image", "multi_image", "video"))
 def test_tower_attention_equals_the_feature_layers_eager_attention(models, family, kind, monkeypatch):
-    if family == "llava_onevision" and kind == "multi_image":
-        pytest.skip("images of a multi-image LLaVA-OV prompt are base views only: covered by the video's frames")
     model, processor = models[family]
     inputs = inputs_for(processor, family, kind)
     adapter = adapter_for(model)
@@ -170,9 +170,8 @@ def test_plan_per_group_budget_and_tokens_without_patches():
 
 def reference_logits(model, adapter, inputs, ratio: float, share: float) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Independent of VisionZip's code: rank by the captured tower attention, pick with plain loops, merge by the
-    captured tower keys, then
-    run the unpruned sequence with dropped tokens masked and contextual tokens carrying their means. Also returns
-    the kept positions and how many tokens were merged into contextual ones."""
+    captured tower keys, then run the unpruned sequence with dropped tokens masked and contextual tokens carrying
+    their means. Also returns the kept positions and how many tokens were merged into contextual ones."""
     llm = adapter.capture_llm_inputs(inputs, tower_attention=True)
     attention = llm.tower_attention[0].tolist()
     n = len(attention)
