@@ -10,8 +10,8 @@ import torch
 
 from .adapters import ADAPTERS
 from .flops import INSIDE_LLM_METHODS
-from .methods import (Scorer, TCCScorer, VisionZip, a0_scorer, check_method, divprune_scorer, pool_merger,
-                      random_scorer, uniform_scorer)
+from .methods import (VISIONZIP_CONTEXTUAL_SHARE, Scorer, TCCScorer, VisionZip, a0_scorer, check_method,
+                      divprune_scorer, pool_merger, random_scorer, uniform_scorer)
 from .pruned import TokenPrunedModel
 
 log = logging.getLogger("tcc_eval")
@@ -178,6 +178,7 @@ def wrap_model(
     match: str = "avg_retention",
     pdrop_layers: Sequence[int] | str | None = None,
     max_answer_tokens: int = 16,
+    contextual_share: float | str = VISIONZIP_CONTEXTUAL_SHARE,
 ) -> TokenPrunedModel:
     """Wrap an already loaded HF MLLM; the result's ``generate`` is a drop-in for ``model.generate``.
 
@@ -185,7 +186,8 @@ def wrap_model(
     method: ``fastv_k`` (the layer K) applies to fastv and dart, ``match`` to them and pdrop
     (``match="kept"``: keep_ratio is the fraction kept from layer K on, for pdrop its per-stage ratio,
     instead of the average retention over layers), ``pdrop_layers`` (the layers starting PyramidDrop's stages,
-    its ``layer_list``) to pdrop, ``max_answer_tokens`` to the oracle."""
+    its ``layer_list``) to pdrop, ``max_answer_tokens`` to the oracle, ``contextual_share`` (the share of
+    kept tokens that are contextual; 0: dominant tokens only) to visionzip."""
     check_method(method)
     if method in INSIDE_LLM_METHODS:
         from .fastv import DartModel, FastVModel, PyramidDropModel
@@ -195,7 +197,7 @@ def wrap_model(
         layer_k_model = FastVModel if method == "fastv" else DartModel
         return layer_k_model(model, keep_ratio=keep_ratio, fastv_k=fastv_k, match=match)
     if method == "visionzip":  # its dominant / contextual split depends on the budget: scorer and merger in one
-        zip_plan = VisionZip(keep_ratio, budget)
+        zip_plan = VisionZip(keep_ratio, budget, contextual_share)
         return TokenPrunedModel(model, zip_plan, keep_ratio=keep_ratio, budget=budget, method=method,
                                 merger=zip_plan.merge)
     scorer = build_scorer(method, model, compressor=compressor, seed=seed, max_answer_tokens=max_answer_tokens)
@@ -282,7 +284,7 @@ def load(
     keep_ratio in (0, 1];
     compressor: a trained compressor checkpoint, {modality: checkpoint} or a folder of
     ``<family>_<modality>.pt`` (required for tcc); options: ``wrap_model``'s (budget, seed, fastv_k, match,
-    pdrop_layers, max_answer_tokens). CUDA when available (bf16/fp16), else CPU (fp32).
+    pdrop_layers, max_answer_tokens, contextual_share). CUDA when available (bf16/fp16), else CPU (fp32).
     """
     from .core import check_keep_ratio
 

@@ -241,13 +241,18 @@ class VisionZip:
 
     reads_tower_attention = True  # TokenPrunedModel captures the tower's attention for scorers that say so
 
-    def __init__(self, keep_ratio: float, budget: str = "global", contextual_share: float = VISIONZIP_CONTEXTUAL_SHARE):
-        if not 0.0 <= contextual_share < 1.0:
-            raise ValueError(f"contextual_share is the fraction of kept tokens that merge the rest, in [0, 1); "
-                             f"got {contextual_share!r} (VisionZip: 10/64)")
+    def __init__(self, keep_ratio: float, budget: str = "global",
+                 contextual_share: float | str = VISIONZIP_CONTEXTUAL_SHARE):
+        try:
+            share = float(contextual_share)
+        except (TypeError, ValueError):
+            share = float("nan")
+        if not 0.0 <= share < 1.0:  # also refuses nan
+            raise ValueError(f"contextual_share is the fraction of kept tokens that merge the rest, in [0, 1) (0: "
+                             f"dominant tokens only; VisionZip: 10/64 = 0.15625); got {contextual_share!r}")
         self.keep_ratio = check_keep_ratio(keep_ratio)
         self.budget = budget
-        self.contextual_share = contextual_share
+        self.contextual_share = share
 
     def plan(self, view: SampleView) -> ZipPlan:
         attention = view.tower_attention

@@ -221,11 +221,30 @@ def test_visionzip_equals_masked_reference_with_contextual_means(models, family,
     assert (merged > 0) == (round(k * VISIONZIP_CONTEXTUAL_SHARE) >= 1)  # VILA's 4-token image keeps 2: no context
 
 
+@pytest.mark.parametrize("family", ALL_FAMILIES)
+def test_dominant_tokens_only_equal_the_masked_reference(models, family):
+    """contextual_share=0 (VisionZip's dominant-only ablation): the most attended tokens, embeddings untouched, so
+    the run equals the unpruned sequence with the others masked out; the string an lmms-eval model_arg gives works
+    the same."""
+    model, processor = models[family]
+    inputs = inputs_for(processor, family, "video")
+    pruned = wrap_model(model, method="visionzip", keep_ratio=0.5, contextual_share="0")
+    logits = pruned.prefill_logits(**inputs)[0]
+    reference, kept_positions, merged = reference_logits(model, pruned.adapter, inputs, 0.5, 0.0)
+    assert merged == 0 and torch.equal(pruned.last_selection.kept_positions[0], kept_positions)
+    assert (logits - reference).abs().max().item() < 1e-4
+    attention = pruned.adapter.capture_llm_inputs(inputs, tower_attention=True).tower_attention[0]
+    visual_rows = torch.nonzero(pruned.adapter.visual_mask(inputs["input_ids"])[0]).flatten()
+    kept = torch.isin(visual_rows, kept_positions)
+    assert attention[kept].min() >= attention[~kept].max()
+
+
 def test_visionzip_errors_name_the_problem(models):
     model, processor = models["qwen2_vl"]
     inputs = model_inputs(processor, messages_for("image"))
-    with pytest.raises(ValueError, match="contextual_share"):
-        VisionZip(0.5, contextual_share=1.0)
+    for bad in (1.0, -0.1, "half", float("nan")):
+        with pytest.raises(ValueError, match="contextual_share is the fraction"):
+            wrap_model(model, method="visionzip", keep_ratio=0.5, contextual_share=bad)
     pruned = wrap_model(model, method="visionzip", keep_ratio=0.5)
     pruned.merger = VisionZip(0.25).merge  # a merger built for another budget
     with pytest.raises(ValueError, match="same keep_ratio and budget"):

@@ -17,6 +17,7 @@ unknown kwargs are left):
                                              PyramidDrop takes match= (kept: ratio is its per-stage ratio)
     pdrop_layers=2/14/21                     PyramidDrop's stage layers (its layer_list; default L/4, L/2, 3L/4)
     max_answer_tokens=16                     oracle option
+    contextual_share=0.15625                 VisionZip's share of contextual tokens (0: dominant tokens only)
     efficiency_dir=DIR                       where the per-sample records go (see efficiency.py)
     dtype=float32                            qwen2_vl_tcc: cast after loading; vila_tcc: load dtype
                                              (llava_hf has its own)
@@ -46,7 +47,7 @@ from tcc_eval.methods import check_method
 from .efficiency import EfficiencyLog, RecordingModel, resolve_efficiency_dir
 
 METHOD_OPTIONS = {"fastv": ("fastv_k", "match"), "dart": ("fastv_k", "match"), "pdrop": ("match", "pdrop_layers"),
-                  "oracle": ("max_answer_tokens",)}
+                  "oracle": ("max_answer_tokens",), "visionzip": ("contextual_share",)}
 DEFAULT_VILA = "Efficient-Large-Model/Llama-3-VILA1.5-8b"
 
 
