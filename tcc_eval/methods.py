@@ -188,6 +188,18 @@ def nearest_kept(cells: torch.Tensor, kept: torch.Tensor, chunk: int = 256) -> t
     return owner
 
 
+def mean_per_kept(visual: torch.Tensor, owner: torch.Tensor, n_kept: int) -> torch.Tensor:
+    """(n_kept, D): each kept token's mean over the visual tokens that join it, summed in float32 and returned in the
+    embeddings' dtype. ``owner``: for every visual token, the position in the kept list it joins (-1: none); every
+    kept token joins itself."""
+    joined = owner >= 0
+    into = owner[joined].to(visual.device)
+    sums = torch.zeros(n_kept, visual.shape[-1], dtype=torch.float32, device=visual.device)
+    sums.index_add_(0, into, visual[joined.to(visual.device)].float())
+    counts = torch.bincount(owner[joined], minlength=n_kept).to(visual.device)
+    return (sums / counts[:, None]).to(visual.dtype)
+
+
 def pool_merger() -> Merger:
     """Pooling, the other half of METHOD.md's "uniform/pool" peer: every visual token joins the nearest kept token
     of its grid (``nearest_kept``) and each kept token carries the mean embedding of those that joined it, at its
@@ -201,14 +213,7 @@ def pool_merger() -> Merger:
                 f"{type(view.adapter).__name__} does not give (it has no visual_cells layout)"
             )
         cells, kept = view.cells.cpu(), kept.cpu()
-        owner = nearest_kept(cells, kept)
-        visual = view.inputs_embeds[0, view.visual]
-        joined = owner >= 0
-        target = owner[joined].to(visual.device)
-        sums = torch.zeros(len(kept), visual.shape[-1], dtype=torch.float32, device=visual.device)
-        sums.index_add_(0, target, visual[joined.to(visual.device)].float())
-        counts = torch.bincount(owner[joined], minlength=len(kept)).to(visual.device)
-        return (sums / counts[:, None]).to(visual.dtype)
+        return mean_per_kept(view.inputs_embeds[0, view.visual], nearest_kept(cells, kept), len(kept))
 
     return merge
 
@@ -294,18 +299,15 @@ class VisionZip:
         if not torch.equal(kept.cpu(), plan.kept):
             raise ValueError(f"VisionZip(keep_ratio={self.keep_ratio}, budget={self.budget!r}) was handed a selection "
                              f"its plan did not make: build the TokenPrunedModel with the same keep_ratio and budget")
-        visual = view.inputs_embeds[0, view.visual].float()
-        slot = torch.full((plan.owner.numel(),), -1, dtype=torch.long)
+        owner = plan.owner.clone()
+        dominant = plan.kept[owner[plan.kept] < 0]
+        owner[dominant] = dominant  # each dominant token is the mean of itself alone
+        slot = torch.full((owner.numel(),), -1, dtype=torch.long)
         slot[plan.kept] = torch.arange(plan.kept.numel())
-        joined = plan.owner >= 0  # contextual tokens and the tokens merged into them
-        into = slot[plan.owner[joined]].to(visual.device)
-        sums = torch.zeros(plan.kept.numel(), visual.shape[-1], device=visual.device)
-        sums.index_add_(0, into, visual[joined.to(visual.device)])
-        counts = torch.bincount(into, minlength=plan.kept.numel()).float()
-        dominant = counts == 0
-        sums[dominant] = visual[plan.kept.to(visual.device)[dominant]]
-        counts[dominant] = 1.0
-        return (sums / counts[:, None]).to(view.inputs_embeds.dtype)
+        joined = owner >= 0
+        into = torch.full_like(owner, -1)
+        into[joined] = slot[owner[joined]]
+        return mean_per_kept(view.inputs_embeds[0, view.visual], into, plan.kept.numel())
 
 
 class TCCScorer:

@@ -144,7 +144,6 @@ class LlavaOnevisionAdapter(MLLMAdapter):
         and frame pooling, as the features do (bilinear where they are interpolated); newlines cover no patches."""
         cfg = self.model.config
         inner = self.model.model
-        calls = list(calls)
         received = [c[:, 1:] if cfg.vision_feature_select_strategy == "default" else c for c in calls]
         newline = torch.full((calls[0].shape[-1],), NO_PATCHES) if calls else None
         streams = {}
