@@ -7,6 +7,7 @@ loading it goes through exactly the code path of ``Qwen/Qwen2-VL-7B-Instruct`` o
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Iterable
@@ -117,30 +118,33 @@ def build_tiny_qwen2vl(
     max_pixels: int = 28 * 28 * 256,
     corpus: Iterable[str] = (),
     seed: int = 0,
+    family: str = "qwen2_vl",
+    window_size: int = 56,
 ) -> Path:
-    """Write a tiny ``Qwen2VLForConditionalGeneration`` checkpoint with its full processor."""
-    from transformers import (
-        Qwen2VLConfig,
-        Qwen2VLForConditionalGeneration,
-        Qwen2VLImageProcessor,
-        Qwen2VLProcessor,
-        Qwen2VLVideoProcessor,
-    )
+    """Write a tiny ``Qwen2VLForConditionalGeneration`` checkpoint with its full processor; ``family="qwen2_5_vl"``:
+    a ``Qwen2_5_VLForConditionalGeneration``, whose vision blocks attend within ``window_size``-px windows but
+    the last (full attention over each image, as in the published checkpoints)."""
+    import transformers
+    from transformers import Qwen2VLImageProcessor, Qwen2VLVideoProcessor
 
+    prefix = {"qwen2_vl": "Qwen2VL", "qwen2_5_vl": "Qwen2_5_VL"}[family]
     out = Path(out_dir)
     tokenizer = build_tokenizer(QWEN2VL_SPECIAL_TOKENS, corpus)
     head_dim = hidden // heads
     quarter = head_dim // 2
     mrope = [quarter - 2 * (quarter // 3), quarter // 3, quarter // 3]
-    config = Qwen2VLConfig(
+    vision = dict(num_heads=2, patch_size=14, spatial_merge_size=2, temporal_patch_size=2, depth=vision_depth)
+    if family == "qwen2_vl":
+        vision.update(embed_dim=vision_embed, hidden_size=hidden, mlp_ratio=2)
+    else:
+        vision.update(hidden_size=vision_embed, out_hidden_size=hidden, intermediate_size=2 * vision_embed,
+                      window_size=window_size, fullatt_block_indexes=[vision_depth - 1])
+    config = getattr(transformers, f"{prefix}Config")(
         text_config=_text_config(
             tokenizer, hidden, layers, heads, kv_heads,
             rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope},
         ),
-        vision_config=dict(
-            depth=vision_depth, embed_dim=vision_embed, hidden_size=hidden, num_heads=2, mlp_ratio=2,
-            patch_size=14, spatial_merge_size=2, temporal_patch_size=2,
-        ),
+        vision_config=vision,
         image_token_id=tokenizer.convert_tokens_to_ids("<|image_pad|>"),
         video_token_id=tokenizer.convert_tokens_to_ids("<|video_pad|>"),
         vision_start_token_id=tokenizer.convert_tokens_to_ids("<|vision_start|>"),
@@ -148,9 +152,9 @@ def build_tiny_qwen2vl(
         tie_word_embeddings=False,
     )
     torch.manual_seed(seed)
-    model = Qwen2VLForConditionalGeneration(config).eval()
+    model = getattr(transformers, f"{prefix}ForConditionalGeneration")(config).eval()
     pixels = {"shortest_edge": min_pixels, "longest_edge": max_pixels}
-    processor = Qwen2VLProcessor(
+    processor = getattr(transformers, f"{prefix}Processor")(
         image_processor=Qwen2VLImageProcessor(size=pixels),
         video_processor=Qwen2VLVideoProcessor(size=pixels),
         tokenizer=tokenizer,
@@ -230,6 +234,7 @@ def build_tiny_vila(out_dir: str | os.PathLike, **kwargs) -> Path:
 
 FIXTURE_BUILDERS = {
     "qwen2_vl": build_tiny_qwen2vl,
+    "qwen2_5_vl": functools.partial(build_tiny_qwen2vl, family="qwen2_5_vl", vision_depth=2),  # a windowed block
     "llava_onevision": build_tiny_llava_onevision,
     "vila": build_tiny_vila,
 }

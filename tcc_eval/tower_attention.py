@@ -13,6 +13,7 @@ attention as further channels, so every family maps both to its LLM tokens in on
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import torch
@@ -46,12 +47,11 @@ def _head_mean(states: torch.Tensor, heads: int) -> torch.Tensor:
 def tower_signals(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> torch.Tensor:
     """What one call of a vision self-attention ``module`` tells about each patch, from the call's inputs: channel 0
     the attention the patch receives, channels 1: its key averaged over heads (before rotary). (images, patches, 1 +
-    d) for a batched SigLIP / CLIP layer, (patches, 1 + d) for Qwen2-VL's packed layer (one image or frame pair per
-    ``cu_seqlens`` span)."""
+    d) for a batched SigLIP / CLIP layer, (patches, 1 + d) for Qwen2(.5)-VL's packed layer (one image or frame pair
+    per ``cu_seqlens`` span; one window in Qwen2.5-VL's windowed blocks, in the window order its blocks see)."""
     hidden = args[0] if args else kwargs["hidden_states"]
-    if hasattr(module, "qkv"):  # Qwen2-VL VisionAttention: fused qkv, 2-D rotary, images packed along one axis
-        from transformers.models.qwen2_vl.modeling_qwen2_vl import apply_rotary_pos_emb_vision
-
+    if hasattr(module, "qkv"):  # Qwen2(.5)-VL VisionAttention: fused qkv, 2-D rotary, images packed along one axis
+        apply_rotary_pos_emb_vision = sys.modules[type(module).__module__].apply_rotary_pos_emb_vision  # its own file's
         query, key, _ = module.qkv(hidden).reshape(hidden.shape[0], 3, module.num_heads, -1).unbind(1)
         keys = key.float().mean(dim=1)
         cos, sin = kwargs["position_embeddings"]
@@ -71,8 +71,8 @@ def tower_signals(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> tor
         key = _split_heads(projected, module.num_heads)
         received = torch.stack([mean_received(q, k, module.scale) for q, k in zip(query, key)])
         return torch.cat([received[..., None], _head_mean(projected.float(), module.num_heads)], dim=-1)
-    raise ValueError(f"cannot read attention from a {type(module).__name__} vision layer (known: Qwen2-VL's "
-                     f"VisionAttention, SigLIP and CLIP attention)")
+    raise ValueError(f"cannot read attention from a {type(module).__name__} vision layer (known: Qwen2-VL's and "
+                     f"Qwen2.5-VL's VisionAttention, SigLIP and CLIP attention)")
 
 
 class TowerAttentionRecorder:

@@ -15,7 +15,8 @@ from tcc_eval.fixtures import build_tiny_checkpoint
 
 torch.set_num_threads(2)
 
-FAMILIES = ("qwen2_vl", "llava_onevision")
+FAMILIES = ("qwen2_vl", "qwen2_5_vl", "llava_onevision")
+QWEN_FAMILIES = ("qwen2_vl", "qwen2_5_vl")  # one token layout: merged 2x2 patches, frame pairs
 # Tests of the shipped demo models and compressors skip in a checkout without them.
 needs_assets = pytest.mark.skipif(
     not all(demo.paths()[f]["built"] for f in demo.FAMILIES),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import FAMILIES, messages_for, model_inputs
+from conftest import FAMILIES, QWEN_FAMILIES, messages_for, model_inputs
 from tcc_eval import wrap_model
 from tcc_eval.probe import attention_rows
 
@@ -15,10 +15,11 @@ KINDS = ("image", "multi_image", "video")
 def original_positions(model, family: str, inputs: dict) -> torch.Tensor:
     """Reference position ids computed directly from the model (independent of our capture)."""
     mask = inputs["attention_mask"]
-    if family == "qwen2_vl":
+    if family in QWEN_FAMILIES:
+        timing = {"second_per_grid_ts": inputs.get("second_per_grid_ts")} if family == "qwen2_5_vl" else {}
         pos, _ = model.model.get_rope_index(
             inputs["input_ids"], inputs["mm_token_type_ids"], image_grid_thw=inputs.get("image_grid_thw"),
-            video_grid_thw=inputs.get("video_grid_thw"), attention_mask=mask,
+            video_grid_thw=inputs.get("video_grid_thw"), attention_mask=mask, **timing,
         )
         return pos
     return (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
@@ -113,7 +114,7 @@ def test_visual_groups(loaded, family):
     assert multi.visual_groups[0].unique().tolist() == [0, 1]
     assert multi.visual_groups[0].numel() == multi.n_visual(0)
     video = pruned.adapter.capture_llm_inputs(model_inputs(processor, messages_for("video")))
-    frames = 2 if family == "qwen2_vl" else 4  # Qwen2-VL merges frame pairs
+    frames = 2 if family in QWEN_FAMILIES else 4  # Qwen2-VL merges frame pairs
     counts = torch.bincount(video.visual_groups[0])
     assert counts.numel() == frames
     assert counts[:-1].unique().numel() == 1  # equal-size frame groups

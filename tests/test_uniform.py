@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import FAMILIES, messages_for, model_inputs
+from conftest import FAMILIES, QWEN_FAMILIES, messages_for, model_inputs
 from tcc_eval import wrap_model
 from tcc_eval.adapters.base import NO_CELL, grid_cells
 from tcc_eval.core import select_visual
@@ -169,7 +169,7 @@ def test_pool_equals_2x2_average_pooling_at_the_original_positions(loaded, famil
     from conftest import random_image
 
     model, processor = loaded[family]
-    side = 112 if family == "qwen2_vl" else 56
+    side = 112 if family in QWEN_FAMILIES else 56
     messages = [{"role": "user", "content": [{"type": "image", "image": random_image(side, side, 4)},
                                              {"type": "text", "text": "What color is the circle?"}]}]
     inputs = model_inputs(processor, messages)

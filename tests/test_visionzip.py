@@ -4,10 +4,12 @@ masked out and each contextual token carrying its group's mean."""
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 
-from conftest import FAMILIES, messages_for, model_inputs, needs_assets, random_image
+from conftest import FAMILIES, QWEN_FAMILIES, messages_for, model_inputs, needs_assets, random_image
 from tcc_eval import wrap_model
 from tcc_eval.adapters import adapter_for
 from tcc_eval.adapters.base import NO_PATCHES
@@ -25,11 +27,14 @@ def models(loaded, tiny_vila_path):
     return {**loaded, "vila": vila}
 
 
-def eager_tower_reference(model, family: str, inputs: dict, monkeypatch) -> list[torch.Tensor]:
+def eager_tower_reference(model, family: str, inputs: dict, monkeypatch,
+                          reordered: list[bool] | None = None) -> list[torch.Tensor]:
     """Per image, crop or frame (in tower order): (n, 1 + d), the attention each patch receives in the feature
     layer (the mean over heads and queries of eager attention's softmax) and the layer's keys averaged over heads.
     SigLIP returns its probabilities; Qwen2-VL's vision attention drops them, so its eager function is wrapped to
-    keep a copy. The keys are the layer's k projection of the input a pre-hook sees."""
+    keep a copy. The keys are the layer's k projection of the input a pre-hook sees. Qwen2.5-VL's blocks see the
+    patches in window order: rows are put back in the patch embedding's order, found by matching the patch
+    embeddings to the first block's input row by row."""
     adapter = adapter_for(model)
     layer = adapter.feature_attention()
     probabilities: list[torch.Tensor] = []  # (images, heads, n, n) per call
@@ -38,7 +43,7 @@ def eager_tower_reference(model, family: str, inputs: dict, monkeypatch) -> list
 
     def keep_keys(module, args, kwargs):
         hidden = args[0] if args else kwargs["hidden_states"]
-        if family == "qwen2_vl":
+        if family in QWEN_FAMILIES:
             per_patch = module.qkv(hidden).reshape(hidden.shape[0], 3, heads, -1)[:, 1].mean(dim=1)
             bounds = kwargs["cu_seqlens"].tolist()
             keys.extend(per_patch[a:b] for a, b in zip(bounds[:-1], bounds[1:]))
@@ -46,10 +51,9 @@ def eager_tower_reference(model, family: str, inputs: dict, monkeypatch) -> list
             keys.extend(module.k_proj(hidden).reshape(*hidden.shape[:2], heads, -1).mean(dim=2))
 
     handles = [layer.register_forward_pre_hook(keep_keys, with_kwargs=True)]
-    if family == "qwen2_vl":
-        from transformers.models.qwen2_vl import modeling_qwen2_vl
-
-        eager = modeling_qwen2_vl.eager_attention_forward
+    if family in QWEN_FAMILIES:
+        modeling = sys.modules[type(layer).__module__]
+        eager = modeling.eager_attention_forward
 
         def keep_weights(module, *args, **kwargs):
             output, weights = eager(module, *args, **kwargs)
@@ -57,7 +61,7 @@ def eager_tower_reference(model, family: str, inputs: dict, monkeypatch) -> list
                 probabilities.append(weights)
             return output, weights
 
-        monkeypatch.setattr(modeling_qwen2_vl, "eager_attention_forward", keep_weights)
+        monkeypatch.setattr(modeling, "eager_attention_forward", keep_weights)
     else:
         handles.append(layer.register_forward_hook(lambda _m, _a, out: probabilities.append(out[1])))
     try:
@@ -68,7 +72,37 @@ def eager_tower_reference(model, family: str, inputs: dict, monkeypatch) -> list
             handle.remove()
     received = [row for p in probabilities for row in p.mean(dim=1).mean(dim=1)]
     assert len(received) == len(keys)
-    return [torch.cat([r[:, None], k], dim=-1) for r, k in zip(received, keys)]
+    per_image = [torch.cat([r[:, None], k], dim=-1) for r, k in zip(received, keys)]
+    if family == "qwen2_5_vl":
+        per_image = in_patch_order(model, inputs, per_image, [] if reordered is None else reordered)
+    return per_image
+
+
+def in_patch_order(model, inputs: dict, per_image: list[torch.Tensor], reordered: list[bool]) -> list[torch.Tensor]:
+    """Qwen2.5-VL: rows in window order -> rows in patch order, one tower call (images, then videos) at a time;
+    ``reordered`` gets, per call, whether the windows moved any patch."""
+    tower = model.model.visual
+    embedded, block_input = [], []
+    handles = [tower.patch_embed.register_forward_hook(lambda _m, _a, out: embedded.append(out)),
+               tower.blocks[0].register_forward_pre_hook(lambda _m, args: block_input.append(args[0]))]
+    try:
+        with torch.no_grad():
+            model(**inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    rows, out = iter(per_image), []
+    for natural, windowed in zip(embedded, block_input):
+        source = torch.cdist(natural, windowed).argmin(dim=1)  # natural row i is windowed row source[i]
+        assert torch.equal(torch.sort(source).values, torch.arange(natural.shape[0]))  # a permutation
+        reordered.append(not torch.equal(source, torch.arange(natural.shape[0])))
+        call, taken = [], 0
+        while taken < natural.shape[0]:
+            call.append(next(rows))
+            taken += call[-1].shape[0]
+        stacked = torch.cat(call)[source]
+        out.extend(stacked.split([c.shape[0] for c in call]))
+    return out
 
 
 def expected_per_token(family: str, per_image: list[torch.Tensor], cells: torch.Tensor, kind: str) -> torch.Tensor:
@@ -78,7 +112,7 @@ def expected_per_token(family: str, per_image: list[torch.Tensor], cells: torch.
     for i, (grid, row, col) in enumerate(cells.tolist()):
         if grid < 0:
             continue
-        if family == "qwen2_vl":  # grid g = g-th image / frame pair; its patches come in 2x2 blocks, row-major
+        if family in QWEN_FAMILIES:  # grid g = g-th image / frame pair; its patches come in 2x2 blocks, row-major
             width = cells[cells[:, 0] == grid, 2].max().item() + 1
             block = row * width + col
             out[i] = per_image[grid][4 * block:4 * block + 4].mean(dim=0)
@@ -109,7 +143,12 @@ def test_tower_attention_equals_the_feature_layers_eager_attention(models, famil
     adapter = adapter_for(model)
     llm = adapter.capture_llm_inputs(inputs, tower_attention=True)
     cells = llm.visual_cells[0]
-    expected = expected_per_token(family, eager_tower_reference(model, family, inputs, monkeypatch), cells, kind)
+    reordered: list[bool] = []
+    expected = expected_per_token(family, eager_tower_reference(model, family, inputs, monkeypatch, reordered),
+                                  cells, kind)
+    # Qwen2.5-VL's 56-px windows reorder the 112 x 84 image's patches; a 56-px frame is one window
+    assert reordered == ({"image": [True], "multi_image": [True], "video": [False]}[kind]
+                         if family == "qwen2_5_vl" else [])
     got = llm.tower_attention[0]
     assert got.shape == (llm.n_visual(0),)
     assert torch.equal(got == NO_PATCHES, cells[:, 0] < 0)  # exactly the newline tokens cover no patches
