@@ -61,6 +61,7 @@ setup(
     entry_points={
         "lmms_eval.models": [
             "qwen2_vl_tcc = tcc_eval.integrations.lmms_eval.manifests:qwen2_vl_tcc",
+            "qwen2_5_vl_tcc = tcc_eval.integrations.lmms_eval.manifests:qwen2_5_vl_tcc",
             "llava_onevision_tcc = tcc_eval.integrations.lmms_eval.manifests:llava_onevision_tcc",
             "vila_tcc = tcc_eval.integrations.lmms_eval.manifests:vila_tcc",
         ],

@@ -18,12 +18,13 @@ from typing import Any
 from tcc_eval.demo import TASKS as DEMO_TASKS
 
 # Checkpoint families we have a framework wrapper for.
-FAMILIES = ("qwen2_vl", "llava_onevision", "vila")
+FAMILIES = ("qwen2_vl", "qwen2_5_vl", "llava_onevision", "vila")
 # config.json model_type -> family where they differ: VILA1.5's top-level config says "llava_llama".
 MODEL_TYPE_FAMILIES = {"llava_llama": "vila"}
 
 # Options VLMEvalKit's own config (vlmeval/config.py) passes for these checkpoints, so baselines match it.
 QWEN2VL_VLMEVAL_KWARGS = {"min_pixels": 1280 * 28 * 28, "max_pixels": 16384 * 28 * 28}
+QWEN25VL_VLMEVAL_KWARGS = {**QWEN2VL_VLMEVAL_KWARGS, "use_custom_prompt": False}
 
 
 DEMO_OPTIONS = {"max_new_tokens": 8, "method_options": {"fastv_k": 1}}
@@ -51,6 +52,8 @@ BASES: dict[str, Base] = {
     for b in (
         Base("Qwen2VL", "qwen2_vl", "Qwen/Qwen2-VL-7B-Instruct", options=QWEN2VL_VLMEVAL_KWARGS),
         Base("Qwen2VL2B", "qwen2_vl", "Qwen/Qwen2-VL-2B-Instruct", options=QWEN2VL_VLMEVAL_KWARGS),
+        Base("Qwen25VL", "qwen2_5_vl", "Qwen/Qwen2.5-VL-7B-Instruct", options=QWEN25VL_VLMEVAL_KWARGS),
+        Base("Qwen25VL3B", "qwen2_5_vl", "Qwen/Qwen2.5-VL-3B-Instruct", options=QWEN25VL_VLMEVAL_KWARGS),
         Base("LLaVAOV", "llava_onevision", "llava-hf/llava-onevision-qwen2-7b-ov-hf"),
         Base("LLaVAOV05B", "llava_onevision", "llava-hf/llava-onevision-qwen2-0.5b-ov-hf"),
         # VLMEvalKit's VILA wrapper defaults to Llama-3-VILA1.5-8b; its config also lists VILA1.5-3b/13b/40b.

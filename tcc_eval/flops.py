@@ -44,6 +44,8 @@ _LLAMA3_8B = LLMShape(layers=32, hidden=4096, intermediate=14336, heads=32, kv_h
 LLM_SHAPES: dict[str, LLMShape] = {
     "qwen2-vl-7b": _QWEN2_7B,
     "qwen2-vl-2b": LLMShape(layers=28, hidden=1536, intermediate=8960, heads=12, kv_heads=2),
+    "qwen2.5-vl-7b": _QWEN2_7B,  # Qwen2.5-7B has Qwen2-7B's shape
+    "qwen2.5-vl-3b": LLMShape(layers=36, hidden=2048, intermediate=11008, heads=16, kv_heads=2),
     "qwen2-7b": _QWEN2_7B,
     "qwen2-0.5b": _QWEN2_0_5B,
     "llava-ov-7b": _QWEN2_7B,
@@ -208,6 +210,7 @@ def shape_from_config(hf_config: Any) -> LLMShape:
 # Family pattern (on the lower-cased name without punctuation) -> size token -> LLM_SHAPES key.
 _FAMILY_SIZES: dict[str, dict[str, str]] = {
     r"qwen2vl": {"7b": "qwen2-vl-7b", "2b": "qwen2-vl-2b"},
+    r"qwen25vl": {"7b": "qwen2.5-vl-7b", "3b": "qwen2.5-vl-3b"},  # before "qwen2", which it contains
     r"llava(?:ov|onevision)": {"7b": "llava-ov-7b", "05b": "llava-ov-0.5b"},
     r"vila(?:15)?": {"3b": "vila1.5-3b", "8b": "vila1.5-8b"},
     r"llama3": {"8b": "llama3-8b"},

@@ -211,8 +211,11 @@ def test_training_learns_a_known_mapping(tmp_path, one_thread):
 
 
 # ------------------------------------------------------------------------------------------ round trip
-def test_label_train_evaluate_round_trip(tiny_checkpoints, tmp_path, capsys, one_thread):
-    qwen = tiny_checkpoints["qwen2_vl"]
+@pytest.mark.parametrize("family, other", [("qwen2_vl", "qwen2_5_vl"), ("qwen2_5_vl", "qwen2_vl")])
+def test_label_train_evaluate_round_trip(tiny_checkpoints, tmp_path, capsys, one_thread, family, other):
+    """label -> train -> evaluate -> tcc inference on one checkpoint; the compressor is refused on the other Qwen
+    generation, whose tiny LLM has the very same shape (as Qwen2-VL-7B's and Qwen2.5-VL-7B's have)."""
+    qwen = tiny_checkpoints[family]
     samples = synth.generate("image", 12, seed=0, split="train")
     data = synth.export_vlmeval_tsv(samples, tmp_path / "train.tsv")
     labels, ckpt = tmp_path / "labels", tmp_path / "compressor.pt"
@@ -222,7 +225,7 @@ def test_label_train_evaluate_round_trip(tiny_checkpoints, tmp_path, capsys, one
     stats = json.loads((labels / "label_stats_0of1.json").read_text())
     assert (stats["kept"], stats["failed"]) == (12, 0)
     meta = json.loads((labels / "meta.json").read_text())
-    assert meta["model"]["family"] == "qwen2_vl" and meta["modality"] == "image"
+    assert meta["model"]["family"] == family and meta["modality"] == "image"
     record = torch.load(labels / "samples" / "0.pt", weights_only=True)
     assert record["a0"].shape == record["relevance"].shape == (record["n_visual"],)
     assert record["answer_ids"].numel() <= 2 and record["relevance"].min() >= 0
@@ -258,7 +261,14 @@ def test_label_train_evaluate_round_trip(tiny_checkpoints, tmp_path, capsys, one
     inputs = model.prepare(messages_for(read_data(data)[0], 8))
     visual_positions = torch.nonzero(model.pruned.adapter.capture_llm_inputs(inputs).visual_mask[0]).flatten()
     kept_visual = torch.nonzero(torch.isin(visual_positions, sel.kept_positions[0])).flatten()
-    assert torch.equal(kept_visual, topk_in_order(compressor.predict(record["a0"]), keep_count(n, 0.5)))
+    scores = compressor.predict(record["a0"])
+    expected = topk_in_order(scores, keep_count(n, 0.5))
+    # labels come from an eager-attention load, inference from sdpa: the tower's features (and so a0) may differ
+    # in the last float bits, which may swap tokens whose scores tie with the k-th (seen: exact ties, Qwen2.5-VL)
+    swapped = sorted(set(kept_visual.tolist()) ^ set(expected.tolist()))
+    assert all(abs(scores[i] - scores[expected].min()) < 1e-6 for i in swapped), swapped
+    with pytest.raises(ValueError, match=f"trained for {family} hidden 64.*mismatch in family"):
+        tcc_eval.load(tiny_checkpoints[other], method="tcc", keep_ratio=0.5, compressor=str(ckpt), device="cpu")
 
 
 def test_label_shards_jsonl_and_counts_failures(tiny_checkpoints, tmp_path, one_thread):

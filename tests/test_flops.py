@@ -89,6 +89,8 @@ def test_shape_from_hf_config_reads_text_config():
 @pytest.mark.parametrize("name, key", [
     ("Qwen2VL7B", "qwen2-vl-7b"),
     ("qwen2_vl/Qwen2-VL-2B-Instruct", "qwen2-vl-2b"),
+    ("Qwen/Qwen2.5-VL-3B-Instruct", "qwen2.5-vl-3b"),
+    ("Qwen25VL7B", "qwen2.5-vl-7b"),
     ("LLaVAOV7B", "llava-ov-7b"),
     ("llava_onevision/llava-onevision-qwen2-0.5b-ov-hf", "llava-ov-0.5b"),
     ("VILA1.5-3B", "vila1.5-3b"),
@@ -98,6 +100,7 @@ def test_guess_shape_known(name, key):
     assert guess_shape(name) == LLM_SHAPES[key]
 
 
-@pytest.mark.parametrize("name", ["Qwen2VL", "LLaVAOV", "TinyQwen2VL", "Qwen2-VL-72B", "VILA1.5-13B", "foo"])
+@pytest.mark.parametrize("name", ["Qwen2VL", "LLaVAOV", "TinyQwen2VL", "Qwen2-VL-72B", "Qwen2.5-VL-32B", "VILA1.5-13B",
+                                  "foo"])
 def test_guess_shape_never_guesses(name):
     assert guess_shape(name) is None

@@ -1,4 +1,4 @@
-"""lmms-eval 0.7.3 integration: ``--model qwen2_vl_tcc`` / ``llava_onevision_tcc`` on the shipped
+"""lmms-eval 0.7.3 integration: ``--model qwen2_vl_tcc`` / ``qwen2_5_vl_tcc`` / ``llava_onevision_tcc`` on the shipped
 ``tccsynth_img`` / ``tccsynth_vid`` tasks, end to end through the real CLI, plus method=none against the
 upstream wrappers on identical inputs. Tiny random-weight checkpoints: accuracy is meaningless here,
 the plumbing (registration, prompts, pruning, results, efficiency records) is what is tested."""
@@ -73,6 +73,7 @@ def untrained_compressor(tiny_checkpoints, tmp_path_factory) -> str:
 @pytest.mark.parametrize("family,model,method", [
     ("qwen2_vl", "qwen2_vl_tcc", "tcc"),
     ("llava_onevision", "llava_onevision_tcc", "visionzip"),  # reads the vision tower through the same wrapper
+    ("qwen2_5_vl", "qwen2_5_vl_tcc", "visionzip"),  # a windowed tower; upstream loads it in bf16
 ])
 def test_cli_runs_both_tasks_and_writes_results_and_records(family, model, method, tiny_checkpoints,
                                                            untrained_compressor, task_env, tmp_path):
@@ -141,12 +142,14 @@ def evaluate(lm, tasks: list[str], task_manager) -> tuple[list[dict], dict]:
 def upstream_and_ours(kind: str):
     from lmms_eval.models.chat.llava_hf import LlavaHf as LlavaChat
     from lmms_eval.models.simple.llava_hf import LlavaHf as LlavaSimple
+    from lmms_eval.models.simple.qwen2_5_vl import Qwen2_5_VL
     from lmms_eval.models.simple.qwen2_vl import Qwen2_VL
 
     from tcc_eval.integrations.lmms_eval import models
 
     return {
         "qwen2_vl": (Qwen2_VL, models.Qwen2VLTCC),
+        "qwen2_5_vl": (Qwen2_5_VL, models.Qwen25VLTCC),
         "llava_chat": (LlavaChat, models.LlavaOneVisionTCCChat),
         "llava_simple": (LlavaSimple, models.LlavaOneVisionTCC),
     }[kind]
@@ -155,6 +158,7 @@ def upstream_and_ours(kind: str):
 # Upstream chat llava_hf cannot run video here (images=[] crash, and no torchcodec): images only.
 @pytest.mark.parametrize("kind,family,tasks", [
     ("qwen2_vl", "qwen2_vl", TASKS),
+    ("qwen2_5_vl", "qwen2_5_vl", TASKS),
     ("llava_chat", "llava_onevision", ["tccsynth_img"]),
     ("llava_simple", "llava_onevision", TASKS),
 ])
@@ -215,6 +219,7 @@ def test_entry_points_resolve_to_our_classes():
     from tcc_eval.integrations.lmms_eval import models
 
     assert get_model("qwen2_vl_tcc") is models.Qwen2VLTCC
+    assert get_model("qwen2_5_vl_tcc") is models.Qwen25VLTCC
     assert get_model("llava_onevision_tcc") is models.LlavaOneVisionTCCChat  # like upstream llava_hf
     assert get_model("llava_onevision_tcc", force_simple=True) is models.LlavaOneVisionTCC
 

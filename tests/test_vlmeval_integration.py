@@ -1,7 +1,7 @@
 """VLMEvalKit integration: the literal `python -m vlmeval.run` through the .pth hook, Vanilla prompts equal
 VLMEvalKit's own wrappers, TCC100 == Vanilla, efficiency records, and a hook that never breaks start-up.
 
-Test-only bases (TQwen, TLlava) point at tiny checkpoints through TCC_EXTRA_MODELS; TQwen's TCC runs use
+Test-only bases (TQwen, TQwen25, TLlava) point at tiny checkpoints through TCC_EXTRA_MODELS; TQwen's TCC runs use
 untrained compressors found through TCC_COMPRESSOR_DIR.
 """
 
@@ -24,7 +24,8 @@ from model_registry import matrix
 
 PTH_NAME = "tcc_eval_vlmeval.pth"
 N = 4  # samples per synthetic set (TCC_SYNTH_N)
-MODELS = ("TQwen_Vanilla", "TQwen_TCC100", "TQwen_TCC50", "TLlava_Vanilla", "TLlava_Random50", "TLlava_VisionZip50")
+MODELS = ("TQwen_Vanilla", "TQwen_TCC100", "TQwen_TCC50", "TLlava_Vanilla", "TLlava_Random50", "TLlava_VisionZip50",
+          "TQwen25_VisionZip50")
 DATASETS = ("TCCSynth_IMG", "TCCSynth_VID")
 RECORD_KEYS = {
     "model", "framework", "dataset", "index", "method", "keep_ratio", "base_model", "visual_before", "visual_after",
@@ -52,7 +53,7 @@ def test_matrix_names_and_parsing():
     for name in ("Qwen2VL_TCC50", "Qwen2VL_TCC25", "LLaVAOV_TCC50", "Qwen2VL_Random25", "Qwen2VL_A025",
                  "Qwen2VL_FastV25", "Qwen2VL_Oracle50", "Qwen2VL_Vanilla", "Qwen2VL2B_TCC75", "LLaVAOV05B_TCC100",
                  "TinyQwen2VL_TCC50", "TinyLLaVAOV_Vanilla", "Qwen2VL_DART25", "VILA15_DART50", "TinyVILA_DivPrune25",
-                 "LLaVAOV_PDrop50", "TinyVILA_PDrop75"):
+                 "LLaVAOV_PDrop50", "TinyVILA_PDrop75", "Qwen25VL_TCC50", "Qwen25VL3B_VisionZip25"):
         assert name in specs, name
     assert "Qwen2VL_Random100" not in specs  # 100 only for TCC, the equality check
     assert specs["Qwen2VL_A025"].method == "a0" and specs["Qwen2VL_A025"].keep_ratio == 0.25
@@ -60,6 +61,7 @@ def test_matrix_names_and_parsing():
     assert specs["LLaVAOV_PDrop50"].method == "pdrop" and specs["LLaVAOV_PDrop50"].keep_ratio == 0.5
     assert specs["LLaVAOV_Vanilla"].method == "none" and specs["LLaVAOV_Vanilla"].keep_ratio == 1.0
     assert specs["Qwen2VL_TCC50"].base.hf_id == "Qwen/Qwen2-VL-7B-Instruct"
+    assert specs["Qwen25VL_TCC50"].base.hf_id == "Qwen/Qwen2.5-VL-7B-Instruct"
     assert specs["LLaVAOV05B_TCC50"].base.hf_id == "llava-hf/llava-onevision-qwen2-0.5b-ov-hf"
     for name, spec in specs.items():
         assert model_registry.parse_name(name) == spec
@@ -163,6 +165,12 @@ def test_registration_tables(registered):
     entry = supported_VLM["Qwen2VL_TCC50"]
     assert entry.func is TCCQwen2VLChat and entry.keywords["method"] == "tcc" and entry.keywords["keep_ratio"] == 0.5
     assert entry.keywords["min_pixels"] == 1280 * 28 * 28  # VLMEvalKit's own Qwen2-VL setting
+    qwen25 = supported_VLM["Qwen25VL_VisionZip25"]
+    assert qwen25.func is TCCQwen2VLChat and qwen25.keywords["method"] == "visionzip"
+    # VLMEvalKit's own Qwen2.5-VL-7B-Instruct entry: same pixel limits, no custom prompts
+    settings = ("min_pixels", "max_pixels", "use_custom_prompt")
+    assert {k: qwen25.keywords[k] for k in settings} == {
+        k: supported_VLM["Qwen2.5-VL-7B-Instruct"].keywords[k] for k in settings}
     assert supported_VLM["LLaVAOV05B_A025"].func is TCCLLaVAOneVisionHF
     with pytest.raises(NotImplementedError, match="VILA1.5"):
         supported_VLM["VILA1540B_TCC25"]()
@@ -263,16 +271,19 @@ def _upstream(cls, family_ckpt: str, **kwargs):
     """VLMEvalKit's own wrapper, built on CPU by stubbing its GPU check and weight loading."""
     import transformers
 
-    hf_cls = {"qwen2_vl": "Qwen2VLForConditionalGeneration", "llava_onevision": "LlavaOnevisionForConditionalGeneration"}
+    hf_cls = {"qwen2_vl": "Qwen2VLForConditionalGeneration", "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
+              "llava_onevision": "LlavaOnevisionForConditionalGeneration"}
     family = json.loads((Path(family_ckpt) / "config.json").read_text())["model_type"]
     with mock.patch("vlmeval.vlm.qwen2_vl.model.get_gpu_memory", return_value=[80_000]), \
             mock.patch.object(getattr(transformers, hf_cls[family]), "from_pretrained", return_value=mock.MagicMock()):
         return cls(model_path=family_ckpt, **kwargs)
 
 
-@pytest.mark.parametrize("family", ["qwen2_vl", "llava_onevision"])
-def test_vanilla_matches_vlmevalkit_wrapper(registered, tiny_checkpoints, tmp_path, family):
-    """Same constructor state and, for the same message, the same tensors reach generate()."""
+@pytest.mark.parametrize("family, base", [("qwen2_vl", "Qwen2VL"), ("qwen2_5_vl", "Qwen25VL"),
+                                          ("llava_onevision", "LLaVAOV")])
+def test_vanilla_matches_vlmevalkit_wrapper(registered, tiny_checkpoints, tmp_path, family, base):
+    """Same constructor state (with the options VLMEvalKit's config gives the base's checkpoint) and, for the same
+    message, the same tensors reach generate()."""
     from vlmeval.vlm import LLaVA_OneVision_HF, Qwen2VLChat
 
     from tcc_eval import synth
@@ -280,9 +291,8 @@ def test_vanilla_matches_vlmevalkit_wrapper(registered, tiny_checkpoints, tmp_pa
     from tcc_eval.integrations.vlmeval.wrappers import WRAPPERS
 
     ckpt = tiny_checkpoints[family]
-    options = matrix.QWEN2VL_VLMEVAL_KWARGS if family == "qwen2_vl" else {}
-    upstream = _upstream(Qwen2VLChat if family == "qwen2_vl" else LLaVA_OneVision_HF, ckpt, **options)
-    base = "Qwen2VL" if family == "qwen2_vl" else "LLaVAOV"
+    options = matrix.BASES[base].options
+    upstream = _upstream(LLaVA_OneVision_HF if family == "llava_onevision" else Qwen2VLChat, ckpt, **options)
     ours = WRAPPERS[family](base=base, model_path=ckpt, method="none", **options)
     ignore = {"model", "processor"}
     state = {k: v for k, v in vars(upstream).items() if k not in ignore}
@@ -347,7 +357,7 @@ def test_synthetic_set_settings_are_checked(registered, monkeypatch, tmp_path):
 # --- the real runner, literally, through the .pth hook ----------------------------------------------
 @pytest.fixture(scope="module")
 def vlmeval_run(tiny_checkpoints, tmp_path_factory):
-    """One `python -m vlmeval.run` over both synthetic sets and six test models."""
+    """One `python -m vlmeval.run` over both synthetic sets and seven test models."""
     from transformers import AutoModelForImageTextToText
 
     from tcc_eval.compressor import TokenCompressor, model_meta, save_compressor
@@ -360,7 +370,8 @@ def vlmeval_run(tiny_checkpoints, tmp_path_factory):
     for modality in ("image", "video"):  # untrained: TCC100 must still equal Vanilla
         save_compressor(compressors / f"TQwen_{modality}.pt", TokenCompressor(), model_meta(model), modality, {})
     extra = {"TQwen": {"path": tiny_checkpoints["qwen2_vl"], "max_new_tokens": 4},
-             "TLlava": {"path": tiny_checkpoints["llava_onevision"], "max_new_tokens": 4}}
+             "TLlava": {"path": tiny_checkpoints["llava_onevision"], "max_new_tokens": 4},
+             "TQwen25": {"path": tiny_checkpoints["qwen2_5_vl"], "max_new_tokens": 4}}
     env = _clean_env(LMUData=str(root / "LMUData"), TCC_SYNTH_N=str(N), TCC_EXTRA_MODELS=json.dumps(extra),
                      TCC_COMPRESSOR_DIR=str(compressors))
     (root / "LMUData").mkdir()

@@ -405,7 +405,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="HF checkpoint folder of the MLLM (qwen2_vl, llava_onevision)")
+    parser.add_argument("--model", required=True,
+                        help="checkpoint folder or hub id of the MLLM (Qwen2-VL, Qwen2.5-VL, LLaVA-OneVision, VILA1.5)")
     parser.add_argument("--data", required=True, help="VLMEvalKit-style MCQ .tsv or .jsonl")
     parser.add_argument("--out", required=True, help="label directory (created; reused to resume)")
     parser.add_argument("--shard", default=None, help="i/n: label every n-th sample starting at i "

@@ -12,6 +12,8 @@ _MODELS = "tcc_eval.integrations.lmms_eval.models"
 
 qwen2_vl_tcc = ModelManifest(model_id="qwen2_vl_tcc", simple_class_path=f"{_MODELS}.Qwen2VLTCC")
 
+qwen2_5_vl_tcc = ModelManifest(model_id="qwen2_5_vl_tcc", simple_class_path=f"{_MODELS}.Qwen25VLTCC")
+
 llava_onevision_tcc = ModelManifest(
     model_id="llava_onevision_tcc",
     simple_class_path=f"{_MODELS}.LlavaOneVisionTCC",

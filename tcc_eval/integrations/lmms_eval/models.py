@@ -1,9 +1,9 @@
 """lmms-eval model classes: the upstream wrappers with their HF model swapped for a pruned one.
 
-Prompt building, media loading, batching and decoding stay upstream's (``qwen2_vl``, ``llava_hf``), so a
-``method=none`` run sees exactly the inputs of the upstream baseline. Upstream ``vila`` imports the NVlabs
-VILA repository at module load, so ``vila_tcc`` builds on ``VilaBaseline``, its generation path re-stated
-on ``tcc_eval.vila``. Our model args are popped before the upstream constructor runs (it asserts that no
+Prompt building, media loading, batching and decoding stay upstream's (``qwen2_vl``, ``qwen2_5_vl``,
+``llava_hf``), so a ``method=none`` run sees exactly the inputs of the upstream baseline. Upstream ``vila`` imports
+the NVlabs VILA repository at module load, so ``vila_tcc`` builds on ``VilaBaseline``, its generation path
+re-stated on ``tcc_eval.vila``. Our model args are popped before the upstream constructor runs (it asserts that no
 unknown kwargs are left):
 
     method=none|random|a0|tcc|oracle|divprune|uniform|pool|visionzip|fastv|dart|pdrop
@@ -19,7 +19,7 @@ unknown kwargs are left):
     max_answer_tokens=16                     oracle option
     contextual_share=0.15625                 VisionZip's share of contextual tokens (0: dominant tokens only)
     efficiency_dir=DIR                       where the per-sample records go (see efficiency.py)
-    dtype=float32                            qwen2_vl_tcc: cast after loading; vila_tcc: load dtype
+    dtype=float32                            qwen2_vl_tcc, qwen2_5_vl_tcc: cast after loading; vila_tcc: load dtype
                                              (llava_hf has its own)
 
 The device defaults to CUDA when available, else CPU (upstream assumes CUDA); under ``accelerate
@@ -37,6 +37,7 @@ import torch
 from lmms_eval.api.model import lmms
 from lmms_eval.models.chat.llava_hf import LlavaHf as UpstreamLlavaHfChat
 from lmms_eval.models.simple.llava_hf import LlavaHf as UpstreamLlavaHf
+from lmms_eval.models.simple.qwen2_5_vl import Qwen2_5_VL as UpstreamQwen25VL
 from lmms_eval.models.simple.qwen2_vl import Qwen2_VL as UpstreamQwen2VL
 
 from model_registry import compressors_for_checkpoint, local_folder
@@ -109,7 +110,7 @@ def _owner(option: str) -> str:
 
 
 class TCCWrapperMixin:
-    """Shared by the three classes: pop our args, build the parent, swap its model, log efficiency."""
+    """Shared by every wrapper: pop our args, build the parent, swap its model, log efficiency."""
 
     model_id: str  # the --model name, recorded in the efficiency records
     doc_fn_arg: int  # position of the per-doc callable (doc_to_visual / doc_to_messages) in a request
@@ -189,10 +190,9 @@ class TCCWrapperMixin:
         self.efficiency.write(task, index, stats, batch_size)
 
 
-class Qwen2VLTCC(TCCWrapperMixin, UpstreamQwen2VL):
-    """``--model qwen2_vl_tcc``: upstream ``qwen2_vl`` with a pruned model."""
+class _QwenTCC(TCCWrapperMixin):
+    """What both Qwen wrappers need on top of the mixin: ``dtype=`` casts after loading (upstream picks the dtype)."""
 
-    model_id = "qwen2_vl_tcc"
     doc_fn_arg = 2  # (ctx, gen_kwargs, doc_to_visual, doc_id, task, split)
 
     def __init__(self, **kwargs: Any) -> None:
@@ -200,12 +200,24 @@ class Qwen2VLTCC(TCCWrapperMixin, UpstreamQwen2VL):
         super().__init__(**kwargs)
 
     def _set_parent_defaults(self, kwargs: dict[str, Any]) -> None:
-        kwargs.setdefault("device_map", kwargs["device"])  # upstream defaults device_map to "cuda"
+        kwargs.setdefault("device_map", kwargs["device"])  # upstream's default: "cuda" (qwen2_vl), "auto" (qwen2_5_vl)
 
     def _install_pruning(self, settings: TCCSettings, base_model: str) -> None:
         if self._cast_dtype is not None:
             self.model.to(default_dtype(self.device, str(self._cast_dtype)))
         super()._install_pruning(settings, base_model)
+
+
+class Qwen2VLTCC(_QwenTCC, UpstreamQwen2VL):
+    """``--model qwen2_vl_tcc``: upstream ``qwen2_vl`` with a pruned model."""
+
+    model_id = "qwen2_vl_tcc"
+
+
+class Qwen25VLTCC(_QwenTCC, UpstreamQwen25VL):
+    """``--model qwen2_5_vl_tcc``: upstream ``qwen2_5_vl`` with a pruned model."""
+
+    model_id = "qwen2_5_vl_tcc"
 
 
 class _LlavaHfTCC(TCCWrapperMixin):

@@ -372,4 +372,6 @@ class TCCVILA(TCCModelMixin, VilaChat):
         return model, VilaProcessor(processor.tokenizer, processor.image_spec, processor.config, conv_mode)
 
 
-WRAPPERS: dict[str, type] = {"qwen2_vl": TCCQwen2VLChat, "llava_onevision": TCCLLaVAOneVisionHF, "vila": TCCVILA}
+# Qwen2.5-VL checkpoints run through Qwen2VLChat in VLMEvalKit too (it picks the model class from the config).
+WRAPPERS: dict[str, type] = {"qwen2_vl": TCCQwen2VLChat, "qwen2_5_vl": TCCQwen2VLChat,
+                             "llava_onevision": TCCLLaVAOneVisionHF, "vila": TCCVILA}
