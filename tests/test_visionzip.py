@@ -51,6 +51,11 @@ def eager_tower_reference(model, family: str, inputs: dict, monkeypatch,
             keys.extend(module.k_proj(hidden).reshape(*hidden.shape[:2], heads, -1).mean(dim=2))
 
     handles = [layer.register_forward_pre_hook(keep_keys, with_kwargs=True)]
+    embedded, block_input = [], []  # Qwen2.5-VL: patch embeddings, and the same rows as the first block gets them
+    if family == "qwen2_5_vl":
+        tower = model.model.visual
+        handles += [tower.patch_embed.register_forward_hook(lambda _m, _a, out: embedded.append(out)),
+                    tower.blocks[0].register_forward_pre_hook(lambda _m, args: block_input.append(args[0]))]
     if family in QWEN_FAMILIES:
         modeling = sys.modules[type(layer).__module__]
         eager = modeling.eager_attention_forward
@@ -74,23 +79,15 @@ def eager_tower_reference(model, family: str, inputs: dict, monkeypatch,
     assert len(received) == len(keys)
     per_image = [torch.cat([r[:, None], k], dim=-1) for r, k in zip(received, keys)]
     if family == "qwen2_5_vl":
-        per_image = in_patch_order(model, inputs, per_image, [] if reordered is None else reordered)
+        per_image = in_patch_order(embedded, block_input, per_image, [] if reordered is None else reordered)
     return per_image
 
 
-def in_patch_order(model, inputs: dict, per_image: list[torch.Tensor], reordered: list[bool]) -> list[torch.Tensor]:
-    """Qwen2.5-VL: rows in window order -> rows in patch order, one tower call (images, then videos) at a time;
-    ``reordered`` gets, per call, whether the windows moved any patch."""
-    tower = model.model.visual
-    embedded, block_input = [], []
-    handles = [tower.patch_embed.register_forward_hook(lambda _m, _a, out: embedded.append(out)),
-               tower.blocks[0].register_forward_pre_hook(lambda _m, args: block_input.append(args[0]))]
-    try:
-        with torch.no_grad():
-            model(**inputs)
-    finally:
-        for handle in handles:
-            handle.remove()
+def in_patch_order(embedded: list[torch.Tensor], block_input: list[torch.Tensor], per_image: list[torch.Tensor],
+                   reordered: list[bool]) -> list[torch.Tensor]:
+    """Qwen2.5-VL: rows in window order -> rows in patch order, one tower call (images, then videos) at a time, by
+    matching each call's patch embeddings to its first block's input; ``reordered`` gets, per call, whether the
+    windows moved any patch."""
     rows, out = iter(per_image), []
     for natural, windowed in zip(embedded, block_input):
         source = torch.cdist(natural, windowed).argmin(dim=1)  # natural row i is windowed row source[i]

@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from transformers.vision_utils import get_vision_window_index
 
 from .base import register_adapter
 from .qwen2_vl import Qwen2VLAdapter
@@ -22,6 +21,8 @@ class Qwen2_5_VLAdapter(Qwen2VLAdapter):
     ) -> dict[int, torch.Tensor]:
         """As Qwen2-VL, but the tower's blocks see merge units in window order: each stream is put back in
         the order the merger's output is (``argsort(window_index)``, as the tower does)."""
+        from transformers.vision_utils import get_vision_window_index  # the tower's own, so the orders agree
+
         cfg = self.model.config
         vision = cfg.vision_config
         grids = {cfg.image_token_id: inputs.get("image_grid_thw"), cfg.video_token_id: inputs.get("video_grid_thw")}
