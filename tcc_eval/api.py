@@ -8,11 +8,11 @@ from typing import Any, Sequence
 
 import torch
 
-from .adapters import ADAPTERS
+from .adapters import ADAPTERS, adapter_for
 from .flops import INSIDE_LLM_METHODS
 from .methods import (VISIONZIP_CONTEXTUAL_SHARE, Scorer, TCCScorer, VisionZip, a0_scorer, check_method,
                       divprune_scorer, pool_merger, random_scorer, uniform_scorer)
-from .pruned import TokenPrunedModel
+from .pruned import TokenPrunedModel, check_positions
 
 log = logging.getLogger("tcc_eval")
 
@@ -133,7 +133,6 @@ MODALITIES = ("image", "video")
 def compressors_by_modality(model, compressor: Any) -> dict[str, Any]:
     """A compressor per modality from: one checkpoint (used for both), a {modality: checkpoint} dict, or a
     directory holding ``<family>_<modality>.pt`` files (the layout of the shipped demo compressors)."""
-    from .adapters import adapter_for
     from .compressor import check_compressor_argument, load_compressor_for
 
     if isinstance(compressor, dict):
@@ -179,6 +178,7 @@ def wrap_model(
     pdrop_layers: Sequence[int] | str | None = None,
     max_answer_tokens: int = 16,
     contextual_share: float | str = VISIONZIP_CONTEXTUAL_SHARE,
+    positions: str = "original",
 ) -> TokenPrunedModel:
     """Wrap an already loaded HF MLLM; the result's ``generate`` is a drop-in for ``model.generate``.
 
@@ -187,8 +187,14 @@ def wrap_model(
     (``match="kept"``: keep_ratio is the fraction kept from layer K on, for pdrop its per-stage ratio,
     instead of the average retention over layers), ``pdrop_layers`` (the layers starting PyramidDrop's stages,
     its ``layer_list``) to pdrop, ``max_answer_tokens`` to the oracle, ``contextual_share`` (the share of
-    kept tokens that are contextual; 0: dominant tokens only) to visionzip."""
+    kept tokens that are contextual; 0: dominant tokens only) to visionzip. ``positions="renumber"`` gives the
+    kept tokens of an input-stage method consecutive position ids instead of their original ones (1-D ids only;
+    the methods that prune inside the LLM refuse it: their first layers' cache holds the original ids)."""
     check_method(method)
+    if method in INSIDE_LLM_METHODS and positions != "original":
+        raise ValueError(f"positions={positions!r} applies to methods that prune before the LLM; {method} prunes "
+                         f"inside it, after layers whose KV cache holds the original ids: leave positions='original'")
+    check_positions(positions, adapter_for(model))  # before a scorer loads anything
     if method in INSIDE_LLM_METHODS:
         from .fastv import DartModel, FastVModel, PyramidDropModel
 
@@ -199,10 +205,11 @@ def wrap_model(
     if method == "visionzip":  # its dominant / contextual split depends on the budget: scorer and merger in one
         zip_plan = VisionZip(keep_ratio, budget, contextual_share)
         return TokenPrunedModel(model, zip_plan, keep_ratio=keep_ratio, budget=budget, method=method,
-                                merger=zip_plan.merge)
+                                merger=zip_plan.merge, positions=positions)
     scorer = build_scorer(method, model, compressor=compressor, seed=seed, max_answer_tokens=max_answer_tokens)
     merger = pool_merger() if method == "pool" else None
-    return TokenPrunedModel(model, scorer, keep_ratio=keep_ratio, budget=budget, method=method, merger=merger)
+    return TokenPrunedModel(model, scorer, keep_ratio=keep_ratio, budget=budget, method=method, merger=merger,
+                            positions=positions)
 
 
 def read_video_frames(path: str | os.PathLike, num_frames: int = 8) -> list:
@@ -284,7 +291,7 @@ def load(
     keep_ratio in (0, 1];
     compressor: a trained compressor checkpoint, {modality: checkpoint} or a folder of
     ``<family>_<modality>.pt`` (required for tcc); options: ``wrap_model``'s (budget, seed, fastv_k, match,
-    pdrop_layers, max_answer_tokens, contextual_share). CUDA when available (bf16/fp16), else CPU (fp32).
+    pdrop_layers, max_answer_tokens, contextual_share, positions). CUDA when available (bf16/fp16), else CPU (fp32).
     """
     from .core import check_keep_ratio
 

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .adapters import LLMInputs, adapter_for
+from .adapters import LLMInputs, MLLMAdapter, adapter_for
 from .core import Selection, check_keep_ratio, gather_left_padded, keep_positions, select_visual
 from .methods import Merger, SampleView, Scorer
 
@@ -56,6 +56,8 @@ class TokenPrunedModel(nn.Module):
     ``scorer=None`` keeps every token (method "none") through the same code path. A ``merger`` (pooling) sets
     the embeddings the kept tokens carry; without one they keep their own. A scorer whose
     ``reads_tower_attention`` is true (VisionZip) gets the vision tower's attention and keys in its view.
+    ``positions``: "original" (the method: kept tokens keep their ids in the full sequence) or "renumber"
+    (consecutive ids over the pruned sequence, as if it were the whole prompt; 1-D position ids only).
     """
 
     def __init__(
@@ -66,10 +68,12 @@ class TokenPrunedModel(nn.Module):
         budget: str = "global",
         method: str = "custom",
         merger: Merger | None = None,
+        positions: str = "original",
     ):
         super().__init__()
         self.model = model
         self.adapter = adapter_for(model)
+        self.positions = check_positions(positions, self.adapter)
         self.scorer = scorer
         self.keep_ratio = check_keep_ratio(keep_ratio)
         self.budget = budget
@@ -124,8 +128,11 @@ class TokenPrunedModel(nn.Module):
         llm = self.adapter.capture_llm_inputs(inputs, tower_attention=tower)
         selection = self.select(llm)
         embeds = self.merged_embeds(llm, selection) if prunes and self.merger is not None else llm.inputs_embeds
-        pruned = gather_left_padded(embeds, llm.attention_mask, llm.position_ids, selection.kept_positions)
-        return llm, selection, pruned
+        embeds, mask, positions = gather_left_padded(embeds, llm.attention_mask, llm.position_ids,
+                                                     selection.kept_positions)
+        if self.positions == "renumber":
+            positions = self.adapter.default_position_ids(mask)
+        return llm, selection, (embeds, mask, positions)
 
     def merged_embeds(self, llm: LLMInputs, selection: Selection) -> torch.Tensor:
         """The LLM input with each kept visual token's embedding replaced by what the merger gives it."""
@@ -180,6 +187,7 @@ class TokenPrunedModel(nn.Module):
         return {
             "method": self.method,
             "keep_ratio": self.keep_ratio,
+            "positions": self.positions,
             "visual_before": before,
             "visual_after": after,
             "seq_before": seq_before,
@@ -193,6 +201,21 @@ class TokenPrunedModel(nn.Module):
             "new_tokens": int(new_tokens.shape[1]),
             "llm_shape": asdict(shape),
         }
+
+
+POSITION_MODES = ("original", "renumber")
+
+
+def check_positions(positions: str, adapter: MLLMAdapter) -> str:
+    if positions not in POSITION_MODES:
+        raise ValueError(f"positions must be 'original' (kept tokens keep their ids in the full sequence, the "
+                         f"method's default) or 'renumber' (consecutive ids over the pruned sequence); got "
+                         f"{positions!r}")
+    if positions == "renumber" and adapter.grid_positions:
+        raise ValueError(f"positions='renumber' needs 1-D position ids: {adapter.family}'s M-RoPE ids place each "
+                         f"visual token on its image or frame grid, which consecutive ids would erase; keep "
+                         f"positions='original'")
+    return positions
 
 
 def split_model_inputs(input_ids: torch.Tensor, kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -235,6 +235,7 @@ def test_entry_points_resolve_to_our_classes():
     ({"method": "dart", "ratio": 0.5, "pdrop_layers": "2/14/21"}, "option of method pdrop, not of method=dart"),
     ({"method": "a0", "ratio": 0.5, "compressor": "/x.pt"}, "only used by method=tcc"),
     ({"method": "uniform", "ratio": 0.5, "contextual_share": 0}, "option of method visionzip, not of method=uniform"),
+    ({"method": "tcc", "ratio": 0.5, "positions": "sequential"}, "positions=sequential is not one of original"),
 ])
 def test_bad_model_args_fail_before_loading(kwargs, message):
     from tcc_eval.integrations.lmms_eval.models import TCCSettings
@@ -261,6 +262,10 @@ def test_settings_pop_only_our_args():
     kwargs = {"pretrained": "p", "method": "visionzip", "ratio": 0.25, "contextual_share": "0"}
     settings = TCCSettings.pop_from(kwargs, "llava_onevision_tcc")
     assert kwargs == {"pretrained": "p"} and settings.options == {"contextual_share": "0"}
+    assert settings.positions == "original"
+    kwargs = {"pretrained": "p", "method": "a0", "ratio": 0.25, "positions": "renumber"}
+    settings = TCCSettings.pop_from(kwargs, "vila_tcc")
+    assert kwargs == {"pretrained": "p"} and settings.positions == "renumber"
 
 
 def test_efficiency_dir_resolution(tmp_path):

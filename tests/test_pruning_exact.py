@@ -67,8 +67,58 @@ def test_pruned_equals_masked_reference(loaded, family, kind, ratio, method):
     assert sel.seq_before[0] - sel.seq_after[0] == n_visual - sel.visual_after[0]
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_left_padded_batch_equals_single_runs(loaded, family):
+@pytest.fixture(scope="module")
+def one_d_models(loaded, tiny_vila_path):
+    """The families with 1-D position ids, where positions='renumber' applies."""
+    from tcc_eval.api import load_hf_model
+
+    vila = load_hf_model(str(tiny_vila_path), torch.device("cpu"), torch.float32, attn="eager")
+    return {"llava_onevision": loaded["llava_onevision"], "vila": vila}
+
+
+@pytest.mark.parametrize("family", ("llava_onevision", "vila"))
+@pytest.mark.parametrize("kind", ("image", "video"))
+def test_renumbered_run_equals_a_prompt_of_the_kept_tokens_alone(one_d_models, family, kind):
+    """positions='renumber': logits and greedy tokens equal the HF model fed only the kept tokens' embeddings,
+    positions left to the model; keep-all equals vanilla exactly; at 50% the ids, and so the logits, change."""
+    model, processor = one_d_models[family]
+    inputs = model_inputs(processor, messages_for(kind, seed=3))
+    pruned = wrap_model(model, method="a0", keep_ratio=0.5, positions="renumber")
+    logits = pruned.prefill_logits(**inputs)[0]
+    tokens = pruned.generate(**inputs, max_new_tokens=5, do_sample=False)[0, inputs["input_ids"].shape[1]:]
+    kept = pruned.last_selection.kept_positions[0]
+    embeds = pruned.adapter.capture_llm_inputs(inputs).inputs_embeds[:, kept]  # the vanilla LLM input, kept rows
+    mask = torch.ones(1, kept.numel(), dtype=torch.long)
+    with torch.no_grad():
+        reference = model(inputs_embeds=embeds, attention_mask=mask).logits[0]
+        reference_tokens = model.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=5,
+                                          do_sample=False)[0]
+    assert (logits - reference).abs().max().item() < 1e-5
+    assert torch.equal(tokens, reference_tokens)
+    assert pruned.last_stats["positions"] == "renumber"
+    original = wrap_model(model, method="a0", keep_ratio=0.5).prefill_logits(**inputs)[0]
+    assert (original - logits).abs().max().item() > 1e-3
+    keep_all = wrap_model(model, method="a0", keep_ratio=1.0, positions="renumber")
+    with torch.no_grad():
+        assert torch.equal(keep_all.prefill_logits(**inputs), model(**inputs).logits)
+
+
+@pytest.mark.parametrize("family, method, message", [
+    ("qwen2_vl", "a0", "M-RoPE ids place each visual token"),
+    ("qwen2_5_vl", "tcc", "M-RoPE ids place each visual token"),
+    ("llava_onevision", "fastv", "fastv prunes inside it"),
+    ("llava_onevision", "pdrop", "pdrop prunes inside it"),
+])
+def test_renumbering_is_refused_where_it_has_no_meaning(loaded, family, method, message):
+    with pytest.raises(ValueError, match=message):
+        wrap_model(loaded[family][0], method=method, keep_ratio=0.5, positions="renumber", compressor="unused.pt")
+    with pytest.raises(ValueError, match="must be 'original'.*or 'renumber'"):
+        wrap_model(loaded["llava_onevision"][0], method="random", keep_ratio=0.5, positions="sequential")
+
+
+@pytest.mark.parametrize("family, positions", [(family, "original") for family in FAMILIES]
+                         + [("llava_onevision", "renumber")])
+def test_left_padded_batch_equals_single_runs(loaded, family, positions):
     model, processor = loaded[family]
     from conftest import random_image
 
@@ -79,7 +129,7 @@ def test_left_padded_batch_equals_single_runs(loaded, family):
     processor.tokenizer.padding_side = "left"
     batch = dict(processor(text=prompts, images=images, return_tensors="pt", padding=True))
     assert (batch["attention_mask"] == 0).any(), "samples must differ in length"
-    pruned = wrap_model(model, method="a0", keep_ratio=0.5)
+    pruned = wrap_model(model, method="a0", keep_ratio=0.5, positions=positions)
     batch_tokens = pruned.generate(**batch, max_new_tokens=5, do_sample=False)
     batch_logits = pruned.prefill_logits(**batch)[:, -1]
     for b, (prompt, image) in enumerate(zip(prompts, images)):

@@ -51,6 +51,7 @@ class MLLMAdapter:
 
     family: ClassVar[str]
     model_types: ClassVar[tuple[str, ...]]
+    grid_positions: ClassVar[bool] = False  # position ids place visual tokens on their grid (M-RoPE), not in a row
 
     def __init__(self, model: nn.Module):
         self.model = model

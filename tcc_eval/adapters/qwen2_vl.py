@@ -18,6 +18,7 @@ def grid_list(grid_thw: torch.Tensor | None) -> list[list[int]]:
 class Qwen2VLAdapter(MLLMAdapter):
     family = "qwen2_vl"
     model_types = ("qwen2_vl",)
+    grid_positions = True
 
     def visual_token_ids(self) -> tuple[int, ...]:
         cfg = self.model.config

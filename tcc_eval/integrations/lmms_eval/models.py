@@ -13,6 +13,7 @@ unknown kwargs are left):
     compressor=PATH                          trained compressor, for method=tcc; left out: the registry's
                                              $TCC_COMPRESSOR_DIR/<Base>_<modality>.pt for the checkpoint
     budget=global|...  seed=0                selection options of the input-stage methods
+    positions=original|renumber              their kept tokens' position ids (renumber: 1-D ids only)
     fastv_k=2  match=avg_retention           FastV and DART options (layer K, what ratio means);
                                              PyramidDrop takes match= (kept: ratio is its per-stage ratio)
     pdrop_layers=2/14/21                     PyramidDrop's stage layers (its layer_list; default L/4, L/2, 3L/4)
@@ -44,6 +45,7 @@ from model_registry import compressors_for_checkpoint, local_folder
 from tcc_eval.api import default_device, default_dtype, wrap_model
 from tcc_eval.core import check_keep_ratio
 from tcc_eval.methods import check_method
+from tcc_eval.pruned import POSITION_MODES
 
 from .efficiency import EfficiencyLog, RecordingModel, resolve_efficiency_dir
 
@@ -61,6 +63,7 @@ class TCCSettings:
     compressor: str | dict[str, Any] | None = None  # a path, or {modality: compressor} from the registry
     budget: str = "global"
     seed: int = 0
+    positions: str = "original"
     options: dict[str, Any] = dataclasses.field(default_factory=dict)
     efficiency_dir: str | None = None
 
@@ -90,12 +93,16 @@ class TCCSettings:
         compressor = kwargs.pop("compressor", None)
         if compressor is not None and method != "tcc":
             raise ValueError(f"compressor= is only used by method=tcc, not method={method}")
+        positions = str(kwargs.pop("positions", "original"))
+        if positions not in POSITION_MODES:
+            raise ValueError(f"positions={positions} is not one of {', '.join(POSITION_MODES)}")
         return cls(
             method=method,
             keep_ratio=keep_ratio,
             compressor=None if compressor is None else str(compressor),
             budget=str(kwargs.pop("budget", "global")),
             seed=int(kwargs.pop("seed", 0)),
+            positions=positions,
             options=options,
             efficiency_dir=kwargs.pop("efficiency_dir", None),
         )
@@ -145,6 +152,7 @@ class TCCWrapperMixin:
             compressor=settings.compressor,
             budget=settings.budget,
             seed=settings.seed,
+            positions=settings.positions,
             **settings.options,
         )
         self.efficiency = EfficiencyLog(
