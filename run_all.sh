@@ -7,6 +7,8 @@
 #   options: --results DIR (default results/)  --frameworks vlmeval,lmms_eval  --n N (synthetic set size)
 #            --methods TCC,VisionZip,... (the VLMEvalKit grid's method tokens, as in model names; default: the
 #            suite's; lmms-eval keeps its own shorter list)
+#            --bases Qwen25VL,Qwen2VL2B,... (paper suite: the checkpoints, as registry bases; default
+#            Qwen2VL,LLaVAOV,VILA15, the paper's)
 #            --dry-run (print the framework commands that would run, one per line, and run nothing)
 #
 # Resumable: a run whose score files already exist is skipped. Fails loudly when a run produced no results
@@ -19,6 +21,7 @@ RESULTS=results
 FRAMEWORKS=vlmeval,lmms_eval
 N=""
 METHODS_ARG=""
+BASES_ARG=""
 DRY_RUN=""
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -28,7 +31,8 @@ while [[ $# -gt 0 ]]; do
     --n) N="$2"; shift 2 ;;
     --methods) METHODS_ARG="$2"; shift 2 ;;
     --dry-run) DRY_RUN=1; shift ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    --bases) BASES_ARG="$2"; shift 2 ;;
+    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
     *) echo "run_all.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -49,6 +53,10 @@ else
 fi
 echo "== run_all.sh suite=$SUITE frameworks=$FRAMEWORKS gpus=$NGPU results=$RESULTS ($(date -u +%FT%TZ))" | tee -a "$LOG"
 
+if [[ "$SUITE" == demo && -n "$BASES_ARG" ]]; then
+  echo "run_all.sh: --bases picks real checkpoints for --suite paper; the demo suite runs every built demo model" >&2
+  exit 2
+fi
 if [[ "$SUITE" == demo ]]; then
   export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
   export TCC_SYNTH_N=${N:-${TCC_SYNTH_N:-100}} TCC_LMMS_SYNTH_N=${N:-${TCC_LMMS_SYNTH_N:-100}}
@@ -99,26 +107,36 @@ if [[ "$SUITE" == demo ]]; then
   done
 elif [[ "$SUITE" == paper ]]; then
   VLMEVAL_BASES=(Qwen2VL LLaVAOV VILA15)
+  if [[ -n "$BASES_ARG" ]]; then
+    IFS=, read -ra VLMEVAL_BASES <<<"$BASES_ARG"
+    $PY -c "import sys; from model_registry import BASES
+known = [n for n, b in BASES.items() if not b.demo and not b.unavailable]
+bad = [b for b in sys.argv[1:] if b not in known]
+sys.exit(f'run_all.sh: --bases {bad}: not a real checkpoint of the registry that can run; known: {\",\".join(known)}' if bad else 0)" \
+      "${VLMEVAL_BASES[@]}" || exit 2
+  fi
   VLMEVAL_DATA=(MME MMBench_DEV_EN SEEDBench_IMG MMStar MMVet MVBench_8frame Video-MME_8frame)
   JUDGE=()
   METHODS=(TCC DART PDrop)  # DART and PyramidDrop: the paper's two comparison methods, training-free
   RATIOS=(50 25)
-  SKIP=(Qwen2VL_PDrop25 LLaVAOV_PDrop25 VILA15_PDrop25)  # 25% is PyramidDrop's floor (its first quarter keeps all)
+  SKIP=()  # 25% is PyramidDrop's floor (its first quarter keeps all)
+  for base in "${VLMEVAL_BASES[@]}"; do SKIP+=("${base}_PDrop25"); done
   LMMS_TASKS=mme,mmbench_en_dev,seedbench,mmstar,mvbench,videomme
   LMMS_INCLUDE=()
   LMMS_METHODS=(tcc)
   LMMS_RATIOS=(50 25)
   # PyramidDrop at 25% runs here instead, its first stage moved to layer 2 (where FastV and DART prune), the
-  # others at its own L/2 and 3L/4 (pdrop_layers, its layer_list; 28 layers for Qwen2-7B, 32 for Llama-3-8B)
-  declare -A PDROP_EARLY_STAGES=([Qwen2VL]=2/14/21 [LLaVAOV]=2/14/21 [VILA15]=2/16/24)
+  # others at its own L/2 and 3L/4 of the checkpoint's L layers (pdrop_layers, its layer_list; 2/14/21 for
+  # Qwen2-7B's 28, 2/16/24 for Llama-3-8B's 32)
   # the same checkpoints as the VLMEvalKit runs (TCC_MODEL_PATH_<BASE> included), as <family>_tcc; with no
   # compressor= given, their tcc runs load the same $TCC_COMPRESSOR_DIR/<Base>_<modality>.pt files
   LMMS_MODELS=()
   for base in "${VLMEVAL_BASES[@]}"; do
-    entry="from model_registry import BASES, resolve_model_path; b = BASES['$base']"
-    model=$($PY -c "$entry; print(f'{b.family}_tcc|pretrained={resolve_model_path(b)}')")
+    entry="from model_registry import BASES, resolve_model_path; from tcc_eval.flops import guess_shape; b = BASES['$base']"
+    read -r model stages <<<"$($PY -c "$entry; L = guess_shape(b.hf_id).layers
+print(f'{b.family}_tcc|pretrained={resolve_model_path(b)}', f'2/{L // 2}/{3 * L // 4}')")"
     LMMS_MODELS+=("$model")
-    LMMS_EXTRA_RUNS+=("$model|method=pdrop,ratio=0.25,pdrop_layers=${PDROP_EARLY_STAGES[$base]}")
+    LMMS_EXTRA_RUNS+=("$model|method=pdrop,ratio=0.25,pdrop_layers=$stages")
   done
   echo "paper suite: tcc needs trained compressors (TCC_COMPRESSOR_DIR or ~/.cache/tcc_eval/compressors); see README" | tee -a "$LOG"
 else

@@ -108,21 +108,37 @@ def test_dry_run_commands_name_what_the_frameworks_know(suite, tmp_path, monkeyp
     assert commands[-1][-2:] == ["tcc_eval/aggregate.py", str(results)]
 
 
-def test_methods_option_sets_the_vlmeval_grid(tmp_path):
-    """--methods replaces the suite's VLMEvalKit methods (the suite's skips still apply); lmms-eval keeps its own
-    runs; an unknown token stops the run before anything launches, naming the known ones."""
+def test_methods_and_bases_options_set_the_grid(tmp_path):
+    """--methods replaces the suite's VLMEvalKit methods (the suite's skips still apply; lmms-eval keeps its own
+    runs) and --bases the paper suite's checkpoints, in both frameworks, PyramidDrop's early stages following each
+    checkpoint's depth; an unknown method token or base, or --bases for the demo suite, stops the run before
+    anything launches, naming what is known."""
     import vlmeval.config
+    from lmms_eval.models import get_model
 
-    commands = _dry_run("paper", tmp_path / "results", "--methods", "VisionZip,PDrop")
+    commands = _dry_run("paper", tmp_path / "results", "--methods", "VisionZip,PDrop", "--bases", "Qwen25VL,LLaVAOV05B")
     (vlmeval_run,) = [c for c in commands if c[1:3] == ["-m", "vlmeval.run"]]
     models = _option(vlmeval_run, "--model")
-    expected = {f"{base}_{m}" for base in ("Qwen2VL", "LLaVAOV", "VILA15")
+    expected = {f"{base}_{m}" for base in ("Qwen25VL", "LLaVAOV05B")
                 for m in ("Vanilla", "VisionZip50", "VisionZip25", "PDrop50")}
     assert set(models) == expected and len(models) == len(expected)
     assert set(models) <= set(vlmeval.config.supported_VLM)
-    assert len([c for c in commands if c[1:3] == ["-m", "lmms_eval"]]) == 12
-    proc = subprocess.run(["bash", str(REPO / "run_all.sh"), "--suite", "paper", "--results", str(tmp_path / "r2"),
-                           "--dry-run", "--methods", "TCC,Zip"], capture_output=True, text=True,
-                          env={**os.environ, "PYTHON": "python3"}, timeout=300)
-    assert proc.returncode == 2 and "unknown method token(s) ['Zip']" in proc.stderr and "VisionZip" in proc.stderr
-    assert not [line for line in proc.stdout.splitlines() if line.startswith("+ ")]
+    lmms_runs = {(_option(c, "--model")[0], _option(c, "--model_args")[0]) for c in commands
+                 if c[1:3] == ["-m", "lmms_eval"]}
+    expected_runs = set()
+    for model, checkpoint, stages in (("qwen2_5_vl_tcc", "Qwen/Qwen2.5-VL-7B-Instruct", "2/14/21"),  # 28 layers
+                                      ("llava_onevision_tcc", "llava-hf/llava-onevision-qwen2-0.5b-ov-hf", "2/12/18")):
+        assert get_model(model).model_id == model
+        expected_runs |= {(model, f"pretrained={checkpoint},{args}") for args in (
+            "method=none", "method=tcc,ratio=0.5", "method=tcc,ratio=0.25",
+            f"method=pdrop,ratio=0.25,pdrop_layers={stages}")}
+    assert lmms_runs == expected_runs
+    for options, messages in (
+            (["--suite", "paper", "--methods", "TCC,Zip"], ["unknown method token(s) ['Zip']", "VisionZip"]),
+            (["--suite", "paper", "--bases", "Qwen25VL,TinyVILA"], ["--bases ['TinyVILA']: not a", "Qwen25VL3B"]),
+            (["--bases", "Qwen25VL"], ["--bases picks real checkpoints for --suite paper"])):
+        proc = subprocess.run(["bash", str(REPO / "run_all.sh"), "--results", str(tmp_path / "r2"), "--dry-run",
+                               *options], capture_output=True, text=True, env={**os.environ, "PYTHON": "python3"},
+                              timeout=300)
+        assert proc.returncode == 2 and all(m in proc.stderr for m in messages), proc.stderr
+        assert not [line for line in proc.stdout.splitlines() if line.startswith("+ ")]
