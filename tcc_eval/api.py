@@ -291,7 +291,8 @@ def load(
     keep_ratio in (0, 1];
     compressor: a trained compressor checkpoint, {modality: checkpoint} or a folder of
     ``<family>_<modality>.pt`` (required for tcc); options: ``wrap_model``'s (budget, seed, fastv_k, match,
-    pdrop_layers, max_answer_tokens, contextual_share, positions). CUDA when available (bf16/fp16), else CPU (fp32).
+    pdrop_layers, max_answer_tokens, contextual_share, positions). CUDA when available (bf16/fp16), else CPU
+    (fp32).
     """
     from .core import check_keep_ratio
 
