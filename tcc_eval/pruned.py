@@ -227,4 +227,5 @@ def split_model_inputs(input_ids: torch.Tensor, kwargs: dict[str, Any]) -> dict[
 MODEL_INPUT_KEYS = {
     "attention_mask", "pixel_values", "pixel_values_videos", "image_grid_thw", "video_grid_thw",
     "mm_token_type_ids", "image_sizes", "image_sizes_videos", "batch_num_images",
+    "second_per_grid_ts",  # Qwen2.5-VL: seconds per temporal patch, which scale its video position ids
 }

@@ -67,6 +67,27 @@ def test_pruned_equals_masked_reference(loaded, family, kind, ratio, method):
     assert sel.seq_before[0] - sel.seq_after[0] == n_visual - sel.visual_after[0]
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("kind", KINDS)
+def test_generate_feeds_the_llm_every_processor_output(loaded, family, kind, monkeypatch):
+    """generate() takes processor outputs and generation options in one call: every processor output must reach
+    the front end (Qwen2.5-VL's second_per_grid_ts moves its video position ids), so at keep-all the prefill gets
+    the model's own position ids and the vanilla logits."""
+    model, processor = loaded[family]
+    inputs = model_inputs(processor, messages_for(kind, seed=3))
+    pruned = wrap_model(model, method="none")
+    seen = {}
+
+    def recording(embeds, mask, positions, **gen_kwargs):
+        seen.update(positions=positions, gen_kwargs=gen_kwargs)
+        return torch.zeros(1, 0, dtype=torch.long)
+
+    monkeypatch.setattr(pruned.adapter, "generate_from_embeds", recording)
+    pruned.generate(**inputs, max_new_tokens=2)
+    assert set(seen["gen_kwargs"]) == {"max_new_tokens"}
+    assert torch.equal(seen["positions"], original_positions(model, family, inputs))
+
+
 @pytest.fixture(scope="module")
 def one_d_models(loaded, tiny_vila_path):
     """The families with 1-D position ids, where positions='renumber' applies."""
