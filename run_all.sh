@@ -131,13 +131,17 @@ sys.exit(f'run_all.sh: --bases {bad}: not a real checkpoint of the registry that
   # the same checkpoints as the VLMEvalKit runs (TCC_MODEL_PATH_<BASE> included), as <family>_tcc; with no
   # compressor= given, their tcc runs load the same $TCC_COMPRESSOR_DIR/<Base>_<modality>.pt files
   LMMS_MODELS=()
-  for base in "${VLMEVAL_BASES[@]}"; do
-    entry="from model_registry import BASES, resolve_model_path; from tcc_eval.flops import guess_shape; b = BASES['$base']"
-    read -r model stages <<<"$($PY -c "$entry; L = guess_shape(b.hf_id).layers
-print(f'{b.family}_tcc|pretrained={resolve_model_path(b)}', f'2/{L // 2}/{3 * L // 4}')")"
+  lines=$($PY -c "import sys
+from model_registry import BASES, resolve_model_path
+from tcc_eval.flops import guess_shape
+for name in sys.argv[1:]:  # one process for all bases: each start-up imports torch
+    b = BASES[name]
+    L = guess_shape(b.hf_id).layers
+    print(f'{b.family}_tcc|pretrained={resolve_model_path(b)}', f'2/{L // 2}/{3 * L // 4}')" "${VLMEVAL_BASES[@]}")
+  while read -r model stages; do
     LMMS_MODELS+=("$model")
     LMMS_EXTRA_RUNS+=("$model|method=pdrop,ratio=0.25,pdrop_layers=$stages")
-  done
+  done <<<"$lines"
   echo "paper suite: tcc needs trained compressors (TCC_COMPRESSOR_DIR or ~/.cache/tcc_eval/compressors); see README" | tee -a "$LOG"
 else
   echo "run_all.sh: --suite must be demo or paper, got '$SUITE'" >&2
