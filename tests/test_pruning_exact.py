@@ -71,8 +71,8 @@ def test_pruned_equals_masked_reference(loaded, family, kind, ratio, method):
 @pytest.mark.parametrize("kind", KINDS)
 def test_generate_feeds_the_llm_every_processor_output(loaded, family, kind, monkeypatch):
     """generate() takes processor outputs and generation options in one call: every processor output must reach
-    the front end (Qwen2.5-VL's second_per_grid_ts moves its video position ids), so at keep-all the prefill gets
-    the model's own position ids and the vanilla logits."""
+    the front end (Qwen2.5-VL's second_per_grid_ts moves its video position ids), so the prefill gets the model's
+    own position ids, and only generation options reach ``generate``."""
     model, processor = loaded[family]
     inputs = model_inputs(processor, messages_for(kind, seed=3))
     pruned = wrap_model(model, method="none")
