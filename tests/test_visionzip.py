@@ -155,6 +155,31 @@ def test_tower_attention_equals_the_feature_layers_eager_attention(models, famil
     assert adapter.capture_llm_inputs(inputs).tower_attention is None  # only captured when asked for
 
 
+def test_qwen2_5_vl_window_order_at_the_published_window_size(tmp_path, monkeypatch):
+    """The published Qwen2.5-VL checkpoints' 112-px windows (4 x 4 merged tokens) on grids that do not fill them:
+    a 392 x 280 image (14 x 10 merged tokens: padded windows) together with a second image, and an 8-frame video of
+    224 x 168 frames (4 temporal patches): tower attention and keys still equal the eager reference."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from tcc_eval.fixtures import build_tiny_checkpoint
+
+    path = build_tiny_checkpoint("qwen2_5_vl", tmp_path / "ckpt", window_size=112, max_pixels=392 * 280)
+    model = AutoModelForImageTextToText.from_pretrained(path, attn_implementation="eager").eval()
+    processor = AutoProcessor.from_pretrained(path)
+    contents = {"images": [{"type": "image", "image": random_image(280, 392, 1)},
+                           {"type": "image", "image": random_image(168, 224, 2)}],
+                "video": [{"type": "video", "video": [random_image(168, 224, 3 + i) for i in range(8)]}]}
+    for kind, content in contents.items():
+        inputs = model_inputs(processor, [{"role": "user", "content": content + [{"type": "text", "text": "Why?"}]}])
+        llm = adapter_for(model).capture_llm_inputs(inputs, tower_attention=True)
+        reordered: list[bool] = []
+        expected = expected_per_token("qwen2_5_vl", eager_tower_reference(model, "qwen2_5_vl", inputs, monkeypatch,
+                                                                          reordered), llm.visual_cells[0], kind)
+        assert reordered == [True], kind
+        assert (llm.tower_attention[0] - expected[:, 0]).abs().max().item() < 1e-6, kind
+        assert (llm.tower_keys[0] - expected[:, 1:]).abs().max().item() < 1e-5, kind
+
+
 def synthetic_view(attention: list[float], keys: torch.Tensor, groups: list[int] | None = None) -> SampleView:
     n = len(attention)
     return SampleView(adapter=None, input_ids=torch.zeros(n, dtype=torch.long), inputs_embeds=torch.randn(1, n, 4),
