@@ -5,7 +5,8 @@ and keys recorded (``tower_attention.TowerAttentionRecorder``, what ``method=vis
 
 The tower is built at a real shape with random weights (timing does not depend on them) and sdpa attention, as
 the checkpoints run: SigLIP-so400m at 384 px (LLaVA-OneVision's 26 layers; VILA1.5 reads the same tower), or
-Qwen2-VL's 32-block ViT on ``--images`` images of ``--side`` px. Every round times both variants one after the
+Qwen2-VL's or Qwen2.5-VL's 32-block ViT (the latter windowed but in four blocks) on ``--images`` images of
+``--side`` px. Every round times both variants one after the
 other (after a warm-up round), so load changes hit both alike; the table reports medians, this process's CPU
 time beside the wall time on CPU, and the machine's load average before and after.
 """
@@ -25,7 +26,7 @@ from torch import nn
 from .bench import add_machine_args, machine_info, report
 from .tower_attention import TowerAttentionRecorder, encoder_layers
 
-TOWERS = ("siglip-so400m", "qwen2-vl-vit")
+TOWERS = ("siglip-so400m", "qwen2-vl-vit", "qwen2.5-vl-vit")
 
 
 def build_tower(name: str, images: int, side: int, device: torch.device, dtype: torch.dtype,
@@ -42,17 +43,27 @@ def build_tower(name: str, images: int, side: int, device: torch.device, dtype: 
             tower = SiglipVisionModel(config).to(dtype).eval()
         pixels = torch.randn(images, 3, 384, 384, device=device, dtype=dtype)
         return tower, encoder_layers(tower)[-1].self_attn, lambda: tower(pixel_values=pixels), (384 // 14) ** 2
-    if name == "qwen2-vl-vit":
-        from transformers.models.qwen2_vl.configuration_qwen2_vl import Qwen2VLVisionConfig
-        from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VisionTransformerPretrainedModel
-
+    if name in ("qwen2-vl-vit", "qwen2.5-vl-vit"):
         if side % 28:
             raise ValueError(f"--side must be a multiple of 28 px for Qwen2-VL (patch 14, 2x2 merge), got {side}")
-        config = Qwen2VLVisionConfig(depth=32, embed_dim=1280, num_heads=16, mlp_ratio=4, hidden_size=3584,
-                                     patch_size=14, spatial_merge_size=2, temporal_patch_size=2)
+        if name == "qwen2-vl-vit":
+            from transformers.models.qwen2_vl.configuration_qwen2_vl import Qwen2VLVisionConfig as VisionConfig
+            from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VisionTransformerPretrainedModel as Tower
+
+            config = VisionConfig(depth=32, embed_dim=1280, num_heads=16, mlp_ratio=4, hidden_size=3584,
+                                  patch_size=14, spatial_merge_size=2, temporal_patch_size=2)
+        else:  # Qwen2.5-VL-7B's: windows of 112 px, full attention in blocks 7, 15, 23 and 31 (the feature layer)
+            from transformers.models.qwen2_5_vl.configuration_qwen2_5_vl import Qwen2_5_VLVisionConfig as VisionConfig
+            from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import (
+                Qwen2_5_VisionTransformerPretrainedModel as Tower,
+            )
+
+            config = VisionConfig(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16,
+                                  out_hidden_size=3584, window_size=112, fullatt_block_indexes=[7, 15, 23, 31],
+                                  patch_size=14, spatial_merge_size=2, temporal_patch_size=2)
         config._attn_implementation = "sdpa"
         with device:
-            tower = Qwen2VisionTransformerPretrainedModel(config).to(dtype).eval()
+            tower = Tower(config).to(dtype).eval()
         grid = torch.tensor([[1, side // 14, side // 14]] * images, device=device)
         patches = torch.randn(int(grid.prod(dim=1).sum()), 3 * 2 * 14 * 14, device=device, dtype=dtype)
         return tower, tower.blocks[-1].attn, lambda: tower(patches, grid_thw=grid), (side // 14) ** 2
@@ -118,7 +129,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m tcc_eval.bench_tower", description=__doc__.split("\n\n")[0])
     p.add_argument("--tower", default="siglip-so400m", choices=TOWERS)
     p.add_argument("--images", type=int, default=1, help="images (SigLIP: crops or frames) per forward")
-    p.add_argument("--side", type=int, default=448, help="Qwen2-VL image side in px (a multiple of 28)")
+    p.add_argument("--side", type=int, default=448, help="Qwen2(.5)-VL image side in px (a multiple of 28)")
     p.add_argument("--repeats", type=int, default=3, help="timed rounds; rows report the median")
     p.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
     add_machine_args(p)
@@ -126,7 +137,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.images < 1 or args.repeats < 1:
         p.error("--images and --repeats must be at least 1")
-    if args.tower == "qwen2-vl-vit" and args.side % 28:
+    if args.tower.startswith("qwen") and args.side % 28:
         p.error(f"--side must be a multiple of 28 px for Qwen2-VL (patch 14, 2x2 merge), got {args.side}")
     return args
 

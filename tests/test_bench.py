@@ -299,7 +299,8 @@ def test_tower_bench_times_the_tower_with_and_without_visionzip_scoring(monkeypa
 def test_tower_bench_refuses_bad_shapes_before_building():
     from tcc_eval import bench_tower
 
-    with pytest.raises(ValueError, match="multiple of 28"):
-        bench_tower.build_tower("qwen2-vl-vit", 1, 100, torch.device("cpu"), torch.float32, 0)
+    for tower in ("qwen2-vl-vit", "qwen2.5-vl-vit"):
+        with pytest.raises(ValueError, match="multiple of 28"):
+            bench_tower.build_tower(tower, 1, 100, torch.device("cpu"), torch.float32, 0)
     with pytest.raises(ValueError, match="unknown tower 'vit-h'"):
         bench_tower.build_tower("vit-h", 1, 448, torch.device("cpu"), torch.float32, 0)
