@@ -107,14 +107,7 @@ if [[ "$SUITE" == demo ]]; then
   done
 elif [[ "$SUITE" == paper ]]; then
   VLMEVAL_BASES=(Qwen2VL LLaVAOV VILA15)
-  if [[ -n "$BASES_ARG" ]]; then
-    IFS=, read -ra VLMEVAL_BASES <<<"$BASES_ARG"
-    $PY -c "import sys; from model_registry import BASES
-known = [n for n, b in BASES.items() if not b.demo and not b.unavailable]
-bad = [b for b in sys.argv[1:] if b not in known]
-sys.exit(f'run_all.sh: --bases {bad}: not a real checkpoint of the registry that can run; known: {\",\".join(known)}' if bad else 0)" \
-      "${VLMEVAL_BASES[@]}" || exit 2
-  fi
+  [[ -z "$BASES_ARG" ]] || IFS=, read -ra VLMEVAL_BASES <<<"$BASES_ARG"
   VLMEVAL_DATA=(MME MMBench_DEV_EN SEEDBench_IMG MMStar MMVet MVBench_8frame Video-MME_8frame)
   JUDGE=()
   METHODS=(TCC DART PDrop)  # DART and PyramidDrop: the paper's two comparison methods, training-free
@@ -131,13 +124,20 @@ sys.exit(f'run_all.sh: --bases {bad}: not a real checkpoint of the registry that
   # the same checkpoints as the VLMEvalKit runs (TCC_MODEL_PATH_<BASE> included), as <family>_tcc; with no
   # compressor= given, their tcc runs load the same $TCC_COMPRESSOR_DIR/<Base>_<modality>.pt files
   LMMS_MODELS=()
+  # one Python process checks and resolves every base (each start-up imports torch): its lmms-eval model line
+  # and PyramidDrop's early stages
   lines=$($PY -c "import sys
 from model_registry import BASES, resolve_model_path
 from tcc_eval.flops import guess_shape
-for name in sys.argv[1:]:  # one process for all bases: each start-up imports torch
+known = [n for n, b in BASES.items() if not b.demo and not b.unavailable]
+bad = [b for b in sys.argv[1:] if b not in known]
+if bad:
+    sys.exit(f'run_all.sh: --bases {bad}: not a real checkpoint of the registry that can run; known: {\",\".join(known)}')
+for name in sys.argv[1:]:
     b = BASES[name]
     L = guess_shape(b.hf_id).layers
-    print(f'{b.family}_tcc|pretrained={resolve_model_path(b)}', f'2/{L // 2}/{3 * L // 4}')" "${VLMEVAL_BASES[@]}")
+    print(f'{b.family}_tcc|pretrained={resolve_model_path(b)}', f'2/{L // 2}/{3 * L // 4}')" "${VLMEVAL_BASES[@]}") \
+    || exit 2
   while read -r model stages; do
     LMMS_MODELS+=("$model")
     LMMS_EXTRA_RUNS+=("$model|method=pdrop,ratio=0.25,pdrop_layers=$stages")

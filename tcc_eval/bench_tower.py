@@ -5,9 +5,9 @@ and keys recorded (``tower_attention.TowerAttentionRecorder``, what ``method=vis
 
 The tower is built at a real shape with random weights (timing does not depend on them) and sdpa attention, as
 the checkpoints run: SigLIP-so400m at 384 px (LLaVA-OneVision's 26 layers; VILA1.5 reads the same tower), or
-Qwen2-VL's or Qwen2.5-VL's 32-block ViT (the latter windowed but in four blocks) on ``--images`` images of
-``--side`` px. Every round times both variants one after the
-other (after a warm-up round), so load changes hit both alike; the table reports medians, this process's CPU
+Qwen2-VL's or Qwen2.5-VL's 32-block ViT (the latter attends within windows in all but four blocks) on
+``--images`` images of ``--side`` px. Every round times both variants one after the other (after a warm-up
+round), so load changes hit both alike; the table reports medians, this process's CPU
 time beside the wall time on CPU, and the machine's load average before and after.
 """
 
