@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import site
 import subprocess
 import sys
@@ -487,6 +488,19 @@ def test_broken_package_keeps_startup_working(tmp_path):
     proc = subprocess.run([sys.executable, "-c", "print('alive')"], env=env, check=False, capture_output=True, text=True)
     assert proc.returncode == 0 and proc.stdout == "alive\n"
     assert len(proc.stderr.splitlines()) == 1 and proc.stderr.startswith("tcc-eval:"), proc.stderr
+
+
+def test_hook_names_the_fix_when_the_package_is_gone(tmp_path):
+    """A .pth left behind by a checkout that moved: one line naming the fix, start-up goes on."""
+    pth = _installed_pth()
+    shutil.copyfile(pth, tmp_path / PTH_NAME)
+    code = f"import site; site.addsitedir({str(tmp_path)!r}); print('alive')"
+    env = {k: v for k, v in _clean_env().items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, "-S", "-c", code], cwd=tmp_path, env=env, check=False, capture_output=True,
+                          text=True)  # -S and no PYTHONPATH: no site-packages, so no tcc_eval to find
+    assert proc.returncode == 0 and proc.stdout == "alive\n"
+    assert proc.stderr.startswith("tcc-eval: VLMEvalKit hook not installed") and len(proc.stderr.splitlines()) == 1
+    assert "pip install -e" in proc.stderr and PTH_NAME in proc.stderr, proc.stderr
 
 
 def test_importing_our_datasets_first_still_registers_everything():
