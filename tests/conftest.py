@@ -11,9 +11,11 @@ import torch
 from PIL import Image
 
 from tcc_eval import demo
+from tcc_eval.cpu_memory import keep_freed_cpu_memory
 from tcc_eval.fixtures import build_tiny_checkpoint
 
 torch.set_num_threads(2)
+keep_freed_cpu_memory()  # for this process and the framework runs it starts: see tcc_eval.cpu_memory
 
 FAMILIES = ("qwen2_vl", "qwen2_5_vl", "llava_onevision")
 QWEN_FAMILIES = ("qwen2_vl", "qwen2_5_vl")  # one token layout: merged 2x2 patches, frame pairs

@@ -7,6 +7,8 @@ import json
 import sys
 import time
 
+from ..cpu_memory import keep_freed_cpu_memory
+
 
 def _quiet_transformers() -> None:
     import transformers
@@ -171,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         demo_root(getattr(args, "root", None), getattr(args, "variant", None))
     except ValueError as err:
         parser.error(str(err))
+    keep_freed_cpu_memory()  # eager attention on the CPU: see tcc_eval.cpu_memory
     return args.func(args)
 
 
