@@ -59,6 +59,8 @@ if [[ "$SUITE" == demo && -n "$BASES_ARG" ]]; then
 fi
 if [[ "$SUITE" == demo ]]; then
   export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+  # CPU: glibc keeps the freed eager-attention maps of the oracle runs instead of faulting them in anew
+  eval "$($PY -m tcc_eval.cpu_memory)"  # (tcc_eval/cpu_memory.py; a MALLOC_* value you set wins)
   export TCC_SYNTH_N=${N:-${TCC_SYNTH_N:-100}} TCC_LMMS_SYNTH_N=${N:-${TCC_LMMS_SYNTH_N:-100}}
   export LMUData=${LMUData:-$RESULTS/data/LMUData} TCC_LMMS_DATA=${TCC_LMMS_DATA:-$RESULTS/data/lmms}
   [[ -n "$DRY_RUN" ]] || mkdir -p "$LMUData"

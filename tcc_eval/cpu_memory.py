@@ -7,8 +7,8 @@ zeroes each one. `python -m tcc_eval.bench_cpu_memory` measures what that costs 
 
 The fix is glibc's own: a top pad keeps a large free top on the heap, and glibc serves any block the top can hold
 from it (the mmap threshold only applies when the top is too small), so freed maps return to the top and are
-reused. Applied only where tcc-eval owns the process (the demo command line and the tests), never on import:
-the allocator belongs to the process, not to a library loaded into it.
+reused. Applied only where tcc-eval owns the process (the demo command line, run_all.sh's demo suite and the
+tests), never on import: the allocator belongs to the process, not to a library loaded into it.
 """
 
 from __future__ import annotations
@@ -43,3 +43,15 @@ def keep_freed_cpu_memory() -> bool:
     # Grow the top once now: a block below the threshold that the top cannot hold extends the heap by the pad.
     libc.free(libc.malloc(MMAP_THRESHOLD_BYTES // 2))
     return bool(took)
+
+
+def shell_exports() -> str:
+    """The ``export`` lines that give a shell script's processes the pad (run_all.sh's demo suite evaluates them);
+    none when the user set any of these variables."""
+    if any(name in os.environ for name in ENVIRONMENT):
+        return ""
+    return "\n".join(f"export {name}={value}" for name, value in ENVIRONMENT.items())
+
+
+if __name__ == "__main__":
+    print(shell_exports())

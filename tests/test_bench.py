@@ -345,6 +345,16 @@ def test_top_pad_reaches_child_processes_and_keeps_a_users_own_value():
     assert _python(CHILD_SEES_TOP_PAD, MALLOC_TOP_PAD_="12345") == "True 12345"
 
 
+def test_shell_exports_for_run_all_keep_a_users_own_value(monkeypatch):
+    from tcc_eval.cpu_memory import ENVIRONMENT, shell_exports
+
+    for name in ENVIRONMENT:
+        monkeypatch.delenv(name, raising=False)
+    assert shell_exports().splitlines() == [f"export {k}={v}" for k, v in ENVIRONMENT.items()]
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")
+    assert shell_exports() == ""
+
+
 @pytest.mark.skipif(__import__("platform").libc_ver()[0] != "glibc", reason="the top pad is a glibc setting")
 def test_top_pad_stops_freed_attention_maps_from_faulting_in_again():
     """The mechanism the demo relies on, counted in page faults (not time): without the pad each 48 MB map is

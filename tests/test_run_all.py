@@ -35,6 +35,26 @@ def test_resuming_on_results_of_other_demo_weights_is_refused(tmp_path):
     assert refused.returncode == 1 and "other demo weights" in refused.stderr and "--results NEW_DIR" in refused.stderr
 
 
+@needs_assets
+def test_demo_suite_gives_its_processes_the_top_pad(tmp_path):
+    """The demo suite exports ``cpu_memory``'s glibc settings to every process it starts after its set-up (the
+    oracle runs' eager attention; a value the user set wins, see test_bench)."""
+    from tcc_eval.cpu_memory import ENVIRONMENT
+
+    log, wrapper = tmp_path / "calls.log", tmp_path / "python"
+    wrapper.write_text(f'#!/usr/bin/env bash\necho "${{MALLOC_TOP_PAD_:-unset}} ${{MALLOC_MMAP_THRESHOLD_:-unset}} $*" '
+                       f'>> {log}\nexec python3 "$@"\n')
+    wrapper.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k not in ENVIRONMENT}
+    proc = subprocess.run(["bash", str(REPO / "run_all.sh"), "--results", str(tmp_path / "results"), "--frameworks",
+                           "none"], capture_output=True, text=True, env={**env, "PYTHON": str(wrapper)}, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    calls = log.read_text().splitlines()
+    padded = f"{ENVIRONMENT['MALLOC_TOP_PAD_']} {ENVIRONMENT['MALLOC_MMAP_THRESHOLD_']} "
+    assert calls[0].startswith("unset unset "), calls  # the GPU count, before the demo suite's set-up
+    assert calls[-1].startswith(padded) and "aggregate.py" in calls[-1], calls
+
+
 def _dry_run(suite: str, results: Path, *options: str) -> list[list[str]]:
     proc = subprocess.run(["bash", str(REPO / "run_all.sh"), "--suite", suite, "--results", str(results), "--dry-run",
                            *options],
