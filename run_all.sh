@@ -2,7 +2,7 @@
 # Run the evaluation matrix through VLMEvalKit and lmms-eval, then build the paper-style tables.
 #
 #   bash run_all.sh                      # demo suite: offline demo models x methods x ratios on the
-#                                        # synthetic image + video benchmarks (CPU: ~51 min on 2 cores)
+#                                        # synthetic image + video benchmarks (CPU: ~50 min on 2 cores)
 #   bash run_all.sh --suite paper        # the paper's matrix on real checkpoints (GPUs, hub access)
 #   options: --results DIR (default results/)  --frameworks vlmeval,lmms_eval  --n N (synthetic set size)
 #            --methods TCC,VisionZip,... (the VLMEvalKit grid's method tokens, as in model names; default: the
