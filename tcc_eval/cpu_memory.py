@@ -25,17 +25,20 @@ ENVIRONMENT = {"MALLOC_TOP_PAD_": str(TOP_PAD_BYTES), "MALLOC_MMAP_THRESHOLD_": 
 _M_TOP_PAD, _M_MMAP_THRESHOLD = -2, -3  # mallopt's parameter numbers (malloc.h)
 
 
+def _on_glibc() -> bool:
+    return platform.libc_ver()[0] == "glibc"
+
+
 def keep_freed_cpu_memory() -> bool:
     """Give this process, and through the environment the processes it starts, a 1 GiB heap top pad.
 
     Settings the user already exported win (glibc applied them at start-up). Returns whether this process
-    runs with a top pad; False where the C library is not glibc, which has no such setting."""
-    on_glibc = platform.libc_ver()[0] == "glibc"
-    if any(name in os.environ for name in ENVIRONMENT):
-        return on_glibc and "MALLOC_TOP_PAD_" in os.environ
-    os.environ.update(ENVIRONMENT)
-    if not on_glibc:
+    runs with a top pad; False, changing nothing, where the C library is not glibc, which has no such setting."""
+    if not _on_glibc():
         return False
+    if any(name in os.environ for name in ENVIRONMENT):
+        return "MALLOC_TOP_PAD_" in os.environ
+    os.environ.update(ENVIRONMENT)
     libc = ctypes.CDLL(ctypes.util.find_library("c"))
     libc.malloc.restype = ctypes.c_void_p
     libc.free.argtypes = [ctypes.c_void_p]
@@ -47,8 +50,8 @@ def keep_freed_cpu_memory() -> bool:
 
 def shell_exports() -> str:
     """The ``export`` lines that give a shell script's processes the pad (run_all.sh's demo suite evaluates them);
-    none when the user set any of these variables."""
-    if any(name in os.environ for name in ENVIRONMENT):
+    none when the user set any of these variables, or off glibc."""
+    if not _on_glibc() or any(name in os.environ for name in ENVIRONMENT):
         return ""
     return "\n".join(f"export {name}={value}" for name, value in ENVIRONMENT.items())
 

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -324,10 +327,6 @@ FAULTS_OF_ATTENTION = ("import resource, sys, torch\n"
 
 
 def _python(code: str, *args: str, **environment: str) -> str:
-    import os
-    import subprocess
-    import sys
-
     from tcc_eval.cpu_memory import ENVIRONMENT
 
     env = {k: v for k, v in os.environ.items() if k not in ENVIRONMENT}
@@ -345,6 +344,7 @@ def test_top_pad_reaches_child_processes_and_keeps_a_users_own_value():
     assert _python(CHILD_SEES_TOP_PAD, MALLOC_TOP_PAD_="12345") == "True 12345"
 
 
+@pytest.mark.skipif(__import__("platform").libc_ver()[0] != "glibc", reason="the top pad is a glibc setting")
 def test_shell_exports_for_run_all_keep_a_users_own_value(monkeypatch):
     from tcc_eval.cpu_memory import ENVIRONMENT, shell_exports
 
@@ -353,6 +353,16 @@ def test_shell_exports_for_run_all_keep_a_users_own_value(monkeypatch):
     assert shell_exports().splitlines() == [f"export {k}={v}" for k, v in ENVIRONMENT.items()]
     monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")
     assert shell_exports() == ""
+
+
+def test_top_pad_changes_nothing_off_glibc(monkeypatch):
+    from tcc_eval import cpu_memory
+
+    for name in cpu_memory.ENVIRONMENT:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(cpu_memory, "_on_glibc", lambda: False)
+    assert cpu_memory.keep_freed_cpu_memory() is False and cpu_memory.shell_exports() == ""
+    assert not set(cpu_memory.ENVIRONMENT) & set(os.environ)
 
 
 @pytest.mark.skipif(__import__("platform").libc_ver()[0] != "glibc", reason="the top pad is a glibc setting")
