@@ -31,6 +31,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -594,6 +595,18 @@ def parse_args(argv: list[str] | None = None) -> tuple[BenchConfig, str | None]:
     dtype = args.dtype or ("bfloat16" if device.type == "cuda" else "float32")
     return BenchConfig(name, shape, arch, args.visual, args.text, args.system, ratios, args.repeats, args.warmup,
                        args.fastv_k, str(device), dtype, args.seed, args.compressor, pdrop_layers), args.json
+
+
+def run_variant_process(command: list[str], what: str, env: dict[str, str] | None = None,
+                        out_of_memory_hint: str = "") -> dict[str, Any]:
+    """Run one benchmark variant in a process of its own (memory peaks and allocator settings are per process);
+    its result is the JSON object on the last line it prints."""
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        reason = (f"killed, likely out of memory{out_of_memory_hint}" if done.returncode == -9
+                  else f"exit {done.returncode}")
+        raise RuntimeError(f"{what} failed ({reason}):\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def report(table: str, result: dict[str, Any], json_path: str | None) -> None:

@@ -19,7 +19,6 @@ import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from typing import Any
@@ -70,6 +69,8 @@ def run_child(family: str, modality: str, n: int, seed: int, threads: int) -> di
 
 
 def run_bench(args: argparse.Namespace) -> dict[str, Any]:
+    from .bench import run_variant_process
+
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in VARIANTS}
     command = [sys.executable, "-m", "tcc_eval.bench_cpu_memory", "--child", "--family", args.family,
                "--modality", args.modality, "--n", str(args.n), "--seed", str(args.seed),
@@ -81,10 +82,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             env = {k: v for k, v in os.environ.items() if k not in ENVIRONMENT}
             if name == "top pad":
                 env.update(ENVIRONMENT)
-            done = subprocess.run(command, env=env, capture_output=True, text=True)
-            if done.returncode != 0:
-                raise RuntimeError(f"the {name!r} child failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
-            runs[name].append(json.loads(done.stdout.strip().splitlines()[-1]))
+            runs[name].append(run_variant_process(command, f"the {name!r} child", env=env))
     load_after = os.getloadavg()
     digests = {run["rows_sha1"] for variant in runs.values() for run in variant}
     rows = []
@@ -146,7 +144,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from .bench import report
 
-    result = run_bench(args)
+    try:
+        result = run_bench(args)
+    except RuntimeError as err:  # a child failed: its own error, no traceback from here
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     report(format_table(result), result, args.json)
     return 0
 

@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,7 +27,7 @@ from typing import Any
 
 import torch
 
-from .bench import add_machine_args, build_llm, machine_info, make_inputs, parse_shape, report
+from .bench import add_machine_args, build_llm, machine_info, make_inputs, parse_shape, report, run_variant_process
 from .oracle import frozen_weights, gradient_weighted_maps, layerwise_maps, relevance_row, streamed_relevance_rows
 
 VARIANTS = ("all_layers", "layerwise")
@@ -98,12 +97,8 @@ def run_variants(args: argparse.Namespace) -> dict[str, Any]:
             command = [sys.executable, "-m", "tcc_eval.bench_oracle", *args.argv, "--variant", variant,
                        "--relevance-out", str(out)]
             load = os.getloadavg()[0]
-            done = subprocess.run(command, capture_output=True, text=True)
-            if done.returncode != 0:
-                reason = ("killed, likely out of memory: fewer --tokens or a smaller --shape need less"
-                          if done.returncode == -9 else f"exit {done.returncode}")
-                raise RuntimeError(f"variant {variant} failed ({reason}):\n{done.stderr[-3000:]}")
-            row = json.loads(done.stdout.strip().splitlines()[-1])
+            row = run_variant_process(command, f"variant {variant}",
+                                      out_of_memory_hint=": fewer --tokens or a smaller --shape need less")
             row["load_1min_before"] = load
             rows.append(row)
             relevances.append(torch.load(out))
