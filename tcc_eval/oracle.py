@@ -27,6 +27,7 @@ class Explanation:
     groups: torch.Tensor  # (N_v,) image / frame group of each visual token
     answer_ids: torch.Tensor  # (T,) answer tokens explained
     answer: str | None = None
+    by_rule: dict[str, torch.Tensor] | None = None  # (N_v,) under each rule asked for; the first is .relevance
 
 
 @contextmanager
@@ -60,6 +61,7 @@ def frozen_weights(model: nn.Module) -> Iterator[None]:
 # are diagnostics (`python -m tcc_eval.demo oracle-rules`): "abs" keeps negative evidence, "signed" lets it
 # cancel, "attention" drops the gradient (plain head-mean attention rollout, the paper's ablation).
 RELEVANCE_RULES = ("clamp", "abs", "signed", "attention")
+METHOD_RULE = "clamp"
 
 
 def check_rule(rule: str) -> None:
@@ -329,19 +331,28 @@ def explain_inputs(
     inputs: dict[str, torch.Tensor],
     answer_ids: torch.Tensor | None = None,
     max_answer_tokens: int = 16,
+    rules: Sequence[str] = ("clamp",),
 ) -> Explanation:
-    """Relevance of every visual token for the answer (generated greedily when not given)."""
+    """Relevance of every visual token for the answer (generated greedily when not given). Several ``rules``
+    share one forward and one backward; ``relevance`` is the first one's."""
+    rules = tuple(dict.fromkeys(rules))
+    if not rules:
+        raise ValueError("explain_inputs needs at least one relevance rule")
+    for rule in rules:
+        check_rule(rule)
     view = single_view(model, inputs)
     with torch.no_grad():
         if answer_ids is None:
             answer_ids = draft_answer(view, max_answer_tokens)
         a0 = view.layer0_attention().float()
     answer_ids = answer_ids.flatten()[:max_answer_tokens]
+    by_rule = {rule: relevance.cpu() for rule, relevance in view_relevances(view, answer_ids, rules).items()}
     return Explanation(
-        relevance=view_relevance(view, answer_ids).cpu(),
+        relevance=by_rule[rules[0]],
         a0=a0.cpu(),
         groups=view.groups.cpu(),
         answer_ids=answer_ids.cpu(),
+        by_rule=by_rule,
     )
 
 

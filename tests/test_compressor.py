@@ -176,22 +176,27 @@ def test_split_is_seeded_and_disjoint():
 
 
 # ------------------------------------------------------------------------------------------ training learns
-def write_fake_labels(root: Path, n_samples: int, seed: int = 0) -> Path:
+def write_fake_labels(root: Path, n_samples: int, seed: int = 0, attention_labels: bool = False) -> Path:
     """Labels whose relevance is layer-0 attention shifted right by 3 tokens: a0's own ranking is near
-    chance, a conv net with a receptive field > 3 can learn it exactly."""
+    chance, a conv net with a receptive field > 3 can learn it exactly. ``attention_labels`` adds labels of
+    the ablation rule "attention" that shift it left by 3 instead."""
     gen = torch.Generator().manual_seed(seed)
     (root / "samples").mkdir(parents=True)
     meta = {"family": "qwen2_vl", "model_type": "qwen2_vl", "architecture": "X", "hidden_size": 64,
             "num_attention_heads": 4, "num_key_value_heads": 2, "num_layers": 2}
-    (root / "meta.json").write_text(json.dumps({"model": meta, "data": "fake", "modality": "image"}))
+    rules = ["clamp", "attention"] if attention_labels else ["clamp"]
+    (root / "meta.json").write_text(json.dumps({"model": meta, "data": "fake", "modality": "image",
+                                                "relevance_rules": rules}))
     for i in range(n_samples):
         n = int(torch.randint(24, 64, (1,), generator=gen))
         a0 = torch.rand(n, generator=gen) ** 4
         a0 = a0 / a0.sum() * 0.6
-        relevance = torch.zeros(n)
+        relevance, shifted_left = torch.zeros(n), torch.zeros(n)
         relevance[3:] = a0[:-3]
-        torch.save({"id": str(i), "a0": a0, "relevance": relevance, "groups": torch.zeros(n, dtype=torch.long)},
-                   root / "samples" / f"{i}.pt")
+        shifted_left[:-3] = a0[3:]
+        by_rule = {"attention": shifted_left} if attention_labels else {}
+        torch.save({"id": str(i), "a0": a0, "relevance": relevance, "relevance_by_rule": by_rule,
+                    "groups": torch.zeros(n, dtype=torch.long)}, root / "samples" / f"{i}.pt")
     return root
 
 
@@ -208,6 +213,71 @@ def test_training_learns_a_known_mapping(tmp_path, one_thread):
     assert tcc["spearman"] > a0["spearman"] + 0.3
     stats = load_compressor(ckpt).train_stats
     assert stats["n_train"] == 64 and stats["n_val"] == 16 and stats["best_val_loss"] < stats["history"][0][1]
+
+
+def test_relevance_rule_picks_the_labels_training_fits(tmp_path, one_thread):
+    """`train --relevance-rule attention` fits the ablation's labels, not the method's (here a0 shifted left and
+    right by 3 tokens): each compressor's top-k recalls its own rule's labels and misses the other rule's."""
+    from tcc_eval.compressor.evaluate import fidelity
+    from tcc_eval.compressor.train import load_labels
+
+    labels = write_fake_labels(tmp_path / "labels", 80, attention_labels=True)
+    train = ["train", "--labels", str(labels), "--epochs", "15", "--batch-size", "16", "--lr", "3e-3",
+             "--val-frac", "0.2", "--patience", "15", "--kernel-size", "3"]
+    recall = {}
+    for rule in ("clamp", "attention"):
+        main([*train, "--out", str(tmp_path / f"{rule}.pt"), "--relevance-rule", rule])
+        compressor = load_compressor(tmp_path / f"{rule}.pt")
+        assert compressor.train_stats["relevance_rule"] == rule
+        held_out = set(compressor.train_stats["val_keys"])
+        for target in ("clamp", "attention"):
+            samples = [s for s in load_labels([labels], target)[2] if s.key in held_out]
+            recall[rule, target] = fidelity(compressor, samples)["tcc"]["recall@25"]
+    assert recall["clamp", "clamp"] > 0.8 and recall["attention", "attention"] > 0.8, recall
+    assert recall["clamp", "attention"] < 0.5 and recall["attention", "clamp"] < 0.5, recall
+    main(["evaluate", "--labels", str(labels), "--compressor", str(tmp_path / "attention.pt"),
+          "--json", str(tmp_path / "r.json")])
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["trained_on_rule"] == "attention"  # scored against the method's labels: a low recall
+    assert report["methods"]["tcc"]["recall@25"] == pytest.approx(recall["attention", "clamp"])
+
+
+def test_ablation_rules_are_labelled_beside_the_method(tiny_checkpoints, tmp_path, one_thread):
+    """`label --ablation-rules attention` adds the no-gradient relevance from the same pass and leaves the
+    method's labels exactly as a plain run writes them; resuming under other rules, or training on a rule the
+    labels lack, is refused with the fix named."""
+    from tcc_eval.api import load_hf_model
+    from tcc_eval.compressor.labels import file_stem
+    from tcc_eval.oracle import single_view, view_relevance
+
+    qwen = tiny_checkpoints["qwen2_vl"]
+    data = synth.export_vlmeval_tsv(synth.generate("image", 3, seed=0, split="train"), tmp_path / "train.tsv")
+    common = ["label", "--model", qwen, "--data", str(data), "--keep-all", "--max-answer-tokens", "2",
+              "--max-new-tokens", "4", "--device", "cpu"]
+    plain, both = tmp_path / "plain", tmp_path / "both"
+    assert main([*common, "--out", str(plain)]) == 0
+    assert main([*common, "--out", str(both), "--ablation-rules", "attention", "clamp"]) == 0
+    assert json.loads((plain / "meta.json").read_text())["relevance_rules"] == ["clamp"]
+    assert json.loads((both / "meta.json").read_text())["relevance_rules"] == ["clamp", "attention"]
+    model, processor = load_hf_model(qwen, torch.device("cpu"), torch.float32, attn="eager")
+    for sample in read_data(data):
+        alone = torch.load(plain / "samples" / f"{file_stem(sample.id)}.pt", weights_only=True)
+        record = torch.load(both / "samples" / f"{file_stem(sample.id)}.pt", weights_only=True)
+        assert torch.equal(alone["relevance"], record["relevance"]) and torch.equal(alone["a0"], record["a0"])
+        assert alone["relevance_by_rule"] == {} and set(record["relevance_by_rule"]) == {"attention"}
+        inputs = processor.apply_chat_template(messages_for(sample, 8), add_generation_prompt=True, tokenize=True,
+                                               return_dict=True, return_tensors="pt")
+        view = single_view(model, {k: v for k, v in inputs.items() if isinstance(v, torch.Tensor)})
+        expected = view_relevance(view, record["answer_ids"], "attention")
+        assert torch.allclose(record["relevance_by_rule"]["attention"], expected, atol=1e-6)
+        assert not torch.allclose(record["relevance_by_rule"]["attention"], record["relevance"])
+    with pytest.raises(ValueError, match=r"under the relevance rules clamp, attention.*resume with "
+                                         r"--ablation-rules attention, or use another --out"):
+        main([*common, "--out", str(both)])
+    with pytest.raises(ValueError, match=r"no relevance under the rule 'attention'.*--ablation-rules attention"):
+        main(["train", "--labels", str(plain), "--out", str(tmp_path / "c.pt"), "--relevance-rule", "attention"])
+    with pytest.raises(SystemExit):
+        main([*common, "--out", str(tmp_path / "x"), "--ablation-rules", "relu"])  # argparse names the choices
 
 
 # ------------------------------------------------------------------------------------------ round trip

@@ -64,6 +64,33 @@ def test_building_one_family_keeps_the_others_build_record(tmp_path, monkeypatch
     assert [r["families"] for r in info["runs"]] == [["qwen2_vl"], ["vila"]]
 
 
+def test_label_rule_ablation_builds_into_its_own_folder(tmp_path, monkeypatch):
+    """`build --relevance-rule attention` labels with the ablation rule beside the method's, trains on it, records
+    it, and refuses to write into the shipped folder."""
+    from tcc_eval.compressor import __main__ as compressor_main
+    from tcc_eval.demo import build as build_module
+
+    calls: list[list[str]] = []
+    monkeypatch.setattr(compressor_main, "main", lambda argv: calls.append(argv) or 0)
+    monkeypatch.setattr(build_module, "export_label_data", lambda modality, n, folder, variant: folder / "d.jsonl")
+    with pytest.raises(ValueError, match="--relevance-rule attention builds ablation compressors: give --out DIR"):
+        build_module.build(None, families=("vila",), skip_models=True, relevance_rule="attention")
+    with pytest.raises(ValueError, match="unknown relevance rule 'relu'"):
+        build_module.build(tmp_path, families=("vila",), skip_models=True, relevance_rule="relu")
+    assert calls == []
+    build_module.build(tmp_path, families=("vila",), threads=1, skip_models=True, log=lambda _: None,
+                       relevance_rule="attention")
+    label, train = calls[0], calls[1]
+    assert label[0] == "label" and label[label.index("--ablation-rules") + 1] == "attention"
+    assert train[0] == "train" and train[train.index("--relevance-rule") + 1] == "attention"
+    info = json.loads((tmp_path / "build_info.json").read_text())
+    assert info["runs"][-1]["relevance_rule"] == "attention"
+    assert info["compressors"]["vila_image"]["relevance_rule"] == "attention"
+    calls.clear()
+    build_module.build(tmp_path, families=("vila",), threads=1, skip_models=True, log=lambda _: None)
+    assert "--ablation-rules" not in calls[0] and calls[1][calls[1].index("--relevance-rule") + 1] == "clamp"
+
+
 def test_paths_point_at_a_rebuilt_demo(tmp_path):
     """TCC_DEMO_ROOT redirects every tool to a demo rebuilt elsewhere (`demo build --out DIR`)."""
     out = subprocess.run([sys.executable, "-m", "tcc_eval.demo", "paths"], capture_output=True, text=True, check=True,

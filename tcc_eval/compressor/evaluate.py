@@ -2,8 +2,9 @@
 
 Per sample, with k = round(rho * N_v) exactly as at inference: recall of the oracle's top-k inside the
 predicted top-k, for rho = 25% and 50%, and the Spearman rank correlation between prediction and oracle
-relevance; averaged over samples. Rows: ``tcc`` (the compressor), ``a0`` (raw layer-0 attention, the
-same input without the CNN: the CNN's value is the gap) and ``chance`` (a random ranking: recall k/N).
+relevance (the method's rule, whichever labels the compressor learned); averaged over samples. Rows: ``tcc``
+(the compressor), ``a0`` (raw layer-0 attention, the same input without the CNN: the CNN's value is the gap)
+and ``chance`` (a random ranking: recall k/N).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 from scipy.stats import spearmanr
 
 from ..core import keep_count, topk_in_order
+from ..oracle import METHOD_RULE
 from . import check_match, load_compressor
 from .network import kl_loss, make_target
 from .train import LabelSample, load_labels
@@ -80,7 +82,8 @@ def choose_samples(samples: list[LabelSample], val_keys: set[str], split: str) -
 
 def format_table(report: dict[str, Any]) -> str:
     names = [f"recall@{int(r * 100)}" for r in RATIOS] + ["spearman", "kl"]
-    lines = [f"{report['n_samples']} samples ({report['split']}), mean N_v {report['mean_n_visual']:.0f}",
+    lines = [f"{report['n_samples']} samples ({report['split']}), mean N_v {report['mean_n_visual']:.0f}; "
+             f"compressor trained on {report['trained_on_rule']} labels, scored against the method's oracle",
              f"{'method':<8}" + "".join(f"{n:>12}" for n in names)]
     for method, metrics in report["methods"].items():
         cells = "".join(f"{'-':>12}" if metrics[n] is None else f"{metrics[n]:>12.4f}" for n in names)
@@ -98,6 +101,7 @@ def evaluate(labels: list[str], compressor_path: str, split: str = "auto") -> di
     return {
         "compressor": str(compressor_path), "labels": [str(Path(d).resolve()) for d in labels],
         "split": how, "n_samples": len(chosen), "mean_n_visual": sum(s.n for s in chosen) / len(chosen),
+        "trained_on_rule": compressor.train_stats.get("relevance_rule", METHOD_RULE),
         "methods": fidelity(compressor, chosen),
     }
 

@@ -28,6 +28,8 @@ from typing import Any
 import torch
 from PIL import Image
 
+from ..oracle import METHOD_RULE, RELEVANCE_RULES, explain_inputs
+
 HELP = "generate training labels (oracle relevance) with an MLLM"
 DESCRIPTION = """\
 Run the MLLM on every sample, keep those it answers correctly (letter match for multiple choice,
@@ -301,14 +303,20 @@ def prepare_meta(out: Path, meta: dict[str, Any]) -> None:
                 f"{out} already holds labels of {old.get('model', {}).get('family')} on {old.get('data')}; "
                 f"this run is {meta['model']['family']} on {meta['data']}: use another --out"
             )
+        old_rules = old.get("relevance_rules", [METHOD_RULE])
+        if old_rules != meta["relevance_rules"]:
+            extra = " ".join(old_rules[1:]) or "none"
+            raise ValueError(
+                f"{out} holds labels under the relevance rules {', '.join(old_rules)}; this run asks for "
+                f"{', '.join(meta['relevance_rules'])}, so resumed samples would lack some: resume with "
+                f"--ablation-rules {extra}, or use another --out"
+            )
         return
     write_json(path, meta)
 
 
 def label_sample(model, processor, sample: Sample, args: argparse.Namespace, meta: dict) -> dict[str, Any]:
     """Answer one sample; explain the answer when it is right (or --keep-all). Returns the record."""
-    from ..oracle import explain_inputs
-
     inputs = processor.apply_chat_template(
         messages_for(sample, args.num_frames), add_generation_prompt=True, tokenize=True, return_dict=True,
         return_tensors="pt",
@@ -327,10 +335,13 @@ def label_sample(model, processor, sample: Sample, args: argparse.Namespace, met
                               "correct": is_correct(response, sample)}
     if not (record["correct"] or args.keep_all):
         return record
-    explanation = explain_inputs(model, inputs, ids if ids.numel() else new_tokens[:1], args.max_answer_tokens)
+    explanation = explain_inputs(model, inputs, ids if ids.numel() else new_tokens[:1], args.max_answer_tokens,
+                                 rules=meta["relevance_rules"])
     record.update(
         a0=explanation.a0.float().cpu(),
         relevance=explanation.relevance.float().cpu(),
+        relevance_by_rule={rule: relevance.float() for rule, relevance in explanation.by_rule.items()
+                           if rule != METHOD_RULE},
         groups=explanation.groups.cpu(),
         answer_ids=explanation.answer_ids.cpu(),
         n_visual=int(explanation.relevance.numel()),
@@ -361,6 +372,7 @@ def run(args: argparse.Namespace) -> int:
         "format": "tcc-labels", "version": 1, "model": model_meta(model), "model_path": str(args.model),
         "data": str(Path(args.data).resolve()), "modality": dataset_modality(samples),
         "max_answer_tokens": args.max_answer_tokens, "keep_all": args.keep_all,
+        "relevance_rules": label_rules(args.ablation_rules),
         "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
     }
     prepare_meta(out, meta)
@@ -404,6 +416,11 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def label_rules(ablation_rules: list[str] | None) -> list[str]:
+    """The method's rule first (every label set has it: ``relevance``), then the ablation rules asked for."""
+    return [METHOD_RULE, *(r for r in dict.fromkeys(ablation_rules or []) if r != METHOD_RULE)]
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True,
                         help="checkpoint folder or hub id of the MLLM (Qwen2-VL, Qwen2.5-VL, LLaVA-OneVision, VILA1.5)")
@@ -414,6 +431,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keep-all", action="store_true", help="keep wrongly answered samples too")
     parser.add_argument("--max-answer-tokens", type=int, default=16,
                         help="explain at most this many answer tokens (one backward pass each; default 16)")
+    parser.add_argument("--ablation-rules", nargs="+", default=[], choices=RELEVANCE_RULES, metavar="RULE",
+                        help="also store the relevance under these rules, from the same backward pass, for "
+                        "`train --relevance-rule`: attention (plain head-mean attention rollout, no gradient: the "
+                        "paper's ablation), abs, signed. The method's rule (clamp) is always stored")
     parser.add_argument("--max-new-tokens", type=int, default=16,
                         help="tokens generated to judge the answer (default 16)")
     parser.add_argument("--num-frames", type=int, default=8, help="frames sampled per video (default 8)")

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from ..oracle import METHOD_RULE, RELEVANCE_RULES
 from . import MATCH_KEYS, describe, load_compressor, save_compressor
 from .network import (
     INPUT_SCALES,
@@ -33,7 +34,8 @@ from .network import (
 HELP = "train a compressor on label directories"
 DESCRIPTION = """\
 Train the compressor f_theta (5 depthwise-separable 1-D conv layers, 32-64-128-256-512 channels) to
-predict the oracle relevance (bottom 50% zeroed, sum-normalised) from layer-0 attention.
+predict the oracle relevance (bottom 50% zeroed, sum-normalised) from layer-0 attention
+(--relevance-rule picks an ablation's labels instead).
 Loss KL(target || prediction), Adam, seeded validation split, best-checkpoint saving, early stopping.
 Runs on CUDA when available (fp32), else CPU.
 """
@@ -61,13 +63,19 @@ def read_meta(labels_dir: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def load_labels(dirs: list[str | Path]) -> tuple[dict[str, Any], str, list[LabelSample], int]:
-    """All usable samples of the label directories, sorted by key.
+def load_labels(dirs: list[str | Path], rule: str = METHOD_RULE) -> tuple[dict[str, Any], str, list[LabelSample], int]:
+    """All usable samples of the label directories, sorted by key, with the relevance under ``rule`` as target.
 
     Returns (source model meta, modality, samples, number of unusable samples skipped)."""
     metas, samples, bad = [], [], 0
     for d in map(Path, dirs):
         meta = read_meta(d)
+        labelled = meta.get("relevance_rules", [METHOD_RULE])
+        if rule not in labelled:
+            raise ValueError(
+                f"{d} holds no relevance under the rule {rule!r} (it was labelled under {', '.join(labelled)}): "
+                f"label again into a new folder with `python -m tcc_eval.compressor label ... --ablation-rules {rule}`"
+            )
         if metas and any(metas[0]["model"].get(k) != meta["model"].get(k) for k in MATCH_KEYS):
             raise ValueError(
                 f"label directories {dirs[0]} and {d} come from different models ({describe(metas[0]['model'])} "
@@ -76,7 +84,8 @@ def load_labels(dirs: list[str | Path]) -> tuple[dict[str, Any], str, list[Label
         metas.append(meta)
         for path in sorted((d / "samples").glob("*.pt")):
             rec = torch.load(path, map_location="cpu", weights_only=True)
-            a0, rel = rec["a0"].float().flatten(), rec["relevance"].float().flatten()
+            relevance = rec["relevance"] if rule == METHOD_RULE else rec["relevance_by_rule"][rule]
+            a0, rel = rec["a0"].float().flatten(), relevance.float().flatten()
             if a0.numel() == 0 or a0.shape != rel.shape or not (torch.isfinite(a0).all() and torch.isfinite(rel).all()):
                 bad += 1
                 continue
@@ -137,7 +146,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     from tqdm import tqdm
 
     start = time.time()
-    source, modality, samples, bad = load_labels(args.labels)
+    source, modality, samples, bad = load_labels(args.labels, args.relevance_rule)
     if not samples:
         raise ValueError(f"no usable label files in {args.labels}: run `python -m tcc_eval.compressor label` first")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -153,8 +162,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     generator = torch.Generator().manual_seed(args.seed)
     stats: dict[str, Any] = {
         "labels": [str(Path(d).resolve()) for d in args.labels], "n_train": len(train_set), "n_val": len(val_set),
-        "n_unusable": bad, "seed": args.seed, "val_frac": args.val_frac, "lr": args.lr,
-        "batch_size": args.batch_size, "device": str(device), "val_keys": sorted(val_keys),
+        "n_unusable": bad, "relevance_rule": args.relevance_rule, "seed": args.seed, "val_frac": args.val_frac,
+        "lr": args.lr, "batch_size": args.batch_size, "device": str(device), "val_keys": sorted(val_keys),
         "best_val_loss": math.inf, "best_epoch": 0, "epochs_run": 0, "history": [],
     }
     best_loss, since_best = math.inf, 0
@@ -203,6 +212,9 @@ def run(args: argparse.Namespace) -> int:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--labels", required=True, nargs="+", help="label directories (same model)")
     parser.add_argument("--out", required=True, help="checkpoint path to write (e.g. compressor.pt)")
+    parser.add_argument("--relevance-rule", default=METHOD_RULE, choices=RELEVANCE_RULES,
+                        help=f"which labels to learn (default {METHOD_RULE}, the method); others must have been "
+                        "labelled with `label --ablation-rules`, e.g. attention for the paper's no-gradient ablation")
     parser.add_argument("--epochs", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=1e-3)

@@ -24,7 +24,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     start = time.time()
     try:
         build(args.out, tuple(args.family), threads=args.threads, skip_models=args.compressors_only,
-              variant=args.variant, reuse_stage1=args.reuse_stage1)
+              variant=args.variant, reuse_stage1=args.reuse_stage1, relevance_rule=args.relevance_rule)
     except ValueError as err:  # bad folder or variant: say so, no traceback
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -114,6 +114,7 @@ def cmd_oracle_rules(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ..oracle import RELEVANCE_RULES
     from . import DEFAULT_VARIANT, FAMILIES, MODALITIES, VARIANTS, demo_root
 
     parser = argparse.ArgumentParser(prog="python -m tcc_eval.demo", description=__doc__)
@@ -130,6 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--reuse-stage1", action="store_true",
                    help="continue a model in --out that is exactly its spec's stage 1 (image-only) with "
                         "stage 2, instead of training it from scratch")
+    b.add_argument("--relevance-rule", default="clamp", choices=RELEVANCE_RULES,
+                   help="the labels the compressors learn (default clamp, the method). attention: plain head-mean "
+                        "attention rollout, the paper's no-gradient ablation; needs --out")
     b.set_defaults(func=cmd_build)
 
     e = sub.add_parser("evaluate", help="score every method on a fresh synthetic test split")

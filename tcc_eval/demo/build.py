@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .. import synth
+from ..oracle import METHOD_RULE, check_rule
 from . import ASSETS, DEFAULT_VARIANT, FAMILIES, VARIANTS, benchmark, compressor_path, demo_root, model_dir
 from .train import DEFAULT_SPECS, TRAIN_RECORD, DemoSpec, reusable_stage1, train, variant_spec
 
@@ -50,16 +51,19 @@ def export_label_data(modality: str, n: int, folder: Path, variant: str = DEFAUL
 
 
 def build_compressor(family: str, modality: str, root: Path, work: Path, log: Callable[[str], None],
-                     variant: str = DEFAULT_VARIANT) -> dict[str, Any]:
+                     variant: str = DEFAULT_VARIANT, relevance_rule: str = METHOD_RULE) -> dict[str, Any]:
+    """Label the variant's training split with the oracle and train the compressor on the labels of
+    ``relevance_rule`` (another rule than the method's builds the label-rule ablation)."""
     from ..compressor.__main__ import main as compressor_cli
 
     start = time.time()
     n = VARIANTS[variant]["label_samples"][modality]
     data = export_label_data(modality, n, work / f"data_{modality}", variant)
     labels = work / f"labels_{family}_{modality}"
+    ablation = [] if relevance_rule == METHOD_RULE else ["--ablation-rules", relevance_rule]
     code = compressor_cli(["label", "--model", str(model_dir(family, root)), "--data", str(data), "--out", str(labels),
                            "--max-new-tokens", "1", "--max-answer-tokens", "1",
-                           "--num-frames", str(synth.VideoConfig().frames)])
+                           "--num-frames", str(synth.VideoConfig().frames), *ablation])
     if code:
         raise RuntimeError(f"compressor label failed for {family}/{modality} (exit {code})")
     kept = len(list((labels / "samples").glob("*.pt")))
@@ -68,23 +72,29 @@ def build_compressor(family: str, modality: str, root: Path, work: Path, log: Ca
     out = compressor_path(family, modality, root)
     out.parent.mkdir(parents=True, exist_ok=True)
     code = compressor_cli(["train", "--labels", str(labels), "--out", str(out), *COMPRESSOR_ARGS,
-                           *VARIANTS[variant]["compressor_args"]])
+                           *VARIANTS[variant]["compressor_args"], "--relevance-rule", relevance_rule])
     if code:
         raise RuntimeError(f"compressor train failed for {family}/{modality} (exit {code})")
-    return {"labelled": kept, "seconds": round(time.time() - start, 1)}
+    return {"labelled": kept, "relevance_rule": relevance_rule, "seconds": round(time.time() - start, 1)}
 
 
 def build(out: str | Path | None = None, families: tuple[str, ...] = FAMILIES, threads: int = 2,
           skip_models: bool = False, log: Callable[[str], None] = print, variant: str | None = None,
-          reuse_stage1: bool = False) -> dict[str, Any]:
+          reuse_stage1: bool = False, relevance_rule: str = METHOD_RULE) -> dict[str, Any]:
     """Train every demo model and compressor into ``out`` (default: the package's assets folder).
 
     ``variant`` (a demo.VARIANTS name, default DEFAULT_VARIANT) picks the benchmark and training; the default
     folder is that variant's shipped one (the default variant's: ASSETS, which TCC_DEMO_ROOT moves).
     ``reuse_stage1``: continue from a folder's model that is exactly its spec's stage 1 (train.train says
-    why that is safe)."""
+    why that is safe). ``relevance_rule``: the labels the compressors learn; an ablation's rule needs an
+    ``out`` of its own, so its compressors never replace the shipped ones."""
     import torch
 
+    check_rule(relevance_rule)
+    if relevance_rule != METHOD_RULE and out is None:
+        raise ValueError(f"--relevance-rule {relevance_rule} builds ablation compressors: give --out DIR (for the "
+                         "shipped models, a copy of the demo folder with --compressors-only), so the shipped "
+                         f"{METHOD_RULE} compressors stay as they are")
     torch.set_num_threads(threads)
     root = Path(out or demo_root(None, variant) or ASSETS)
     variant = variant or DEFAULT_VARIANT
@@ -115,9 +125,10 @@ def build(out: str | Path | None = None, families: tuple[str, ...] = FAMILIES, t
         with tempfile.TemporaryDirectory(prefix=f"tcc_demo_{family}_") as tmp:
             for modality in specs[family].modalities:
                 info["compressors"][f"{family}_{modality}"] = build_compressor(family, modality, root, Path(tmp), log,
-                                                                               variant)
+                                                                               variant, relevance_rule)
         log(f"[{family}] done, {time.time() - start:.0f}s since start")
     info["runs"].append({"families": list(families), "variant": variant, "skip_models": skip_models,
-                         "reuse_stage1": reuse_stage1, "threads": threads, "seconds": round(time.time() - start, 1)})
+                         "reuse_stage1": reuse_stage1, "relevance_rule": relevance_rule, "threads": threads,
+                         "seconds": round(time.time() - start, 1)})
     record.write_text(json.dumps(info, indent=1, default=str))
     return info

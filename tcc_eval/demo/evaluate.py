@@ -24,7 +24,7 @@ from ..api import default_dtype, load_hf_model, on_model_device, wrap_model
 from ..core import keep_positions
 from ..flops import INSIDE_LLM_METHODS, LAYER_K_METHODS
 from ..methods import ALL_METHODS
-from ..oracle import RELEVANCE_RULES, answer_row_maps, draft_answer, relevance_row, single_view
+from ..oracle import METHOD_RULE, RELEVANCE_RULES, answer_row_maps, draft_answer, relevance_row, single_view
 from . import FAMILIES, MODALITIES, benchmark, compressor_path, model_dir
 from .regions import token_regions
 from .train import TRAIN_RECORD, DemoSpec, answer_logits, encode, letter_ids
@@ -231,7 +231,6 @@ def evaluate_model(
 
 
 TOP_TOKEN_PLACES = ("ground_truth", "lookalike", "other_object", "background")
-METHOD_RULE = "clamp"  # the method's relevance rule (oracle.RELEVANCE_RULES; the others are diagnostics)
 
 
 def token_places(model, inputs: dict[str, torch.Tensor], sample: synth.SynthSample) -> np.ndarray:
