@@ -9,7 +9,8 @@ RESULTS_DIR is searched recursively for
 - lmms-eval ``*_results.json`` (runs keyed by ``config.model_args``);
 - per-sample ``*_efficiency.jsonl`` written by our model wrappers.
 It writes ``summary.csv``, ``efficiency.csv``, ``table_<framework>.md``, ``tables.xlsx`` and
-``preservation_<framework>_<base>.png`` into RESULTS_DIR/tables (or --out). Raw files are only read;
+``preservation_<framework>_<base>.png`` into RESULTS_DIR/tables (or --out), a row per base model, method,
+variant (non-default method options, ``tcc_eval.options``) and keep ratio. Raw files are only read;
 an unreadable file is reported on one line and skipped. VLMEvalKit's status.json is never read: its
 "primary_metric" is a heuristic, not the paper's metric.
 """
@@ -37,6 +38,7 @@ import pandas as pd
 
 from tcc_eval.flops import (LAYER_K_METHODS, LLM_SHAPES, LLMShape, fastv_average_retention,
                             fastv_layer_keep_ratio, flops_ratio, guess_shape, pyramid_stage_ratio, shape_from_config)
+from tcc_eval.options import method_variant
 
 log = logging.getLogger("tcc_eval.aggregate")
 
@@ -59,6 +61,7 @@ LMMS_PREFERRED_METRICS = ("exact_match", "accuracy", "acc", "mvbench_accuracy", 
 # Preferred row of a multi-split acc.csv.
 SPLIT_PREFERENCE = ("overall", "all", "none", "test", "dev", "val", "validation")
 BYTES_PER_MB = 1e6
+RUN_KEY = ["framework", "base_model", "method", "variant", "keep_ratio"]  # one table row each
 
 
 class ResultFileError(ValueError):
@@ -149,6 +152,7 @@ class Score:
     source: str
     mtime: float = 0.0
     note: str = ""
+    variant: str = ""  # the run's non-default method options (tcc_eval.options.method_variant)
 
 
 def _walk(root: Path, skip: Path | None) -> Iterator[Path]:
@@ -283,10 +287,32 @@ def read_vlmeval(root: Path, skip: Path | None = None) -> list[Score]:
             _warn_skip(path, err)
             continue
         mtime = path.stat().st_mtime
+        variant = _vlmeval_run_variant(path, root, model, dataset, method)
         for metric, value, scale, primary, note in rows:
             scores.append(Score("vlmeval", model, base, method, ratio, dataset, metric, value, scale, primary,
-                                str(path), mtime, note))
+                                str(path), mtime, note, variant))
     return scores
+
+
+def _vlmeval_run_variant(score_file: Path, root: Path, model: str, dataset: str, method: str) -> str:
+    """VLMEvalKit's score files do not say which method options ran; the run's efficiency records do. They sit
+    in the run's folder (``<MODEL>/T<date>_G<commit>/``) or the model folder above it; the last record is the
+    run that wrote the newest score file."""
+    name = f"{model}_{dataset}{EFFICIENCY_SUFFIX}"  # integrations.vlmeval.records.records_path
+    for folder in [score_file.parent, *score_file.parent.parents]:
+        records = folder / name
+        if records.is_file():
+            for line in reversed(records.read_text(encoding="utf-8", errors="replace").splitlines()):
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(record, dict):
+                    return method_variant(method, record.get("method_options"))
+            return ""
+        if folder == root:
+            break
+    return ""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -385,9 +411,10 @@ def read_lmms(root: Path, skip: Path | None = None) -> list[Score]:
         base = lmms_base_model(model_id, args.get("pretrained") or args.get("model"))
         run = f"{model_id}:{config.get('model_args')}"
         mtime = path.stat().st_mtime
+        variant = method_variant(method, args)
         for benchmark, metric, value, scale, primary, note in rows:
             scores.append(Score("lmms_eval", run, base, method, ratio, benchmark, metric, value, scale, primary,
-                                str(path), mtime, note))
+                                str(path), mtime, note, variant))
     return scores
 
 
@@ -442,7 +469,8 @@ def read_efficiency(root: Path, skip: Path | None = None) -> pd.DataFrame:
                 if missing:
                     raise ResultFileError(f"missing {', '.join(missing)}")
                 framework, base, method, ratio = _efficiency_key(record)
-                row = {"framework": framework, "base_model": base, "method": method, "keep_ratio": ratio,
+                row = {"framework": framework, "base_model": base, "method": method,
+                       "variant": method_variant(method, record.get("method_options")), "keep_ratio": ratio,
                        "dataset": str(record["dataset"]),
                        "index": json.dumps(record.get("index"), sort_keys=True, default=str),
                        "mtime": mtime, "source": str(path)}
@@ -460,17 +488,16 @@ def read_efficiency(root: Path, skip: Path | None = None) -> pd.DataFrame:
             rows.append(row)
         if bad > MAX_LINE_WARNINGS:
             log.warning("skipped %s: %d more bad lines", path, bad - MAX_LINE_WARNINGS)
-    frame = pd.DataFrame(rows, columns=["framework", "base_model", "method", "keep_ratio", "dataset", "index",
-                                        "mtime", "source", *EFFICIENCY_NUMERIC, "llm_shape", "pdrop_layers"])
+    frame = pd.DataFrame(rows, columns=[*RUN_KEY, "dataset", "index", "mtime", "source", *EFFICIENCY_NUMERIC,
+                                        "llm_shape", "pdrop_layers"])
     frame["keep_ratio"] = frame["keep_ratio"].astype(float).round(6)
     frame = frame.sort_values("mtime", kind="stable")
-    return frame.drop_duplicates(["framework", "base_model", "method", "keep_ratio", "dataset", "index"],
-                                 keep="last").reset_index(drop=True)
+    return frame.drop_duplicates([*RUN_KEY, "dataset", "index"], keep="last").reset_index(drop=True)
 
 
 def summarize_efficiency(records: pd.DataFrame) -> pd.DataFrame:
     """Per run and dataset, plus an ``ALL`` row per run: sums and means of times, KV MB, tokens."""
-    key = ["framework", "base_model", "method", "keep_ratio"]
+    key = RUN_KEY
     columns = [*key, "dataset", "samples", "prefill_s_sum", "prefill_s_mean", "compressor_s_sum",
                "compressor_s_mean", "total_s_sum", "total_s_mean", "kv_cache_mb_mean", "visual_before_mean",
                "visual_after_mean", "measured_retention", "avg_retention", "seq_before_mean", "seq_after_mean",
@@ -512,9 +539,9 @@ def summarize_efficiency(records: pd.DataFrame) -> pd.DataFrame:
 # --------------------------------------------------------------------------------------------------
 # pairing and tables
 # --------------------------------------------------------------------------------------------------
-SCORE_KEY = ["framework", "base_model", "method", "keep_ratio", "benchmark", "metric"]
-SUMMARY_COLUMNS = ["framework", "base_model", "model", "method", "keep_ratio", "benchmark", "metric", "primary",
-                   "score", "vanilla_score", "preservation", "note", "source"]
+SCORE_KEY = [*RUN_KEY, "benchmark", "metric"]
+SUMMARY_COLUMNS = ["framework", "base_model", "model", "method", "variant", "keep_ratio", "benchmark", "metric",
+                   "primary", "score", "vanilla_score", "preservation", "note", "source"]
 
 
 def _to_display(scores: list[Score]) -> pd.DataFrame:
@@ -601,17 +628,23 @@ def _recorded_shape(efficiency: pd.DataFrame) -> LLMShape | None:
 
 def build_table(summary: pd.DataFrame, efficiency: pd.DataFrame, framework: str,
                 options: TableOptions) -> pd.DataFrame:
-    """Paper-style table for one framework: one row per base model x method x keep ratio."""
+    """Paper-style table for one framework: one row per base model x method (x variant) x keep ratio; the
+    variant column appears when some run set a method option away from its default."""
     scores = summary[(summary["framework"] == framework) & summary["primary"].astype(bool)]
     totals = efficiency[(efficiency["framework"] == framework) & (efficiency["dataset"] == "ALL")]
     benchmarks = sorted(scores["benchmark"].unique(), key=str.lower)
     paired = scores[scores["method"] == "none"].groupby("base_model")["benchmark"].nunique()
-    keys = {tuple(k) for k in scores[["base_model", "method", "keep_ratio"]].itertuples(index=False)}
-    keys |= {tuple(k) for k in totals[["base_model", "method", "keep_ratio"]].itertuples(index=False)}
+    row_key = ["base_model", "method", "variant", "keep_ratio"]
+    keys = {tuple(k) for k in scores[row_key].itertuples(index=False)}
+    keys |= {tuple(k) for k in totals[row_key].itertuples(index=False)}
     rows = []
-    for base, method, ratio in sorted(keys, key=lambda k: (k[0], _method_rank(k[1]), -k[2])):
-        mine = scores[(scores["base_model"] == base) & (scores["method"] == method) & (scores["keep_ratio"] == ratio)]
-        row: dict[str, Any] = {"base_model": base, "method": method, "keep_ratio": ratio}
+    for base, method, variant, ratio in sorted(keys, key=lambda k: (k[0], _method_rank(k[1]), k[2], -k[3])):
+        def of_run(frame: pd.DataFrame) -> pd.DataFrame:
+            return frame[(frame["base_model"] == base) & (frame["method"] == method) & (frame["variant"] == variant)
+                         & (frame["keep_ratio"] == ratio)]
+
+        mine = of_run(scores)
+        row: dict[str, Any] = {"base_model": base, "method": method, "variant": variant, "keep_ratio": ratio}
         notes = []
         for bench in benchmarks:
             hit = mine[mine["benchmark"] == bench]
@@ -622,7 +655,7 @@ def build_table(summary: pd.DataFrame, efficiency: pd.DataFrame, framework: str,
             notes.append("no vanilla run")
         elif len(preserved) < paired.get(base, 0):
             notes.append(f"preservation over {len(preserved)} of {paired[base]} benchmarks")
-        eff = totals[(totals["base_model"] == base) & (totals["method"] == method) & (totals["keep_ratio"] == ratio)]
+        eff = of_run(totals)
         vanilla_eff = totals[(totals["base_model"] == base) & (totals["method"] == "none")]
         measured = eff["measured_retention"].iloc[0] if len(eff) else math.nan
         kept = 1.0 if method == "none" else (measured if not math.isnan(measured) else ratio)
@@ -672,7 +705,8 @@ def build_table(summary: pd.DataFrame, efficiency: pd.DataFrame, framework: str,
         row["KV MB"] = eff["kv_cache_mb_mean"].iloc[0] if len(eff) else math.nan
         row["note"] = "; ".join(notes)
         rows.append(row)
-    columns = ["base_model", "method", "keep_ratio", *benchmarks, "Avg preservation", "Avg retention",
+    variants = ["variant"] if any(row["variant"] for row in rows) else []
+    columns = ["base_model", "method", *variants, "keep_ratio", *benchmarks, "Avg preservation", "Avg retention",
                "FLOPs ratio", "prefill s", "total s", "KV MB", "note"]
     return pd.DataFrame(rows, columns=columns)
 
@@ -717,13 +751,14 @@ def plot_preservation(table: pd.DataFrame, framework: str, out_dir: Path) -> lis
         if points.empty:
             continue
         fig, ax = plt.subplots(figsize=(5, 4))
-        methods = sorted(points["method"].unique(), key=_method_rank)
-        for i, method in enumerate(methods):
-            line = points[points["method"] == method].sort_values("Avg retention")
+        variant = points["variant"] if "variant" in points else pd.Series("", index=points.index)
+        lines = sorted({(m, v) for m, v in zip(points["method"], variant)}, key=lambda k: (_method_rank(k[0]), k[1]))
+        for i, (method, name) in enumerate(lines):
+            line = points[(points["method"] == method) & (variant == name)].sort_values("Avg retention")
             # nested marker sizes and dashes keep methods with identical numbers visible on top of each other
             ax.plot(line["Avg retention"], line["Avg preservation"], marker="osD^vP"[i % 6],
-                    markersize=4 + 2.5 * (len(methods) - i), linestyle=("-", "--", ":", "-.")[i % 4],
-                    markerfacecolor="none", label=method)
+                    markersize=4 + 2.5 * (len(lines) - i), linestyle=("-", "--", ":", "-.")[i % 4],
+                    markerfacecolor="none", label=f"{method} ({name})" if name else method)
         ax.plot([1.0], [100.0], marker="*", markersize=12, color="black", linestyle="none", label="vanilla")
         ax.set_xlabel("average retention ratio")
         ax.set_ylabel("average performance preservation (%)")
@@ -763,8 +798,8 @@ def aggregate(results_dir: Path | str, out_dir: Path | str | None = None,
     scores = read_vlmeval(root, skip) + read_lmms(root, skip)
     summary = pair_with_vanilla(_to_display(scores))
     summary = summary.sort_values(
-        ["framework", "base_model", "method", "keep_ratio", "benchmark", "primary", "metric"],
-        ascending=[True, True, True, False, True, False, True],
+        ["framework", "base_model", "method", "variant", "keep_ratio", "benchmark", "primary", "metric"],
+        ascending=[True, True, True, True, False, True, False, True],
         key=lambda col: col.map(lambda m: "%02d%s" % _method_rank(m)) if col.name == "method" else col,
     )[SUMMARY_COLUMNS]
     efficiency = summarize_efficiency(read_efficiency(root, skip))

@@ -525,3 +525,84 @@ def test_pdrop_names_without_records_use_the_stage_ratio_of_their_retention(tmp_
     # 25% is below its floor by the name, so only a record (a run with match=kept) could say which lambda ran
     floor = table.loc[("pdrop", 0.25)]
     assert pd.isna(floor["FLOPs ratio"]) and "per-stage ratio unknown" in floor["note"]
+
+
+def test_method_variant_names_only_non_default_options_the_method_reads():
+    import inspect
+
+    from tcc_eval.api import wrap_model
+    from tcc_eval.methods import VISIONZIP_CONTEXTUAL_SHARE
+    from tcc_eval.options import OPTION_DEFAULTS, method_variant
+
+    signature = inspect.signature(wrap_model).parameters
+    assert OPTION_DEFAULTS == {name: signature[name].default for name in OPTION_DEFAULTS}
+    assert OPTION_DEFAULTS["contextual_share"] == VISIONZIP_CONTEXTUAL_SHARE
+    assert method_variant("tcc", {}) == method_variant("tcc", None) == ""
+    assert method_variant("tcc", {"positions": "original", "budget": "global", "seed": 3, "fastv_k": 4}) == ""
+    assert method_variant("tcc", {"positions": "renumber", "budget": "per_group"}) == \
+        "budget=per_group positions=renumber"
+    assert method_variant("random", {"seed": "3"}) == method_variant("random", {"seed": 3}) == "seed=3"
+    assert method_variant("fastv", {"fastv_k": "2", "positions": "renumber", "budget": "per_group"}) == ""
+    assert method_variant("dart", {"fastv_k": "3", "match": "kept"}) == "fastv_k=3 match=kept"
+    assert method_variant("pdrop", {"pdrop_layers": [2, 14, 21]}) == method_variant(
+        "pdrop", {"pdrop_layers": "2/14/21"}) == "pdrop_layers=2/14/21"
+    assert method_variant("visionzip", {"contextual_share": "0"}) == "contextual_share=0"
+    assert method_variant("visionzip", {"contextual_share": 0.15625}) == ""
+    assert method_variant("none", {"positions": "renumber"}) == ""
+
+
+def test_method_options_give_variants_their_own_rows(tmp_path):
+    """An ablation shares the results folder with the runs it is compared against: each variant (non-default
+    method options, from the efficiency records for VLMEvalKit and from model_args for lmms-eval) gets its own
+    row, paired with the one vanilla run, with its own costs; default or unread options make no variant."""
+    from tcc_eval.integrations.lmms_eval.efficiency import EfficiencyLog
+
+    work = tmp_path / "vlmeval"  # the same registered name run twice (--config method_options), one folder per run
+    for model, run, method, ratio, options, correct, prefill in [
+            ("Qwen2VL7B_Vanilla", "T20251128-100000_G1", "none", 1.0, {}, 60, 2.0),
+            ("Qwen2VL7B_TCC25", "T20251128-110000_G1", "tcc", 0.25, {"positions": "original", "fastv_k": 3}, 57, 0.7),
+            ("Qwen2VL7B_TCC25", "T20251128-120000_G1", "tcc", 0.25, {"positions": "renumber"}, 51, 0.6)]:
+        folder = work / model / run
+        write_mcq_acc(folder / f"{model}_MMStar_acc.csv", correct)
+        record = json.loads(efficiency_line(model, "vlmeval", "MMStar", 0, method, ratio, "Qwen2VL7B", 1000,
+                                            int(1000 * ratio), prefill, prefill + 1))
+        (folder / f"{model}_MMStar_efficiency.jsonl").write_text(json.dumps({**record, "method_options": options})
+                                                                + "\n")
+    lmms = tmp_path / "lmms"
+    args = "pretrained=/m/Qwen2-VL-7B-Instruct,method={},ratio={}{}"
+    for method, ratio, extra, mme, date in [("none", 1.0, "", 1500.0, "20251128_120000"),
+                                            ("fastv", 0.5, ",fastv_k=2,budget=per_group", 1400.0, "20251128_130000"),
+                                            ("fastv", 0.5, ",fastv_k=3", 1200.0, "20251128_140000")]:
+        write_lmms_results(lmms, "qwen2_vl_tcc", args.format(method, ratio, extra), date,
+                           *lmms_run(mme, 400.0, 0.8, 70.0, 50.0))
+        options = parse_model_args(extra.strip(","))
+        log = EfficiencyLog(lmms / "efficiency", "qwen2_vl_tcc", "/m/Qwen2-VL-7B-Instruct", method, ratio,
+                            method_options={"budget": "global", "seed": 0, "positions": "original", **options})
+        log.write("mme", 0, {"visual_before": 1000, "visual_after": int(1000 * ratio), "prefill_s": mme / 1000,
+                             "total_s": 2.0, "kv_cache_bytes": 1})
+    assert len(list((lmms / "efficiency").glob("*.jsonl"))) == 3  # the variant's records did not replace fastv's
+
+    tables = aggregate(tmp_path).tables
+    vlmeval = tables["vlmeval"].fillna("").set_index(["method", "variant"])
+    assert vlmeval.loc[("tcc", ""), "MMStar"] == pytest.approx(57.0)
+    assert vlmeval.loc[("tcc", "positions=renumber"), "MMStar"] == pytest.approx(51.0)
+    assert vlmeval.loc[("tcc", "positions=renumber"), "Avg preservation"] == pytest.approx(100 * 51 / 60)
+    assert vlmeval.loc[("tcc", ""), "prefill s"] == pytest.approx(0.7)
+    assert vlmeval.loc[("tcc", "positions=renumber"), "prefill s"] == pytest.approx(0.6)
+    assert "newest of" not in " ".join(vlmeval["note"])
+    lmms_table = tables["lmms_eval"].set_index(["method", "variant"])
+    assert lmms_table.loc[("fastv", ""), "mme"] == pytest.approx(1800.0)
+    assert lmms_table.loc[("fastv", "fastv_k=3"), "mme"] == pytest.approx(1600.0)
+    assert lmms_table.loc[("fastv", "fastv_k=3"), "Avg preservation"] == pytest.approx(  # mme, mvbench, synth
+        100 * (1600 / 1900 + 1 + 1) / 3)
+    assert lmms_table.loc[("fastv", "fastv_k=3"), "prefill s"] == pytest.approx(1.2)
+    assert lmms_table.loc[("fastv", ""), "prefill s"] == pytest.approx(1.4)
+    markdown = (tmp_path / "tables" / "table_lmms_eval.md").read_text()
+    assert "| variant |" in markdown and "fastv_k=3" in markdown
+    summary = pd.read_csv(tmp_path / "tables" / "summary.csv").fillna("")
+    assert set(summary[summary.method == "fastv"]["variant"]) == {"", "fastv_k=3"}
+
+
+def test_tables_without_variants_have_no_variant_column(run):
+    assert all("variant" not in table.columns for table in run["result"].tables.values())
+    assert "variant" in run["summary"].columns

@@ -25,7 +25,7 @@ LIMIT = 4
 SYNTH_N = "8"
 RECORD_KEYS = {"model", "framework", "dataset", "index", "method", "keep_ratio", "base_model", "visual_before",
                "visual_after", "seq_before", "seq_after", "prefill_s", "compressor_s", "total_s", "kv_cache_bytes",
-               "new_tokens"}
+               "new_tokens", "method_options"}
 
 
 @pytest.fixture(scope="module")
@@ -103,6 +103,7 @@ def test_cli_runs_both_tasks_and_writes_results_and_records(family, model, metho
             assert RECORD_KEYS <= record.keys()
             assert (record["model"], record["framework"], record["dataset"]) == (model, "lmms_eval", task)
             assert (record["method"], record["keep_ratio"], record["base_model"]) == (method, 0.5, pretrained)
+            assert record["method_options"] == {"budget": "global", "seed": 0, "positions": "original"}
             assert record["visual_before"] > 0
             assert record["visual_after"] == keep_count(record["visual_before"], 0.5)
             assert record["seq_before"] - record["seq_after"] == record["visual_before"] - record["visual_after"]

@@ -19,6 +19,8 @@ from typing import Any
 from loguru import logger
 from torch import nn
 
+from tcc_eval.options import method_variant
+
 EFFICIENCY_ENV = "TCC_EFFICIENCY_DIR"
 
 
@@ -55,16 +57,20 @@ class EfficiencyLog:
         keep_ratio: float,
         rank: int = 0,
         world_size: int = 1,
+        method_options: dict[str, Any] | None = None,
     ):
         self.directory = directory
         self.fields = {
             "model": model,
             "framework": "lmms_eval",
             "method": method,
+            "method_options": dict(method_options or {}),
             "keep_ratio": keep_ratio,
             "base_model": base_model,
         }
-        self._stem = f"{model}_{_safe(Path(base_model.rstrip('/')).name)}_{method}-{keep_ratio * 100:g}"
+        variant = method_variant(method, method_options)  # so a variant's records never replace its method's
+        self._stem = (f"{model}_{_safe(Path(base_model.rstrip('/')).name)}_{method}-{keep_ratio * 100:g}"
+                      + (f"_{_safe(variant)}" if variant else ""))
         self._rank_suffix = f"_rank{rank}" if world_size > 1 else ""
         self._started: set[Path] = set()
         if directory is None:

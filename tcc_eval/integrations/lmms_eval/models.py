@@ -45,12 +45,13 @@ from model_registry import compressors_for_checkpoint, local_folder
 from tcc_eval.api import default_device, default_dtype, wrap_model
 from tcc_eval.core import check_keep_ratio
 from tcc_eval.methods import check_method
+from tcc_eval.options import OWN_OPTIONS
 from tcc_eval.pruned import POSITION_MODES
 
 from .efficiency import EfficiencyLog, RecordingModel, resolve_efficiency_dir
 
-METHOD_OPTIONS = {"fastv": ("fastv_k", "match"), "dart": ("fastv_k", "match"), "pdrop": ("match", "pdrop_layers"),
-                  "oracle": ("max_answer_tokens",), "visionzip": ("contextual_share",)}
+# budget=, positions= and seed= are taken for every method (the ones that do not read them ignore them)
+METHOD_OPTIONS = {method: names for method, names in OWN_OPTIONS.items() if names != ("seed",)}
 DEFAULT_VILA = "Efficient-Large-Model/Llama-3-VILA1.5-8b"
 
 
@@ -163,6 +164,8 @@ class TCCWrapperMixin:
             keep_ratio=settings.keep_ratio,
             rank=self.rank,
             world_size=self.world_size,
+            method_options={"budget": settings.budget, "seed": settings.seed, "positions": settings.positions,
+                            **settings.options},
         )
         self._model = RecordingModel(pruned, self._record)
 

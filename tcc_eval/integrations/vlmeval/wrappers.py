@@ -186,6 +186,7 @@ class TCCModelMixin:
             "dataset": ctx.dataset_name if ctx else dataset,
             "index": ctx.index if ctx else None,
             "method": self.method,
+            "method_options": self.method_options,  # the tables give non-default options rows of their own
             "keep_ratio": self.keep_ratio,
             "base_model": self.base.name,
             "model_path": self.model_path,

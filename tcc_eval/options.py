@@ -1,0 +1,57 @@
+"""The method options of ``wrap_model``: which method reads which, their defaults, and the variant label.
+
+A run that sets an option away from its default (``positions=renumber``, ``fastv_k=3``, ...) is a variant of its
+method: the efficiency records carry the options, and the tables give each variant its own row, so an ablation
+can share one results folder with the runs it is compared against. Torch-free, so the tables need no torch.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from .flops import INSIDE_LLM_METHODS
+
+# wrap_model's defaults (tests/test_aggregate.py checks them against its signature)
+OPTION_DEFAULTS: dict[str, Any] = {
+    "budget": "global", "positions": "original", "seed": 0, "max_answer_tokens": 16, "contextual_share": 0.15625,
+    "fastv_k": 2, "match": "avg_retention", "pdrop_layers": None,
+}
+# the options only one method (or one kind) reads; wrap_model ignores them for the others
+OWN_OPTIONS: dict[str, tuple[str, ...]] = {
+    "random": ("seed",), "oracle": ("max_answer_tokens",), "visionzip": ("contextual_share",),
+    "fastv": ("fastv_k", "match"), "dart": ("fastv_k", "match"), "pdrop": ("match", "pdrop_layers"),
+}
+INPUT_STAGE_OPTIONS = ("budget", "positions")  # every method that prunes before the LLM reads these
+
+
+def options_read_by(method: str) -> tuple[str, ...]:
+    """The options ``method`` reads (none for ``none``: it keeps every token)."""
+    if method == "none":
+        return ()
+    shared = () if method in INSIDE_LLM_METHODS else INPUT_STAGE_OPTIONS
+    return (*shared, *OWN_OPTIONS.get(method, ()))
+
+
+def _canonical(value: Any) -> str:
+    """One text per value, whether it came as a number, a list or lmms-eval's model_args text."""
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple)):
+        return "/".join(_canonical(v) for v in value)
+    text = str(value).strip()
+    try:
+        return f"{float(text):g}"
+    except ValueError:
+        return text
+
+
+def method_variant(method: str, options: Mapping[str, Any] | None) -> str:
+    """``name=value`` for every option ``method`` reads whose value is not the default, sorted and joined by
+    spaces; '' for the method as published."""
+    options = options or {}
+    parts = []
+    for name in sorted(options_read_by(method)):
+        value = _canonical(options.get(name))
+        if value and value != _canonical(OPTION_DEFAULTS[name]):
+            parts.append(f"{name}={value}")
+    return " ".join(parts)
