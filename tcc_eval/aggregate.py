@@ -626,6 +626,11 @@ def _recorded_shape(efficiency: pd.DataFrame) -> LLMShape | None:
     return LLMShape(**json.loads(text)) if text else None
 
 
+def _rows_of(frame: pd.DataFrame, columns: list[str], values: tuple) -> pd.DataFrame:
+    """The rows of ``frame`` whose ``columns`` hold ``values``."""
+    return frame[(frame[columns] == pd.Series(values, index=columns)).all(axis=1)]
+
+
 def build_table(summary: pd.DataFrame, efficiency: pd.DataFrame, framework: str,
                 options: TableOptions) -> pd.DataFrame:
     """Paper-style table for one framework: one row per base model x method (x variant) x keep ratio; the
@@ -638,12 +643,9 @@ def build_table(summary: pd.DataFrame, efficiency: pd.DataFrame, framework: str,
     keys = {tuple(k) for k in scores[row_key].itertuples(index=False)}
     keys |= {tuple(k) for k in totals[row_key].itertuples(index=False)}
     rows = []
-    for base, method, variant, ratio in sorted(keys, key=lambda k: (k[0], _method_rank(k[1]), k[2], -k[3])):
-        def of_run(frame: pd.DataFrame) -> pd.DataFrame:
-            return frame[(frame["base_model"] == base) & (frame["method"] == method) & (frame["variant"] == variant)
-                         & (frame["keep_ratio"] == ratio)]
-
-        mine = of_run(scores)
+    for key in sorted(keys, key=lambda k: (k[0], _method_rank(k[1]), k[2], -k[3])):
+        base, method, variant, ratio = key
+        mine = _rows_of(scores, row_key, key)
         row: dict[str, Any] = {"base_model": base, "method": method, "variant": variant, "keep_ratio": ratio}
         notes = []
         for bench in benchmarks:
@@ -655,7 +657,7 @@ def build_table(summary: pd.DataFrame, efficiency: pd.DataFrame, framework: str,
             notes.append("no vanilla run")
         elif len(preserved) < paired.get(base, 0):
             notes.append(f"preservation over {len(preserved)} of {paired[base]} benchmarks")
-        eff = of_run(totals)
+        eff = _rows_of(totals, row_key, key)
         vanilla_eff = totals[(totals["base_model"] == base) & (totals["method"] == "none")]
         measured = eff["measured_retention"].iloc[0] if len(eff) else math.nan
         kept = 1.0 if method == "none" else (measured if not math.isnan(measured) else ratio)

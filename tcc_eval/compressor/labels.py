@@ -305,11 +305,11 @@ def prepare_meta(out: Path, meta: dict[str, Any]) -> None:
             )
         old_rules = old.get("relevance_rules", [METHOD_RULE])
         if old_rules != meta["relevance_rules"]:
-            extra = " ".join(old_rules[1:]) or "none"
+            same = f"with --ablation-rules {' '.join(old_rules[1:])}" if old_rules[1:] else "without --ablation-rules"
             raise ValueError(
                 f"{out} holds labels under the relevance rules {', '.join(old_rules)}; this run asks for "
-                f"{', '.join(meta['relevance_rules'])}, so resumed samples would lack some: resume with "
-                f"--ablation-rules {extra}, or use another --out"
+                f"{', '.join(meta['relevance_rules'])}, so resumed samples would lack some: resume {same}, or use "
+                "another --out"
             )
         return
     write_json(path, meta)

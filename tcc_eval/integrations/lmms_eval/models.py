@@ -51,7 +51,7 @@ from tcc_eval.pruned import POSITION_MODES
 from .efficiency import EfficiencyLog, RecordingModel, resolve_efficiency_dir
 
 # budget=, positions= and seed= are taken for every method (the ones that do not read them ignore them)
-METHOD_OPTIONS = {method: names for method, names in OWN_OPTIONS.items() if names != ("seed",)}
+METHOD_OPTIONS = {method: names for method, names in OWN_OPTIONS.items() if method != "random"}
 DEFAULT_VILA = "Efficient-Large-Model/Llama-3-VILA1.5-8b"
 
 
