@@ -166,6 +166,7 @@ def _for_modality(compressor, modality: str, source: Any):
     return compressor
 
 
+# options.OPTION_DEFAULTS mirrors these option defaults for the tables (tests/test_aggregate.py checks them)
 def wrap_model(
     model,
     method: str = "random",
