@@ -217,7 +217,8 @@ def test_training_learns_a_known_mapping(tmp_path, one_thread):
 
 def test_relevance_rule_picks_the_labels_training_fits(tmp_path, one_thread):
     """`train --relevance-rule attention` fits the ablation's labels, not the method's (here a0 shifted left and
-    right by 3 tokens): each compressor's top-k recalls its own rule's labels and misses the other rule's."""
+    right by 3 tokens): each compressor's top-k recalls its own rule's labels and misses the other rule's;
+    `evaluate --against` scores it against either."""
     from tcc_eval.compressor.evaluate import fidelity
     from tcc_eval.compressor.train import load_labels
 
@@ -239,7 +240,17 @@ def test_relevance_rule_picks_the_labels_training_fits(tmp_path, one_thread):
           "--json", str(tmp_path / "r.json")])
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["trained_on_rule"] == "attention"  # scored against the method's labels: a low recall
+    assert report["scored_against_rule"] == "clamp"
     assert report["methods"]["tcc"]["recall@25"] == pytest.approx(recall["attention", "clamp"])
+    main(["evaluate", "--labels", str(labels), "--compressor", str(tmp_path / "attention.pt"), "--against",
+          "attention", "--json", str(tmp_path / "own.json")])
+    own = json.loads((tmp_path / "own.json").read_text())
+    assert own["scored_against_rule"] == "attention" and own["split"] == report["split"]
+    assert own["methods"]["tcc"]["recall@25"] == pytest.approx(recall["attention", "attention"])
+    plain = write_fake_labels(tmp_path / "plain", 4)
+    with pytest.raises(ValueError, match="label again .*--ablation-rules signed"):
+        main(["evaluate", "--labels", str(plain), "--compressor", str(tmp_path / "attention.pt"), "--against",
+              "signed"])
 
 
 def test_ablation_rules_are_labelled_beside_the_method(tiny_checkpoints, tmp_path, one_thread):

@@ -2,7 +2,9 @@
 
 Per sample, with k = round(rho * N_v) exactly as at inference: recall of the oracle's top-k inside the
 predicted top-k, for rho = 25% and 50%, and the Spearman rank correlation between prediction and oracle
-relevance (the method's rule, whichever labels the compressor learned); averaged over samples. Rows: ``tcc``
+relevance, averaged over samples. The oracle is the method's rule, whichever labels the compressor learned;
+``--against attention`` (or ``abs``, ``signed``) scores it against an ablation's labels instead, where the label
+folder holds them. Rows: ``tcc``
 (the compressor), ``a0`` (raw layer-0 attention, the same input without the CNN: the CNN's value is the gap)
 and ``chance`` (a random ranking: recall k/N).
 """
@@ -18,7 +20,7 @@ import torch
 from scipy.stats import spearmanr
 
 from ..core import keep_count, topk_in_order
-from ..oracle import METHOD_RULE
+from ..oracle import METHOD_RULE, RELEVANCE_RULES
 from . import check_match, load_compressor
 from .network import kl_loss, make_target
 from .train import LabelSample, load_labels
@@ -82,8 +84,10 @@ def choose_samples(samples: list[LabelSample], val_keys: set[str], split: str) -
 
 def format_table(report: dict[str, Any]) -> str:
     names = [f"recall@{int(r * 100)}" for r in RATIOS] + ["spearman", "kl"]
+    rule = report["scored_against_rule"]
+    against = "the method's oracle" if rule == METHOD_RULE else f"the {rule} relevance (an ablation's labels)"
     lines = [f"{report['n_samples']} samples ({report['split']}), mean N_v {report['mean_n_visual']:.0f}; "
-             f"compressor trained on {report['trained_on_rule']} labels, scored against the method's oracle",
+             f"compressor trained on {report['trained_on_rule']} labels, scored against {against}",
              f"{'method':<8}" + "".join(f"{n:>12}" for n in names)]
     for method, metrics in report["methods"].items():
         cells = "".join(f"{'-':>12}" if metrics[n] is None else f"{metrics[n]:>12.4f}" for n in names)
@@ -91,9 +95,10 @@ def format_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def evaluate(labels: list[str], compressor_path: str, split: str = "auto") -> dict[str, Any]:
+def evaluate(labels: list[str], compressor_path: str, split: str = "auto", against: str = METHOD_RULE
+             ) -> dict[str, Any]:
     compressor = load_compressor(compressor_path)
-    source, _, samples, _ = load_labels(labels)
+    source, _, samples, _ = load_labels(labels, against)
     check_match(compressor.source_model, source, f"compressor {compressor_path}", "the model of these labels")
     chosen, how = choose_samples(samples, set(compressor.train_stats.get("val_keys", [])), split)
     if not chosen:
@@ -101,13 +106,13 @@ def evaluate(labels: list[str], compressor_path: str, split: str = "auto") -> di
     return {
         "compressor": str(compressor_path), "labels": [str(Path(d).resolve()) for d in labels],
         "split": how, "n_samples": len(chosen), "mean_n_visual": sum(s.n for s in chosen) / len(chosen),
-        "trained_on_rule": compressor.train_stats.get("relevance_rule", METHOD_RULE),
+        "trained_on_rule": compressor.train_stats.get("relevance_rule", METHOD_RULE), "scored_against_rule": against,
         "methods": fidelity(compressor, chosen),
     }
 
 
 def run(args: argparse.Namespace) -> int:
-    report = evaluate(args.labels, args.compressor, args.split)
+    report = evaluate(args.labels, args.compressor, args.split, args.against)
     print(format_table(report))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -120,4 +125,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compressor", required=True, help="checkpoint written by `train`")
     parser.add_argument("--split", default="auto", choices=("auto", "val", "all"),
                         help="auto: the training run's held-out samples if present, else all (default)")
+    parser.add_argument("--against", default=METHOD_RULE, choices=RELEVANCE_RULES,
+                        help=f"the relevance to score against (default {METHOD_RULE}: the method's oracle); "
+                             f"another rule needs labels written with `label --ablation-rules`")
     parser.add_argument("--json", default=None, help="also write the report as JSON here")
