@@ -4,15 +4,16 @@
 
 RESULTS_DIR is searched recursively for
 - VLMEvalKit score files ``<MODEL>_<DATASET>_acc.csv`` (MCQ, fractions), ``_score.csv`` (MME and
-  yes/no sets, points / percent), ``_acc.json`` (EVAL_FORMAT=json) and ``_rating.json`` (MVBench,
-  Video-MME); MODEL is a registry name ``<Base>_<Method><ratio>`` or ``<Base>_Vanilla``;
+  yes/no sets, points / percent; MM-Vet's ``<MODEL>_MMVet_<judge>_score.csv``), ``_acc.json``
+  (EVAL_FORMAT=json) and ``_rating.json`` (MVBench, Video-MME); MODEL is a registry name
+  ``<Base>_<Method><ratio>`` or ``<Base>_Vanilla``;
 - lmms-eval ``*_results.json`` (runs keyed by ``config.model_args``);
 - per-sample ``*_efficiency.jsonl`` written by our model wrappers.
 It writes ``summary.csv``, ``efficiency.csv``, ``table_<framework>.md``, ``tables.xlsx`` and
 ``preservation_<framework>_<base>.png`` into RESULTS_DIR/tables (or --out), a row per base model, method,
 variant (non-default method options, ``tcc_eval.options``) and keep ratio. Raw files are only read;
-an unreadable file is reported on one line and skipped. VLMEvalKit's status.json is never read: its
-"primary_metric" is a heuristic, not the paper's metric.
+an unreadable file is reported on one line and skipped. VLMEvalKit's status.json is read only for its
+dataset and judge names (its "primary_metric" is a heuristic, not the paper's metric).
 """
 
 from __future__ import annotations
@@ -56,11 +57,15 @@ VLMEVAL_SUFFIXES = ("_rating.json", "_score.csv", "_acc.csv", "_acc.json")
 LMMS_SUFFIX = "_results.json"
 EFFICIENCY_SUFFIX = "_efficiency.jsonl"
 # lmms-eval metrics preferred as a task's headline number, before "first numeric metric".
+# MMStar's "average" and SEED-Bench's "seed_image" (VLMEvalKit's SEEDBench_IMG) come after per-category metrics
+# in their files, whose order follows the first sample's category.
 LMMS_PREFERRED_METRICS = ("exact_match", "accuracy", "acc", "mvbench_accuracy", "videomme_perception_score",
-                          "gpt_eval_score")
+                          "gpt_eval_score", "seed_image", "average")
 # Preferred row of a multi-split acc.csv.
 SPLIT_PREFERENCE = ("overall", "all", "none", "test", "dev", "val", "validation")
 BYTES_PER_MB = 1e6
+# VLMEvalKit's judge names (run.py's defaults, judge_util's model_map): some score files carry them after the dataset
+JUDGE_SUFFIX_RE = re.compile(r"_(?:gpt-[\w.-]+|chatgpt-[\w-]+|qwen-\w+|deepseek|llama31-8b|exact_matching)$")
 RUN_KEY = ["framework", "base_model", "method", "variant", "keep_ratio"]  # one table row each
 
 
@@ -195,6 +200,25 @@ def _vlmeval_model_dataset(path: Path, root: Path, suffix: str) -> tuple[str, st
     return None
 
 
+def _dataset_without_judge(name: str, folder: Path) -> str:
+    """The dataset of a score file whose name may carry the judge after it (MM-Vet writes
+    ``<MODEL>_MMVet_<judge>_score.csv``): the run's status.json names its datasets and judges; without one,
+    a trailing VLMEvalKit judge name is dropped."""
+    try:
+        status = json.loads((folder / "status.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        status = None
+    datasets = status.get("datasets") if isinstance(status, dict) else None
+    datasets = datasets if isinstance(datasets, dict) else {}
+    if name in datasets:
+        return name
+    for dataset, status in datasets.items():
+        judge = status.get("judge_model") if isinstance(status, dict) else None
+        if judge and name == f"{dataset}_{judge}":
+            return dataset
+    return JUDGE_SUFFIX_RE.sub("", name)
+
+
 def _pick_row(frame: pd.DataFrame) -> tuple[pd.Series, str]:
     """The row of a per-split score table to report, and a note when a choice was made."""
     if len(frame) == 1 or "split" not in frame.columns:
@@ -218,23 +242,56 @@ def _scores_from_table(frame: pd.DataFrame) -> list[tuple[str, float, str, bool,
         return [("total", perception + reasoning, "points", True, ""),
                 ("perception", perception, "points", False, ""),
                 ("reasoning", reasoning, "points", False, "")]
+    if "category" in columns and "acc" in columns:  # MM-Vet: a row per capability, acc in percent
+        overall = frame[frame[columns["category"]].astype(str).str.lower() == "overall"]
+        if overall.empty:
+            raise ResultFileError("per-category score table has no Overall row")
+        return [("Overall", _num(overall[columns["acc"]].iloc[0]), "percent", True, "")]
     if "overall" not in columns:
         raise ResultFileError(f"no Overall column (columns: {', '.join(map(str, frame.columns[:8]))})")
     row, note = _pick_row(frame)
     return [("Overall", _num(row[columns["overall"]]), "auto", True, note)]
 
 
-def _scores_from_rating(data: Any) -> list[tuple[str, float, str, bool, str]]:
+def _per_sample_scores(rating: Path) -> pd.Series | None:
+    """The ``score`` column of the per-sample file VLMEvalKit writes beside a rating
+    (``<MODEL>_<DATASET>_score.xlsx``, or .tsv / .json under PRED_FORMAT); None when there is none."""
+    stem = rating.name[: -len("_rating.json")]
+    for suffix, read in ((".xlsx", pd.read_excel), (".tsv", lambda f: pd.read_csv(f, sep="\t")),
+                         (".json", lambda f: pd.DataFrame(json.loads(Path(f).read_text(encoding="utf-8"))))):
+        path = rating.with_name(f"{stem}_score{suffix}")
+        if path.is_file():
+            frame = read(path)
+            if "score" not in frame.columns:
+                raise ResultFileError(f"{path.name} has no score column")
+            return pd.to_numeric(frame["score"], errors="coerce")
+    return None
+
+
+def _scores_from_rating(data: Any, path: Path) -> list[tuple[str, float, str, bool, str]]:
     """MVBench ``{task: [correct, total, "xx.xx%"], "overall": [...]}`` or Video-MME
-    ``{"short"|"medium"|"long"|"overall": {"overall": "0.xxx", ...}}``."""
+    ``{"short"|"medium"|"long"|"overall": {"overall": "0.xxx", ...}}``.
+
+    MVBench's rating (VLMEvalKit's ``get_dimension_rating``) counts a question right when its score is truthy,
+    so a failed answer (score -1) and an empty one (never scored: NaN) count as right. Where the per-sample
+    scores sit beside it, the overall is recounted from them with only a score of 1 right, and noted."""
     if not isinstance(data, dict) or "overall" not in data:
         raise ResultFileError("rating json has no 'overall' entry")
     overall = data["overall"]
     if isinstance(overall, list) and len(overall) >= 2:
         correct, total = _num(overall[0]), _num(overall[1])
+        note = f"{int(correct)}/{int(total)}"
+        scores = _per_sample_scores(path)
+        if scores is not None and len(scores) == int(total):
+            recounted = float((scores == 1).sum())
+            if recounted != correct:
+                unscored = int((scores.isna() | (scores < 0)).sum())
+                note = (f"{int(recounted)}/{int(total)}, recounted from the per-sample scores: the rating counted "
+                        f"{unscored} failed or empty answers as right ({int(correct)}/{int(total)})")
+                correct = recounted
         if total <= 0:
             raise ResultFileError("overall total is 0")
-        return [("overall", 100.0 * correct / total, "percent", True, f"{int(correct)}/{int(total)}")]
+        return [("overall", 100.0 * correct / total, "percent", True, note)]
     if isinstance(overall, dict) and "overall" in overall:
         out = [("overall", _num(overall["overall"]), "fraction", True, "")]
         for duration in ("short", "medium", "long"):
@@ -258,7 +315,7 @@ def _read_vlmeval_file(path: Path, suffix: str) -> list[tuple[str, float, str, b
         if not isinstance(data, list):
             raise ResultFileError("acc json is not a list of records")
         return _scores_from_table(pd.DataFrame(data))
-    return _scores_from_rating(data)
+    return _scores_from_rating(data, path)
 
 
 def read_vlmeval(root: Path, skip: Path | None = None) -> list[Score]:
@@ -274,6 +331,7 @@ def read_vlmeval(root: Path, skip: Path | None = None) -> list[Score]:
             log.debug("not a VLMEvalKit score file: %s", path)
             continue
         model, dataset = split
+        dataset = _dataset_without_judge(dataset, path.parent)
         try:
             base, method, ratio = parse_model_name(model)
         except ValueError as err:

@@ -606,3 +606,79 @@ def test_method_options_give_variants_their_own_rows(tmp_path):
 def test_tables_without_variants_have_no_variant_column(run):
     assert all("variant" not in table.columns for table in run["result"].tables.values())
     assert "variant" in run["summary"].columns
+
+
+def test_mmvet_scores_are_read_from_vlmevalkits_per_category_table(tmp_path):
+    """MM-Vet writes ``<MODEL>_MMVet_<judge>_score.csv``, a row per capability with acc in percent: the table
+    gets an MMVet column from its Overall row, with the judge dropped from the name (from the run's status.json
+    where VLMEvalKit wrote one, else by VLMEvalKit's judge names)."""
+    from vlmeval.dataset.utils.mmvet import MMVet_acc
+    from vlmeval.smp import dump
+    from vlmeval.smp.status_report import upsert_dataset_status
+
+    work = tmp_path / "w"
+    runs = {"Qwen2VL7B_Vanilla": ([1.0, 0.5, 0.3, 0.6], "gpt-4-turbo", False),
+            "Qwen2VL7B_TCC50": ([1.0, 0.2, 0.3, 0.3], "my-local-judge", True)}
+    for model, (grades, judge, with_status) in runs.items():
+        folder = work / model / "T20261130_Gabc"
+        folder.mkdir(parents=True)
+        storage = folder / f"{model}_MMVet_{judge}.xlsx"  # the judge's per-sample grades, as MMVet.evaluate keeps them
+        pd.DataFrame({"category": ["rec", "ocr,math", "know,spat", "gen"], "score": grades}).to_excel(storage,
+                                                                                                     index=False)
+        score, score_fine = MMVet_acc(str(storage))
+        dump(score, str(folder / f"{model}_MMVet_{judge}_score.csv"))
+        dump(score_fine, str(folder / f"{model}_MMVet_{judge}_score_fine.csv"))
+        if with_status:  # a judge name no pattern knows: only status.json can say where the dataset name ends
+            upsert_dataset_status(folder, model_name=model, dataset_name="MMVet", judge_model=judge)
+    summary = aggregate(work).summary
+    assert set(summary["benchmark"]) == {"MMVet"}
+    tcc = row(summary, "vlmeval", "Qwen2VL7B", "tcc", 0.5, "MMVet", "Overall")
+    assert (tcc.score, tcc.vanilla_score) == pytest.approx((45.0, 60.0))  # mean grade x 100
+    assert tcc.preservation == pytest.approx(0.75)
+
+
+def test_mvbench_failed_and_empty_answers_count_as_wrong(tmp_path):
+    """VLMEvalKit's MVBench rating counts a question right when its score is truthy, so a failed answer (-1)
+    and an empty one (never scored: NaN) count as right; the tables recount from the per-sample scores beside it
+    and say so. A rating whose scores agree is taken as it is."""
+    from vlmeval.dataset.utils.mvbench import get_dimension_rating
+    from vlmeval.smp import dump
+
+    work = tmp_path / "w"
+    runs = {"Qwen2VL7B_Vanilla": [1, 1, 1, 0, 1, 0, 1, 1], "Qwen2VL7B_TCC25": [1, 0, -1, 0, 1, None, None, 1]}
+    for model, scores in runs.items():
+        folder = work / model
+        folder.mkdir(parents=True)
+        score_file = folder / f"{model}_MVBench_8frame_score.xlsx"
+        pd.DataFrame({"index": range(8), "task_type": ["Action Count", "Action Antonym"] * 4,
+                      "score": scores}).to_excel(score_file, index=False)
+        dump(get_dimension_rating(str(score_file)), str(folder / f"{model}_MVBench_8frame_rating.json"))
+    upstream = json.loads((work / "Qwen2VL7B_TCC25" / "Qwen2VL7B_TCC25_MVBench_8frame_rating.json").read_text())
+    assert upstream["overall"][:2] == [6, 8]  # the upstream count this test guards against
+    summary = aggregate(work).summary
+    tcc = row(summary, "vlmeval", "Qwen2VL7B", "tcc", 0.25, "MVBench_8frame", "overall")
+    assert (tcc.score, tcc.vanilla_score) == pytest.approx((37.5, 75.0))
+    assert "3/8, recounted from the per-sample scores: the rating counted 3 failed or empty answers" in tcc.note
+    vanilla = row(summary, "vlmeval", "Qwen2VL7B", "none", 1.0, "MVBench_8frame", "overall")
+    assert vanilla.note == "6/8"
+
+
+def test_lmms_headline_metrics_of_mmstar_and_seedbench(tmp_path):
+    """lmms-eval writes a task's metrics in the order its first sample's category gives: MMStar's headline is
+    "average" and SEED-Bench's "seed_image" (VLMEvalKit's SEEDBench_IMG), wherever they fall."""
+    args = "pretrained=/models/Qwen/Qwen2-VL-7B-Instruct,method={},ratio={}"
+    runs = [("none", 1.0, "20261130_100000", (0.7, 0.6, 0.5, 0.7)),
+            ("tcc", 0.5, "20261130_110000", (0.7, 0.5, 0.5, 0.63))]
+    for method, ratio, date, (coarse, average, video, image) in runs:
+        results = {"mmstar": {"alias": "mmstar", "coarse perception,none": coarse, "average,none": average},
+                   "seedbench": {"alias": "seedbench", "seed_video,none": video, "seed_image,none": image,
+                                 "seed_all,none": (video + image) / 2}}
+        write_lmms_results(tmp_path, "qwen2_vl_tcc", args.format(method, ratio), date, results,
+                           {"mmstar": [], "seedbench": []}, {"mmstar": {"original": 1500, "effective": 1500},
+                                                             "seedbench": {"original": 100, "effective": 100}})
+    summary = aggregate(tmp_path).summary
+    base = "qwen2_vl/Qwen2-VL-7B-Instruct"
+    mmstar = row(summary, "lmms_eval", base, "tcc", 0.5, "mmstar", "average")
+    assert (mmstar.score, mmstar.preservation) == pytest.approx((50.0, 50 / 60))
+    seed = row(summary, "lmms_eval", base, "tcc", 0.5, "seedbench", "seed_image")
+    assert (seed.score, seed.preservation) == pytest.approx((63.0, 0.9))
