@@ -21,7 +21,7 @@ from .core import (Selection, check_keep_ratio, keep_count, keep_positions, pick
                    topk_in_order)
 from .flops import fastv_layer_keep_ratio, pyramid_stage_layers, pyramid_stage_ratio, pyramid_visual_counts
 from .probe import instruction_rows, last_token_attention, layer_keys
-from .pruned import PrefillTimer, TokenPrunedModel, split_model_inputs, sync
+from .pruned import PrefillTimer, TokenPrunedModel, lengths_from_full_prompt, split_model_inputs, sync
 
 
 class _LayerKPruner:
@@ -247,29 +247,46 @@ class InsideLLMModel(TokenPrunedModel):
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         inputs = split_model_inputs(input_ids, kwargs)
+        lengths_from_full_prompt(kwargs, input_ids.shape[1])
+        for option in ("num_beams", "num_return_sequences"):
+            if (kwargs.get(option) or getattr(self.model.generation_config, option, 1) or 1) > 1:
+                raise ValueError(f"{self.method_id} ranks the tokens of one prompt row inside the LLM, and "
+                                 f"{option} > 1 runs several rows through it: generate with {option}=1")
         device = input_ids.device
         sync(device)
         start = time.perf_counter()
         llm = self.adapter.capture_llm_inputs(inputs)
-        timer = PrefillTimer(self.adapter.language_model, device)
-        outputs, selection = [], Selection()
-        try:
-            for b in range(input_ids.shape[0]):
-                view = self.sample_view(llm, b)
+        outputs, selection, prefill_s = [], Selection(), 0.0
+        for b in range(input_ids.shape[0]):  # one prefill per sample: time each
+            view = self.sample_view(llm, b)
+            timer = PrefillTimer(self.adapter.language_model, device)
+            try:
                 new, kept, layer_visual = self.run_sample(view, **kwargs)
-                outputs.append(new[0])
-                selection.add(view.n_visual, view.visual[kept].sum(), kept, view.visual.numel(), layer_visual)
-        finally:
-            timer.close()
-        pad = self.model.generation_config.pad_token_id or 0
+            finally:
+                timer.close()
+            prefill_s += timer.seconds
+            outputs.append(new[0])
+            selection.add(view.n_visual, view.visual[kept].sum(), kept, view.visual.numel(), layer_visual)
         width = max(o.numel() for o in outputs)
+        pad = self._pad_token_id(kwargs) if any(o.numel() < width for o in outputs) else 0
         new_tokens = torch.full((len(outputs), width), pad, dtype=torch.long, device=device)
         for b, o in enumerate(outputs):
             new_tokens[b, : o.numel()] = o
         sync(device)
         self.last_selection = selection
-        self.last_stats = self._stats(selection, 0.0, timer.seconds, time.perf_counter() - start, new_tokens)
+        self.last_stats = self._stats(selection, 0.0, prefill_s, time.perf_counter() - start, new_tokens)
         return torch.cat([input_ids, new_tokens], dim=1)
+
+    def _pad_token_id(self, gen_kwargs: dict[str, Any]) -> int:
+        """What HF pads a finished answer with: the pad token given or configured, else the (first) eos token."""
+        config = self.model.generation_config
+        for token in (gen_kwargs.get("pad_token_id"), config.pad_token_id, gen_kwargs.get("eos_token_id"),
+                      config.eos_token_id):
+            token = token[0] if isinstance(token, (list, tuple)) and token else token
+            if token is not None:
+                return int(token.flatten()[0]) if isinstance(token, torch.Tensor) else int(token)
+        raise ValueError("answers of different lengths need a pad token, and neither pad_token_id nor eos_token_id is "
+                         "set: pass pad_token_id to generate")
 
     @torch.no_grad()
     def prefill_logits(self, **inputs: torch.Tensor) -> torch.Tensor:

@@ -156,6 +156,7 @@ class TokenPrunedModel(nn.Module):
     def generate(self, input_ids: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         """Like ``model.generate``: returns prompt ids followed by the new tokens."""
         inputs = split_model_inputs(input_ids, kwargs)
+        lengths_from_full_prompt(kwargs, input_ids.shape[1])
         device = input_ids.device
         sync(device)
         start = time.perf_counter()
@@ -170,7 +171,7 @@ class TokenPrunedModel(nn.Module):
         sync(device)
         self.last_selection = selection
         self.last_stats = self._stats(selection, compressor_s, timer.seconds, time.perf_counter() - start, new_tokens)
-        return torch.cat([input_ids, new_tokens.to(input_ids.device)], dim=1)
+        return with_prompt(input_ids, new_tokens)
 
     def _stats(self, selection: Selection, compressor_s: float, prefill_s: float, total_s: float, new_tokens) -> dict:
         """Per-call efficiency record. It carries the LLM shape and the average retention over layers, so
@@ -216,6 +217,27 @@ def check_positions(positions: str, adapter: MLLMAdapter) -> str:
                          f"visual token on its image or frame grid, which consecutive ids would erase; keep "
                          f"positions='original'")
     return positions
+
+
+def lengths_from_full_prompt(gen_kwargs: dict[str, Any], prompt_length: int) -> None:
+    """HF counts ``max_length`` / ``min_length`` from the prompt it is handed, and a pruned prompt is shorter:
+    turn them into the new-token counts that the full prompt would leave (in place), so that pruning never
+    lengthens an answer. ``max_new_tokens`` / ``min_new_tokens``, where given, win as in HF."""
+    for total, new in (("max_length", "max_new_tokens"), ("min_length", "min_new_tokens")):
+        length = gen_kwargs.pop(total, None)
+        if length is None or gen_kwargs.get(new) is not None:
+            continue
+        if total == "max_length" and length <= prompt_length:
+            raise ValueError(f"max_length={length} leaves no room for an answer after the {prompt_length}-token prompt "
+                             f"(it counts the prompt): raise it, or pass max_new_tokens")
+        gen_kwargs[new] = max(int(length) - prompt_length, 0)
+
+
+def with_prompt(input_ids: torch.Tensor, new_tokens: torch.Tensor) -> torch.Tensor:
+    """Prompt ids followed by the new tokens, as ``model.generate`` returns them; with num_return_sequences > 1
+    each prompt row repeats once per sequence, in HF's order."""
+    repeats = new_tokens.shape[0] // input_ids.shape[0]
+    return torch.cat([input_ids.repeat_interleave(repeats, dim=0), new_tokens.to(input_ids.device)], dim=1)
 
 
 def split_model_inputs(input_ids: torch.Tensor, kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -291,3 +291,51 @@ def test_pdrop_earlier_stages_lower_its_floor():
     full = visual_flops(1000, 3584, 18944, 28)
     assert flops_ratio(1000, stage_ratio, "qwen2-vl-7b", "pdrop", pdrop_layers=(2, 14, 21)) == pytest.approx(
         sum(visual_flops(n, 3584, 18944, 1) for n in expected) / full)
+
+
+@pytest.mark.parametrize("method", ("fastv", "dart", "pdrop"))
+def test_inside_llm_generate_options(deep, method):
+    """max_length counts the full prompt; beams or several returned sequences, which would run several rows
+    through a ranking made for one, are refused with the fix."""
+    model, processor = deep["qwen2_vl"]
+    inputs = model_inputs(processor, messages_for("image", seed=5))
+    length = inputs["input_ids"].shape[1]
+    options = {} if method == "pdrop" else {"fastv_k": 1}
+    pruned = wrap_model(model, method=method, keep_ratio=0.5, match="kept", **options)
+    out = pruned.generate(**inputs, max_length=length + 3, min_length=length + 3, do_sample=False)
+    assert out.shape[1] == length + 3 and pruned.last_stats["visual_after"] < pruned.last_stats["visual_before"]
+    with pytest.raises(ValueError, match="num_beams > 1 .*generate with num_beams=1"):
+        pruned.generate(**inputs, max_new_tokens=3, num_beams=2)
+    with pytest.raises(ValueError, match="num_return_sequences > 1 .*num_return_sequences=1"):
+        pruned.generate(**inputs, max_new_tokens=3, do_sample=True, num_return_sequences=2)
+
+
+def test_inside_llm_batch_pads_finished_answers_like_hf(loaded):
+    """Samples run one by one inside the LLM; a batch's shorter answers are padded as HF pads them: with the
+    pad token, else the eos token (never a 0 that decodes as text)."""
+    from conftest import random_image
+
+    model, processor = loaded["qwen2_vl"]
+    prompts, images = [], [random_image(112, 84, 0), random_image(56, 56, 1)]
+    for _ in images:
+        msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What shape?"}]}]
+        prompts.append(processor.apply_chat_template(msgs, add_generation_prompt=True))
+    processor.tokenizer.padding_side = "left"
+    batch = dict(processor(text=prompts, images=images, return_tensors="pt", padding=True))
+    fastv = wrap_model(model, method="fastv", keep_ratio=1.0, fastv_k=1)
+    first = fastv.generate(**batch, max_new_tokens=4, do_sample=False)[:, batch["input_ids"].shape[1]:]
+    stop = int(first[0, 0])  # made the eos token below, so sample 0 ends after one token
+    assert stop != 0 and stop not in first[1].tolist(), first
+    config = model.generation_config
+    saved = config.pad_token_id, config.eos_token_id
+    try:
+        config.pad_token_id, config.eos_token_id = None, stop
+        with torch.no_grad():
+            vanilla = model.generate(**batch, max_new_tokens=4, do_sample=False)
+        out = fastv.generate(**batch, max_new_tokens=4, do_sample=False)
+        assert out[0, batch["input_ids"].shape[1]:].tolist() == [stop] * 4  # its eos, then eos as padding
+        assert torch.equal(out, vanilla)
+        config.pad_token_id = 7
+        assert fastv.generate(**batch, max_new_tokens=4, do_sample=False)[0, -3:].tolist() == [7] * 3
+    finally:
+        config.pad_token_id, config.eos_token_id = saved

@@ -239,3 +239,26 @@ def test_divprune_keeps_one_token_of_each_lookalike_group_first():
                       visual=torch.ones(12, dtype=torch.bool), groups=torch.zeros(12, dtype=torch.long))
     kept = select_visual(divprune_scorer()(view), 0.25)
     assert sorted((kept // 4).tolist()) == [0, 1, 2]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_generate_options_count_the_full_prompt(loaded, family):
+    """Drop-in for model.generate: beams and several returned sequences give vanilla's output when nothing is
+    pruned, and max_length / min_length count the full prompt, so pruning 75% of the visual tokens does not
+    lengthen the answer by the tokens it dropped."""
+    model, processor = loaded[family]
+    inputs = model_inputs(processor, messages_for("image", seed=5))
+    length = inputs["input_ids"].shape[1]
+    keep_all = wrap_model(model, method="random", keep_ratio=1.0)
+    for options in ({"num_beams": 2}, {"num_beams": 3, "num_return_sequences": 2}):
+        with torch.no_grad():
+            vanilla = model.generate(**inputs, max_new_tokens=4, do_sample=False, **options)
+        assert torch.equal(keep_all.generate(**inputs, max_new_tokens=4, do_sample=False, **options), vanilla)
+    pruned = wrap_model(model, method="random", keep_ratio=0.25)
+    with torch.no_grad():
+        vanilla = model.generate(**inputs, max_length=length + 3, min_length=length + 3, do_sample=False)
+    out = pruned.generate(**inputs, max_length=length + 3, min_length=length + 3, do_sample=False)
+    assert pruned.last_stats["seq_after"] < pruned.last_stats["seq_before"] - 3
+    assert out.shape[1] == vanilla.shape[1] == length + 3
+    with pytest.raises(ValueError, match="max_length=.* leaves no room .*pass max_new_tokens"):
+        pruned.generate(**inputs, max_length=length, do_sample=False)
