@@ -483,7 +483,8 @@ EFFICIENCY_REQUIRED = ("framework", "dataset", "keep_ratio", "base_model", "visu
                        "prefill_s", "total_s", "kv_cache_bytes")
 MAX_LINE_WARNINGS = 5  # per efficiency file; the rest are counted on one line
 EFFICIENCY_NUMERIC = ("visual_before", "visual_after", "seq_before", "seq_after", "prefill_s", "compressor_s",
-                      "total_s", "kv_cache_bytes", "new_tokens", "avg_retention", "fastv_k", "pdrop_lambda")
+                      "total_s", "kv_cache_bytes", "visual_kv_cache_bytes", "new_tokens", "avg_retention", "fastv_k",
+                      "pdrop_lambda")
 
 
 def _efficiency_key(record: dict) -> tuple[str, str, str, float]:
@@ -557,7 +558,8 @@ def summarize_efficiency(records: pd.DataFrame) -> pd.DataFrame:
     """Per run and dataset, plus an ``ALL`` row per run: sums and means of times, KV MB, tokens."""
     key = RUN_KEY
     columns = [*key, "dataset", "samples", "prefill_s_sum", "prefill_s_mean", "compressor_s_sum",
-               "compressor_s_mean", "total_s_sum", "total_s_mean", "kv_cache_mb_mean", "visual_before_mean",
+               "compressor_s_mean", "total_s_sum", "total_s_mean", "kv_cache_mb_mean", "visual_kv_mb_mean",
+               "visual_before_mean",
                "visual_after_mean", "measured_retention", "avg_retention", "seq_before_mean", "seq_after_mean",
                "new_tokens_mean", "fastv_k", "pdrop_lambda", "pdrop_layers", "llm_shape"]
     if records.empty:
@@ -573,6 +575,8 @@ def summarize_efficiency(records: pd.DataFrame) -> pd.DataFrame:
             "compressor_s_sum": group["compressor_s"].sum(), "compressor_s_mean": group["compressor_s"].mean(),
             "total_s_sum": group["total_s"].sum(), "total_s_mean": group["total_s"].mean(),
             "kv_cache_mb_mean": group["kv_cache_bytes"].mean() / BYTES_PER_MB,
+            # empty where some records (of older versions) lack it, rather than a mean over the others
+            "visual_kv_mb_mean": group["visual_kv_cache_bytes"].mean(skipna=False) / BYTES_PER_MB,
             "visual_before_mean": group["visual_before"].mean(), "visual_after_mean": group["visual_after"].mean(),
             "measured_retention": group["visual_after"].sum() / before if before > 0 else math.nan,
             "avg_retention": ((layer_avg * group["visual_before"]).sum() / before
@@ -763,11 +767,12 @@ def build_table(summary: pd.DataFrame, efficiency: pd.DataFrame, framework: str,
         row["prefill s"] = eff["prefill_s_mean"].iloc[0] if len(eff) else math.nan
         row["total s"] = eff["total_s_mean"].iloc[0] if len(eff) else math.nan
         row["KV MB"] = eff["kv_cache_mb_mean"].iloc[0] if len(eff) else math.nan
+        row["visual KV MB"] = eff["visual_kv_mb_mean"].iloc[0] if len(eff) else math.nan
         row["note"] = "; ".join(notes)
         rows.append(row)
     variants = ["variant"] if any(row["variant"] for row in rows) else []
     columns = ["base_model", "method", *variants, "keep_ratio", *benchmarks, "Avg preservation", "Avg retention",
-               "FLOPs ratio", "prefill s", "total s", "KV MB", "note"]
+               "FLOPs ratio", "prefill s", "total s", "KV MB", "visual KV MB", "note"]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -793,7 +798,8 @@ def table_markdown(table: pd.DataFrame, framework: str) -> str:
               "score / vanilla score over the benchmarks with a vanilla run. Avg retention: measured kept "
               "fraction of visual tokens (FastV, DART, PyramidDrop: averaged over layers). FLOPs ratio: "
               "visual-part FLOPs vs vanilla (theoretical). prefill s, total s: mean per sample; KV MB: mean KV "
-              "cache (10^6 bytes).",
+              "cache (10^6 bytes), summed over layers; visual KV MB: the visual tokens' part of it (the paper's KV "
+              "figure).",
               ""]
     return "\n".join(lines)
 

@@ -130,7 +130,8 @@ def efficiency_line(model, framework, dataset, index, method, ratio, base, befor
                        "method": method, "keep_ratio": ratio, "base_model": base, "visual_before": before,
                        "visual_after": after, "seq_before": before + 60, "seq_after": after + 60,
                        "prefill_s": prefill, "compressor_s": 0.01, "total_s": total,
-                       "kv_cache_bytes": (after + 60) * 57344, "new_tokens": 1})
+                       "kv_cache_bytes": (after + 60) * 57344, "visual_kv_cache_bytes": after * 57344,
+                       "new_tokens": 1})
 
 
 # --------------------------------------------------------------------------------------------------
@@ -359,6 +360,7 @@ def test_tables_efficiency_and_costs(run):
     assert tcc50["FLOPs ratio"] == pytest.approx(flops_ratio(1000, 0.5, LLM_SHAPES["qwen2-vl-7b"], "tcc"))
     assert tcc50["prefill s"] == pytest.approx(1.35)
     assert tcc50["KV MB"] == pytest.approx(560 * 57344 / 1e6)
+    assert tcc50["visual KV MB"] == pytest.approx(500 * 57344 / 1e6)  # the paper's KV figure: visual tokens only
     assert vt.loc[("Qwen2VL7B", "none", 1.0)]["FLOPs ratio"] == 1.0
     assert vt.loc[("Qwen2VL7B", "tcc", 0.25)]["note"] == "preservation over 3 of 4 benchmarks"
     assert "no efficiency records" in vt.loc[("LLaVAOV7B", "tcc", 0.5)]["note"]
@@ -682,3 +684,17 @@ def test_lmms_headline_metrics_of_mmstar_and_seedbench(tmp_path):
     assert (mmstar.score, mmstar.preservation) == pytest.approx((50.0, 50 / 60))
     seed = row(summary, "lmms_eval", base, "tcc", 0.5, "seedbench", "seed_image")
     assert (seed.score, seed.preservation) == pytest.approx((63.0, 0.9))
+
+
+def test_records_without_visual_kv_leave_it_empty(tmp_path):
+    """Efficiency records of earlier versions carry no visual_kv_cache_bytes: the column is empty for their run,
+    not a mean over the records that have it, nor 0."""
+    work = tmp_path / "w"
+    write_mcq_acc(work / "Qwen2VL7B_TCC50" / "Qwen2VL7B_TCC50_MMStar_acc.csv", 50)
+    lines = [json.loads(efficiency_line("Qwen2VL7B_TCC50", "vlmeval", "MMStar", i, "tcc", 0.5, "Qwen2VL7B", 1000,
+                                        500, 1, 2)) for i in range(2)]
+    del lines[0]["visual_kv_cache_bytes"]
+    (work / "Qwen2VL7B_TCC50" / "Qwen2VL7B_TCC50_MMStar_efficiency.jsonl").write_text(
+        "\n".join(json.dumps(line) for line in lines) + "\n")
+    table = aggregate(work).tables["vlmeval"]
+    assert table["KV MB"].iloc[0] == pytest.approx(560 * 57344 / 1e6) and pd.isna(table["visual KV MB"].iloc[0])

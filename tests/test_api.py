@@ -47,6 +47,10 @@ def test_load_generate_and_last_selection(tiny_checkpoints, loaded, family):
     assert stats["kv_cache_bytes"] > 0 and stats["prefill_s"] > 0 and stats["visual_before"] > stats["visual_after"]
     assert stats["avg_retention"] == pytest.approx(stats["visual_after"] / stats["visual_before"])
     assert stats["llm_shape"]["layers"] == mllm.model.config.text_config.num_hidden_layers
+    shape = stats["llm_shape"]
+    per_token = 2 * shape["layers"] * shape["kv_heads"] * shape["head_dim"] * 4  # fp32 keys and values
+    assert stats["kv_cache_bytes"] == stats["seq_after"] * per_token
+    assert stats["visual_kv_cache_bytes"] == stats["visual_after"] * per_token
     # random is seeded by the input: the same prompt keeps the same tokens
     first = sel.kept_positions[0].clone()
     mllm.generate(messages_for("image"), max_new_tokens=1)

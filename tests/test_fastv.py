@@ -72,6 +72,7 @@ def test_fastv_generate_decodes_with_short_cache(deep):
     assert stats["avg_retention"] == pytest.approx((before + 3 * after) / (4 * before))
     per_token_layer = 2 * cfg.num_key_value_heads * (cfg.hidden_size // cfg.num_attention_heads) * 4  # fp32
     assert stats["kv_cache_bytes"] == stats["seq_before"] * per_token_layer + 3 * stats["seq_after"] * per_token_layer
+    assert stats["visual_kv_cache_bytes"] == (before + 3 * after) * per_token_layer
     kept = set(fastv.last_selection.kept_positions[0].tolist())
     dropped = torch.tensor([i for i in range(inputs["input_ids"].shape[1]) if i not in kept])
     lm = fastv.adapter.language_model
