@@ -95,5 +95,9 @@ def instruction_to_visual(
     (1, L), visual (L,) bool. Returns (N_v,) in sequence order (video frames concatenated).
     """
     rows = instruction_rows(attention_mask[0].bool(), visual)
+    if rows.numel() == 0:  # a mean over no rows would score every token NaN
+        raise ValueError("this prompt ends with its image or video tokens, so no instruction follows them whose "
+                         "attention could score them: put the question (or the chat template's generation prompt) "
+                         "after the image or video")
     probs = attention_rows(language_model, inputs_embeds, position_ids, attention_mask, rows, layer_idx)
     return probs.mean(dim=(0, 1))[visual]

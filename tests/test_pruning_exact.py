@@ -262,3 +262,14 @@ def test_generate_options_count_the_full_prompt(loaded, family):
     assert out.shape[1] == vanilla.shape[1] == length + 3
     with pytest.raises(ValueError, match="max_length=.* leaves no room .*pass max_new_tokens"):
         pruned.generate(**inputs, max_length=length, do_sample=False)
+
+
+def test_prompt_ending_with_its_image_is_refused_by_the_layer0_scorers(loaded):
+    """a0 and tcc score visual tokens by the attention of the instruction after them: with none after, a clear
+    error instead of NaN scores."""
+    from conftest import random_image
+
+    model, processor = loaded["llava_onevision"]
+    inputs = dict(processor(text=["What is it? <image>"], images=[random_image(56, 56, 0)], return_tensors="pt"))
+    with pytest.raises(ValueError, match="prompt ends with its image or video tokens.*put the question"):
+        wrap_model(model, method="a0", keep_ratio=0.5).generate(**inputs, max_new_tokens=2)
