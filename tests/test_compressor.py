@@ -200,6 +200,29 @@ def write_fake_labels(root: Path, n_samples: int, seed: int = 0, attention_label
     return root
 
 
+def test_samples_without_usable_relevance_are_skipped_and_counted(tmp_path):
+    """A label with no positive relevance (the oracle found nothing) would only teach "the first half of the
+    tokens"; one with non-finite values teaches nothing: both are skipped and counted, the rest load."""
+    from tcc_eval.compressor.train import load_labels
+
+    labels = write_fake_labels(tmp_path / "labels", 6)
+    for name, field, value in (("0.pt", "relevance", 0.0), ("1.pt", "a0", float("nan"))):
+        record = torch.load(labels / "samples" / name, weights_only=True)
+        record[field] = torch.full_like(record[field], value)
+        torch.save(record, labels / "samples" / name)
+    _, _, samples, unusable = load_labels([labels])
+    assert unusable == 2 and sorted(s.key for s in samples) == [f"fake#{i}" for i in range(2, 6)]
+
+
+def test_training_runs_where_autograd_was_turned_off(tmp_path, one_thread):
+    """A process that imported VLMEvalKit's models runs with autograd off; training turns it on for itself."""
+    labels = write_fake_labels(tmp_path / "labels", 8)
+    with torch.no_grad():
+        main(["train", "--labels", str(labels), "--out", str(tmp_path / "c.pt"), "--epochs", "2", "--batch-size", "4",
+              "--val-frac", "0.25"])
+    assert load_compressor(tmp_path / "c.pt").train_stats["epochs_run"] == 2
+
+
 def test_training_learns_a_known_mapping(tmp_path, one_thread):
     labels = write_fake_labels(tmp_path / "labels", 80)
     ckpt = tmp_path / "c.pt"

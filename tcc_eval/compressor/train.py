@@ -66,7 +66,8 @@ def read_meta(labels_dir: Path) -> dict[str, Any]:
 def load_labels(dirs: list[str | Path], rule: str = METHOD_RULE) -> tuple[dict[str, Any], str, list[LabelSample], int]:
     """All usable samples of the label directories, sorted by key, with the relevance under ``rule`` as target.
 
-    Returns (source model meta, modality, samples, number of unusable samples skipped)."""
+    Returns (source model meta, modality, samples, number of unusable samples skipped: unreadable, or with no
+    positive relevance to learn from)."""
     metas, samples, bad = [], [], 0
     for d in map(Path, dirs):
         meta = read_meta(d)
@@ -87,6 +88,9 @@ def load_labels(dirs: list[str | Path], rule: str = METHOD_RULE) -> tuple[dict[s
             relevance = rec["relevance"] if rule == METHOD_RULE else rec["relevance_by_rule"][rule]
             a0, rel = rec["a0"].float().flatten(), relevance.float().flatten()
             if a0.numel() == 0 or a0.shape != rel.shape or not (torch.isfinite(a0).all() and torch.isfinite(rel).all()):
+                bad += 1
+                continue
+            if not bool((rel > 0).any()):  # no token mattered: its label would only say "the first half"
                 bad += 1
                 continue
             samples.append(LabelSample(f"{meta['data']}#{rec['id']}", a0, rel, rec["groups"].flatten()))
@@ -177,7 +181,9 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         for i in range(0, len(order), args.batch_size):
             batch = [train_set[j] for j in order[i : i + args.batch_size]]
             optimizer.zero_grad(set_to_none=True)
-            train_total += batch_loss(network, batch, targets, device, args.max_batch_tokens, 1.0 / len(batch), True)
+            with torch.enable_grad():  # whatever the process set: importing VLMEvalKit's models turns autograd off
+                train_total += batch_loss(network, batch, targets, device, args.max_batch_tokens, 1.0 / len(batch),
+                                          True)
             optimizer.step()
         train_loss = train_total / len(train_set)
         val_loss = train_loss
