@@ -17,6 +17,16 @@ from tcc_eval.fixtures import build_tiny_checkpoint
 torch.set_num_threads(2)
 keep_freed_cpu_memory()  # for this process and the framework runs it starts: see tcc_eval.cpu_memory
 
+
+@pytest.fixture(autouse=True)
+def autograd_mode_restored() -> Iterator[None]:
+    """Importing VLMEvalKit's models (``vlmeval.vlm``) turns autograd off for the whole process: a test that
+    imports it leaves the next test the mode it found."""
+    enabled = torch.is_grad_enabled()
+    yield
+    torch.set_grad_enabled(enabled)
+
+
 FAMILIES = ("qwen2_vl", "qwen2_5_vl", "llava_onevision")
 QWEN_FAMILIES = ("qwen2_vl", "qwen2_5_vl")  # one token layout: merged 2x2 patches, frame pairs
 # Tests of the shipped demo models and compressors skip in a checkout without them.
