@@ -505,7 +505,8 @@ def _efficiency_key(record: dict) -> tuple[str, str, str, float]:
 
 
 def read_efficiency(root: Path, skip: Path | None = None) -> pd.DataFrame:
-    """All per-sample efficiency records; a repeated (run, dataset, index) keeps the newest file's."""
+    """All per-sample efficiency records; a repeated (run, dataset, index) keeps the newest file's, and records
+    without an index are all kept."""
     rows: list[dict] = []
     for path in _walk(root, skip):
         if not path.name.endswith(EFFICIENCY_SUFFIX):
@@ -535,6 +536,9 @@ def read_efficiency(root: Path, skip: Path | None = None) -> pd.DataFrame:
                        "mtime": mtime, "source": str(path)}
                 for name in EFFICIENCY_NUMERIC:
                     row[name] = float(record[name]) if record.get(name) is not None else math.nan
+                row["batch_size"] = int(record.get("batch_size") or 1)  # a batched call's record sums its samples
+                if row["batch_size"] < 1:
+                    raise ResultFileError(f"batch_size {record['batch_size']} is below 1")
                 shape = record.get("llm_shape")
                 row["llm_shape"] = json.dumps(asdict(LLMShape(**shape)), sort_keys=True) if shape else ""
                 stages = record.get("pdrop_layers")
@@ -548,14 +552,20 @@ def read_efficiency(root: Path, skip: Path | None = None) -> pd.DataFrame:
         if bad > MAX_LINE_WARNINGS:
             log.warning("skipped %s: %d more bad lines", path, bad - MAX_LINE_WARNINGS)
     frame = pd.DataFrame(rows, columns=[*RUN_KEY, "dataset", "index", "mtime", "source", *EFFICIENCY_NUMERIC,
-                                        "llm_shape", "pdrop_layers"])
+                                        "batch_size", "llm_shape", "pdrop_layers"])
     frame["keep_ratio"] = frame["keep_ratio"].astype(float).round(6)
     frame = frame.sort_values("mtime", kind="stable")
-    return frame.drop_duplicates([*RUN_KEY, "dataset", "index"], keep="last").reset_index(drop=True)
+    # a record without a sample index (multi-round generation, some batched calls) matches no other: keep each
+    indexed = frame["index"] != "null"
+    latest = frame[indexed].drop_duplicates([*RUN_KEY, "dataset", "index"], keep="last")
+    return pd.concat([latest, frame[~indexed]]).sort_values("mtime", kind="stable").reset_index(drop=True)
 
 
 def summarize_efficiency(records: pd.DataFrame) -> pd.DataFrame:
-    """Per run and dataset, plus an ``ALL`` row per run: sums and means of times, KV MB, tokens."""
+    """Per run and dataset, plus an ``ALL`` row per run: sums and per-sample means of times, KV MB, tokens.
+
+    A record of a batched call (lmms-eval's batch_size > 1) sums its samples' tokens, times and KV bytes, so it
+    counts as ``batch_size`` samples."""
     key = RUN_KEY
     columns = [*key, "dataset", "samples", "prefill_s_sum", "prefill_s_mean", "compressor_s_sum",
                "compressor_s_mean", "total_s_sum", "total_s_mean", "kv_cache_mb_mean", "visual_kv_mb_mean",
@@ -569,20 +579,28 @@ def summarize_efficiency(records: pd.DataFrame) -> pd.DataFrame:
         before = group["visual_before"].sum()
         layer_avg = group["avg_retention"]  # per sample, over layers (records of older versions lack it)
         shapes = [s for s in group["llm_shape"] if s]
+        sizes = group["batch_size"]
+
+        def per_sample(column: str) -> float:
+            """Mean per sample over the records that carry ``column``."""
+            known = group[column].notna()
+            return group.loc[known, column].sum() / sizes[known].sum() if known.any() else math.nan
+
         return {
-            "samples": len(group),
-            "prefill_s_sum": group["prefill_s"].sum(), "prefill_s_mean": group["prefill_s"].mean(),
-            "compressor_s_sum": group["compressor_s"].sum(), "compressor_s_mean": group["compressor_s"].mean(),
-            "total_s_sum": group["total_s"].sum(), "total_s_mean": group["total_s"].mean(),
-            "kv_cache_mb_mean": group["kv_cache_bytes"].mean() / BYTES_PER_MB,
+            "samples": int(sizes.sum()),
+            "prefill_s_sum": group["prefill_s"].sum(), "prefill_s_mean": per_sample("prefill_s"),
+            "compressor_s_sum": group["compressor_s"].sum(), "compressor_s_mean": per_sample("compressor_s"),
+            "total_s_sum": group["total_s"].sum(), "total_s_mean": per_sample("total_s"),
+            "kv_cache_mb_mean": per_sample("kv_cache_bytes") / BYTES_PER_MB,
             # empty where some records (of older versions) lack it, rather than a mean over the others
-            "visual_kv_mb_mean": group["visual_kv_cache_bytes"].mean(skipna=False) / BYTES_PER_MB,
-            "visual_before_mean": group["visual_before"].mean(), "visual_after_mean": group["visual_after"].mean(),
+            "visual_kv_mb_mean": (per_sample("visual_kv_cache_bytes") / BYTES_PER_MB
+                                  if group["visual_kv_cache_bytes"].notna().all() else math.nan),
+            "visual_before_mean": per_sample("visual_before"), "visual_after_mean": per_sample("visual_after"),
             "measured_retention": group["visual_after"].sum() / before if before > 0 else math.nan,
             "avg_retention": ((layer_avg * group["visual_before"]).sum() / before
                               if before > 0 and layer_avg.notna().all() else math.nan),
-            "seq_before_mean": group["seq_before"].mean(), "seq_after_mean": group["seq_after"].mean(),
-            "new_tokens_mean": group["new_tokens"].mean(),
+            "seq_before_mean": per_sample("seq_before"), "seq_after_mean": per_sample("seq_after"),
+            "new_tokens_mean": (group["new_tokens"] * sizes).sum() / sizes.sum(),  # a batch's longest answer
             "fastv_k": group["fastv_k"].dropna().iloc[0] if group["fastv_k"].notna().any() else math.nan,
             "pdrop_lambda": (group["pdrop_lambda"].dropna().iloc[0] if group["pdrop_lambda"].notna().any()
                              else math.nan),

@@ -698,3 +698,38 @@ def test_records_without_visual_kv_leave_it_empty(tmp_path):
         "\n".join(json.dumps(line) for line in lines) + "\n")
     table = aggregate(work).tables["vlmeval"]
     assert table["KV MB"].iloc[0] == pytest.approx(560 * 57344 / 1e6) and pd.isna(table["visual KV MB"].iloc[0])
+
+
+def test_batched_records_count_each_sample(tmp_path):
+    """lmms-eval with batch_size > 1 writes one record per generate call, summing its samples' tokens, times and
+    KV bytes: the tables count it as that many samples, so its per-sample costs equal a batch-1 run's."""
+    single, batched = tmp_path / "single", tmp_path / "batched"
+    samples = [json.loads(efficiency_line("qwen2_vl_tcc", "lmms_eval", "mme", i, "tcc", 0.5, "/m/Qwen2-VL-7B",
+                                          1000 + 100 * i, 500 + 50 * i, 0.5 + i, 1.0 + i)) for i in range(4)]
+    single.mkdir()
+    (single / "a_efficiency.jsonl").write_text("\n".join(json.dumps(r) for r in samples) + "\n")
+    summed = []
+    for pair in (samples[:2], samples[2:]):
+        record = dict(pair[0], index=[r["index"] for r in pair], batch_size=2, new_tokens=1)
+        for name in ("visual_before", "visual_after", "seq_before", "seq_after", "prefill_s", "compressor_s",
+                     "total_s", "kv_cache_bytes", "visual_kv_cache_bytes"):
+            record[name] = sum(r[name] for r in pair)
+        summed.append(record)
+    batched.mkdir()
+    (batched / "a_efficiency.jsonl").write_text("\n".join(json.dumps(r) for r in summed) + "\n")
+    tables = {name: aggregate(folder).efficiency.set_index("dataset").loc["ALL"] for name, folder in
+              (("single", single), ("batched", batched))}
+    columns = ["samples", "prefill_s_mean", "total_s_mean", "kv_cache_mb_mean", "visual_kv_mb_mean",
+               "visual_before_mean", "visual_after_mean", "measured_retention", "seq_before_mean"]
+    assert tables["batched"]["samples"] == 4
+    assert tables["batched"][columns].astype(float).tolist() == pytest.approx(
+        tables["single"][columns].astype(float).tolist())
+
+
+def test_records_without_an_index_are_all_counted(tmp_path):
+    """Records whose sample is unknown (multi-round generation; batches whose docs upstream cannot tell apart)
+    match no other record: each counts, where a repeated index keeps only the newest."""
+    lines = [efficiency_line("qwen2_vl_tcc", "lmms_eval", "mme", index, "tcc", 0.5, "/m/Qwen2-VL-7B", 1000, 500, 1, 2)
+             for index in (None, None, 7, 7)]
+    (tmp_path / "a_efficiency.jsonl").write_text("\n".join(lines) + "\n")
+    assert aggregate(tmp_path).efficiency.set_index("dataset").loc["ALL", "samples"] == 3

@@ -330,3 +330,22 @@ def test_results_cli_exit_codes(tmp_path, capsys):
     assert capsys.readouterr().out.strip() == str(tmp_path / "m" / "x_results.json")
     assert main([str(tmp_path), "--tasks", "tccsynth_img,tccsynth_vid"]) == 1
     assert "covers tasks" in capsys.readouterr().err
+
+
+def test_batch_records_name_their_docs_or_none():
+    """A batched call's record lists its docs; where upstream built every doc of the batch through the first
+    request's doc_to_visual (qwen2_5_vl), the docs cannot be told apart and the record says none, not a wrong one."""
+    from tcc_eval.integrations.lmms_eval import models
+
+    written = []
+
+    class Log:
+        def write(self, task, index, stats, batch_size):
+            written.append((task, index, batch_size))
+
+    ours = object.__new__(models.Qwen25VLTCC)
+    ours.efficiency = Log()
+    for pending in ([("mme", 3), ("mme", 4)], [("mme", 5), ("mme", 5)], [("mme", 6)]):
+        ours._pending_docs = list(pending)
+        ours._record({}, len(pending))
+    assert written == [("mme", [3, 4], 2), ("mme", None, 2), ("mme", 6, 1)]

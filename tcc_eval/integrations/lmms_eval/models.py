@@ -162,7 +162,8 @@ class TCCWrapperMixin:
             base_model=base_model,
             method=settings.method,
             keep_ratio=settings.keep_ratio,
-            rank=self.rank,
+            # upstream's self.rank is the rank within a node: on several nodes every node has a rank 0
+            rank=int(os.environ.get("RANK", self.rank)),
             world_size=self.world_size,
             method_options={"budget": settings.budget, "seed": settings.seed, "positions": settings.positions,
                             **settings.options},
@@ -196,6 +197,10 @@ class TCCWrapperMixin:
         task = docs[0][0] if docs else None
         if batch_size == 1:
             index = docs[0][1] if docs else None
+        elif len(set(docs)) < len(docs):
+            # upstream qwen2_5_vl builds every doc of a batch through the first request's doc_to_visual, so the
+            # docs cannot be told apart: no index rather than a wrong one (the costs are the batch's all the same)
+            index = None
         else:
             index = [doc_id for _, doc_id in docs]
         self.efficiency.write(task, index, stats, batch_size)
