@@ -123,6 +123,20 @@ def keep_positions(valid: torch.Tensor, visual: torch.Tensor, kept_visual: torch
     return torch.nonzero(keep).flatten()
 
 
+def gather_prompt_ids(input_ids: torch.Tensor, positions: list[torch.Tensor]) -> torch.Tensor:
+    """The token ids under ``gather_left_padded``'s embeddings, left-padded the same way: ``generate``'s logits
+    processors that read the prompt (``repetition_penalty`` penalises every distinct id in it) then see what they
+    see in the unpruned run, since a kept visual token carries its placeholder id. Padding slots repeat the row's
+    first kept id, so they add no id of their own."""
+    length = max(int(p.numel()) for p in positions)
+    ids = input_ids.new_empty(input_ids.shape[0], length)
+    for b, idx in enumerate(positions):
+        kept = input_ids[b, idx.to(input_ids.device)]
+        ids[b] = kept[0]
+        ids[b, length - kept.numel():] = kept
+    return ids
+
+
 def gather_left_padded(
     inputs_embeds: torch.Tensor,
     attention_mask: torch.Tensor,

@@ -235,11 +235,13 @@ class InsideLLMModel(TokenPrunedModel):
         """Generate for one unpadded sample; returns (new tokens, prompt positions kept in the last layer, visual
         tokens per layer; None when nothing was pruned)."""
         if self.layer_keep_ratio >= 1.0 or view.n_visual == 0:
-            new = self.adapter.generate_from_embeds(view.inputs_embeds, view.attention_mask, view.position_ids, **gen_kwargs)
+            new = self.adapter.generate_from_embeds(view.inputs_embeds, view.attention_mask, view.position_ids,
+                                                   view.input_ids[None], **gen_kwargs)
             return new, torch.arange(view.visual.numel()), None
         pruner = self.pruner(view)
         try:
-            new = self.adapter.generate_from_embeds(view.inputs_embeds, view.attention_mask, view.position_ids, **gen_kwargs)
+            new = self.adapter.generate_from_embeds(view.inputs_embeds, view.attention_mask, view.position_ids,
+                                                   view.input_ids[None], **gen_kwargs)
         finally:
             pruner.close()
         return new, pruner.kept.cpu(), pruner.layer_visual()

@@ -162,6 +162,8 @@ def build_tiny_qwen2vl(
     )
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
+    # as the published Qwen2-VL / Qwen2.5-VL checkpoints ship it: a penalty that reads the prompt's ids
+    model.generation_config.repetition_penalty = 1.05
     model.save_pretrained(out)
     processor.save_pretrained(out)
     return out

@@ -301,7 +301,8 @@ def draft_answer(view: SampleView, max_answer_tokens: int) -> torch.Tensor:
     """Greedy answer on the full (unpruned) input, without EOS/padding."""
     model = view.adapter.model
     new = view.adapter.generate_from_embeds(
-        view.inputs_embeds, view.attention_mask, view.position_ids, max_new_tokens=max_answer_tokens, do_sample=False
+        view.inputs_embeds, view.attention_mask, view.position_ids, view.input_ids[None],
+        max_new_tokens=max_answer_tokens, do_sample=False,
     )[0]
     stop = {model.generation_config.pad_token_id}
     eos = model.generation_config.eos_token_id

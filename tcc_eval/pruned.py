@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from .adapters import LLMInputs, MLLMAdapter, adapter_for
-from .core import Selection, check_keep_ratio, gather_left_padded, keep_positions, select_visual
+from .core import (Selection, check_keep_ratio, gather_left_padded, gather_prompt_ids, keep_positions,
+                   select_visual)
 from .methods import Merger, SampleView, Scorer
 
 
@@ -165,7 +166,8 @@ class TokenPrunedModel(nn.Module):
         compressor_s = time.perf_counter() - start
         timer = PrefillTimer(self.adapter.language_model, device)
         try:
-            new_tokens = self.adapter.generate_from_embeds(embeds, mask, positions, **kwargs)
+            prompt_ids = gather_prompt_ids(llm.input_ids, selection.kept_positions)
+            new_tokens = self.adapter.generate_from_embeds(embeds, mask, positions, prompt_ids, **kwargs)
         finally:
             timer.close()
         sync(device)

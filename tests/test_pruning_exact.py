@@ -78,14 +78,15 @@ def test_generate_feeds_the_llm_every_processor_output(loaded, family, kind, mon
     pruned = wrap_model(model, method="none")
     seen = {}
 
-    def recording(embeds, mask, positions, **gen_kwargs):
-        seen.update(positions=positions, gen_kwargs=gen_kwargs)
+    def recording(embeds, mask, positions, prompt_ids, **gen_kwargs):
+        seen.update(positions=positions, prompt_ids=prompt_ids, gen_kwargs=gen_kwargs)
         return torch.zeros(1, 0, dtype=torch.long)
 
     monkeypatch.setattr(pruned.adapter, "generate_from_embeds", recording)
     pruned.generate(**inputs, max_new_tokens=2)
     assert set(seen["gen_kwargs"]) == {"max_new_tokens"}
     assert torch.equal(seen["positions"], original_positions(model, family, inputs))
+    assert torch.equal(seen["prompt_ids"], inputs["input_ids"])
 
 
 @pytest.fixture(scope="module")
@@ -273,3 +274,42 @@ def test_prompt_ending_with_its_image_is_refused_by_the_layer0_scorers(loaded):
     inputs = dict(processor(text=["What is it? <image>"], images=[random_image(56, 56, 0)], return_tensors="pt"))
     with pytest.raises(ValueError, match="prompt ends with its image or video tokens.*put the question"):
         wrap_model(model, method="a0", keep_ratio=0.5).generate(**inputs, max_new_tokens=2)
+
+
+class _PromptRecorder:
+    """A logits processor that notes the ids generate hands it at its first step: the prompt, as the processors
+    that read it (repetition_penalty) see it."""
+
+    def __init__(self):
+        self.first: torch.Tensor | None = None
+
+    def __call__(self, input_ids, scores):
+        if self.first is None:
+            self.first = input_ids.clone()
+        return scores
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("kind", ("image", "video"))
+def test_logits_processors_see_the_prompt_ids(loaded, family, kind):
+    """Generation runs on embeddings, yet the processors that read the prompt see its ids as in vanilla: all of
+    them when nothing is pruned, every distinct id when 75% of the visual tokens are, so a checkpoint's
+    repetition_penalty (Qwen2-VL ships 1.05) weighs the same tokens and keep-all answers equal vanilla's."""
+    from transformers import LogitsProcessorList
+
+    model, processor = loaded[family]
+    inputs = model_inputs(processor, messages_for(kind, seed=3))
+    seen = {}
+    for name, generate in (("vanilla", model.generate),
+                           ("keep_all", wrap_model(model, method="random", keep_ratio=1.0).generate),
+                           ("pruned", wrap_model(model, method="random", keep_ratio=0.25).generate)):
+        recorder = _PromptRecorder()
+        with torch.no_grad():
+            out = generate(**inputs, max_new_tokens=4, do_sample=False, repetition_penalty=1.3,
+                           logits_processor=LogitsProcessorList([recorder]))
+        seen[name] = (recorder.first, out)
+    assert torch.equal(seen["keep_all"][0], inputs["input_ids"])
+    assert torch.equal(seen["keep_all"][1], seen["vanilla"][1])
+    pruned_ids = seen["pruned"][0]
+    assert pruned_ids.shape[1] < inputs["input_ids"].shape[1]
+    assert set(pruned_ids.flatten().tolist()) == set(inputs["input_ids"].flatten().tolist())

@@ -302,6 +302,12 @@ def test_keep_all_equals_unpruned_vila(vila, kind):
         pruned = wrap_model(model, method=method, keep_ratio=1.0)
         assert (pruned.prefill_logits(**inputs) - vanilla_logits).abs().max().item() == 0.0
         assert torch.equal(pruned.generate(**inputs, max_new_tokens=5, do_sample=False), vanilla_tokens)
+    # a repetition penalty reads the prompt's ids: generating on embeddings, the pruned model hands them over too
+    with torch.no_grad():
+        penalised = model.generate(**inputs, max_new_tokens=5, do_sample=False, repetition_penalty=1.3)
+    keep_all = wrap_model(model, method="none").generate(**inputs, max_new_tokens=5, do_sample=False,
+                                                         repetition_penalty=1.3)
+    assert torch.equal(keep_all, penalised)
 
 
 @pytest.mark.parametrize("kind", ("image", "video"))

@@ -188,12 +188,17 @@ class MLLMAdapter:
 
     # --- running the unchanged LLM ------------------------------------------------------------
     def generate_from_embeds(
-        self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, **gen_kwargs
+        self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
+        prompt_ids: torch.Tensor, **gen_kwargs
     ) -> torch.Tensor:
-        """Prefill + decode on (pruned) embeddings; returns only the new tokens."""
-        return self.model.generate(
-            inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids, **gen_kwargs
+        """Prefill + decode on (pruned) embeddings; returns only the new tokens. ``prompt_ids`` are the ids under
+        the embeddings: generate runs on the embeddings, and its logits processors read the ids as they read the
+        prompt of an unpruned run (a repetition penalty covers the prompt's tokens, not only the answer's)."""
+        output = self.model.generate(
+            input_ids=prompt_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+            position_ids=position_ids, **gen_kwargs
         )
+        return output[:, prompt_ids.shape[1]:]
 
     def forward_from_embeds(
         self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, **kwargs

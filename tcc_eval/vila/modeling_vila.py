@@ -473,9 +473,10 @@ class VilaForConditionalGeneration(nn.Module):
     def generate(self, input_ids: torch.Tensor | None = None, inputs_embeds: torch.Tensor | None = None,
                  attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
                  pixel_values: torch.Tensor | None = None, **gen_kwargs) -> torch.Tensor:
-        """Like HF: prompt + new tokens when ``input_ids`` are given, only new tokens for bare ``inputs_embeds``."""
+        """Like HF: prompt + new tokens when ``input_ids`` are given (beside ``inputs_embeds`` they are the ids
+        under the embeddings, which logits processors read), only new tokens for bare ``inputs_embeds``."""
         llm_inputs = self._llm_inputs(input_ids, pixel_values, attention_mask, position_ids, inputs_embeds)
-        if inputs_embeds is None:
+        if input_ids is not None:
             llm_inputs["input_ids"] = input_ids.to(self.device)
         if self.generation_config.pad_token_id is None:
             gen_kwargs.setdefault("pad_token_id", self.config.text_config.pad_token_id)
