@@ -123,3 +123,13 @@ def model_inputs(processor, messages) -> dict[str, torch.Tensor]:
         messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
     )
     return {k: v for k, v in inputs.items() if isinstance(v, torch.Tensor)}
+
+
+def left_padded_image_batch(processor) -> tuple[dict[str, torch.Tensor], list[str], list[Image.Image]]:
+    """Two one-image prompts of different lengths in one left-padded batch: (batch, prompts, images)."""
+    prompts, images = [], [random_image(112, 84, 0), random_image(56, 56, 1)]
+    for _ in images:
+        msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What shape?"}]}]
+        prompts.append(processor.apply_chat_template(msgs, add_generation_prompt=True))
+    processor.tokenizer.padding_side = "left"
+    return dict(processor(text=prompts, images=images, return_tensors="pt", padding=True)), prompts, images

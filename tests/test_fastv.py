@@ -314,15 +314,10 @@ def test_inside_llm_generate_options(deep, method):
 def test_inside_llm_batch_pads_finished_answers_like_hf(loaded):
     """Samples run one by one inside the LLM; a batch's shorter answers are padded as HF pads them: with the
     pad token, else the eos token (never a 0 that decodes as text)."""
-    from conftest import random_image
+    from conftest import left_padded_image_batch
 
     model, processor = loaded["qwen2_vl"]
-    prompts, images = [], [random_image(112, 84, 0), random_image(56, 56, 1)]
-    for _ in images:
-        msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What shape?"}]}]
-        prompts.append(processor.apply_chat_template(msgs, add_generation_prompt=True))
-    processor.tokenizer.padding_side = "left"
-    batch = dict(processor(text=prompts, images=images, return_tensors="pt", padding=True))
+    batch, _, _ = left_padded_image_batch(processor)
     fastv = wrap_model(model, method="fastv", keep_ratio=1.0, fastv_k=1)
     first = fastv.generate(**batch, max_new_tokens=4, do_sample=False)[:, batch["input_ids"].shape[1]:]
     stop = int(first[0, 0])  # made the eos token below, so sample 0 ends after one token

@@ -141,15 +141,10 @@ def test_renumbering_is_refused_where_it_has_no_meaning(loaded, family, method, 
 @pytest.mark.parametrize("family, positions", [(family, "original") for family in FAMILIES]
                          + [("llava_onevision", "renumber")])
 def test_left_padded_batch_equals_single_runs(loaded, family, positions):
-    model, processor = loaded[family]
-    from conftest import random_image
+    from conftest import left_padded_image_batch
 
-    prompts, images = [], [random_image(112, 84, 0), random_image(56, 56, 1)]
-    for image in images:
-        msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What shape?"}]}]
-        prompts.append(processor.apply_chat_template(msgs, add_generation_prompt=True))
-    processor.tokenizer.padding_side = "left"
-    batch = dict(processor(text=prompts, images=images, return_tensors="pt", padding=True))
+    model, processor = loaded[family]
+    batch, prompts, images = left_padded_image_batch(processor)
     assert (batch["attention_mask"] == 0).any(), "samples must differ in length"
     pruned = wrap_model(model, method="a0", keep_ratio=0.5, positions=positions)
     batch_tokens = pruned.generate(**batch, max_new_tokens=5, do_sample=False)
