@@ -212,8 +212,8 @@ def _dataset_without_judge(name: str, folder: Path) -> str:
     datasets = datasets if isinstance(datasets, dict) else {}
     if name in datasets:
         return name
-    for dataset, status in datasets.items():
-        judge = status.get("judge_model") if isinstance(status, dict) else None
+    for dataset, entry in datasets.items():
+        judge = entry.get("judge_model") if isinstance(entry, dict) else None
         if judge and name == f"{dataset}_{judge}":
             return dataset
     return JUDGE_SUFFIX_RE.sub("", name)
@@ -280,6 +280,8 @@ def _scores_from_rating(data: Any, path: Path) -> list[tuple[str, float, str, bo
     overall = data["overall"]
     if isinstance(overall, list) and len(overall) >= 2:
         correct, total = _num(overall[0]), _num(overall[1])
+        if total <= 0:
+            raise ResultFileError("overall total is 0")
         note = f"{int(correct)}/{int(total)}"
         scores = _per_sample_scores(path)
         if scores is not None and len(scores) == int(total):
@@ -289,8 +291,6 @@ def _scores_from_rating(data: Any, path: Path) -> list[tuple[str, float, str, bo
                 note = (f"{int(recounted)}/{int(total)}, recounted from the per-sample scores: the rating counted "
                         f"{unscored} failed or empty answers as right ({int(correct)}/{int(total)})")
                 correct = recounted
-        if total <= 0:
-            raise ResultFileError("overall total is 0")
         return [("overall", 100.0 * correct / total, "percent", True, note)]
     if isinstance(overall, dict) and "overall" in overall:
         out = [("overall", _num(overall["overall"]), "fraction", True, "")]
@@ -569,9 +569,8 @@ def summarize_efficiency(records: pd.DataFrame) -> pd.DataFrame:
     key = RUN_KEY
     columns = [*key, "dataset", "samples", "prefill_s_sum", "prefill_s_mean", "compressor_s_sum",
                "compressor_s_mean", "total_s_sum", "total_s_mean", "kv_cache_mb_mean", "visual_kv_mb_mean",
-               "visual_before_mean",
-               "visual_after_mean", "measured_retention", "avg_retention", "seq_before_mean", "seq_after_mean",
-               "new_tokens_mean", "fastv_k", "pdrop_lambda", "pdrop_layers", "llm_shape"]
+               "visual_before_mean", "visual_after_mean", "measured_retention", "avg_retention", "seq_before_mean",
+               "seq_after_mean", "new_tokens_mean", "fastv_k", "pdrop_lambda", "pdrop_layers", "llm_shape"]
     if records.empty:
         return pd.DataFrame(columns=columns)
 
