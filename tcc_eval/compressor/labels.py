@@ -367,7 +367,9 @@ def run(args: argparse.Namespace) -> int:
     device = pick_device(args.device)
     if device.type == "cuda" and device.index is not None:
         torch.cuda.set_device(device)
-    model, processor = load_hf_model(args.model, device, default_dtype(device, args.dtype), attn="eager")
+    # sdpa, as at inference, so the vision tower's features (and so a0) are what the compressor will be fed; the
+    # oracle switches the LLM to eager for its own pass
+    model, processor = load_hf_model(args.model, device, default_dtype(device, args.dtype))
     meta = {
         "format": "tcc-labels", "version": 1, "model": model_meta(model), "model_path": str(args.model),
         "data": str(Path(args.data).resolve()), "modality": dataset_modality(samples),
