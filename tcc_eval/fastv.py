@@ -21,7 +21,7 @@ from .core import (Selection, check_keep_ratio, keep_count, keep_positions, pick
                    topk_in_order)
 from .flops import fastv_layer_keep_ratio, pyramid_stage_layers, pyramid_stage_ratio, pyramid_visual_counts
 from .probe import instruction_rows, last_token_attention, layer_keys
-from .pruned import PrefillTimer, TokenPrunedModel, lengths_from_full_prompt, split_model_inputs, sync
+from .pruned import PrefillTimer, TokenPrunedModel, split_model_inputs, sync
 
 
 class _LayerKPruner:
@@ -249,7 +249,6 @@ class InsideLLMModel(TokenPrunedModel):
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         inputs = split_model_inputs(input_ids, kwargs)
-        lengths_from_full_prompt(kwargs, input_ids.shape[1])
         for option in ("num_beams", "num_return_sequences"):
             if (kwargs.get(option) or getattr(self.model.generation_config, option, 1) or 1) > 1:
                 raise ValueError(f"{self.method_id} ranks the tokens of one prompt row inside the LLM, and "

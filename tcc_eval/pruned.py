@@ -157,7 +157,6 @@ class TokenPrunedModel(nn.Module):
     def generate(self, input_ids: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         """Like ``model.generate``: returns prompt ids followed by the new tokens."""
         inputs = split_model_inputs(input_ids, kwargs)
-        lengths_from_full_prompt(kwargs, input_ids.shape[1])
         device = input_ids.device
         sync(device)
         start = time.perf_counter()
@@ -224,7 +223,7 @@ def check_positions(positions: str, adapter: MLLMAdapter) -> str:
     return positions
 
 
-def lengths_from_full_prompt(gen_kwargs: dict[str, Any], prompt_length: int) -> None:
+def _lengths_from_full_prompt(gen_kwargs: dict[str, Any], prompt_length: int) -> None:
     """HF counts ``max_length`` / ``min_length`` from the prompt it is handed, and a pruned prompt is shorter:
     turn them into the new-token counts that the full prompt would leave (in place), so that pruning never
     lengthens an answer. ``max_new_tokens`` / ``min_new_tokens``, where given, win as in HF."""
@@ -246,8 +245,11 @@ def with_prompt(input_ids: torch.Tensor, new_tokens: torch.Tensor) -> torch.Tens
 
 
 def split_model_inputs(input_ids: torch.Tensor, kwargs: dict[str, Any]) -> dict[str, Any]:
-    """Move the processor outputs out of generate's kwargs; what stays is generation options."""
-    return {"input_ids": input_ids, **{k: kwargs.pop(k) for k in MODEL_INPUT_KEYS if k in kwargs}}
+    """Move the processor outputs out of generate's kwargs; what stays is generation options, with the lengths
+    that count the prompt counted on the full one."""
+    inputs = {"input_ids": input_ids, **{k: kwargs.pop(k) for k in MODEL_INPUT_KEYS if k in kwargs}}
+    _lengths_from_full_prompt(kwargs, input_ids.shape[1])
+    return inputs
 
 
 # Processor outputs the model's forward consumes; everything else passed to generate is a generation option.
