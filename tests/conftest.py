@@ -18,13 +18,16 @@ torch.set_num_threads(2)
 keep_freed_cpu_memory()  # for this process and the framework runs it starts: see tcc_eval.cpu_memory
 
 
+GRAD_ENABLED_AT_START = torch.is_grad_enabled()
+
+
 @pytest.fixture(autouse=True)
 def autograd_mode_restored() -> Iterator[None]:
-    """Importing VLMEvalKit's models (``vlmeval.vlm``) turns autograd off for the whole process: a test that
-    imports it leaves the next test the mode it found."""
-    enabled = torch.is_grad_enabled()
+    """Importing VLMEvalKit's models (``vlmeval.vlm``) turns autograd off for the whole process, in a test or in a
+    module fixture set up before this one: every test starts and ends in the session's starting mode."""
+    torch.set_grad_enabled(GRAD_ENABLED_AT_START)
     yield
-    torch.set_grad_enabled(enabled)
+    torch.set_grad_enabled(GRAD_ENABLED_AT_START)
 
 
 FAMILIES = ("qwen2_vl", "qwen2_5_vl", "llava_onevision")
