@@ -335,3 +335,25 @@ def test_inside_llm_batch_pads_finished_answers_like_hf(loaded):
         assert fastv.generate(**batch, max_new_tokens=4, do_sample=False)[0, -3:].tolist() == [7] * 3
     finally:
         config.pad_token_id, config.eos_token_id = saved
+
+
+def test_inside_llm_batch_times_every_samples_prefill(loaded, monkeypatch):
+    """A batch runs one prefill per sample (FastV, DART and PyramidDrop share this loop); prefill_s is the sum of those prefills, not sample 0's alone."""
+    from conftest import left_padded_image_batch
+
+    from tcc_eval import fastv as fastv_module
+
+    timers = []
+
+    class RecordingTimer(fastv_module.PrefillTimer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            timers.append(self)
+
+    monkeypatch.setattr(fastv_module, "PrefillTimer", RecordingTimer)
+    model, processor = loaded["qwen2_vl"]
+    batch, _, _ = left_padded_image_batch(processor)
+    pruned = wrap_model(model, method="fastv", keep_ratio=0.5, fastv_k=1, match="kept")
+    pruned.generate(**batch, max_new_tokens=2, do_sample=False)
+    assert len(timers) == 2 and all(timer.seconds > 0 for timer in timers)
+    assert pruned.last_stats["prefill_s"] == pytest.approx(sum(timer.seconds for timer in timers))

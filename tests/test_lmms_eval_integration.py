@@ -349,3 +349,16 @@ def test_batch_records_name_their_docs_or_none():
         ours._pending_docs = list(pending)
         ours._record({}, len(pending))
     assert written == [("mme", [3, 4], 2), ("mme", None, 2), ("mme", 6, 1)]
+
+
+def test_efficiency_files_are_named_by_the_global_rank(tiny_checkpoints, monkeypatch, tmp_path):
+    """Upstream's rank is the rank within a node; on two nodes both have a rank 0, and a file named by it would
+    be truncated by the other node's process. The records take torchrun / accelerate's global RANK."""
+    from tcc_eval.integrations.lmms_eval import models
+
+    monkeypatch.setattr(models.Qwen2VLTCC, "world_size", property(lambda self: 16))
+    monkeypatch.setenv("RANK", "9")
+    ours = models.Qwen2VLTCC(pretrained=tiny_checkpoints["qwen2_vl"], device="cpu", method="none",
+                             efficiency_dir=str(tmp_path))
+    assert ours.rank == 0  # this process alone: upstream's local rank
+    assert ours.efficiency.path_for("mme").name.endswith("_mme_rank9_efficiency.jsonl")
