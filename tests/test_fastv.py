@@ -338,7 +338,8 @@ def test_inside_llm_batch_pads_finished_answers_like_hf(loaded):
 
 
 def test_inside_llm_batch_times_every_samples_prefill(loaded, monkeypatch):
-    """A batch runs one prefill per sample (FastV, DART and PyramidDrop share this loop); prefill_s is the sum of those prefills, not sample 0's alone."""
+    """A batch runs one prefill per sample (FastV, DART and PyramidDrop share this loop); prefill_s is the sum
+    of those prefills, not sample 0's alone."""
     from conftest import left_padded_image_batch
 
     from tcc_eval import fastv as fastv_module
