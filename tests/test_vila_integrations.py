@@ -22,6 +22,7 @@ from unittest import mock
 import pandas as pd
 import pytest
 import torch
+from PIL import Image
 
 import model_registry
 from model_registry import matrix
@@ -216,6 +217,37 @@ def test_vlmeval_vanilla_matches_vlmevalkit_vila(tiny_vila, vila_processor, tmp_
     assert (theirs["temperature"], theirs["top_p"]) == (0, None) and "temperature" not in mine  # inert when greedy
     assert upstream_model.keywords == ["<|eot_id|>"]  # upstream stops at the llama_3 separator, so do we
     assert vila_processor.tokenizer.convert_tokens_to_ids("<|eot_id|>") in mine["eos_token_id"]
+
+
+def test_vlmeval_scores_a_multi_image_prompt_as_every_entry_point_does(tiny_vila, tmp_path):
+    """VILA shows a video as a run of image blocks, so its adapter scores any prompt with several blocks as a
+    video. VLMEvalKit's wrapper used the dataset's modality instead: a two-image prompt of an image set got
+    the image compressor there and the video one through wrap_model and lmms-eval. All three now agree."""
+    from tcc_eval import synth, wrap_model
+    from tcc_eval.compressor import TokenCompressor, model_meta, save_compressor
+    from tcc_eval.integrations.vlmeval.wrappers import TCCVILA
+
+    ours = TCCVILA(base="VILA15", method="tcc", keep_ratio=0.5, model_path=tiny_vila, max_new_tokens=2,
+                   compressor={m: str(tmp_path / f"{m}.pt") for m in ("image", "video")})
+    meta = model_meta(ours.hf_model)
+    for seed, modality in enumerate(("image", "video")):
+        torch.manual_seed(seed)
+        save_compressor(tmp_path / f"{modality}.pt", TokenCompressor(channels=(8, 16)), meta, modality, {})
+    paths = []
+    for i, sample in enumerate(synth.generate("image", 2, seed=1)):
+        paths.append(tmp_path / f"{i}.png")
+        sample.image.save(paths[-1])
+    message = [{"type": "image", "value": str(p)} for p in paths] + [{"type": "text", "value": "Which colour?"}]
+    ours.generate(message, dataset="TCCSynth_IMG")
+    assert set(ours._pruned) == {"video"} and ours.last_record["modality"] == "video"
+
+    api_model = wrap_model(ours.hf_model, method="tcc", keep_ratio=0.5,
+                           compressor={m: str(tmp_path / f"{m}.pt") for m in ("image", "video")})
+    inputs = ours.processor(text=ours.processor.template.render([("user", "<image>\n<image>\nWhich colour?")]),
+                            images=[Image.open(p).convert("RGB") for p in paths], return_tensors="pt")
+    api_model.generate(**inputs, max_new_tokens=2, do_sample=False)
+    (mine,), (theirs,) = ours._pruned["video"].last_selection.kept_positions, api_model.last_selection.kept_positions
+    assert torch.equal(mine, theirs)
 
 
 def _request(context: str, doc_to_visual, doc_id: int = 0):

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import inspect
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,7 @@ from model_registry import (
 )
 
 from ... import api
+from ...adapters import adapter_for
 from ...vila import VilaProcessor
 from ...vila.processing_vila import IMAGE_PLACEHOLDER
 from .. import rank_device
@@ -133,6 +133,7 @@ class TCCModelMixin:
         self.dtype = api.default_dtype(self.device, dtype)
         attn = "eager" if method == "oracle" else "sdpa"  # the oracle needs attention probabilities
         self.hf_model, processor = self._load(attn)
+        self._adapter = adapter_for(self.hf_model)
         self.processor = self.processor_proxy(processor, self.device, self.dtype)
         self.model = _PrunedGenerate(self)
         self._pruned: dict[str, Any] = {}
@@ -161,6 +162,9 @@ class TCCModelMixin:
     def _pruned_generate(self, **kwargs: Any) -> torch.Tensor:
         if self.max_new_tokens_cap is not None:
             kwargs["max_new_tokens"] = min(kwargs.get("max_new_tokens", self.max_new_tokens_cap), self.max_new_tokens_cap)
+        # the modality the model's input shows, as wrap_model and lmms-eval read it (VILA: several image blocks
+        # are a video), so one input gets one compressor through every entry point
+        self._modality = self._adapter.modality(kwargs["input_ids"])
         pruned = self.pruned_model(self._modality)
         output = pruned.generate(**kwargs)
         self.last_stats = dict(pruned.last_stats)
@@ -172,8 +176,7 @@ class TCCModelMixin:
         return super().build_prompt(line, *args, **kwargs)
 
     def generate_inner(self, message, dataset=None):
-        self._modality = _modality_of(message, dataset)
-        self.last_stats = {}
+        self._modality, self.last_stats = None, {}  # both set by the generate call
         response = super().generate_inner(message, dataset)
         self._write_record(dataset)
         return response
@@ -196,18 +199,6 @@ class TCCModelMixin:
         }
         if ctx is not None:
             records.append_record(ctx.path, self.last_record)
-
-
-def _modality_of(message: list[dict], dataset: str | None) -> str:
-    if any(item.get("type") == "video" for item in message):
-        return "video"
-    if dataset is None:
-        return "image"
-    from vlmeval.dataset import DATASET_MODALITY
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # custom dataset names warn here; the default is right for them
-        return "video" if DATASET_MODALITY(dataset) == "VIDEO" else "image"
 
 
 def _no_accelerated_backends(kwargs: dict[str, Any]) -> None:
