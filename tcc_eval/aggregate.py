@@ -482,9 +482,9 @@ def read_lmms(root: Path, skip: Path | None = None) -> list[Score]:
 EFFICIENCY_REQUIRED = ("framework", "dataset", "keep_ratio", "base_model", "visual_before", "visual_after",
                        "prefill_s", "total_s", "kv_cache_bytes")
 MAX_LINE_WARNINGS = 5  # per efficiency file; the rest are counted on one line
-EFFICIENCY_NUMERIC = ("visual_before", "visual_after", "seq_before", "seq_after", "prefill_s", "compressor_s",
-                      "total_s", "kv_cache_bytes", "visual_kv_cache_bytes", "new_tokens", "avg_retention", "fastv_k",
-                      "pdrop_lambda")
+EFFICIENCY_NUMERIC = ("visual_before", "visual_after", "seq_before", "seq_after", "prefill_s", "vision_s",
+                      "select_s", "total_s", "kv_cache_bytes", "visual_kv_cache_bytes", "visual_flops",
+                      "visual_flops_full", "new_tokens", "avg_retention", "fastv_k", "pdrop_lambda")
 
 
 def _efficiency_key(record: dict) -> tuple[str, str, str, float]:
@@ -567,10 +567,11 @@ def summarize_efficiency(records: pd.DataFrame) -> pd.DataFrame:
     A record of a batched call (lmms-eval's batch_size > 1) sums its samples' tokens, times and KV bytes, so it
     counts as ``batch_size`` samples."""
     key = RUN_KEY
-    columns = [*key, "dataset", "samples", "prefill_s_sum", "prefill_s_mean", "compressor_s_sum",
-               "compressor_s_mean", "total_s_sum", "total_s_mean", "kv_cache_mb_mean", "visual_kv_mb_mean",
-               "visual_before_mean", "visual_after_mean", "measured_retention", "avg_retention", "seq_before_mean",
-               "seq_after_mean", "new_tokens_mean", "fastv_k", "pdrop_lambda", "pdrop_layers", "llm_shape"]
+    columns = [*key, "dataset", "samples", "prefill_s_sum", "prefill_s_mean", "select_s_mean",
+               "prefill_with_select_s_mean", "vision_s_mean", "total_s_sum", "total_s_mean", "kv_cache_mb_mean",
+               "visual_kv_mb_mean", "visual_before_mean", "visual_after_mean", "measured_retention", "avg_retention",
+               "flops_ratio", "seq_before_mean", "seq_after_mean", "new_tokens_mean", "fastv_k", "pdrop_lambda",
+               "pdrop_layers", "llm_shape"]
     if records.empty:
         return pd.DataFrame(columns=columns)
 
@@ -585,19 +586,28 @@ def summarize_efficiency(records: pd.DataFrame) -> pd.DataFrame:
             known = group[column].notna()
             return group.loc[known, column].sum() / sizes[known].sum() if known.any() else math.nan
 
+        def per_sample_of_all(column: str) -> float:
+            """Mean per sample, empty where some records (of older versions) lack it, rather than a mean over
+            the others."""
+            return per_sample(column) if group[column].notna().all() else math.nan
+
         return {
             "samples": int(sizes.sum()),
             "prefill_s_sum": group["prefill_s"].sum(), "prefill_s_mean": per_sample("prefill_s"),
-            "compressor_s_sum": group["compressor_s"].sum(), "compressor_s_mean": per_sample("compressor_s"),
+            "select_s_mean": per_sample_of_all("select_s"),
+            "prefill_with_select_s_mean": per_sample_of_all("select_s") + per_sample("prefill_s"),
+            "vision_s_mean": per_sample_of_all("vision_s"),
             "total_s_sum": group["total_s"].sum(), "total_s_mean": per_sample("total_s"),
             "kv_cache_mb_mean": per_sample("kv_cache_bytes") / BYTES_PER_MB,
-            # empty where some records (of older versions) lack it, rather than a mean over the others
-            "visual_kv_mb_mean": (per_sample("visual_kv_cache_bytes") / BYTES_PER_MB
-                                  if group["visual_kv_cache_bytes"].notna().all() else math.nan),
+            "visual_kv_mb_mean": per_sample_of_all("visual_kv_cache_bytes") / BYTES_PER_MB,
             "visual_before_mean": per_sample("visual_before"), "visual_after_mean": per_sample("visual_after"),
             "measured_retention": group["visual_after"].sum() / before if before > 0 else math.nan,
             "avg_retention": ((layer_avg * group["visual_before"]).sum() / before
                               if before > 0 and layer_avg.notna().all() else math.nan),
+            # the ratio of the samples' summed FLOPs, not FLOPs at a mean token count (n^2 attention term)
+            "flops_ratio": (group["visual_flops"].sum() / group["visual_flops_full"].sum()
+                            if group[["visual_flops", "visual_flops_full"]].notna().all(axis=None)
+                            and group["visual_flops_full"].sum() > 0 else math.nan),
             "seq_before_mean": per_sample("seq_before"), "seq_after_mean": per_sample("seq_after"),
             "new_tokens_mean": (group["new_tokens"] * sizes).sum() / sizes.sum(),  # a batch's longest answer
             "fastv_k": group["fastv_k"].dropna().iloc[0] if group["fastv_k"].notna().any() else math.nan,
@@ -705,6 +715,15 @@ def _recorded_shape(efficiency: pd.DataFrame) -> LLMShape | None:
     return LLMShape(**json.loads(text)) if text else None
 
 
+def _datasets(efficiency: pd.DataFrame, framework: str, base: str, key: tuple | None) -> set[str]:
+    """The datasets a run has efficiency records on; ``key=None``: the base's vanilla run."""
+    runs = efficiency[(efficiency["framework"] == framework) & (efficiency["base_model"] == base)
+                      & (efficiency["dataset"] != "ALL")]
+    runs = runs[runs["method"] == "none"] if key is None else _rows_of(
+        runs, ["base_model", "method", "variant", "keep_ratio"], key)
+    return set(runs["dataset"])
+
+
 def _rows_of(frame: pd.DataFrame, columns: list[str], values: tuple) -> pd.DataFrame:
     """The rows of ``frame`` whose ``columns`` hold ``values``."""
     return frame[(frame[columns] == pd.Series(values, index=columns)).all(axis=1)]
@@ -761,8 +780,11 @@ def build_table(summary: pd.DataFrame, efficiency: pd.DataFrame, framework: str,
         else:
             row["Avg retention"] = kept
         n_visual = next((f["visual_before_mean"].iloc[0] for f in (eff, vanilla_eff) if len(f)), math.nan)
+        recorded_flops = eff["flops_ratio"].iloc[0] if len(eff) else math.nan
         if method == "none":
             row["FLOPs ratio"] = 1.0
+        elif not math.isnan(recorded_flops):
+            row["FLOPs ratio"] = recorded_flops
         elif shape is not None and n_visual > 0:
             pruned_share = ratio
             if method in LAYER_K_METHODS:  # flops_ratio wants the share kept from layer K on
@@ -777,11 +799,21 @@ def build_table(summary: pd.DataFrame, efficiency: pd.DataFrame, framework: str,
                     notes.append("PyramidDrop's per-stage ratio unknown (no efficiency records)")
             row["FLOPs ratio"] = (flops_ratio(n_visual, pruned_share, shape, method, fastv_k, pdrop_layers)
                                   if not math.isnan(pruned_share) else math.nan)
+            if len(eff) and not math.isnan(row["FLOPs ratio"]):
+                notes.append("FLOPs ratio at the mean visual token count (records without per-sample FLOPs)")
         else:
             row["FLOPs ratio"] = math.nan
         if method != "none" and eff.empty:
             notes.append("no efficiency records")
-        row["prefill s"] = eff["prefill_s_mean"].iloc[0] if len(eff) else math.nan
+        row["prefill s"] = eff["prefill_with_select_s_mean"].iloc[0] if len(eff) else math.nan
+        if len(eff) and math.isnan(row["prefill s"]):
+            row["prefill s"] = eff["prefill_s_mean"].iloc[0]
+            notes.append("prefill s without the method's selection step (records without select_s)")
+        if len(eff) and len(vanilla_eff) and method != "none":
+            mine_sets, vanilla_sets = (_datasets(efficiency, framework, base, m) for m in (key, None))
+            if mine_sets != vanilla_sets:
+                notes.append(f"efficiency over {len(mine_sets)} dataset(s), vanilla's over {len(vanilla_sets)}: "
+                             f"compare per dataset in efficiency.csv")
         row["total s"] = eff["total_s_mean"].iloc[0] if len(eff) else math.nan
         row["KV MB"] = eff["kv_cache_mb_mean"].iloc[0] if len(eff) else math.nan
         row["visual KV MB"] = eff["visual_kv_mb_mean"].iloc[0] if len(eff) else math.nan
@@ -814,9 +846,11 @@ def table_markdown(table: pd.DataFrame, framework: str) -> str:
     lines += ["", "Scores in percent (MME: perception + reasoning/cognition points). Avg preservation: mean of "
               "score / vanilla score over the benchmarks with a vanilla run. Avg retention: measured kept "
               "fraction of visual tokens (FastV, DART, PyramidDrop: averaged over layers). FLOPs ratio: "
-              "visual-part FLOPs vs vanilla (theoretical). prefill s, total s: mean per sample; KV MB: mean KV "
-              "cache (10^6 bytes), summed over layers; visual KV MB: the visual tokens' part of it (the paper's KV "
-              "figure).",
+              "visual-part FLOPs vs vanilla (theoretical, summed over the samples run). prefill s: mean per sample of "
+              "the LLM prefill plus the method's selection step before it (scoring and gather; FastV, DART and "
+              "PyramidDrop rank inside the prefill); total s: mean per sample of the whole generate call, vision "
+              "tower included; KV MB: mean KV cache (10^6 bytes), summed over layers; visual KV MB: the visual "
+              "tokens' part of it (the paper's KV figure).",
               ""]
     return "\n".join(lines)
 

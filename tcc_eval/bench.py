@@ -531,7 +531,7 @@ def format_table(result: dict[str, Any]) -> str:
             f"load1 before {machine['load_before'][0]:.2f} after {machine['load_after'][0]:.2f}, "
             f"other processes' CPU share {_fmt(machine['others_cpu_share'], '.0%')}")
     header = (f"{'method':<26}{'rho':>6}{'avg ret':>9}{'kept':>6}{'prefill s':>11}{'overhead s':>12}"
-              f"{'t/vanilla':>11}{'t/limit':>9}{'cpu s':>9}{'cpu ovh s':>11}{'KV MB':>9}{'FLOPs':>8}")
+              f"{'t/vanilla':>11}{'t/limit':>9}{'cpu s':>9}{'cpu ovh s':>11}{'KV MiB':>9}{'FLOPs':>8}")
     lines = [setup, load, "", header]
     for r in result["rows"]:
         lines.append(
@@ -543,8 +543,8 @@ def format_table(result: dict[str, Any]) -> str:
         )
     legend = ("prefill/overhead s: wall time, prefill includes the overhead; t/vanilla, t/limit: wall prefill over "
               "vanilla's and over the limit of the same rho; cpu s: this process's CPU time (robust to other "
-              "processes); avg ret: mean kept fraction over layers; KV MB in the run's dtype; FLOPs: visual part "
-              "vs vanilla")
+              "processes); avg ret: mean kept fraction over layers; KV MiB (2^20 bytes) in the run's dtype; "
+              "FLOPs: visual part vs vanilla")
     lines += ["", legend, ""]
     for r in result["rows"]:
         if r.get("overhead_parts_s"):

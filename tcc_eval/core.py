@@ -99,15 +99,19 @@ class Selection:
         self.seq_after.append(int(kept_positions.numel()))
         self.layer_visual.append(None if layer_visual is None else [int(n) for n in layer_visual])
 
-    def visual_per_layer(self, layers: int) -> list[int]:
-        """Visual tokens each LLM layer holds, summed over the samples."""
-        totals = [0] * layers
+    def sample_layer_visual(self, layers: int) -> list[list[int]]:
+        """Visual tokens each LLM layer holds, per sample."""
+        samples = []
         for after, per_layer in zip(self.visual_after, self.layer_visual):
             per_layer = per_layer or [after] * layers
             if len(per_layer) != layers:
                 raise ValueError(f"a sample recorded {len(per_layer)} layers, the LLM has {layers}")
-            totals = [t + n for t, n in zip(totals, per_layer)]
-        return totals
+            samples.append(per_layer)
+        return samples
+
+    def visual_per_layer(self, layers: int) -> list[int]:
+        """Visual tokens each LLM layer holds, summed over the samples."""
+        return [sum(layer) for layer in zip(*self.sample_layer_visual(layers))] or [0] * layers
 
     @property
     def retention(self) -> float:

@@ -257,6 +257,8 @@ class InsideLLMModel(TokenPrunedModel):
         sync(device)
         start = time.perf_counter()
         llm = self.adapter.capture_llm_inputs(inputs)
+        sync(device)
+        vision_s = time.perf_counter() - start
         outputs, selection, prefill_s = [], Selection(), 0.0
         for b in range(input_ids.shape[0]):  # one prefill per sample: time each
             view = self.sample_view(llm, b)
@@ -275,7 +277,8 @@ class InsideLLMModel(TokenPrunedModel):
             new_tokens[b, : o.numel()] = o
         sync(device)
         self.last_selection = selection
-        self.last_stats = self._stats(selection, 0.0, prefill_s, time.perf_counter() - start, new_tokens)
+        # no selection step before the LLM: the ranking runs inside each prefill, and prefill_s holds it
+        self.last_stats = self._stats(selection, vision_s, 0.0, prefill_s, time.perf_counter() - start, new_tokens)
         return torch.cat([input_ids, new_tokens], dim=1)
 
     def _pad_token_id(self, gen_kwargs: dict[str, Any]) -> int:

@@ -124,16 +124,29 @@ class TokenPrunedModel(nn.Module):
 
     def prune(self, inputs: dict[str, Any]) -> tuple[LLMInputs, Selection, tuple[torch.Tensor, ...]]:
         """Adapter -> scorer -> selection -> gather; returns the pruned (embeds, mask, position_ids)."""
-        prunes = self.scorer is not None and self.keep_ratio < 1.0
-        tower = prunes and getattr(self.scorer, "reads_tower_attention", False)
-        llm = self.adapter.capture_llm_inputs(inputs, tower_attention=tower)
+        llm = self.llm_inputs(inputs)
+        selection, pruned = self.prune_llm_inputs(llm)
+        return llm, selection, pruned
+
+    def llm_inputs(self, inputs: dict[str, Any]) -> LLMInputs:
+        """The vision tower and embedding: the LLM's full input, what every method starts from."""
+        tower = self._prunes and getattr(self.scorer, "reads_tower_attention", False)
+        return self.adapter.capture_llm_inputs(inputs, tower_attention=tower)
+
+    @property
+    def _prunes(self) -> bool:
+        return self.scorer is not None and self.keep_ratio < 1.0
+
+    def prune_llm_inputs(self, llm: LLMInputs) -> tuple[Selection, tuple[torch.Tensor, ...]]:
+        """The method's own step: score, select, gather (the selection cost the efficiency records time)."""
+        prunes = self._prunes
         selection = self.select(llm)
         embeds = self.merged_embeds(llm, selection) if prunes and self.merger is not None else llm.inputs_embeds
         embeds, mask, positions = gather_left_padded(embeds, llm.attention_mask, llm.position_ids,
                                                      selection.kept_positions)
         if self.positions == "renumber":
             positions = self.adapter.default_position_ids(mask)
-        return llm, selection, (embeds, mask, positions)
+        return selection, (embeds, mask, positions)
 
     def merged_embeds(self, llm: LLMInputs, selection: Selection) -> torch.Tensor:
         """The LLM input with each kept visual token's embedding replaced by what the merger gives it."""
@@ -160,9 +173,12 @@ class TokenPrunedModel(nn.Module):
         device = input_ids.device
         sync(device)
         start = time.perf_counter()
-        llm, selection, (embeds, mask, positions) = self.prune(inputs)
+        llm = self.llm_inputs(inputs)
         sync(device)
-        compressor_s = time.perf_counter() - start
+        vision_s = time.perf_counter() - start
+        selection, (embeds, mask, positions) = self.prune_llm_inputs(llm)
+        sync(device)
+        select_s = time.perf_counter() - start - vision_s
         timer = PrefillTimer(self.adapter.language_model, device)
         try:
             prompt_ids = gather_prompt_ids(llm.input_ids, selection.kept_positions)
@@ -171,15 +187,19 @@ class TokenPrunedModel(nn.Module):
             timer.close()
         sync(device)
         self.last_selection = selection
-        self.last_stats = self._stats(selection, compressor_s, timer.seconds, time.perf_counter() - start, new_tokens)
+        self.last_stats = self._stats(selection, vision_s, select_s, timer.seconds, time.perf_counter() - start,
+                                      new_tokens)
         return with_prompt(input_ids, new_tokens)
 
-    def _stats(self, selection: Selection, compressor_s: float, prefill_s: float, total_s: float, new_tokens) -> dict:
-        """Per-call efficiency record. It carries the LLM shape and the average retention over layers, so
-        tables can compute FLOPs and FastV's retention for any checkpoint without knowing its name."""
+    def _stats(self, selection: Selection, vision_s: float, select_s: float, prefill_s: float, total_s: float,
+               new_tokens) -> dict:
+        """Per-call efficiency record. ``vision_s``: vision tower and embedding, the same work for every method;
+        ``select_s``: the method's scoring and gather before the LLM (methods that rank inside the LLM have none:
+        their ranking is inside ``prefill_s``). It carries the LLM shape, the average retention over layers and
+        each sample's visual FLOPs, so tables need no checkpoint name and sum FLOPs over the very samples run."""
         from dataclasses import asdict
 
-        from .flops import kv_cache_bytes, shape_from_config
+        from .flops import kv_cache_bytes, shape_from_config, visual_flops
 
         shape = shape_from_config(self.adapter.language_model.config)
         elem = next(self.model.parameters()).element_size()
@@ -195,7 +215,8 @@ class TokenPrunedModel(nn.Module):
             "seq_before": seq_before,
             "seq_after": seq_after,
             "avg_retention": sum(per_layer) / (shape.layers * before) if before else 1.0,
-            "compressor_s": compressor_s,
+            "vision_s": vision_s,
+            "select_s": select_s,
             "prefill_s": prefill_s,
             "total_s": total_s,
             "kv_cache_bytes": sum(kv_cache_bytes(seq_before - before + visual, 1, shape.kv_heads, shape.head_dim, elem)
@@ -203,6 +224,11 @@ class TokenPrunedModel(nn.Module):
             # the visual tokens' share alone, the quantity the paper reports (Qwen2-VL on MMStar: 71.2 -> 17.8 MB)
             "visual_kv_cache_bytes": sum(kv_cache_bytes(visual, 1, shape.kv_heads, shape.head_dim, elem)
                                          for visual in per_layer),
+            # per sample, so that a ratio of sums holds for prompts of different lengths (the n^2 attention term)
+            "visual_flops": sum(visual_flops(n, shape.hidden, shape.intermediate, 1, shape.gated)
+                                for sample in selection.sample_layer_visual(shape.layers) for n in sample),
+            "visual_flops_full": sum(visual_flops(n, shape.hidden, shape.intermediate, shape.layers, shape.gated)
+                                     for n in selection.visual_before),
             "new_tokens": int(new_tokens.shape[1]),
             "llm_shape": asdict(shape),
         }

@@ -125,13 +125,27 @@ def lmms_run(perception, cognition, synth, mv_a, mv_b):
     return results, groups, sizes
 
 
-def efficiency_line(model, framework, dataset, index, method, ratio, base, before, after, prefill, total):
-    return json.dumps({"model": model, "framework": framework, "dataset": dataset, "index": index,
-                       "method": method, "keep_ratio": ratio, "base_model": base, "visual_before": before,
-                       "visual_after": after, "seq_before": before + 60, "seq_after": after + 60,
-                       "prefill_s": prefill, "compressor_s": 0.01, "total_s": total,
-                       "kv_cache_bytes": (after + 60) * 57344, "visual_kv_cache_bytes": after * 57344,
-                       "new_tokens": 1})
+SELECT_S = 0.01  # the selection step every record of efficiency_line took
+
+
+def efficiency_line(model, framework, dataset, index, method, ratio, base, before, after, prefill, total,
+                    legacy=False, shape=LLM_SHAPES["qwen2-vl-7b"], layers=None):
+    """A record as the wrappers write it; ``layers``: the visual tokens each LLM layer of ``shape`` held (by
+    default ``after`` in every layer, FastV's first K=2 all of them); ``legacy``: as versions before the
+    selection step's time and per-sample FLOPs were recorded wrote it."""
+    record = {"model": model, "framework": framework, "dataset": dataset, "index": index, "method": method,
+              "keep_ratio": ratio, "base_model": base, "visual_before": before, "visual_after": after,
+              "seq_before": before + 60, "seq_after": after + 60, "prefill_s": prefill, "total_s": total,
+              "kv_cache_bytes": (after + 60) * 57344, "visual_kv_cache_bytes": after * 57344, "new_tokens": 1}
+    if legacy:
+        return json.dumps({**record, "compressor_s": 0.05})
+    if layers is None:
+        early = 2 if method == "fastv" else 0
+        layers = [before] * early + [after] * (shape.layers - early)
+    record.update(vision_s=0.04, select_s=0.0 if method == "fastv" else SELECT_S,
+                  visual_flops=sum(visual_flops(n, shape.hidden, shape.intermediate, 1) for n in layers),
+                  visual_flops_full=visual_flops(before, shape.hidden, shape.intermediate, shape.layers))
+    return json.dumps(record)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -184,7 +198,8 @@ def build_tree(root: Path) -> dict[str, Path]:
         for i in range(4):
             before = 144 if model.startswith("Tiny") else 1000
             lines.append(efficiency_line(model, "vlmeval", "MMStar", i, method, ratio, "Qwen2VL7B", before,
-                                         after + (i % 2) * 2 - 1, prefill + 0.1 * i, prefill + 1.0))
+                                         after + (i % 2) * 2 - 1, prefill + 0.1 * i, prefill + 1.0,
+                                         legacy=model.startswith("Tiny")))
     lines.insert(3, "{not json")
     special["efficiency"] = eff / "vlmeval_efficiency.jsonl"
     special["efficiency"].write_text("\n".join(lines) + "\n")
@@ -357,8 +372,8 @@ def test_tables_efficiency_and_costs(run):
     # mean of MMStar 0.95, MME 0.95, MVBench 114/120, Video-MME 0.95
     assert tcc50["Avg preservation"] == pytest.approx(100 * (0.95 * 3 + 114 / 120) / 4)
     assert tcc50["Avg retention"] == pytest.approx(0.5)  # (499 + 501 + 499 + 501) / 4000
-    assert tcc50["FLOPs ratio"] == pytest.approx(flops_ratio(1000, 0.5, LLM_SHAPES["qwen2-vl-7b"], "tcc"))
-    assert tcc50["prefill s"] == pytest.approx(1.35)
+    assert tcc50["FLOPs ratio"] == pytest.approx(flops_ratio(1000, 0.5, LLM_SHAPES["qwen2-vl-7b"], "tcc"), rel=1e-5)
+    assert tcc50["prefill s"] == pytest.approx(1.35 + SELECT_S)  # the LLM prefill and the selection before it
     assert tcc50["KV MB"] == pytest.approx(560 * 57344 / 1e6)
     assert tcc50["visual KV MB"] == pytest.approx(500 * 57344 / 1e6)  # the paper's KV figure: visual tokens only
     assert vt.loc[("Qwen2VL7B", "none", 1.0)]["FLOPs ratio"] == 1.0
@@ -366,13 +381,14 @@ def test_tables_efficiency_and_costs(run):
     assert "no efficiency records" in vt.loc[("LLaVAOV7B", "tcc", 0.5)]["note"]
     fastv = vt.loc[("Qwen2VL7B", "fastv", 0.25)]
     assert fastv["Avg retention"] == pytest.approx(fastv_average_retention(0.25, 28, 2))
-    assert fastv["FLOPs ratio"] == pytest.approx(flops_ratio(1000, 0.25, "qwen2-vl-7b", "fastv"))
+    assert fastv["FLOPs ratio"] == pytest.approx(flops_ratio(1000, 0.25, "qwen2-vl-7b", "fastv"), rel=1e-5)
+    assert fastv["prefill s"] == pytest.approx(0.9 + 0.15)  # its ranking is inside the prefill: nothing added
     tiny = vt.loc[("TinyQwen2VL", "fastv", 0.25)]
     assert tiny["Avg retention"] == pytest.approx(0.25) and "from the model name" in tiny["note"]
     assert pd.isna(tiny["FLOPs ratio"])
     lt = tables["lmms_eval"].set_index(["base_model", "method", "keep_ratio"])
     lrow = lt.loc[("qwen2_vl/Qwen2-VL-7B-Instruct", "tcc", 0.5)]
-    assert lrow["prefill s"] == pytest.approx(1.6) and lrow["Avg retention"] == pytest.approx(0.5)
+    assert lrow["prefill s"] == pytest.approx(1.6 + SELECT_S) and lrow["Avg retention"] == pytest.approx(0.5)
     eff = run["result"].efficiency
     allrow = eff[(eff.framework == "vlmeval") & (eff.method == "tcc") & (eff.keep_ratio == 0.25)
                  & (eff.dataset == "ALL")].iloc[0]
@@ -401,7 +417,8 @@ def test_shape_override_enables_costs(tmp_path):
     write_mcq_acc(work / "MyVLM_FastV50" / "MyVLM_FastV50_MMStar_acc.csv", 40)
     after = 462  # FastV50 on a 28-layer LLM with K=2 keeps (0.5 * 28 - 2) / 26 = 46.2% from layer 2 on
     (work / "MyVLM_FastV50" / "MyVLM_FastV50_MMStar_efficiency.jsonl").write_text(
-        efficiency_line("MyVLM_FastV50", "vlmeval", "MMStar", 0, "fastv", 0.5, "MyVLM", 1000, after, 1, 2) + "\n")
+        efficiency_line("MyVLM_FastV50", "vlmeval", "MMStar", 0, "fastv", 0.5, "MyVLM", 1000, after, 1, 2,
+                        legacy=True) + "\n")
     plain = aggregate(work).tables["vlmeval"].set_index("method")
     assert plain.loc["fastv", "Avg retention"] == pytest.approx(0.5) and "model name" in plain.loc["fastv", "note"]
     assert pd.isna(plain.loc["fastv", "FLOPs ratio"])
@@ -466,16 +483,18 @@ def test_records_carry_shape_retention_and_fastv_k(tmp_path):
     work = tmp_path / "w"
     shape = {"layers": 4, "hidden": 128, "intermediate": 256, "heads": 8, "kv_heads": 4, "head_dim": 16, "gated": True}
     extra = {"fastv": {"fastv_k": 1}, "pdrop": {"pdrop_lambda": 0.5, "pdrop_layers": [1, 2, 3]}}
-    for name, method, ratio, after, avg in [("MyVLM_Vanilla", "none", 1.0, 144, 1.0),
-                                            ("MyVLM_FastV75", "fastv", 0.75, 96, 0.75),
-                                            ("MyVLM_PDrop50", "pdrop", 0.5, 18, (144 + 72 + 36 + 18) / 576),
-                                            ("MyVLM_TCC25", "tcc", 0.25, 36, 0.25)]:
+    tiny = LLMShape(**shape)
+    for name, method, ratio, layers in [("MyVLM_Vanilla", "none", 1.0, [144] * 4),
+                                        ("MyVLM_FastV75", "fastv", 0.75, [144, 96, 96, 96]),
+                                        ("MyVLM_PDrop50", "pdrop", 0.5, [144, 72, 36, 18]),
+                                        ("MyVLM_TCC25", "tcc", 0.25, [36] * 4)]:
         write_mcq_acc(work / name / f"{name}_MMStar_acc.csv", 50)
-        record = json.loads(efficiency_line(name, "vlmeval", "MMStar", 0, method, ratio, "MyVLM", 144, after, 0.1, 0.2))
+        avg = sum(layers) / 576
+        record = json.loads(efficiency_line(name, "vlmeval", "MMStar", 0, method, ratio, "MyVLM", 144, layers[-1],
+                                            0.1, 0.2, shape=tiny, layers=layers))
         record.update(llm_shape=shape, avg_retention=avg, **extra.get(method, {}))
         (work / name / f"{name}_MMStar_efficiency.jsonl").write_text(json.dumps(record) + "\n")
     table = aggregate(work).tables["vlmeval"].set_index("method")
-    tiny = LLMShape(**shape)
     assert table.loc["fastv", "Avg retention"] == pytest.approx(0.75) and table.loc["fastv", "note"] == ""
     assert table.loc["fastv", "FLOPs ratio"] == pytest.approx(flops_ratio(144, 96 / 144, tiny, "fastv", fastv_k=1))
     assert table.loc["tcc", "FLOPs ratio"] == pytest.approx(flops_ratio(144, 0.25, tiny, "tcc"))
@@ -490,9 +509,11 @@ def test_pdrop_flops_use_the_recorded_stage_layers(tmp_path):
     from the stages its records name; the same lambda with PyramidDrop's own stages would cost less."""
     work = tmp_path / "w"
     shape = {"layers": 4, "hidden": 128, "intermediate": 256, "heads": 8, "kv_heads": 4, "head_dim": 16, "gated": True}
-    for name, method, ratio, after in [("MyVLM_Vanilla", "none", 1.0, 144), ("MyVLM_PDrop56", "pdrop", 0.5625, 36)]:
+    for name, method, ratio, layers in [("MyVLM_Vanilla", "none", 1.0, [144] * 4),
+                                        ("MyVLM_PDrop56", "pdrop", 0.5625, [144, 72, 72, 36])]:
         write_mcq_acc(work / name / f"{name}_MMStar_acc.csv", 50)
-        record = json.loads(efficiency_line(name, "vlmeval", "MMStar", 0, method, ratio, "MyVLM", 144, after, 0.1, 0.2))
+        record = json.loads(efficiency_line(name, "vlmeval", "MMStar", 0, method, ratio, "MyVLM", 144, layers[-1],
+                                            0.1, 0.2, shape=LLMShape(**shape), layers=layers))
         record.update(llm_shape=shape, avg_retention=(144 + 72 + 72 + 36) / 576 if method == "pdrop" else 1.0)
         if method == "pdrop":
             record.update(pdrop_lambda=0.5, pdrop_layers=[1, 3])
@@ -589,8 +610,8 @@ def test_method_options_give_variants_their_own_rows(tmp_path):
     assert vlmeval.loc[("tcc", ""), "MMStar"] == pytest.approx(57.0)
     assert vlmeval.loc[("tcc", "positions=renumber"), "MMStar"] == pytest.approx(51.0)
     assert vlmeval.loc[("tcc", "positions=renumber"), "Avg preservation"] == pytest.approx(100 * 51 / 60)
-    assert vlmeval.loc[("tcc", ""), "prefill s"] == pytest.approx(0.7)
-    assert vlmeval.loc[("tcc", "positions=renumber"), "prefill s"] == pytest.approx(0.6)
+    assert vlmeval.loc[("tcc", ""), "prefill s"] == pytest.approx(0.7 + SELECT_S)
+    assert vlmeval.loc[("tcc", "positions=renumber"), "prefill s"] == pytest.approx(0.6 + SELECT_S)
     assert "newest of" not in " ".join(vlmeval["note"])
     lmms_table = tables["lmms_eval"].set_index(["method", "variant"])
     assert lmms_table.loc[("fastv", ""), "mme"] == pytest.approx(1800.0)
@@ -711,16 +732,17 @@ def test_batched_records_count_each_sample(tmp_path):
     summed = []
     for pair in (samples[:2], samples[2:]):
         record = dict(pair[0], index=[r["index"] for r in pair], batch_size=2, new_tokens=1)
-        for name in ("visual_before", "visual_after", "seq_before", "seq_after", "prefill_s", "compressor_s",
-                     "total_s", "kv_cache_bytes", "visual_kv_cache_bytes"):
+        for name in ("visual_before", "visual_after", "seq_before", "seq_after", "prefill_s", "vision_s", "select_s",
+                     "total_s", "kv_cache_bytes", "visual_kv_cache_bytes", "visual_flops", "visual_flops_full"):
             record[name] = sum(r[name] for r in pair)
         summed.append(record)
     batched.mkdir()
     (batched / "a_efficiency.jsonl").write_text("\n".join(json.dumps(r) for r in summed) + "\n")
     tables = {name: aggregate(folder).efficiency.set_index("dataset").loc["ALL"] for name, folder in
               (("single", single), ("batched", batched))}
-    columns = ["samples", "prefill_s_mean", "total_s_mean", "kv_cache_mb_mean", "visual_kv_mb_mean",
-               "visual_before_mean", "visual_after_mean", "measured_retention", "seq_before_mean"]
+    columns = ["samples", "prefill_s_mean", "prefill_with_select_s_mean", "total_s_mean", "kv_cache_mb_mean",
+               "visual_kv_mb_mean", "visual_before_mean", "visual_after_mean", "measured_retention",
+               "seq_before_mean", "flops_ratio"]
     assert tables["batched"]["samples"] == 4
     assert tables["batched"][columns].astype(float).tolist() == pytest.approx(
         tables["single"][columns].astype(float).tolist())
@@ -733,3 +755,35 @@ def test_records_without_an_index_are_all_counted(tmp_path):
              for index in (None, None, 7, 7)]
     (tmp_path / "a_efficiency.jsonl").write_text("\n".join(lines) + "\n")
     assert aggregate(tmp_path).efficiency.set_index("dataset").loc["ALL", "samples"] == 3
+
+
+def test_flops_ratio_sums_the_samples_and_older_records_are_flagged(tmp_path):
+    """FLOPs are summed per sample (the n^2 attention term makes FLOPs at the mean token count wrong for mixed
+    image / video runs); a run with records on datasets its vanilla has none on is flagged; records of
+    earlier versions fall back to the mean token count and the prefill without selection, and say so."""
+    shape = LLM_SHAPES["qwen2-vl-7b"]
+    work = tmp_path / "w"
+    runs = {"Qwen2VL7B_Vanilla": ("none", 1.0), "Qwen2VL7B_TCC25": ("tcc", 0.25)}
+    for name, (method, ratio) in runs.items():
+        write_mcq_acc(work / name / f"{name}_MMStar_acc.csv", 50)
+        lines = [efficiency_line(name, "vlmeval", "MMStar", i, method, ratio, "Qwen2VL7B", n, round(n * ratio), 1, 2)
+                 for i, n in enumerate((500, 8000))]
+        (work / name / f"{name}_MMStar_efficiency.jsonl").write_text("\n".join(lines) + "\n")
+    row = aggregate(work).tables["vlmeval"].set_index("method").loc["tcc"]
+    full = sum(visual_flops(n, shape.hidden, shape.intermediate, shape.layers) for n in (500, 8000))
+    kept = sum(visual_flops(n, shape.hidden, shape.intermediate, shape.layers) for n in (125, 2000))
+    assert row["FLOPs ratio"] == pytest.approx(kept / full) and row["note"] == ""
+    assert abs(flops_ratio(4250, 0.25, shape, "tcc") - kept / full) > 0.01  # what the mean token count gives
+
+    name = "Qwen2VL7B_TCC25"
+    (work / name / f"{name}_MMStar_efficiency.jsonl").write_text(
+        "\n".join(efficiency_line(name, "vlmeval", "MMStar", i, "tcc", 0.25, "Qwen2VL7B", 1000, 250, 1, 2,
+                                  legacy=True) for i in range(2)) + "\n")
+    (work / name / f"{name}_MME_efficiency.jsonl").write_text(
+        efficiency_line(name, "vlmeval", "MME", 0, "tcc", 0.25, "Qwen2VL7B", 1000, 250, 1, 2, legacy=True) + "\n")
+    row = aggregate(work).tables["vlmeval"].set_index("method").loc["tcc"]
+    assert row["FLOPs ratio"] == pytest.approx(flops_ratio(1000, 0.25, shape, "tcc"))
+    assert row["prefill s"] == pytest.approx(1.0)
+    for note in ("FLOPs ratio at the mean visual token count", "prefill s without the method's selection step",
+                 "efficiency over 2 dataset(s), vanilla's over 1"):
+        assert note in row["note"], row["note"]

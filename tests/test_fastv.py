@@ -358,3 +358,21 @@ def test_inside_llm_batch_times_every_samples_prefill(loaded, monkeypatch):
     pruned.generate(**batch, max_new_tokens=2, do_sample=False)
     assert len(timers) == 2 and all(timer.seconds > 0 for timer in timers)
     assert pruned.last_stats["prefill_s"] == pytest.approx(sum(timer.seconds for timer in timers))
+
+
+def test_records_time_the_selection_and_count_the_samples_flops(loaded):
+    """Each call's record splits the vision tower from the method's own selection step, and its visual FLOPs
+    equal the theoretical formula for that sample: input-stage pruning (a0) selects before the LLM, FastV
+    ranks inside it (select_s 0, its first K layers at full length)."""
+    from tcc_eval.flops import flops_ratio, shape_from_config
+
+    model, processor = loaded["qwen2_vl"]
+    inputs = model_inputs(processor, messages_for("image"))
+    shape = shape_from_config(model.config.get_text_config())
+    for method, options, kind in (("a0", {}, "tcc"), ("fastv", {"fastv_k": 1, "match": "kept"}, "fastv")):
+        pruned = wrap_model(model, method=method, keep_ratio=0.5, **options)
+        pruned.generate(**inputs, max_new_tokens=1, do_sample=False)
+        stats = pruned.last_stats
+        assert stats["vision_s"] > 0 and (stats["select_s"] > 0) == (method == "a0"), stats
+        expected = flops_ratio(stats["visual_before"], 0.5, shape, kind, fastv_k=1)
+        assert stats["visual_flops"] / stats["visual_flops_full"] == pytest.approx(expected, rel=1e-12)

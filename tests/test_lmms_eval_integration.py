@@ -24,7 +24,7 @@ TASKS = ["tccsynth_img", "tccsynth_vid"]
 LIMIT = 4
 SYNTH_N = "8"
 RECORD_KEYS = {"model", "framework", "dataset", "index", "method", "keep_ratio", "base_model", "visual_before",
-               "visual_after", "seq_before", "seq_after", "prefill_s", "compressor_s", "total_s", "kv_cache_bytes",
+               "visual_after", "seq_before", "seq_after", "prefill_s", "vision_s", "select_s", "total_s", "kv_cache_bytes",
                "new_tokens", "method_options"}
 
 

@@ -31,7 +31,7 @@ from tcc_eval.vila.processing_vila import CHAT_TEMPLATES
 
 N = 4  # samples per synthetic set and run
 RECORD_KEYS = {"model", "framework", "dataset", "index", "method", "keep_ratio", "base_model", "visual_before",
-               "visual_after", "seq_before", "seq_after", "prefill_s", "compressor_s", "total_s", "kv_cache_bytes",
+               "visual_after", "seq_before", "seq_after", "prefill_s", "vision_s", "select_s", "total_s", "kv_cache_bytes",
                "new_tokens", "method_options"}
 GREEDY = {"max_new_tokens": 8, "temperature": 0, "top_p": None, "num_beams": 1, "do_sample": False}
 

@@ -30,7 +30,7 @@ MODELS = ("TQwen_Vanilla", "TQwen_TCC100", "TQwen_TCC50", "TLlava_Vanilla", "TLl
 DATASETS = ("TCCSynth_IMG", "TCCSynth_VID")
 RECORD_KEYS = {
     "model", "framework", "dataset", "index", "method", "keep_ratio", "base_model", "visual_before", "visual_after",
-    "seq_before", "seq_after", "prefill_s", "compressor_s", "total_s", "kv_cache_bytes", "new_tokens", "method_options",
+    "seq_before", "seq_after", "prefill_s", "vision_s", "select_s", "total_s", "kv_cache_bytes", "new_tokens", "method_options",
 }
 
 
