@@ -35,10 +35,16 @@ def default_dtype(device: torch.device, dtype: str | torch.dtype | None = None) 
 
 
 def on_model_device(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Processor outputs moved to the model's device, floating ones (pixels) in its dtype."""
+    """Processor outputs moved to the model's device, the pixels in its dtype."""
     param = next(model.parameters())
-    return {k: v.to(param.device, param.dtype) if torch.is_floating_point(v) else v.to(param.device)
+    return {k: v.to(param.device, param.dtype) if is_pixel_input(k, v) else v.to(param.device)
             for k, v in inputs.items()}
+
+
+def is_pixel_input(name: str, value: torch.Tensor) -> bool:
+    """Pixel tensors take the model's dtype; other floating inputs keep theirs (Qwen2.5-VL's
+    ``second_per_grid_ts`` in bf16 moves temporal position ids: 5.837 s per patch becomes 5.844)."""
+    return name.startswith("pixel_values") and torch.is_floating_point(value)
 
 
 def local_folder(model_path: str | os.PathLike) -> str:
@@ -213,33 +219,51 @@ def wrap_model(
                             positions=positions)
 
 
-def read_video_frames(path: str | os.PathLike, num_frames: int = 8) -> list:
-    """Uniformly sample ``num_frames`` frames of a video file with decord (PIL images)."""
+def read_video(path: str | os.PathLike, num_frames: int = 8) -> tuple[list, Any]:
+    """``num_frames`` frames sampled uniformly from a video file with decord (PIL images), and their
+    ``VideoMetadata``: Qwen2.5-VL spaces its temporal position ids by the sampled frame rate, and a processor
+    handed bare frames assumes 24 fps, which puts a whole clip's frames on one or two temporal ids."""
     import decord
     from PIL import Image
+    from transformers.video_utils import VideoMetadata
 
     reader = decord.VideoReader(str(path))
     count = len(reader)
     if count == 0:
         raise ValueError(f"video {path!r} has no frames")
-    indices = [min(count - 1, int((i + 0.5) * count / num_frames)) for i in range(min(num_frames, count))]
-    return [Image.fromarray(frame) for frame in reader.get_batch(indices).asnumpy()]
+    indices = uniform_indices(count, num_frames)
+    fps = float(reader.get_avg_fps())
+    metadata = VideoMetadata(total_num_frames=count, fps=fps, frames_indices=indices, duration=count / fps)
+    return [Image.fromarray(frame) for frame in reader.get_batch(indices).asnumpy()], metadata
 
 
-def frames_for_videos(messages: list[dict], num_frames: int) -> list[dict]:
-    """Replace video paths by decoded frames (transformers' own decoder needs torchcodec)."""
-    out = []
+def uniform_indices(total: int, count: int) -> list[int]:
+    """Frame ``i`` of ``count`` from the middle of its equal share of ``total`` frames (all of a short video)."""
+    if total <= count:
+        return list(range(total))
+    return [int((i + 0.5) * total / count) for i in range(count)]
+
+
+def frames_for_videos(messages: list[dict], num_frames: int) -> tuple[list[dict], dict[str, Any]]:
+    """Replace video paths by decoded frames (transformers' own decoder needs torchcodec); returns the messages
+    and the processor options that tell it the frames' timing (none unless every video came from a file)."""
+    out, metadata, given_frames = [], [], False
     for message in messages:
         content = message.get("content")
         if isinstance(content, list):
-            content = [
-                {**part, "video": read_video_frames(part["video"], num_frames)}
-                if part.get("type") == "video" and isinstance(part.get("video"), (str, os.PathLike))
-                else part
-                for part in content
-            ]
+            parts = []
+            for part in content:
+                if part.get("type") == "video" and isinstance(part.get("video"), (str, os.PathLike)):
+                    frames, meta = read_video(part["video"], num_frames)
+                    parts.append({**part, "video": frames})
+                    metadata.append(meta)
+                else:
+                    given_frames |= part.get("type") == "video"
+                    parts.append(part)
+            content = parts
         out.append({**message, "content": content})
-    return out
+    options = {"video_metadata": metadata, "do_sample_frames": False} if metadata and not given_frames else {}
+    return out, options
 
 
 class CompressedMLLM:
@@ -264,9 +288,9 @@ class CompressedMLLM:
 
     def prepare(self, messages: list[dict]) -> dict[str, torch.Tensor]:
         """Chat messages (images as PIL or paths, video as frames or a path) -> model inputs."""
-        inputs = self.processor.apply_chat_template(
-            frames_for_videos(messages, self.num_frames), add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
-        )
+        messages, video_options = frames_for_videos(messages, self.num_frames)
+        inputs = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                                    return_dict=True, return_tensors="pt", **video_options)
         return on_model_device(self.model, {k: v for k, v in inputs.items() if isinstance(v, torch.Tensor)})
 
     def generate(self, messages: list[dict], max_new_tokens: int = 32, **gen_kwargs: Any) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import messages_for, model_inputs
+from conftest import FAMILIES, messages_for, model_inputs
 import tcc_eval
 
 
@@ -68,19 +68,39 @@ def test_text_only_prompt_passes_through(loaded):
     assert pruned.last_selection.visual_before == [0]
 
 
-def test_video_as_path(tiny_checkpoints, tmp_path):
+@pytest.mark.parametrize("family", FAMILIES)
+def test_video_as_path(tiny_checkpoints, tmp_path, family):
+    """A video file is decoded here with its timing: Qwen2.5-VL's temporal ids follow the sampled frame rate
+    (16 frames of a 2 fps clip, 8 read: one read frame per second, a temporal patch of 2 frames = 2 s), not
+    the 24 fps a processor assumes for bare frames, which put a patch at 0.083 s and the clip on 2 ids."""
     import cv2
     import numpy as np
 
     path = str(tmp_path / "clip.mp4")
     writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), 2, (56, 56))
-    for i in range(8):
-        writer.write(np.full((56, 56, 3), 30 * i, dtype=np.uint8))
+    for i in range(16):
+        writer.write(np.full((56, 56, 3), 15 * i, dtype=np.uint8))
     writer.release()
-    mllm = tcc_eval.load(tiny_checkpoints["llava_onevision"], method="a0", keep_ratio=0.5)
+    mllm = tcc_eval.load(tiny_checkpoints[family], method="a0", keep_ratio=0.5)
     msgs = [{"role": "user", "content": [{"type": "video", "video": path}, {"type": "text", "text": "What appeared?"}]}]
+    inputs = mllm.prepare(msgs)
+    if family == "qwen2_5_vl":
+        assert inputs["second_per_grid_ts"].tolist() == pytest.approx([2.0])
     mllm.generate(msgs, max_new_tokens=2)
     assert mllm.last_selection.visual_before[0] > 0
+
+
+def test_only_pixels_take_the_model_dtype():
+    """In bf16, Qwen2.5-VL's seconds per temporal patch would move its temporal position ids (5.837 -> 5.844)."""
+    from tcc_eval.api import on_model_device
+
+    model = torch.nn.Linear(2, 2).to(torch.bfloat16)
+    inputs = {"pixel_values": torch.rand(4, 3), "pixel_values_videos": torch.rand(4, 3),
+              "second_per_grid_ts": torch.tensor([5.837]), "input_ids": torch.tensor([[1, 2]])}
+    moved = on_model_device(model, inputs)
+    assert moved["pixel_values"].dtype == moved["pixel_values_videos"].dtype == torch.bfloat16
+    assert moved["second_per_grid_ts"].dtype == torch.float32 and moved["input_ids"].dtype == torch.long
+    assert moved["second_per_grid_ts"].item() == pytest.approx(5.837)
 
 
 def test_tcc_without_compressor_fails_before_loading(tmp_path):

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from ..api import on_model_device, read_video, uniform_indices
 from ..oracle import METHOD_RULE, RELEVANCE_RULES, explain_inputs
 
 HELP = "generate training labels (oracle relevance) with an MLLM"
@@ -191,35 +192,32 @@ def load_image(ref: str, base_dir: Path) -> Image.Image:
         raise ValueError(f"image {ref[:60]!r} is neither an existing file nor base64 image data") from err
 
 
-def uniform_indices(total: int, count: int) -> list[int]:
-    if total <= count:
-        return list(range(total))
-    return [int((i + 0.5) * total / count) for i in range(count)]
-
-
-def load_video(ref: str, base_dir: Path, num_frames: int) -> list[Image.Image]:
-    """Frames of a frames folder (sorted image files) or a video file, uniformly subsampled."""
+def load_video(ref: str, base_dir: Path, num_frames: int) -> tuple[list[Image.Image], Any]:
+    """Frames of a frames folder (sorted image files) or a video file, uniformly subsampled, and the video's
+    ``VideoMetadata`` (None for a folder: its frame rate is unknown)."""
     path = Path(ref) if os.path.isabs(ref) else base_dir / ref
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
             raise ValueError(f"frames folder {path} holds no images")
-        return [Image.open(files[i]).convert("RGB") for i in uniform_indices(len(files), num_frames)]
+        return [Image.open(files[i]).convert("RGB") for i in uniform_indices(len(files), num_frames)], None
     if not path.is_file():
         raise FileNotFoundError(f"video {path} does not exist")
-    import decord
-
-    reader = decord.VideoReader(str(path))
-    frames = reader.get_batch(uniform_indices(len(reader), num_frames)).asnumpy()
-    return [Image.fromarray(f) for f in frames]
+    return read_video(path, num_frames)
 
 
-def messages_for(sample: Sample, num_frames: int) -> list[dict]:
+def messages_for(sample: Sample, num_frames: int) -> tuple[list[dict], dict[str, Any]]:
+    """The sample as chat messages, and the processor options that give a video file's frames their timing
+    (as ``CompressedMLLM.prepare`` does at inference)."""
+    options: dict[str, Any] = {}
     if sample.video is not None:
-        content = [{"type": "video", "video": load_video(sample.video, sample.base_dir, num_frames)}]
+        frames, metadata = load_video(sample.video, sample.base_dir, num_frames)
+        content = [{"type": "video", "video": frames}]
+        if metadata is not None:
+            options = {"video_metadata": [metadata], "do_sample_frames": False}
     else:
         content = [{"type": "image", "image": load_image(ref, sample.base_dir)} for ref in sample.images]
-    return [{"role": "user", "content": content + [{"type": "text", "text": sample.prompt()}]}]
+    return [{"role": "user", "content": content + [{"type": "text", "text": sample.prompt()}]}], options
 
 
 def dataset_modality(samples: list[Sample]) -> str:
@@ -317,15 +315,10 @@ def prepare_meta(out: Path, meta: dict[str, Any]) -> None:
 
 def label_sample(model, processor, sample: Sample, args: argparse.Namespace, meta: dict) -> dict[str, Any]:
     """Answer one sample; explain the answer when it is right (or --keep-all). Returns the record."""
-    inputs = processor.apply_chat_template(
-        messages_for(sample, args.num_frames), add_generation_prompt=True, tokenize=True, return_dict=True,
-        return_tensors="pt",
-    )
-    param = next(model.parameters())
-    inputs = {
-        k: (v.to(param.device, param.dtype) if torch.is_floating_point(v) else v.to(param.device))
-        for k, v in inputs.items() if isinstance(v, torch.Tensor)
-    }
+    messages, video_options = messages_for(sample, args.num_frames)
+    inputs = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True,
+                                           return_tensors="pt", **video_options)
+    inputs = on_model_device(model, {k: v for k, v in inputs.items() if isinstance(v, torch.Tensor)})
     with torch.no_grad():
         out = model.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=False)
     new_tokens = out[0, inputs["input_ids"].shape[1]:]

@@ -63,8 +63,8 @@ class _ToDevice:
     def _move(self, batch):
         for key, value in batch.items():
             if isinstance(value, torch.Tensor):
-                floating = torch.is_floating_point(value)
-                batch[key] = value.to(self._device, self._dtype) if floating else value.to(self._device)
+                pixels = api.is_pixel_input(key, value)
+                batch[key] = value.to(self._device, self._dtype) if pixels else value.to(self._device)
         return batch
 
 
