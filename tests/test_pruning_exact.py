@@ -9,7 +9,7 @@ from conftest import FAMILIES, QWEN_FAMILIES, messages_for, model_inputs
 from tcc_eval import wrap_model
 from tcc_eval.probe import attention_rows
 
-KINDS = ("image", "multi_image", "video")
+KINDS = ("image", "multi_image", "video", "image_and_video")
 
 
 def original_positions(model, family: str, inputs: dict) -> torch.Tensor:
@@ -45,7 +45,7 @@ def test_keep_all_equals_vanilla(loaded, family, kind):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("kind", ("image", "video"))
+@pytest.mark.parametrize("kind", ("image", "video", "image_and_video"))
 @pytest.mark.parametrize("ratio", (0.5, 0.25))
 @pytest.mark.parametrize("method", ("random", "a0", "divprune", "uniform"))
 def test_pruned_equals_masked_reference(loaded, family, kind, ratio, method):

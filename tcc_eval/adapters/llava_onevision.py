@@ -47,6 +47,14 @@ class LlavaOnevisionAdapter(MLLMAdapter):
             front_end["image_newlines"] = [int((f == newline.to(f)).all(dim=-1).sum())
                                            for f in image_outputs.pooler_output]
             inputs["mm_encoder_outputs"] = {"image": image_outputs}
+            pixel_values_videos = inputs.pop("pixel_values_videos", None)
+            if pixel_values_videos is not None:  # the model takes encoder outputs for all media or for none
+                inputs["mm_encoder_outputs"]["video"] = self.model.model.get_video_features(
+                    pixel_values_videos,
+                    vision_feature_layer=cfg.vision_feature_layer,
+                    vision_feature_select_strategy=cfg.vision_feature_select_strategy,
+                    return_dict=True,
+                )
         self.model.model(**inputs, use_cache=False)
 
     def media(self, row: torch.Tensor, images: Iterator[tuple[int, int]]) -> list[tuple[int, str, int, int]]:
