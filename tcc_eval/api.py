@@ -98,8 +98,11 @@ def load_hf_model(model_path: str | os.PathLike, device: torch.device, dtype: to
     if model_type == "vila":  # not a transformers model: assembled from its llm/, vision_tower/, mm_projector/
         from .vila import VilaForConditionalGeneration, VilaProcessor
 
-        model = VilaForConditionalGeneration.from_pretrained(model_path, dtype=dtype, device=device, attn_implementation=attn)
-        return model.eval(), VilaProcessor.from_pretrained(model_path)
+        model = VilaForConditionalGeneration.from_pretrained(model_path, dtype=dtype, device=device,
+                                                            attn_implementation=attn)
+        processor = VilaProcessor.from_pretrained(model_path)
+        processor.end_answers_at_template_stop(model)
+        return model.eval(), processor
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     model = AutoModelForImageTextToText.from_pretrained(model_path, dtype=dtype, attn_implementation=attn)

@@ -304,15 +304,18 @@ def draft_answer(view: SampleView, max_answer_tokens: int) -> torch.Tensor:
         view.inputs_embeds, view.attention_mask, view.position_ids, view.input_ids[None],
         max_new_tokens=max_answer_tokens, do_sample=False,
     )[0]
+    answer = answer_tokens(model, new)
+    return answer if answer.numel() else new[:1]
+
+
+def answer_tokens(model: nn.Module, new_tokens: torch.Tensor) -> torch.Tensor:
+    """Generated ids up to the first EOS / padding token."""
     stop = {model.generation_config.pad_token_id}
     eos = model.generation_config.eos_token_id
     stop.update(eos if isinstance(eos, list) else [eos])
-    keep = []
-    for token in new.tolist():
-        if token in stop:
-            break
-        keep.append(token)
-    return torch.tensor(keep or new[:1].tolist(), dtype=torch.long, device=new.device)
+    ids = new_tokens.tolist()
+    end = next((i for i, t in enumerate(ids) if t in stop), len(ids))
+    return new_tokens[:end]
 
 
 def single_view(model: nn.Module, inputs: dict[str, torch.Tensor]) -> SampleView:

@@ -216,7 +216,15 @@ def test_vlmeval_vanilla_matches_vlmevalkit_vila(tiny_vila, vila_processor, tmp_
     assert {k: theirs[k] for k in settings} == {k: mine[k] for k in settings} == dict(zip(settings, (False, 8, 1, True)))
     assert (theirs["temperature"], theirs["top_p"]) == (0, None) and "temperature" not in mine  # inert when greedy
     assert upstream_model.keywords == ["<|eot_id|>"]  # upstream stops at the llama_3 separator, so do we
-    assert vila_processor.tokenizer.convert_tokens_to_ids("<|eot_id|>") in mine["eos_token_id"]
+    eot = vila_processor.tokenizer.convert_tokens_to_ids("<|eot_id|>")
+    assert eot in mine["eos_token_id"]
+    # the checkpoint's LLM config lists no <|eot_id|>: the model's own EOS ids gain it, so that a generate with no
+    # EOS of its own (the oracle's draft answer) stops there too
+    from tcc_eval.vila import VilaForConditionalGeneration
+
+    raw = VilaForConditionalGeneration.from_pretrained(tiny_vila).generation_config.eos_token_id
+    assert eot not in (raw if isinstance(raw, list) else [raw])
+    assert eot in ours.hf_model.generation_config.eos_token_id
 
 
 def test_vlmeval_scores_a_multi_image_prompt_as_every_entry_point_does(tiny_vila, tmp_path):

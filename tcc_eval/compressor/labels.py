@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 
 from ..api import on_model_device, read_video, uniform_indices
-from ..oracle import METHOD_RULE, RELEVANCE_RULES, explain_inputs
+from ..oracle import METHOD_RULE, RELEVANCE_RULES, answer_tokens, explain_inputs
 
 HELP = "generate training labels (oracle relevance) with an MLLM"
 DESCRIPTION = """\
@@ -273,16 +273,6 @@ def pick_device(requested: str | None) -> torch.device:
     from ..api import default_device
 
     return default_device()
-
-
-def answer_tokens(model: Any, new_tokens: torch.Tensor) -> torch.Tensor:
-    """Generated ids up to the first EOS / padding token."""
-    stop = {model.generation_config.pad_token_id}
-    eos = model.generation_config.eos_token_id
-    stop.update(eos if isinstance(eos, list) else [eos])
-    ids = new_tokens.tolist()
-    end = next((i for i, t in enumerate(ids) if t in stop), len(ids))
-    return new_tokens[:end]
 
 
 def write_json(path: Path, data: dict) -> None:

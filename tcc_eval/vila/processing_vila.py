@@ -280,6 +280,17 @@ class VilaProcessor:
         ids = [self.tokenizer.convert_tokens_to_ids(self.template.stop), self.tokenizer.eos_token_id]
         return sorted({i for i in ids if isinstance(i, int) and i != self.tokenizer.unk_token_id})
 
+    def end_answers_at_template_stop(self, model) -> None:
+        """Add the template's stop token to the model's EOS ids. VILA's evaluation stops at the template's
+        separator (a keyword criterion), which the LLM's generation config need not list (Llama-3's
+        <|eot_id|>); with it there, every generate that passes no EOS of its own (the oracle's draft answer,
+        compressor labels, ``tcc_eval.load``) ends an answer where the frameworks do."""
+        config = model.generation_config
+        eos = config.eos_token_id
+        known = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
+        if not set(self.stop_token_ids) <= known:
+            config.eos_token_id = sorted(known | set(self.stop_token_ids))
+
     def batch_decode(self, *args, **kwargs) -> list[str]:
         return self.tokenizer.batch_decode(*args, **kwargs)
 

@@ -315,6 +315,7 @@ class VilaBaseline(lmms):
         self._model = VilaForConditionalGeneration.from_pretrained(
             folder, dtype=default_dtype(self._device, dtype), device=self._device, attn_implementation=attn_implementation)
         self.processor = VilaProcessor.from_pretrained(folder, conv_mode=conv_template)  # None: the checkpoint's
+        self.processor.end_answers_at_template_stop(self._model)  # the oracle's draft answer stops where we do
         self._config, self._dtype = self._model.config, self._model.dtype
         self.max_frames_num = int(max_frames_num)
         self.batch_size_per_gpu = int(batch_size)  # requests run one at a time, as upstream

@@ -361,7 +361,9 @@ class TCCVILA(TCCModelMixin, VilaChat):
         """VILA1.5 folders are read part by part (a hub id is downloaded first); the processor gets the template."""
         model, processor = api.load_hf_model(local_folder(self.model_path), self.device, self.dtype, attn=attn)
         conv_mode = self._conv_mode_arg or vlmeval_vila_conv_mode(self.model_path)
-        return model, VilaProcessor(processor.tokenizer, processor.image_spec, processor.config, conv_mode)
+        processor = VilaProcessor(processor.tokenizer, processor.image_spec, processor.config, conv_mode)
+        processor.end_answers_at_template_stop(model)  # the oracle's draft answer stops where this wrapper does
+        return model, processor
 
 
 # Qwen2.5-VL checkpoints run through Qwen2VLChat in VLMEvalKit too (it picks the model class from the config).
