@@ -332,23 +332,19 @@ def test_results_cli_exit_codes(tmp_path, capsys):
     assert "covers tasks" in capsys.readouterr().err
 
 
-def test_batch_records_name_their_docs_or_none():
-    """A batched call's record lists its docs; where upstream built every doc of the batch through the first
-    request's doc_to_visual (qwen2_5_vl), the docs cannot be told apart and the record says none, not a wrong one."""
+@pytest.mark.parametrize("family,wrapper", [("qwen2_vl", "Qwen2VLTCC"), ("qwen2_5_vl", "Qwen25VLTCC")])
+def test_batch_records_name_their_docs(family, wrapper, tiny_checkpoints, task_manager, tmp_path):
+    """A batched call's record names its batch's docs, every doc once, told by the docs upstream read: qwen2_5_vl
+    builds every doc of a batch through the first request's callable, so the callables cannot tell them."""
     from tcc_eval.integrations.lmms_eval import models
 
-    written = []
-
-    class Log:
-        def write(self, task, index, stats, batch_size):
-            written.append((task, index, batch_size))
-
-    ours = object.__new__(models.Qwen25VLTCC)
-    ours.efficiency = Log()
-    for pending in ([("mme", 3), ("mme", 4)], [("mme", 5), ("mme", 5)], [("mme", 6)]):
-        ours._pending_docs = list(pending)
-        ours._record({}, len(pending))
-    assert written == [("mme", [3, 4], 2), ("mme", None, 2), ("mme", 6, 1)]
+    ours = getattr(models, wrapper)(pretrained=tiny_checkpoints[family], device="cpu", method="none", batch_size=2,
+                                    efficiency_dir=str(tmp_path))
+    evaluate(ours, ["tccsynth_img"], task_manager)
+    (path,) = tmp_path.glob(f"{ours.model_id}_*_none-100_tccsynth_img_efficiency.jsonl")
+    records = read_records(path)
+    assert [r["batch_size"] for r in records] == [2] * (LIMIT // 2)
+    assert sorted(doc for r in records for doc in r["index"]) == list(range(LIMIT))
 
 
 def test_efficiency_files_are_named_by_the_global_rank(tiny_checkpoints, monkeypatch, tmp_path):

@@ -32,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import os
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -121,7 +122,6 @@ class TCCWrapperMixin:
     """Shared by every wrapper: pop our args, build the parent, swap its model, log efficiency."""
 
     model_id: str  # the --model name, recorded in the efficiency records
-    doc_fn_arg: int  # position of the per-doc callable (doc_to_visual / doc_to_messages) in a request
 
     def __init__(self, **kwargs: Any) -> None:
         settings = TCCSettings.pop_from(kwargs, self.model_id)
@@ -172,44 +172,60 @@ class TCCWrapperMixin:
 
     # --- per-sample records -------------------------------------------------------------------------
     def generate_until(self, requests: list) -> list:
-        """Upstream ``generate_until`` on requests whose doc callable notes which doc is being built,
-        so each ``generate`` call can be attributed to its (task, doc_id). Multi-round generation is not
-        wrapped: its records carry no index."""
-        return super().generate_until([self._tracked(request) for request in requests])
-
-    def _tracked(self, request):
-        fn = request.arguments[self.doc_fn_arg]
-        if not callable(fn):
-            return request
-        key = (request.task_name, request.doc_id)
-
-        def tracked(*args: Any, **kwargs: Any):
-            self._pending_docs.append(key)
-            return fn(*args, **kwargs)
-
-        arguments = request.arguments[: self.doc_fn_arg] + (tracked,) + request.arguments[self.doc_fn_arg + 1 :]
-        return dataclasses.replace(request, arguments=arguments)
+        """Upstream ``generate_until`` reading its docs through ``_NotingDocs``, so each ``generate`` call can be
+        attributed to its (task, doc_id)s. Multi-round generation is not wrapped: its records carry no index."""
+        docs = self.task_dict
+        self.task_dict = _NotingDocs(docs, (), self._pending_docs.append)
+        try:
+            return super().generate_until(requests)
+        finally:
+            self.task_dict = docs
 
     def _record(self, stats: dict[str, Any], batch_size: int) -> None:
-        # upstream builds every doc of a batch right before its generate call: the last ones are this call's
+        # upstream reads every doc of a batch right before its generate call: the last ones are this call's
         docs = self._pending_docs[-batch_size:]
         self._pending_docs.clear()
         task = docs[0][0] if docs else None
         if batch_size == 1:
             index = docs[0][1] if docs else None
-        elif len(set(docs)) < len(docs):
-            # upstream qwen2_5_vl builds every doc of a batch through the first request's doc_to_visual, so the
-            # docs cannot be told apart: no index rather than a wrong one (the costs are the batch's all the same)
+        elif len(set(docs)) < len(docs):  # a doc read twice: no index rather than a wrong one (costs still count)
             index = None
         else:
             index = [doc_id for _, doc_id in docs]
         self.efficiency.write(task, index, stats, batch_size)
 
 
+class _NotingDocs:
+    """lmms-eval's ``task_dict`` ({task: {split: dataset}}) that notes every doc read as ``[task][split][doc_id]``.
+    Upstream wrappers read a batch's docs right before its generate call, one by one, some through the first
+    request's callable (qwen2_5_vl, chat llava_hf), so the docs read tell which docs a call served where the
+    callables cannot."""
+
+    def __init__(self, data: Any, path: tuple, note: Callable[[tuple[str, Any]], None]):
+        self._data, self._path, self._note = data, path, note
+
+    def __getitem__(self, key: Any) -> Any:
+        value = self._data[key]
+        if len(self._path) == 2:  # [task][split][doc_id]
+            self._note((self._path[0], key))
+            return value
+        return _NotingDocs(value, (*self._path, key), self._note)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._data, name)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __iter__(self):
+        return iter(self._data)
+
+    def __contains__(self, key: Any) -> bool:
+        return key in self._data
+
+
 class _QwenTCC(TCCWrapperMixin):
     """What both Qwen wrappers need on top of the mixin: ``dtype=`` casts after loading (upstream picks the dtype)."""
-
-    doc_fn_arg = 2  # (ctx, gen_kwargs, doc_to_visual, doc_id, task, split)
 
     def __init__(self, **kwargs: Any) -> None:
         self._cast_dtype = kwargs.pop("dtype", None)
@@ -257,13 +273,10 @@ class _LlavaHfTCC(TCCWrapperMixin):
 class LlavaOneVisionTCC(_LlavaHfTCC, UpstreamLlavaHf):
     """``--model llava_onevision_tcc --force_simple``: upstream simple ``llava_hf`` with a pruned model."""
 
-    doc_fn_arg = 2  # (ctx, gen_kwargs, doc_to_visual, doc_id, task, split)
-
 
 class LlavaOneVisionTCCChat(_LlavaHfTCC, UpstreamLlavaHfChat):
     """``--model llava_onevision_tcc``: upstream chat ``llava_hf`` (its default) with a pruned model."""
 
-    doc_fn_arg = 1  # (ctx, doc_to_messages, gen_kwargs, doc_id, task, split)
 
 
 class VilaBaseline(lmms):
@@ -398,7 +411,6 @@ class VilaTCC(TCCWrapperMixin, VilaBaseline):
     """``--model vila_tcc``: ``VilaBaseline`` (upstream ``vila``'s prompts) with a pruned model."""
 
     model_id = "vila_tcc"
-    doc_fn_arg = 2  # (ctx, gen_kwargs, doc_to_visual, doc_id, task, split)
 
     def __init__(self, **kwargs: Any) -> None:
         kwargs.setdefault("pretrained", DEFAULT_VILA)  # recorded as base_model
