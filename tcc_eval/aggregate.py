@@ -900,17 +900,29 @@ class Tables:
     files: list[Path]
 
 
+class NoResultsError(ValueError):
+    """Nothing to aggregate, or nowhere safe to write: the tables are left as they are."""
+
+
+def _is_results_file(path: Path) -> bool:
+    return path.name.endswith((*VLMEVAL_SUFFIXES, "_results.json", EFFICIENCY_SUFFIX))
+
+
 def aggregate(results_dir: Path | str, out_dir: Path | str | None = None,
               options: TableOptions | None = None) -> Tables:
     """Read every results file under results_dir and write the tables into out_dir (default
     results_dir/tables). Never writes anywhere else."""
     root = Path(results_dir)
     if not root.is_dir():
-        raise FileNotFoundError(f"results directory {root} does not exist or is not a directory")
+        what = "is a file, not a directory" if root.exists() else "does not exist"
+        raise FileNotFoundError(f"results directory {root} {what}")
     out = Path(out_dir) if out_dir is not None else root / "tables"
     options = options or TableOptions()
     skip = out.resolve() if out.resolve().is_relative_to(root.resolve()) else None
     root = root.resolve()
+    if skip is not None and any(_is_results_file(path) for path in _walk(skip, None)):
+        raise NoResultsError(f"the output folder {out} holds results files, which the tables would leave out: "
+                             f"write the tables to a folder without results (default: {root / 'tables'})")
 
     scores = read_vlmeval(root, skip) + read_lmms(root, skip)
     summary = pair_with_vanilla(_to_display(scores))
@@ -920,9 +932,10 @@ def aggregate(results_dir: Path | str, out_dir: Path | str | None = None,
         key=lambda col: col.map(lambda m: "%02d%s" % _method_rank(m)) if col.name == "method" else col,
     )[SUMMARY_COLUMNS]
     efficiency = summarize_efficiency(read_efficiency(root, skip))
-    if summary.empty and efficiency.empty:
-        log.warning("no results found under %s (looked for *%s, *_results.json, *%s)", root,
-                    ", *".join(VLMEVAL_SUFFIXES), EFFICIENCY_SUFFIX)
+    if summary.empty and efficiency.empty:  # write nothing: the tables of an earlier aggregation stay
+        raise NoResultsError(f"no results found under {root} (looked for *{', *'.join(VLMEVAL_SUFFIXES)}, "
+                             f"*_results.json, *{EFFICIENCY_SUFFIX}); nothing was written. Pass the VLMEvalKit "
+                             f"--work-dir or lmms-eval --output_path (or a folder above them)")
 
     out.mkdir(parents=True, exist_ok=True)
     files = [out / "summary.csv", out / "efficiency.csv", out / "tables.xlsx"]
@@ -972,10 +985,15 @@ def main(argv: list[str] | None = None) -> int:
         log.addHandler(handler)
         log.setLevel(logging.INFO)
     if not args.results_dir.is_dir():
-        print(f"error: results directory {args.results_dir} does not exist; pass the VLMEvalKit --work-dir "
+        what = "is a file, not a directory" if args.results_dir.exists() else "does not exist"
+        print(f"error: results directory {args.results_dir} {what}; pass the VLMEvalKit --work-dir "
               f"or lmms-eval --output_path (or a folder above them)", file=sys.stderr)
         return 2
-    result = aggregate(args.results_dir, args.out, TableOptions(dict(args.shape), args.fastv_k))
+    try:
+        result = aggregate(args.results_dir, args.out, TableOptions(dict(args.shape), args.fastv_k))
+    except NoResultsError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     print(f"{len(result.summary)} scores, {len(result.efficiency)} efficiency rows -> "
           f"{result.files[0].parent}", file=sys.stderr)
     return 0

@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 from collections import defaultdict
@@ -453,11 +454,28 @@ def test_cli_script_and_module_forms(tmp_path):
     assert missing.returncode == 2 and "does not exist" in missing.stderr
 
 
-def test_empty_dir_still_writes_tables(tmp_path):
-    assert main([str(tmp_path)]) == 0
-    assert list(pd.read_csv(tmp_path / "tables" / "summary.csv").columns)[:4] == [
-        "framework", "base_model", "model", "method"]
-    assert (tmp_path / "tables" / "tables.xlsx").exists()
+def test_no_results_write_nothing_and_keep_the_tables(tmp_path, capsys):
+    """A folder without raw results (this repository's results/, which holds only the tables of a run) is an
+    error that writes nothing: the tables already there are the only copy of that run's numbers."""
+    work = tmp_path / "w"
+    write_mcq_acc(work / "Qwen2VL_Vanilla" / "Qwen2VL_Vanilla_MMStar_acc.csv", 50)
+    aggregate(work)
+    shutil.rmtree(work / "Qwen2VL_Vanilla")
+    before = snapshot(work)
+    assert main([str(work)]) == 1
+    assert "no results found" in capsys.readouterr().err
+    assert snapshot(work) == before and (work / "tables" / "table_vlmeval.md").exists()
+    assert main([str(work / "tables" / "summary.csv")]) == 2
+    assert "is a file, not a directory" in capsys.readouterr().err
+
+
+def test_output_folder_holding_results_is_refused(tmp_path, capsys):
+    work = tmp_path / "w"
+    write_mcq_acc(work / "Qwen2VL_Vanilla" / "Qwen2VL_Vanilla_MMStar_acc.csv", 50)
+    write_mcq_acc(work / "Qwen2VL_TCC50" / "Qwen2VL_TCC50_MMStar_acc.csv", 45)
+    assert main([str(work), "--out", str(work / "Qwen2VL_TCC50")]) == 1
+    assert "holds results files" in capsys.readouterr().err
+    assert not (work / "Qwen2VL_TCC50" / "summary.csv").exists()
 
 
 def test_rerun_drops_tables_of_vanished_runs_but_keeps_raw_files(tmp_path):
