@@ -4,7 +4,8 @@
 #   bash run_all.sh                      # demo suite: offline demo models x methods x ratios on the
 #                                        # synthetic image + video benchmarks (CPU: ~50 min on 2 cores)
 #   bash run_all.sh --suite paper        # the paper's matrix on real checkpoints (GPUs, hub access)
-#   options: --results DIR (default results/)  --frameworks vlmeval,lmms_eval  --n N (synthetic set size)
+#   options: --results DIR (default results/)  --frameworks vlmeval,lmms_eval (or none: set-up and checks only)
+#            --n N (synthetic set size; a results folder keeps the size it was run with)
 #            --methods TCC,VisionZip,... (the VLMEvalKit grid's method tokens, as in model names; default: the
 #            suite's; lmms-eval keeps its own shorter list)
 #            --bases Qwen25VL,Qwen2VL2B,... (paper suite: the checkpoints, as registry bases; default
@@ -32,10 +33,17 @@ while [[ $# -gt 0 ]]; do
     --methods) METHODS_ARG="$2"; shift 2 ;;
     --dry-run) DRY_RUN=1; shift ;;
     --bases) BASES_ARG="$2"; shift 2 ;;
-    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
     *) echo "run_all.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
+
+for framework in ${FRAMEWORKS//,/ }; do
+  [[ "$framework" == vlmeval || "$framework" == lmms_eval || "$FRAMEWORKS" == none ]] \
+    || { echo "run_all.sh: --frameworks takes vlmeval and/or lmms_eval (comma-separated), or none, got '$framework'" >&2
+         exit 2; }
+done
+[[ -z "$N" || "$N" =~ ^[1-9][0-9]*$ ]] || { echo "run_all.sh: --n takes a positive integer, got '$N'" >&2; exit 2; }
 
 PY=${PYTHON:-python3}
 LMMS_EXTRA_RUNS=()  # lmms-eval runs outside the methods x ratios grid, as entry|method args
@@ -173,6 +181,16 @@ if [[ ",$FRAMEWORKS," == *,vlmeval,* ]]; then
     done; done
   done
   WORK="$RESULTS/vlmeval"
+  if [[ "$SUITE" == demo && -z "$DRY_RUN" ]]; then
+    # score files are reused when present: first make sure the synthetic sets they came from have this size
+    # (the check VLMEvalKit runs when it loads a set, which a fully resumed run never reaches)
+    $PY -c "import sys
+from tcc_eval.integrations.vlmeval.datasets import ensure_image_set, ensure_video_set
+try:
+    ensure_image_set(), ensure_video_set()
+except ValueError as err:
+    sys.exit(f'run_all.sh: {err} (use --results NEW_DIR for another --n)')" || exit 1
+  fi
   has_score() { compgen -G "$WORK/$1/${1}_${2}_*.csv" >/dev/null || compgen -G "$WORK/$1/${1}_${2}_*rating.json" >/dev/null; }
   todo=()
   for model in "${MODELS[@]}"; do
@@ -217,7 +235,7 @@ if [[ ",$FRAMEWORKS," == *,lmms_eval,* ]]; then
       args="$args,compressor=$($PY -m tcc_eval.demo paths | $PY -c "import json,sys,os; print(os.path.dirname(json.load(sys.stdin)['$family']['compressor_image']))")"
     fi
     if [[ "$SUITE" == demo && "$method_args" == method=fastv* ]]; then args="$args,fastv_k=1"; fi
-    tag=$(echo "$model $args $LMMS_TASKS" | md5sum | cut -c1-16)
+    tag=$(echo "$model $args $LMMS_TASKS n=${TCC_LMMS_SYNTH_N:-}" | md5sum | cut -c1-16)  # n: demo set size
     if [[ -f "$OUT/.done/$tag" ]]; then echo "[lmms-eval $i/${#runs[@]}] $model $method_args: done, skipped" | tee -a "$LOG"; continue; fi
     echo "[lmms-eval $i/${#runs[@]}] $model $method_args" | tee -a "$LOG"
     start=$(date +%s)
@@ -232,6 +250,7 @@ if [[ ",$FRAMEWORKS," == *,lmms_eval,* ]]; then
   done
 fi
 
+[[ "$FRAMEWORKS" != none ]] || { echo "== set-up only (--frameworks none): no tables" | tee -a "$LOG"; exit 0; }
 run_or_show $PY tcc_eval/aggregate.py "$RESULTS" | tee -a "$LOG"
 [[ -z "$DRY_RUN" ]] || exit 0
 echo "== tables in $RESULTS/tables/ ($(date -u +%FT%TZ))" | tee -a "$LOG"

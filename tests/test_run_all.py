@@ -52,7 +52,8 @@ def test_demo_suite_gives_its_processes_the_top_pad(tmp_path):
     calls = log.read_text().splitlines()
     padded = f"{ENVIRONMENT['MALLOC_TOP_PAD_']} {ENVIRONMENT['MALLOC_MMAP_THRESHOLD_']} "
     assert calls[0].startswith("unset unset "), calls  # the GPU count, before the demo suite's set-up
-    assert calls[-1].startswith(padded) and "aggregate.py" in calls[-1], calls
+    set_up = next(i for i, call in enumerate(calls) if "tcc_eval.cpu_memory" in call)
+    assert len(calls) > set_up + 1 and all(call.startswith(padded) for call in calls[set_up + 1:]), calls
 
 
 def _dry_run(suite: str, results: Path, *options: str) -> list[list[str]]:
@@ -162,3 +163,29 @@ def test_methods_and_bases_options_set_the_grid(tmp_path):
                               timeout=300)
         assert proc.returncode == 2 and all(m in proc.stderr for m in messages), proc.stderr
         assert not [line for line in proc.stdout.splitlines() if line.startswith("+ ")]
+
+
+def _run_all_args(results: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(REPO / "run_all.sh"), "--results", str(results), *args],
+                          capture_output=True, text=True, env={**os.environ, "PYTHON": "python3"}, timeout=300)
+
+
+def test_bad_arguments_are_refused(tmp_path):
+    """A typo in --frameworks ran nothing, then aggregated whatever the folder held."""
+    typo = _run_all_args(tmp_path / "r", "--frameworks", "vlmevl", "--dry-run")
+    assert typo.returncode == 2 and "got 'vlmevl'" in typo.stderr
+    assert _run_all_args(tmp_path / "r", "--n", "many", "--dry-run").returncode == 2
+
+
+@needs_assets
+def test_a_results_folder_keeps_its_demo_set_size(tmp_path):
+    """--n on a results folder run with another size reused its score files: the size check lives where
+    VLMEvalKit loads a set, which a fully resumed run never reaches, so run_all.sh runs it first."""
+    data = tmp_path / "r" / "data" / "LMUData"
+    data.mkdir(parents=True)
+    env = {**os.environ, "LMUData": str(data), "TCC_SYNTH_N": "4"}
+    subprocess.run(["python3", "-c", "from tcc_eval.integrations.vlmeval.datasets import ensure_image_set; "
+                    "ensure_image_set()"], env=env, check=True, timeout=300)
+    resized = _run_all_args(tmp_path / "r", "--frameworks", "vlmeval", "--n", "6")
+    assert resized.returncode == 1, resized.stderr
+    assert "n=4; now n=6" in resized.stderr and "--results NEW_DIR" in resized.stderr
