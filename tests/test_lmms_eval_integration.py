@@ -205,8 +205,20 @@ def test_tcc_without_compressor_arg_takes_the_registry_files(untrained_compresso
         models.Qwen2VLTCC(pretrained=str(tmp_path / "unregistered"), **args)
 
     shutil.copyfile(untrained_compressor, folder / "MyQwen_image.pt")
+    # one modality's file only: lmms-eval would crash at the first video sample and keep no task's results
+    with pytest.raises(FileNotFoundError, match="MyQwen_video.pt.*first video sample.*compressor=.*MyQwen_image.pt"):
+        models.Qwen2VLTCC(pretrained=pretrained, **args)
+    with pytest.raises(FileNotFoundError, match="holds no video compressor.*compressor=.*qwen2_vl_image.pt"):
+        shutil.copyfile(untrained_compressor, tmp_path / "qwen2_vl_image.pt")
+        models.Qwen2VLTCC(pretrained=pretrained, **{**args, "compressor": str(tmp_path)})
+    from transformers import AutoModelForImageTextToText
+
+    from tcc_eval.compressor import TokenCompressor, model_meta, save_compressor
+
+    meta = model_meta(AutoModelForImageTextToText.from_pretrained(pretrained))
+    save_compressor(folder / "MyQwen_video.pt", TokenCompressor(channels=(8, 16)), meta, "video", {})
     ours = models.Qwen2VLTCC(pretrained=pretrained, **args)
-    assert set(ours._model.pruned.scorer.compressors) == {"image"}
+    assert set(ours._model.pruned.scorer.compressors) == {"image", "video"}
     calls, _ = evaluate(ours, ["tccsynth_img"], task_manager)
     assert len(calls) == LIMIT
     (path,) = tmp_path.glob("qwen2_vl_tcc_*_tcc-50_tccsynth_img_efficiency.jsonl")

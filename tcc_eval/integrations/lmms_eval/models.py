@@ -33,6 +33,7 @@ import dataclasses
 import inspect
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -42,7 +43,7 @@ from lmms_eval.models.simple.llava_hf import LlavaHf as UpstreamLlavaHf
 from lmms_eval.models.simple.qwen2_5_vl import Qwen2_5_VL as UpstreamQwen25VL
 from lmms_eval.models.simple.qwen2_vl import Qwen2_VL as UpstreamQwen2VL
 
-from model_registry import compressors_for_checkpoint, local_folder
+from model_registry import MODALITIES, base_for_checkpoint, compressors_for_checkpoint, local_folder, resolve_compressor
 from tcc_eval.api import default_device, default_dtype, wrap_model
 from tcc_eval.core import check_keep_ratio
 from tcc_eval.methods import check_method
@@ -111,7 +112,20 @@ class TCCSettings:
 
     def with_registry_compressors(self, checkpoint: str) -> TCCSettings:
         """No compressor= given: the registry's files for ``checkpoint``, as VLMEvalKit would use them."""
-        return dataclasses.replace(self, compressor=compressors_for_checkpoint(checkpoint))
+        found = compressors_for_checkpoint(checkpoint)
+        for modality in MODALITIES:
+            if modality not in found:
+                try:
+                    resolve_compressor(base_for_checkpoint(checkpoint), modality)
+                except FileNotFoundError as err:
+                    raise FileNotFoundError(f"{err}. {_one_modality_only(modality, next(iter(found.values())))}") \
+                        from None
+        return dataclasses.replace(self, compressor=found)
+
+
+def _one_modality_only(missing: str, have: Any) -> str:
+    return (f"Without one, lmms-eval would stop at the first {missing} sample and write no results for any task. "
+            f"To score {missing} inputs with the other modality's compressor instead, pass compressor={have}")
 
 
 def _owner(option: str) -> str:
@@ -156,6 +170,11 @@ class TCCWrapperMixin:
             positions=settings.positions,
             **settings.options,
         )
+        missing = [m for m in MODALITIES if settings.method == "tcc" and m not in pruned.scorer.compressors]
+        if missing:  # compressor=FOLDER with one modality's file
+            have = Path(settings.compressor) / f"{pruned.adapter.family}_{next(iter(pruned.scorer.compressors))}.pt"
+            raise FileNotFoundError(f"{settings.compressor} holds no {missing[0]} compressor. "
+                                    f"{_one_modality_only(missing[0], have)}")
         self.efficiency = EfficiencyLog(
             resolve_efficiency_dir(settings.efficiency_dir, dict(os.environ)),
             model=self.model_id,
