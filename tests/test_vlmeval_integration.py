@@ -247,8 +247,25 @@ def test_records_use_the_run_dataset_name():
     assert run_dataset_name("M_TCC50", image, None) == "TCCSynth_IMG"
 
 
+def test_bad_names_of_ours_stop_with_the_reason(tmp_path):
+    """A name that reads as ours but is not valid stops before VLMEvalKit, which would log a bare KeyError per
+    dataset and exit 0; names that are not ours are left to VLMEvalKit."""
+    from tcc_eval.integrations.vlmeval.register import BadModelName, reads_as_ours, register_names
+
+    for name, reason in (("Qwen2VL_TCC150", "keep ratio 150% must be within 1..100"),
+                         ("Qwen2Vl_TCC50", "is not a tcc-eval model name"), ("Qwen2VL_Vanila", "Base in")):
+        assert reads_as_ours(name)
+        with pytest.raises(BadModelName, match=reason):
+            register_names([name])
+    assert not any(reads_as_ours(name) for name in ("GPT4o", "InternVL2_5-8B", "Pixtral_12B", "llava_v1.5_7b"))
+    assert register_names(["GPT4o_HIGH", "Qwen2VL_TCC10"]) == ["Qwen2VL_TCC10"]
+    proc = subprocess.run([sys.executable, "-m", "vlmeval.run", "--model", "Qwen2VL_TCC150", "--data", "TCCSynth_IMG",
+                           "--work-dir", str(tmp_path)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode != 0 and "tcc-eval: 'Qwen2VL_TCC150': keep ratio 150%" in proc.stderr, proc.stderr[-2000:]
+
+
 def test_run_entry_parses_models():
-    from tcc_eval.run import requested_models
+    from tcc_eval.integrations.vlmeval.register import requested_models
 
     argv = ["--model", "A_TCC50", "B_Vanilla", "--data", "D", "--model=C_TCC10", "--verbose"]
     assert requested_models(argv) == ["A_TCC50", "B_Vanilla", "C_TCC10"]

@@ -36,6 +36,8 @@ def register_quietly() -> None:
 
         register()
     except (Exception, SystemExit) as err:  # noqa: BLE001 - whatever breaks, VLMEvalKit must run on
+        if getattr(err, "tcc_eval_stop", False):  # a requested name of ours that is not valid: say why and stop
+            raise
         if os.environ.get(DEBUG_ENV):
             import traceback
 

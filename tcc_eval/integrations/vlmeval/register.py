@@ -10,13 +10,16 @@ models and datasets.
 from __future__ import annotations
 
 import inspect
+import json
 import os
+import re
 import sys
 from collections.abc import Iterable
 from functools import partial
+from pathlib import Path
 from typing import Any
 
-from model_registry import ModelSpec, expand, parse_name
+from model_registry import METHOD_TOKENS, VANILLA, ModelSpec, all_bases, expand, parse_name
 
 SIMULATE_BROKEN_ENV = "TCC_EVAL_SIMULATE_BROKEN"
 
@@ -53,6 +56,13 @@ def register_models(specs: Iterable[ModelSpec]) -> list[str]:
     return added
 
 
+class BadModelName(SystemExit):
+    """A requested model name that reads as ours but is not valid (a typo in the base, a ratio of 150): stop with
+    the reason, where VLMEvalKit would raise a bare KeyError per name and exit 0."""
+
+    tcc_eval_stop = True  # the start-up hook lets this one through (autoregister.register_quietly)
+
+
 def register_names(names: Iterable[str]) -> list[str]:
     """Register names outside the matrix that parse as ``<Base>_<Method><ratio>`` (e.g. Qwen2VL_TCC10)."""
     from vlmeval.config import supported_VLM
@@ -63,9 +73,58 @@ def register_names(names: Iterable[str]) -> list[str]:
             continue
         try:
             specs.append(parse_name(name))
-        except ValueError:
-            continue  # not ours: VLMEvalKit reports unknown names itself
+        except ValueError as err:
+            if reads_as_ours(name):
+                raise BadModelName(f"tcc-eval: {err}") from None
+            # not ours: VLMEvalKit reports unknown names itself
     return register_models(specs)
+
+
+def reads_as_ours(name: str) -> bool:
+    """``<registered base>_...`` or ``..._<method token><digits>`` / ``..._Vanilla``."""
+    base, sep, rest = name.partition("_")
+    return bool(sep) and (base in all_bases() or re.fullmatch(rf"(?:{'|'.join(METHOD_TOKENS)})\d+|{VANILLA}", rest)
+                          is not None)
+
+
+def _values(argv: list[str], flag: str) -> list[str]:
+    values: list[str] = []
+    taking = False
+    for arg in argv:
+        if arg.startswith(flag + "="):
+            values.append(arg.split("=", 1)[1])
+            taking = False
+        elif arg == flag:
+            taking = True
+        elif arg.startswith("-"):
+            taking = False
+        elif taking:
+            values.append(arg)
+    return values
+
+
+def requested_models(argv: list[str]) -> list[str]:
+    """Model names of a vlmeval.run command line: ``--model`` values and the ``--config`` JSON's models."""
+    names = _values(argv, "--model")
+    for config in _values(argv, "--config")[:1]:
+        try:
+            with open(config, encoding="utf-8") as f:
+                names += list(json.load(f).get("model", {}))
+        except (OSError, ValueError, AttributeError):
+            pass  # vlmeval.run reports a bad config file itself
+    return names
+
+
+def vlmeval_cli_args() -> list[str] | None:
+    """The arguments of a ``python -m vlmeval.run ...`` process, else None. (The hook runs while runpy imports
+    the ``vlmeval`` package, before ``sys.argv`` names run.py: the interpreter's own command line tells.)"""
+    argv = list(getattr(sys, "orig_argv", []))
+    for i, arg in enumerate(argv[:-1]):
+        if arg == "-m":
+            return argv[i + 2:] if argv[i + 1] == "vlmeval.run" else None
+    if argv[1:2] and Path(argv[1]).match("vlmeval/run.py"):
+        return argv[2:]
+    return None
 
 
 def register_datasets() -> None:
@@ -133,6 +192,9 @@ def register() -> list[str]:
     for cls in WRAPPERS.values():  # so --config JSON can name them as "class"
         setattr(vlmeval.vlm, cls.__name__, cls)
     names = register_models(expand().values())
+    cli_args = vlmeval_cli_args()
+    if cli_args is not None:  # `python -m vlmeval.run --model Qwen2VL_TCC10`: names outside the matrix too
+        names += register_names(requested_models(cli_args))
     if _datasets_module_importing():
         _deferred.append("datasets")  # datasets.py calls finish_deferred_registration() once complete
     else:
