@@ -34,6 +34,22 @@ def default_dtype(device: torch.device, dtype: str | torch.dtype | None = None) 
     return torch.float32
 
 
+DTYPES = ("float32", "bfloat16", "float16")  # the --dtype choices of the command lines
+
+
+def device_arg(text: str) -> str:
+    """argparse type of the command lines' --device: a torch device this machine has."""
+    import argparse
+
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a torch device; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text}, but torch sees no CUDA GPU here; use cpu")
+    return text
+
+
 def on_model_device(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Processor outputs moved to the model's device, the pixels in its dtype."""
     param = next(model.parameters())

@@ -150,7 +150,8 @@ def test_read_data_tsv_and_jsonl(tmp_path):
     assert prompt[0] == samples[0].question and prompt[1] == f"A. {samples[0].options['A']}"
     assert prompt[-1] == "Answer with the option's letter from the given choices directly."
     assert all(r.answer == s.answer and r.modality == "image" for r, s in zip(rows, samples))
-    assert messages_for(rows[0], 8)[0]["content"][0]["image"].size == samples[0].image.size
+    messages, video_options = messages_for(rows[0], 8)
+    assert messages[0]["content"][0]["image"].size == samples[0].image.size and video_options == {}
     jsonl = read_data_from_lines(
         [{"id": "v1", "video": "frames", "question": "What?", "options": ["cat", "dog"], "answer": "dog"}], tmp_path
     )
@@ -299,8 +300,9 @@ def test_ablation_rules_are_labelled_beside_the_method(tiny_checkpoints, tmp_pat
         record = torch.load(both / "samples" / f"{file_stem(sample.id)}.pt", weights_only=True)
         assert torch.equal(alone["relevance"], record["relevance"]) and torch.equal(alone["a0"], record["a0"])
         assert alone["relevance_by_rule"] == {} and set(record["relevance_by_rule"]) == {"attention"}
-        inputs = processor.apply_chat_template(messages_for(sample, 8), add_generation_prompt=True, tokenize=True,
-                                               return_dict=True, return_tensors="pt")
+        messages, video_options = messages_for(sample, 8)
+        inputs = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                               return_dict=True, return_tensors="pt", **video_options)
         view = single_view(model, {k: v for k, v in inputs.items() if isinstance(v, torch.Tensor)})
         expected = view_relevance(view, record["answer_ids"], "attention")
         assert torch.allclose(record["relevance_by_rule"]["attention"], expected, atol=1e-6)
@@ -347,6 +349,10 @@ def test_label_train_evaluate_round_trip(tiny_checkpoints, tmp_path, capsys, one
     assert report["n_samples"] == 1 and set(report["methods"]) == {"tcc", "a0", "chance"}
     assert all(0 <= report["methods"][m]["recall@50"] <= 1 for m in ("tcc", "a0"))
     assert "recall@25" in capsys.readouterr().out
+    video = tmp_path / "video.pt"  # scored on labels of another modality: said, not refused
+    save_compressor(video, load_compressor(ckpt), meta["model"], "video", {})
+    assert main(["evaluate", "--labels", str(labels), "--compressor", str(video), "--split", "all"]) == 0
+    assert "trained on video inputs and these labels are of image inputs" in capsys.readouterr().err
 
     # checkpoint round trip: identical weights and predictions after save -> load
     compressor = load_compressor(ckpt)
@@ -357,12 +363,13 @@ def test_label_train_evaluate_round_trip(tiny_checkpoints, tmp_path, capsys, one
 
     # inference keeps exactly the top-k of the compressor applied to the stored layer-0 attention
     model = tcc_eval.load(qwen, method="tcc", keep_ratio=0.5, compressor=str(ckpt), device="cpu")
-    answer = model.generate(messages_for(read_data(data)[0], 8), max_new_tokens=3)
+    messages, _ = messages_for(read_data(data)[0], 8)
+    answer = model.generate(messages, max_new_tokens=3)
     assert isinstance(answer, str)
     sel = model.last_selection
     n = record["n_visual"]
     assert sel.visual_before == [n] and sel.visual_after == [keep_count(n, 0.5)]
-    inputs = model.prepare(messages_for(read_data(data)[0], 8))
+    inputs = model.prepare(messages)
     visual_positions = torch.nonzero(model.pruned.adapter.capture_llm_inputs(inputs).visual_mask[0]).flatten()
     kept_visual = torch.nonzero(torch.isin(visual_positions, sel.kept_positions[0])).flatten()
     scores = compressor.predict(record["a0"])
@@ -428,3 +435,20 @@ def test_cli_help_documents_memory_and_answer_cap(capsys):
                          text=True, env=env, check=True).stdout
     assert "recomputes one layer at a time" in out and "heads * N^2" in out
     assert "--max-answer-tokens" in out and "--shard" in out
+
+
+def test_command_line_refuses_bad_input_before_the_work(tmp_path, capsys):
+    """Options are checked before labelling or training starts, and the command line prints a bad input's
+    message on one line instead of a traceback."""
+    with pytest.raises(ValueError, match="is a folder; give the checkpoint file"):  # was: after training, lost
+        main(["train", "--labels", str(tmp_path), "--out", str(tmp_path)])
+    for args in (["train", "--labels", "L", "--out", "c.pt", "--val-frac", "1.5"],
+                 ["label", "--model", "M", "--data", "D", "--out", "O", "--dtype", "float99"],
+                 *([["label", "--model", "M", "--data", "D", "--out", "O", "--device", "cuda"]]
+                   if not torch.cuda.is_available() else [])):
+        with pytest.raises(SystemExit):
+            main(args)
+    proc = subprocess.run([sys.executable, "-m", "tcc_eval.compressor", "evaluate", "--labels", str(tmp_path / "x"),
+                           "--compressor", "c.pt"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("error: compressor checkpoint 'c.pt' does not exist")

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import os
+import pickle
 import sys
 
 from . import evaluate, labels, train
+
+DEBUG_ENV = "TCC_EVAL_DEBUG"
 
 EPILOG = """\
 typical run:
@@ -36,5 +40,16 @@ def main(argv: list[str] | None = None) -> int:
     return args.run(args)
 
 
+def cli() -> int:
+    """The command line: bad input (its message names the problem and the fix) is one line, not a traceback."""
+    try:
+        return main()
+    except (ValueError, OSError, pickle.UnpicklingError) as err:
+        if os.environ.get(DEBUG_ENV):
+            raise
+        print(f"error: {err}  ({DEBUG_ENV}=1 for the traceback)", file=sys.stderr)
+        return 2
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -98,8 +99,12 @@ def format_table(report: dict[str, Any]) -> str:
 def evaluate(labels: list[str], compressor_path: str, split: str = "auto", against: str = METHOD_RULE
              ) -> dict[str, Any]:
     compressor = load_compressor(compressor_path)
-    source, _, samples, _ = load_labels(labels, against)
+    source, modality, samples, _ = load_labels(labels, against)
     check_match(compressor.source_model, source, f"compressor {compressor_path}", "the model of these labels")
+    if compressor.modality not in (None, modality):
+        print(f"warning: compressor {compressor_path} was trained on {compressor.modality} inputs and these labels "
+              f"are of {modality} inputs: the scores say how it transfers, not how it does on its own modality",
+              file=sys.stderr)
     chosen, how = choose_samples(samples, set(compressor.train_stats.get("val_keys", [])), split)
     if not chosen:
         raise ValueError(f"no usable label files in {labels}")

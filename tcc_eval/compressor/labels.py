@@ -20,6 +20,7 @@ import math
 import os
 import re
 import string
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from ..api import on_model_device, read_video, uniform_indices
+from ..api import DTYPES, device_arg, on_model_device, read_video, uniform_indices
 from ..oracle import METHOD_RULE, RELEVANCE_RULES, answer_tokens, explain_inputs
 
 HELP = "generate training labels (oracle relevance) with an MLLM"
@@ -398,6 +399,10 @@ def run(args: argparse.Namespace) -> int:
     )
     for error in stats["errors"][:5]:
         print(f"  failed {error['id']}: {error['error']}")
+    if stats["failed"] and not stats["kept"] + stats["skipped_wrong"] + stats["already_done"]:
+        print(f"error: every sample failed (the reasons above; all of them in "
+              f"{out / f'label_stats_{shard}of{n_shards}.json'})", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -424,6 +429,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="tokens generated to judge the answer (default 16)")
     parser.add_argument("--num-frames", type=int, default=8, help="frames sampled per video (default 8)")
     parser.add_argument("--limit", type=int, default=None, help="use only the first N samples of the data")
-    parser.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda:LOCAL_RANK or cuda if "
-                        "available, else cpu)")
-    parser.add_argument("--dtype", default=None, help="model dtype (default bf16/fp16 on CUDA, fp32 on CPU)")
+    parser.add_argument("--device", default=None, type=device_arg, help="cuda, cuda:1, cpu (default: cuda:LOCAL_RANK "
+                        "or cuda if available, else cpu)")
+    parser.add_argument("--dtype", default=None, choices=DTYPES,
+                        help="model dtype (default bf16/fp16 on CUDA, fp32 on CPU)")

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from ..api import device_arg
 from ..oracle import METHOD_RULE, RELEVANCE_RULES
 from . import MATCH_KEYS, describe, load_compressor, save_compressor
 from .network import (
@@ -149,6 +150,9 @@ def mean_loss(network, samples, targets, device, batch_size, max_tokens) -> floa
 def train(args: argparse.Namespace) -> dict[str, Any]:
     from tqdm import tqdm
 
+    if Path(args.out).is_dir():  # before training, not when saving its result
+        raise ValueError(f"--out {args.out} is a folder; give the checkpoint file to write, e.g. "
+                         f"{Path(args.out) / 'compressor.pt'}")
     start = time.time()
     source, modality, samples, bad = load_labels(args.labels, args.relevance_rule)
     if not samples:
@@ -215,6 +219,13 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def held_out_fraction(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a fraction in [0, 1) of the samples to hold out")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--labels", required=True, nargs="+", help="label directories (same model)")
     parser.add_argument("--out", required=True, help="checkpoint path to write (e.g. compressor.pt)")
@@ -224,7 +235,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--val-frac", type=float, default=0.1, help="held-out fraction (default 0.1)")
+    parser.add_argument("--val-frac", type=held_out_fraction, default=0.1, help="held-out fraction in [0, 1) "
+                        "(default 0.1)")
     parser.add_argument("--patience", type=int, default=10, help="epochs without improvement before stopping")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--kernel-size", type=int, default=5, help="odd conv kernel size (default 5)")
@@ -235,4 +247,4 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="n: A*N_v (default); log: log(A*N_v); none: raw attention")
     parser.add_argument("--max-batch-tokens", type=int, default=262144,
                         help="padded tokens per forward; larger batches are accumulated (bounds memory)")
-    parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    parser.add_argument("--device", default=None, type=device_arg, help="default: cuda if available, else cpu")

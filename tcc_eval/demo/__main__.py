@@ -6,8 +6,23 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 from ..cpu_memory import keep_freed_cpu_memory
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number of samples")
+    return value
+
+
+def keep_ratio_arg(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a kept fraction in (0, 1] (e.g. 0.25 for 25%)")
+    return value
 
 
 def _quiet_transformers() -> None:
@@ -48,14 +63,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             check_method(method)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2
-    try:
-        device = torch.device(args.device)
-    except RuntimeError:
-        print(f"error: --device {args.device!r} is not a torch device; use cpu, cuda or cuda:N", file=sys.stderr)
-        return 2
-    if device.type == "cuda" and not torch.cuda.is_available():
-        print("error: --device cuda, but torch sees no CUDA GPU here; use --device cpu", file=sys.stderr)
         return 2
     start = time.time()
     rows = evaluate(seed=args.seed, n=args.n, families=args.family, modalities=args.modality, methods=methods,
@@ -114,6 +121,7 @@ def cmd_oracle_rules(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ..api import device_arg
     from ..oracle import RELEVANCE_RULES
     from . import DEFAULT_VARIANT, FAMILIES, MODALITIES, VARIANTS, demo_root
 
@@ -138,17 +146,18 @@ def main(argv: list[str] | None = None) -> int:
 
     e = sub.add_parser("evaluate", help="score every method on a fresh synthetic test split")
     e.add_argument("--seed", type=int, default=1, help="test-split seed (any; training never sees the test split)")
-    e.add_argument("--n", type=int, default=200, help="samples per modality (default 200)")
+    e.add_argument("--n", type=positive_int, default=200, help="samples per modality (default 200)")
     e.add_argument("--family", nargs="+", default=list(FAMILIES), choices=FAMILIES)
     e.add_argument("--modality", nargs="+", default=list(MODALITIES), choices=MODALITIES)
     e.add_argument("--methods", nargs="+", default=None,
                    help="methods to score (default: none random a0 tcc oracle fastv; divprune, dart, pdrop on request)")
-    e.add_argument("--ratios", nargs="+", type=float, default=[0.75, 0.5, 0.25])
+    e.add_argument("--ratios", nargs="+", type=keep_ratio_arg, default=[0.75, 0.5, 0.25],
+                   help="kept fractions of the visual tokens, each in (0, 1] (default 0.75 0.5 0.25)")
     e.add_argument("--root", default=None, help="demo folder (default: the shipped assets)")
     e.add_argument("--variant", default=None, choices=sorted(VARIANTS),
                    help="the shipped models of a benchmark variant")
     e.add_argument("--batch-size", type=int, default=16)
-    e.add_argument("--device", default="cpu",
+    e.add_argument("--device", default="cpu", type=device_arg,
                    help="cpu (default, fp32: how the committed tables were measured) or cuda (bf16, else fp16)")
     e.add_argument("--threads", type=int, default=2)
     e.add_argument("--json", default=None, help="write the rows as JSON here")
@@ -158,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
                                             "attention = diagnostics), where its misses land, which layer puts "
                                             "relevance there, and the model with the lookalikes pruned")
     o.add_argument("--seed", type=int, default=1)
-    o.add_argument("--n", type=int, default=100)
+    o.add_argument("--n", type=positive_int, default=100)
     o.add_argument("--family", nargs="+", default=list(FAMILIES), choices=FAMILIES)
     o.add_argument("--modality", nargs="+", default=list(MODALITIES), choices=MODALITIES)
     o.add_argument("--root", default=None, help="demo folder (default: the shipped assets)")
@@ -177,6 +186,11 @@ def main(argv: list[str] | None = None) -> int:
         demo_root(getattr(args, "root", None), getattr(args, "variant", None))
     except ValueError as err:
         parser.error(str(err))
+    if getattr(args, "json", None):  # before the run, not after it: a bad path must not cost the evaluation
+        try:
+            Path(args.json).resolve().parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            parser.error(f"--json {args.json}: {err}")
     keep_freed_cpu_memory()  # eager attention on the CPU: see tcc_eval.cpu_memory
     return args.func(args)
 
