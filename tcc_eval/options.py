@@ -55,3 +55,33 @@ def method_variant(method: str, options: Mapping[str, Any] | None) -> str:
         if value and value != _canonical(OPTION_DEFAULTS[name]):
             parts.append(f"{name}={value}")
     return " ".join(parts)
+
+
+def check_option_values(options: Mapping[str, Any]) -> None:
+    """The checks of method options that need no model (ranges that depend on the LLM's depth come when the
+    method is built), so that a framework refuses a typo before loading weights. Values may be framework text."""
+    def fail(name: str, expected: str) -> None:
+        raise ValueError(f"{name}={options[name]!r}: expected {expected}")
+
+    def number(name: str, kind: type) -> float:
+        try:
+            return kind(str(options[name]))
+        except ValueError:
+            fail(name, f"a{'n integer' if kind is int else ' number'}")
+
+    choices = {"budget": ("global", "per_group"), "positions": ("original", "renumber"),
+               "match": ("avg_retention", "kept")}
+    for name, allowed in choices.items():
+        if name in options and str(options[name]) not in allowed:
+            fail(name, " or ".join(allowed))
+    if "seed" in options:
+        number("seed", int)
+    for name in ("fastv_k", "max_answer_tokens"):
+        if name in options and number(name, int) < 1:
+            fail(name, "a positive integer")
+    if "contextual_share" in options and not 0 <= number("contextual_share", float) < 1:
+        fail("contextual_share", "a fraction in [0, 1) of the kept tokens (VisionZip: 0.15625)")
+    if options.get("pdrop_layers") is not None:
+        parts = str(options["pdrop_layers"]).replace(",", "/").strip("[]() ").split("/")
+        if not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+            fail("pdrop_layers", "increasing layer indices joined by '/', e.g. 2/14/21")

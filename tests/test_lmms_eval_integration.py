@@ -249,11 +249,19 @@ def test_entry_points_resolve_to_our_classes():
     ({"method": "a0", "ratio": 0.5, "compressor": "/x.pt"}, "only used by method=tcc"),
     ({"method": "uniform", "ratio": 0.5, "contextual_share": 0}, "option of method visionzip, not of method=uniform"),
     ({"method": "tcc", "ratio": 0.5, "positions": "sequential"}, "positions=sequential is not one of original"),
+    ({"method": "random", "ratio": "abc"}, "ratio=abc: expected the kept fraction"),
+    ({"method": "random", "ratio": 0.5, "seed": "x"}, "seed='x': expected an integer"),
+    ({"method": "a0", "ratio": 0.5, "budget": "perimage"}, "budget='perimage': expected global or per_group"),
+    ({"method": "fastv", "ratio": 0.5, "fastv_k": "abc"}, "fastv_k='abc': expected an integer"),
+    ({"method": "fastv", "ratio": 0.5, "match": "kep"}, "match='kep': expected avg_retention or kept"),
+    ({"method": "pdrop", "ratio": 0.5, "pdrop_layers": "x"}, "pdrop_layers='x': expected increasing layer"),
+    ({"method": "visionzip", "ratio": 0.5, "contextual_share": 2}, "contextual_share=2: expected a fraction"),
+    ({"method": "tcc", "ratio": 0.5, "compressor": "/missing.pt"}, "'/missing.pt' does not exist"),
 ])
 def test_bad_model_args_fail_before_loading(kwargs, message):
     from tcc_eval.integrations.lmms_eval.models import TCCSettings
 
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
         TCCSettings.pop_from(dict(kwargs), "qwen2_vl_tcc")
 
 

@@ -43,11 +43,18 @@ from lmms_eval.models.simple.llava_hf import LlavaHf as UpstreamLlavaHf
 from lmms_eval.models.simple.qwen2_5_vl import Qwen2_5_VL as UpstreamQwen25VL
 from lmms_eval.models.simple.qwen2_vl import Qwen2_VL as UpstreamQwen2VL
 
-from model_registry import MODALITIES, base_for_checkpoint, compressors_for_checkpoint, local_folder, resolve_compressor
+from model_registry import (
+    MODALITIES,
+    base_for_checkpoint,
+    compressors_for_checkpoint,
+    local_folder,
+    resolve_compressor,
+)
 from tcc_eval.api import default_device, default_dtype, wrap_model
+from tcc_eval.compressor import check_compressor_argument
 from tcc_eval.core import check_keep_ratio
 from tcc_eval.methods import check_method
-from tcc_eval.options import OWN_OPTIONS
+from tcc_eval.options import OWN_OPTIONS, check_option_values
 from tcc_eval.pruned import POSITION_MODES
 
 from .efficiency import EfficiencyLog, RecordingModel, resolve_efficiency_dir
@@ -79,6 +86,10 @@ class TCCSettings:
             )
         method = check_method(str(kwargs.pop("method")))
         ratio = kwargs.pop("ratio", kwargs.pop("keep_ratio", None))
+        try:
+            ratio = None if ratio is None else float(ratio)
+        except ValueError:
+            raise ValueError(f"ratio={ratio}: expected the kept fraction of visual tokens, e.g. ratio=0.25") from None
         if method == "none":
             if ratio is not None and float(ratio) != 1.0:
                 raise ValueError(f"method=none keeps every visual token; drop ratio={ratio} or pick a pruning method")
@@ -96,9 +107,13 @@ class TCCSettings:
         compressor = kwargs.pop("compressor", None)
         if compressor is not None and method != "tcc":
             raise ValueError(f"compressor= is only used by method=tcc, not method={method}")
+        if compressor is not None:
+            check_compressor_argument(str(compressor))
         positions = str(kwargs.pop("positions", "original"))
         if positions not in POSITION_MODES:
             raise ValueError(f"positions={positions} is not one of {', '.join(POSITION_MODES)}")
+        shared = {k: kwargs[k] for k in ("budget", "seed") if k in kwargs}
+        check_option_values({**options, **shared})
         return cls(
             method=method,
             keep_ratio=keep_ratio,
