@@ -91,6 +91,11 @@ def model_type_of(model_path: str | os.PathLike) -> tuple[str, str | os.PathLike
     fetched to a local folder first."""
     from transformers import AutoConfig
 
+    text = os.fspath(model_path)
+    looks_local = os.path.isabs(text) or text.startswith((".", "~")) or text.count("/") > 1
+    if looks_local and not os.path.exists(os.path.expanduser(text)):
+        raise FileNotFoundError(f"model {text!r}: no such folder (and not a hub id, which reads ORG/NAME); pass a "
+                                f"checkpoint folder or a hub id")
     try:
         return AutoConfig.from_pretrained(model_path).model_type, model_path
     except (OSError, ValueError) as err:

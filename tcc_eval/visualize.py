@@ -82,7 +82,10 @@ def render(family: str, modality: str, n: int, seed: int, ratio: float, methods:
     if model_path:  # any checkpoint of a supported family, loaded as every tool loads it (VILA folders too)
         from .api import load_hf_model
 
+        from .adapters import adapter_for
+
         model, processor = load_hf_model(model_path, torch.device("cpu"), torch.float32)
+        family = adapter_for(model).family  # the default compressor is the demo one of the model's family
         samples = benchmark.samples(modality, n, seed, "test")
     else:
         model, processor = load_demo(family, root)
@@ -119,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m tcc_eval.visualize", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--family", default="qwen2_vl", choices=FAMILIES)
+    parser.add_argument("--family", default="qwen2_vl", choices=FAMILIES,
+                        help="the demo model to draw (with --model: read from the checkpoint)")
     parser.add_argument("--modality", default="image", choices=MODALITIES)
     parser.add_argument("--n", type=int, default=4, help="samples (rows)")
     parser.add_argument("--seed", type=int, default=1, help="test-split seed")
@@ -142,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         path = render(args.family, args.modality, args.n, args.seed, args.ratio, args.methods, Path(args.out),
                       args.model, args.compressor, root)
-    except ValueError as err:  # e.g. a modality the demo model was not trained on
+    except (ValueError, FileNotFoundError) as err:  # e.g. a modality the demo model was not trained on
         parser.error(str(err))
     print(f"wrote {path}")
     return 0

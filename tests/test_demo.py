@@ -398,6 +398,9 @@ def test_visualize_writes_png(tmp_path):
     assert main(["--n", "1", "--methods", "tcc", "random", "--out", str(out)]) == 0
     img = Image.open(out)
     assert img.width > 336 * 2 and img.height >= 336
+    # --model: the default compressor is the demo one of the checkpoint's own family, whatever --family says
+    llava = paths()["llava_onevision"]["model"]
+    assert main(["--n", "1", "--methods", "tcc", "--model", llava, "--out", str(tmp_path / "l.png")]) == 0
 
 
 def test_variant_inputs_are_checked(tmp_path):

@@ -40,7 +40,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     try:
         build(args.out, tuple(args.family), threads=args.threads, skip_models=args.compressors_only,
               variant=args.variant, reuse_stage1=args.reuse_stage1, relevance_rule=args.relevance_rule)
-    except ValueError as err:  # bad folder or variant: say so, no traceback
+    except (ValueError, FileNotFoundError) as err:  # bad folder or variant: say so, no traceback
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"build of {' '.join(args.family)} finished in {time.time() - start:.0f}s; wrote "
