@@ -261,7 +261,10 @@ def _per_sample_scores(rating: Path) -> pd.Series | None:
                          (".json", lambda f: pd.DataFrame(json.loads(Path(f).read_text(encoding="utf-8"))))):
         path = rating.with_name(f"{stem}_score{suffix}")
         if path.is_file():
-            frame = read(path)
+            try:
+                frame = read(path)
+            except Exception as err:  # noqa: BLE001 - any unreadable file: named, never fatal
+                raise ResultFileError(f"{path.name} is unreadable ({str(err).splitlines()[0]})") from None
             if "score" not in frame.columns:
                 raise ResultFileError(f"{path.name} has no score column")
             return pd.to_numeric(frame["score"], errors="coerce")
@@ -283,7 +286,12 @@ def _scores_from_rating(data: Any, path: Path) -> list[tuple[str, float, str, bo
         if total <= 0:
             raise ResultFileError("overall total is 0")
         note = f"{int(correct)}/{int(total)}"
-        scores = _per_sample_scores(path)
+        try:
+            scores = _per_sample_scores(path)
+        except ResultFileError as err:  # the rating still holds: its own count, said to be that
+            log.warning("%s: kept the rating's own count, which counts failed and empty answers as right: %s",
+                        path, err)
+            scores, note = None, f"{note}, the rating's own count ({err})"
         if scores is not None and len(scores) == int(total):
             recounted = float((scores == 1).sum())
             if recounted != correct:
@@ -457,8 +465,12 @@ def read_lmms(root: Path, skip: Path | None = None) -> list[Score]:
             args = parse_model_args(config.get("model_args"))
             model_id = str(config.get("model") or "")
             method = normalize_method(args.get("method"))
+            if method not in METHOD_ORDER:  # our wrappers refuse it: not a run of theirs
+                raise ResultFileError(f"method={method} in model_args is no tcc-eval method ({', '.join(METHOD_ORDER)})")
             ratio_text = args.get("ratio", args.get("keep_ratio"))
-            ratio = 1.0 if ratio_text is None else normalize_ratio(ratio_text)
+            ratio = 1.0 if ratio_text is None else float(ratio_text)
+            if not 0 < ratio <= 1:  # as our wrappers read it: a fraction, never a percentage
+                raise ResultFileError(f"ratio={ratio_text} in model_args is not a kept fraction in (0, 1]")
             if method == "none" and ratio < 1:
                 raise ResultFileError(f"model_args give ratio={ratio_text} but no method")
             ratio = 1.0 if method == "none" else ratio

@@ -702,6 +702,11 @@ def test_mvbench_failed_and_empty_answers_count_as_wrong(tmp_path):
     assert "3/8, recounted from the per-sample scores: the rating counted 3 failed or empty answers" in tcc.note
     vanilla = row(summary, "vlmeval", "Qwen2VL7B", "none", 1.0, "MVBench_8frame", "overall")
     assert vanilla.note == "6/8"
+    # an unreadable per-sample file loses no score: the rating's own count, said to be that
+    (work / "Qwen2VL7B_TCC25" / "Qwen2VL7B_TCC25_MVBench_8frame_score.xlsx").write_bytes(b"not a workbook")
+    tcc = row(aggregate(work).summary, "vlmeval", "Qwen2VL7B", "tcc", 0.25, "MVBench_8frame", "overall")
+    assert tcc.score == pytest.approx(75.0)
+    assert "6/8, the rating's own count (Qwen2VL7B_TCC25_MVBench_8frame_score.xlsx is unreadable" in tcc.note
 
 
 def test_lmms_headline_metrics_of_mmstar_and_seedbench(tmp_path):
@@ -805,3 +810,18 @@ def test_flops_ratio_sums_the_samples_and_older_records_are_flagged(tmp_path):
     for note in ("FLOPs ratio at the mean visual token count", "prefill s without the method's selection step",
                  "efficiency over 2 dataset(s), vanilla's over 1"):
         assert note in row["note"], row["note"]
+
+
+def test_lmms_runs_our_wrappers_refuse_are_skipped(tmp_path, caplog):
+    """model_args our lmms-eval wrappers refuse (ratio=1.5, a method typo) made rows of their own: ratio=1.5 read
+    as 1.5% and method=tcx as a method."""
+    args = "pretrained=/m/Qwen2-VL-7B-Instruct,method={},ratio={}"
+    for method, ratio, date in [("none", 1.0, "20251128_120000"), ("tcc", 1.5, "20251128_130000"),
+                                ("tcx", 0.5, "20251128_140000"), ("tcc", 0.5, "20251128_150000")]:
+        write_lmms_results(tmp_path, "qwen2_vl_tcc", args.format(method, ratio), date,
+                           *lmms_run(1500.0, 400.0, 0.8, 70.0, 50.0))
+    with caplog.at_level(logging.WARNING, logger="tcc_eval.aggregate"):
+        summary = aggregate(tmp_path).summary
+    assert sorted(set(zip(summary["method"], summary["keep_ratio"]))) == [("none", 1.0), ("tcc", 0.5)]
+    warnings = " ".join(caplog.messages)
+    assert "ratio=1.5 in model_args is not a kept fraction" in warnings and "method=tcx" in warnings
