@@ -466,7 +466,8 @@ def read_lmms(root: Path, skip: Path | None = None) -> list[Score]:
             model_id = str(config.get("model") or "")
             method = normalize_method(args.get("method"))
             if method not in METHOD_ORDER:  # our wrappers refuse it: not a run of theirs
-                raise ResultFileError(f"method={method} in model_args is no tcc-eval method ({', '.join(METHOD_ORDER)})")
+                raise ResultFileError(f"method={method} in model_args is no tcc-eval method "
+                                      f"({', '.join(METHOD_ORDER)})")
             ratio_text = args.get("ratio", args.get("keep_ratio"))
             ratio = 1.0 if ratio_text is None else float(ratio_text)
             if not 0 < ratio <= 1:  # as our wrappers read it: a fraction, never a percentage
