@@ -289,6 +289,23 @@ def test_settings_pop_only_our_args():
     assert kwargs == {"pretrained": "p"} and settings.positions == "renumber"
 
 
+def test_a_rerun_keeps_the_earlier_records_aside(tmp_path):
+    """A rerun's records replace the earlier run's in the tables, as its results do; the earlier file is kept."""
+    from tcc_eval.aggregate import aggregate
+    from tcc_eval.integrations.lmms_eval.efficiency import EfficiencyLog
+
+    stats = {"visual_before": 100, "visual_after": 50, "prefill_s": 1.0, "total_s": 2.0, "kv_cache_bytes": 1}
+    for run, samples in (("full", range(6)), ("debug", range(2))):
+        log = EfficiencyLog(tmp_path, "qwen2_vl_tcc", "/m/Qwen2-VL-7B", "tcc", 0.5)
+        for index in samples:
+            log.write("mme", index, {**stats, "prefill_s": 1.0 if run == "full" else 3.0})
+    (current,) = tmp_path.glob("*_efficiency.jsonl")
+    (earlier,) = tmp_path.glob("*_efficiency.jsonl.*")
+    assert len(read_records(current)) == 2 and len(read_records(earlier)) == 6
+    efficiency = aggregate(tmp_path).efficiency.set_index("dataset")
+    assert efficiency.loc["ALL", "samples"] == 2 and efficiency.loc["ALL", "prefill_s_mean"] == 3.0
+
+
 def test_efficiency_dir_resolution(tmp_path):
     from tcc_eval.integrations.lmms_eval.efficiency import resolve_efficiency_dir
 

@@ -3,7 +3,8 @@
 lmms-eval never tells a model where ``--output_path`` is, so the folder comes from, in order: the
 ``efficiency_dir=`` model arg, the ``TCC_EFFICIENCY_DIR`` environment variable, or
 ``<--output_path>/efficiency`` read from the command line. Without any of them no records are written
-(one warning). Each process truncates its files on first write, so a rerun replaces a run's records.
+(one warning). A rerun's records replace the earlier run's, as its results do in the tables; the earlier file is
+kept beside them as ``<name>.jsonl.<its time>``, which the tables do not read.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import argparse
 import json
 import re
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -92,6 +94,13 @@ class EfficiencyLog:
         path = self.path_for(task)
         mode = "a" if path in self._started else "w"
         path.parent.mkdir(parents=True, exist_ok=True)
+        if mode == "w" and path.exists():  # an earlier run's: moved aside, never lost
+            stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(path.stat().st_mtime))
+            aside, n = path.with_name(f"{path.name}.{stamp}"), 0
+            while aside.exists():  # two runs within one second
+                n += 1
+                aside = path.with_name(f"{path.name}.{stamp}-{n}")
+            path.rename(aside)
         with path.open(mode, encoding="utf-8") as handle:
             handle.write(json.dumps(record, default=str) + "\n")
         self._started.add(path)
