@@ -768,6 +768,9 @@ def build_table(summary: pd.DataFrame, efficiency: pd.DataFrame, framework: str,
             notes.append("no vanilla run")
         elif len(preserved) < paired.get(base, 0):
             notes.append(f"preservation over {len(preserved)} of {paired[base]} benchmarks")
+        superseded = sorted({int(n) for n in mine["note"].str.extract(r"newest of (\d+) runs")[0].dropna()})
+        if superseded:  # which benchmarks: summary.csv
+            notes.append(f"newest of {'/'.join(map(str, superseded))} runs on some benchmarks")
         eff = _rows_of(totals, row_key, key)
         vanilla_eff = totals[(totals["base_model"] == base) & (totals["method"] == "none")]
         measured = eff["measured_retention"].iloc[0] if len(eff) else math.nan

@@ -325,6 +325,8 @@ def test_newest_nested_run_wins(run):
     r = row(run["summary"], "vlmeval", "Qwen2VL7B", "tcc", 0.5, "MMStar", "Overall")
     assert r.score == pytest.approx(57.0)
     assert "T20251128-101010" in r.source and "newest of 2 runs" in r.note
+    table = run["result"].tables["vlmeval"].set_index(["base_model", "method", "keep_ratio"])
+    assert "newest of 2 runs on some benchmarks" in table.loc[("Qwen2VL7B", "tcc", 0.5), "note"]
 
 
 def test_missing_vanilla_is_noted(run):
