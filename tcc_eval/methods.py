@@ -258,6 +258,14 @@ class VisionZip:
         self.keep_ratio = check_keep_ratio(keep_ratio)
         self.budget = budget
         self.contextual_share = share
+        self._plans: dict[tuple, ZipPlan] = {}  # scored, not yet merged: merge reuses them
+
+    @staticmethod
+    def _key(view: SampleView) -> tuple:
+        """One sample of one captured input: its row of the tower attention (a view of the batch's tensor, so
+        the scorer's and the merger's views share it), and that row's values."""
+        attention = view.tower_attention
+        return attention.data_ptr(), attention.numel(), float(attention.float().sum())
 
     def plan(self, view: SampleView) -> ZipPlan:
         attention = view.tower_attention
@@ -291,11 +299,14 @@ class VisionZip:
         return ZipPlan(order=torch.cat([chosen, left]), kept=torch.sort(chosen).values, owner=owner)
 
     def __call__(self, view: SampleView) -> torch.Tensor:
-        return pick_order_scores(self.plan(view).order, view.n_visual)
+        plan = self.plan(view)
+        self._plans[self._key(view)] = plan
+        return pick_order_scores(plan.order, view.n_visual)
 
     def merge(self, view: SampleView, kept: torch.Tensor) -> torch.Tensor:
         """The (k, D) embeddings the kept tokens carry: dominant ones their own, contextual ones their group's mean."""
-        plan = self.plan(view)
+        plan = self._plans.pop(self._key(view), None) if view.tower_attention is not None else None
+        plan = plan or self.plan(view)
         if not torch.equal(kept.cpu(), plan.kept):
             raise ValueError(f"VisionZip(keep_ratio={self.keep_ratio}, budget={self.budget!r}) was handed a selection "
                              f"its plan did not make: build the TokenPrunedModel with the same keep_ratio and budget")

@@ -488,11 +488,15 @@ def test_evaluate_cli_scores_the_methods_asked_for(tmp_path, capsys):
     assert "\ndivprune " in table and "\ndart " in table
     assert main(["evaluate", "--methods", "magic"]) == 2
     assert "unknown method 'magic'" in capsys.readouterr().err
-    assert main(["evaluate", "--device", "gpu0"]) == 2
-    assert "--device 'gpu0' is not a torch device; use cpu, cuda or cuda:N" in capsys.readouterr().err
+    bad = [(["--device", "gpu0"], "argument --device: 'gpu0' is not a torch device; use cpu, cuda or cuda:N"),
+           (["--n", "0"], "argument --n: 0 is not a positive number of samples"),
+           (["--ratios", "50"], "argument --ratios: 50 is not a kept fraction in (0, 1]")]
     if not torch.cuda.is_available():
-        assert main(["evaluate", "--device", "cuda"]) == 2
-        assert "torch sees no CUDA GPU here; use --device cpu" in capsys.readouterr().err
+        bad.append((["--device", "cuda"], "argument --device: cuda, but torch sees no CUDA GPU here; use cpu"))
+    for args, message in bad:  # refused by argparse, before any model loads
+        with pytest.raises(SystemExit) as refused:
+            main(["evaluate", *args])
+        assert refused.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_stage1_is_reused_only_from_exactly_its_spec(tmp_path):

@@ -280,6 +280,7 @@ def test_visionzip_equals_masked_reference_with_contextual_means(models, family,
     assert (logits - reference).abs().max().item() < 1e-4
     k = max(1, int(ratio * pruned.last_selection.visual_before[0] + 0.5))
     assert (merged > 0) == (round(k * VISIONZIP_CONTEXTUAL_SHARE) >= 1)  # VILA's 4-token image keeps 2: no context
+    assert pruned.scorer._plans == {}  # the merger took the plan the scorer made, so each sample is planned once
 
 
 @pytest.mark.parametrize("family", ALL_FAMILIES)
