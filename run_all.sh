@@ -38,6 +38,7 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 
+[[ -n "$FRAMEWORKS" ]] || { echo "run_all.sh: --frameworks is empty: vlmeval, lmms_eval or none" >&2; exit 2; }
 for framework in ${FRAMEWORKS//,/ }; do
   [[ "$framework" == vlmeval || "$framework" == lmms_eval || "$FRAMEWORKS" == none ]] \
     || { echo "run_all.sh: --frameworks takes vlmeval and/or lmms_eval (comma-separated), or none, got '$framework'" >&2
@@ -185,11 +186,13 @@ if [[ ",$FRAMEWORKS," == *,vlmeval,* ]]; then
     # score files are reused when present: first make sure the synthetic sets they came from have this size
     # (the check VLMEvalKit runs when it loads a set, which a fully resumed run never reaches)
     $PY -c "import sys
-from tcc_eval.integrations.vlmeval.datasets import ensure_image_set, ensure_video_set
+from tcc_eval.integrations.vlmeval.datasets import SetMismatch, ensure_image_set, ensure_video_set
 try:
     ensure_image_set(), ensure_video_set()
-except ValueError as err:
-    sys.exit(f'run_all.sh: {err} (use --results NEW_DIR for another --n)')" || exit 1
+except SetMismatch as err:
+    sys.exit(f'run_all.sh: {err.data} holds a synthetic set of {err.was}, and the score files in $WORK came from '
+             f'it; this run asks for {err.now}. Rerun with --results NEW_DIR (and another LMUData if you set it); '
+             f'regenerating the set here would leave those score files in place')" || exit 1
   fi
   has_score() { compgen -G "$WORK/$1/${1}_${2}_*.csv" >/dev/null || compgen -G "$WORK/$1/${1}_${2}_*rating.json" >/dev/null; }
   todo=()
@@ -235,7 +238,8 @@ if [[ ",$FRAMEWORKS," == *,lmms_eval,* ]]; then
       args="$args,compressor=$($PY -m tcc_eval.demo paths | $PY -c "import json,sys,os; print(os.path.dirname(json.load(sys.stdin)['$family']['compressor_image']))")"
     fi
     if [[ "$SUITE" == demo && "$method_args" == method=fastv* ]]; then args="$args,fastv_k=1"; fi
-    tag=$(echo "$model $args $LMMS_TASKS n=${TCC_LMMS_SYNTH_N:-}" | md5sum | cut -c1-16)  # n: demo set size
+    size=""; [[ "$SUITE" != demo ]] || size=" n=$TCC_LMMS_SYNTH_N"  # the demo set's size is part of a run
+    tag=$(echo "$model $args $LMMS_TASKS$size" | md5sum | cut -c1-16)
     if [[ -f "$OUT/.done/$tag" ]]; then echo "[lmms-eval $i/${#runs[@]}] $model $method_args: done, skipped" | tee -a "$LOG"; continue; fi
     echo "[lmms-eval $i/${#runs[@]}] $model $method_args" | tee -a "$LOG"
     start=$(date +%s)

@@ -41,11 +41,10 @@ __all__ = [
     "local_folder", "model_name", "model_path_env", "parse_name", "resolve_compressor", "resolve_model_path",
 ]
 
-from tcc_eval.api import local_folder  # noqa: E402  (re-exported for the integrations)
+from tcc_eval.api import MODALITIES, local_folder  # noqa: E402  (re-exported for the integrations)
 
 COMPRESSOR_DIR_ENV = "TCC_COMPRESSOR_DIR"
 DEFAULT_COMPRESSOR_DIR = Path("~/.cache/tcc_eval/compressors")
-MODALITIES = ("image", "video")
 
 
 def model_path_env(base: str) -> str:

@@ -37,7 +37,7 @@ if __package__ in (None, ""):  # run as a file: import the package copy so both 
 
 import pandas as pd
 
-from tcc_eval.flops import (LAYER_K_METHODS, LLM_SHAPES, LLMShape, fastv_average_retention,
+from tcc_eval.flops import (INSIDE_LLM_METHODS, LAYER_K_METHODS, LLM_SHAPES, LLMShape, fastv_average_retention,
                             fastv_layer_keep_ratio, flops_ratio, guess_shape, pyramid_stage_ratio, shape_from_config)
 from tcc_eval.options import method_variant
 
@@ -264,7 +264,8 @@ def _per_sample_scores(rating: Path) -> pd.Series | None:
             try:
                 frame = read(path)
             except Exception as err:  # noqa: BLE001 - any unreadable file: named, never fatal
-                raise ResultFileError(f"{path.name} is unreadable ({str(err).splitlines()[0]})") from None
+                reason = (str(err).splitlines() or [type(err).__name__])[0]
+                raise ResultFileError(f"{path.name} is unreadable ({reason})") from None
             if "score" not in frame.columns:
                 raise ResultFileError(f"{path.name} has no score column")
             return pd.to_numeric(frame["score"], errors="coerce")
@@ -824,7 +825,8 @@ def build_table(summary: pd.DataFrame, efficiency: pd.DataFrame, framework: str,
         row["prefill s"] = eff["prefill_with_select_s_mean"].iloc[0] if len(eff) else math.nan
         if len(eff) and math.isnan(row["prefill s"]):
             row["prefill s"] = eff["prefill_s_mean"].iloc[0]
-            notes.append("prefill s without the method's selection step (records without select_s)")
+            if method != "none" and method not in INSIDE_LLM_METHODS:  # the others select inside the prefill
+                notes.append("prefill s without the method's selection step (records without select_s)")
         if len(eff) and len(vanilla_eff) and method != "none":
             mine_sets, vanilla_sets = (_datasets(efficiency, framework, base, m) for m in (key, None))
             if mine_sets != vanilla_sets:
@@ -916,8 +918,9 @@ class Tables:
     files: list[Path]
 
 
-class NoResultsError(ValueError):
-    """Nothing to aggregate, or nowhere safe to write: the tables are left as they are."""
+class AggregationRefused(ValueError):
+    """No results to aggregate, or an output folder that holds results: nothing is written, and the tables already
+    there are left as they are."""
 
 
 def _is_results_file(path: Path) -> bool:
@@ -937,7 +940,7 @@ def aggregate(results_dir: Path | str, out_dir: Path | str | None = None,
     skip = out.resolve() if out.resolve().is_relative_to(root.resolve()) else None
     root = root.resolve()
     if skip is not None and any(_is_results_file(path) for path in _walk(skip, None)):
-        raise NoResultsError(f"the output folder {out} holds results files, which the tables would leave out: "
+        raise AggregationRefused(f"the output folder {out} holds results files, which the tables would leave out: "
                              f"write the tables to a folder without results (default: {root / 'tables'})")
 
     scores = read_vlmeval(root, skip) + read_lmms(root, skip)
@@ -949,7 +952,7 @@ def aggregate(results_dir: Path | str, out_dir: Path | str | None = None,
     )[SUMMARY_COLUMNS]
     efficiency = summarize_efficiency(read_efficiency(root, skip))
     if summary.empty and efficiency.empty:  # write nothing: the tables of an earlier aggregation stay
-        raise NoResultsError(f"no results found under {root} (looked for *{', *'.join(VLMEVAL_SUFFIXES)}, "
+        raise AggregationRefused(f"no results found under {root} (looked for *{', *'.join(VLMEVAL_SUFFIXES)}, "
                              f"*_results.json, *{EFFICIENCY_SUFFIX}); nothing was written. Pass the VLMEvalKit "
                              f"--work-dir or lmms-eval --output_path (or a folder above them)")
 
@@ -1007,7 +1010,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         result = aggregate(args.results_dir, args.out, TableOptions(dict(args.shape), args.fastv_k))
-    except NoResultsError as err:
+    except AggregationRefused as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(f"{len(result.summary)} scores, {len(result.efficiency)} efficiency rows -> "

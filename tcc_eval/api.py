@@ -245,7 +245,7 @@ def wrap_model(
 
 def read_video(path: str | os.PathLike, num_frames: int = 8) -> tuple[list, Any]:
     """``num_frames`` frames sampled uniformly from a video file with decord (PIL images), and their
-    ``VideoMetadata``: Qwen2.5-VL spaces its temporal position ids by the sampled frame rate, and a processor
+    ``VideoMetadata`` (None when the file states no frame rate): Qwen2.5-VL spaces its temporal position ids by the sampled frame rate, and a processor
     handed bare frames assumes 24 fps, which puts a whole clip's frames on one or two temporal ids."""
     import decord
     from PIL import Image
@@ -257,7 +257,8 @@ def read_video(path: str | os.PathLike, num_frames: int = 8) -> tuple[list, Any]
         raise ValueError(f"video {path!r} has no frames")
     indices = uniform_indices(count, num_frames)
     fps = float(reader.get_avg_fps())
-    metadata = VideoMetadata(total_num_frames=count, fps=fps, frames_indices=indices, duration=count / fps)
+    metadata = (VideoMetadata(total_num_frames=count, fps=fps, frames_indices=indices, duration=count / fps)
+                if fps > 0 else None)  # a stream without a rate: the processor's default, as for bare frames
     return [Image.fromarray(frame) for frame in reader.get_batch(indices).asnumpy()], metadata
 
 
@@ -286,7 +287,8 @@ def frames_for_videos(messages: list[dict], num_frames: int) -> tuple[list[dict]
                     parts.append(part)
             content = parts
         out.append({**message, "content": content})
-    options = {"video_metadata": metadata, "do_sample_frames": False} if metadata and not given_frames else {}
+    timed = metadata and not given_frames and None not in metadata
+    options = {"video_metadata": metadata, "do_sample_frames": False} if timed else {}
     return out, options
 
 

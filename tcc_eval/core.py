@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .options import BUDGETS
+
 
 def check_keep_ratio(keep_ratio: float) -> float:
     """Validate a retention ratio rho in (0, 1]."""
@@ -66,8 +68,8 @@ def select_visual(
     n = scores.numel()
     if budget == "global" or groups is None:
         return topk_in_order(scores, keep_count(n, keep_ratio))
-    if budget != "per_group":
-        raise ValueError(f"budget must be 'global' or 'per_group', got {budget!r}")
+    if budget not in BUDGETS:
+        raise ValueError(f"budget must be one of {', '.join(BUDGETS)}, got {budget!r}")
     kept = []
     groups = groups.cpu()
     for g in torch.unique(groups):

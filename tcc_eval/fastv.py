@@ -20,6 +20,7 @@ from torch import nn
 from .core import (Selection, check_keep_ratio, keep_count, keep_positions, pick_order_scores, select_visual,
                    topk_in_order)
 from .flops import fastv_layer_keep_ratio, pyramid_stage_layers, pyramid_stage_ratio, pyramid_visual_counts
+from .options import MATCH_MODES
 from .probe import instruction_rows, last_token_attention, layer_keys
 from .pruned import PrefillTimer, TokenPrunedModel, split_model_inputs, sync
 
@@ -225,8 +226,8 @@ class InsideLLMModel(TokenPrunedModel):
 
     def __init__(self, model: nn.Module, keep_ratio: float, match: str):
         super().__init__(model, scorer=None, keep_ratio=keep_ratio, method=self.method_id)
-        if match not in ("avg_retention", "kept"):
-            raise ValueError(f"match must be 'avg_retention' or 'kept', got {match!r}")
+        if match not in MATCH_MODES:
+            raise ValueError(f"match must be one of {', '.join(MATCH_MODES)}, got {match!r}")
 
     def pruner(self, view) -> _LayerKPruner | _PyramidPruner:
         raise NotImplementedError

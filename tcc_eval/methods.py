@@ -262,10 +262,10 @@ class VisionZip:
 
     @staticmethod
     def _key(view: SampleView) -> tuple:
-        """One sample of one captured input: its row of the tower attention (a view of the batch's tensor, so
-        the scorer's and the merger's views share it), and that row's values."""
-        attention = view.tower_attention
-        return attention.data_ptr(), attention.numel(), float(attention.float().sum())
+        """The inputs a plan depends on: the sample's tower attention and groups by value, its tower keys by
+        storage (the scorer's and the merger's views of one sample share that tensor)."""
+        return (view.tower_keys.data_ptr(), view.tower_attention.detach().cpu().numpy().tobytes(),
+                view.groups.cpu().numpy().tobytes())
 
     def plan(self, view: SampleView) -> ZipPlan:
         attention = view.tower_attention
@@ -300,6 +300,8 @@ class VisionZip:
 
     def __call__(self, view: SampleView) -> torch.Tensor:
         plan = self.plan(view)
+        if len(self._plans) >= 64:  # plans a merge never took (a batch that failed half-way): dropped
+            self._plans.clear()
         self._plans[self._key(view)] = plan
         return pick_order_scores(plan.order, view.n_visual)
 

@@ -22,6 +22,10 @@ OWN_OPTIONS: dict[str, tuple[str, ...]] = {
     "fastv": ("fastv_k", "match"), "dart": ("fastv_k", "match"), "pdrop": ("match", "pdrop_layers"),
 }
 INPUT_STAGE_OPTIONS = ("budget", "positions")  # every method that prunes before the LLM reads these
+# the values of the options that take one of a few
+BUDGETS = ("global", "per_group")  # one top-k per sample, or one per image / frame group
+POSITION_MODES = ("original", "renumber")  # kept tokens keep their ids, or take consecutive ones
+MATCH_MODES = ("avg_retention", "kept")  # what FastV's, DART's and PyramidDrop's ratio means
 
 
 def options_read_by(method: str) -> tuple[str, ...]:
@@ -69,8 +73,7 @@ def check_option_values(options: Mapping[str, Any]) -> None:
         except ValueError:
             fail(name, f"a{'n integer' if kind is int else ' number'}")
 
-    choices = {"budget": ("global", "per_group"), "positions": ("original", "renumber"),
-               "match": ("avg_retention", "kept")}
+    choices = {"budget": BUDGETS, "positions": POSITION_MODES, "match": MATCH_MODES}
     for name, allowed in choices.items():
         if name in options and str(options[name]) not in allowed:
             fail(name, " or ".join(allowed))
@@ -83,5 +86,6 @@ def check_option_values(options: Mapping[str, Any]) -> None:
         fail("contextual_share", "a fraction in [0, 1) of the kept tokens (VisionZip: 0.15625)")
     if options.get("pdrop_layers") is not None:
         parts = str(options["pdrop_layers"]).replace(",", "/").strip("[]() ").split("/")
-        if not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        layers = [int(p) for p in parts if p.strip().isdigit()]
+        if len(layers) != len(parts) or min(layers, default=0) < 1 or layers != sorted(set(layers)):
             fail("pdrop_layers", "increasing layer indices joined by '/', e.g. 2/14/21")

@@ -17,6 +17,7 @@ from .adapters import LLMInputs, MLLMAdapter, adapter_for
 from .core import (Selection, check_keep_ratio, gather_left_padded, gather_prompt_ids, keep_positions,
                    select_visual)
 from .methods import Merger, SampleView, Scorer
+from .options import POSITION_MODES
 
 
 def sync(device: torch.device) -> None:
@@ -193,7 +194,9 @@ class TokenPrunedModel(nn.Module):
 
     def _stats(self, selection: Selection, vision_s: float, select_s: float, prefill_s: float, total_s: float,
                new_tokens) -> dict:
-        """Per-call efficiency record. ``vision_s``: vision tower and embedding, the same work for every method;
+        """Per-call efficiency record. ``vision_s``: vision tower and embedding, the same work for every method but
+        VisionZip, whose readout of the tower's attention (the signal it ranks by) runs inside the tower and is timed
+        there;
         ``select_s``: the method's scoring and gather before the LLM (methods that rank inside the LLM have none:
         their ranking is inside ``prefill_s``). It carries the LLM shape, the average retention over layers and
         each sample's visual FLOPs, so tables need no checkpoint name and sum FLOPs over the very samples run."""
@@ -234,7 +237,6 @@ class TokenPrunedModel(nn.Module):
         }
 
 
-POSITION_MODES = ("original", "renumber")
 
 
 def check_positions(positions: str, adapter: MLLMAdapter) -> str:

@@ -175,6 +175,7 @@ def test_bad_arguments_are_refused(tmp_path):
     typo = _run_all_args(tmp_path / "r", "--frameworks", "vlmevl", "--dry-run")
     assert typo.returncode == 2 and "got 'vlmevl'" in typo.stderr
     assert _run_all_args(tmp_path / "r", "--n", "many", "--dry-run").returncode == 2
+    assert _run_all_args(tmp_path / "r", "--frameworks", "", "--dry-run").returncode == 2
 
 
 @needs_assets
@@ -188,4 +189,5 @@ def test_a_results_folder_keeps_its_demo_set_size(tmp_path):
                     "ensure_image_set()"], env=env, check=True, timeout=300)
     resized = _run_all_args(tmp_path / "r", "--frameworks", "vlmeval", "--n", "6")
     assert resized.returncode == 1, resized.stderr
-    assert "n=4; now n=6" in resized.stderr and "--results NEW_DIR" in resized.stderr
+    assert "holds a synthetic set of n=4" in resized.stderr and "this run asks for n=6" in resized.stderr
+    assert "--results NEW_DIR" in resized.stderr and "delete" not in resized.stderr

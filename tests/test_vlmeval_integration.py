@@ -271,6 +271,23 @@ def test_run_entry_parses_models():
     assert requested_models(argv) == ["A_TCC50", "B_Vanilla", "C_TCC10"]
 
 
+def test_config_models_with_a_class_are_left_to_vlmevalkit(tmp_path):
+    """A --config entry naming its "class" is built by VLMEvalKit from that class (ours are exposed for it): it
+    needs no registration, whatever its name, and is never refused as a bad name of ours."""
+    from tcc_eval.integrations.vlmeval.register import requested_models, vlmeval_cli_args
+
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"model": {"Qwen2VL_fp16": {"class": "TCCQwen2VLChat", "base": "Qwen2VL"},
+                                            "Qwen2VL_TCC150": {}}, "data": {}}))
+    assert requested_models(["--config", str(config)]) == ["Qwen2VL_TCC150"]
+    run = ["--model", "X"]
+    for argv in (["python3", "-m", "vlmeval.run", *run], ["python3", "-u", "-m", "vlmeval", *run],
+                 ["python3", "-W", "ignore", "-u", "/site/vlmeval/run.py", *run]):  # the last as torchrun starts it
+        assert vlmeval_cli_args(argv) == run, argv
+    for argv in (["python3", "-m", "pytest", *run], ["python3", "tool.py", "-m", "vlmeval.run"], ["python3", "-c", "x"]):
+        assert vlmeval_cli_args(argv) is None, argv
+
+
 class Recorder:
     """Stands in for the generating model: records what reaches ``generate`` and answers 'A'."""
 

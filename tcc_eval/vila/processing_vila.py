@@ -280,7 +280,7 @@ class VilaProcessor:
         ids = [self.tokenizer.convert_tokens_to_ids(self.template.stop), self.tokenizer.eos_token_id]
         return sorted({i for i in ids if isinstance(i, int) and i != self.tokenizer.unk_token_id})
 
-    def end_answers_at_template_stop(self, model) -> None:
+    def end_answers_at_template_stop(self, model: Any) -> None:
         """Add the template's stop token to the model's EOS ids. VILA's evaluation stops at the template's
         separator (a keyword criterion), which the LLM's generation config need not list (Llama-3's
         <|eot_id|>); with it there, every generate that passes no EOS of its own (the oracle's draft answer,

@@ -3,8 +3,10 @@
 lmms-eval never tells a model where ``--output_path`` is, so the folder comes from, in order: the
 ``efficiency_dir=`` model arg, the ``TCC_EFFICIENCY_DIR`` environment variable, or
 ``<--output_path>/efficiency`` read from the command line. Without any of them no records are written
-(one warning). A rerun's records replace the earlier run's, as its results do in the tables; the earlier file is
-kept beside them as ``<name>.jsonl.<its time>``, which the tables do not read.
+(one warning). A rerun's file replaces the earlier run's of the same name (model, checkpoint, method, ratio,
+task, rank), as its results do in the tables; the earlier file is kept beside it as ``<name>.jsonl.<its time>``,
+which the tables do not read. A rerun on another number of processes writes other names and leaves the earlier
+files in place: give it another output folder.
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +55,6 @@ from tcc_eval.compressor import check_compressor_argument
 from tcc_eval.core import check_keep_ratio
 from tcc_eval.methods import check_method
 from tcc_eval.options import OWN_OPTIONS, check_option_values
-from tcc_eval.pruned import POSITION_MODES
 
 from .efficiency import EfficiencyLog, RecordingModel, resolve_efficiency_dir
 
@@ -110,10 +109,8 @@ class TCCSettings:
         if compressor is not None:
             check_compressor_argument(str(compressor))
         positions = str(kwargs.pop("positions", "original"))
-        if positions not in POSITION_MODES:
-            raise ValueError(f"positions={positions} is not one of {', '.join(POSITION_MODES)}")
         shared = {k: kwargs[k] for k in ("budget", "seed") if k in kwargs}
-        check_option_values({**options, **shared})
+        check_option_values({**options, **shared, "positions": positions})
         return cls(
             method=method,
             keep_ratio=keep_ratio,
@@ -251,7 +248,7 @@ class _NotingDocs:
     def __len__(self) -> int:
         return len(self._data)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Any]:
         return iter(self._data)
 
     def __contains__(self, key: Any) -> bool:

@@ -80,12 +80,17 @@ def _check_meta(meta_path: Path, kind: str, data: str) -> None:
     expected = _meta(kind, requested_size(kind))
     wrong = [k for k in expected if meta.get(k) != expected[k] and (k != "n" or os.environ.get(SIZE_ENV))]
     if wrong:
-        was = ", ".join(f"{k}={meta.get(k)}" for k in wrong)
-        now = ", ".join(f"{k}={expected[k]}" for k in wrong)
-        raise ValueError(
-            f"{data} was generated with other settings ({was}; now {now}): delete it (and {meta_path.name}) "
-            f"to regenerate, or point LMUData at another folder"
-        )
+        raise SetMismatch(data, meta_path, ", ".join(f"{k}={meta.get(k)}" for k in wrong),
+                          ", ".join(f"{k}={expected[k]}" for k in wrong))
+
+
+class SetMismatch(ValueError):
+    """A synthetic set on disk generated with other settings (or another requested size) than this run's."""
+
+    def __init__(self, data: str, meta_path: Path, was: str, now: str):
+        self.data, self.was, self.now = data, was, now
+        super().__init__(f"{data} was generated with other settings ({was}; now {now}): delete it (and "
+                         f"{meta_path.name}) to regenerate, or point LMUData at another folder")
 
 
 def ensure_image_set(root: str | os.PathLike | None = None) -> Path:

@@ -104,26 +104,37 @@ def _values(argv: list[str], flag: str) -> list[str]:
 
 
 def requested_models(argv: list[str]) -> list[str]:
-    """Model names of a vlmeval.run command line: ``--model`` values and the ``--config`` JSON's models."""
+    """Model names of a vlmeval.run command line that must be in ``supported_VLM``: ``--model`` values and the
+    ``--config`` JSON's models without a ``"class"`` (VLMEvalKit builds those from the class it names)."""
     names = _values(argv, "--model")
     for config in _values(argv, "--config")[:1]:
         try:
             with open(config, encoding="utf-8") as f:
-                names += list(json.load(f).get("model", {}))
+                models = json.load(f).get("model", {})
+            names += [name for name, entry in models.items() if not (isinstance(entry, dict) and "class" in entry)]
         except (OSError, ValueError, AttributeError):
             pass  # vlmeval.run reports a bad config file itself
     return names
 
 
-def vlmeval_cli_args() -> list[str] | None:
-    """The arguments of a ``python -m vlmeval.run ...`` process, else None. (The hook runs while runpy imports
-    the ``vlmeval`` package, before ``sys.argv`` names run.py: the interpreter's own command line tells.)"""
-    argv = list(getattr(sys, "orig_argv", []))
-    for i, arg in enumerate(argv[:-1]):
+VLMEVAL_MODULES = ("vlmeval", "vlmeval.run")  # `python -m vlmeval` runs run.main() too
+
+
+def vlmeval_cli_args(argv: list[str] | None = None) -> list[str] | None:
+    """The arguments of a VLMEvalKit run (``python [-u] -m vlmeval.run ...``, or run.py as a script, which
+    torchrun starts), else None. The hook runs while runpy imports the ``vlmeval`` package, before ``sys.argv``
+    names run.py: the interpreter's own command line (``sys.orig_argv``) tells."""
+    argv = list(getattr(sys, "orig_argv", []) if argv is None else argv)
+    i = 1
+    while i < len(argv):
+        arg = argv[i]
         if arg == "-m":
-            return argv[i + 2:] if argv[i + 1] == "vlmeval.run" else None
-    if argv[1:2] and Path(argv[1]).match("vlmeval/run.py"):
-        return argv[2:]
+            return argv[i + 2:] if argv[i + 1:i + 2] and argv[i + 1] in VLMEVAL_MODULES else None
+        if arg == "-c":
+            return None
+        if not arg.startswith("-"):  # the script: what follows are its arguments
+            return argv[i + 1:] if Path(arg).match("vlmeval/run.py") else None
+        i += 2 if arg in ("-W", "-X") else 1  # the interpreter options that take a value
     return None
 
 
