@@ -208,9 +208,10 @@ def test_tcc_without_compressor_arg_takes_the_registry_files(untrained_compresso
     # one modality's file only: lmms-eval would crash at the first video sample and keep no task's results
     with pytest.raises(FileNotFoundError, match="MyQwen_video.pt.*first video sample.*compressor=.*MyQwen_image.pt"):
         models.Qwen2VLTCC(pretrained=pretrained, **args)
+    shutil.copyfile(untrained_compressor, tmp_path / "qwen2_vl_image.pt")
     with pytest.raises(FileNotFoundError, match="holds no video compressor.*compressor=.*qwen2_vl_image.pt"):
-        shutil.copyfile(untrained_compressor, tmp_path / "qwen2_vl_image.pt")
-        models.Qwen2VLTCC(pretrained=pretrained, **{**args, "compressor": str(tmp_path)})
+        # refused before the weights load: this checkpoint does not even exist
+        models.Qwen2VLTCC(pretrained=str(tmp_path / "no_model"), **{**args, "compressor": str(tmp_path)})
     from transformers import AutoModelForImageTextToText
 
     from tcc_eval.compressor import TokenCompressor, model_meta, save_compressor

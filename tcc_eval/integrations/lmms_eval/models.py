@@ -148,17 +148,33 @@ class TCCWrapperMixin:
     """Shared by every wrapper: pop our args, build the parent, swap its model, log efficiency."""
 
     model_id: str  # the --model name, recorded in the efficiency records
+    family: str  # the adapter family of the checkpoints it loads: compressor folders hold <family>_<modality>.pt
 
     def __init__(self, **kwargs: Any) -> None:
         settings = TCCSettings.pop_from(kwargs, self.model_id)
         if settings.method == "tcc" and settings.compressor is None:
             checkpoint = kwargs.get("pretrained") or self._upstream_default("pretrained")
             settings = settings.with_registry_compressors(checkpoint)
+        elif settings.method == "tcc" and Path(settings.compressor).is_dir():
+            self._check_compressor_folder(Path(settings.compressor))
         kwargs.setdefault("device", str(default_device()))
         self._set_parent_defaults(kwargs)
         super().__init__(**kwargs)
         self._pending_docs: list[tuple[str, Any]] = []
         self._install_pruning(settings, str(kwargs.get("pretrained") or self.model.config._name_or_path))
+
+    def _check_compressor_folder(self, folder: Path) -> None:
+        """Both modalities' files, before the weights load: without one, lmms-eval stops at that modality's first
+        sample and keeps no task's results."""
+        files = {m: folder / f"{self.family}_{m}.pt" for m in MODALITIES}
+        have = [path for path in files.values() if path.is_file()]
+        for modality, path in files.items():
+            if not path.is_file():
+                if not have:
+                    raise FileNotFoundError(f"{folder} holds no {self.family} compressors ({path.name} and the other "
+                                            f"modality's); pass compressor=PATH to a checkpoint, or train them")
+                raise FileNotFoundError(f"{folder} holds no {modality} compressor ({path.name}). "
+                                        f"{_one_modality_only(modality, have[0])}")
 
     def _set_parent_defaults(self, kwargs: dict[str, Any]) -> None:
         """Family-specific tweaks of the upstream constructor's kwargs."""
@@ -182,11 +198,6 @@ class TCCWrapperMixin:
             positions=settings.positions,
             **settings.options,
         )
-        missing = [m for m in MODALITIES if settings.method == "tcc" and m not in pruned.scorer.compressors]
-        if missing:  # compressor=FOLDER with one modality's file
-            have = Path(settings.compressor) / f"{pruned.adapter.family}_{next(iter(pruned.scorer.compressors))}.pt"
-            raise FileNotFoundError(f"{settings.compressor} holds no {missing[0]} compressor. "
-                                    f"{_one_modality_only(missing[0], have)}")
         self.efficiency = EfficiencyLog(
             resolve_efficiency_dir(settings.efficiency_dir, dict(os.environ)),
             model=self.model_id,
@@ -275,18 +286,21 @@ class Qwen2VLTCC(_QwenTCC, UpstreamQwen2VL):
     """``--model qwen2_vl_tcc``: upstream ``qwen2_vl`` with a pruned model."""
 
     model_id = "qwen2_vl_tcc"
+    family = "qwen2_vl"
 
 
 class Qwen25VLTCC(_QwenTCC, UpstreamQwen25VL):
     """``--model qwen2_5_vl_tcc``: upstream ``qwen2_5_vl`` with a pruned model."""
 
     model_id = "qwen2_5_vl_tcc"
+    family = "qwen2_5_vl"
 
 
 class _LlavaHfTCC(TCCWrapperMixin):
     """What both llava_hf flavours need on top of the mixin."""
 
     model_id = "llava_onevision_tcc"
+    family = "llava_onevision"
 
     def _set_parent_defaults(self, kwargs: dict[str, Any]) -> None:
         # upstream defaults device_map to "", which transformers 5 rejects in a single process; under
@@ -442,6 +456,7 @@ class VilaTCC(TCCWrapperMixin, VilaBaseline):
     """``--model vila_tcc``: ``VilaBaseline`` (upstream ``vila``'s prompts) with a pruned model."""
 
     model_id = "vila_tcc"
+    family = "vila"
 
     def __init__(self, **kwargs: Any) -> None:
         kwargs.setdefault("pretrained", DEFAULT_VILA)  # recorded as base_model
