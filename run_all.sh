@@ -228,6 +228,7 @@ if [[ ",$FRAMEWORKS," == *,lmms_eval,* ]]; then
     done; done
   done
   runs+=("${LMMS_EXTRA_RUNS[@]}")
+  SET_SIZE=""; [[ "$SUITE" != demo ]] || SET_SIZE=" n=$TCC_LMMS_SYNTH_N"  # the demo set's size is part of a run
   i=0
   for run in "${runs[@]}"; do
     i=$((i + 1))
@@ -238,8 +239,7 @@ if [[ ",$FRAMEWORKS," == *,lmms_eval,* ]]; then
       args="$args,compressor=$($PY -m tcc_eval.demo paths | $PY -c "import json,sys,os; print(os.path.dirname(json.load(sys.stdin)['$family']['compressor_image']))")"
     fi
     if [[ "$SUITE" == demo && "$method_args" == method=fastv* ]]; then args="$args,fastv_k=1"; fi
-    size=""; [[ "$SUITE" != demo ]] || size=" n=$TCC_LMMS_SYNTH_N"  # the demo set's size is part of a run
-    tag=$(echo "$model $args $LMMS_TASKS$size" | md5sum | cut -c1-16)
+    tag=$(echo "$model $args $LMMS_TASKS$SET_SIZE" | md5sum | cut -c1-16)
     if [[ -f "$OUT/.done/$tag" ]]; then echo "[lmms-eval $i/${#runs[@]}] $model $method_args: done, skipped" | tee -a "$LOG"; continue; fi
     echo "[lmms-eval $i/${#runs[@]}] $model $method_args" | tee -a "$LOG"
     start=$(date +%s)

@@ -605,11 +605,12 @@ def summarize_efficiency(records: pd.DataFrame) -> pd.DataFrame:
             the others."""
             return per_sample(column) if group[column].notna().all() else math.nan
 
+        select_s = per_sample_of_all("select_s")
         return {
             "samples": int(sizes.sum()),
             "prefill_s_sum": group["prefill_s"].sum(), "prefill_s_mean": per_sample("prefill_s"),
-            "select_s_mean": per_sample_of_all("select_s"),
-            "prefill_with_select_s_mean": per_sample_of_all("select_s") + per_sample("prefill_s"),
+            "select_s_mean": select_s,
+            "prefill_with_select_s_mean": select_s + per_sample("prefill_s"),
             "vision_s_mean": per_sample_of_all("vision_s"),
             "total_s_sum": group["total_s"].sum(), "total_s_mean": per_sample("total_s"),
             "kv_cache_mb_mean": per_sample("kv_cache_bytes") / BYTES_PER_MB,
@@ -941,7 +942,7 @@ def aggregate(results_dir: Path | str, out_dir: Path | str | None = None,
     root = root.resolve()
     if skip is not None and any(_is_results_file(path) for path in _walk(skip, None)):
         raise AggregationRefused(f"the output folder {out} holds results files, which the tables would leave out: "
-                             f"write the tables to a folder without results (default: {root / 'tables'})")
+                                 f"write the tables to a folder without results (default: {root / 'tables'})")
 
     scores = read_vlmeval(root, skip) + read_lmms(root, skip)
     summary = pair_with_vanilla(_to_display(scores))
@@ -953,8 +954,8 @@ def aggregate(results_dir: Path | str, out_dir: Path | str | None = None,
     efficiency = summarize_efficiency(read_efficiency(root, skip))
     if summary.empty and efficiency.empty:  # write nothing: the tables of an earlier aggregation stay
         raise AggregationRefused(f"no results found under {root} (looked for *{', *'.join(VLMEVAL_SUFFIXES)}, "
-                             f"*_results.json, *{EFFICIENCY_SUFFIX}); nothing was written. Pass the VLMEvalKit "
-                             f"--work-dir or lmms-eval --output_path (or a folder above them)")
+                                 f"*_results.json, *{EFFICIENCY_SUFFIX}); nothing was written. Pass the VLMEvalKit "
+                                 f"--work-dir or lmms-eval --output_path (or a folder above them)")
 
     out.mkdir(parents=True, exist_ok=True)
     files = [out / "summary.csv", out / "efficiency.csv", out / "tables.xlsx"]
@@ -1003,13 +1004,12 @@ def main(argv: list[str] | None = None) -> int:
         handler.setFormatter(logging.Formatter("aggregate: %(levelname)s: %(message)s"))
         log.addHandler(handler)
         log.setLevel(logging.INFO)
-    if not args.results_dir.is_dir():
-        what = "is a file, not a directory" if args.results_dir.exists() else "does not exist"
-        print(f"error: results directory {args.results_dir} {what}; pass the VLMEvalKit --work-dir "
-              f"or lmms-eval --output_path (or a folder above them)", file=sys.stderr)
-        return 2
     try:
         result = aggregate(args.results_dir, args.out, TableOptions(dict(args.shape), args.fastv_k))
+    except FileNotFoundError as err:
+        print(f"error: {err}; pass the VLMEvalKit --work-dir or lmms-eval --output_path (or a folder above them)",
+              file=sys.stderr)
+        return 2
     except AggregationRefused as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -245,8 +245,9 @@ def wrap_model(
 
 def read_video(path: str | os.PathLike, num_frames: int = 8) -> tuple[list, Any]:
     """``num_frames`` frames sampled uniformly from a video file with decord (PIL images), and their
-    ``VideoMetadata`` (None when the file states no frame rate): Qwen2.5-VL spaces its temporal position ids by the sampled frame rate, and a processor
-    handed bare frames assumes 24 fps, which puts a whole clip's frames on one or two temporal ids."""
+    ``VideoMetadata`` (None when the file states no frame rate): Qwen2.5-VL spaces its temporal position ids by
+    the sampled frame rate, and a processor handed bare frames assumes 24 fps, which puts a whole clip's frames on
+    one or two temporal ids."""
     import decord
     from PIL import Image
     from transformers.video_utils import VideoMetadata
@@ -287,9 +288,15 @@ def frames_for_videos(messages: list[dict], num_frames: int) -> tuple[list[dict]
                     parts.append(part)
             content = parts
         out.append({**message, "content": content})
-    timed = metadata and not given_frames and None not in metadata
-    options = {"video_metadata": metadata, "do_sample_frames": False} if timed else {}
-    return out, options
+    if given_frames:  # frames handed over without their timing
+        metadata.append(None)
+    return out, video_timing_options(metadata)
+
+
+def video_timing_options(metadata: list) -> dict[str, Any]:
+    """The processor options that give each video's frames their timing (``read_video``'s metadata, in the order
+    of the videos): none unless every video has it, since the processor takes one list for all of them."""
+    return {"video_metadata": metadata, "do_sample_frames": False} if metadata and None not in metadata else {}
 
 
 class CompressedMLLM:

@@ -196,9 +196,8 @@ class TokenPrunedModel(nn.Module):
                new_tokens) -> dict:
         """Per-call efficiency record. ``vision_s``: vision tower and embedding, the same work for every method but
         VisionZip, whose readout of the tower's attention (the signal it ranks by) runs inside the tower and is timed
-        there;
-        ``select_s``: the method's scoring and gather before the LLM (methods that rank inside the LLM have none:
-        their ranking is inside ``prefill_s``). It carries the LLM shape, the average retention over layers and
+        there; ``select_s``: the method's scoring and gather before the LLM (methods that rank inside the LLM have
+        none: their ranking is inside ``prefill_s``). It carries the LLM shape, the average retention over layers and
         each sample's visual FLOPs, so tables need no checkpoint name and sum FLOPs over the very samples run."""
         from dataclasses import asdict
 

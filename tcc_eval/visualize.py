@@ -80,9 +80,8 @@ def render(family: str, modality: str, n: int, seed: int, ratio: float, methods:
     from .demo.evaluate import load_demo, samples_for
 
     if model_path:  # any checkpoint of a supported family, loaded as every tool loads it (VILA folders too)
-        from .api import load_hf_model
-
         from .adapters import adapter_for
+        from .api import load_hf_model
 
         model, processor = load_hf_model(model_path, torch.device("cpu"), torch.float32)
         family = adapter_for(model).family  # the default compressor is the demo one of the model's family

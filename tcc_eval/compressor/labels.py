@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from ..api import DTYPES, device_arg, on_model_device, read_video, uniform_indices
+from ..api import DTYPES, device_arg, on_model_device, read_video, uniform_indices, video_timing_options
 from ..oracle import METHOD_RULE, RELEVANCE_RULES, answer_tokens, explain_inputs
 
 HELP = "generate training labels (oracle relevance) with an MLLM"
@@ -214,8 +214,7 @@ def messages_for(sample: Sample, num_frames: int) -> tuple[list[dict], dict[str,
     if sample.video is not None:
         frames, metadata = load_video(sample.video, sample.base_dir, num_frames)
         content = [{"type": "video", "video": frames}]
-        if metadata is not None:
-            options = {"video_metadata": [metadata], "do_sample_frames": False}
+        options = video_timing_options([metadata])
     else:
         content = [{"type": "image", "image": load_image(ref, sample.base_dir)} for ref in sample.images]
     return [{"role": "user", "content": content + [{"type": "text", "text": sample.prompt()}]}], options

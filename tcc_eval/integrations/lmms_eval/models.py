@@ -323,7 +323,6 @@ class LlavaOneVisionTCCChat(_LlavaHfTCC, UpstreamLlavaHfChat):
     """``--model llava_onevision_tcc``: upstream chat ``llava_hf`` (its default) with a pruned model."""
 
 
-
 class VilaBaseline(lmms):
     """Upstream ``vila`` (lmms_eval/models/simple/vila.py) on ``tcc_eval.vila``, unpruned.
 
