@@ -308,6 +308,44 @@ def test_a_rerun_keeps_the_earlier_records_aside(tmp_path):
     assert efficiency.loc["ALL", "samples"] == 2 and efficiency.loc["ALL", "prefill_s_mean"] == 3.0
 
 
+def test_a_rerun_on_another_process_count_moves_the_earlier_layout_aside(tmp_path):
+    """Files name rank and process count; a rerun on another count moves all of the earlier run's files aside
+    (under --limit the tables would otherwise add the earlier run's other samples), and the processes of one run
+    never move each other's."""
+    from tcc_eval.aggregate import aggregate
+    from tcc_eval.integrations.lmms_eval.efficiency import EfficiencyLog
+
+    stats = {"visual_before": 100, "visual_after": 50, "total_s": 2.0, "kv_cache_bytes": 1}
+
+    def run(world_size: int, samples: range, prefill_s: float) -> None:
+        logs = [EfficiencyLog(tmp_path, "qwen2_vl_tcc", "/m/Qwen2-VL-7B", "tcc", 0.5, rank=r, world_size=world_size)
+                for r in range(world_size)]
+        for index in samples:  # the ranks interleave, as concurrent processes do
+            logs[index % world_size].write("mme", index, {**stats, "prefill_s": prefill_s})
+
+    def current() -> list[str]:
+        return sorted(p.name.split("tcc-50_mme")[1] for p in tmp_path.glob("*_efficiency.jsonl"))
+
+    (tmp_path / "qwen2_vl_tcc_Qwen2-VL-7B_tcc-50_mme_rank3_efficiency.jsonl").write_text("")  # an older version's
+    run(4, range(8), 1.0)
+    assert current() == [f"_rank{r}of4_efficiency.jsonl" for r in range(4)]
+    run(2, range(2), 3.0)
+    assert current() == ["_rank0of2_efficiency.jsonl", "_rank1of2_efficiency.jsonl"]
+    efficiency = aggregate(tmp_path).efficiency.set_index("dataset")
+    assert efficiency.loc["ALL", "samples"] == 2 and efficiency.loc["ALL", "prefill_s_mean"] == 3.0
+    run(1, range(3), 5.0)
+    assert current() == ["_efficiency.jsonl"]
+    run(2, range(4), 7.0)
+    assert current() == ["_rank0of2_efficiency.jsonl", "_rank1of2_efficiency.jsonl"]
+    efficiency = aggregate(tmp_path).efficiency.set_index("dataset")
+    assert efficiency.loc["ALL", "samples"] == 4 and efficiency.loc["ALL", "prefill_s_mean"] == 7.0
+    kept = sum(len(read_records(p)) for p in tmp_path.glob("*_efficiency.jsonl.*"))
+    assert kept == 8 + 2 + 3  # every earlier record is still on disk
+    other_task = EfficiencyLog(tmp_path, "qwen2_vl_tcc", "/m/Qwen2-VL-7B", "tcc", 0.5)
+    other_task.write("mmestar", 0, {**stats, "prefill_s": 1.0})
+    assert len(list(tmp_path.glob("*_mme_rank*of2_efficiency.jsonl"))) == 2  # another task's run moves none
+
+
 def test_efficiency_dir_resolution(tmp_path):
     from tcc_eval.integrations.lmms_eval.efficiency import resolve_efficiency_dir
 
@@ -396,4 +434,4 @@ def test_efficiency_files_are_named_by_the_global_rank(tiny_checkpoints, monkeyp
     ours = models.Qwen2VLTCC(pretrained=tiny_checkpoints["qwen2_vl"], device="cpu", method="none",
                              efficiency_dir=str(tmp_path))
     assert ours.rank == 0  # this process alone: upstream's local rank
-    assert ours.efficiency.path_for("mme").name.endswith("_mme_rank9_efficiency.jsonl")
+    assert ours.efficiency.path_for("mme").name.endswith("_mme_rank9of16_efficiency.jsonl")

@@ -5,8 +5,9 @@ lmms-eval never tells a model where ``--output_path`` is, so the folder comes fr
 ``<--output_path>/efficiency`` read from the command line. Without any of them no records are written
 (one warning). A rerun's file replaces the earlier run's of the same name (model, checkpoint, method, ratio,
 task, rank), as its results do in the tables; the earlier file is kept beside it as ``<name>.jsonl.<its time>``,
-which the tables do not read. A rerun on another number of processes writes other names and leaves the earlier
-files in place: give it another output folder.
+which the tables do not read. That holds across process counts too: a file names its rank and the number of
+processes, and a rerun on another count moves every file of the earlier layout aside (the tables would otherwise
+mix the two runs' samples wherever their sample sets differ, e.g. under ``--limit``).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def _safe(text: str) -> str:
 
 
 class EfficiencyLog:
-    """Writes ``<dir>/<model>_<base>_<method>-<ratio%>_<task>[_rank<r>]_efficiency.jsonl``."""
+    """Writes ``<dir>/<model>_<base>_<method>-<ratio%>_<task>[_rank<r>of<processes>]_efficiency.jsonl``."""
 
     def __init__(
         self,
@@ -75,7 +76,8 @@ class EfficiencyLog:
         variant = method_variant(method, method_options)  # so a variant's records never replace its method's
         self._stem = (f"{model}_{_safe(Path(base_model.rstrip('/')).name)}_{method}-{keep_ratio * 100:g}"
                       + (f"_{_safe(variant)}" if variant else ""))
-        self._rank_suffix = f"_rank{rank}" if world_size > 1 else ""
+        self._world_size = world_size
+        self._rank_suffix = f"_rank{rank}of{world_size}" if world_size > 1 else ""
         self._started: set[Path] = set()
         if directory is None:
             logger.warning(
@@ -83,9 +85,26 @@ class EfficiencyLog:
                 f"or ${EFFICIENCY_ENV}"
             )
 
+    def _run_name(self, task: str | None) -> str:
+        return f"{self._stem}_{_safe(task or 'unknown')}"
+
     def path_for(self, task: str | None) -> Path:
         assert self.directory is not None
-        return self.directory / f"{self._stem}_{_safe(task or 'unknown')}{self._rank_suffix}_efficiency.jsonl"
+        return self.directory / f"{self._run_name(task)}{self._rank_suffix}_efficiency.jsonl"
+
+    def _earlier_files(self, task: str | None) -> list[Path]:
+        """This process's own earlier file, and every file of the same run name written under another process
+        count (any rank; also the ``_rank<r>`` names of versions that did not record the count)."""
+        own = self.path_for(task)
+        name = re.compile(re.escape(self._run_name(task)) + r"(_rank\d+(?:of(\d+))?)?_efficiency\.jsonl")
+        earlier = []
+        for path in sorted(own.parent.glob("*_efficiency.jsonl")):
+            match = name.fullmatch(path.name)
+            if match:
+                processes = int(match[2]) if match[2] else (1 if match[1] is None else None)
+                if path == own or processes != self._world_size:
+                    earlier.append(path)
+        return earlier
 
     def write(self, task: str | None, index: Any, stats: dict[str, Any], batch_size: int = 1) -> None:
         if self.directory is None:
@@ -96,16 +115,24 @@ class EfficiencyLog:
         path = self.path_for(task)
         mode = "a" if path in self._started else "w"
         path.parent.mkdir(parents=True, exist_ok=True)
-        if mode == "w" and path.exists():  # an earlier run's: moved aside, never lost
-            stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(path.stat().st_mtime))
-            aside, n = path.with_name(f"{path.name}.{stamp}"), 0
-            while aside.exists():  # two runs within one second
-                n += 1
-                aside = path.with_name(f"{path.name}.{stamp}-{n}")
-            path.rename(aside)
+        if mode == "w":  # an earlier run's files: moved aside, never lost
+            for earlier in self._earlier_files(task):
+                _move_aside(earlier)
         with path.open(mode, encoding="utf-8") as handle:
             handle.write(json.dumps(record, default=str) + "\n")
         self._started.add(path)
+
+
+def _move_aside(path: Path) -> None:
+    try:
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(path.stat().st_mtime))
+        aside, n = path.with_name(f"{path.name}.{stamp}"), 0
+        while aside.exists():  # two runs within one second
+            n += 1
+            aside = path.with_name(f"{path.name}.{stamp}-{n}")
+        path.rename(aside)
+    except FileNotFoundError:  # another process of this run moved it first
+        pass
 
 
 class RecordingModel(nn.Module):
