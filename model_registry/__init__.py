@@ -38,7 +38,8 @@ __all__ = [
     "BASES", "EXTRA_MODELS_ENV", "FAMILIES", "METHOD_TOKENS", "RATIOS", "VANILLA", "Base", "ModelSpec",
     "all_bases", "available_compressors", "base_for_checkpoint", "compressor_candidates", "compressors_for_checkpoint",
     "expand", "extra_bases",
-    "local_folder", "model_name", "model_path_env", "parse_name", "resolve_compressor", "resolve_model_path",
+    "local_folder", "model_name", "model_path_env", "parse_name", "registered_base", "resolve_compressor",
+    "resolve_model_path",
 ]
 
 from tcc_eval.api import MODALITIES, local_folder  # noqa: E402  (re-exported for the integrations)
@@ -162,10 +163,9 @@ def base_for_checkpoint(checkpoint: str | os.PathLike) -> Base | None:
     return None
 
 
-def compressors_for_checkpoint(checkpoint: str | os.PathLike) -> dict[str, Any]:
-    """``available_compressors`` of the registered base whose checkpoint is ``checkpoint``, so that lmms-eval
-    runs find the same ``$TCC_COMPRESSOR_DIR/<Base>_<modality>.pt`` files as VLMEvalKit runs; raises when the
-    checkpoint is no registered base."""
+def registered_base(checkpoint: str | os.PathLike) -> Base:
+    """``base_for_checkpoint``, raising when the checkpoint is no registered base (then only compressor=PATH
+    can give a tcc run its compressor)."""
     base = base_for_checkpoint(checkpoint)
     if base is None:
         raise ValueError(
@@ -173,4 +173,10 @@ def compressors_for_checkpoint(checkpoint: str | os.PathLike) -> dict[str, Any]:
             f"{str(checkpoint)!r} is the checkpoint of no registered base, so {COMPRESSOR_DIR_ENV} is not looked "
             f"in (register it with {EXTRA_MODELS_ENV}=Name=PATH to use {COMPRESSOR_DIR_ENV}/Name_<modality>.pt)"
         )
-    return available_compressors(base)
+    return base
+
+
+def compressors_for_checkpoint(checkpoint: str | os.PathLike) -> dict[str, Any]:
+    """``available_compressors`` of the registered base whose checkpoint is ``checkpoint``, so that lmms-eval
+    runs find the same ``$TCC_COMPRESSOR_DIR/<Base>_<modality>.pt`` files as VLMEvalKit runs."""
+    return available_compressors(registered_base(checkpoint))

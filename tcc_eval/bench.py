@@ -220,13 +220,18 @@ def prefill(llm: nn.Module, embeds: torch.Tensor, mask: torch.Tensor, positions:
     return llm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True)
 
 
-class _TimedRanking:
-    """Mixin for the layer-K pruners: their ranking hook timed (the ranking is FastV's and DART's overhead)."""
+class _Clocked:
+    """Mixin for the pruners inside the LLM: the clock their timed rankings read, and the (start, end) marks
+    of those rankings (their overhead)."""
 
     def __init__(self, clock: Clock, *args: Any):
         self.clock = clock
         self.rank_marks: list[tuple[Any, Any]] = []
         super().__init__(*args)
+
+
+class _TimedRanking(_Clocked):
+    """The layer-K pruners' one ranking timed (FastV's and DART's overhead)."""
 
     def _timed(self, ranking: Callable[..., None], *args: Any) -> None:
         start = self.clock.mark()
@@ -249,13 +254,8 @@ class _TimedDartPruner(_TimedRanking, _DartPruner):
     pass
 
 
-class _TimedPyramidPruner(_PyramidPruner):
-    """PyramidDrop's stage pruner with each ranking timed (its rankings are its overhead)."""
-
-    def __init__(self, clock: Clock, *args: Any):
-        self.clock = clock
-        self.rank_marks: list[tuple[Any, Any]] = []
-        super().__init__(*args)
+class _TimedPyramidPruner(_Clocked, _PyramidPruner):
+    """PyramidDrop's stage pruner with each stage's ranking timed."""
 
     def rank(self, stage: int, hidden: torch.Tensor) -> None:
         start = self.clock.mark()

@@ -19,10 +19,12 @@ def positive_int(text: str) -> int:
 
 
 def keep_ratio_arg(text: str) -> float:
-    value = float(text)
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"{text} is not a kept fraction in (0, 1] (e.g. 0.25 for 25%)")
-    return value
+    from ..core import check_keep_ratio
+
+    try:
+        return check_keep_ratio(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _quiet_transformers() -> None:

@@ -45,9 +45,9 @@ from lmms_eval.models.simple.qwen2_vl import Qwen2_VL as UpstreamQwen2VL
 
 from model_registry import (
     MODALITIES,
-    base_for_checkpoint,
-    compressors_for_checkpoint,
+    available_compressors,
     local_folder,
+    registered_base,
     resolve_compressor,
 )
 from tcc_eval.api import default_device, default_dtype, wrap_model
@@ -124,11 +124,12 @@ class TCCSettings:
 
     def with_registry_compressors(self, checkpoint: str) -> TCCSettings:
         """No compressor= given: the registry's files for ``checkpoint``, as VLMEvalKit would use them."""
-        found = compressors_for_checkpoint(checkpoint)
+        base = registered_base(checkpoint)
+        found = available_compressors(base)
         for modality in MODALITIES:
             if modality not in found:
                 try:
-                    resolve_compressor(base_for_checkpoint(checkpoint), modality)
+                    resolve_compressor(base, modality)
                 except FileNotFoundError as err:
                     raise FileNotFoundError(f"{err}. {_one_modality_only(modality, next(iter(found.values())))}") \
                         from None
