@@ -176,7 +176,7 @@ class TokenPrunedModel(nn.Module):
         start = time.perf_counter()
         llm = self.llm_inputs(inputs)
         sync(device)
-        vision_s = time.perf_counter() - start
+        vision_s = time.perf_counter() - start - llm.tower_readout_s  # VisionZip's readout is its selection's
         selection, (embeds, mask, positions) = self.prune_llm_inputs(llm)
         sync(device)
         select_s = time.perf_counter() - start - vision_s
@@ -194,10 +194,10 @@ class TokenPrunedModel(nn.Module):
 
     def _stats(self, selection: Selection, vision_s: float, select_s: float, prefill_s: float, total_s: float,
                new_tokens) -> dict:
-        """Per-call efficiency record. ``vision_s``: vision tower and embedding, the same work for every method but
-        VisionZip, whose readout of the tower's attention (the signal it ranks by) runs inside the tower and is timed
-        there; ``select_s``: the method's scoring and gather before the LLM (methods that rank inside the LLM have
-        none: their ranking is inside ``prefill_s``). It carries the LLM shape, the average retention over layers and
+        """Per-call efficiency record. ``vision_s``: vision tower and embedding, the same work for every method;
+        ``select_s``: the method's scoring and gather before the LLM, VisionZip's readout of the tower's attention
+        included though it runs inside the tower (methods that rank inside the LLM have none: their ranking is inside
+        ``prefill_s``). It carries the LLM shape, the average retention over layers and
         each sample's visual FLOPs, so tables need no checkpoint name and sum FLOPs over the very samples run."""
         from dataclasses import asdict
 

@@ -14,6 +14,7 @@ attention as further channels, so every family maps both to its LLM tokens in on
 from __future__ import annotations
 
 import sys
+import time
 from typing import Any
 
 import torch
@@ -75,17 +76,30 @@ def tower_signals(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> tor
                      f"Qwen2.5-VL's VisionAttention, SigLIP and CLIP attention)")
 
 
+def _sync(tensor: torch.Tensor) -> None:
+    if tensor.is_cuda:
+        torch.cuda.synchronize(tensor.device)
+
+
 class TowerAttentionRecorder:
-    """While open, records ``tower_signals`` for every call of ``module``, in call order."""
+    """While open, records ``tower_signals`` for every call of ``module``, in call order, and the ``seconds`` the
+    readout took (the selection's own cost: the efficiency records move it from the tower's time to the selection's;
+    on CUDA each readout syncs before and after, so it is timed alone)."""
 
     def __init__(self, module: nn.Module):
         self.module = module
         self.calls: list[torch.Tensor] = []
+        self.seconds = 0.0
         self._handle = None
 
     def _record(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        hidden = args[0] if args else kwargs["hidden_states"]
+        _sync(hidden)
+        start = time.perf_counter()
         with torch.no_grad():
             self.calls.append(tower_signals(module, args, kwargs))
+        _sync(hidden)
+        self.seconds += time.perf_counter() - start
 
     def __enter__(self) -> "TowerAttentionRecorder":
         self._handle = self.module.register_forward_pre_hook(self._record, with_kwargs=True)

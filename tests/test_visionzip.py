@@ -301,6 +301,34 @@ def test_dominant_tokens_only_equal_the_masked_reference(models, family):
     assert attention[kept].min() >= attention[~kept].max()
 
 
+def test_the_tower_readout_is_timed_as_the_selection(models, monkeypatch):
+    """VisionZip's readout of the tower's attention runs inside the tower's forward, but it is the method's cost:
+    the record counts it in select_s (so in the tables' prefill s), not in vision_s. A readout slowed by 0.3 s
+    shows where it lands."""
+    import time
+
+    from tcc_eval import tower_attention
+
+    model, processor = models["qwen2_vl"]
+    inputs = inputs_for(processor, "qwen2_vl", "image")
+    pruned = wrap_model(model, method="visionzip", keep_ratio=0.5)
+    pruned.generate(**inputs, max_new_tokens=1, do_sample=False)
+    fast = dict(pruned.last_stats)
+    delay = 0.3
+    real_signals = tower_attention.tower_signals
+
+    def slow_signals(*args, **kwargs):
+        time.sleep(delay)
+        return real_signals(*args, **kwargs)
+
+    monkeypatch.setattr(tower_attention, "tower_signals", slow_signals)
+    pruned.generate(**inputs, max_new_tokens=1, do_sample=False)
+    slow = pruned.last_stats
+    assert slow["select_s"] >= delay > fast["select_s"] > 0
+    assert 0 < slow["vision_s"] < delay and fast["vision_s"] > 0
+    assert slow["total_s"] >= slow["vision_s"] + slow["select_s"]
+
+
 def test_visionzip_errors_name_the_problem(models):
     model, processor = models["qwen2_vl"]
     inputs = model_inputs(processor, messages_for("image"))

@@ -7,6 +7,7 @@ visual positions and a group id (image / frame) per visual token. Everything dow
 
 from __future__ import annotations
 
+import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
@@ -35,6 +36,7 @@ class LLMInputs:
     # (tower_attention.py); NO_PATCHES for tokens that cover no patches. None unless the capture asked for it.
     tower_attention: list[torch.Tensor] | None = None
     tower_keys: list[torch.Tensor] | None = None  # per sample: (N_v, d) that layer's keys, head-averaged, per token
+    tower_readout_s: float = 0.0  # seconds the two above took to read (inside the tower) and map to tokens
 
     def n_visual(self, b: int) -> int:
         return int(self.visual_mask[b].sum())
@@ -155,10 +157,12 @@ class MLLMAdapter:
         elif position_ids.dim() == 3 and position_ids.shape[0] == 4:  # text row + 3 M-RoPE rows
             position_ids = position_ids[1:]
         visual_mask = self.visual_mask(input_ids)
-        signals = None
+        signals, readout_s = None, 0.0
         if tower_attention:
+            start = time.perf_counter()
             streams = self.tower_attention_streams(recorder.calls, inputs, front_end)
             signals = self.scatter_streams(streams, input_ids, visual_mask)
+            readout_s = recorder.seconds + time.perf_counter() - start
         return LLMInputs(
             input_ids=input_ids,
             inputs_embeds=captured["inputs_embeds"],
@@ -169,6 +173,7 @@ class MLLMAdapter:
             visual_cells=self.visual_cells(input_ids, inputs, front_end),
             tower_attention=None if signals is None else [s[:, 0] for s in signals],
             tower_keys=None if signals is None else [s[:, 1:] for s in signals],
+            tower_readout_s=readout_s,
         )
 
     @staticmethod
