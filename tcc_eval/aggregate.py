@@ -782,7 +782,8 @@ def build_table(summary: pd.DataFrame, efficiency: pd.DataFrame, framework: str,
         fastv_k = int(eff["fastv_k"].iloc[0]) if len(eff) and not math.isnan(eff["fastv_k"].iloc[0]) \
             else options.fastv_k
         recorded_stages = eff["pdrop_layers"].iloc[0] if len(eff) else ""
-        pdrop_layers = recorded_stages if isinstance(recorded_stages, str) and recorded_stages else None  # None: its own
+        # None: the method's own stages
+        pdrop_layers = recorded_stages if isinstance(recorded_stages, str) and recorded_stages else None
         if not math.isnan(recorded):
             row["Avg retention"] = recorded
         elif method == "pdrop":  # our PyramidDrop names give the average retention over layers
@@ -806,7 +807,8 @@ def build_table(summary: pd.DataFrame, efficiency: pd.DataFrame, framework: str,
         elif shape is not None and n_visual > 0:
             pruned_share = ratio
             if method in LAYER_K_METHODS:  # flops_ratio wants the share kept from layer K on
-                pruned_share = kept if not math.isnan(measured) else fastv_layer_keep_ratio(ratio, shape.layers, fastv_k)
+                pruned_share = (kept if not math.isnan(measured)
+                                else fastv_layer_keep_ratio(ratio, shape.layers, fastv_k))
             elif method == "pdrop":  # and PyramidDrop's per-stage ratio, with the stages that ran
                 recorded_lambda = eff["pdrop_lambda"].iloc[0] if len(eff) else math.nan
                 try:

@@ -287,8 +287,8 @@ def run_tcc(llm: nn.Module, x: Inputs, clock: Clock, compressor: nn.Module, rho:
     end = clock.mark()
     parts = {name: clock.seconds(a, b)[0] for name, a, b in
              (("probe", start, probed), ("compressor", probed, scored), ("select_gather", scored, selected))}
-    return Outcome(clock.seconds(start, end), clock.seconds(start, selected), cache_bytes(out), int(kept_visual.numel()),
-                   parts)
+    return Outcome(clock.seconds(start, end), clock.seconds(start, selected), cache_bytes(out),
+                   int(kept_visual.numel()), parts)
 
 
 def run_inside_llm(llm: nn.Module, x: Inputs, clock: Clock, pruner: Any) -> Outcome:
@@ -387,7 +387,8 @@ def machine_info(device: torch.device) -> dict[str, Any]:
     else:
         try:
             cpuinfo = Path("/proc/cpuinfo").read_text().split("\n")
-            info["device_name"] = next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
+            info["device_name"] = next(line.split(":", 1)[1].strip() for line in cpuinfo
+                                       if line.startswith("model name"))
         except (OSError, StopIteration):
             info["device_name"] = platform.processor() or "cpu"
     import transformers
@@ -427,7 +428,8 @@ def _row(cfg: BenchConfig, case: Case, outcomes: list[Outcome]) -> dict[str, Any
 
     return {
         **row, "avg_retention": avg, "kept_visual": kept, "prefill_s": statistics.median(times),
-        "overhead_s": median([o.overhead[0] for o in outcomes]), "prefill_cpu_s": median([o.total[1] for o in outcomes]),
+        "overhead_s": median([o.overhead[0] for o in outcomes]),
+        "prefill_cpu_s": median([o.total[1] for o in outcomes]),
         "overhead_cpu_s": median([o.overhead[1] for o in outcomes]), "prefill_runs_s": times,
         "prefill_cpu_runs_s": [o.total[1] for o in outcomes],
         "kv_bytes": kv_bytes, "kv_bytes_measured": outcomes[-1].kv_bytes, "flops_ratio": flops,
@@ -525,9 +527,11 @@ def format_table(result: dict[str, Any]) -> str:
     cfg, machine, shape = result["config"], result["machine"], result["config"]["shape"]
     setup = (f"shape {cfg['shape_name']} ({cfg['arch']}, {shape['layers']} layers, hidden {shape['hidden']}), "
              f"{cfg['system']}+{cfg['visual']}+{cfg['text']} tokens, {cfg['device']} {cfg['dtype']}, "
-             f"median of {cfg['repeats']} after {cfg['warmup']} warm-up, FastV and DART K={cfg['fastv_k']}, PyramidDrop stages "
+             f"median of {cfg['repeats']} after {cfg['warmup']} warm-up, FastV and DART K={cfg['fastv_k']}, "
+             f"PyramidDrop stages "
              f"{'/'.join(map(str, pyramid_stage_layers(shape['layers'], cfg.get('pdrop_layers'))))}")
-    load = (f"machine: {machine['device_name']}, {machine['cpu_count']} CPUs, torch threads {machine['torch_threads']}, "
+    load = (f"machine: {machine['device_name']}, {machine['cpu_count']} CPUs, "
+            f"torch threads {machine['torch_threads']}, "
             f"load1 before {machine['load_before'][0]:.2f} after {machine['load_after'][0]:.2f}, "
             f"other processes' CPU share {_fmt(machine['others_cpu_share'], '.0%')}")
     header = (f"{'method':<26}{'rho':>6}{'avg ret':>9}{'kept':>6}{'prefill s':>11}{'overhead s':>12}"
@@ -535,10 +539,11 @@ def format_table(result: dict[str, Any]) -> str:
     lines = [setup, load, "", header]
     for r in result["rows"]:
         lines.append(
-            f"{r['method']:<26}{r['keep_ratio']:>6.2f}{_fmt(r['avg_retention'], '.3f'):>9}{_fmt(r['kept_visual'], 'd'):>6}"
-            f"{_fmt(r['prefill_s'], '.3f'):>11}{_fmt(r['overhead_s'], '.4f'):>12}{_fmt(r['ratio_vs_vanilla'], '.3f'):>11}"
-            f"{_fmt(r['ratio_vs_limit'], '.3f'):>9}{_fmt(r['prefill_cpu_s'], '.3f'):>9}"
-            f"{_fmt(r['overhead_cpu_s'], '.4f'):>11}{_fmt(None if r['kv_bytes'] is None else r['kv_bytes'] / 2**20, '.1f'):>9}"
+            f"{r['method']:<26}{r['keep_ratio']:>6.2f}{_fmt(r['avg_retention'], '.3f'):>9}"
+            f"{_fmt(r['kept_visual'], 'd'):>6}{_fmt(r['prefill_s'], '.3f'):>11}{_fmt(r['overhead_s'], '.4f'):>12}"
+            f"{_fmt(r['ratio_vs_vanilla'], '.3f'):>11}{_fmt(r['ratio_vs_limit'], '.3f'):>9}"
+            f"{_fmt(r['prefill_cpu_s'], '.3f'):>9}{_fmt(r['overhead_cpu_s'], '.4f'):>11}"
+            f"{_fmt(None if r['kv_bytes'] is None else r['kv_bytes'] / 2**20, '.1f'):>9}"
             f"{_fmt(r['flops_ratio'], '.3f'):>8}" + (f"  ({r['note']})" if r["note"] else "")
         )
     legend = ("prefill/overhead s: wall time, prefill includes the overhead; t/vanilla, t/limit: wall prefill over "
@@ -559,7 +564,8 @@ def format_table(result: dict[str, Any]) -> str:
 def add_machine_args(p: argparse.ArgumentParser) -> None:
     """--device, --dtype, --threads and --seed, as every benchmark of this package takes them."""
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="default: float32 on CPU, bfloat16 on CUDA")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
+                   help="default: float32 on CPU, bfloat16 on CUDA")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--seed", type=int, default=0)
 
@@ -568,7 +574,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[BenchConfig, str | None]:
     """The run's configuration and the JSON output path (None: print only)."""
     p = argparse.ArgumentParser(prog="python -m tcc_eval.bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--shape", default="qwen2-0.5b",
-                   help=f"one of {', '.join(LLM_SHAPES)}, or 'layers=..,hidden=..,intermediate=..,heads=..,kv_heads=..[,arch=llama]'")
+                   help=f"one of {', '.join(LLM_SHAPES)}, or "
+                        "'layers=..,hidden=..,intermediate=..,heads=..,kv_heads=..[,arch=llama]'")
     p.add_argument("--visual", type=int, default=1200, help="visual tokens N_v")
     p.add_argument("--text", type=int, default=100, help="instruction tokens after the visual ones")
     p.add_argument("--system", type=int, default=14, help="system-prompt tokens before the visual ones")

@@ -94,7 +94,7 @@ class TokenPrunedModel(nn.Module):
     def sample_view(self, llm: LLMInputs, b: int) -> SampleView:
         valid = llm.attention_mask[b].bool()
         rows = torch.nonzero(valid).flatten()
-        positions = llm.position_ids[:, b : b + 1, rows] if llm.position_ids.dim() == 3 else llm.position_ids[b : b + 1, rows]
+        positions = llm.position_ids[..., b : b + 1, rows]  # (1, n) or M-RoPE's (3, 1, n)
         return SampleView(
             adapter=self.adapter,
             input_ids=llm.input_ids[b, rows],

@@ -317,7 +317,8 @@ class VilaForConditionalGeneration(nn.Module):
     ``generate``/``forward`` take ``input_ids`` + ``pixel_values`` or ready ``inputs_embeds``.
     """
 
-    def __init__(self, config: VilaConfig, llm: nn.Module, vision_tower: nn.Module, mm_projector: VilaMultimodalProjector):
+    def __init__(self, config: VilaConfig, llm: nn.Module, vision_tower: nn.Module,
+                 mm_projector: VilaMultimodalProjector):
         super().__init__()
         config.text_config, config.vision_config = llm.config, vision_tower.config  # one source of truth
         self.config = config
@@ -369,8 +370,9 @@ class VilaForConditionalGeneration(nn.Module):
         self.llm.save_pretrained(out / "llm")
         tower_dir = out / "vision_tower"
         self.vision_tower.config.save_pretrained(tower_dir)
-        save_file({_checkpoint_name("vision_tower", k): v.contiguous() for k, v in self.vision_tower.state_dict().items()},
-                  str(tower_dir / "model.safetensors"), metadata={"format": "pt"})
+        tower_weights = {_checkpoint_name("vision_tower", k): v.contiguous()
+                         for k, v in self.vision_tower.state_dict().items()}
+        save_file(tower_weights, str(tower_dir / "model.safetensors"), metadata={"format": "pt"})
         projector_dir = out / "mm_projector"
         projector_dir.mkdir(parents=True, exist_ok=True)
         (projector_dir / "config.json").write_text(json.dumps({

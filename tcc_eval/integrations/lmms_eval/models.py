@@ -371,7 +371,8 @@ class VilaBaseline(lmms):
             self._device = default_device(device)
         folder = local_folder(pretrained)
         self._model = VilaForConditionalGeneration.from_pretrained(
-            folder, dtype=default_dtype(self._device, dtype), device=self._device, attn_implementation=attn_implementation)
+            folder, dtype=default_dtype(self._device, dtype), device=self._device,
+            attn_implementation=attn_implementation)
         self.processor = VilaProcessor.from_pretrained(folder, conv_mode=conv_template)  # None: the checkpoint's
         self.processor.end_answers_at_template_stop(self._model)  # the oracle's draft answer stops where we do
         self._config, self._dtype = self._model.config, self._model.dtype
@@ -396,7 +397,8 @@ class VilaBaseline(lmms):
         return self.batch_size_per_gpu
 
     def loglikelihood(self, requests: list) -> list:
-        raise NotImplementedError("vila_tcc serves generation tasks (generate_until) only: token pruning acts in generate")
+        raise NotImplementedError(
+            "vila_tcc serves generation tasks (generate_until) only: token pruning acts in generate")
 
     def generate_until_multi_round(self, requests) -> list:
         raise NotImplementedError("vila_tcc does not implement multi-round generation (nor does upstream vila)")

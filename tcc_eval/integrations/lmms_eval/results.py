@@ -42,7 +42,8 @@ def check_results(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tcc_eval.integrations.lmms_eval", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tcc_eval.integrations.lmms_eval",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("output_path")
     parser.add_argument("--tasks", default="", help="comma-separated task names that must have results")
     parser.add_argument("--newer-than", type=float, default=None, help="ignore files older than this Unix time")

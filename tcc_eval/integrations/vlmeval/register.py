@@ -33,7 +33,8 @@ def model_entry(spec: ModelSpec) -> partial:
     from .wrappers import WRAPPERS
 
     if spec.base.unavailable or spec.base.family not in WRAPPERS:
-        return partial(_unavailable, f"{spec.name}: {spec.base.unavailable or 'no VLMEvalKit wrapper for ' + spec.base.family}")
+        why = spec.base.unavailable or f"no VLMEvalKit wrapper for {spec.base.family}"
+        return partial(_unavailable, f"{spec.name}: {why}")
     return partial(
         WRAPPERS[spec.base.family], base=spec.base.name, method=spec.method, keep_ratio=spec.keep_ratio,
         **spec.base.options,

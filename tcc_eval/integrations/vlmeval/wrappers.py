@@ -161,7 +161,8 @@ class TCCModelMixin:
 
     def _pruned_generate(self, **kwargs: Any) -> torch.Tensor:
         if self.max_new_tokens_cap is not None:
-            kwargs["max_new_tokens"] = min(kwargs.get("max_new_tokens", self.max_new_tokens_cap), self.max_new_tokens_cap)
+            cap = self.max_new_tokens_cap
+            kwargs["max_new_tokens"] = min(kwargs.get("max_new_tokens", cap), cap)
         # the modality the model's input shows, as wrap_model and lmms-eval read it (VILA: several image blocks
         # are a video), so one input gets one compressor through every entry point
         self._modality = self._adapter.modality(kwargs["input_ids"])
@@ -208,7 +209,8 @@ def _no_accelerated_backends(kwargs: dict[str, Any]) -> None:
 
 
 def _defaults(func) -> dict[str, Any]:
-    return {k: p.default for k, p in inspect.signature(func).parameters.items() if p.default is not inspect.Parameter.empty}
+    return {k: p.default for k, p in inspect.signature(func).parameters.items()
+            if p.default is not inspect.Parameter.empty}
 
 
 class TCCQwen2VLChat(TCCModelMixin, Qwen2VLChat):
@@ -231,7 +233,8 @@ class TCCQwen2VLChat(TCCModelMixin, Qwen2VLChat):
         BaseModel.__init__(self)
         self._use_custom_prompt = opts["use_custom_prompt"]  # as Qwen2VLPromptMixin.__init__
         # The attributes Qwen2VLChat.__init__ sets on its transformers path (checked by the tests).
-        self.min_pixels, self.max_pixels, self.total_pixels = opts["min_pixels"], opts["max_pixels"], opts["total_pixels"]
+        self.min_pixels, self.max_pixels = opts["min_pixels"], opts["max_pixels"]
+        self.total_pixels = opts["total_pixels"]
         self.max_new_tokens = opts["max_new_tokens"]
         self.generate_kwargs = {k: opts[k] for k in (
             "max_new_tokens", "top_p", "top_k", "temperature", "repetition_penalty", "do_sample")}
@@ -327,7 +330,8 @@ class VilaChat(VILA):
                 content += IMAGE_PLACEHOLDER + "\n"
         prompt = self.processor.template.render([("user", content)])
         inputs = self.processor(text=prompt, images=images or None, return_tensors="pt").to(self.device)
-        output = self.model.generate(**inputs, eos_token_id=self.processor.stop_token_ids, **_generate_kwargs(self.kwargs))
+        output = self.model.generate(**inputs, eos_token_id=self.processor.stop_token_ids,
+                                     **_generate_kwargs(self.kwargs))
         answer = output[:, inputs["input_ids"].shape[1]:]
         return self.processor.batch_decode(answer, skip_special_tokens=True)[0].strip()
 
