@@ -3,7 +3,7 @@
 For a few test samples, one row per sample: the input, then one panel per method (tcc, random, oracle
 by default) where pruned tokens are blanked (grey) and kept tokens show their pixels; ground-truth
 objects are outlined in green. Videos show every frame pair (Qwen2-VL) or frame (LLaVA-OneVision) side
-by side. Uses the shipped demo models (``tcc_eval.demo.paths()``) unless ``--model`` is given.
+by side, and LLaVA-OneVision images their base view and crop. Uses the shipped demo models (``tcc_eval.demo.paths()``) unless ``--model`` is given.
 """
 
 from __future__ import annotations
@@ -40,15 +40,21 @@ def kept_tokens(model, processor, sample, method: str, ratio: float,
 
 
 def panels(sample, keep: np.ndarray | None, regions) -> list[Image.Image]:
-    """One panel per image, frame pair or frame: pixels of kept tokens, blank elsewhere."""
+    """One panel per image view (LLaVA-OV: base view and crop apart, so a cell shows as kept only if that view's
+    token is), frame pair or frame: pixels of kept tokens, blank elsewhere."""
     frames = [sample.image] if sample.kind == "image" else sample.video
-    groups = [()] if sample.kind == "image" else sorted({f for f in regions.frames if f}, key=lambda f: f[0])
+    views = regions.views or [0] * len(regions)
+    groups = sorted({(f, v) for f, v, box in zip(regions.frames, views, regions.boxes) if box[0] >= 0},
+                    key=lambda g: (g[0][:1], g[1]))
+    if keep is None:  # the input itself: one panel per image or frame
+        groups = [g for g in groups if g[1] == groups[0][1]]
     out = []
-    for group in groups:
+    for group, view in groups:
         src = np.asarray(frames[group[0]] if group else frames[0])
         canvas = np.empty_like(src)
         canvas[:] = BLANK if keep is not None else src
-        members = [i for i, f in enumerate(regions.frames) if f == group and regions.boxes[i, 0] >= 0]
+        members = [i for i, (f, v) in enumerate(zip(regions.frames, views))
+                   if f == group and v == view and regions.boxes[i, 0] >= 0]
         for i in members:
             if keep is None or keep[i]:
                 x0, y0, x1, y1 = regions.boxes[i]

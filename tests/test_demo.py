@@ -330,12 +330,27 @@ def test_lookalikes_are_the_other_objects_that_show_the_answer(demo_models):
     assert found >= 6  # crowds of 24-96 objects in 9 colours: most images show the answer elsewhere too
 
 
+def test_the_lookalike_check_scores_answers_as_greedy_decoding_does():
+    """A sample counts as right only when the answer letter is the top token of the whole vocabulary (another
+    token on top is a wrong answer, whatever the letters' order), and a zero margin has no relative change."""
+    from tcc_eval.demo.evaluate import answer_check, without_lookalikes
+
+    letters = {"A": 1, "B": 2, "C": 3, "D": 4}
+    logits = torch.tensor([9.0, 5.0, 3.0, 1.0, 0.0])  # token 0 (not a letter) on top; A leads the letters
+    assert answer_check(logits, letters, "A") == (2.0, False)
+    assert answer_check(torch.tensor([0.0, 5.0, 3.0, 1.0, 0.0]), letters, "A") == (2.0, True)
+    result = without_lookalikes([((2.0, True), (1.0, False)), ((0.0, False), (1.0, True)), ((4.0, True), (6.0, True))])
+    assert result["samples"] == 3 and result["accuracy_full"] == pytest.approx(2 / 3)
+    assert result["accuracy"] == pytest.approx(2 / 3)
+    assert result["median_margin_change"] == 0.0 and result["mean_margin_change"] == 0.0  # -0.5 and +0.5
+
+
 @needs_assets
 def test_pruning_the_lookalikes_equals_masking_them(demo_models):
     """lookalike_margins' pruned margins equal an unpruned forward with the lookalike tokens masked out of the
     attention (same positions), and without_lookalikes counts exactly the samples that have lookalikes."""
     from tcc_eval.adapters import adapter_for
-    from tcc_eval.demo.evaluate import letter_margin, lookalike_margins, token_places, without_lookalikes
+    from tcc_eval.demo.evaluate import answer_check, lookalike_margins, token_places, without_lookalikes
     from tcc_eval.demo.regions import token_regions
     from tcc_eval.demo.train import encode, letter_ids, llm_inputs
 
@@ -364,14 +379,19 @@ def test_pruning_the_lookalikes_equals_masking_them(demo_models):
                 if hide:
                     masked[0, visual[torch.from_numpy(look)]] = 0
                 hidden = lm(inputs_embeds=embeds, attention_mask=masked, position_ids=pos).last_hidden_state
-                margins.append(letter_margin(model.lm_head(hidden[0, -1]), letters, sample.answer))
+                logits = model.lm_head(hidden[0, -1])
+                margins.append((answer_check(logits, letters, sample.answer)[0],
+                                int(torch.argmax(logits)) == letters[sample.answer]))
             before.append(margins[0])
             after.append(margins[1])
     assert result["samples"] == with_lookalikes > 0
-    np.testing.assert_allclose([p for p in pairs if p is not None], list(zip(before, after)), atol=1e-4)
-    assert result["accuracy_full"] == np.mean([m > 0 for m in before])
-    assert result["accuracy"] == np.mean([m > 0 for m in after])
-    change = [(a - b) / abs(b) for a, b in zip(after, before)]
+    pairs = [p for p in pairs if p is not None]
+    np.testing.assert_allclose([(b[0], a[0]) for b, a in pairs], [(b[0], a[0]) for b, a in zip(before, after)],
+                               atol=1e-4)
+    assert [(b[1], a[1]) for b, a in pairs] == [(b[1], a[1]) for b, a in zip(before, after)]
+    assert result["accuracy_full"] == np.mean([right for _, right in before])
+    assert result["accuracy"] == np.mean([right for _, right in after])
+    change = [(a - b) / abs(b) for (a, _), (b, _) in zip(after, before)]
     assert result["median_margin_change"] == pytest.approx(float(np.median(change)), abs=1e-4)
 
 
@@ -401,6 +421,25 @@ def test_visualize_writes_png(tmp_path):
     # --model: the default compressor is the demo one of the checkpoint's own family, whatever --family says
     llava = paths()["llava_onevision"]["model"]
     assert main(["--n", "1", "--methods", "tcc", "--model", llava, "--out", str(tmp_path / "l.png")]) == 0
+
+
+def test_visualize_draws_each_image_view_apart():
+    """LLaVA-OV gives each cell a base-view token and a crop token; a panel per view shows a cell as kept only
+    where that view's token is (one panel for both showed any cell kept in either view)."""
+    from types import SimpleNamespace
+
+    from tcc_eval.demo.regions import TokenRegions
+    from tcc_eval.visualize import BLANK, panels
+
+    image = Image.fromarray(np.full((4, 4, 3), 200, dtype=np.uint8))
+    sample = SimpleNamespace(kind="image", image=image, boxes=[], frames=None)
+    cells = np.array([[0, 0, 2, 4], [2, 0, 4, 4]])
+    regions = TokenRegions(np.concatenate([cells, cells, [[-1, -1, -1, -1]]]), [()] * 5, [0, 0, 1, 1, 1])
+    base, crop = (np.asarray(p) for p in panels(sample, np.array([True, False, False, True, False]), regions))
+    assert (base[:, :2] == 200).all() and (base[:, 2:] == BLANK).all()
+    assert (crop[:, :2] == BLANK).all() and (crop[:, 2:] == 200).all()
+    (whole,) = panels(sample, None, regions)  # the input itself: one panel
+    assert (np.asarray(whole) == 200).all()
 
 
 def test_variant_inputs_are_checked(tmp_path):

@@ -241,34 +241,42 @@ def token_places(model, inputs: dict[str, torch.Tensor], sample: synth.SynthSamp
 
 
 def letter_margin(logits: torch.Tensor, letters: dict[str, int], answer: str) -> float:
-    """Answer letter's logit minus the best other letter's (> 0: answered right)."""
+    """Answer letter's logit minus the best other letter's (how far the answer leads among the options)."""
     others = [logits[i] for letter, i in letters.items() if letter != answer]
     return float(logits[letters[answer]] - torch.stack(others).max())
 
 
+def answer_check(logits: torch.Tensor, letters: dict[str, int], answer: str) -> tuple[float, bool]:
+    """(``letter_margin``, whether greedy decoding answers right: the answer letter is the top token of the whole
+    vocabulary, as ``run_method`` scores it)."""
+    return letter_margin(logits, letters, answer), int(torch.argmax(logits)) == letters[answer]
+
+
 @torch.no_grad()
 def lookalike_margins(model, inputs: dict[str, torch.Tensor], places: np.ndarray, letters: dict[str, int],
-                      answer: str) -> tuple[float, float] | None:
-    """Answer margin of a one-sample batch before and after its lookalikes are pruned (positions kept); None
+                      answer: str) -> tuple[tuple[float, bool], tuple[float, bool]] | None:
+    """``answer_check`` of a one-sample batch before and after its lookalikes are pruned (positions kept); None
     when it has none."""
     if not (places == 1).any():
         return None
     mask = inputs["attention_mask"][0].bool()
     visual = visual_rows(model, inputs["input_ids"], inputs["attention_mask"])[0]
     kept = keep_positions(mask, visual, torch.from_numpy(np.nonzero(places != 1)[0]))
-    return (letter_margin(answer_logits(model, inputs)[0], letters, answer),
-            letter_margin(answer_logits(model, inputs, [kept])[0], letters, answer))
+    return (answer_check(answer_logits(model, inputs)[0], letters, answer),
+            answer_check(answer_logits(model, inputs, [kept])[0], letters, answer))
 
 
-def without_lookalikes(margins: list[tuple[float, float]]) -> dict[str, Any]:
-    """Accuracy and answer margin change when the lookalikes are pruned, over the samples that have any (their
-    ``lookalike_margins``): a model that reads the answer from the ground-truth object alone loses neither."""
-    if not margins:
+def without_lookalikes(checks: list[tuple[tuple[float, bool], tuple[float, bool]]]) -> dict[str, Any]:
+    """Accuracy and relative answer margin change when the lookalikes are pruned, over the samples that have any
+    (their ``lookalike_margins``; a zero margin before has no relative change): a model that reads the answer
+    from the ground-truth object alone loses neither."""
+    if not checks:
         return {"samples": 0}
-    change = [(after - before) / abs(before) for before, after in margins]
-    return {"samples": len(margins), "accuracy_full": float(np.mean([before > 0 for before, _ in margins])),
-            "accuracy": float(np.mean([after > 0 for _, after in margins])),
-            "median_margin_change": float(np.median(change)), "mean_margin_change": float(np.mean(change))}
+    change = [(after - before) / abs(before) for (before, _), (after, _) in checks if before != 0]
+    return {"samples": len(checks), "accuracy_full": float(np.mean([right for (_, right), _ in checks])),
+            "accuracy": float(np.mean([right for _, (_, right) in checks])),
+            "median_margin_change": float(np.median(change)) if change else None,
+            "mean_margin_change": float(np.mean(change)) if change else None}
 
 
 def oracle_diagnostics(model, processor, samples: list[synth.SynthSample],
@@ -291,7 +299,7 @@ def oracle_diagnostics(model, processor, samples: list[synth.SynthSample],
     landed: dict[str, list[int]] = {rule: [] for rule in rules}
     layer_shares: dict[str, list[list[np.ndarray]]] = {}
     letters = letter_ids(processor.tokenizer)
-    margins: list[tuple[float, float]] = []
+    margins: list[tuple[tuple[float, bool], tuple[float, bool]]] = []
     for sample in samples:
         inputs = encode(processor, [sample])
         places = token_places(model, inputs, sample)

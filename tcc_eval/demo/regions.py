@@ -2,7 +2,7 @@
 
 The synthetic benchmarks draw every object inside one 28-px cell, so a token's pixel box tells exactly
 whether it covers a ground-truth object. Layouts (checked against the HF models in tests/test_demo.py):
-- Qwen2-VL image: one token per 28x28 block, row-major over ``image_grid_thw // 2``.
+- Qwen2-VL (and Qwen2.5-VL) image: one token per 28x28 block, row-major over ``image_grid_thw // 2``.
 - Qwen2-VL video: the same grid per frame pair (temporal patch 2), pairs in time order.
 - LLaVA-OneVision image (single 336x336 pinpoint): the base view (row-major), then the one anyres crop
   with a newline token after every row; newline tokens cover no pixels.
@@ -27,6 +27,7 @@ class TokenRegions:
 
     boxes: np.ndarray  # (N_v, 4) int, -1 rows for tokens without pixels (newlines)
     frames: list[tuple[int, ...]]  # frames each token covers; () for images and newlines
+    views: list[int] | None = None  # which view of the image a token is in (LLaVA-OV: 0 base, 1 crop); None: one
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -77,7 +78,7 @@ def token_regions(model: torch.nn.Module, inputs: dict[str, torch.Tensor], b: in
     """Regions of the visual tokens of batch row ``b`` (one image or one video per row)."""
     cfg = model.config
     canvas = tuple(sample.canvas_hw)
-    if cfg.model_type == "qwen2_vl":
+    if cfg.model_type in ("qwen2_vl", "qwen2_5_vl"):  # Qwen2.5-VL's tower restores row order after its windows
         merge = cfg.vision_config.spatial_merge_size
         key = "video_grid_thw" if sample.kind == "video" else "image_grid_thw"
         t, h, w = (int(x) for x in inputs[key][b])
@@ -95,7 +96,7 @@ def token_regions(model: torch.nn.Module, inputs: dict[str, torch.Tensor], b: in
             grid = _grid_boxes((side, side), canvas)
             crop = np.concatenate([np.concatenate([grid[r * side:(r + 1) * side], NO_BOX]) for r in range(side)])
             boxes = np.concatenate([grid, crop])
-            return TokenRegions(boxes, [()] * len(boxes))
+            return TokenRegions(boxes, [()] * len(boxes), [0] * len(grid) + [1] * len(crop))
         pooled = -(-side // 2)
         grid = _grid_boxes((pooled, pooled), canvas)
         boxes = np.concatenate([grid] * sample.n_frames + [NO_BOX])
