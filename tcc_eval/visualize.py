@@ -3,7 +3,8 @@
 For a few test samples, one row per sample: the input, then one panel per method (tcc, random, oracle
 by default) where pruned tokens are blanked (grey) and kept tokens show their pixels; ground-truth
 objects are outlined in green. Videos show every frame pair (Qwen2-VL) or frame (LLaVA-OneVision) side
-by side, and LLaVA-OneVision images their base view and crop. Uses the shipped demo models (``tcc_eval.demo.paths()``) unless ``--model`` is given.
+by side, and LLaVA-OneVision images their base view and crop. Uses the shipped demo models
+(``tcc_eval.demo.paths()``) unless ``--model`` is given.
 """
 
 from __future__ import annotations

@@ -156,6 +156,11 @@ def test_read_data_tsv_and_jsonl(tmp_path):
         [{"id": "v1", "video": "frames", "question": "What?", "options": ["cat", "dog"], "answer": "dog"}], tmp_path
     )
     assert jsonl[0].answer == "B" and jsonl[0].modality == "video" and jsonl[0].options == {"A": "cat", "B": "dog"}
+    # numbers stay as written: a numeric option column with a blank cell is no float column
+    (tmp_path / "n.tsv").write_text("index\tquestion\tA\tB\tC\tanswer\timage_path\n"
+                                    "1\tHow many?\t4\t5\t\tA\tx.png\n2\tHow many?\t3\t6\t7\tC\tx.png\n")
+    numeric = read_data(tmp_path / "n.tsv")
+    assert numeric[0].options == {"A": "4", "B": "5"} and numeric[1].options == {"A": "3", "B": "6", "C": "7"}
 
 
 def test_shards_from_flag_or_torchrun(monkeypatch):
@@ -174,6 +179,87 @@ def test_split_is_seeded_and_disjoint():
     val = split_keys(keys, 0.1, seed=0)
     assert len(val) == 5 and val == split_keys(keys, 0.1, seed=0) and val != split_keys(keys, 0.1, seed=1)
     assert split_keys(keys[:1], 0.1, 0) == set()
+    # one medium per sample: the seeded permutation's first round(0.1 n) samples, as before media were recorded
+    first = torch.randperm(50, generator=torch.Generator().manual_seed(0))[:5].tolist()
+    assert split_keys(keys, 0.1, 0, media=[f"m{i}" for i in range(50)]) == val == {keys[i] for i in first}
+
+
+def test_split_holds_out_whole_images():
+    """Samples asking about one image (MMBench repeats a question with its options rotated) are held out
+    together, so the validation loss never scores an image the compressor trained on; never all of them."""
+    keys = [f"k{i:02d}" for i in range(40)]
+    media = [f"image{i // 4}" for i in range(40)]  # 10 images, 4 questions each
+    for seed in range(5):
+        val = split_keys(keys, 0.1, seed, media)
+        held_images = {m for k, m in zip(keys, media) if k in val}
+        assert len(val) == 4 and len(held_images) == 1
+        assert not held_images & {m for k, m in zip(keys, media) if k not in val}
+    assert len(split_keys(keys[:4], 0.5, 0, media[:4])) == 0  # one image: nothing can be held out whole
+    assert len(split_keys(keys, 0.9, 0, media)) == 36  # never every image
+
+
+def test_label_directories_of_the_same_data_are_refused(tmp_path):
+    """Two folders labelled from one data file (twice, or by two checkpoints of one shape) share sample keys: one
+    folder's targets would silently replace the other's."""
+    from tcc_eval.compressor.train import load_labels
+
+    first, second = write_fake_labels(tmp_path / "a", 4), write_fake_labels(tmp_path / "b", 4, seed=1)
+    with pytest.raises(ValueError, match=r"label directories .*a and .*b both hold sample 0 of fake"):
+        load_labels([first, second])
+
+
+def test_evaluate_never_reports_training_samples_as_unseen(tmp_path, capsys, one_thread):
+    """A compressor trained with --val-frac 0 held nothing out: evaluate on its own labels refuses by default and
+    says what --split all scores; labels of other data are scored as unseen."""
+    from tcc_eval.compressor.evaluate import evaluate
+
+    labels, ckpt = write_fake_labels(tmp_path / "labels", 8), tmp_path / "c.pt"
+    assert main(["train", "--labels", str(labels), "--out", str(ckpt), "--epochs", "1", "--val-frac", "0"]) == 0
+    with pytest.raises(ValueError, match="every sample in these label directories trained the compressor"):
+        evaluate([str(labels)], str(ckpt))
+    assert evaluate([str(labels)], str(ckpt), split="all")["split"] == "all samples (8 used in training)"
+    other = write_fake_labels(tmp_path / "other", 3, seed=5)
+    meta = json.loads((other / "meta.json").read_text())
+    (other / "meta.json").write_text(json.dumps({**meta, "data": "other"}))
+    report = evaluate([str(other)], str(ckpt))
+    assert (report["split"], report["n_samples"]) == ("samples not used in training", 3)
+    report = evaluate([str(labels), str(other)], str(ckpt))
+    assert report["split"] == "samples not used in training (8 training samples left out)"
+    assert report["n_samples"] == 3
+
+
+def test_training_that_never_improves_saves_nothing_and_says_so(tmp_path, monkeypatch, one_thread):
+    """With no finite validation loss no epoch is saved; the final rewrite must not pick up an earlier run's
+    file at --out and relabel it as this run's."""
+    from tcc_eval.compressor import train as train_module
+
+    labels, ckpt = write_fake_labels(tmp_path / "labels", 8), tmp_path / "c.pt"
+    save_compressor(ckpt, TokenCompressor(), json.loads((labels / "meta.json").read_text())["model"], "image",
+                    {"marker": "earlier run"})
+    monkeypatch.setattr(train_module, "mean_loss", lambda *args: float("nan"))
+    with pytest.raises(ValueError, match="no epoch of 2 gave a finite validation loss.*nothing was saved"):
+        main(["train", "--labels", str(labels), "--out", str(ckpt), "--epochs", "2", "--patience", "5"])
+    assert load_compressor(ckpt).train_stats == {"marker": "earlier run"}
+
+
+def test_resumed_labelling_must_share_the_label_settings(tmp_path):
+    """Frames per video, answer tokens explained and the dtype shape each label: a resume with others would mix
+    two kinds of labels in one folder. Frames do not matter for image data; --keep-all only adds samples."""
+    from tcc_eval.compressor.labels import prepare_meta
+
+    meta = {"model": {"family": "qwen2_vl"}, "data": "/d.tsv", "modality": "video", "relevance_rules": ["clamp"],
+            "num_frames": 8, "max_answer_tokens": 16, "keep_all": False, "dtype": "bfloat16"}
+    prepare_meta(tmp_path, meta)
+    prepare_meta(tmp_path, {**meta, "keep_all": True})  # the same settings resume, --keep-all or not
+    for key, value, flag in (("num_frames", 16, "--num-frames 8 \\(this run: 16\\)"),
+                             ("max_answer_tokens", 4, "--max-answer-tokens 16"),
+                             ("dtype", "float32", "--dtype bfloat16")):
+        with pytest.raises(ValueError, match=f"holds labels made with {flag}.*Resume with the same settings"):
+            prepare_meta(tmp_path, {**meta, key: value})
+    images = tmp_path / "images"
+    images.mkdir()
+    prepare_meta(images, {**meta, "modality": "image"})
+    prepare_meta(images, {**meta, "modality": "image", "num_frames": 16})
 
 
 # ------------------------------------------------------------------------------------------ training learns
@@ -404,6 +490,28 @@ def test_label_shards_jsonl_and_counts_failures(tiny_checkpoints, tmp_path, one_
               "--device", "cpu"])
 
 
+def test_labels_take_the_modality_inference_scores_them_as(tiny_vila_path, tmp_path, one_thread):
+    """VILA has no video token: a prompt of several images is scored with the video compressor, so its labels
+    are video labels and the compressor trained on them is a video one (not an image one that never sees it)."""
+    from conftest import random_image
+
+    from tcc_eval.compressor.train import load_labels
+
+    for i in range(2):
+        random_image(56, 56, seed=i).save(tmp_path / f"{i}.png")
+    line = {"question": "Same colour?", "options": ["yes", "no"], "answer": "A"}
+    data = tmp_path / "d.jsonl"
+    data.write_text("\n".join(json.dumps({**line, "id": i, "images": ["0.png", "1.png"][: 1 + i]}) for i in range(2)))
+    out = tmp_path / "labels"
+    assert main(["label", "--model", str(tiny_vila_path), "--data", str(data), "--out", str(out), "--keep-all",
+                 "--max-answer-tokens", "1", "--max-new-tokens", "2", "--device", "cpu"]) == 0
+    records = {i: torch.load(out / "samples" / f"{i}.pt", weights_only=True) for i in range(2)}
+    assert records[0]["modality"] == "image" and records[1]["modality"] == "video"
+    assert records[0]["media"] != records[1]["media"]
+    (out / "samples" / "0.pt").unlink()
+    assert load_labels([out])[1] == "video"
+
+
 def test_wrong_model_and_missing_file_give_clear_errors(tiny_checkpoints, tmp_path):
     from transformers import AutoModelForImageTextToText
 
@@ -443,6 +551,9 @@ def test_command_line_refuses_bad_input_before_the_work(tmp_path, capsys):
     with pytest.raises(ValueError, match="is a folder; give the checkpoint file"):  # was: after training, lost
         main(["train", "--labels", str(tmp_path), "--out", str(tmp_path)])
     for args in (["train", "--labels", "L", "--out", "c.pt", "--val-frac", "1.5"],
+                 ["train", "--labels", "L", "--out", "c.pt", "--epochs", "0"],
+                 ["label", "--model", "M", "--data", "D", "--out", "O", "--max-answer-tokens", "0"],
+                 ["label", "--model", "M", "--data", "D", "--out", "O", "--num-frames", "-1"],
                  ["label", "--model", "M", "--data", "D", "--out", "O", "--dtype", "float99"],
                  *([["label", "--model", "M", "--data", "D", "--out", "O", "--device", "cuda"]]
                    if not torch.cuda.is_available() else [])):

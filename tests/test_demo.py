@@ -528,7 +528,7 @@ def test_evaluate_cli_scores_the_methods_asked_for(tmp_path, capsys):
     assert main(["evaluate", "--methods", "magic"]) == 2
     assert "unknown method 'magic'" in capsys.readouterr().err
     bad = [(["--device", "gpu0"], "argument --device: 'gpu0' is not a torch device; use cpu, cuda or cuda:N"),
-           (["--n", "0"], "argument --n: 0 is not a positive number of samples"),
+           (["--n", "0"], "argument --n: 0 is not a positive whole number"),
            (["--ratios", "50"], "argument --ratios: keep_ratio must be in (0, 1]")]
     if not torch.cuda.is_available():
         bad.append((["--device", "cuda"], "argument --device: cuda, but torch sees no CUDA GPU here; use cpu"))

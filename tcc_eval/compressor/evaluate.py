@@ -73,14 +73,25 @@ def fidelity(compressor: Any, samples: list[LabelSample]) -> dict[str, dict[str,
     return {method: {name: _mean(values) for name, values in metrics.items()} for method, metrics in rows.items()}
 
 
-def choose_samples(samples: list[LabelSample], val_keys: set[str], split: str) -> tuple[list[LabelSample], str]:
-    """``auto``: the checkpoint's held-out samples if these labels contain them, else all samples."""
+def choose_samples(samples: list[LabelSample], val_keys: set[str], split: str,
+                   trained_folders: set[str] = frozenset()) -> tuple[list[LabelSample], str]:
+    """``auto``: the checkpoint's held-out samples if these labels contain them, else the samples it did not train
+    on (those outside its training folders ``trained_folders``); refuses when it trained on all of them."""
     held_out = [s for s in samples if s.key in val_keys]
+    trained = [s for s in samples if s.folder in trained_folders and s.key not in val_keys]
     if split == "val" and not held_out:
         raise ValueError("--split val: none of the compressor's held-out samples is in these label directories")
-    if split == "all" or (split == "auto" and not held_out):
-        return samples, "all samples (labels not used in training)" if split == "auto" else "all samples"
-    return held_out, "held-out validation split of training"
+    if split == "all":
+        return samples, f"all samples ({len(trained)} used in training)" if trained else "all samples"
+    if held_out:
+        return held_out, "held-out validation split of training"
+    unseen = [s for s in samples if s.folder not in trained_folders]
+    if not unseen:
+        raise ValueError("every sample in these label directories trained the compressor (it held none out: "
+                         "--val-frac 0), so its scores here would not say how it does on unseen inputs: label other "
+                         "data, or pass --split all to score the training samples anyway")
+    return unseen, ("samples not used in training" if len(unseen) == len(samples)
+                    else f"samples not used in training ({len(samples) - len(unseen)} training samples left out)")
 
 
 def format_table(report: dict[str, Any]) -> str:
@@ -105,7 +116,8 @@ def evaluate(labels: list[str], compressor_path: str, split: str = "auto", again
         print(f"warning: compressor {compressor_path} was trained on {compressor.modality} inputs and these labels "
               f"are of {modality} inputs: the scores say how it transfers, not how it does on its own modality",
               file=sys.stderr)
-    chosen, how = choose_samples(samples, set(compressor.train_stats.get("val_keys", [])), split)
+    chosen, how = choose_samples(samples, set(compressor.train_stats.get("val_keys", [])), split,
+                                 set(compressor.train_stats.get("labels", [])))
     if not chosen:
         raise ValueError(f"no usable label files in {labels}")
     return {

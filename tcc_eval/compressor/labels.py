@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import ast
 import base64
+import hashlib
 import io
 import json
 import math
@@ -29,7 +30,8 @@ from typing import Any
 import torch
 from PIL import Image
 
-from ..api import DTYPES, device_arg, on_model_device, read_video, uniform_indices, video_timing_options
+from ..adapters import adapter_for
+from ..api import DTYPES, device_arg, on_model_device, positive_int, read_video, uniform_indices, video_timing_options
 from ..oracle import METHOD_RULE, RELEVANCE_RULES, answer_tokens, explain_inputs
 
 HELP = "generate training labels (oracle relevance) with an MLLM"
@@ -74,6 +76,12 @@ class Sample:
     def modality(self) -> str:
         return "video" if self.video is not None else "image"
 
+    def media_digest(self) -> str:
+        """One digest per distinct visual input (the same image under several questions shares it), so that
+        ``train`` holds out whole images, not samples."""
+        refs = [self.video] if self.video is not None else self.images
+        return hashlib.sha1("\n".join(str(r) for r in refs).encode()).hexdigest()[:16]
+
     def prompt(self) -> str:
         if not self.options:
             return self.question
@@ -108,7 +116,8 @@ def read_tsv(path: Path) -> list[Sample]:
     import pandas as pd
 
     # only empty cells are missing: options such as "None" or "NA" are real answers
-    frame = pd.read_csv(path, sep="\t", dtype={"index": str}, keep_default_na=False, na_values=[""])
+    # all text: a numeric column with a blank cell would otherwise turn its "4" into "4.0"
+    frame = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, na_values=[""])
     missing = {"index", "question", "answer"} - set(frame.columns)
     if missing:
         raise ValueError(f"{path}: TSV lacks column(s) {sorted(missing)} (VLMEvalKit MCQ format expected)")
@@ -276,9 +285,14 @@ def pick_device(requested: str | None) -> torch.device:
 
 
 def write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # torchrun's shards each write their own
     tmp.write_text(json.dumps(data, indent=1, default=str))
     os.replace(tmp, path)
+
+
+# settings that change what a label holds: a resumed run must share them (flag: the option that sets each).
+# --keep-all is not one: it changes which samples get labels, and a resume with it labels the skipped ones.
+LABEL_SETTINGS = {"num_frames": "--num-frames", "max_answer_tokens": "--max-answer-tokens", "dtype": "--dtype"}
 
 
 def prepare_meta(out: Path, meta: dict[str, Any]) -> None:
@@ -290,6 +304,13 @@ def prepare_meta(out: Path, meta: dict[str, Any]) -> None:
             raise ValueError(
                 f"{out} already holds labels of {old.get('model', {}).get('family')} on {old.get('data')}; "
                 f"this run is {meta['model']['family']} on {meta['data']}: use another --out"
+            )
+        changed = [f"{flag} {old[key]} (this run: {meta[key]})" for key, flag in LABEL_SETTINGS.items()
+                   if key in old and old[key] != meta[key] and (key != "num_frames" or meta["modality"] != "image")]
+        if changed:
+            raise ValueError(
+                f"{out} holds labels made with {', '.join(changed)}: resumed samples would be labelled otherwise. "
+                f"Resume with the same settings, or use another --out"
             )
         old_rules = old.get("relevance_rules", [METHOD_RULE])
         if old_rules != meta["relevance_rules"]:
@@ -315,7 +336,7 @@ def label_sample(model, processor, sample: Sample, args: argparse.Namespace, met
     ids = answer_tokens(model, new_tokens)
     response = processor.tokenizer.decode(ids, skip_special_tokens=True).strip()
     record: dict[str, Any] = {"id": sample.id, "prediction": response, "answer": sample.answer,
-                              "correct": is_correct(response, sample)}
+                              "correct": is_correct(response, sample), "media": sample.media_digest()}
     if not (record["correct"] or args.keep_all):
         return record
     explanation = explain_inputs(model, inputs, ids if ids.numel() else new_tokens[:1], args.max_answer_tokens,
@@ -328,7 +349,8 @@ def label_sample(model, processor, sample: Sample, args: argparse.Namespace, met
         groups=explanation.groups.cpu(),
         answer_ids=explanation.answer_ids.cpu(),
         n_visual=int(explanation.relevance.numel()),
-        modality=sample.modality,
+        # as inference picks the compressor: VILA scores a prompt of several images as a video
+        modality=adapter_for(model).modality(inputs["input_ids"]),
         model=meta["model"],
     )
     return record
@@ -356,7 +378,7 @@ def run(args: argparse.Namespace) -> int:
     meta = {
         "format": "tcc-labels", "version": 1, "model": model_meta(model), "model_path": str(args.model),
         "data": str(Path(args.data).resolve()), "modality": dataset_modality(samples),
-        "max_answer_tokens": args.max_answer_tokens, "keep_all": args.keep_all,
+        "max_answer_tokens": args.max_answer_tokens, "keep_all": args.keep_all, "num_frames": args.num_frames,
         "relevance_rules": label_rules(args.ablation_rules),
         "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
     }
@@ -418,16 +440,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shard", default=None, help="i/n: label every n-th sample starting at i "
                         "(default: torchrun's RANK/WORLD_SIZE, else 0/1)")
     parser.add_argument("--keep-all", action="store_true", help="keep wrongly answered samples too")
-    parser.add_argument("--max-answer-tokens", type=int, default=16,
+    parser.add_argument("--max-answer-tokens", type=positive_int, default=16,
                         help="explain at most this many answer tokens (one backward pass each; default 16)")
     parser.add_argument("--ablation-rules", nargs="+", default=[], choices=RELEVANCE_RULES, metavar="RULE",
                         help="also store the relevance under these rules, from the same backward pass, for "
                         "`train --relevance-rule`: attention (plain head-mean attention rollout, no gradient: the "
                         "paper's ablation), abs, signed. The method's rule (clamp) is always stored")
-    parser.add_argument("--max-new-tokens", type=int, default=16,
+    parser.add_argument("--max-new-tokens", type=positive_int, default=16,
                         help="tokens generated to judge the answer (default 16)")
-    parser.add_argument("--num-frames", type=int, default=8, help="frames sampled per video (default 8)")
-    parser.add_argument("--limit", type=int, default=None, help="use only the first N samples of the data")
+    parser.add_argument("--num-frames", type=positive_int, default=8, help="frames sampled per video (default 8)")
+    parser.add_argument("--limit", type=positive_int, default=None, help="use only the first N samples of the data")
     parser.add_argument("--device", default=None, type=device_arg, help="cuda, cuda:1, cpu (default: cuda:LOCAL_RANK "
                         "or cuda if available, else cpu)")
     parser.add_argument("--dtype", default=None, choices=DTYPES,

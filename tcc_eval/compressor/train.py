@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from ..api import device_arg
+from ..api import device_arg, positive_int
 from ..oracle import METHOD_RULE, RELEVANCE_RULES
 from . import MATCH_KEYS, describe, load_compressor, save_compressor
 from .network import (
@@ -48,6 +48,8 @@ class LabelSample:
     a0: torch.Tensor
     relevance: torch.Tensor
     groups: torch.Tensor
+    folder: str = ""  # the label directory it came from (resolved)
+    media: str = ""  # a digest of its image(s) or video (labels of earlier versions: its key)
 
     @property
     def n(self) -> int:
@@ -69,7 +71,8 @@ def load_labels(dirs: list[str | Path], rule: str = METHOD_RULE) -> tuple[dict[s
 
     Returns (source model meta, modality, samples, number of unusable samples skipped: unreadable, or with no
     positive relevance to learn from)."""
-    metas, samples, bad = [], [], 0
+    metas, samples, bad, modalities = [], [], 0, set()
+    folder_of: dict[str, Path] = {}  # sample key -> the label directory it came from
     for d in map(Path, dirs):
         meta = read_meta(d)
         labelled = meta.get("relevance_rules", [METHOD_RULE])
@@ -94,19 +97,37 @@ def load_labels(dirs: list[str | Path], rule: str = METHOD_RULE) -> tuple[dict[s
             if not bool((rel > 0).any()):  # no token mattered: its label would only say "the first half"
                 bad += 1
                 continue
-            samples.append(LabelSample(f"{meta['data']}#{rec['id']}", a0, rel, rec["groups"].flatten()))
-    modalities = {m.get("modality") for m in metas}
-    modality = modalities.pop() if len(modalities) == 1 else "mixed"
+            key = f"{meta['data']}#{rec['id']}"
+            if key in folder_of:  # its target would silently replace the other folder's
+                raise ValueError(
+                    f"label directories {folder_of[key]} and {d} both hold sample {rec['id']} of {meta['data']}: "
+                    f"they labelled the same data (twice, or with two checkpoints of one shape). Train on one of "
+                    f"them; label more data into one folder (resuming it) or into folders of other data files"
+                )
+            folder_of[key] = d
+            modalities.add(rec.get("modality", meta.get("modality")))  # the compressor inference picks for it
+            samples.append(LabelSample(key, a0, rel, rec["groups"].flatten(), str(d.resolve()), rec.get("media", key)))
+    modality = modalities.pop() if len(modalities) == 1 else "mixed" if modalities else metas[0].get("modality")
     samples.sort(key=lambda s: s.key)
     return metas[0]["model"], modality, samples, bad
 
 
-def split_keys(keys: list[str], val_frac: float, seed: int) -> set[str]:
-    """Seeded held-out subset: round(val_frac * n) keys, at least 1 when there are 2+ samples and val_frac > 0."""
+def split_keys(keys: list[str], val_frac: float, seed: int, media: list[str] | None = None) -> set[str]:
+    """Seeded held-out subset of about round(val_frac * n) keys, at least 1 when there are 2+ samples and
+    val_frac > 0, never all. Samples of one ``media`` (the same image or video asked about several times, as
+    MMBench's rotated options are) are held out together, so validation never sees an image training saw."""
     n = len(keys)
     n_val = 0 if val_frac <= 0 or n < 2 else min(n - 1, max(1, round(val_frac * n)))
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
-    return {keys[i] for i in order[:n_val]}
+    members: dict[str, list[str]] = {}
+    for key, medium in zip(keys, media or keys):
+        members.setdefault(medium, []).append(key)
+    names = list(members)
+    held: list[str] = []
+    for i in torch.randperm(len(names), generator=torch.Generator().manual_seed(seed)).tolist()[:-1]:
+        if len(held) >= n_val:
+            break
+        held += members[names[i]]
+    return set(held)
 
 
 def micro_batches(samples: list[LabelSample], max_tokens: int) -> Iterator[list[LabelSample]]:
@@ -158,7 +179,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     if not samples:
         raise ValueError(f"no usable label files in {args.labels}: run `python -m tcc_eval.compressor label` first")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    val_keys = split_keys([s.key for s in samples], args.val_frac, args.seed)
+    val_keys = split_keys([s.key for s in samples], args.val_frac, args.seed, [s.media for s in samples])
     train_set = [s for s in samples if s.key not in val_keys]
     val_set = [s for s in samples if s.key in val_keys]
     targets = {s.key: make_target(s.relevance) for s in samples}
@@ -205,6 +226,10 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             if since_best >= args.patience:
                 break
     bar.close()
+    if stats["best_epoch"] == 0:  # never saved: loading args.out would pick up an earlier run's file
+        raise ValueError(f"no epoch of {stats['epochs_run']} gave a finite validation loss (last: train "
+                         f"{stats['history'][-1][0]}, validation {stats['history'][-1][1]}), so nothing was saved to "
+                         f"{args.out}: check the labels with `python -m tcc_eval.compressor evaluate`, or lower --lr")
     # Rewrite the best weights with the final statistics (epochs run, total time).
     best = load_compressor(args.out)
     stats["time_s"] = round(time.time() - start, 2)
@@ -232,12 +257,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--relevance-rule", default=METHOD_RULE, choices=RELEVANCE_RULES,
                         help=f"which labels to learn (default {METHOD_RULE}, the method); others must have been "
                         "labelled with `label --ablation-rules`, e.g. attention for the paper's no-gradient ablation")
-    parser.add_argument("--epochs", type=int, default=100)
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--epochs", type=positive_int, default=100)
+    parser.add_argument("--batch-size", type=positive_int, default=128)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--val-frac", type=held_out_fraction, default=0.1, help="held-out fraction in [0, 1) "
                         "(default 0.1)")
-    parser.add_argument("--patience", type=int, default=10, help="epochs without improvement before stopping")
+    parser.add_argument("--patience", type=positive_int, default=10, help="epochs without improvement before stopping")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--kernel-size", type=int, default=5, help="odd conv kernel size (default 5)")
     parser.add_argument("--activation", default="gelu", choices=("gelu", "relu", "silu"))
@@ -245,6 +270,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="layer: per-token LayerNorm over channels (default; exact for any length)")
     parser.add_argument("--input-scale", default="n", choices=INPUT_SCALES,
                         help="n: A*N_v (default); log: log(A*N_v); none: raw attention")
-    parser.add_argument("--max-batch-tokens", type=int, default=262144,
+    parser.add_argument("--max-batch-tokens", type=positive_int, default=262144,
                         help="padded tokens per forward; larger batches are accumulated (bounds memory)")
     parser.add_argument("--device", default=None, type=device_arg, help="default: cuda if available, else cpu")

@@ -11,13 +11,6 @@ from pathlib import Path
 from ..cpu_memory import keep_freed_cpu_memory
 
 
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} is not a positive number of samples")
-    return value
-
-
 def keep_ratio_arg(text: str) -> float:
     from ..core import check_keep_ratio
 
@@ -123,7 +116,7 @@ def cmd_oracle_rules(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..api import device_arg
+    from ..api import device_arg, positive_int
     from ..oracle import RELEVANCE_RULES
     from . import DEFAULT_VARIANT, FAMILIES, MODALITIES, VARIANTS, demo_root
 
