@@ -232,14 +232,31 @@ class ZipPlan:
     owner: torch.Tensor  # (N_v,) the contextual token each token merges into (itself for a contextual one); -1: none
 
 
+def span_shares(k: int, sizes: list[int]) -> list[int]:
+    """k split among spans of ``sizes`` tokens in proportion to them (largest remainders, earlier spans first on
+    ties), none above its size; all of them when k is larger."""
+    total = sum(sizes)
+    if k >= total:
+        return list(sizes)
+    quotas = [k * size / total for size in sizes]
+    shares = [int(q) for q in quotas]
+    by_remainder = sorted(range(len(sizes)), key=lambda i: (-(quotas[i] - shares[i]), i))
+    for i in by_remainder[:k - sum(shares)]:
+        shares[i] += 1
+    return shares
+
+
 class VisionZip:
     """VisionZip-style dominant + contextual tokens (Yang et al., CVPR 2025), a training-free peer that reads the
-    vision tower instead of the question. Of each budget of k tokens, the k - c most attended in the tower are the
-    dominant ones (``LLMInputs.tower_attention``; c = round(k * 10/64), VisionZip's split); c contextual tokens, evenly
-    spaced over the rest in sequence order, each take the mean embedding of itself and the rest's tokens most like
-    it (cosine of the same layer's head-averaged keys, VisionZip's metric). Unlike VisionZip, which merges tower
-    features before its projector and adds the target to the mean, this merges the LLM-input embeddings, so the
-    mean keeps their scale; each kept token keeps its own position.
+    vision tower instead of the question. As VisionZip runs on each image, anyres crop or frame the tower encodes
+    (one tower span: a token grid of ``SampleView.cells``; a frame pair on Qwen2-VL), a budget of k tokens is
+    shared among the spans in proportion to their tokens (largest remainders), and each span's k_s is split there:
+    its k_s - c most attended tokens in the tower are the dominant ones (``LLMInputs.tower_attention``, which sums to
+    one within a span; c = round(k_s * 10/64), VisionZip's split), and c contextual tokens, evenly spaced over the
+    span's rest in sequence order, each take the mean embedding of itself and the rest's tokens most like it (cosine
+    of the same layer's head-averaged keys, VisionZip's metric), so tokens merge only within their own image or
+    frame. Unlike VisionZip, which merges tower features before its projector and adds the target to the mean, this
+    merges the LLM-input embeddings, so the mean keeps their scale; each kept token keeps its own position.
 
     The split depends on k, so one instance serves one ``keep_ratio`` and ``budget``: it is both the scorer and the
     merger of a ``TokenPrunedModel`` built with the same two."""
@@ -274,25 +291,32 @@ class VisionZip:
                              "not carry; capture it with adapter.capture_llm_inputs(inputs, tower_attention=True)")
         attention = attention.float().cpu()
         n = attention.numel()
-        groups = view.groups.cpu() if self.budget == "per_group" else torch.zeros(n, dtype=torch.long)
+        budgets = view.groups.cpu() if self.budget == "per_group" else torch.zeros(n, dtype=torch.long)
+        spans = (view.cells[:, 0] if view.cells is not None else view.groups).cpu()
         unit = torch.nn.functional.normalize(view.tower_keys.float(), dim=-1).cpu()
         owner = torch.full((n,), -1, dtype=torch.long)
         picks = []
-        for group in torch.unique(groups):
-            members = torch.nonzero(groups == group).flatten()
+        for budget in torch.unique(budgets):
+            members = torch.nonzero(budgets == budget).flatten()
             k = keep_count(members.numel(), self.keep_ratio)
             covered = members[attention[members] > NO_PATCHES]
-            # too few tokens with patches to leave a rest (nearly everything kept): all dominant
-            n_context = min(round(k * self.contextual_share), k - 1) if covered.numel() >= k else 0
-            by_attention = members[torch.sort(attention[members], descending=True, stable=True).indices]
-            dominant = by_attention[:k - n_context]
-            rest = covered[~torch.isin(covered, dominant)]
-            targets = rest[torch.arange(0, rest.numel(), max(1, rest.numel() // max(n_context, 1)))[:n_context]]
-            merged = rest[~torch.isin(rest, targets)]
-            if targets.numel():
-                owner[targets] = targets
-                owner[merged] = targets[torch.argmax(unit[merged] @ unit[targets].T, dim=1)]
-            picks += [dominant, targets]
+            span_ids = torch.unique(spans[covered])
+            sizes = [int((spans[covered] == span).sum()) for span in span_ids]
+            for span, k_span in zip(span_ids, span_shares(k, sizes)):
+                tokens = covered[spans[covered] == span]
+                # too few tokens to leave a rest (nearly everything kept): all dominant
+                n_context = min(round(k_span * self.contextual_share), k_span - 1) if tokens.numel() > k_span else 0
+                by_attention = tokens[torch.sort(attention[tokens], descending=True, stable=True).indices]
+                dominant = by_attention[:k_span - n_context]
+                rest = tokens[~torch.isin(tokens, dominant)]
+                targets = rest[torch.arange(0, rest.numel(), max(1, rest.numel() // max(n_context, 1)))[:n_context]]
+                merged = rest[~torch.isin(rest, targets)]
+                if targets.numel():
+                    owner[targets] = targets
+                    owner[merged] = targets[torch.argmax(unit[merged] @ unit[targets].T, dim=1)]
+                picks += [dominant, targets]
+            uncovered = members[attention[members] <= NO_PATCHES]  # only when k exceeds the tokens with patches
+            picks.append(uncovered[:max(0, k - covered.numel())])
         chosen = torch.cat(picks)
         left = torch.nonzero(~torch.isin(torch.arange(n), chosen)).flatten()
         left = left[torch.sort(attention[left], descending=True, stable=True).indices]

@@ -229,26 +229,72 @@ def test_plan_per_group_budget_and_tokens_without_patches():
     assert everything.kept.tolist() == list(range(33)) and (everything.owner == -1).all()
 
 
+def test_span_shares_split_the_budget_in_proportion():
+    from tcc_eval.methods import span_shares
+
+    assert span_shares(10, [20, 20]) == [5, 5] and span_shares(10, [30, 10]) == [8, 2]  # 7.5 / 2.5: ties go first
+    assert span_shares(3, [4, 4, 4]) == [1, 1, 1] and span_shares(2, [4, 4, 4]) == [1, 1, 0]
+    assert span_shares(7, [100, 1, 1]) == [7, 0, 0] and span_shares(50, [4, 5]) == [4, 5]
+    for k in range(0, 30):
+        shares = span_shares(k, [9, 5, 13])
+        assert sum(shares) == min(k, 27) and all(0 <= a <= b for a, b in zip(shares, [9, 5, 13]))
+
+
+def test_plan_shares_the_budget_among_images_and_merges_within_each():
+    """Two images of 48 and 16 tokens at 50%: 24 + 8 kept; each keeps its own most attended (its attention sums to
+    one, so the small image's tokens are not outranked by its higher per-token average) and its own contextual
+    tokens, into which only its own tokens merge."""
+    torch.manual_seed(1)
+    attention = (torch.rand(48) / 48 * 2).tolist() + (torch.rand(16) / 16 * 2).tolist()
+    groups = [0] * 48 + [1] * 16
+    view = synthetic_view(attention, torch.randn(64, 8), groups)
+    plan = VisionZip(0.5).plan(view)
+    kept = plan.kept.tolist()
+    assert len([i for i in kept if i < 48]) == 24 and len([i for i in kept if i >= 48]) == 8
+    contextual = [i for i in kept if plan.owner[i] == i]
+    assert len([i for i in contextual if i < 48]) == round(24 * VISIONZIP_CONTEXTUAL_SHARE) == 4
+    assert len([i for i in contextual if i >= 48]) == round(8 * VISIONZIP_CONTEXTUAL_SHARE) == 1
+    joined = plan.owner >= 0
+    assert ((torch.arange(64)[joined] >= 48) == (plan.owner[joined] >= 48)).all()
+
+
 def reference_logits(model, adapter, inputs, ratio: float, share: float) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Independent of VisionZip's code: rank by the captured tower attention, pick with plain loops, merge by the
-    captured tower keys, then run the unpruned sequence with dropped tokens masked and contextual tokens carrying
-    their means. Also returns the kept positions and how many tokens were merged into contextual ones."""
+    """Independent of VisionZip's code: share k among the tower spans (images, crops, frames) by exact fractions,
+    rank each span by the captured tower attention, pick with plain loops, merge within the span by the captured
+    tower keys, then run the unpruned sequence with dropped tokens masked and contextual tokens carrying their
+    means. Also returns the kept positions and how many tokens were merged into contextual ones."""
+    from fractions import Fraction
+
     llm = adapter.capture_llm_inputs(inputs, tower_attention=True)
     attention = llm.tower_attention[0].tolist()
+    span_of = llm.visual_cells[0][:, 0].tolist()
     n = len(attention)
     k = max(1, int(ratio * n + 0.5))
     covered = [i for i in range(n) if attention[i] != NO_PATCHES]
-    c = min(round(k * share), k - 1) if len(covered) >= k else 0
-    dominant = sorted(range(n), key=lambda i: (-attention[i], i))[:k - c]
-    rest = [i for i in covered if i not in dominant]
-    contextual = [rest[j] for j in range(0, len(rest), max(1, len(rest) // max(c, 1)))][:c]
+    spans = sorted({span_of[i] for i in covered})
+    size = {g: sum(span_of[i] == g for i in covered) for g in spans}
+    quota = {g: Fraction(min(k, len(covered)) * size[g], len(covered)) for g in spans}
+    share_of = {g: int(quota[g]) for g in spans}
+    for g in sorted(spans, key=lambda g: (-(quota[g] - int(quota[g])), g))[:min(k, len(covered)) - sum(share_of.values())]:
+        share_of[g] += 1
+    dominant, contextual, members = [], [], {}
+    unit = torch.nn.functional.normalize(llm.tower_keys[0], dim=-1)
+    for g in spans:
+        tokens, k_g = [i for i in covered if span_of[i] == g], share_of[g]
+        c = min(round(k_g * share), k_g - 1) if len(tokens) > k_g else 0
+        top = sorted(tokens, key=lambda i: (-attention[i], i))[:k_g - c]
+        rest = [i for i in tokens if i not in top]
+        targets = [rest[j] for j in range(0, len(rest), max(1, len(rest) // max(c, 1)))][:c]
+        dominant += top
+        contextual += targets
+        for t in targets:
+            members[t] = [t]
+        for i in rest if targets else ():  # without contextual tokens the rest is dropped
+            if i not in targets:
+                members[max(targets, key=lambda t: (float(unit[i] @ unit[t]), -targets.index(t)))].append(i)
+    dominant += [i for i in range(n) if attention[i] == NO_PATCHES][:max(0, k - len(covered))]
     visual_rows = torch.nonzero(llm.visual_mask[0]).flatten()
     vis = llm.inputs_embeds[0, visual_rows]
-    unit = torch.nn.functional.normalize(llm.tower_keys[0], dim=-1)
-    members = {t: [t] for t in contextual}
-    for i in rest if contextual else ():  # without contextual tokens the rest is dropped
-        if i not in contextual:
-            members[max(contextual, key=lambda t: (float(unit[i] @ unit[t]), -contextual.index(t)))].append(i)
     embeds = llm.inputs_embeds.clone()
     for t, group in members.items():
         embeds[0, visual_rows[t]] = vis[group].mean(dim=0)
@@ -278,9 +324,32 @@ def test_visionzip_equals_masked_reference_with_contextual_means(models, family,
     reference, kept_positions, merged = reference_logits(model, pruned.adapter, inputs, ratio, share)
     assert torch.equal(pruned.last_selection.kept_positions[0], kept_positions)
     assert (logits - reference).abs().max().item() < 1e-4
-    k = max(1, int(ratio * pruned.last_selection.visual_before[0] + 0.5))
-    assert (merged > 0) == (round(k * VISIONZIP_CONTEXTUAL_SHARE) >= 1)  # VILA's 4-token image keeps 2: no context
+    # the tiny videos' frames keep 1-3 tokens each, too few for a contextual one (round(3 * 10/64) = 0), as does
+    # VILA's 4-token image
+    assert (merged > 0) == (kind == "image" and family != "vila")
     assert pruned.scorer._plans == {}  # the merger took the plan the scorer made, so each sample is planned once
+
+
+@pytest.mark.parametrize("family", ALL_FAMILIES)
+def test_video_frames_merge_only_within_themselves(models, family):
+    """VisionZip runs on each frame (or Qwen2-VL frame pair) the tower encodes: every frame gets its share of the
+    budget, and a contextual token carries the mean of its own frame's tokens only (a contextual share of 0.5, so
+    the tiny frames' one or two kept tokens include one)."""
+    model, processor = models[family]
+    inputs = inputs_for(processor, family, "video")
+    pruned = wrap_model(model, method="visionzip", keep_ratio=0.5, contextual_share=0.5)
+    logits = pruned.prefill_logits(**inputs)[0]
+    reference, kept_positions, merged = reference_logits(model, pruned.adapter, inputs, 0.5, 0.5)
+    assert merged > 0 and torch.equal(pruned.last_selection.kept_positions[0], kept_positions)
+    assert (logits - reference).abs().max().item() < 1e-4
+    llm = pruned.adapter.capture_llm_inputs(inputs, tower_attention=True)
+    view = pruned.sample_view(llm, 0)
+    plan = pruned.scorer.plan(view)
+    spans = view.cells[:, 0]
+    joined = plan.owner >= 0
+    assert torch.equal(spans[joined], spans[plan.owner[joined]])
+    kept_spans = spans[plan.kept]
+    assert set(kept_spans.tolist()) == set(spans[spans >= 0].tolist())  # no frame is left without a kept token
 
 
 @pytest.mark.parametrize("family", ALL_FAMILIES)
@@ -295,10 +364,13 @@ def test_dominant_tokens_only_equal_the_masked_reference(models, family):
     reference, kept_positions, merged = reference_logits(model, pruned.adapter, inputs, 0.5, 0.0)
     assert merged == 0 and torch.equal(pruned.last_selection.kept_positions[0], kept_positions)
     assert (logits - reference).abs().max().item() < 1e-4
-    attention = pruned.adapter.capture_llm_inputs(inputs, tower_attention=True).tower_attention[0]
+    llm = pruned.adapter.capture_llm_inputs(inputs, tower_attention=True)
+    attention, spans = llm.tower_attention[0], llm.visual_cells[0][:, 0]
     visual_rows = torch.nonzero(pruned.adapter.visual_mask(inputs["input_ids"])[0]).flatten()
     kept = torch.isin(visual_rows, kept_positions)
-    assert attention[kept].min() >= attention[~kept].max()
+    for span in torch.unique(spans[spans >= 0]):  # each image or frame keeps its own most attended
+        inside = spans == span
+        assert attention[kept & inside].min() >= attention[~kept & inside].max()
 
 
 def test_the_tower_readout_is_timed_as_the_selection(models, monkeypatch):
