@@ -273,9 +273,10 @@ def reference_logits(model, adapter, inputs, ratio: float, share: float) -> tupl
     covered = [i for i in range(n) if attention[i] != NO_PATCHES]
     spans = sorted({span_of[i] for i in covered})
     size = {g: sum(span_of[i] == g for i in covered) for g in spans}
-    quota = {g: Fraction(min(k, len(covered)) * size[g], len(covered)) for g in spans}
+    budget = min(k, len(covered))
+    quota = {g: Fraction(budget * size[g], len(covered)) for g in spans}
     share_of = {g: int(quota[g]) for g in spans}
-    for g in sorted(spans, key=lambda g: (-(quota[g] - int(quota[g])), g))[:min(k, len(covered)) - sum(share_of.values())]:
+    for g in sorted(spans, key=lambda g: (-(quota[g] - int(quota[g])), g))[:budget - sum(share_of.values())]:
         share_of[g] += 1
     dominant, contextual, members = [], [], {}
     unit = torch.nn.functional.normalize(llm.tower_keys[0], dim=-1)
