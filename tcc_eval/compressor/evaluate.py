@@ -141,7 +141,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--labels", required=True, nargs="+", help="label directories")
     parser.add_argument("--compressor", required=True, help="checkpoint written by `train`")
     parser.add_argument("--split", default="auto", choices=("auto", "val", "all"),
-                        help="auto: the training run's held-out samples if present, else all (default)")
+                        help="auto (default): the training run's held-out samples if present, else the samples it "
+                             "did not train on; val: held-out only; all: every sample, training ones included")
     parser.add_argument("--against", default=METHOD_RULE, choices=RELEVANCE_RULES,
                         help=f"the relevance to score against (default {METHOD_RULE}: the method's oracle); "
                              f"another rule needs labels written with `label --ablation-rules`")
