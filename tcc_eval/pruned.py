@@ -120,6 +120,13 @@ class TokenPrunedModel(nn.Module):
             else:
                 scores = self.scorer(self.sample_view(llm, b))
                 kept_visual = select_visual(scores, self.keep_ratio, llm.visual_groups[b], self.budget)
+                last = int(torch.nonzero(valid).max())
+                if self.positions == "original" and visual[last] and int(kept_visual.max()) != n_visual - 1:
+                    # generate continues from the last kept token's position, which is then not the prompt's end
+                    raise ValueError(
+                        "this prompt ends with an image or video token that was pruned, so the answer would start "
+                        "at a dropped token's position instead of after the prompt: put the question (or the "
+                        "chat template's generation prompt) after the image or video, or use positions='renumber'")
             selection.add(n_visual, kept_visual.numel(), keep_positions(valid, visual, kept_visual), valid.sum())
         return selection
 

@@ -131,6 +131,32 @@ def model_inputs(processor, messages) -> dict[str, torch.Tensor]:
     return {k: v for k, v in inputs.items() if isinstance(v, torch.Tensor)}
 
 
+def masked_greedy_tokens(model, inputs: dict[str, torch.Tensor], kept: torch.Tensor, positions: torch.Tensor,
+                         steps: int) -> list[int]:
+    """Greedy tokens of the unpruned model, independent of the pruning code: no cache, every prompt token outside
+    ``kept`` masked out of the attention, the prompt at its own ``positions`` ((1, L) or M-RoPE's (3, 1, L)), and
+    each new token at the next position after the prompt's largest, as in the unpruned run. The checkpoint's
+    repetition penalty (Qwen's generation configs set one) covers the whole prompt's ids, as ``generate`` does."""
+    penalty = model.generation_config.repetition_penalty or 1.0
+    ids, mask = inputs["input_ids"], torch.zeros_like(inputs["attention_mask"])
+    mask[0, kept] = 1
+    per_token = [k for k, v in inputs.items() if k not in ("input_ids", "attention_mask") and v.shape == ids.shape]
+    extra = {k: inputs[k] for k in per_token}  # e.g. mm_token_type_ids: a text token is type 0
+    tokens = []
+    for _ in range(steps):
+        with torch.no_grad():
+            logits = model(**inputs | extra | {"input_ids": ids, "attention_mask": mask, "position_ids": positions}
+                           ).logits[0, -1]
+        seen = torch.unique(ids[0])
+        logits[seen] = torch.where(logits[seen] > 0, logits[seen] / penalty, logits[seen] * penalty)
+        tokens.append(int(logits.argmax()))
+        ids = torch.cat([ids, ids.new_tensor([[tokens[-1]]])], dim=1)
+        mask = torch.cat([mask, mask.new_ones(1, 1)], dim=1)
+        extra = {k: torch.cat([v, v.new_zeros(1, 1)], dim=1) for k, v in extra.items()}
+        positions = torch.cat([positions, torch.full_like(positions[..., -1:], int(positions.max()) + 1)], dim=-1)
+    return tokens
+
+
 def left_padded_image_batch(processor) -> tuple[dict[str, torch.Tensor], list[str], list[Image.Image]]:
     """Two one-image prompts of different lengths in one left-padded batch: (batch, prompts, images)."""
     prompts, images = [], [random_image(112, 84, 0), random_image(56, 56, 1)]

@@ -60,11 +60,50 @@ def test_pruned_equals_masked_reference(loaded, family, kind, ratio, method):
     masked = torch.zeros_like(inputs["attention_mask"])
     masked[0, kept] = 1
     with torch.no_grad():
-        reference = model(**inputs | {"attention_mask": masked, "position_ids": original_positions(model, family, inputs)}).logits[0]
+        positions = original_positions(model, family, inputs)
+        reference = model(**inputs | {"attention_mask": masked, "position_ids": positions}).logits[0]
     diff = (logits - reference[kept]).abs().max().item()
     assert diff < 1e-4, diff
     # the text after the image always survives; only visual tokens are dropped
     assert sel.seq_before[0] - sel.seq_after[0] == n_visual - sel.visual_after[0]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("kind", ("image", "video"))
+def test_pruned_generation_equals_the_masked_model_token_by_token(loaded, family, kind):
+    """Decoding after pruning: each new token continues after the full prompt's last position (as in the unpruned
+    run), over the shorter cache; equal to the unpruned model with the dropped tokens masked out, run without a
+    cache, for several tokens."""
+    from conftest import masked_greedy_tokens
+
+    model, processor = loaded[family]
+    inputs = model_inputs(processor, messages_for(kind, seed=3))
+    pruned = wrap_model(model, method="random", keep_ratio=0.5)
+    new = pruned.generate(**inputs, max_new_tokens=5, do_sample=False)[0, inputs["input_ids"].shape[1]:].tolist()
+    reference = masked_greedy_tokens(model, inputs, pruned.last_selection.kept_positions[0],
+                                     original_positions(model, family, inputs), len(new))
+    assert len(new) > 1 and new == reference
+
+
+def test_a_prompt_ending_in_a_pruned_visual_token_is_refused(loaded):
+    """generate continues from the last kept token's position: if the prompt's last token is a visual one and it
+    is dropped, the answer would start at a dropped token's position. Refused under original positions; kept, or
+    renumbered, it runs."""
+    from conftest import random_image
+
+    model, processor = loaded["llava_onevision"]
+    inputs = {k: v for k, v in processor(text=["What is it? <image>"], images=[random_image(56, 56, 0)],
+                                         return_tensors="pt").items() if isinstance(v, torch.Tensor)}
+    pruned = wrap_model(model, method="random", keep_ratio=0.5)
+    assert pruned.adapter.visual_mask(inputs["input_ids"])[0, -1]
+    pruned.scorer = lambda view: torch.arange(view.n_visual, 0, -1).float()  # the last visual token ranks lowest
+    with pytest.raises(ValueError, match="ends with an image or video token that was pruned"):
+        pruned.generate(**inputs, max_new_tokens=2, do_sample=False)
+    pruned.scorer = lambda view: torch.arange(view.n_visual).float()  # ranks highest: kept
+    pruned.generate(**inputs, max_new_tokens=2, do_sample=False)
+    renumbered = wrap_model(model, method="random", keep_ratio=0.5, positions="renumber")
+    renumbered.scorer = lambda view: torch.arange(view.n_visual, 0, -1).float()
+    renumbered.generate(**inputs, max_new_tokens=2, do_sample=False)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -331,6 +331,23 @@ def test_pruned_vila_equals_masked_reference(vila, kind, method):
     assert (logits - reference[kept]).abs().max().item() < 1e-4
 
 
+@pytest.mark.parametrize("kind", ("image", "video"))
+def test_pruned_vila_generation_equals_the_masked_model_token_by_token(vila, kind):
+    """Decoding after pruning continues after the full prompt's last position: equal to the unpruned model with
+    the dropped tokens masked out, run without a cache, for several tokens."""
+    import tcc_eval.adapters.vila  # noqa: F401
+    from conftest import masked_greedy_tokens
+    from tcc_eval import wrap_model
+
+    model, processor = vila
+    inputs = inputs_for(processor, chat(kind, seed=3))
+    pruned = wrap_model(model, method="random", keep_ratio=0.5)
+    new = pruned.generate(**inputs, max_new_tokens=5, do_sample=False)[0, inputs["input_ids"].shape[1]:].tolist()
+    positions = VilaForConditionalGeneration.position_ids_from_mask(inputs["attention_mask"])
+    reference = masked_greedy_tokens(model, inputs, pruned.last_selection.kept_positions[0], positions, len(new))
+    assert len(new) > 1 and new == reference
+
+
 def test_vila_visual_groups_are_images_and_frames(vila):
     import tcc_eval.adapters.vila  # noqa: F401
     from tcc_eval import wrap_model
