@@ -226,21 +226,20 @@ VISIONZIP_CONTEXTUAL_SHARE = 10 / 64
 class ZipPlan:
     """Which visual tokens VisionZip keeps for one sample, and how the others merge into the contextual ones."""
 
-    order: torch.Tensor  # pick order: each budget group's dominant tokens (most attended first), then its contextual
+    order: torch.Tensor  # pick order: each span's dominant tokens (most attended first), then its contextual
     # tokens; the tokens left over follow, most attended first, so the shared top-k keeps exactly the first picks
     kept: torch.Tensor  # the dominant and contextual tokens, ascending
     owner: torch.Tensor  # (N_v,) the contextual token each token merges into (itself for a contextual one); -1: none
 
 
 def span_shares(k: int, sizes: list[int]) -> list[int]:
-    """k split among spans of ``sizes`` tokens in proportion to them (largest remainders, earlier spans first on
-    ties), none above its size; all of them when k is larger."""
+    """k split among spans of ``sizes`` tokens in proportion to them (largest remainders, exact in integers;
+    earlier spans first on ties), none above its size; all of them when k is larger."""
     total = sum(sizes)
     if k >= total:
         return list(sizes)
-    quotas = [k * size / total for size in sizes]
-    shares = [int(q) for q in quotas]
-    by_remainder = sorted(range(len(sizes)), key=lambda i: (-(quotas[i] - shares[i]), i))
+    shares = [k * size // total for size in sizes]
+    by_remainder = sorted(range(len(sizes)), key=lambda i: (-(k * sizes[i] % total), i))
     for i in by_remainder[:k - sum(shares)]:
         shares[i] += 1
     return shares
@@ -248,11 +247,13 @@ def span_shares(k: int, sizes: list[int]) -> list[int]:
 
 class VisionZip:
     """VisionZip-style dominant + contextual tokens (Yang et al., CVPR 2025), a training-free peer that reads the
-    vision tower instead of the question. As VisionZip runs on each image, anyres crop or frame the tower encodes
-    (one tower span: a token grid of ``SampleView.cells``; a frame pair on Qwen2-VL), a budget of k tokens is
-    shared among the spans in proportion to their tokens (largest remainders), and each span's k_s is split there:
+    vision tower instead of the question. As VisionZip runs on each image or frame the tower encodes (one span: a
+    token grid of ``SampleView.cells``, so a frame pair on Qwen2-VL, and LLaVA-OneVision's base view apart from its
+    crops, whose tiles share one grid), a budget of k tokens is shared among the spans in proportion to their
+    tokens (largest remainders), and each span's k_s is split there:
     its k_s - c most attended tokens in the tower are the dominant ones (``LLMInputs.tower_attention``, which sums to
-    one within a span; c = round(k_s * 10/64), VisionZip's split), and c contextual tokens, evenly spaced over the
+    one within each image, crop or frame; c = round(k_s * 10/64), VisionZip's split), and c contextual tokens, evenly
+    spaced over the
     span's rest in sequence order, each take the mean embedding of itself and the rest's tokens most like it (cosine
     of the same layer's head-averaged keys, VisionZip's metric), so tokens merge only within their own image or
     frame. Unlike VisionZip, which merges tower features before its projector and adds the target to the mean, this
@@ -292,7 +293,10 @@ class VisionZip:
         attention = attention.float().cpu()
         n = attention.numel()
         budgets = view.groups.cpu() if self.budget == "per_group" else torch.zeros(n, dtype=torch.long)
-        spans = (view.cells[:, 0] if view.cells is not None else view.groups).cpu()
+        spans = view.groups.cpu()
+        if view.cells is not None:  # a token outside every grid (a CLS token) is a span of its image or frame
+            grids = view.cells[:, 0].cpu()
+            spans = torch.where(grids >= 0, grids, int(grids.max()) + 1 + spans)
         unit = torch.nn.functional.normalize(view.tower_keys.float(), dim=-1).cpu()
         owner = torch.full((n,), -1, dtype=torch.long)
         picks = []
@@ -303,6 +307,8 @@ class VisionZip:
             span_ids = torch.unique(spans[covered])
             sizes = [int((spans[covered] == span).sum()) for span in span_ids]
             for span, k_span in zip(span_ids, span_shares(k, sizes)):
+                if k_span == 0:  # a small span next to large ones at a low ratio
+                    continue
                 tokens = covered[spans[covered] == span]
                 # too few tokens to leave a rest (nearly everything kept): all dominant
                 n_context = min(round(k_span * self.contextual_share), k_span - 1) if tokens.numel() > k_span else 0

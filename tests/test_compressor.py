@@ -196,6 +196,13 @@ def test_split_holds_out_whole_images():
         assert not held_images & {m for k, m in zip(keys, media) if k not in val}
     assert len(split_keys(keys[:4], 0.5, 0, media[:4])) == 0  # one image: nothing can be held out whole
     assert len(split_keys(keys, 0.9, 0, media)) == 36  # never every image
+    keys = [f"k{i:03d}" for i in range(100)]
+    media = ["big"] * 91 + [f"single{i}" for i in range(9)]  # one image asked 91 times
+    for seed in range(20):  # never overshoots the 10 held-out samples by taking the big image
+        assert split_keys(keys, 0.1, seed, media) == set(keys[91:])
+    media = [f"image{i // 5}" for i in range(20)]  # no image fits a budget of 2: one image of 5 is held out
+    val = split_keys(keys[:20], 0.1, 0, media)
+    assert len(val) == 5 and len({media[keys.index(k)] for k in val}) == 1
 
 
 def test_label_directories_of_the_same_data_are_refused(tmp_path):
@@ -226,6 +233,9 @@ def test_evaluate_never_reports_training_samples_as_unseen(tmp_path, capsys, one
     report = evaluate([str(labels), str(other)], str(ckpt))
     assert report["split"] == "samples not used in training (8 training samples left out)"
     assert report["n_samples"] == 3
+    moved = labels.rename(tmp_path / "moved")  # the training labels elsewhere are still the training labels
+    with pytest.raises(ValueError, match="every sample in these label directories trained the compressor"):
+        evaluate([str(moved)], str(ckpt))
 
 
 def test_training_that_never_improves_saves_nothing_and_says_so(tmp_path, monkeypatch, one_thread):

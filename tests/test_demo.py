@@ -339,10 +339,10 @@ def test_the_lookalike_check_scores_answers_as_greedy_decoding_does():
     logits = torch.tensor([9.0, 5.0, 3.0, 1.0, 0.0])  # token 0 (not a letter) on top; A leads the letters
     assert answer_check(logits, letters, "A") == (2.0, False)
     assert answer_check(torch.tensor([0.0, 5.0, 3.0, 1.0, 0.0]), letters, "A") == (2.0, True)
-    result = without_lookalikes([((2.0, True), (1.0, False)), ((0.0, False), (1.0, True)), ((4.0, True), (6.0, True))])
-    assert result["samples"] == 3 and result["accuracy_full"] == pytest.approx(2 / 3)
-    assert result["accuracy"] == pytest.approx(2 / 3)
-    assert result["median_margin_change"] == 0.0 and result["mean_margin_change"] == 0.0  # -0.5 and +0.5
+    result = without_lookalikes([((2.0, True), (1.0, False)), ((0.0, False), (1.0, True)), ((4.0, True), (8.0, True)),
+                                 ((-2.0, False), (-1.0, False))])
+    assert result["samples"] == 4 and result["accuracy_full"] == 0.5 and result["accuracy"] == 0.5
+    assert result["median_margin_change"] == 0.5 and result["mean_margin_change"] == pytest.approx(1 / 3)
 
 
 @needs_assets

@@ -100,7 +100,12 @@ def test_a_prompt_ending_in_a_pruned_visual_token_is_refused(loaded):
     with pytest.raises(ValueError, match="ends with an image or video token that was pruned"):
         pruned.generate(**inputs, max_new_tokens=2, do_sample=False)
     pruned.scorer = lambda view: torch.arange(view.n_visual).float()  # ranks highest: kept
-    pruned.generate(**inputs, max_new_tokens=2, do_sample=False)
+    new = pruned.generate(**inputs, max_new_tokens=4, do_sample=False)[0, inputs["input_ids"].shape[1]:].tolist()
+    from conftest import masked_greedy_tokens
+
+    reference = masked_greedy_tokens(model, inputs, pruned.last_selection.kept_positions[0],
+                                     original_positions(model, "llava_onevision", inputs), len(new))
+    assert new == reference
     renumbered = wrap_model(model, method="random", keep_ratio=0.5, positions="renumber")
     renumbered.scorer = lambda view: torch.arange(view.n_visual, 0, -1).float()
     renumbered.generate(**inputs, max_new_tokens=2, do_sample=False)

@@ -73,19 +73,30 @@ def fidelity(compressor: Any, samples: list[LabelSample]) -> dict[str, dict[str,
     return {method: {name: _mean(values) for name, values in metrics.items()} for method, metrics in rows.items()}
 
 
+def trained_on(samples: list[LabelSample], train_stats: dict[str, Any]) -> set[str]:
+    """Keys of the samples a checkpoint trained on: from its training data files, wherever their label folders
+    are now (checkpoints of earlier versions name only the folders), less its held-out keys."""
+    held_out = set(train_stats.get("val_keys", []))
+    if "data" in train_stats:
+        sources = set(train_stats["data"])
+        return {s.key for s in samples if s.data in sources and s.key not in held_out}
+    folders = set(train_stats.get("labels", []))
+    return {s.key for s in samples if s.folder in folders and s.key not in held_out}
+
+
 def choose_samples(samples: list[LabelSample], val_keys: set[str], split: str,
-                   trained_folders: set[str] = frozenset()) -> tuple[list[LabelSample], str]:
+                   trained: set[str] = frozenset()) -> tuple[list[LabelSample], str]:
     """``auto``: the checkpoint's held-out samples if these labels contain them, else the samples it did not train
-    on (those outside its training folders ``trained_folders``); refuses when it trained on all of them."""
+    on (``trained``: their keys); refuses when it trained on all of them."""
     held_out = [s for s in samples if s.key in val_keys]
-    trained = [s for s in samples if s.folder in trained_folders and s.key not in val_keys]
     if split == "val" and not held_out:
         raise ValueError("--split val: none of the compressor's held-out samples is in these label directories")
     if split == "all":
-        return samples, f"all samples ({len(trained)} used in training)" if trained else "all samples"
+        seen = sum(s.key in trained for s in samples)
+        return samples, f"all samples ({seen} used in training)" if seen else "all samples"
     if held_out:
         return held_out, "held-out validation split of training"
-    unseen = [s for s in samples if s.folder not in trained_folders]
+    unseen = [s for s in samples if s.key not in trained]
     if not unseen:
         raise ValueError("every sample in these label directories trained the compressor (it held none out: "
                          "--val-frac 0), so its scores here would not say how it does on unseen inputs: label other "
@@ -117,7 +128,7 @@ def evaluate(labels: list[str], compressor_path: str, split: str = "auto", again
               f"are of {modality} inputs: the scores say how it transfers, not how it does on its own modality",
               file=sys.stderr)
     chosen, how = choose_samples(samples, set(compressor.train_stats.get("val_keys", [])), split,
-                                 set(compressor.train_stats.get("labels", [])))
+                                 trained_on(samples, compressor.train_stats))
     if not chosen:
         raise ValueError(f"no usable label files in {labels}")
     return {

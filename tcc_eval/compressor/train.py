@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -49,6 +50,7 @@ class LabelSample:
     relevance: torch.Tensor
     groups: torch.Tensor
     folder: str = ""  # the label directory it came from (resolved)
+    data: str = ""  # the data file it was labelled from (as its label directory's meta.json names it)
     media: str = ""  # a digest of its image(s) or video (labels of earlier versions: its key)
 
     @property
@@ -106,27 +108,34 @@ def load_labels(dirs: list[str | Path], rule: str = METHOD_RULE) -> tuple[dict[s
                 )
             folder_of[key] = d
             modalities.add(rec.get("modality", meta.get("modality")))  # the compressor inference picks for it
-            samples.append(LabelSample(key, a0, rel, rec["groups"].flatten(), str(d.resolve()), rec.get("media", key)))
+            samples.append(LabelSample(key, a0, rel, rec["groups"].flatten(), str(d.resolve()), meta["data"],
+                                       rec.get("media", key)))
     modality = modalities.pop() if len(modalities) == 1 else "mixed" if modalities else metas[0].get("modality")
     samples.sort(key=lambda s: s.key)
     return metas[0]["model"], modality, samples, bad
 
 
 def split_keys(keys: list[str], val_frac: float, seed: int, media: list[str] | None = None) -> set[str]:
-    """Seeded held-out subset of about round(val_frac * n) keys, at least 1 when there are 2+ samples and
-    val_frac > 0, never all. Samples of one ``media`` (the same image or video asked about several times, as
-    MMBench's rotated options are) are held out together, so validation never sees an image training saw."""
+    """Seeded held-out subset of at most round(val_frac * n) keys (at least one image's when there are 2+ samples
+    and val_frac > 0), never all. Samples of one ``media`` (the same image or video asked about several times, as
+    MMBench's rotated options are) are held out together, so validation never sees an image training saw; an
+    image with more questions than the budget stays in training, unless no image fits, when the first smallest
+    one in the seeded order is held out. None: every sample shares one image."""
     n = len(keys)
     n_val = 0 if val_frac <= 0 or n < 2 else min(n - 1, max(1, round(val_frac * n)))
     members: dict[str, list[str]] = {}
     for key, medium in zip(keys, media or keys):
         members.setdefault(medium, []).append(key)
+    if n_val == 0 or len(members) < 2:
+        return set()
     names = list(members)
+    order = [names[i] for i in torch.randperm(len(names), generator=torch.Generator().manual_seed(seed)).tolist()]
     held: list[str] = []
-    for i in torch.randperm(len(names), generator=torch.Generator().manual_seed(seed)).tolist()[:-1]:
-        if len(held) >= n_val:
-            break
-        held += members[names[i]]
+    for name in order:
+        if len(held) + len(members[name]) <= n_val:
+            held += members[name]
+    if not held:
+        held = members[min(order, key=lambda name: len(members[name]))]
     return set(held)
 
 
@@ -180,6 +189,9 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError(f"no usable label files in {args.labels}: run `python -m tcc_eval.compressor label` first")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     val_keys = split_keys([s.key for s in samples], args.val_frac, args.seed, [s.media for s in samples])
+    if args.val_frac > 0 and not val_keys and len(samples) > 1:
+        print(f"warning: all {len(samples)} samples ask about one image or video, so none can be held out without "
+              f"training on its image: the training loss picks the best epoch", file=sys.stderr)
     train_set = [s for s in samples if s.key not in val_keys]
     val_set = [s for s in samples if s.key in val_keys]
     targets = {s.key: make_target(s.relevance) for s in samples}
@@ -190,7 +202,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     optimizer = torch.optim.Adam(network.parameters(), lr=args.lr)
     generator = torch.Generator().manual_seed(args.seed)
     stats: dict[str, Any] = {
-        "labels": [str(Path(d).resolve()) for d in args.labels], "n_train": len(train_set), "n_val": len(val_set),
+        "labels": [str(Path(d).resolve()) for d in args.labels], "data": sorted({s.data for s in samples}),
+        "n_train": len(train_set), "n_val": len(val_set),
         "n_unusable": bad, "relevance_rule": args.relevance_rule, "seed": args.seed, "val_frac": args.val_frac,
         "lr": args.lr, "batch_size": args.batch_size, "device": str(device), "val_keys": sorted(val_keys),
         "best_val_loss": math.inf, "best_epoch": 0, "epochs_run": 0, "history": [],
