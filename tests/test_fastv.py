@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import FAMILIES, from_layer, hidden_key_columns, messages_for, model_inputs
+from conftest import FAMILIES, from_layer, hidden_key_columns, messages_for, model_inputs, random_image
 from tcc_eval import wrap_model
 from tcc_eval.core import keep_count
 from tcc_eval.fastv import dart_scores, fastv_layer_keep_ratio
@@ -79,6 +79,62 @@ def test_fastv_generate_decodes_with_short_cache(deep):
     with hidden_key_columns(lm, from_layer(lm, 1, dropped)), torch.no_grad():
         reference = model.generate(**inputs, max_new_tokens=4, do_sample=False)
     assert torch.equal(out, reference)  # decoding over the shortened cache == full cache with columns hidden
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("method", ("fastv", "dart"))
+@pytest.mark.parametrize("kind", ("image", "video"))
+def test_decoding_over_the_short_cache_equals_hidden_columns(deep, family, method, kind):
+    """Every family, FastV and DART, image and video: five tokens decoded over the shortened cache equal the
+    unpruned model's with the dropped columns hidden from layer K on (its full cache)."""
+    model, processor = deep[family]
+    inputs = model_inputs(processor, messages_for(kind, seed=4))
+    pruned = wrap_model(model, method=method, keep_ratio=0.5, fastv_k=1, match="kept")
+    out = pruned.generate(**inputs, max_new_tokens=5, do_sample=False)
+    kept = set(pruned.last_selection.kept_positions[0].tolist())
+    dropped = torch.tensor([i for i in range(inputs["input_ids"].shape[1]) if i not in kept])
+    assert dropped.numel() > 0
+    lm = pruned.adapter.language_model
+    with hidden_key_columns(lm, from_layer(lm, 1, dropped)), torch.no_grad():
+        reference = model.generate(**inputs, max_new_tokens=5, do_sample=False)
+    assert out.shape[1] > inputs["input_ids"].shape[1] + 1 and torch.equal(out, reference)
+
+
+@pytest.fixture(scope="module")
+def eager_vila(tiny_vila_path):
+    from tcc_eval.api import load_hf_model
+
+    return load_hf_model(str(tiny_vila_path), torch.device("cpu"), torch.float32, attn="eager")
+
+
+@pytest.mark.parametrize("method", ("fastv", "dart"))
+@pytest.mark.parametrize("kind", ("image", "video"))
+def test_vila_pruned_inside_the_llm_equals_hidden_columns(eager_vila, method, kind):
+    """VILA1.5 (2 LLM layers, K=1): the prefill and five decoded tokens equal the unpruned model with the dropped
+    columns hidden from layer K on; keeping everything is the vanilla model."""
+    model, processor = eager_vila
+    media = ({"type": "image", "image": random_image(50, 70, 4)} if kind == "image" else
+             {"type": "video", "video": [random_image(56, 56, 4 + i) for i in range(3)]})
+    inputs = dict(processor.apply_chat_template([{"role": "user", "content": [
+        media, {"type": "text", "text": "What color is the circle?"}]}], tokenize=True, return_dict=True))
+    with torch.no_grad():
+        vanilla = model.generate(**inputs, max_new_tokens=5, do_sample=False)
+        vanilla_logits = model(**inputs).logits[0, -1]
+    keep_all = wrap_model(model, method=method, keep_ratio=1.0, fastv_k=1)
+    assert torch.equal(keep_all.generate(**inputs, max_new_tokens=5, do_sample=False), vanilla)
+    pruned = wrap_model(model, method=method, keep_ratio=0.5, fastv_k=1, match="kept")
+    logits = pruned.prefill_logits(**inputs)[0, -1]
+    out = pruned.generate(**inputs, max_new_tokens=5, do_sample=False)
+    kept = set(pruned.last_selection.kept_positions[0].tolist())
+    dropped = torch.tensor([i for i in range(inputs["input_ids"].shape[1]) if i not in kept])
+    assert dropped.numel() > 0
+    lm = pruned.adapter.language_model
+    with hidden_key_columns(lm, from_layer(lm, 1, dropped)), torch.no_grad():
+        reference_logits = model(**inputs).logits[0, -1]
+        reference = model.generate(**inputs, max_new_tokens=5, do_sample=False)
+    assert (logits - reference_logits).abs().max().item() < 1e-4
+    assert (logits - vanilla_logits).abs().max().item() > 1e-6  # the pruning changed the run
+    assert out.shape[1] > inputs["input_ids"].shape[1] + 1 and torch.equal(out, reference)
 
 
 def brute_force_dart(keys, states, visual, text, k, image_pivots=4, text_pivots=4):
