@@ -81,23 +81,32 @@ def test_fastv_generate_decodes_with_short_cache(deep):
     assert torch.equal(out, reference)  # decoding over the shortened cache == full cache with columns hidden
 
 
+def against_hidden_columns(model, inputs: dict, method: str) -> tuple[torch.Tensor, ...]:
+    """``method`` at 50% with K=1: its prefill's last-row logits and five greedy tokens decoded over the shortened
+    cache, then the same of the unpruned model with the dropped columns hidden from layer K on (its full cache)."""
+    pruned = wrap_model(model, method=method, keep_ratio=0.5, fastv_k=1, match="kept")
+    logits = pruned.prefill_logits(**inputs)[0, -1]
+    out = pruned.generate(**inputs, max_new_tokens=5, do_sample=False)
+    kept = set(pruned.last_selection.kept_positions[0].tolist())
+    dropped = torch.tensor([i for i in range(inputs["input_ids"].shape[1]) if i not in kept])
+    assert dropped.numel() > 0 and out.shape[1] > inputs["input_ids"].shape[1] + 1
+    lm = pruned.adapter.language_model
+    with hidden_key_columns(lm, from_layer(lm, 1, dropped)), torch.no_grad():
+        reference_logits = model(**inputs).logits[0, -1]
+        reference = model.generate(**inputs, max_new_tokens=5, do_sample=False)
+    return logits, out, reference_logits, reference
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("method", ("fastv", "dart"))
 @pytest.mark.parametrize("kind", ("image", "video"))
 def test_decoding_over_the_short_cache_equals_hidden_columns(deep, family, method, kind):
-    """Every family, FastV and DART, image and video: five tokens decoded over the shortened cache equal the
-    unpruned model's with the dropped columns hidden from layer K on (its full cache)."""
+    """Every family, FastV and DART, image and video: the prefill and five tokens decoded over the shortened cache
+    equal the unpruned model's with the dropped columns hidden from layer K on."""
     model, processor = deep[family]
-    inputs = model_inputs(processor, messages_for(kind, seed=4))
-    pruned = wrap_model(model, method=method, keep_ratio=0.5, fastv_k=1, match="kept")
-    out = pruned.generate(**inputs, max_new_tokens=5, do_sample=False)
-    kept = set(pruned.last_selection.kept_positions[0].tolist())
-    dropped = torch.tensor([i for i in range(inputs["input_ids"].shape[1]) if i not in kept])
-    assert dropped.numel() > 0
-    lm = pruned.adapter.language_model
-    with hidden_key_columns(lm, from_layer(lm, 1, dropped)), torch.no_grad():
-        reference = model.generate(**inputs, max_new_tokens=5, do_sample=False)
-    assert out.shape[1] > inputs["input_ids"].shape[1] + 1 and torch.equal(out, reference)
+    logits, out, reference_logits, reference = against_hidden_columns(
+        model, model_inputs(processor, messages_for(kind, seed=4)), method)
+    assert (logits - reference_logits).abs().max().item() < 1e-4 and torch.equal(out, reference)
 
 
 @pytest.fixture(scope="module")
@@ -122,19 +131,9 @@ def test_vila_pruned_inside_the_llm_equals_hidden_columns(eager_vila, method, ki
         vanilla_logits = model(**inputs).logits[0, -1]
     keep_all = wrap_model(model, method=method, keep_ratio=1.0, fastv_k=1)
     assert torch.equal(keep_all.generate(**inputs, max_new_tokens=5, do_sample=False), vanilla)
-    pruned = wrap_model(model, method=method, keep_ratio=0.5, fastv_k=1, match="kept")
-    logits = pruned.prefill_logits(**inputs)[0, -1]
-    out = pruned.generate(**inputs, max_new_tokens=5, do_sample=False)
-    kept = set(pruned.last_selection.kept_positions[0].tolist())
-    dropped = torch.tensor([i for i in range(inputs["input_ids"].shape[1]) if i not in kept])
-    assert dropped.numel() > 0
-    lm = pruned.adapter.language_model
-    with hidden_key_columns(lm, from_layer(lm, 1, dropped)), torch.no_grad():
-        reference_logits = model(**inputs).logits[0, -1]
-        reference = model.generate(**inputs, max_new_tokens=5, do_sample=False)
-    assert (logits - reference_logits).abs().max().item() < 1e-4
+    logits, out, reference_logits, reference = against_hidden_columns(model, inputs, method)
+    assert (logits - reference_logits).abs().max().item() < 1e-4 and torch.equal(out, reference)
     assert (logits - vanilla_logits).abs().max().item() > 1e-6  # the pruning changed the run
-    assert out.shape[1] > inputs["input_ids"].shape[1] + 1 and torch.equal(out, reference)
 
 
 def brute_force_dart(keys, states, visual, text, k, image_pivots=4, text_pivots=4):
