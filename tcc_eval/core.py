@@ -14,6 +14,12 @@ import torch
 from .options import BUDGETS
 
 
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA runs asynchronously), so a wall-clock reading covers it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def check_keep_ratio(keep_ratio: float) -> float:
     """Validate a retention ratio rho in (0, 1]."""
     try:

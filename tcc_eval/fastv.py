@@ -18,11 +18,11 @@ import torch
 from torch import nn
 
 from .core import (Selection, check_keep_ratio, keep_count, keep_positions, pick_order_scores, select_visual,
-                   topk_in_order)
+                   sync, topk_in_order)
 from .flops import fastv_layer_keep_ratio, pyramid_stage_layers, pyramid_stage_ratio, pyramid_visual_counts
 from .options import MATCH_MODES
 from .probe import instruction_rows, last_token_attention, layer_keys
-from .pruned import PrefillTimer, TokenPrunedModel, split_model_inputs, sync
+from .pruned import PrefillTimer, TokenPrunedModel, split_model_inputs
 
 
 class _LayerKPruner:

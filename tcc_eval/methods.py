@@ -250,14 +250,13 @@ class VisionZip:
     vision tower instead of the question. As VisionZip runs on each image or frame the tower encodes (one span: a
     token grid of ``SampleView.cells``, so a frame pair on Qwen2-VL, and LLaVA-OneVision's base view apart from its
     crops, whose tiles share one grid), a budget of k tokens is shared among the spans in proportion to their
-    tokens (largest remainders), and each span's k_s is split there:
-    its k_s - c most attended tokens in the tower are the dominant ones (``LLMInputs.tower_attention``, which sums to
-    one within each image, crop or frame; c = round(k_s * 10/64), VisionZip's split), and c contextual tokens, evenly
-    spaced over the
-    span's rest in sequence order, each take the mean embedding of itself and the rest's tokens most like it (cosine
-    of the same layer's head-averaged keys, VisionZip's metric), so tokens merge only within their own image or
-    frame. Unlike VisionZip, which merges tower features before its projector and adds the target to the mean, this
-    merges the LLM-input embeddings, so the mean keeps their scale; each kept token keeps its own position.
+    tokens (largest remainders), and each span's k_s is split there: its k_s - c most attended tokens in the tower
+    are the dominant ones (``LLMInputs.tower_attention``, which sums to one within each image, crop or frame;
+    c = round(k_s * 10/64), VisionZip's split), and c contextual tokens, evenly spaced over the span's rest in
+    sequence order, each take the mean embedding of itself and the rest's tokens most like it (cosine of the same
+    layer's head-averaged keys, VisionZip's metric), so tokens merge only within their own image or frame. Unlike
+    VisionZip, which merges tower features before its projector and adds the target to the mean, this merges the
+    LLM-input embeddings, so the mean keeps their scale; each kept token keeps its own position.
 
     The split depends on k, so one instance serves one ``keep_ratio`` and ``budget``: it is both the scorer and the
     merger of a ``TokenPrunedModel`` built with the same two."""
@@ -304,9 +303,8 @@ class VisionZip:
             members = torch.nonzero(budgets == budget).flatten()
             k = keep_count(members.numel(), self.keep_ratio)
             covered = members[attention[members] > NO_PATCHES]
-            span_ids = torch.unique(spans[covered])
-            sizes = [int((spans[covered] == span).sum()) for span in span_ids]
-            for span, k_span in zip(span_ids, span_shares(k, sizes)):
+            span_ids, sizes = torch.unique(spans[covered], return_counts=True)
+            for span, k_span in zip(span_ids, span_shares(k, sizes.tolist())):
                 if k_span == 0:  # a small span next to large ones at a low ratio
                     continue
                 tokens = covered[spans[covered] == span]

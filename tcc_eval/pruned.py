@@ -15,14 +15,9 @@ from torch import nn
 
 from .adapters import LLMInputs, MLLMAdapter, adapter_for
 from .core import (Selection, check_keep_ratio, gather_left_padded, gather_prompt_ids, keep_positions,
-                   select_visual)
+                   select_visual, sync)
 from .methods import Merger, SampleView, Scorer
 from .options import POSITION_MODES
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 class PrefillTimer:

@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .core import sync
+
 QUERY_BLOCK = 256  # query rows per softmax block: heads x 256 x N floats at a time
 
 
@@ -76,11 +78,6 @@ def tower_signals(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> tor
                      f"Qwen2.5-VL's VisionAttention, SigLIP and CLIP attention)")
 
 
-def _sync(tensor: torch.Tensor) -> None:
-    if tensor.is_cuda:
-        torch.cuda.synchronize(tensor.device)
-
-
 class TowerAttentionRecorder:
     """While open, records ``tower_signals`` for every call of ``module``, in call order, and the ``seconds`` the
     readout took (the selection's own cost: the efficiency records move it from the tower's time to the selection's;
@@ -94,11 +91,11 @@ class TowerAttentionRecorder:
 
     def _record(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         hidden = args[0] if args else kwargs["hidden_states"]
-        _sync(hidden)
+        sync(hidden.device)
         start = time.perf_counter()
         with torch.no_grad():
             self.calls.append(tower_signals(module, args, kwargs))
-        _sync(hidden)
+        sync(hidden.device)
         self.seconds += time.perf_counter() - start
 
     def __enter__(self) -> "TowerAttentionRecorder":
