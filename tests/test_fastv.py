@@ -57,6 +57,26 @@ def test_fastv_equals_masked_reference(deep, family, kind, method):
     assert (full - reference).abs().max().item() > 1e-6
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("kind", ("image", "video"))
+@pytest.mark.parametrize("k", (1, 2))
+def test_fastv_keeps_the_visual_tokens_the_last_token_attends_most_in_layer_k_minus_1(deep, family, kind, k):
+    """FastV's ranking read from the HF model's own eager attention of the unpruned forward: the head-mean of the
+    last row in layer K-1, top half of the visual positions (ties to the earlier one)."""
+    model, processor = deep[family]
+    inputs = model_inputs(processor, messages_for(kind, seed=7))
+    fastv = wrap_model(model, method="fastv", keep_ratio=0.5, fastv_k=k, match="kept")
+    fastv.prefill_logits(**inputs)
+    kept = fastv.last_selection.kept_positions[0]
+    cfg = model.config
+    ids = inputs["input_ids"][0]
+    visual = torch.nonzero((ids == cfg.image_token_id) | (ids == cfg.video_token_id)).flatten().tolist()
+    with torch.no_grad():
+        row = model(**inputs, output_attentions=True).attentions[k - 1][0, :, -1].mean(dim=0)
+    top = sorted(visual, key=lambda i: (-float(row[i]), i))[:keep_count(len(visual), 0.5)]
+    assert kept[torch.isin(kept, torch.tensor(visual))].tolist() == sorted(top)
+
+
 def test_fastv_generate_decodes_with_short_cache(deep):
     model, processor = deep["qwen2_vl"]
     inputs = model_inputs(processor, messages_for("image"))

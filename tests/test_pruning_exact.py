@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import FAMILIES, QWEN_FAMILIES, messages_for, model_inputs
+from conftest import FAMILIES, QWEN_FAMILIES, left_padded_image_batch, messages_for, model_inputs
 from tcc_eval import wrap_model
+from tcc_eval.core import keep_count
 from tcc_eval.probe import attention_rows
 
 KINDS = ("image", "multi_image", "video", "image_and_video")
@@ -352,3 +353,46 @@ def test_logits_processors_see_the_prompt_ids(loaded, family, kind):
     pruned_ids = seen["pruned"][0]
     assert pruned_ids.shape[1] < inputs["input_ids"].shape[1]
     assert set(pruned_ids.flatten().tolist()) == set(inputs["input_ids"].flatten().tolist())
+
+
+def eager_instruction_attention(model, inputs: dict, b: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Independent of the probe: the HF model's own eager layer-0 attention, averaged over heads and over the
+    valid rows after the last image or video token, at the visual positions; and those positions."""
+    cfg = model.config
+    ids, valid = inputs["input_ids"][b], inputs["attention_mask"][b].bool()
+    visual = (ids == cfg.image_token_id) | (ids == getattr(cfg, "video_token_id", -1))
+    positions = torch.arange(ids.numel())
+    rows = positions[valid & (positions > int(positions[visual].max()))]
+    with torch.no_grad():
+        layer0 = model(**inputs, output_attentions=True).attentions[0][b]  # (heads, L, L)
+    return layer0[:, rows].mean(dim=(0, 1))[visual], positions[visual]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("kind", ("image", "multi_image", "video"))
+def test_a0_keeps_the_visual_tokens_the_instruction_attends_most_in_layer_0(loaded, family, kind):
+    """a0 (the compressor's input) is the head- and row-mean of layer 0's eager attention from the text after the
+    last visual token, and a0 at 25% keeps its top quarter."""
+    model, processor = loaded[family]
+    inputs = model_inputs(processor, messages_for(kind, seed=6))
+    reference, visual_positions = eager_instruction_attention(model, inputs)
+    a0 = wrap_model(model, method="a0", keep_ratio=0.25)
+    view = a0.sample_view(a0.adapter.capture_llm_inputs(inputs), 0)
+    assert (view.layer0_attention() - reference).abs().max().item() < 1e-6
+    a0.prefill_logits(**inputs)
+    k = keep_count(reference.numel(), 0.25)
+    top = sorted(range(reference.numel()), key=lambda i: (-float(reference[i]), i))[:k]
+    kept = a0.last_selection.kept_positions[0]
+    assert kept[torch.isin(kept, visual_positions)].tolist() == sorted(visual_positions[top].tolist())
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a0_of_a_left_padded_batch_equals_each_samples_eager_attention(loaded, family):
+    model, processor = loaded[family]
+    batch, _, _ = left_padded_image_batch(processor)
+    pruned = wrap_model(model, method="a0", keep_ratio=0.5)
+    llm = pruned.adapter.capture_llm_inputs(batch)
+    assert int((batch["attention_mask"] == 0).sum()) > 0  # the batch is padded
+    for b in range(2):
+        reference, _ = eager_instruction_attention(model, batch, b)
+        assert (pruned.sample_view(llm, b).layer0_attention() - reference).abs().max().item() < 1e-6
