@@ -12,6 +12,7 @@ from .adapters import ADAPTERS, adapter_for
 from .flops import INSIDE_LLM_METHODS
 from .methods import (VISIONZIP_CONTEXTUAL_SHARE, Scorer, TCCScorer, VisionZip, a0_scorer, check_method,
                       divprune_scorer, pool_merger, random_scorer, uniform_scorer)
+from .probe import DEFAULT_INSTRUCTION_ROWS
 from .pruned import TokenPrunedModel, check_positions
 
 log = logging.getLogger("tcc_eval")
@@ -145,7 +146,8 @@ def load_hf_model(model_path: str | os.PathLike, device: torch.device, dtype: to
 
 
 def build_scorer(
-    method: str, model, compressor: Any = None, seed: int = 0, max_answer_tokens: int = 16
+    method: str, model, compressor: Any = None, seed: int = 0, max_answer_tokens: int = 16,
+    instruction_rows: str = DEFAULT_INSTRUCTION_ROWS,
 ) -> Scorer | None:
     """The scorer for an input-stage method ("none" -> keep everything)."""
     check_method(method)
@@ -154,13 +156,13 @@ def build_scorer(
     if method == "random":
         return random_scorer(seed)
     if method == "a0":
-        return a0_scorer()
+        return a0_scorer(instruction_rows)
     if method == "divprune":
         return divprune_scorer()
     if method in ("uniform", "pool"):  # pool: uniform's lattice, each kept token the mean of its neighbourhood
         return uniform_scorer()
     if method == "tcc":
-        return TCCScorer(compressors_by_modality(model, compressor))
+        return TCCScorer(compressors_by_modality(model, compressor), instruction_rows)
     if method == "oracle":
         from .oracle import oracle_scorer
 
@@ -223,6 +225,7 @@ def wrap_model(
     max_answer_tokens: int = 16,
     contextual_share: float | str = VISIONZIP_CONTEXTUAL_SHARE,
     positions: str = "original",
+    instruction_rows: str = DEFAULT_INSTRUCTION_ROWS,
 ) -> TokenPrunedModel:
     """Wrap an already loaded HF MLLM; the result's ``generate`` is a drop-in for ``model.generate``.
 
@@ -233,7 +236,9 @@ def wrap_model(
     its ``layer_list``) to pdrop, ``max_answer_tokens`` to the oracle, ``contextual_share`` (the share of
     kept tokens that are contextual; 0: dominant tokens only) to visionzip. ``positions="renumber"`` gives the
     kept tokens of an input-stage method consecutive position ids instead of their original ones (1-D ids only;
-    the methods that prune inside the LLM refuse it: their first layers' cache holds the original ids)."""
+    the methods that prune inside the LLM refuse it: their first layers' cache holds the original ids).
+    ``instruction_rows`` (a0 and tcc) picks the text rows whose layer-0 attention scores the visual tokens
+    (``probe.INSTRUCTION_ROWS``; a tcc compressor must have been labelled with the same rule)."""
     check_method(method)
     if method in INSIDE_LLM_METHODS and positions != "original":
         raise ValueError(f"positions={positions!r} applies to methods that prune before the LLM; {method} prunes "
@@ -250,7 +255,8 @@ def wrap_model(
         zip_plan = VisionZip(keep_ratio, budget, contextual_share)
         return TokenPrunedModel(model, zip_plan, keep_ratio=keep_ratio, budget=budget, method=method,
                                 merger=zip_plan.merge, positions=positions)
-    scorer = build_scorer(method, model, compressor=compressor, seed=seed, max_answer_tokens=max_answer_tokens)
+    scorer = build_scorer(method, model, compressor=compressor, seed=seed, max_answer_tokens=max_answer_tokens,
+                          instruction_rows=instruction_rows)
     merger = pool_merger() if method == "pool" else None
     return TokenPrunedModel(model, scorer, keep_ratio=keep_ratio, budget=budget, method=method, merger=merger,
                             positions=positions)
@@ -362,8 +368,8 @@ def load(
     keep_ratio in (0, 1];
     compressor: a trained compressor checkpoint, {modality: checkpoint} or a folder of
     ``<family>_<modality>.pt`` (required for tcc); options: ``wrap_model``'s (budget, seed, fastv_k, match,
-    pdrop_layers, max_answer_tokens, contextual_share, positions). CUDA when available (bf16/fp16), else CPU
-    (fp32).
+    pdrop_layers, max_answer_tokens, contextual_share, positions, instruction_rows). CUDA when available
+    (bf16/fp16), else CPU (fp32).
     """
     from .core import check_keep_ratio
 

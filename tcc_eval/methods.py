@@ -16,7 +16,7 @@ import torch
 from .adapters.base import NO_PATCHES, MLLMAdapter
 from .core import check_keep_ratio, keep_count, pick_order_scores
 from .flops import INSIDE_LLM_METHODS
-from .probe import instruction_to_visual
+from .probe import DEFAULT_INSTRUCTION_ROWS, check_instruction_rows, instruction_to_visual
 
 
 @dataclass
@@ -42,11 +42,11 @@ class SampleView:
     def modality(self) -> str:
         return self.adapter.modality(self.input_ids)
 
-    def layer0_attention(self) -> torch.Tensor:
-        """Instruction -> visual attention of LLM layer 0 (the compressor's input)."""
-        return instruction_to_visual(
-            self.adapter.language_model, self.inputs_embeds, self.position_ids, self.attention_mask, self.visual
-        )
+    def layer0_attention(self, rows: str = DEFAULT_INSTRUCTION_ROWS) -> torch.Tensor:
+        """Instruction -> visual attention of LLM layer 0 (the compressor's input), from the ``rows`` rule's
+        instruction rows (``probe.INSTRUCTION_ROWS``)."""
+        return instruction_to_visual(self.adapter.language_model, self.inputs_embeds, self.position_ids,
+                                     self.attention_mask, self.visual, rows=rows)
 
 
 Scorer = Callable[[SampleView], torch.Tensor]
@@ -63,9 +63,10 @@ def random_scorer(seed: int = 0) -> Scorer:
     return score
 
 
-def a0_scorer() -> Scorer:
+def a0_scorer(instruction_rows: str = DEFAULT_INSTRUCTION_ROWS) -> Scorer:
     """Raw layer-0 instruction->visual attention, no learned compressor (the paper's key ablation)."""
-    return SampleView.layer0_attention
+    rows = check_instruction_rows(instruction_rows)
+    return lambda view: view.layer0_attention(rows)
 
 
 def max_min_diversity_order(features: torch.Tensor) -> torch.Tensor:
@@ -352,10 +353,22 @@ class VisionZip:
 
 
 class TCCScorer:
-    """The learned compressor f_theta applied to layer-0 attention; one compressor per modality."""
+    """The learned compressor f_theta applied to layer-0 attention; one compressor per modality. Each compressor
+    must have learned from the same instruction rows (its labels' rule) as the attention it is handed."""
 
-    def __init__(self, compressors: Mapping[str, torch.nn.Module]):
+    def __init__(self, compressors: Mapping[str, torch.nn.Module],
+                 instruction_rows: str = DEFAULT_INSTRUCTION_ROWS):
         self.compressors = dict(compressors)
+        self.instruction_rows = check_instruction_rows(instruction_rows)
+        for modality, compressor in self.compressors.items():
+            trained = getattr(compressor, "instruction_rows", DEFAULT_INSTRUCTION_ROWS)
+            if trained != self.instruction_rows:
+                where = getattr(compressor, "checkpoint_path", f"the {modality} compressor")
+                raise ValueError(
+                    f"compressor {where} learned from the layer-0 attention of instruction_rows={trained}, but this "
+                    f"run asks for instruction_rows={self.instruction_rows}: pass instruction_rows={trained}, or "
+                    f"label and train a compressor with --instruction-rows {self.instruction_rows}"
+                )
 
     def __call__(self, view: SampleView) -> torch.Tensor:
         modality = view.modality
@@ -364,7 +377,7 @@ class TCCScorer:
                 f"no compressor for {modality} input (have: {', '.join(sorted(self.compressors))}); train one with "
                 f"`python -m tcc_eval.compressor label ...` on {modality} data, then `... train ...`"
             )
-        return self.compressors[modality].predict(view.layer0_attention())
+        return self.compressors[modality].predict(view.layer0_attention(self.instruction_rows))
 
 
 INPUT_STAGE_METHODS = ("none", "random", "a0", "tcc", "oracle", "divprune", "uniform", "pool", "visionzip")

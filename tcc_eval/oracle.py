@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from .methods import SampleView, Scorer
+from .probe import DEFAULT_INSTRUCTION_ROWS
 
 
 @dataclass
@@ -336,9 +337,11 @@ def explain_inputs(
     answer_ids: torch.Tensor | None = None,
     max_answer_tokens: int = 16,
     rules: Sequence[str] = ("clamp",),
+    instruction_rows: str = DEFAULT_INSTRUCTION_ROWS,
 ) -> Explanation:
     """Relevance of every visual token for the answer (generated greedily when not given). Several ``rules``
-    share one forward and one backward; ``relevance`` is the first one's."""
+    share one forward and one backward; ``relevance`` is the first one's. ``a0`` is the layer-0 attention of
+    the ``instruction_rows`` rule's rows (the compressor's input)."""
     rules = tuple(dict.fromkeys(rules))
     if not rules:
         raise ValueError("explain_inputs needs at least one relevance rule")
@@ -348,7 +351,7 @@ def explain_inputs(
     with torch.no_grad():
         if answer_ids is None:
             answer_ids = draft_answer(view, max_answer_tokens)
-        a0 = view.layer0_attention().float()
+        a0 = view.layer0_attention(instruction_rows).float()
     answer_ids = answer_ids.flatten()[:max_answer_tokens]
     by_rule = {rule: relevance.cpu() for rule, relevance in view_relevances(view, answer_ids, rules).items()}
     return Explanation(
@@ -363,7 +366,8 @@ def explain_inputs(
 def explain(model: Any, messages: list[dict], answer: str | None = None, processor: Any = None,
             max_answer_tokens: int = 16) -> Explanation:
     """``tcc_eval.explain``: model is a ``CompressedMLLM`` (from ``tcc_eval.load``) or an HF model with
-    ``processor``; ``answer`` is explained as given, else the model's greedy answer is."""
+    ``processor``; ``answer`` is explained as given (every token of it), else the model's greedy answer is (at
+    most ``max_answer_tokens`` of it)."""
     from .api import CompressedMLLM
     from .pruned import TokenPrunedModel
 
@@ -373,6 +377,7 @@ def explain(model: Any, messages: list[dict], answer: str | None = None, process
     answer_ids = None
     if answer is not None:
         answer_ids = processor.tokenizer(answer, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
+        max_answer_tokens = max(1, answer_ids.numel())
     result = explain_inputs(model, inputs, answer_ids, max_answer_tokens)
     result.answer = processor.tokenizer.decode(result.answer_ids, skip_special_tokens=True)
     return result

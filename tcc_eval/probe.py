@@ -12,6 +12,8 @@ import sys
 import torch
 from torch import nn
 
+from .options import INSTRUCTION_ROWS
+
 
 def _rotary_fn(attn: nn.Module):
     """The model file's own ``apply_rotary_pos_emb`` (every HF decoder defines one next to its attention)."""
@@ -74,11 +76,27 @@ def last_token_attention(language_model: nn.Module, hidden_states: torch.Tensor,
     return attention_rows(language_model, hidden_states, position_ids, mask, last, layer_idx).mean(dim=(0, 1))
 
 
-def instruction_rows(valid: torch.Tensor, visual: torch.Tensor) -> torch.Tensor:
-    """Default instruction rows: every valid token after the last visual token (METHOD.md, open point)."""
-    last_visual = int(torch.nonzero(visual).max())
-    rows = torch.nonzero(valid).flatten()
-    return rows[rows > last_visual]
+DEFAULT_INSTRUCTION_ROWS = INSTRUCTION_ROWS[0]
+
+
+def check_instruction_rows(rows: str) -> str:
+    if rows not in INSTRUCTION_ROWS:
+        raise ValueError(f"instruction_rows={rows!r}: expected one of {', '.join(INSTRUCTION_ROWS)} (which text rows' "
+                         f"layer-0 attention scores the visual tokens; default {DEFAULT_INSTRUCTION_ROWS})")
+    return rows
+
+
+def instruction_rows(valid: torch.Tensor, visual: torch.Tensor, rows: str = DEFAULT_INSTRUCTION_ROWS) -> torch.Tensor:
+    """Positions of the instruction rows of one sample under the rule ``rows`` (``INSTRUCTION_ROWS``)."""
+    check_instruction_rows(rows)
+    positions = torch.nonzero(valid).flatten()
+    if rows == "last":
+        return positions[-1:]
+    visual_positions = torch.nonzero(visual).flatten()
+    if rows == "after_first_visual":
+        text = positions[~visual[positions]]
+        return text[text > int(visual_positions.min())]
+    return positions[positions > int(visual_positions.max())]
 
 
 def instruction_to_visual(
@@ -88,16 +106,17 @@ def instruction_to_visual(
     attention_mask: torch.Tensor,
     visual: torch.Tensor,
     layer_idx: int = 0,
+    rows: str = DEFAULT_INSTRUCTION_ROWS,
 ) -> torch.Tensor:
-    """Layer-0 attention from the instruction tokens to each visual token, averaged over rows and heads.
+    """Layer-0 attention from the instruction tokens (``rows``) to each visual token, averaged over rows and heads.
 
     Inputs are one sample: inputs_embeds (1, L, D), position_ids (1, L) / (3, 1, L), attention_mask
     (1, L), visual (L,) bool. Returns (N_v,) in sequence order (video frames concatenated).
     """
-    rows = instruction_rows(attention_mask[0].bool(), visual)
-    if rows.numel() == 0:  # a mean over no rows would score every token NaN
-        raise ValueError("this prompt ends with its image or video tokens, so no instruction follows them whose "
-                         "attention could score them: put the question (or the chat template's generation prompt) "
-                         "after the image or video")
-    probs = attention_rows(language_model, inputs_embeds, position_ids, attention_mask, rows, layer_idx)
+    query_rows = instruction_rows(attention_mask[0].bool(), visual, rows)
+    if query_rows.numel() == 0 or bool(visual[query_rows].any()):  # a mean over no rows would score every token NaN
+        raise ValueError(f"this prompt ends with its image or video tokens, so no instruction follows them whose "
+                         f"attention could score them (instruction_rows={rows}): put the question (or the chat "
+                         f"template's generation prompt) after the image or video")
+    probs = attention_rows(language_model, inputs_embeds, position_ids, attention_mask, query_rows, layer_idx)
     return probs.mean(dim=(0, 1))[visual]

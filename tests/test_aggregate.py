@@ -591,6 +591,10 @@ def test_method_variant_names_only_non_default_options_the_method_reads():
         "pdrop", {"pdrop_layers": "2/14/21"}) == "pdrop_layers=2/14/21"
     assert method_variant("visionzip", {"contextual_share": "0"}) == "contextual_share=0"
     assert method_variant("visionzip", {"contextual_share": 0.15625}) == ""
+    assert method_variant("tcc", {"instruction_rows": "last"}) == method_variant("a0", {"instruction_rows": "last"}) \
+        == "instruction_rows=last"
+    assert method_variant("tcc", {"instruction_rows": "after_last_visual"}) == ""
+    assert method_variant("random", {"instruction_rows": "last"}) == ""  # random reads no instruction rows
     assert method_variant("none", {"positions": "renumber"}) == ""
 
 

@@ -258,12 +258,14 @@ def test_resumed_labelling_must_share_the_label_settings(tmp_path):
     from tcc_eval.compressor.labels import prepare_meta
 
     meta = {"model": {"family": "qwen2_vl"}, "data": "/d.tsv", "modality": "video", "relevance_rules": ["clamp"],
-            "num_frames": 8, "max_answer_tokens": 16, "keep_all": False, "dtype": "bfloat16"}
+            "num_frames": 8, "max_answer_tokens": 16, "keep_all": False, "dtype": "bfloat16",
+            "instruction_rows": "after_last_visual"}
     prepare_meta(tmp_path, meta)
     prepare_meta(tmp_path, {**meta, "keep_all": True})  # the same settings resume, --keep-all or not
     for key, value, flag in (("num_frames", 16, "--num-frames 8 \\(this run: 16\\)"),
                              ("max_answer_tokens", 4, "--max-answer-tokens 16"),
-                             ("dtype", "float32", "--dtype bfloat16")):
+                             ("dtype", "float32", "--dtype bfloat16"),
+                             ("instruction_rows", "last", "--instruction-rows after_last_visual")):
         with pytest.raises(ValueError, match=f"holds labels made with {flag}.*Resume with the same settings"):
             prepare_meta(tmp_path, {**meta, key: value})
     images = tmp_path / "images"
@@ -573,3 +575,52 @@ def test_command_line_refuses_bad_input_before_the_work(tmp_path, capsys):
                            "--compressor", "c.pt"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.startswith("error: compressor checkpoint 'c.pt' does not exist")
+
+
+def test_instruction_rows_travel_from_labels_to_checkpoint_to_inference(tiny_checkpoints, tmp_path, one_thread):
+    """`label --instruction-rows last` stores the last row's layer-0 attention; the checkpoint trained on it says
+    so, inference must ask for the same rows (it then keeps the top-k of the compressor on that attention), and
+    evaluation, training and resumed labelling refuse to mix rules."""
+    qwen = tiny_checkpoints["qwen2_vl"]
+    data = synth.export_vlmeval_tsv(synth.generate("image", 4, seed=2, split="train"), tmp_path / "train.tsv")
+    common = ["label", "--model", qwen, "--data", str(data), "--keep-all", "--max-answer-tokens", "1",
+              "--max-new-tokens", "2", "--device", "cpu"]
+    last, default = tmp_path / "last", tmp_path / "default"
+    assert main([*common, "--out", str(last), "--instruction-rows", "last"]) == 0
+    assert main([*common, "--out", str(default)]) == 0
+    assert json.loads((last / "meta.json").read_text())["instruction_rows"] == "last"
+    model = tcc_eval.load(qwen, method="a0", keep_ratio=0.5, device="cpu")
+    messages, _ = messages_for(read_data(data)[0], 8)
+    view = model.pruned.sample_view(model.pruned.adapter.capture_llm_inputs(model.prepare(messages)), 0)
+    record = torch.load(last / "samples" / "0.pt", weights_only=True)
+    assert torch.allclose(record["a0"], view.layer0_attention("last"), atol=1e-7)
+    assert not torch.allclose(record["a0"], torch.load(default / "samples" / "0.pt", weights_only=True)["a0"])
+
+    ckpt = tmp_path / "last.pt"
+    assert main(["train", "--labels", str(last), "--out", str(ckpt), "--epochs", "2", "--batch-size", "2"]) == 0
+    assert load_compressor(ckpt).instruction_rows == "last"
+    with pytest.raises(ValueError, match=r"learned from the layer-0 attention of instruction_rows=last, but this run "
+                                         r"asks for instruction_rows=after_last_visual: pass instruction_rows=last"):
+        tcc_eval.load(qwen, method="tcc", keep_ratio=0.5, compressor=str(ckpt), device="cpu")
+    tcc = tcc_eval.load(qwen, method="tcc", keep_ratio=0.5, compressor=str(ckpt), device="cpu",
+                        instruction_rows="last")
+    tcc.generate(messages, max_new_tokens=1)
+    n = record["n_visual"]
+    visual_positions = torch.nonzero(view.visual).flatten()
+    kept_visual = torch.nonzero(torch.isin(visual_positions, tcc.last_selection.kept_positions[0])).flatten()
+    scores = load_compressor(ckpt).predict(view.layer0_attention("last"))
+    assert torch.equal(kept_visual, topk_in_order(scores, keep_count(n, 0.5)))
+    with pytest.raises(ValueError, match="learned from the layer-0 attention of instruction rows last, these labels "
+                                         "hold that of after_last_visual"):
+        main(["evaluate", "--labels", str(default), "--compressor", str(ckpt)])
+    with pytest.raises(ValueError, match=r"hold layer-0 attention of different instruction rows \(last vs "
+                                         r"after_last_visual\)"):
+        main(["train", "--labels", str(last), str(default), "--out", str(tmp_path / "mixed.pt")])
+    with pytest.raises(ValueError, match="holds labels made with --instruction-rows last"):
+        main([*common, "--out", str(last)])
+    old = json.loads((default / "meta.json").read_text())  # a folder from before the option holds the default
+    del old["instruction_rows"]
+    (default / "meta.json").write_text(json.dumps(old))
+    assert main([*common, "--out", str(default)]) == 0
+    with pytest.raises(ValueError, match="holds labels made with --instruction-rows after_last_visual"):
+        main([*common, "--out", str(default), "--instruction-rows", "after_first_visual"])

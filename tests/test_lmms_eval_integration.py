@@ -259,6 +259,8 @@ def test_entry_points_resolve_to_our_classes():
     ({"method": "pdrop", "ratio": 0.5, "pdrop_layers": "21/14/2"}, "pdrop_layers='21/14/2': expected increasing"),
     ({"method": "visionzip", "ratio": 0.5, "contextual_share": 2}, "contextual_share=2: expected a fraction"),
     ({"method": "tcc", "ratio": 0.5, "compressor": "/missing.pt"}, "'/missing.pt' does not exist"),
+    ({"method": "random", "ratio": 0.5, "instruction_rows": "last"}, "option of method a0 / tcc, not of method=random"),
+    ({"method": "a0", "ratio": 0.5, "instruction_rows": "first"}, "instruction_rows='first': expected after_last"),
 ])
 def test_bad_model_args_fail_before_loading(kwargs, message):
     from tcc_eval.integrations.lmms_eval.models import TCCSettings
@@ -289,6 +291,9 @@ def test_settings_pop_only_our_args():
     kwargs = {"pretrained": "p", "method": "a0", "ratio": 0.25, "positions": "renumber"}
     settings = TCCSettings.pop_from(kwargs, "vila_tcc")
     assert kwargs == {"pretrained": "p"} and settings.positions == "renumber"
+    kwargs = {"pretrained": "p", "method": "tcc", "ratio": 0.25, "instruction_rows": "last"}
+    settings = TCCSettings.pop_from(kwargs, "qwen2_vl_tcc")
+    assert kwargs == {"pretrained": "p"} and settings.options == {"instruction_rows": "last"}
 
 
 def test_a_rerun_keeps_the_earlier_records_aside(tmp_path):

@@ -173,3 +173,6 @@ def test_explain_public_api(tiny_checkpoints):
     assert result.answer == "red"
     assert torch.isfinite(result.relevance).all() and result.relevance.sum() > 0
     assert mllm.model.config._attn_implementation == "sdpa"  # restored after the oracle
+    long_answer = " ".join(["red"] * 20)  # a given answer is explained whole, past the generated answers' cap
+    whole = tcc_eval.explain(mllm, messages_for("image"), answer=long_answer, max_answer_tokens=2)
+    assert whole.answer == long_answer and whole.answer_ids.numel() > 16

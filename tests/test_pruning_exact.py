@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import FAMILIES, QWEN_FAMILIES, left_padded_image_batch, messages_for, model_inputs
+from conftest import FAMILIES, QWEN_FAMILIES, left_padded_image_batch, messages_for, model_inputs, random_image
 from tcc_eval import wrap_model
 from tcc_eval.core import keep_count
 from tcc_eval.probe import attention_rows
@@ -355,17 +355,21 @@ def test_logits_processors_see_the_prompt_ids(loaded, family, kind):
     assert set(pruned_ids.flatten().tolist()) == set(inputs["input_ids"].flatten().tolist())
 
 
-def eager_instruction_attention(model, inputs: dict, b: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def eager_instruction_attention(model, inputs: dict, b: int = 0, rows: str = "after_last_visual"
+                                ) -> tuple[torch.Tensor, torch.Tensor]:
     """Independent of the probe: the HF model's own eager layer-0 attention, averaged over heads and over the
-    valid rows after the last image or video token, at the visual positions; and those positions."""
+    ``rows`` rule's rows (valid ones after the last image or video token; non-visual ones after the first; the
+    last one), at the visual positions; and those positions."""
     cfg = model.config
     ids, valid = inputs["input_ids"][b], inputs["attention_mask"][b].bool()
     visual = (ids == cfg.image_token_id) | (ids == getattr(cfg, "video_token_id", -1))
     positions = torch.arange(ids.numel())
-    rows = positions[valid & (positions > int(positions[visual].max()))]
+    after = {"after_last_visual": positions > int(positions[visual].max()),
+             "after_first_visual": (positions > int(positions[visual].min())) & ~visual,
+             "last": positions == ids.numel() - 1}[rows]
     with torch.no_grad():
         layer0 = model(**inputs, output_attentions=True).attentions[0][b]  # (heads, L, L)
-    return layer0[:, rows].mean(dim=(0, 1))[visual], positions[visual]
+    return layer0[:, positions[valid & after]].mean(dim=(0, 1))[visual], positions[visual]
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -396,3 +400,46 @@ def test_a0_of_a_left_padded_batch_equals_each_samples_eager_attention(loaded, f
     for b in range(2):
         reference, _ = eager_instruction_attention(model, batch, b)
         assert (pruned.sample_view(llm, b).layer0_attention() - reference).abs().max().item() < 1e-6
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("rows", ("after_first_visual", "last"))
+def test_a0_under_other_instruction_rows_equals_eager_attention(loaded, family, rows):
+    """Text between two images counts for after_first_visual (it differs from the default there); the last row
+    alone for last; a0 ranks by it when asked to."""
+    model, processor = loaded[family]
+    images = [random_image(56, 56, 1), random_image(56, 84, 2)]
+    if family == "llava_onevision":  # its chat template puts every image before the text
+        prompt = "<|im_start|>user\n<image>\nand the next one\n<image>\nSame colour?<|im_end|>\n<|im_start|>assistant\n"
+        inputs = dict(processor(text=[prompt], images=images, return_tensors="pt"))
+    else:
+        inputs = model_inputs(processor, [{"role": "user", "content": [
+            {"type": "image", "image": images[0]}, {"type": "text", "text": "and the next one"},
+            {"type": "image", "image": images[1]}, {"type": "text", "text": "Same colour?"}]}])
+    reference, visual_positions = eager_instruction_attention(model, inputs, rows=rows)
+    default, _ = eager_instruction_attention(model, inputs)
+    a0 = wrap_model(model, method="a0", keep_ratio=0.5, instruction_rows=rows)
+    view = a0.sample_view(a0.adapter.capture_llm_inputs(inputs), 0)
+    assert (view.layer0_attention(rows) - reference).abs().max().item() < 1e-6
+    assert (reference - default).abs().max().item() > 1e-4
+    a0.prefill_logits(**inputs)
+    top = sorted(range(reference.numel()), key=lambda i: (-float(reference[i]), i))[:keep_count(reference.numel(), 0.5)]
+    kept = a0.last_selection.kept_positions[0]
+    assert kept[torch.isin(kept, visual_positions)].tolist() == sorted(visual_positions[top].tolist())
+
+
+def test_instruction_rows_rules_and_their_errors():
+    from tcc_eval.probe import instruction_rows
+
+    visual = torch.tensor([0, 1, 1, 0, 0, 1, 1, 0, 0], dtype=torch.bool)
+    valid = torch.tensor([0, 1, 1, 1, 1, 1, 1, 1, 1], dtype=torch.bool)  # left padding
+    assert instruction_rows(valid, visual).tolist() == [7, 8]
+    assert instruction_rows(valid, visual, "after_first_visual").tolist() == [3, 4, 7, 8]
+    assert instruction_rows(valid, visual, "last").tolist() == [8]
+    with pytest.raises(ValueError, match="instruction_rows='first': expected one of after_last_visual, "
+                                         "after_first_visual, last"):
+        instruction_rows(valid, visual, "first")
+    with pytest.raises(ValueError, match="instruction_rows='first': expected after_last_visual or"):
+        from tcc_eval.options import check_option_values
+
+        check_option_values({"instruction_rows": "first"})

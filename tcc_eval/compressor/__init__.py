@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..probe import DEFAULT_INSTRUCTION_ROWS
 from .network import CompressorConfig, TokenCompressor, kl_loss, make_target, pad_batch
 
 CHECKPOINT_FORMAT = "tcc-compressor"
@@ -118,6 +119,8 @@ def load_compressor(path: str | os.PathLike, device: str | torch.device | None =
     network.source_model = payload["source_model"]
     network.modality = payload["modality"]
     network.train_stats = payload["train_stats"]
+    # the rows whose layer-0 attention it learned from (checkpoints from before the option: the default)
+    network.instruction_rows = network.train_stats.get("instruction_rows", DEFAULT_INSTRUCTION_ROWS)
     network.checkpoint_path = str(path)
     return network.to(device or "cpu").float().eval()
 

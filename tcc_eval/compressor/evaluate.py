@@ -123,6 +123,10 @@ def evaluate(labels: list[str], compressor_path: str, split: str = "auto", again
     compressor = load_compressor(compressor_path)
     source, modality, samples, _ = load_labels(labels, against)
     check_match(compressor.source_model, source, f"compressor {compressor_path}", "the model of these labels")
+    if samples and samples[0].instruction_rows != compressor.instruction_rows:
+        raise ValueError(f"compressor {compressor_path} learned from the layer-0 attention of instruction rows "
+                         f"{compressor.instruction_rows}, these labels hold that of {samples[0].instruction_rows}: "
+                         f"score it on labels made with --instruction-rows {compressor.instruction_rows}")
     if compressor.modality not in (None, modality):
         print(f"warning: compressor {compressor_path} was trained on {compressor.modality} inputs and these labels "
               f"are of {modality} inputs: the scores say how it transfers, not how it does on its own modality",

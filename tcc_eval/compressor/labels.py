@@ -33,6 +33,7 @@ from PIL import Image
 from ..adapters import adapter_for
 from ..api import DTYPES, device_arg, on_model_device, positive_int, read_video, uniform_indices, video_timing_options
 from ..oracle import METHOD_RULE, RELEVANCE_RULES, answer_tokens, explain_inputs
+from ..probe import DEFAULT_INSTRUCTION_ROWS, INSTRUCTION_ROWS
 
 HELP = "generate training labels (oracle relevance) with an MLLM"
 DESCRIPTION = """\
@@ -292,7 +293,8 @@ def write_json(path: Path, data: dict) -> None:
 
 # settings that change what a label holds: a resumed run must share them (flag: the option that sets each).
 # --keep-all is not one: it changes which samples get labels, and a resume with it labels the skipped ones.
-LABEL_SETTINGS = {"num_frames": "--num-frames", "max_answer_tokens": "--max-answer-tokens", "dtype": "--dtype"}
+LABEL_SETTINGS = {"num_frames": "--num-frames", "max_answer_tokens": "--max-answer-tokens", "dtype": "--dtype",
+                  "instruction_rows": "--instruction-rows"}
 
 
 def prepare_meta(out: Path, meta: dict[str, Any]) -> None:
@@ -300,6 +302,7 @@ def prepare_meta(out: Path, meta: dict[str, Any]) -> None:
     path = out / "meta.json"
     if path.is_file():
         old = json.loads(path.read_text())
+        old.setdefault("instruction_rows", DEFAULT_INSTRUCTION_ROWS)  # folders from before the option: the default
         if old.get("model") != meta["model"] or old.get("data") != meta["data"]:
             raise ValueError(
                 f"{out} already holds labels of {old.get('model', {}).get('family')} on {old.get('data')}; "
@@ -340,7 +343,7 @@ def label_sample(model, processor, sample: Sample, args: argparse.Namespace, met
     if not (record["correct"] or args.keep_all):
         return record
     explanation = explain_inputs(model, inputs, ids if ids.numel() else new_tokens[:1], args.max_answer_tokens,
-                                 rules=meta["relevance_rules"])
+                                 rules=meta["relevance_rules"], instruction_rows=meta["instruction_rows"])
     record.update(
         a0=explanation.a0.float().cpu(),
         relevance=explanation.relevance.float().cpu(),
@@ -379,7 +382,7 @@ def run(args: argparse.Namespace) -> int:
         "format": "tcc-labels", "version": 1, "model": model_meta(model), "model_path": str(args.model),
         "data": str(Path(args.data).resolve()), "modality": dataset_modality(samples),
         "max_answer_tokens": args.max_answer_tokens, "keep_all": args.keep_all, "num_frames": args.num_frames,
-        "relevance_rules": label_rules(args.ablation_rules),
+        "relevance_rules": label_rules(args.ablation_rules), "instruction_rows": args.instruction_rows,
         "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
     }
     prepare_meta(out, meta)
@@ -446,6 +449,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also store the relevance under these rules, from the same backward pass, for "
                         "`train --relevance-rule`: attention (plain head-mean attention rollout, no gradient: the "
                         "paper's ablation), abs, signed. The method's rule (clamp) is always stored")
+    parser.add_argument("--instruction-rows", default=DEFAULT_INSTRUCTION_ROWS, choices=INSTRUCTION_ROWS,
+                        help="which text rows' layer-0 attention is stored as the compressor's input (default "
+                        f"{DEFAULT_INSTRUCTION_ROWS}: every token after the last image or video token; "
+                        "after_first_visual: also text between images; last: the last token alone). Inference must "
+                        "use the same rule (instruction_rows= at evaluation)")
     parser.add_argument("--max-new-tokens", type=positive_int, default=16,
                         help="tokens generated to judge the answer (default 16)")
     parser.add_argument("--num-frames", type=positive_int, default=8, help="frames sampled per video (default 8)")

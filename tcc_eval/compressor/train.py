@@ -22,6 +22,7 @@ import torch
 
 from ..api import device_arg, positive_int
 from ..oracle import METHOD_RULE, RELEVANCE_RULES
+from ..probe import DEFAULT_INSTRUCTION_ROWS
 from . import MATCH_KEYS, describe, load_compressor, save_compressor
 from .network import (
     INPUT_SCALES,
@@ -52,6 +53,7 @@ class LabelSample:
     folder: str = ""  # the label directory it came from (resolved)
     data: str = ""  # the data file it was labelled from (as its label directory's meta.json names it)
     media: str = ""  # a digest of its image(s) or video (labels of earlier versions: its key)
+    instruction_rows: str = DEFAULT_INSTRUCTION_ROWS  # the rows whose layer-0 attention ``a0`` is
 
     @property
     def n(self) -> int:
@@ -66,6 +68,11 @@ def read_meta(labels_dir: Path) -> dict[str, Any]:
             f"`python -m tcc_eval.compressor label --model MODEL --data DATA --out {labels_dir}`"
         )
     return json.loads(path.read_text())
+
+
+def instruction_rows_of(meta: dict[str, Any]) -> str:
+    """The rows whose layer-0 attention a label folder holds (folders from before the option: the default)."""
+    return meta.get("instruction_rows", DEFAULT_INSTRUCTION_ROWS)
 
 
 def load_labels(dirs: list[str | Path], rule: str = METHOD_RULE) -> tuple[dict[str, Any], str, list[LabelSample], int]:
@@ -88,6 +95,13 @@ def load_labels(dirs: list[str | Path], rule: str = METHOD_RULE) -> tuple[dict[s
                 f"label directories {dirs[0]} and {d} come from different models ({describe(metas[0]['model'])} "
                 f"vs {describe(meta['model'])}): train one compressor per model"
             )
+        rows = instruction_rows_of(meta)
+        if metas and rows != instruction_rows_of(metas[0]):
+            raise ValueError(
+                f"label directories {dirs[0]} and {d} hold layer-0 attention of different instruction rows "
+                f"({instruction_rows_of(metas[0])} vs {rows}): a compressor learns from one rule; train on folders "
+                f"labelled alike"
+            )
         metas.append(meta)
         for path in sorted((d / "samples").glob("*.pt")):
             rec = torch.load(path, map_location="cpu", weights_only=True)
@@ -109,7 +123,7 @@ def load_labels(dirs: list[str | Path], rule: str = METHOD_RULE) -> tuple[dict[s
             folder_of[key] = d
             modalities.add(rec.get("modality", meta.get("modality")))  # the compressor inference picks for it
             samples.append(LabelSample(key, a0, rel, rec["groups"].flatten(), str(d.resolve()), meta["data"],
-                                       rec.get("media", key)))
+                                       rec.get("media", key), rows))
     modality = modalities.pop() if len(modalities) == 1 else "mixed" if modalities else metas[0].get("modality")
     samples.sort(key=lambda s: s.key)
     return metas[0]["model"], modality, samples, bad
@@ -204,7 +218,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     stats: dict[str, Any] = {
         "labels": [str(Path(d).resolve()) for d in args.labels], "data": sorted({s.data for s in samples}),
         "n_train": len(train_set), "n_val": len(val_set),
-        "n_unusable": bad, "relevance_rule": args.relevance_rule, "seed": args.seed, "val_frac": args.val_frac,
+        "n_unusable": bad, "relevance_rule": args.relevance_rule, "instruction_rows": samples[0].instruction_rows,
+        "seed": args.seed, "val_frac": args.val_frac,
         "lr": args.lr, "batch_size": args.batch_size, "device": str(device), "val_keys": sorted(val_keys),
         "best_val_loss": math.inf, "best_epoch": 0, "epochs_run": 0, "history": [],
     }

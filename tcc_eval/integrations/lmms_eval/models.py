@@ -18,6 +18,8 @@ unknown kwargs are left):
                                              PyramidDrop takes match= (kept: ratio is its per-stage ratio)
     pdrop_layers=2/14/21                     PyramidDrop's stage layers (its layer_list; default L/4, L/2, 3L/4)
     max_answer_tokens=16                     oracle option
+    instruction_rows=after_last_visual       a0 and tcc: whose layer-0 attention scores the visual tokens
+                                             (after_first_visual, last; a compressor's must match its labels')
     contextual_share=0.15625                 VisionZip's share of contextual tokens (0: dominant tokens only)
     efficiency_dir=DIR                       where the per-sample records go (see efficiency.py)
     dtype=float32                            qwen2_vl_tcc, qwen2_5_vl_tcc: cast after loading; vila_tcc: load dtype
