@@ -57,12 +57,15 @@ BASES: dict[str, Base] = {
         Base("LLaVAOV", "llava_onevision", "llava-hf/llava-onevision-qwen2-7b-ov-hf"),
         Base("LLaVAOV05B", "llava_onevision", "llava-hf/llava-onevision-qwen2-0.5b-ov-hf"),
         # VLMEvalKit's VILA wrapper defaults to Llama-3-VILA1.5-8b; its config also lists VILA1.5-3b/13b/40b.
+        # VILA's README has since pointed to the 8B "-Fix" checkpoint, retrained on its corrected llama_3 template.
         Base("VILA15", "vila", "Efficient-Large-Model/Llama-3-VILA1.5-8b"),
+        Base("VILA15Fix", "vila", "Efficient-Large-Model/Llama-3-VILA1.5-8B-Fix"),
         Base("VILA153B", "vila", "Efficient-Large-Model/VILA1.5-3b"),
+        Base("VILA1513B", "vila", "Efficient-Large-Model/VILA1.5-13b"),
         Base(
             "VILA1540B", "vila", "Efficient-Large-Model/VILA1.5-40b",
             unavailable="VILA1.5-40b's InternViT-6B vision tower has no transformers class (tcc_eval.vila covers "
-                        "VILA1.5-3b, Llama-3-VILA1.5-8b and VILA1.5-13b); use VILA15 or VILA153B",
+                        "VILA1.5-3b, Llama-3-VILA1.5-8b and VILA1.5-13b); use VILA15, VILA153B or VILA1513B",
         ),
         # Demo models are tiny: a short answer cap keeps CPU runs fast (they answer with one letter). With 4
         # LLM layers FastV prunes after layer 1 (K=2 would leave no room below 50% average retention).

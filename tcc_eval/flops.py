@@ -52,6 +52,7 @@ LLM_SHAPES: dict[str, LLMShape] = {
     "llava-ov-0.5b": _QWEN2_0_5B,
     "vila1.5-3b": LLMShape(layers=32, hidden=2560, intermediate=6912, heads=20, kv_heads=20),  # Sheared-LLaMA-2.7B
     "vila1.5-8b": _LLAMA3_8B,
+    "vila1.5-13b": LLMShape(layers=40, hidden=5120, intermediate=13824, heads=40, kv_heads=40),  # Vicuna-13B
     "llama3-8b": _LLAMA3_8B,
 }
 
@@ -212,7 +213,7 @@ _FAMILY_SIZES: dict[str, dict[str, str]] = {
     r"qwen2vl": {"7b": "qwen2-vl-7b", "2b": "qwen2-vl-2b"},
     r"qwen25vl": {"7b": "qwen2.5-vl-7b", "3b": "qwen2.5-vl-3b"},  # before "qwen2", which it contains
     r"llava(?:ov|onevision)": {"7b": "llava-ov-7b", "05b": "llava-ov-0.5b"},
-    r"vila(?:15)?": {"3b": "vila1.5-3b", "8b": "vila1.5-8b"},
+    r"vila(?:15)?": {"3b": "vila1.5-3b", "8b": "vila1.5-8b", "13b": "vila1.5-13b"},
     r"llama3": {"8b": "llama3-8b"},
     r"qwen2": {"7b": "qwen2-7b", "05b": "qwen2-0.5b"},
 }

@@ -283,6 +283,20 @@ def test_published_tokenizer_without_image_token_uses_vila_placeholder(tmp_path)
     assert out.shape == (1, inputs["input_ids"].shape[1] + 3)
     assert torch.equal(out[:, : inputs["input_ids"].shape[1]], inputs["input_ids"])
     assert (out[:, -3:] >= 0).all()
+    # a repetition penalty reads the prompt's ids, where the -200 placeholders stand for the pad id: HF's penalty
+    # on the first answer token, applied by hand to the unpenalised logits, picks the same token
+    penalised = model.generate(**inputs, max_new_tokens=3, do_sample=False, repetition_penalty=5.0)
+    assert torch.equal(penalised[:, : inputs["input_ids"].shape[1]], inputs["input_ids"])
+    with torch.no_grad():
+        logits = model(**inputs).logits[0, -1]
+    ids = inputs["input_ids"][0]
+    seen = torch.unique(torch.where(ids < 0, model.generation_config.pad_token_id, ids))
+    logits[seen] = torch.where(logits[seen] > 0, logits[seen] / 5.0, logits[seen] * 5.0)
+    assert int(penalised[0, ids.numel()]) == int(logits.argmax())
+    from tcc_eval import wrap_model
+
+    pruned = wrap_model(model, method="random", keep_ratio=0.5)
+    assert pruned.generate(**inputs, max_new_tokens=3, do_sample=False, repetition_penalty=5.0).shape == out.shape
 
 
 # --------------------------------------------------------------------------------------------- pruning adapter

@@ -38,9 +38,9 @@ GREEDY = {"max_new_tokens": 8, "temperature": 0, "top_p": None, "num_beams": 1, 
 
 @pytest.fixture(scope="module")
 def tiny_vila(tmp_path_factory) -> str:
-    """Named like the 8b checkpoint (VLMEvalKit's name rule picks llama_3) but built with the vicuna_v1
-    template, so a wrapper that ignored the rule would be caught."""
-    return str(build_tiny_vila(tmp_path_factory.mktemp("vila") / "tiny-Llama-3-VILA1.5-8b", conv_mode="vicuna_v1"))
+    """Named like the 8b checkpoint (VLMEvalKit's name rule picks the VILA1.5 release's llama_3) but built with
+    VILA's corrected llama_3 template, so a wrapper that ignored the rule would be caught."""
+    return str(build_tiny_vila(tmp_path_factory.mktemp("vila") / "tiny-Llama-3-VILA1.5-8b", conv_mode="llama_3"))
 
 
 @pytest.fixture(scope="module")
@@ -96,8 +96,10 @@ def test_local_folder_for_vila_checkpoints(tiny_vila, tmp_path, monkeypatch):
 def test_vlmeval_conv_mode_rule():
     from tcc_eval.integrations.vlmeval.wrappers import vlmeval_vila_conv_mode
 
-    names = {"Efficient-Large-Model/VILA1.5-3b": "vicuna_v1", "Efficient-Large-Model/Llama-3-VILA1.5-8b": "llama_3",
-             "Efficient-Large-Model/VILA1.5-13b": "vicuna_v1", "Efficient-Large-Model/VILA1.5-40b": "hermes-2",
+    names = {"Efficient-Large-Model/VILA1.5-3b": "vicuna_v1", "Efficient-Large-Model/VILA1.5-13b": "vicuna_v1",
+             "Efficient-Large-Model/Llama-3-VILA1.5-8b": "llama_3_vila1.5",  # VILA1.5's llama_3, as VLMEvalKit runs it
+             "Efficient-Large-Model/Llama-3-VILA1.5-8b-Fix": "llama_3",  # retrained on VILA's corrected llama_3
+             "Efficient-Large-Model/VILA1.5-40b": "hermes-2",
              "/ckpts/my_vila/": None, "/runs/8b_sweep/my_vila": None}  # parent folders do not count
     assert {name: vlmeval_vila_conv_mode(name) for name in names} == names
 
@@ -157,12 +159,16 @@ def fake_llava(processor, model: Recorder) -> dict[str, types.ModuleType]:
         def __init__(self, keywords, tokenizer, input_ids):
             model.keywords = keywords
 
+    # the template names of the VILA1.5 release code VLMEvalKit's VILA runs with (its transformers 4.36.2 pin):
+    # there, llama_3 is the template Llama-3-VILA1.5-8b was trained with
+    VILA15_CONV_TEMPLATES = {"vicuna_v1": FakeConversation("vicuna_v1"), "hermes-2": FakeConversation("hermes-2"),
+                             "llama_3": FakeConversation("llama_3_vila1.5")}
     return {
         "llava": module("llava"),
         "llava.constants": module("llava.constants", DEFAULT_IMAGE_TOKEN="<image>", IMAGE_TOKEN_INDEX=-200,
                                   DEFAULT_IM_START_TOKEN="<im_start>", DEFAULT_IM_END_TOKEN="<im_end>"),
         "llava.conversation": module("llava.conversation", SeparatorStyle=types.SimpleNamespace(TWO="TWO"),
-                                     conv_templates={name: FakeConversation(name) for name in CHAT_TEMPLATES}),
+                                     conv_templates=VILA15_CONV_TEMPLATES),
         "llava.mm_utils": module(
             "llava.mm_utils", KeywordsStoppingCriteria=Stop, get_model_name_from_path=lambda p: Path(p).name,
             process_images=lambda images, _processor, _config: torch.stack([processor.preprocess(i) for i in images]),
@@ -194,7 +200,7 @@ def test_vlmeval_vanilla_matches_vlmevalkit_vila(tiny_vila, vila_processor, tmp_
     with mock.patch.dict(sys.modules, fake_llava(vila_processor, upstream_model)):
         upstream = VILA(model_path=tiny_vila, max_new_tokens=8)
     ours = TCCVILA(base="VILA15", model_path=tiny_vila, max_new_tokens=8)
-    assert upstream.conv_mode == ours.conv_mode == "llama_3"  # the name rule beats the checkpoint's vicuna_v1
+    assert (upstream.conv_mode, ours.conv_mode) == ("llama_3", "llama_3_vila1.5")  # beats the checkpoint's llama_3
     assert upstream.kwargs == ours.kwargs
 
     paths = []
@@ -211,20 +217,22 @@ def test_vlmeval_vanilla_matches_vlmevalkit_vila(tiny_vila, vila_processor, tmp_
     assert torch.equal(theirs["images"], mine["pixel_values"].half())  # upstream feeds fp16 pixels
     prompt = ours.processor.decode(mine["input_ids"][0])
     assert prompt.count("<image>") == 2 * ours.processor.num_image_tokens and "<|start_header_id|>user" in prompt
+    assert prompt.endswith("<|end_of_text|><|start_header_id|>system<|end_header_id|>\n\n")  # VILA1.5's answer turn
     assert mine["attention_mask"].all()  # upstream passes none: all tokens attend
     settings = ("do_sample", "max_new_tokens", "num_beams", "use_cache")
     assert {k: theirs[k] for k in settings} == {k: mine[k] for k in settings} == dict(zip(settings, (False, 8, 1, True)))
     assert (theirs["temperature"], theirs["top_p"]) == (0, None) and "temperature" not in mine  # inert when greedy
-    assert upstream_model.keywords == ["<|eot_id|>"]  # upstream stops at the llama_3 separator, so do we
+    assert upstream_model.keywords == ["<|end_of_text|>"]  # upstream stops at VILA1.5's llama_3 separator, so do we
+    end = vila_processor.tokenizer.convert_tokens_to_ids("<|end_of_text|>")
     eot = vila_processor.tokenizer.convert_tokens_to_ids("<|eot_id|>")
-    assert eot in mine["eos_token_id"]
-    # the checkpoint's LLM config lists no <|eot_id|>: the model's own EOS ids gain it, so that a generate with no
-    # EOS of its own (the oracle's draft answer) stops there too
+    assert mine["eos_token_id"] == sorted({end, eot})  # and at the LLM's own EOS, as VILA's generate does
+    # the checkpoint's LLM config lists no <|end_of_text|>: the model's own EOS ids gain it, so that a generate with
+    # no EOS of its own (the oracle's draft answer) stops there too
     from tcc_eval.vila import VilaForConditionalGeneration
 
     raw = VilaForConditionalGeneration.from_pretrained(tiny_vila).generation_config.eos_token_id
-    assert eot not in (raw if isinstance(raw, list) else [raw])
-    assert eot in ours.hf_model.generation_config.eos_token_id
+    assert end not in (raw if isinstance(raw, list) else [raw])
+    assert end in ours.hf_model.generation_config.eos_token_id
 
 
 def test_vlmeval_scores_a_multi_image_prompt_as_every_entry_point_does(tiny_vila, tmp_path):
@@ -287,7 +295,8 @@ def test_lmms_vanilla_matches_upstream_vila(tiny_vila, vila_processor, synth_env
 
         upstream = VILA(pretrained=tiny_vila, device="cpu", device_map="auto", conv_template="vicuna_v1")
     is_package_available.cache_clear()
-    ours = VilaTCC(pretrained=tiny_vila, device="cpu", method="none", efficiency_dir=str(tmp_path))
+    ours = VilaTCC(pretrained=tiny_vila, device="cpu", method="none", efficiency_dir=str(tmp_path),
+                   conv_template="vicuna_v1")
     recorder = Recorder(answer, with_prompt=True)
     ours._model = RecordingModel(recorder, ours._record)
     for lm in (upstream, ours):
@@ -304,7 +313,9 @@ def test_lmms_vanilla_matches_upstream_vila(tiny_vila, vila_processor, synth_env
     assert f"USER: {'<image>' * vila_processor.num_image_tokens}\n" in prompt and f"<video>\n {context}" in prompt
     assert (theirs["do_sample"], theirs["num_beams"], theirs["max_new_tokens"], theirs["use_cache"]) \
         == (mine["do_sample"], mine["num_beams"], mine["max_new_tokens"], mine["use_cache"]) == (False, 1, 8, True)
-    assert upstream_model.keywords == ["</s>"] and mine["eos_token_id"] == [vila_processor.tokenizer.eos_token_id]
+    assert upstream_model.keywords == ["</s>"]  # and its generate keeps the LLM's EOS (<|eot_id|>): so do we
+    tokenizer = vila_processor.tokenizer
+    assert mine["eos_token_id"] == sorted({tokenizer.convert_tokens_to_ids("</s>"), tokenizer.eos_token_id})
 
     assert ours.generate_until([_request(context, doc_to_visual, 1)]) == ["A"]
     expected = vila_processor(text=CHAT_TEMPLATES["vicuna_v1"].render([("user", "<image>\n" + context)]),

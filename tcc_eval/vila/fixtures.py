@@ -22,11 +22,14 @@ VILA_SPECIAL_TOKENS = [
     "<|endoftext|>", "<s>", "</s>", "<|im_start|>", "<|im_end|>",
     "<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>",
 ]
-# (BOS added to every encode or None, EOS) per template, like the LLM families VILA1.5 uses.
+# (BOS added to every encode or None, EOS, further special tokens) per template, like the LLM families VILA1.5
+# uses: a Llama-3 vocabulary also holds <|end_of_text|> (the VILA1.5 release's llama_3 separator). Added there only,
+# so the vicuna_v1 vocabulary of the shipped demo VILA stays as it was built.
 _TEMPLATE_TOKENS = {
-    "vicuna_v1": ("<s>", "</s>"),
-    "llama_3": ("<|begin_of_text|>", "<|eot_id|>"),
-    "hermes-2": (None, "<|im_end|>"),
+    "vicuna_v1": ("<s>", "</s>", []),
+    "llama_3": ("<|begin_of_text|>", "<|eot_id|>", ["<|end_of_text|>"]),
+    "llama_3_vila1.5": ("<|begin_of_text|>", "<|eot_id|>", ["<|end_of_text|>"]),
+    "hermes-2": (None, "<|im_end|>", []),
 }
 VILA_CORPUS = ["A chat between a curious user and an artificial intelligence assistant. USER: ASSISTANT:",
                "The assistant gives helpful, detailed, and polite answers to the user's questions."]
@@ -35,9 +38,9 @@ VILA_CORPUS = ["A chat between a curious user and an artificial intelligence ass
 def _tokenizer(conv_mode: str, image_token_in_vocab: bool, corpus: Iterable[str]):
     from tokenizers.processors import TemplateProcessing
 
-    specials = VILA_SPECIAL_TOKENS + (["<image>"] if image_token_in_vocab else [])
+    bos, eos, template_specials = _TEMPLATE_TOKENS[conv_mode]
+    specials = VILA_SPECIAL_TOKENS + (["<image>"] if image_token_in_vocab else []) + template_specials
     tokenizer = build_tokenizer(specials, list(VILA_CORPUS) + list(corpus))
-    bos, eos = _TEMPLATE_TOKENS[conv_mode]
     if bos is not None:
         bos_id = tokenizer.convert_tokens_to_ids(bos)
         tokenizer.backend_tokenizer.post_processor = TemplateProcessing(

@@ -10,13 +10,14 @@ A VILA1.5 checkpoint (``Efficient-Large-Model/VILA1.5-3b`` and relatives) is a f
 
 Covered checkpoints (LLM, vision tower, projector, conversation template):
 
-======================  ==========================  ==========================  ==============  ===========
+======================  ==========================  ==========================  ==============  ===============
 checkpoint              LLM                         vision tower                projector       template
-======================  ==========================  ==========================  ==============  ===========
+======================  ==========================  ==========================  ==============  ===============
 VILA1.5-3b              Sheared-LLaMA-2.7B (Llama)  siglip-so400m-patch14-384  mlp_downsample  vicuna_v1
-Llama-3-VILA1.5-8b      Llama-3-8B-Instruct         siglip-so400m-patch14-384  mlp_downsample  llama_3
+Llama-3-VILA1.5-8b      Llama-3-8B-Instruct         siglip-so400m-patch14-384  mlp_downsample  llama_3_vila1.5
+Llama-3-VILA1.5-8B-Fix  Llama-3-8B-Instruct         siglip-so400m-patch14-384  mlp_downsample  llama_3
 VILA1.5-13b             Vicuna-13B (Llama)          siglip-so400m-patch14-384  mlp_downsample  vicuna_v1
-======================  ==========================  ==========================  ==============  ===========
+======================  ==========================  ==========================  ==============  ===============
 
 Not covered, with a clear error: VILA1.5-40b (InternViT-6B vision tower: no transformers class), the
 ``-s2`` variants (multi-scale S2 vision tower) and NVILA (dynamic_s2 tiling, Qwen2 LLM).
@@ -478,8 +479,15 @@ class VilaForConditionalGeneration(nn.Module):
         """Like HF: prompt + new tokens when ``input_ids`` are given (beside ``inputs_embeds`` they are the ids
         under the embeddings, which logits processors read), only new tokens for bare ``inputs_embeds``."""
         llm_inputs = self._llm_inputs(input_ids, pixel_values, attention_mask, position_ids, inputs_embeds)
-        if input_ids is not None:
-            llm_inputs["input_ids"] = input_ids.to(self.device)
         if self.generation_config.pad_token_id is None:
             gen_kwargs.setdefault("pad_token_id", self.config.text_config.pad_token_id)
-        return self.llm.generate(**llm_inputs, **gen_kwargs)
+        if input_ids is None:
+            return self.llm.generate(**llm_inputs, **gen_kwargs)
+        # The published tokenizers have no image token: its placeholders are VILA's -200, which no logits
+        # processor can index (a repetition penalty gathers the prompt's ids), so they read as the pad id there.
+        input_ids = input_ids.to(self.device)
+        pad = gen_kwargs.get("pad_token_id", self.generation_config.pad_token_id)
+        llm_inputs["input_ids"] = input_ids.masked_fill(input_ids < 0, 0 if pad is None else pad)
+        output = self.llm.generate(**llm_inputs, **gen_kwargs)
+        return torch.cat([input_ids.repeat_interleave(output.shape[0] // input_ids.shape[0], dim=0),
+                          output[:, input_ids.shape[1]:]], dim=1)

@@ -6,11 +6,12 @@ and each text chunk tokenized on its own, BOS only on the first (``tokenizer_ima
 VILA's for the same tokenizer. Each ``<image>`` then becomes ``num_image_tokens`` placeholder ids (196 for
 VILA1.5) that the model overwrites with image features.
 
-Templates (``llava/conversation.py``): ``vicuna_v1`` (VILA1.5-3b/13b), ``llama_3`` (Llama-3-VILA1.5-8b, in
-the corrected form of VILA's main branch: assistant role and ``<|eot_id|>`` separators) and ``hermes-2``
-(VILA1.5-40b). Images are resized to the tower's square size (``image_aspect_ratio == "resize"``, VILA1.5's
-setting) or padded to a square with the mean colour first (``"pad"``), then rescaled and normalised with the
-tower's ``preprocessor_config.json``.
+Templates (``llava/conversation.py``): ``vicuna_v1`` (VILA1.5-3b/13b), ``llama_3_vila1.5`` (Llama-3-VILA1.5-8b:
+the ``llama_3`` of the VILA1.5 release code it was trained with, whose answer header says ``system`` and whose
+separator is ``<|end_of_text|>``), ``llama_3`` (the corrected form of VILA's main branch, ``assistant`` and
+``<|eot_id|>``, for Llama-3-VILA1.5-8B-Fix, retrained on it) and ``hermes-2`` (VILA1.5-40b). Images are resized
+to the tower's square size (``image_aspect_ratio == "resize"``, VILA1.5's setting) or padded to a square with the
+mean colour first (``"pad"``), then rescaled and normalised with the tower's ``preprocessor_config.json``.
 """
 
 from __future__ import annotations
@@ -80,6 +81,16 @@ CHAT_TEMPLATES = {
         generation_prompt="<|start_header_id|>assistant<|end_header_id|>\n\n",
         stop="<|eot_id|>",
     ),
+    "llama_3_vila1.5": VilaChatTemplate(
+        name="llama_3_vila1.5",
+        system="You are a helpful language and vision assistant. You are able to understand the visual content "
+               "that the user provides, and assist the user with a variety of tasks using natural language.",
+        system_block="<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n{system}<|end_of_text|>",
+        user_block="<|start_header_id|>user<|end_header_id|>\n\n{content}<|end_of_text|>",
+        assistant_block="<|start_header_id|>system<|end_header_id|>\n\n{content}<|end_of_text|>",
+        generation_prompt="<|start_header_id|>system<|end_header_id|>\n\n",
+        stop="<|end_of_text|>",
+    ),
     "hermes-2": VilaChatTemplate(
         name="hermes-2",
         system="Answer the questions.",
@@ -91,10 +102,11 @@ CHAT_TEMPLATES = {
     ),
 }
 
-# Published checkpoint name fragments -> template (VILA's README and TensorRT-LLM's VILA mapping).
+# Published checkpoint name fragments -> template, first match (VILA's README and TensorRT-LLM's VILA mapping).
 CHECKPOINT_CONV_MODES = {
-    "llama-3-vila1.5": "llama_3",
-    "vila1.5-8b": "llama_3",
+    "vila1.5-8b-fix": "llama_3",  # retrained on the corrected template (VILA README, September 2024)
+    "llama-3-vila1.5": "llama_3_vila1.5",
+    "vila1.5-8b": "llama_3_vila1.5",
     "vila1.5-3b": "vicuna_v1",
     "vila1.5-13b": "vicuna_v1",
     "vila1.5-40b": "hermes-2",
@@ -102,7 +114,8 @@ CHECKPOINT_CONV_MODES = {
 
 
 def resolve_conv_mode(config: VilaConfig, tokenizer, conv_mode: str | None = None) -> str:
-    """Explicit argument, else config.json's ``conv_mode``, else the checkpoint name, else the tokenizer's style."""
+    """Explicit argument, else config.json's ``conv_mode``, else the checkpoint name, else the tokenizer's style
+    (a Llama-3 vocabulary: VILA's current ``llama_3``)."""
     mode = conv_mode or config.conv_mode
     if mode is None:
         name = config.name_or_path.lower()
@@ -280,16 +293,22 @@ class VilaProcessor:
         ids = [self.tokenizer.convert_tokens_to_ids(self.template.stop), self.tokenizer.eos_token_id]
         return sorted({i for i in ids if isinstance(i, int) and i != self.tokenizer.unk_token_id})
 
+    def answer_stop_ids(self, model: Any) -> list[int]:
+        """Where VILA's evaluation ends an answer: the template's separator (its keyword criterion) and the LLM's
+        own EOS ids (its generation config, which VILA's generate keeps)."""
+        eos = model.generation_config.eos_token_id
+        own = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
+        return sorted(own | set(self.stop_token_ids))
+
     def end_answers_at_template_stop(self, model: Any) -> None:
         """Add the template's stop token to the model's EOS ids. VILA's evaluation stops at the template's
         separator (a keyword criterion), which the LLM's generation config need not list (Llama-3's
         <|eot_id|>); with it there, every generate that passes no EOS of its own (the oracle's draft answer,
         compressor labels, ``tcc_eval.load``) ends an answer where the frameworks do."""
-        config = model.generation_config
-        eos = config.eos_token_id
-        known = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
-        if not set(self.stop_token_ids) <= known:
-            config.eos_token_id = sorted(known | set(self.stop_token_ids))
+        stop_ids = self.answer_stop_ids(model)
+        eos = model.generation_config.eos_token_id
+        if set(stop_ids) != set(eos if isinstance(eos, list) else [eos]):
+            model.generation_config.eos_token_id = stop_ids
 
     def batch_decode(self, *args, **kwargs) -> list[str]:
         return self.tokenizer.batch_decode(*args, **kwargs)

@@ -377,6 +377,7 @@ class VilaBaseline(lmms):
             attn_implementation=attn_implementation)
         self.processor = VilaProcessor.from_pretrained(folder, conv_mode=conv_template)  # None: the checkpoint's
         self.processor.end_answers_at_template_stop(self._model)  # the oracle's draft answer stops where we do
+        self._stop_ids = self.processor.answer_stop_ids(self._model)  # the template's separator, the LLM's EOS
         self._config, self._dtype = self._model.config, self._model.dtype
         self.max_frames_num = int(max_frames_num)
         self.batch_size_per_gpu = int(batch_size)  # requests run one at a time, as upstream
@@ -450,8 +451,8 @@ class VilaBaseline(lmms):
         do_sample = settings["temperature"] > 0
         sampling = {k: settings[k] for k in ("temperature", "top_p") if do_sample and settings[k] is not None}
         output = self.model.generate(
-            **inputs, use_cache=self.use_cache, eos_token_id=self.processor.stop_token_ids, do_sample=do_sample,
-            num_beams=settings["num_beams"], max_new_tokens=settings["max_new_tokens"], **sampling,
+            **inputs, use_cache=self.use_cache, eos_token_id=self._stop_ids,
+            do_sample=do_sample, num_beams=settings["num_beams"], max_new_tokens=settings["max_new_tokens"], **sampling,
         )
         return self.tokenizer.batch_decode(output[:, input_ids.shape[1]:], skip_special_tokens=True)[0].strip()
 

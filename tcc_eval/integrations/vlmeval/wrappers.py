@@ -286,12 +286,14 @@ VILA_GENERATION_DEFAULTS = {"do_sample": False, "temperature": 0, "max_new_token
 def vlmeval_vila_conv_mode(model_path: str) -> str | None:
     """The conversation template VLMEvalKit's ``VILA`` picks from the checkpoint name (None: no rule matches).
 
-    Its rule, kept as is: '3b' -> vicuna_v1, then '8b' -> llama_3, else '13b' -> vicuna_v1, else '40b' -> hermes-2.
-    Applied to the last path component (the hub id's model name) so a parent folder's name cannot change it."""
+    Its rule: '3b' -> vicuna_v1, then '8b' -> llama_3, else '13b' -> vicuna_v1, else '40b' -> hermes-2, applied to
+    the last path component (the hub id's model name) so a parent folder's name cannot change it. Its 'llama_3' is
+    looked up in the VILA1.5 code it runs with (its transformers 4.36.2 pin), where it is ``llama_3_vila1.5``
+    here; an '-Fix' checkpoint, retrained on VILA's corrected template, gets that one (``llama_3``)."""
     name = Path(str(model_path).rstrip("/")).name
     mode = "vicuna_v1" if "3b" in name else None
     if "8b" in name:
-        mode = "llama_3"
+        mode = "llama_3" if "fix" in name.lower() else "llama_3_vila1.5"
     elif "13b" in name:
         mode = "vicuna_v1"
     elif "40b" in name:
@@ -311,13 +313,14 @@ def _generate_kwargs(settings: dict[str, Any]) -> dict[str, Any]:
 
 class VilaChat(VILA):
     """The prompt path of VLMEvalKit's ``VILA`` (vlmeval/vlm/vila.py), on ``tcc_eval.vila`` instead of the VILA
-    repository. Needs ``processor`` (a VilaProcessor with the chosen template), ``model``, ``device`` and
-    ``kwargs`` set by a subclass.
+    repository. Needs ``processor`` (a VilaProcessor with the chosen template), ``model`` (what generates),
+    ``hf_model`` (the VILA model under it), ``device`` and ``kwargs`` set by a subclass.
 
     As there: message items are concatenated in order, text as is and each image (opened, RGB) as
     ``<image>\n``; that becomes the one user turn of the conversation template; greedy decoding with
-    VLMEvalKit's settings, stopping at the template's separator; the new tokens are decoded without special
-    tokens and stripped. Video datasets give frames as images (no ``VIDEO_LLM``), as VLMEvalKit does for VILA.
+    VLMEvalKit's settings, stopping at the template's separator or the LLM's own EOS; the new tokens are decoded
+    without special tokens and stripped. Video datasets give frames as images (no ``VIDEO_LLM``), as VLMEvalKit
+    does for VILA.
     """
 
     def generate_inner(self, message, dataset=None):
@@ -330,7 +333,7 @@ class VilaChat(VILA):
                 content += IMAGE_PLACEHOLDER + "\n"
         prompt = self.processor.template.render([("user", content)])
         inputs = self.processor(text=prompt, images=images or None, return_tensors="pt").to(self.device)
-        output = self.model.generate(**inputs, eos_token_id=self.processor.stop_token_ids,
+        output = self.model.generate(**inputs, eos_token_id=self.processor.answer_stop_ids(self.hf_model),
                                      **_generate_kwargs(self.kwargs))
         answer = output[:, inputs["input_ids"].shape[1]:]
         return self.processor.batch_decode(answer, skip_special_tokens=True)[0].strip()
