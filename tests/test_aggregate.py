@@ -432,11 +432,11 @@ def test_shape_override_enables_costs(tmp_path):
 
 
 def test_registry_bases_resolve_to_their_checkpoint_shape():
-    pytest.importorskip("model_registry.matrix")
     options = TableOptions()
     assert options.shape("Qwen2VL") == LLM_SHAPES["qwen2-vl-7b"]  # registry: Qwen/Qwen2-VL-7B-Instruct
     assert options.shape("LLaVAOV05B") == LLM_SHAPES["llava-ov-0.5b"]
-    assert options.shape("VILA15") == LLM_SHAPES["llama3-8b"]  # Llama-3-VILA1.5-8b
+    assert options.shape("VILA15") == options.shape("VILA15Fix") == LLM_SHAPES["llama3-8b"]  # Llama-3-VILA1.5-8b
+    assert options.shape("VILA1513B") == LLM_SHAPES["vila1.5-13b"]
     assert options.shape("TinyQwen2VL") is None
 
 

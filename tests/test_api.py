@@ -49,8 +49,8 @@ def test_load_generate_and_last_selection(tiny_checkpoints, loaded, family):
     assert stats["kv_cache_bytes"] > 0 and stats["prefill_s"] > 0 and stats["visual_before"] > stats["visual_after"]
     assert stats["avg_retention"] == pytest.approx(stats["visual_after"] / stats["visual_before"])
     assert stats["llm_shape"]["layers"] == mllm.model.config.text_config.num_hidden_layers
-    shape = stats["llm_shape"]
-    per_token = 2 * shape["layers"] * shape["kv_heads"] * shape["head_dim"] * 4  # fp32 keys and values
+    cfg = mllm.model.config.text_config  # the checkpoint's own shape, not the record's
+    per_token = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * (cfg.hidden_size // cfg.num_attention_heads) * 4
     assert stats["kv_cache_bytes"] == stats["seq_after"] * per_token
     assert stats["visual_kv_cache_bytes"] == stats["visual_after"] * per_token
     # random is seeded by the input: the same prompt keeps the same tokens

@@ -624,3 +624,33 @@ def test_instruction_rows_travel_from_labels_to_checkpoint_to_inference(tiny_che
     assert main([*common, "--out", str(default)]) == 0
     with pytest.raises(ValueError, match="holds labels made with --instruction-rows after_last_visual"):
         main([*common, "--out", str(default), "--instruction-rows", "after_first_visual"])
+
+
+def test_a_ratio_that_keeps_every_token_still_scores_and_equals_vanilla(loaded):
+    """TCC100 skips the scorer (keep_ratio 1); just below it, k still rounds to every token: the compressor runs,
+    and the prefill equals the unpruned model's bit for bit."""
+    from conftest import messages_for as chat, model_inputs
+
+    model, processor = loaded["qwen2_vl"]
+    inputs = model_inputs(processor, chat("image"))
+    compressor = TokenCompressor().eval()
+    calls = []
+    original = compressor.predict
+    compressor.predict = lambda a0: calls.append(a0) or original(a0)
+    n = tcc_eval.wrap_model(model, method="none").adapter.capture_llm_inputs(inputs).n_visual(0)
+    ratio = 1 - 0.4 / n
+    assert keep_count(n, ratio) == n
+    pruned = tcc_eval.wrap_model(model, method="tcc", keep_ratio=ratio, compressor=compressor)
+    with torch.no_grad():
+        vanilla = model(**inputs).logits
+    assert torch.equal(pruned.prefill_logits(**inputs), vanilla) and len(calls) == 1 and calls[0].numel() == n
+
+
+def test_recall_at_by_hand():
+    from tcc_eval.compressor.evaluate import recall_at
+
+    oracle = torch.tensor([0.0, 1.0, 2.0, 3.0])  # top half: tokens 3, 2
+    assert recall_at(torch.tensor([3.0, 2.0, 1.0, 0.0]), oracle, 0.5) == 0.0  # keeps 0, 1
+    assert recall_at(torch.tensor([0.0, 2.0, 1.0, 3.0]), oracle, 0.5) == 0.5  # keeps 3, 1
+    assert recall_at(oracle * 10, oracle, 0.5) == 1.0
+    assert recall_at(torch.tensor([5.0, 0.0, 0.0, 1.0, 0.0]), torch.arange(5.0), 0.25) == 0.0  # k = 1: 0 vs 4

@@ -662,3 +662,15 @@ def _state(folder: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     return load_file(str(folder / "model.safetensors"))
+
+
+def test_pointing_by_hand():
+    """The share of samples whose top-scored token lies in the ground truth."""
+    from tcc_eval.demo.evaluate import Batch, pointing
+
+    gts = [np.array([False, True, False]), np.array([True, False, False]), np.array([False, False, True])]
+    batches = [Batch(samples=[], inputs={}, model_inputs={}, gt=gts[:2]), Batch([], {}, {}, gts[2:])]
+    scores = [torch.tensor([0.1, 0.9, 0.0]), torch.tensor([0.2, 0.7, 0.1]), torch.tensor([0.0, 0.1, 0.5])]
+    assert pointing(scores, batches) == pytest.approx(2 / 3)
+    with pytest.raises(RuntimeError, match="one score vector per sample"):
+        pointing(scores[:2], batches)

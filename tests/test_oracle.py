@@ -12,6 +12,17 @@ from tcc_eval.oracle import (
 )
 
 
+ORACLE_FAMILIES = (*FAMILIES, "vila")
+
+
+@pytest.fixture(scope="module")
+def models(loaded, tiny_vila_path):
+    """``loaded`` and a tiny VILA1.5, all fp32 eager."""
+    from tcc_eval.api import load_hf_model
+
+    return {**loaded, "vila": load_hf_model(str(tiny_vila_path), torch.device("cpu"), torch.float32, attn="eager")}
+
+
 def forward_with_attentions(model, processor, kind: str = "image"):
     """One eager forward over a sample's LLM input, differentiable in its embeddings: (view, output)."""
     view = single_view(model, model_inputs(processor, messages_for(kind)))
@@ -20,10 +31,10 @@ def forward_with_attentions(model, processor, kind: str = "image"):
     return view, out
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", ORACLE_FAMILIES)
 @pytest.mark.parametrize("kind", ("image", "video"))
-def test_fast_row_equals_full_matrix(loaded, family, kind):
-    view, out = forward_with_attentions(*loaded[family], kind)
+def test_fast_row_equals_full_matrix(models, family, kind):
+    view, out = forward_with_attentions(*models[family], kind)
     row = view.inputs_embeds.shape[1] - 1
     token = int(out.logits[0, row].argmax())
     maps = gradient_weighted_maps(out.attentions, out.logits[0, row, token])
@@ -64,12 +75,12 @@ def test_rules_sharing_one_backward_equal_separate_runs(loaded):
         view_relevances(view, answer, ("clamp", "relu"))
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", ORACLE_FAMILIES)
 @pytest.mark.parametrize("kind", ("image", "video"))
-def test_layerwise_maps_equal_all_layer_gradients(loaded, family, kind):
+def test_layerwise_maps_equal_all_layer_gradients(models, family, kind):
     """The oracle recomputes one layer at a time (one layer's maps alive) and asks for logits only on the answer
     rows: bit for bit the maps and relevance of one autograd pass over the whole forward with full logits."""
-    model, processor = loaded[family]
+    model, processor = models[family]
     view = single_view(model, model_inputs(processor, messages_for(kind)))
     answer = torch.tensor([40, 41, 42])
     embeds = torch.cat([view.inputs_embeds, model.get_input_embeddings()(answer)[None]], dim=1)
@@ -140,9 +151,9 @@ def test_layerwise_maps_refuse_a_forward_they_cannot_replay(loaded):
         model.set_attn_implementation("eager")
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_teacher_forcing_equals_step_by_step(loaded, family):
-    model, processor = loaded[family]
+@pytest.mark.parametrize("family", ORACLE_FAMILIES)
+def test_teacher_forcing_equals_step_by_step(models, family):
+    model, processor = models[family]
     inputs = model_inputs(processor, messages_for("image"))
     explanation = explain_inputs(model, inputs, answer_ids=torch.tensor([40, 41, 42]))
     view = single_view(model, inputs)

@@ -340,7 +340,7 @@ def vlmeval_run(tiny_vila, synth_env, tmp_path_factory):
     root = tmp_path_factory.mktemp("vlmeval_vila")
     meta = model_meta(VilaForConditionalGeneration.from_pretrained(tiny_vila))
     torch.manual_seed(0)
-    for modality in ("image", "video"):  # untrained: exercises the tcc path; TCC100 must still equal Vanilla
+    for modality in ("image", "video"):  # untrained: TCC50 scores with them; TCC100 loads them, prunes nothing
         save_compressor(root / f"TVila_{modality}.pt", TokenCompressor(channels=(8, 16)), meta, modality, {})
     extra = {"TVila": {"path": tiny_vila, "max_new_tokens": 4}}
     env = {**synth_env, "TCC_EXTRA_MODELS": json.dumps(extra), "TCC_COMPRESSOR_DIR": str(root)}
