@@ -33,6 +33,7 @@ class SampleView:
     cells: torch.Tensor | None = None  # (N_v, 3) (grid, row, col) of each visual token (LLMInputs.visual_cells)
     tower_attention: torch.Tensor | None = None  # (N_v,) LLMInputs.tower_attention, when the scorer reads it
     tower_keys: torch.Tensor | None = None  # (N_v, d) LLMInputs.tower_keys, likewise
+    tower_spans: torch.Tensor | None = None  # (N_v,) LLMInputs.tower_spans, likewise
 
     @property
     def n_visual(self) -> int:
@@ -248,10 +249,10 @@ def span_shares(k: int, sizes: list[int]) -> list[int]:
 
 class VisionZip:
     """VisionZip-style dominant + contextual tokens (Yang et al., CVPR 2025), a training-free peer that reads the
-    vision tower instead of the question. As VisionZip runs on each image or frame the tower encodes (one span: a
-    token grid of ``SampleView.cells``, so a frame pair on Qwen2-VL, and LLaVA-OneVision's base view apart from its
-    crops, whose tiles share one grid), a budget of k tokens is shared among the spans in proportion to their
-    tokens (largest remainders), and each span's k_s is split there: its k_s - c most attended tokens in the tower
+    vision tower instead of the question. As VisionZip runs on each image, crop or frame the tower encodes (one
+    span of ``SampleView.tower_spans``: an image, LLaVA-OneVision's base view or one of its anyres crops, a frame,
+    or a frame pair on Qwen2-VL), a budget of k tokens is shared among the spans in proportion to their tokens
+    (largest remainders), and each span's k_s is split there: its k_s - c most attended tokens in the tower
     are the dominant ones (``LLMInputs.tower_attention``, which sums to one within each image, crop or frame;
     c = round(k_s * 10/64), VisionZip's split), and c contextual tokens, evenly spaced over the span's rest in
     sequence order, each take the mean embedding of itself and the rest's tokens most like it (cosine of the same
@@ -287,16 +288,13 @@ class VisionZip:
 
     def plan(self, view: SampleView) -> ZipPlan:
         attention = view.tower_attention
-        if attention is None or view.tower_keys is None:
+        if attention is None or view.tower_keys is None or view.tower_spans is None:
             raise ValueError("method 'visionzip' ranks tokens by the vision tower's attention, which this input does "
                              "not carry; capture it with adapter.capture_llm_inputs(inputs, tower_attention=True)")
         attention = attention.float().cpu()
         n = attention.numel()
         budgets = view.groups.cpu() if self.budget == "per_group" else torch.zeros(n, dtype=torch.long)
-        spans = view.groups.cpu()
-        if view.cells is not None:  # a token outside every grid (a CLS token) is a span of its image or frame
-            grids = view.cells[:, 0].cpu()
-            spans = torch.where(grids >= 0, grids, int(grids.max()) + 1 + spans)
+        spans = view.tower_spans.cpu()
         unit = torch.nn.functional.normalize(view.tower_keys.float(), dim=-1).cpu()
         owner = torch.full((n,), -1, dtype=torch.long)
         picks = []

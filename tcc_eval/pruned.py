@@ -101,6 +101,7 @@ class TokenPrunedModel(nn.Module):
             cells=None if llm.visual_cells is None else llm.visual_cells[b],
             tower_attention=None if llm.tower_attention is None else llm.tower_attention[b],
             tower_keys=None if llm.tower_keys is None else llm.tower_keys[b],
+            tower_spans=None if llm.tower_spans is None else llm.tower_spans[b],
         )
 
     def select(self, llm: LLMInputs) -> Selection:

@@ -12,7 +12,7 @@ import torch
 from conftest import FAMILIES, QWEN_FAMILIES, messages_for, model_inputs, needs_assets, random_image
 from tcc_eval import wrap_model
 from tcc_eval.adapters import adapter_for
-from tcc_eval.adapters.base import NO_PATCHES
+from tcc_eval.adapters.base import NO_PATCHES, default_tower_spans
 from tcc_eval.core import topk_in_order
 from tcc_eval.methods import VISIONZIP_CONTEXTUAL_SHARE, SampleView, VisionZip
 
@@ -185,10 +185,12 @@ def synthetic_view(attention: list[float], keys: torch.Tensor, groups: list[int]
                    grids: list[int] | None = None) -> SampleView:
     n = len(attention)
     cells = None if grids is None else torch.tensor([[g, 0, 0] if g >= 0 else [-1, -1, -1] for g in grids])
+    groups = torch.tensor(groups or [0] * n)
+    spans = groups.clone() if cells is None else default_tower_spans(groups, cells)
     return SampleView(adapter=None, input_ids=torch.zeros(n, dtype=torch.long), inputs_embeds=torch.randn(1, n, 4),
                       attention_mask=torch.ones(1, n), position_ids=torch.arange(n)[None],
-                      visual=torch.ones(n, dtype=torch.bool), groups=torch.tensor(groups or [0] * n),
-                      cells=cells, tower_attention=torch.tensor(attention), tower_keys=keys)
+                      visual=torch.ones(n, dtype=torch.bool), groups=groups, cells=cells,
+                      tower_attention=torch.tensor(attention), tower_keys=keys, tower_spans=spans)
 
 
 def test_plan_keeps_the_most_attended_and_spreads_the_contextual_tokens():
@@ -283,16 +285,16 @@ def test_plan_skips_spans_without_a_share_and_keeps_cls_tokens_apart():
 
 
 def reference_logits(model, adapter, inputs, ratio: float, share: float) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Independent of VisionZip's code: share k among the tower spans (images, crops, frames) by exact fractions,
-    rank each span by the captured tower attention, pick with plain loops, merge within the span by the captured
-    tower keys, then run the unpruned sequence with dropped tokens masked and contextual tokens carrying their
-    means. Also returns the kept positions and how many tokens were merged into contextual ones."""
+    """Independent of VisionZip's code: share k among the captured tower spans (images, crops, frames; checked
+    against the layout in test_tower_spans_*) by exact fractions, rank each span by the captured tower attention,
+    pick with plain loops, merge within the span by the captured tower keys, then run the unpruned sequence with
+    dropped tokens masked and contextual tokens carrying their means. Also returns the kept positions and how many
+    tokens were merged into contextual ones."""
     from fractions import Fraction
 
     llm = adapter.capture_llm_inputs(inputs, tower_attention=True)
     attention = llm.tower_attention[0].tolist()
-    groups = llm.visual_groups[0].tolist()
-    span_of = [(0, g) if g >= 0 else (1, groups[i]) for i, g in enumerate(llm.visual_cells[0][:, 0].tolist())]
+    span_of = llm.tower_spans[0].tolist()
     n = len(attention)
     k = max(1, int(ratio * n + 0.5))
     covered = [i for i in range(n) if attention[i] != NO_PATCHES]
@@ -339,6 +341,43 @@ def reference_logits(model, adapter, inputs, ratio: float, share: float) -> tupl
 
 @pytest.mark.parametrize("family", ALL_FAMILIES)
 @pytest.mark.parametrize("kind", ("image", "multi_image", "video"))
+def test_tower_spans_are_the_images_crops_and_frames_the_tower_encodes(models, family, kind):
+    """Each token grid (an image, a frame, a Qwen2-VL frame pair, LLaVA-OV's base view) is one span; LLaVA-OV's
+    anyres crops (here a 1 x 2 crop grid without unpadding) are one each: crop-grid column // 4."""
+    model, processor = models[family]
+    llm = adapter_for(model).capture_llm_inputs(inputs_for(processor, family, kind), tower_attention=True)
+    spans, cells = llm.tower_spans[0], llm.visual_cells[0]
+    covered = llm.tower_attention[0] > NO_PATCHES
+    expected_grid = cells[covered, 0]
+    if family == "llava_onevision" and kind == "image":
+        side = model.config.vision_config.image_size // model.config.vision_config.patch_size
+        crop = cells[covered, 0] == 1  # grid 1: the crops
+        expected_grid = torch.where(crop, 1 + cells[covered, 2] // side, 0)
+        assert expected_grid.unique().tolist() == [0, 1, 2]
+    # the same partition of the covered tokens: spans and expected ids correspond one to one
+    pairs = set(zip(spans[covered].tolist(), expected_grid.tolist()))
+    assert len(pairs) == len({a for a, _ in pairs}) == len({b for _, b in pairs})
+
+
+def test_llava_onevision_downscaled_crops_take_the_crop_most_of_them_came_from(models, monkeypatch):
+    """With anyres_max_1 the 4 x 8 crop grid of two crops is downscaled (bilinear) to 2 x 5: a token takes the crop
+    its source columns mostly lie in (a token exactly between two crops, the first)."""
+    model, processor = models["llava_onevision"]
+    monkeypatch.setattr(model.config, "vision_aspect_ratio", "anyres_max_1")
+    monkeypatch.setattr(processor, "vision_aspect_ratio", "anyres_max_1")  # it counts the placeholders
+    llm = adapter_for(model).capture_llm_inputs(inputs_for(processor, "llava_onevision", "image"), tower_attention=True)
+    cells, spans = llm.visual_cells[0], llm.tower_spans[0]
+    crop = cells[:, 0] == 1
+    assert (cells[crop, 1].max().item() + 1, cells[crop, 2].max().item() + 1) == (2, 5)
+    source = (cells[crop, 2] + 0.5) * 8 / 5 - 0.5  # the source column of a bilinear output column
+    nearer_second = (source / 4 >= 1) & ~((source - 3.5).abs() < 1e-6)  # 3.5: half from column 3, half from 4
+    first, second = spans[crop][~nearer_second].unique(), spans[crop][nearer_second].unique()
+    assert first.numel() == second.numel() == 1 and first.item() != second.item()
+    assert first.item() not in spans[~crop].tolist() and second.item() not in spans[~crop].tolist()
+
+
+@pytest.mark.parametrize("family", ALL_FAMILIES)
+@pytest.mark.parametrize("kind", ("image", "multi_image", "video"))
 def test_visionzip_equals_masked_reference_with_contextual_means(models, family, kind):
     model, processor = models[family]
     inputs = inputs_for(processor, family, kind)
@@ -374,11 +413,12 @@ def test_video_frames_merge_only_within_themselves(models, family):
     llm = pruned.adapter.capture_llm_inputs(inputs, tower_attention=True)
     view = pruned.sample_view(llm, 0)
     plan = pruned.scorer.plan(view)
-    spans = view.cells[:, 0]
+    spans = view.tower_spans
     joined = plan.owner >= 0
     assert torch.equal(spans[joined], spans[plan.owner[joined]])
     kept_spans = spans[plan.kept]
-    assert set(kept_spans.tolist()) == set(spans[spans >= 0].tolist())  # no frame is left without a kept token
+    covered = view.tower_attention > NO_PATCHES  # the video's newline carries no patches
+    assert set(kept_spans.tolist()) == set(spans[covered].tolist())  # no frame is left without a kept token
 
 
 @pytest.mark.parametrize("family", ALL_FAMILIES)

@@ -37,6 +37,9 @@ class LLMInputs:
     tower_attention: list[torch.Tensor] | None = None
     tower_keys: list[torch.Tensor] | None = None  # per sample: (N_v, d) that layer's keys, head-averaged, per token
     tower_readout_s: float = 0.0  # seconds the two above took to read (inside the tower) and map to tokens
+    # per sample: (N_v,) long, which tower input (an image, an anyres crop, a frame or Qwen's frame pair) each visual
+    # token's patches came from, as ids distinct within the sample; captured with the tower attention
+    tower_spans: list[torch.Tensor] | None = None
 
     def n_visual(self, b: int) -> int:
         return int(self.visual_mask[b].sum())
@@ -108,6 +111,14 @@ class MLLMAdapter:
         patches each token covers, merged and pooled as the family merges and pools its features."""
         raise NotImplementedError
 
+    def tower_spans(self, groups: list[torch.Tensor], cells: list[torch.Tensor] | None, inputs: dict[str, Any],
+                    front_end: dict[str, Any]) -> list[torch.Tensor]:
+        """Per sample, the tower input each visual token came from (``LLMInputs.tower_spans``): by default its token
+        grid (``visual_cells``: one image or frame; ``default_tower_spans``), else its group."""
+        if cells is None:
+            return [g.clone() for g in groups]
+        return [default_tower_spans(g, c) for g, c in zip(groups, cells)]
+
     def default_position_ids(self, attention_mask: torch.Tensor) -> torch.Tensor:
         """1-D positions exactly as ``generate`` builds them from a left-padded mask."""
         pos = attention_mask.long().cumsum(-1) - 1
@@ -157,11 +168,14 @@ class MLLMAdapter:
         elif position_ids.dim() == 3 and position_ids.shape[0] == 4:  # text row + 3 M-RoPE rows
             position_ids = position_ids[1:]
         visual_mask = self.visual_mask(input_ids)
-        signals, readout_s = None, 0.0
+        groups = self.visual_groups(input_ids, inputs, front_end)
+        cells = self.visual_cells(input_ids, inputs, front_end)
+        signals, spans, readout_s = None, None, 0.0
         if tower_attention:
             start = time.perf_counter()
             streams = self.tower_attention_streams(recorder.calls, inputs, front_end)
             signals = self.scatter_streams(streams, input_ids, visual_mask)
+            spans = self.tower_spans(groups, cells, inputs, front_end)
             readout_s = recorder.seconds + time.perf_counter() - start
         return LLMInputs(
             input_ids=input_ids,
@@ -169,11 +183,12 @@ class MLLMAdapter:
             attention_mask=attention_mask.to(input_ids.device),
             position_ids=position_ids,
             visual_mask=visual_mask,
-            visual_groups=self.visual_groups(input_ids, inputs, front_end),
-            visual_cells=self.visual_cells(input_ids, inputs, front_end),
+            visual_groups=groups,
+            visual_cells=cells,
             tower_attention=None if signals is None else [s[:, 0] for s in signals],
             tower_keys=None if signals is None else [s[:, 1:] for s in signals],
             tower_readout_s=readout_s,
+            tower_spans=spans,
         )
 
     @staticmethod
@@ -235,6 +250,15 @@ def grid_cells(grid: int, rows: int, cols: int, column_major: bool = False) -> t
 
 
 NO_CELL = torch.full((1, 3), -1)  # a visual token that covers no pixels
+
+
+def default_tower_spans(groups: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
+    """One sample's tower spans from its layout: each token grid (an image or a frame) is one; the tokens outside
+    every grid that carry patches (a CLS token) are one more per image or frame."""
+    grids = cells[:, 0].to(groups.device)
+    if grids.numel() == 0:
+        return groups.clone()
+    return torch.where(grids >= 0, grids, int(grids.max()) + 1 + groups)
 NO_PATCHES = -1.0  # tower attention of a visual token that covers no patches (attention received is never < 0)
 
 

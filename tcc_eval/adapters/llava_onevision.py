@@ -175,6 +175,44 @@ class LlavaOnevisionAdapter(MLLMAdapter):
                              f"once for videos")
         return streams
 
+    def tower_spans(self, groups: list[torch.Tensor], cells: list[torch.Tensor] | None, inputs: dict[str, Any],
+                    front_end: dict[str, Any]) -> list[torch.Tensor]:
+        """Frames and base views as their grids; each anyres crop apart, as the tower encodes it. A crop token's
+        crop goes through the model's own packing (unpadding, and the bilinear downscaling of large crop grids,
+        where a token takes the crop most of it came from)."""
+        spans = super().tower_spans(groups, cells, inputs, front_end)
+        if inputs.get("pixel_values") is None:
+            return spans
+        crop_of = self.crop_of_image_tokens(inputs)
+        image_token = self.model.config.image_token_id
+        start = 0
+        for b, row in enumerate(inputs["input_ids"]):
+            row = row.to(spans[b].device)
+            is_image = row[self.visual_mask(row)] == image_token
+            crops = crop_of[start:start + int(is_image.sum())].to(spans[b].device)
+            start += int(is_image.sum())
+            if not bool(is_image.any()):
+                continue
+            in_crop = is_image.clone()
+            in_crop[is_image] = crops >= 0  # newlines keep their span: they carry no patches
+            spans[b][in_crop] = int(spans[b].max()) + 1 + crops[crops >= 0]
+        return spans
+
+    def crop_of_image_tokens(self, inputs: dict[str, Any]) -> torch.Tensor:
+        """For every image token of the batch, in order, the index (over the batch's crops, base views included)
+        of the tower input it came from; -1 for newlines. One-hot crop indicators are packed as the features are."""
+        cfg = self.model.config
+        counts = self.crops_per_image(inputs)
+        total = sum(counts)
+        side = cfg.vision_config.image_size // cfg.vision_config.patch_size
+        indicators = torch.eye(total + 1)[:total, None, :].expand(total, side * side, total + 1)
+        newline = torch.eye(total + 1)[total]
+        packed, _ = self.model.model.pack_image_features(list(indicators.split(counts)), inputs["image_sizes"],
+                                                         image_newline=newline,
+                                                         vision_aspect_ratio=cfg.vision_aspect_ratio)
+        crop = torch.cat(packed).argmax(dim=-1)
+        return torch.where(crop == total, -1, crop)
+
     def crops_per_image(self, inputs: dict[str, Any]) -> list[int]:
         """Crops (base view included) of each image, as ``get_image_features`` splits them: anyres crops only for an
         image alone in its sample."""
