@@ -65,7 +65,8 @@ BASES: dict[str, Base] = {
         Base(
             "VILA1540B", "vila", "Efficient-Large-Model/VILA1.5-40b",
             unavailable="VILA1.5-40b's InternViT-6B vision tower has no transformers class (tcc_eval.vila covers "
-                        "VILA1.5-3b, Llama-3-VILA1.5-8b and VILA1.5-13b); use VILA15, VILA153B or VILA1513B",
+                        "VILA1.5-3b, Llama-3-VILA1.5-8b and VILA1.5-13b); use VILA15, VILA15Fix, VILA153B or "
+                        "VILA1513B",
         ),
         # Demo models are tiny: a short answer cap keeps CPU runs fast (they answer with one letter). With 4
         # LLM layers FastV prunes after layer 1 (K=2 would leave no room below 50% average retention).

@@ -10,7 +10,7 @@ import torch
 
 from .adapters import ADAPTERS, adapter_for
 from .flops import INSIDE_LLM_METHODS
-from .methods import (VISIONZIP_CONTEXTUAL_SHARE, Scorer, TCCScorer, VisionZip, a0_scorer, check_method,
+from .methods import (VISIONZIP_CONTEXTUAL_SHARE, A0Scorer, Scorer, TCCScorer, VisionZip, check_method,
                       divprune_scorer, pool_merger, random_scorer, uniform_scorer)
 from .probe import DEFAULT_INSTRUCTION_ROWS
 from .pruned import TokenPrunedModel, check_positions
@@ -156,7 +156,7 @@ def build_scorer(
     if method == "random":
         return random_scorer(seed)
     if method == "a0":
-        return a0_scorer(instruction_rows)
+        return A0Scorer(instruction_rows)
     if method == "divprune":
         return divprune_scorer()
     if method in ("uniform", "pool"):  # pool: uniform's lattice, each kept token the mean of its neighbourhood

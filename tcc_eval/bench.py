@@ -58,7 +58,7 @@ from .flops import (
     pyramid_stage_layers,
     pyramid_stage_ratio,
 )
-from .probe import instruction_to_visual
+from .probe import DEFAULT_INSTRUCTION_ROWS, instruction_to_visual
 
 METHODS = ("none", "tcc", "fastv_same_kept", "fastv_same_avg_retention", "dart_same_avg_retention",
            "pdrop_same_avg_retention", "limit")
@@ -275,7 +275,8 @@ def run_none(llm: nn.Module, x: Inputs, clock: Clock) -> Outcome:
 
 def run_tcc(llm: nn.Module, x: Inputs, clock: Clock, compressor: nn.Module, rho: float) -> Outcome:
     start = clock.mark()
-    a0 = instruction_to_visual(llm, x.embeds, x.positions, x.mask, x.visual)
+    a0 = instruction_to_visual(llm, x.embeds, x.positions, x.mask, x.visual,
+                               rows=getattr(compressor, "instruction_rows", DEFAULT_INSTRUCTION_ROWS))
     probed = clock.mark()
     scores = compressor.predict(a0)
     scored = clock.mark()

@@ -64,10 +64,14 @@ def random_scorer(seed: int = 0) -> Scorer:
     return score
 
 
-def a0_scorer(instruction_rows: str = DEFAULT_INSTRUCTION_ROWS) -> Scorer:
+class A0Scorer:
     """Raw layer-0 instruction->visual attention, no learned compressor (the paper's key ablation)."""
-    rows = check_instruction_rows(instruction_rows)
-    return lambda view: view.layer0_attention(rows)
+
+    def __init__(self, instruction_rows: str = DEFAULT_INSTRUCTION_ROWS):
+        self.instruction_rows = check_instruction_rows(instruction_rows)
+
+    def __call__(self, view: SampleView) -> torch.Tensor:
+        return view.layer0_attention(self.instruction_rows)
 
 
 def max_min_diversity_order(features: torch.Tensor) -> torch.Tensor:

@@ -95,4 +95,4 @@ def check_option_values(options: Mapping[str, Any]) -> None:
         parts = str(options["pdrop_layers"]).replace(",", "/").strip("[]() ").split("/")
         layers = [int(p) for p in parts if p.strip().isdigit()]
         if len(layers) != len(parts) or min(layers, default=0) < 1 or layers != sorted(set(layers)):
-            fail("pdrop_layers", "increasing layer indices joined by '/', e.g. 2/14/21")
+            fail("pdrop_layers", "increasing layer indices from 1, joined by '/' (or a list), e.g. 2/14/21")

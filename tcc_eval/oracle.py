@@ -364,10 +364,11 @@ def explain_inputs(
 
 
 def explain(model: Any, messages: list[dict], answer: str | None = None, processor: Any = None,
-            max_answer_tokens: int = 16) -> Explanation:
+            max_answer_tokens: int = 16, instruction_rows: str | None = None) -> Explanation:
     """``tcc_eval.explain``: model is a ``CompressedMLLM`` (from ``tcc_eval.load``) or an HF model with
     ``processor``; ``answer`` is explained as given (every token of it), else the model's greedy answer is (at
-    most ``max_answer_tokens`` of it)."""
+    most ``max_answer_tokens`` of it). ``a0`` is read from ``instruction_rows`` (default: the rows the loaded a0 or
+    tcc method reads, else the method's default)."""
     from .api import CompressedMLLM
     from .pruned import TokenPrunedModel
 
@@ -378,7 +379,9 @@ def explain(model: Any, messages: list[dict], answer: str | None = None, process
     if answer is not None:
         answer_ids = processor.tokenizer(answer, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
         max_answer_tokens = max(1, answer_ids.numel())
-    result = explain_inputs(model, inputs, answer_ids, max_answer_tokens)
+    if instruction_rows is None:
+        instruction_rows = getattr(mllm.pruned.scorer, "instruction_rows", DEFAULT_INSTRUCTION_ROWS)
+    result = explain_inputs(model, inputs, answer_ids, max_answer_tokens, instruction_rows=instruction_rows)
     result.answer = processor.tokenizer.decode(result.answer_ids, skip_special_tokens=True)
     return result
 

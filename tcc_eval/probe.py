@@ -80,6 +80,7 @@ DEFAULT_INSTRUCTION_ROWS = INSTRUCTION_ROWS[0]
 
 
 def check_instruction_rows(rows: str) -> str:
+    """``rows`` if it names an instruction-rows rule, else the error that lists them."""
     if rows not in INSTRUCTION_ROWS:
         raise ValueError(f"instruction_rows={rows!r}: expected one of {', '.join(INSTRUCTION_ROWS)} (which text rows' "
                          f"layer-0 attention scores the visual tokens; default {DEFAULT_INSTRUCTION_ROWS})")

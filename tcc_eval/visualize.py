@@ -18,13 +18,15 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from .probe import DEFAULT_INSTRUCTION_ROWS
+
 BLANK = (60, 60, 60)
 GT = (40, 220, 60)
 LABEL_H = 16
 
 
-def kept_tokens(model, processor, sample, method: str, ratio: float,
-                compressor: Any) -> tuple[np.ndarray, Any, str]:
+def kept_tokens(model, processor, sample, method: str, ratio: float, compressor: Any,
+                instruction_rows: str = DEFAULT_INSTRUCTION_ROWS) -> tuple[np.ndarray, Any, str]:
     """(kept mask over visual tokens, token regions, predicted letter) for one sample and method."""
     from .api import wrap_model
     from .demo.evaluate import kept_visual_mask, visual_rows
@@ -32,7 +34,8 @@ def kept_tokens(model, processor, sample, method: str, ratio: float,
     from .demo.train import encode
 
     inputs = encode(processor, [sample])
-    pruned = wrap_model(model, method=method, keep_ratio=ratio, compressor=compressor)
+    pruned = wrap_model(model, method=method, keep_ratio=ratio, compressor=compressor,
+                        instruction_rows=instruction_rows)
     out = pruned.generate(**inputs, max_new_tokens=1, do_sample=False)
     visual = visual_rows(model, inputs["input_ids"], inputs["attention_mask"])[0]
     keep = kept_visual_mask(pruned.last_selection.kept_positions[0], visual)
@@ -83,6 +86,7 @@ def strip(images: list[Image.Image], title: str, gap: int = 4) -> Image.Image:
 
 def render(family: str, modality: str, n: int, seed: int, ratio: float, methods: list[str], out: Path,
            model_path: str | None = None, compressor: str | None = None, root: str | None = None) -> Path:
+    from .compressor import load_compressor
     from .demo import benchmark, compressor_path
     from .demo.evaluate import load_demo, samples_for
 
@@ -97,12 +101,13 @@ def render(family: str, modality: str, n: int, seed: int, ratio: float, methods:
         model, processor = load_demo(family, root)
         samples = samples_for(family, modality, n, seed, root)  # the benchmark (variant) the model was trained on
     compressor = {modality: compressor or str(compressor_path(family, modality, root))}  # this modality's compressor
+    instruction_rows = load_compressor(compressor[modality]).instruction_rows  # a0 and tcc read the rows it learned
     rows = []
     for sample in samples:
         row = []
         regions = None
         for method in methods:
-            keep, regions, answer = kept_tokens(model, processor, sample, method, ratio, compressor)
+            keep, regions, answer = kept_tokens(model, processor, sample, method, ratio, compressor, instruction_rows)
             mark = "right" if answer == sample.answer else "wrong"
             row.append(strip(panels(sample, keep, regions), f"{method} {int(ratio * 100)}%: {answer} ({mark})"))
         title = f"{sample.answer}. {sample.options[sample.answer]} <- {sample.question}"

@@ -599,6 +599,10 @@ def test_instruction_rows_travel_from_labels_to_checkpoint_to_inference(tiny_che
     ckpt = tmp_path / "last.pt"
     assert main(["train", "--labels", str(last), "--out", str(ckpt), "--epochs", "2", "--batch-size", "2"]) == 0
     assert load_compressor(ckpt).instruction_rows == "last"
+    report = tmp_path / "e.json"
+    assert main(["evaluate", "--labels", str(last), "--compressor", str(ckpt), "--split", "all", "--json",
+                 str(report)]) == 0
+    assert json.loads(report.read_text())["instruction_rows"] == "last"
     with pytest.raises(ValueError, match=r"learned from the layer-0 attention of instruction_rows=last, but this run "
                                          r"asks for instruction_rows=after_last_visual: pass instruction_rows=last"):
         tcc_eval.load(qwen, method="tcc", keep_ratio=0.5, compressor=str(ckpt), device="cpu")

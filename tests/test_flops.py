@@ -94,13 +94,14 @@ def test_shape_from_hf_config_reads_text_config():
     ("LLaVAOV7B", "llava-ov-7b"),
     ("llava_onevision/llava-onevision-qwen2-0.5b-ov-hf", "llava-ov-0.5b"),
     ("VILA1.5-3B", "vila1.5-3b"),
+    ("Efficient-Large-Model/VILA1.5-13b", "vila1.5-13b"),
     ("Llama-3-8B", "llama3-8b"),
 ])
 def test_guess_shape_known(name, key):
     assert guess_shape(name) == LLM_SHAPES[key]
 
 
-@pytest.mark.parametrize("name", ["Qwen2VL", "LLaVAOV", "TinyQwen2VL", "Qwen2-VL-72B", "Qwen2.5-VL-32B", "VILA1.5-13B",
+@pytest.mark.parametrize("name", ["Qwen2VL", "LLaVAOV", "TinyQwen2VL", "Qwen2-VL-72B", "Qwen2.5-VL-32B", "VILA1.5-40B",
                                   "foo"])
 def test_guess_shape_never_guesses(name):
     assert guess_shape(name) is None

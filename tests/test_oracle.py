@@ -184,6 +184,10 @@ def test_explain_public_api(tiny_checkpoints):
     assert result.answer == "red"
     assert torch.isfinite(result.relevance).all() and result.relevance.sum() > 0
     assert mllm.model.config._attn_implementation == "sdpa"  # restored after the oracle
+    last = tcc_eval.load(tiny_checkpoints["qwen2_vl"], method="a0", keep_ratio=0.5, instruction_rows="last")
+    view = single_view(last.model, last.prepare(messages_for("image")))
+    assert torch.allclose(tcc_eval.explain(last, messages_for("image"), answer="red").a0, view.layer0_attention("last"))
+    assert torch.allclose(result.a0, view.layer0_attention())  # the default rows for a model that names none
     long_answer = " ".join(["red"] * 20)  # a given answer is explained whole, past the generated answers' cap
     whole = tcc_eval.explain(mllm, messages_for("image"), answer=long_answer, max_answer_tokens=2)
     assert whole.answer == long_answer and whole.answer_ids.numel() > 16

@@ -237,6 +237,43 @@ def test_other_templates_render_like_vila():
     assert llama3 == ("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>"
                       "<|start_header_id|>user<|end_header_id|>\n\n<image>\nHi<|eot_id|>"
                       "<|start_header_id|>assistant<|end_header_id|>\n\n")
+    # the VILA1.5 release's llama_3 (LLAMA_3 style: system + sep, then role + message + sep per turn, the open
+    # answer turn's bare role; roles user / "system", sep <|end_of_text|>)
+    system = ("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nYou are a helpful language and vision "
+              "assistant. You are able to understand the visual content that the user provides, and assist the user "
+              "with a variety of tasks using natural language.")
+    user, answer = "<|start_header_id|>user<|end_header_id|>\n\n", "<|start_header_id|>system<|end_header_id|>\n\n"
+    sep = "<|end_of_text|>"
+    assert CHAT_TEMPLATES["llama_3_vila1.5"].render(turns) == system + sep + user + "<image>\nHi" + sep + answer
+    assert CHAT_TEMPLATES["llama_3_vila1.5"].stop == sep
+
+
+def test_templates_follow_the_checkpoint_name(recwarn):
+    """Hub ids and cache folders name the template (the 8B -Fix before the original 8b); a folder that names
+    nothing falls back to the vocabulary, with a warning where Llama-3's fits two templates."""
+    from types import SimpleNamespace
+
+    from tcc_eval.vila.processing_vila import resolve_conv_mode
+
+    class Vocab:
+        def __init__(self, *tokens):
+            self.tokens = tokens
+
+        def get_vocab(self):
+            return dict.fromkeys(self.tokens, 0)
+
+    def mode(path, vocab=Vocab("</s>")):
+        return resolve_conv_mode(SimpleNamespace(conv_mode=None, name_or_path=path), vocab)
+
+    hub = "/root/.cache/huggingface/hub/models--Efficient-Large-Model--{}/snapshots/0123"
+    assert mode(hub.format("Llama-3-VILA1.5-8B-Fix")) == "llama_3"
+    assert mode(hub.format("Llama-3-VILA1.5-8b")) == "llama_3_vila1.5"
+    assert mode(hub.format("VILA1.5-13b")) == mode("/m/VILA1.5-3b") == "vicuna_v1" and not recwarn.list
+    assert mode("/m/my_vila", Vocab("<|im_start|>")) == "hermes-2" and not recwarn.list
+    with pytest.warns(UserWarning, match="fits two templates: llama_3.*pass conv_mode=llama_3_vila1.5"):
+        assert mode("/m/my_vila", Vocab("<|eot_id|>")) == "llama_3"
+    explicit = SimpleNamespace(conv_mode="vicuna_v1", name_or_path=hub.format("Llama-3-VILA1.5-8b"))
+    assert resolve_conv_mode(explicit, Vocab()) == "vicuna_v1"  # the checkpoint's config.json says
 
 
 def test_resize_and_pad_preprocessing():
@@ -283,14 +320,14 @@ def test_published_tokenizer_without_image_token_uses_vila_placeholder(tmp_path)
     assert out.shape == (1, inputs["input_ids"].shape[1] + 3)
     assert torch.equal(out[:, : inputs["input_ids"].shape[1]], inputs["input_ids"])
     assert (out[:, -3:] >= 0).all()
-    # a repetition penalty reads the prompt's ids, where the -200 placeholders stand for the pad id: HF's penalty
-    # on the first answer token, applied by hand to the unpenalised logits, picks the same token
+    # a repetition penalty reads the prompt's ids, of which the -200 placeholders add none: HF's penalty on the
+    # prompt's text ids, applied by hand to the first answer token's unpenalised logits, picks the same token
     penalised = model.generate(**inputs, max_new_tokens=3, do_sample=False, repetition_penalty=5.0)
     assert torch.equal(penalised[:, : inputs["input_ids"].shape[1]], inputs["input_ids"])
     with torch.no_grad():
         logits = model(**inputs).logits[0, -1]
     ids = inputs["input_ids"][0]
-    seen = torch.unique(torch.where(ids < 0, model.generation_config.pad_token_id, ids))
+    seen = torch.unique(ids[ids >= 0])
     logits[seen] = torch.where(logits[seen] > 0, logits[seen] / 5.0, logits[seen] * 5.0)
     assert int(penalised[0, ids.numel()]) == int(logits.argmax())
     from tcc_eval import wrap_model
@@ -429,3 +466,18 @@ def test_oracle_explains_vila_frames(vila):
     assert result.groups.tolist() == [0] * 4 + [1] * 4 + [2] * 4
     assert torch.isfinite(result.relevance).all() and (result.relevance >= 0).all()
     assert model.config._attn_implementation == "sdpa"  # eager only while explaining
+
+
+def test_a_prompt_vila_would_cut_is_run_whole_with_one_warning(vila, monkeypatch, recwarn):
+    model, processor = vila
+    inputs = inputs_for(processor, chat("video"))
+    length = inputs["input_ids"].shape[1]
+    monkeypatch.setattr(model.config.text_config, "tokenizer_model_max_length", length - 1, raising=False)
+    monkeypatch.setattr(model, "_warned_truncation", False)
+    with pytest.warns(UserWarning, match=f"holds {length} tokens, more than the checkpoint's "
+                                         f"tokenizer_model_max_length {length - 1}: VILA's own code would cut it"):
+        logits = model(**inputs).logits
+    assert logits.shape[1] == length
+    recwarn.clear()
+    model(**inputs)  # said once per model
+    assert not [w for w in recwarn.list if "tokenizer_model_max_length" in str(w.message)]

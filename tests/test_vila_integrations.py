@@ -242,20 +242,21 @@ def test_vlmeval_scores_a_multi_image_prompt_as_every_entry_point_does(tiny_vila
     from tcc_eval import synth, wrap_model
     from tcc_eval.compressor import TokenCompressor, model_meta, save_compressor
     from tcc_eval.integrations.vlmeval.wrappers import TCCVILA
+    from tcc_eval.vila import VilaForConditionalGeneration
 
-    ours = TCCVILA(base="VILA15", method="tcc", keep_ratio=0.5, model_path=tiny_vila, max_new_tokens=2,
-                   compressor={m: str(tmp_path / f"{m}.pt") for m in ("image", "video")})
-    meta = model_meta(ours.hf_model)
+    meta = model_meta(VilaForConditionalGeneration.from_pretrained(tiny_vila))
     for seed, modality in enumerate(("image", "video")):
         torch.manual_seed(seed)
         save_compressor(tmp_path / f"{modality}.pt", TokenCompressor(channels=(8, 16)), meta, modality, {})
+    ours = TCCVILA(base="VILA15", method="tcc", keep_ratio=0.5, model_path=tiny_vila, max_new_tokens=2,
+                   compressor={m: str(tmp_path / f"{m}.pt") for m in ("image", "video")})
     paths = []
     for i, sample in enumerate(synth.generate("image", 2, seed=1)):
         paths.append(tmp_path / f"{i}.png")
         sample.image.save(paths[-1])
     message = [{"type": "image", "value": str(p)} for p in paths] + [{"type": "text", "value": "Which colour?"}]
     ours.generate(message, dataset="TCCSynth_IMG")
-    assert set(ours._pruned) == {"video"} and ours.last_record["modality"] == "video"
+    assert ours.last_record["modality"] == "video"
 
     api_model = wrap_model(ours.hf_model, method="tcc", keep_ratio=0.5,
                            compressor={m: str(tmp_path / f"{m}.pt") for m in ("image", "video")})

@@ -342,20 +342,22 @@ def reference_logits(model, adapter, inputs, ratio: float, share: float) -> tupl
 @pytest.mark.parametrize("family", ALL_FAMILIES)
 @pytest.mark.parametrize("kind", ("image", "multi_image", "video"))
 def test_tower_spans_are_the_images_crops_and_frames_the_tower_encodes(models, family, kind):
-    """Each token grid (an image, a frame, a Qwen2-VL frame pair, LLaVA-OV's base view) is one span; LLaVA-OV's
-    anyres crops (here a 1 x 2 crop grid without unpadding) are one each: crop-grid column // 4."""
+    """Each image, frame or Qwen2-VL frame pair (the adapters' groups) is one span, and LLaVA-OV's base view and
+    each of its anyres crops (here a 1 x 2 crop grid without unpadding: crop-grid column // 4) one each."""
     model, processor = models[family]
     llm = adapter_for(model).capture_llm_inputs(inputs_for(processor, family, kind), tower_attention=True)
     spans, cells = llm.tower_spans[0], llm.visual_cells[0]
     covered = llm.tower_attention[0] > NO_PATCHES
-    expected_grid = cells[covered, 0]
+    expected = llm.visual_groups[0][covered]
     if family == "llava_onevision" and kind == "image":
         side = model.config.vision_config.image_size // model.config.vision_config.patch_size
         crop = cells[covered, 0] == 1  # grid 1: the crops
-        expected_grid = torch.where(crop, 1 + cells[covered, 2] // side, 0)
-        assert expected_grid.unique().tolist() == [0, 1, 2]
+        expected = torch.where(crop, 1 + cells[covered, 2] // side, 0)
+        assert expected.unique().tolist() == [0, 1, 2]
+    assert expected.unique().numel() == {"image": 1, "multi_image": 2, "video": 4}[kind] + 2 * (
+        family == "llava_onevision" and kind == "image") - 2 * (family in QWEN_FAMILIES and kind == "video")
     # the same partition of the covered tokens: spans and expected ids correspond one to one
-    pairs = set(zip(spans[covered].tolist(), expected_grid.tolist()))
+    pairs = set(zip(spans[covered].tolist(), expected.tolist()))
     assert len(pairs) == len({a for a, _ in pairs}) == len({b for _, b in pairs})
 
 

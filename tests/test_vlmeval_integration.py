@@ -202,10 +202,17 @@ def test_config_json_passes_method_options(registered):
               "TinyQwen2VL_PDrop75": {"method_options": {"pdrop_layers": [0, 3]}}}
     model = build_model_from_config(config, "TinyQwen2VL_PDrop50")
     assert model.pruned_model("image").stage_layers == (1, 3) and model.method == "pdrop"
-    with pytest.raises(ValueError, match=r"increasing integer layer indices in 1\.\.3"):
+    with pytest.raises(ValueError, match=r"pdrop_layers=\[0, 3\]: expected increasing layer indices from 1"):
         build_model_from_config(config, "TinyQwen2VL_PDrop75")
     with pytest.raises(ValueError, match="floor 1/4"):
         build_model_from_config({"TinyQwen2VL_PDrop25": {}}, "TinyQwen2VL_PDrop25")
+    tcc = {"TinyQwen2VL_TCC50": {"method_options": {"instruction_rows": "last"}}}  # its compressors: the default
+    with pytest.raises(ValueError, match="instruction_rows=after_last_visual, but this run asks for "
+                                         "instruction_rows=last: pass instruction_rows=after_last_visual"):
+        build_model_from_config(tcc, "TinyQwen2VL_TCC50")
+    with pytest.raises(ValueError, match="instruction_rows='lst': expected after_last_visual or"):
+        build_model_from_config({"TinyQwen2VL_A050": {"method_options": {"instruction_rows": "lst"}}},
+                                "TinyQwen2VL_A050")
 
 
 def test_rank_device_per_torchrun_rank(monkeypatch):

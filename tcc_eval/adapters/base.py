@@ -250,6 +250,7 @@ def grid_cells(grid: int, rows: int, cols: int, column_major: bool = False) -> t
 
 
 NO_CELL = torch.full((1, 3), -1)  # a visual token that covers no pixels
+NO_PATCHES = -1.0  # tower attention of a visual token that covers no patches (attention received is never < 0)
 
 
 def default_tower_spans(groups: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
@@ -259,7 +260,6 @@ def default_tower_spans(groups: torch.Tensor, cells: torch.Tensor) -> torch.Tens
     if grids.numel() == 0:
         return groups.clone()
     return torch.where(grids >= 0, grids, int(grids.max()) + 1 + groups)
-NO_PATCHES = -1.0  # tower attention of a visual token that covers no patches (attention received is never < 0)
 
 
 ADAPTERS: dict[str, type[MLLMAdapter]] = {}

@@ -200,18 +200,20 @@ class LlavaOnevisionAdapter(MLLMAdapter):
 
     def crop_of_image_tokens(self, inputs: dict[str, Any]) -> torch.Tensor:
         """For every image token of the batch, in order, the index (over the batch's crops, base views included)
-        of the tower input it came from; -1 for newlines. One-hot crop indicators are packed as the features are."""
+        of the tower input it came from; -1 for newlines. Each image's one-hot crop indicators (and a newline
+        indicator) are packed as its features are."""
         cfg = self.model.config
-        counts = self.crops_per_image(inputs)
-        total = sum(counts)
         side = cfg.vision_config.image_size // cfg.vision_config.patch_size
-        indicators = torch.eye(total + 1)[:total, None, :].expand(total, side * side, total + 1)
-        newline = torch.eye(total + 1)[total]
-        packed, _ = self.model.model.pack_image_features(list(indicators.split(counts)), inputs["image_sizes"],
-                                                         image_newline=newline,
-                                                         vision_aspect_ratio=cfg.vision_aspect_ratio)
-        crop = torch.cat(packed).argmax(dim=-1)
-        return torch.where(crop == total, -1, crop)
+        crops, first = [], 0
+        for image, count in enumerate(self.crops_per_image(inputs)):
+            indicators = torch.eye(count + 1)[:count, None, :].expand(count, side * side, count + 1)
+            (packed,), _ = self.model.model.pack_image_features(
+                [indicators], inputs["image_sizes"][image:image + 1], image_newline=torch.eye(count + 1)[count],
+                vision_aspect_ratio=cfg.vision_aspect_ratio)
+            crop = packed.argmax(dim=-1)
+            crops.append(torch.where(crop == count, -1, first + crop))
+            first += count
+        return torch.cat(crops)
 
     def crops_per_image(self, inputs: dict[str, Any]) -> list[int]:
         """Crops (base view included) of each image, as ``get_image_features`` splits them: anyres crops only for an

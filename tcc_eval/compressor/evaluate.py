@@ -139,6 +139,7 @@ def evaluate(labels: list[str], compressor_path: str, split: str = "auto", again
         "compressor": str(compressor_path), "labels": [str(Path(d).resolve()) for d in labels],
         "split": how, "n_samples": len(chosen), "mean_n_visual": sum(s.n for s in chosen) / len(chosen),
         "trained_on_rule": compressor.train_stats.get("relevance_rule", METHOD_RULE), "scored_against_rule": against,
+        "instruction_rows": compressor.instruction_rows,
         "methods": fidelity(compressor, chosen),
     }
 

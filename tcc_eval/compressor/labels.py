@@ -297,12 +297,17 @@ LABEL_SETTINGS = {"num_frames": "--num-frames", "max_answer_tokens": "--max-answ
                   "instruction_rows": "--instruction-rows"}
 
 
+def instruction_rows_of(meta: dict[str, Any]) -> str:
+    """The rows whose layer-0 attention a label folder holds (folders from before the option: the default)."""
+    return meta.get("instruction_rows", DEFAULT_INSTRUCTION_ROWS)
+
+
 def prepare_meta(out: Path, meta: dict[str, Any]) -> None:
     """Write DIR/meta.json, or check that an existing one describes the same model and data."""
     path = out / "meta.json"
     if path.is_file():
         old = json.loads(path.read_text())
-        old.setdefault("instruction_rows", DEFAULT_INSTRUCTION_ROWS)  # folders from before the option: the default
+        old["instruction_rows"] = instruction_rows_of(old)
         if old.get("model") != meta["model"] or old.get("data") != meta["data"]:
             raise ValueError(
                 f"{out} already holds labels of {old.get('model', {}).get('family')} on {old.get('data')}; "

@@ -24,6 +24,7 @@ from ..api import device_arg, positive_int
 from ..oracle import METHOD_RULE, RELEVANCE_RULES
 from ..probe import DEFAULT_INSTRUCTION_ROWS
 from . import MATCH_KEYS, describe, load_compressor, save_compressor
+from .labels import instruction_rows_of
 from .network import (
     INPUT_SCALES,
     NORMS,
@@ -68,11 +69,6 @@ def read_meta(labels_dir: Path) -> dict[str, Any]:
             f"`python -m tcc_eval.compressor label --model MODEL --data DATA --out {labels_dir}`"
         )
     return json.loads(path.read_text())
-
-
-def instruction_rows_of(meta: dict[str, Any]) -> str:
-    """The rows whose layer-0 attention a label folder holds (folders from before the option: the default)."""
-    return meta.get("instruction_rows", DEFAULT_INSTRUCTION_ROWS)
 
 
 def load_labels(dirs: list[str | Path], rule: str = METHOD_RULE) -> tuple[dict[str, Any], str, list[LabelSample], int]:

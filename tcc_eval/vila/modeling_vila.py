@@ -37,6 +37,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -325,6 +326,7 @@ class VilaForConditionalGeneration(nn.Module):
         self.config = config
         self.llm = llm
         self.vision_tower = vision_tower
+        self._warned_truncation = False
         self.mm_projector = mm_projector
 
     # -- construction ----------------------------------------------------------------------------------------
@@ -452,11 +454,24 @@ class VilaForConditionalGeneration(nn.Module):
         """0..n-1 over the real tokens of each row (left padding gets 0), as VILA numbers unpadded samples."""
         return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
+    def warn_where_vila_truncates(self, length: int) -> None:
+        """VILA's own code cuts a prompt longer than the LLM config's ``tokenizer_model_max_length`` (4096 for
+        VILA1.5) after its images are spliced in, which drops the question that follows them; this one runs the
+        whole prompt, so such a run and VILA's differ: say so (once)."""
+        limit = getattr(self.config.text_config, "tokenizer_model_max_length", None)
+        if limit is not None and length > limit and not self._warned_truncation:
+            self._warned_truncation = True  # once per model: a long-video benchmark would say it on every sample
+            warnings.warn(f"this VILA prompt holds {length} tokens, more than the checkpoint's "
+                          f"tokenizer_model_max_length {limit}: VILA's own code would cut it there (and lose the text "
+                          f"after the images); tcc_eval runs it whole. Use fewer frames to match VILA's runs",
+                          stacklevel=3)
+
     def _llm_inputs(self, input_ids, pixel_values, attention_mask, position_ids, inputs_embeds) -> dict:
         if inputs_embeds is None:
             if input_ids is None:
                 raise ValueError("pass input_ids (with pixel_values for images) or inputs_embeds")
             inputs_embeds = self.get_inputs_embeds(input_ids.to(self.device), pixel_values)
+            self.warn_where_vila_truncates(inputs_embeds.shape[1])
         if attention_mask is None:
             attention_mask = torch.ones(inputs_embeds.shape[:2], dtype=torch.long, device=inputs_embeds.device)
         attention_mask = attention_mask.to(inputs_embeds.device)
@@ -484,10 +499,11 @@ class VilaForConditionalGeneration(nn.Module):
         if input_ids is None:
             return self.llm.generate(**llm_inputs, **gen_kwargs)
         # The published tokenizers have no image token: its placeholders are VILA's -200, which no logits
-        # processor can index (a repetition penalty gathers the prompt's ids), so they read as the pad id there.
+        # processor can index (a repetition penalty gathers the prompt's ids). There they read as a token the row
+        # already holds, so the prompt's set of ids (what a penalty lowers) stays its text's.
         input_ids = input_ids.to(self.device)
-        pad = gen_kwargs.get("pad_token_id", self.generation_config.pad_token_id)
-        llm_inputs["input_ids"] = input_ids.masked_fill(input_ids < 0, 0 if pad is None else pad)
+        held = input_ids.max(dim=1, keepdim=True).values.expand_as(input_ids)
+        llm_inputs["input_ids"] = torch.where(input_ids < 0, held, input_ids)
         output = self.llm.generate(**llm_inputs, **gen_kwargs)
         return torch.cat([input_ids.repeat_interleave(output.shape[0] // input_ids.shape[0], dim=0),
                           output[:, input_ids.shape[1]:]], dim=1)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -113,16 +114,24 @@ CHECKPOINT_CONV_MODES = {
 }
 
 
+def conv_mode_from_name(name: str) -> str | None:
+    """The template of a published checkpoint, from its hub id or folder name (None: not one of them)."""
+    name = name.lower()
+    return next((mode for key, mode in CHECKPOINT_CONV_MODES.items() if key in name), None)
+
+
 def resolve_conv_mode(config: VilaConfig, tokenizer, conv_mode: str | None = None) -> str:
     """Explicit argument, else config.json's ``conv_mode``, else the checkpoint name, else the tokenizer's style
-    (a Llama-3 vocabulary: VILA's current ``llama_3``)."""
-    mode = conv_mode or config.conv_mode
-    if mode is None:
-        name = config.name_or_path.lower()
-        mode = next((m for key, m in CHECKPOINT_CONV_MODES.items() if key in name), None)
+    (a Llama-3 vocabulary: VILA's current ``llama_3``, with a warning: the two 8B checkpoints share that vocabulary
+    but not their template)."""
+    mode = conv_mode or config.conv_mode or conv_mode_from_name(config.name_or_path)
     if mode is None:
         vocab = tokenizer.get_vocab()
         mode = "llama_3" if "<|eot_id|>" in vocab else "hermes-2" if "<|im_start|>" in vocab else "vicuna_v1"
+        if mode == "llama_3":
+            warnings.warn(f"{config.name_or_path} names no VILA checkpoint, and its Llama-3 vocabulary fits two "
+                          f"templates: llama_3 (Llama-3-VILA1.5-8B-Fix, VILA's main branch) is used; pass "
+                          f"conv_mode=llama_3_vila1.5 (lmms-eval: conv_template=) for the original Llama-3-VILA1.5-8b")
     if mode not in CHAT_TEMPLATES:
         raise ValueError(f"unknown VILA conv_mode {mode!r}; choose one of {sorted(CHAT_TEMPLATES)}")
     return mode
@@ -295,7 +304,8 @@ class VilaProcessor:
 
     def answer_stop_ids(self, model: Any) -> list[int]:
         """Where VILA's evaluation ends an answer: the template's separator (its keyword criterion) and the LLM's
-        own EOS ids (its generation config, which VILA's generate keeps)."""
+        own EOS ids (its generation config, which VILA's generate keeps), with the tokenizer's EOS (the same id in
+        the published checkpoints' LLM folders)."""
         eos = model.generation_config.eos_token_id
         own = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
         return sorted(own | set(self.stop_token_ids))

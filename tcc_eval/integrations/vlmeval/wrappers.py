@@ -35,7 +35,7 @@ from model_registry import (
 from ... import api
 from ...adapters import adapter_for
 from ...vila import VilaProcessor
-from ...vila.processing_vila import IMAGE_PLACEHOLDER
+from ...vila.processing_vila import IMAGE_PLACEHOLDER, conv_mode_from_name
 from .. import rank_device
 from . import records
 
@@ -101,6 +101,7 @@ class TCCModelMixin:
     """Loading, pruning and efficiency records shared by both wrappers (put first in the bases)."""
 
     processor_proxy = _ToDevice
+    _modality_default = "image"  # the modality before the first input says otherwise
 
     def _init_tcc(
         self,
@@ -116,6 +117,7 @@ class TCCModelMixin:
     ) -> None:
         from ...core import check_keep_ratio
         from ...methods import check_method
+        from ...options import check_option_values
 
         bases = all_bases()
         if base not in bases:
@@ -125,9 +127,11 @@ class TCCModelMixin:
         self.keep_ratio = check_keep_ratio(keep_ratio)
         self.compressor = compressor
         self.method_options = dict(method_options or {})  # e.g. budget, seed, fastv_k, pdrop_layers: wrap_model's
+        check_option_values(self.method_options)  # a typo stops the run before the weights load
         self.max_new_tokens_cap = max_new_tokens
-        if method == "tcc":
-            available_compressors(self.base, compressor)  # fails before loading when no modality has one
+        modalities = [self._modality_default]
+        if method == "tcc":  # fails before loading when no modality has one
+            modalities = list(available_compressors(self.base, compressor))
         self.model_path = resolve_model_path(self.base, model_path)
         self.device = rank_device(device)
         self.dtype = api.default_dtype(self.device, dtype)
@@ -137,11 +141,13 @@ class TCCModelMixin:
         self.processor = self.processor_proxy(processor, self.device, self.dtype)
         self.model = _PrunedGenerate(self)
         self._pruned: dict[str, Any] = {}
-        self._modality = "image"
+        self._modality = self._modality_default
         self.last_stats: dict[str, Any] = {}
         self.last_record: dict[str, Any] | None = None
-        if self.method != "tcc":  # built now, so that a bad method option fails at start-up, not on sample one
-            self.pruned_model(self._modality)
+        # built now, so that a bad method option (or a compressor labelled with other instruction rows) fails at
+        # start-up, not on sample one, where VLMEvalKit would log it and skip the dataset
+        for modality in modalities:
+            self.pruned_model(modality)
 
     def _load(self, attn: str):
         """The unpruned model and its processor, from ``self.model_path`` (a folder or hub id)."""
@@ -367,7 +373,9 @@ class TCCVILA(TCCModelMixin, VilaChat):
     def _load(self, attn: str):
         """VILA1.5 folders are read part by part (a hub id is downloaded first); the processor gets the template."""
         model, processor = api.load_hf_model(local_folder(self.model_path), self.device, self.dtype, attn=attn)
-        conv_mode = self._conv_mode_arg or vlmeval_vila_conv_mode(self.model_path)
+        # the registry's hub id speaks for a local folder whose name says nothing
+        conv_mode = (self._conv_mode_arg or vlmeval_vila_conv_mode(self.model_path)
+                     or conv_mode_from_name(self.base.hf_id or ""))
         processor = VilaProcessor(processor.tokenizer, processor.image_spec, processor.config, conv_mode)
         processor.end_answers_at_template_stop(model)  # the oracle's draft answer stops where this wrapper does
         return model, processor
