@@ -11,10 +11,17 @@ from typing import Any, Mapping
 
 from .flops import INSIDE_LLM_METHODS
 
+# Which text rows' layer-0 attention scores the visual tokens for a0 and tcc (METHOD.md leaves it open): every
+# valid token after the last visual one (the default: the question and the generation prompt), every non-visual
+# token after the first visual one (also text between images or videos), or the last token alone (the row FastV
+# ranks by). A compressor is tied to the rule its labels were made with.
+INSTRUCTION_ROWS = ("after_last_visual", "after_first_visual", "last")
+DEFAULT_INSTRUCTION_ROWS = INSTRUCTION_ROWS[0]
+
 # wrap_model's defaults (tests/test_aggregate.py checks them against its signature)
 OPTION_DEFAULTS: dict[str, Any] = {
     "budget": "global", "positions": "original", "seed": 0, "max_answer_tokens": 16, "contextual_share": 0.15625,
-    "fastv_k": 2, "match": "avg_retention", "pdrop_layers": None, "instruction_rows": "after_last_visual",
+    "fastv_k": 2, "match": "avg_retention", "pdrop_layers": None, "instruction_rows": DEFAULT_INSTRUCTION_ROWS,
 }
 # the options only one method (or one kind) reads; wrap_model ignores them for the others
 OWN_OPTIONS: dict[str, tuple[str, ...]] = {
@@ -27,11 +34,6 @@ INPUT_STAGE_OPTIONS = ("budget", "positions")  # every method that prunes before
 BUDGETS = ("global", "per_group")  # one top-k per sample, or one per image / frame group
 POSITION_MODES = ("original", "renumber")  # kept tokens keep their ids, or take consecutive ones
 MATCH_MODES = ("avg_retention", "kept")  # what FastV's, DART's and PyramidDrop's ratio means
-# Which text rows' layer-0 attention scores the visual tokens for a0 and tcc (METHOD.md leaves it open): every
-# valid token after the last visual one (the default: the question and the generation prompt), every non-visual
-# token after the first visual one (also text between images or videos), or the last token alone (the row FastV
-# ranks by). A compressor is tied to the rule its labels were made with.
-INSTRUCTION_ROWS = ("after_last_visual", "after_first_visual", "last")
 
 
 def options_read_by(method: str) -> tuple[str, ...]:

@@ -12,7 +12,7 @@ import sys
 import torch
 from torch import nn
 
-from .options import INSTRUCTION_ROWS
+from .options import DEFAULT_INSTRUCTION_ROWS, INSTRUCTION_ROWS
 
 
 def _rotary_fn(attn: nn.Module):
@@ -76,7 +76,6 @@ def last_token_attention(language_model: nn.Module, hidden_states: torch.Tensor,
     return attention_rows(language_model, hidden_states, position_ids, mask, last, layer_idx).mean(dim=(0, 1))
 
 
-DEFAULT_INSTRUCTION_ROWS = INSTRUCTION_ROWS[0]
 
 
 def check_instruction_rows(rows: str) -> str:

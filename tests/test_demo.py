@@ -527,6 +527,12 @@ def test_evaluate_cli_scores_the_methods_asked_for(tmp_path, capsys):
     assert "\ndivprune " in table and "\ndart " in table
     assert main(["evaluate", "--methods", "magic"]) == 2
     assert "unknown method 'magic'" in capsys.readouterr().err
+    assert main(["evaluate", "--methods", "a0", "--ratios", "0.5", "--n", "2", "--family", "qwen2_vl", "--modality",
+                 "image", "--threads", "1", "--instruction-rows", "last", "--json", str(out)]) == 0
+    (a0,) = [r for r in json.loads(out.read_text()) if r["method"] == "a0"]
+    assert a0["instruction_rows"] == "last" and a0["n"] == 2
+    assert main(["evaluate", "--methods", "tcc", "--instruction-rows", "last"]) == 2
+    assert "demo compressors learned from the after_last_visual rows" in capsys.readouterr().err
     bad = [(["--device", "gpu0"], "argument --device: 'gpu0' is not a torch device; use cpu, cuda or cuda:N"),
            (["--n", "0"], "argument --n: 0 is not a positive whole number"),
            (["--ratios", "50"], "argument --ratios: keep_ratio must be in (0, 1]")]

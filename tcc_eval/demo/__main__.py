@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from ..cpu_memory import keep_freed_cpu_memory
+from ..options import DEFAULT_INSTRUCTION_ROWS, INSTRUCTION_ROWS
 
 
 def keep_ratio_arg(text: str) -> float:
@@ -59,10 +60,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if args.instruction_rows != DEFAULT_INSTRUCTION_ROWS and "tcc" in methods:
+        print(f"error: the demo compressors learned from the {DEFAULT_INSTRUCTION_ROWS} rows, so tcc cannot read "
+              f"{args.instruction_rows}: leave tcc out of --methods (a0 reads any rule)", file=sys.stderr)
+        return 2
     start = time.time()
     rows = evaluate(seed=args.seed, n=args.n, families=args.family, modalities=args.modality, methods=methods,
                     ratios=tuple(args.ratios), root=demo_root(args.root, args.variant), batch_size=args.batch_size,
-                    device=args.device)
+                    device=args.device, instruction_rows=args.instruction_rows)
     print(format_table(rows))
     print(f"\nevaluated in {time.time() - start:.0f}s")
     if args.json:
@@ -155,6 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--device", default="cpu", type=device_arg,
                    help="cpu (default, fp32: how the committed tables were measured) or cuda (bf16, else fp16)")
     e.add_argument("--threads", type=int, default=2)
+    e.add_argument("--instruction-rows", default=DEFAULT_INSTRUCTION_ROWS, choices=INSTRUCTION_ROWS,
+                   help=f"which text rows' layer-0 attention a0 reads (default {DEFAULT_INSTRUCTION_ROWS}; tcc: only "
+                        f"that one, the demo compressors' rule)")
     e.add_argument("--json", default=None, help="write the rows as JSON here")
     e.set_defaults(func=cmd_evaluate)
 

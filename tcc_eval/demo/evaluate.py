@@ -24,6 +24,7 @@ from ..api import default_dtype, load_hf_model, on_model_device, wrap_model
 from ..core import keep_positions
 from ..flops import INSIDE_LLM_METHODS, LAYER_K_METHODS
 from ..methods import ALL_METHODS
+from ..options import DEFAULT_INSTRUCTION_ROWS
 from ..oracle import METHOD_RULE, RELEVANCE_RULES, answer_row_maps, draft_answer, relevance_row, single_view
 from . import FAMILIES, MODALITIES, benchmark, compressor_path, model_dir
 from .regions import token_regions
@@ -186,10 +187,11 @@ def inside_llm_model(model, method: str, ratio: float) -> tuple[Any, str]:
 def evaluate_model(
     model, processor, samples: list[synth.SynthSample], compressor: Any,
     methods: Iterable[str] = METHODS, ratios: Iterable[float] = RATIOS, batch_size: int = 16,
-    log: Callable[[str], None] = lambda _: None,
+    log: Callable[[str], None] = lambda _: None, instruction_rows: str = DEFAULT_INSTRUCTION_ROWS,
 ) -> list[dict[str, Any]]:
     """Rows {method, ratio, accuracy, n, ...} for one model on one sample set (one modality); ``compressor``
-    takes what ``wrap_model`` does (a {modality: checkpoint} dict names which modality the file is for)."""
+    takes what ``wrap_model`` does (a {modality: checkpoint} dict names which modality the file is for);
+    ``instruction_rows``: the rows a0 and tcc read (a row says so when they are not the default)."""
     letters = {v: k for k, v in letter_ids(processor.tokenizer).items()}
     batches = make_batches(model, processor, samples, batch_size)
     rows: list[dict[str, Any]] = [{"method": "chance", "ratio": 1.0, "accuracy": chance(samples), "n": len(samples)}]
@@ -212,7 +214,10 @@ def evaluate_model(
             else:
                 if method == "tcc" and compressor is None:
                     raise ValueError("method tcc needs a compressor path")
-                pruned = wrap_model(model, method=method, keep_ratio=ratio, compressor=compressor)
+                pruned = wrap_model(model, method=method, keep_ratio=ratio, compressor=compressor,
+                                    instruction_rows=instruction_rows)
+                if method in ("a0", "tcc") and instruction_rows != DEFAULT_INSTRUCTION_ROWS:
+                    extra["instruction_rows"] = instruction_rows
                 if recorder is None or method == "visionzip":  # VisionZip's scores depend on the budget
                     recorder = RecordingScorer(pruned.scorer)
                 pruned.scorer = recorder
@@ -332,6 +337,7 @@ def evaluate(
     seed: int = 1, n: int = 200, families: Iterable[str] = FAMILIES, modalities: Iterable[str] = MODALITIES,
     methods: Iterable[str] = METHODS, ratios: Iterable[float] = RATIOS, root: str | None = None,
     batch_size: int = 16, log: Callable[[str], None] = print, device: str = "cpu",
+    instruction_rows: str = DEFAULT_INSTRUCTION_ROWS,
 ) -> list[dict[str, Any]]:
     """All rows for the demo models on a test split (``split="test"``, never used in training) of the
     benchmark each model was trained on; modalities a model was not trained on are skipped. ``device``
@@ -352,7 +358,8 @@ def evaluate(
             comp = compressor_path(family, modality, root)
             log(f"{family} / {modality}: {n} samples, seed {seed}")
             for row in evaluate_model(model, processor, samples, {modality: str(comp)} if comp.exists() else None,
-                                      [m for m in methods if m != "tcc" or comp.exists()], ratios, batch_size, log):
+                                      [m for m in methods if m != "tcc" or comp.exists()], ratios, batch_size, log,
+                                      instruction_rows):
                 rows.append({"model": family, "modality": modality, "seed": seed, **row})
     return rows
 
