@@ -122,8 +122,10 @@ def model_type_of(model_path: str | os.PathLike) -> tuple[str, str | os.PathLike
         raise ValueError(f"cannot read a model config from {str(model_path)!r}: {err}") from err
 
 
-def load_hf_model(model_path: str | os.PathLike, device: torch.device, dtype: torch.dtype, attn: str = "sdpa"):
-    """Load model + processor exactly like a hub checkpoint; refuse families we cannot prune."""
+def load_hf_model(model_path: str | os.PathLike, device: torch.device, dtype: torch.dtype, attn: str = "sdpa",
+                  conv_mode: str | None = None, known_as: str | None = None):
+    """Load model + processor exactly like a hub checkpoint; refuse families we cannot prune. VILA1.5 only:
+    ``conv_mode`` picks its template, ``known_as`` (a hub id) names it where the folder's name does not."""
     model_type, model_path = model_type_of(model_path)
     if model_type not in ADAPTERS:
         raise ValueError(
@@ -135,7 +137,7 @@ def load_hf_model(model_path: str | os.PathLike, device: torch.device, dtype: to
 
         model = VilaForConditionalGeneration.from_pretrained(model_path, dtype=dtype, device=device,
                                                             attn_implementation=attn)
-        processor = VilaProcessor.from_pretrained(model_path)
+        processor = VilaProcessor.from_pretrained(model_path, conv_mode=conv_mode, known_as=known_as)
         processor.end_answers_at_template_stop(model)
         return model.eval(), processor
     from transformers import AutoModelForImageTextToText, AutoProcessor

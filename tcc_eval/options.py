@@ -75,6 +75,11 @@ def check_option_values(options: Mapping[str, Any]) -> None:
     def fail(name: str, expected: str) -> None:
         raise ValueError(f"{name}={options[name]!r}: expected {expected}")
 
+    unknown = sorted(set(options) - set(OPTION_DEFAULTS))
+    if unknown:
+        raise ValueError(f"unknown method option {', '.join(map(repr, unknown))}; the options are "
+                         f"{', '.join(sorted(OPTION_DEFAULTS))}")
+
     def number(name: str, kind: type) -> float:
         try:
             return kind(str(options[name]))

@@ -76,8 +76,6 @@ def last_token_attention(language_model: nn.Module, hidden_states: torch.Tensor,
     return attention_rows(language_model, hidden_states, position_ids, mask, last, layer_idx).mean(dim=(0, 1))
 
 
-
-
 def check_instruction_rows(rows: str) -> str:
     """``rows`` if it names an instruction-rows rule, else the error that lists them."""
     if rows not in INSTRUCTION_ROWS:

@@ -101,7 +101,9 @@ def render(family: str, modality: str, n: int, seed: int, ratio: float, methods:
         model, processor = load_demo(family, root)
         samples = samples_for(family, modality, n, seed, root)  # the benchmark (variant) the model was trained on
     compressor = {modality: compressor or str(compressor_path(family, modality, root))}  # this modality's compressor
-    instruction_rows = load_compressor(compressor[modality]).instruction_rows  # a0 and tcc read the rows it learned
+    instruction_rows = DEFAULT_INSTRUCTION_ROWS
+    if "tcc" in methods:  # a0 and tcc read the rows the compressor learned
+        instruction_rows = load_compressor(compressor[modality]).instruction_rows
     rows = []
     for sample in samples:
         row = []

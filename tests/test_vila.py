@@ -270,8 +270,12 @@ def test_templates_follow_the_checkpoint_name(recwarn):
     assert mode(hub.format("Llama-3-VILA1.5-8b")) == "llama_3_vila1.5"
     assert mode(hub.format("VILA1.5-13b")) == mode("/m/VILA1.5-3b") == "vicuna_v1" and not recwarn.list
     assert mode("/m/my_vila", Vocab("<|im_start|>")) == "hermes-2" and not recwarn.list
-    with pytest.warns(UserWarning, match="fits two templates: llama_3.*pass conv_mode=llama_3_vila1.5"):
+    with pytest.warns(UserWarning, match='fits two templates: llama_3.*add "conv_mode": "llama_3_vila1.5" to its '
+                                         'config.json'):
         assert mode("/m/my_vila", Vocab("<|eot_id|>")) == "llama_3"
+    registry = SimpleNamespace(conv_mode=None, name_or_path="/m/my_vila")  # a folder a registry knows by its hub id
+    assert resolve_conv_mode(registry, Vocab("<|eot_id|>"), known_as="Efficient-Large-Model/Llama-3-VILA1.5-8b") \
+        == "llama_3_vila1.5"
     explicit = SimpleNamespace(conv_mode="vicuna_v1", name_or_path=hub.format("Llama-3-VILA1.5-8b"))
     assert resolve_conv_mode(explicit, Vocab()) == "vicuna_v1"  # the checkpoint's config.json says
 
@@ -322,7 +326,15 @@ def test_published_tokenizer_without_image_token_uses_vila_placeholder(tmp_path)
     assert (out[:, -3:] >= 0).all()
     # a repetition penalty reads the prompt's ids, of which the -200 placeholders add none: HF's penalty on the
     # prompt's text ids, applied by hand to the first answer token's unpenalised logits, picks the same token
-    penalised = model.generate(**inputs, max_new_tokens=3, do_sample=False, repetition_penalty=5.0)
+    handed = []
+    original = model.llm.generate
+    model.llm.generate = lambda **kwargs: handed.append(kwargs["input_ids"]) or original(**kwargs)
+    try:
+        penalised = model.generate(**inputs, max_new_tokens=3, do_sample=False, repetition_penalty=5.0)
+    finally:
+        del model.llm.generate
+    text_ids = inputs["input_ids"][inputs["input_ids"] >= 0]
+    assert set(handed[0].flatten().tolist()) == set(text_ids.tolist())  # the placeholders add no id of their own
     assert torch.equal(penalised[:, : inputs["input_ids"].shape[1]], inputs["input_ids"])
     with torch.no_grad():
         logits = model(**inputs).logits[0, -1]

@@ -104,6 +104,25 @@ def test_vlmeval_conv_mode_rule():
     assert {name: vlmeval_vila_conv_mode(name) for name in names} == names
 
 
+def test_a_folder_that_names_nothing_takes_its_registry_bases_template(tiny_vila, tmp_path, recwarn):
+    """A VILA15 checkpoint in a folder whose name says nothing and whose config.json names no template gets
+    Llama-3-VILA1.5-8b's (the registry's hub id), not the Llama-3 vocabulary's guess; a config.json that names
+    one keeps it."""
+    import shutil
+
+    from tcc_eval.integrations.vlmeval.wrappers import TCCVILA
+
+    folder = tmp_path / "ckpt"
+    shutil.copytree(tiny_vila, folder)
+    config = json.loads((folder / "config.json").read_text())
+    del config["conv_mode"]
+    (folder / "config.json").write_text(json.dumps(config))
+    assert TCCVILA(base="VILA15", model_path=str(folder)).conv_mode == "llama_3_vila1.5"
+    assert not [w for w in recwarn.list if "fits two templates" in str(w.message)]
+    (folder / "config.json").write_text(json.dumps({**config, "conv_mode": "vicuna_v1"}))
+    assert TCCVILA(base="VILA15", model_path=str(folder)).conv_mode == "vicuna_v1"
+
+
 # --- prompts against the upstream wrappers, run on a stand-in `llava` package --------------------------
 class FakeConversation:
     """VILA's Conversation as the wrappers use it; the text comes from our template of the same name."""

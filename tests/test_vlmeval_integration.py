@@ -210,6 +210,10 @@ def test_config_json_passes_method_options(registered):
     with pytest.raises(ValueError, match="instruction_rows=after_last_visual, but this run asks for "
                                          "instruction_rows=last: pass instruction_rows=after_last_visual"):
         build_model_from_config(tcc, "TinyQwen2VL_TCC50")
+    with pytest.raises(ValueError, match="unknown method option 'instrucion_rows'; the options are budget, "
+                                         "contextual_share, fastv_k, instruction_rows"):
+        build_model_from_config({"TinyQwen2VL_A050": {"method_options": {"instrucion_rows": "last"}}},
+                                "TinyQwen2VL_A050")
     with pytest.raises(ValueError, match="instruction_rows='lst': expected after_last_visual or"):
         build_model_from_config({"TinyQwen2VL_A050": {"method_options": {"instruction_rows": "lst"}}},
                                 "TinyQwen2VL_A050")

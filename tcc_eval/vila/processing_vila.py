@@ -120,18 +120,21 @@ def conv_mode_from_name(name: str) -> str | None:
     return next((mode for key, mode in CHECKPOINT_CONV_MODES.items() if key in name), None)
 
 
-def resolve_conv_mode(config: VilaConfig, tokenizer, conv_mode: str | None = None) -> str:
-    """Explicit argument, else config.json's ``conv_mode``, else the checkpoint name, else the tokenizer's style
-    (a Llama-3 vocabulary: VILA's current ``llama_3``, with a warning: the two 8B checkpoints share that vocabulary
-    but not their template)."""
-    mode = conv_mode or config.conv_mode or conv_mode_from_name(config.name_or_path)
+def resolve_conv_mode(config: VilaConfig, tokenizer, conv_mode: str | None = None,
+                      known_as: str | None = None) -> str:
+    """Explicit argument, else config.json's ``conv_mode``, else the checkpoint's folder name, else ``known_as``
+    (the hub id a registry knows the folder by), else the tokenizer's style (a Llama-3 vocabulary: VILA's current
+    ``llama_3``, with a warning: the two 8B checkpoints share that vocabulary but not their template)."""
+    mode = (conv_mode or config.conv_mode or conv_mode_from_name(config.name_or_path)
+            or conv_mode_from_name(known_as or ""))
     if mode is None:
         vocab = tokenizer.get_vocab()
         mode = "llama_3" if "<|eot_id|>" in vocab else "hermes-2" if "<|im_start|>" in vocab else "vicuna_v1"
         if mode == "llama_3":
             warnings.warn(f"{config.name_or_path} names no VILA checkpoint, and its Llama-3 vocabulary fits two "
-                          f"templates: llama_3 (Llama-3-VILA1.5-8B-Fix, VILA's main branch) is used; pass "
-                          f"conv_mode=llama_3_vila1.5 (lmms-eval: conv_template=) for the original Llama-3-VILA1.5-8b")
+                          f"templates: llama_3 (Llama-3-VILA1.5-8B-Fix, VILA's main branch) is used. For the "
+                          f"original Llama-3-VILA1.5-8b add \"conv_mode\": \"llama_3_vila1.5\" to its config.json "
+                          f"(or pass conv_mode= in VLMEvalKit, conv_template= in lmms-eval)", stacklevel=2)
     if mode not in CHAT_TEMPLATES:
         raise ValueError(f"unknown VILA conv_mode {mode!r}; choose one of {sorted(CHAT_TEMPLATES)}")
     return mode
@@ -267,7 +270,8 @@ class VilaProcessor:
         self.template = CHAT_TEMPLATES[self.conv_mode]
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, conv_mode: str | None = None) -> "VilaProcessor":
+    def from_pretrained(cls, path: str | Path, conv_mode: str | None = None,
+                        known_as: str | None = None) -> "VilaProcessor":
         from transformers import AutoTokenizer
 
         root = Path(path)
@@ -277,7 +281,8 @@ class VilaProcessor:
         if not preprocessor.is_file():
             raise FileNotFoundError(f"{preprocessor} is missing: VILA checkpoints keep the image processor settings "
                                     f"(size, image_mean, image_std) next to the vision tower")
-        return cls(tokenizer, VilaImageSpec.from_dict(json.loads(preprocessor.read_text())), config, conv_mode)
+        return cls(tokenizer, VilaImageSpec.from_dict(json.loads(preprocessor.read_text())), config,
+                   resolve_conv_mode(config, tokenizer, conv_mode, known_as))
 
     def save_pretrained(self, out_dir: str | Path) -> None:
         """Tokenizer into ``llm/`` and the image settings into ``vision_tower/``, as VILA stores them."""

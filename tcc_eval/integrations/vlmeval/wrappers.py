@@ -34,8 +34,7 @@ from model_registry import (
 
 from ... import api
 from ...adapters import adapter_for
-from ...vila import VilaProcessor
-from ...vila.processing_vila import IMAGE_PLACEHOLDER, conv_mode_from_name
+from ...vila.processing_vila import IMAGE_PLACEHOLDER
 from .. import rank_device
 from . import records
 
@@ -158,7 +157,11 @@ class TCCModelMixin:
         """The pruned model for ``modality`` (TCC has one compressor per modality; others share one)."""
         key = modality if self.method == "tcc" else "any"
         if key not in self._pruned:
-            compressor = resolve_compressor(self.base, modality, self.compressor) if self.method == "tcc" else None
+            compressor = None
+            if self.method == "tcc":
+                compressor = resolve_compressor(self.base, modality, self.compressor)
+                if self.compressor is None:  # the registry's <Base>_<modality>.pt: checked against its modality
+                    compressor = {modality: compressor}
             self._pruned[key] = api.wrap_model(
                 self.hf_model, method=self.method, keep_ratio=self.keep_ratio, compressor=compressor,
                 **self.method_options,
@@ -371,14 +374,12 @@ class TCCVILA(TCCModelMixin, VilaChat):
         self.conv_mode = self.processor.conv_mode  # as VLMEvalKit's VILA exposes it
 
     def _load(self, attn: str):
-        """VILA1.5 folders are read part by part (a hub id is downloaded first); the processor gets the template."""
-        model, processor = api.load_hf_model(local_folder(self.model_path), self.device, self.dtype, attn=attn)
-        # the registry's hub id speaks for a local folder whose name says nothing
-        conv_mode = (self._conv_mode_arg or vlmeval_vila_conv_mode(self.model_path)
-                     or conv_mode_from_name(self.base.hf_id or ""))
-        processor = VilaProcessor(processor.tokenizer, processor.image_spec, processor.config, conv_mode)
-        processor.end_answers_at_template_stop(model)  # the oracle's draft answer stops where this wrapper does
-        return model, processor
+        """VILA1.5 folders are read part by part (a hub id is downloaded first). The template: ``conv_mode``,
+        else VLMEvalKit's name rule, else the checkpoint's own (its config.json, its folder's name, then the
+        registry base's hub id, then its vocabulary)."""
+        return api.load_hf_model(local_folder(self.model_path), self.device, self.dtype, attn=attn,
+                                 conv_mode=self._conv_mode_arg or vlmeval_vila_conv_mode(self.model_path),
+                                 known_as=self.base.hf_id)
 
 
 # Qwen2.5-VL checkpoints run through Qwen2VLChat in VLMEvalKit too (it picks the model class from the config).
