@@ -114,6 +114,12 @@ CHECKPOINT_CONV_MODES = {
 }
 
 
+def _eos_ids(model: Any) -> set[int]:
+    """The EOS ids a model's generation config lists (one id, a list, or none)."""
+    eos = model.generation_config.eos_token_id
+    return set(eos if isinstance(eos, list) else [] if eos is None else [eos])
+
+
 def conv_mode_from_name(name: str) -> str | None:
     """The template of a published checkpoint, from its hub id or folder name (None: not one of them)."""
     name = name.lower()
@@ -262,11 +268,12 @@ class VilaProcessor:
     """Turns chat messages / placeholder text + images / videos into ``input_ids``, ``attention_mask``,
     ``pixel_values`` for :class:`VilaForConditionalGeneration` (left padding for batches)."""
 
-    def __init__(self, tokenizer, image_spec: VilaImageSpec, config: VilaConfig, conv_mode: str | None = None):
+    def __init__(self, tokenizer, image_spec: VilaImageSpec, config: VilaConfig, conv_mode: str | None = None,
+                 known_as: str | None = None):
         self.tokenizer = tokenizer
         self.image_spec = image_spec
         self.config = config
-        self.conv_mode = resolve_conv_mode(config, tokenizer, conv_mode)
+        self.conv_mode = resolve_conv_mode(config, tokenizer, conv_mode, known_as)
         self.template = CHAT_TEMPLATES[self.conv_mode]
 
     @classmethod
@@ -281,8 +288,8 @@ class VilaProcessor:
         if not preprocessor.is_file():
             raise FileNotFoundError(f"{preprocessor} is missing: VILA checkpoints keep the image processor settings "
                                     f"(size, image_mean, image_std) next to the vision tower")
-        return cls(tokenizer, VilaImageSpec.from_dict(json.loads(preprocessor.read_text())), config,
-                   resolve_conv_mode(config, tokenizer, conv_mode, known_as))
+        return cls(tokenizer, VilaImageSpec.from_dict(json.loads(preprocessor.read_text())), config, conv_mode,
+                   known_as)
 
     def save_pretrained(self, out_dir: str | Path) -> None:
         """Tokenizer into ``llm/`` and the image settings into ``vision_tower/``, as VILA stores them."""
@@ -311,9 +318,7 @@ class VilaProcessor:
         """Where VILA's evaluation ends an answer: the template's separator (its keyword criterion) and the LLM's
         own EOS ids (its generation config, which VILA's generate keeps), with the tokenizer's EOS (the same id in
         the published checkpoints' LLM folders)."""
-        eos = model.generation_config.eos_token_id
-        own = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
-        return sorted(own | set(self.stop_token_ids))
+        return sorted(_eos_ids(model) | set(self.stop_token_ids))
 
     def end_answers_at_template_stop(self, model: Any) -> None:
         """Add the template's stop token to the model's EOS ids. VILA's evaluation stops at the template's
@@ -321,8 +326,7 @@ class VilaProcessor:
         <|eot_id|>); with it there, every generate that passes no EOS of its own (the oracle's draft answer,
         compressor labels, ``tcc_eval.load``) ends an answer where the frameworks do."""
         stop_ids = self.answer_stop_ids(model)
-        eos = model.generation_config.eos_token_id
-        if set(stop_ids) != set(eos if isinstance(eos, list) else [eos]):
+        if set(stop_ids) != _eos_ids(model):
             model.generation_config.eos_token_id = stop_ids
 
     def batch_decode(self, *args, **kwargs) -> list[str]:
