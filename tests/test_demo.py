@@ -513,6 +513,7 @@ def test_evaluate_cli_scores_the_methods_asked_for(tmp_path, capsys):
     """--methods picks the methods (any of tcc_eval's, DivPrune and DART included), the table shows each; an
     unknown one is named, exit 2."""
     from tcc_eval.demo.__main__ import main
+    from tcc_eval.demo.evaluate import evaluate
 
     out = tmp_path / "rows.json"
     assert main(["evaluate", "--methods", "divprune", "dart", "--ratios", "0.5", "--n", "2", "--family", "qwen2_vl",
@@ -533,6 +534,8 @@ def test_evaluate_cli_scores_the_methods_asked_for(tmp_path, capsys):
     assert a0["instruction_rows"] == "last" and a0["n"] == 2
     assert main(["evaluate", "--methods", "tcc", "--instruction-rows", "last"]) == 2
     assert "demo compressors learned from the after_last_visual rows" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="leave tcc out of the methods"):  # the Python API, before any model loads
+        evaluate(n=2, methods=["a0", "tcc"], instruction_rows="last", root=str(tmp_path / "no_models_here"))
     bad = [(["--device", "gpu0"], "argument --device: 'gpu0' is not a torch device; use cpu, cuda or cuda:N"),
            (["--n", "0"], "argument --n: 0 is not a positive whole number"),
            (["--ratios", "50"], "argument --ratios: keep_ratio must be in (0, 1]")]

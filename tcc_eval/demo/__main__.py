@@ -51,18 +51,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     from ..methods import check_method
     from . import demo_root
-    from .evaluate import METHODS, evaluate, format_table
+    from .evaluate import METHODS, check_demo_rows, evaluate, format_table
 
     methods = tuple(args.methods or METHODS)
     try:
         for method in methods:
             check_method(method)
+        check_demo_rows(methods, args.instruction_rows)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2
-    if args.instruction_rows != DEFAULT_INSTRUCTION_ROWS and "tcc" in methods:
-        print(f"error: the demo compressors learned from the {DEFAULT_INSTRUCTION_ROWS} rows, so tcc cannot read "
-              f"{args.instruction_rows}: leave tcc out of --methods (a0 reads any rule)", file=sys.stderr)
         return 2
     start = time.time()
     rows = evaluate(seed=args.seed, n=args.n, families=args.family, modalities=args.modality, methods=methods,

@@ -333,6 +333,13 @@ def oracle_diagnostics(model, processor, samples: list[synth.SynthSample],
     }
 
 
+def check_demo_rows(methods: Iterable[str], instruction_rows: str) -> None:
+    """Refuse tcc under a rule its demo compressors did not learn, before any model loads."""
+    if instruction_rows != DEFAULT_INSTRUCTION_ROWS and "tcc" in methods:
+        raise ValueError(f"the demo compressors learned from the {DEFAULT_INSTRUCTION_ROWS} rows, so tcc cannot read "
+                         f"{instruction_rows}: leave tcc out of the methods (a0 reads any rule)")
+
+
 def evaluate(
     seed: int = 1, n: int = 200, families: Iterable[str] = FAMILIES, modalities: Iterable[str] = MODALITIES,
     methods: Iterable[str] = METHODS, ratios: Iterable[float] = RATIOS, root: str | None = None,
@@ -342,6 +349,8 @@ def evaluate(
     """All rows for the demo models on a test split (``split="test"``, never used in training) of the
     benchmark each model was trained on; modalities a model was not trained on are skipped. ``device``
     as ``load_demo`` takes it."""
+    methods = tuple(methods)
+    check_demo_rows(methods, instruction_rows)
     rows = []
     for modality in modalities:
         splits: dict[str | None, list[synth.SynthSample]] = {}  # families trained on one benchmark share its split
