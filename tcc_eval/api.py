@@ -12,7 +12,7 @@ from .adapters import ADAPTERS, adapter_for
 from .flops import INSIDE_LLM_METHODS
 from .methods import (VISIONZIP_CONTEXTUAL_SHARE, A0Scorer, Scorer, TCCScorer, VisionZip, check_method,
                       divprune_scorer, pool_merger, random_scorer, uniform_scorer)
-from .probe import DEFAULT_INSTRUCTION_ROWS
+from .options import DEFAULT_INSTRUCTION_ROWS
 from .pruned import TokenPrunedModel, check_positions
 
 log = logging.getLogger("tcc_eval")
@@ -240,7 +240,7 @@ def wrap_model(
     kept tokens of an input-stage method consecutive position ids instead of their original ones (1-D ids only;
     the methods that prune inside the LLM refuse it: their first layers' cache holds the original ids).
     ``instruction_rows`` (a0 and tcc) picks the text rows whose layer-0 attention scores the visual tokens
-    (``probe.INSTRUCTION_ROWS``; a tcc compressor must have been labelled with the same rule)."""
+    (``options.INSTRUCTION_ROWS``; a tcc compressor must have been labelled with the same rule)."""
     check_method(method)
     if method in INSIDE_LLM_METHODS and positions != "original":
         raise ValueError(f"positions={positions!r} applies to methods that prune before the LLM; {method} prunes "

@@ -58,7 +58,8 @@ from .flops import (
     pyramid_stage_layers,
     pyramid_stage_ratio,
 )
-from .probe import DEFAULT_INSTRUCTION_ROWS, instruction_to_visual
+from .options import DEFAULT_INSTRUCTION_ROWS
+from .probe import instruction_to_visual
 
 METHODS = ("none", "tcc", "fastv_same_kept", "fastv_same_avg_retention", "dart_same_avg_retention",
            "pdrop_same_avg_retention", "limit")

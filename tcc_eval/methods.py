@@ -16,7 +16,8 @@ import torch
 from .adapters.base import NO_PATCHES, MLLMAdapter
 from .core import check_keep_ratio, keep_count, pick_order_scores
 from .flops import INSIDE_LLM_METHODS
-from .probe import DEFAULT_INSTRUCTION_ROWS, check_instruction_rows, instruction_to_visual
+from .options import DEFAULT_INSTRUCTION_ROWS, check_instruction_rows
+from .probe import instruction_to_visual
 
 
 @dataclass
@@ -45,7 +46,7 @@ class SampleView:
 
     def layer0_attention(self, rows: str = DEFAULT_INSTRUCTION_ROWS) -> torch.Tensor:
         """Instruction -> visual attention of LLM layer 0 (the compressor's input), from the ``rows`` rule's
-        instruction rows (``probe.INSTRUCTION_ROWS``)."""
+        instruction rows (``options.INSTRUCTION_ROWS``)."""
         return instruction_to_visual(self.adapter.language_model, self.inputs_embeds, self.position_ids,
                                      self.attention_mask, self.visual, rows=rows)
 

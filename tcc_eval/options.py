@@ -103,3 +103,11 @@ def check_option_values(options: Mapping[str, Any]) -> None:
         layers = [int(p) for p in parts if p.strip().isdigit()]
         if len(layers) != len(parts) or min(layers, default=0) < 1 or layers != sorted(set(layers)):
             fail("pdrop_layers", "increasing layer indices from 1, joined by '/' (or a list), e.g. 2/14/21")
+
+
+def check_instruction_rows(rows: str) -> str:
+    """``rows`` if it names an instruction-rows rule, else the error that lists them."""
+    if rows not in INSTRUCTION_ROWS:
+        raise ValueError(f"instruction_rows={rows!r}: expected one of {', '.join(INSTRUCTION_ROWS)} (which text rows' "
+                         f"layer-0 attention scores the visual tokens; default {DEFAULT_INSTRUCTION_ROWS})")
+    return rows

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .methods import SampleView, Scorer
-from .probe import DEFAULT_INSTRUCTION_ROWS
+from .options import DEFAULT_INSTRUCTION_ROWS
 
 
 @dataclass

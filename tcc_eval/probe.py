@@ -12,7 +12,7 @@ import sys
 import torch
 from torch import nn
 
-from .options import DEFAULT_INSTRUCTION_ROWS, INSTRUCTION_ROWS
+from .options import DEFAULT_INSTRUCTION_ROWS, check_instruction_rows
 
 
 def _rotary_fn(attn: nn.Module):
@@ -74,14 +74,6 @@ def last_token_attention(language_model: nn.Module, hidden_states: torch.Tensor,
     last = torch.tensor([length - 1], device=hidden_states.device)
     mask = torch.ones(1, length, dtype=torch.long, device=hidden_states.device)
     return attention_rows(language_model, hidden_states, position_ids, mask, last, layer_idx).mean(dim=(0, 1))
-
-
-def check_instruction_rows(rows: str) -> str:
-    """``rows`` if it names an instruction-rows rule, else the error that lists them."""
-    if rows not in INSTRUCTION_ROWS:
-        raise ValueError(f"instruction_rows={rows!r}: expected one of {', '.join(INSTRUCTION_ROWS)} (which text rows' "
-                         f"layer-0 attention scores the visual tokens; default {DEFAULT_INSTRUCTION_ROWS})")
-    return rows
 
 
 def instruction_rows(valid: torch.Tensor, visual: torch.Tensor, rows: str = DEFAULT_INSTRUCTION_ROWS) -> torch.Tensor:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from .probe import DEFAULT_INSTRUCTION_ROWS
+from .options import DEFAULT_INSTRUCTION_ROWS
 
 BLANK = (60, 60, 60)
 GT = (40, 220, 60)

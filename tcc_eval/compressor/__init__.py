@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..probe import DEFAULT_INSTRUCTION_ROWS
+from ..options import DEFAULT_INSTRUCTION_ROWS
 from .network import CompressorConfig, TokenCompressor, kl_loss, make_target, pad_batch
 
 CHECKPOINT_FORMAT = "tcc-compressor"

@@ -32,8 +32,8 @@ from PIL import Image
 
 from ..adapters import adapter_for
 from ..api import DTYPES, device_arg, on_model_device, positive_int, read_video, uniform_indices, video_timing_options
+from ..options import DEFAULT_INSTRUCTION_ROWS, INSTRUCTION_ROWS
 from ..oracle import METHOD_RULE, RELEVANCE_RULES, answer_tokens, explain_inputs
-from ..probe import DEFAULT_INSTRUCTION_ROWS, INSTRUCTION_ROWS
 
 HELP = "generate training labels (oracle relevance) with an MLLM"
 DESCRIPTION = """\

@@ -21,8 +21,8 @@ from typing import Any
 import torch
 
 from ..api import device_arg, positive_int
+from ..options import DEFAULT_INSTRUCTION_ROWS
 from ..oracle import METHOD_RULE, RELEVANCE_RULES
-from ..probe import DEFAULT_INSTRUCTION_ROWS
 from . import MATCH_KEYS, describe, load_compressor, save_compressor
 from .labels import instruction_rows_of
 from .network import (
