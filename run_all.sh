@@ -114,7 +114,9 @@ if [[ "$SUITE" == demo ]]; then
   LMMS_MODELS=()
   for family in "${BUILT[@]}"; do
     ckpt=$($PY -m tcc_eval.demo paths | $PY -c "import json,sys; print(json.load(sys.stdin)['$family']['model'])")
-    LMMS_MODELS+=("${family}_tcc|pretrained=$ckpt")
+    # llava_hf reads max_frames_num frames of a video (default 32): the demo's videos have 8, all of them read
+    frames=""; [[ "$family" != llava_onevision ]] || frames=",max_frames_num=8"
+    LMMS_MODELS+=("${family}_tcc|pretrained=$ckpt$frames")
   done
 elif [[ "$SUITE" == paper ]]; then
   VLMEVAL_BASES=(Qwen2VL LLaVAOV VILA15)

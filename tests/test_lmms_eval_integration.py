@@ -187,6 +187,75 @@ def test_method_none_matches_upstream_inputs_and_answers(kind, family, tasks, ti
         assert all(r["visual_after"] == r["visual_before"] > 0 and r["keep_ratio"] == 1.0 for r in records)
 
 
+def test_llava_chat_reads_a_video_as_the_simple_wrapper_does(tiny_checkpoints, task_manager, tmp_path):
+    """Upstream chat llava_hf hands a video's path to the HF processor, which decodes every frame (none sampled by
+    default): ours reads it with upstream's own load_video, max_frames_num frames, as the simple llava_hf does."""
+    from tcc_eval.integrations.lmms_eval import models
+
+    pretrained, frames = tiny_checkpoints["llava_onevision"], 3  # the synthetic videos have 8 frames
+    pixels = []
+    for cls in (models.LlavaOneVisionTCCChat, models.LlavaOneVisionTCC):
+        ours = cls(pretrained=pretrained, device="cpu", method="none", max_frames_num=frames,
+                   efficiency_dir=str(tmp_path / cls.__name__))
+        calls, answers = evaluate(ours, ["tccsynth_vid"], task_manager)
+        assert len(calls) == LIMIT and all(len(a) == 1 for a in answers["tccsynth_vid"].values())
+        (path,) = (tmp_path / cls.__name__).glob("*_tccsynth_vid_efficiency.jsonl")
+        docs = [record["index"] for record in read_records(path)]  # the two wrappers order their requests apart
+        pixels.append({doc: call["pixel_values_videos"] for doc, call in zip(docs, calls)})
+    chat, simple = pixels
+    assert sorted(chat) == sorted(simple) == list(range(LIMIT))
+    for doc in chat:
+        assert chat[doc].shape[1] == frames
+        assert torch.equal(chat[doc], simple[doc])
+
+
+@pytest.mark.parametrize("cls_name", ["LlavaOneVisionTCCChat", "LlavaOneVisionTCC"])
+def test_llava_generate_failure_stops_the_run(cls_name, tiny_checkpoints, task_manager, tmp_path):
+    """Upstream llava_hf scores a generate that raises as an empty answer; ours stops, naming the doc and the
+    error, rather than report a silently lower score. Likelihood tasks are refused by name."""
+    from tcc_eval.integrations.lmms_eval import models
+
+    ours = getattr(models, cls_name)(pretrained=tiny_checkpoints["llava_onevision"], device="cpu", method="none",
+                                     efficiency_dir=str(tmp_path))
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory (stand-in)")
+
+    ours._model.pruned.generate = out_of_memory
+    with pytest.raises(models.GenerationFailed,
+                       match=r"generate failed on tccsynth_img doc \d \(RuntimeError: CUDA out of memory.*max_frames_num"):
+        evaluate(ours, ["tccsynth_img"], task_manager)
+    with pytest.raises(NotImplementedError, match="llava_onevision_tcc serves generation tasks"):
+        ours.loglikelihood([])
+
+
+def test_qwen2_vl_right_padded_batches_warn_and_answer_as_one_by_one(tiny_checkpoints, task_manager, tmp_path):
+    """The real Qwen2-VL tokenizers pad on the right, and upstream qwen2_vl batches with that side: ours warns that
+    it re-pads on the left, and its batched answers equal its one-by-one answers."""
+    from loguru import logger
+
+    from tcc_eval.integrations.lmms_eval import models
+
+    right = tmp_path / "right_padded"
+    shutil.copytree(tiny_checkpoints["qwen2_vl"], right)
+    config = json.loads((right / "tokenizer_config.json").read_text())
+    (right / "tokenizer_config.json").write_text(json.dumps({**config, "padding_side": "right"}))
+    warnings: list[str] = []
+    sink = logger.add(lambda message: warnings.append(str(message)), level="WARNING")
+    try:
+        batched = models.Qwen2VLTCC(pretrained=str(right), device="cpu", method="none", batch_size=LIMIT,
+                                    efficiency_dir=str(tmp_path / "b2"))
+    finally:
+        logger.remove(sink)
+    assert batched.processor.tokenizer.padding_side == "right"
+    assert any("moves every row's padding to the left" in w for w in warnings), warnings
+    calls, batched_answers = evaluate(batched, ["tccsynth_img"], task_manager)
+    assert len(calls) == 1 and (calls[0]["attention_mask"][:, -1] == 0).any()  # right-padded (pairs tie in length)
+    one_by_one = models.Qwen2VLTCC(pretrained=str(right), device="cpu", method="none",
+                                   efficiency_dir=str(tmp_path / "b1"))
+    assert evaluate(one_by_one, ["tccsynth_img"], task_manager)[1] == batched_answers
+
+
 def test_tcc_without_compressor_arg_takes_the_registry_files(untrained_compressor, tiny_checkpoints, task_manager,
                                                             monkeypatch, tmp_path):
     """No compressor=: $TCC_COMPRESSOR_DIR/<Base>_<modality>.pt, the files VLMEvalKit's runs of that checkpoint

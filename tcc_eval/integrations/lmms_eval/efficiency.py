@@ -137,12 +137,15 @@ def _move_aside(path: Path) -> None:
 
 class RecordingModel(nn.Module):
     """The pruned model as the wrapper sees it: after every ``generate`` it hands the call's
-    ``last_stats`` and batch size to ``on_generate``; everything else is the pruned model's."""
+    ``last_stats`` and batch size to ``on_generate``, and a failed call's error to ``on_failure`` (which may raise
+    another); everything else is the pruned model's."""
 
-    def __init__(self, pruned: nn.Module, on_generate: Callable[[dict[str, Any], int], None]):
+    def __init__(self, pruned: nn.Module, on_generate: Callable[[dict[str, Any], int], None],
+                 on_failure: Callable[[Exception], None] | None = None):
         super().__init__()
         self.pruned = pruned
         self._on_generate = on_generate
+        self._on_failure = on_failure
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -151,6 +154,11 @@ class RecordingModel(nn.Module):
             return getattr(self.pruned, name)
 
     def generate(self, *args: Any, **kwargs: Any):
-        output = self.pruned.generate(*args, **kwargs)
+        try:
+            output = self.pruned.generate(*args, **kwargs)
+        except Exception as err:
+            if self._on_failure is not None:
+                self._on_failure(err)
+            raise
         self._on_generate(dict(self.pruned.last_stats), int(output.shape[0]))
         return output

@@ -44,6 +44,7 @@ from lmms_eval.models.chat.llava_hf import LlavaHf as UpstreamLlavaHfChat
 from lmms_eval.models.simple.llava_hf import LlavaHf as UpstreamLlavaHf
 from lmms_eval.models.simple.qwen2_5_vl import Qwen2_5_VL as UpstreamQwen25VL
 from lmms_eval.models.simple.qwen2_vl import Qwen2_VL as UpstreamQwen2VL
+from loguru import logger
 
 from model_registry import (
     MODALITIES,
@@ -213,7 +214,10 @@ class TCCWrapperMixin:
             method_options={"budget": settings.budget, "seed": settings.seed, "positions": settings.positions,
                             **settings.options},
         )
-        self._model = RecordingModel(pruned, self._record)
+        self._model = RecordingModel(pruned, self._record, self._generation_failed)
+
+    def _generation_failed(self, error: Exception) -> None:
+        """Called with a failed ``generate``'s error before it propagates (upstream's handling stands)."""
 
     # --- per-sample records -------------------------------------------------------------------------
     def generate_until(self, requests: list) -> list:
@@ -291,6 +295,15 @@ class Qwen2VLTCC(_QwenTCC, UpstreamQwen2VL):
     model_id = "qwen2_vl_tcc"
     family = "qwen2_vl"
 
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if self.batch_size_per_gpu > 1 and self.processor.tokenizer.padding_side != "left":
+            logger.warning(
+                f"qwen2_vl_tcc with batch_size {self.batch_size_per_gpu}: upstream qwen2_vl pads a batch on the "
+                f"tokenizer's side, here the right, and HF's own generate answers right-padded rows wrongly. "
+                f"tcc-eval moves every row's padding to the left, so these answers (method=none included) can differ "
+                f"from upstream qwen2_vl's at this batch size; compare at --batch_size 1")
+
 
 class Qwen25VLTCC(_QwenTCC, UpstreamQwen25VL):
     """``--model qwen2_5_vl_tcc``: upstream ``qwen2_5_vl`` with a pruned model."""
@@ -299,11 +312,29 @@ class Qwen25VLTCC(_QwenTCC, UpstreamQwen25VL):
     family = "qwen2_5_vl"
 
 
+class GenerationFailed(BaseException):
+    """A failed ``generate`` of a llava_hf wrapper. A BaseException, so that it passes upstream llava_hf's
+    ``except Exception`` around ``generate``, which would log the error and score the sample as an empty answer:
+    a pruning error (or an out-of-memory) would then only show as a lower score."""
+
+
 class _LlavaHfTCC(TCCWrapperMixin):
     """What both llava_hf flavours need on top of the mixin."""
 
     model_id = "llava_onevision_tcc"
     family = "llava_onevision"
+
+    def _generation_failed(self, error: Exception) -> None:
+        docs = ", ".join(f"{task} doc {doc_id}" for task, doc_id in self._pending_docs) or "a request"
+        raise GenerationFailed(
+            f"{self.model_id}: generate failed on {docs} ({type(error).__name__}: {error}). Upstream llava_hf would "
+            f"score it as an empty answer and go on, so the run stops here instead of reporting a silently lower "
+            f"score: fix the cause (for an out-of-memory, fewer frames: max_frames_num=) and rerun") from error
+
+    def loglikelihood(self, requests: list) -> list:
+        raise NotImplementedError(
+            f"{self.model_id} serves generation tasks (output_type generate_until) only: token pruning acts in "
+            f"generate, which a likelihood score would not go through")
 
     def _set_parent_defaults(self, kwargs: dict[str, Any]) -> None:
         # upstream defaults device_map to "", which transformers 5 rejects in a single process; under
@@ -314,7 +345,8 @@ class _LlavaHfTCC(TCCWrapperMixin):
             kwargs["device_map"] = kwargs["device"]
 
     def _install_pruning(self, settings: TCCSettings, base_model: str) -> None:
-        self._image_processor = UpstreamProcessorFixes(self._image_processor)
+        self._image_processor = UpstreamProcessorFixes(self._image_processor,
+                                                       lambda path: self.load_video(path, self.max_frames_num))
         super()._install_pruning(settings, base_model)
 
 
@@ -341,7 +373,9 @@ class VilaBaseline(lmms):
     unreadable video raises instead of turning black; ``conv_template`` defaults to the checkpoint's own
     template and ``pretrained`` to Llama-3-VILA1.5-8b (upstream: hermes-2 and VILA1.5-40b, which
     tcc_eval.vila cannot load); the dtype is fp32 on CPU and bf16/fp16 on GPU unless ``dtype=`` says
-    (upstream: float16); under ``accelerate launch`` each process takes its own GPU.
+    (upstream: float16); under ``accelerate launch`` each process takes its own GPU. Upstream's model args all
+    work: ``device_map`` places the model when ``device`` is not given, and ``truncation`` and
+    ``truncate_context``, which upstream stores but never reads, are accepted and ignored.
     """
 
     def __init__(
@@ -355,8 +389,13 @@ class VilaBaseline(lmms):
         use_cache: bool = True,
         video_decode_backend: str = "decord",
         dtype: str | None = None,
+        device_map: str | None = None,
+        truncation: bool = True,
+        truncate_context: bool = False,
     ) -> None:
-        from accelerate import Accelerator
+        from datetime import timedelta
+
+        from accelerate import Accelerator, InitProcessGroupKwargs
 
         from tcc_eval.vila import VilaForConditionalGeneration, VilaProcessor
 
@@ -364,13 +403,14 @@ class VilaBaseline(lmms):
         if video_decode_backend != "decord":
             raise ValueError(f"video_decode_backend={video_decode_backend!r} is not supported by vila_tcc; use decord "
                              f"(upstream vila's other backend returns arrays its VILA1.5 preprocessing cannot resize)")
-        accelerator = Accelerator()
+        # upstream's timeout: ranks whose shares of long videos end far apart wait at the final gather
+        accelerator = Accelerator(kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(weeks=52))])
         if accelerator.num_processes > 1:
             self._device = torch.device(f"cuda:{accelerator.local_process_index}")
             self.accelerator = accelerator
             self._rank, self._world_size = accelerator.process_index, accelerator.num_processes
         else:
-            self._device = default_device(device)
+            self._device = default_device(device or (device_map if device_map != "auto" else None))
         folder = local_folder(pretrained)
         self._model = VilaForConditionalGeneration.from_pretrained(
             folder, dtype=default_dtype(self._device, dtype), device=self._device,
@@ -469,33 +509,26 @@ class VilaTCC(TCCWrapperMixin, VilaBaseline):
 
 
 class UpstreamProcessorFixes:
-    """The HF processor with two transformers-5 incompatibilities of upstream llava_hf fixed; neither
-    changes a prompt or a pixel:
+    """The HF processor with two problems of upstream llava_hf under transformers 5 fixed:
 
     - ``images=[]`` / ``videos=[]`` mean "none": upstream chat llava_hf passes ``images=[]`` for
       video-only requests, which LLaVA-OneVision's image processor rejects (IndexError);
-    - video paths are decoded here with decord (every frame, as the HF loader does without frame
-      sampling) when torchcodec, the only video decoder left in transformers 5, is not installed.
+    - a video path is read by ``load_video`` (upstream's own: ``max_frames_num`` frames at ``linspace(0, n - 1)``,
+      with decord), as the simple llava_hf reads it. Upstream chat llava_hf hands the path to the HF processor,
+      which decodes every frame (its video processor samples none by default, and without torchcodec cannot read
+      the file at all): a benchmark video of a few minutes would be thousands of frames.
+
+    Image requests keep upstream's prompt and pixels exactly.
     """
 
-    def __init__(self, processor: Any):
+    def __init__(self, processor: Any, load_video: Callable[[str], Any]):
         self.processor = processor
+        self._load_video = load_video
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.processor, name)
 
     def __call__(self, *args: Any, images: Any = None, videos: Any = None, **kwargs: Any):
         if videos:
-            videos = [_decode_all_frames(v) if isinstance(v, str) else v for v in videos]
+            videos = [self._load_video(v) if isinstance(v, (str, os.PathLike)) else v for v in videos]
         return self.processor(*args, images=images or None, videos=videos or None, **kwargs)
-
-
-def _decode_all_frames(path: str):
-    from transformers.utils.import_utils import is_torchcodec_usable
-
-    if is_torchcodec_usable(decode="video"):
-        return path
-    import decord
-
-    reader = decord.VideoReader(path, ctx=decord.cpu(0))
-    return reader.get_batch(list(range(len(reader)))).asnumpy()
