@@ -163,6 +163,76 @@ def test_read_data_tsv_and_jsonl(tmp_path):
     assert numeric[0].options == {"A": "4", "B": "5"} and numeric[1].options == {"A": "3", "B": "6", "C": "7"}
 
 
+def test_read_data_llava_conversations(tmp_path):
+    """LLaVA's instruction data (a JSON array, or JSONL, of records with 'conversations'): one sample per
+    question-answer pair, placeholders out of the question, media under --media-root."""
+    media = tmp_path / "media"
+    media.mkdir()
+    records = [
+        {"id": "img7", "image": "coco/7.jpg",
+         "conversations": [{"from": "human", "value": "<image>\nWhat colour is the bus?"},
+                           {"from": "gpt", "value": "Red."}]},
+        {"id": "vid3", "video": "clips/3.mp4", "data_source": "0_30_s_youtube",
+         "conversations": [{"from": "human", "value": "<video>\nWhat happens first?\nA. a jump\nB. a fall"},
+                           {"from": "gpt", "value": "B."},
+                           {"from": "human", "value": "How many people are there?"},
+                           {"from": "gpt", "value": "Two"}]},
+        {"image": ["a.png", "b.png"], "conversations": [{"from": "human", "value": "<image> and <image>: same?"},
+                                                        {"from": "gpt", "value": "no"}]},
+    ]
+    (tmp_path / "train.json").write_text(json.dumps(records))
+    samples = read_data(tmp_path / "train.json", media)
+    assert [s.id for s in samples] == ["img7", "vid3_0", "vid3_1", "2"]
+    assert [s.question for s in samples] == ["What colour is the bus?", "What happens first?\nA. a jump\nB. a fall",
+                                             "How many people are there?", "and : same?"]
+    assert [s.answer for s in samples] == ["Red.", "B.", "Two", "no"]
+    assert [s.modality for s in samples] == ["image", "video", "video", "image"]
+    assert samples[0].images == ["coco/7.jpg"] and samples[1].video == samples[2].video == "clips/3.mp4"
+    assert samples[3].images == ["a.png", "b.png"] and {s.base_dir for s in samples} == {media}
+    assert samples[1].media_digest() == samples[2].media_digest()  # one video: one side of the validation split
+    assert samples[0].prompt() == "What colour is the bus?" and is_correct("red", samples[0])
+    (tmp_path / "train.jsonl").write_text("\n".join(json.dumps(r) for r in records[:2]))
+    assert [s.id for s in read_data(tmp_path / "train.jsonl")] == ["img7", "vid3_0", "vid3_1"]
+    assert read_data(tmp_path / "train.jsonl")[0].base_dir == tmp_path  # default: the data file's folder
+
+    bad = [([{"id": 1, "image": "x.png", "conversations": [{"from": "human", "value": "<image>Q"}]}],
+            r"bad.json\[0\]: 'conversations' holds no human turn followed by a gpt turn"),
+           ([{"id": 1, "image": "x.png", "conversations": ["Q", "A"]}], r"a 'conversations' turn is str"),
+           ([{"id": 1, "conversations": [{"from": "human", "value": "Q"}, {"from": "gpt", "value": "A"}]}],
+            r"needs 'image', 'images', 'video' or 'frames_dir'"),
+           ([["not", "an", "object"]], r"bad.json\[0\]: expected a JSON object, got list"),
+           ([{"id": 1, "image": "x.png", "prompt": "Q"}], r"needs 'question' and 'answer', or LLaVA's 'conversations'")]
+    for content, message in bad:
+        (tmp_path / "bad.json").write_text(json.dumps(content))
+        with pytest.raises(ValueError, match=message):
+            read_data(tmp_path / "bad.json")
+    with pytest.raises(FileNotFoundError, match="media root .* is not a folder"):
+        read_data(tmp_path / "train.json", tmp_path / "nowhere")
+
+
+def test_label_reads_llava_data_under_a_media_root(tiny_checkpoints, tmp_path, one_thread):
+    """`label --data x.json --media-root DIR` on LLaVA-format records labels each question-answer pair."""
+    samples = synth.generate("image", 2, seed=0, split="train")
+    media = tmp_path / "images"
+    media.mkdir()
+    records = []
+    for i, sample in enumerate(samples):
+        sample.image.save(media / f"{i}.png")
+        records.append({"id": f"s{i}", "image": f"{i}.png", "conversations": [
+            {"from": "human", "value": "<image>\n" + sample.question}, {"from": "gpt", "value": sample.answer}]})
+    data = tmp_path / "ann" / "train.json"
+    data.parent.mkdir()
+    data.write_text(json.dumps(records))
+    out = tmp_path / "labels"
+    assert main(["label", "--model", tiny_checkpoints["qwen2_vl"], "--data", str(data), "--media-root", str(media),
+                 "--out", str(out), "--keep-all", "--max-answer-tokens", "1", "--max-new-tokens", "2",
+                 "--device", "cpu"]) == 0
+    labelled = sorted(p.stem for p in (out / "samples").glob("*.pt"))
+    assert labelled == ["s0", "s1"]
+    record = torch.load(out / "samples" / "s0.pt", weights_only=True)
+    assert record["n_visual"] > 0 and record["relevance"].numel() == record["a0"].numel() == record["n_visual"]
+
+
 def test_shards_from_flag_or_torchrun(monkeypatch):
     monkeypatch.delenv("RANK", raising=False)
     monkeypatch.delenv("WORLD_SIZE", raising=False)

@@ -43,8 +43,11 @@ instruction->visual attention (the compressor's input) and the oracle relevance 
 
 Data: a VLMEvalKit-style MCQ TSV (index, image as base64 [or image_path], question, A, B, [C, D ...],
 answer, [hint], [category]; or a video / frames_dir column), or a JSONL with one object per line:
-{"id", "image" | "images" | "video" | "frames_dir", "question", "answer", ["options"]}; paths are
-relative to the data file. Multiple-choice prompt: question, one line per option "A. ...", then
+{"id", "image" | "images" | "video" | "frames_dir", "question", "answer", ["options"]} (or a JSON array of
+them), or LLaVA-style instruction data ({"id", "image" | "video", "conversations": [{"from": "human", "value":
+"<image>\\n..."}, {"from": "gpt", "value": ...}, ...]}, e.g. LLaVA-Video-178K): one sample per question-answer pair,
+the placeholders removed, ids <id>_<k> when a record has several. Paths are relative to --media-root (default:
+the data file's folder). Multiple-choice prompt: question, one line per option "A. ...", then
 "Answer with the option's letter from the given choices directly."
 
 Memory: the oracle runs one forward with eager attention and no autograd, keeping each layer's input,
@@ -113,7 +116,7 @@ def _answer_letter(answer: str, options: dict[str, str]) -> str:
     return answer
 
 
-def read_tsv(path: Path) -> list[Sample]:
+def read_tsv(path: Path, media_root: Path | None = None) -> list[Sample]:
     import pandas as pd
 
     # only empty cells are missing: options such as "None" or "NA" are real answers
@@ -130,7 +133,7 @@ def read_tsv(path: Path) -> list[Sample]:
         if _present(row.get("hint")):
             question = f"Hint: {row['hint']}\n{question}"
         sample = Sample(id=str(row["index"]), question=question, answer=_answer_letter(row["answer"], options),
-                        options=options, base_dir=path.parent)
+                        options=options, base_dir=media_root or path.parent)
         if _present(row.get("frames_dir")) or _present(row.get("video")):
             sample.video = str(row["frames_dir"] if _present(row.get("frames_dir")) else row["video"])
         elif _present(row.get("image")):
@@ -147,37 +150,77 @@ def read_tsv(path: Path) -> list[Sample]:
     return samples
 
 
-def read_jsonl(path: Path) -> list[Sample]:
+def read_jsonl(path: Path, media_root: Path | None = None) -> list[Sample]:
+    """Our records, one JSON object per line or a JSON array of them; a record with ``conversations`` (LLaVA's
+    instruction data: LLaVA-Video-178K, Infinity-MM, ...) gives one sample per question-answer pair of it."""
+    text = path.read_text()
+    if text.lstrip().startswith("["):
+        records = [(f"{path}[{i}]", rec) for i, rec in enumerate(json.loads(text))]
+    else:
+        records = [(f"{path}:{n + 1}", json.loads(line)) for n, line in enumerate(text.splitlines()) if line.strip()]
+    base_dir = media_root or path.parent
     samples = []
-    for line_no, line in enumerate(path.read_text().splitlines()):
-        if not line.strip():
-            continue
-        rec = json.loads(line)
-        where = f"{path}:{line_no + 1}"
-        if "question" not in rec or "answer" not in rec:
-            raise ValueError(f"{where}: each line needs 'question' and 'answer'")
-        options = _options_from(rec.get("options"))
-        sample = Sample(id=str(rec.get("id", rec.get("index", line_no))), question=str(rec["question"]),
-                        answer=_answer_letter(rec["answer"], options) if options else str(rec["answer"]),
-                        options=options, base_dir=path.parent)
+    for position, (where, rec) in enumerate(records):
+        if not isinstance(rec, dict):
+            raise ValueError(f"{where}: expected a JSON object, got {type(rec).__name__}")
+        sample_id = str(rec.get("id", rec.get("index", position)))
+        if "conversations" in rec:
+            pairs = conversation_pairs(rec["conversations"], where)
+            entries = [(sample_id if len(pairs) == 1 else f"{sample_id}_{k}", q, a, {}) for k, (q, a) in
+                       enumerate(pairs)]
+        elif "question" in rec and "answer" in rec:
+            options = _options_from(rec.get("options"))
+            answer = _answer_letter(rec["answer"], options) if options else str(rec["answer"])
+            entries = [(sample_id, str(rec["question"]), answer, options)]
+        else:
+            raise ValueError(f"{where}: each record needs 'question' and 'answer', or LLaVA's 'conversations'")
         video = rec.get("frames_dir") or rec.get("video") or rec.get("video_path")
         images = rec.get("images") or rec.get("image") or rec.get("image_path")
-        if video:
-            sample.video = str(video)
-        elif images:
-            sample.images = [str(x) for x in (images if isinstance(images, list) else [images])]
-        else:
+        if not (video or images):
             raise ValueError(f"{where}: needs 'image', 'images', 'video' or 'frames_dir'")
-        samples.append(sample)
+        for entry_id, question, answer, options in entries:
+            sample = Sample(id=entry_id, question=question, answer=answer, options=options, base_dir=base_dir)
+            if video:
+                sample.video = str(video)
+            else:
+                sample.images = [str(x) for x in (images if isinstance(images, list) else [images])]
+            samples.append(sample)
     return samples
 
 
-def read_data(path: str | os.PathLike) -> list[Sample]:
-    """Samples of a TSV or JSONL file, in file order; ids must be unique."""
+def conversation_pairs(turns: Any, where: str) -> list[tuple[str, str]]:
+    """(question, answer) of each human turn and the model turn after it, the ``<image>`` / ``<video>``
+    placeholders taken out of the question (the chat template places the media)."""
+    roles = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
+    pairs, question = [], None
+    for turn in turns if isinstance(turns, list) else []:
+        if not isinstance(turn, dict):
+            raise ValueError(f"{where}: a 'conversations' turn is {type(turn).__name__}, not an object with 'from' and "
+                             f"'value'")
+        role, value = roles.get(str(turn.get("from", turn.get("role", "")))), str(turn.get("value", ""))
+        if role == "user":
+            question = re.sub(r"\s*<(?:image|video)>\s*", " ", value).strip()
+        elif role == "assistant" and question is not None:
+            pairs.append((question, value.strip()))
+            question = None
+    if not pairs:
+        raise ValueError(f"{where}: 'conversations' holds no human turn followed by a gpt turn "
+                         f"(LLaVA format: [{{\"from\": \"human\", \"value\": ...}}, {{\"from\": \"gpt\", ...}}])")
+    return pairs
+
+
+def read_data(path: str | os.PathLike, media_root: str | os.PathLike | None = None) -> list[Sample]:
+    """Samples of a TSV, JSONL or JSON file, in file order; ids must be unique. Media paths are relative to
+    ``media_root`` (default: the data file's folder)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"data file {str(path)!r} does not exist")
-    samples = read_jsonl(path) if path.suffix.lower() in (".jsonl", ".json") else read_tsv(path)
+    if media_root is not None and not Path(media_root).is_dir():
+        raise FileNotFoundError(f"media root {str(media_root)!r} is not a folder")
+    if path.suffix.lower() in (".jsonl", ".json"):
+        samples = read_jsonl(path, None if media_root is None else Path(media_root))
+    else:
+        samples = read_tsv(path, None if media_root is None else Path(media_root))
     seen: dict[str, str] = {}
     for s in samples:
         key = file_stem(s.id)
@@ -371,7 +414,7 @@ def run(args: argparse.Namespace) -> int:
     from . import model_meta
 
     shard, n_shards = parse_shard(args.shard)
-    samples = read_data(args.data)
+    samples = read_data(args.data, args.media_root)
     if args.limit is not None:
         samples = samples[: args.limit]
     out = Path(args.out)
@@ -443,7 +486,10 @@ def label_rules(ablation_rules: list[str] | None) -> list[str]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True,
                         help="checkpoint folder or hub id of the MLLM (Qwen2-VL, Qwen2.5-VL, LLaVA-OneVision, VILA1.5)")
-    parser.add_argument("--data", required=True, help="VLMEvalKit-style MCQ .tsv or .jsonl")
+    parser.add_argument("--data", required=True, help="VLMEvalKit-style MCQ .tsv, our .jsonl, or LLaVA-style "
+                        "instruction data (.json / .jsonl records with 'conversations')")
+    parser.add_argument("--media-root", default=None, help="folder the data's image and video paths are relative to "
+                        "(default: the data file's folder)")
     parser.add_argument("--out", required=True, help="label directory (created; reused to resume)")
     parser.add_argument("--shard", default=None, help="i/n: label every n-th sample starting at i "
                         "(default: torchrun's RANK/WORLD_SIZE, else 0/1)")
