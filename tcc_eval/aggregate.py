@@ -585,7 +585,7 @@ def summarize_efficiency(records: pd.DataFrame) -> pd.DataFrame:
                "prefill_with_select_s_mean", "vision_s_mean", "total_s_sum", "total_s_mean", "kv_cache_mb_mean",
                "visual_kv_mb_mean", "visual_before_mean", "visual_after_mean", "measured_retention", "avg_retention",
                "flops_ratio", "seq_before_mean", "seq_after_mean", "new_tokens_mean", "fastv_k", "pdrop_lambda",
-               "pdrop_layers", "llm_shape"]
+               "pdrop_layers", "llm_shape", "samples_without_visual"]
     if records.empty:
         return pd.DataFrame(columns=columns)
 
@@ -630,6 +630,9 @@ def summarize_efficiency(records: pd.DataFrame) -> pd.DataFrame:
                              else math.nan),
             "pdrop_layers": next((s for s in group["pdrop_layers"] if s), ""),
             "llm_shape": shapes[0] if shapes else "",
+            # text-only questions, or media the framework failed to load and went on without (lmms-eval's
+            # wrappers log such an error and answer from the text)
+            "samples_without_visual": int(sizes[group["visual_before"] == 0].sum()),
         }
 
     rows = []
@@ -825,6 +828,9 @@ def build_table(summary: pd.DataFrame, efficiency: pd.DataFrame, framework: str,
             row["FLOPs ratio"] = math.nan
         if method != "none" and eff.empty:
             notes.append("no efficiency records")
+        if len(eff) and eff["samples_without_visual"].iloc[0] > 0:
+            notes.append(f"{int(eff['samples_without_visual'].iloc[0])} samples without visual tokens (text-only, or "
+                         f"media that failed to load: efficiency.csv per dataset)")
         row["prefill s"] = eff["prefill_with_select_s_mean"].iloc[0] if len(eff) else math.nan
         if len(eff) and math.isnan(row["prefill s"]):
             row["prefill s"] = eff["prefill_s_mean"].iloc[0]

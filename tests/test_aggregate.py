@@ -777,6 +777,25 @@ def test_batched_records_count_each_sample(tmp_path):
         tables["single"][columns].astype(float).tolist())
 
 
+def test_samples_that_reached_the_model_without_visual_tokens_are_noted(tmp_path):
+    """lmms-eval's wrappers log a video they cannot read and answer from the text: such samples are counted per
+    dataset and named in the table's note, as a batched record of them counts its batch."""
+    work = tmp_path / "w"
+    for name, method, ratio in (("Qwen2VL7B_Vanilla", "none", 1.0), ("Qwen2VL7B_TCC50", "tcc", 0.5)):
+        write_mcq_acc(work / name / f"{name}_MMStar_acc.csv", 50)
+        befores = (800, 0, 800) if method == "tcc" else (800, 800, 800)
+        lines = [json.loads(efficiency_line(name, "vlmeval", "MMStar", i, method, ratio, "Qwen2VL7B", n,
+                                            round(n * ratio), 1, 2)) for i, n in enumerate(befores)]
+        if method == "tcc":
+            lines.append({**lines[1], "index": [3, 4], "batch_size": 2})
+        (work / name / f"{name}_MMStar_efficiency.jsonl").write_text("\n".join(json.dumps(r) for r in lines) + "\n")
+    result = aggregate(work)
+    counts = result.efficiency.set_index(["method", "dataset"])["samples_without_visual"]
+    assert (counts[("tcc", "MMStar")], counts[("tcc", "ALL")], counts[("none", "ALL")]) == (3, 3, 0)
+    notes = result.tables["vlmeval"].set_index("method")["note"]
+    assert "3 samples without visual tokens" in notes["tcc"] and "without visual" not in notes["none"]
+
+
 def test_records_without_an_index_are_all_counted(tmp_path):
     """Records whose sample is unknown (multi-round generation; batches whose docs upstream cannot tell apart)
     match no other record: each counts, where a repeated index keeps only the newest."""
