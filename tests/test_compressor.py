@@ -163,9 +163,9 @@ def test_read_data_tsv_and_jsonl(tmp_path):
     assert numeric[0].options == {"A": "4", "B": "5"} and numeric[1].options == {"A": "3", "B": "6", "C": "7"}
 
 
-def test_read_data_llava_conversations(tmp_path):
-    """LLaVA's instruction data (a JSON array, or JSONL, of records with 'conversations'): one sample per
-    question-answer pair, placeholders out of the question, media under --media-root."""
+def test_read_data_llava_conversations(tmp_path, capsys):
+    """LLaVA's instruction data (a JSON array, or JSONL, of records with 'conversations'): each record's first
+    question and answer, placeholders out of the question, media under --media-root; text-only records skipped."""
     media = tmp_path / "media"
     media.mkdir()
     records = [
@@ -175,31 +175,37 @@ def test_read_data_llava_conversations(tmp_path):
         {"id": "vid3", "video": "clips/3.mp4", "data_source": "0_30_s_youtube",
          "conversations": [{"from": "human", "value": "<video>\nWhat happens first?\nA. a jump\nB. a fall"},
                            {"from": "gpt", "value": "B."},
-                           {"from": "human", "value": "How many people are there?"},
-                           {"from": "gpt", "value": "Two"}]},
-        {"image": ["a.png", "b.png"], "conversations": [{"from": "human", "value": "<image> and <image>: same?"},
-                                                        {"from": "gpt", "value": "no"}]},
+                           {"from": "human", "value": "Why might he do that?"},  # leans on the first turn: left out
+                           {"from": "gpt", "value": "To win."}]},
+        {"id": "text1", "conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}]},
+        {"image": ["a.png", "b.png"], "conversations": [{"role": "system", "content": "Be brief."},
+                                                        {"role": "user", "content": "<image> and <image>: same?"},
+                                                        {"role": "assistant", "content": "no"}]},
     ]
     (tmp_path / "train.json").write_text(json.dumps(records))
     samples = read_data(tmp_path / "train.json", media)
-    assert [s.id for s in samples] == ["img7", "vid3_0", "vid3_1", "2"]
+    assert "1 text-only 'conversations' record(s) skipped" in capsys.readouterr().err
+    assert [s.id for s in samples] == ["img7", "vid3", "3"]  # no id: the record's position
     assert [s.question for s in samples] == ["What colour is the bus?", "What happens first?\nA. a jump\nB. a fall",
-                                             "How many people are there?", "and : same?"]
-    assert [s.answer for s in samples] == ["Red.", "B.", "Two", "no"]
-    assert [s.modality for s in samples] == ["image", "video", "video", "image"]
-    assert samples[0].images == ["coco/7.jpg"] and samples[1].video == samples[2].video == "clips/3.mp4"
-    assert samples[3].images == ["a.png", "b.png"] and {s.base_dir for s in samples} == {media}
-    assert samples[1].media_digest() == samples[2].media_digest()  # one video: one side of the validation split
+                                             "and : same?"]
+    assert [s.answer for s in samples] == ["Red.", "B.", "no"]
+    assert [s.modality for s in samples] == ["image", "video", "image"]
+    assert samples[0].images == ["coco/7.jpg"] and samples[1].video == "clips/3.mp4"
+    assert samples[2].images == ["a.png", "b.png"] and {s.base_dir for s in samples} == {media}
     assert samples[0].prompt() == "What colour is the bus?" and is_correct("red", samples[0])
-    (tmp_path / "train.jsonl").write_text("\n".join(json.dumps(r) for r in records[:2]))
-    assert [s.id for s in read_data(tmp_path / "train.jsonl")] == ["img7", "vid3_0", "vid3_1"]
-    assert read_data(tmp_path / "train.jsonl")[0].base_dir == tmp_path  # default: the data file's folder
+    assert is_correct("B", samples[1]) and not is_correct("A", samples[1])
+    (tmp_path / "train.jsonl").write_text("\n\n".join(json.dumps(r) for r in records[:2] + records[3:]))
+    from_lines = read_data(tmp_path / "train.jsonl")
+    assert [s.id for s in from_lines] == ["img7", "vid3", "4"]  # no id: the line number, blank lines counted
+    assert from_lines[0].base_dir == tmp_path  # default: the data file's folder
 
     bad = [([{"id": 1, "image": "x.png", "conversations": [{"from": "human", "value": "<image>Q"}]}],
             r"bad.json\[0\]: 'conversations' holds no human turn followed by a gpt turn"),
+           ([{"id": 1, "image": "x.png", "conversations": [{"from": "human", "value": "<image>"},
+                                                           {"from": "gpt", "value": "A cat"}]}],
+            r"bad.json\[0\]: the first question or its answer is empty"),
            ([{"id": 1, "image": "x.png", "conversations": ["Q", "A"]}], r"a 'conversations' turn is str"),
-           ([{"id": 1, "conversations": [{"from": "human", "value": "Q"}, {"from": "gpt", "value": "A"}]}],
-            r"needs 'image', 'images', 'video' or 'frames_dir'"),
+           ([{"id": 1, "question": "Q", "answer": "A"}], r"needs 'image', 'images', 'video' or 'frames_dir'"),
            ([["not", "an", "object"]], r"bad.json\[0\]: expected a JSON object, got list"),
            ([{"id": 1, "image": "x.png", "prompt": "Q"}], r"needs 'question' and 'answer', or LLaVA's 'conversations'")]
     for content, message in bad:

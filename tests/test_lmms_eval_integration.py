@@ -209,6 +209,23 @@ def test_llava_chat_reads_a_video_as_the_simple_wrapper_does(tiny_checkpoints, t
         assert torch.equal(chat[doc], simple[doc])
 
 
+def test_llava_unreadable_video_is_named(tmp_path):
+    """A video upstream's loader cannot read stops the request with its path (upstream logs it and goes on
+    without an answer for it); a path object is read as its string."""
+    from lmms_eval.models.simple.llava_hf import LlavaHf
+
+    from tcc_eval.integrations.lmms_eval.models import UpstreamProcessorFixes
+
+    read = []
+    fixes = UpstreamProcessorFixes(lambda **kwargs: kwargs, lambda path: read.append(path) or "frames")
+    assert fixes(text="t", videos=[tmp_path / "v.mp4"])["videos"] == ["frames"] and read == [str(tmp_path / "v.mp4")]
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"not a video")
+    fixes = UpstreamProcessorFixes(lambda **kwargs: kwargs, lambda path: LlavaHf.load_video(None, path, 3))
+    with pytest.raises(RuntimeError, match=f"cannot read video {broken} with decord .*fix or remove the file"):
+        fixes(text="t", videos=[str(broken)])
+
+
 @pytest.mark.parametrize("cls_name", ["LlavaOneVisionTCCChat", "LlavaOneVisionTCC"])
 def test_llava_generate_failure_stops_the_run(cls_name, tiny_checkpoints, task_manager, tmp_path):
     """Upstream llava_hf scores a generate that raises as an empty answer; ours stops, naming the doc and the

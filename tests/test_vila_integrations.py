@@ -346,13 +346,15 @@ def test_lmms_vanilla_matches_upstream_vila(tiny_vila, vila_processor, synth_env
     assert [r["index"] for r in records] == [0, 1]
 
 
-def test_lmms_vila_takes_upstream_model_args(tiny_vila, tmp_path):
-    """Upstream vila's model args work unchanged: device_map places the model, truncation and truncate_context
-    (stored, never read upstream) are accepted."""
-    from tcc_eval.integrations.lmms_eval.models import VilaTCC
+def test_lmms_vila_takes_upstream_model_args(tiny_vila, tmp_path, monkeypatch):
+    """Upstream vila's model args work unchanged: device_map places the model (this machine's default device is
+    made "meta" here, so a device_map that is not used fails), truncation and truncate_context (stored, never
+    read upstream) are accepted."""
+    from tcc_eval.integrations.lmms_eval import models
 
-    ours = VilaTCC(pretrained=tiny_vila, method="none", device_map="cpu", truncation=True, truncate_context=False,
-                   efficiency_dir=str(tmp_path))
+    monkeypatch.setattr(models, "default_device", lambda device=None: torch.device(device or "meta"))
+    ours = models.VilaTCC(pretrained=tiny_vila, method="none", device_map="cpu", truncation=True,
+                          truncate_context=False, efficiency_dir=str(tmp_path))
     assert ours.device == torch.device("cpu") and ours.model.device == torch.device("cpu")
 
 

@@ -45,8 +45,8 @@ Data: a VLMEvalKit-style MCQ TSV (index, image as base64 [or image_path], questi
 answer, [hint], [category]; or a video / frames_dir column), or a JSONL with one object per line:
 {"id", "image" | "images" | "video" | "frames_dir", "question", "answer", ["options"]} (or a JSON array of
 them), or LLaVA-style instruction data ({"id", "image" | "video", "conversations": [{"from": "human", "value":
-"<image>\\n..."}, {"from": "gpt", "value": ...}, ...]}, e.g. LLaVA-Video-178K): one sample per question-answer pair,
-the placeholders removed, ids <id>_<k> when a record has several. Paths are relative to --media-root (default:
+"<image>\\n..."}, {"from": "gpt", "value": ...}, ...]}, e.g. LLaVA-Video-178K): its first question and answer,
+the placeholders removed (text-only records are skipped). Paths are relative to --media-root (default:
 the data file's folder). Multiple-choice prompt: question, one line per option "A. ...", then
 "Answer with the option's letter from the given choices directly."
 
@@ -152,61 +152,65 @@ def read_tsv(path: Path, media_root: Path | None = None) -> list[Sample]:
 
 def read_jsonl(path: Path, media_root: Path | None = None) -> list[Sample]:
     """Our records, one JSON object per line or a JSON array of them; a record with ``conversations`` (LLaVA's
-    instruction data: LLaVA-Video-178K, Infinity-MM, ...) gives one sample per question-answer pair of it."""
+    instruction data: LLaVA-Video-178K, Infinity-MM, ...) gives its first question and answer. Text-only
+    ``conversations`` records (LLaVA mixtures hold many) are skipped, and counted on stderr."""
     text = path.read_text()
     if text.lstrip().startswith("["):
-        records = [(f"{path}[{i}]", rec) for i, rec in enumerate(json.loads(text))]
-    else:
-        records = [(f"{path}:{n + 1}", json.loads(line)) for n, line in enumerate(text.splitlines()) if line.strip()]
+        records = [(f"{path}[{i}]", i, rec) for i, rec in enumerate(json.loads(text))]
+    else:  # a record without an id is named by its line number (blank lines counted), as label folders were
+        records = [(f"{path}:{n + 1}", n, json.loads(line)) for n, line in enumerate(text.splitlines()) if line.strip()]
     base_dir = media_root or path.parent
-    samples = []
-    for position, (where, rec) in enumerate(records):
+    samples, text_only = [], 0
+    for where, position, rec in records:
         if not isinstance(rec, dict):
             raise ValueError(f"{where}: expected a JSON object, got {type(rec).__name__}")
-        sample_id = str(rec.get("id", rec.get("index", position)))
-        if "conversations" in rec:
-            pairs = conversation_pairs(rec["conversations"], where)
-            entries = [(sample_id if len(pairs) == 1 else f"{sample_id}_{k}", q, a, {}) for k, (q, a) in
-                       enumerate(pairs)]
-        elif "question" in rec and "answer" in rec:
-            options = _options_from(rec.get("options"))
-            answer = _answer_letter(rec["answer"], options) if options else str(rec["answer"])
-            entries = [(sample_id, str(rec["question"]), answer, options)]
-        else:
-            raise ValueError(f"{where}: each record needs 'question' and 'answer', or LLaVA's 'conversations'")
         video = rec.get("frames_dir") or rec.get("video") or rec.get("video_path")
         images = rec.get("images") or rec.get("image") or rec.get("image_path")
+        if "conversations" in rec:
+            if not (video or images):
+                text_only += 1
+                continue
+            question, answer = first_question_and_answer(rec["conversations"], where)
+            options: dict[str, str] = {}
+        elif "question" in rec and "answer" in rec:
+            question, options = str(rec["question"]), _options_from(rec.get("options"))
+            answer = _answer_letter(rec["answer"], options) if options else str(rec["answer"])
+        else:
+            raise ValueError(f"{where}: each record needs 'question' and 'answer', or LLaVA's 'conversations'")
         if not (video or images):
             raise ValueError(f"{where}: needs 'image', 'images', 'video' or 'frames_dir'")
-        for entry_id, question, answer, options in entries:
-            sample = Sample(id=entry_id, question=question, answer=answer, options=options, base_dir=base_dir)
-            if video:
-                sample.video = str(video)
-            else:
-                sample.images = [str(x) for x in (images if isinstance(images, list) else [images])]
-            samples.append(sample)
+        sample = Sample(id=str(rec.get("id", rec.get("index", position))), question=question, answer=answer,
+                        options=options, base_dir=base_dir)
+        if video:
+            sample.video = str(video)
+        else:
+            sample.images = [str(x) for x in (images if isinstance(images, list) else [images])]
+        samples.append(sample)
+    if text_only:
+        print(f"{path}: {text_only} text-only 'conversations' record(s) skipped (no image or video to label)",
+              file=sys.stderr)
     return samples
 
 
-def conversation_pairs(turns: Any, where: str) -> list[tuple[str, str]]:
-    """(question, answer) of each human turn and the model turn after it, the ``<image>`` / ``<video>``
-    placeholders taken out of the question (the chat template places the media)."""
+def first_question_and_answer(turns: Any, where: str) -> tuple[str, str]:
+    """The first human turn and the model turn after it, ``<image>`` / ``<video>`` placeholders out of the question
+    (the chat template places the media). Later turns may lean on the earlier ones, so they are left out."""
     roles = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
-    pairs, question = [], None
+    question = None
     for turn in turns if isinstance(turns, list) else []:
         if not isinstance(turn, dict):
             raise ValueError(f"{where}: a 'conversations' turn is {type(turn).__name__}, not an object with 'from' and "
                              f"'value'")
-        role, value = roles.get(str(turn.get("from", turn.get("role", "")))), str(turn.get("value", ""))
+        role = roles.get(str(turn.get("from", turn.get("role", ""))))
+        value = str(turn.get("value", turn.get("content", ""))).strip()
         if role == "user":
             question = re.sub(r"\s*<(?:image|video)>\s*", " ", value).strip()
         elif role == "assistant" and question is not None:
-            pairs.append((question, value.strip()))
-            question = None
-    if not pairs:
-        raise ValueError(f"{where}: 'conversations' holds no human turn followed by a gpt turn "
-                         f"(LLaVA format: [{{\"from\": \"human\", \"value\": ...}}, {{\"from\": \"gpt\", ...}}])")
-    return pairs
+            if not question or not value:
+                raise ValueError(f"{where}: the first question or its answer is empty")
+            return question, value
+    raise ValueError(f"{where}: 'conversations' holds no human turn followed by a gpt turn "
+                     f"(LLaVA format: [{{\"from\": \"human\", \"value\": ...}}, {{\"from\": \"gpt\", ...}}])")
 
 
 def read_data(path: str | os.PathLike, media_root: str | os.PathLike | None = None) -> list[Sample]:
@@ -235,7 +239,7 @@ def file_stem(sample_id: str) -> str:
 
 
 def load_image(ref: str, base_dir: Path) -> Image.Image:
-    """A file path (relative to the data file) or a base64-encoded image."""
+    """A file path (relative to ``base_dir``: --media-root, else the data file's folder) or a base64-encoded image."""
     if len(ref) < 4096:
         path = Path(ref) if os.path.isabs(ref) else base_dir / ref
         if path.is_file():

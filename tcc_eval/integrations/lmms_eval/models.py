@@ -326,6 +326,7 @@ class _LlavaHfTCC(TCCWrapperMixin):
 
     def _generation_failed(self, error: Exception) -> None:
         docs = ", ".join(f"{task} doc {doc_id}" for task, doc_id in self._pending_docs) or "a request"
+        self._pending_docs.clear()
         raise GenerationFailed(
             f"{self.model_id}: generate failed on {docs} ({type(error).__name__}: {error}). Upstream llava_hf would "
             f"score it as an empty answer and go on, so the run stops here instead of reporting a silently lower "
@@ -403,7 +404,8 @@ class VilaBaseline(lmms):
         if video_decode_backend != "decord":
             raise ValueError(f"video_decode_backend={video_decode_backend!r} is not supported by vila_tcc; use decord "
                              f"(upstream vila's other backend returns arrays its VILA1.5 preprocessing cannot resize)")
-        # upstream's timeout: ranks whose shares of long videos end far apart wait at the final gather
+        # upstream's timeout for ranks whose shares of long videos end far apart; it holds where this is the process's
+        # first Accelerator (the Python API): the lmms-eval CLI starts the process group with its own before
         accelerator = Accelerator(kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(weeks=52))])
         if accelerator.num_processes > 1:
             self._device = torch.device(f"cuda:{accelerator.local_process_index}")
@@ -505,6 +507,8 @@ class VilaTCC(TCCWrapperMixin, VilaBaseline):
 
     def __init__(self, **kwargs: Any) -> None:
         kwargs.setdefault("pretrained", DEFAULT_VILA)  # recorded as base_model
+        if kwargs.get("device") is None and kwargs.get("device_map") not in (None, "auto"):
+            kwargs["device"] = kwargs["device_map"]  # before the mixin defaults the device
         super().__init__(**kwargs)
 
 
@@ -530,5 +534,13 @@ class UpstreamProcessorFixes:
 
     def __call__(self, *args: Any, images: Any = None, videos: Any = None, **kwargs: Any):
         if videos:
-            videos = [self._load_video(v) if isinstance(v, (str, os.PathLike)) else v for v in videos]
+            videos = [self._read(os.fspath(v)) if isinstance(v, (str, os.PathLike)) else v for v in videos]
         return self.processor(*args, images=images or None, videos=videos or None, **kwargs)
+
+    def _read(self, path: str) -> Any:
+        try:
+            return self._load_video(path)
+        except Exception as err:
+            raise RuntimeError(f"cannot read video {path} with decord ({type(err).__name__}: {err}): fix or remove "
+                               f"the file (lmms-eval's own llava_hf logs it and goes on without an answer for it)") \
+                from err
