@@ -142,6 +142,7 @@ def evaluate(lm, tasks: list[str], task_manager) -> tuple[list[dict], dict]:
 
 def upstream_and_ours(kind: str):
     from lmms_eval.models.chat.llava_hf import LlavaHf as LlavaChat
+    from lmms_eval.models.chat.qwen2_5_vl import Qwen2_5_VL as Qwen25Chat
     from lmms_eval.models.simple.llava_hf import LlavaHf as LlavaSimple
     from lmms_eval.models.simple.qwen2_5_vl import Qwen2_5_VL
     from lmms_eval.models.simple.qwen2_vl import Qwen2_VL
@@ -151,6 +152,7 @@ def upstream_and_ours(kind: str):
     return {
         "qwen2_vl": (Qwen2_VL, models.Qwen2VLTCC),
         "qwen2_5_vl": (Qwen2_5_VL, models.Qwen25VLTCC),
+        "qwen2_5_vl_chat": (Qwen25Chat, models.Qwen25VLTCCChat),
         "llava_chat": (LlavaChat, models.LlavaOneVisionTCCChat),
         "llava_simple": (LlavaSimple, models.LlavaOneVisionTCC),
     }[kind]
@@ -160,6 +162,7 @@ def upstream_and_ours(kind: str):
 @pytest.mark.parametrize("kind,family,tasks", [
     ("qwen2_vl", "qwen2_vl", TASKS),
     ("qwen2_5_vl", "qwen2_5_vl", TASKS),
+    ("qwen2_5_vl_chat", "qwen2_5_vl", TASKS),
     ("llava_chat", "llava_onevision", ["tccsynth_img"]),
     ("llava_simple", "llava_onevision", TASKS),
 ])
@@ -319,7 +322,8 @@ def test_entry_points_resolve_to_our_classes():
     from tcc_eval.integrations.lmms_eval import models
 
     assert get_model("qwen2_vl_tcc") is models.Qwen2VLTCC
-    assert get_model("qwen2_5_vl_tcc") is models.Qwen25VLTCC
+    assert get_model("qwen2_5_vl_tcc") is models.Qwen25VLTCCChat  # like upstream qwen2_5_vl
+    assert get_model("qwen2_5_vl_tcc", force_simple=True) is models.Qwen25VLTCC
     assert get_model("llava_onevision_tcc") is models.LlavaOneVisionTCCChat  # like upstream llava_hf
     assert get_model("llava_onevision_tcc", force_simple=True) is models.LlavaOneVisionTCC
 
@@ -500,7 +504,8 @@ def test_results_cli_exit_codes(tmp_path, capsys):
     assert "covers tasks" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("family,wrapper", [("qwen2_vl", "Qwen2VLTCC"), ("qwen2_5_vl", "Qwen25VLTCC")])
+@pytest.mark.parametrize("family,wrapper", [("qwen2_vl", "Qwen2VLTCC"), ("qwen2_5_vl", "Qwen25VLTCC"),
+                                            ("qwen2_5_vl", "Qwen25VLTCCChat")])
 def test_batch_records_name_their_docs(family, wrapper, tiny_checkpoints, task_manager, tmp_path):
     """A batched call's record names its batch's docs, every doc once, told by the docs upstream read: qwen2_5_vl
     builds every doc of a batch through the first request's callable, so the callables cannot tell them."""

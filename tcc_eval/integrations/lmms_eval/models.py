@@ -1,7 +1,8 @@
 """lmms-eval model classes: the upstream wrappers with their HF model swapped for a pruned one.
 
 Prompt building, media loading, batching and decoding stay upstream's (``qwen2_vl``, ``qwen2_5_vl``,
-``llava_hf``), so a ``method=none`` run sees exactly the inputs of the upstream baseline. Upstream ``vila`` imports
+``llava_hf``; the last two in their chat flavour by default and their simple one with ``--force_simple``, as
+upstream resolves them), so a ``method=none`` run sees exactly the inputs of the upstream baseline. Upstream ``vila`` imports
 the NVlabs VILA repository at module load, so ``vila_tcc`` builds on ``VilaBaseline``, its generation path
 re-stated on ``tcc_eval.vila``. Our model args are popped before the upstream constructor runs (it asserts that no
 unknown kwargs are left):
@@ -41,6 +42,7 @@ from typing import Any
 import torch
 from lmms_eval.api.model import lmms
 from lmms_eval.models.chat.llava_hf import LlavaHf as UpstreamLlavaHfChat
+from lmms_eval.models.chat.qwen2_5_vl import Qwen2_5_VL as UpstreamQwen25VLChat
 from lmms_eval.models.simple.llava_hf import LlavaHf as UpstreamLlavaHf
 from lmms_eval.models.simple.qwen2_5_vl import Qwen2_5_VL as UpstreamQwen25VL
 from lmms_eval.models.simple.qwen2_vl import Qwen2_VL as UpstreamQwen2VL
@@ -306,7 +308,14 @@ class Qwen2VLTCC(_QwenTCC, UpstreamQwen2VL):
 
 
 class Qwen25VLTCC(_QwenTCC, UpstreamQwen25VL):
-    """``--model qwen2_5_vl_tcc``: upstream ``qwen2_5_vl`` with a pruned model."""
+    """``--model qwen2_5_vl_tcc --force_simple``: upstream simple ``qwen2_5_vl`` with a pruned model."""
+
+    model_id = "qwen2_5_vl_tcc"
+    family = "qwen2_5_vl"
+
+
+class Qwen25VLTCCChat(_QwenTCC, UpstreamQwen25VLChat):
+    """``--model qwen2_5_vl_tcc``: upstream chat ``qwen2_5_vl`` (its default) with a pruned model."""
 
     model_id = "qwen2_5_vl_tcc"
     family = "qwen2_5_vl"
