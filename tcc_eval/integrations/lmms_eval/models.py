@@ -2,10 +2,10 @@
 
 Prompt building, media loading, batching and decoding stay upstream's (``qwen2_vl``, ``qwen2_5_vl``,
 ``llava_hf``; the last two in their chat flavour by default and their simple one with ``--force_simple``, as
-upstream resolves them), so a ``method=none`` run sees exactly the inputs of the upstream baseline. Upstream ``vila`` imports
-the NVlabs VILA repository at module load, so ``vila_tcc`` builds on ``VilaBaseline``, its generation path
-re-stated on ``tcc_eval.vila``. Our model args are popped before the upstream constructor runs (it asserts that no
-unknown kwargs are left):
+upstream resolves them), so a ``method=none`` run sees exactly the inputs of the upstream baseline. Upstream
+``vila`` imports the NVlabs VILA repository at module load, so ``vila_tcc`` builds on ``VilaBaseline``, its
+generation path re-stated on ``tcc_eval.vila``. Our model args are popped before the upstream constructor runs
+(it asserts that no unknown kwargs are left):
 
     method=none|random|a0|tcc|oracle|divprune|uniform|pool|visionzip|fastv|dart|pdrop
                                              required (none = unpruned, through the same code path)
