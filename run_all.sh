@@ -241,7 +241,9 @@ if [[ ",$FRAMEWORKS," == *,lmms_eval,* ]]; then
       args="$args,compressor=$($PY -m tcc_eval.demo paths | $PY -c "import json,sys,os; print(os.path.dirname(json.load(sys.stdin)['$family']['compressor_image']))")"
     fi
     if [[ "$SUITE" == demo && "$method_args" == method=fastv* ]]; then args="$args,fastv_k=1"; fi
-    tag=$(echo "$model $args $LMMS_TASKS$SET_SIZE" | md5sum | cut -c1-16)
+    # qwen2_5_vl_tcc became upstream's chat flavour (other prompts): a run of the simple one must not count as done
+    flavour=""; [[ "$model" != qwen2_5_vl_tcc ]] || flavour=" chat"
+    tag=$(echo "$model$flavour $args $LMMS_TASKS$SET_SIZE" | md5sum | cut -c1-16)
     if [[ -f "$OUT/.done/$tag" ]]; then echo "[lmms-eval $i/${#runs[@]}] $model $method_args: done, skipped" | tee -a "$LOG"; continue; fi
     echo "[lmms-eval $i/${#runs[@]}] $model $method_args" | tee -a "$LOG"
     start=$(date +%s)

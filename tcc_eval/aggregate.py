@@ -630,8 +630,8 @@ def summarize_efficiency(records: pd.DataFrame) -> pd.DataFrame:
                              else math.nan),
             "pdrop_layers": next((s for s in group["pdrop_layers"] if s), ""),
             "llm_shape": shapes[0] if shapes else "",
-            # text-only questions, or media the framework failed to load and went on without (lmms-eval's
-            # wrappers log such an error and answer from the text)
+            # text-only questions, or media the framework dropped (lmms-eval's own qwen2_vl logs a video it cannot
+            # read and answers from the text); a batched record sums its samples, so it counts only when none had any
             "samples_without_visual": int(sizes[group["visual_before"] == 0].sum()),
         }
 
@@ -830,7 +830,7 @@ def build_table(summary: pd.DataFrame, efficiency: pd.DataFrame, framework: str,
             notes.append("no efficiency records")
         if len(eff) and eff["samples_without_visual"].iloc[0] > 0:
             notes.append(f"{int(eff['samples_without_visual'].iloc[0])} samples without visual tokens (text-only, or "
-                         f"media that failed to load: efficiency.csv per dataset)")
+                         f"media the framework dropped: efficiency.csv per dataset)")
         row["prefill s"] = eff["prefill_with_select_s_mean"].iloc[0] if len(eff) else math.nan
         if len(eff) and math.isnan(row["prefill s"]):
             row["prefill s"] = eff["prefill_s_mean"].iloc[0]

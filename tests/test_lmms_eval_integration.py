@@ -245,6 +245,7 @@ def test_llava_generate_failure_stops_the_run(cls_name, tiny_checkpoints, task_m
     with pytest.raises(models.GenerationFailed,
                        match=r"generate failed on tccsynth_img doc \d \(RuntimeError: CUDA out of memory.*max_frames_num"):
         evaluate(ours, ["tccsynth_img"], task_manager)
+    assert ours._pending_docs == []  # a caller that goes on names only its next failure's docs
     with pytest.raises(NotImplementedError, match="llava_onevision_tcc serves generation tasks"):
         ours.loglikelihood([])
 
@@ -511,13 +512,17 @@ def test_batch_records_name_their_docs(family, wrapper, tiny_checkpoints, task_m
     builds every doc of a batch through the first request's callable, so the callables cannot tell them."""
     from tcc_eval.integrations.lmms_eval import models
 
-    ours = getattr(models, wrapper)(pretrained=tiny_checkpoints[family], device="cpu", method="none", batch_size=2,
+    ours = getattr(models, wrapper)(pretrained=tiny_checkpoints[family], device="cpu", method="none", batch_size=3,
                                     efficiency_dir=str(tmp_path))
-    evaluate(ours, ["tccsynth_img"], task_manager)
-    (path,) = tmp_path.glob(f"{ours.model_id}_*_none-100_tccsynth_img_efficiency.jsonl")
-    records = read_records(path)
-    assert [r["batch_size"] for r in records] == [2] * (LIMIT // 2)
-    assert sorted(doc for r in records for doc in r["index"]) == list(range(LIMIT))
+    # both tasks' 2 x 4 requests come in one call; upstream alone would batch them 3 + 3 + 2, one batch of two tasks
+    _, answers = evaluate(ours, TASKS, task_manager)
+    assert {task: sorted(answers[task]) for task in TASKS} == {task: list(range(LIMIT)) for task in TASKS}
+    for task in TASKS:
+        (path,) = tmp_path.glob(f"{ours.model_id}_*_none-100_{task}_efficiency.jsonl")
+        records = read_records(path)
+        assert sorted(r.get("batch_size", 1) for r in records) == [1, 3]
+        indices = [r["index"] if isinstance(r["index"], list) else [r["index"]] for r in records]
+        assert sorted(doc for index in indices for doc in index) == list(range(LIMIT))
 
 
 def test_efficiency_files_are_named_by_the_global_rank(tiny_checkpoints, monkeypatch, tmp_path):

@@ -157,7 +157,7 @@ def read_jsonl(path: Path, media_root: Path | None = None) -> list[Sample]:
     text = path.read_text()
     if text.lstrip().startswith("["):
         records = [(f"{path}[{i}]", i, rec) for i, rec in enumerate(json.loads(text))]
-    else:  # a record without an id is named by its line number (blank lines counted), as label folders were
+    else:  # a record without an id is named by its 0-based line index (blank lines counted), as label folders were
         records = [(f"{path}:{n + 1}", n, json.loads(line)) for n, line in enumerate(text.splitlines()) if line.strip()]
     base_dir = media_root or path.parent
     samples, text_only = [], 0

@@ -223,14 +223,25 @@ class TCCWrapperMixin:
 
     # --- per-sample records -------------------------------------------------------------------------
     def generate_until(self, requests: list) -> list:
-        """Upstream ``generate_until`` reading its docs through ``_NotingDocs``, so each ``generate`` call can be
-        attributed to its (task, doc_id)s. Multi-round generation is not wrapped: its records carry no index."""
+        """Upstream ``generate_until``, one task at a time, reading its docs through ``_NotingDocs``, so each
+        ``generate`` call can be attributed to its (task, doc_id)s. lmms-eval hands every task's requests over in
+        one call, and upstream batches them by generation settings only: a batch could mix tasks, and its one
+        record would count under one of them (some upstream wrappers also read all of a batch's docs from its first
+        request's task). One task per call keeps batches, and so records, within a task. Multi-round generation is
+        not wrapped: its records carry no index."""
+        by_task: dict[Any, list[int]] = {}
+        for position, request in enumerate(requests):
+            by_task.setdefault(request.task_name, []).append(position)
+        answers: list[Any] = [None] * len(requests)
         docs = self.task_dict
         self.task_dict = _NotingDocs(docs, (), self._pending_docs.append)
         try:
-            return super().generate_until(requests)
+            for positions in by_task.values():
+                for position, answer in zip(positions, super().generate_until([requests[p] for p in positions])):
+                    answers[position] = answer
         finally:
             self.task_dict = docs
+        return answers
 
     def _record(self, stats: dict[str, Any], batch_size: int) -> None:
         # upstream reads every doc of a batch right before its generate call: the last ones are this call's
@@ -249,7 +260,7 @@ class TCCWrapperMixin:
 class _NotingDocs:
     """lmms-eval's ``task_dict`` ({task: {split: dataset}}) that notes every doc read as ``[task][split][doc_id]``.
     Upstream wrappers read a batch's docs right before its generate call, one by one, some through the first
-    request's callable (qwen2_5_vl, chat llava_hf), so the docs read tell which docs a call served where the
+    request's callable (simple qwen2_5_vl, chat llava_hf), so the docs read tell which docs a call served where the
     callables cannot."""
 
     def __init__(self, data: Any, path: tuple, note: Callable[[tuple[str, Any]], None]):
