@@ -223,15 +223,15 @@ class TCCWrapperMixin:
 
     # --- per-sample records -------------------------------------------------------------------------
     def generate_until(self, requests: list) -> list:
-        """Upstream ``generate_until``, one task at a time, reading its docs through ``_NotingDocs``, so each
-        ``generate`` call can be attributed to its (task, doc_id)s. lmms-eval hands every task's requests over in
-        one call, and upstream batches them by generation settings only: a batch could mix tasks, and its one
-        record would count under one of them (some upstream wrappers also read all of a batch's docs from its first
-        request's task). One task per call keeps batches, and so records, within a task. Multi-round generation is
-        not wrapped: its records carry no index."""
+        """Upstream ``generate_until`` reading its docs through ``_NotingDocs``, so each ``generate`` call can be
+        attributed to its (task, doc_id)s; when batching, one task at a time. lmms-eval hands every task's requests
+        over in one call, and upstream batches them by generation settings only: a batch could mix tasks, and its
+        one record would count under one of them (some upstream wrappers also read all of a batch's docs from its
+        first request's task). At batch size 1 upstream sees the requests as lmms-eval gives them, in its own
+        order. Multi-round generation is not wrapped: its records carry no index."""
         by_task: dict[Any, list[int]] = {}
         for position, request in enumerate(requests):
-            by_task.setdefault(request.task_name, []).append(position)
+            by_task.setdefault(request.task_name if self.batch_size > 1 else None, []).append(position)
         answers: list[Any] = [None] * len(requests)
         docs = self.task_dict
         self.task_dict = _NotingDocs(docs, (), self._pending_docs.append)
