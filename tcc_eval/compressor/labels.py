@@ -116,7 +116,7 @@ def _answer_letter(answer: str, options: dict[str, str]) -> str:
     return answer
 
 
-def read_tsv(path: Path, media_root: Path | None = None) -> list[Sample]:
+def read_tsv(path: Path, base_dir: Path) -> list[Sample]:
     import pandas as pd
 
     # only empty cells are missing: options such as "None" or "NA" are real answers
@@ -133,7 +133,7 @@ def read_tsv(path: Path, media_root: Path | None = None) -> list[Sample]:
         if _present(row.get("hint")):
             question = f"Hint: {row['hint']}\n{question}"
         sample = Sample(id=str(row["index"]), question=question, answer=_answer_letter(row["answer"], options),
-                        options=options, base_dir=media_root or path.parent)
+                        options=options, base_dir=base_dir)
         if _present(row.get("frames_dir")) or _present(row.get("video")):
             sample.video = str(row["frames_dir"] if _present(row.get("frames_dir")) else row["video"])
         elif _present(row.get("image")):
@@ -150,7 +150,7 @@ def read_tsv(path: Path, media_root: Path | None = None) -> list[Sample]:
     return samples
 
 
-def read_jsonl(path: Path, media_root: Path | None = None) -> list[Sample]:
+def read_jsonl(path: Path, base_dir: Path) -> list[Sample]:
     """Our records, one JSON object per line or a JSON array of them; a record with ``conversations`` (LLaVA's
     instruction data: LLaVA-Video-178K, Infinity-MM, ...) gives its first question and answer. Text-only
     ``conversations`` records (LLaVA mixtures hold many) are skipped, and counted on stderr."""
@@ -159,7 +159,6 @@ def read_jsonl(path: Path, media_root: Path | None = None) -> list[Sample]:
         records = [(f"{path}[{i}]", i, rec) for i, rec in enumerate(json.loads(text))]
     else:  # a record without an id is named by its 0-based line index (blank lines counted), as label folders were
         records = [(f"{path}:{n + 1}", n, json.loads(line)) for n, line in enumerate(text.splitlines()) if line.strip()]
-    base_dir = media_root or path.parent
     samples, text_only = [], 0
     for where, position, rec in records:
         if not isinstance(rec, dict):
@@ -221,10 +220,9 @@ def read_data(path: str | os.PathLike, media_root: str | os.PathLike | None = No
         raise FileNotFoundError(f"data file {str(path)!r} does not exist")
     if media_root is not None and not Path(media_root).is_dir():
         raise FileNotFoundError(f"media root {str(media_root)!r} is not a folder")
-    if path.suffix.lower() in (".jsonl", ".json"):
-        samples = read_jsonl(path, None if media_root is None else Path(media_root))
-    else:
-        samples = read_tsv(path, None if media_root is None else Path(media_root))
+    base_dir = path.parent if media_root is None else Path(media_root)
+    reader = read_jsonl if path.suffix.lower() in (".jsonl", ".json") else read_tsv
+    samples = reader(path, base_dir)
     seen: dict[str, str] = {}
     for s in samples:
         key = file_stem(s.id)

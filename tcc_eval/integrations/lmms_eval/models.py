@@ -527,8 +527,7 @@ class VilaTCC(TCCWrapperMixin, VilaBaseline):
 
     def __init__(self, **kwargs: Any) -> None:
         kwargs.setdefault("pretrained", DEFAULT_VILA)  # recorded as base_model
-        if kwargs.get("device") is None and kwargs.get("device_map") not in (None, "auto"):
-            kwargs["device"] = kwargs["device_map"]  # before the mixin defaults the device
+        kwargs.setdefault("device", None)  # VilaBaseline picks it (device_map, else CUDA when there): not the mixin
         super().__init__(**kwargs)
 
 

@@ -323,7 +323,8 @@ def _generate_kwargs(settings: dict[str, Any]) -> dict[str, Any]:
 class VilaChat(VILA):
     """The prompt path of VLMEvalKit's ``VILA`` (vlmeval/vlm/vila.py), on ``tcc_eval.vila`` instead of the VILA
     repository. Needs ``processor`` (a VilaProcessor with the chosen template), ``model`` (what generates),
-    ``hf_model`` (the VILA model under it), ``device`` and ``kwargs`` set by a subclass.
+    ``stop_ids`` (``processor.answer_stop_ids`` of the VILA model under it), ``device`` and ``kwargs`` set by a
+    subclass.
 
     As there: message items are concatenated in order, text as is and each image (opened, RGB) as
     ``<image>\n``; that becomes the one user turn of the conversation template; greedy decoding with
@@ -342,8 +343,7 @@ class VilaChat(VILA):
                 content += IMAGE_PLACEHOLDER + "\n"
         prompt = self.processor.template.render([("user", content)])
         inputs = self.processor(text=prompt, images=images or None, return_tensors="pt").to(self.device)
-        output = self.model.generate(**inputs, eos_token_id=self.processor.answer_stop_ids(self.hf_model),
-                                     **_generate_kwargs(self.kwargs))
+        output = self.model.generate(**inputs, eos_token_id=self.stop_ids, **_generate_kwargs(self.kwargs))
         answer = output[:, inputs["input_ids"].shape[1]:]
         return self.processor.batch_decode(answer, skip_special_tokens=True)[0].strip()
 
@@ -372,6 +372,7 @@ class TCCVILA(TCCModelMixin, VilaChat):
         self._conv_mode_arg = conv_mode
         self._init_tcc(base, method, keep_ratio, model_path, compressor, device, dtype, None, method_options)
         self.conv_mode = self.processor.conv_mode  # as VLMEvalKit's VILA exposes it
+        self.stop_ids = self.processor.answer_stop_ids(self.hf_model)  # the template's separator, the LLM's EOS
 
     def _load(self, attn: str):
         """VILA1.5 folders are read part by part (a hub id is downloaded first). The template: ``conv_mode``,
