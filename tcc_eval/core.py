@@ -34,10 +34,11 @@ def check_keep_ratio(keep_ratio: float) -> float:
 
 
 def keep_count(n_visual: int, keep_ratio: float) -> int:
-    """k = round(rho * N_v), at least 1 (half rounds up, so results never depend on banker's rounding)."""
+    """k = round(rho * N_v), at least 1 (half rounds up, so results never depend on banker's rounding). The product
+    is first rounded to 9 decimals: 0.35 * 90 is 31.499999999999996 in floats, and it must round as 31.5 does."""
     if n_visual <= 0:
         return 0
-    return max(1, min(n_visual, int(math.floor(keep_ratio * n_visual + 0.5))))
+    return max(1, min(n_visual, int(math.floor(round(keep_ratio * n_visual, 9) + 0.5))))
 
 
 def topk_in_order(scores: torch.Tensor, k: int) -> torch.Tensor:

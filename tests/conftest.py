@@ -116,6 +116,9 @@ def messages_for(kind: str, seed: int = 0, question: str = "What color is the ci
                    {"type": "image", "image": random_image(84, 84, seed + 1)}]
     elif kind == "video":
         content = [{"type": "video", "video": [random_image(56, 56, seed + i) for i in range(4)]}]
+    elif kind == "two_videos":
+        content = [{"type": "video", "video": [random_image(56, 56, seed + i) for i in range(4)]},
+                   {"type": "video", "video": [random_image(56, 56, seed + 10 + i) for i in range(4)]}]
     elif kind == "image_and_video":
         content = [{"type": "image", "image": random_image(112, 84, seed)},
                    {"type": "video", "video": [random_image(56, 56, seed + i) for i in range(4)]}]

@@ -236,6 +236,42 @@ def test_visual_groups(loaded, family):
         assert counts[:-1].unique().numel() == 1 and counts[-1] == counts[0] + 1
 
 
+def test_keep_count_rounds_half_up_on_decimal_ratios():
+    assert [keep_count(90, 0.25), keep_count(90, 0.35), keep_count(45, 0.7), keep_count(3, 0.5)] == [23, 32, 32, 2]
+    assert [keep_count(90, 0.3499), keep_count(10, 0.01), keep_count(0, 0.5)] == [31, 1, 0]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_two_videos_are_two_frame_runs(loaded, family):
+    """LLaVA-OV writes back-to-back videos as one run of <video> tokens: each video's frames and its newline
+    must still be found (the run was read as one video, a cell short, and uniform / pool / VisionZip broke)."""
+    model, processor = loaded[family]
+    pruned = wrap_model(model, method="none")
+    one = pruned.adapter.capture_llm_inputs(model_inputs(processor, messages_for("video")))
+    two = pruned.adapter.capture_llm_inputs(model_inputs(processor, messages_for("two_videos")))
+    assert two.n_visual(0) == 2 * one.n_visual(0)
+    one_counts, groups = torch.bincount(one.visual_groups[0]), two.visual_groups[0]
+    assert torch.bincount(groups).tolist() == one_counts.tolist() * 2 and bool((groups[1:] >= groups[:-1]).all())
+    cells = two.visual_cells[0]
+    assert cells.shape[0] == two.n_visual(0)
+    assert torch.equal(cells[:one.n_visual(0)], one.visual_cells[0])
+    first, second = cells[:one.n_visual(0)], cells[one.n_visual(0):]
+    assert torch.equal(second[:, 1:], first[:, 1:])  # the same layout, on grids of its own
+    grids = [set(c[c[:, 0] >= 0, 0].tolist()) for c in (first, second)]
+    assert grids[0] and grids[1] and grids[0].isdisjoint(grids[1])
+
+
+@pytest.mark.parametrize("method", ("uniform", "pool", "visionzip"))
+def test_layout_methods_on_two_llava_videos(loaded, method):
+    model, processor = loaded["llava_onevision"]
+    inputs = model_inputs(processor, messages_for("two_videos"))
+    pruned = wrap_model(model, method=method, keep_ratio=0.25)
+    pruned.prefill_logits(**inputs)
+    n_visual = pruned.adapter.capture_llm_inputs(inputs).n_visual(0)
+    assert pruned.last_selection.visual_before == [n_visual]
+    assert pruned.last_selection.visual_after == [keep_count(n_visual, 0.25)]
+
+
 def test_per_group_budget_keeps_fraction_of_each_frame(loaded):
     model, processor = loaded["llava_onevision"]
     inputs = model_inputs(processor, messages_for("video"))

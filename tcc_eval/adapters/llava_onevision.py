@@ -57,14 +57,26 @@ class LlavaOnevisionAdapter(MLLMAdapter):
                 )
         self.model.model(**inputs, use_cache=False)
 
-    def media(self, row: torch.Tensor, images: Iterator[tuple[int, int]]) -> list[tuple[int, str, int, int]]:
+    def video_frames(self, inputs: dict[str, Any]) -> int | None:
+        """Frames per video: the model stacks a batch's videos, so they all have the same count."""
+        videos = inputs.get("pixel_values_videos")
+        return None if videos is None else int(videos.shape[1])
+
+    def media(self, row: torch.Tensor, images: Iterator[tuple[int, int]], frames: int | None
+              ) -> list[tuple[int, str, int, int]]:
         """The videos and images of one prompt row as (start, kind, tokens, count): a video's frames, an image's
         crop rows (its newlines). ``images`` yields each image's (tokens, newlines) from ``run_until_llm``, in
-        order; back-to-back images share one run of <image> tokens. Videos come first, then images."""
+        order; back-to-back images share one run of <image> tokens, as back-to-back videos (``frames`` each, and
+        one newline) share one of <video> tokens. Videos come first, then images."""
         cfg = self.model.config
         parts = []
         for start, end in runs_of(row == cfg.video_token_id):
-            parts.append((start, "video", end - start, max(1, (end - start - 1) // self.frame_tokens())))
+            per_video = end - start if frames is None else frames * self.frame_tokens() + 1
+            if (end - start) % per_video:
+                raise ValueError(f"LLaVA-OneVision run of {end - start} video tokens does not split into videos of "
+                                 f"{frames} frames x {self.frame_tokens()} tokens and a newline")
+            for offset in range(start, end, per_video):
+                parts.append((offset, "video", per_video, max(1, (per_video - 1) // self.frame_tokens())))
         for start, end in runs_of(row == cfg.image_token_id):
             offset = start
             while offset < end:
@@ -81,13 +93,13 @@ class LlavaOnevisionAdapter(MLLMAdapter):
         self, input_ids: torch.Tensor, inputs: dict[str, Any], front_end: dict[str, Any]
     ) -> list[torch.Tensor]:
         """One group per image (base view, crops and newlines); one per video frame (the video's single
-        trailing newline token joins the last frame)."""
+        trailing newline token joins its last frame)."""
         per_frame = self.frame_tokens()
-        images = self.images(front_end)
+        images, frames = self.images(front_end), self.video_frames(inputs)
         groups = []
         for row in input_ids:
             ids, next_group = [], 0
-            for start, kind, n_tokens, count in self.media(row, images):
+            for start, kind, n_tokens, count in self.media(row, images, frames):
                 if kind == "video":
                     ids.append((start, next_group + torch.clamp(torch.arange(n_tokens) // per_frame, max=count - 1)))
                     next_group += count
@@ -104,15 +116,15 @@ class LlavaOnevisionAdapter(MLLMAdapter):
         """An image is its base view (``image_size / patch_size`` square, row by row), then, when it has anyres
         crops, their unpadded grid row by row with a newline after each row (the newline count, read from the
         packed features, gives the rows); without crops, one newline follows the base view. A video frame is its
-        pooled square grid; the video's one trailing newline ends the run."""
+        pooled square grid; each video's one trailing newline ends it."""
         cfg = self.model.config
         side = cfg.vision_config.image_size // cfg.vision_config.patch_size
         pooled = math.isqrt(self.frame_tokens())
-        images = self.images(front_end)
+        images, frames = self.images(front_end), self.video_frames(inputs)
         cells = []
         for row in input_ids:
             parts, grids = [], 0  # (start, cells); grid ids need only be distinct within the sample
-            for start, kind, n_tokens, count in self.media(row, images):
+            for start, kind, n_tokens, count in self.media(row, images, frames):
                 if kind == "video":
                     frames = [grid_cells(grids + f, pooled, pooled) for f in range(count)]
                     parts.append((start, torch.cat(frames + [NO_CELL])))
