@@ -245,7 +245,10 @@ def wrap_model(
     if method in INSIDE_LLM_METHODS and positions != "original":
         raise ValueError(f"positions={positions!r} applies to methods that prune before the LLM; {method} prunes "
                          f"inside it, after layers whose KV cache holds the original ids: leave positions='original'")
-    check_positions(positions, adapter_for(model))  # before a scorer loads anything
+    adapter = adapter_for(model)
+    check_positions(positions, adapter)  # before a scorer loads anything
+    if method != "none":
+        adapter.check_full_attention()
     if method in INSIDE_LLM_METHODS:
         from .fastv import DartModel, FastVModel, PyramidDropModel
 

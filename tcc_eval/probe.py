@@ -48,7 +48,7 @@ def attention_rows(
 
     hidden_states: (1, L, D) input of that layer; position_ids: (1, L) or (3, 1, L); attention_mask:
     (1, L) with 0 on padding; rows: 1-D query positions. Returns (heads, len(rows), L) in fp32,
-    causal and padding-masked exactly like eager attention.
+    causal, padding- and sliding-window-masked exactly like eager attention.
     """
     layer = language_model.layers[layer_idx]
     attn = layer.self_attn
@@ -61,7 +61,11 @@ def attention_rows(
     length = hidden_states.shape[1]
     logits = (q.float() @ k.float().transpose(-1, -2)) * attn.scaling
     keys = torch.arange(length, device=hidden_states.device)
-    allowed = (keys[None, :] <= rows.to(keys.device)[:, None]) & attention_mask[0].bool()[None, :]
+    queries = rows.to(keys.device)[:, None]
+    allowed = (keys[None, :] <= queries) & attention_mask[0].bool()[None, :]
+    window = getattr(attn, "sliding_window", None)  # a sliding-window layer sees the last `window` places only
+    if window:
+        allowed &= keys[None, :] > queries - window
     logits = logits.masked_fill(~allowed, torch.finfo(logits.dtype).min)
     return torch.softmax(logits, dim=-1)[0]
 

@@ -218,6 +218,34 @@ def test_layer0_probe_equals_eager_attention(loaded, family, kind):
     assert (probe - eager[:, rows]).abs().max().item() < 1e-6
 
 
+def test_sliding_window_layers_probe_exactly_and_refuse_pruning(loaded):
+    """A layer-0 sliding window (Qwen2's use_sliding_window, max_window_layers=0): the probe masks it as eager
+    attention does, and pruning, whose shorter sequence would move tokens across windows, is refused by name."""
+    import copy
+
+    model, processor = loaded["qwen2_vl"]
+    config = copy.deepcopy(model.config)
+    config.text_config.use_sliding_window, config.text_config.sliding_window = True, 16
+    config.text_config.max_window_layers = 0
+    config.text_config.layer_types = ["sliding_attention"] * config.text_config.num_hidden_layers
+    windowed = type(model)(config).eval()
+    windowed.load_state_dict(model.state_dict())
+    inputs = model_inputs(processor, messages_for("image"))
+    llm = wrap_model(windowed, method="none").adapter.capture_llm_inputs(inputs)
+    lm = windowed.model.language_model
+    assert lm.layers[0].self_attn.sliding_window == 16
+    with torch.no_grad():
+        eager = lm(inputs_embeds=llm.inputs_embeds, attention_mask=llm.attention_mask,
+                   position_ids=llm.position_ids, output_attentions=True).attentions[0][0]
+        rows = torch.arange(llm.inputs_embeds.shape[1] - 8, llm.inputs_embeds.shape[1])
+        probe = attention_rows(lm, llm.inputs_embeds, llm.position_ids, llm.attention_mask, rows)
+    assert bool((eager[:, rows, :rows[0] - 16] == 0).all())  # the window is in force in the reference
+    assert (probe - eager[:, rows]).abs().max().item() < 1e-6
+    for method in ("a0", "random", "fastv"):
+        with pytest.raises(ValueError, match=r"sliding-window attention in layers \[0, .*use_sliding_window=False"):
+            wrap_model(windowed, method=method)
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_visual_groups(loaded, family):
     model, processor = loaded[family]

@@ -70,6 +70,18 @@ class MLLMAdapter:
     def visual_token_ids(self) -> tuple[int, ...]:
         raise NotImplementedError
 
+    def check_full_attention(self) -> None:
+        """Pruning needs every LLM layer to see the whole prompt: a sliding window counts sequence places, which
+        pruning shifts, so tokens would enter or leave a window and the pruned run would no longer be the unpruned
+        one with the dropped tokens masked out (the layer-0 probe would also read the wrong attention)."""
+        windowed = [i for i, layer in enumerate(self.language_model.layers)
+                    if getattr(layer.self_attn, "sliding_window", None)]
+        if windowed:
+            raise ValueError(f"this {self.family} checkpoint's LLM uses sliding-window attention in layers {windowed} "
+                             f"(config use_sliding_window=True), which token pruning does not support: load it "
+                             f"with use_sliding_window=False (the released Qwen2-VL and LLaVA-OneVision configs "
+                             f"have it off), or evaluate it with method='none'")
+
     def video_token_id(self) -> int | None:
         """Placeholder id of video tokens (None where videos are fed as frames of images)."""
         return getattr(self.model.config, "video_token_id", None)
