@@ -116,6 +116,8 @@ def messages_for(kind: str, seed: int = 0, question: str = "What color is the ci
                    {"type": "image", "image": random_image(84, 84, seed + 1)}]
     elif kind == "video":
         content = [{"type": "video", "video": [random_image(56, 56, seed + i) for i in range(4)]}]
+    elif kind == "long_video":  # Qwen2-VL: 24 temporal ids on a 2x2 grid, more than the text after it
+        content = [{"type": "video", "video": [random_image(56, 56, seed + i) for i in range(48)]}]
     elif kind == "two_videos":
         content = [{"type": "video", "video": [random_image(56, 56, seed + i) for i in range(4)]},
                    {"type": "video", "video": [random_image(56, 56, seed + 10 + i) for i in range(4)]}]
@@ -138,7 +140,9 @@ def masked_greedy_tokens(model, inputs: dict[str, torch.Tensor], kept: torch.Ten
                          steps: int) -> list[int]:
     """Greedy tokens of the unpruned model, independent of the pruning code: no cache, every prompt token outside
     ``kept`` masked out of the attention, the prompt at its own ``positions`` ((1, L) or M-RoPE's (3, 1, L)), and
-    each new token at the next position after the prompt's largest, as in the unpruned run. The checkpoint's
+    each new token at the position after the last one, as HF's ``generate`` places it in the unpruned run (after the
+    prompt's largest too, except where transformers 5 puts the text after a long Qwen2-VL video below the video's
+    largest temporal id; ``generate`` still counts on from the last). The checkpoint's
     repetition penalty (Qwen's generation configs set one) covers the whole prompt's ids, as ``generate`` does."""
     penalty = model.generation_config.repetition_penalty or 1.0
     ids, mask = inputs["input_ids"], torch.zeros_like(inputs["attention_mask"])
@@ -156,7 +160,7 @@ def masked_greedy_tokens(model, inputs: dict[str, torch.Tensor], kept: torch.Ten
         ids = torch.cat([ids, ids.new_tensor([[tokens[-1]]])], dim=1)
         mask = torch.cat([mask, mask.new_ones(1, 1)], dim=1)
         extra = {k: torch.cat([v, v.new_zeros(1, 1)], dim=1) for k, v in extra.items()}
-        positions = torch.cat([positions, torch.full_like(positions[..., -1:], int(positions.max()) + 1)], dim=-1)
+        positions = torch.cat([positions, positions[..., -1:] + 1], dim=-1)
     return tokens
 
 

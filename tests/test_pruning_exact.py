@@ -86,6 +86,33 @@ def test_pruned_generation_equals_the_masked_model_token_by_token(loaded, family
     assert len(new) > 1 and new == reference
 
 
+def test_decoding_after_a_long_qwen_video_counts_on_from_the_last_position(loaded):
+    """transformers 5 places the text after a Qwen2-VL video of more temporal than spatial ids below the video's
+    largest id, and its generate counts on from the prompt's last position, not from the largest: the pruned run
+    decodes at the same positions, and equals the masked reference that does so."""
+    from conftest import masked_greedy_tokens
+
+    model, processor = loaded["qwen2_vl"]
+    inputs = model_inputs(processor, messages_for("long_video", seed=3))
+    positions = original_positions(model, "qwen2_vl", inputs)
+    last = int(positions[0, 0, -1])
+    assert last < int(positions.max())  # the case itself
+    decoded = []
+    hook = model.model.language_model.rotary_emb.register_forward_hook(
+        lambda module, args, output: decoded.append(args[1][:, 0, -1].tolist()))
+    try:
+        with torch.no_grad():
+            model.generate(**inputs, max_new_tokens=4, do_sample=False)
+        vanilla, decoded[:] = decoded[1:], []
+        pruned = wrap_model(model, method="random", keep_ratio=0.5)
+        new = pruned.generate(**inputs, max_new_tokens=4, do_sample=False)[0, inputs["input_ids"].shape[1]:]
+    finally:
+        hook.remove()
+    assert vanilla == decoded[1:] == [[last + step] * 3 for step in (1, 2, 3)]
+    assert new.tolist() == masked_greedy_tokens(model, inputs, pruned.last_selection.kept_positions[0], positions,
+                                                new.numel())
+
+
 def test_a_prompt_ending_in_a_pruned_visual_token_is_refused(loaded):
     """generate continues from the last kept token's position: if the prompt's last token is a visual one and it
     is dropped, the answer would start at a dropped token's position. Refused under original positions; kept, or
