@@ -122,16 +122,52 @@ def model_type_of(model_path: str | os.PathLike) -> tuple[str, str | os.PathLike
         raise ValueError(f"cannot read a model config from {str(model_path)!r}: {err}") from err
 
 
+PIXEL_LIMIT_FAMILIES = ("qwen2_vl", "qwen2_5_vl")  # processors that take min_pixels / max_pixels
+
+
+PIXEL_LIMITS = {"min_pixels": "shortest_edge", "max_pixels": "longest_edge"}  # -> the processors' size keys
+
+
+def check_processor_options(model_type: str, processor_options: dict[str, Any] | None) -> None:
+    """Pixel limits resize Qwen2-VL / Qwen2.5-VL inputs; other processors would ignore them without a word."""
+    if not processor_options:
+        return
+    unknown = sorted(set(processor_options) - set(PIXEL_LIMITS))
+    if unknown:
+        raise ValueError(f"unknown processor options {unknown}; the options are {sorted(PIXEL_LIMITS)}")
+    if model_type not in PIXEL_LIMIT_FAMILIES:
+        raise ValueError(f"processor options {sorted(processor_options)} apply to Qwen2-VL / Qwen2.5-VL "
+                         f"processors (min_pixels / max_pixels); this is a {model_type} checkpoint: leave them out")
+
+
+def processor_with_pixel_limits(model_path: str | os.PathLike, limits: dict[str, int] | None):
+    """The checkpoint's processor, its image and video resizing range replaced where ``limits`` says."""
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(model_path)
+    if not limits:
+        return processor
+    size = {key: limits.get(option, getattr(processor.image_processor.size, key))
+            for option, key in PIXEL_LIMITS.items()}
+    if size["shortest_edge"] > size["longest_edge"]:
+        raise ValueError(f"min_pixels {size['shortest_edge']} is above max_pixels {size['longest_edge']}")
+    return AutoProcessor.from_pretrained(model_path, size=size)
+
+
 def load_hf_model(model_path: str | os.PathLike, device: torch.device, dtype: torch.dtype, attn: str = "sdpa",
-                  conv_mode: str | None = None, known_as: str | None = None):
+                  conv_mode: str | None = None, known_as: str | None = None,
+                  processor_options: dict[str, Any] | None = None):
     """Load model + processor exactly like a hub checkpoint; refuse families we cannot prune. VILA1.5 only:
-    ``conv_mode`` picks its template, ``known_as`` (a hub id) names it where the folder's name does not."""
+    ``conv_mode`` picks its template, ``known_as`` (a hub id) names it where the folder's name does not.
+    Qwen2-VL / Qwen2.5-VL only: ``processor_options`` (``min_pixels``, ``max_pixels``) set the resolution range
+    its processor resizes images and frames into, as VLMEvalKit's and lmms-eval's wrappers set their own."""
     model_type, model_path = model_type_of(model_path)
     if model_type not in ADAPTERS:
         raise ValueError(
             f"{model_path!r} is a {model_type!r} checkpoint, which has no token-compression adapter; "
             f"supported model types: {sorted(ADAPTERS)} (image/video input needs a multimodal checkpoint)"
         )
+    check_processor_options(model_type, processor_options)
     if model_type == "vila":  # not a transformers model: assembled from its llm/, vision_tower/, mm_projector/
         from .vila import VilaForConditionalGeneration, VilaProcessor
 
@@ -140,11 +176,10 @@ def load_hf_model(model_path: str | os.PathLike, device: torch.device, dtype: to
         processor = VilaProcessor.from_pretrained(model_path, conv_mode=conv_mode, known_as=known_as)
         processor.end_answers_at_template_stop(model)
         return model.eval(), processor
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoModelForImageTextToText
 
     model = AutoModelForImageTextToText.from_pretrained(model_path, dtype=dtype, attn_implementation=attn)
-    processor = AutoProcessor.from_pretrained(model_path)
-    return model.to(device).eval(), processor
+    return model.to(device).eval(), processor_with_pixel_limits(model_path, processor_options)
 
 
 def build_scorer(
@@ -365,6 +400,7 @@ def load(
     compressor: Any = None,
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
+    processor_options: dict[str, Any] | None = None,
     **options: Any,
 ) -> CompressedMLLM:
     """Load a checkpoint and attach a pruning method.
@@ -372,7 +408,8 @@ def load(
     method: none | random | a0 | tcc | oracle | divprune | uniform | pool | visionzip | fastv | dart | pdrop;
     keep_ratio in (0, 1];
     compressor: a trained compressor checkpoint, {modality: checkpoint} or a folder of
-    ``<family>_<modality>.pt`` (required for tcc); options: ``wrap_model``'s (budget, seed, fastv_k, match,
+    ``<family>_<modality>.pt`` (required for tcc); processor_options: Qwen2-VL / Qwen2.5-VL pixel limits
+    (``{"min_pixels": ..., "max_pixels": ...}``); options: ``wrap_model``'s (budget, seed, fastv_k, match,
     pdrop_layers, max_answer_tokens, contextual_share, positions, instruction_rows). CUDA when available
     (bf16/fp16), else CPU (fp32).
     """
@@ -387,6 +424,6 @@ def load(
     device = default_device(device)
     dtype = default_dtype(device, dtype)
     attn = "eager" if method == "oracle" else "sdpa"
-    model, processor = load_hf_model(model_path, device, dtype, attn=attn)
+    model, processor = load_hf_model(model_path, device, dtype, attn=attn, processor_options=processor_options)
     pruned = wrap_model(model, method=method, keep_ratio=keep_ratio, compressor=compressor, **options)
     return CompressedMLLM(pruned, processor)

@@ -239,6 +239,41 @@ def test_label_reads_llava_data_under_a_media_root(tiny_checkpoints, tmp_path, o
     assert record["n_visual"] > 0 and record["relevance"].numel() == record["a0"].numel() == record["n_visual"]
 
 
+def test_label_pixel_limits_set_the_resolution_labels_are_made_at(tiny_checkpoints, tmp_path, one_thread):
+    """--min-pixels upscales small images as the evaluation wrapper's processor does (VLMEvalKit's Qwen2VL: 1280
+    28-px cells at least), so the compressor learns on the token grid it will score; other families refuse it."""
+    from transformers import AutoProcessor
+
+    sample = synth.generate("image", 1, seed=0, split="train")[0]
+    sample.image.save(tmp_path / "0.png")
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"id": 0, "image": "0.png", "question": sample.question, "answer": sample.answer}))
+    common = ["--data", str(data), "--keep-all", "--max-answer-tokens", "1", "--max-new-tokens", "2", "--device",
+              "cpu", "--min-pixels", str(4 * sample.image.width * sample.image.height),
+              "--max-pixels", str(4 * sample.image.width * sample.image.height)]
+    out = tmp_path / "big"
+    assert main(["label", "--model", tiny_checkpoints["qwen2_vl"], "--out", str(out), *common]) == 0
+    record = torch.load(out / "samples" / "0.pt", weights_only=True)
+    tokens = {}
+    area = sample.image.width * sample.image.height
+    for name, size in (("default", {}), ("big", {"shortest_edge": 4 * area, "longest_edge": 4 * area})):
+        processor = AutoProcessor.from_pretrained(tiny_checkpoints["qwen2_vl"], **({"size": size} if size else {}))
+        tokens[name] = int(processor.image_processor(images=[sample.image], return_tensors="pt")["image_grid_thw"]
+                           .prod()) // 4
+    assert record["n_visual"] == tokens["big"] >= 3 * tokens["default"]
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["pixels"] == {"min_pixels": 4 * area, "max_pixels": 4 * area}
+    with pytest.raises(ValueError, match=r"apply to Qwen2-VL / Qwen2.5-VL processors.*llava_onevision checkpoint"):
+        main(["label", "--model", tiny_checkpoints["llava_onevision"], "--out", str(tmp_path / "llava"), *common])
+    from tcc_eval.api import check_processor_options
+
+    with pytest.raises(ValueError, match=r"unknown processor options \['size'\]; the options are \['max_pixels'"):
+        check_processor_options("qwen2_vl", {"size": 1, "min_pixels": 1})
+    with pytest.raises(ValueError, match="min_pixels 9 is above max_pixels 8"):
+        main(["label", "--model", tiny_checkpoints["qwen2_vl"], "--out", str(tmp_path / "x"), "--data", str(data),
+              "--min-pixels", "9", "--max-pixels", "8"])
+
+
 def test_shards_from_flag_or_torchrun(monkeypatch):
     monkeypatch.delenv("RANK", raising=False)
     monkeypatch.delenv("WORLD_SIZE", raising=False)
@@ -335,13 +370,14 @@ def test_resumed_labelling_must_share_the_label_settings(tmp_path):
 
     meta = {"model": {"family": "qwen2_vl"}, "data": "/d.tsv", "modality": "video", "relevance_rules": ["clamp"],
             "num_frames": 8, "max_answer_tokens": 16, "keep_all": False, "dtype": "bfloat16",
-            "instruction_rows": "after_last_visual"}
+            "instruction_rows": "after_last_visual", "pixels": {}}
     prepare_meta(tmp_path, meta)
     prepare_meta(tmp_path, {**meta, "keep_all": True})  # the same settings resume, --keep-all or not
     for key, value, flag in (("num_frames", 16, "--num-frames 8 \\(this run: 16\\)"),
                              ("max_answer_tokens", 4, "--max-answer-tokens 16"),
                              ("dtype", "float32", "--dtype bfloat16"),
-                             ("instruction_rows", "last", "--instruction-rows after_last_visual")):
+                             ("instruction_rows", "last", "--instruction-rows after_last_visual"),
+                             ("pixels", {"min_pixels": 3136}, "--min-pixels / --max-pixels \\{\\}")):
         with pytest.raises(ValueError, match=f"holds labels made with {flag}.*Resume with the same settings"):
             prepare_meta(tmp_path, {**meta, key: value})
     images = tmp_path / "images"

@@ -339,7 +339,8 @@ def write_json(path: Path, data: dict) -> None:
 # settings that change what a label holds: a resumed run must share them (flag: the option that sets each).
 # --keep-all is not one: it changes which samples get labels, and a resume with it labels the skipped ones.
 LABEL_SETTINGS = {"num_frames": "--num-frames", "max_answer_tokens": "--max-answer-tokens", "dtype": "--dtype",
-                  "instruction_rows": "--instruction-rows"}
+                  "instruction_rows": "--instruction-rows", "pixels": "--min-pixels / --max-pixels"}
+
 
 
 def instruction_rows_of(meta: dict[str, Any]) -> str:
@@ -353,6 +354,7 @@ def prepare_meta(out: Path, meta: dict[str, Any]) -> None:
     if path.is_file():
         old = json.loads(path.read_text())
         old["instruction_rows"] = instruction_rows_of(old)
+        old.setdefault("pixels", {})  # folders from before the options: the checkpoint's own limits
         if old.get("model") != meta["model"] or old.get("data") != meta["data"]:
             raise ValueError(
                 f"{out} already holds labels of {old.get('model', {}).get('family')} on {old.get('data')}; "
@@ -427,13 +429,14 @@ def run(args: argparse.Namespace) -> int:
         torch.cuda.set_device(device)
     # sdpa, as at inference, so the vision tower's features (and so a0) are what the compressor will be fed; the
     # oracle switches the LLM to eager for its own pass
-    model, processor = load_hf_model(args.model, device, default_dtype(device, args.dtype))
+    pixels = {k: v for k, v in (("min_pixels", args.min_pixels), ("max_pixels", args.max_pixels)) if v is not None}
+    model, processor = load_hf_model(args.model, device, default_dtype(device, args.dtype), processor_options=pixels)
     meta = {
         "format": "tcc-labels", "version": 1, "model": model_meta(model), "model_path": str(args.model),
         "data": str(Path(args.data).resolve()), "modality": dataset_modality(samples),
         "max_answer_tokens": args.max_answer_tokens, "keep_all": args.keep_all, "num_frames": args.num_frames,
         "relevance_rules": label_rules(args.ablation_rules), "instruction_rows": args.instruction_rows,
-        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""), "pixels": pixels,
     }
     prepare_meta(out, meta)
     mine = samples[shard::n_shards]
@@ -510,6 +513,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-new-tokens", type=positive_int, default=16,
                         help="tokens generated to judge the answer (default 16)")
     parser.add_argument("--num-frames", type=positive_int, default=8, help="frames sampled per video (default 8)")
+    parser.add_argument("--min-pixels", type=positive_int, default=None,
+                        help="Qwen2-VL / Qwen2.5-VL: smallest image or frame area the processor resizes to (default: "
+                        "the checkpoint's). Label at the resolution you evaluate at: VLMEvalKit's Qwen2VL models use "
+                        "1003520 (1280*28*28)")
+    parser.add_argument("--max-pixels", type=positive_int, default=None,
+                        help="Qwen2-VL / Qwen2.5-VL: largest image or frame area (default: the checkpoint's; "
+                        "VLMEvalKit's Qwen2VL models: 12845056 = 16384*28*28)")
     parser.add_argument("--limit", type=positive_int, default=None, help="use only the first N samples of the data")
     parser.add_argument("--device", default=None, type=device_arg, help="cuda, cuda:1, cpu (default: cuda:LOCAL_RANK "
                         "or cuda if available, else cpu)")
