@@ -482,11 +482,12 @@ def read_lmms(root: Path, skip: Path | None = None) -> list[Score]:
             continue
         base = lmms_base_model(model_id, args.get("pretrained") or args.get("model"))
         run = f"{model_id}:{config.get('model_args')}"
+        limited = f"--limit {config['limit']}: a subset of the benchmark" if config.get("limit") is not None else ""
         mtime = path.stat().st_mtime
         variant = method_variant(method, args)
         for benchmark, metric, value, scale, primary, note in rows:
             scores.append(Score("lmms_eval", run, base, method, ratio, benchmark, metric, value, scale, primary,
-                                str(path), mtime, note, variant))
+                                str(path), mtime, "; ".join(filter(None, [note, limited])), variant))
     return scores
 
 
@@ -733,13 +734,13 @@ def _recorded_shape(efficiency: pd.DataFrame) -> LLMShape | None:
     return LLMShape(**json.loads(text)) if text else None
 
 
-def _datasets(efficiency: pd.DataFrame, framework: str, base: str, key: tuple | None) -> set[str]:
-    """The datasets a run has efficiency records on; ``key=None``: the base's vanilla run."""
+def _dataset_samples(efficiency: pd.DataFrame, framework: str, base: str, key: tuple | None) -> dict[str, int]:
+    """{dataset: samples} a run has efficiency records on; ``key=None``: the base's vanilla run."""
     runs = efficiency[(efficiency["framework"] == framework) & (efficiency["base_model"] == base)
                       & (efficiency["dataset"] != "ALL")]
     runs = runs[runs["method"] == "none"] if key is None else _rows_of(
         runs, ["base_model", "method", "variant", "keep_ratio"], key)
-    return set(runs["dataset"])
+    return {str(d): int(n) for d, n in zip(runs["dataset"], runs["samples"])}
 
 
 def _rows_of(frame: pd.DataFrame, columns: list[str], values: tuple) -> pd.DataFrame:
@@ -837,10 +838,15 @@ def build_table(summary: pd.DataFrame, efficiency: pd.DataFrame, framework: str,
             if method != "none" and method not in INSIDE_LLM_METHODS:  # the others select inside the prefill
                 notes.append("prefill s without the method's selection step (records without select_s)")
         if len(eff) and len(vanilla_eff) and method != "none":
-            mine_sets, vanilla_sets = (_datasets(efficiency, framework, base, m) for m in (key, None))
-            if mine_sets != vanilla_sets:
+            mine_sets, vanilla_sets = (_dataset_samples(efficiency, framework, base, m) for m in (key, None))
+            if set(mine_sets) != set(vanilla_sets):
                 notes.append(f"efficiency over {len(mine_sets)} dataset(s), vanilla's over {len(vanilla_sets)}: "
                              f"compare per dataset in efficiency.csv")
+            other_counts = [f"{d} {mine_sets[d]} vs {vanilla_sets[d]}"
+                            for d in sorted(set(mine_sets) & set(vanilla_sets)) if mine_sets[d] != vanilla_sets[d]]
+            if other_counts:  # e.g. one of the two runs was a --limit run
+                notes.append(f"other sample counts than vanilla's ({', '.join(other_counts)}): its scores and "
+                             f"preservation compare other samples")
         row["total s"] = eff["total_s_mean"].iloc[0] if len(eff) else math.nan
         row["KV MB"] = eff["kv_cache_mb_mean"].iloc[0] if len(eff) else math.nan
         row["visual KV MB"] = eff["visual_kv_mb_mean"].iloc[0] if len(eff) else math.nan

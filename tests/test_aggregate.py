@@ -82,7 +82,7 @@ def write_videomme_rating(path: Path, overall: float, short: float) -> None:
 
 
 def write_lmms_results(output_path: Path, model: str, model_args: str, date: str, results: dict,
-                       group_subtasks: dict, n_samples: dict) -> Path:
+                       group_subtasks: dict, n_samples: dict, limit: int | None = None) -> Path:
     pretrained = parse_model_args(model_args)["pretrained"]
     folder = output_path / "__".join(pretrained.split("/")[-2:])
     folder.mkdir(parents=True, exist_ok=True)
@@ -95,7 +95,7 @@ def write_lmms_results(output_path: Path, model: str, model_args: str, date: str
         "higher_is_better": {t: {} for t in results},
         "n-samples": n_samples,
         "config": {"model": model, "model_args": model_args, "batch_size": "1", "batch_sizes": [],
-                   "device": "cuda", "use_cache": None, "limit": None, "bootstrap_iters": 100000,
+                   "device": "cuda", "use_cache": None, "limit": limit, "bootstrap_iters": 100000,
                    "gen_kwargs": "", "random_seed": 0, "numpy_seed": 1234, "torch_seed": 1234, "fewshot_seed": 1234},
         "git_hash": None, "date": date, "task_hashes": {},
         "model_source": model, "model_name": pretrained, "model_name_sanitized": folder.name,
@@ -835,6 +835,31 @@ def test_flops_ratio_sums_the_samples_and_older_records_are_flagged(tmp_path):
     for note in ("FLOPs ratio at the mean visual token count", "prefill s without the method's selection step",
                  "efficiency over 2 dataset(s), vanilla's over 1"):
         assert note in row["note"], row["note"]
+
+
+def test_runs_on_other_samples_than_their_vanilla_are_flagged(tmp_path):
+    """A quick --limit run (newest wins) beside a full one: lmms-eval's config names the limit on each score, and a
+    run whose efficiency records count other samples per dataset than its vanilla's says so in the table."""
+    work = tmp_path / "w"
+    for name, method, ratio, samples in (("Qwen2VL7B_Vanilla", "none", 1.0, 3), ("Qwen2VL7B_TCC25", "tcc", 0.25, 2),
+                                         ("Qwen2VL7B_TCC50", "tcc", 0.5, 3)):
+        write_mcq_acc(work / name / f"{name}_MMStar_acc.csv", 50)
+        lines = [efficiency_line(name, "vlmeval", "MMStar", i, method, ratio, "Qwen2VL7B", 1000, round(1000 * ratio),
+                                 1, 2) for i in range(samples)]
+        (work / name / f"{name}_MMStar_efficiency.jsonl").write_text("\n".join(lines) + "\n")
+    notes = aggregate(work).tables["vlmeval"].set_index("keep_ratio")["note"]
+    assert "other sample counts than vanilla's (MMStar 2 vs 3)" in notes[0.25]
+    assert "sample counts" not in notes[0.5] + notes[1.0]
+
+    lmms = tmp_path / "lmms"
+    args = "pretrained=/m/Qwen2-VL-7B-Instruct,method={},ratio={}"
+    write_lmms_results(lmms, "qwen2_vl_tcc", args.format("none", 1.0), "20251128_120000",
+                       *lmms_run(1500.0, 400.0, 0.8, 70.0, 50.0))
+    write_lmms_results(lmms, "qwen2_vl_tcc", args.format("tcc", 0.5), "20251128_130000",
+                       *lmms_run(1400.0, 380.0, 0.7, 60.0, 40.0), limit=8)
+    summary = aggregate(lmms).summary.set_index("method")["note"]
+    assert summary.loc["tcc"].str.contains("--limit 8: a subset of the benchmark").all()
+    assert not summary.loc["none"].str.contains("limit").any()
 
 
 def test_lmms_runs_our_wrappers_refuse_are_skipped(tmp_path, caplog):
