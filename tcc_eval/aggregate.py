@@ -774,6 +774,9 @@ def build_table(summary: pd.DataFrame, efficiency: pd.DataFrame, framework: str,
             notes.append("no vanilla run")
         elif len(preserved) < paired.get(base, 0):
             notes.append(f"preservation over {len(preserved)} of {paired[base]} benchmarks")
+        limited = sorted(mine.loc[mine["note"].str.contains("--limit", regex=False), "benchmark"])
+        if limited:
+            notes.append(f"scores of a --limit run on {', '.join(limited)}")
         superseded = sorted({int(n) for n in mine["note"].str.extract(r"newest of (\d+) runs")[0].dropna()})
         if superseded:  # which benchmarks: summary.csv
             notes.append(f"newest of {'/'.join(map(str, superseded))} runs on some benchmarks")
@@ -844,9 +847,9 @@ def build_table(summary: pd.DataFrame, efficiency: pd.DataFrame, framework: str,
                              f"compare per dataset in efficiency.csv")
             other_counts = [f"{d} {mine_sets[d]} vs {vanilla_sets[d]}"
                             for d in sorted(set(mine_sets) & set(vanilla_sets)) if mine_sets[d] != vanilla_sets[d]]
-            if other_counts:  # e.g. one of the two runs was a --limit run
-                notes.append(f"other sample counts than vanilla's ({', '.join(other_counts)}): its scores and "
-                             f"preservation compare other samples")
+            if other_counts:  # a --limit or stopped run, or index-less records of two runs
+                notes.append(f"efficiency records count other samples than vanilla's ({', '.join(other_counts)}): "
+                             f"a --limit or stopped run scores other samples")
         row["total s"] = eff["total_s_mean"].iloc[0] if len(eff) else math.nan
         row["KV MB"] = eff["kv_cache_mb_mean"].iloc[0] if len(eff) else math.nan
         row["visual KV MB"] = eff["visual_kv_mb_mean"].iloc[0] if len(eff) else math.nan

@@ -129,29 +129,42 @@ PIXEL_LIMITS = {"min_pixels": "shortest_edge", "max_pixels": "longest_edge"}  # 
 
 
 def check_processor_options(model_type: str, processor_options: dict[str, Any] | None) -> None:
-    """Pixel limits resize Qwen2-VL / Qwen2.5-VL inputs; other processors would ignore them without a word."""
+    """Pixel limits resize Qwen2-VL / Qwen2.5-VL inputs; other processors would ignore them without a word.
+    Checked before any weights load (under torchrun, every rank would load the model first)."""
     if not processor_options:
         return
     unknown = sorted(set(processor_options) - set(PIXEL_LIMITS))
     if unknown:
         raise ValueError(f"unknown processor options {unknown}; the options are {sorted(PIXEL_LIMITS)}")
+    bad = {k: v for k, v in processor_options.items() if isinstance(v, bool) or not isinstance(v, int) or v <= 0}
+    if bad:
+        raise ValueError(f"processor options {bad} must be positive pixel counts (ints)")
+    low, high = processor_options.get("min_pixels"), processor_options.get("max_pixels")
+    if low is not None and high is not None and low > high:
+        raise ValueError(f"min_pixels {low} is above max_pixels {high}")
     if model_type not in PIXEL_LIMIT_FAMILIES:
         raise ValueError(f"processor options {sorted(processor_options)} apply to Qwen2-VL / Qwen2.5-VL "
                          f"processors (min_pixels / max_pixels); this is a {model_type} checkpoint: leave them out")
 
 
-def processor_with_pixel_limits(model_path: str | os.PathLike, limits: dict[str, int] | None):
-    """The checkpoint's processor, its image and video resizing range replaced where ``limits`` says."""
+def processor_with_pixel_limits(model_path: str | os.PathLike, limits: dict[str, int] | None) -> Any:
+    """The checkpoint's processor with ``limits`` as the bounds of the area its image and video processors resize
+    to; each keeps its own other bound. Set on the loaded processors: a ``size=`` handed to ``from_pretrained``
+    loses to the ``min_pixels`` / ``max_pixels`` keys of the published configs."""
     from transformers import AutoProcessor
+    from transformers.image_utils import SizeDict
 
     processor = AutoProcessor.from_pretrained(model_path)
-    if not limits:
-        return processor
-    size = {key: limits.get(option, getattr(processor.image_processor.size, key))
-            for option, key in PIXEL_LIMITS.items()}
-    if size["shortest_edge"] > size["longest_edge"]:
-        raise ValueError(f"min_pixels {size['shortest_edge']} is above max_pixels {size['longest_edge']}")
-    return AutoProcessor.from_pretrained(model_path, size=size)
+    for part in (getattr(processor, "image_processor", None), getattr(processor, "video_processor", None)):
+        if part is None or not limits:
+            continue
+        size = {key: value for key, value in dict(part.size).items() if value is not None}
+        size.update({PIXEL_LIMITS[option]: value for option, value in limits.items()})
+        if size["shortest_edge"] > size["longest_edge"]:
+            raise ValueError(f"min_pixels {size['shortest_edge']} is above the {type(part).__name__}'s max_pixels "
+                             f"{size['longest_edge']}: raise max_pixels too")
+        part.size = SizeDict(**size)
+    return processor
 
 
 def load_hf_model(model_path: str | os.PathLike, device: torch.device, dtype: torch.dtype, attn: str = "sdpa",

@@ -848,7 +848,7 @@ def test_runs_on_other_samples_than_their_vanilla_are_flagged(tmp_path):
                                  1, 2) for i in range(samples)]
         (work / name / f"{name}_MMStar_efficiency.jsonl").write_text("\n".join(lines) + "\n")
     notes = aggregate(work).tables["vlmeval"].set_index("keep_ratio")["note"]
-    assert "other sample counts than vanilla's (MMStar 2 vs 3)" in notes[0.25]
+    assert "efficiency records count other samples than vanilla's (MMStar 2 vs 3)" in notes[0.25]
     assert "sample counts" not in notes[0.5] + notes[1.0]
 
     lmms = tmp_path / "lmms"
@@ -857,9 +857,12 @@ def test_runs_on_other_samples_than_their_vanilla_are_flagged(tmp_path):
                        *lmms_run(1500.0, 400.0, 0.8, 70.0, 50.0))
     write_lmms_results(lmms, "qwen2_vl_tcc", args.format("tcc", 0.5), "20251128_130000",
                        *lmms_run(1400.0, 380.0, 0.7, 60.0, 40.0), limit=8)
-    summary = aggregate(lmms).summary.set_index("method")["note"]
+    result = aggregate(lmms)
+    summary = result.summary.set_index("method")["note"]
     assert summary.loc["tcc"].str.contains("--limit 8: a subset of the benchmark").all()
     assert not summary.loc["none"].str.contains("limit").any()
+    table = result.tables["lmms_eval"].set_index("method")["note"]
+    assert "scores of a --limit run on " in table["tcc"] and "limit" not in table["none"]
 
 
 def test_lmms_runs_our_wrappers_refuse_are_skipped(tmp_path, caplog):

@@ -241,37 +241,54 @@ def test_label_reads_llava_data_under_a_media_root(tiny_checkpoints, tmp_path, o
 
 def test_label_pixel_limits_set_the_resolution_labels_are_made_at(tiny_checkpoints, tmp_path, one_thread):
     """--min-pixels upscales small images as the evaluation wrapper's processor does (VLMEvalKit's Qwen2VL: 1280
-    28-px cells at least), so the compressor learns on the token grid it will score; other families refuse it."""
+    28-px cells at least), so the compressor learns on the token grid it will score. Published configs carry
+    min_pixels / max_pixels keys, which beat a size= given to from_pretrained: the checkpoint here has them. A limit
+    left out keeps each processor's own; other families refuse the options."""
+    import shutil
+
     from transformers import AutoProcessor
 
+    from tcc_eval.api import check_processor_options, processor_with_pixel_limits
+
+    published = tmp_path / "qwen"
+    shutil.copytree(tiny_checkpoints["qwen2_vl"], published)
+    config = json.loads((published / "processor_config.json").read_text())
+    for part, largest in (("image_processor", 28 * 28 * 256), ("video_processor", 28 * 28 * 128)):
+        config[part].update(min_pixels=56 * 56, max_pixels=largest)
+    (published / "processor_config.json").write_text(json.dumps(config))
     sample = synth.generate("image", 1, seed=0, split="train")[0]
     sample.image.save(tmp_path / "0.png")
     data = tmp_path / "d.jsonl"
     data.write_text(json.dumps({"id": 0, "image": "0.png", "question": sample.question, "answer": sample.answer}))
-    common = ["--data", str(data), "--keep-all", "--max-answer-tokens", "1", "--max-new-tokens", "2", "--device",
-              "cpu", "--min-pixels", str(4 * sample.image.width * sample.image.height),
-              "--max-pixels", str(4 * sample.image.width * sample.image.height)]
-    out = tmp_path / "big"
-    assert main(["label", "--model", tiny_checkpoints["qwen2_vl"], "--out", str(out), *common]) == 0
-    record = torch.load(out / "samples" / "0.pt", weights_only=True)
-    tokens = {}
     area = sample.image.width * sample.image.height
-    for name, size in (("default", {}), ("big", {"shortest_edge": 4 * area, "longest_edge": 4 * area})):
-        processor = AutoProcessor.from_pretrained(tiny_checkpoints["qwen2_vl"], **({"size": size} if size else {}))
-        tokens[name] = int(processor.image_processor(images=[sample.image], return_tensors="pt")["image_grid_thw"]
-                           .prod()) // 4
+    common = ["--data", str(data), "--keep-all", "--max-answer-tokens", "1", "--max-new-tokens", "2", "--device",
+              "cpu", "--min-pixels", str(4 * area), "--max-pixels", str(4 * area)]
+    out = tmp_path / "big"
+    assert main(["label", "--model", str(published), "--out", str(out), *common]) == 0
+    record = torch.load(out / "samples" / "0.pt", weights_only=True)
+    processor = AutoProcessor.from_pretrained(published)
+    assert processor.image_processor.size.longest_edge == 28 * 28 * 256  # the published keys are read
+    tokens = {name: int(processor.image_processor(images=[sample.image], return_tensors="pt", **size)
+                        ["image_grid_thw"].prod()) // 4
+              for name, size in (("default", {}), ("big", {"size": {"shortest_edge": 4 * area,
+                                                                     "longest_edge": 4 * area}}))}
     assert record["n_visual"] == tokens["big"] >= 3 * tokens["default"]
-    meta = json.loads((out / "meta.json").read_text())
-    assert meta["pixels"] == {"min_pixels": 4 * area, "max_pixels": 4 * area}
+    assert json.loads((out / "meta.json").read_text())["pixels"] == {"min_pixels": 4 * area, "max_pixels": 4 * area}
+
+    lower = processor_with_pixel_limits(published, {"min_pixels": 112 * 112})
+    assert [(p.size.shortest_edge, p.size.longest_edge) for p in (lower.image_processor, lower.video_processor)] \
+        == [(112 * 112, 28 * 28 * 256), (112 * 112, 28 * 28 * 128)]
     with pytest.raises(ValueError, match=r"apply to Qwen2-VL / Qwen2.5-VL processors.*llava_onevision checkpoint"):
         main(["label", "--model", tiny_checkpoints["llava_onevision"], "--out", str(tmp_path / "llava"), *common])
-    from tcc_eval.api import check_processor_options
-
     with pytest.raises(ValueError, match=r"unknown processor options \['size'\]; the options are \['max_pixels'"):
         check_processor_options("qwen2_vl", {"size": 1, "min_pixels": 1})
+    with pytest.raises(ValueError, match="must be positive pixel counts"):
+        check_processor_options("qwen2_vl", {"min_pixels": "1003520"})
     with pytest.raises(ValueError, match="min_pixels 9 is above max_pixels 8"):
         main(["label", "--model", tiny_checkpoints["qwen2_vl"], "--out", str(tmp_path / "x"), "--data", str(data),
               "--min-pixels", "9", "--max-pixels", "8"])
+    with pytest.raises(ValueError, match="above the Qwen2VLVideoProcessor's max_pixels 100352: raise max_pixels"):
+        processor_with_pixel_limits(published, {"min_pixels": 28 * 28 * 200})
 
 
 def test_shards_from_flag_or_torchrun(monkeypatch):

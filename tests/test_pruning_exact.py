@@ -316,6 +316,24 @@ def test_two_videos_are_two_frame_runs(loaded, family):
     assert grids[0] and grids[1] and grids[0].isdisjoint(grids[1])
 
 
+def test_llava_video_layout_in_a_batch_of_video_rows(loaded):
+    """Every row of a left-padded batch gets its own frames' cells and groups (the second row's used to be read
+    with the first row's cell list in place of the frame count)."""
+    model, processor = loaded["llava_onevision"]
+    rows = [messages_for("video", seed=s) for s in (0, 5)]
+    rows[1][0]["content"][-1]["text"] = "Which frame shows the largest shape, and what color is it?"
+    prompts = [processor.apply_chat_template(m, add_generation_prompt=True) for m in rows]
+    videos = [m[0]["content"][0]["video"] for m in rows]
+    processor.tokenizer.padding_side = "left"
+    batch = {k: v for k, v in processor(text=prompts, videos=videos, return_tensors="pt", padding=True).items()
+             if isinstance(v, torch.Tensor)}
+    llm = wrap_model(model, method="none").adapter.capture_llm_inputs(batch)
+    single = wrap_model(model, method="none").adapter.capture_llm_inputs(model_inputs(processor, rows[0]))
+    for b in range(2):
+        assert torch.equal(llm.visual_cells[b], single.visual_cells[0])
+        assert torch.equal(llm.visual_groups[b], single.visual_groups[0])
+
+
 @pytest.mark.parametrize("method", ("uniform", "pool", "visionzip"))
 def test_layout_methods_on_two_llava_videos(loaded, method):
     model, processor = loaded["llava_onevision"]

@@ -72,9 +72,10 @@ class LlavaOnevisionAdapter(MLLMAdapter):
         parts = []
         for start, end in runs_of(row == cfg.video_token_id):
             per_video = end - start if frames is None else frames * self.frame_tokens() + 1
-            if (end - start) % per_video:
+            if (end - start) % per_video or (per_video - 1) % self.frame_tokens():
                 raise ValueError(f"LLaVA-OneVision run of {end - start} video tokens does not split into videos of "
-                                 f"{frames} frames x {self.frame_tokens()} tokens and a newline")
+                                 f"{frames or 'some'} frames x {self.frame_tokens()} tokens and a newline each "
+                                 f"(back-to-back videos need pixel_values_videos in the inputs to be told apart)")
             for offset in range(start, end, per_video):
                 parts.append((offset, "video", per_video, max(1, (per_video - 1) // self.frame_tokens())))
         for start, end in runs_of(row == cfg.image_token_id):
@@ -126,8 +127,8 @@ class LlavaOnevisionAdapter(MLLMAdapter):
             parts, grids = [], 0  # (start, cells); grid ids need only be distinct within the sample
             for start, kind, n_tokens, count in self.media(row, images, frames):
                 if kind == "video":
-                    frames = [grid_cells(grids + f, pooled, pooled) for f in range(count)]
-                    parts.append((start, torch.cat(frames + [NO_CELL])))
+                    frame_grids = [grid_cells(grids + f, pooled, pooled) for f in range(count)]
+                    parts.append((start, torch.cat(frame_grids + [NO_CELL])))
                     grids += count
                 else:
                     parts.append((start, self.image_cells(grids, side, n_tokens, count)))

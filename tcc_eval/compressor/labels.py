@@ -342,7 +342,6 @@ LABEL_SETTINGS = {"num_frames": "--num-frames", "max_answer_tokens": "--max-answ
                   "instruction_rows": "--instruction-rows", "pixels": "--min-pixels / --max-pixels"}
 
 
-
 def instruction_rows_of(meta: dict[str, Any]) -> str:
     """The rows whose layer-0 attention a label folder holds (folders from before the option: the default)."""
     return meta.get("instruction_rows", DEFAULT_INSTRUCTION_ROWS)
@@ -431,6 +430,7 @@ def run(args: argparse.Namespace) -> int:
     # oracle switches the LLM to eager for its own pass
     pixels = {k: v for k, v in (("min_pixels", args.min_pixels), ("max_pixels", args.max_pixels)) if v is not None}
     model, processor = load_hf_model(args.model, device, default_dtype(device, args.dtype), processor_options=pixels)
+    adapter_for(model).check_full_attention()  # its compressor could never be used: refuse before hours of labels
     meta = {
         "format": "tcc-labels", "version": 1, "model": model_meta(model), "model_path": str(args.model),
         "data": str(Path(args.data).resolve()), "modality": dataset_modality(samples),
