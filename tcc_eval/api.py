@@ -161,8 +161,9 @@ def processor_with_pixel_limits(model_path: str | os.PathLike, limits: dict[str,
         size = {key: value for key, value in dict(part.size).items() if value is not None}
         size.update({PIXEL_LIMITS[option]: value for option, value in limits.items()})
         if size["shortest_edge"] > size["longest_edge"]:
-            raise ValueError(f"min_pixels {size['shortest_edge']} is above the {type(part).__name__}'s max_pixels "
-                             f"{size['longest_edge']}: raise max_pixels too")
+            other = "max_pixels" if "min_pixels" in limits else "min_pixels"
+            raise ValueError(f"min_pixels {size['shortest_edge']} is above max_pixels {size['longest_edge']} in the "
+                             f"{type(part).__name__} ({other} is its own): give {other} too")
         part.size = SizeDict(**size)
     return processor
 
@@ -191,8 +192,9 @@ def load_hf_model(model_path: str | os.PathLike, device: torch.device, dtype: to
         return model.eval(), processor
     from transformers import AutoModelForImageTextToText
 
+    processor = processor_with_pixel_limits(model_path, processor_options)  # first: a bad limit costs no weights
     model = AutoModelForImageTextToText.from_pretrained(model_path, dtype=dtype, attn_implementation=attn)
-    return model.to(device).eval(), processor_with_pixel_limits(model_path, processor_options)
+    return model.to(device).eval(), processor
 
 
 def build_scorer(

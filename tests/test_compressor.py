@@ -287,8 +287,11 @@ def test_label_pixel_limits_set_the_resolution_labels_are_made_at(tiny_checkpoin
     with pytest.raises(ValueError, match="min_pixels 9 is above max_pixels 8"):
         main(["label", "--model", tiny_checkpoints["qwen2_vl"], "--out", str(tmp_path / "x"), "--data", str(data),
               "--min-pixels", "9", "--max-pixels", "8"])
-    with pytest.raises(ValueError, match="above the Qwen2VLVideoProcessor's max_pixels 100352: raise max_pixels"):
+    with pytest.raises(ValueError, match=r"above max_pixels 100352 in the Qwen2VLVideoProcessor \(max_pixels is its "
+                                         r"own\): give max_pixels too"):
         processor_with_pixel_limits(published, {"min_pixels": 28 * 28 * 200})
+    with pytest.raises(ValueError, match=r"min_pixels 3136 is above max_pixels 1000 .*give min_pixels too"):
+        processor_with_pixel_limits(published, {"max_pixels": 1000})
 
 
 def test_shards_from_flag_or_torchrun(monkeypatch):
