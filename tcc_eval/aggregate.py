@@ -841,12 +841,13 @@ def build_table(summary: pd.DataFrame, efficiency: pd.DataFrame, framework: str,
             if method != "none" and method not in INSIDE_LLM_METHODS:  # the others select inside the prefill
                 notes.append("prefill s without the method's selection step (records without select_s)")
         if len(eff) and len(vanilla_eff) and method != "none":
-            mine_sets, vanilla_sets = (_dataset_samples(efficiency, framework, base, m) for m in (key, None))
-            if set(mine_sets) != set(vanilla_sets):
-                notes.append(f"efficiency over {len(mine_sets)} dataset(s), vanilla's over {len(vanilla_sets)}: "
+            mine_samples, vanilla_samples = (_dataset_samples(efficiency, framework, base, m) for m in (key, None))
+            if set(mine_samples) != set(vanilla_samples):
+                notes.append(f"efficiency over {len(mine_samples)} dataset(s), vanilla's over {len(vanilla_samples)}: "
                              f"compare per dataset in efficiency.csv")
-            other_counts = [f"{d} {mine_sets[d]} vs {vanilla_sets[d]}"
-                            for d in sorted(set(mine_sets) & set(vanilla_sets)) if mine_sets[d] != vanilla_sets[d]]
+            other_counts = [f"{d} {mine_samples[d]} vs {vanilla_samples[d]}"
+                            for d in sorted(set(mine_samples) & set(vanilla_samples))
+                            if mine_samples[d] != vanilla_samples[d]]
             if other_counts:  # a --limit or stopped run, or index-less records of two runs
                 notes.append(f"efficiency records count other samples than vanilla's ({', '.join(other_counts)}): "
                              f"a --limit or stopped run scores other samples")

@@ -123,8 +123,6 @@ def model_type_of(model_path: str | os.PathLike) -> tuple[str, str | os.PathLike
 
 
 PIXEL_LIMIT_FAMILIES = ("qwen2_vl", "qwen2_5_vl")  # processors that take min_pixels / max_pixels
-
-
 PIXEL_LIMITS = {"min_pixels": "shortest_edge", "max_pixels": "longest_edge"}  # -> the processors' size keys
 
 
@@ -155,8 +153,10 @@ def processor_with_pixel_limits(model_path: str | os.PathLike, limits: dict[str,
     from transformers.image_utils import SizeDict
 
     processor = AutoProcessor.from_pretrained(model_path)
+    if not limits:
+        return processor
     for part in (getattr(processor, "image_processor", None), getattr(processor, "video_processor", None)):
-        if part is None or not limits:
+        if part is None:
             continue
         size = {key: value for key, value in dict(part.size).items() if value is not None}
         size.update({PIXEL_LIMITS[option]: value for option, value in limits.items()})
