@@ -109,6 +109,7 @@ if [[ "$SUITE" == demo ]]; then
   for base in TinyQwen2VL TinyLLaVAOV TinyVILA; do SKIP+=("${base}_FastV25" "${base}_DART25" "${base}_PDrop25"); done
   LMMS_TASKS=tccsynth_img,tccsynth_vid
   LMMS_INCLUDE=(--include_path "$($PY -c 'import tcc_eval.demo as d; print(d.LMMS_TASKS)')")
+  LMMS_LOG_SAMPLES=()
   LMMS_METHODS=(tcc random a0)  # lmms-eval pays ~20 s start-up per run: the full matrix runs in VLMEvalKit
   LMMS_RATIOS=(50 25)
   LMMS_MODELS=()
@@ -129,6 +130,8 @@ elif [[ "$SUITE" == paper ]]; then
   for base in "${VLMEVAL_BASES[@]}"; do SKIP+=("${base}_PDrop25"); done
   LMMS_TASKS=mme,mmbench_en_dev,seedbench,mmstar,mvbench,videomme
   LMMS_INCLUDE=()
+  # lmms-eval's MVBench score leaves empty answers out of its denominator: the samples logs let the tables count them
+  LMMS_LOG_SAMPLES=(--log_samples)
   LMMS_METHODS=(tcc)
   LMMS_RATIOS=(50 25)
   # PyramidDrop at 25% runs here instead, its first stage moved to layer 2 (where FastV and DART prune), the
@@ -248,7 +251,7 @@ if [[ ",$FRAMEWORKS," == *,lmms_eval,* ]]; then
     echo "[lmms-eval $i/${#runs[@]}] $model $method_args" | tee -a "$LOG"
     start=$(date +%s)
     run_or_show $(lmms_launcher) --model "$model" --model_args "$args" --tasks "$LMMS_TASKS" "${LMMS_INCLUDE[@]}" \
-      --batch_size 1 --output_path "$OUT" --timezone UTC >>"$LOG" 2>&1 \
+      "${LMMS_LOG_SAMPLES[@]}" --batch_size 1 --output_path "$OUT" --timezone UTC >>"$LOG" 2>&1 \
       || { echo "run_all.sh: lmms-eval failed for $model $args (see $LOG)" >&2; exit 1; }
     [[ -z "$DRY_RUN" ]] || continue
     $PY -m tcc_eval.integrations.lmms_eval "$OUT" --tasks "$LMMS_TASKS" --newer-than "$start" >>"$LOG" 2>&1 \

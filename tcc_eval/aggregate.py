@@ -55,6 +55,8 @@ MODEL_NAME_RE = re.compile(
 )
 VLMEVAL_SUFFIXES = ("_rating.json", "_score.csv", "_acc.csv", "_acc.json")
 LMMS_SUFFIX = "_results.json"
+# lmms-eval metrics whose aggregation (mvbench_aggregate_results) divides by the non-empty answers only
+EMPTY_ANSWER_METRICS = ("mvbench_accuracy",)
 EFFICIENCY_SUFFIX = "_efficiency.jsonl"
 # lmms-eval metrics preferred as a task's headline number, before "first numeric metric".
 # MMStar's "average" and SEED-Bench's "seed_image" (VLMEvalKit's SEEDBench_IMG) come after per-category metrics
@@ -451,6 +453,77 @@ def _lmms_scores(data: dict) -> list[tuple[str, str, float, str, bool, str]]:
     return out
 
 
+def _lmms_samples(results_file: Path, task: str) -> list[dict] | None:
+    """The ``--log_samples`` log of one task of the run that wrote ``results_file`` (lmms-eval names both after the
+    run's date); None when the run logged none."""
+    date = results_file.name[: -len(LMMS_SUFFIX)]
+    path = results_file.with_name(f"{date}_samples_{task}.jsonl")
+    if not path.is_file():
+        return None
+    samples = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            sample = json.loads(line)
+        except ValueError:
+            raise ResultFileError(f"{path.name} line {number} is not JSON") from None
+        if not isinstance(sample, dict):
+            raise ResultFileError(f"{path.name} line {number} is not a sample record")
+        samples.append(sample)
+    return samples
+
+
+def _recount_empty_answers(results_file: Path, data: dict) -> tuple[dict, dict[str, int | str | None]]:
+    """lmms-eval's MVBench aggregation divides by the questions answered, so an empty answer leaves the
+    denominator instead of counting wrong. Where the run logged its samples, each such task is recounted over all
+    its questions. Returns the results with those tasks recounted, and per task: the empty answers counted wrong,
+    None without a samples log, or why the log could not be read."""
+    results = dict(data["results"])
+    found: dict[str, int | str | None] = {}
+    for task, entry in data["results"].items():
+        if not isinstance(entry, dict):
+            continue
+        key = next((k for k in entry if k.split(",")[0] in EMPTY_ANSWER_METRICS), None)
+        if key is None:
+            continue
+        metric = key.split(",")[0]
+        try:
+            samples = _lmms_samples(results_file, task)
+            if samples is None:
+                found[task] = None
+                continue
+            scored = [s.get(metric) for s in samples]
+            if not scored or not all(isinstance(s, dict) and "pred_answer" in s and "score" in s for s in scored):
+                raise ResultFileError(f"its {task} samples log has no {metric} pred_answer and score on every line")
+            correct = sum(_num(s["score"]) for s in scored)
+        except (OSError, ResultFileError, TypeError, ValueError) as err:
+            log.warning("%s: kept lmms-eval's own %s score, which leaves empty answers out: %s", results_file, task, err)
+            found[task] = str(err)
+            continue
+        found[task] = sum(1 for s in scored if s["pred_answer"] == "")
+        results[task] = {**entry, key: 100.0 * correct / len(scored)}
+    return {**data, "results": results}, found
+
+
+def _empty_answer_note(benchmark: str, groups: dict[str, list], found: dict[str, int | str | None],
+                       own_score: float) -> str:
+    """What ``_recount_empty_answers`` did to one reported benchmark (a task or a group of tasks)."""
+    tasks = [t for t in (_subtasks(benchmark, groups) if groups.get(benchmark) else [benchmark]) if t in found]
+    if not tasks:
+        return ""
+    unread = [t for t in tasks if found[t] is None or isinstance(found[t], str)]
+    empty = sum(found[t] for t in tasks if isinstance(found[t], int))
+    notes = []
+    if unread:
+        notes.append(f"lmms-eval's own count on {len(unread)} of {len(tasks)} tasks, which leaves empty answers out "
+                     f"of its denominator (run with --log_samples to count them wrong)")
+    if empty:
+        notes.append(f"{empty} empty answers counted wrong, recounted from the --log_samples files "
+                     f"(lmms-eval's own score, which leaves them out: {own_score:.2f})")
+    return "; ".join(notes)
+
+
 def read_lmms(root: Path, skip: Path | None = None) -> list[Score]:
     """Scores from every lmms-eval ``*_results.json`` under root."""
     scores: list[Score] = []
@@ -476,7 +549,9 @@ def read_lmms(root: Path, skip: Path | None = None) -> list[Score]:
             if method == "none" and ratio < 1:
                 raise ResultFileError(f"model_args give ratio={ratio_text} but no method")
             ratio = 1.0 if method == "none" else ratio
-            rows = _lmms_scores(data)
+            recounted, empty_answers = _recount_empty_answers(path, data)
+            rows = _lmms_scores(recounted)
+            own_scores = {(b, m): v for b, m, v, *_ in _lmms_scores(data)} if empty_answers else {}
         except Exception as err:  # noqa: BLE001 - any unreadable file is skipped, never fatal
             _warn_skip(path, err)
             continue
@@ -485,9 +560,11 @@ def read_lmms(root: Path, skip: Path | None = None) -> list[Score]:
         limited = f"--limit {config['limit']}: a subset of the benchmark" if config.get("limit") is not None else ""
         mtime = path.stat().st_mtime
         variant = method_variant(method, args)
+        groups = {k: v for k, v in (data.get("group_subtasks") or {}).items() if isinstance(v, list)}
         for benchmark, metric, value, scale, primary, note in rows:
+            recount = _empty_answer_note(benchmark, groups, empty_answers, own_scores.get((benchmark, metric), value))
             scores.append(Score("lmms_eval", run, base, method, ratio, benchmark, metric, value, scale, primary,
-                                str(path), mtime, "; ".join(filter(None, [note, limited])), variant))
+                                str(path), mtime, "; ".join(filter(None, [note, recount, limited])), variant))
     return scores
 
 

@@ -715,6 +715,61 @@ def test_mvbench_failed_and_empty_answers_count_as_wrong(tmp_path):
     assert "6/8, the rating's own count (Qwen2VL7B_TCC25_MVBench_8frame_score.xlsx is unreadable" in tcc.note
 
 
+def test_lmms_mvbench_empty_answers_count_as_wrong(tmp_path):
+    """lmms-eval's MVBench aggregation divides by the non-empty answers, so an empty answer raises the score; where
+    the run logged its samples (--log_samples), the tables recount over every question and say so. Files and
+    numbers come from lmms-eval's own process_results, aggregation and samples writer."""
+    from lmms_eval.loggers.evaluation_tracker import EvaluationTracker
+    from lmms_eval.tasks.mvbench.utils import mvbench_aggregate_results, mvbench_process_results
+
+    doc = {"candidates": ["left", "right", "up"], "answer": "right"}  # the right option is B
+    answers = {"none": {"mvbench_action_antonym": ["B", "B", "A", "B"], "mvbench_action_count": ["B", "C", "B", "B"]},
+               "tcc": {"mvbench_action_antonym": ["B", "", "", "A"], "mvbench_action_count": ["", "B", "B", "C"]}}
+    pretrained = "/models/Qwen/Qwen2-VL-7B-Instruct"
+    groups = {"mvbench": list(answers["none"])}
+    sizes = {task: {"original": 4, "effective": 4} for task in groups["mvbench"]}
+
+    def write_run(method, ratio, date, log_samples=True):
+        results = {"mvbench": {"alias": "mvbench", " ": " "}}
+        tracker = EvaluationTracker(output_path=str(tmp_path))
+        tracker.general_config_tracker.model_name_sanitized = "Qwen__Qwen2-VL-7B-Instruct"
+        tracker.date_id = date
+        for task, predictions in answers[method].items():
+            scored = [mvbench_process_results(doc, [p])["mvbench_accuracy"] for p in predictions]
+            results[task] = {"alias": f" - {task}", "mvbench_accuracy,none": mvbench_aggregate_results(scored),
+                             "mvbench_accuracy_stderr,none": "N/A"}
+            if log_samples:
+                tracker.save_results_samples(task, [
+                    {"doc_id": i, "doc": doc, "target": "right", "arguments": [("question",)], "resps": [[p]],
+                     "filtered_resps": [p], "mvbench_accuracy": score}
+                    for i, (p, score) in enumerate(zip(predictions, scored))])
+        args = f"pretrained={pretrained},method={method}" + (f",ratio={ratio}" if method != "none" else "")
+        return write_lmms_results(tmp_path, "qwen2_vl_tcc", args, date, results, groups, sizes)
+
+    write_run("none", 1.0, "20261201_100000")
+    tcc_file = write_run("tcc", 0.5, "20261201_110000")
+    assert json.loads(tcc_file.read_text())["results"]["mvbench_action_antonym"]["mvbench_accuracy,none"] == 50.0
+    summary = aggregate(tmp_path).summary
+    base = "qwen2_vl/Qwen2-VL-7B-Instruct"
+    tcc = row(summary, "lmms_eval", base, "tcc", 0.5, "mvbench", "mvbench_accuracy")
+    vanilla = row(summary, "lmms_eval", base, "none", 1.0, "mvbench", "mvbench_accuracy")
+    assert (tcc.score, vanilla.score) == pytest.approx((3 / 8 * 100, 6 / 8 * 100))
+    assert "3 empty answers counted wrong, recounted from the --log_samples files (lmms-eval's own score, which " \
+           "leaves them out: 58.33)" in tcc.note  # (1/2 + 2/3) / 2: each subtask's 4 samples weigh the same
+    assert "empty" not in vanilla.note
+
+    write_run("tcc", 0.25, "20261201_120000", log_samples=False)
+    log_file = tmp_path / "Qwen__Qwen2-VL-7B-Instruct" / "20261201_110000_samples_mvbench_action_count.jsonl"
+    log_file.write_text(log_file.read_text().replace("}\n", "\n", 1))  # its first line cut short
+    summary = aggregate(tmp_path).summary
+    unlogged = row(summary, "lmms_eval", base, "tcc", 0.25, "mvbench", "mvbench_accuracy")
+    assert unlogged.score == pytest.approx((1 / 2 + 2 / 3) / 2 * 100)
+    assert "lmms-eval's own count on 2 of 2 tasks, which leaves empty answers out" in unlogged.note
+    half = row(summary, "lmms_eval", base, "tcc", 0.5, "mvbench", "mvbench_accuracy")
+    assert half.score == pytest.approx((1 / 4 + 2 / 3) / 2 * 100)  # the antonym subtask recounted, count kept
+    assert "lmms-eval's own count on 1 of 2 tasks" in half.note and "2 empty answers counted wrong" in half.note
+
+
 def test_lmms_headline_metrics_of_mmstar_and_seedbench(tmp_path):
     """lmms-eval writes a task's metrics in the order its first sample's category gives: MMStar's headline is
     "average" and SEED-Bench's "seed_image" (VLMEvalKit's SEEDBench_IMG), wherever they fall."""
