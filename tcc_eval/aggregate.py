@@ -498,7 +498,8 @@ def _recount_empty_answers(results_file: Path, data: dict) -> tuple[dict, dict[s
                 raise ResultFileError(f"its {task} samples log has no {metric} pred_answer and score on every line")
             correct = sum(_num(s["score"]) for s in scored)
         except (OSError, ResultFileError, TypeError, ValueError) as err:
-            log.warning("%s: kept lmms-eval's own %s score, which leaves empty answers out: %s", results_file, task, err)
+            log.warning("%s: kept lmms-eval's own %s score, which leaves empty answers out: %s",
+                        results_file, task, err)
             found[task] = str(err)
             continue
         found[task] = sum(1 for s in scored if s["pred_answer"] == "")
