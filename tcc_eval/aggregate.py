@@ -160,6 +160,7 @@ class Score:
     mtime: float = 0.0
     note: str = ""
     variant: str = ""  # the run's non-default method options (tcc_eval.options.method_variant)
+    judge: str = ""  # VLMEvalKit's judge of the score ("" when the files do not say)
 
 
 def _walk(root: Path, skip: Path | None) -> Iterator[Path]:
@@ -202,10 +203,10 @@ def _vlmeval_model_dataset(path: Path, root: Path, suffix: str) -> tuple[str, st
     return None
 
 
-def _dataset_without_judge(name: str, folder: Path) -> str:
+def _dataset_and_judge(name: str, folder: Path) -> tuple[str, str]:
     """The dataset of a score file whose name may carry the judge after it (MM-Vet writes
-    ``<MODEL>_MMVet_<judge>_score.csv``): the run's status.json names its datasets and judges; without one,
-    a trailing VLMEvalKit judge name is dropped."""
+    ``<MODEL>_MMVet_<judge>_score.csv``), and the judge that scored it ("" when unknown): the run's status.json
+    names its datasets and judges; without one, a trailing VLMEvalKit judge name is split off."""
     try:
         status = json.loads((folder / "status.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -213,12 +214,15 @@ def _dataset_without_judge(name: str, folder: Path) -> str:
     datasets = status.get("datasets") if isinstance(status, dict) else None
     datasets = datasets if isinstance(datasets, dict) else {}
     if name in datasets:
-        return name
+        entry = datasets[name]
+        judge = entry.get("judge_model") if isinstance(entry, dict) else None
+        return name, judge if isinstance(judge, str) else ""
     for dataset, entry in datasets.items():
         judge = entry.get("judge_model") if isinstance(entry, dict) else None
         if judge and name == f"{dataset}_{judge}":
-            return dataset
-    return JUDGE_SUFFIX_RE.sub("", name)
+            return dataset, judge
+    match = JUDGE_SUFFIX_RE.search(name)
+    return (name[: match.start()], match.group()[1:]) if match else (name, "")
 
 
 def _pick_row(frame: pd.DataFrame) -> tuple[pd.Series, str]:
@@ -342,7 +346,7 @@ def read_vlmeval(root: Path, skip: Path | None = None) -> list[Score]:
             log.debug("not a VLMEvalKit score file: %s", path)
             continue
         model, dataset = split
-        dataset = _dataset_without_judge(dataset, path.parent)
+        dataset, judge = _dataset_and_judge(dataset, path.parent)
         try:
             base, method, ratio = parse_model_name(model)
         except ValueError as err:
@@ -359,7 +363,7 @@ def read_vlmeval(root: Path, skip: Path | None = None) -> list[Score]:
         variant = _vlmeval_run_variant(path, root, model, dataset, method)
         for metric, value, scale, primary, note in rows:
             scores.append(Score("vlmeval", model, base, method, ratio, dataset, metric, value, scale, primary,
-                                str(path), mtime, note, variant))
+                                str(path), mtime, note, variant, judge))
     return scores
 
 
@@ -754,16 +758,27 @@ def _to_display(scores: list[Score]) -> pd.DataFrame:
 
 def pair_with_vanilla(frame: pd.DataFrame) -> pd.DataFrame:
     """Add vanilla_score and preservation (= score / vanilla_score) from the same framework, base model,
-    benchmark and metric; a missing or zero vanilla leaves preservation empty with a note."""
+    benchmark and metric; a missing or zero vanilla, or one scored by another judge, leaves preservation empty
+    with a note."""
     frame = frame.copy()
-    vanilla = frame[frame["method"] == "none"].set_index(["framework", "base_model", "benchmark", "metric"])["score"]
+    if "judge" not in frame.columns:
+        frame["judge"] = ""
+    vanilla = frame[frame["method"] == "none"].set_index(["framework", "base_model", "benchmark", "metric"])
     keys = list(zip(frame["framework"], frame["base_model"], frame["benchmark"], frame["metric"]))
-    frame["vanilla_score"] = [vanilla.get(k, math.nan) for k in keys]
+    frame["vanilla_score"] = [vanilla["score"].get(k, math.nan) for k in keys]
+    vanilla_judge = pd.Series([vanilla["judge"].get(k, "") for k in keys], index=frame.index)
     frame["preservation"] = frame["score"] / frame["vanilla_score"].where(frame["vanilla_score"] != 0)
+    other_judge = (frame["judge"] != "") & (vanilla_judge != "") & (frame["judge"] != vanilla_judge)
+    frame.loc[other_judge, "preservation"] = math.nan
     missing = frame["vanilla_score"].isna()
     zero = frame["vanilla_score"] == 0
     for mask, text in ((missing, "no vanilla run"), (zero, "vanilla score is 0")):
         frame.loc[mask, "note"] = [("; ".join(filter(None, [n, text]))) for n in frame.loc[mask, "note"]]
+    frame.loc[other_judge, "note"] = [
+        "; ".join(filter(None, [note, f"judged by {judge}, the vanilla run by {vanilla_judge[i]}: no preservation "
+                                      f"(rerun one of them with the other's --judge)"]))
+        for i, note, judge in zip(frame.index[other_judge], frame.loc[other_judge, "note"],
+                                  frame.loc[other_judge, "judge"])]
     return frame
 
 
@@ -852,6 +867,9 @@ def build_table(summary: pd.DataFrame, efficiency: pd.DataFrame, framework: str,
             notes.append("no vanilla run")
         elif len(preserved) < paired.get(base, 0):
             notes.append(f"preservation over {len(preserved)} of {paired[base]} benchmarks")
+        other_judge = sorted(mine.loc[mine["note"].str.contains(", the vanilla run by ", regex=False), "benchmark"])
+        if other_judge:
+            notes.append(f"another judge than vanilla's on {', '.join(other_judge)}: no preservation there")
         limited = sorted(mine.loc[mine["note"].str.contains("--limit", regex=False), "benchmark"])
         if limited:
             notes.append(f"scores of a --limit run on {', '.join(limited)}")

@@ -12,6 +12,7 @@ import csv
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import subprocess
@@ -681,7 +682,8 @@ def test_mmvet_scores_are_read_from_vlmevalkits_per_category_table(tmp_path):
     assert set(summary["benchmark"]) == {"MMVet"}
     tcc = row(summary, "vlmeval", "Qwen2VL7B", "tcc", 0.5, "MMVet", "Overall")
     assert (tcc.score, tcc.vanilla_score) == pytest.approx((45.0, 60.0))  # mean grade x 100
-    assert tcc.preservation == pytest.approx(0.75)
+    # the judges, from status.json and from the file name, differ: the scores are not comparable
+    assert math.isnan(tcc.preservation) and "judged by my-local-judge, the vanilla run by gpt-4-turbo" in tcc.note
 
 
 def test_mvbench_failed_and_empty_answers_count_as_wrong(tmp_path):
@@ -713,6 +715,38 @@ def test_mvbench_failed_and_empty_answers_count_as_wrong(tmp_path):
     tcc = row(aggregate(work).summary, "vlmeval", "Qwen2VL7B", "tcc", 0.25, "MVBench_8frame", "overall")
     assert tcc.score == pytest.approx(75.0)
     assert "6/8, the rating's own count (Qwen2VL7B_TCC25_MVBench_8frame_score.xlsx is unreadable" in tcc.note
+
+
+def test_runs_scored_by_another_judge_than_vanilla_get_no_preservation(tmp_path):
+    """A score is only comparable with a vanilla score of the same judge: VLMEvalKit's status.json (written here by
+    its own upsert_dataset_status) says which judge scored each dataset, an MM-Vet file name carries it too."""
+    from vlmeval.smp.status_report import upsert_dataset_status
+
+    work = tmp_path / "w"
+    runs = {"Qwen2VL7B_Vanilla": ("gpt-4o-mini", 70), "Qwen2VL7B_TCC50": ("exact_matching", 63),
+            "Qwen2VL7B_TCC25": ("gpt-4o-mini", 56)}
+    for model, (judge, correct) in runs.items():
+        folder = work / model / "T20261201-100000_G1234abcd"
+        write_mcq_acc(folder / f"{model}_MMStar_acc.csv", correct)
+        write_mme_score(folder / f"{model}_MME_score.csv", 1500.0, 400.0)
+        upsert_dataset_status(run_dir=folder, model_name=model, dataset_name="MMStar", judge_model=judge,
+                              status="done")
+        vlmeval_csv(pd.DataFrame({"Category": ["rec", "Overall"], "acc": [50.0, 40.0 + correct / 10]}),
+                    folder / f"{model}_MMVet_{'gpt-4-turbo' if model.endswith('TCC50') else 'gpt-4o'}_score.csv")
+    summary = aggregate(work).summary
+    other = row(summary, "vlmeval", "Qwen2VL7B", "tcc", 0.5, "MMStar", "Overall")
+    assert other.score == pytest.approx(63.0) and math.isnan(other.preservation)
+    assert "judged by exact_matching, the vanilla run by gpt-4o-mini: no preservation" in other.note
+    same = row(summary, "vlmeval", "Qwen2VL7B", "tcc", 0.25, "MMStar", "Overall")
+    assert same.preservation == pytest.approx(56 / 70) and "judged" not in same.note
+    mmvet = row(summary, "vlmeval", "Qwen2VL7B", "tcc", 0.5, "MMVet", "Overall")
+    assert math.isnan(mmvet.preservation) and "judged by gpt-4-turbo, the vanilla run by gpt-4o" in mmvet.note
+    assert row(summary, "vlmeval", "Qwen2VL7B", "tcc", 0.5, "MME", "total").preservation == pytest.approx(1.0)
+    table = pd.read_csv(work / "tables" / "summary.csv")
+    assert "judge" not in table.columns
+    markdown = (work / "tables" / "table_vlmeval.md").read_text()
+    assert "another judge than vanilla's on MMStar, MMVet: no preservation there" in markdown
+    assert "preservation over 1 of 3 benchmarks" in markdown
 
 
 def test_lmms_mvbench_empty_answers_count_as_wrong(tmp_path):
