@@ -31,8 +31,8 @@ from tcc_eval.vila.processing_vila import CHAT_TEMPLATES
 
 N = 4  # samples per synthetic set and run
 RECORD_KEYS = {"model", "framework", "dataset", "index", "method", "keep_ratio", "base_model", "visual_before",
-               "visual_after", "seq_before", "seq_after", "prefill_s", "vision_s", "select_s", "total_s", "kv_cache_bytes",
-               "new_tokens", "method_options"}
+               "visual_after", "seq_before", "seq_after", "prefill_s", "vision_s", "select_s", "total_s",
+               "kv_cache_bytes", "new_tokens", "method_options"}
 GREEDY = {"max_new_tokens": 8, "temperature": 0, "top_p": None, "num_beams": 1, "do_sample": False}
 
 
@@ -230,7 +230,8 @@ def test_vlmeval_vanilla_matches_vlmevalkit_vila(tiny_vila, vila_processor, tmp_
                {"type": "image", "value": str(paths[1])}, {"type": "text", "value": "Which colour? A. red B. blue"}]
     ours._pruned["any"] = Recorder(answer, with_prompt=True)
     with mock.patch.object(torch.Tensor, "cuda", lambda t, *a, **k: t):  # upstream moves ids to CUDA
-        assert upstream.generate(message, dataset="TCCSynth_IMG") == ours.generate(message, dataset="TCCSynth_IMG") == "A"
+        assert upstream.generate(message, dataset="TCCSynth_IMG") == "A"
+        assert ours.generate(message, dataset="TCCSynth_IMG") == "A"
     (theirs,), (mine,) = upstream_model.calls, ours._pruned["any"].calls
     assert torch.equal(theirs["input_ids"], mine["input_ids"])
     assert torch.equal(theirs["images"], mine["pixel_values"].half())  # upstream feeds fp16 pixels
@@ -239,7 +240,8 @@ def test_vlmeval_vanilla_matches_vlmevalkit_vila(tiny_vila, vila_processor, tmp_
     assert prompt.endswith("<|end_of_text|><|start_header_id|>system<|end_header_id|>\n\n")  # VILA1.5's answer turn
     assert mine["attention_mask"].all()  # upstream passes none: all tokens attend
     settings = ("do_sample", "max_new_tokens", "num_beams", "use_cache")
-    assert {k: theirs[k] for k in settings} == {k: mine[k] for k in settings} == dict(zip(settings, (False, 8, 1, True)))
+    assert {k: theirs[k] for k in settings} == {k: mine[k] for k in settings} \
+        == dict(zip(settings, (False, 8, 1, True)))
     assert (theirs["temperature"], theirs["top_p"]) == (0, None) and "temperature" not in mine  # inert when greedy
     assert upstream_model.keywords == ["<|end_of_text|>"]  # upstream stops at VILA1.5's llama_3 separator, so do we
     end = vila_processor.tokenizer.convert_tokens_to_ids("<|end_of_text|>")
@@ -289,7 +291,8 @@ def test_vlmeval_scores_a_multi_image_prompt_as_every_entry_point_does(tiny_vila
 def _request(context: str, doc_to_visual, doc_id: int = 0):
     from lmms_eval.api.instance import Instance
 
-    return Instance(request_type="generate_until", arguments=(context, dict(GREEDY), doc_to_visual, doc_id, "t", "test"),
+    return Instance(request_type="generate_until",
+                    arguments=(context, dict(GREEDY), doc_to_visual, doc_id, "t", "test"),
                     idx=0, metadata={"task": "t", "doc_id": doc_id, "repeats": 1})
 
 
@@ -356,6 +359,23 @@ def test_lmms_vila_takes_upstream_model_args(tiny_vila, tmp_path, monkeypatch):
     ours = models.VilaTCC(pretrained=tiny_vila, method="none", device_map="cpu", truncation=True,
                           truncate_context=False, efficiency_dir=str(tmp_path))
     assert ours.device == torch.device("cpu") and ours.model.device == torch.device("cpu")
+
+
+def test_lmms_vila_unreadable_video_is_named(tiny_vila, synth_env, tmp_path):
+    """A video decord cannot read stops vila_tcc with its path (upstream vila logs it and answers on black
+    frames); a readable one gives the configured number of frames."""
+    from tcc_eval.integrations.lmms_eval.models import VilaTCC
+    from tcc_eval.lmms_tasks.tccsynth import doc_to_visual, load_samples
+
+    ours = VilaTCC(pretrained=tiny_vila, device="cpu", method="none", efficiency_dir=str(tmp_path))
+    frames, has_video = ours._frames(doc_to_visual(load_samples("video", N, seed=0)[0]))
+    assert has_video and len(frames) == ours._config.num_video_frames
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"not a video")
+    with pytest.raises(RuntimeError, match=f"cannot read video {broken} with decord .*fix or remove the file"):
+        ours._frames([str(broken)])
+    with pytest.raises(RuntimeError, match="vila logs it and answers on black frames"):
+        ours._frames([broken])
 
 
 # --- the real CLIs ------------------------------------------------------------------------------------

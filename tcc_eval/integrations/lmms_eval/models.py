@@ -495,7 +495,8 @@ class VilaBaseline(lmms):
             if isinstance(visual, Image.Image):
                 frames.append(visual)
             elif isinstance(visual, (str, os.PathLike)):
-                frames.extend(load_video_frames(visual, count))
+                frames.extend(read_video_or_stop(os.fspath(visual), lambda path: load_video_frames(path, count),
+                                                 "vila logs it and answers on black frames"))
                 has_video = True
             else:
                 raise TypeError(f"vila_tcc takes PIL images and video paths as visuals, got {type(visual).__name__}")
@@ -531,6 +532,16 @@ class VilaTCC(TCCWrapperMixin, VilaBaseline):
         super().__init__(**kwargs)
 
 
+def read_video_or_stop(path: str, load: Callable[[str], Any], upstream_behaviour: str) -> Any:
+    """``load(path)``, or an error naming the file: upstream goes on past an unreadable video, which lowers the
+    score silently."""
+    try:
+        return load(path)
+    except Exception as err:
+        raise RuntimeError(f"cannot read video {path} with decord ({type(err).__name__}: {err}): fix or remove the "
+                           f"file (lmms-eval's own {upstream_behaviour})") from err
+
+
 class UpstreamProcessorFixes:
     """The HF processor with two problems of upstream llava_hf under transformers 5 fixed:
 
@@ -557,9 +568,4 @@ class UpstreamProcessorFixes:
         return self.processor(*args, images=images or None, videos=videos or None, **kwargs)
 
     def _read(self, path: str) -> Any:
-        try:
-            return self._load_video(path)
-        except Exception as err:
-            raise RuntimeError(f"cannot read video {path} with decord ({type(err).__name__}: {err}): fix or remove "
-                               f"the file (lmms-eval's own llava_hf logs it and goes on without an answer for it)") \
-                from err
+        return read_video_or_stop(path, self._load_video, "llava_hf logs it and goes on without an answer for it")
