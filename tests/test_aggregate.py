@@ -446,7 +446,8 @@ def test_cli_script_and_module_forms(tmp_path):
     write_mcq_acc(work / "Qwen2VL_Vanilla" / "Qwen2VL_Vanilla_MMStar_acc.csv", 50)
     write_mcq_acc(work / "Qwen2VL_TCC50" / "Qwen2VL_TCC50_MMStar_acc.csv", 45)
     (work / "Qwen2VL_TCC50" / "Qwen2VL_TCC50_MME_score.csv").write_text('"a","b"\n"1"\n"2","3","4"\n')
-    script = subprocess.run([sys.executable, str(REPO / "tcc_eval" / "aggregate.py"), str(work), "--shape", "Qwen2VL=qwen2-vl-2b"],
+    script = subprocess.run([sys.executable, str(REPO / "tcc_eval" / "aggregate.py"), str(work),
+                             "--shape", "Qwen2VL=qwen2-vl-2b"],
                             cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert script.returncode == 0, script.stderr
     assert "Qwen2VL_TCC50_MME_score.csv" in script.stderr

@@ -176,7 +176,8 @@ def test_every_method_runs_in_the_gpu_dtypes(gpu_dtype_checkpoints, tmp_path, fa
         expected = model(**inputs).logits
     assert expected.dtype == torch_dtype
     assert torch.equal(vanilla.pruned.prefill_logits(**inputs), expected)
-    save_compressor(tmp_path / f"{family}_image.pt", TokenCompressor(CompressorConfig()), model_meta(model), "image", {})
+    save_compressor(tmp_path / f"{family}_image.pt", TokenCompressor(CompressorConfig()), model_meta(model), "image",
+                    {})
     for method in ("random", "a0", "tcc", "oracle", "divprune", "uniform", "pool", "visionzip", "fastv", "dart"):
         layer_k = method in ("fastv", "dart")
         ratio = 0.75 if layer_k else 0.5  # FastV's and DART's floor on these 2-layer LLMs is K/L = 1/2

@@ -49,7 +49,8 @@ def test_fastv_equals_masked_reference(deep, family, kind, method):
     assert dropped.numel() == llm.n_visual(0) - max(1, int(0.5 * llm.n_visual(0) + 0.5))
     lm = fastv.adapter.language_model
     with hidden_key_columns(lm, from_layer(lm, 1, dropped)), torch.no_grad():
-        reference = fastv.adapter.forward_from_embeds(llm.inputs_embeds, llm.attention_mask, llm.position_ids).logits[0, -1]
+        reference = fastv.adapter.forward_from_embeds(llm.inputs_embeds, llm.attention_mask,
+                                                      llm.position_ids).logits[0, -1]
     assert (logits - reference).abs().max().item() < 1e-4
     # and pruning really changed something compared with no pruning
     with torch.no_grad():
@@ -249,7 +250,8 @@ def pdrop_prefill(model, inputs: dict, **options):
     return pdrop, view, pruner, logits
 
 
-def stage_hidden_columns(pruner, length: int, layers: int, device: torch.device | str = "cpu") -> dict[int, torch.Tensor]:
+def stage_hidden_columns(pruner, length: int, layers: int,
+                         device: torch.device | str = "cpu") -> dict[int, torch.Tensor]:
     """The masked reference of a PyramidDrop prefill: every layer from the first stage on hides the positions its
     stage (the last stage layer at or below it) dropped."""
     out = {}

@@ -24,8 +24,8 @@ TASKS = ["tccsynth_img", "tccsynth_vid"]
 LIMIT = 4
 SYNTH_N = "8"
 RECORD_KEYS = {"model", "framework", "dataset", "index", "method", "keep_ratio", "base_model", "visual_before",
-               "visual_after", "seq_before", "seq_after", "prefill_s", "vision_s", "select_s", "total_s", "kv_cache_bytes",
-               "new_tokens", "method_options"}
+               "visual_after", "seq_before", "seq_after", "prefill_s", "vision_s", "select_s", "total_s",
+               "kv_cache_bytes", "new_tokens", "method_options"}
 
 
 @pytest.fixture(scope="module")
@@ -243,7 +243,8 @@ def test_llava_generate_failure_stops_the_run(cls_name, tiny_checkpoints, task_m
 
     ours._model.pruned.generate = out_of_memory
     with pytest.raises(models.GenerationFailed,
-                       match=r"generate failed on tccsynth_img doc \d \(RuntimeError: CUDA out of memory.*max_frames_num"):
+                       match=r"generate failed on tccsynth_img doc \d "
+                             r"\(RuntimeError: CUDA out of memory.*max_frames_num"):
         evaluate(ours, ["tccsynth_img"], task_manager)
     assert ours._pending_docs == []  # a caller that goes on names only its next failure's docs
     with pytest.raises(NotImplementedError, match="llava_onevision_tcc serves generation tasks"):
@@ -370,7 +371,8 @@ def test_settings_pop_only_our_args():
     kwargs = {"pretrained": "p", "method": "dart", "ratio": 0.5, "fastv_k": 1, "match": "kept"}
     settings = TCCSettings.pop_from(kwargs, "vila_tcc")
     assert (settings.method, settings.options) == ("dart", {"fastv_k": 1, "match": "kept"})
-    settings = TCCSettings.pop_from({"pretrained": "p", "method": "pdrop", "ratio": 0.5, "match": "kept"}, "qwen2_vl_tcc")
+    settings = TCCSettings.pop_from({"pretrained": "p", "method": "pdrop", "ratio": 0.5, "match": "kept"},
+                                    "qwen2_vl_tcc")
     assert (settings.method, settings.options) == ("pdrop", {"match": "kept"})
     kwargs = {"pretrained": "p", "method": "pdrop", "ratio": 0.25, "pdrop_layers": "2/14/21"}
     settings = TCCSettings.pop_from(kwargs, "qwen2_vl_tcc")

@@ -31,7 +31,8 @@ MODELS = ("TQwen_Vanilla", "TQwen_TCC100", "TQwen_TCC50", "TLlava_Vanilla", "TLl
 DATASETS = ("TCCSynth_IMG", "TCCSynth_VID")
 RECORD_KEYS = {
     "model", "framework", "dataset", "index", "method", "keep_ratio", "base_model", "visual_before", "visual_after",
-    "seq_before", "seq_after", "prefill_s", "vision_s", "select_s", "total_s", "kv_cache_bytes", "new_tokens", "method_options",
+    "seq_before", "seq_after", "prefill_s", "vision_s", "select_s", "total_s", "kv_cache_bytes", "new_tokens",
+    "method_options",
 }
 
 
@@ -132,7 +133,8 @@ def test_demo_compressor_lookup(monkeypatch, tmp_path):
 
     demo = model_registry.BASES["TinyLLaVAOV"]
     shipped = tmp_path / "shipped_image.pt"
-    monkeypatch.setattr(tcc_eval.demo, "paths", lambda: {"llava_onevision": {"model": "/m", "compressor_image": str(shipped)}})
+    monkeypatch.setattr(tcc_eval.demo, "paths",
+                        lambda: {"llava_onevision": {"model": "/m", "compressor_image": str(shipped)}})
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.setenv(model_registry.COMPRESSOR_DIR_ENV, str(tmp_path / "mine"))
     with pytest.raises(FileNotFoundError, match="shipped_image.pt.*python -m tcc_eval.demo build"):
@@ -296,7 +298,8 @@ def test_config_models_with_a_class_are_left_to_vlmevalkit(tmp_path):
     for argv in (["python3", "-m", "vlmeval.run", *run], ["python3", "-u", "-m", "vlmeval", *run],
                  ["python3", "-W", "ignore", "-u", "/site/vlmeval/run.py", *run]):  # the last as torchrun starts it
         assert vlmeval_cli_args(argv) == run, argv
-    for argv in (["python3", "-m", "pytest", *run], ["python3", "tool.py", "-m", "vlmeval.run"], ["python3", "-c", "x"]):
+    for argv in (["python3", "-m", "pytest", *run], ["python3", "tool.py", "-m", "vlmeval.run"],
+                 ["python3", "-c", "x"]):
         assert vlmeval_cli_args(argv) is None, argv
 
 
@@ -530,7 +533,8 @@ def test_broken_package_keeps_startup_working(tmp_path):
     (tmp_path / "tcc_eval").mkdir()
     (tmp_path / "tcc_eval/__init__.py").write_text("raise ImportError('broken on purpose')\n")
     env = _clean_env(PYTHONPATH=str(tmp_path))
-    proc = subprocess.run([sys.executable, "-c", "print('alive')"], env=env, check=False, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-c", "print('alive')"], env=env, check=False, capture_output=True,
+                          text=True)
     assert proc.returncode == 0 and proc.stdout == "alive\n"
     assert len(proc.stderr.splitlines()) == 1 and proc.stderr.startswith("tcc-eval:"), proc.stderr
 
