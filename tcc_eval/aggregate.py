@@ -60,9 +60,11 @@ EMPTY_ANSWER_METRICS = ("mvbench_accuracy",)
 EFFICIENCY_SUFFIX = "_efficiency.jsonl"
 # lmms-eval metrics preferred as a task's headline number, before "first numeric metric".
 # MMStar's "average" and SEED-Bench's "seed_image" (VLMEvalKit's SEEDBench_IMG) come after per-category metrics
-# in their files, whose order follows the first sample's category.
+# in their files, whose order follows the first sample's category. POPE's headline is its F1 (VLMEvalKit's POPE
+# "Overall"), listed after pope_accuracy; ActivityNet-QA's is its judged accuracy (percent), listed after its 0-5
+# gpt_eval_score rating.
 LMMS_PREFERRED_METRICS = ("exact_match", "accuracy", "acc", "mvbench_accuracy", "videomme_perception_score",
-                          "gpt_eval_score", "seed_image", "average")
+                          "pope_f1_score", "gpt_eval_accuracy", "gpt_eval_score", "seed_image", "average")
 # Preferred row of a multi-split acc.csv.
 SPLIT_PREFERENCE = ("overall", "all", "none", "test", "dev", "val", "validation")
 BYTES_PER_MB = 1e6

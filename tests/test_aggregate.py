@@ -826,6 +826,41 @@ def test_lmms_headline_metrics_of_mmstar_and_seedbench(tmp_path):
     assert (seed.score, seed.preservation) == pytest.approx((63.0, 0.9))
 
 
+def test_lmms_headline_metrics_of_pope_and_activitynetqa(tmp_path):
+    """POPE's headline is its F1 (VLMEvalKit's POPE Overall), not pope_accuracy listed first; ActivityNet-QA's is
+    gpt_eval_accuracy (percent), not the 0-5 gpt_eval_score rating listed first. POPE values come from lmms-eval's
+    own aggregations, on answers whose accuracy and F1 differ."""
+    from lmms_eval.tasks.pope import utils as pope
+
+    def pope_metrics(predictions: list[str]) -> dict:
+        truth = ["yes"] * 4 + ["no"] * 4
+        results = [{"question_id": i, "score": float(p == t), "prediction": p, "ground_truth": t}
+                   for i, (p, t) in enumerate(zip(predictions, truth))]
+        return {"alias": "pope", **{f"{name},none": getattr(pope, f"pope_aggregate_{name[5:]}")(results)
+                                    for name in ("pope_accuracy", "pope_precision", "pope_recall", "pope_f1_score",
+                                                 "pope_yes_ratio")}}
+
+    args = "pretrained=/models/Qwen/Qwen2-VL-7B-Instruct,method={},ratio={}"
+    runs = [("none", 1.0, "20261130_100000", ["yes"] * 4 + ["no"] * 4, 3.1, 50.0),
+            ("tcc", 0.25, "20261130_110000", ["yes"] * 2 + ["no"] * 6, 2.9, 45.0)]
+    for method, ratio, date, answers, rating, accuracy in runs:
+        results = {"pope": pope_metrics(answers),
+                   "activitynetqa": {"alias": "activitynetqa", "gpt_eval_score,none": rating,
+                                     "gpt_eval_accuracy,none": accuracy}}
+        write_lmms_results(tmp_path, "qwen2_vl_tcc", args.format(method, ratio), date, results,
+                           {"pope": [], "activitynetqa": []}, {"pope": {"original": 8, "effective": 8},
+                                                               "activitynetqa": {"original": 8, "effective": 8}})
+    summary = aggregate(tmp_path).summary
+    base = "qwen2_vl/Qwen2-VL-7B-Instruct"
+    pope_row = row(summary, "lmms_eval", base, "tcc", 0.25, "pope", "pope_f1_score")
+    f1 = 2 * (1.0 * 0.5) / (1.0 + 0.5)  # precision 2/2, recall 2/4; its accuracy is 6/8
+    assert (pope_row.score, pope_row.preservation) == pytest.approx((f1 * 100, f1))
+    activity = row(summary, "lmms_eval", base, "tcc", 0.25, "activitynetqa", "gpt_eval_accuracy")
+    assert (activity.score, activity.preservation) == pytest.approx((45.0, 0.9))
+    assert set(summary[summary.benchmark.isin(["pope", "activitynetqa"])].metric) == {"pope_f1_score",
+                                                                                      "gpt_eval_accuracy"}
+
+
 def test_records_without_visual_kv_leave_it_empty(tmp_path):
     """Efficiency records of earlier versions carry no visual_kv_cache_bytes: the column is empty for their run,
     not a mean over the records that have it, nor 0."""
