@@ -551,7 +551,8 @@ def format_table(result: dict[str, Any]) -> str:
     legend = ("prefill/overhead s: wall time, prefill includes the overhead; t/vanilla, t/limit: wall prefill over "
               "vanilla's and over the limit of the same rho; cpu s: this process's CPU time (robust to other "
               "processes); avg ret: mean kept fraction over layers; KV MiB (2^20 bytes) in the run's dtype; "
-              "FLOPs: visual part vs vanilla")
+              "FLOPs: the LLM's visual part vs vanilla, by the paper's formula; the scoring and selection overhead is "
+              "not in it (it is in the overhead column)")
     lines += ["", legend, ""]
     for r in result["rows"]:
         if r.get("overhead_parts_s"):
