@@ -636,6 +636,7 @@ def read_efficiency(root: Path, skip: Path | None = None) -> pd.DataFrame:
                 for name in EFFICIENCY_NUMERIC:
                     row[name] = float(record[name]) if record.get(name) is not None else math.nan
                 row["batch_size"] = int(record.get("batch_size") or 1)  # a batched call's record sums its samples
+                row["first_call"] = record.get("first_call") is True  # records of earlier versions lack it
                 if row["batch_size"] < 1:
                     raise ResultFileError(f"batch_size {record['batch_size']} is below 1")
                 shape = record.get("llm_shape")
@@ -651,7 +652,7 @@ def read_efficiency(root: Path, skip: Path | None = None) -> pd.DataFrame:
         if bad > MAX_LINE_WARNINGS:
             log.warning("skipped %s: %d more bad lines", path, bad - MAX_LINE_WARNINGS)
     frame = pd.DataFrame(rows, columns=[*RUN_KEY, "dataset", "index", "mtime", "source", *EFFICIENCY_NUMERIC,
-                                        "batch_size", "llm_shape", "pdrop_layers"])
+                                        "batch_size", "first_call", "llm_shape", "pdrop_layers"])
     frame["keep_ratio"] = frame["keep_ratio"].astype(float).round(6)
     frame = frame.sort_values("mtime", kind="stable")
     # a record without a sample index (multi-round generation, some batched calls) matches no other: keep each
@@ -664,13 +665,15 @@ def summarize_efficiency(records: pd.DataFrame) -> pd.DataFrame:
     """Per run and dataset, plus an ``ALL`` row per run: sums and per-sample means of times, KV MB, tokens.
 
     A record of a batched call (lmms-eval's batch_size > 1) sums its samples' tokens, times and KV bytes, so it
-    counts as ``batch_size`` samples."""
+    counts as ``batch_size`` samples. A process's first call pays one-time costs (CUDA context, kernel choice,
+    lazy imports): its record (``first_call``) stays out of the time means where the group has others, and in
+    the sums."""
     key = RUN_KEY
     columns = [*key, "dataset", "samples", "prefill_s_sum", "prefill_s_mean", "select_s_mean",
                "prefill_with_select_s_mean", "vision_s_mean", "total_s_sum", "total_s_mean", "kv_cache_mb_mean",
                "visual_kv_mb_mean", "visual_before_mean", "visual_after_mean", "measured_retention", "avg_retention",
                "flops_ratio", "seq_before_mean", "seq_after_mean", "new_tokens_mean", "fastv_k", "pdrop_lambda",
-               "pdrop_layers", "llm_shape", "samples_without_visual"]
+               "pdrop_layers", "llm_shape", "samples_without_visual", "first_calls_untimed"]
     if records.empty:
         return pd.DataFrame(columns=columns)
 
@@ -679,25 +682,27 @@ def summarize_efficiency(records: pd.DataFrame) -> pd.DataFrame:
         layer_avg = group["avg_retention"]  # per sample, over layers (records of older versions lack it)
         shapes = [s for s in group["llm_shape"] if s]
         sizes = group["batch_size"]
+        warm = group[~group["first_call"].astype(bool)]
+        timed = warm if not warm.empty else group
 
-        def per_sample(column: str) -> float:
+        def per_sample(column: str, rows: pd.DataFrame = group) -> float:
             """Mean per sample over the records that carry ``column``."""
-            known = group[column].notna()
-            return group.loc[known, column].sum() / sizes[known].sum() if known.any() else math.nan
+            known = rows[column].notna()
+            return rows.loc[known, column].sum() / rows.loc[known, "batch_size"].sum() if known.any() else math.nan
 
-        def per_sample_of_all(column: str) -> float:
+        def per_sample_of_all(column: str, rows: pd.DataFrame = group) -> float:
             """Mean per sample, empty where some records (of older versions) lack it, rather than a mean over
             the others."""
-            return per_sample(column) if group[column].notna().all() else math.nan
+            return per_sample(column, rows) if rows[column].notna().all() else math.nan
 
-        select_s = per_sample_of_all("select_s")
+        select_s = per_sample_of_all("select_s", timed)
         return {
             "samples": int(sizes.sum()),
-            "prefill_s_sum": group["prefill_s"].sum(), "prefill_s_mean": per_sample("prefill_s"),
+            "prefill_s_sum": group["prefill_s"].sum(), "prefill_s_mean": per_sample("prefill_s", timed),
             "select_s_mean": select_s,
-            "prefill_with_select_s_mean": select_s + per_sample("prefill_s"),
-            "vision_s_mean": per_sample_of_all("vision_s"),
-            "total_s_sum": group["total_s"].sum(), "total_s_mean": per_sample("total_s"),
+            "prefill_with_select_s_mean": select_s + per_sample("prefill_s", timed),
+            "vision_s_mean": per_sample_of_all("vision_s", timed),
+            "total_s_sum": group["total_s"].sum(), "total_s_mean": per_sample("total_s", timed),
             "kv_cache_mb_mean": per_sample("kv_cache_bytes") / BYTES_PER_MB,
             "visual_kv_mb_mean": per_sample_of_all("visual_kv_cache_bytes") / BYTES_PER_MB,
             "visual_before_mean": per_sample("visual_before"), "visual_after_mean": per_sample("visual_after"),
@@ -718,6 +723,7 @@ def summarize_efficiency(records: pd.DataFrame) -> pd.DataFrame:
             # text-only questions, or media the framework dropped (lmms-eval's own qwen2_vl logs a video it cannot
             # read and answers from the text); a batched record sums its samples, so it counts only when none had any
             "samples_without_visual": int(sizes[group["visual_before"] == 0].sum()),
+            "first_calls_untimed": len(group) - len(warm) if not warm.empty else 0,
         }
 
     rows = []

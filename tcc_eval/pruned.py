@@ -78,6 +78,7 @@ class TokenPrunedModel(nn.Module):
         self.merger = merger
         self.last_selection: Selection | None = None
         self.last_stats: dict[str, Any] = {}
+        self.timed_calls = 0
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -201,7 +202,9 @@ class TokenPrunedModel(nn.Module):
         ``select_s``: the method's scoring and gather before the LLM, VisionZip's readout of the tower's attention
         included though it runs inside the tower (methods that rank inside the LLM have none: their ranking is inside
         ``prefill_s``). It carries the LLM shape, the average retention over layers and
-        each sample's visual FLOPs, so tables need no checkpoint name and sum FLOPs over the very samples run."""
+        each sample's visual FLOPs, so tables need no checkpoint name and sum FLOPs over the very samples run.
+        ``first_call`` marks the call that paid one-time costs (CUDA context, kernel choice), which the tables
+        leave out of their time means."""
         from dataclasses import asdict
 
         from .flops import kv_cache_bytes, shape_from_config, visual_flops
@@ -211,6 +214,7 @@ class TokenPrunedModel(nn.Module):
         before, after = sum(selection.visual_before), sum(selection.visual_after)
         seq_before, seq_after = sum(selection.seq_before), sum(selection.seq_after)
         per_layer = selection.visual_per_layer(shape.layers)
+        self.timed_calls += 1
         return {
             "method": self.method,
             "keep_ratio": self.keep_ratio,
@@ -236,6 +240,7 @@ class TokenPrunedModel(nn.Module):
                                      for n in selection.visual_before),
             "new_tokens": int(new_tokens.shape[1]),
             "llm_shape": asdict(shape),
+            "first_call": self.timed_calls == 1,
         }
 
 

@@ -875,6 +875,41 @@ def test_records_without_visual_kv_leave_it_empty(tmp_path):
     assert table["KV MB"].iloc[0] == pytest.approx(560 * 57344 / 1e6) and pd.isna(table["visual KV MB"].iloc[0])
 
 
+def test_first_call_stays_out_of_time_means(tmp_path):
+    """A process's first generate pays one-time costs (CUDA context, kernel choice): its record is left out of
+    the per-sample time means, where the group has other records, but not out of the sums, the token counts or
+    the FLOPs; records of earlier versions, which do not mark it, are all timed."""
+    def records(folder: Path, marked: bool) -> None:
+        lines = [json.loads(efficiency_line("qwen2_vl_tcc", "lmms_eval", dataset, i, "tcc", 0.5, "/m/Qwen2-VL-7B",
+                                            1000, 500, 0.5, 1.0)) for dataset in ("mme", "mmstar") for i in range(3)]
+        lines[0].update(prefill_s=5.0, total_s=9.0, select_s=2.0, vision_s=3.0)  # the warm-up
+        if marked:
+            for number, line in enumerate(lines):
+                line["first_call"] = number == 0
+        folder.mkdir()
+        (folder / "a_efficiency.jsonl").write_text("\n".join(json.dumps(r) for r in lines) + "\n")
+
+    records(tmp_path / "marked", True)
+    records(tmp_path / "unmarked", False)
+    marked = aggregate(tmp_path / "marked").efficiency.set_index("dataset")
+    for dataset in ("ALL", "mme", "mmstar"):
+        assert marked.loc[dataset, ["prefill_s_mean", "total_s_mean", "select_s_mean", "vision_s_mean"]].tolist() \
+            == pytest.approx([0.5, 1.0, SELECT_S, 0.04]), dataset
+    assert marked.loc["ALL", "first_calls_untimed"] == 1 and marked.loc["mmstar", "first_calls_untimed"] == 0
+    assert marked.loc["ALL", "samples"] == 6 and marked.loc["ALL", "prefill_s_sum"] == pytest.approx(5.0 + 5 * 0.5)
+    assert marked.loc["ALL", "visual_before_mean"] == 1000
+    unmarked = aggregate(tmp_path / "unmarked").efficiency.set_index("dataset")
+    assert unmarked.loc["ALL", "prefill_s_mean"] == pytest.approx((5.0 + 5 * 0.5) / 6)
+    assert unmarked.loc["ALL", "first_calls_untimed"] == 0
+    # a group holding only the first call keeps its time
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    record = dict(json.loads(efficiency_line("qwen2_vl_tcc", "lmms_eval", "mme", 0, "tcc", 0.5, "/m/Qwen2-VL-7B",
+                                             1000, 500, 5.0, 9.0)), first_call=True)
+    (lone / "a_efficiency.jsonl").write_text(json.dumps(record) + "\n")
+    assert aggregate(lone).efficiency.set_index("dataset").loc["ALL", "prefill_s_mean"] == pytest.approx(5.0)
+
+
 def test_batched_records_count_each_sample(tmp_path):
     """lmms-eval with batch_size > 1 writes one record per generate call, summing its samples' tokens, times and
     KV bytes: the tables count it as that many samples, so its per-sample costs equal a batch-1 run's."""
