@@ -261,9 +261,9 @@ def _scores_from_table(frame: pd.DataFrame) -> list[tuple[str, float, str, bool,
     return [("Overall", _num(row[columns["overall"]]), "auto", True, note)]
 
 
-def _per_sample_scores(rating: Path) -> pd.Series | None:
-    """The ``score`` column of the per-sample file VLMEvalKit writes beside a rating
-    (``<MODEL>_<DATASET>_score.xlsx``, or .tsv / .json under PRED_FORMAT); None when there is none."""
+def _per_sample_scores(rating: Path) -> pd.DataFrame | None:
+    """The per-sample file VLMEvalKit writes beside a rating (``<MODEL>_<DATASET>_score.xlsx``, or .tsv / .json
+    under PRED_FORMAT), its ``score`` column numeric; None when there is none."""
     stem = rating.name[: -len("_rating.json")]
     for suffix, read in ((".xlsx", pd.read_excel), (".tsv", lambda f: pd.read_csv(f, sep="\t")),
                          (".json", lambda f: pd.DataFrame(json.loads(Path(f).read_text(encoding="utf-8"))))):
@@ -276,7 +276,7 @@ def _per_sample_scores(rating: Path) -> pd.Series | None:
                 raise ResultFileError(f"{path.name} is unreadable ({reason})") from None
             if "score" not in frame.columns:
                 raise ResultFileError(f"{path.name} has no score column")
-            return pd.to_numeric(frame["score"], errors="coerce")
+            return frame.assign(score=pd.to_numeric(frame["score"], errors="coerce"))
     return None
 
 
@@ -285,8 +285,9 @@ def _scores_from_rating(data: Any, path: Path) -> list[tuple[str, float, str, bo
     ``{"short"|"medium"|"long"|"overall": {"overall": "0.xxx", ...}}``.
 
     MVBench's rating (VLMEvalKit's ``get_dimension_rating``) counts a question right when its score is truthy,
-    so a failed answer (score -1) and an empty one (never scored: NaN) count as right. Where the per-sample
-    scores sit beside it, the overall is recounted from them with only a score of 1 right, and noted."""
+    so a failed answer (score -1) and an empty one (never scored: NaN) count as right. Video-MME's rounds to three
+    decimals (0.1 point) and leaves out answers scored -1. Where the per-sample scores sit beside a rating, the
+    scores are recounted from them over every question with only a score of 1 right, and a changed count noted."""
     if not isinstance(data, dict) or "overall" not in data:
         raise ResultFileError("rating json has no 'overall' entry")
     overall = data["overall"]
@@ -296,11 +297,12 @@ def _scores_from_rating(data: Any, path: Path) -> list[tuple[str, float, str, bo
             raise ResultFileError("overall total is 0")
         note = f"{int(correct)}/{int(total)}"
         try:
-            scores = _per_sample_scores(path)
+            samples = _per_sample_scores(path)
         except ResultFileError as err:  # the rating still holds: its own count, said to be that
             log.warning("%s: kept the rating's own count, which counts failed and empty answers as right: %s",
                         path, err)
-            scores, note = None, f"{note}, the rating's own count ({err})"
+            samples, note = None, f"{note}, the rating's own count ({err})"
+        scores = None if samples is None else samples["score"]
         if scores is not None and len(scores) == int(total):
             recounted = float((scores == 1).sum())
             if recounted != correct:
@@ -310,18 +312,45 @@ def _scores_from_rating(data: Any, path: Path) -> list[tuple[str, float, str, bo
                 correct = recounted
         return [("overall", 100.0 * correct / total, "percent", True, note)]
     if isinstance(overall, dict) and "overall" in overall:
-        out = [("overall", _num(overall["overall"]), "fraction", True, "")]
-        for duration in ("short", "medium", "long"):
-            part = data.get(duration)
-            if isinstance(part, dict):
-                try:
-                    out.append((duration, _num(part.get("overall")), "fraction", False, ""))
-                except (TypeError, ValueError):
-                    pass  # a duration with no questions in a partial run
-        return out
+        return _video_mme_scores(data, path)
     if isinstance(overall, (int, float)) and not isinstance(overall, bool):
         return [("overall", _num(overall), "auto", True, "")]
     raise ResultFileError("unrecognised rating layout")
+
+
+def _video_mme_scores(data: dict, path: Path) -> list[tuple[str, float, str, bool, str]]:
+    """Video-MME's overall and per-duration accuracy: recounted from the per-sample scores where they sit beside the
+    rating (its 3-decimal fractions leave out answers scored -1), else the rating's own."""
+    try:
+        samples = _per_sample_scores(path)
+    except ResultFileError as err:
+        log.warning("%s: kept the rating's 3-decimal accuracies: %s", path, err)
+        samples = None
+    if samples is not None and (samples.empty or "duration" not in samples.columns):
+        samples = None
+    out = []
+    for part_name in ("overall", "short", "medium", "long"):
+        part = data["overall"] if part_name == "overall" else data.get(part_name)
+        if not isinstance(part, dict):
+            continue
+        if samples is None:
+            try:
+                out.append((part_name, _num(part.get("overall")), "fraction", part_name == "overall", ""))
+            except (TypeError, ValueError):
+                if part_name == "overall":
+                    raise ResultFileError(f"overall accuracy {part.get('overall')!r} is not a number") from None
+                # else a duration with no questions in a partial run
+            continue
+        scores = samples["score"] if part_name == "overall" else samples.loc[samples["duration"] == part_name, "score"]
+        if scores.empty:
+            continue
+        recounted, note = float((scores == 1).mean()), ""
+        left_out = int((scores.isna() | (scores < 0)).sum())
+        if left_out:
+            note = (f"{int((scores == 1).sum())}/{len(scores)}, recounted from the per-sample scores: the rating's "
+                    f"{part.get('overall')} left out {left_out} failed or empty answers")
+        out.append((part_name, recounted, "fraction", part_name == "overall", note))
+    return out
 
 
 def _read_vlmeval_file(path: Path, suffix: str) -> list[tuple[str, float, str, bool, str]]:

@@ -718,6 +718,39 @@ def test_mvbench_failed_and_empty_answers_count_as_wrong(tmp_path):
     assert "6/8, the rating's own count (Qwen2VL7B_TCC25_MVBench_8frame_score.xlsx is unreadable" in tcc.note
 
 
+def test_videomme_recounted_from_per_sample_scores(tmp_path):
+    """VLMEvalKit's Video-MME rating (its own get_dimension_rating) gives 3-decimal fractions and leaves answers
+    scored -1 out: where the per-sample scores sit beside it, the tables recount every question, overall and per
+    duration, and note the ones the rating left out; an unreadable score file keeps the rating's numbers."""
+    from vlmeval.dataset.utils.videomme import get_dimension_rating
+    from vlmeval.smp import dump
+
+    work = tmp_path / "w"
+    runs = {"Qwen2VL7B_Vanilla": [1, 1, 1, 0, 1, 1, 1], "Qwen2VL7B_TCC25": [1, 1, 0, 1, 1, -1, 1]}
+    for model, scores in runs.items():
+        folder = work / model
+        folder.mkdir(parents=True)
+        score_file = folder / f"{model}_Video-MME_8frame_score.xlsx"
+        pd.DataFrame({"index": range(7), "duration": ["short"] * 4 + ["medium"] * 3, "domain": "Knowledge",
+                      "sub_category": "Humanity & History", "task_type": "Counting Problem",
+                      "score": scores}).to_excel(score_file, index=False)
+        dump(get_dimension_rating(str(score_file)), str(folder / f"{model}_Video-MME_8frame_rating.json"))
+    upstream = json.loads((work / "Qwen2VL7B_TCC25" / "Qwen2VL7B_TCC25_Video-MME_8frame_rating.json").read_text())
+    assert (upstream["overall"]["overall"], upstream["medium"]["overall"]) == ("0.833", "1.000")  # 5/6, 2/2
+    summary = aggregate(work).summary
+    tcc = row(summary, "vlmeval", "Qwen2VL7B", "tcc", 0.25, "Video-MME_8frame", "overall")
+    assert (tcc.score, tcc.vanilla_score, tcc.preservation) == pytest.approx((500 / 7, 600 / 7, 5 / 6))
+    assert "5/7, recounted from the per-sample scores: the rating's 0.833 left out 1 failed or empty" in tcc.note
+    medium = row(summary, "vlmeval", "Qwen2VL7B", "tcc", 0.25, "Video-MME_8frame", "medium")
+    assert medium.score == pytest.approx(200 / 3) and "left out 1" in medium.note
+    vanilla = row(summary, "vlmeval", "Qwen2VL7B", "none", 1.0, "Video-MME_8frame", "overall")
+    assert (vanilla.score, vanilla.note) == (pytest.approx(600 / 7), "")  # the rating's 0.857, unrounded
+    assert not (summary["benchmark"].eq("Video-MME_8frame") & summary["metric"].eq("long")).any()
+    (work / "Qwen2VL7B_TCC25" / "Qwen2VL7B_TCC25_Video-MME_8frame_score.xlsx").write_bytes(b"not a workbook")
+    tcc = row(aggregate(work).summary, "vlmeval", "Qwen2VL7B", "tcc", 0.25, "Video-MME_8frame", "overall")
+    assert tcc.score == pytest.approx(83.3)
+
+
 def test_runs_scored_by_another_judge_than_vanilla_get_no_preservation(tmp_path):
     """A score is only comparable with a vanilla score of the same judge: VLMEvalKit's status.json (written here by
     its own upsert_dataset_status) says which judge scored each dataset, an MM-Vet file name carries it too."""
