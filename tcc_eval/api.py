@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -326,7 +327,14 @@ def read_video(path: str | os.PathLike, num_frames: int = 8) -> tuple[list, Any]
     from PIL import Image
     from transformers.video_utils import VideoMetadata
 
-    reader = decord.VideoReader(str(path))
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"video {str(path)!r} does not exist: pass the path of a video file")
+    try:
+        reader = decord.VideoReader(str(path))
+    except Exception as err:  # decord raises a bare RuntimeError for anything it cannot open
+        reason = (str(err).splitlines() or [type(err).__name__])[0]
+        raise ValueError(f"cannot decode video {str(path)!r} with decord ({reason}): re-encode it (e.g. ffmpeg -i "
+                         f"in.mov -c:v libx264 out.mp4) or pass its frames as images") from None
     count = len(reader)
     if count == 0:
         raise ValueError(f"video {path!r} has no frames")

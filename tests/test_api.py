@@ -92,6 +92,18 @@ def test_video_as_path(tiny_checkpoints, tmp_path, family):
     assert mllm.last_selection.visual_before[0] > 0
 
 
+def test_unreadable_video_is_named(tmp_path):
+    """A missing or undecodable video file is an error that names it and the fix, not decord's bare one."""
+    from tcc_eval.api import read_video
+
+    with pytest.raises(FileNotFoundError, match="video '.*nowhere.mp4' does not exist"):
+        read_video(tmp_path / "nowhere.mp4")
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"not a video")
+    with pytest.raises(ValueError, match="cannot decode video '.*broken.mp4' with decord .*re-encode it"):
+        read_video(broken)
+
+
 def test_only_pixels_take_the_model_dtype():
     """In bf16, Qwen2.5-VL's seconds per temporal patch would move its temporal position ids (5.837 -> 5.844)."""
     from tcc_eval.api import on_model_device
