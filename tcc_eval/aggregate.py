@@ -58,6 +58,7 @@ LMMS_SUFFIX = "_results.json"
 # lmms-eval metrics whose aggregation (mvbench_aggregate_results) divides by the non-empty answers only
 EMPTY_ANSWER_METRICS = ("mvbench_accuracy",)
 EFFICIENCY_SUFFIX = "_efficiency.jsonl"
+MMBENCH_VIDEO = "MMBench-Video"  # VLMEvalKit's dataset names for it start so; its score is a 0-3 rating
 # lmms-eval metrics preferred as a task's headline number, before "first numeric metric".
 # MMStar's "average" and SEED-Bench's "seed_image" (VLMEvalKit's SEEDBench_IMG) come after per-category metrics
 # in their files, whose order follows the first sample's category. POPE's headline is its F1 (VLMEvalKit's POPE
@@ -288,6 +289,8 @@ def _scores_from_rating(data: Any, path: Path) -> list[tuple[str, float, str, bo
     so a failed answer (score -1) and an empty one (never scored: NaN) count as right. Video-MME's rounds to three
     decimals (0.1 point) and leaves out answers scored -1. Where the per-sample scores sit beside a rating, the
     scores are recounted from them over every question with only a score of 1 right, and a changed count noted."""
+    if isinstance(data, dict) and isinstance(data.get("coarse_all"), dict) and "Overall" in data["coarse_all"]:
+        return _mmbench_video_scores(data["coarse_all"], path)
     if not isinstance(data, dict) or "overall" not in data:
         raise ResultFileError("rating json has no 'overall' entry")
     overall = data["overall"]
@@ -316,6 +319,26 @@ def _scores_from_rating(data: Any, path: Path) -> list[tuple[str, float, str, bo
     if isinstance(overall, (int, float)) and not isinstance(overall, bool):
         return [("overall", _num(overall), "auto", True, "")]
     raise ResultFileError("unrecognised rating layout")
+
+
+def _mmbench_video_scores(coarse_all: dict, path: Path) -> list[tuple[str, float, str, bool, str]]:
+    """MMBench-Video's judge rating on its 0-3 scale (VLMEvalKit's ``coarse_all``, failed judgements as 0): Overall,
+    unrounded from the per-sample scores where they sit beside the rating, then Perception and Reasoning."""
+    overall, note = _num(coarse_all["Overall"]), "0-3 rating"
+    try:
+        samples = _per_sample_scores(path)
+    except ResultFileError as err:
+        log.warning("%s: kept the rating's 2-decimal Overall: %s", path, err)
+        samples = None
+    if samples is not None and not samples.empty:
+        overall = float(samples["score"].fillna(-1).clip(lower=0).mean())
+    out = [("Overall", overall, "points", True, note)]
+    for part in ("Perception", "Reasoning"):
+        try:
+            out.append((part, _num(coarse_all.get(part)), "points", False, note))
+        except (TypeError, ValueError):
+            pass  # no question of that kind in a partial run
+    return out
 
 
 def _video_mme_scores(data: dict, path: Path) -> list[tuple[str, float, str, bool, str]]:
@@ -1004,6 +1027,8 @@ def _fmt(column: str, value: Any) -> str:
         return f"{value:.1f}%"
     if column in ("keep_ratio", "Avg retention", "FLOPs ratio", "prefill s", "total s"):
         return f"{value:.3f}"
+    if column.startswith(MMBENCH_VIDEO):  # a 0-3 rating, reported to two decimals
+        return f"{value:.2f}"
     return f"{value:.1f}"
 
 
@@ -1013,7 +1038,8 @@ def table_markdown(table: pd.DataFrame, framework: str) -> str:
              "| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
     for _, row in table.iterrows():
         lines.append("| " + " | ".join(_fmt(c, row[c]) for c in table.columns) + " |")
-    lines += ["", "Scores in percent (MME: perception + reasoning/cognition points). Avg preservation: mean of "
+    lines += ["", "Scores in percent (MME: perception + reasoning/cognition points; MMBench-Video: the judge's 0-3 "
+              "rating). Avg preservation: mean of "
               "score / vanilla score over the benchmarks with a vanilla run. Avg retention: measured kept "
               "fraction of visual tokens (FastV, DART, PyramidDrop: averaged over layers). FLOPs ratio: "
               "visual-part FLOPs of the LLM vs vanilla (theoretical, the paper's per-layer 4nd^2 + 2n^2d + cndm, "

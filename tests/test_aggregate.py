@@ -751,6 +751,38 @@ def test_videomme_recounted_from_per_sample_scores(tmp_path):
     assert tcc.score == pytest.approx(83.3)
 
 
+def test_mmbench_video_rating(tmp_path):
+    """MMBench-Video's judge rating (VLMEvalKit's own get_dimension_rating: coarse_all, 0-3, a failed judgement
+    as 0) is read on its own scale, Overall unrounded from the per-sample scores beside it, the judge taken from
+    the file name, and shown to two decimals."""
+    from vlmeval.dataset.utils.mmbench_video import get_dimension_rating
+    from vlmeval.smp import dump
+
+    work = tmp_path / "w"
+    dims = ["['OCR']", "['Counting']", "['Causal Reasoning']", "['Video Topic']", "['Hallucination']",
+            "['Future Prediction']", "['Natural Relation']"]
+    runs = {"Qwen2VL7B_Vanilla": [3, 2, 2, 1, 3, 2, 0], "Qwen2VL7B_TCC25": [3, 2, -1, 1, 2, 2, 0]}
+    for model, scores in runs.items():
+        folder = work / model
+        folder.mkdir(parents=True)
+        stem = folder / f"{model}_MMBench-Video_8frame_nopack_gpt-4-turbo"
+        pd.DataFrame({"index": range(7), "dimensions": dims, "score": scores}).to_excel(f"{stem}_score.xlsx",
+                                                                                       index=False)
+        dump(get_dimension_rating(f"{stem}_score.xlsx"), f"{stem}_rating.json")
+    upstream = json.loads((work / "Qwen2VL7B_TCC25" / "Qwen2VL7B_TCC25_MMBench-Video_8frame_nopack_gpt-4-turbo"
+                           "_rating.json").read_text())
+    assert upstream["coarse_all"]["Overall"] == "1.43"  # 10/7
+    result = aggregate(work)
+    tcc = row(result.summary, "vlmeval", "Qwen2VL7B", "tcc", 0.25, "MMBench-Video_8frame_nopack", "Overall")
+    assert (tcc.score, tcc.vanilla_score, tcc.preservation) == pytest.approx((10 / 7, 13 / 7, 10 / 13))
+    assert "0-3 rating" in tcc.note  # both judged by gpt-4-turbo (the file names), so paired
+    reasoning = row(result.summary, "vlmeval", "Qwen2VL7B", "tcc", 0.25, "MMBench-Video_8frame_nopack", "Reasoning")
+    assert reasoning.score == pytest.approx(float(upstream["coarse_all"]["Reasoning"])) and not reasoning.primary
+    table = result.tables["vlmeval"].set_index("method")
+    assert table.loc["tcc", "MMBench-Video_8frame_nopack"] == pytest.approx(10 / 7)
+    assert "| 1.43 |" in (work / "tables" / "table_vlmeval.md").read_text()
+
+
 def test_runs_scored_by_another_judge_than_vanilla_get_no_preservation(tmp_path):
     """A score is only comparable with a vanilla score of the same judge: VLMEvalKit's status.json (written here by
     its own upsert_dataset_status) says which judge scored each dataset, an MM-Vet file name carries it too."""
