@@ -446,7 +446,8 @@ def load(
         check_compressor_argument(compressor)
     device = default_device(device)
     dtype = default_dtype(device, dtype)
-    attn = "eager" if method == "oracle" else "sdpa"
-    model, processor = load_hf_model(model_path, device, dtype, attn=attn, processor_options=processor_options)
+    # sdpa for every method: the oracle switches to eager for its own pass only (oracle.eager_attention), so its
+    # vision features and answer are computed as vanilla's and its prefill time compares with the other rows'
+    model, processor = load_hf_model(model_path, device, dtype, processor_options=processor_options)
     pruned = wrap_model(model, method=method, keep_ratio=keep_ratio, compressor=compressor, **options)
     return CompressedMLLM(pruned, processor)

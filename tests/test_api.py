@@ -92,6 +92,23 @@ def test_video_as_path(tiny_checkpoints, tmp_path, family):
     assert mllm.last_selection.visual_before[0] > 0
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_oracle_answers_with_vanillas_attention(tiny_checkpoints, family):
+    """The oracle model loads with sdpa as every other method's and switches to eager for its own pass only: its
+    keep-all logits are vanilla's exactly, and after a pruned answer the model is back on sdpa (its prefill time
+    compares with the other rows')."""
+    vanilla = tcc_eval.load(tiny_checkpoints[family], method="none")
+    inputs = vanilla.prepare(messages_for("image"))
+    with torch.no_grad():
+        expected = vanilla.model(**inputs).logits
+    oracle = tcc_eval.load(tiny_checkpoints[family], method="oracle", keep_ratio=1.0)
+    assert torch.equal(oracle.pruned.prefill_logits(**oracle.prepare(messages_for("image"))), expected)
+    oracle = tcc_eval.load(tiny_checkpoints[family], method="oracle", keep_ratio=0.5)
+    oracle.generate(messages_for("image"), max_new_tokens=2)
+    assert oracle.last_selection.visual_after[0] < oracle.last_selection.visual_before[0]
+    assert oracle.model.config._attn_implementation == "sdpa"
+
+
 def test_unreadable_video_is_named(tmp_path):
     """A missing or undecodable video file is an error that names it and the fix, not decord's bare one."""
     from tcc_eval.api import read_video

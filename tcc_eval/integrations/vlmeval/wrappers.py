@@ -134,8 +134,9 @@ class TCCModelMixin:
         self.model_path = resolve_model_path(self.base, model_path)
         self.device = rank_device(device)
         self.dtype = api.default_dtype(self.device, dtype)
-        attn = "eager" if method == "oracle" else "sdpa"  # the oracle needs attention probabilities
-        self.hf_model, processor = self._load(attn)
+        # the oracle switches to eager for its own pass only (oracle.eager_attention): its answer and prefill time
+        # come from the same sdpa model as vanilla's
+        self.hf_model, processor = self._load()
         self._adapter = adapter_for(self.hf_model)
         self.processor = self.processor_proxy(processor, self.device, self.dtype)
         self.model = _PrunedGenerate(self)
@@ -148,9 +149,9 @@ class TCCModelMixin:
         for modality in modalities:
             self.pruned_model(modality)
 
-    def _load(self, attn: str):
-        """The unpruned model and its processor, from ``self.model_path`` (a folder or hub id)."""
-        return api.load_hf_model(self.model_path, self.device, self.dtype, attn=attn)
+    def _load(self):
+        """The unpruned model (sdpa) and its processor, from ``self.model_path`` (a folder or hub id)."""
+        return api.load_hf_model(self.model_path, self.device, self.dtype)
 
     # --- pruning -----------------------------------------------------------------------------------
     def pruned_model(self, modality: str):
@@ -374,11 +375,11 @@ class TCCVILA(TCCModelMixin, VilaChat):
         self.conv_mode = self.processor.conv_mode  # as VLMEvalKit's VILA exposes it
         self.stop_ids = self.processor.answer_stop_ids(self.hf_model)  # the template's separator, the LLM's EOS
 
-    def _load(self, attn: str):
+    def _load(self):
         """VILA1.5 folders are read part by part (a hub id is downloaded first). The template: ``conv_mode``,
         else VLMEvalKit's name rule, else the checkpoint's own (its config.json, its folder's name, then the
         registry base's hub id, then its vocabulary)."""
-        return api.load_hf_model(local_folder(self.model_path), self.device, self.dtype, attn=attn,
+        return api.load_hf_model(local_folder(self.model_path), self.device, self.dtype,
                                  conv_mode=self._conv_mode_arg or vlmeval_vila_conv_mode(self.model_path),
                                  known_as=self.base.hf_id)
 
