@@ -130,6 +130,15 @@ def lmms_run(perception, cognition, synth, mv_a, mv_b):
 SELECT_S = 0.01  # the selection step every record of efficiency_line took
 
 
+def write_flat_qwen2vl_lmms_run(output_path: Path, method: str, ratio: float, date: str, results: dict,
+                                sizes: dict[str, int]) -> Path:
+    """One qwen2_vl_tcc run of /models/Qwen/Qwen2-VL-7B-Instruct over tasks without subtasks, of ``sizes`` samples."""
+    return write_lmms_results(output_path, "qwen2_vl_tcc",
+                              f"pretrained=/models/Qwen/Qwen2-VL-7B-Instruct,method={method},ratio={ratio}", date,
+                              results, {task: [] for task in results},
+                              {task: {"original": n, "effective": n} for task, n in sizes.items()})
+
+
 def efficiency_line(model, framework, dataset, index, method, ratio, base, before, after, prefill, total,
                     legacy=False, shape=LLM_SHAPES["qwen2-vl-7b"], layers=None):
     """A record as the wrappers write it; ``layers``: the visual tokens each LLM layer of ``shape`` held (by
@@ -873,16 +882,13 @@ def test_lmms_mvbench_empty_answers_count_as_wrong(tmp_path):
 def test_lmms_headline_metrics_of_mmstar_and_seedbench(tmp_path):
     """lmms-eval writes a task's metrics in the order its first sample's category gives: MMStar's headline is
     "average" and SEED-Bench's "seed_image" (VLMEvalKit's SEEDBench_IMG), wherever they fall."""
-    args = "pretrained=/models/Qwen/Qwen2-VL-7B-Instruct,method={},ratio={}"
     runs = [("none", 1.0, "20261130_100000", (0.7, 0.6, 0.5, 0.7)),
             ("tcc", 0.5, "20261130_110000", (0.7, 0.5, 0.5, 0.63))]
     for method, ratio, date, (coarse, average, video, image) in runs:
         results = {"mmstar": {"alias": "mmstar", "coarse perception,none": coarse, "average,none": average},
                    "seedbench": {"alias": "seedbench", "seed_video,none": video, "seed_image,none": image,
                                  "seed_all,none": (video + image) / 2}}
-        write_lmms_results(tmp_path, "qwen2_vl_tcc", args.format(method, ratio), date, results,
-                           {"mmstar": [], "seedbench": []}, {"mmstar": {"original": 1500, "effective": 1500},
-                                                             "seedbench": {"original": 100, "effective": 100}})
+        write_flat_qwen2vl_lmms_run(tmp_path, method, ratio, date, results, {"mmstar": 1500, "seedbench": 100})
     summary = aggregate(tmp_path).summary
     base = "qwen2_vl/Qwen2-VL-7B-Instruct"
     mmstar = row(summary, "lmms_eval", base, "tcc", 0.5, "mmstar", "average")
@@ -905,16 +911,13 @@ def test_lmms_headline_metrics_of_pope_and_activitynetqa(tmp_path):
                                     for name in ("pope_accuracy", "pope_precision", "pope_recall", "pope_f1_score",
                                                  "pope_yes_ratio")}}
 
-    args = "pretrained=/models/Qwen/Qwen2-VL-7B-Instruct,method={},ratio={}"
     runs = [("none", 1.0, "20261130_100000", ["yes"] * 4 + ["no"] * 4, 3.1, 50.0),
             ("tcc", 0.25, "20261130_110000", ["yes"] * 2 + ["no"] * 6, 2.9, 45.0)]
     for method, ratio, date, answers, rating, accuracy in runs:
         results = {"pope": pope_metrics(answers),
                    "activitynetqa": {"alias": "activitynetqa", "gpt_eval_score,none": rating,
                                      "gpt_eval_accuracy,none": accuracy}}
-        write_lmms_results(tmp_path, "qwen2_vl_tcc", args.format(method, ratio), date, results,
-                           {"pope": [], "activitynetqa": []}, {"pope": {"original": 8, "effective": 8},
-                                                               "activitynetqa": {"original": 8, "effective": 8}})
+        write_flat_qwen2vl_lmms_run(tmp_path, method, ratio, date, results, {"pope": 8, "activitynetqa": 8})
     summary = aggregate(tmp_path).summary
     base = "qwen2_vl/Qwen2-VL-7B-Instruct"
     pope_row = row(summary, "lmms_eval", base, "tcc", 0.25, "pope", "pope_f1_score")
