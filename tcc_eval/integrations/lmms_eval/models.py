@@ -191,9 +191,9 @@ class TCCWrapperMixin:
         return None if parameter is None else parameter.default
 
     def _install_pruning(self, settings: TCCSettings, base_model: str) -> None:
-        model = self.model  # unwrapped from accelerate, if prepared; the oracle switches it to eager for its own
-        # pass only (oracle.eager_attention), so its answer and prefill time come from upstream's attention as
-        # vanilla's do
+        # the oracle switches the model to eager for its own pass only (oracle.eager_attention), so its answer and
+        # prefill time come from upstream's attention, as vanilla's do
+        model = self.model  # unwrapped from accelerate, if prepared
         pruned = wrap_model(
             model,
             method=settings.method,
