@@ -71,6 +71,8 @@ SPLIT_PREFERENCE = ("overall", "all", "none", "test", "dev", "val", "validation"
 BYTES_PER_MB = 1e6
 # VLMEvalKit's judge names (run.py's defaults, judge_util's model_map): some score files carry them after the dataset
 JUDGE_SUFFIX_RE = re.compile(r"_(?:gpt-[\w.-]+|chatgpt-[\w-]+|qwen-\w+|deepseek|llama31-8b|exact_matching)$")
+# the match log VLMEvalKit's extract_answer_from_item writes for an answer it could not judge (no API judge)
+JUDGE_FALLBACK_LOG = "Failed in Prefetch, no GPT-based answer matching"
 RUN_KEY = ["framework", "base_model", "method", "variant", "keep_ratio"]  # one table row each
 
 
@@ -415,10 +417,32 @@ def read_vlmeval(root: Path, skip: Path | None = None) -> list[Score]:
             continue
         mtime = path.stat().st_mtime
         variant = _vlmeval_run_variant(path, root, model, dataset, method)
+        fallback = _judge_fallback_note(path.parent, model, dataset, judge)
         for metric, value, scale, primary, note in rows:
+            note = "; ".join(filter(None, [note, fallback if primary else ""]))
             scores.append(Score("vlmeval", model, base, method, ratio, dataset, metric, value, scale, primary,
                                 str(path), mtime, note, variant, judge))
     return scores
+
+
+def _judge_fallback_note(folder: Path, model: str, dataset: str, judge: str) -> str:
+    """VLMEvalKit falls back to exact matching when its API judge is unreachable, with a warning only: the files
+    keep the judge's name, and an answer no rule can parse counts wrong (its match log says so). A note counting
+    those answers, or "" when there are none or no such file."""
+    if not judge or judge == "exact_matching":
+        return ""
+    for suffix, read in ((".xlsx", pd.read_excel), (".tsv", lambda f: pd.read_csv(f, sep="\t"))):
+        path = folder / f"{model}_{dataset}_{judge}_result{suffix}"
+        if path.is_file():
+            try:
+                logs = read(path).get("log")
+            except Exception as err:  # noqa: BLE001 - the score stands; only the check is lost
+                log.warning("%s: could not check for a judge fallback: %s", path, err)
+                return ""
+            unjudged = 0 if logs is None else int(logs.astype(str).str.startswith(JUDGE_FALLBACK_LOG).sum())
+            return (f"{judge} unreachable: {unjudged} answers no rule parses were not judged and count wrong "
+                    f"(VLMEvalKit's exact-matching fallback)") if unjudged else ""
+    return ""
 
 
 def _vlmeval_run_variant(score_file: Path, root: Path, model: str, dataset: str, method: str) -> str:

@@ -824,6 +824,34 @@ def test_runs_scored_by_another_judge_than_vanilla_get_no_preservation(tmp_path)
     assert "preservation over 1 of 3 benchmarks" in markdown
 
 
+def test_unreachable_judge_fallback_is_noted(tmp_path):
+    """VLMEvalKit falls back to exact matching when its API judge is unreachable, with a warning only: the files
+    keep the judge's name and an answer no rule parses counts wrong. The match logs (from VLMEvalKit's own
+    extract_answer_from_item without a judge) show it, and the score's note counts those answers."""
+    from vlmeval.dataset.utils.multiple_choice import extract_answer_from_item
+    from vlmeval.smp import dump
+    from vlmeval.smp.status_report import upsert_dataset_status
+
+    item = {"question": "What color is the circle?", "A": "red", "B": "blue", "C": "green", "D": "gray", "answer": "B"}
+    work = tmp_path / "w"
+    runs = {"Qwen2VL7B_Vanilla": ["B", "B", "A", "B"], "Qwen2VL7B_TCC25": ["B", "I cannot tell.", "A", "Hmm..."]}
+    for model, predictions in runs.items():
+        folder = work / model / "T20261201-100000_G1234abcd"
+        matched = [extract_answer_from_item(None, {**item, "prediction": p}, "MMStar") for p in predictions]
+        hits = [int(m["opt"] == item["answer"]) for m in matched]
+        write_mcq_acc(folder / f"{model}_MMStar_acc.csv", sum(hits), total=len(hits))
+        result = folder / f"{model}_MMStar_gpt-4o-mini_result.xlsx"
+        dump(pd.DataFrame({"index": range(4), "prediction": predictions, "hit": hits,
+                           "log": [m["log"] for m in matched]}), str(result))
+        upsert_dataset_status(run_dir=folder, model_name=model, dataset_name="MMStar", judge_model="gpt-4o-mini",
+                              status="done")
+    summary = aggregate(work).summary
+    tcc = row(summary, "vlmeval", "Qwen2VL7B", "tcc", 0.25, "MMStar", "Overall")
+    assert tcc.score == pytest.approx(25.0)
+    assert "gpt-4o-mini unreachable: 2 answers no rule parses were not judged and count wrong" in tcc.note
+    assert "unreachable" not in row(summary, "vlmeval", "Qwen2VL7B", "none", 1.0, "MMStar", "Overall").note
+
+
 def test_lmms_mvbench_empty_answers_count_as_wrong(tmp_path):
     """lmms-eval's MVBench aggregation divides by the non-empty answers, so an empty answer raises the score; where
     the run logged its samples (--log_samples), the tables recount over every question and say so. Files and
