@@ -58,7 +58,7 @@ LMMS_SUFFIX = "_results.json"
 # lmms-eval metrics whose aggregation (mvbench_aggregate_results) divides by the non-empty answers only
 EMPTY_ANSWER_METRICS = ("mvbench_accuracy",)
 EFFICIENCY_SUFFIX = "_efficiency.jsonl"
-MMBENCH_VIDEO = "MMBench-Video"  # VLMEvalKit's dataset names for it start so; its score is a 0-3 rating
+MMBENCH_VIDEO = ("MMBench_Video", "MMBench-Video")  # VLMEvalKit's dataset names start so; a 0-3 rating
 # lmms-eval metrics preferred as a task's headline number, before "first numeric metric".
 # MMStar's "average" and SEED-Bench's "seed_image" (VLMEvalKit's SEEDBench_IMG) come after per-category metrics
 # in their files, whose order follows the first sample's category. POPE's headline is its F1 (VLMEvalKit's POPE
@@ -71,8 +71,10 @@ SPLIT_PREFERENCE = ("overall", "all", "none", "test", "dev", "val", "validation"
 BYTES_PER_MB = 1e6
 # VLMEvalKit's judge names (run.py's defaults, judge_util's model_map): some score files carry them after the dataset
 JUDGE_SUFFIX_RE = re.compile(r"_(?:gpt-[\w.-]+|chatgpt-[\w-]+|qwen-\w+|deepseek|llama31-8b|exact_matching)$")
-# the match log VLMEvalKit's extract_answer_from_item writes for an answer it could not judge (no API judge)
+# the match log VLMEvalKit's extract_answer_from_item writes for an answer it could not judge (no API judge), inside
+# "Match Log: ..." on plain multiple-choice sets; and the judge names its multiple-choice result files abbreviate
 JUDGE_FALLBACK_LOG = "Failed in Prefetch, no GPT-based answer matching"
+JUDGE_FILE_NAMES = {"chatgpt-0125": "openai", "gpt-4-0125": "gpt4"}
 RUN_KEY = ["framework", "base_model", "method", "variant", "keep_ratio"]  # one table row each
 
 
@@ -431,15 +433,17 @@ def _judge_fallback_note(folder: Path, model: str, dataset: str, judge: str) -> 
     those answers, or "" when there are none or no such file."""
     if not judge or judge == "exact_matching":
         return ""
-    for suffix, read in ((".xlsx", pd.read_excel), (".tsv", lambda f: pd.read_csv(f, sep="\t"))):
-        path = folder / f"{model}_{dataset}_{judge}_result{suffix}"
+    name = JUDGE_FILE_NAMES.get(judge, judge)
+    for suffix, read in ((".xlsx", pd.read_excel), (".tsv", lambda f: pd.read_csv(f, sep="\t")),
+                         (".json", lambda f: pd.DataFrame(json.loads(Path(f).read_text(encoding="utf-8"))))):
+        path = folder / f"{model}_{dataset}_{name}_result{suffix}"
         if path.is_file():
             try:
                 logs = read(path).get("log")
             except Exception as err:  # noqa: BLE001 - the score stands; only the check is lost
                 log.warning("%s: could not check for a judge fallback: %s", path, err)
                 return ""
-            unjudged = 0 if logs is None else int(logs.astype(str).str.startswith(JUDGE_FALLBACK_LOG).sum())
+            unjudged = 0 if logs is None else int(logs.astype(str).str.contains(JUDGE_FALLBACK_LOG, regex=False).sum())
             return (f"{judge} unreachable: {unjudged} answers no rule parses were not judged and count wrong "
                     f"(VLMEvalKit's exact-matching fallback)") if unjudged else ""
     return ""

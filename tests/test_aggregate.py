@@ -774,21 +774,21 @@ def test_mmbench_video_rating(tmp_path):
     for model, scores in runs.items():
         folder = work / model
         folder.mkdir(parents=True)
-        stem = folder / f"{model}_MMBench-Video_8frame_nopack_gpt-4-turbo"
+        stem = folder / f"{model}_MMBench_Video_8frame_nopack_gpt-4-turbo"
         pd.DataFrame({"index": range(7), "dimensions": dims, "score": scores}).to_excel(f"{stem}_score.xlsx",
                                                                                        index=False)
         dump(get_dimension_rating(f"{stem}_score.xlsx"), f"{stem}_rating.json")
-    upstream = json.loads((work / "Qwen2VL7B_TCC25" / "Qwen2VL7B_TCC25_MMBench-Video_8frame_nopack_gpt-4-turbo"
+    upstream = json.loads((work / "Qwen2VL7B_TCC25" / "Qwen2VL7B_TCC25_MMBench_Video_8frame_nopack_gpt-4-turbo"
                            "_rating.json").read_text())
     assert upstream["coarse_all"]["Overall"] == "1.43"  # 10/7
     result = aggregate(work)
-    tcc = row(result.summary, "vlmeval", "Qwen2VL7B", "tcc", 0.25, "MMBench-Video_8frame_nopack", "Overall")
+    tcc = row(result.summary, "vlmeval", "Qwen2VL7B", "tcc", 0.25, "MMBench_Video_8frame_nopack", "Overall")
     assert (tcc.score, tcc.vanilla_score, tcc.preservation) == pytest.approx((10 / 7, 13 / 7, 10 / 13))
     assert "0-3 rating" in tcc.note  # both judged by gpt-4-turbo (the file names), so paired
-    reasoning = row(result.summary, "vlmeval", "Qwen2VL7B", "tcc", 0.25, "MMBench-Video_8frame_nopack", "Reasoning")
+    reasoning = row(result.summary, "vlmeval", "Qwen2VL7B", "tcc", 0.25, "MMBench_Video_8frame_nopack", "Reasoning")
     assert reasoning.score == pytest.approx(float(upstream["coarse_all"]["Reasoning"])) and not reasoning.primary
     table = result.tables["vlmeval"].set_index("method")
-    assert table.loc["tcc", "MMBench-Video_8frame_nopack"] == pytest.approx(10 / 7)
+    assert table.loc["tcc", "MMBench_Video_8frame_nopack"] == pytest.approx(10 / 7)
     assert "| 1.43 |" in (work / "tables" / "table_vlmeval.md").read_text()
 
 
@@ -826,29 +826,34 @@ def test_runs_scored_by_another_judge_than_vanilla_get_no_preservation(tmp_path)
 
 def test_unreachable_judge_fallback_is_noted(tmp_path):
     """VLMEvalKit falls back to exact matching when its API judge is unreachable, with a warning only: the files
-    keep the judge's name and an answer no rule parses counts wrong. The match logs (from VLMEvalKit's own
-    extract_answer_from_item without a judge) show it, and the score's note counts those answers."""
-    from vlmeval.dataset.utils.multiple_choice import extract_answer_from_item
+    keep the judge's name (chatgpt-0125's as "openai") and an answer no rule parses counts wrong. The result file
+    (written here by VLMEvalKit's own mcq_vanilla_eval without a judge) shows it in its match log, and the score's
+    note counts those answers."""
+    from vlmeval.dataset.utils.multiple_choice import mcq_vanilla_eval
     from vlmeval.smp import dump
     from vlmeval.smp.status_report import upsert_dataset_status
 
-    item = {"question": "What color is the circle?", "A": "red", "B": "blue", "C": "green", "D": "gray", "answer": "B"}
+    meta = pd.DataFrame({"index": range(4), "question": "What color is the circle?", "A": "red", "B": "blue",
+                         "C": "green", "D": "gray", "answer": "B"})
     work = tmp_path / "w"
-    runs = {"Qwen2VL7B_Vanilla": ["B", "B", "A", "B"], "Qwen2VL7B_TCC25": ["B", "I cannot tell.", "A", "Hmm..."]}
-    for model, predictions in runs.items():
+    runs = {"Qwen2VL7B_Vanilla": ("gpt-4o-mini", "gpt-4o-mini", ["B", "B", "A", "B"]),
+            "Qwen2VL7B_TCC25": ("gpt-4o-mini", "gpt-4o-mini", ["B", "I cannot tell.", "A", "Hmm..."]),
+            "Qwen2VL7B_TCC50": ("chatgpt-0125", "openai", ["B", "No idea.", "B", "B"])}
+    for model, (judge, file_judge, predictions) in runs.items():
         folder = work / model / "T20261201-100000_G1234abcd"
-        matched = [extract_answer_from_item(None, {**item, "prediction": p}, "MMStar") for p in predictions]
-        hits = [int(m["opt"] == item["answer"]) for m in matched]
-        write_mcq_acc(folder / f"{model}_MMStar_acc.csv", sum(hits), total=len(hits))
-        result = folder / f"{model}_MMStar_gpt-4o-mini_result.xlsx"
-        dump(pd.DataFrame({"index": range(4), "prediction": predictions, "hit": hits,
-                           "log": [m["log"] for m in matched]}), str(result))
-        upsert_dataset_status(run_dir=folder, model_name=model, dataset_name="MMStar", judge_model="gpt-4o-mini",
+        folder.mkdir(parents=True)
+        result = mcq_vanilla_eval(None, meta.assign(prediction=predictions), meta, 1,
+                                  str(folder / f"{model}_MMStar_{file_judge}_result.pkl"), "MMStar")
+        dump(result, str(folder / f"{model}_MMStar_{file_judge}_result.xlsx"))
+        write_mcq_acc(folder / f"{model}_MMStar_acc.csv", int(result["hit"].sum()), total=len(result))
+        upsert_dataset_status(run_dir=folder, model_name=model, dataset_name="MMStar", judge_model=judge,
                               status="done")
     summary = aggregate(work).summary
     tcc = row(summary, "vlmeval", "Qwen2VL7B", "tcc", 0.25, "MMStar", "Overall")
     assert tcc.score == pytest.approx(25.0)
     assert "gpt-4o-mini unreachable: 2 answers no rule parses were not judged and count wrong" in tcc.note
+    other = row(summary, "vlmeval", "Qwen2VL7B", "tcc", 0.5, "MMStar", "Overall")
+    assert "chatgpt-0125 unreachable: 1 answers" in other.note
     assert "unreachable" not in row(summary, "vlmeval", "Qwen2VL7B", "none", 1.0, "MMStar", "Overall").note
 
 
