@@ -78,7 +78,6 @@ class TokenPrunedModel(nn.Module):
         self.merger = merger
         self.last_selection: Selection | None = None
         self.last_stats: dict[str, Any] = {}
-        self.timed_calls = 0
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -203,8 +202,9 @@ class TokenPrunedModel(nn.Module):
         included though it runs inside the tower (methods that rank inside the LLM have none: their ranking is inside
         ``prefill_s``). It carries the LLM shape, the average retention over layers and
         each sample's visual FLOPs, so tables need no checkpoint name and sum FLOPs over the very samples run.
-        ``first_call`` marks the call that paid one-time costs (CUDA context, kernel choice), which the tables
-        leave out of their time means."""
+        ``first_call`` marks the first call on the loaded model, which paid one-time costs (CUDA context, kernel
+        choice) and which the tables leave out of their time means; it is counted on the model, which the pruned
+        wrappers of one run share (VLMEvalKit's TCC has one per modality)."""
         from dataclasses import asdict
 
         from .flops import kv_cache_bytes, shape_from_config, visual_flops
@@ -214,7 +214,8 @@ class TokenPrunedModel(nn.Module):
         before, after = sum(selection.visual_before), sum(selection.visual_after)
         seq_before, seq_after = sum(selection.seq_before), sum(selection.seq_after)
         per_layer = selection.visual_per_layer(shape.layers)
-        self.timed_calls += 1
+        calls = getattr(self.model, "tcc_generate_calls", 0) + 1
+        self.model.tcc_generate_calls = calls
         return {
             "method": self.method,
             "keep_ratio": self.keep_ratio,
@@ -240,7 +241,7 @@ class TokenPrunedModel(nn.Module):
                                      for n in selection.visual_before),
             "new_tokens": int(new_tokens.shape[1]),
             "llm_shape": asdict(shape),
-            "first_call": self.timed_calls == 1,
+            "first_call": calls == 1,
         }
 
 

@@ -109,6 +109,21 @@ def test_oracle_answers_with_vanillas_attention(tiny_checkpoints, family):
     assert oracle.model.config._attn_implementation == "sdpa"
 
 
+def test_only_the_models_first_call_is_marked(tiny_checkpoints):
+    """The first generate on a loaded model pays one-time costs, which the tables leave out of their time means:
+    it alone is marked first_call, also across the pruned wrappers that share the model (VLMEvalKit's TCC has one
+    per modality), for input-stage and in-LLM methods alike."""
+    vanilla = tcc_eval.load(tiny_checkpoints["qwen2_vl"], method="none")
+    inputs = vanilla.prepare(messages_for("image"))
+    marks = []
+    for method in ("a0", "fastv", "a0"):
+        pruned = tcc_eval.wrap_model(vanilla.model, method=method, keep_ratio=0.75, fastv_k=1)
+        for _ in range(2):
+            pruned.generate(**inputs, max_new_tokens=1, do_sample=False)
+            marks.append(pruned.last_stats["first_call"])
+    assert marks == [True, False, False, False, False, False]
+
+
 def test_unreadable_video_is_named(tmp_path):
     """A missing or undecodable video file is an error that names it and the fix, not decord's bare one."""
     from tcc_eval.api import read_video
