@@ -745,7 +745,7 @@ def summarize_efficiency(records: pd.DataFrame) -> pd.DataFrame:
     """Per run and dataset, plus an ``ALL`` row per run: sums and per-sample means of times, KV MB, tokens.
 
     A record of a batched call (lmms-eval's batch_size > 1) sums its samples' tokens, times and KV bytes, so it
-    counts as ``batch_size`` samples. A process's first call pays one-time costs (CUDA context, kernel choice,
+    counts as ``batch_size`` samples. A loaded model's first call pays one-time costs (CUDA context, kernel choice,
     lazy imports): its record (``first_call``) stays out of the time means where the group has others, and in
     the sums."""
     key = RUN_KEY
