@@ -582,6 +582,9 @@ def _recount_empty_answers(results_file: Path, data: dict) -> tuple[dict, dict[s
             scored = [s.get(metric) for s in samples]
             if not scored or not all(isinstance(s, dict) and "pred_answer" in s and "score" in s for s in scored):
                 raise ResultFileError(f"its {task} samples log has no {metric} pred_answer and score on every line")
+            effective = ((data.get("n-samples") or {}).get(task) or {}).get("effective")
+            if isinstance(effective, int) and len(scored) != effective:  # a log cut short, or of another run
+                raise ResultFileError(f"its {task} samples log holds {len(scored)} of the run's {effective} samples")
             correct = sum(_num(s["score"]) for s in scored)
         except (OSError, ResultFileError, TypeError, ValueError) as err:
             log.warning("%s: kept lmms-eval's own %s score, which leaves empty answers out: %s",

@@ -911,6 +911,14 @@ def test_lmms_mvbench_empty_answers_count_as_wrong(tmp_path):
     assert half.score == pytest.approx((1 / 4 + 2 / 3) / 2 * 100)  # the antonym subtask recounted, count kept
     assert "lmms-eval's own count on 1 of 2 tasks" in half.note and "2 empty answers counted wrong" in half.note
 
+    # a log short of the run's samples (lmms-eval writes the results first, then the samples line by line) is not
+    # recounted on the lines it has
+    antonym = tmp_path / "Qwen__Qwen2-VL-7B-Instruct" / "20261201_110000_samples_mvbench_action_antonym.jsonl"
+    antonym.write_text("".join(antonym.read_text().splitlines(keepends=True)[:3]))  # its last sample was empty
+    half = row(aggregate(tmp_path).summary, "lmms_eval", base, "tcc", 0.5, "mvbench", "mvbench_accuracy")
+    assert half.score == pytest.approx((1 / 2 + 2 / 3) / 2 * 100)
+    assert "lmms-eval's own count on 2 of 2 tasks" in half.note
+
 
 def test_lmms_headline_metrics_of_mmstar_and_seedbench(tmp_path):
     """lmms-eval writes a task's metrics in the order its first sample's category gives: MMStar's headline is
