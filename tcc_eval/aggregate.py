@@ -71,9 +71,10 @@ SPLIT_PREFERENCE = ("overall", "all", "none", "test", "dev", "val", "validation"
 BYTES_PER_MB = 1e6
 # VLMEvalKit's judge names (run.py's defaults, judge_util's model_map): some score files carry them after the dataset
 JUDGE_SUFFIX_RE = re.compile(r"_(?:gpt-[\w.-]+|chatgpt-[\w-]+|qwen-\w+|deepseek|llama31-8b|exact_matching)$")
-# the match log VLMEvalKit's extract_answer_from_item writes for an answer it could not judge (no API judge), inside
-# "Match Log: ..." on plain multiple-choice sets; and the judge names its multiple-choice result files abbreviate
+# VLMEvalKit's match log for an answer no rule parsed and no judge saw (its exact-matching fallback); plain
+# multiple-choice sets write it inside "Match Log: ..."
 JUDGE_FALLBACK_LOG = "Failed in Prefetch, no GPT-based answer matching"
+# judges whose multiple-choice result files VLMEvalKit names otherwise (<MODEL>_<DATASET>_<name>_result.xlsx)
 JUDGE_FILE_NAMES = {"chatgpt-0125": "openai", "gpt-4-0125": "gpt4"}
 RUN_KEY = ["framework", "base_model", "method", "variant", "keep_ratio"]  # one table row each
 
