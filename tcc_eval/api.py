@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
 from .adapters import ADAPTERS, adapter_for
 from .flops import INSIDE_LLM_METHODS
+from .media import open_video
 from .methods import (VISIONZIP_CONTEXTUAL_SHARE, A0Scorer, Scorer, TCCScorer, VisionZip, check_method,
                       divprune_scorer, pool_merger, random_scorer, uniform_scorer)
 from .options import DEFAULT_INSTRUCTION_ROWS
@@ -323,21 +323,11 @@ def read_video(path: str | os.PathLike, num_frames: int = 8) -> tuple[list, Any]
     ``VideoMetadata`` (None when the file states no frame rate): Qwen2.5-VL spaces its temporal position ids by
     the sampled frame rate, and a processor handed bare frames assumes 24 fps, which puts a whole clip's frames on
     one or two temporal ids."""
-    import decord
     from PIL import Image
     from transformers.video_utils import VideoMetadata
 
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"video {str(path)!r} does not exist: pass the path of a video file")
-    try:
-        reader = decord.VideoReader(str(path))
-    except Exception as err:  # decord raises a bare RuntimeError for anything it cannot open
-        reason = (str(err).splitlines() or [type(err).__name__])[0]
-        raise ValueError(f"cannot decode video {str(path)!r} with decord ({reason}): re-encode it (e.g. ffmpeg -i "
-                         f"in.mov -c:v libx264 out.mp4) or pass its frames as images") from None
+    reader = open_video(path)
     count = len(reader)
-    if count == 0:
-        raise ValueError(f"video {path!r} has no frames")
     indices = uniform_indices(count, num_frames)
     fps = float(reader.get_avg_fps())
     metadata = (VideoMetadata(total_num_frames=count, fps=fps, frames_indices=indices, duration=count / fps)

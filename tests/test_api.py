@@ -125,15 +125,18 @@ def test_only_the_models_first_call_is_marked(tiny_checkpoints):
 
 
 def test_unreadable_video_is_named(tmp_path):
-    """A missing or undecodable video file is an error that names it and the fix, not decord's bare one."""
+    """A missing or undecodable video file is an error that names it and the fix, not decord's bare one, from the
+    Python API's reader and from VILA's processor alike."""
     from tcc_eval.api import read_video
+    from tcc_eval.vila import load_video_frames
 
-    with pytest.raises(FileNotFoundError, match="video '.*nowhere.mp4' does not exist"):
-        read_video(tmp_path / "nowhere.mp4")
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(b"not a video")
-    with pytest.raises(ValueError, match="cannot decode video '.*broken.mp4' with decord .*re-encode it"):
-        read_video(broken)
+    for read in (read_video, lambda path: load_video_frames(path, 4)):
+        with pytest.raises(FileNotFoundError, match="video '.*nowhere.mp4' does not exist"):
+            read(tmp_path / "nowhere.mp4")
+        with pytest.raises(ValueError, match="cannot decode video '.*broken.mp4' with decord .*re-encode it"):
+            read(broken)
 
 
 def test_only_pixels_take_the_model_dtype():

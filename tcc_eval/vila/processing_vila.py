@@ -227,9 +227,9 @@ def sample_frame_indices(total_frames: int, num_frames: int) -> list[int]:
 
 def load_video_frames(path: str | Path, num_frames: int) -> list[Image.Image]:
     """Decode ``num_frames`` frames of a video file with decord, sampled as VILA1.5 does."""
-    from decord import VideoReader, cpu
+    from ..media import open_video
 
-    reader = VideoReader(str(path), ctx=cpu(0))
+    reader = open_video(path)
     frames = reader.get_batch(sample_frame_indices(len(reader), num_frames)).asnumpy()
     return [Image.fromarray(frame) for frame in frames]
 
