@@ -267,23 +267,31 @@ def _scores_from_table(frame: pd.DataFrame) -> list[tuple[str, float, str, bool,
     return [("Overall", _num(row[columns["overall"]]), "auto", True, note)]
 
 
-def _per_sample_scores(rating: Path) -> pd.DataFrame | None:
-    """The per-sample file VLMEvalKit writes beside a rating (``<MODEL>_<DATASET>_score.xlsx``, or .tsv / .json
-    under PRED_FORMAT), its ``score`` column numeric; None when there is none."""
-    stem = rating.name[: -len("_rating.json")]
+def _vlmeval_table(folder: Path, stem: str) -> pd.DataFrame | None:
+    """The table VLMEvalKit writes as ``<stem>.xlsx`` (or .tsv / .json under PRED_FORMAT) in ``folder``; None when
+    there is none, a ResultFileError naming it when it is unreadable."""
     for suffix, read in ((".xlsx", pd.read_excel), (".tsv", lambda f: pd.read_csv(f, sep="\t")),
                          (".json", lambda f: pd.DataFrame(json.loads(Path(f).read_text(encoding="utf-8"))))):
-        path = rating.with_name(f"{stem}_score{suffix}")
+        path = folder / f"{stem}{suffix}"
         if path.is_file():
             try:
-                frame = read(path)
+                return read(path)
             except Exception as err:  # noqa: BLE001 - any unreadable file: named, never fatal
                 reason = (str(err).splitlines() or [type(err).__name__])[0]
                 raise ResultFileError(f"{path.name} is unreadable ({reason})") from None
-            if "score" not in frame.columns:
-                raise ResultFileError(f"{path.name} has no score column")
-            return frame.assign(score=pd.to_numeric(frame["score"], errors="coerce"))
     return None
+
+
+def _per_sample_scores(rating: Path) -> pd.DataFrame | None:
+    """The per-sample file VLMEvalKit writes beside a rating (``<MODEL>_<DATASET>_score.xlsx``), its ``score``
+    column numeric; None when there is none."""
+    stem = f"{rating.name[: -len('_rating.json')]}_score"
+    frame = _vlmeval_table(rating.parent, stem)
+    if frame is None:
+        return None
+    if "score" not in frame.columns:
+        raise ResultFileError(f"{stem} has no score column")
+    return frame.assign(score=pd.to_numeric(frame["score"], errors="coerce"))
 
 
 def _scores_from_rating(data: Any, path: Path) -> list[tuple[str, float, str, bool, str]]:
@@ -434,20 +442,15 @@ def _judge_fallback_note(folder: Path, model: str, dataset: str, judge: str) -> 
     those answers, or "" when there are none or no such file."""
     if not judge or judge == "exact_matching":
         return ""
-    name = JUDGE_FILE_NAMES.get(judge, judge)
-    for suffix, read in ((".xlsx", pd.read_excel), (".tsv", lambda f: pd.read_csv(f, sep="\t")),
-                         (".json", lambda f: pd.DataFrame(json.loads(Path(f).read_text(encoding="utf-8"))))):
-        path = folder / f"{model}_{dataset}_{name}_result{suffix}"
-        if path.is_file():
-            try:
-                logs = read(path).get("log")
-            except Exception as err:  # noqa: BLE001 - the score stands; only the check is lost
-                log.warning("%s: could not check for a judge fallback: %s", path, err)
-                return ""
-            unjudged = 0 if logs is None else int(logs.astype(str).str.contains(JUDGE_FALLBACK_LOG, regex=False).sum())
-            return (f"{judge} unreachable: {unjudged} answers no rule parses were not judged and count wrong "
-                    f"(VLMEvalKit's exact-matching fallback)") if unjudged else ""
-    return ""
+    try:
+        result = _vlmeval_table(folder, f"{model}_{dataset}_{JUDGE_FILE_NAMES.get(judge, judge)}_result")
+    except ResultFileError as err:  # the score stands; only the check is lost
+        log.warning("%s: could not check for a judge fallback: %s", folder, err)
+        return ""
+    logs = None if result is None else result.get("log")
+    unjudged = 0 if logs is None else int(logs.astype(str).str.contains(JUDGE_FALLBACK_LOG, regex=False).sum())
+    return (f"{judge} unreachable: {unjudged} answers no rule parses were not judged and count wrong "
+            f"(VLMEvalKit's exact-matching fallback)") if unjudged else ""
 
 
 def _vlmeval_run_variant(score_file: Path, root: Path, model: str, dataset: str, method: str) -> str:
@@ -807,7 +810,7 @@ def summarize_efficiency(records: pd.DataFrame) -> pd.DataFrame:
             # text-only questions, or media the framework dropped (lmms-eval's own qwen2_vl logs a video it cannot
             # read and answers from the text); a batched record sums its samples, so it counts only when none had any
             "samples_without_visual": int(sizes[group["visual_before"] == 0].sum()),
-            "first_calls_untimed": len(group) - len(warm) if not warm.empty else 0,
+            "first_calls_untimed": len(group) - len(timed),
         }
 
     rows = []
