@@ -19,6 +19,7 @@ dataset and judge names (its "primary_metric" is a heuristic, not the paper's me
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import logging
 import math
@@ -59,6 +60,18 @@ LMMS_SUFFIX = "_results.json"
 EMPTY_ANSWER_METRICS = ("mvbench_accuracy",)
 EFFICIENCY_SUFFIX = "_efficiency.jsonl"
 MMBENCH_VIDEO = ("MMBench_Video", "MMBench-Video")  # VLMEvalKit's dataset names start so; a 0-3 rating
+# The fine dimensions behind MMBench-Video's two coarse scores (VLMEvalKit's MMV_DIMENSIONS): a question counts
+# towards a coarse score when one of its dimensions is among them.
+MMBENCH_VIDEO_COARSE = {
+    "Perception": frozenset({
+        "Video Topic", "Video Emotion", "Video Scene", "Video Style", "OCR", "Object Recognition",
+        "Attribute Recognition", "Event Recognition", "Human Motion", "Counting", "Spatial Relationship",
+        "Human-object Interaction", "Human Interaction", "Hallucination"}),
+    "Reasoning": frozenset({
+        "Structuralized Image-Text Understanding", "Mathematical Calculation", "Physical Property",
+        "Function Reasoning", "Identity Reasoning", "Natural Relation", "Physical Relation", "Social Relation",
+        "Common Sense Reasoning", "Counterfactual Reasoning", "Causal Reasoning", "Future Prediction"}),
+}
 # lmms-eval metrics preferred as a task's headline number, before "first numeric metric".
 # MMStar's "average" and SEED-Bench's "seed_image" (VLMEvalKit's SEEDBench_IMG) come after per-category metrics
 # in their files, whose order follows the first sample's category. POPE's headline is its F1 (VLMEvalKit's POPE
@@ -192,6 +205,15 @@ def _num(value: Any) -> float:
     return number
 
 
+def _is_number(value: Any) -> bool:
+    """A rating's entry can be read as a number: a partial run's empty part is NaN or absent."""
+    try:
+        _num(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
 # --------------------------------------------------------------------------------------------------
 # VLMEvalKit
 # --------------------------------------------------------------------------------------------------
@@ -294,6 +316,16 @@ def _per_sample_scores(rating: Path) -> pd.DataFrame | None:
     return frame.assign(score=pd.to_numeric(frame["score"], errors="coerce"))
 
 
+def _readable_per_sample_scores(rating: Path, kept: str) -> pd.DataFrame | None:
+    """The per-sample scores beside a rating, or None with a warning saying what the rating keeps instead when that
+    file is unreadable: the rating still holds."""
+    try:
+        return _per_sample_scores(rating)
+    except ResultFileError as err:
+        log.warning("%s: kept %s: %s", rating, kept, err)
+        return None
+
+
 def _scores_from_rating(data: Any, path: Path) -> list[tuple[str, float, str, bool, str]]:
     """MVBench ``{task: [correct, total, "xx.xx%"], "overall": [...]}`` or Video-MME
     ``{"short"|"medium"|"long"|"overall": {"overall": "0.xxx", ...}}``.
@@ -336,32 +368,41 @@ def _scores_from_rating(data: Any, path: Path) -> list[tuple[str, float, str, bo
 
 def _mmbench_video_scores(coarse_all: dict, path: Path) -> list[tuple[str, float, str, bool, str]]:
     """MMBench-Video's judge rating on its 0-3 scale (VLMEvalKit's ``coarse_all``, failed judgements as 0): Overall,
-    unrounded from the per-sample scores where they sit beside the rating, then Perception and Reasoning."""
-    overall, note = _num(coarse_all["Overall"]), "0-3 rating"
+    Perception and Reasoning, unrounded from the per-sample scores where they sit beside the rating."""
+    note = "0-3 rating"
+    rated_parts = [(part, _num(coarse_all[part]), "points", False, note)
+                   for part in MMBENCH_VIDEO_COARSE if _is_number(coarse_all.get(part))]  # a partial run: NaN
+    samples = _readable_per_sample_scores(path, "the rating's 2-decimal scores")
+    if samples is None or samples.empty:
+        return [("Overall", _num(coarse_all["Overall"]), "points", True, note), *rated_parts]
+    ratings = samples["score"].fillna(-1).clip(lower=0)
+    overall = ("Overall", float(ratings.mean()), "points", True, note)
     try:
-        samples = _per_sample_scores(path)
-    except ResultFileError as err:
-        log.warning("%s: kept the rating's 2-decimal Overall: %s", path, err)
-        samples = None
-    if samples is not None and not samples.empty:
-        overall = float(samples["score"].fillna(-1).clip(lower=0).mean())
-    out = [("Overall", overall, "points", True, note)]
-    for part in ("Perception", "Reasoning"):
-        try:
-            out.append((part, _num(coarse_all.get(part)), "points", False, note))
-        except (TypeError, ValueError):
-            pass  # no question of that kind in a partial run
-    return out
+        dimensions = samples["dimensions"].map(_mmbench_video_dimensions)
+    except (KeyError, ResultFileError) as err:
+        log.warning("%s: kept the rating's 2-decimal Perception and Reasoning: %s", path, err)
+        return [overall, *rated_parts]
+    counted_parts = [(part, float(ratings[in_part].mean()), "points", False, note)
+                     for part, members in MMBENCH_VIDEO_COARSE.items()
+                     if (in_part := dimensions.map(lambda dims, members=members: not members.isdisjoint(dims))).any()]
+    return [overall, *counted_parts]
+
+
+def _mmbench_video_dimensions(cell: Any) -> set[str]:
+    """A score file's ``dimensions`` cell, the repr of a list of fine dimension names."""
+    try:
+        names = ast.literal_eval(cell) if isinstance(cell, str) else cell
+    except (ValueError, SyntaxError):
+        names = None
+    if not isinstance(names, (list, tuple)):
+        raise ResultFileError(f"dimensions cell {cell!r} is not a list of dimension names")
+    return set(names)
 
 
 def _video_mme_scores(data: dict, path: Path) -> list[tuple[str, float, str, bool, str]]:
     """Video-MME's overall and per-duration accuracy: recounted from the per-sample scores where they sit beside the
     rating (its 3-decimal fractions leave out answers scored -1), else the rating's own."""
-    try:
-        samples = _per_sample_scores(path)
-    except ResultFileError as err:
-        log.warning("%s: kept the rating's 3-decimal accuracies: %s", path, err)
-        samples = None
+    samples = _readable_per_sample_scores(path, "the rating's 3-decimal accuracies")
     if samples is not None and (samples.empty or "duration" not in samples.columns):
         samples = None
     out = []

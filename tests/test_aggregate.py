@@ -762,8 +762,8 @@ def test_videomme_recounted_from_per_sample_scores(tmp_path):
 
 def test_mmbench_video_rating(tmp_path):
     """MMBench-Video's judge rating (VLMEvalKit's own get_dimension_rating: coarse_all, 0-3, a failed judgement
-    as 0) is read on its own scale, Overall unrounded from the per-sample scores beside it, the judge taken from
-    the file name, and shown to two decimals."""
+    as 0) is read on its own scale, Overall, Perception and Reasoning unrounded from the per-sample scores beside
+    it, the judge taken from the file name, and shown to two decimals."""
     from vlmeval.dataset.utils.mmbench_video import get_dimension_rating
     from vlmeval.smp import dump
 
@@ -785,11 +785,22 @@ def test_mmbench_video_rating(tmp_path):
     tcc = row(result.summary, "vlmeval", "Qwen2VL7B", "tcc", 0.25, "MMBench_Video_8frame_nopack", "Overall")
     assert (tcc.score, tcc.vanilla_score, tcc.preservation) == pytest.approx((10 / 7, 13 / 7, 10 / 13))
     assert "0-3 rating" in tcc.note  # both judged by gpt-4-turbo (the file names), so paired
-    reasoning = row(result.summary, "vlmeval", "Qwen2VL7B", "tcc", 0.25, "MMBench_Video_8frame_nopack", "Reasoning")
-    assert reasoning.score == pytest.approx(float(upstream["coarse_all"]["Reasoning"])) and not reasoning.primary
+    parts = {part: row(result.summary, "vlmeval", "Qwen2VL7B", "tcc", 0.25, "MMBench_Video_8frame_nopack", part)
+             for part in ("Perception", "Reasoning")}
+    # Reasoning: Causal Reasoning (failed: 0), Future Prediction 2, Natural Relation 0; Perception: 3, 2, 1, 2
+    assert upstream["coarse_all"]["Reasoning"] == "0.67" and upstream["coarse_all"]["Perception"] == "2.00"
+    assert (parts["Reasoning"].score, parts["Perception"].score) == pytest.approx((2 / 3, 2.0))
+    assert not parts["Reasoning"].primary and not parts["Perception"].primary
     table = result.tables["vlmeval"].set_index("method")
     assert table.loc["tcc", "MMBench_Video_8frame_nopack"] == pytest.approx(10 / 7)
     assert "| 1.43 |" in (work / "tables" / "table_vlmeval.md").read_text()
+    # A dimensions cell that is not a list keeps the rating's own 2-decimal parts, and Overall from the scores.
+    score_file = work / "Qwen2VL7B_TCC25" / "Qwen2VL7B_TCC25_MMBench_Video_8frame_nopack_gpt-4-turbo_score.xlsx"
+    pd.read_excel(score_file).assign(dimensions=["OCR"] * 7).to_excel(score_file, index=False)
+    summary = aggregate(work).summary
+    reasoning = row(summary, "vlmeval", "Qwen2VL7B", "tcc", 0.25, "MMBench_Video_8frame_nopack", "Reasoning")
+    overall = row(summary, "vlmeval", "Qwen2VL7B", "tcc", 0.25, "MMBench_Video_8frame_nopack", "Overall")
+    assert (reasoning.score, overall.score) == pytest.approx((0.67, 10 / 7))
 
 
 def test_runs_scored_by_another_judge_than_vanilla_get_no_preservation(tmp_path):
