@@ -711,7 +711,8 @@ EFFICIENCY_REQUIRED = ("framework", "dataset", "keep_ratio", "base_model", "visu
 MAX_LINE_WARNINGS = 5  # per efficiency file; the rest are counted on one line
 EFFICIENCY_NUMERIC = ("visual_before", "visual_after", "seq_before", "seq_after", "prefill_s", "vision_s",
                       "select_s", "total_s", "kv_cache_bytes", "visual_kv_cache_bytes", "visual_flops",
-                      "visual_flops_full", "new_tokens", "avg_retention", "fastv_k", "pdrop_lambda")
+                      "visual_flops_full", "new_tokens", "avg_retention", "fastv_k", "pdrop_lambda", "context_length",
+                      "samples_beyond_context")
 
 
 def _efficiency_key(record: dict) -> tuple[str, str, str, float]:
@@ -801,7 +802,8 @@ def summarize_efficiency(records: pd.DataFrame) -> pd.DataFrame:
                "prefill_with_select_s_mean", "vision_s_mean", "total_s_sum", "total_s_mean", "kv_cache_mb_mean",
                "visual_kv_mb_mean", "visual_before_mean", "visual_after_mean", "measured_retention", "avg_retention",
                "flops_ratio", "seq_before_mean", "seq_after_mean", "new_tokens_mean", "fastv_k", "pdrop_lambda",
-               "pdrop_layers", "llm_shape", "samples_without_visual", "first_calls_untimed"]
+               "pdrop_layers", "llm_shape", "samples_without_visual", "samples_beyond_context", "context_length",
+               "first_calls_untimed"]
     if records.empty:
         return pd.DataFrame(columns=columns)
 
@@ -851,6 +853,9 @@ def summarize_efficiency(records: pd.DataFrame) -> pd.DataFrame:
             # text-only questions, or media the framework dropped (lmms-eval's own qwen2_vl logs a video it cannot
             # read and answers from the text); a batched record sums its samples, so it counts only when none had any
             "samples_without_visual": int(sizes[group["visual_before"] == 0].sum()),
+            # prompts whose position ids reached past the LLM's trained range (records of older versions lack it)
+            "samples_beyond_context": int(group["samples_beyond_context"].fillna(0).sum()),
+            "context_length": group["context_length"].max(),
             "first_calls_untimed": len(group) - len(timed),
         }
 
@@ -1067,6 +1072,9 @@ def build_table(summary: pd.DataFrame, efficiency: pd.DataFrame, framework: str,
         if len(eff) and eff["samples_without_visual"].iloc[0] > 0:
             notes.append(f"{int(eff['samples_without_visual'].iloc[0])} samples without visual tokens (text-only, or "
                          f"media the framework dropped: efficiency.csv per dataset)")
+        if len(eff) and eff["samples_beyond_context"].iloc[0] > 0:
+            notes.append(f"{int(eff['samples_beyond_context'].iloc[0])} samples' prompts reach past the LLM's "
+                         f"{int(eff['context_length'].iloc[0]):,} trained positions (efficiency.csv per dataset)")
         row["prefill s"] = eff["prefill_with_select_s_mean"].iloc[0] if len(eff) else math.nan
         if len(eff) and math.isnan(row["prefill s"]):
             row["prefill s"] = eff["prefill_s_mean"].iloc[0]

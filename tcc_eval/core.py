@@ -150,6 +150,14 @@ def gather_prompt_ids(input_ids: torch.Tensor, positions: list[torch.Tensor]) ->
     return ids
 
 
+def highest_position_ids(position_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[int]:
+    """Each row's largest position id over its real tokens (over M-RoPE's rows too): how far into the LLM's
+    position range the prompt reaches, which for M-RoPE is not its length."""
+    ids = position_ids if position_ids.dim() == 3 else position_ids.unsqueeze(0)
+    real = attention_mask.to(ids.device).bool().unsqueeze(0).expand_as(ids)
+    return ids.masked_fill(~real, -1).amax(dim=(0, 2)).tolist()
+
+
 def gather_left_padded(
     inputs_embeds: torch.Tensor,
     attention_mask: torch.Tensor,

@@ -17,8 +17,8 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from .core import (Selection, check_keep_ratio, keep_count, keep_positions, pick_order_scores, select_visual,
-                   sync, topk_in_order)
+from .core import (Selection, check_keep_ratio, highest_position_ids, keep_count, keep_positions, pick_order_scores,
+                   select_visual, sync, topk_in_order)
 from .flops import fastv_layer_keep_ratio, pyramid_stage_layers, pyramid_stage_ratio, pyramid_visual_counts
 from .options import MATCH_MODES
 from .probe import instruction_rows, last_token_attention, layer_keys
@@ -279,7 +279,8 @@ class InsideLLMModel(TokenPrunedModel):
         sync(device)
         self.last_selection = selection
         # no selection step before the LLM: the ranking runs inside each prefill, and prefill_s holds it
-        self.last_stats = self._stats(selection, vision_s, 0.0, prefill_s, time.perf_counter() - start, new_tokens)
+        self.last_stats = self._stats(selection, vision_s, 0.0, prefill_s, time.perf_counter() - start, new_tokens,
+                                      highest_position_ids(llm.position_ids, llm.attention_mask))
         return torch.cat([input_ids, new_tokens], dim=1)
 
     def _pad_token_id(self, gen_kwargs: dict[str, Any]) -> int:

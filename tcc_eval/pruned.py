@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from .adapters import LLMInputs, MLLMAdapter, adapter_for
-from .core import (Selection, check_keep_ratio, gather_left_padded, gather_prompt_ids, keep_positions,
-                   select_visual, sync)
+from .core import (Selection, check_keep_ratio, gather_left_padded, gather_prompt_ids, highest_position_ids,
+                   keep_positions, select_visual, sync)
 from .methods import Merger, SampleView, Scorer
 from .options import POSITION_MODES
 
@@ -192,11 +192,11 @@ class TokenPrunedModel(nn.Module):
         sync(device)
         self.last_selection = selection
         self.last_stats = self._stats(selection, vision_s, select_s, timer.seconds, time.perf_counter() - start,
-                                      new_tokens)
+                                      new_tokens, highest_position_ids(positions, mask))
         return with_prompt(input_ids, new_tokens)
 
     def _stats(self, selection: Selection, vision_s: float, select_s: float, prefill_s: float, total_s: float,
-               new_tokens) -> dict:
+               new_tokens: torch.Tensor, highest_positions: list[int]) -> dict:
         """Per-call efficiency record. ``vision_s``: vision tower and embedding, the same work for every method;
         ``select_s``: the method's scoring and gather before the LLM, VisionZip's readout of the tower's attention
         included though it runs inside the tower (methods that rank inside the LLM have none: their ranking is inside
@@ -204,7 +204,9 @@ class TokenPrunedModel(nn.Module):
         each sample's visual FLOPs, so tables need no checkpoint name and sum FLOPs over the very samples run.
         ``first_call`` marks the first call on the loaded model, which paid one-time costs (CUDA context, kernel
         choice) and which the tables leave out of their time means; it is counted on the model, which the pruned
-        wrappers of one run share (VLMEvalKit's TCC has one per modality)."""
+        wrappers of one run share (VLMEvalKit's TCC has one per modality). ``samples_beyond_context`` counts the
+        samples whose prompt's position ids (``highest_positions``, those the LLM saw) reach past the positions the
+        LLM was trained on: no framework stops them, and their answers come from outside that range."""
         from dataclasses import asdict
 
         from .flops import kv_cache_bytes, shape_from_config, visual_flops
@@ -214,6 +216,7 @@ class TokenPrunedModel(nn.Module):
         before, after = sum(selection.visual_before), sum(selection.visual_after)
         seq_before, seq_after = sum(selection.seq_before), sum(selection.seq_after)
         per_layer = selection.visual_per_layer(shape.layers)
+        context = self.adapter.context_length
         calls = getattr(self.model, "tcc_generate_calls", 0) + 1
         self.model.tcc_generate_calls = calls
         return {
@@ -240,6 +243,9 @@ class TokenPrunedModel(nn.Module):
             "visual_flops_full": sum(visual_flops(n, shape.hidden, shape.intermediate, shape.layers, shape.gated)
                                      for n in selection.visual_before),
             "new_tokens": int(new_tokens.shape[1]),
+            "context_length": context,
+            "samples_beyond_context": (None if context is None
+                                       else sum(highest >= context for highest in highest_positions)),
             "llm_shape": asdict(shape),
             "first_call": calls == 1,
         }

@@ -1076,6 +1076,27 @@ def test_samples_that_reached_the_model_without_visual_tokens_are_noted(tmp_path
     assert "3 samples without visual tokens" in notes["tcc"] and "without visual" not in notes["none"]
 
 
+def test_samples_whose_prompts_reach_past_the_trained_positions_are_noted(tmp_path):
+    """Records count the samples whose prompt went past the LLM's trained positions (a long video on VILA1.5, whose
+    own code would cut it at 4,096): summed per dataset and named in the note; records of older versions, which
+    lack the count, add none."""
+    work = tmp_path / "w"
+    for name, method, ratio in (("Qwen2VL7B_Vanilla", "none", 1.0), ("Qwen2VL7B_TCC50", "tcc", 0.5)):
+        write_mcq_acc(work / name / f"{name}_MMStar_acc.csv", 50)
+        lines = [json.loads(efficiency_line(name, "vlmeval", "MMStar", i, method, ratio, "Qwen2VL7B", 800,
+                                            round(800 * ratio), 1, 2)) for i in range(4)]
+        for line, beyond in zip(lines, (1, 0, 2, None)):  # a batched record of two; one of an older version
+            if beyond is not None:
+                line.update(samples_beyond_context=beyond, context_length=4096)
+        lines[2]["batch_size"], lines[2]["index"] = 2, [2, 5]
+        (work / name / f"{name}_MMStar_efficiency.jsonl").write_text("\n".join(json.dumps(r) for r in lines) + "\n")
+    result = aggregate(work)
+    counts = result.efficiency.set_index(["method", "dataset"])[["samples_beyond_context", "context_length"]]
+    assert counts.loc[("tcc", "MMStar")].tolist() == counts.loc[("none", "ALL")].tolist() == [3, 4096]
+    notes = result.tables["vlmeval"].set_index("method")["note"]
+    assert "3 samples' prompts reach past the LLM's 4,096 trained positions" in notes["tcc"]
+
+
 def test_records_without_an_index_are_all_counted(tmp_path):
     """Records whose sample is unknown (multi-round generation; batches whose docs upstream cannot tell apart)
     match no other record: each counts, where a repeated index keeps only the newest."""

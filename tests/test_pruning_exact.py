@@ -213,8 +213,6 @@ def test_renumbering_is_refused_where_it_has_no_meaning(loaded, family, method, 
 @pytest.mark.parametrize("family, positions", [(family, "original") for family in FAMILIES]
                          + [("llava_onevision", "renumber")])
 def test_left_padded_batch_equals_single_runs(loaded, family, positions):
-    from conftest import left_padded_image_batch
-
     model, processor = loaded[family]
     batch, prompts, images = left_padded_image_batch(processor)
     assert (batch["attention_mask"] == 0).any(), "samples must differ in length"
@@ -227,6 +225,32 @@ def test_left_padded_batch_equals_single_runs(loaded, family, positions):
         assert torch.equal(tokens[0, single["input_ids"].shape[1]:], batch_tokens[b, batch["input_ids"].shape[1]:])
         logits = pruned.prefill_logits(**single)[0, -1]
         assert (logits - batch_logits[b]).abs().max().item() < 1e-4
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_records_count_the_prompts_that_reach_past_the_trained_positions(loaded, family, monkeypatch):
+    """A sample counts when its highest position id (the model's own: HF's rope index, or its count of real tokens)
+    is at least the LLM's max_position_embeddings. With the limit at the longer prompt's reach, a left-padded
+    batch of two counts one: keep-all, pruned with the original ids, and FastV (which runs the whole prompt)."""
+    model, processor = loaded[family]
+    batch, _, _ = left_padded_image_batch(processor)
+    ids, mask = original_positions(model, family, batch), batch["attention_mask"].bool()
+    reach = [int((ids if ids.dim() == 3 else ids.unsqueeze(0))[:, b, mask[b]].max()) for b in range(2)]
+    assert reach[0] != reach[1]
+    config = wrap_model(model, method="random", keep_ratio=1.0).adapter.language_model.config
+    monkeypatch.setattr(config, "max_position_embeddings", max(reach))
+    for method, ratio, options in (("random", 1.0, {}), ("a0", 0.5, {}), ("fastv", 0.75, {"fastv_k": 1})):
+        pruned = wrap_model(model, method=method, keep_ratio=ratio, **options)
+        pruned.generate(**batch, max_new_tokens=2, do_sample=False)
+        assert (pruned.last_stats["samples_beyond_context"], pruned.last_stats["context_length"]) == (1, max(reach))
+    monkeypatch.setattr(config, "max_position_embeddings", max(reach) + 1)
+    pruned.generate(**batch, max_new_tokens=2, do_sample=False)
+    assert pruned.last_stats["samples_beyond_context"] == 0
+    if family == "llava_onevision":  # renumbered, the pruned prompts stay inside the range the full ones leave
+        monkeypatch.setattr(config, "max_position_embeddings", max(reach))
+        renumbered = wrap_model(model, method="a0", keep_ratio=0.5, positions="renumber")
+        renumbered.generate(**batch, max_new_tokens=2, do_sample=False)
+        assert renumbered.last_stats["samples_beyond_context"] == 0
 
 
 @pytest.mark.parametrize("family", FAMILIES)

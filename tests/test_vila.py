@@ -493,3 +493,20 @@ def test_a_prompt_vila_would_cut_is_run_whole_with_one_warning(vila, monkeypatch
     recwarn.clear()
     model(**inputs)  # said once per model
     assert not [w for w in recwarn.list if "tokenizer_model_max_length" in str(w.message)]
+
+
+def test_records_count_a_prompt_vila_would_cut(vila, monkeypatch):
+    """VILA's trained length is its tokenizer_model_max_length (where its own code cuts), not the LLM's position
+    range: a prompt longer than it counts in the record as past the context, one that fits does not."""
+    from tcc_eval import wrap_model
+
+    model, processor = vila
+    inputs = inputs_for(processor, chat("video"))
+    length = inputs["input_ids"].shape[1]
+    assert model.config.text_config.max_position_embeddings > length
+    pruned = wrap_model(model, method="random", keep_ratio=0.5)
+    for limit, beyond in ((length - 1, 1), (length, 0)):
+        monkeypatch.setattr(model.config.text_config, "tokenizer_model_max_length", limit, raising=False)
+        monkeypatch.setattr(model, "_warned_truncation", True)
+        pruned.generate(**inputs, max_new_tokens=2, do_sample=False)
+        assert (pruned.last_stats["context_length"], pruned.last_stats["samples_beyond_context"]) == (limit, beyond)

@@ -67,6 +67,16 @@ class MLLMAdapter:
         """The decoder stack (has ``.layers``, ``.rotary_emb``, ``.embed_tokens``)."""
         return self.model.model.language_model
 
+    @property
+    def context_length(self) -> int | None:
+        """How many positions the LLM was trained on: the prompt length a checkpoint states it was tuned to
+        (VILA's ``tokenizer_model_max_length``, where VILA's own code cuts prompts), else its position range."""
+        config = self.language_model.config
+        for name in ("tokenizer_model_max_length", "max_position_embeddings"):
+            if isinstance(getattr(config, name, None), int):
+                return getattr(config, name)
+        return None
+
     def visual_token_ids(self) -> tuple[int, ...]:
         raise NotImplementedError
 
