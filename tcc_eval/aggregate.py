@@ -237,10 +237,13 @@ def _dataset_and_judge(name: str, folder: Path) -> tuple[str, str]:
     """The dataset of a score file whose name may carry the judge after it (MM-Vet writes
     ``<MODEL>_MMVet_<judge>_score.csv``), and the judge that scored it ("" when unknown): the run's status.json
     names its datasets and judges; without one, a trailing VLMEvalKit judge name is split off."""
-    try:
-        status = json.loads((folder / "status.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        status = None
+    status_file, status = folder / "status.json", None
+    if status_file.is_file():
+        try:
+            status = json.loads(status_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            log.warning("%s is unreadable (%s): the judge of %s is read from its file name", status_file,
+                        (str(err).splitlines() or [type(err).__name__])[0], name)
     datasets = status.get("datasets") if isinstance(status, dict) else None
     datasets = datasets if isinstance(datasets, dict) else {}
     if name in datasets:
@@ -1220,13 +1223,13 @@ def aggregate(results_dir: Path | str, out_dir: Path | str | None = None,
                                  f"*_results.json, *{EFFICIENCY_SUFFIX}); nothing was written. Pass the VLMEvalKit "
                                  f"--work-dir or lmms-eval --output_path (or a folder above them)")
 
+    present = set(summary["framework"]) | set(efficiency["framework"])
+    tables = {fw: build_table(summary, efficiency, fw, options)  # before any write: an error leaves the old tables
+              for fw in [*FRAMEWORKS, *sorted(present - set(FRAMEWORKS))] if fw in present}
     out.mkdir(parents=True, exist_ok=True)
     files = [out / "summary.csv", out / "efficiency.csv", out / "tables.xlsx"]
     summary.to_csv(files[0], index=False)
     efficiency.to_csv(files[1], index=False)
-    present = set(summary["framework"]) | set(efficiency["framework"])
-    tables = {fw: build_table(summary, efficiency, fw, options)
-              for fw in [*FRAMEWORKS, *sorted(present - set(FRAMEWORKS))] if fw in present}
     with pd.ExcelWriter(files[2], engine="openpyxl") as writer:
         summary.to_excel(writer, sheet_name="summary", index=False)
         for framework, table in tables.items():
@@ -1252,6 +1255,17 @@ def _parse_shape(text: str) -> tuple[str, LLMShape]:
     return base, LLM_SHAPES[key]
 
 
+def _positive_layer(text: str) -> int:
+    """argparse type of --fastv-k: FastV and DART prune after layer K >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a layer number >= 1")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tcc_eval.aggregate", description=__doc__.split("\n\n")[0])
     parser.add_argument("results_dir", type=Path,
@@ -1260,8 +1274,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shape", type=_parse_shape, action="append", default=[], metavar="BASE=KEY",
                         help="LLM shape of a base model whose name states no size, e.g. Qwen2VL=qwen2-vl-2b "
                              "(used for FLOPs and FastV's and DART's average retention)")
-    parser.add_argument("--fastv-k", type=int, default=2, help="layer at which FastV and DART prune (default 2)")
+    parser.add_argument("--fastv-k", type=_positive_layer, default=2,
+                        help="layer at which FastV and DART prune (default 2)")
     args = parser.parse_args(argv)
+    if args.out is not None and args.out.exists() and not args.out.is_dir():
+        parser.error(f"--out {args.out} is a file; give a folder for the tables")
     if not log.handlers:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("aggregate: %(levelname)s: %(message)s"))
@@ -1276,6 +1293,9 @@ def main(argv: list[str] | None = None) -> int:
     except AggregationRefused as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except ValueError as err:  # an option the runs contradict, e.g. --fastv-k beyond a model's layers
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print(f"{len(result.summary)} scores, {len(result.efficiency)} efficiency rows -> "
           f"{result.files[0].parent}", file=sys.stderr)
     return 0

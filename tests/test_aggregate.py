@@ -491,6 +491,26 @@ def test_output_folder_holding_results_is_refused(tmp_path, capsys):
     assert not (work / "Qwen2VL_TCC50" / "summary.csv").exists()
 
 
+def test_command_line_options_the_runs_cannot_take_are_refused(tmp_path, capsys):
+    """--fastv-k below 1 and an --out that is a file stop at parse time; a --fastv-k beyond the model's layers
+    stops with the layer count named, not a traceback, and writes no tables."""
+    work = tmp_path / "w"
+    write_mcq_acc(work / "Qwen2VL7B_Vanilla" / "Qwen2VL7B_Vanilla_MMStar_acc.csv", 50)
+    write_mcq_acc(work / "Qwen2VL7B_FastV50" / "Qwen2VL7B_FastV50_MMStar_acc.csv", 45)  # no efficiency records
+    (work / "Qwen2VL7B_Vanilla" / "Qwen2VL7B_Vanilla_MMStar_efficiency.jsonl").write_text(
+        efficiency_line("Qwen2VL7B_Vanilla", "vlmeval", "MMStar", 0, "none", 1.0, "Qwen2VL7B", 800, 800, 1, 2) + "\n")
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    for args, message in ((["--fastv-k", "0"], "argument --fastv-k: 0 is not a layer number >= 1"),
+                          (["--out", str(a_file)], f"--out {a_file} is a file; give a folder")):
+        with pytest.raises(SystemExit) as refused:
+            main([str(work), *args])
+        assert refused.value.code == 2 and message in capsys.readouterr().err
+    assert main([str(work), "--fastv-k", "99", "--shape", "Qwen2VL7B=qwen2-vl-7b"]) == 2  # costed from the name
+    assert "FastV layer K=99 must be in 1..27 for a 28-layer LLM" in capsys.readouterr().err
+    assert not (work / "tables").exists()
+
+
 def test_rerun_drops_tables_of_vanished_runs_but_keeps_raw_files(tmp_path):
     work = tmp_path / "w"
     for base in ("Qwen2VL", "LLaVAOV"):
@@ -803,7 +823,7 @@ def test_mmbench_video_rating(tmp_path):
     assert (reasoning.score, overall.score) == pytest.approx((0.67, 10 / 7))
 
 
-def test_runs_scored_by_another_judge_than_vanilla_get_no_preservation(tmp_path):
+def test_runs_scored_by_another_judge_than_vanilla_get_no_preservation(tmp_path, caplog):
     """A score is only comparable with a vanilla score of the same judge: VLMEvalKit's status.json (written here by
     its own upsert_dataset_status) says which judge scored each dataset, an MM-Vet file name carries it too."""
     from vlmeval.smp.status_report import upsert_dataset_status
@@ -833,6 +853,11 @@ def test_runs_scored_by_another_judge_than_vanilla_get_no_preservation(tmp_path)
     markdown = (work / "tables" / "table_vlmeval.md").read_text()
     assert "another judge than vanilla's on MMStar, MMVet: no preservation there" in markdown
     assert "preservation over 1 of 3 benchmarks" in markdown
+    status = next((work / "Qwen2VL7B_TCC25").rglob("status.json"))
+    status.write_text('{"datasets": {"MMSt')  # cut short: named, and the judges come from the file names
+    with caplog.at_level(logging.WARNING, logger="tcc_eval.aggregate"):
+        aggregate(work)
+    assert f"{status} is unreadable" in caplog.text
 
 
 def test_unreachable_judge_fallback_is_noted(tmp_path):
