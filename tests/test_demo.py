@@ -536,8 +536,15 @@ def test_evaluate_cli_scores_the_methods_asked_for(tmp_path, capsys):
     assert "demo compressors learned from the after_last_visual rows" in capsys.readouterr().err
     with pytest.raises(ValueError, match="leave tcc out of the methods"):  # the Python API, before any model loads
         evaluate(n=2, methods=["a0", "tcc"], instruction_rows="last", root=str(tmp_path / "no_models_here"))
+    assert main(["evaluate", "--root", str(tmp_path / "nowhere"), "--n", "2"]) == 2  # named, no traceback
+    assert "no demo model at" in capsys.readouterr().err
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
     bad = [(["--device", "gpu0"], "argument --device: 'gpu0' is not a torch device; use cpu, cuda or cuda:N"),
            (["--n", "0"], "argument --n: 0 is not a positive whole number"),
+           (["--batch-size", "0"], "argument --batch-size: 0 is not a positive whole number"),
+           (["--threads", "0"], "argument --threads: 0 is not a positive whole number"),
+           (["--json", str(tmp_path)], f"--json {tmp_path} is a folder; give a file path"),
            (["--ratios", "50"], "argument --ratios: keep_ratio must be in (0, 1]")]
     if not torch.cuda.is_available():
         bad.append((["--device", "cuda"], "argument --device: cuda, but torch sees no CUDA GPU here; use cpu"))
@@ -545,6 +552,9 @@ def test_evaluate_cli_scores_the_methods_asked_for(tmp_path, capsys):
         with pytest.raises(SystemExit) as refused:
             main(["evaluate", *args])
         assert refused.value.code == 2 and message in capsys.readouterr().err
+    with pytest.raises(SystemExit) as refused:
+        main(["build", "--out", str(a_file), "--family", "qwen2_vl"])
+    assert refused.value.code == 2 and f"--out {a_file} is a file" in capsys.readouterr().err
 
 
 def test_stage1_is_reused_only_from_exactly_its_spec(tmp_path):

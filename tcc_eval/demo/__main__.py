@@ -33,12 +33,8 @@ def cmd_build(args: argparse.Namespace) -> int:
     from .build import build
 
     start = time.time()
-    try:
-        build(args.out, tuple(args.family), threads=args.threads, skip_models=args.compressors_only,
-              variant=args.variant, reuse_stage1=args.reuse_stage1, relevance_rule=args.relevance_rule)
-    except (ValueError, FileNotFoundError) as err:  # bad folder or variant: say so, no traceback
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    build(args.out, tuple(args.family), threads=args.threads, skip_models=args.compressors_only,
+          variant=args.variant, reuse_stage1=args.reuse_stage1, relevance_rule=args.relevance_rule)
     print(f"build of {' '.join(args.family)} finished in {time.time() - start:.0f}s; wrote "
           f"{args.out or demo_root(None, args.variant) or ASSETS} (build_info.json records every run)")
     return 0
@@ -54,13 +50,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import METHODS, check_demo_rows, evaluate, format_table
 
     methods = tuple(args.methods or METHODS)
-    try:
-        for method in methods:
-            check_method(method)
-        check_demo_rows(methods, args.instruction_rows)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    for method in methods:
+        check_method(method)
+    check_demo_rows(methods, args.instruction_rows)
     start = time.time()
     rows = evaluate(seed=args.seed, n=args.n, families=args.family, modalities=args.modality, methods=methods,
                     ratios=tuple(args.ratios), root=demo_root(args.root, args.variant), batch_size=args.batch_size,
@@ -128,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     b = sub.add_parser("build", help="train the demo models and their compressors (seeded; tens of minutes on CPU)")
     b.add_argument("--out", default=None, help="output folder (default: the variant's shipped folder, i.e. overwrite)")
     b.add_argument("--family", nargs="+", default=list(FAMILIES), choices=FAMILIES)
-    b.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    b.add_argument("--threads", type=positive_int, default=2, help="torch CPU threads (default 2)")
     b.add_argument("--compressors-only", action="store_true", help="keep the models in --out, redo the compressors")
     b.add_argument("--variant", default=None, choices=sorted(VARIANTS),
                    help=f"the benchmark variant (default {DEFAULT_VARIANT}: the default demo in assets/demo; "
@@ -153,10 +145,10 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--root", default=None, help="demo folder (default: the shipped assets)")
     e.add_argument("--variant", default=None, choices=sorted(VARIANTS),
                    help="the shipped models of a benchmark variant")
-    e.add_argument("--batch-size", type=int, default=16)
+    e.add_argument("--batch-size", type=positive_int, default=16)
     e.add_argument("--device", default="cpu", type=device_arg,
                    help="cpu (default, fp32: how the committed tables were measured) or cuda (bf16, else fp16)")
-    e.add_argument("--threads", type=int, default=2)
+    e.add_argument("--threads", type=positive_int, default=2)
     e.add_argument("--instruction-rows", default=DEFAULT_INSTRUCTION_ROWS, choices=INSTRUCTION_ROWS,
                    help=f"which text rows' layer-0 attention a0 reads (default {DEFAULT_INSTRUCTION_ROWS}; tcc: only "
                         f"that one, the demo compressors' rule)")
@@ -173,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     o.add_argument("--root", default=None, help="demo folder (default: the shipped assets)")
     o.add_argument("--variant", default=None, choices=sorted(VARIANTS),
                    help="the shipped models of a benchmark variant")
-    o.add_argument("--threads", type=int, default=2)
+    o.add_argument("--threads", type=positive_int, default=2)
     o.add_argument("--json", default=None, help="write the rows as JSON here")
     o.set_defaults(func=cmd_oracle_rules)
 
@@ -187,12 +179,20 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         parser.error(str(err))
     if getattr(args, "json", None):  # before the run, not after it: a bad path must not cost the evaluation
+        if Path(args.json).is_dir():
+            parser.error(f"--json {args.json} is a folder; give a file path, e.g. {Path(args.json) / 'demo.json'}")
         try:
             Path(args.json).resolve().parent.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             parser.error(f"--json {args.json}: {err}")
+    if getattr(args, "out", None) and Path(args.out).exists() and not Path(args.out).is_dir():
+        parser.error(f"--out {args.out} is a file; give a folder for the demo models and compressors")
     keep_freed_cpu_memory()  # eager attention on the CPU: see tcc_eval.cpu_memory
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as err:  # a missing demo folder, a method the demo cannot run: no traceback
+        print(f"error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
