@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import numbers
 import os
 from typing import Any, Sequence
 
@@ -13,21 +14,30 @@ from .flops import INSIDE_LLM_METHODS
 from .media import open_video
 from .methods import (VISIONZIP_CONTEXTUAL_SHARE, A0Scorer, Scorer, TCCScorer, VisionZip, check_method,
                       divprune_scorer, pool_merger, random_scorer, uniform_scorer)
-from .options import DEFAULT_INSTRUCTION_ROWS
+from .options import DEFAULT_INSTRUCTION_ROWS, check_option_values
 from .pruned import TokenPrunedModel, check_positions
 
 log = logging.getLogger("tcc_eval")
 
 
 def default_device(device: str | torch.device | None = None) -> torch.device:
-    if device is not None:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """``device`` checked against this machine before any weights load; CUDA when present, else the CPU."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        checked = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"{device!r} is not a torch device; use cpu, cuda or cuda:N") from None
+    if checked.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"{device}, but torch sees no CUDA GPU here; use cpu")
+    return checked
 
 
 def default_dtype(device: torch.device, dtype: str | torch.dtype | None = None) -> torch.dtype:
     """fp32 on CPU (bf16 matmuls are ~7x slower there); bf16 on GPUs that support it, else fp16."""
     if isinstance(dtype, str):
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype {dtype!r}: expected one of {', '.join(DTYPES)} (or a torch.dtype)")
         dtype = getattr(torch, dtype)
     if dtype is not None:
         return dtype
@@ -44,11 +54,9 @@ def device_arg(text: str) -> str:
     import argparse
 
     try:
-        device = torch.device(text)
-    except RuntimeError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a torch device; use cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise argparse.ArgumentTypeError(f"{text}, but torch sees no CUDA GPU here; use cpu")
+        default_device(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
     return text
 
 
@@ -107,6 +115,9 @@ def model_type_of(model_path: str | os.PathLike) -> tuple[str, str | os.PathLike
     from transformers import AutoConfig
 
     text = os.fspath(model_path)
+    if os.path.isfile(os.path.expanduser(text)):
+        raise ValueError(f"model {text!r} is a file; pass the checkpoint folder that holds it "
+                         f"({os.path.dirname(text) or '.'!r}?)")
     looks_local = os.path.isabs(text) or text.startswith((".", "~")) or text.count("/") > 1
     if looks_local and not os.path.exists(os.path.expanduser(text)):
         raise FileNotFoundError(f"model {text!r}: no such folder (and not a hub id, which reads ORG/NAME); pass a "
@@ -264,6 +275,16 @@ def _for_modality(compressor, modality: str, source: Any):
     return compressor
 
 
+def check_wrap_options(options: dict[str, Any]) -> None:
+    """``wrap_model``'s method options as Python values: the frameworks' checks (names, choices, ranges), and
+    whole numbers that are numbers, so that a typo stops before weights load, not at the first generate."""
+    check_option_values(options)
+    for name in ("seed", "fastv_k", "max_answer_tokens"):
+        value = options.get(name, 0)
+        if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+            raise ValueError(f"{name}={value!r}: expected an integer")
+
+
 # options.OPTION_DEFAULTS mirrors these option defaults for the tables (tests/test_aggregate.py checks them)
 def wrap_model(
     model,
@@ -293,6 +314,9 @@ def wrap_model(
     ``instruction_rows`` (a0 and tcc) picks the text rows whose layer-0 attention scores the visual tokens
     (``options.INSTRUCTION_ROWS``; a tcc compressor must have been labelled with the same rule)."""
     check_method(method)
+    check_wrap_options({"budget": budget, "seed": seed, "fastv_k": fastv_k, "match": match, "positions": positions,
+                        "pdrop_layers": pdrop_layers, "max_answer_tokens": max_answer_tokens,
+                        "contextual_share": contextual_share, "instruction_rows": instruction_rows})
     if method in INSIDE_LLM_METHODS and positions != "original":
         raise ValueError(f"positions={positions!r} applies to methods that prune before the LLM; {method} prunes "
                          f"inside it, after layers whose KV cache holds the original ids: leave positions='original'")
@@ -430,6 +454,7 @@ def load(
 
     check_method(method)
     check_keep_ratio(keep_ratio)
+    check_wrap_options(options)
     if method == "tcc":
         from .compressor import check_compressor_argument
 

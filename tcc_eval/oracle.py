@@ -353,6 +353,9 @@ def explain_inputs(
             answer_ids = draft_answer(view, max_answer_tokens)
         a0 = view.layer0_attention(instruction_rows).float()
     answer_ids = answer_ids.flatten()[:max_answer_tokens]
+    if answer_ids.numel() == 0:  # there is no answer token whose logit a gradient could start from
+        raise ValueError("the answer to explain has no tokens; give a non-empty answer, or none to explain the "
+                         "model's own")
     by_rule = {rule: relevance.cpu() for rule, relevance in view_relevances(view, answer_ids, rules).items()}
     return Explanation(
         relevance=by_rule[rules[0]],

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -35,6 +37,33 @@ def test_missing_path_is_clear(tmp_path):
         tcc_eval.load(tmp_path / "nowhere", method="none")
     with pytest.raises(ValueError, match="cannot read a model config"):
         tcc_eval.load(tmp_path, method="none")
+
+
+def test_bad_arguments_stop_before_any_weights_load(tmp_path):
+    """A device this machine lacks, an unknown dtype, a file for the checkpoint folder, and method options of the
+    wrong kind are named before loading (the model path does not even exist for the option checks)."""
+    config = tmp_path / "config.json"
+    config.write_text("{}")
+    cases = [({"device": "gpu"}, "'gpu' is not a torch device; use cpu, cuda or cuda:N"),
+             ({"dtype": "float33"}, "dtype 'float33': expected one of float32, bfloat16, float16"),
+             ({"method": "fastv", "fastv_k": "2"}, "fastv_k='2': expected an integer"),
+             ({"seed": "abc"}, "seed='abc': expected an integer"),
+             ({"budget": "pergroup"}, "budget='pergroup': expected global or per_group"),
+             ({"method": "oracle", "max_answer_tokens": 0}, "max_answer_tokens=0: expected a positive integer"),
+             ({"sead": 1}, "unknown method option 'sead'")]
+    if not torch.cuda.is_available():
+        cases.append(({"device": "cuda"}, "cuda, but torch sees no CUDA GPU here; use cpu"))
+    for options, message in cases:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            tcc_eval.load(tmp_path / "no_model", **{"method": "random", **options})
+    with pytest.raises(ValueError, match=re.escape(f"model '{config}' is a file; pass the checkpoint folder")):
+        tcc_eval.load(config, method="none")
+
+
+def test_an_empty_answer_is_refused(tiny_checkpoints):
+    mllm = tcc_eval.load(tiny_checkpoints["qwen2_vl"], method="none", keep_ratio=1.0)
+    with pytest.raises(ValueError, match="the answer to explain has no tokens"):
+        tcc_eval.explain(mllm, messages_for("image"), answer="")
 
 
 @pytest.mark.parametrize("family", ("qwen2_vl", "llava_onevision"))
