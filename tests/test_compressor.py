@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -25,7 +26,7 @@ from tcc_eval.compressor import (
     pad_batch,
     save_compressor,
 )
-from tcc_eval.compressor.__main__ import main
+from tcc_eval.compressor.__main__ import DEBUG_ENV, cli, main
 from tcc_eval.compressor.labels import (
     extract_letter,
     is_correct,
@@ -579,9 +580,10 @@ def test_label_train_evaluate_round_trip(tiny_checkpoints, tmp_path, capsys, one
     assert report["n_samples"] == 1 and set(report["methods"]) == {"tcc", "a0", "chance"}
     assert all(0 <= report["methods"][m]["recall@50"] <= 1 for m in ("tcc", "a0"))
     assert "recall@25" in capsys.readouterr().out
-    video = tmp_path / "video.pt"  # scored on labels of another modality: said, not refused
+    video = tmp_path / "video.pt"  # scored on labels of another modality when asked to: said
     save_compressor(video, load_compressor(ckpt), meta["model"], "video", {})
-    assert main(["evaluate", "--labels", str(labels), "--compressor", str(video), "--split", "all"]) == 0
+    assert main(["evaluate", "--labels", str(labels), "--compressor", str(video), "--split", "all",
+                 "--cross-modality"]) == 0
     assert "trained on video inputs and these labels are of image inputs" in capsys.readouterr().err
 
     # checkpoint round trip: identical weights and predictions after save -> load
@@ -707,6 +709,129 @@ def test_command_line_refuses_bad_input_before_the_work(tmp_path, capsys):
                            "--compressor", "c.pt"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.startswith("error: compressor checkpoint 'c.pt' does not exist")
+
+
+def test_evaluate_refuses_a_compressor_of_another_modality(tmp_path, capsys):
+    """A video compressor scored on image labels would be reported as if it did the image job (inference refuses
+    it when listed for images): refused, unless --cross-modality asks how it transfers."""
+    labels = write_fake_labels(tmp_path / "labels", 3)
+    source = json.loads((labels / "meta.json").read_text())["model"]
+    video = save_compressor(tmp_path / "video.pt", TokenCompressor(), source, "video", {})
+    args = ["evaluate", "--labels", str(labels), "--compressor", str(video)]
+    with pytest.raises(ValueError, match=r"trained on video inputs but these labels are of image inputs: score it on "
+                                         r"video labels, or pass --cross-modality to measure how it transfers"):
+        main(args)
+    assert main([*args, "--cross-modality"]) == 0
+    assert "the scores say how it transfers" in capsys.readouterr().err
+
+
+def test_unreadable_compressor_checkpoint_is_named_with_its_fix(tmp_path, monkeypatch, capsys):
+    """A checkpoint cut short, an empty file or an image renamed .pt: the one loader every entry point shares
+    (tcc_eval.load, wrap_model, evaluate, the benches) names the file and the fix, not torch's zip or unpickling
+    error that advises weights_only=False."""
+    import io
+
+    from conftest import random_image
+
+    whole = save_compressor(tmp_path / "whole.pt", TokenCompressor(), {}, "image", {}).read_bytes()
+    png = io.BytesIO()
+    random_image(8, 8, seed=0).save(png, format="PNG")
+    for name, content in (("cut.pt", whole[:3000]), ("empty.pt", b""), ("image.pt", png.getvalue())):
+        path = tmp_path / name
+        path.write_bytes(content)
+        with pytest.raises(ValueError, match=rf"{re.escape(repr(str(path)))} is not a readable tcc-eval compressor "
+                                             r"checkpoint \(truncated, or a file of another format\): re-run "
+                                             r"`python -m tcc_eval.compressor train`"):
+            load_compressor_for(torch.nn.Linear(1, 1), path)  # fails before the model matters
+    monkeypatch.delenv(DEBUG_ENV, raising=False)
+    monkeypatch.setattr(sys, "argv", ["tcc_eval.compressor", "evaluate", "--labels", str(tmp_path), "--compressor",
+                                      str(tmp_path / "cut.pt")])
+    assert cli() == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: compressor checkpoint") and "cut.pt" in err and "weights_only" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_truncated_label_file_is_named_with_its_fix(tmp_path):
+    """A sample file cut short (a copy interrupted, a full disk) stops train and evaluate with its path and the fix,
+    not torch's PytorchStreamReader error naming no file."""
+    labels = write_fake_labels(tmp_path / "labels", 4)
+    cut = labels / "samples" / "2.pt"
+    cut.write_bytes(cut.read_bytes()[:100])
+    source = json.loads((labels / "meta.json").read_text())["model"]
+    ckpt = save_compressor(tmp_path / "c.pt", TokenCompressor(), source, "image", {})
+    message = (rf"label file {re.escape(str(cut))} is unreadable \(truncated, or not written by `label`\): delete it "
+               r"and rerun `python -m tcc_eval.compressor label` with the same --out to redo it")
+    for args in (["train", "--labels", str(labels), "--out", str(tmp_path / "new.pt")],
+                 ["evaluate", "--labels", str(labels), "--compressor", str(ckpt)]):
+        with pytest.raises(ValueError, match=message):
+            main(args)
+    assert not (tmp_path / "new.pt").exists()
+
+
+def test_resumed_labelling_redoes_an_unreadable_sample_file(tiny_checkpoints, tmp_path, capsys, one_thread):
+    """A resume counted any sample file as done, so one cut short stayed broken and stopped `train` later: it is
+    deleted, said, and labelled again."""
+    data = synth.export_vlmeval_tsv(synth.generate("image", 2, seed=0, split="train"), tmp_path / "train.tsv")
+    out = tmp_path / "labels"
+    args = ["label", "--model", tiny_checkpoints["qwen2_vl"], "--data", str(data), "--out", str(out), "--keep-all",
+            "--max-answer-tokens", "1", "--max-new-tokens", "2", "--device", "cpu"]
+    assert main(args) == 0
+    cut = out / "samples" / "1.pt"
+    first = torch.load(cut, weights_only=True)
+    cut.write_bytes(cut.read_bytes()[:100])
+    capsys.readouterr()
+    assert main(args) == 0
+    stats = json.loads((out / "label_stats_0of1.json").read_text())
+    assert (stats["already_done"], stats["kept"]) == (1, 1)
+    assert f"warning: {cut} is unreadable (truncated or corrupt): deleted, to label sample '1' again" \
+        in capsys.readouterr().err
+    assert torch.equal(torch.load(cut, weights_only=True)["relevance"], first["relevance"])
+
+
+def test_data_file_problems_are_named_with_the_fix(tmp_path):
+    """An empty data file labelled nothing and exited 0; a malformed JSON line gave json's message without the file
+    or line."""
+    (tmp_path / "empty.jsonl").write_text("\n")
+    with pytest.raises(ValueError, match=r"data file .*empty.jsonl has no samples"):
+        read_data(tmp_path / "empty.jsonl")
+    record = json.dumps({"image": "a.png", "question": "q", "answer": "a"})
+    (tmp_path / "bad.jsonl").write_text(f'{record}\n\n{{"image": "b.png", "question": "q"\n')
+    with pytest.raises(ValueError, match=r"bad.jsonl:3: not valid JSON \(Expecting ',' delimiter, column 35\); the "
+                                         r"file must hold one JSON object per line"):
+        read_data(tmp_path / "bad.jsonl")
+    (tmp_path / "bad.json").write_text(f"[\n{record},\n{{\"image\": }}\n]")
+    with pytest.raises(ValueError, match=r"bad.json:3: not valid JSON \(Expecting value, column 11\); the file must "
+                                         r"hold a JSON array of objects"):
+        read_data(tmp_path / "bad.json")
+
+
+def test_label_folder_and_path_mix_ups_are_named_with_the_fix(tmp_path):
+    """A folder where a file belongs (or the reverse) was reported as missing, or failed with a bare OS error; a
+    damaged meta.json failed with json's message and no file. All are refused before a model loads ("M")."""
+    from tcc_eval.compressor.labels import prepare_meta
+
+    with pytest.raises(IsADirectoryError, match=r"data file .* is a folder: pass the data file itself .*--media-root"):
+        main(["label", "--model", "M", "--data", str(tmp_path), "--out", str(tmp_path / "out")])
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    with pytest.raises(NotADirectoryError, match=r"--out .*afile is a file; --out must be a folder"):
+        main(["label", "--model", "M", "--data", "D.jsonl", "--out", str(afile)])
+    assert not (tmp_path / "out").exists()
+    labels = write_fake_labels(tmp_path / "labels", 2)
+    folder = tmp_path / "compressors"
+    folder.mkdir()
+    save_compressor(folder / "qwen2_vl_image.pt", TokenCompressor(), {}, "image", {})
+    with pytest.raises(IsADirectoryError, match=r"compressor checkpoint .*compressors' is a folder: pass a checkpoint "
+                                                r"file.*\(this folder holds qwen2_vl_image.pt\)"):
+        main(["evaluate", "--labels", str(labels), "--compressor", str(folder)])
+    meta = labels / "meta.json"
+    meta.write_text('{"model": ')
+    message = rf"{re.escape(str(meta))} is not valid JSON .*delete it and rerun `python -m tcc_eval.compressor label`"
+    with pytest.raises(ValueError, match=message):
+        main(["train", "--labels", str(labels), "--out", str(tmp_path / "c.pt")])
+    with pytest.raises(ValueError, match=message):  # a resumed `label` reads it too
+        prepare_meta(labels, {})
 
 
 def test_instruction_rows_travel_from_labels_to_checkpoint_to_inference(tiny_checkpoints, tmp_path, one_thread):

@@ -8,6 +8,7 @@ Pipeline (one compressor per MLLM and modality), all through ``python -m tcc_eva
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,8 @@ TRAIN_HINT = (
     "train one with `python -m tcc_eval.compressor label --model MODEL --data DATA.tsv --out LABELS` "
     "then `python -m tcc_eval.compressor train --labels LABELS --out compressor.pt`"
 )
+# what torch.load raises on a truncated file, an empty one or a file of another format (weights_only refuses it)
+UNREADABLE_ERRORS = (RuntimeError, EOFError, pickle.UnpicklingError)
 
 __all__ = [
     "CompressorConfig", "TokenCompressor", "kl_loss", "load_compressor", "load_compressor_for", "make_target",
@@ -107,9 +110,21 @@ def save_compressor(
 def load_compressor(path: str | os.PathLike, device: str | torch.device | None = None) -> TokenCompressor:
     """Rebuild a trained compressor (fp32, eval mode) with its metadata attached."""
     path = Path(path)
+    if path.is_dir():
+        held = sorted(p.name for p in path.glob("*.pt"))
+        raise IsADirectoryError(
+            f"compressor checkpoint {str(path)!r} is a folder: pass a checkpoint file, as `python -m "
+            f"tcc_eval.compressor train --out FILE.pt` writes it"
+            + (f" (this folder holds {', '.join(held)})" if held else "")
+        )
     if not path.is_file():
         raise FileNotFoundError(f"compressor checkpoint {str(path)!r} does not exist: {TRAIN_HINT}")
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except UNREADABLE_ERRORS as err:  # torch's own message points at weights_only=False, which is no fix here
+        raise ValueError(f"compressor checkpoint {str(path)!r} is not a readable tcc-eval compressor checkpoint "
+                         f"(truncated, or a file of another format): re-run `python -m tcc_eval.compressor train` "
+                         f"to write it") from err
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a tcc-eval compressor checkpoint (written by `... compressor train`)")
     if payload.get("version") != CHECKPOINT_VERSION:

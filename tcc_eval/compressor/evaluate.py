@@ -6,7 +6,8 @@ relevance, averaged over samples. The oracle is the method's rule, whichever lab
 ``--against attention`` (or ``abs``, ``signed``) scores it against an ablation's labels instead, where the label
 folder holds them. Rows: ``tcc``
 (the compressor), ``a0`` (raw layer-0 attention, the same input without the CNN: the CNN's value is the gap)
-and ``chance`` (a random ranking: recall k/N).
+and ``chance`` (a random ranking: recall k/N). Labels of another modality than the compressor's are refused;
+``--cross-modality`` scores them, to measure how it transfers.
 """
 
 from __future__ import annotations
@@ -118,8 +119,10 @@ def format_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def evaluate(labels: list[str], compressor_path: str, split: str = "auto", against: str = METHOD_RULE
-             ) -> dict[str, Any]:
+def evaluate(labels: list[str], compressor_path: str, split: str = "auto", against: str = METHOD_RULE,
+             cross_modality: bool = False) -> dict[str, Any]:
+    """The fidelity report; a compressor of another modality than the labels' is refused, as inference refuses
+    one listed for that modality, unless ``cross_modality`` asks how it transfers."""
     compressor = load_compressor(compressor_path)
     source, modality, samples, _ = load_labels(labels, against)
     check_match(compressor.source_model, source, f"compressor {compressor_path}", "the model of these labels")
@@ -128,6 +131,10 @@ def evaluate(labels: list[str], compressor_path: str, split: str = "auto", again
                          f"{compressor.instruction_rows}, these labels hold that of {samples[0].instruction_rows}: "
                          f"score it on labels made with --instruction-rows {compressor.instruction_rows}")
     if compressor.modality not in (None, modality):
+        if not cross_modality:
+            raise ValueError(f"compressor {compressor_path} was trained on {compressor.modality} inputs but these "
+                             f"labels are of {modality} inputs: score it on {compressor.modality} labels, or pass "
+                             f"--cross-modality to measure how it transfers")
         print(f"warning: compressor {compressor_path} was trained on {compressor.modality} inputs and these labels "
               f"are of {modality} inputs: the scores say how it transfers, not how it does on its own modality",
               file=sys.stderr)
@@ -145,7 +152,7 @@ def evaluate(labels: list[str], compressor_path: str, split: str = "auto", again
 
 
 def run(args: argparse.Namespace) -> int:
-    report = evaluate(args.labels, args.compressor, args.split, args.against)
+    report = evaluate(args.labels, args.compressor, args.split, args.against, args.cross_modality)
     print(format_table(report))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -162,4 +169,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--against", default=METHOD_RULE, choices=RELEVANCE_RULES,
                         help=f"the relevance to score against (default {METHOD_RULE}: the method's oracle); "
                              f"another rule needs labels written with `label --ablation-rules`")
+    parser.add_argument("--cross-modality", action="store_true",
+                        help="score a compressor on labels of another modality than it was trained on (refused "
+                        "otherwise) to measure how it transfers")
     parser.add_argument("--json", default=None, help="also write the report as JSON here")

@@ -34,6 +34,7 @@ from ..adapters import adapter_for
 from ..api import DTYPES, device_arg, on_model_device, positive_int, read_video, uniform_indices, video_timing_options
 from ..options import DEFAULT_INSTRUCTION_ROWS, INSTRUCTION_ROWS
 from ..oracle import METHOD_RULE, RELEVANCE_RULES, answer_tokens, explain_inputs
+from . import UNREADABLE_ERRORS
 
 HELP = "generate training labels (oracle relevance) with an MLLM"
 DESCRIPTION = """\
@@ -121,7 +122,10 @@ def read_tsv(path: Path, base_dir: Path) -> list[Sample]:
 
     # only empty cells are missing: options such as "None" or "NA" are real answers
     # all text: a numeric column with a blank cell would otherwise turn its "4" into "4.0"
-    frame = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, na_values=[""])
+    try:
+        frame = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, na_values=[""])
+    except ValueError as err:  # pandas' parser errors name no file
+        raise ValueError(f"{path}: not a readable TSV ({err})") from err
     missing = {"index", "question", "answer"} - set(frame.columns)
     if missing:
         raise ValueError(f"{path}: TSV lacks column(s) {sorted(missing)} (VLMEvalKit MCQ format expected)")
@@ -156,9 +160,10 @@ def read_jsonl(path: Path, base_dir: Path) -> list[Sample]:
     ``conversations`` records (LLaVA mixtures hold many) are skipped, and counted on stderr."""
     text = path.read_text()
     if text.lstrip().startswith("["):
-        records = [(f"{path}[{i}]", i, rec) for i, rec in enumerate(json.loads(text))]
+        records = [(f"{path}[{i}]", i, rec) for i, rec in enumerate(parse_json(text, path))]
     else:  # a record without an id is named by its 0-based line index (blank lines counted), as label folders were
-        records = [(f"{path}:{n + 1}", n, json.loads(line)) for n, line in enumerate(text.splitlines()) if line.strip()]
+        records = [(f"{path}:{n + 1}", n, parse_json(line, path, n + 1))
+                   for n, line in enumerate(text.splitlines()) if line.strip()]
     samples, text_only = [], 0
     for where, position, rec in records:
         if not isinstance(rec, dict):
@@ -191,6 +196,17 @@ def read_jsonl(path: Path, base_dir: Path) -> list[Sample]:
     return samples
 
 
+def parse_json(text: str, path: Path, line: int | None = None) -> Any:
+    """``json.loads`` whose error names the file and line (json's own names neither file nor, in JSONL, line)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        where = f"{path}:{line if line is not None else err.lineno}"
+        layout = "one JSON object per line" if line is not None else "a JSON array of objects"
+        message = f"{where}: not valid JSON ({err.msg}, column {err.colno}); the file must hold {layout}"
+        raise ValueError(message) from err
+
+
 def first_question_and_answer(turns: Any, where: str) -> tuple[str, str]:
     """The first human turn and the model turn after it, ``<image>`` / ``<video>`` placeholders out of the question
     (the chat template places the media). Later turns may lean on the earlier ones, so they are left out."""
@@ -216,6 +232,9 @@ def read_data(path: str | os.PathLike, media_root: str | os.PathLike | None = No
     """Samples of a TSV, JSONL or JSON file, in file order; ids must be unique. Media paths are relative to
     ``media_root`` (default: the data file's folder)."""
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"data file {str(path)!r} is a folder: pass the data file itself (a .tsv, .jsonl or "
+                                f".json of questions); a folder of images or videos goes to --media-root")
     if not path.is_file():
         raise FileNotFoundError(f"data file {str(path)!r} does not exist")
     if media_root is not None and not Path(media_root).is_dir():
@@ -223,6 +242,9 @@ def read_data(path: str | os.PathLike, media_root: str | os.PathLike | None = No
     base_dir = path.parent if media_root is None else Path(media_root)
     reader = read_jsonl if path.suffix.lower() in (".jsonl", ".json") else read_tsv
     samples = reader(path, base_dir)
+    if not samples:
+        raise ValueError(f"data file {path} has no samples: it needs one question per line (JSONL), array item (JSON) "
+                         f"or row (TSV); `python -m tcc_eval.compressor label --help` shows the formats")
     seen: dict[str, str] = {}
     for s in samples:
         key = file_stem(s.id)
@@ -347,11 +369,40 @@ def instruction_rows_of(meta: dict[str, Any]) -> str:
     return meta.get("instruction_rows", DEFAULT_INSTRUCTION_ROWS)
 
 
+RELABEL_HINT = "delete it and rerun `python -m tcc_eval.compressor label` with the same --out to redo it"
+META_HINT = ("delete it and rerun `python -m tcc_eval.compressor label` with the same --out, model, data and settings "
+             "to rewrite it (the sample files are kept), or label into a new --out")
+
+
+def read_meta_file(path: Path) -> dict[str, Any]:
+    """A label folder's meta.json; a damaged one is named (json's own error names no file)."""
+    try:
+        meta = json.loads(path.read_text())
+    except ValueError as err:  # bad JSON, or bytes that are no text
+        raise ValueError(f"{path} is not valid JSON ({err}): {META_HINT}") from err
+    if not isinstance(meta, dict) or not {"model", "data"} <= meta.keys():
+        raise ValueError(f"{path} is not a label folder's meta.json (it lacks 'model' or 'data'): {META_HINT}")
+    return meta
+
+
+def read_label_file(path: Path) -> dict[str, Any]:
+    """One sample's label record; a truncated file (a copy cut short, a full disk) is named with its fix instead of
+    torch's zip error."""
+    try:
+        record = torch.load(path, map_location="cpu", weights_only=True)
+    except UNREADABLE_ERRORS as err:
+        raise ValueError(f"label file {path} is unreadable (truncated, or not written by `label`): "
+                         f"{RELABEL_HINT}") from err
+    if not isinstance(record, dict) or not {"id", "a0", "relevance", "groups"} <= record.keys():
+        raise ValueError(f"label file {path} is not a label record (written by `label`): {RELABEL_HINT}")
+    return record
+
+
 def prepare_meta(out: Path, meta: dict[str, Any]) -> None:
     """Write DIR/meta.json, or check that an existing one describes the same model and data."""
     path = out / "meta.json"
     if path.is_file():
-        old = json.loads(path.read_text())
+        old = read_meta_file(path)
         old["instruction_rows"] = instruction_rows_of(old)
         old.setdefault("pixels", {})  # folders from before the options: the checkpoint's own limits
         if old.get("model") != meta["model"] or old.get("data") != meta["data"]:
@@ -417,10 +468,13 @@ def run(args: argparse.Namespace) -> int:
     from . import model_meta
 
     shard, n_shards = parse_shard(args.shard)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out {out} is a file; --out must be a folder: a new one to create, or a label "
+                                 f"folder to resume")
     samples = read_data(args.data, args.media_root)
     if args.limit is not None:
         samples = samples[: args.limit]
-    out = Path(args.out)
     (out / "samples").mkdir(parents=True, exist_ok=True)
     (out / "skipped").mkdir(exist_ok=True)
     device = pick_device(args.device)
@@ -447,6 +501,13 @@ def run(args: argparse.Namespace) -> int:
     for sample in bar:
         target = out / "samples" / f"{file_stem(sample.id)}.pt"
         skipped = out / "skipped" / f"{file_stem(sample.id)}.json"
+        if target.is_file():
+            try:
+                read_label_file(target)
+            except ValueError:  # cut short after the run wrote it (a copy, a full disk): as good as absent
+                tqdm.write(f"warning: {target} is unreadable (truncated or corrupt): deleted, to label sample "
+                           f"{sample.id!r} again", file=sys.stderr)
+                target.unlink()
         if target.is_file() or (skipped.is_file() and not args.keep_all):
             stats["already_done"] += 1
             continue

@@ -9,7 +9,6 @@ The held-out sample keys are stored in the checkpoint so ``evaluate`` scores exa
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -24,7 +23,7 @@ from ..api import device_arg, positive_int
 from ..options import DEFAULT_INSTRUCTION_ROWS
 from ..oracle import METHOD_RULE, RELEVANCE_RULES
 from . import MATCH_KEYS, describe, load_compressor, save_compressor
-from .labels import instruction_rows_of
+from .labels import instruction_rows_of, read_label_file, read_meta_file
 from .network import (
     INPUT_SCALES,
     NORMS,
@@ -68,7 +67,7 @@ def read_meta(labels_dir: Path) -> dict[str, Any]:
             f"{labels_dir} is not a label directory (no meta.json): create one with "
             f"`python -m tcc_eval.compressor label --model MODEL --data DATA --out {labels_dir}`"
         )
-    return json.loads(path.read_text())
+    return read_meta_file(path)
 
 
 def load_labels(dirs: list[str | Path], rule: str = METHOD_RULE) -> tuple[dict[str, Any], str, list[LabelSample], int]:
@@ -100,7 +99,7 @@ def load_labels(dirs: list[str | Path], rule: str = METHOD_RULE) -> tuple[dict[s
             )
         metas.append(meta)
         for path in sorted((d / "samples").glob("*.pt")):
-            rec = torch.load(path, map_location="cpu", weights_only=True)
+            rec = read_label_file(path)
             relevance = rec["relevance"] if rule == METHOD_RULE else rec["relevance_by_rule"][rule]
             a0, rel = rec["a0"].float().flatten(), relevance.float().flatten()
             if a0.numel() == 0 or a0.shape != rel.shape or not (torch.isfinite(a0).all() and torch.isfinite(rel).all()):
