@@ -25,7 +25,10 @@ METHODS_ARG=""
 BASES_ARG=""
 DRY_RUN=""
 while [[ $# -gt 0 ]]; do
-  case "$1" in
+  case "$1" in  # an option that takes a value must have one (set -u would otherwise say "$2: unbound variable")
+    --suite|--results|--frameworks|--n|--methods|--bases)
+      [[ $# -ge 2 && -n "$2" && "$2" != --* ]] \
+        || { echo "run_all.sh: $1 needs a value (see --help)" >&2; exit 2; } ;;&
     --suite) SUITE="$2"; shift 2 ;;
     --results) RESULTS="$2"; shift 2 ;;
     --frameworks) FRAMEWORKS="$2"; shift 2 ;;
@@ -45,6 +48,8 @@ for framework in ${FRAMEWORKS//,/ }; do
          exit 2; }
 done
 [[ -z "$N" || "$N" =~ ^[1-9][0-9]*$ ]] || { echo "run_all.sh: --n takes a positive integer, got '$N'" >&2; exit 2; }
+
+[[ ! -e "$RESULTS" || -d "$RESULTS" ]] || { echo "run_all.sh: --results $RESULTS is a file; give a folder" >&2; exit 2; }
 
 PY=${PYTHON:-python3}
 LMMS_EXTRA_RUNS=()  # lmms-eval runs outside the methods x ratios grid, as entry|method args

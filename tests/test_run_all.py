@@ -173,11 +173,20 @@ def _run_all_args(results: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_bad_arguments_are_refused(tmp_path):
-    """A typo in --frameworks ran nothing, then aggregated whatever the folder held."""
+    """A typo in --frameworks ran nothing, then aggregated whatever the folder held; an option without its value
+    reached `set -u` ("$2: unbound variable"), an empty --methods ran the default grid."""
     typo = _run_all_args(tmp_path / "r", "--frameworks", "vlmevl", "--dry-run")
     assert typo.returncode == 2 and "got 'vlmevl'" in typo.stderr
     assert _run_all_args(tmp_path / "r", "--n", "many", "--dry-run").returncode == 2
     assert _run_all_args(tmp_path / "r", "--frameworks", "", "--dry-run").returncode == 2
+    for args, option in ((["--dry-run", "--n"], "--n"), (["--methods", "", "--dry-run"], "--methods"),
+                         (["--results", "--dry-run"], "--results")):  # an option without its value
+        missing = subprocess.run(["bash", str(REPO / "run_all.sh"), *args], capture_output=True, text=True,
+                                 timeout=120)
+        assert missing.returncode == 2 and f"{option} needs a value" in missing.stderr, missing.stderr
+    (tmp_path / "a_file").write_text("")
+    a_file = _run_all_args(tmp_path / "a_file", "--dry-run")
+    assert a_file.returncode == 2 and "is a file; give a folder" in a_file.stderr
 
 
 @needs_assets
