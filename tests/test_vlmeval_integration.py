@@ -219,6 +219,9 @@ def test_config_json_passes_method_options(registered):
     with pytest.raises(ValueError, match="instruction_rows='lst': expected after_last_visual or"):
         build_model_from_config({"TinyQwen2VL_A050": {"method_options": {"instruction_rows": "lst"}}},
                                 "TinyQwen2VL_A050")
+    for name in ("TinyQwen2VL_TCC50", "TinyLLaVAOV_TCC50", "TinyVILA_TCC50"):  # VLMEvalKit's classes drop unknowns
+        with pytest.raises(ValueError, match="unknown model option 'compressr': did you mean 'compressor'"):
+            build_model_from_config({name: {"compressr": "elsewhere.pt"}}, name)
 
 
 def test_rank_device_per_torchrun_rank(monkeypatch):

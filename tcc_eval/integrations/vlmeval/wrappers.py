@@ -12,6 +12,7 @@ VILA1.5 is the exception: VLMEvalKit's ``VILA.generate_inner`` calls the NVlabs 
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import time
 from pathlib import Path
@@ -212,10 +213,21 @@ class TCCModelMixin:
             records.append_record(ctx.path, self.last_record)
 
 
-def _no_accelerated_backends(kwargs: dict[str, Any]) -> None:
+# the constructor options tcc-eval adds to VLMEvalKit's classes (a --config model entry sets them)
+TCC_OPTIONS = ("method", "keep_ratio", "model_path", "compressor", "device", "dtype", "method_options")
+
+
+def _check_upstream_kwargs(kwargs: dict[str, Any]) -> None:
+    """The options passed on to VLMEvalKit's class. It ignores the ones it does not know, so a misspelt option of
+    ours (``compressr`` in a --config entry) would run the default silently: one that nearly matches ours stops."""
     for flag in ("use_vllm", "use_lmdeploy"):
         if kwargs.pop(flag, False):
             raise ValueError(f"{flag}=True is not supported: tcc-eval prunes tokens inside transformers' generate")
+    for name in kwargs:
+        near = difflib.get_close_matches(name, TCC_OPTIONS, n=1, cutoff=0.8)
+        if near:
+            raise ValueError(f"unknown model option {name!r}: did you mean {near[0]!r}? (tcc-eval's options: "
+                             f"{', '.join(TCC_OPTIONS)})")
 
 
 def _defaults(func) -> dict[str, Any]:
@@ -238,7 +250,7 @@ class TCCQwen2VLChat(TCCModelMixin, Qwen2VLChat):
         method_options: dict[str, Any] | None = None,
         **kwargs: Any,
     ):
-        _no_accelerated_backends(kwargs)
+        _check_upstream_kwargs(kwargs)
         opts = {**_defaults(Qwen2VLChat.__init__), **kwargs}
         BaseModel.__init__(self)
         self._use_custom_prompt = opts["use_custom_prompt"]  # as Qwen2VLPromptMixin.__init__
@@ -279,7 +291,7 @@ class TCCLLaVAOneVisionHF(TCCModelMixin, LLaVA_OneVision_HF):
         method_options: dict[str, Any] | None = None,
         **kwargs: Any,
     ):
-        _no_accelerated_backends(kwargs)
+        _check_upstream_kwargs(kwargs)
         # The attributes LLaVA_OneVision_HF.__init__ sets (checked by the tests).
         self.video_kwargs = kwargs.get("video_kwargs", {})
         self.force_sample = self.video_kwargs.get("force_sample", False)
@@ -367,7 +379,7 @@ class TCCVILA(TCCModelMixin, VilaChat):
         method_options: dict[str, Any] | None = None,
         **kwargs: Any,
     ):
-        _no_accelerated_backends(kwargs)
+        _check_upstream_kwargs(kwargs)
         BaseModel.__init__(self)
         self.kwargs = {**VILA_GENERATION_DEFAULTS, **kwargs}
         self._conv_mode_arg = conv_mode
