@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import logging
 import numbers
 import os
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -91,8 +94,6 @@ def local_folder(model_path: str | os.PathLike) -> str:
 
     For checkpoints that are not transformers models (VILA1.5: llm/, vision_tower/, mm_projector/), which
     are read file by file and so cannot go through ``from_pretrained``'s hub lookup."""
-    from pathlib import Path
-
     folder = Path(model_path).expanduser()
     if folder.is_dir():
         return str(folder)
@@ -245,6 +246,10 @@ def compressors_by_modality(model, compressor: Any) -> dict[str, Any]:
     from .compressor import check_compressor_argument, load_compressor_for
 
     if isinstance(compressor, dict):
+        unknown = sorted(set(compressor) - set(MODALITIES))
+        if unknown:
+            raise ValueError(f"compressor {{modality: checkpoint}} keys {', '.join(map(repr, unknown))}: a modality "
+                             f"is one of {', '.join(MODALITIES)}")
         return {m: _for_modality(load_compressor_for(model, c), m, c) for m, c in compressor.items()}
     if isinstance(compressor, (str, os.PathLike)) and os.path.isdir(compressor):
         family = adapter_for(model).family
@@ -342,14 +347,22 @@ def wrap_model(
                             positions=positions)
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif")  # what a frames folder's frames may be
+
+
 def read_video(path: str | os.PathLike, num_frames: int = 8) -> tuple[list, Any]:
     """``num_frames`` frames sampled uniformly from a video file with decord (PIL images), and their
     ``VideoMetadata`` (None when the file states no frame rate): Qwen2.5-VL spaces its temporal position ids by
     the sampled frame rate, and a processor handed bare frames assumes 24 fps, which puts a whole clip's frames on
-    one or two temporal ids."""
+    one or two temporal ids. A folder of frame images (in name order) is a video whose frame rate is unknown."""
     from PIL import Image
     from transformers.video_utils import VideoMetadata
 
+    if os.path.isdir(path):
+        files = sorted(p for p in Path(path).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise ValueError(f"frames folder {str(path)!r} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        return [Image.open(files[i]).convert("RGB") for i in uniform_indices(len(files), num_frames)], None
     reader = open_video(path)
     count = len(reader)
     indices = uniform_indices(count, num_frames)
@@ -389,6 +402,46 @@ def frames_for_videos(messages: list[dict], num_frames: int) -> tuple[list[dict]
     return out, video_timing_options(metadata)
 
 
+def check_media(messages: list[dict]) -> None:
+    """Images and videos the processor could not read, named before it fails inside transformers or torchvision
+    with an error that names neither the file nor the fix."""
+    for message in messages:
+        content = message.get("content")
+        for part in content if isinstance(content, list) else []:
+            if part.get("type") == "video" and isinstance(part.get("video"), (list, tuple)) and not part["video"]:
+                raise ValueError("a video part holds no frames: pass its frames (PIL images), a video file or a "
+                                 "folder of frame images")
+            ref = part.get("image", part.get("path")) if part.get("type") == "image" else None
+            if isinstance(ref, (str, os.PathLike)):
+                check_image_reference(os.fspath(ref))
+
+
+def check_image_reference(ref: str) -> None:
+    """An image given as text, as transformers reads it: a URL, a file, else base64 data."""
+    from PIL import Image
+
+    if ref.startswith(("http://", "https://")):
+        return
+    if os.path.isdir(ref):
+        raise IsADirectoryError(f"image {ref!r} is a folder: pass an image file (a folder of frames is a video)")
+    try:
+        if os.path.isfile(ref):
+            with Image.open(ref) as image:
+                image.verify()
+            return
+    except Exception as err:  # noqa: BLE001 - PIL raises several kinds for a file it cannot read
+        reason = (str(err).splitlines() or [type(err).__name__])[0]
+        raise ValueError(f"cannot decode image {ref!r} ({reason}): pass a PNG, JPEG or other image file PIL "
+                         f"opens, or a PIL image") from None
+    try:
+        with Image.open(io.BytesIO(base64.b64decode(ref.split(",", 1)[-1] if ref.startswith("data:") else ref,
+                                                    validate=True))) as image:
+            image.verify()
+    except Exception:  # noqa: BLE001 - not base64, or not an image once decoded
+        raise FileNotFoundError(f"image {ref[:80]!r} is neither an existing file, a URL nor base64 image "
+                                f"data") from None
+
+
 def video_timing_options(metadata: list) -> dict[str, Any]:
     """The processor options that give each video's frames their timing (``read_video``'s metadata, in the order
     of the videos): none unless every video has it, since the processor takes one list for all of them."""
@@ -417,6 +470,7 @@ class CompressedMLLM:
 
     def prepare(self, messages: list[dict]) -> dict[str, torch.Tensor]:
         """Chat messages (images as PIL or paths, video as frames or a path) -> model inputs."""
+        check_media(messages)
         messages, video_options = frames_for_videos(messages, self.num_frames)
         inputs = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
                                                     return_dict=True, return_tensors="pt", **video_options)

@@ -131,6 +131,7 @@ def render(family: str, modality: str, n: int, seed: int, ratio: float, methods:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .api import positive_int
     from .demo import FAMILIES, MODALITIES, VARIANTS, demo_root
 
     parser = argparse.ArgumentParser(prog="python -m tcc_eval.visualize", description=__doc__,
@@ -138,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--family", default="qwen2_vl", choices=FAMILIES,
                         help="the demo model to draw (with --model: read from the checkpoint)")
     parser.add_argument("--modality", default="image", choices=MODALITIES)
-    parser.add_argument("--n", type=int, default=4, help="samples (rows)")
+    parser.add_argument("--n", type=positive_int, default=4, help="samples (rows)")
     parser.add_argument("--seed", type=int, default=1, help="test-split seed")
     parser.add_argument("--ratio", type=float, default=0.25, help="retention ratio")
     parser.add_argument("--methods", nargs="+", default=["tcc", "random", "oracle"])
@@ -149,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="the shipped models of a benchmark variant (e.g. single)")
     parser.add_argument("--out", default="visualize.png", help="PNG to write")
     args = parser.parse_args(argv)
+    if Path(args.out).is_dir():
+        parser.error(f"--out {args.out} is a folder; give the PNG's file path, e.g. {Path(args.out) / 'tcc.png'}")
     try:
         root = demo_root(args.root, args.variant)
     except ValueError as err:

@@ -88,6 +88,42 @@ def test_load_generate_and_last_selection(tiny_checkpoints, loaded, family):
     assert torch.equal(mllm.last_selection.kept_positions[0], first)
 
 
+def test_media_the_processor_cannot_read_are_named(tiny_checkpoints, tmp_path):
+    """A missing or undecodable image, a folder given as an image and a video without frames are named before the
+    processor fails inside transformers or torchvision; an image as base64 data (plain or as a data: URL) and a
+    folder of frame images as a video are read."""
+    import base64
+    import io
+
+    mllm = tcc_eval.load(tiny_checkpoints["qwen2_vl"], method="a0", keep_ratio=0.5)
+    not_an_image = tmp_path / "notes.png"
+    not_an_image.write_text("hello")
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i, frame in enumerate(messages_for("video")[0]["content"][0]["video"]):
+        frame.save(frames / f"{i:02d}.png")
+    png = io.BytesIO()
+    messages_for("image")[0]["content"][0]["image"].save(png, format="PNG")
+    data = base64.b64encode(png.getvalue()).decode()
+
+    def ask(part: dict) -> str:
+        return mllm.generate([{"role": "user", "content": [part, {"type": "text", "text": "What shape?"}]}],
+                             max_new_tokens=2)
+
+    refused = [({"type": "image", "image": str(tmp_path / "nope.png")}, FileNotFoundError,
+                "is neither an existing file, a URL nor base64 image data"),
+               ({"type": "image", "image": str(not_an_image)}, ValueError, "cannot decode image"),
+               ({"type": "image", "image": str(tmp_path)}, IsADirectoryError, "is a folder: pass an image file"),
+               ({"type": "video", "video": []}, ValueError, "a video part holds no frames")]
+    for part, kind, message in refused:
+        with pytest.raises(kind, match=message):
+            ask(part)
+    for part in ({"type": "image", "image": data}, {"type": "image", "image": f"data:image/png;base64,{data}"},
+                 {"type": "video", "video": str(frames)}):
+        assert isinstance(ask(part), str)
+    assert mllm.last_stats["visual_before"] > 0
+
+
 def test_text_only_prompt_passes_through(loaded):
     model, processor = loaded["qwen2_vl"]
     messages = [{"role": "user", "content": [{"type": "text", "text": "What color is the circle?"}]}]
@@ -217,6 +253,8 @@ def test_compressor_modality_must_match_where_it_is_listed(loaded, tmp_path, cap
     save_compressor(image_ckpt, TokenCompressor(CompressorConfig()), model_meta(model), "image", {})
     with pytest.raises(ValueError, match="trained on image inputs but is listed for video"):
         tcc_eval.wrap_model(model, method="tcc", compressor={"image": image_ckpt, "video": image_ckpt})
+    with pytest.raises(ValueError, match="keys 'imge': a modality is one of image, video"):  # not "trained on"
+        tcc_eval.wrap_model(model, method="tcc", compressor={"imge": image_ckpt})
     folder = tmp_path / "dir"
     folder.mkdir()
     (folder / "qwen2_vl_video.pt").write_bytes(image_ckpt.read_bytes())  # misnamed file

@@ -421,6 +421,10 @@ def test_visualize_writes_png(tmp_path):
     # --model: the default compressor is the demo one of the checkpoint's own family, whatever --family says
     llava = paths()["llava_onevision"]["model"]
     assert main(["--n", "1", "--methods", "tcc", "--model", llava, "--out", str(tmp_path / "l.png")]) == 0
+    for args in (["--n", "0"], ["--out", str(tmp_path)]):  # "max() arg is an empty sequence", "unknown extension"
+        with pytest.raises(SystemExit) as refused:
+            main(args)
+        assert refused.value.code == 2
 
 
 def test_visualize_draws_each_image_view_apart():

@@ -31,7 +31,7 @@ import torch
 from PIL import Image
 
 from ..adapters import adapter_for
-from ..api import DTYPES, device_arg, on_model_device, positive_int, read_video, uniform_indices, video_timing_options
+from ..api import DTYPES, device_arg, on_model_device, positive_int, read_video, video_timing_options
 from ..options import DEFAULT_INSTRUCTION_ROWS, INSTRUCTION_ROWS
 from ..oracle import METHOD_RULE, RELEVANCE_RULES, answer_tokens, explain_inputs
 from . import UNREADABLE_ERRORS
@@ -61,7 +61,6 @@ Time: two forwards, and one backward pass per explained answer token; --max-answ
 
 OPTION_LETTERS = "ABCDEFGH"
 MCQ_SUFFIX = "Answer with the option's letter from the given choices directly."
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif")
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -273,15 +272,7 @@ def load_image(ref: str, base_dir: Path) -> Image.Image:
 def load_video(ref: str, base_dir: Path, num_frames: int) -> tuple[list[Image.Image], Any]:
     """Frames of a frames folder (sorted image files) or a video file, uniformly subsampled, and the video's
     ``VideoMetadata`` (None for a folder: its frame rate is unknown)."""
-    path = Path(ref) if os.path.isabs(ref) else base_dir / ref
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
-            raise ValueError(f"frames folder {path} holds no images")
-        return [Image.open(files[i]).convert("RGB") for i in uniform_indices(len(files), num_frames)], None
-    if not path.is_file():
-        raise FileNotFoundError(f"video {path} does not exist")
-    return read_video(path, num_frames)
+    return read_video(Path(ref) if os.path.isabs(ref) else base_dir / ref, num_frames)
 
 
 def messages_for(sample: Sample, num_frames: int) -> tuple[list[dict], dict[str, Any]]:
