@@ -200,7 +200,7 @@ from tcc_eval.integrations.vlmeval.datasets import SetMismatch, ensure_image_set
 try:
     ensure_image_set(), ensure_video_set()
 except SetMismatch as err:
-    sys.exit(f'run_all.sh: {err.data} holds a synthetic set of {err.was}, and the score files in $WORK came from '
+    sys.exit(f'run_all.sh: {err.data} holds a synthetic set of {err.was}, and any score files in $WORK came from '
              f'it; this run asks for {err.now}. Rerun with --results NEW_DIR (and another LMUData if you set it); '
              f'regenerating the set here would leave those score files in place')" || exit 1
   fi
