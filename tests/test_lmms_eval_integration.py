@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -292,6 +293,7 @@ def test_tcc_without_compressor_arg_takes_the_registry_files(untrained_compresso
     args = {"device": "cpu", "method": "tcc", "ratio": 0.5, "efficiency_dir": str(tmp_path)}
     with pytest.raises(FileNotFoundError, match="MyQwen_image.pt"):
         models.Qwen2VLTCC(pretrained=pretrained, **args)
+    (tmp_path / "unregistered").mkdir()
     with pytest.raises(ValueError, match="checkpoint of no registered base"):
         models.Qwen2VLTCC(pretrained=str(tmp_path / "unregistered"), **args)
 
@@ -300,8 +302,9 @@ def test_tcc_without_compressor_arg_takes_the_registry_files(untrained_compresso
     with pytest.raises(FileNotFoundError, match="MyQwen_video.pt.*first video sample.*compressor=.*MyQwen_image.pt"):
         models.Qwen2VLTCC(pretrained=pretrained, **args)
     shutil.copyfile(untrained_compressor, tmp_path / "qwen2_vl_image.pt")
+    (tmp_path / "no_model").mkdir()
     with pytest.raises(FileNotFoundError, match="holds no video compressor.*compressor=.*qwen2_vl_image.pt"):
-        # refused before the weights load: this checkpoint does not even exist
+        # refused before the weights load: this folder holds no model at all
         models.Qwen2VLTCC(pretrained=str(tmp_path / "no_model"), **{**args, "compressor": str(tmp_path)})
     from transformers import AutoModelForImageTextToText
 
@@ -360,6 +363,73 @@ def test_bad_model_args_fail_before_loading(kwargs, message):
     with pytest.raises((ValueError, FileNotFoundError), match=message):
         TCCSettings.pop_from(dict(kwargs), "qwen2_vl_tcc")
 
+
+
+def _config_only(folder: Path, model_type: str) -> str:
+    """A checkpoint folder with a config.json and no weights: enough for the checks made before loading."""
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"model_type": model_type}))
+    return str(folder)
+
+
+@pytest.mark.parametrize("wrapper,model_type,advice", [
+    ("Qwen2VLTCC", "llava_onevision", "llava_onevision_tcc"),  # upstream: random weights, then an unpack error
+    ("Qwen25VLTCCChat", "qwen2_vl", "qwen2_vl_tcc"),  # upstream: transformers' ignore_mismatched_sizes error
+    ("LlavaOneVisionTCC", "qwen2_vl", "qwen2_vl_tcc"),  # upstream llava_hf: KeyError 'qwen2_vl'
+    ("VilaTCC", "qwen2_5_vl", "qwen2_5_vl_tcc"),
+    ("Qwen2VLTCC", "vila", "vila_tcc"),  # a VILA1.5 folder: told by its llm/ folder
+])
+def test_checkpoint_of_another_family_is_refused_before_loading(wrapper, model_type, advice, tmp_path):
+    """Upstream would fail deep inside transformers or its own code; the config alone tells the family."""
+    from tcc_eval.integrations.lmms_eval import models
+
+    folder = _config_only(tmp_path / "ckpt", "llava_llama" if model_type == "vila" else model_type)
+    if model_type == "vila":
+        (tmp_path / "ckpt" / "llm").mkdir()
+    with pytest.raises(ValueError, match=f"ckpt is a {model_type} checkpoint; use --model {advice} \\("):
+        getattr(models, wrapper)(pretrained=folder, method="a0", ratio=0.5, device="cpu")
+
+
+def test_hub_ids_are_checked_from_the_local_cache_only(tmp_path, monkeypatch):
+    """A cached hub id is checked like a folder; an uncached one is left to upstream (no network here)."""
+    from huggingface_hub import constants
+
+    from tcc_eval.integrations.lmms_eval.models import check_checkpoint
+
+    repo = tmp_path / "models--Org--Qwen"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("abc")
+    _config_only(repo / "snapshots" / "abc", "qwen2_vl")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(ValueError, match="pretrained=Org/Qwen is a qwen2_vl checkpoint; use --model qwen2_vl_tcc"):
+        check_checkpoint("Org/Qwen", "llava_onevision_tcc", "llava_onevision")
+    check_checkpoint("Org/Qwen", "qwen2_vl_tcc", "qwen2_vl")
+    check_checkpoint("Org/Uncached", "llava_onevision_tcc", "llava_onevision")
+
+
+def test_a_local_path_that_is_no_folder_is_named(tmp_path, monkeypatch):
+    """Not HF's "Repo id must use alphanumeric chars": a path is no hub id."""
+    from tcc_eval.integrations.lmms_eval.models import Qwen2VLTCC
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "config.json").write_text("{}")
+    args = {"method": "a0", "ratio": 0.5, "device": "cpu"}
+    for pretrained in ("/nonexistent", "./missing", "../missing", "~/missing_tcc_ckpt"):
+        with pytest.raises(FileNotFoundError, match=f"pretrained={re.escape(pretrained)}: no such checkpoint folder"):
+            Qwen2VLTCC(pretrained=pretrained, **args)
+    folder = re.escape(str(tmp_path.resolve()))
+    with pytest.raises(NotADirectoryError, match=f"pretrained=config.json is a file; pass its folder \\({folder}\\)"):
+        Qwen2VLTCC(pretrained="config.json", **args)
+
+
+def test_cli_shows_the_family_error(task_env, tmp_path):
+    """lmms-eval catches errors raised while the model is built and logs them: ours must be what it logs."""
+    folder = _config_only(tmp_path / "qwen", "qwen2_vl")
+    proc = run_lmms_eval("llava_onevision_tcc", f"pretrained={folder},method=a0,ratio=0.5", tmp_path, task_env)
+    log = proc.stdout + proc.stderr  # its log line goes to stdout, the traceback to stderr
+    assert f"Error during evaluation: pretrained={folder} is a qwen2_vl checkpoint; use --model qwen2_vl_tcc" \
+        in log, log[-3000:]
+    assert "KeyError" not in log
 
 def test_settings_pop_only_our_args():
     from tcc_eval.integrations.lmms_eval.models import TCCSettings
@@ -494,6 +564,16 @@ def test_check_results_fails_loudly(tmp_path):
         check_results(tmp_path, tasks=["tccsynth_vid"])
     with pytest.raises(RuntimeError, match="older ones"):
         check_results(tmp_path, newer_than=time.time() + 60)
+
+
+def test_check_results_names_an_unreadable_results_file(tmp_path):
+    """A truncated results file (a run that died while writing it) is named, not just counted."""
+    run = tmp_path / "model"
+    run.mkdir()
+    path = run / "20260101_000000_results.json"
+    path.write_text(json.dumps({"results": {"tccsynth_img": {"acc": 1.0}}, "config": "x" * 400})[:200])
+    with pytest.raises(RuntimeError, match=f"checked 1; unreadable, truncated or not JSON: {path} \\(JSONDecodeError"):
+        check_results(tmp_path, tasks=["tccsynth_img"])
 
 
 def test_results_cli_exit_codes(tmp_path, capsys):

@@ -26,6 +26,10 @@ generation path re-stated on ``tcc_eval.vila``. Our model args are popped before
     dtype=float32                            qwen2_vl_tcc, qwen2_5_vl_tcc: cast after loading; vila_tcc: load dtype
                                              (llava_hf has its own)
 
+``pretrained=`` is checked before anything loads: a local path must be a checkpoint folder, and a folder (or a hub
+id whose config.json is in the local cache) of another family names the --model that takes it; upstream would fail
+deep inside (or, qwen2_vl on a LLaVA-OneVision folder, load random weights and fail at the first sample).
+
 The device defaults to CUDA when available, else CPU (upstream assumes CUDA); under ``accelerate
 launch`` the upstream data-parallel logic places one model per process, as for the upstream wrappers.
 """
@@ -34,6 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import json
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -55,6 +60,7 @@ from model_registry import (
     registered_base,
     resolve_compressor,
 )
+from tcc_eval.adapters import ADAPTERS
 from tcc_eval.api import default_device, default_dtype, wrap_model
 from tcc_eval.compressor import check_compressor_argument
 from tcc_eval.core import check_keep_ratio
@@ -150,6 +156,49 @@ def _owner(option: str) -> str:
     return " / ".join(method for method, names in METHOD_OPTIONS.items() if option in names)
 
 
+def check_checkpoint(pretrained: str, model_id: str, family: str) -> None:
+    """Refuse a missing local path or another family's checkpoint before upstream loads anything: upstream fails
+    deep inside (a hub-id error for a path, a KeyError or a shape mismatch for a family) or loads random weights."""
+    folder = _checkpoint_folder(pretrained)
+    model_type = None if folder is None else _model_type(folder)
+    other = ADAPTERS[model_type].family if model_type in ADAPTERS else family  # unknown types: left to upstream
+    if other != family:
+        raise ValueError(f"pretrained={pretrained} is a {model_type} checkpoint; use --model {WRAPPERS[other]} "
+                         f"({model_id} takes {family} checkpoints)")
+
+
+def _checkpoint_folder(pretrained: str) -> Path | None:
+    """The local folder ``pretrained`` names: the folder itself, or a hub id's cached snapshot holding config.json
+    (read without the network); None for a hub id not cached, which upstream resolves."""
+    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError
+
+    path = Path(pretrained).expanduser()
+    if path.is_dir():
+        return path
+    if path.is_file():
+        raise NotADirectoryError(f"pretrained={pretrained} is a file; pass its folder ({path.resolve().parent})")
+    if path.is_absolute() or pretrained.startswith(("./", "../", "~")) or pretrained.count("/") > 1:
+        raise FileNotFoundError(f"pretrained={pretrained}: no such checkpoint folder (a hub id reads ORG/NAME)")
+    try:
+        cached = try_to_load_from_cache(pretrained, "config.json")
+    except HFValidationError:  # not a hub id either: upstream's own error names it
+        return None
+    return Path(cached).parent if isinstance(cached, str) else None
+
+
+def _model_type(folder: Path) -> str | None:
+    """The checkpoint's model type as ``tcc_eval.api.model_type_of`` tells it (VILA1.5: an llm/ folder); None
+    when config.json is missing or unreadable, which upstream's loader reports."""
+    if (folder / "llm").is_dir():
+        return "vila"
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return config.get("model_type") if isinstance(config, dict) else None
+
+
 class TCCWrapperMixin:
     """Shared by every wrapper: pop our args, build the parent, swap its model, log efficiency."""
 
@@ -158,8 +207,9 @@ class TCCWrapperMixin:
 
     def __init__(self, **kwargs: Any) -> None:
         settings = TCCSettings.pop_from(kwargs, self.model_id)
+        checkpoint = os.fspath(kwargs.get("pretrained") or self._upstream_default("pretrained"))
+        check_checkpoint(checkpoint, self.model_id, self.family)
         if settings.method == "tcc" and settings.compressor is None:
-            checkpoint = kwargs.get("pretrained") or self._upstream_default("pretrained")
             settings = settings.with_registry_compressors(checkpoint)
         elif settings.method == "tcc" and Path(settings.compressor).is_dir():
             self._check_compressor_folder(Path(settings.compressor))
@@ -530,6 +580,10 @@ class VilaTCC(TCCWrapperMixin, VilaBaseline):
         kwargs.setdefault("pretrained", DEFAULT_VILA)  # recorded as base_model
         kwargs.setdefault("device", None)  # VilaBaseline picks it (device_map, else CUDA when there): not the mixin
         super().__init__(**kwargs)
+
+
+# the --model that takes each family's checkpoints, for check_checkpoint's advice
+WRAPPERS = {cls.family: cls.model_id for cls in (Qwen2VLTCC, Qwen25VLTCC, _LlavaHfTCC, VilaTCC)}
 
 
 def read_video_or_stop(path: str, load: Callable[[str], Any], upstream_behaviour: str) -> Any:

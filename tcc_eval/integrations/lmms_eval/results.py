@@ -31,14 +31,18 @@ def check_results(
     if not fresh:
         when = "" if newer_than is None else f" written after {newer_than:.0f}"
         raise RuntimeError(f"no *_results.json{when} under {root} ({len(found)} older ones); {HINT}")
+    unreadable: list[str] = []  # named in the error: a run that died while writing its results leaves a truncated file
     for path in fresh:
         try:
-            results = json.loads(path.read_text(encoding="utf-8")).get("results") or {}
-        except (OSError, ValueError):
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            unreadable.append(f"{path} ({type(err).__name__}: {err})")
             continue
+        results = (data.get("results") if isinstance(data, dict) else None) or {}
         if all(task in results for task in wanted):
             return path
-    raise RuntimeError(f"no results file under {root} covers tasks {wanted} (checked {len(fresh)}); {HINT}")
+    bad = f"; unreadable, truncated or not JSON: {'; '.join(unreadable)}" if unreadable else ""
+    raise RuntimeError(f"no results file under {root} covers tasks {wanted} (checked {len(fresh)}{bad}); {HINT}")
 
 
 def main(argv: list[str] | None = None) -> int:
