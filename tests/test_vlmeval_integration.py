@@ -396,6 +396,18 @@ def test_llava_video_prompt_drops_only_the_stray_image_token(registered, tiny_ch
     assert (ids == ours.hf_model.config.video_token_index).sum() > 0
 
 
+def test_an_unreadable_video_is_named(registered, tiny_checkpoints, tmp_path):
+    """VLMEvalKit's Qwen2VLChat reports an empty video file as torchvision's missing read_video (qwen-vl-utils' fallback
+    after decord): the wrapper names the file before upstream reads it."""
+    from tcc_eval.integrations.vlmeval.wrappers import TCCQwen2VLChat
+
+    empty = tmp_path / "0.mp4"
+    empty.write_bytes(b"")
+    ours = TCCQwen2VLChat(base="Qwen2VL", model_path=tiny_checkpoints["qwen2_vl"])
+    with pytest.raises(ValueError, match=f"cannot decode video '{empty}'"):
+        ours.generate([{"type": "video", "value": str(empty)}, {"type": "text", "value": "Q?"}], dataset="TCCSynth_VID")
+
+
 def test_synthetic_set_settings_are_checked(registered, monkeypatch, tmp_path):
     from tcc_eval.integrations.vlmeval.datasets import ensure_image_set
 

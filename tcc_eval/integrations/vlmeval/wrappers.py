@@ -35,6 +35,7 @@ from model_registry import (
 
 from ... import api
 from ...adapters import adapter_for
+from ...media import open_video
 from ...vila.processing_vila import IMAGE_PLACEHOLDER
 from .. import rank_device
 from . import records
@@ -188,6 +189,9 @@ class TCCModelMixin:
         return super().build_prompt(line, *args, **kwargs)
 
     def generate_inner(self, message, dataset=None):
+        for item in message:  # upstream's readers report a broken video without its name (Qwen2VL: torchvision's)
+            if item["type"] == "video" and isinstance(item["value"], str):
+                open_video(item["value"])
         self._modality, self.last_stats = None, {}  # both set by the generate call
         response = super().generate_inner(message, dataset)
         self._write_record(dataset)
