@@ -402,41 +402,48 @@ def frames_for_videos(messages: list[dict], num_frames: int) -> tuple[list[dict]
     return out, video_timing_options(metadata)
 
 
-def check_media(messages: list[dict]) -> None:
-    """Images and videos the processor could not read, named before it fails inside transformers or torchvision
-    with an error that names neither the file nor the fix."""
+def open_images(messages: list[dict]) -> list[dict]:
+    """Images given as text (a file or base64 data) opened with PIL, as the compressor's labeller opens them, and
+    media the processor could not read named with the fix (transformers' errors name neither). transformers would
+    decode them with torchvision, whose PNG decoder fails ('bad parameters to zlib') in a process that imported
+    VLMEvalKit before it first ran; URLs are left to the processor."""
+    out = []
     for message in messages:
         content = message.get("content")
-        for part in content if isinstance(content, list) else []:
-            if part.get("type") == "video" and isinstance(part.get("video"), (list, tuple)) and not part["video"]:
-                raise ValueError("a video part holds no frames: pass its frames (PIL images), a video file or a "
-                                 "folder of frame images")
-            ref = part.get("image", part.get("path")) if part.get("type") == "image" else None
-            if isinstance(ref, (str, os.PathLike)):
-                check_image_reference(os.fspath(ref))
+        if isinstance(content, list):
+            parts = []
+            for part in content:
+                if part.get("type") == "video" and isinstance(part.get("video"), (list, tuple)) and not part["video"]:
+                    raise ValueError("a video part holds no frames: pass its frames (PIL images), a video file or a "
+                                     "folder of frame images")
+                key = next((k for k in ("image", "path") if k in part), None) if part.get("type") == "image" else None
+                if key is not None and isinstance(part[key], (str, os.PathLike)):
+                    part = {**part, key: open_image_reference(os.fspath(part[key]))}
+                parts.append(part)
+            content = parts
+        out.append({**message, "content": content})
+    return out
 
 
-def check_image_reference(ref: str) -> None:
-    """An image given as text, as transformers reads it: a URL, a file, else base64 data."""
+def open_image_reference(ref: str) -> Any:
+    """An image given as text, read as transformers reads it (a URL, a file, else base64 data): the URL as given,
+    the others as RGB PIL images."""
     from PIL import Image
 
     if ref.startswith(("http://", "https://")):
-        return
+        return ref
     if os.path.isdir(ref):
         raise IsADirectoryError(f"image {ref!r} is a folder: pass an image file (a folder of frames is a video)")
+    if os.path.isfile(ref):
+        try:
+            return Image.open(ref).convert("RGB")
+        except Exception as err:  # noqa: BLE001 - PIL raises several kinds for a file it cannot read
+            reason = (str(err).splitlines() or [type(err).__name__])[0]
+            raise ValueError(f"cannot decode image {ref!r} ({reason}): pass a PNG, JPEG or other image file PIL "
+                             f"opens, or a PIL image") from None
     try:
-        if os.path.isfile(ref):
-            with Image.open(ref) as image:
-                image.verify()
-            return
-    except Exception as err:  # noqa: BLE001 - PIL raises several kinds for a file it cannot read
-        reason = (str(err).splitlines() or [type(err).__name__])[0]
-        raise ValueError(f"cannot decode image {ref!r} ({reason}): pass a PNG, JPEG or other image file PIL "
-                         f"opens, or a PIL image") from None
-    try:
-        with Image.open(io.BytesIO(base64.b64decode(ref.split(",", 1)[-1] if ref.startswith("data:") else ref,
-                                                    validate=True))) as image:
-            image.verify()
+        data = base64.b64decode(ref.split(",", 1)[-1] if ref.startswith("data:") else ref, validate=True)
+        return Image.open(io.BytesIO(data)).convert("RGB")
     except Exception:  # noqa: BLE001 - not base64, or not an image once decoded
         raise FileNotFoundError(f"image {ref[:80]!r} is neither an existing file, a URL nor base64 image "
                                 f"data") from None
@@ -470,8 +477,7 @@ class CompressedMLLM:
 
     def prepare(self, messages: list[dict]) -> dict[str, torch.Tensor]:
         """Chat messages (images as PIL or paths, video as frames or a path) -> model inputs."""
-        check_media(messages)
-        messages, video_options = frames_for_videos(messages, self.num_frames)
+        messages, video_options = frames_for_videos(open_images(messages), self.num_frames)
         inputs = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
                                                     return_dict=True, return_tensors="pt", **video_options)
         return on_model_device(self.model, {k: v for k, v in inputs.items() if isinstance(v, torch.Tensor)})

@@ -90,8 +90,9 @@ def test_load_generate_and_last_selection(tiny_checkpoints, loaded, family):
 
 def test_media_the_processor_cannot_read_are_named(tiny_checkpoints, tmp_path):
     """A missing or undecodable image, a folder given as an image and a video without frames are named before the
-    processor fails inside transformers or torchvision; an image as base64 data (plain or as a data: URL) and a
-    folder of frame images as a video are read."""
+    processor fails inside transformers or torchvision; an image file or base64 data (plain or as a data: URL) and
+    a folder of frame images as a video are read, with PIL (in a process that imported VLMEvalKit before, as this
+    suite's earlier tests do, torchvision's PNG decoder fails)."""
     import base64
     import io
 
@@ -122,6 +123,12 @@ def test_media_the_processor_cannot_read_are_named(tiny_checkpoints, tmp_path):
                  {"type": "video", "video": str(frames)}):
         assert isinstance(ask(part), str)
     assert mllm.last_stats["visual_before"] > 0
+    image = messages_for("image")[0]["content"][0]["image"]
+    image.save(tmp_path / "image.png")
+    as_text, as_pil = ([{"role": "user", "content": [{"type": "image", "image": ref}, {"type": "text", "text": "Q"}]}]
+                       for ref in (str(tmp_path / "image.png"), image))
+    for key, value in mllm.prepare(as_pil).items():  # a file reads as the PIL image it holds
+        assert torch.equal(mllm.prepare(as_text)[key], value)
 
 
 def test_text_only_prompt_passes_through(loaded):
