@@ -476,7 +476,7 @@ class CompressedMLLM:
         return self.pruned.last_stats
 
     def prepare(self, messages: list[dict]) -> dict[str, torch.Tensor]:
-        """Chat messages (images as PIL or paths, video as frames or a path) -> model inputs."""
+        """Chat messages (images as PIL, files or base64; a video as frames, a file or a frames folder) -> inputs."""
         messages, video_options = frames_for_videos(open_images(messages), self.num_frames)
         inputs = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
                                                     return_dict=True, return_tensors="pt", **video_options)
