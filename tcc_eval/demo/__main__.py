@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
+from ..compressor.__main__ import DEBUG_ENV
 from ..cpu_memory import keep_freed_cpu_memory
 from ..options import DEFAULT_INSTRUCTION_ROWS, INSTRUCTION_ROWS
 
@@ -191,7 +193,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError) as err:  # a missing demo folder, a method the demo cannot run: no traceback
-        print(f"error: {err}", file=sys.stderr)
+        if os.environ.get(DEBUG_ENV):
+            raise
+        print(f"error: {err}  ({DEBUG_ENV}=1 for the traceback)", file=sys.stderr)
         return 2
 
 
