@@ -17,7 +17,7 @@ from .flops import INSIDE_LLM_METHODS
 from .media import open_video
 from .methods import (VISIONZIP_CONTEXTUAL_SHARE, A0Scorer, Scorer, TCCScorer, VisionZip, check_method,
                       divprune_scorer, pool_merger, random_scorer, uniform_scorer)
-from .options import DEFAULT_INSTRUCTION_ROWS, check_option_values
+from .options import BUDGETS, DEFAULT_INSTRUCTION_ROWS, check_option_values
 from .pruned import TokenPrunedModel, check_positions
 
 log = logging.getLogger("tcc_eval")
@@ -280,14 +280,17 @@ def _for_modality(compressor, modality: str, source: Any):
     return compressor
 
 
-def check_wrap_options(options: dict[str, Any]) -> None:
-    """``wrap_model``'s method options as Python values: the frameworks' checks (names, choices, ranges), and
-    whole numbers that are numbers, so that a typo stops before weights load, not at the first generate."""
-    check_option_values(options)
+def check_option_types(options: dict[str, Any]) -> None:
+    """``wrap_model``'s whole-number options as Python values (a framework's text is checked by
+    ``check_option_values``): ``fastv_k='2'`` or ``seed='abc'`` would fail inside a method, ``max_answer_tokens=0``
+    inside transformers' generate."""
     for name in ("seed", "fastv_k", "max_answer_tokens"):
-        value = options.get(name, 0)
+        value = options.get(name, 1)
         if not isinstance(value, numbers.Integral) or isinstance(value, bool):
             raise ValueError(f"{name}={value!r}: expected an integer")
+    if options.get("max_answer_tokens", 1) < 1:
+        raise ValueError(f"max_answer_tokens={options['max_answer_tokens']!r}: expected a positive integer (the "
+                         f"oracle's answer length)")
 
 
 # options.OPTION_DEFAULTS mirrors these option defaults for the tables (tests/test_aggregate.py checks them)
@@ -319,9 +322,9 @@ def wrap_model(
     ``instruction_rows`` (a0 and tcc) picks the text rows whose layer-0 attention scores the visual tokens
     (``options.INSTRUCTION_ROWS``; a tcc compressor must have been labelled with the same rule)."""
     check_method(method)
-    check_wrap_options({"budget": budget, "seed": seed, "fastv_k": fastv_k, "match": match, "positions": positions,
-                        "pdrop_layers": pdrop_layers, "max_answer_tokens": max_answer_tokens,
-                        "contextual_share": contextual_share, "instruction_rows": instruction_rows})
+    check_option_types({"seed": seed, "fastv_k": fastv_k, "max_answer_tokens": max_answer_tokens})
+    if budget not in BUDGETS:  # else found only at the first sample with several images or frames
+        raise ValueError(f"budget={budget!r}: expected {' or '.join(BUDGETS)}")
     if method in INSIDE_LLM_METHODS and positions != "original":
         raise ValueError(f"positions={positions!r} applies to methods that prune before the LLM; {method} prunes "
                          f"inside it, after layers whose KV cache holds the original ids: leave positions='original'")
@@ -514,7 +517,8 @@ def load(
 
     check_method(method)
     check_keep_ratio(keep_ratio)
-    check_wrap_options(options)
+    check_option_values(options)  # names and values, before the weights load (the model-dependent ranges come after)
+    check_option_types(options)
     if method == "tcc":
         from .compressor import check_compressor_argument
 

@@ -60,6 +60,18 @@ def test_bad_arguments_stop_before_any_weights_load(tmp_path):
         tcc_eval.load(config, method="none")
 
 
+def test_wrap_model_refuses_options_of_the_wrong_kind(loaded):
+    """As load() does before loading, for a model already loaded (the method-specific checks keep their own, more
+    specific messages: PyramidDrop's layer range, the positions rule)."""
+    model = loaded["qwen2_vl"][0]
+    for options, message in (({"method": "fastv", "fastv_k": "2"}, "fastv_k='2': expected an integer"),
+                             ({"seed": 1.5}, "seed=1.5: expected an integer"),
+                             ({"budget": "pergroup"}, "budget='pergroup': expected global or per_group"),
+                             ({"method": "oracle", "max_answer_tokens": 0}, "max_answer_tokens=0: expected a positive")):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            tcc_eval.wrap_model(model, **{"method": "random", **options})
+
+
 def test_an_empty_answer_is_refused(tiny_checkpoints):
     mllm = tcc_eval.load(tiny_checkpoints["qwen2_vl"], method="none", keep_ratio=1.0)
     with pytest.raises(ValueError, match="the answer to explain has no tokens"):
