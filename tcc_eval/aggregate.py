@@ -40,7 +40,7 @@ import pandas as pd
 
 from tcc_eval.flops import (INSIDE_LLM_METHODS, LAYER_K_METHODS, LLM_SHAPES, LLMShape, fastv_average_retention,
                             fastv_layer_keep_ratio, flops_ratio, guess_shape, pyramid_stage_ratio, shape_from_config)
-from tcc_eval.options import method_variant
+from tcc_eval.options import method_variant, positive_int
 
 log = logging.getLogger("tcc_eval.aggregate")
 
@@ -1255,17 +1255,6 @@ def _parse_shape(text: str) -> tuple[str, LLMShape]:
     return base, LLM_SHAPES[key]
 
 
-def _positive_layer(text: str) -> int:
-    """argparse type of --fastv-k: FastV and DART prune after layer K >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} is not a layer number >= 1")
-    return value
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tcc_eval.aggregate", description=__doc__.split("\n\n")[0])
     parser.add_argument("results_dir", type=Path,
@@ -1274,7 +1263,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shape", type=_parse_shape, action="append", default=[], metavar="BASE=KEY",
                         help="LLM shape of a base model whose name states no size, e.g. Qwen2VL=qwen2-vl-2b "
                              "(used for FLOPs and FastV's and DART's average retention)")
-    parser.add_argument("--fastv-k", type=_positive_layer, default=2,
+    parser.add_argument("--fastv-k", type=positive_int, default=2,
                         help="layer at which FastV and DART prune (default 2)")
     args = parser.parse_args(argv)
     if args.out is not None and args.out.exists() and not args.out.is_dir():

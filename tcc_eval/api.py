@@ -63,19 +63,6 @@ def device_arg(text: str) -> str:
     return text
 
 
-def positive_int(text: str) -> int:
-    """argparse type of the command lines' counts (samples, epochs, frames, answer tokens): a whole number >= 1."""
-    import argparse
-
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} is not a positive whole number")
-    return value
-
-
 def on_model_device(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Processor outputs moved to the model's device, the pixels in its dtype."""
     param = next(model.parameters())

@@ -111,3 +111,17 @@ def check_instruction_rows(rows: str) -> str:
         raise ValueError(f"instruction_rows={rows!r}: expected one of {', '.join(INSTRUCTION_ROWS)} (which text rows' "
                          f"layer-0 attention scores the visual tokens; default {DEFAULT_INSTRUCTION_ROWS})")
     return rows
+
+
+def positive_int(text: str) -> int:
+    """argparse type of the command lines' counts (samples, epochs, frames, threads, a layer K): a whole number >= 1.
+    Here, torch-free, so that the tables' command line shares it."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive whole number")
+    return value

@@ -131,7 +131,7 @@ def render(family: str, modality: str, n: int, seed: int, ratio: float, methods:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .api import positive_int
+    from .options import positive_int
     from .demo import FAMILIES, MODALITIES, VARIANTS, demo_root
 
     parser = argparse.ArgumentParser(prog="python -m tcc_eval.visualize", description=__doc__,

@@ -501,7 +501,7 @@ def test_command_line_options_the_runs_cannot_take_are_refused(tmp_path, capsys)
         efficiency_line("Qwen2VL7B_Vanilla", "vlmeval", "MMStar", 0, "none", 1.0, "Qwen2VL7B", 800, 800, 1, 2) + "\n")
     a_file = tmp_path / "a_file"
     a_file.write_text("")
-    for args, message in ((["--fastv-k", "0"], "argument --fastv-k: 0 is not a layer number >= 1"),
+    for args, message in ((["--fastv-k", "0"], "argument --fastv-k: 0 is not a positive whole number"),
                           (["--out", str(a_file)], f"--out {a_file} is a file; give a folder")):
         with pytest.raises(SystemExit) as refused:
             main([str(work), *args])

@@ -29,9 +29,8 @@ import torch
 from PIL import Image
 
 from ..adapters import adapter_for
-from ..api import (DTYPES, device_arg, on_model_device, open_image_reference, positive_int, read_video,
-                   video_timing_options)
-from ..options import DEFAULT_INSTRUCTION_ROWS, INSTRUCTION_ROWS
+from ..api import DTYPES, device_arg, on_model_device, open_image_reference, read_video, video_timing_options
+from ..options import DEFAULT_INSTRUCTION_ROWS, INSTRUCTION_ROWS, positive_int
 from ..oracle import METHOD_RULE, RELEVANCE_RULES, answer_tokens, explain_inputs
 from . import UNREADABLE_ERRORS
 

@@ -19,8 +19,8 @@ from typing import Any
 
 import torch
 
-from ..api import device_arg, positive_int
-from ..options import DEFAULT_INSTRUCTION_ROWS
+from ..api import device_arg
+from ..options import DEFAULT_INSTRUCTION_ROWS, positive_int
 from ..oracle import METHOD_RULE, RELEVANCE_RULES
 from . import MATCH_KEYS, describe, load_compressor, save_compressor
 from .labels import instruction_rows_of, read_label_file, read_meta_file

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..compressor.__main__ import DEBUG_ENV
 from ..cpu_memory import keep_freed_cpu_memory
-from ..options import DEFAULT_INSTRUCTION_ROWS, INSTRUCTION_ROWS
+from ..options import DEFAULT_INSTRUCTION_ROWS, INSTRUCTION_ROWS, positive_int
 
 
 def keep_ratio_arg(text: str) -> float:
@@ -112,7 +112,7 @@ def cmd_oracle_rules(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..api import device_arg, positive_int
+    from ..api import device_arg
     from ..oracle import RELEVANCE_RULES
     from . import DEFAULT_VARIANT, FAMILIES, MODALITIES, VARIANTS, demo_root
 
