@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import argparse
 import ast
+import base64
 import hashlib
+import io
 import json
 import math
 import os
@@ -29,7 +31,7 @@ import torch
 from PIL import Image
 
 from ..adapters import adapter_for
-from ..api import DTYPES, device_arg, on_model_device, open_image_reference, read_video, video_timing_options
+from ..api import DTYPES, device_arg, on_model_device, read_video, video_timing_options
 from ..options import DEFAULT_INSTRUCTION_ROWS, INSTRUCTION_ROWS, positive_int
 from ..oracle import METHOD_RULE, RELEVANCE_RULES, answer_tokens, explain_inputs
 from . import UNREADABLE_ERRORS
@@ -255,13 +257,16 @@ def file_stem(sample_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", sample_id)
 
 
-def load_image(ref: str, base_dir: Path) -> Any:
-    """A file path (relative to ``base_dir``: --media-root, else the data file's folder), base64 image data or a
-    URL, opened as the Python API opens an image given as text."""
-    if len(ref) < 4096:  # longer text is base64 data, too long for a file name
+def load_image(ref: str, base_dir: Path) -> Image.Image:
+    """A file path (relative to ``base_dir``: --media-root, else the data file's folder) or a base64-encoded image."""
+    if len(ref) < 4096:
         path = Path(ref) if os.path.isabs(ref) else base_dir / ref
-        ref = str(path) if path.is_file() else ref
-    return open_image_reference(ref)
+        if path.is_file():
+            return Image.open(path).convert("RGB")
+    try:
+        return Image.open(io.BytesIO(base64.b64decode(ref))).convert("RGB")
+    except Exception as err:
+        raise ValueError(f"image {ref[:60]!r} is neither an existing file nor base64 image data") from err
 
 
 def load_video(ref: str, base_dir: Path, num_frames: int) -> tuple[list[Image.Image], Any]:
