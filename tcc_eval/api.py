@@ -39,9 +39,10 @@ def default_device(device: str | torch.device | None = None) -> torch.device:
 def default_dtype(device: torch.device, dtype: str | torch.dtype | None = None) -> torch.dtype:
     """fp32 on CPU (bf16 matmuls are ~7x slower there); bf16 on GPUs that support it, else fp16."""
     if isinstance(dtype, str):
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype {dtype!r}: expected one of {', '.join(DTYPES)} (or a torch.dtype)")
-        dtype = getattr(torch, dtype)
+        named = getattr(torch, dtype, None)
+        if not isinstance(named, torch.dtype) or not named.is_floating_point:
+            raise ValueError(f"dtype {dtype!r}: expected a torch floating-point type, e.g. {', '.join(DTYPES)}")
+        dtype = named
     if dtype is not None:
         return dtype
     if device.type == "cuda":
@@ -393,10 +394,10 @@ def frames_for_videos(messages: list[dict], num_frames: int) -> tuple[list[dict]
 
 
 def open_images(messages: list[dict]) -> list[dict]:
-    """Images given as text (a file or base64 data) opened with PIL, as the compressor's labeller opens them, and
-    media the processor could not read named with the fix (transformers' errors name neither). transformers would
-    decode them with torchvision, whose PNG decoder fails ('bad parameters to zlib') in a process that imported
-    VLMEvalKit before it first ran; URLs are left to the processor."""
+    """Images given as text under "image" or "path" (a file or base64 data) opened with PIL, and media the processor
+    could not read named with the fix (transformers' errors name neither). transformers would decode them with
+    torchvision, whose PNG decoder fails ('bad parameters to zlib') in a process that imported VLMEvalKit before it
+    first ran; URLs are left to the processor."""
     out = []
     for message in messages:
         content = message.get("content")
@@ -416,9 +417,9 @@ def open_images(messages: list[dict]) -> list[dict]:
 
 
 def open_image_reference(ref: str) -> Any:
-    """An image given as text, read as transformers reads it (a URL, a file, else base64 data): the URL as given,
-    the others as RGB PIL images."""
-    from PIL import Image
+    """An image given as text, read as transformers reads it (a URL, a file, else base64 data, turned upright by
+    its EXIF orientation): the URL as given, the others as RGB PIL images."""
+    from PIL import Image, ImageOps
 
     if ref.startswith(("http://", "https://")):
         return ref
@@ -426,14 +427,14 @@ def open_image_reference(ref: str) -> Any:
         raise IsADirectoryError(f"image {ref!r} is a folder: pass an image file (a folder of frames is a video)")
     if os.path.isfile(ref):
         try:
-            return Image.open(ref).convert("RGB")
+            return ImageOps.exif_transpose(Image.open(ref)).convert("RGB")
         except Exception as err:  # noqa: BLE001 - PIL raises several kinds for a file it cannot read
             reason = (str(err).splitlines() or [type(err).__name__])[0]
             raise ValueError(f"cannot decode image {ref!r} ({reason}): pass a PNG, JPEG or other image file PIL "
                              f"opens, or a PIL image") from None
-    try:
-        data = base64.b64decode(ref.split(",", 1)[-1] if ref.startswith("data:") else ref, validate=True)
-        return Image.open(io.BytesIO(data)).convert("RGB")
+    try:  # as leniently as transformers: line breaks and other characters outside the alphabet are skipped
+        data = base64.b64decode(ref.split(",", 1)[-1] if ref.startswith("data:") else ref)
+        return ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")
     except Exception:  # noqa: BLE001 - not base64, or not an image once decoded
         raise FileNotFoundError(f"image {ref[:80]!r} is neither an existing file, a URL nor base64 image "
                                 f"data") from None
