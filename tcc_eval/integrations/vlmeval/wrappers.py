@@ -190,8 +190,10 @@ class TCCModelMixin:
 
     def generate_inner(self, message, dataset=None):
         for item in message:  # upstream's readers report a broken video without its name (Qwen2VL: torchvision's)
-            if item["type"] == "video" and isinstance(item["value"], str):
-                open_video(item["value"])
+            value = item["value"]
+            if item["type"] == "video" and isinstance(value, str) and not value.startswith(("data:", "file:")) \
+                    and "://" not in value:  # a local path; URLs are upstream's to read
+                open_video(value)
         self._modality, self.last_stats = None, {}  # both set by the generate call
         response = super().generate_inner(message, dataset)
         self._write_record(dataset)
