@@ -1028,6 +1028,9 @@ def build_table(summary: pd.DataFrame, efficiency: pd.DataFrame, framework: str,
         shape = options.shape(base) or _recorded_shape(eff)
         fastv_k = int(eff["fastv_k"].iloc[0]) if len(eff) and not math.isnan(eff["fastv_k"].iloc[0]) \
             else options.fastv_k
+        if method in LAYER_K_METHODS and shape is not None and not 0 < fastv_k < shape.layers:
+            raise AggregationRefused(f"--fastv-k {fastv_k}: the {method} runs of {base} have a {shape.layers}-layer "
+                                     f"LLM, so K is in 1..{shape.layers - 1}; no tables were written")
         recorded_stages = eff["pdrop_layers"].iloc[0] if len(eff) else ""
         # None: the method's own stages
         pdrop_layers = recorded_stages if isinstance(recorded_stages, str) and recorded_stages else None
@@ -1186,8 +1189,8 @@ class Tables:
 
 
 class AggregationRefused(ValueError):
-    """No results to aggregate, or an output folder that holds results: nothing is written, and the tables already
-    there are left as they are."""
+    """No results to aggregate, an output folder that holds results, or an option the runs contradict: nothing is
+    written, and the tables already there are left as they are."""
 
 
 def _is_results_file(path: Path) -> bool:
@@ -1282,9 +1285,6 @@ def main(argv: list[str] | None = None) -> int:
     except AggregationRefused as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    except ValueError as err:  # an option the runs contradict, e.g. --fastv-k beyond a model's layers
-        print(f"error: {err}", file=sys.stderr)
-        return 2
     print(f"{len(result.summary)} scores, {len(result.efficiency)} efficiency rows -> "
           f"{result.files[0].parent}", file=sys.stderr)
     return 0

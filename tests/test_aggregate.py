@@ -492,8 +492,8 @@ def test_output_folder_holding_results_is_refused(tmp_path, capsys):
 
 
 def test_command_line_options_the_runs_cannot_take_are_refused(tmp_path, capsys):
-    """--fastv-k below 1 and an --out that is a file stop at parse time; a --fastv-k beyond the model's layers
-    stops with the layer count named, not a traceback, and writes no tables."""
+    """--fastv-k below 1 and an --out that is a file stop at parse time; a --fastv-k beyond a model's layers
+    stops with the layer count named, not flops' traceback, and writes no tables."""
     work = tmp_path / "w"
     write_mcq_acc(work / "Qwen2VL7B_Vanilla" / "Qwen2VL7B_Vanilla_MMStar_acc.csv", 50)
     write_mcq_acc(work / "Qwen2VL7B_FastV50" / "Qwen2VL7B_FastV50_MMStar_acc.csv", 45)  # no efficiency records
@@ -506,8 +506,8 @@ def test_command_line_options_the_runs_cannot_take_are_refused(tmp_path, capsys)
         with pytest.raises(SystemExit) as refused:
             main([str(work), *args])
         assert refused.value.code == 2 and message in capsys.readouterr().err
-    assert main([str(work), "--fastv-k", "99", "--shape", "Qwen2VL7B=qwen2-vl-7b"]) == 2  # costed from the name
-    assert "FastV layer K=99 must be in 1..27 for a 28-layer LLM" in capsys.readouterr().err
+    assert main([str(work), "--fastv-k", "99", "--shape", "Qwen2VL7B=qwen2-vl-7b"]) == 1  # costed from the name
+    assert "--fastv-k 99: the fastv runs of Qwen2VL7B have a 28-layer LLM, so K is in 1..27" in capsys.readouterr().err
     assert not (work / "tables").exists()
 
 
