@@ -49,7 +49,8 @@ for framework in ${FRAMEWORKS//,/ }; do
 done
 [[ -z "$N" || "$N" =~ ^[1-9][0-9]*$ ]] || { echo "run_all.sh: --n takes a positive integer, got '$N'" >&2; exit 2; }
 
-[[ ! -e "$RESULTS" || -d "$RESULTS" ]] || { echo "run_all.sh: --results $RESULTS is a file; give a folder" >&2; exit 2; }
+[[ ! -e "$RESULTS" || -d "$RESULTS" ]] \
+  || { echo "run_all.sh: --results $RESULTS is a file; give a folder" >&2; exit 2; }
 
 PY=${PYTHON:-python3}
 LMMS_EXTRA_RUNS=()  # lmms-eval runs outside the methods x ratios grid, as entry|method args
