@@ -98,6 +98,11 @@ def local_folder(model_path: str | os.PathLike) -> str:
         ) from err
 
 
+def names_a_local_path(text: str) -> bool:
+    """A model argument that can only mean a local path: a hub id reads ORG/NAME, never absolute or relative."""
+    return os.path.isabs(text) or text.startswith((".", "~")) or text.count("/") > 1
+
+
 def model_type_of(model_path: str | os.PathLike) -> tuple[str, str | os.PathLike]:
     """(model type, path to load from): VILA1.5 folders are not transformers configs, so hub ids of them are
     fetched to a local folder first."""
@@ -107,8 +112,7 @@ def model_type_of(model_path: str | os.PathLike) -> tuple[str, str | os.PathLike
     if os.path.isfile(os.path.expanduser(text)):
         raise ValueError(f"model {text!r} is a file; pass the checkpoint folder that holds it "
                          f"({os.path.dirname(text) or '.'!r}?)")
-    looks_local = os.path.isabs(text) or text.startswith((".", "~")) or text.count("/") > 1
-    if looks_local and not os.path.exists(os.path.expanduser(text)):
+    if names_a_local_path(text) and not os.path.exists(os.path.expanduser(text)):
         raise FileNotFoundError(f"model {text!r}: no such folder (and not a hub id, which reads ORG/NAME); pass a "
                                 f"checkpoint folder or a hub id")
     try:
@@ -370,50 +374,41 @@ def uniform_indices(total: int, count: int) -> list[int]:
     return [int((i + 0.5) * total / count) for i in range(count)]
 
 
-def frames_for_videos(messages: list[dict], num_frames: int) -> tuple[list[dict], dict[str, Any]]:
-    """Replace video paths by decoded frames (transformers' own decoder needs torchcodec); returns the messages
-    and the processor options that tell it the frames' timing (none unless every video came from a file)."""
+def read_media(messages: list[dict], num_frames: int) -> tuple[list[dict], dict[str, Any]]:
+    """The messages with every medium given as text read, and the processor options that tell it the frames' timing
+    (none unless every video came from a file).
+
+    Video paths become decoded frames (transformers' own decoder needs torchcodec). Images given as text under
+    "image" or "path" (a file or base64 data) are opened with PIL: transformers would decode them with torchvision,
+    whose PNG decoder fails ('bad parameters to zlib') in a process that imported VLMEvalKit before it first ran;
+    URLs are left to the processor. Media the processor could not read are named with the fix (its errors name
+    neither)."""
     out, metadata, given_frames = [], [], False
     for message in messages:
         content = message.get("content")
         if isinstance(content, list):
             parts = []
             for part in content:
-                if part.get("type") == "video" and isinstance(part.get("video"), (str, os.PathLike)):
-                    frames, meta = read_video(part["video"], num_frames)
-                    parts.append({**part, "video": frames})
+                kind, video = part.get("type"), part.get("video")
+                if kind == "video" and isinstance(video, (str, os.PathLike)):
+                    frames, meta = read_video(video, num_frames)
+                    part = {**part, "video": frames}
                     metadata.append(meta)
-                else:
-                    given_frames |= part.get("type") == "video"
-                    parts.append(part)
+                elif kind == "video":
+                    if isinstance(video, (list, tuple)) and not video:
+                        raise ValueError("a video part holds no frames: pass its frames (PIL images), a video file "
+                                         "or a folder of frame images")
+                    given_frames = True
+                elif kind == "image":
+                    key = next((k for k in ("image", "path") if k in part), None)
+                    if key is not None and isinstance(part[key], (str, os.PathLike)):
+                        part = {**part, key: open_image_reference(os.fspath(part[key]))}
+                parts.append(part)
             content = parts
         out.append({**message, "content": content})
     if given_frames:  # frames handed over without their timing
         metadata.append(None)
     return out, video_timing_options(metadata)
-
-
-def open_images(messages: list[dict]) -> list[dict]:
-    """Images given as text under "image" or "path" (a file or base64 data) opened with PIL, and media the processor
-    could not read named with the fix (transformers' errors name neither). transformers would decode them with
-    torchvision, whose PNG decoder fails ('bad parameters to zlib') in a process that imported VLMEvalKit before it
-    first ran; URLs are left to the processor."""
-    out = []
-    for message in messages:
-        content = message.get("content")
-        if isinstance(content, list):
-            parts = []
-            for part in content:
-                if part.get("type") == "video" and isinstance(part.get("video"), (list, tuple)) and not part["video"]:
-                    raise ValueError("a video part holds no frames: pass its frames (PIL images), a video file or a "
-                                     "folder of frame images")
-                key = next((k for k in ("image", "path") if k in part), None) if part.get("type") == "image" else None
-                if key is not None and isinstance(part[key], (str, os.PathLike)):
-                    part = {**part, key: open_image_reference(os.fspath(part[key]))}
-                parts.append(part)
-            content = parts
-        out.append({**message, "content": content})
-    return out
 
 
 def open_image_reference(ref: str) -> Any:
@@ -468,7 +463,7 @@ class CompressedMLLM:
 
     def prepare(self, messages: list[dict]) -> dict[str, torch.Tensor]:
         """Chat messages (images as PIL, files or base64; a video as frames, a file or a frames folder) -> inputs."""
-        messages, video_options = frames_for_videos(open_images(messages), self.num_frames)
+        messages, video_options = read_media(messages, self.num_frames)
         inputs = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
                                                     return_dict=True, return_tensors="pt", **video_options)
         return on_model_device(self.model, {k: v for k, v in inputs.items() if isinstance(v, torch.Tensor)})
