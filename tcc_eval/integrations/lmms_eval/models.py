@@ -61,7 +61,7 @@ from model_registry import (
     resolve_compressor,
 )
 from tcc_eval.adapters import ADAPTERS
-from tcc_eval.api import default_device, default_dtype, wrap_model
+from tcc_eval.api import default_device, default_dtype, names_a_local_path, wrap_model
 from tcc_eval.compressor import check_compressor_argument
 from tcc_eval.core import check_keep_ratio
 from tcc_eval.methods import check_method
@@ -178,7 +178,7 @@ def _checkpoint_folder(pretrained: str) -> Path | None:
         return path
     if path.is_file():
         raise NotADirectoryError(f"pretrained={pretrained} is a file; pass its folder ({path.resolve().parent})")
-    if path.is_absolute() or pretrained.startswith(("./", "../", "~")) or pretrained.count("/") > 1:
+    if names_a_local_path(pretrained):
         raise FileNotFoundError(f"pretrained={pretrained}: no such checkpoint folder (a hub id reads ORG/NAME)")
     try:
         cached = try_to_load_from_cache(pretrained, "config.json")
