@@ -113,9 +113,12 @@ def check_instruction_rows(rows: str) -> str:
     return rows
 
 
+DEBUG_ENV = "TCC_EVAL_DEBUG"  # set, the command lines show the traceback behind their one-line errors
+
+
 def positive_int(text: str) -> int:
     """argparse type of the command lines' counts (samples, epochs, frames, threads, a layer K): a whole number >= 1.
-    Here, torch-free, so that the tables' command line shares it."""
+    Here, torch-free, so that the tables' command line shares it, as every command line shares DEBUG_ENV."""
     import argparse
 
     try:

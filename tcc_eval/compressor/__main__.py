@@ -7,9 +7,8 @@ import os
 import pickle
 import sys
 
+from ..options import DEBUG_ENV
 from . import evaluate, labels, train
-
-DEBUG_ENV = "TCC_EVAL_DEBUG"
 
 EPILOG = """\
 typical run:

@@ -9,9 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-from ..compressor.__main__ import DEBUG_ENV
 from ..cpu_memory import keep_freed_cpu_memory
-from ..options import DEFAULT_INSTRUCTION_ROWS, INSTRUCTION_ROWS, positive_int
+from ..options import DEBUG_ENV, DEFAULT_INSTRUCTION_ROWS, INSTRUCTION_ROWS, positive_int
 
 
 def keep_ratio_arg(text: str) -> float:
