@@ -567,9 +567,10 @@ def test_hook_names_the_fix_when_the_package_is_gone(tmp_path):
     assert "pip install -e" in proc.stderr and PTH_NAME in proc.stderr, proc.stderr
 
 
-def test_importing_our_datasets_first_still_registers_everything():
-    """datasets.py's own vlmeval imports fire the start-up hook mid-import; registration must not fail."""
-    code = ("import tcc_eval.integrations.vlmeval.datasets\n"
+@pytest.mark.parametrize("module", ["datasets", "wrappers"])
+def test_importing_our_module_first_still_registers_everything(module):
+    """The module's own vlmeval imports fire the start-up hook mid-import; registration must not fail."""
+    code = (f"import tcc_eval.integrations.vlmeval.{module}\n"
             "import vlmeval.config as c, vlmeval.dataset as vd\n"
             "print('TCCSynth_VID' in vd.SUPPORTED_DATASETS, 'TinyQwen2VL_TCC50' in c.supported_VLM)")
     proc = subprocess.run([sys.executable, "-c", code], env=_clean_env(), check=False, capture_output=True, text=True,

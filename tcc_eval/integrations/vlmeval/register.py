@@ -197,6 +197,10 @@ def register() -> list[str]:
     """Everything, idempotent. Returns the registered model names."""
     if os.environ.get(SIMULATE_BROKEN_ENV):
         raise RuntimeError(f"registration made to fail by {SIMULATE_BROKEN_ENV} (test switch)")
+    wrappers = sys.modules.get(f"{__package__}.wrappers")
+    if wrappers is not None and not hasattr(wrappers, "WRAPPERS"):  # fired by wrappers.py's own vlmeval imports:
+        _deferred.append("all")  # its last line registers, once WRAPPERS exists
+        return []
     import vlmeval.vlm
 
     from .wrappers import WRAPPERS
@@ -228,8 +232,13 @@ def _datasets_module_importing() -> bool:
 
 
 def finish_deferred_registration() -> None:
-    """Register the datasets whose registration had to wait for datasets.py (see register())."""
-    if _deferred:
+    """Finish what register() left to the module whose import fired it (see register())."""
+    if "all" in _deferred:
+        _deferred.clear()
+        from .autoregister import register_quietly
+
+        register_quietly()  # as the start-up hook would have: a failure is one line on stderr
+    elif _deferred:
         _deferred.clear()
         register_datasets()
         fix_video_dataset_kwargs()

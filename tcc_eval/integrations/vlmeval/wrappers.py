@@ -405,3 +405,9 @@ class TCCVILA(TCCModelMixin, VilaChat):
 # Qwen2.5-VL checkpoints run through Qwen2VLChat in VLMEvalKit too (it picks the model class from the config).
 WRAPPERS: dict[str, type] = {"qwen2_vl": TCCQwen2VLChat, "qwen2_5_vl": TCCQwen2VLChat,
                              "llava_onevision": TCCLLaVAOneVisionHF, "vila": TCCVILA}
+
+# Importing this module first (before vlmeval.config) runs the start-up hook from inside the vlmeval imports
+# above, before WRAPPERS exists; the hook then leaves the whole registration to this line.
+from .register import finish_deferred_registration  # noqa: E402
+
+finish_deferred_registration()
