@@ -30,8 +30,8 @@ TOWERS = ("siglip-so400m", "qwen2-vl-vit", "qwen2.5-vl-vit")
 
 
 def build_tower(name: str, images: int, side: int, device: torch.device, dtype: torch.dtype,
-                seed: int) -> tuple[nn.Module, nn.Module, Callable[[], Any], int]:
-    """(tower, its feature layer's attention, a call running the tower on ``images`` images, patches per image)."""
+                seed: int) -> tuple[nn.Module, Callable[[], Any], int]:
+    """(the tower's feature-layer attention, a call running the tower on ``images`` images, patches per image)."""
     torch.manual_seed(seed)
     if name == "siglip-so400m":
         from transformers import SiglipVisionConfig, SiglipVisionModel
@@ -42,7 +42,7 @@ def build_tower(name: str, images: int, side: int, device: torch.device, dtype: 
         with device:
             tower = SiglipVisionModel(config).to(dtype).eval()
         pixels = torch.randn(images, 3, 384, 384, device=device, dtype=dtype)
-        return tower, encoder_layers(tower)[-1].self_attn, lambda: tower(pixel_values=pixels), (384 // 14) ** 2
+        return encoder_layers(tower)[-1].self_attn, lambda: tower(pixel_values=pixels), (384 // 14) ** 2
     if name in ("qwen2-vl-vit", "qwen2.5-vl-vit"):
         if side % 28:
             raise ValueError(f"--side must be a multiple of 28 px for Qwen2-VL (patch 14, 2x2 merge), got {side}")
@@ -66,7 +66,7 @@ def build_tower(name: str, images: int, side: int, device: torch.device, dtype: 
             tower = Tower(config).to(dtype).eval()
         grid = torch.tensor([[1, side // 14, side // 14]] * images, device=device)
         patches = torch.randn(int(grid.prod(dim=1).sum()), 3 * 2 * 14 * 14, device=device, dtype=dtype)
-        return tower, tower.blocks[-1].attn, lambda: tower(patches, grid_thw=grid), (side // 14) ** 2
+        return tower.blocks[-1].attn, lambda: tower(patches, grid_thw=grid), (side // 14) ** 2
     raise ValueError(f"unknown tower {name!r}; choose one of {', '.join(TOWERS)}")
 
 
@@ -84,7 +84,7 @@ def timed(run: Callable[[], Any], device: torch.device) -> tuple[float, float]:
 def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype or ("float32" if device.type == "cpu" else "bfloat16"))
-    tower, layer, forward, patches = build_tower(args.tower, args.images, args.side, device, dtype, args.seed)
+    layer, forward, patches = build_tower(args.tower, args.images, args.side, device, dtype, args.seed)
 
     def recorded() -> None:
         with TowerAttentionRecorder(layer) as recorder:

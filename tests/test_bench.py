@@ -285,7 +285,7 @@ def test_tower_bench_times_the_tower_with_and_without_visionzip_scoring(monkeypa
         tower = SiglipVisionModel(SiglipVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2,
                                                      num_attention_heads=2, image_size=28, patch_size=14)).eval()
         pixels = torch.randn(images, 3, 28, 28)
-        return tower, bench_tower.encoder_layers(tower)[-1].self_attn, lambda: tower(pixel_values=pixels), 4
+        return bench_tower.encoder_layers(tower)[-1].self_attn, lambda: tower(pixel_values=pixels), 4
 
     monkeypatch.setattr(bench_tower, "build_tower", tiny_tower)
     out = tmp_path / "tower.json"

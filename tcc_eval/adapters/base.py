@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -304,5 +304,3 @@ def adapter_for(model: nn.Module) -> MLLMAdapter:
         )
     return ADAPTERS[model_type](model)
 
-
-AdapterFactory = Callable[[nn.Module], MLLMAdapter]

@@ -32,7 +32,6 @@ from .train import TRAIN_RECORD, DemoSpec, answer_logits, encode, letter_ids
 
 METHODS = ("none", "random", "a0", "tcc", "oracle", "fastv")
 RATIOS = (0.75, 0.5, 0.25)
-SCORED = ("random", "a0", "tcc", "oracle")  # methods with per-token scores (pointing)
 FASTV_K = 1  # the demo LLMs have 4 layers; FastV's and DART's K=2 default leaves no room at 50%/25%
 
 
