@@ -36,7 +36,7 @@ from .matrix import (
 
 __all__ = [
     "BASES", "EXTRA_MODELS_ENV", "FAMILIES", "METHOD_TOKENS", "RATIOS", "VANILLA", "Base", "ModelSpec",
-    "all_bases", "available_compressors", "base_for_checkpoint", "compressor_candidates", "compressors_for_checkpoint",
+    "all_bases", "available_compressors", "base_for_checkpoint", "compressor_candidates",
     "expand", "extra_bases",
     "local_folder", "model_name", "model_path_env", "parse_name", "registered_base", "resolve_compressor",
     "resolve_model_path",
@@ -175,8 +175,3 @@ def registered_base(checkpoint: str | os.PathLike) -> Base:
         )
     return base
 
-
-def compressors_for_checkpoint(checkpoint: str | os.PathLike) -> dict[str, Any]:
-    """``available_compressors`` of the registered base whose checkpoint is ``checkpoint``, so that lmms-eval
-    runs find the same ``$TCC_COMPRESSOR_DIR/<Base>_<modality>.pt`` files as VLMEvalKit runs."""
-    return available_compressors(registered_base(checkpoint))

@@ -85,7 +85,7 @@ def local_folder(model_path: str | os.PathLike) -> str:
     folder = Path(model_path).expanduser()
     if folder.is_dir():
         return str(folder)
-    if folder.is_absolute() or str(model_path).startswith((".", "~")):
+    if names_a_local_path(str(model_path)):
         raise FileNotFoundError(f"checkpoint folder {str(model_path)!r} does not exist")
     try:
         from huggingface_hub import snapshot_download

@@ -81,9 +81,10 @@ def test_dry_run_commands_name_what_the_frameworks_know(suite, tmp_path, monkeyp
     from vlmeval.dataset import SUPPORTED_DATASETS
     from vlmeval.dataset.video_dataset_config import supported_video_datasets
 
-    from model_registry import BASES, compressors_for_checkpoint
+    from model_registry import BASES
+    from tcc_eval.api import MODALITIES
     from tcc_eval.flops import guess_shape, pyramid_stage_ratio
-    from tcc_eval.integrations.lmms_eval.models import TCCSettings
+    from tcc_eval.integrations.lmms_eval.models import TCCSettings, check_compressor_folder
 
     compressors = tmp_path / "compressors"
     compressors.mkdir()
@@ -113,14 +114,11 @@ def test_dry_run_commands_name_what_the_frameworks_know(suite, tmp_path, monkeyp
         assert set(tasks.split(",")) <= set(known_tasks)
         kwargs = dict(arg.split("=", 1) for arg in model_args.split(","))
         settings = TCCSettings.pop_from(kwargs, model)
-        if settings.method == "tcc":
+        if settings.method == "tcc":  # both modalities' compressors found, as the wrapper will look them up
             if settings.compressor is None:
-                found = compressors_for_checkpoint(kwargs["pretrained"])
+                assert set(settings.with_registry_compressors(kwargs["pretrained"]).compressor) == set(MODALITIES)
             else:
-                family = model.removesuffix("_tcc")
-                files = {m: Path(settings.compressor, f"{family}_{m}.pt") for m in ("image", "video")}
-                found = {m: path for m, path in files.items() if path.is_file()}
-            assert set(found) == {"image", "video"}, run
+                check_compressor_folder(Path(settings.compressor), get_model(model).family)
         if settings.method == "pdrop":  # its stages reach the retention asked for on this checkpoint's LLM
             pyramid_stage_ratio(settings.keep_ratio, guess_shape(kwargs["pretrained"]).layers,
                                 settings.options.get("pdrop_layers"))

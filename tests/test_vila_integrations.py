@@ -88,6 +88,8 @@ def test_local_folder_for_vila_checkpoints(tiny_vila, tmp_path, monkeypatch):
     assert model_registry.local_folder(tiny_vila) == tiny_vila
     with pytest.raises(FileNotFoundError, match="does not exist"):
         model_registry.local_folder(tmp_path / "missing")
+    with pytest.raises(FileNotFoundError, match="does not exist"):  # no hub id has two slashes
+        model_registry.local_folder("checkpoints/vila/3b")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # a hub id is looked up (offline here: not cached)
     with pytest.raises(FileNotFoundError, match="huggingface-cli download Efficient-Large-Model/VILA1.5-3b"):
         model_registry.local_folder("Efficient-Large-Model/VILA1.5-3b")

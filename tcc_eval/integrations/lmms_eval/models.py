@@ -152,6 +152,20 @@ def _one_modality_only(missing: str, have: Any) -> str:
             f"To score {missing} inputs with the other modality's compressor instead, pass compressor={have}")
 
 
+def check_compressor_folder(folder: Path, family: str) -> None:
+    """Both modalities' files, before the weights load: without one, lmms-eval stops at that modality's first
+    sample and keeps no task's results."""
+    files = {m: folder / f"{family}_{m}.pt" for m in MODALITIES}
+    have = [path for path in files.values() if path.is_file()]
+    for modality, path in files.items():
+        if not path.is_file():
+            if not have:
+                raise FileNotFoundError(f"{folder} holds no {family} compressors ({path.name} and the other "
+                                        f"modality's); pass compressor=PATH to a checkpoint, or train them")
+            raise FileNotFoundError(f"{folder} holds no {modality} compressor ({path.name}). "
+                                    f"{_one_modality_only(modality, have[0])}")
+
+
 def _owner(option: str) -> str:
     return " / ".join(method for method, names in METHOD_OPTIONS.items() if option in names)
 
@@ -212,25 +226,12 @@ class TCCWrapperMixin:
         if settings.method == "tcc" and settings.compressor is None:
             settings = settings.with_registry_compressors(checkpoint)
         elif settings.method == "tcc" and Path(settings.compressor).is_dir():
-            self._check_compressor_folder(Path(settings.compressor))
+            check_compressor_folder(Path(settings.compressor), self.family)
         kwargs.setdefault("device", str(default_device()))
         self._set_parent_defaults(kwargs)
         super().__init__(**kwargs)
         self._pending_docs: list[tuple[str, Any]] = []
         self._install_pruning(settings, str(kwargs.get("pretrained") or self.model.config._name_or_path))
-
-    def _check_compressor_folder(self, folder: Path) -> None:
-        """Both modalities' files, before the weights load: without one, lmms-eval stops at that modality's first
-        sample and keeps no task's results."""
-        files = {m: folder / f"{self.family}_{m}.pt" for m in MODALITIES}
-        have = [path for path in files.values() if path.is_file()]
-        for modality, path in files.items():
-            if not path.is_file():
-                if not have:
-                    raise FileNotFoundError(f"{folder} holds no {self.family} compressors ({path.name} and the other "
-                                            f"modality's); pass compressor=PATH to a checkpoint, or train them")
-                raise FileNotFoundError(f"{folder} holds no {modality} compressor ({path.name}). "
-                                        f"{_one_modality_only(modality, have[0])}")
 
     def _set_parent_defaults(self, kwargs: dict[str, Any]) -> None:
         """Family-specific tweaks of the upstream constructor's kwargs."""
