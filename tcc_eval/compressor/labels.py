@@ -32,6 +32,7 @@ from PIL import Image
 
 from ..adapters import adapter_for
 from ..api import DTYPES, device_arg, on_model_device, read_video, video_timing_options
+from ..integrations import rank_device
 from ..options import DEFAULT_INSTRUCTION_ROWS, INSTRUCTION_ROWS, positive_int
 from ..oracle import METHOD_RULE, RELEVANCE_RULES, answer_tokens, explain_inputs
 from . import UNREADABLE_ERRORS
@@ -333,16 +334,6 @@ def parse_shard(text: str | None) -> tuple[int, int]:
     return int(match.group(1)), int(match.group(2))
 
 
-def pick_device(requested: str | None) -> torch.device:
-    if requested:
-        return torch.device(requested)
-    if torch.cuda.is_available() and "LOCAL_RANK" in os.environ:
-        return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-    from ..api import default_device
-
-    return default_device()
-
-
 def write_json(path: Path, data: dict) -> None:
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # torchrun's shards each write their own
     tmp.write_text(json.dumps(data, indent=1, default=str))
@@ -468,8 +459,8 @@ def run(args: argparse.Namespace) -> int:
         samples = samples[: args.limit]
     (out / "samples").mkdir(parents=True, exist_ok=True)
     (out / "skipped").mkdir(exist_ok=True)
-    device = pick_device(args.device)
-    if device.type == "cuda" and device.index is not None:
+    device = rank_device(args.device)
+    if device.type == "cuda" and device.index is not None:  # an explicit --device cuda:N too
         torch.cuda.set_device(device)
     # sdpa, as at inference, so the vision tower's features (and so a0) are what the compressor will be fed; the
     # oracle switches the LLM to eager for its own pass
@@ -573,7 +564,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="Qwen2-VL / Qwen2.5-VL: largest image or frame area (default: the checkpoint's; "
                         "VLMEvalKit's Qwen2VL models: 12845056 = 16384*28*28)")
     parser.add_argument("--limit", type=positive_int, default=None, help="use only the first N samples of the data")
-    parser.add_argument("--device", default=None, type=device_arg, help="cuda, cuda:1, cpu (default: cuda:LOCAL_RANK "
-                        "or cuda if available, else cpu)")
+    parser.add_argument("--device", default=None, type=device_arg, help="cuda, cuda:1, cpu (default: this torchrun "
+                        "rank's own GPU, or cuda if available, else cpu)")
     parser.add_argument("--dtype", default=None, choices=DTYPES,
                         help="model dtype (default bf16/fp16 on CUDA, fp32 on CPU)")
