@@ -7,6 +7,7 @@ can share one results folder with the runs it is compared against. Torch-free, s
 
 from __future__ import annotations
 
+import os
 from typing import Any, Mapping
 
 from .flops import INSIDE_LLM_METHODS
@@ -127,4 +128,18 @@ def positive_int(text: str) -> int:
         value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text} is not a positive whole number")
+    return value
+
+
+def positive_int_env(name: str, default: int) -> int:
+    """A count set by environment variable ``name`` (the synthetic sets' sizes), ``default`` when unset or empty."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"{name}={text!r} must be a positive whole number")
     return value

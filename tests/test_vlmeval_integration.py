@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import site
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -417,6 +418,24 @@ def test_synthetic_set_settings_are_checked(registered, monkeypatch, tmp_path):
     monkeypatch.setenv("TCC_SYNTH_N", "3")
     with pytest.raises(ValueError, match="other settings.*n=2.*n=3.*delete it"):
         ensure_image_set(tmp_path)
+
+
+def test_synthetic_set_sizes_read_alike_in_both_frameworks(registered, monkeypatch):
+    """TCC_SYNTH_N (VLMEvalKit) and TCC_LMMS_SYNTH_N (lmms-eval) take the same values and refuse the same ones."""
+    from tcc_eval.integrations.vlmeval.datasets import requested_size
+    from tcc_eval.lmms_tasks.tccsynth import sample_count
+
+    for text, size in (("", 200), (" 7 ", 7), ("+5", 5), ("12", 12)):
+        monkeypatch.setenv("TCC_SYNTH_N", text)
+        monkeypatch.setenv("TCC_LMMS_SYNTH_N", text)
+        assert (requested_size("image"), sample_count(200)) == (size, size), text
+    for text in ("0", "-3", "2.5", "ten"):
+        monkeypatch.setenv("TCC_SYNTH_N", text)
+        monkeypatch.setenv("TCC_LMMS_SYNTH_N", text)
+        for read, name in ((lambda: requested_size("image"), "TCC_SYNTH_N"),
+                           (lambda: sample_count(200), "TCC_LMMS_SYNTH_N")):
+            with pytest.raises(ValueError, match=f"{name}='{re.escape(text)}' must be a positive whole number"):
+                read()
 
 
 # --- the real runner, literally, through the .pth hook ----------------------------------------------

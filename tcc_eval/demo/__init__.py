@@ -10,7 +10,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-LMMS_TASKS = Path(__file__).resolve().parent.parent / "lmms_tasks"
+from ..lmms_tasks import TASKS_DIR as LMMS_TASKS  # the include path `demo paths` prints
+
 FAMILIES = ("qwen2_vl", "llava_onevision", "vila")
 MODALITIES = ("image", "video")
 

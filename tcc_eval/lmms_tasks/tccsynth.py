@@ -20,6 +20,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from tcc_eval.options import positive_int_env
+
 DATA_ENV = "TCC_LMMS_DATA"
 SIZE_ENV = "TCC_LMMS_SYNTH_N"
 NAMES = {"image": "TCCSynth_IMG", "video": "TCCSynth_VID"}
@@ -32,12 +34,7 @@ def data_root() -> Path:
 
 def sample_count(n: int) -> int:
     """The spec's size unless ``TCC_LMMS_SYNTH_N`` overrides it."""
-    text = os.environ.get(SIZE_ENV, "").strip()
-    if not text:
-        return int(n)
-    if not text.isdigit() or int(text) < 1:
-        raise ValueError(f"{SIZE_ENV}={text!r} must be a positive integer (number of synthetic samples)")
-    return int(text)
+    return positive_int_env(SIZE_ENV, int(n))
 
 
 def ensure_data(kind: str, n: int, seed: int, split: str = "test") -> Path:

@@ -30,6 +30,8 @@ from vlmeval.dataset.image_mcq import CustomMCQDataset, ImageMCQDataset
 from vlmeval.dataset.video_base import VideoBaseDataset
 from vlmeval.smp import LMUDataRoot
 
+from ...options import positive_int_env
+
 IMAGE_NAME = "TCCSynth_IMG"
 VIDEO_NAME = "TCCSynth_VID"
 SIZE_ENV = "TCC_SYNTH_N"
@@ -40,16 +42,7 @@ SPLIT = "test"
 
 # --- generation on first use ---------------------------------------------------------------------
 def requested_size(kind: str) -> int:
-    value = os.environ.get(SIZE_ENV)
-    if not value:
-        return DEFAULT_SIZE[kind]
-    try:
-        size = int(value)
-    except ValueError:
-        raise ValueError(f"{SIZE_ENV}={value!r} must be a positive integer") from None
-    if size < 1:
-        raise ValueError(f"{SIZE_ENV}={value!r} must be a positive integer")
-    return size
+    return positive_int_env(SIZE_ENV, DEFAULT_SIZE[kind])
 
 
 def synth_config(kind: str) -> dict[str, Any]:
