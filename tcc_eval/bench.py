@@ -42,6 +42,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .api import device_arg
 from .core import (
     check_keep_ratio,
     gather_left_padded,
@@ -58,7 +59,7 @@ from .flops import (
     pyramid_stage_layers,
     pyramid_stage_ratio,
 )
-from .options import DEFAULT_INSTRUCTION_ROWS
+from .options import DEFAULT_INSTRUCTION_ROWS, positive_int
 from .probe import instruction_to_visual
 
 METHODS = ("none", "tcc", "fastv_same_kept", "fastv_same_avg_retention", "dart_same_avg_retention",
@@ -566,10 +567,10 @@ def format_table(result: dict[str, Any]) -> str:
 
 def add_machine_args(p: argparse.ArgumentParser) -> None:
     """--device, --dtype, --threads and --seed, as every benchmark of this package takes them."""
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", type=device_arg)
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
                    help="default: float32 on CPU, bfloat16 on CUDA")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--seed", type=int, default=0)
 
 
@@ -579,24 +580,26 @@ def parse_args(argv: list[str] | None = None) -> tuple[BenchConfig, str | None]:
     p.add_argument("--shape", default="qwen2-0.5b",
                    help=f"one of {', '.join(LLM_SHAPES)}, or "
                         "'layers=..,hidden=..,intermediate=..,heads=..,kv_heads=..[,arch=llama]'")
-    p.add_argument("--visual", type=int, default=1200, help="visual tokens N_v")
-    p.add_argument("--text", type=int, default=100, help="instruction tokens after the visual ones")
+    p.add_argument("--visual", type=positive_int, default=1200, help="visual tokens N_v")
+    p.add_argument("--text", type=positive_int, default=100, help="instruction tokens after the visual ones")
     p.add_argument("--system", type=int, default=14, help="system-prompt tokens before the visual ones")
     p.add_argument("--ratios", default="0.5,0.25", help="comma-separated retention ratios rho")
-    p.add_argument("--repeats", type=int, default=3, help="timed rounds; rows report the median")
+    p.add_argument("--repeats", type=positive_int, default=3, help="timed rounds; rows report the median")
     p.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
-    p.add_argument("--fastv-k", type=int, default=2, help="FastV's and DART's pruning layer K")
+    p.add_argument("--fastv-k", type=positive_int, default=2, help="FastV's and DART's pruning layer K")
     p.add_argument("--pdrop-layers", help="PyramidDrop's stage layers, e.g. 2/14/21 (default: L/4, L/2, 3L/4)")
     add_machine_args(p)
     p.add_argument("--compressor", help="trained compressor checkpoint (default: random weights, same cost)")
     p.add_argument("--json", help="write the results here")
     args = p.parse_args(argv)
-    if args.repeats < 1 or args.warmup < 0:
-        p.error("--repeats must be >= 1 and --warmup >= 0")
+    if args.warmup < 0 or args.system < 0:
+        p.error("--warmup and --system must be >= 0")
     try:
         name, shape, arch = parse_shape(args.shape)
         ratios = tuple(check_keep_ratio(r) for r in args.ratios.split(",") if r.strip())
         pdrop_layers = None if args.pdrop_layers is None else pyramid_stage_layers(shape.layers, args.pdrop_layers)
+        if args.fastv_k >= shape.layers:
+            raise ValueError(f"--fastv-k {args.fastv_k} must be in 1..{shape.layers - 1} for this shape")
     except ValueError as err:
         p.error(str(err))
     if args.threads:

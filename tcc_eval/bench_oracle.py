@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from .bench import add_machine_args, build_llm, machine_info, make_inputs, parse_shape, report, run_variant_process
+from .options import positive_int
 from .oracle import frozen_weights, gradient_weighted_maps, layerwise_maps, relevance_row, streamed_relevance_rows
 
 VARIANTS = ("all_layers", "layerwise")
@@ -137,7 +138,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tokens", type=int, default=1300, help="sequence length N (system + visual + text)")
     p.add_argument("--text", type=int, default=30, help="text tokens after the visual ones")
     p.add_argument("--system", type=int, default=14, help="tokens before the visual ones")
-    p.add_argument("--answer", type=int, default=2, help="answer rows explained (one backward pass each)")
+    p.add_argument("--answer", type=positive_int, default=2, help="answer rows explained (one backward pass each)")
     p.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS),
                    help="layerwise alone measures lengths whose all_layers maps would not fit")
     add_machine_args(p)

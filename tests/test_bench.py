@@ -262,6 +262,22 @@ def test_oracle_bench_measures_one_variant_alone(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args, message", [
+    (["--visual", "0"], "argument --visual: 0 is not a positive whole number"),
+    (["--fastv-k", "0"], "argument --fastv-k: 0 is not a positive whole number"),
+    (["--shape", "layers=4,hidden=32,intermediate=64,heads=4,kv_heads=4", "--fastv-k", "4"],
+     "--fastv-k 4 must be in 1..3 for this shape"),
+    (["--warmup", "-1"], "--warmup and --system must be >= 0"),
+    (["--threads", "0"], "argument --threads: 0 is not a positive whole number"),
+    (["--device", "gpu"], "argument --device: 'gpu' is not a torch device"),
+])
+def test_bench_refuses_bad_arguments_in_one_line(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        bench.parse_args(args)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--answer", "0"], "argument --answer: 0 is not a positive whole number"),
     (["--text", "2", "--answer", "2"], "--text > --answer"),
     (["--tokens", "40", "--text", "30"], "some visual tokens"),
     (["--shape", "layers=2"], "missing keys"),
