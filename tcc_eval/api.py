@@ -13,6 +13,7 @@ from typing import Any, Sequence
 import torch
 
 from .adapters import ADAPTERS, adapter_for
+from .core import Selection
 from .flops import INSIDE_LLM_METHODS
 from .media import open_video
 from .methods import (VISIONZIP_CONTEXTUAL_SHARE, A0Scorer, Scorer, TCCScorer, VisionZip, check_method,
@@ -175,7 +176,7 @@ def processor_with_pixel_limits(model_path: str | os.PathLike, limits: dict[str,
 
 def load_hf_model(model_path: str | os.PathLike, device: torch.device, dtype: torch.dtype, attn: str = "sdpa",
                   conv_mode: str | None = None, known_as: str | None = None,
-                  processor_options: dict[str, Any] | None = None):
+                  processor_options: dict[str, Any] | None = None) -> tuple[torch.nn.Module, Any]:
     """Load model + processor exactly like a hub checkpoint; refuse families we cannot prune. VILA1.5 only:
     ``conv_mode`` picks its template, ``known_as`` (a hub id) names it where the folder's name does not.
     Qwen2-VL / Qwen2.5-VL only: ``processor_options`` (``min_pixels``, ``max_pixels``) set the resolution range
@@ -203,7 +204,7 @@ def load_hf_model(model_path: str | os.PathLike, device: torch.device, dtype: to
 
 
 def build_scorer(
-    method: str, model, compressor: Any = None, seed: int = 0, max_answer_tokens: int = 16,
+    method: str, model: torch.nn.Module, compressor: Any = None, seed: int = 0, max_answer_tokens: int = 16,
     instruction_rows: str = DEFAULT_INSTRUCTION_ROWS,
 ) -> Scorer | None:
     """The scorer for an input-stage method ("none" -> keep everything)."""
@@ -232,7 +233,7 @@ def build_scorer(
 MODALITIES = ("image", "video")
 
 
-def compressors_by_modality(model, compressor: Any) -> dict[str, Any]:
+def compressors_by_modality(model: torch.nn.Module, compressor: Any) -> dict[str, Any]:
     """A compressor per modality from: one checkpoint (used for both), a {modality: checkpoint} dict, or a
     directory holding ``<family>_<modality>.pt`` files (the layout of the shipped demo compressors)."""
     from .compressor import check_compressor_argument, load_compressor_for
@@ -262,7 +263,7 @@ def compressors_by_modality(model, compressor: Any) -> dict[str, Any]:
     return {m: loaded for m in MODALITIES}
 
 
-def _for_modality(compressor, modality: str, source: Any):
+def _for_modality(compressor: Any, modality: str, source: Any) -> Any:
     """A compressor listed for ``modality`` must have been trained on it (attention patterns differ)."""
     if compressor.modality not in (None, modality):
         raise ValueError(
@@ -287,7 +288,7 @@ def check_option_types(options: dict[str, Any]) -> None:
 
 # options.OPTION_DEFAULTS mirrors these option defaults for the tables (tests/test_aggregate.py checks them)
 def wrap_model(
-    model,
+    model: torch.nn.Module,
     method: str = "random",
     keep_ratio: float = 0.5,
     compressor: Any = None,
@@ -444,17 +445,17 @@ def video_timing_options(metadata: list) -> dict[str, Any]:
 class CompressedMLLM:
     """A loaded MLLM + processor + pruning method, driven with HF chat-format messages."""
 
-    def __init__(self, pruned: TokenPrunedModel, processor, num_frames: int = 8):
+    def __init__(self, pruned: TokenPrunedModel, processor: Any, num_frames: int = 8):
         self.pruned = pruned
         self.processor = processor
         self.num_frames = num_frames
 
     @property
-    def model(self):
+    def model(self) -> torch.nn.Module:
         return self.pruned.model
 
     @property
-    def last_selection(self):
+    def last_selection(self) -> Selection | None:
         return self.pruned.last_selection
 
     @property

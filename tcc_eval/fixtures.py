@@ -10,9 +10,12 @@ from __future__ import annotations
 import functools
 import os
 from pathlib import Path
-from typing import Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import torch
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerFast
 
 # Jinja chat templates written for this project in the format of the public checkpoints' templates.
 QWEN2VL_CHAT_TEMPLATE = (
@@ -66,7 +69,8 @@ BASE_CORPUS = [
 ]
 
 
-def build_tokenizer(special_tokens: list[str], corpus: Iterable[str] = (), vocab_size: int = 600):
+def build_tokenizer(special_tokens: list[str], corpus: Iterable[str] = (),
+                    vocab_size: int = 600) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE tokenizer locally (the ``tokenizers`` library) and wrap it for transformers."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -91,7 +95,8 @@ def build_tokenizer(special_tokens: list[str], corpus: Iterable[str] = (), vocab
     )
 
 
-def _text_config(tokenizer, hidden: int, layers: int, heads: int, kv_heads: int, **extra) -> dict:
+def _text_config(tokenizer: PreTrainedTokenizerFast, hidden: int, layers: int, heads: int, kv_heads: int,
+                 **extra: Any) -> dict:
     return dict(
         vocab_size=len(tokenizer),
         hidden_size=hidden,

@@ -243,8 +243,8 @@ class MLLMAdapter:
         return output[:, prompt_ids.shape[1]:]
 
     def forward_from_embeds(
-        self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, **kwargs
-    ):
+        self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, **kwargs: Any
+    ) -> Any:
         """One forward on (pruned) embeddings; used for logits checks and the oracle."""
         return self.model(
             inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids, **kwargs

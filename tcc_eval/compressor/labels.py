@@ -411,7 +411,8 @@ def prepare_meta(out: Path, meta: dict[str, Any]) -> None:
     write_json(path, meta)
 
 
-def label_sample(model, processor, sample: Sample, args: argparse.Namespace, meta: dict) -> dict[str, Any]:
+def label_sample(model: torch.nn.Module, processor: Any, sample: Sample, args: argparse.Namespace,
+                 meta: dict) -> dict[str, Any]:
     """Answer one sample; explain the answer when it is right (or --keep-all). Returns the record."""
     messages, video_options = messages_for(sample, args.num_frames)
     inputs = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True,

@@ -177,7 +177,8 @@ def batch_loss(
     return total
 
 
-def mean_loss(network, samples, targets, device, batch_size, max_tokens) -> float:
+def mean_loss(network: TokenCompressor, samples: list[LabelSample], targets: dict[str, torch.Tensor],
+              device: torch.device, batch_size: int, max_tokens: int) -> float:
     network.eval()
     total = 0.0
     with torch.no_grad():
