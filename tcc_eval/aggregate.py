@@ -40,7 +40,7 @@ import pandas as pd
 
 from tcc_eval.flops import (INSIDE_LLM_METHODS, LAYER_K_METHODS, LLM_SHAPES, LLMShape, fastv_average_retention,
                             fastv_layer_keep_ratio, flops_ratio, guess_shape, pyramid_stage_ratio, shape_from_config)
-from tcc_eval.options import method_variant, positive_int
+from tcc_eval.options import method_variant, output_folder, positive_int
 
 log = logging.getLogger("tcc_eval.aggregate")
 
@@ -1262,15 +1262,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tcc_eval.aggregate", description=__doc__.split("\n\n")[0])
     parser.add_argument("results_dir", type=Path,
                         help="VLMEvalKit --work-dir, lmms-eval --output_path, or any folder above them")
-    parser.add_argument("--out", type=Path, default=None, help="output folder (default RESULTS_DIR/tables)")
+    parser.add_argument("--out", type=output_folder("the tables"), default=None,
+                        help="output folder (default RESULTS_DIR/tables)")
     parser.add_argument("--shape", type=_parse_shape, action="append", default=[], metavar="BASE=KEY",
                         help="LLM shape of a base model whose name states no size, e.g. Qwen2VL=qwen2-vl-2b "
                              "(used for FLOPs and FastV's and DART's average retention)")
     parser.add_argument("--fastv-k", type=positive_int, default=2,
                         help="layer at which FastV and DART prune (default 2)")
     args = parser.parse_args(argv)
-    if args.out is not None and args.out.exists() and not args.out.is_dir():
-        parser.error(f"--out {args.out} is a file; give a folder for the tables")
     if not log.handlers:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("aggregate: %(levelname)s: %(message)s"))

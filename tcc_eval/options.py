@@ -7,8 +7,10 @@ can share one results folder with the runs it is compared against. Torch-free, s
 
 from __future__ import annotations
 
+import argparse
 import os
-from typing import Any, Mapping
+from pathlib import Path
+from typing import Any, Callable, Mapping
 
 from .flops import INSIDE_LLM_METHODS
 
@@ -120,8 +122,6 @@ DEBUG_ENV = "TCC_EVAL_DEBUG"  # set, the command lines show the traceback behind
 def positive_int(text: str) -> int:
     """argparse type of the command lines' counts (samples, epochs, frames, threads, a layer K): a whole number >= 1.
     Here, torch-free, so that the tables' command line shares it, as every command line shares DEBUG_ENV."""
-    import argparse
-
     try:
         value = int(text)
     except ValueError:
@@ -143,3 +143,26 @@ def positive_int_env(name: str, default: int) -> int:
     if value < 1:
         raise ValueError(f"{name}={text!r} must be a positive whole number")
     return value
+
+
+def output_file(example: str) -> Callable[[str], str]:
+    """argparse type of a file the command writes: a folder there is refused before any work (not after it, when
+    the write would fail), the message naming ``example`` inside it."""
+
+    def check(text: str) -> str:
+        if Path(text).is_dir():
+            raise argparse.ArgumentTypeError(f"{text} is a folder; give a file path, e.g. {Path(text) / example}")
+        return text
+
+    return check
+
+
+def output_folder(holds: str) -> Callable[[str], Path]:
+    """argparse type of a folder the command writes ``holds`` into: a file there is refused before any work."""
+
+    def check(text: str) -> Path:
+        if Path(text).exists() and not Path(text).is_dir():
+            raise argparse.ArgumentTypeError(f"{text} is a file; give a folder for {holds}")
+        return Path(text)
+
+    return check

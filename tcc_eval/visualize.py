@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from .options import DEFAULT_INSTRUCTION_ROWS
+from .options import DEFAULT_INSTRUCTION_ROWS, output_file
 
 BLANK = (60, 60, 60)
 GT = (40, 220, 60)
@@ -148,10 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", default=None, help="demo folder (default: the shipped demo)")
     parser.add_argument("--variant", default=None, choices=sorted(VARIANTS),
                         help="the shipped models of a benchmark variant (e.g. single)")
-    parser.add_argument("--out", default="visualize.png", help="PNG to write")
+    parser.add_argument("--out", default="visualize.png", type=output_file("tcc.png"), help="PNG to write")
     args = parser.parse_args(argv)
-    if Path(args.out).is_dir():
-        parser.error(f"--out {args.out} is a folder; give the PNG's file path, e.g. {Path(args.out) / 'tcc.png'}")
     try:
         root = demo_root(args.root, args.variant)
     except ValueError as err:

@@ -502,7 +502,7 @@ def test_command_line_options_the_runs_cannot_take_are_refused(tmp_path, capsys)
     a_file = tmp_path / "a_file"
     a_file.write_text("")
     for args, message in ((["--fastv-k", "0"], "argument --fastv-k: 0 is not a positive whole number"),
-                          (["--out", str(a_file)], f"--out {a_file} is a file; give a folder")):
+                          (["--out", str(a_file)], f"argument --out: {a_file} is a file; give a folder")):
         with pytest.raises(SystemExit) as refused:
             main([str(work), *args])
         assert refused.value.code == 2 and message in capsys.readouterr().err

@@ -411,7 +411,7 @@ def test_generate_path_agrees_with_training_forward(demo_models):
 
 
 @needs_assets
-def test_visualize_writes_png(tmp_path):
+def test_visualize_writes_png(tmp_path, capsys):
     from tcc_eval.visualize import main
 
     out = tmp_path / "v.png"
@@ -421,10 +421,12 @@ def test_visualize_writes_png(tmp_path):
     # --model: the default compressor is the demo one of the checkpoint's own family, whatever --family says
     llava = paths()["llava_onevision"]["model"]
     assert main(["--n", "1", "--methods", "tcc", "--model", llava, "--out", str(tmp_path / "l.png")]) == 0
-    for args in (["--n", "0"], ["--out", str(tmp_path)]):  # "max() arg is an empty sequence", "unknown extension"
+    for args, message in ((["--n", "0"], "argument --n: 0 is not a positive whole number"),
+                          (["--out", str(tmp_path)],
+                           f"argument --out: {tmp_path} is a folder; give a file path, e.g. {tmp_path / 'tcc.png'}")):
         with pytest.raises(SystemExit) as refused:
             main(args)
-        assert refused.value.code == 2
+        assert refused.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_visualize_draws_each_image_view_apart():
@@ -548,7 +550,7 @@ def test_evaluate_cli_scores_the_methods_asked_for(tmp_path, capsys):
            (["--n", "0"], "argument --n: 0 is not a positive whole number"),
            (["--batch-size", "0"], "argument --batch-size: 0 is not a positive whole number"),
            (["--threads", "0"], "argument --threads: 0 is not a positive whole number"),
-           (["--json", str(tmp_path)], f"--json {tmp_path} is a folder; give a file path"),
+           (["--json", str(tmp_path)], f"argument --json: {tmp_path} is a folder; give a file path"),
            (["--ratios", "50"], "argument --ratios: keep_ratio must be in (0, 1]")]
     if not torch.cuda.is_available():
         bad.append((["--device", "cuda"], "argument --device: cuda, but torch sees no CUDA GPU here; use cpu"))
@@ -558,7 +560,7 @@ def test_evaluate_cli_scores_the_methods_asked_for(tmp_path, capsys):
         assert refused.value.code == 2 and message in capsys.readouterr().err
     with pytest.raises(SystemExit) as refused:
         main(["build", "--out", str(a_file), "--family", "qwen2_vl"])
-    assert refused.value.code == 2 and f"--out {a_file} is a file" in capsys.readouterr().err
+    assert refused.value.code == 2 and f"argument --out: {a_file} is a file" in capsys.readouterr().err
 
 
 def test_stage1_is_reused_only_from_exactly_its_spec(tmp_path):

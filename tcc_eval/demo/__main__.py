@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from ..cpu_memory import keep_freed_cpu_memory
-from ..options import DEBUG_ENV, DEFAULT_INSTRUCTION_ROWS, INSTRUCTION_ROWS, positive_int
+from ..options import DEBUG_ENV, DEFAULT_INSTRUCTION_ROWS, INSTRUCTION_ROWS, output_file, output_folder, positive_int
 
 
 def keep_ratio_arg(text: str) -> float:
@@ -119,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
 
     b = sub.add_parser("build", help="train the demo models and their compressors (seeded; tens of minutes on CPU)")
-    b.add_argument("--out", default=None, help="output folder (default: the variant's shipped folder, i.e. overwrite)")
+    b.add_argument("--out", default=None, type=output_folder("the demo models and compressors"),
+                   help="output folder (default: the variant's shipped folder, i.e. overwrite)")
     b.add_argument("--family", nargs="+", default=list(FAMILIES), choices=FAMILIES)
     b.add_argument("--threads", type=positive_int, default=2, help="torch CPU threads (default 2)")
     b.add_argument("--compressors-only", action="store_true", help="keep the models in --out, redo the compressors")
@@ -153,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--instruction-rows", default=DEFAULT_INSTRUCTION_ROWS, choices=INSTRUCTION_ROWS,
                    help=f"which text rows' layer-0 attention a0 reads (default {DEFAULT_INSTRUCTION_ROWS}; tcc: only "
                         f"that one, the demo compressors' rule)")
-    e.add_argument("--json", default=None, help="write the rows as JSON here")
+    e.add_argument("--json", default=None, type=output_file("demo.json"), help="write the rows as JSON here")
     e.set_defaults(func=cmd_evaluate)
 
     o = sub.add_parser("oracle-rules", help="oracle pointing per relevance rule (clamp = the method; abs, signed, "
@@ -167,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     o.add_argument("--variant", default=None, choices=sorted(VARIANTS),
                    help="the shipped models of a benchmark variant")
     o.add_argument("--threads", type=positive_int, default=2)
-    o.add_argument("--json", default=None, help="write the rows as JSON here")
+    o.add_argument("--json", default=None, type=output_file("oracle_rules.json"), help="write the rows as JSON here")
     o.set_defaults(func=cmd_oracle_rules)
 
     p = sub.add_parser("paths", help="print the local paths of the demo models, compressors and data as JSON")
@@ -180,14 +181,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         parser.error(str(err))
     if getattr(args, "json", None):  # before the run, not after it: a bad path must not cost the evaluation
-        if Path(args.json).is_dir():
-            parser.error(f"--json {args.json} is a folder; give a file path, e.g. {Path(args.json) / 'demo.json'}")
         try:
             Path(args.json).resolve().parent.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             parser.error(f"--json {args.json}: {err}")
-    if getattr(args, "out", None) and Path(args.out).exists() and not Path(args.out).is_dir():
-        parser.error(f"--out {args.out} is a file; give a folder for the demo models and compressors")
     keep_freed_cpu_memory()  # eager attention on the CPU: see tcc_eval.cpu_memory
     try:
         return args.func(args)
