@@ -476,6 +476,18 @@ def test_a_rerun_keeps_the_earlier_records_aside(tmp_path):
     assert efficiency.loc["ALL", "samples"] == 2 and efficiency.loc["ALL", "prefill_s_mean"] == 3.0
 
 
+def test_records_write_tensor_and_numpy_scalars_as_numbers(tmp_path):
+    """As VLMEvalKit's records do: a scalar written as text ("tensor(0.5000)") would not add up in the tables."""
+    import numpy as np
+
+    from tcc_eval.integrations.lmms_eval.efficiency import EfficiencyLog
+
+    log = EfficiencyLog(tmp_path, "qwen2_vl_tcc", "/m/Qwen2-VL-7B", "tcc", 0.5)
+    log.write("mme", 0, {"prefill_s": torch.tensor(0.5), "visual_after": np.int64(50)})
+    (record,) = read_records(next(tmp_path.glob("*_efficiency.jsonl")))
+    assert (record["prefill_s"], record["visual_after"]) == (0.5, 50)
+
+
 def test_a_rerun_on_another_process_count_moves_the_earlier_layout_aside(tmp_path):
     """Files name rank and process count; a rerun on another count moves all of the earlier run's files aside
     (under --limit the tables would otherwise add the earlier run's other samples), and the processes of one run

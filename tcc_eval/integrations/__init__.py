@@ -7,6 +7,7 @@ the right device, and writes per-sample efficiency records next to the framework
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import torch
 
@@ -27,3 +28,11 @@ def rank_device(device: str | torch.device | None = None) -> torch.device:
     index = local_rank if local_world > 1 and torch.cuda.device_count() >= local_world else 0
     torch.cuda.set_device(index)
     return torch.device("cuda", index)
+
+
+def record_json_default(value: Any) -> Any:
+    """``json.dumps`` default of both frameworks' efficiency records: numpy / torch scalars as numbers (the tables
+    sum them), anything else as text."""
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)

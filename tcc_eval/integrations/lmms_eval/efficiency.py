@@ -24,6 +24,7 @@ from typing import Any
 from loguru import logger
 from torch import nn
 
+from tcc_eval.integrations import record_json_default
 from tcc_eval.options import method_variant
 
 EFFICIENCY_ENV = "TCC_EFFICIENCY_DIR"
@@ -119,7 +120,7 @@ class EfficiencyLog:
             for earlier in self._earlier_files(task):
                 _move_aside(earlier)
         with path.open(mode, encoding="utf-8") as handle:
-            handle.write(json.dumps(record, default=str) + "\n")
+            handle.write(json.dumps(record, default=record_json_default) + "\n")
         self._started.add(path)
 
 

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .. import record_json_default
+
 FRAMEWORK = "vlmeval"
 
 
@@ -61,17 +63,11 @@ def note_line(line: Any) -> None:
         ctx.index = None
 
 
-def _json_default(value: Any) -> Any:
-    if hasattr(value, "item"):  # numpy / torch scalars
-        return value.item()
-    return str(value)
-
-
 def append_record(path: str | os.PathLike, record: dict[str, Any]) -> None:
     """Append one JSON line with a single write (O_APPEND), so torchrun ranks can share the file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = (json.dumps(record, default=_json_default) + "\n").encode()
+    data = (json.dumps(record, default=record_json_default) + "\n").encode()
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         os.write(fd, data)
