@@ -96,11 +96,11 @@ def build_tokenizer(special_tokens: list[str], corpus: Iterable[str] = (),
 
 
 def _text_config(tokenizer: PreTrainedTokenizerFast, hidden: int, layers: int, heads: int, kv_heads: int,
-                 **extra: Any) -> dict:
+                 intermediate: int | None = None, **extra: Any) -> dict:
     return dict(
         vocab_size=len(tokenizer),
         hidden_size=hidden,
-        intermediate_size=hidden * 2,
+        intermediate_size=intermediate or hidden * 2,
         num_hidden_layers=layers,
         num_attention_heads=heads,
         num_key_value_heads=kv_heads,
@@ -112,13 +112,14 @@ def _text_config(tokenizer: PreTrainedTokenizerFast, hidden: int, layers: int, h
     )
 
 
-def build_tiny_qwen2vl(
-    out_dir: str | os.PathLike,
+def tiny_qwen2vl(
     *,
     hidden: int = 64,
     layers: int = 2,
     heads: int = 4,
     kv_heads: int = 2,
+    intermediate: int | None = None,
+    rope_theta: float = 10000.0,
     vision_depth: int = 1,
     vision_embed: int = 32,
     min_pixels: int = 56 * 56,
@@ -127,15 +128,14 @@ def build_tiny_qwen2vl(
     seed: int = 0,
     family: str = "qwen2_vl",
     window_size: int = 56,
-) -> Path:
-    """Write a tiny ``Qwen2VLForConditionalGeneration`` checkpoint with its full processor; ``family="qwen2_5_vl"``:
-    a ``Qwen2_5_VLForConditionalGeneration``, whose vision blocks attend within ``window_size``-px windows but
-    the last (full attention over each image, as in the published checkpoints)."""
+) -> tuple[torch.nn.Module, Any]:
+    """A tiny ``Qwen2VLForConditionalGeneration`` (seeded) with its full processor; ``family="qwen2_5_vl"``: a
+    ``Qwen2_5_VLForConditionalGeneration``, whose vision blocks attend within ``window_size``-px windows but the
+    last (full attention over each image, as in the published checkpoints). The demo models start from it too."""
     import transformers
     from transformers import Qwen2VLImageProcessor, Qwen2VLVideoProcessor
 
     prefix = {"qwen2_vl": "Qwen2VL", "qwen2_5_vl": "Qwen2_5_VL"}[family]
-    out = Path(out_dir)
     tokenizer = build_tokenizer(QWEN2VL_SPECIAL_TOKENS, corpus)
     head_dim = hidden // heads
     quarter = head_dim // 2
@@ -148,8 +148,8 @@ def build_tiny_qwen2vl(
                       window_size=window_size, fullatt_block_indexes=[vision_depth - 1])
     config = getattr(transformers, f"{prefix}Config")(
         text_config=_text_config(
-            tokenizer, hidden, layers, heads, kv_heads,
-            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope},
+            tokenizer, hidden, layers, heads, kv_heads, intermediate,
+            rope_parameters={"rope_type": "default", "rope_theta": rope_theta, "mrope_section": mrope},
         ),
         vision_config=vision,
         image_token_id=tokenizer.convert_tokens_to_ids("<|image_pad|>"),
@@ -169,29 +169,38 @@ def build_tiny_qwen2vl(
     )
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
+    return model, processor
+
+
+def build_tiny_qwen2vl(out_dir: str | os.PathLike, **kwargs: Any) -> Path:
+    """Write ``tiny_qwen2vl(**kwargs)`` as a checkpoint folder."""
+    model, processor = tiny_qwen2vl(**kwargs)
     # as the published Qwen2-VL / Qwen2.5-VL checkpoints ship it: a penalty that reads the prompt's ids
     model.generation_config.repetition_penalty = 1.05
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
-    return out
+    model.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+    return Path(out_dir)
 
 
-def build_tiny_llava_onevision(
-    out_dir: str | os.PathLike,
+def tiny_llava_onevision(
     *,
     hidden: int = 64,
     layers: int = 2,
     heads: int = 4,
     kv_heads: int = 2,
+    intermediate: int | None = None,
+    rope_theta: float | None = None,
     vision_layers: int = 1,
     vision_hidden: int = 32,
     image_size: int = 56,
     patch_size: int = 14,
     grid_pinpoints: list[list[int]] | None = None,
+    vision_feature_layer: int = -1,
     corpus: Iterable[str] = (),
     seed: int = 0,
-) -> Path:
-    """Write a tiny ``LlavaOnevisionForConditionalGeneration`` checkpoint with its full processor."""
+) -> tuple[torch.nn.Module, Any]:
+    """A tiny ``LlavaOnevisionForConditionalGeneration`` (seeded) with its full processor; ``rope_theta`` None:
+    Qwen2's default. The demo models start from it too."""
     from transformers import (
         LlavaOnevisionConfig,
         LlavaOnevisionForConditionalGeneration,
@@ -200,11 +209,12 @@ def build_tiny_llava_onevision(
         LlavaOnevisionVideoProcessor,
     )
 
-    out = Path(out_dir)
     tokenizer = build_tokenizer(LLAVA_OV_SPECIAL_TOKENS, corpus)
     pinpoints = grid_pinpoints or [[image_size, image_size], [image_size, 2 * image_size], [2 * image_size, image_size]]
+    rope = {} if rope_theta is None else {"rope_parameters": {"rope_type": "default", "rope_theta": rope_theta}}
     config = LlavaOnevisionConfig(
-        text_config=dict(model_type="qwen2", **_text_config(tokenizer, hidden, layers, heads, kv_heads)),
+        text_config=dict(model_type="qwen2", **_text_config(tokenizer, hidden, layers, heads, kv_heads, intermediate,
+                                                            **rope)),
         vision_config=dict(
             model_type="siglip_vision_model", hidden_size=vision_hidden, intermediate_size=vision_hidden * 2,
             num_hidden_layers=vision_layers, num_attention_heads=2, image_size=image_size, patch_size=patch_size,
@@ -212,7 +222,7 @@ def build_tiny_llava_onevision(
         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
         video_token_index=tokenizer.convert_tokens_to_ids("<video>"),
         vision_feature_select_strategy="full",
-        vision_feature_layer=-1,
+        vision_feature_layer=vision_feature_layer,
         image_grid_pinpoints=pinpoints,
         tie_word_embeddings=False,
     )
@@ -229,9 +239,15 @@ def build_tiny_llava_onevision(
     )
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
-    return out
+    return model, processor
+
+
+def build_tiny_llava_onevision(out_dir: str | os.PathLike, **kwargs: Any) -> Path:
+    """Write ``tiny_llava_onevision(**kwargs)`` as a checkpoint folder."""
+    model, processor = tiny_llava_onevision(**kwargs)
+    model.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+    return Path(out_dir)
 
 
 def build_tiny_vila(out_dir: str | os.PathLike, **kwargs) -> Path:

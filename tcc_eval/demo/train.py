@@ -38,9 +38,7 @@ from .. import synth
 from ..adapters import adapter_for
 from ..core import gather_left_padded, keep_positions
 from ..oracle import answer_positions
-from ..fixtures import (
-    LLAVA_OV_CHAT_TEMPLATE, LLAVA_OV_SPECIAL_TOKENS, QWEN2VL_CHAT_TEMPLATE, QWEN2VL_SPECIAL_TOKENS, build_tokenizer,
-)
+from ..fixtures import tiny_llava_onevision, tiny_qwen2vl
 from . import BASE_VARIANT, VARIANTS, benchmark
 from .regions import token_regions
 
@@ -170,72 +168,22 @@ def tokenizer_corpus(seed: int = 0, variant: str | None = None) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- model construction
-def _text_config(tokenizer, spec: DemoSpec, **extra: Any) -> dict[str, Any]:
-    return dict(
-        vocab_size=len(tokenizer), hidden_size=spec.hidden, intermediate_size=spec.intermediate,
-        num_hidden_layers=spec.layers, num_attention_heads=spec.heads, num_key_value_heads=spec.kv_heads,
-        max_position_embeddings=4096, bos_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"), pad_token_id=tokenizer.pad_token_id, **extra,
-    )
+def _qwen2vl(spec: DemoSpec, corpus: list[str]) -> tuple[torch.nn.Module, Any]:
+    # no vision blocks (depth 0): the patch embedding and merger alone, trained in stage 0
+    return tiny_qwen2vl(hidden=spec.hidden, layers=spec.layers, heads=spec.heads, kv_heads=spec.kv_heads,
+                        intermediate=spec.intermediate, rope_theta=spec.rope_theta, vision_depth=0,
+                        vision_embed=spec.vision_embed, max_pixels=336 * 336, corpus=corpus, seed=spec.seed)
 
 
-def _qwen2vl(spec: DemoSpec, corpus: list[str]):
-    from transformers import (Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessor,
-                              Qwen2VLProcessor, Qwen2VLVideoProcessor)
-
-    tokenizer = build_tokenizer(QWEN2VL_SPECIAL_TOKENS, corpus)
-    half = spec.hidden // spec.heads // 2
-    mrope = [half - 2 * (half // 3), half // 3, half // 3]
-    config = Qwen2VLConfig(
-        text_config=_text_config(tokenizer, spec, rope_parameters={
-            "rope_type": "default", "rope_theta": spec.rope_theta, "mrope_section": mrope}),
-        vision_config=dict(depth=0, embed_dim=spec.vision_embed, hidden_size=spec.hidden, num_heads=2, mlp_ratio=2,
-                           patch_size=14, spatial_merge_size=2, temporal_patch_size=2),
-        image_token_id=tokenizer.convert_tokens_to_ids("<|image_pad|>"),
-        video_token_id=tokenizer.convert_tokens_to_ids("<|video_pad|>"),
-        vision_start_token_id=tokenizer.convert_tokens_to_ids("<|vision_start|>"),
-        vision_end_token_id=tokenizer.convert_tokens_to_ids("<|vision_end|>"),
-        tie_word_embeddings=False,
-    )
-    model = Qwen2VLForConditionalGeneration(config)
-    pixels = {"shortest_edge": 56 * 56, "longest_edge": 336 * 336}
-    processor = Qwen2VLProcessor(
-        image_processor=Qwen2VLImageProcessor(size=pixels), video_processor=Qwen2VLVideoProcessor(size=pixels),
-        tokenizer=tokenizer, chat_template=QWEN2VL_CHAT_TEMPLATE,
-    )
-    return model, processor
+def _llava_onevision(spec: DemoSpec, corpus: list[str]) -> tuple[torch.nn.Module, Any]:
+    # 336-px views in 28-px patches: 12x12 tokens per view, one per synthetic cell; no anyres crops
+    return tiny_llava_onevision(hidden=spec.hidden, layers=spec.layers, heads=spec.heads, kv_heads=spec.kv_heads,
+                                intermediate=spec.intermediate, rope_theta=spec.rope_theta,
+                                vision_hidden=spec.vision_embed, image_size=336, patch_size=28,
+                                grid_pinpoints=[[336, 336]], vision_feature_layer=-2, corpus=corpus, seed=spec.seed)
 
 
-def _llava_onevision(spec: DemoSpec, corpus: list[str]):
-    from transformers import (LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration,
-                              LlavaOnevisionImageProcessor, LlavaOnevisionProcessor, LlavaOnevisionVideoProcessor)
-
-    tokenizer = build_tokenizer(LLAVA_OV_SPECIAL_TOKENS, corpus)
-    size, patch = 336, 28  # 12x12 tokens per view: one token per synthetic cell
-    pinpoints = [[size, size]]
-    config = LlavaOnevisionConfig(
-        text_config=dict(model_type="qwen2", **_text_config(tokenizer, spec, rope_parameters={
-            "rope_type": "default", "rope_theta": spec.rope_theta})),
-        vision_config=dict(model_type="siglip_vision_model", hidden_size=spec.vision_embed,
-                           intermediate_size=spec.vision_embed * 2, num_hidden_layers=1, num_attention_heads=2,
-                           image_size=size, patch_size=patch),
-        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-        video_token_index=tokenizer.convert_tokens_to_ids("<video>"),
-        vision_feature_select_strategy="full", vision_feature_layer=-2, image_grid_pinpoints=pinpoints,
-        tie_word_embeddings=False,
-    )
-    model = LlavaOnevisionForConditionalGeneration(config)
-    hw = {"height": size, "width": size}
-    processor = LlavaOnevisionProcessor(
-        image_processor=LlavaOnevisionImageProcessor(size=hw, image_grid_pinpoints=pinpoints),
-        video_processor=LlavaOnevisionVideoProcessor(size=hw), tokenizer=tokenizer,
-        num_image_tokens=(size // patch) ** 2, vision_feature_select_strategy="full",
-        chat_template=LLAVA_OV_CHAT_TEMPLATE,
-    )
-    return model, processor
-
-
-def _vila(spec: DemoSpec, corpus: list[str]):
+def _vila(spec: DemoSpec, corpus: list[str]) -> tuple[torch.nn.Module, Any]:
     from ..vila.fixtures import tiny_vila
 
     # 336-px SigLIP input, 14-px patches, 2x2 mlp_downsample: 12x12 tokens, one per synthetic 28-px cell (168-px
