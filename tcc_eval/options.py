@@ -3,6 +3,9 @@
 A run that sets an option away from its default (``positions=renumber``, ``fastv_k=3``, ...) is a variant of its
 method: the efficiency records carry the options, and the tables give each variant its own row, so an ablation
 can share one results folder with the runs it is compared against. Torch-free, so the tables need no torch.
+
+Below them, the checks every command line shares (counts, output paths, the size variables, DEBUG_ENV), here
+for the same reason: the tables' command line uses them too.
 """
 
 from __future__ import annotations
