@@ -474,16 +474,21 @@ def acceptance_checks(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return checks
 
 
-def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run every measurement serially (warm-up rounds, then ``repeats`` timed rounds); returns the JSON."""
-    device, dtype = torch.device(cfg.device), getattr(torch, cfg.dtype)
+def check_config(cfg: BenchConfig) -> None:
+    """Everything a run needs of its configuration, before any weights are built (ValueError naming the option)."""
     for rho in cfg.ratios:
         check_keep_ratio(rho)
     if not 0 < cfg.fastv_k < cfg.shape.layers:
         raise ValueError(f"--fastv-k {cfg.fastv_k} must be in 1..{cfg.shape.layers - 1} for this shape")
-    pyramid_stage_layers(cfg.shape.layers, cfg.pdrop_layers)  # a bad --pdrop-layers fails before the weights
+    pyramid_stage_layers(cfg.shape.layers, cfg.pdrop_layers)
     if cfg.visual < 1 or cfg.text < 1 or cfg.system < 0:
         raise ValueError("need --visual >= 1 and --text >= 1 (the probe's instruction rows), --system >= 0")
+
+
+def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run every measurement serially (warm-up rounds, then ``repeats`` timed rounds); returns the JSON."""
+    device, dtype = torch.device(cfg.device), getattr(torch, cfg.dtype)
+    check_config(cfg)
     llm = build_llm(cfg.shape, cfg.arch, device, dtype, cfg.seed)
     compressor = _compressor(cfg.compressor, device)
     cases = plan(cfg, llm, compressor, device, dtype)
@@ -592,22 +597,22 @@ def parse_args(argv: list[str] | None = None) -> tuple[BenchConfig, str | None]:
     p.add_argument("--compressor", help="trained compressor checkpoint (default: random weights, same cost)")
     p.add_argument("--json", help="write the results here")
     args = p.parse_args(argv)
-    if args.warmup < 0 or args.system < 0:
-        p.error("--warmup and --system must be >= 0")
+    if args.warmup < 0:
+        p.error("--warmup must be >= 0")
+    device = torch.device(args.device)
+    dtype = args.dtype or ("bfloat16" if device.type == "cuda" else "float32")
     try:
         name, shape, arch = parse_shape(args.shape)
         ratios = tuple(check_keep_ratio(r) for r in args.ratios.split(",") if r.strip())
         pdrop_layers = None if args.pdrop_layers is None else pyramid_stage_layers(shape.layers, args.pdrop_layers)
-        if args.fastv_k >= shape.layers:
-            raise ValueError(f"--fastv-k {args.fastv_k} must be in 1..{shape.layers - 1} for this shape")
+        cfg = BenchConfig(name, shape, arch, args.visual, args.text, args.system, ratios, args.repeats, args.warmup,
+                          args.fastv_k, str(device), dtype, args.seed, args.compressor, pdrop_layers)
+        check_config(cfg)
     except ValueError as err:
         p.error(str(err))
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    dtype = args.dtype or ("bfloat16" if device.type == "cuda" else "float32")
-    return BenchConfig(name, shape, arch, args.visual, args.text, args.system, ratios, args.repeats, args.warmup,
-                       args.fastv_k, str(device), dtype, args.seed, args.compressor, pdrop_layers), args.json
+    return cfg, args.json
 
 
 def run_variant_process(command: list[str], what: str, env: dict[str, str] | None = None,

@@ -266,7 +266,8 @@ def test_oracle_bench_measures_one_variant_alone(tmp_path, capsys):
     (["--fastv-k", "0"], "argument --fastv-k: 0 is not a positive whole number"),
     (["--shape", "layers=4,hidden=32,intermediate=64,heads=4,kv_heads=4", "--fastv-k", "4"],
      "--fastv-k 4 must be in 1..3 for this shape"),
-    (["--warmup", "-1"], "--warmup and --system must be >= 0"),
+    (["--warmup", "-1"], "--warmup must be >= 0"),
+    (["--system", "-1"], "--system >= 0"),
     (["--threads", "0"], "argument --threads: 0 is not a positive whole number"),
     (["--device", "gpu"], "argument --device: 'gpu' is not a torch device"),
 ])
