@@ -172,14 +172,19 @@ def tiny_qwen2vl(
     return model, processor
 
 
+def save_checkpoint(model: torch.nn.Module, processor: Any, out_dir: str | os.PathLike) -> Path:
+    """Write a tiny model and its processor as a checkpoint folder, as a published one is written."""
+    model.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+    return Path(out_dir)
+
+
 def build_tiny_qwen2vl(out_dir: str | os.PathLike, **kwargs: Any) -> Path:
     """Write ``tiny_qwen2vl(**kwargs)`` as a checkpoint folder."""
     model, processor = tiny_qwen2vl(**kwargs)
     # as the published Qwen2-VL / Qwen2.5-VL checkpoints ship it: a penalty that reads the prompt's ids
     model.generation_config.repetition_penalty = 1.05
-    model.save_pretrained(out_dir)
-    processor.save_pretrained(out_dir)
-    return Path(out_dir)
+    return save_checkpoint(model, processor, out_dir)
 
 
 def tiny_llava_onevision(
@@ -244,10 +249,7 @@ def tiny_llava_onevision(
 
 def build_tiny_llava_onevision(out_dir: str | os.PathLike, **kwargs: Any) -> Path:
     """Write ``tiny_llava_onevision(**kwargs)`` as a checkpoint folder."""
-    model, processor = tiny_llava_onevision(**kwargs)
-    model.save_pretrained(out_dir)
-    processor.save_pretrained(out_dir)
-    return Path(out_dir)
+    return save_checkpoint(*tiny_llava_onevision(**kwargs), out_dir)
 
 
 def build_tiny_vila(out_dir: str | os.PathLike, **kwargs) -> Path:

@@ -13,7 +13,7 @@ from typing import Any, Iterable
 
 import torch
 
-from tcc_eval.fixtures import build_tokenizer
+from tcc_eval.fixtures import build_tokenizer, save_checkpoint
 
 from .modeling_vila import IMAGE_TOKEN_INDEX, VilaConfig, VilaForConditionalGeneration
 from .processing_vila import CHAT_TEMPLATES, VilaImageSpec, VilaProcessor
@@ -112,8 +112,4 @@ def tiny_vila(
 
 def build_tiny_vila(out_dir: str | os.PathLike, **kwargs: Any) -> Path:
     """Write a tiny VILA1.5 checkpoint folder (``tiny_vila``'s keywords) exactly as the published ones are laid out."""
-    model, processor = tiny_vila(**kwargs)
-    out = Path(out_dir)
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
-    return out
+    return save_checkpoint(*tiny_vila(**kwargs), out_dir)
