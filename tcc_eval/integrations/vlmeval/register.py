@@ -197,9 +197,8 @@ def register() -> list[str]:
     """Everything, idempotent. Returns the registered model names."""
     if os.environ.get(SIMULATE_BROKEN_ENV):
         raise RuntimeError(f"registration made to fail by {SIMULATE_BROKEN_ENV} (test switch)")
-    wrappers = sys.modules.get(f"{__package__}.wrappers")
-    if wrappers is not None and not hasattr(wrappers, "WRAPPERS"):  # fired by wrappers.py's own vlmeval imports:
-        _deferred.append("all")  # its last line registers, once WRAPPERS exists
+    if _still_importing("wrappers", "WRAPPERS"):
+        _deferred.append("all")  # wrappers.py's last line registers, once WRAPPERS exists
         return []
     import vlmeval.vlm
 
@@ -211,7 +210,7 @@ def register() -> list[str]:
     cli_args = vlmeval_cli_args()
     if cli_args is not None:  # `python -m vlmeval.run --model Qwen2VL_TCC10`: names outside the matrix too
         names += register_names(requested_models(cli_args))
-    if _datasets_module_importing():
+    if _still_importing("datasets", "VIDEO_PRESETS"):
         _deferred.append("datasets")  # datasets.py calls finish_deferred_registration() once complete
     else:
         register_datasets()
@@ -223,12 +222,12 @@ def register() -> list[str]:
 _deferred: list[str] = []
 
 
-def _datasets_module_importing() -> bool:
-    """True while our datasets.py is itself being imported: its own ``vlmeval`` imports load
-    ``vlmeval.config``, which fires the start-up hook before the dataset classes exist. (``_initializing``
-    is set on a module's spec while the import system executes it.)"""
-    module = sys.modules.get(f"{__package__}.datasets")
-    return bool(getattr(getattr(module, "__spec__", None), "_initializing", False))
+def _still_importing(module: str, defines: str) -> bool:
+    """True while our ``module`` (datasets.py, wrappers.py) is itself being imported and has not yet defined
+    ``defines``, what registration reads from it: the module's own ``vlmeval`` imports load ``vlmeval.config``,
+    which fires the start-up hook from inside them. The module's last line finishes the registration."""
+    loaded = sys.modules.get(f"{__package__}.{module}")
+    return loaded is not None and not hasattr(loaded, defines)
 
 
 def finish_deferred_registration() -> None:
