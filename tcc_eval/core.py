@@ -41,13 +41,24 @@ def keep_count(n_visual: int, keep_ratio: float) -> int:
     return max(1, min(n_visual, int(math.floor(round(keep_ratio * n_visual, 9) + 0.5))))
 
 
+def check_scores(scores: torch.Tensor) -> torch.Tensor:
+    """Refuse NaN scores: a descending sort ranks NaN first, so the broken tokens would be the ones kept."""
+    if scores.isnan().any():
+        raise ValueError(
+            f"{int(scores.isnan().sum())} of {scores.numel()} visual-token scores are NaN, so no top-k is defined: "
+            "the scorer's input overflowed (fp16 attention often does); run the model in bf16 or fp32"
+        )
+    return scores
+
+
 def topk_in_order(scores: torch.Tensor, k: int) -> torch.Tensor:
     """Indices of the k highest scores, returned in ascending (original sequence) order.
 
     Ties are broken deterministically towards the earlier token: a stable descending sort keeps the
     original order among equal scores.
     """
-    order = torch.sort(scores.detach().float().cpu(), descending=True, stable=True).indices
+    scores = check_scores(scores.detach().float().cpu())
+    order = torch.sort(scores, descending=True, stable=True).indices
     return torch.sort(order[:k]).values
 
 
@@ -77,6 +88,7 @@ def select_visual(
         return topk_in_order(scores, keep_count(n, keep_ratio))
     if budget not in BUDGETS:
         raise ValueError(f"budget must be one of {', '.join(BUDGETS)}, got {budget!r}")
+    check_scores(scores)  # over the whole sample, before the groups split it
     kept = []
     groups = groups.cpu()
     for g in torch.unique(groups):

@@ -7,7 +7,7 @@ import torch
 
 from conftest import FAMILIES, QWEN_FAMILIES, left_padded_image_batch, messages_for, model_inputs, random_image
 from tcc_eval import wrap_model
-from tcc_eval.core import keep_count
+from tcc_eval.core import keep_count, select_visual
 from tcc_eval.probe import attention_rows
 
 KINDS = ("image", "multi_image", "video", "image_and_video")
@@ -318,6 +318,16 @@ def test_visual_groups(loaded, family):
 def test_keep_count_rounds_half_up_on_decimal_ratios():
     assert [keep_count(90, 0.25), keep_count(90, 0.35), keep_count(45, 0.7), keep_count(3, 0.5)] == [23, 32, 32, 2]
     assert [keep_count(90, 0.3499), keep_count(10, 0.01), keep_count(0, 0.5)] == [31, 1, 0]
+
+
+def test_nan_scores_are_refused_not_ranked_first():
+    """A descending sort puts NaN first, so an overflowed scorer would keep exactly its broken tokens."""
+    scores = torch.tensor([0.1, float("nan"), 0.3, 0.2])
+    for budget in ("global", "per_group"):
+        with pytest.raises(ValueError, match="1 of 4 visual-token scores are NaN.*bf16 or fp32"):
+            select_visual(scores, 0.5, groups=torch.tensor([0, 0, 1, 1]), budget=budget)
+    finite = torch.tensor([0.1, float("-inf"), 0.3, float("inf")])
+    assert select_visual(finite, 0.5).tolist() == [2, 3]
 
 
 @pytest.mark.parametrize("family", FAMILIES)
