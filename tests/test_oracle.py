@@ -7,8 +7,8 @@ import torch
 
 from conftest import FAMILIES, messages_for, model_inputs
 from tcc_eval.oracle import (
-    RELEVANCE_RULES, answer_positions, answer_row_maps, explain_inputs, gradient_weighted_maps, layerwise_maps,
-    relevance_full_matrix, relevance_row, single_view, view_relevance, view_relevances,
+    RELEVANCE_RULES, answer_positions, answer_row_maps, check_recomputed, explain_inputs, gradient_weighted_maps,
+    layerwise_maps, relevance_full_matrix, relevance_row, single_view, view_relevance, view_relevances,
 )
 
 
@@ -149,6 +149,22 @@ def test_layerwise_maps_refuse_a_forward_they_cannot_replay(loaded):
             list(layerwise_maps(layers, last_logit, head, ("clamp",)))
     finally:
         model.set_attn_implementation("eager")
+
+
+def test_replay_check_compares_token_by_token():
+    """One outlier token (real LLMs have activations thousands of times the rest) must not hide a replay that is
+    10% off on every ordinary token; float noise passes, and so does a replay with the outlier alone exact."""
+    expected = torch.ones(1, 6, 8)
+    expected[0, 0, 3] = 1e4
+    noisy = expected * (1 + 1e-5 * torch.randn(expected.shape, generator=torch.Generator().manual_seed(0)))
+    check_recomputed("layer 0 output", noisy, expected)
+    wrong = expected.clone()
+    wrong[0, 1:] *= 1.1
+    with pytest.raises(RuntimeError, match=r"layer 0 output \(largest per-token relative difference 0\.0996\)"):
+        check_recomputed("layer 0 output", wrong, expected)
+    check_recomputed("answer logits", torch.tensor([3.0, -2.0]), torch.tensor([3.0, -2.0]))
+    with pytest.raises(RuntimeError, match="answer logits"):
+        check_recomputed("answer logits", torch.tensor([3.0, float("nan")]), torch.tensor([3.0, -2.0]))
 
 
 @pytest.mark.parametrize("family", ORACLE_FAMILIES)
