@@ -217,7 +217,7 @@ def test_read_data_llava_conversations(tmp_path, capsys):
         read_data(tmp_path / "train.json", tmp_path / "nowhere")
 
 
-def test_label_reads_llava_data_under_a_media_root(tiny_checkpoints, tmp_path, one_thread):
+def test_label_reads_llava_data_under_a_media_root(tiny_checkpoints, tmp_path, one_thread, capsys):
     """`label --data x.json --media-root DIR` on LLaVA-format records labels each question-answer pair."""
     samples = synth.generate("image", 2, seed=0, split="train")
     media = tmp_path / "images"
@@ -238,6 +238,15 @@ def test_label_reads_llava_data_under_a_media_root(tiny_checkpoints, tmp_path, o
     assert labelled == ["s0", "s1"]
     record = torch.load(out / "samples" / "s0.pt", weights_only=True)
     assert record["n_visual"] > 0 and record["relevance"].numel() == record["a0"].numel() == record["n_visual"]
+    # without --keep-all the untrained model's free-form answers miss their references: a run that skips most of
+    # them says why (the exact-match rule) and what to do
+    capsys.readouterr()
+    assert main(["label", "--model", tiny_checkpoints["qwen2_vl"], "--data", str(data), "--media-root", str(media),
+                 "--out", str(tmp_path / "strict"), "--max-new-tokens", "2", "--device", "cpu"]) == 0
+    stats = json.loads((tmp_path / "strict" / "label_stats_0of1.json").read_text())
+    assert stats["free_form"] == 2 and stats["free_form_wrong"] == stats["skipped_wrong"] == 2
+    assert ("note: 2 of 2 free-form answers were skipped as wrong. A free-form answer counts as right only on a "
+            "normalised exact match, within --max-new-tokens 2") in capsys.readouterr().err
 
 
 def test_label_pixel_limits_set_the_resolution_labels_are_made_at(tiny_checkpoints, tmp_path, one_thread):

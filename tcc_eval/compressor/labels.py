@@ -478,7 +478,7 @@ def run(args: argparse.Namespace) -> int:
     prepare_meta(out, meta)
     mine = samples[shard::n_shards]
     stats: dict[str, Any] = {"shard": f"{shard}/{n_shards}", "total": len(mine), "kept": 0, "skipped_wrong": 0,
-                             "failed": 0, "already_done": 0, "errors": []}
+                             "failed": 0, "already_done": 0, "free_form": 0, "free_form_wrong": 0, "errors": []}
     start = time.time()
     bar = tqdm(mine, desc=f"label {shard}/{n_shards}", unit="sample", dynamic_ncols=True)
     for sample in bar:
@@ -502,6 +502,9 @@ def run(args: argparse.Namespace) -> int:
             if device.type == "cuda":
                 torch.cuda.empty_cache()
             continue
+        if not sample.options:
+            stats["free_form"] += 1
+            stats["free_form_wrong"] += not record["correct"]
         if "relevance" in record:
             tmp = target.with_name(target.name + ".tmp")
             torch.save(record, tmp)
@@ -520,6 +523,11 @@ def run(args: argparse.Namespace) -> int:
     )
     for error in stats["errors"][:5]:
         print(f"  failed {error['id']}: {error['error']}")
+    if not args.keep_all and stats["free_form_wrong"] * 2 > stats["free_form"]:  # most of them: the rule, not the model
+        print(f"note: {stats['free_form_wrong']} of {stats['free_form']} free-form answers were skipped as wrong. "
+              f"A free-form answer counts as right only on a normalised exact match, within --max-new-tokens "
+              f"{args.max_new_tokens} generated tokens, so long or paraphrased references rarely match: label such "
+              f"data with --keep-all, or raise --max-new-tokens", file=sys.stderr)
     if stats["failed"] and not stats["kept"] + stats["skipped_wrong"] + stats["already_done"]:
         print(f"error: every sample failed (the reasons above; all of them in "
               f"{out / f'label_stats_{shard}of{n_shards}.json'})", file=sys.stderr)
