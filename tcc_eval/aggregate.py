@@ -128,12 +128,27 @@ def normalize_ratio(value: Any) -> float:
     return ratio / 100 if ratio > 1 else ratio
 
 
+# Our lmms-eval models -> the upstream model each wraps, whose vanilla run pairs with ours (the README's
+# comparisons); tests check it against the wrapper classes
+LMMS_BASELINES = {"qwen2_vl_tcc": "qwen2_vl", "qwen2_5_vl_tcc": "qwen2_5_vl", "llava_onevision_tcc": "llava_hf",
+                  "vila_tcc": "vila"}
+# The checkpoint each model loads when its model_args give no pretrained= (upstream's constructor defaults; vila_tcc
+# has its own), so a run's scores pair with its efficiency records, which name the checkpoint loaded; tests check
+# them against the constructors
+LMMS_DEFAULT_CHECKPOINTS = {"qwen2_vl": "Qwen/Qwen2-VL-7B-Instruct", "qwen2_5_vl": "Qwen/Qwen2.5-VL-3B-Instruct",
+                            "llava_hf": "llava-hf/llava-1.5-7b-hf", "vila": "Efficient-Large-Model/VILA1.5-40b",
+                            "vila_tcc": "Efficient-Large-Model/Llama-3-VILA1.5-8b"}
+
+
 def lmms_base_model(model: str | None, pretrained: str | None) -> str:
-    """Readable base-model name for an lmms-eval run: model id (our ``_tcc`` suffix dropped, so an
-    upstream vanilla run pairs with ours) / basename of the checkpoint. Idempotent, so efficiency
-    records may carry either the checkpoint path or this name."""
-    family = re.sub(r"_tcc$", "", (model or "").strip())
+    """Readable base-model name for an lmms-eval run: the upstream model id (ours named by the one it wraps, so
+    an upstream vanilla run pairs with ours) / basename of the checkpoint (the model's default when none is
+    given). Idempotent, so efficiency records may carry either the checkpoint path or this name."""
+    model_id = (model or "").strip()
+    family = LMMS_BASELINES.get(model_id, model_id)
     family = "" if "/" in family else family  # lmms-eval stores a checkpoint path when given a model object
+    if not pretrained:
+        pretrained = LMMS_DEFAULT_CHECKPOINTS.get(model_id, LMMS_DEFAULT_CHECKPOINTS.get(family))
     name = Path(str(pretrained or "").rstrip("/")).name
     if family and name:
         return f"{family}/{name}"
@@ -182,6 +197,7 @@ class Score:
     note: str = ""
     variant: str = ""  # the run's non-default method options (tcc_eval.options.method_variant)
     judge: str = ""  # VLMEvalKit's judge of the score ("" when the files do not say)
+    subset: str = ""  # the part of the benchmark scored ("--limit 8", lmms-eval's options); "" for all of it
 
 
 def _walk(root: Path, skip: Path | None) -> Iterator[Path]:
@@ -662,6 +678,18 @@ def _empty_answer_note(benchmark: str, groups: dict[str, list], found: dict[str,
     return "; ".join(notes)
 
 
+def lmms_subset(config: dict) -> str:
+    """The samples an lmms-eval run scored, as its options name them: "" for every sample (no --limit, or -1,
+    which lmms-eval reads as all), else "--limit N" and / or "--offset M"."""
+    limit, offset = config.get("limit"), config.get("offset")
+    parts = []
+    if limit is not None and float(limit) != -1:
+        parts.append(f"--limit {float(limit):g}")
+    if offset:
+        parts.append(f"--offset {offset}")
+    return " ".join(parts)
+
+
 def read_lmms(root: Path, skip: Path | None = None) -> list[Score]:
     """Scores from every lmms-eval ``*_results.json`` under root."""
     scores: list[Score] = []
@@ -695,14 +723,16 @@ def read_lmms(root: Path, skip: Path | None = None) -> list[Score]:
             continue
         base = lmms_base_model(model_id, args.get("pretrained") or args.get("model"))
         run = f"{model_id}:{config.get('model_args')}"
-        limited = f"--limit {config['limit']}: a subset of the benchmark" if config.get("limit") is not None else ""
+        subset = lmms_subset(config)
+        limited = f"{subset}: a subset of the benchmark" if subset else ""
         mtime = path.stat().st_mtime
         variant = method_variant(method, args)
         groups = {k: v for k, v in (data.get("group_subtasks") or {}).items() if isinstance(v, list)}
         for benchmark, metric, value, scale, primary, note in rows:
             recount = _empty_answer_note(benchmark, groups, empty_answers, own_scores.get((benchmark, metric), value))
             scores.append(Score("lmms_eval", run, base, method, ratio, benchmark, metric, value, scale, primary,
-                                str(path), mtime, "; ".join(filter(None, [note, recount, limited])), variant))
+                                str(path), mtime, "; ".join(filter(None, [note, recount, limited])), variant,
+                                subset=subset))
     return scores
 
 
@@ -902,18 +932,21 @@ def _to_display(scores: list[Score]) -> pd.DataFrame:
 
 def pair_with_vanilla(frame: pd.DataFrame) -> pd.DataFrame:
     """Add vanilla_score and preservation (= score / vanilla_score) from the same framework, base model,
-    benchmark and metric; a missing or zero vanilla, or one scored by another judge, leaves preservation empty
-    with a note."""
+    benchmark and metric; a missing or zero vanilla, one scored by another judge, or one run on other samples
+    (lmms-eval's --limit / --offset) leaves preservation empty with a note."""
     frame = frame.copy()
-    if "judge" not in frame.columns:
-        frame["judge"] = ""
+    for column in ("judge", "subset"):
+        if column not in frame.columns:
+            frame[column] = ""
     vanilla = frame[frame["method"] == "none"].set_index(["framework", "base_model", "benchmark", "metric"])
     keys = list(zip(frame["framework"], frame["base_model"], frame["benchmark"], frame["metric"]))
     frame["vanilla_score"] = [vanilla["score"].get(k, math.nan) for k in keys]
     vanilla_judge = pd.Series([vanilla["judge"].get(k, "") for k in keys], index=frame.index)
+    vanilla_subset = pd.Series([vanilla["subset"].get(k, "") for k in keys], index=frame.index)
     frame["preservation"] = frame["score"] / frame["vanilla_score"].where(frame["vanilla_score"] != 0)
     other_judge = (frame["judge"] != "") & (vanilla_judge != "") & (frame["judge"] != vanilla_judge)
-    frame.loc[other_judge, "preservation"] = math.nan
+    other_samples = frame["vanilla_score"].notna() & (frame["subset"] != vanilla_subset)
+    frame.loc[other_judge | other_samples, "preservation"] = math.nan
     missing = frame["vanilla_score"].isna()
     zero = frame["vanilla_score"] == 0
     for mask, text in ((missing, "no vanilla run"), (zero, "vanilla score is 0")):
@@ -923,6 +956,12 @@ def pair_with_vanilla(frame: pd.DataFrame) -> pd.DataFrame:
                                       f"(rerun one of them with the other's --judge)"]))
         for i, note, judge in zip(frame.index[other_judge], frame.loc[other_judge, "note"],
                                   frame.loc[other_judge, "judge"])]
+    frame.loc[other_samples, "note"] = [
+        "; ".join(filter(None, [note, f"scored on {subset or 'every sample'}, the vanilla run on "
+                                      f"{vanilla_subset[i] or 'every sample'}: no preservation (rerun one of them on "
+                                      f"the other's samples)"]))
+        for i, note, subset in zip(frame.index[other_samples], frame.loc[other_samples, "note"],
+                                   frame.loc[other_samples, "subset"])]
     return frame
 
 
@@ -1007,13 +1046,16 @@ def build_table(summary: pd.DataFrame, efficiency: pd.DataFrame, framework: str,
             row[bench] = hit["score"].iloc[0] if len(hit) else math.nan
         preserved = mine["preservation"].dropna()
         row["Avg preservation"] = 100 * preserved.mean() if len(preserved) else math.nan
-        if len(mine) and preserved.empty:
+        if len(mine) and mine["vanilla_score"].isna().all():
             notes.append("no vanilla run")
         elif len(preserved) < paired.get(base, 0):
             notes.append(f"preservation over {len(preserved)} of {paired[base]} benchmarks")
         other_judge = sorted(mine.loc[mine["note"].str.contains(", the vanilla run by ", regex=False), "benchmark"])
         if other_judge:
             notes.append(f"another judge than vanilla's on {', '.join(other_judge)}: no preservation there")
+        other_samples = sorted(mine.loc[mine["note"].str.contains(", the vanilla run on ", regex=False), "benchmark"])
+        if other_samples:
+            notes.append(f"other samples than vanilla's on {', '.join(other_samples)}: no preservation there")
         limited = sorted(mine.loc[mine["note"].str.contains("--limit", regex=False), "benchmark"])
         if limited:
             notes.append(f"scores of a --limit run on {', '.join(limited)}")

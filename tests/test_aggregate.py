@@ -312,6 +312,13 @@ def test_model_args_and_base_name():
     assert name == "qwen2_vl/Qwen2-VL-7B-Instruct"
     assert lmms_base_model("qwen2_vl", name) == name  # upstream vanilla and our wrapper pair; idempotent
     assert lmms_base_model("/m/Qwen2-VL-7B-Instruct", "/m/Qwen2-VL-7B-Instruct") == "Qwen2-VL-7B-Instruct"
+    # ours is named by the upstream model it wraps (llava_onevision_tcc runs llava_hf), and a run without
+    # pretrained= by the checkpoint that model loads then
+    ov = "/m/llava-onevision-qwen2-7b-ov-hf"
+    assert lmms_base_model("llava_onevision_tcc", ov) == lmms_base_model("llava_hf", ov) == \
+        "llava_hf/llava-onevision-qwen2-7b-ov-hf"
+    assert lmms_base_model("qwen2_vl_tcc", None) == lmms_base_model("qwen2_vl", "Qwen/Qwen2-VL-7B-Instruct") == name
+    assert lmms_base_model("vila_tcc", "") == "vila/Llama-3-VILA1.5-8b"
 
 
 def test_vlmeval_preservation_exact(run):
@@ -1183,12 +1190,50 @@ def test_runs_on_other_samples_than_their_vanilla_are_flagged(tmp_path):
                        *lmms_run(1500.0, 400.0, 0.8, 70.0, 50.0))
     write_lmms_results(lmms, "qwen2_vl_tcc", args.format("tcc", 0.5), "20251128_130000",
                        *lmms_run(1400.0, 380.0, 0.7, 60.0, 40.0), limit=8)
+    write_lmms_results(lmms, "qwen2_vl_tcc", args.format("tcc", 0.25), "20251128_140000",
+                       *lmms_run(1400.0, 380.0, 0.7, 60.0, 40.0), limit=-1)  # lmms-eval's "every sample"
     result = aggregate(lmms)
-    summary = result.summary.set_index("method")["note"]
-    assert summary.loc["tcc"].str.contains("--limit 8: a subset of the benchmark").all()
-    assert not summary.loc["none"].str.contains("limit").any()
-    table = result.tables["lmms_eval"].set_index("method")["note"]
-    assert "scores of a --limit run on " in table["tcc"] and "limit" not in table["none"]
+    summary = result.summary.set_index(["method", "keep_ratio"])
+    half, quarter = summary.loc[("tcc", 0.5)], summary.loc[("tcc", 0.25)]
+    assert half["note"].str.contains("--limit 8: a subset of the benchmark").all()
+    # a score on 8 samples per task over vanilla's on all of them is no preservation
+    assert half["preservation"].isna().all() and half["vanilla_score"].notna().all()
+    assert half["note"].str.contains("scored on --limit 8, the vanilla run on every sample: no preservation").all()
+    assert quarter["preservation"].notna().all() and not quarter["note"].str.contains("limit|vanilla run on").any()
+    assert not summary.loc["none"]["note"].str.contains("limit").any()
+    table = result.tables["lmms_eval"].set_index(["method", "keep_ratio"])["note"]
+    assert "scores of a --limit run on " in table[("tcc", 0.5)] and "limit" not in table[("none", 1.0)]
+    assert "other samples than vanilla's on mme, mvbench, tccsynth_img: no preservation there" in table[("tcc", 0.5)]
+    assert "no vanilla run" not in table[("tcc", 0.5)] and "limit" not in table[("tcc", 0.25)]
+
+
+def test_lmms_runs_pair_with_the_upstream_vanilla_and_their_records(tmp_path):
+    """The README compares llava_onevision_tcc with upstream llava_hf: their runs share one base model, so ours
+    gets preservation; and a run that leaves pretrained= to the model's default pairs with its efficiency
+    records, which name the checkpoint it loaded."""
+    ov = "/m/llava-onevision-qwen2-7b-ov-hf"
+    write_lmms_results(tmp_path, "llava_hf", f"pretrained={ov}", "20251128_120000",
+                       *lmms_run(1500.0, 400.0, 0.8, 70.0, 50.0))
+    write_lmms_results(tmp_path, "llava_onevision_tcc", f"pretrained={ov},method=tcc,ratio=0.5", "20251128_130000",
+                       *lmms_run(1200.0, 400.0, 0.8, 70.0, 50.0))
+    summary = aggregate(tmp_path).summary
+    base = "llava_hf/llava-onevision-qwen2-7b-ov-hf"
+    assert row(summary, "lmms_eval", base, "tcc", 0.5, "mme", "total").preservation == pytest.approx(1600 / 1900)
+
+    work = tmp_path / "default"
+    for method, ratio, date in (("none", 1.0, "20251128_120000"), ("tcc", 0.5, "20251128_130000")):
+        path = write_lmms_results(work, "qwen2_vl_tcc", f"pretrained=/m/x,method={method},ratio={ratio}", date,
+                                  *lmms_run(1500.0, 400.0, 0.8, 70.0, 50.0))
+        data = json.loads(path.read_text())
+        data["config"]["model_args"] = f"method={method},ratio={ratio}"  # as lmms-eval records a run without it
+        path.write_text(json.dumps(data))
+        lines = [efficiency_line("qwen2_vl_tcc", "lmms_eval", "mme", i, method, ratio, "Qwen/Qwen2-VL-7B-Instruct",
+                                 1000, round(1000 * ratio), 1, 2) for i in range(2)]
+        (path.parent / f"{method}_efficiency.jsonl").write_text("\n".join(lines) + "\n")
+    table = aggregate(work).tables["lmms_eval"]
+    assert list(table["base_model"].unique()) == ["qwen2_vl/Qwen2-VL-7B-Instruct"]
+    tcc = table.set_index("method").loc["tcc"]
+    assert tcc["Avg preservation"] == pytest.approx(100.0) and tcc["KV MB"] > 0, tcc.to_dict()
 
 
 def test_lmms_runs_our_wrappers_refuse_are_skipped(tmp_path, caplog):

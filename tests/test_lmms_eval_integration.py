@@ -333,6 +333,33 @@ def test_entry_points_resolve_to_our_classes():
     assert get_model("llava_onevision_tcc", force_simple=True) is models.LlavaOneVisionTCC
 
 
+def test_the_tables_name_each_run_as_the_upstream_model_it_wraps_would_be():
+    """aggregate names an lmms-eval run's base model by the upstream model ours wraps (so its vanilla run pairs)
+    and by the checkpoint a run without pretrained= loads (so the scores pair with the efficiency records, which
+    name it): both must be what the classes do."""
+    import importlib.util
+    import inspect
+
+    from lmms_eval.models import get_model
+
+    from tcc_eval.aggregate import LMMS_BASELINES, LMMS_DEFAULT_CHECKPOINTS
+    from tcc_eval.integrations.lmms_eval import models
+
+    assert set(LMMS_BASELINES) == set(models.WRAPPERS.values())
+    for ours, upstream in LMMS_BASELINES.items():
+        if upstream == "vila":  # upstream vila needs VILA's own code; VilaBaseline restates it
+            assert issubclass(get_model(ours), models.VilaBaseline)
+            source = Path(importlib.util.find_spec("lmms_eval.models.simple.vila").origin).read_text()
+            assert f'pretrained: str = "{LMMS_DEFAULT_CHECKPOINTS[upstream]}"' in source
+            assert LMMS_DEFAULT_CHECKPOINTS[ours] == models.DEFAULT_VILA
+            continue
+        for simple in (True, False):
+            theirs = get_model(upstream, force_simple=simple)
+            assert issubclass(get_model(ours, force_simple=simple), theirs), (ours, simple)
+            default = inspect.signature(theirs.__init__).parameters["pretrained"].default
+            assert default == LMMS_DEFAULT_CHECKPOINTS[upstream], (upstream, simple)
+
+
 @pytest.mark.parametrize("kwargs,message", [
     ({}, "needs method="),
     ({"method": "random"}, "needs ratio="),
