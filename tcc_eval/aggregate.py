@@ -40,7 +40,7 @@ import pandas as pd
 
 from tcc_eval.flops import (INSIDE_LLM_METHODS, LAYER_K_METHODS, LLM_SHAPES, LLMShape, fastv_average_retention,
                             fastv_layer_keep_ratio, flops_ratio, guess_shape, pyramid_stage_ratio, shape_from_config)
-from tcc_eval.options import method_variant, output_folder, positive_int
+from tcc_eval.options import OPTION_DEFAULTS, method_variant, output_folder, positive_int
 
 log = logging.getLogger("tcc_eval.aggregate")
 
@@ -198,6 +198,7 @@ class Score:
     variant: str = ""  # the run's non-default method options (tcc_eval.options.method_variant)
     judge: str = ""  # VLMEvalKit's judge of the score ("" when the files do not say)
     subset: str = ""  # the part of the benchmark scored ("--limit 8", lmms-eval's options); "" for all of it
+    setup: str = ""  # lmms-eval model_args beyond the checkpoint, the method and the device ("max_pixels=...")
 
 
 def _walk(root: Path, skip: Path | None) -> Iterator[Path]:
@@ -690,6 +691,17 @@ def lmms_subset(config: dict) -> str:
     return " ".join(parts)
 
 
+# model_args that name the run's checkpoint, method or device; any other (max_pixels=, max_frames_num=, ...) sets
+# up what the model sees, which preservation assumes the vanilla run shares
+LMMS_RUN_ARGS = ("pretrained", "model", "method", "ratio", "keep_ratio", "compressor", "device", "device_map",
+                 *OPTION_DEFAULTS)
+
+
+def lmms_setup(args: dict[str, str]) -> str:
+    """The model_args that set up the model beyond the method, as ``name=value`` sorted and space-joined."""
+    return " ".join(f"{name}={value}" for name, value in sorted(args.items()) if name not in LMMS_RUN_ARGS)
+
+
 def read_lmms(root: Path, skip: Path | None = None) -> list[Score]:
     """Scores from every lmms-eval ``*_results.json`` under root."""
     scores: list[Score] = []
@@ -732,7 +744,7 @@ def read_lmms(root: Path, skip: Path | None = None) -> list[Score]:
             recount = _empty_answer_note(benchmark, groups, empty_answers, own_scores.get((benchmark, metric), value))
             scores.append(Score("lmms_eval", run, base, method, ratio, benchmark, metric, value, scale, primary,
                                 str(path), mtime, "; ".join(filter(None, [note, recount, limited])), variant,
-                                subset=subset))
+                                subset=subset, setup=lmms_setup(args)))
     return scores
 
 
@@ -935,7 +947,7 @@ def pair_with_vanilla(frame: pd.DataFrame) -> pd.DataFrame:
     benchmark and metric; a missing or zero vanilla, one scored by another judge, or one run on other samples
     (lmms-eval's --limit / --offset) leaves preservation empty with a note."""
     frame = frame.copy()
-    for column in ("judge", "subset"):
+    for column in ("judge", "subset", "setup"):
         if column not in frame.columns:
             frame[column] = ""
     vanilla = frame[frame["method"] == "none"].set_index(["framework", "base_model", "benchmark", "metric"])
@@ -943,6 +955,7 @@ def pair_with_vanilla(frame: pd.DataFrame) -> pd.DataFrame:
     frame["vanilla_score"] = [vanilla["score"].get(k, math.nan) for k in keys]
     vanilla_judge = pd.Series([vanilla["judge"].get(k, "") for k in keys], index=frame.index)
     vanilla_subset = pd.Series([vanilla["subset"].get(k, "") for k in keys], index=frame.index)
+    vanilla_setup = pd.Series([vanilla["setup"].get(k, "") for k in keys], index=frame.index)
     frame["preservation"] = frame["score"] / frame["vanilla_score"].where(frame["vanilla_score"] != 0)
     other_judge = (frame["judge"] != "") & (vanilla_judge != "") & (frame["judge"] != vanilla_judge)
     other_samples = frame["vanilla_score"].notna() & (frame["subset"] != vanilla_subset)
@@ -962,6 +975,12 @@ def pair_with_vanilla(frame: pd.DataFrame) -> pd.DataFrame:
                                       f"the other's samples)"]))
         for i, note, subset in zip(frame.index[other_samples], frame.loc[other_samples, "note"],
                                    frame.loc[other_samples, "subset"])]
+    other_setup = frame["vanilla_score"].notna() & (frame["setup"] != vanilla_setup)
+    frame.loc[other_setup, "note"] = [  # the preservation stands: the note says what else differs
+        "; ".join(filter(None, [note, f"model_args {setup or '(none)'}, the vanilla run's "
+                                      f"{vanilla_setup[i] or '(none)'}"]))
+        for i, note, setup in zip(frame.index[other_setup], frame.loc[other_setup, "note"],
+                                  frame.loc[other_setup, "setup"])]
     return frame
 
 
@@ -1056,6 +1075,9 @@ def build_table(summary: pd.DataFrame, efficiency: pd.DataFrame, framework: str,
         other_samples = sorted(mine.loc[mine["note"].str.contains(", the vanilla run on ", regex=False), "benchmark"])
         if other_samples:
             notes.append(f"other samples than vanilla's on {', '.join(other_samples)}: no preservation there")
+        other_setup = sorted(mine.loc[mine["note"].str.contains(", the vanilla run's ", regex=False), "benchmark"])
+        if other_setup:
+            notes.append(f"other model_args than vanilla's on {', '.join(other_setup)} (summary.csv names them)")
         limited = sorted(mine.loc[mine["note"].str.contains("--limit", regex=False), "benchmark"])
         if limited:
             notes.append(f"scores of a --limit run on {', '.join(limited)}")

@@ -1236,6 +1236,26 @@ def test_lmms_runs_pair_with_the_upstream_vanilla_and_their_records(tmp_path):
     assert tcc["Avg preservation"] == pytest.approx(100.0) and tcc["KV MB"] > 0, tcc.to_dict()
 
 
+def test_lmms_runs_set_up_otherwise_than_their_vanilla_say_so(tmp_path):
+    """Preservation assumes the runs differ in the method alone: model_args that change what the model sees
+    (max_pixels=) are named beside the vanilla run's; the device and the method's own options are not."""
+    args = "pretrained=/m/Qwen2-VL-7B-Instruct,max_pixels={},method={},ratio={}{}"
+    for pixels, method, ratio, extra, date in ((100, "none", 1.0, "", "20251128_120000"),
+                                               (200, "tcc", 0.5, ",device=cuda:1", "20251128_130000"),
+                                               (100, "fastv", 0.25, ",device_map=auto,fastv_k=3", "20251128_140000")):
+        write_lmms_results(tmp_path, "qwen2_vl_tcc", args.format(pixels, method, ratio, extra), date,
+                           *lmms_run(1400.0, 400.0, 0.7, 60.0, 40.0))
+    result = aggregate(tmp_path)
+    summary = result.summary.set_index(["method", "keep_ratio"])
+    tcc, fastv = summary.loc[("tcc", 0.5)], summary.loc[("fastv", 0.25)]
+    assert tcc["note"].str.contains("model_args max_pixels=200, the vanilla run's max_pixels=100").all()
+    assert (tcc["preservation"] == 1.0).all()
+    assert not fastv["note"].str.contains("model_args").any() and (fastv["preservation"] == 1.0).all()
+    table = result.tables["lmms_eval"].set_index("method")["note"]
+    assert "other model_args than vanilla's on mme, mvbench, tccsynth_img (summary.csv names them)" in table["tcc"]
+    assert "model_args" not in table["fastv"] + table["none"]
+
+
 def test_lmms_runs_our_wrappers_refuse_are_skipped(tmp_path, caplog):
     """model_args our lmms-eval wrappers refuse (ratio=1.5, a method typo) made rows of their own: ratio=1.5 read
     as 1.5% and method=tcx as a method."""
