@@ -212,7 +212,7 @@ class TokenPrunedModel(nn.Module):
         from .flops import kv_cache_bytes, shape_from_config, visual_flops
 
         shape = shape_from_config(self.adapter.language_model.config)
-        elem = next(self.model.parameters()).element_size()
+        elem = next(self.adapter.language_model.parameters()).element_size()  # the cache's dtype, not the tower's
         before, after = sum(selection.visual_before), sum(selection.visual_after)
         seq_before, seq_after = sum(selection.seq_before), sum(selection.seq_after)
         per_layer = selection.visual_per_layer(shape.layers)

@@ -101,6 +101,20 @@ def test_load_generate_and_last_selection(tiny_checkpoints, loaded, family):
     assert torch.equal(mllm.last_selection.kept_positions[0], first)
 
 
+def test_kv_cache_bytes_count_in_the_llms_dtype(tiny_checkpoints):
+    """The KV cache holds the LLM's dtype: a vision tower kept in fp32 beside a bf16 LLM (the tower's parameters come
+    first in Qwen2-VL) must not double the recorded bytes."""
+    mllm = tcc_eval.load(tiny_checkpoints["qwen2_vl"], method="random", keep_ratio=0.5)
+    mllm.pruned.adapter.language_model.to(torch.bfloat16)
+    mllm.model.lm_head.to(torch.bfloat16)
+    assert next(mllm.model.parameters()).dtype == torch.float32
+    mllm.generate(messages_for("image"), max_new_tokens=1)
+    stats, cfg = mllm.last_stats, mllm.model.config.text_config
+    per_token = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * (cfg.hidden_size // cfg.num_attention_heads) * 2
+    assert stats["kv_cache_bytes"] == stats["seq_after"] * per_token
+    assert stats["visual_kv_cache_bytes"] == stats["visual_after"] * per_token
+
+
 def test_media_the_processor_cannot_read_are_named(tiny_checkpoints, tmp_path):
     """A missing or undecodable image, a folder given as an image and a video without frames are named before the
     processor fails inside transformers or torchvision; an image file or base64 data (plain or as a data: URL) and
