@@ -848,7 +848,7 @@ def summarize_efficiency(records: pd.DataFrame) -> pd.DataFrame:
                "visual_kv_mb_mean", "visual_before_mean", "visual_after_mean", "measured_retention", "avg_retention",
                "flops_ratio", "seq_before_mean", "seq_after_mean", "new_tokens_mean", "fastv_k", "pdrop_lambda",
                "pdrop_layers", "llm_shape", "samples_without_visual", "samples_beyond_context", "context_length",
-               "first_calls_untimed"]
+               "first_calls_untimed", "largest_batch"]
     if records.empty:
         return pd.DataFrame(columns=columns)
 
@@ -902,6 +902,7 @@ def summarize_efficiency(records: pd.DataFrame) -> pd.DataFrame:
             "samples_beyond_context": int(group["samples_beyond_context"].fillna(0).sum()),
             "context_length": group["context_length"].max(),
             "first_calls_untimed": len(group) - len(timed),
+            "largest_batch": int(sizes.max()),
         }
 
     rows = []
@@ -1145,6 +1146,10 @@ def build_table(summary: pd.DataFrame, efficiency: pd.DataFrame, framework: str,
         if len(eff) and eff["samples_beyond_context"].iloc[0] > 0:
             notes.append(f"{int(eff['samples_beyond_context'].iloc[0])} samples' prompts reach past the LLM's "
                          f"{int(eff['context_length'].iloc[0]):,} trained positions (efficiency.csv per dataset)")
+        if method in INSIDE_LLM_METHODS and len(eff) and eff["largest_batch"].iloc[0] > 1:
+            notes.append(f"{method} runs a batch one prompt at a time (it ranks inside each prompt's prefill): its "
+                         f"times per sample at batch size {int(eff['largest_batch'].iloc[0])} are not shared over "
+                         f"a batch as batched runs' are; compare times at --batch_size 1")
         row["prefill s"] = eff["prefill_with_select_s_mean"].iloc[0] if len(eff) else math.nan
         if len(eff) and math.isnan(row["prefill s"]):
             row["prefill s"] = eff["prefill_s_mean"].iloc[0]

@@ -1087,6 +1087,15 @@ def test_batched_records_count_each_sample(tmp_path):
     assert tables["batched"]["samples"] == 4
     assert tables["batched"][columns].astype(float).tolist() == pytest.approx(
         tables["single"][columns].astype(float).tolist())
+    assert tables["batched"]["largest_batch"] == 2 and tables["single"]["largest_batch"] == 1
+    # FastV, DART and PyramidDrop run a batch prompt by prompt (their ranking is per prompt row): said in the table
+    for method in ("fastv", "tcc"):
+        lines = [dict(r, method=method, keep_ratio=0.5) for r in summed]
+        (batched / "a_efficiency.jsonl").write_text("\n".join(json.dumps(r) for r in lines) + "\n")
+        note = aggregate(batched).tables["lmms_eval"].set_index("method").loc[method, "note"]
+        sequential = "fastv runs a batch one prompt at a time (it ranks inside each prompt's prefill): its times per " \
+                     "sample at batch size 2 are not shared over a batch as batched runs' are"
+        assert (sequential in note) == (method == "fastv"), note
 
 
 def test_samples_that_reached_the_model_without_visual_tokens_are_noted(tmp_path):
