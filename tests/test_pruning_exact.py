@@ -442,6 +442,13 @@ def test_generate_options_count_the_full_prompt(loaded, family):
         with torch.no_grad():
             vanilla = model.generate(**inputs, max_new_tokens=4, do_sample=False, **options)
         assert torch.equal(keep_all.generate(**inputs, max_new_tokens=4, do_sample=False, **options), vanilla)
+    # lmms-eval's records count the prompts a call ran, not the sequences it returned
+    from tcc_eval.integrations.lmms_eval.efficiency import RecordingModel
+
+    batches = []
+    recording = RecordingModel(wrap_model(model, method="random", keep_ratio=0.5), lambda _, n: batches.append(n))
+    out = recording.generate(**inputs, max_new_tokens=2, do_sample=False, num_beams=3, num_return_sequences=2)
+    assert out.shape[0] == 2 and batches == [1]
     pruned = wrap_model(model, method="random", keep_ratio=0.25)
     with torch.no_grad():
         vanilla = model.generate(**inputs, max_length=length + 3, min_length=length + 3, do_sample=False)

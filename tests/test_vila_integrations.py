@@ -163,6 +163,7 @@ class Recorder:
 
     def generate(self, input_ids=None, **kwargs):
         self.calls.append({"input_ids": input_ids, **kwargs})
+        self.last_selection = types.SimpleNamespace(visual_before=[0] * input_ids.shape[0])  # one prompt per row
         answer = torch.full((1, 1), self.answer_id)
         return torch.cat([input_ids, answer], dim=1) if self.with_prompt else answer
 

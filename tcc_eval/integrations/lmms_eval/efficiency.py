@@ -161,5 +161,6 @@ class RecordingModel(nn.Module):
             if self._on_failure is not None:
                 self._on_failure(err)
             raise
-        self._on_generate(dict(self.pruned.last_stats), int(output.shape[0]))
+        # the prompts it ran, whose costs last_stats sums: num_return_sequences > 1 returns more rows than that
+        self._on_generate(dict(self.pruned.last_stats), len(self.pruned.last_selection.visual_before))
         return output
