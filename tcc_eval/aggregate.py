@@ -28,7 +28,7 @@ import re
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 if __package__ in (None, ""):  # run as a file: import the package copy so both forms share one module
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -943,10 +943,17 @@ def _to_display(scores: list[Score]) -> pd.DataFrame:
     return frame
 
 
+# How a table row sums up pair_with_vanilla's notes: (what each note of one kind contains, the row's note)
+VANILLA_DIFFERENCES = ((", the vanilla run by ", "another judge than vanilla's on {}: no preservation there"),
+                       (", the vanilla run on ", "other samples than vanilla's on {}: no preservation there"),
+                       (", the vanilla run's ", "other model_args than vanilla's on {} (summary.csv names them)"))
+
+
 def pair_with_vanilla(frame: pd.DataFrame) -> pd.DataFrame:
     """Add vanilla_score and preservation (= score / vanilla_score) from the same framework, base model,
     benchmark and metric; a missing or zero vanilla, one scored by another judge, or one run on other samples
-    (lmms-eval's --limit / --offset) leaves preservation empty with a note."""
+    (lmms-eval's --limit / --offset) leaves preservation empty with a note, and other lmms-eval model_args than
+    vanilla's are noted beside it."""
     frame = frame.copy()
     for column in ("judge", "subset", "setup"):
         if column not in frame.columns:
@@ -954,34 +961,27 @@ def pair_with_vanilla(frame: pd.DataFrame) -> pd.DataFrame:
     vanilla = frame[frame["method"] == "none"].set_index(["framework", "base_model", "benchmark", "metric"])
     keys = list(zip(frame["framework"], frame["base_model"], frame["benchmark"], frame["metric"]))
     frame["vanilla_score"] = [vanilla["score"].get(k, math.nan) for k in keys]
-    vanilla_judge = pd.Series([vanilla["judge"].get(k, "") for k in keys], index=frame.index)
-    vanilla_subset = pd.Series([vanilla["subset"].get(k, "") for k in keys], index=frame.index)
-    vanilla_setup = pd.Series([vanilla["setup"].get(k, "") for k in keys], index=frame.index)
+    theirs = {column: pd.Series([vanilla[column].get(k, "") for k in keys], index=frame.index)
+              for column in ("judge", "subset", "setup")}
     frame["preservation"] = frame["score"] / frame["vanilla_score"].where(frame["vanilla_score"] != 0)
-    other_judge = (frame["judge"] != "") & (vanilla_judge != "") & (frame["judge"] != vanilla_judge)
-    other_samples = frame["vanilla_score"].notna() & (frame["subset"] != vanilla_subset)
+    paired = frame["vanilla_score"].notna()
+    other_judge = (frame["judge"] != "") & (theirs["judge"] != "") & (frame["judge"] != theirs["judge"])
+    other_samples = paired & (frame["subset"] != theirs["subset"])
+    other_setup = paired & (frame["setup"] != theirs["setup"])  # the preservation stands: the note says what differs
     frame.loc[other_judge | other_samples, "preservation"] = math.nan
-    missing = frame["vanilla_score"].isna()
-    zero = frame["vanilla_score"] == 0
-    for mask, text in ((missing, "no vanilla run"), (zero, "vanilla score is 0")):
-        frame.loc[mask, "note"] = [("; ".join(filter(None, [n, text]))) for n in frame.loc[mask, "note"]]
-    frame.loc[other_judge, "note"] = [
-        "; ".join(filter(None, [note, f"judged by {judge}, the vanilla run by {vanilla_judge[i]}: no preservation "
-                                      f"(rerun one of them with the other's --judge)"]))
-        for i, note, judge in zip(frame.index[other_judge], frame.loc[other_judge, "note"],
-                                  frame.loc[other_judge, "judge"])]
-    frame.loc[other_samples, "note"] = [
-        "; ".join(filter(None, [note, f"scored on {subset or 'every sample'}, the vanilla run on "
-                                      f"{vanilla_subset[i] or 'every sample'}: no preservation (rerun one of them on "
-                                      f"the other's samples)"]))
-        for i, note, subset in zip(frame.index[other_samples], frame.loc[other_samples, "note"],
-                                   frame.loc[other_samples, "subset"])]
-    other_setup = frame["vanilla_score"].notna() & (frame["setup"] != vanilla_setup)
-    frame.loc[other_setup, "note"] = [  # the preservation stands: the note says what else differs
-        "; ".join(filter(None, [note, f"model_args {setup or '(none)'}, the vanilla run's "
-                                      f"{vanilla_setup[i] or '(none)'}"]))
-        for i, note, setup in zip(frame.index[other_setup], frame.loc[other_setup, "note"],
-                                  frame.loc[other_setup, "setup"])]
+
+    def add_note(mask: pd.Series, text: Callable[[Any], str]) -> None:
+        frame.loc[mask, "note"] = ["; ".join(filter(None, [frame.at[i, "note"], text(i)])) for i in frame.index[mask]]
+
+    add_note(~paired, lambda i: "no vanilla run")
+    add_note(frame["vanilla_score"] == 0, lambda i: "vanilla score is 0")
+    add_note(other_judge, lambda i: f"judged by {frame.at[i, 'judge']}, the vanilla run by {theirs['judge'][i]}: no "
+                                    f"preservation (rerun one of them with the other's --judge)")
+    add_note(other_samples, lambda i: f"scored on {frame.at[i, 'subset'] or 'every sample'}, the vanilla run on "
+                                      f"{theirs['subset'][i] or 'every sample'}: no preservation (rerun one of them "
+                                      f"on the other's samples)")
+    add_note(other_setup, lambda i: f"model_args {frame.at[i, 'setup'] or '(none)'}, the vanilla run's "
+                                    f"{theirs['setup'][i] or '(none)'}")
     return frame
 
 
@@ -1070,15 +1070,10 @@ def build_table(summary: pd.DataFrame, efficiency: pd.DataFrame, framework: str,
             notes.append("no vanilla run")
         elif len(preserved) < paired.get(base, 0):
             notes.append(f"preservation over {len(preserved)} of {paired[base]} benchmarks")
-        other_judge = sorted(mine.loc[mine["note"].str.contains(", the vanilla run by ", regex=False), "benchmark"])
-        if other_judge:
-            notes.append(f"another judge than vanilla's on {', '.join(other_judge)}: no preservation there")
-        other_samples = sorted(mine.loc[mine["note"].str.contains(", the vanilla run on ", regex=False), "benchmark"])
-        if other_samples:
-            notes.append(f"other samples than vanilla's on {', '.join(other_samples)}: no preservation there")
-        other_setup = sorted(mine.loc[mine["note"].str.contains(", the vanilla run's ", regex=False), "benchmark"])
-        if other_setup:
-            notes.append(f"other model_args than vanilla's on {', '.join(other_setup)} (summary.csv names them)")
+        for marker, says in VANILLA_DIFFERENCES:
+            differing = sorted(mine.loc[mine["note"].str.contains(marker, regex=False), "benchmark"])
+            if differing:
+                notes.append(says.format(", ".join(differing)))
         limited = sorted(mine.loc[mine["note"].str.contains("--limit", regex=False), "benchmark"])
         if limited:
             notes.append(f"scores of a --limit run on {', '.join(limited)}")
