@@ -39,8 +39,9 @@ if __package__ in (None, ""):  # run as a file: import the package copy so both 
 import pandas as pd
 
 from tcc_eval.flops import (INSIDE_LLM_METHODS, LAYER_K_METHODS, LLM_SHAPES, LLMShape, fastv_average_retention,
-                            fastv_layer_keep_ratio, flops_ratio, guess_shape, pyramid_stage_ratio, shape_from_config)
-from tcc_eval.options import OPTION_DEFAULTS, method_variant, output_folder, positive_int
+                            fastv_layer_keep_ratio, flops_ratio, guess_shape, pyramid_average_retention,
+                            pyramid_stage_ratio, shape_from_config)
+from tcc_eval.options import OPTION_DEFAULTS, method_variant, output_folder, positive_int, variant_options
 
 log = logging.getLogger("tcc_eval.aggregate")
 
@@ -1086,16 +1087,28 @@ def build_table(summary: pd.DataFrame, efficiency: pd.DataFrame, framework: str,
         kept = 1.0 if method == "none" else (measured if not math.isnan(measured) else ratio)
         recorded = eff["avg_retention"].iloc[0] if len(eff) else math.nan
         shape = options.shape(base) or _recorded_shape(eff)
+        named = variant_options(variant)  # the options that ran, where no record says
         fastv_k = int(eff["fastv_k"].iloc[0]) if len(eff) and not math.isnan(eff["fastv_k"].iloc[0]) \
-            else options.fastv_k
+            else int(named.get("fastv_k", options.fastv_k))
+        # match=kept: the name's ratio is the share kept after pruning (PyramidDrop: lambda), not the average
+        name_is_kept = named.get("match") == "kept"
         if method in LAYER_K_METHODS and shape is not None and not 0 < fastv_k < shape.layers:
             raise AggregationRefused(f"--fastv-k {fastv_k}: the {method} runs of {base} have a {shape.layers}-layer "
                                      f"LLM, so K is in 1..{shape.layers - 1}; no tables were written")
         recorded_stages = eff["pdrop_layers"].iloc[0] if len(eff) else ""
         # None: the method's own stages
-        pdrop_layers = recorded_stages if isinstance(recorded_stages, str) and recorded_stages else None
+        pdrop_layers = recorded_stages if isinstance(recorded_stages, str) and recorded_stages \
+            else named.get("pdrop_layers")
         if not math.isnan(recorded):
             row["Avg retention"] = recorded
+        elif method in INSIDE_LLM_METHODS and name_is_kept:
+            if shape is None:
+                row["Avg retention"] = math.nan
+                notes.append("average retention unknown (match=kept without efficiency records; LLM depth unknown)")
+            else:
+                row["Avg retention"] = (pyramid_average_retention(ratio, shape.layers, pdrop_layers)
+                                        if method == "pdrop" else fastv_average_retention(ratio, shape.layers, fastv_k))
+                notes.append("average retention from the kept share in the model name (no efficiency records)")
         elif method == "pdrop":  # our PyramidDrop names give the average retention over layers
             row["Avg retention"] = ratio
             notes.append("PyramidDrop average retention from the model name (no efficiency records)")
@@ -1117,13 +1130,13 @@ def build_table(summary: pd.DataFrame, efficiency: pd.DataFrame, framework: str,
         elif shape is not None and n_visual > 0:
             pruned_share = ratio
             if method in LAYER_K_METHODS:  # flops_ratio wants the share kept from layer K on
-                pruned_share = (kept if not math.isnan(measured)
+                pruned_share = (kept if not math.isnan(measured) else ratio if name_is_kept
                                 else fastv_layer_keep_ratio(ratio, shape.layers, fastv_k))
             elif method == "pdrop":  # and PyramidDrop's per-stage ratio, with the stages that ran
                 recorded_lambda = eff["pdrop_lambda"].iloc[0] if len(eff) else math.nan
                 try:
-                    pruned_share = (recorded_lambda if not math.isnan(recorded_lambda)
-                                    else pyramid_stage_ratio(ratio, shape.layers))
+                    pruned_share = (recorded_lambda if not math.isnan(recorded_lambda) else ratio if name_is_kept
+                                    else pyramid_stage_ratio(ratio, shape.layers, pdrop_layers))
                 except ValueError:  # at or below its floor: only a record can say which lambda ran
                     pruned_share = math.nan
                     notes.append("PyramidDrop's per-stage ratio unknown (no efficiency records)")
@@ -1332,7 +1345,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="LLM shape of a base model whose name states no size, e.g. Qwen2VL=qwen2-vl-2b "
                              "(used for FLOPs and FastV's and DART's average retention)")
     parser.add_argument("--fastv-k", type=positive_int, default=2,
-                        help="layer at which FastV and DART prune (default 2)")
+                        help="layer at which FastV and DART prune, for runs whose efficiency records and "
+                             "fastv_k= option do not say (default 2)")
     args = parser.parse_args(argv)
     if not log.handlers:
         handler = logging.StreamHandler(sys.stderr)

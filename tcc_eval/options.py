@@ -75,6 +75,11 @@ def method_variant(method: str, options: Mapping[str, Any] | None) -> str:
     return " ".join(parts)
 
 
+def variant_options(variant: str) -> dict[str, str]:
+    """The options a variant label names (``method_variant``'s inverse): what ran, for a run without records."""
+    return dict(part.split("=", 1) for part in variant.split())
+
+
 def check_option_values(options: Mapping[str, Any]) -> None:
     """The checks of method options that need no model (ranges that depend on the LLM's depth come when the
     method is built), so that a framework refuses a typo before loading weights. Values may be framework text."""

@@ -608,6 +608,41 @@ def test_pdrop_names_without_records_use_the_stage_ratio_of_their_retention(tmp_
     assert pd.isna(floor["FLOPs ratio"]) and "per-stage ratio unknown" in floor["note"]
 
 
+def test_runs_without_records_take_k_match_and_stages_from_their_variant(tmp_path):
+    """lmms-eval runs without efficiency records still name their options in model_args: a FastV run at
+    fastv_k=4 is costed at K=4 (not --fastv-k), a match=kept name gives the share kept after layer K (PyramidDrop:
+    lambda), and pdrop_layers gives the stages."""
+    from tcc_eval.flops import pyramid_average_retention, pyramid_stage_ratio
+    from tcc_eval.integrations.lmms_eval.efficiency import EfficiencyLog
+
+    args = "pretrained=/m/Qwen2-VL-7B-Instruct,method={},ratio={}{}"
+    runs = [("none", 1.0, ""), ("fastv", 0.5, ",fastv_k=4"), ("dart", 0.5, ",match=kept"),
+            ("pdrop", 0.5, ",match=kept"), ("pdrop", 0.25, ",pdrop_layers=2/14/21")]
+    for hour, (method, ratio, extra) in enumerate(runs):
+        write_lmms_results(tmp_path, "qwen2_vl_tcc", args.format(method, ratio, extra), f"20251128_1{hour}0000",
+                           *lmms_run(1500.0, 400.0, 0.8, 70.0, 50.0))
+    log = EfficiencyLog(tmp_path / "efficiency", "qwen2_vl_tcc", "/m/Qwen2-VL-7B-Instruct", "none", 1.0)
+    log.write("mme", 0, {"visual_before": 1000, "visual_after": 1000, "prefill_s": 1.0, "total_s": 2.0,
+                         "kv_cache_bytes": 1})
+    table = aggregate(tmp_path, options=TableOptions(fastv_k=2)).tables["lmms_eval"].set_index(
+        ["method", "variant", "keep_ratio"])
+    fastv = table.loc[("fastv", "fastv_k=4", 0.5)]
+    assert fastv["Avg retention"] == pytest.approx(0.5)
+    assert fastv["FLOPs ratio"] == pytest.approx(flops_ratio(1000, (0.5 * 28 - 4) / 24, "qwen2-vl-7b", "fastv", 4))
+    dart = table.loc[("dart", "match=kept", 0.5)]
+    assert dart["Avg retention"] == pytest.approx((2 + 26 * 0.5) / 28)
+    assert dart["FLOPs ratio"] == pytest.approx(flops_ratio(1000, 0.5, "qwen2-vl-7b", "dart", 2))
+    assert "kept share in the model name" in dart["note"]
+    pdrop_kept = table.loc[("pdrop", "match=kept", 0.5)]
+    assert pdrop_kept["Avg retention"] == pytest.approx(pyramid_average_retention(0.5, 28))
+    assert pdrop_kept["FLOPs ratio"] == pytest.approx(flops_ratio(1000, 0.5, "qwen2-vl-7b", "pdrop"))
+    early = table.loc[("pdrop", "pdrop_layers=2/14/21", 0.25)]  # below PyramidDrop's own floor of 7/28
+    stage_ratio = pyramid_stage_ratio(0.25, 28, "2/14/21")
+    assert early["FLOPs ratio"] == pytest.approx(flops_ratio(1000, stage_ratio, "qwen2-vl-7b", "pdrop",
+                                                             pdrop_layers="2/14/21"))
+    assert "per-stage ratio unknown" not in early["note"]
+
+
 def test_method_variant_names_only_non_default_options_the_method_reads():
     import inspect
 
