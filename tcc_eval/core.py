@@ -14,10 +14,18 @@ import torch
 from .options import BUDGETS
 
 
-def sync(device: torch.device) -> None:
-    """Wait for the device's queued work (CUDA runs asynchronously), so a wall-clock reading covers it."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def sync(*devices: torch.device) -> None:
+    """Wait for each device's queued work (CUDA runs asynchronously), so a wall-clock reading covers it."""
+    for device in devices:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+
+def module_devices(module: torch.nn.Module, *extra: torch.device) -> tuple[torch.device, ...]:
+    """``extra`` and every device the module's weights sit on: a model split over GPUs (``device_map="auto"``)
+    runs its last layers on another GPU than the input's, and a timer must wait for all of them."""
+    weights = (*module.parameters(), *module.buffers())
+    return tuple(dict.fromkeys([*extra, *(tensor.device for tensor in weights)]))
 
 
 def check_keep_ratio(keep_ratio: float) -> float:

@@ -17,8 +17,8 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from .core import (Selection, check_keep_ratio, highest_position_ids, keep_count, keep_positions, pick_order_scores,
-                   select_visual, sync, topk_in_order)
+from .core import (Selection, check_keep_ratio, highest_position_ids, keep_count, keep_positions, module_devices,
+                   pick_order_scores, select_visual, sync, topk_in_order)
 from .flops import fastv_layer_keep_ratio, pyramid_stage_layers, pyramid_stage_ratio, pyramid_visual_counts
 from .options import MATCH_MODES
 from .probe import instruction_rows, last_token_attention, layer_keys
@@ -255,15 +255,16 @@ class InsideLLMModel(TokenPrunedModel):
                 raise ValueError(f"{self.method_id} ranks the tokens of one prompt row inside the LLM, and "
                                  f"{option} > 1 runs several rows through it: generate with {option}=1")
         device = input_ids.device
-        sync(device)
+        devices = module_devices(self.model, device)
+        sync(*devices)
         start = time.perf_counter()
         llm = self.adapter.capture_llm_inputs(inputs)
-        sync(device)
+        sync(*devices)
         vision_s = time.perf_counter() - start
         outputs, selection, prefill_s = [], Selection(), 0.0
         for b in range(input_ids.shape[0]):  # one prefill per sample: time each
             view = self.sample_view(llm, b)
-            timer = PrefillTimer(self.adapter.language_model, device)
+            timer = PrefillTimer(self.adapter.language_model, devices)
             try:
                 new, kept, layer_visual = self.run_sample(view, **kwargs)
             finally:
@@ -276,7 +277,7 @@ class InsideLLMModel(TokenPrunedModel):
         new_tokens = torch.full((len(outputs), width), pad, dtype=torch.long, device=device)
         for b, o in enumerate(outputs):
             new_tokens[b, : o.numel()] = o
-        sync(device)
+        sync(*devices)
         self.last_selection = selection
         # no selection step before the LLM: the ranking runs inside each prefill, and prefill_s holds it
         self.last_stats = self._stats(selection, vision_s, 0.0, prefill_s, time.perf_counter() - start, new_tokens,

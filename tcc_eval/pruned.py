@@ -15,7 +15,7 @@ from torch import nn
 
 from .adapters import LLMInputs, MLLMAdapter, adapter_for
 from .core import (Selection, check_keep_ratio, gather_left_padded, gather_prompt_ids, highest_position_ids,
-                   keep_positions, select_visual, sync)
+                   keep_positions, module_devices, select_visual, sync)
 from .methods import Merger, SampleView, Scorer
 from .options import POSITION_MODES
 
@@ -23,8 +23,8 @@ from .options import POSITION_MODES
 class PrefillTimer:
     """Times the first LLM call of a generate (the prefill) with forward hooks on the decoder stack."""
 
-    def __init__(self, language_model: nn.Module, device: torch.device):
-        self.device = device
+    def __init__(self, language_model: nn.Module, devices: tuple[torch.device, ...]):
+        self.devices = devices
         self.seconds = 0.0
         self._start = None
         self._handles = [
@@ -34,12 +34,12 @@ class PrefillTimer:
 
     def _pre(self, *_):
         if self._start is None:
-            sync(self.device)
+            sync(*self.devices)
             self._start = time.perf_counter()
 
     def _post(self, *_):
         if self._start is not None and not self.seconds:
-            sync(self.device)
+            sync(*self.devices)
             self.seconds = time.perf_counter() - self._start
 
     def close(self) -> None:
@@ -174,22 +174,22 @@ class TokenPrunedModel(nn.Module):
     def generate(self, input_ids: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         """Like ``model.generate``: returns prompt ids followed by the new tokens."""
         inputs = split_model_inputs(input_ids, kwargs)
-        device = input_ids.device
-        sync(device)
+        devices = module_devices(self.model, input_ids.device)
+        sync(*devices)
         start = time.perf_counter()
         llm = self.llm_inputs(inputs)
-        sync(device)
+        sync(*devices)
         vision_s = time.perf_counter() - start - llm.tower_readout_s  # VisionZip's readout is its selection's
         selection, (embeds, mask, positions) = self.prune_llm_inputs(llm)
-        sync(device)
+        sync(*devices)
         select_s = time.perf_counter() - start - vision_s
-        timer = PrefillTimer(self.adapter.language_model, device)
+        timer = PrefillTimer(self.adapter.language_model, devices)
         try:
             prompt_ids = gather_prompt_ids(llm.input_ids, selection.kept_positions)
             new_tokens = self.adapter.generate_from_embeds(embeds, mask, positions, prompt_ids, **kwargs)
         finally:
             timer.close()
-        sync(device)
+        sync(*devices)
         self.last_selection = selection
         self.last_stats = self._stats(selection, vision_s, select_s, timer.seconds, time.perf_counter() - start,
                                       new_tokens, highest_position_ids(positions, mask))

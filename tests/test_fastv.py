@@ -437,6 +437,31 @@ def test_inside_llm_batch_times_every_samples_prefill(loaded, monkeypatch):
     assert pruned.last_stats["prefill_s"] == pytest.approx(sum(timer.seconds for timer in timers))
 
 
+def test_timers_wait_for_every_device_the_model_sits_on(loaded, monkeypatch):
+    """A model split over GPUs (device_map="auto") runs its last layers on another GPU than the input's: every
+    timing point waits for each device the model's weights are on, not for the input's alone. On a CPU a second
+    CUDA device is stood in for by the device list and a recording synchronize."""
+    from tcc_eval import core
+    from tcc_eval import fastv as fastv_module
+    from tcc_eval import pruned as pruned_module
+
+    model, processor = loaded["qwen2_vl"]
+    assert core.module_devices(model, torch.device("cpu")) == (torch.device("cpu"),)
+    assert core.module_devices(model, torch.device("meta")) == (torch.device("meta"), torch.device("cpu"))
+    second_gpu = torch.device("cuda", 1)
+    synced = []
+    monkeypatch.setattr(torch.cuda, "synchronize", synced.append)
+    for module in (pruned_module, fastv_module):
+        monkeypatch.setattr(module, "module_devices", lambda model, *extra: (*extra, second_gpu))
+    inputs = model_inputs(processor, messages_for("image"))
+    for method, options in (("a0", {}), ("fastv", {"fastv_k": 1, "match": "kept"})):
+        synced.clear()
+        wrap_model(model, method=method, keep_ratio=0.5, **options).generate(**inputs, max_new_tokens=1,
+                                                                              do_sample=False)
+        # before the tower, after it, (a0: after the selection,) around the prefill, at the end
+        assert synced == [second_gpu] * (6 if method == "a0" else 5), (method, synced)
+
+
 def test_records_time_the_selection_and_count_the_samples_flops(loaded):
     """Each call's record splits the vision tower from the method's own selection step, and its visual FLOPs
     equal the theoretical formula for that sample: input-stage pruning (a0) selects before the LLM, FastV
