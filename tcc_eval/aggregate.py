@@ -27,6 +27,7 @@ import os
 import re
 import sys
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -195,6 +196,7 @@ class Score:
     primary: bool
     source: str
     mtime: float = 0.0
+    started: float = 0.0  # run_started: which run is newest
     note: str = ""
     variant: str = ""  # the run's non-default method options (tcc_eval.options.method_variant)
     judge: str = ""  # VLMEvalKit's judge of the score ("" when the files do not say)
@@ -210,6 +212,28 @@ def _walk(root: Path, skip: Path | None) -> Iterator[Path]:
             path = Path(folder, name)
             if path.is_file():
                 yield path
+
+
+# The start time a framework names its run by: VLMEvalKit's run folder (T20251128-101010; before, T20251128_G<commit>,
+# the day alone) and lmms-eval's results file (20251128_101010_results.json)
+VLMEVAL_RUN_FOLDER = re.compile(r"T(\d{8})(?:-(\d{6}))?(?:_G[0-9a-fA-F]+)?")
+LMMS_RESULTS_NAME = re.compile(r"(\d{8})_(\d{6})_results\.json")
+
+
+def run_started(path: Path, root: Path) -> float:
+    """When the run that wrote ``path`` started, as its framework named it; the file's mtime where no name says.
+    Names outlive a copy that resets mtimes (scp -r, cp -r, a git clone), which would otherwise pick the newest run
+    by copy order. Name times are read in this machine's time zone; the day alone counts as its start."""
+    match = LMMS_RESULTS_NAME.fullmatch(path.name)
+    if match is None:
+        folders = path.parent.relative_to(root).parts if path.parent.is_relative_to(root) else ()
+        match = next(filter(None, map(VLMEVAL_RUN_FOLDER.fullmatch, reversed(folders))), None)
+    if match is None:
+        return path.stat().st_mtime
+    try:
+        return datetime.strptime(match[1] + (match[2] or "000000"), "%Y%m%d%H%M%S").timestamp()
+    except ValueError:  # digits that are no date
+        return path.stat().st_mtime
 
 
 def _warn_skip(path: Path, reason: Any) -> None:
@@ -494,7 +518,7 @@ def read_vlmeval(root: Path, skip: Path | None = None) -> list[Score]:
         for metric, value, scale, primary, note in rows:
             note = "; ".join(filter(None, [note, fallback if primary else ""]))
             scores.append(Score("vlmeval", model, base, method, ratio, dataset, metric, value, scale, primary,
-                                str(path), mtime, note, variant, judge))
+                                str(path), mtime, run_started(path, root), note, variant, judge))
     return scores
 
 
@@ -744,7 +768,8 @@ def read_lmms(root: Path, skip: Path | None = None) -> list[Score]:
         for benchmark, metric, value, scale, primary, note in rows:
             recount = _empty_answer_note(benchmark, groups, empty_answers, own_scores.get((benchmark, metric), value))
             scores.append(Score("lmms_eval", run, base, method, ratio, benchmark, metric, value, scale, primary,
-                                str(path), mtime, "; ".join(filter(None, [note, recount, limited])), variant,
+                                str(path), mtime, run_started(path, root),
+                                "; ".join(filter(None, [note, recount, limited])), variant,
                                 subset=subset, setup=lmms_setup(args)))
     return scores
 
@@ -790,7 +815,7 @@ def read_efficiency(root: Path, skip: Path | None = None) -> pd.DataFrame:
         except (OSError, UnicodeDecodeError) as err:
             _warn_skip(path, err)
             continue
-        mtime = path.stat().st_mtime
+        mtime, started = path.stat().st_mtime, run_started(path, root)
         bad = 0
         for number, line in enumerate(lines, 1):
             if not line.strip():
@@ -807,7 +832,7 @@ def read_efficiency(root: Path, skip: Path | None = None) -> pd.DataFrame:
                        "variant": method_variant(method, record.get("method_options")), "keep_ratio": ratio,
                        "dataset": str(record["dataset"]),
                        "index": json.dumps(record.get("index"), sort_keys=True, default=str),
-                       "mtime": mtime, "source": str(path)}
+                       "mtime": mtime, "started": started, "source": str(path)}
                 for name in EFFICIENCY_NUMERIC:
                     row[name] = float(record[name]) if record.get(name) is not None else math.nan
                 row["batch_size"] = int(record.get("batch_size") or 1)  # a batched call's record sums its samples
@@ -826,14 +851,16 @@ def read_efficiency(root: Path, skip: Path | None = None) -> pd.DataFrame:
             rows.append(row)
         if bad > MAX_LINE_WARNINGS:
             log.warning("skipped %s: %d more bad lines", path, bad - MAX_LINE_WARNINGS)
-    frame = pd.DataFrame(rows, columns=[*RUN_KEY, "dataset", "index", "mtime", "source", *EFFICIENCY_NUMERIC,
+    frame = pd.DataFrame(rows, columns=[*RUN_KEY, "dataset", "index", "mtime", "started", "source",
+                                        *EFFICIENCY_NUMERIC,
                                         "batch_size", "first_call", "llm_shape", "pdrop_layers"])
     frame["keep_ratio"] = frame["keep_ratio"].astype(float).round(6)
-    frame = frame.sort_values("mtime", kind="stable")
+    frame = frame.sort_values(["started", "mtime"], kind="stable")
     # a record without a sample index (multi-round generation, some batched calls) matches no other: keep each
     indexed = frame["index"] != "null"
     latest = frame[indexed].drop_duplicates([*RUN_KEY, "dataset", "index"], keep="last")
-    return pd.concat([latest, frame[~indexed]]).sort_values("mtime", kind="stable").reset_index(drop=True)
+    return pd.concat([latest, frame[~indexed]]).sort_values(["started", "mtime"], kind="stable").reset_index(
+        drop=True)
 
 
 def summarize_efficiency(records: pd.DataFrame) -> pd.DataFrame:
@@ -925,7 +952,7 @@ SUMMARY_COLUMNS = ["framework", "base_model", "model", "method", "variant", "kee
 def _to_display(scores: list[Score]) -> pd.DataFrame:
     """Scores as a frame with ``score`` in percent (points for MME); the newest run wins per key."""
     if not scores:
-        return pd.DataFrame(columns=[*SUMMARY_COLUMNS, "mtime"])
+        return pd.DataFrame(columns=[*SUMMARY_COLUMNS, "mtime", "started"])
     frame = pd.DataFrame([asdict(s) for s in scores])
     frame["keep_ratio"] = frame["keep_ratio"].round(6)
     # "auto": one decision per (framework, benchmark, metric), so vanilla and compressed share a scale.
@@ -936,7 +963,7 @@ def _to_display(scores: list[Score]) -> pd.DataFrame:
             lambda v: bool((v.abs() <= 1.0).all()))
         is_fraction |= small.astype(bool).reindex(frame.index, fill_value=False)
     frame["score"] = frame["value"].where(~is_fraction, frame["value"] * 100.0)
-    frame = frame.sort_values(["mtime", "source"], kind="stable")
+    frame = frame.sort_values(["started", "mtime", "source"], kind="stable")
     counts = frame.groupby(SCORE_KEY)["source"].transform("nunique")
     frame = frame.drop_duplicates(SCORE_KEY, keep="last").copy()
     for index in frame.index[counts.loc[frame.index] > 1]:

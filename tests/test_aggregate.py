@@ -346,6 +346,47 @@ def test_newest_nested_run_wins(run):
     assert "newest of 2 runs on some benchmarks" in table.loc[("Qwen2VL7B", "tcc", 0.5), "note"]
 
 
+def test_newest_run_is_read_from_the_run_names_not_the_file_times(tmp_path):
+    """A results folder copied without its files' times (scp -r, cp -r, a git clone) still knows its newest run:
+    VLMEvalKit's run folder and lmms-eval's results file name their start; the mtime decides only where no name
+    does (VLMEvalKit's day-only folders of one day)."""
+    from tcc_eval.integrations.lmms_eval.efficiency import EfficiencyLog
+
+    work = tmp_path / "vlmeval" / "Qwen2VL7B_TCC50"
+    for run, correct, mtime in [("T20251128-090000", 30, OLD + 100), ("T20251129-090000", 50, OLD),
+                                ("T20251127_G1a2b", 10, OLD + 200)]:
+        score = work / run / "Qwen2VL7B_TCC50_MMStar_acc.csv"
+        write_mcq_acc(score, correct)
+        records = work / run / "Qwen2VL7B_TCC50_MMStar_efficiency.jsonl"
+        records.write_text(efficiency_line("Qwen2VL7B_TCC50", "vlmeval", "MMStar", 0, "tcc", 0.5, "Qwen2VL7B",
+                                           1000, 500, correct / 10, 9.0) + "\n")
+        for path in (score, records):
+            os.utime(path, (mtime, mtime))
+    day_only = tmp_path / "vlmeval" / "Qwen2VL7B_TCC25"
+    for run, correct, mtime in [("T20251128_G1a2b", 20, OLD + 100), ("T20251128_G0f0f", 40, OLD)]:
+        write_mcq_acc(day_only / run / "Qwen2VL7B_TCC25_MMStar_acc.csv", correct)
+        os.utime(day_only / run / "Qwen2VL7B_TCC25_MMStar_acc.csv", (mtime, mtime))
+    lmms = tmp_path / "lmms"
+    args = "pretrained=/m/Qwen2-VL-7B-Instruct,method=tcc,ratio=0.5"
+    for date, mme, mtime in [("20251128_120000", 1400.0, OLD + 100), ("20251128_130000", 1300.0, OLD)]:
+        path = write_lmms_results(lmms, "qwen2_vl_tcc", args, date, *lmms_run(mme, 400.0, 0.8, 70.0, 50.0))
+        os.utime(path, (mtime, mtime))
+    EfficiencyLog(lmms / "efficiency", "qwen2_vl_tcc", "/m/Qwen2-VL-7B-Instruct", "tcc", 0.5).write(
+        "mme", 0, {"visual_before": 1000, "visual_after": 500, "prefill_s": 1.0, "total_s": 2.0, "kv_cache_bytes": 1})
+
+    result = aggregate(tmp_path)
+    summary = result.summary.fillna("")
+    newest = row(summary, "vlmeval", "Qwen2VL7B", "tcc", 0.5, "MMStar", "Overall")
+    assert newest.score == pytest.approx(50.0) and "T20251129-090000" in newest.source
+    assert "newest of 3 runs" in newest.note
+    same_day = row(summary, "vlmeval", "Qwen2VL7B", "tcc", 0.25, "MMStar", "Overall")
+    assert same_day.score == pytest.approx(20.0)  # one day's runs: the newer file
+    efficiency = result.efficiency.set_index(["framework", "dataset"])
+    assert efficiency.loc[("vlmeval", "MMStar"), "prefill_s_mean"] == pytest.approx(5.0)  # the newest run's record
+    lmms_row = summary[(summary.framework == "lmms_eval") & (summary.benchmark == "mme")].iloc[0]
+    assert lmms_row.score == pytest.approx(1300.0 + 400.0) and "20251128_130000" in lmms_row.source
+
+
 def test_missing_vanilla_is_noted(run):
     r = row(run["summary"], "vlmeval", "VILA15", "tcc", 0.25, "MMStar", "Overall")
     assert r.score == pytest.approx(40.0)
