@@ -244,10 +244,19 @@ def test_llava_generate_failure_stops_the_run(cls_name, tiny_checkpoints, task_m
 
     ours._model.pruned.generate = out_of_memory
     with pytest.raises(models.GenerationFailed,
-                       match=r"generate failed on tccsynth_img doc \d "
+                       match=r"generate or its efficiency record failed on tccsynth_img doc \d "
                              r"\(RuntimeError: CUDA out of memory.*max_frames_num"):
         evaluate(ours, ["tccsynth_img"], task_manager)
     assert ours._pending_docs == []  # a caller that goes on names only its next failure's docs
+
+    def disk_full(*args, **kwargs):
+        raise OSError("No space left on device (stand-in)")
+
+    del ours._model.pruned.generate  # a generate that works, and a record that cannot be written
+    ours.efficiency.write = disk_full
+    with pytest.raises(models.GenerationFailed, match=r"its efficiency record failed on tccsynth_img doc \d "
+                                                      r"\(OSError: No space left on device"):
+        evaluate(ours, ["tccsynth_img"], task_manager)
     with pytest.raises(NotImplementedError, match="llava_onevision_tcc serves generation tasks"):
         ours.loglikelihood([])
 
@@ -383,6 +392,7 @@ def test_the_tables_name_each_run_as_the_upstream_model_it_wraps_would_be():
     ({"method": "tcc", "ratio": 0.5, "compressor": "/missing.pt"}, "'/missing.pt' does not exist"),
     ({"method": "random", "ratio": 0.5, "instruction_rows": "last"}, "option of method a0 / tcc, not of method=random"),
     ({"method": "a0", "ratio": 0.5, "instruction_rows": "first"}, "instruction_rows='first': expected after_last"),
+    ({"method": "random", "ratio": 0.5, "keep_ratio": 0.25}, "ratio=0.5 and keep_ratio=0.25 name one setting"),
 ])
 def test_bad_model_args_fail_before_loading(kwargs, message):
     from tcc_eval.integrations.lmms_eval.models import TCCSettings
@@ -644,6 +654,71 @@ def test_batch_records_name_their_docs(family, wrapper, tiny_checkpoints, task_m
         assert sorted(r.get("batch_size", 1) for r in records) == [1, 3]
         indices = [r["index"] if isinstance(r["index"], list) else [r["index"]] for r in records]
         assert sorted(doc for index in indices for doc in index) == list(range(LIMIT))
+
+
+def test_rank_padding_clones_run_unrecorded(tiny_checkpoints, task_manager, tmp_path):
+    """lmms-eval evens out the ranks' shares with clones of a rank's last request (``__padding_only__``) and drops
+    their answers: they still get one, but no record, and a batch never mixes them with real requests (the doc read
+    twice would leave that record without an index, and its costs counted twice)."""
+    from lmms_eval.evaluator import _clone_padding_request
+
+    from tcc_eval.integrations.lmms_eval import models
+
+    ours = models.Qwen2VLTCC(pretrained=tiny_checkpoints["qwen2_vl"], device="cpu", method="random", ratio=0.5,
+                             batch_size=3, efficiency_dir=str(tmp_path))
+    real_generate_until, answered = ours.generate_until, []
+
+    def padded(requests):  # as lmms-eval pads a rank whose share is one short, and drops the clone's answer
+        answers = real_generate_until([*requests, _clone_padding_request(requests[-1])])
+        answered.append(len(answers))
+        return answers[:-1]
+
+    ours.generate_until = padded
+    evaluate(ours, ["tccsynth_img"], task_manager)
+    assert answered == [LIMIT + 1]
+    (path,) = tmp_path.glob("*_tccsynth_img_efficiency.jsonl")
+    records = read_records(path)
+    assert sum(r.get("batch_size", 1) for r in records) == LIMIT
+    indices = [r["index"] if isinstance(r["index"], list) else [r["index"]] for r in records]
+    assert sorted(doc for index in indices for doc in index) == list(range(LIMIT))
+
+
+def test_model_setup_errors_come_before_loading(tmp_path):
+    """A dtype= the Qwen wrappers cannot cast to, and an efficiency folder that cannot be made, are named before
+    the weights load (a folder with a config alone would fail later, inside transformers)."""
+    from tcc_eval.integrations.lmms_eval import models
+
+    folder = _config_only(tmp_path / "ckpt", "qwen2_vl")
+    with pytest.raises(ValueError, match="dtype 'int8': expected a torch floating-point type"):
+        models.Qwen2VLTCC(pretrained=folder, method="none", device="cpu", dtype="int8")
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(ValueError, match="efficiency records folder .*a_file/efficiency: .*Give a writable folder"):
+        models.Qwen2VLTCC(pretrained=folder, method="none", device="cpu",
+                          efficiency_dir=str(tmp_path / "a_file" / "efficiency"))
+
+
+def test_dtype_auto_keeps_upstreams_choice(tiny_checkpoints, tmp_path):
+    from tcc_eval.integrations.lmms_eval import models
+
+    ours = models.Qwen2VLTCC(pretrained=tiny_checkpoints["qwen2_vl"], device="cpu", method="none", dtype="auto",
+                             efficiency_dir=str(tmp_path))
+    upstream = models.UpstreamQwen2VL(pretrained=tiny_checkpoints["qwen2_vl"], device="cpu", device_map="cpu")
+    assert ours.model.dtype == upstream.model.dtype
+
+
+def test_records_of_two_checkpoints_with_one_folder_name_stay_apart(tmp_path):
+    """Fine-tuning runs name their checkpoints alike (checkpoint-1000): each checkpoint gets its own records file,
+    and a rerun of one moves only its own aside."""
+    from tcc_eval.integrations.lmms_eval.efficiency import EfficiencyLog
+
+    stats = {"visual_before": 100, "visual_after": 50, "prefill_s": 1.0, "total_s": 2.0, "kv_cache_bytes": 1}
+    for run in ("/ckpts/runA/checkpoint-1000", "/ckpts/runB/checkpoint-1000", "/ckpts/runB/checkpoint-1000/"):
+        EfficiencyLog(tmp_path, "qwen2_vl_tcc", run, "random", 0.5).write("mme", 0, stats)
+    files = sorted(tmp_path.glob("*_efficiency.jsonl"))
+    assert len(files) == 2 and all("_checkpoint-1000-" in p.name for p in files)
+    assert {read_records(p)[0]["base_model"].rstrip("/") for p in files} == {"/ckpts/runA/checkpoint-1000",
+                                                                               "/ckpts/runB/checkpoint-1000"}
+    assert len(list(tmp_path.glob("*_efficiency.jsonl.*"))) == 1  # runB's first run, kept aside
 
 
 def test_efficiency_files_are_named_by_the_global_rank(tiny_checkpoints, monkeypatch, tmp_path):

@@ -13,7 +13,9 @@ mix the two runs' samples wherever their sample sets differ, e.g. under ``--limi
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import os
 import re
 import sys
 import time
@@ -47,12 +49,27 @@ def resolve_efficiency_dir(explicit: str | None, environ: dict[str, str], argv: 
     return Path(output_path) / "efficiency" if output_path else None
 
 
+def check_records_folder(directory: Path | None) -> None:
+    """Creates the records folder, or says which folder cannot be written and how to give another: at start-up, not
+    at the first sample, whose failed record would fail its generate call."""
+    if directory is None:
+        return
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        if not os.access(directory, os.W_OK):
+            raise PermissionError("not writable")
+    except OSError as err:
+        raise ValueError(f"efficiency records folder {directory}: {err}. Give a writable folder with the "
+                         f"efficiency_dir= model arg (or ${EFFICIENCY_ENV}, or --output_path)") from None
+
+
 def _safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "model"
 
 
 class EfficiencyLog:
-    """Writes ``<dir>/<model>_<base>_<method>-<ratio%>_<task>[_rank<r>of<processes>]_efficiency.jsonl``."""
+    """Writes ``<dir>/<model>_<checkpoint>-<hash>_<method>-<ratio%>[_<variant>]_<task>[_rank<r>of<processes>]
+    _efficiency.jsonl``."""
 
     def __init__(
         self,
@@ -75,11 +92,16 @@ class EfficiencyLog:
             "base_model": base_model,
         }
         variant = method_variant(method, method_options)  # so a variant's records never replace its method's
-        self._stem = (f"{model}_{_safe(Path(base_model.rstrip('/')).name)}_{method}-{keep_ratio * 100:g}"
-                      + (f"_{_safe(variant)}" if variant else ""))
+        checkpoint = base_model.rstrip("/")
+        # the folder's name and a hash of its path: two runs' checkpoint-1000 folders must not share a file
+        named = _safe(Path(checkpoint).name)
+        rest = f"_{method}-{keep_ratio * 100:g}" + (f"_{_safe(variant)}" if variant else "")
+        self._stem = f"{model}_{named}-{hashlib.sha1(checkpoint.encode()).hexdigest()[:8]}{rest}"
+        self._unhashed_stem = f"{model}_{named}{rest}"  # the name versions before the hash gave the same run
         self._world_size = world_size
         self._rank_suffix = f"_rank{rank}of{world_size}" if world_size > 1 else ""
         self._started: set[Path] = set()
+        check_records_folder(directory)
         if directory is None:
             logger.warning(
                 f"no efficiency records will be written: pass --output_path, the efficiency_dir= model arg "
@@ -94,16 +116,19 @@ class EfficiencyLog:
         return self.directory / f"{self._run_name(task)}{self._rank_suffix}_efficiency.jsonl"
 
     def _earlier_files(self, task: str | None) -> list[Path]:
-        """This process's own earlier file, and every file of the same run name written under another process
-        count (any rank; also the ``_rank<r>`` names of versions that did not record the count)."""
+        """This process's own earlier file, every file of the same run name written under another process
+        count (any rank; also the ``_rank<r>`` names of versions that did not record the count), and every file of
+        the run under the name of versions before the checkpoint's hash."""
         own = self.path_for(task)
-        name = re.compile(re.escape(self._run_name(task)) + r"(_rank\d+(?:of(\d+))?)?_efficiency\.jsonl")
+        task_name = _safe(task or "unknown")
+        name = re.compile(f"(?:{re.escape(self._stem)}|(?P<unhashed>{re.escape(self._unhashed_stem)}))_"
+                          f"{re.escape(task_name)}" + r"(?P<rank>_rank\d+(?:of(?P<processes>\d+))?)?_efficiency\.jsonl")
         earlier = []
         for path in sorted(own.parent.glob("*_efficiency.jsonl")):
             match = name.fullmatch(path.name)
             if match:
-                processes = int(match[2]) if match[2] else (1 if match[1] is None else None)
-                if path == own or processes != self._world_size:
+                processes = int(match["processes"]) if match["processes"] else (1 if match["rank"] is None else None)
+                if path == own or processes != self._world_size or match["unhashed"]:
                     earlier.append(path)
         return earlier
 
@@ -157,10 +182,10 @@ class RecordingModel(nn.Module):
     def generate(self, *args: Any, **kwargs: Any):
         try:
             output = self.pruned.generate(*args, **kwargs)
-        except Exception as err:
+            # the prompts it ran, whose costs last_stats sums: num_return_sequences > 1 returns more rows than that
+            self._on_generate(dict(self.pruned.last_stats), len(self.pruned.last_selection.visual_before))
+        except Exception as err:  # a record that cannot be written fails the call as a failed generate does
             if self._on_failure is not None:
                 self._on_failure(err)
             raise
-        # the prompts it ran, whose costs last_stats sums: num_return_sequences > 1 returns more rows than that
-        self._on_generate(dict(self.pruned.last_stats), len(self.pruned.last_selection.visual_before))
         return output

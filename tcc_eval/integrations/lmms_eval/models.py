@@ -67,7 +67,7 @@ from tcc_eval.core import check_keep_ratio
 from tcc_eval.methods import check_method
 from tcc_eval.options import OWN_OPTIONS, check_option_values
 
-from .efficiency import EfficiencyLog, RecordingModel, resolve_efficiency_dir
+from .efficiency import EfficiencyLog, RecordingModel, check_records_folder, resolve_efficiency_dir
 
 # budget=, positions= and seed= are taken for every method (the ones that do not read them ignore them)
 METHOD_OPTIONS = {method: names for method, names in OWN_OPTIONS.items() if method != "random"}
@@ -95,6 +95,9 @@ class TCCSettings:
                 f"or method=none for the unpruned baseline"
             )
         method = check_method(str(kwargs.pop("method")))
+        if "ratio" in kwargs and "keep_ratio" in kwargs:
+            raise ValueError(f"ratio={kwargs['ratio']} and keep_ratio={kwargs['keep_ratio']} name one setting (the "
+                             f"kept fraction of visual tokens): give one of them")
         ratio = kwargs.pop("ratio", kwargs.pop("keep_ratio", None))
         try:
             ratio = None if ratio is None else float(ratio)
@@ -227,10 +230,12 @@ class TCCWrapperMixin:
             settings = settings.with_registry_compressors(checkpoint)
         elif settings.method == "tcc" and Path(settings.compressor).is_dir():
             check_compressor_folder(Path(settings.compressor), self.family)
+        check_records_folder(resolve_efficiency_dir(settings.efficiency_dir, dict(os.environ)))  # before loading
         kwargs.setdefault("device", str(default_device()))
         self._set_parent_defaults(kwargs)
         super().__init__(**kwargs)
         self._pending_docs: list[tuple[str, Any]] = []
+        self._recording = True  # off while lmms-eval's rank-padding clones run
         self._install_pruning(settings, str(kwargs.get("pretrained") or self.model.config._name_or_path))
 
     def _set_parent_defaults(self, kwargs: dict[str, Any]) -> None:
@@ -279,33 +284,39 @@ class TCCWrapperMixin:
         over in one call, and upstream batches them by generation settings only: a batch could mix tasks, and its
         one record would count under one of them (some upstream wrappers also read all of a batch's docs from its
         first request's task). At batch size 1 upstream sees the requests as lmms-eval gives them, in its own
-        order. Multi-round generation is not wrapped: its records carry no index."""
+        order. Multi-round generation is not wrapped: its records carry no index. The clones lmms-eval pads a
+        rank's share with (``__padding_only__``, answers it drops) run last, as it appends them, and unrecorded: a
+        batch mixing them with real requests would count a doc twice."""
         by_task: dict[Any, list[int]] = {}
         for position, request in enumerate(requests):
-            by_task.setdefault(request.task_name if self.batch_size > 1 else None, []).append(position)
+            padding = bool((getattr(request, "metadata", None) or {}).get("__padding_only__"))
+            by_task.setdefault((padding, request.task_name if self.batch_size > 1 else None), []).append(position)
         answers: list[Any] = [None] * len(requests)
         docs = self.task_dict
         self.task_dict = _NotingDocs(docs, (), self._pending_docs.append)
         try:
-            for positions in by_task.values():
+            for (padding, _), positions in sorted(by_task.items(), key=lambda item: item[0][0]):
+                self._recording = not padding
                 for position, answer in zip(positions, super().generate_until([requests[p] for p in positions])):
                     answers[position] = answer
         finally:
             self.task_dict = docs
+            self._recording = True
         return answers
 
     def _record(self, stats: dict[str, Any], batch_size: int) -> None:
         # upstream reads every doc of a batch right before its generate call: the last ones are this call's
         docs = self._pending_docs[-batch_size:]
-        self._pending_docs.clear()
-        task = docs[0][0] if docs else None
-        if batch_size == 1:
-            index = docs[0][1] if docs else None
-        elif len(set(docs)) < len(docs):  # a doc read twice: no index rather than a wrong one (costs still count)
-            index = None
-        else:
-            index = [doc_id for _, doc_id in docs]
-        self.efficiency.write(task, index, stats, batch_size)
+        if self._recording:
+            task = docs[0][0] if docs else None
+            if batch_size == 1:
+                index = docs[0][1] if docs else None
+            elif len(set(docs)) < len(docs):  # a doc read twice: no index rather than a wrong one (costs still count)
+                index = None
+            else:
+                index = [doc_id for _, doc_id in docs]
+            self.efficiency.write(task, index, stats, batch_size)
+        self._pending_docs.clear()  # after the write: a failed one names these docs
 
 
 class _NotingDocs:
@@ -341,7 +352,8 @@ class _QwenTCC(TCCWrapperMixin):
     """What both Qwen wrappers need on top of the mixin: ``dtype=`` casts after loading (upstream picks the dtype)."""
 
     def __init__(self, **kwargs: Any) -> None:
-        self._cast_dtype = kwargs.pop("dtype", None)
+        dtype = kwargs.pop("dtype", None)
+        self._cast_dtype = None if dtype in (None, "auto") else default_dtype(torch.device("cpu"), str(dtype))
         super().__init__(**kwargs)
 
     def _set_parent_defaults(self, kwargs: dict[str, Any]) -> None:
@@ -349,7 +361,7 @@ class _QwenTCC(TCCWrapperMixin):
 
     def _install_pruning(self, settings: TCCSettings, base_model: str) -> None:
         if self._cast_dtype is not None:
-            self.model.to(default_dtype(self.device, str(self._cast_dtype)))
+            self.model.to(self._cast_dtype)
         super()._install_pruning(settings, base_model)
 
 
@@ -399,9 +411,10 @@ class _LlavaHfTCC(TCCWrapperMixin):
         docs = ", ".join(f"{task} doc {doc_id}" for task, doc_id in self._pending_docs) or "a request"
         self._pending_docs.clear()
         raise GenerationFailed(
-            f"{self.model_id}: generate failed on {docs} ({type(error).__name__}: {error}). Upstream llava_hf would "
-            f"score it as an empty answer and go on, so the run stops here instead of reporting a silently lower "
-            f"score: fix the cause (for an out-of-memory, fewer frames: max_frames_num=) and rerun") from error
+            f"{self.model_id}: generate or its efficiency record failed on {docs} ({type(error).__name__}: {error}). "
+            f"Upstream llava_hf would score it as an empty answer and go on, so the run stops here instead of "
+            f"reporting a silently lower score: fix the cause (for an out-of-memory, fewer frames: max_frames_num=) "
+            f"and rerun") from error
 
     def loglikelihood(self, requests: list) -> list:
         raise NotImplementedError(
