@@ -225,6 +225,21 @@ def test_config_json_passes_method_options(registered):
             build_model_from_config({name: {"compressr": "elsewhere.pt"}}, name)
 
 
+def test_config_entries_under_torchrun_keep_the_world_size(registered, monkeypatch):
+    """VLMEvalKit hides WORLD_SIZE while it builds a model and, for a --config entry without "class", never puts it
+    back: each torchrun rank would then infer the whole dataset. Ours put it back."""
+    import torch.distributed as dist
+    from vlmeval.run import build_model_from_config
+    from vlmeval.smp import get_rank_and_world_size
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)  # as VLMEvalKit's main has it under torchrun
+    monkeypatch.setattr(dist, "get_world_size", lambda group=None: 2)
+    build_model_from_config({"TinyQwen2VL_A050": {"method_options": {"budget": "per_group"}}}, "TinyQwen2VL_A050")
+    assert get_rank_and_world_size() == (1, 2)
+
+
 def test_rank_device_per_torchrun_rank(monkeypatch):
     from tcc_eval.integrations import rank_device
 
@@ -418,6 +433,55 @@ def test_synthetic_set_settings_are_checked(registered, monkeypatch, tmp_path):
     monkeypatch.setenv("TCC_SYNTH_N", "3")
     with pytest.raises(ValueError, match="other settings.*n=2.*n=3.*delete it"):
         ensure_image_set(tmp_path)
+
+
+@pytest.mark.parametrize("wrapper,base,family,other", [
+    ("TCCQwen2VLChat", "TinyQwen2VL", "llava_onevision", "TinyLLaVAOV"),  # loaded, it answered through Qwen's prompts
+    ("TCCLLaVAOneVisionHF", "TinyLLaVAOV", "qwen2_vl", "TinyQwen2VL"),
+    ("TCCVILA", "TinyVILA", "qwen2_vl", "TinyQwen2VL"),
+])
+def test_a_checkpoint_of_another_family_is_refused_before_loading(registered, monkeypatch, wrapper, base, family,
+                                                                   other):
+    from tcc_eval.demo import model_dir
+    from tcc_eval.integrations.vlmeval import wrappers
+
+    def load(self):
+        raise AssertionError("loaded")
+
+    monkeypatch.setattr(wrappers.TCCModelMixin, "_load", load)
+    monkeypatch.setattr(wrappers.TCCVILA, "_load", load)
+    with pytest.raises(ValueError, match=f"is a {family} checkpoint, but base {base} runs .* ones: name a {family} "
+                                         f"base \\(.*{other}.*\\), or point TCC_MODEL_PATH_{base.upper()}"):
+        getattr(wrappers, wrapper)(base=base, model_path=str(model_dir(family)))
+    with pytest.raises(AssertionError, match="loaded"):  # its own family's checkpoint goes on to load
+        getattr(wrappers, wrapper)(base=base)
+
+
+def test_a_regenerated_image_set_never_shows_an_older_sets_picture(registered, monkeypatch, tmp_path):
+    """A regenerated set reuses the indices: a dumped picture of the older set is rewritten, not shown with the new
+    question."""
+    import base64
+
+    from tcc_eval.integrations.vlmeval.datasets import TCCSynthImage
+
+    monkeypatch.setenv("LMUData", str(tmp_path))
+    monkeypatch.setenv("TCC_SYNTH_N", "2")
+    dataset = TCCSynthImage("TCCSynth_IMG")
+    line = dataset.data.iloc[0]
+    path = Path(dataset.dump_image(line))
+    assert path.read_bytes() == base64.b64decode(line["image"])
+    path.write_bytes(b"an older set's picture")
+    assert dataset.dump_image(line) == str(path) and path.read_bytes() == base64.b64decode(line["image"])
+
+
+def test_video_set_by_fps_alone(registered, monkeypatch, tmp_path):
+    """A --config dataset entry giving fps alone samples by fps (VLMEvalKit refuses nframe and fps together)."""
+    from tcc_eval.integrations.vlmeval.datasets import TCCSynthVideo
+
+    monkeypatch.setenv("LMUData", str(tmp_path))
+    monkeypatch.setenv("TCC_SYNTH_N", "2")
+    assert (TCCSynthVideo("TCCSynth_VID").nframe, TCCSynthVideo("TCCSynth_VID", fps=1.0).nframe) == (8, 0)
+    assert TCCSynthVideo("TCCSynth_VID", nframe=4).nframe == 4
 
 
 def test_synthetic_set_sizes_read_alike_in_both_frameworks(registered, monkeypatch):

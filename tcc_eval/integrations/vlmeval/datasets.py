@@ -156,15 +156,17 @@ class TCCSynthImage(CustomMCQDataset):
         return super().load_data(dataset)
 
     def dump_image(self, line) -> str:
-        """Write the row's PNG bytes as they are (VLMEvalKit's default re-encodes to JPEG)."""
+        """Write the row's PNG bytes as they are (VLMEvalKit's default re-encodes to JPEG). A file already there is
+        kept only if it holds those bytes: a regenerated set reuses the indices, and the old picture would be
+        shown with the new question."""
         os.makedirs(self.img_root, exist_ok=True)
-        path = os.path.join(self.img_root, f"{line['index']}.png")
-        if not os.path.exists(path):
-            tmp = f"{path}.tmp{os.getpid()}"
-            with open(tmp, "wb") as f:
-                f.write(base64.b64decode(line["image"]))
+        path = Path(self.img_root, f"{line['index']}.png")
+        image = base64.b64decode(line["image"])
+        if not path.is_file() or path.read_bytes() != image:
+            tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+            tmp.write_bytes(image)
             os.replace(tmp, path)
-        return path
+        return str(path)
 
 
 class TCCSynthVideo(VideoBaseDataset):
@@ -173,8 +175,9 @@ class TCCSynthVideo(VideoBaseDataset):
     TYPE = "Video-MCQ"
     MODALITY = "VIDEO"
 
-    def __init__(self, dataset: str = VIDEO_NAME, nframe: int = 8, fps: float = -1):
-        super().__init__(dataset=dataset, nframe=nframe, fps=fps)
+    def __init__(self, dataset: str = VIDEO_NAME, nframe: int | None = None, fps: float = -1):
+        # 8 frames unless fps is given: VLMEvalKit refuses both at once, and a config giving fps alone means fps
+        super().__init__(dataset=dataset, nframe=(8 if fps <= 0 else 0) if nframe is None else nframe, fps=fps)
 
     @classmethod
     def supported_datasets(cls) -> list[str]:

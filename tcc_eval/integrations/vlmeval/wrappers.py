@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -26,15 +27,17 @@ from vlmeval.vlm.qwen2_vl.model import VLLM_MAX_IMAGE_INPUT_NUM, Qwen2VLChat
 from vlmeval.vlm.vila import VILA
 
 from model_registry import (
+    Base,
     all_bases,
     available_compressors,
     local_folder,
+    model_path_env,
     resolve_compressor,
     resolve_model_path,
 )
 
 from ... import api
-from ...adapters import adapter_for
+from ...adapters import ADAPTERS, adapter_for
 from ...media import open_video
 from ...vila.processing_vila import IMAGE_PLACEHOLDER
 from .. import rank_device
@@ -98,6 +101,28 @@ class _PrunedGenerate:
         return getattr(self._owner.hf_model, name)
 
 
+def restore_world_size() -> None:
+    """Works around VLMEvalKit's ``build_model_from_config`` (vlmeval/run.py): it hides WORLD_SIZE while a model
+    is built and, for a --config entry without "class" (how method options reach our names), never puts it back,
+    so every torchrun rank would infer the whole dataset. A model built inside a process group puts it back."""
+    import torch.distributed as dist
+
+    if "WORLD_SIZE" not in os.environ and dist.is_available() and dist.is_initialized():
+        os.environ["WORLD_SIZE"] = str(dist.get_world_size())
+
+
+def check_family(base: Base, model_path: str) -> None:
+    """Refuse another family's checkpoint before it loads: it would load, then run through this base's prompt code
+    (answers from the wrong prompts, no error) or fail on sample one inside a processor."""
+    model_type, _ = api.model_type_of(model_path)
+    family = ADAPTERS[model_type].family if model_type in ADAPTERS else base.family  # unknown types: the loader's
+    if family != base.family:
+        same = sorted(name for name, other in all_bases().items() if other.family == family)
+        raise ValueError(f"{model_path} is a {family} checkpoint, but base {base.name} runs {base.family} ones: name "
+                         f"a {family} base ({', '.join(same)}), or point {model_path_env(base.name)} (or the config's "
+                         f"model_path) at a {base.family} checkpoint")
+
+
 class TCCModelMixin:
     """Loading, pruning and efficiency records shared by both wrappers (put first in the bases)."""
 
@@ -134,6 +159,7 @@ class TCCModelMixin:
         if method == "tcc":  # fails before loading when no modality has one
             modalities = list(available_compressors(self.base, compressor))
         self.model_path = resolve_model_path(self.base, model_path)
+        check_family(self.base, self.model_path)
         self.device = rank_device(device)
         self.dtype = api.default_dtype(self.device, dtype)
         # the oracle switches to eager for its own pass only (oracle.eager_attention): its answer and prefill time
@@ -150,6 +176,7 @@ class TCCModelMixin:
         # start-up, not on sample one, where VLMEvalKit would log it and skip the dataset
         for modality in modalities:
             self.pruned_model(modality)
+        restore_world_size()
 
     def _load(self):
         """The unpruned model (sdpa) and its processor, from ``self.model_path`` (a folder or hub id)."""
