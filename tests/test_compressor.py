@@ -379,6 +379,31 @@ def test_evaluate_never_reports_training_samples_as_unseen(tmp_path, capsys, one
         evaluate([str(moved)], str(ckpt))
 
 
+def test_evaluate_never_writes_its_report_over_a_checkpoint(tmp_path, capsys, one_thread):
+    """--json naming the compressor (or any .pt) is refused before scoring, and a folder of no labels (every
+    sample answered wrongly) is named as such."""
+    import shutil
+
+    from tcc_eval.compressor.evaluate import evaluate
+
+    labels, ckpt = write_fake_labels(tmp_path / "labels", 8), tmp_path / "c.pt"
+    assert main(["train", "--labels", str(labels), "--out", str(ckpt), "--epochs", "1"]) == 0
+    trained = ckpt.read_bytes()
+    for target in (ckpt, tmp_path / "report.pt"):
+        with pytest.raises(ValueError, match=f"--json {target} names a checkpoint.*give a .json path"):
+            main(["evaluate", "--labels", str(labels), "--compressor", str(ckpt), "--json", str(target)])
+    assert ckpt.read_bytes() == trained and not (tmp_path / "report.pt").exists()
+    with pytest.raises(SystemExit):  # argparse: a folder is no report file
+        main(["evaluate", "--labels", str(labels), "--compressor", str(ckpt), "--json", str(tmp_path)])
+    assert "is a folder; give a file path" in capsys.readouterr().err
+    empty = tmp_path / "all_wrong"
+    (empty / "samples").mkdir(parents=True)
+    shutil.copy(labels / "meta.json", empty)
+    with pytest.raises(ValueError, match="no label files in .*all_wrong: `label` writes none for samples the model "
+                                         "answered wrongly"):
+        evaluate([str(empty)], str(ckpt))
+
+
 def test_training_that_never_improves_saves_nothing_and_says_so(tmp_path, monkeypatch, one_thread):
     """With no finite validation loss no epoch is saved; the final rewrite must not pick up an earlier run's
     file at --out and relabel it as this run's."""

@@ -22,6 +22,7 @@ import torch
 from scipy.stats import spearmanr
 
 from ..core import keep_count, topk_in_order
+from ..options import output_file
 from ..oracle import METHOD_RULE, RELEVANCE_RULES
 from . import check_match, load_compressor
 from .network import kl_loss, make_target
@@ -138,10 +139,11 @@ def evaluate(labels: list[str], compressor_path: str, split: str = "auto", again
         print(f"warning: compressor {compressor_path} was trained on {compressor.modality} inputs and these labels "
               f"are of {modality} inputs: the scores say how it transfers, not how it does on its own modality",
               file=sys.stderr)
+    if not samples:
+        raise ValueError(f"no label files in {', '.join(labels)}: `label` writes none for samples the model answered "
+                         f"wrongly (their skipped/ folder), so label more data, or pass --keep-all to `label`")
     chosen, how = choose_samples(samples, set(compressor.train_stats.get("val_keys", [])), split,
                                  trained_on(samples, compressor.train_stats))
-    if not chosen:
-        raise ValueError(f"no usable label files in {labels}")
     return {
         "compressor": str(compressor_path), "labels": [str(Path(d).resolve()) for d in labels],
         "split": how, "n_samples": len(chosen), "mean_n_visual": sum(s.n for s in chosen) / len(chosen),
@@ -152,6 +154,9 @@ def evaluate(labels: list[str], compressor_path: str, split: str = "auto", again
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.json and (Path(args.json).suffix == ".pt" or Path(args.json).resolve() == Path(args.compressor).resolve()):
+        raise ValueError(f"--json {args.json} names a checkpoint (the report would replace it): give a .json path, "
+                         f"e.g. {Path(args.json).with_suffix('.json')}")
     report = evaluate(args.labels, args.compressor, args.split, args.against, args.cross_modality)
     print(format_table(report))
     if args.json:
@@ -172,4 +177,5 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cross-modality", action="store_true",
                         help="score a compressor on labels of another modality than it was trained on (refused "
                         "otherwise) to measure how it transfers")
-    parser.add_argument("--json", default=None, help="also write the report as JSON here")
+    parser.add_argument("--json", default=None, type=output_file("fidelity.json"),
+                        help="also write the report as JSON here")
