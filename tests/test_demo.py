@@ -544,6 +544,14 @@ def test_evaluate_cli_scores_the_methods_asked_for(tmp_path, capsys):
         evaluate(n=2, methods=["a0", "tcc"], instruction_rows="last", root=str(tmp_path / "no_models_here"))
     assert main(["evaluate", "--root", str(tmp_path / "nowhere"), "--n", "2"]) == 2  # named, no traceback
     assert "no demo model at" in capsys.readouterr().err
+    no_compressors = tmp_path / "models_only"  # a demo folder whose compressors are not built: tcc is not skipped
+    (no_compressors / "compressors").mkdir(parents=True)
+    for entry in Path(paths()["qwen2_vl"]["model"]).parent.iterdir():
+        if entry.name != "compressors":
+            (no_compressors / entry.name).symlink_to(entry)
+    assert main(["evaluate", "--root", str(no_compressors), "--methods", "tcc", "--n", "1", "--family", "qwen2_vl",
+                 "--modality", "image", "--ratios", "0.5"]) == 2
+    assert "no image compressor for the demo qwen2_vl" in capsys.readouterr().err
     a_file = tmp_path / "a_file"
     a_file.write_text("")
     bad = [(["--device", "gpu0"], "argument --device: 'gpu0' is not a torch device; use cpu, cuda or cuda:N"),

@@ -364,10 +364,13 @@ def evaluate(
             samples = splits[key]
             model, processor = load_demo(family, root, device)
             comp = compressor_path(family, modality, root)
+            if "tcc" in methods and not comp.exists():
+                raise FileNotFoundError(f"no {modality} compressor for the demo {family} ({comp}), which tcc needs: "
+                                        f"build it (`python -m tcc_eval.demo build --compressors-only --out "
+                                        f"{comp.parent.parent}`), or leave tcc out of --methods")
             log(f"{family} / {modality}: {n} samples, seed {seed}")
-            for row in evaluate_model(model, processor, samples, {modality: str(comp)} if comp.exists() else None,
-                                      [m for m in methods if m != "tcc" or comp.exists()], ratios, batch_size, log,
-                                      instruction_rows):
+            for row in evaluate_model(model, processor, samples, {modality: str(comp)} if "tcc" in methods else None,
+                                      list(methods), ratios, batch_size, log, instruction_rows):
                 rows.append({"model": family, "modality": modality, "seed": seed, **row})
     return rows
 
