@@ -162,6 +162,10 @@ def test_read_data_tsv_and_jsonl(tmp_path):
                                     "1\tHow many?\t4\t5\t\tA\tx.png\n2\tHow many?\t3\t6\t7\tC\tx.png\n")
     numeric = read_data(tmp_path / "n.tsv")
     assert numeric[0].options == {"A": "4", "B": "5"} and numeric[1].options == {"A": "3", "B": "6", "C": "7"}
+    (tmp_path / "e.tsv").write_text("index\tquestion\tA\tB\tanswer\timage_path\n7\tQ?\tcat\tdog\tE\tx.png\n")
+    with pytest.raises(ValueError, match=r"e.tsv: row 7: answer 'E' is neither an option letter \(A, B\) nor an "
+                                         r"option's text: fix the answer key"):
+        read_data(tmp_path / "e.tsv")
 
 
 def test_read_data_llava_conversations(tmp_path, capsys):
@@ -208,7 +212,9 @@ def test_read_data_llava_conversations(tmp_path, capsys):
            ([{"id": 1, "image": "x.png", "conversations": ["Q", "A"]}], r"a 'conversations' turn is str"),
            ([{"id": 1, "question": "Q", "answer": "A"}], r"needs 'image', 'images', 'video' or 'frames_dir'"),
            ([["not", "an", "object"]], r"bad.json\[0\]: expected a JSON object, got list"),
-           ([{"id": 1, "image": "x.png", "prompt": "Q"}], r"needs 'question' and 'answer', or LLaVA's 'conversations'")]
+           ([{"id": 1, "image": "x.png", "prompt": "Q"}], r"needs 'question' and 'answer', or LLaVA's 'conversations'"),
+           ([{"id": 1, "image": "x.png", "question": "Q", "options": ["cat", "dog"], "answer": 1}],  # 0-based
+            r"bad.json\[0\]: answer '1' is neither an option letter \(A, B\) nor an option's text")]
     for content, message in bad:
         (tmp_path / "bad.json").write_text(json.dumps(content))
         with pytest.raises(ValueError, match=message):

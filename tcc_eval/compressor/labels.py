@@ -106,15 +106,17 @@ def _options_from(obj: Any) -> dict[str, str]:
     return {}
 
 
-def _answer_letter(answer: str, options: dict[str, str]) -> str:
-    """MCQ answers may be given as the letter or as the option's text."""
+def _answer_letter(answer: str, options: dict[str, str], where: str) -> str:
+    """MCQ answers may be given as the letter or as the option's text; anything else (a 0-based index, a letter
+    past the options) would mark every answer wrong, and the sample skipped, for a fault of the data."""
     answer = str(answer).strip()
     if answer.upper() in options:
         return answer.upper()
     for letter, text in options.items():
         if normalize(text) == normalize(answer):
             return letter
-    return answer
+    raise ValueError(f"{where}: answer {answer!r} is neither an option letter ({', '.join(options)}) nor an "
+                     f"option's text: fix the answer key")
 
 
 def read_tsv(path: Path, base_dir: Path) -> list[Sample]:
@@ -136,7 +138,9 @@ def read_tsv(path: Path, base_dir: Path) -> list[Sample]:
         question = str(row["question"])
         if _present(row.get("hint")):
             question = f"Hint: {row['hint']}\n{question}"
-        sample = Sample(id=str(row["index"]), question=question, answer=_answer_letter(row["answer"], options),
+        answer = _answer_letter(row["answer"], options, f"{path}: row {row['index']}") if options \
+            else str(row["answer"]).strip()
+        sample = Sample(id=str(row["index"]), question=question, answer=answer,
                         options=options, base_dir=base_dir)
         if _present(row.get("frames_dir")) or _present(row.get("video")):
             sample.video = str(row["frames_dir"] if _present(row.get("frames_dir")) else row["video"])
@@ -178,7 +182,7 @@ def read_jsonl(path: Path, base_dir: Path) -> list[Sample]:
             options: dict[str, str] = {}
         elif "question" in rec and "answer" in rec:
             question, options = str(rec["question"]), _options_from(rec.get("options"))
-            answer = _answer_letter(rec["answer"], options) if options else str(rec["answer"])
+            answer = _answer_letter(rec["answer"], options, where) if options else str(rec["answer"])
         else:
             raise ValueError(f"{where}: each record needs 'question' and 'answer', or LLaVA's 'conversations'")
         if not (video or images):
