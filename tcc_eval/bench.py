@@ -43,6 +43,7 @@ import torch
 from torch import nn
 
 from .api import device_arg
+from .compressor import load_compressor
 from .core import (
     check_keep_ratio,
     gather_left_padded,
@@ -59,7 +60,7 @@ from .flops import (
     pyramid_stage_layers,
     pyramid_stage_ratio,
 )
-from .options import DEFAULT_INSTRUCTION_ROWS, positive_int
+from .options import DEFAULT_INSTRUCTION_ROWS, output_file, positive_int
 from .probe import instruction_to_visual
 
 METHODS = ("none", "tcc", "fastv_same_kept", "fastv_same_avg_retention", "dart_same_avg_retention",
@@ -121,7 +122,10 @@ def parse_shape(text: str) -> tuple[str, LLMShape, str]:
     if unknown or missing:
         raise ValueError(f"shape {text!r}: unknown keys {sorted(unknown)}, missing keys {sorted(missing)} "
                          f"(needed: {', '.join(SHAPE_KEYS[:5])}; optional: head_dim, arch)")
-    return "custom", LLMShape(**{k: int(v) for k, v in fields.items()}), arch
+    numbers = {k: v for k, v in fields.items() if v.strip().isdigit()}
+    if len(numbers) < len(fields):
+        raise ValueError(f"shape {text!r}: {', '.join(sorted(set(fields) - set(numbers)))} must be whole numbers")
+    return "custom", LLMShape(**{k: int(v) for k, v in numbers.items()}), arch
 
 
 def build_llm(shape: LLMShape, arch: str, device: torch.device, dtype: torch.dtype, seed: int = 0) -> nn.Module:
@@ -520,8 +524,6 @@ def _compressor(path: str | None, device: torch.device) -> nn.Module:
     from .compressor.network import TokenCompressor
 
     if path:
-        from .compressor import load_compressor
-
         return load_compressor(path, device=device)
     return TokenCompressor().to(device).eval()
 
@@ -595,7 +597,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[BenchConfig, str | None]:
     p.add_argument("--pdrop-layers", help="PyramidDrop's stage layers, e.g. 2/14/21 (default: L/4, L/2, 3L/4)")
     add_machine_args(p)
     p.add_argument("--compressor", help="trained compressor checkpoint (default: random weights, same cost)")
-    p.add_argument("--json", help="write the results here")
+    p.add_argument("--json", type=output_file("bench.json"), help="write the results here")
     args = p.parse_args(argv)
     if args.warmup < 0:
         p.error("--warmup must be >= 0")
@@ -608,7 +610,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[BenchConfig, str | None]:
         cfg = BenchConfig(name, shape, arch, args.visual, args.text, args.system, ratios, args.repeats, args.warmup,
                           args.fastv_k, str(device), dtype, args.seed, args.compressor, pdrop_layers)
         check_config(cfg)
-    except ValueError as err:
+        if args.compressor:  # now, not after the vanilla rounds
+            load_compressor(args.compressor)
+    except (ValueError, OSError) as err:
         p.error(str(err))
     if args.threads:
         torch.set_num_threads(args.threads)

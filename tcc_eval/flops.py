@@ -33,7 +33,16 @@ class LLMShape:
     gated: bool = True
 
     def __post_init__(self) -> None:
+        counts = {name: getattr(self, name) for name in ("layers", "hidden", "intermediate", "heads", "kv_heads")}
+        if min(counts.values()) < 1 or self.head_dim < 0:
+            raise ValueError(f"LLM shape {counts}: every count must be at least 1")
+        if self.heads % self.kv_heads:
+            raise ValueError(f"LLM shape: heads={self.heads} is not a multiple of kv_heads={self.kv_heads} (each "
+                             f"key/value head serves heads/kv_heads query heads)")
         if self.head_dim == 0:
+            if self.hidden % self.heads:
+                raise ValueError(f"LLM shape: hidden={self.hidden} is not a multiple of heads={self.heads}; give "
+                                 f"head_dim")
             object.__setattr__(self, "head_dim", self.hidden // self.heads)
 
 

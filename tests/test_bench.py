@@ -270,6 +270,12 @@ def test_oracle_bench_measures_one_variant_alone(tmp_path, capsys):
     (["--system", "-1"], "--system >= 0"),
     (["--threads", "0"], "argument --threads: 0 is not a positive whole number"),
     (["--device", "gpu"], "argument --device: 'gpu' is not a torch device"),
+    (["--shape", "layers=4,hidden=64,intermediate=128,heads=4,kv_heads=3"], "heads=4 is not a multiple of kv_heads=3"),
+    (["--shape", "layers=4,hidden=64,intermediate=128,heads=0,kv_heads=0"], "every count must be at least 1"),
+    (["--shape", "layers=4,hidden=65,intermediate=128,heads=4,kv_heads=2"], "hidden=65 is not a multiple of heads=4"),
+    (["--shape", "layers=x,hidden=64,intermediate=128,heads=4,kv_heads=2"], "layers must be whole numbers"),
+    (["--compressor", "/no/such/compressor.pt"], "compressor checkpoint '/no/such/compressor.pt' does not exist"),
+    (["--json", "/"], "argument --json: / is a folder; give a file path"),  # refused before the run, not after it
 ])
 def test_bench_refuses_bad_arguments_in_one_line(args, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -282,6 +288,7 @@ def test_bench_refuses_bad_arguments_in_one_line(args, message, capsys):
     (["--text", "2", "--answer", "2"], "--text > --answer"),
     (["--tokens", "40", "--text", "30"], "some visual tokens"),
     (["--shape", "layers=2"], "missing keys"),
+    (["--json", "/"], "argument --json: / is a folder; give a file path"),
 ])
 def test_oracle_bench_rejects_impossible_layouts(args, message, capsys):
     from tcc_eval import bench_oracle
@@ -316,8 +323,14 @@ def test_tower_bench_times_the_tower_with_and_without_visionzip_scoring(monkeypa
     assert "tower + visionzip scoring" in capsys.readouterr().out
 
 
-def test_tower_bench_refuses_bad_shapes_before_building():
+def test_tower_bench_refuses_bad_shapes_before_building(capsys):
     from tcc_eval import bench_tower
+
+    for args, message in ((["--tower", "qwen2-vl-vit", "--side", "0"], "--side must be a multiple of 28"),
+                          (["--json", "/"], "argument --json: / is a folder")):
+        with pytest.raises(SystemExit):
+            bench_tower.parse_args(args)
+        assert message in capsys.readouterr().err
 
     for tower in ("qwen2-vl-vit", "qwen2.5-vl-vit"):
         with pytest.raises(ValueError, match="multiple of 28"):
