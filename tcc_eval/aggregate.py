@@ -212,6 +212,9 @@ def _walk(root: Path, skip: Path | None) -> Iterator[Path]:
             path = Path(folder, name)
             if path.is_file():
                 yield path
+            elif path.is_symlink() and _is_results_file(path):
+                log.warning("skipped %s: it links to %s, which does not exist (an unmounted disk?)", path,
+                            os.readlink(path))
 
 
 # The start time a framework names its run by: VLMEvalKit's run folder (T20251128-101010; before, T20251128_G<commit>,
@@ -396,7 +399,11 @@ def _scores_from_rating(data: Any, path: Path) -> list[tuple[str, float, str, bo
                         path, err)
             samples, note = None, f"{note}, the rating's own count ({err})"
         scores = None if samples is None else samples["score"]
-        if scores is not None and len(scores) == int(total):
+        if scores is not None and len(scores) != int(total):  # another run's file, or a partial one: not this rating's
+            log.warning("%s: kept the rating's own count: its per-sample file has %d rows for %d questions",
+                        path, len(scores), int(total))
+            note = f"{note}, the rating's own count (the per-sample file has {len(scores)} rows)"
+        elif scores is not None:
             recounted = float((scores == 1).sum())
             if recounted != correct:
                 unscored = int((scores.isna() | (scores < 0)).sum())
@@ -835,6 +842,12 @@ def read_efficiency(root: Path, skip: Path | None = None) -> pd.DataFrame:
                        "mtime": mtime, "started": started, "source": str(path)}
                 for name in EFFICIENCY_NUMERIC:
                     row[name] = float(record[name]) if record.get(name) is not None else math.nan
+                negative = [name for name in EFFICIENCY_NUMERIC if row[name] < 0]
+                if negative:
+                    raise ResultFileError(f"negative {', '.join(negative)}")
+                if row["visual_after"] > row["visual_before"]:
+                    raise ResultFileError(f"visual_after {row['visual_after']:g} exceeds visual_before "
+                                          f"{row['visual_before']:g}")
                 row["batch_size"] = int(record.get("batch_size") or 1)  # a batched call's record sums its samples
                 row["first_call"] = record.get("first_call") is True  # records of earlier versions lack it
                 if row["batch_size"] < 1:
@@ -959,9 +972,19 @@ def _to_display(scores: list[Score]) -> pd.DataFrame:
     is_fraction = frame["scale"] == "fraction"
     auto = frame["scale"] == "auto"
     if auto.any():
-        small = frame[auto].groupby(["framework", "benchmark", "metric"])["value"].transform(
-            lambda v: bool((v.abs() <= 1.0).all()))
+        values = frame[auto].groupby(["framework", "benchmark", "metric"])["value"]
+        small = values.transform(lambda v: bool((v.abs() <= 1.0).all()))
         is_fraction |= small.astype(bool).reindex(frame.index, fill_value=False)
+        # values on both sides of 1: percentages, unless some file wrote a fraction, which nothing here can tell
+        mixed = values.transform(lambda v: bool((v.abs() <= 1.0).any() and (v.abs() > 1.0).any()))
+        doubtful = mixed.astype(bool).reindex(frame.index, fill_value=False) & (frame["value"].abs() <= 1.0)
+        for index in frame.index[doubtful]:
+            log.warning("%s: %s %s %g read as a percentage, as other runs' values above 1 are; if this file holds a "
+                        "fraction, it is 100x too small", frame.at[index, "source"], frame.at[index, "benchmark"],
+                        frame.at[index, "metric"], frame.at[index, "value"])
+            frame.at[index, "note"] = "; ".join(filter(None, [frame.at[index, "note"], "read as a percentage beside "
+                                                              "other runs' values above 1 (a fraction would be 100x "
+                                                              "too small)"]))
     frame["score"] = frame["value"].where(~is_fraction, frame["value"] * 100.0)
     frame = frame.sort_values(["started", "mtime", "source"], kind="stable")
     counts = frame.groupby(SCORE_KEY)["source"].transform("nunique")
@@ -1330,6 +1353,10 @@ def aggregate(results_dir: Path | str, out_dir: Path | str | None = None,
                                  f"*_results.json, *{EFFICIENCY_SUFFIX}); nothing was written. Pass the VLMEvalKit "
                                  f"--work-dir or lmms-eval --output_path (or a folder above them)")
 
+    bases = set(summary["base_model"]) | set(efficiency["base_model"])
+    for base in sorted(set(options.shapes) - bases):
+        log.warning("--shape %s=...: no run has base model %s (the runs' bases: %s)", base, base,
+                    ", ".join(sorted(bases)))
     present = set(summary["framework"]) | set(efficiency["framework"])
     tables = {fw: build_table(summary, efficiency, fw, options)  # before any write: an error leaves the old tables
               for fw in [*FRAMEWORKS, *sorted(present - set(FRAMEWORKS))] if fw in present}

@@ -209,7 +209,7 @@ def build_tree(root: Path) -> dict[str, Path]:
         for i in range(4):
             before = 144 if model.startswith("Tiny") else 1000
             lines.append(efficiency_line(model, "vlmeval", "MMStar", i, method, ratio, "Qwen2VL7B", before,
-                                         after + (i % 2) * 2 - 1, prefill + 0.1 * i, prefill + 1.0,
+                                         min(before, after + (i % 2) * 2 - 1), prefill + 0.1 * i, prefill + 1.0,
                                          legacy=model.startswith("Tiny")))
     lines.insert(3, "{not json")
     special["efficiency"] = eff / "vlmeval_efficiency.jsonl"
@@ -405,6 +405,56 @@ def test_corrupt_and_unknown_files_warn_and_others_survive(run):
     assert row(s, "vlmeval", "LLaVAOV7B", "tcc", 0.25, "MMStar", "Overall").score == pytest.approx(45.0)
     assert set(s.benchmark) >= {"MMStar", "MME", "MVBench_8frame", "Video-MME_8frame", "mme", "tccsynth_img"}
     assert "status" not in " ".join(s.source)
+
+
+def test_impossible_efficiency_records_are_skipped_and_named(tmp_path, caplog):
+    """A record keeping more visual tokens than it had, or with a negative time, is no measurement: skipped with
+    its line named, the others counted."""
+    work = tmp_path / "w" / "Qwen2VL7B_TCC50"
+    lines = [efficiency_line("Qwen2VL7B_TCC50", "vlmeval", "MMStar", 0, "tcc", 0.5, "Qwen2VL7B", 1000, 500, 1.0, 2.0),
+             efficiency_line("Qwen2VL7B_TCC50", "vlmeval", "MMStar", 1, "tcc", 0.5, "Qwen2VL7B", 1000, 5000, 1.0, 2.0),
+             efficiency_line("Qwen2VL7B_TCC50", "vlmeval", "MMStar", 2, "tcc", 0.5, "Qwen2VL7B", 1000, 500, -5.0, 2.0)]
+    work.mkdir(parents=True)
+    records = work / "Qwen2VL7B_TCC50_MMStar_efficiency.jsonl"
+    records.write_text("\n".join(lines) + "\n")
+    with caplog.at_level(logging.WARNING, logger="tcc_eval.aggregate"):
+        efficiency = aggregate(tmp_path / "w").efficiency.set_index("dataset")
+    assert efficiency.loc["ALL", "samples"] == 1 and efficiency.loc["ALL", "prefill_s_mean"] == pytest.approx(1.0)
+    assert any(f"{records}:2: visual_after 5000 exceeds visual_before 1000" in m for m in caplog.messages)
+    assert any(f"{records}:3: negative prefill_s" in m for m in caplog.messages)
+
+
+def test_dangling_result_links_and_unused_shapes_are_named(tmp_path, caplog):
+    """A results file linking into an unmounted disk, and a --shape for a base no run has (a typo), are named
+    rather than silently left out."""
+    work = tmp_path / "w"
+    write_mcq_acc(work / "Qwen2VL7B_Vanilla" / "Qwen2VL7B_Vanilla_MMStar_acc.csv", 60)
+    link = work / "Qwen2VL7B_TCC50" / "Qwen2VL7B_TCC50_MMStar_acc.csv"
+    link.parent.mkdir()
+    link.symlink_to(tmp_path / "unmounted" / "acc.csv")
+    options = TableOptions(shapes={"Qwen2Vl7B": LLM_SHAPES["qwen2-vl-7b"]})
+    with caplog.at_level(logging.WARNING, logger="tcc_eval.aggregate"):
+        aggregate(work, options=options)
+    assert any(f"skipped {link}: it links to {tmp_path / 'unmounted' / 'acc.csv'}, which does not exist" in m
+               for m in caplog.messages)
+    assert any("--shape Qwen2Vl7B=...: no run has base model Qwen2Vl7B (the runs' bases: Qwen2VL7B)" in m
+               for m in caplog.messages)
+
+
+def test_a_metric_read_on_both_sides_of_1_is_flagged(tmp_path, caplog):
+    """Files that do not say their scale (fraction or percent) are read alike per metric; values on both sides of 1
+    are read as percentages, and the ones at or below 1 are flagged: a fraction among them would be 100x too small."""
+    work = tmp_path / "w"
+    write_mcq_acc(work / "Qwen2VL7B_Vanilla" / "Qwen2VL7B_Vanilla_MMStar_acc.csv", 60)  # 0.6: a fraction
+    vlmeval_csv(pd.DataFrame({"split": ["none"], "Overall": [57.0]}),  # a tool that wrote percent
+                work / "Qwen2VL7B_TCC50" / "Qwen2VL7B_TCC50_MMStar_acc.csv")
+    with caplog.at_level(logging.WARNING, logger="tcc_eval.aggregate"):
+        summary = aggregate(work).summary
+    vanilla = row(summary, "vlmeval", "Qwen2VL7B", "none", 1.0, "MMStar", "Overall")
+    assert "read as a percentage beside other runs' values above 1" in vanilla.note
+    assert "read as a percentage" not in row(summary, "vlmeval", "Qwen2VL7B", "tcc", 0.5, "MMStar", "Overall").note
+    assert any("Qwen2VL7B_Vanilla_MMStar_acc.csv: MMStar Overall 0.6 read as a percentage" in m
+               for m in caplog.messages)
 
 
 def test_raw_files_untouched(run):
@@ -828,6 +878,12 @@ def test_mvbench_failed_and_empty_answers_count_as_wrong(tmp_path):
     tcc = row(aggregate(work).summary, "vlmeval", "Qwen2VL7B", "tcc", 0.25, "MVBench_8frame", "overall")
     assert tcc.score == pytest.approx(75.0)
     assert "6/8, the rating's own count (Qwen2VL7B_TCC25_MVBench_8frame_score.xlsx is unreadable" in tcc.note
+    # one of another length (a partial or another run's file) is not this rating's: its own count, said to be that
+    pd.DataFrame({"index": range(5), "task_type": ["Action Count"] * 5, "score": [1, 0, 0, 0, 1]}).to_excel(
+        work / "Qwen2VL7B_TCC25" / "Qwen2VL7B_TCC25_MVBench_8frame_score.xlsx", index=False)
+    tcc = row(aggregate(work).summary, "vlmeval", "Qwen2VL7B", "tcc", 0.25, "MVBench_8frame", "overall")
+    assert tcc.score == pytest.approx(75.0)
+    assert "6/8, the rating's own count (the per-sample file has 5 rows)" in tcc.note
 
 
 def test_videomme_recounted_from_per_sample_scores(tmp_path):
