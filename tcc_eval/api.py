@@ -314,6 +314,8 @@ def wrap_model(
     the methods that prune inside the LLM refuse it: their first layers' cache holds the original ids).
     ``instruction_rows`` (a0 and tcc) picks the text rows whose layer-0 attention scores the visual tokens
     (``options.INSTRUCTION_ROWS``; a tcc compressor must have been labelled with the same rule)."""
+    if isinstance(model, (TokenPrunedModel, CompressedMLLM)):
+        raise TypeError(f"model is already a pruned {type(model).__name__}: wrap the HF model it holds (its .model)")
     check_method(method)
     check_option_types({"seed": seed, "fastv_k": fastv_k, "max_answer_tokens": max_answer_tokens})
     if budget not in BUDGETS:  # else found only at the first sample with several images or frames
@@ -343,7 +345,8 @@ def wrap_model(
                             positions=positions)
 
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif")  # what a frames folder's frames may be
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif")
+IMAGE_KEYS = ("image", "path", "url", "base64")  # where an image part holds its image (transformers' chat format)  # what a frames folder's frames may be
 
 
 def read_video(path: str | os.PathLike, num_frames: int = 8) -> tuple[list, Any]:
@@ -384,6 +387,10 @@ def read_media(messages: list[dict], num_frames: int) -> tuple[list[dict], dict[
     whose PNG decoder fails ('bad parameters to zlib') in a process that imported VLMEvalKit before it first ran;
     URLs are left to the processor. Media the processor could not read are named with the fix (its errors name
     neither)."""
+    if isinstance(messages, (str, dict)) or not all(isinstance(m, dict) for m in messages):
+        raise TypeError(f"messages must be a list of chat turns, e.g. [{{'role': 'user', 'content': [{{'type': "
+                        f"'image', 'image': 'cat.jpg'}}, {{'type': 'text', 'text': 'What is the cat doing?'}}]}}]; "
+                        f"got {type(messages).__name__}")
     out, metadata, given_frames = [], [], False
     for message in messages:
         content = message.get("content")
@@ -401,8 +408,11 @@ def read_media(messages: list[dict], num_frames: int) -> tuple[list[dict], dict[
                                          "or a folder of frame images")
                     given_frames = True
                 elif kind == "image":
-                    key = next((k for k in ("image", "path") if k in part), None)
-                    if key is not None and isinstance(part[key], (str, os.PathLike)):
+                    key = next((k for k in IMAGE_KEYS if k in part), None)
+                    if key is None or part[key] is None or isinstance(part[key], (numbers.Number, dict, list, tuple)):
+                        raise ValueError(f"an image part needs one of {', '.join(map(repr, IMAGE_KEYS))}: a PIL image, "
+                                         f"a file path, a URL or base64 text; got {part!r:.200}")
+                    if key in ("image", "path") and isinstance(part[key], (str, os.PathLike)):
                         part = {**part, key: open_image_reference(os.fspath(part[key]))}
                 parts.append(part)
             content = parts

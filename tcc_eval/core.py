@@ -31,6 +31,8 @@ def module_devices(module: torch.nn.Module, *extra: torch.device) -> tuple[torch
 def check_keep_ratio(keep_ratio: float) -> float:
     """Validate a retention ratio rho in (0, 1]."""
     try:
+        if isinstance(keep_ratio, bool):  # a flag, not a fraction (float(True) would keep everything)
+            raise TypeError
         ratio = float(keep_ratio)
     except (TypeError, ValueError):
         raise ValueError(f"keep_ratio must be a number in (0, 1], got {keep_ratio!r}") from None

@@ -383,6 +383,9 @@ def explain(model: Any, messages: list[dict], answer: str | None = None, process
     from .api import CompressedMLLM
     from .pruned import TokenPrunedModel
 
+    if processor is None and not isinstance(model, CompressedMLLM):
+        raise TypeError(f"explain takes a CompressedMLLM (from tcc_eval.load) or an HF model with its processor; "
+                        f"got a {type(model).__name__} without one: pass processor=")
     mllm = model if processor is None else CompressedMLLM(TokenPrunedModel(model, scorer=None), processor)
     inputs = mllm.prepare(messages)
     model, processor = mllm.model, mllm.processor

@@ -12,7 +12,7 @@ from conftest import FAMILIES, messages_for, model_inputs
 import tcc_eval
 
 
-@pytest.mark.parametrize("ratio", (0, -0.5, 1.5, float("nan"), "half"))
+@pytest.mark.parametrize("ratio", (0, -0.5, 1.5, float("nan"), "half", True))
 def test_bad_keep_ratio(tiny_checkpoints, ratio):
     with pytest.raises(ValueError, match=r"keep_ratio must be .*\(0, 1\]"):
         tcc_eval.load(tiny_checkpoints["qwen2_vl"], method="random", keep_ratio=ratio)
@@ -71,6 +71,22 @@ def test_wrap_model_refuses_options_of_the_wrong_kind(loaded):
                              ({"method": "oracle", "max_answer_tokens": 0}, "max_answer_tokens=0: expected a")):
         with pytest.raises(ValueError, match=re.escape(message)):
             tcc_eval.wrap_model(model, **{"method": "random", **options})
+
+
+def test_api_misuse_is_named_not_a_traceback_from_inside(tiny_checkpoints):
+    """A question passed as a plain string, an image part without its image, wrapping what is already wrapped and
+    explaining an HF model without its processor: each says what to pass instead."""
+    mllm = tcc_eval.load(tiny_checkpoints["qwen2_vl"], method="random", keep_ratio=0.5)
+    with pytest.raises(TypeError, match="messages must be a list of chat turns, e.g. .*got str"):
+        mllm.generate("What colour is the square?")
+    for part in ({"type": "image"}, {"type": "image", "image": 5}):
+        with pytest.raises(ValueError, match="an image part needs one of 'image', 'path', 'url', 'base64'"):
+            mllm.generate([{"role": "user", "content": [part, {"type": "text", "text": "Q?"}]}])
+    for wrapped in (mllm, mllm.pruned):
+        with pytest.raises(TypeError, match=f"model is already a pruned {type(wrapped).__name__}: wrap the HF model"):
+            tcc_eval.wrap_model(wrapped, method="a0")
+    with pytest.raises(TypeError, match="explain takes a CompressedMLLM .* without one: pass processor="):
+        tcc_eval.explain(mllm.model, messages_for("image"))
 
 
 def test_an_empty_answer_is_refused(tiny_checkpoints):
