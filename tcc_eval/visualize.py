@@ -150,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="the shipped models of a benchmark variant (e.g. single)")
     parser.add_argument("--out", default="visualize.png", type=output_file("tcc.png"), help="PNG to write")
     args = parser.parse_args(argv)
+    if Path(args.out).suffix.lower() != ".png":  # before the render, not after it
+        parser.error(f"--out {args.out}: the sheet is written as PNG; give a .png path")
     try:
         root = demo_root(args.root, args.variant)
     except ValueError as err:

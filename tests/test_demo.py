@@ -423,7 +423,8 @@ def test_visualize_writes_png(tmp_path, capsys):
     assert main(["--n", "1", "--methods", "tcc", "--model", llava, "--out", str(tmp_path / "l.png")]) == 0
     for args, message in ((["--n", "0"], "argument --n: 0 is not a positive whole number"),
                           (["--out", str(tmp_path)],
-                           f"argument --out: {tmp_path} is a folder; give a file path, e.g. {tmp_path / 'tcc.png'}")):
+                           f"argument --out: {tmp_path} is a folder; give a file path, e.g. {tmp_path / 'tcc.png'}"),
+                          (["--out", str(tmp_path / "v.txt")], "the sheet is written as PNG; give a .png path")):
         with pytest.raises(SystemExit) as refused:
             main(args)
         assert refused.value.code == 2 and message in capsys.readouterr().err
