@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import FAMILIES, messages_for, model_inputs
+from conftest import FAMILIES, messages_for, model_inputs, needs_assets
 import tcc_eval
 
 
@@ -87,6 +87,23 @@ def test_api_misuse_is_named_not_a_traceback_from_inside(tiny_checkpoints):
             tcc_eval.wrap_model(wrapped, method="a0")
     with pytest.raises(TypeError, match="explain takes a CompressedMLLM .* without one: pass processor="):
         tcc_eval.explain(mllm.model, messages_for("image"))
+
+
+@needs_assets
+@pytest.mark.parametrize("family, message", [
+    ("qwen2_vl", "input_ids hold more images than image_grid_thw has grids: pass the processor's outputs whole"),
+    ("llava_onevision", "input_ids hold more <image> tokens than the inputs have images: pass the processor's"),
+    ("vila", "input_ids hold 144 image placeholder tokens but no pixel_values were given"),
+])
+def test_image_tokens_without_their_pixels_are_named(family, message):
+    """generate(**inputs) given the input_ids but not the pixels they stand for (a dropped key) says so, instead of
+    a bare StopIteration from inside the adapter."""
+    from tcc_eval.demo import paths
+
+    mllm = tcc_eval.load(paths()[family]["model"], method="random", keep_ratio=0.5)
+    inputs = mllm.prepare(messages_for("image"))
+    with pytest.raises(ValueError, match=re.escape(message)):
+        mllm.pruned.generate(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], max_new_tokens=1)
 
 
 def test_an_empty_answer_is_refused(tiny_checkpoints):

@@ -81,7 +81,12 @@ class LlavaOnevisionAdapter(MLLMAdapter):
         for start, end in runs_of(row == cfg.image_token_id):
             offset = start
             while offset < end:
-                n_tokens, newline_rows = next(images)
+                image = next(images, None)
+                if image is None:
+                    raise ValueError("input_ids hold more <image> tokens than the inputs have images: pass the "
+                                     "processor's outputs whole (pixel_values and image_sizes with the input_ids "
+                                     "they belong to)")
+                n_tokens, newline_rows = image
                 parts.append((offset, "image", n_tokens, newline_rows))
                 offset += n_tokens
         return parts

@@ -44,7 +44,13 @@ class Qwen2VLAdapter(MLLMAdapter):
             visual = (row == cfg.image_token_id) | (row == cfg.video_token_id)
             parts: list[torch.Tensor] = []
             for start, _ in runs_of(visual):
-                t, h, w = next(video_grids if row[start] == cfg.video_token_id else image_grids)
+                kind = "video" if row[start] == cfg.video_token_id else "image"
+                grid = next(video_grids if kind == "video" else image_grids, None)
+                if grid is None:
+                    raise ValueError(f"input_ids hold more {kind}s than {kind}_grid_thw has grids: pass the "
+                                     f"processor's outputs whole (pixel_values{'_videos' if kind == 'video' else ''} "
+                                     f"and {kind}_grid_thw with the input_ids they belong to)")
+                t, h, w = grid
                 parts += [grid_cells(len(parts) + i, h // merge, w // merge) for i in range(t)]
             cells.append(torch.cat(parts) if parts else torch.zeros(0, 3, dtype=torch.long))
         return cells
