@@ -345,8 +345,8 @@ def wrap_model(
                             positions=positions)
 
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif")
-IMAGE_KEYS = ("image", "path", "url", "base64")  # where an image part holds its image (transformers' chat format)  # what a frames folder's frames may be
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif")  # what a frames folder's frames may be
+IMAGE_KEYS = ("image", "path", "url", "base64")  # where an image part holds its image (transformers' chat format)
 
 
 def read_video(path: str | os.PathLike, num_frames: int = 8) -> tuple[list, Any]:
