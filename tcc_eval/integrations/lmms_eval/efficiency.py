@@ -108,8 +108,8 @@ class EfficiencyLog:
                 f"or ${EFFICIENCY_ENV}"
             )
 
-    def _run_name(self, task: str | None) -> str:
-        return f"{self._stem}_{_safe(task or 'unknown')}"
+    def _run_name(self, task: str | None, stem: str | None = None) -> str:
+        return f"{stem or self._stem}_{_safe(task or 'unknown')}"
 
     def path_for(self, task: str | None) -> Path:
         assert self.directory is not None
@@ -120,9 +120,9 @@ class EfficiencyLog:
         count (any rank; also the ``_rank<r>`` names of versions that did not record the count), and every file of
         the run under the name of versions before the checkpoint's hash."""
         own = self.path_for(task)
-        task_name = _safe(task or "unknown")
-        name = re.compile(f"(?:{re.escape(self._stem)}|(?P<unhashed>{re.escape(self._unhashed_stem)}))_"
-                          f"{re.escape(task_name)}" + r"(?P<rank>_rank\d+(?:of(?P<processes>\d+))?)?_efficiency\.jsonl")
+        name = re.compile(f"(?:{re.escape(self._run_name(task))}|(?P<unhashed>"
+                          f"{re.escape(self._run_name(task, self._unhashed_stem))}))"
+                          + r"(?P<rank>_rank\d+(?:of(?P<processes>\d+))?)?_efficiency\.jsonl")
         earlier = []
         for path in sorted(own.parent.glob("*_efficiency.jsonl")):
             match = name.fullmatch(path.name)
