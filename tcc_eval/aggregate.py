@@ -82,7 +82,9 @@ MMBENCH_VIDEO_COARSE = {
 LMMS_PREFERRED_METRICS = ("exact_match", "accuracy", "acc", "mvbench_accuracy", "videomme_perception_score",
                           "pope_f1_score", "gpt_eval_accuracy", "gpt_eval_score", "seed_image", "average")
 # Preferred row of a multi-split acc.csv.
-SPLIT_PREFERENCE = ("overall", "all", "none", "test", "dev", "val", "validation")
+# MMMU_DEV_VAL has both a dev and a validation row: dev is MMMU's 150 few-shot examples, validation the 900
+# questions papers report.
+SPLIT_PREFERENCE = ("overall", "all", "none", "test", "validation", "val", "dev")
 BYTES_PER_MB = 1e6
 # VLMEvalKit's judge names (run.py's defaults, judge_util's model_map): some score files carry them after the dataset
 JUDGE_SUFFIX_RE = re.compile(r"_(?:gpt-[\w.-]+|chatgpt-[\w-]+|qwen-\w+|deepseek|llama31-8b|exact_matching)$")
@@ -202,6 +204,7 @@ class Score:
     judge: str = ""  # VLMEvalKit's judge of the score ("" when the files do not say)
     subset: str = ""  # the part of the benchmark scored ("--limit 8", lmms-eval's options); "" for all of it
     setup: str = ""  # lmms-eval model_args beyond the checkpoint, the method and the device ("max_pixels=...")
+    questions: int = 0  # rows of the VLMEvalKit predictions file scored (0: not known)
 
 
 def _walk(root: Path, skip: Path | None) -> Iterator[Path]:
@@ -350,6 +353,26 @@ def _vlmeval_table(folder: Path, stem: str) -> pd.DataFrame | None:
                 reason = (str(err).splitlines() or [type(err).__name__])[0]
                 raise ResultFileError(f"{path.name} is unreadable ({reason})") from None
     return None
+
+
+def _vlmeval_questions(folder: Path, model: str, dataset: str) -> int:
+    """Rows of the predictions file a VLMEvalKit score came from (``<MODEL>_<DATASET>.xlsx``), 0 where there is
+    none or it is unreadable: a ``--limit`` run scores fewer, and nothing else it writes says so."""
+    workbook = folder / f"{model}_{dataset}.xlsx"
+    try:
+        if workbook.is_file():  # the sheet's dimension: reading a 4,000-row sheet whole takes a second
+            import openpyxl
+
+            book = openpyxl.load_workbook(workbook, read_only=True)
+            rows = book.active.max_row
+            book.close()
+            if rows:
+                return rows - 1
+        frame = _vlmeval_table(folder, f"{model}_{dataset}")
+        return 0 if frame is None else len(frame)
+    except Exception as err:  # noqa: BLE001 - the score stands; only the count is lost
+        log.warning("%s: could not count the predictions of %s on %s: %s", folder, model, dataset, err)
+        return 0
 
 
 def _per_sample_scores(rating: Path) -> pd.DataFrame | None:
@@ -522,10 +545,12 @@ def read_vlmeval(root: Path, skip: Path | None = None) -> list[Score]:
         mtime = path.stat().st_mtime
         variant = _vlmeval_run_variant(path, root, model, dataset, method)
         fallback = _judge_fallback_note(path.parent, model, dataset, judge)
+        questions = _vlmeval_questions(path.parent, model, dataset)
         for metric, value, scale, primary, note in rows:
             note = "; ".join(filter(None, [note, fallback if primary else ""]))
             scores.append(Score("vlmeval", model, base, method, ratio, dataset, metric, value, scale, primary,
-                                str(path), mtime, run_started(path, root), note, variant, judge))
+                                str(path), mtime, run_started(path, root), note, variant, judge,
+                                questions=questions))
     return scores
 
 
@@ -744,6 +769,9 @@ def read_lmms(root: Path, skip: Path | None = None) -> list[Score]:
             data = json.loads(path.read_text(encoding="utf-8"))
             if not isinstance(data, dict) or not isinstance(data.get("results"), dict) \
                     or not isinstance(data.get("config"), dict):
+                if not LMMS_RESULTS_NAME.fullmatch(path.name):  # e.g. lmms-eval's own submissions/<task>_results.json,
+                    log.debug("not an lmms-eval results file: %s", path)  # VLMEvalKit's <MODEL>_<DATASET>_results.json
+                    continue
                 raise ResultFileError("not an lmms-eval results file (needs 'results' and 'config')")
             config = data["config"]
             args = parse_model_args(config.get("model_args"))
@@ -1003,12 +1031,14 @@ VANILLA_DIFFERENCES = ((", the vanilla run by ", "another judge than vanilla's o
 def pair_with_vanilla(frame: pd.DataFrame) -> pd.DataFrame:
     """Add vanilla_score and preservation (= score / vanilla_score) from the same framework, base model,
     benchmark and metric; a missing or zero vanilla, one scored by another judge, or one run on other samples
-    (lmms-eval's --limit / --offset) leaves preservation empty with a note, and other lmms-eval model_args than
-    vanilla's are noted beside it."""
+    (lmms-eval's --limit / --offset, a VLMEvalKit predictions file of another length) leaves preservation empty
+    with a note, and other lmms-eval model_args than vanilla's are noted beside it."""
     frame = frame.copy()
     for column in ("judge", "subset", "setup"):
         if column not in frame.columns:
             frame[column] = ""
+    if "questions" not in frame.columns:
+        frame["questions"] = 0
     vanilla = frame[frame["method"] == "none"].set_index(["framework", "base_model", "benchmark", "metric"])
     keys = list(zip(frame["framework"], frame["base_model"], frame["benchmark"], frame["metric"]))
     frame["vanilla_score"] = [vanilla["score"].get(k, math.nan) for k in keys]
@@ -1018,8 +1048,10 @@ def pair_with_vanilla(frame: pd.DataFrame) -> pd.DataFrame:
     paired = frame["vanilla_score"].notna()
     other_judge = (frame["judge"] != "") & (theirs["judge"] != "") & (frame["judge"] != theirs["judge"])
     other_samples = paired & (frame["subset"] != theirs["subset"])
+    their_questions = pd.Series([vanilla["questions"].get(k, 0) for k in keys], index=frame.index)
+    other_questions = paired & (frame["questions"] > 0) & (their_questions > 0) & (frame["questions"] != their_questions)
     other_setup = paired & (frame["setup"] != theirs["setup"])  # the preservation stands: the note says what differs
-    frame.loc[other_judge | other_samples, "preservation"] = math.nan
+    frame.loc[other_judge | other_samples | other_questions, "preservation"] = math.nan
 
     def add_note(mask: pd.Series, text: Callable[[Any], str]) -> None:
         frame.loc[mask, "note"] = ["; ".join(filter(None, [frame.at[i, "note"], text(i)])) for i in frame.index[mask]]
@@ -1031,6 +1063,9 @@ def pair_with_vanilla(frame: pd.DataFrame) -> pd.DataFrame:
     add_note(other_samples, lambda i: f"scored on {frame.at[i, 'subset'] or 'every sample'}, the vanilla run on "
                                       f"{theirs['subset'][i] or 'every sample'}: no preservation (rerun one of them "
                                       f"on the other's samples)")
+    add_note(other_questions, lambda i: f"scored on {frame.at[i, 'questions']} questions, the vanilla run on "
+                                        f"{their_questions[i]}: no preservation (a --limit run scores only the "
+                                        f"first ones; rerun it without)")
     add_note(other_setup, lambda i: f"model_args {frame.at[i, 'setup'] or '(none)'}, the vanilla run's "
                                     f"{theirs['setup'][i] or '(none)'}")
     return frame

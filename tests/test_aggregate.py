@@ -1348,6 +1348,48 @@ def test_runs_on_other_samples_than_their_vanilla_are_flagged(tmp_path):
     assert "no vanilla run" not in table[("tcc", 0.5)] and "limit" not in table[("tcc", 0.25)]
 
 
+def test_vlmeval_runs_on_fewer_questions_than_vanilla_get_no_preservation(tmp_path):
+    """VLMEvalKit's --limit cuts the data before inference and its score files do not say so: the predictions file
+    (written here by VLMEvalKit's own dump) is the only trace, and where it is missing the score stands."""
+    from vlmeval.smp.file import dump
+
+    work = tmp_path / "w"
+    for name, correct, questions in (("Qwen2VL7B_Vanilla", 60, 100), ("Qwen2VL7B_TCC50", 7, 8),
+                                     ("Qwen2VL7B_TCC75", 58, 100), ("Qwen2VL7B_TCC25", 50, None)):
+        write_mcq_acc(work / name / f"{name}_MMStar_acc.csv", correct, total=questions or 100)
+        if questions:
+            dump(pd.DataFrame({"index": range(questions), "answer": "A", "prediction": "A"}),
+                 str(work / name / f"{name}_MMStar.xlsx"))
+    result = aggregate(work)
+    limited = row(result.summary, "vlmeval", "Qwen2VL7B", "tcc", 0.5, "MMStar", "Overall")
+    assert limited.score == pytest.approx(87.5) and math.isnan(limited.preservation)
+    assert "scored on 8 questions, the vanilla run on 100: no preservation" in limited.note
+    assert row(result.summary, "vlmeval", "Qwen2VL7B", "tcc", 0.75, "MMStar", "Overall").preservation \
+        == pytest.approx(58 / 60)
+    unknown = row(result.summary, "vlmeval", "Qwen2VL7B", "tcc", 0.25, "MMStar", "Overall")
+    assert unknown.preservation == pytest.approx(50 / 60) and "questions" not in unknown.note
+    table = result.tables["vlmeval"].set_index("keep_ratio")["note"]
+    assert "other samples than vanilla's on MMStar: no preservation there" in table[0.5]
+
+
+def test_mmmu_reports_its_validation_split_and_other_results_json_files_stay_quiet(tmp_path, caplog):
+    """MMMU_DEV_VAL's acc.csv (report_acc) has a dev row (150 few-shot examples) and a validation row (the 900
+    questions papers report); lmms-eval's submission files and VLMEvalKit's json detail files also end in
+    _results.json but are no lmms-eval results."""
+    work = tmp_path / "w"
+    for name, dev, validation in (("Qwen2VL7B_Vanilla", 0.8, 0.5), ("Qwen2VL7B_TCC50", 0.4, 0.49)):
+        frame = pd.DataFrame({"split": ["dev", "validation"], "Overall": [dev, validation], "Art": [dev, validation]})
+        vlmeval_csv(frame, work / name / f"{name}_MMMU_DEV_VAL_acc.csv")
+        vlmeval_json([{"question_id": 1, "answer": "a"}], work / name / f"{name}_TextVQA_VAL_results.json")
+    vlmeval_json({"overall": {}}, tmp_path / "w" / "lmms" / "submissions" / "mmbench_en_dev_results.json")
+    with caplog.at_level(logging.WARNING, logger="tcc_eval.aggregate"):
+        summary = aggregate(work).summary
+    mmmu = row(summary, "vlmeval", "Qwen2VL7B", "tcc", 0.5, "MMMU_DEV_VAL", "Overall")
+    assert mmmu.score == pytest.approx(49.0) and mmmu.vanilla_score == pytest.approx(50.0)
+    assert "split validation of 2" in mmmu.note
+    assert "_results.json" not in caplog.text
+
+
 def test_lmms_runs_pair_with_the_upstream_vanilla_and_their_records(tmp_path):
     """The README compares llava_onevision_tcc with upstream llava_hf: their runs share one base model, so ours
     gets preservation; and a run that leaves pretrained= to the model's default pairs with its efficiency
