@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Iterator
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 if __package__ in (None, ""):  # run as a file: import the package copy so both forms share one module
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -224,20 +225,30 @@ def _walk(root: Path, skip: Path | None) -> Iterator[Path]:
 # the day alone) and lmms-eval's results file (20251128_101010_results.json)
 VLMEVAL_RUN_FOLDER = re.compile(r"T(\d{8})(?:-(\d{6}))?(?:_G[0-9a-fA-F]+)?")
 LMMS_RESULTS_NAME = re.compile(r"(\d{8})_(\d{6})_results\.json")
+LMMS_DEFAULT_TIMEZONE = "Asia/Singapore"  # lmms-eval's --timezone default (utils.get_datetime_str)
 
 
-def run_started(path: Path, root: Path) -> float:
+def run_started(path: Path, root: Path, lmms_timezone: str | None = None) -> float:
     """When the run that wrote ``path`` started, as its framework named it; the file's mtime where no name says.
     Names outlive a copy that resets mtimes (scp -r, cp -r, a git clone), which would otherwise pick the newest run
-    by copy order. Name times are read in this machine's time zone; the day alone counts as its start."""
+    by copy order. VLMEvalKit names its runs in this machine's time zone, lmms-eval in its ``--timezone``
+    (``lmms_timezone``, from the results file; lmms-eval's default where it is not given), so runs named under
+    different ``--timezone`` values keep their order; the day alone counts as its start."""
     match = LMMS_RESULTS_NAME.fullmatch(path.name)
-    if match is None:
+    zone = None
+    if match is not None:
+        try:
+            zone = ZoneInfo(lmms_timezone or LMMS_DEFAULT_TIMEZONE)
+        except (ZoneInfoNotFoundError, ValueError):  # a name this machine's time zone data lacks
+            log.warning("%s: time zone %r unknown here: its name's time is read as this machine's", path,
+                        lmms_timezone)
+    else:
         folders = path.parent.relative_to(root).parts if path.parent.is_relative_to(root) else ()
         match = next(filter(None, map(VLMEVAL_RUN_FOLDER.fullmatch, reversed(folders))), None)
     if match is None:
         return path.stat().st_mtime
     try:
-        return datetime.strptime(match[1] + (match[2] or "000000"), "%Y%m%d%H%M%S").timestamp()
+        return datetime.strptime(match[1] + (match[2] or "000000"), "%Y%m%d%H%M%S").replace(tzinfo=zone).timestamp()
     except ValueError:  # digits that are no date
         return path.stat().st_mtime
 
@@ -736,6 +747,13 @@ def _empty_answer_note(benchmark: str, groups: dict[str, list], found: dict[str,
     return "; ".join(notes)
 
 
+def lmms_timezone(config: dict) -> str | None:
+    """The ``--timezone`` an lmms-eval run named its files in (its resolved_cli_args), None where not recorded."""
+    cli = config.get("resolved_cli_args")
+    zone = cli.get("timezone") if isinstance(cli, dict) else None
+    return zone if isinstance(zone, str) and zone else None
+
+
 def lmms_subset(config: dict) -> str:
     """The samples an lmms-eval run scored, as its options name them: "" for every sample (no --limit, or -1,
     which lmms-eval reads as all), else "--limit N" and / or "--offset M"."""
@@ -803,7 +821,7 @@ def read_lmms(root: Path, skip: Path | None = None) -> list[Score]:
         for benchmark, metric, value, scale, primary, note in rows:
             recount = _empty_answer_note(benchmark, groups, empty_answers, own_scores.get((benchmark, metric), value))
             scores.append(Score("lmms_eval", run, base, method, ratio, benchmark, metric, value, scale, primary,
-                                str(path), mtime, run_started(path, root),
+                                str(path), mtime, run_started(path, root, lmms_timezone(config)),
                                 "; ".join(filter(None, [note, recount, limited])), variant,
                                 subset=subset, setup=lmms_setup(args)))
     return scores

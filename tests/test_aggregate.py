@@ -83,7 +83,8 @@ def write_videomme_rating(path: Path, overall: float, short: float) -> None:
 
 
 def write_lmms_results(output_path: Path, model: str, model_args: str, date: str, results: dict,
-                       group_subtasks: dict, n_samples: dict, limit: int | None = None) -> Path:
+                       group_subtasks: dict, n_samples: dict, limit: int | None = None,
+                       timezone: str | None = None) -> Path:
     pretrained = parse_model_args(model_args)["pretrained"]
     folder = output_path / "__".join(pretrained.split("/")[-2:])
     folder.mkdir(parents=True, exist_ok=True)
@@ -104,6 +105,8 @@ def write_lmms_results(output_path: Path, model: str, model_args: str, date: str
         "chat_template": None, "chat_template_sha": None, "start_time": 1.0, "end_time": 2.0,
         "total_evaluation_time_seconds": "1.0",
     }
+    if timezone is not None:  # lmms-eval 0.7 keeps its command line, --timezone included
+        data["config"]["resolved_cli_args"] = {"model": model, "model_args": model_args, "timezone": timezone}
     path = folder / f"{date}_results.json"
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
     return path
@@ -385,6 +388,20 @@ def test_newest_run_is_read_from_the_run_names_not_the_file_times(tmp_path):
     assert efficiency.loc[("vlmeval", "MMStar"), "prefill_s_mean"] == pytest.approx(5.0)  # the newest run's record
     lmms_row = summary[(summary.framework == "lmms_eval") & (summary.benchmark == "mme")].iloc[0]
     assert lmms_row.score == pytest.approx(1300.0 + 400.0) and "20251128_130000" in lmms_row.source
+
+
+def test_lmms_run_names_are_read_in_the_time_zone_they_were_named_in(tmp_path):
+    """lmms-eval names its results in --timezone, Asia/Singapore (UTC+8) by default: a run named 17:28 there
+    started before one named 09:29 under --timezone UTC."""
+    args = "pretrained=/m/Qwen2-VL-7B-Instruct,method=tcc,ratio=0.5"
+    for date, mme, timezone in [("20261203_172820", 1400.0, None), ("20261203_092842", 1300.0, "UTC"),
+                                ("20261203_042800", 1200.0, "America/New_York")]:  # 09:28:00 UTC
+        write_lmms_results(tmp_path, "qwen2_vl_tcc", args, date, *lmms_run(mme, 400.0, 0.8, 70.0, 50.0),
+                           timezone=timezone)
+    summary = aggregate(tmp_path).summary
+    newest = summary[summary.benchmark == "mme"].iloc[0]
+    assert newest.score == pytest.approx(1300.0 + 400.0) and "20261203_092842" in newest.source
+    assert "newest of 3 runs" in newest.note
 
 
 def test_missing_vanilla_is_noted(run):
