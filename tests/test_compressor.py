@@ -369,6 +369,8 @@ def test_evaluate_never_reports_training_samples_as_unseen(tmp_path, capsys, one
 
     labels, ckpt = write_fake_labels(tmp_path / "labels", 8), tmp_path / "c.pt"
     assert main(["train", "--labels", str(labels), "--out", str(ckpt), "--epochs", "1", "--val-frac", "0"]) == 0
+    printed = capsys.readouterr().out
+    assert "validating on none" in printed and "best training (no validation split: --val-frac 0) KL" in printed
     with pytest.raises(ValueError, match="every sample in these label directories trained the compressor"):
         evaluate([str(labels)], str(ckpt))
     assert evaluate([str(labels)], str(ckpt), split="all")["split"] == "all samples (8 used in training)"

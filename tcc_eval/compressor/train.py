@@ -220,7 +220,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         "best_val_loss": math.inf, "best_epoch": 0, "epochs_run": 0, "history": [],
     }
     best_loss, since_best = math.inf, 0
-    print(f"training on {len(train_set)} samples, validating on {len(val_set)} ({device}); "
+    held_out = len(val_set) or "none: the best epoch is the lowest training loss"
+    print(f"training on {len(train_set)} samples, validating on {held_out} ({device}); "
           f"{source['family']} hidden {source['hidden_size']}, modality {modality}")
     bar = tqdm(range(1, args.epochs + 1), desc="train", unit="epoch", dynamic_ncols=True)
     for epoch in bar:
@@ -258,7 +259,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     best = load_compressor(args.out)
     stats["time_s"] = round(time.time() - start, 2)
     save_compressor(args.out, best, source, modality, stats)
-    print(f"best validation KL {best_loss:.4f} at epoch {stats['best_epoch']} of {stats['epochs_run']} "
+    kind = "validation" if val_set else "training (no validation split: --val-frac 0)"
+    print(f"best {kind} KL {best_loss:.4f} at epoch {stats['best_epoch']} of {stats['epochs_run']} "
           f"({stats['time_s']:.1f} s); saved {args.out}")
     return stats
 
