@@ -105,6 +105,7 @@ def test_cli_runs_both_tasks_and_writes_results_and_records(family, model, metho
             assert (record["model"], record["framework"], record["dataset"]) == (model, "lmms_eval", task)
             assert (record["method"], record["keep_ratio"], record["base_model"]) == (method, 0.5, pretrained)
             assert record["method_options"] == {"budget": "global", "seed": 0, "positions": "original"}
+            assert record["compressor"] == (untrained_compressor if method == "tcc" else None)
             assert record["visual_before"] > 0
             assert record["visual_after"] == keep_count(record["visual_before"], 0.5)
             assert record["seq_before"] - record["seq_after"] == record["visual_before"] - record["visual_after"]
@@ -211,6 +212,29 @@ def test_llava_chat_reads_a_video_as_the_simple_wrapper_does(tiny_checkpoints, t
     for doc in chat:
         assert chat[doc].shape[1] == frames
         assert torch.equal(chat[doc], simple[doc])
+
+
+def test_llava_warns_once_when_a_video_has_fewer_frames_than_it_samples(tmp_path):
+    """Upstream's linspace repeats frames of a video shorter than max_frames_num (default 32): the demo model, trained
+    on 8-frame clips, then answers from a clip it never saw, so the first such video is named with the fix."""
+    from loguru import logger
+
+    from tcc_eval import synth
+    from tcc_eval.integrations.lmms_eval import models
+
+    data = synth.export_lmms(synth.generate("video", 1, seed=0), tmp_path, "video")
+    video = str(tmp_path / json.loads(data.read_text())["video_path"])
+    ours = object.__new__(models.LlavaOneVisionTCC)  # load_video needs no loaded model
+    messages: list[str] = []
+    sink = logger.add(messages.append, level="WARNING", format="{message}")
+    try:
+        assert ours.load_video(video, 8).shape[0] == 8 and not messages
+        assert ours.load_video(video, 32).shape[0] == 32 and ours.load_video(video, 32).shape[0] == 32
+    finally:
+        logger.remove(sink)
+    assert len(messages) == 1, messages
+    assert "has 8 frames and max_frames_num=32: llava_hf reads some of them 4 times; pass max_frames_num=8" \
+        in messages[0]
 
 
 def test_llava_unreadable_video_is_named(tmp_path):

@@ -81,6 +81,7 @@ class EfficiencyLog:
         rank: int = 0,
         world_size: int = 1,
         method_options: dict[str, Any] | None = None,
+        compressor: Any = None,
     ):
         self.directory = directory
         self.fields = {
@@ -88,6 +89,7 @@ class EfficiencyLog:
             "framework": "lmms_eval",
             "method": method,
             "method_options": dict(method_options or {}),
+            "compressor": compressor,  # tcc's file, folder or {modality: file}: which one ran
             "keep_ratio": keep_ratio,
             "base_model": base_model,
         }

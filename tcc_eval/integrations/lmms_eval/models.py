@@ -271,7 +271,10 @@ class TCCWrapperMixin:
             world_size=self.world_size,
             method_options={"budget": settings.budget, "seed": settings.seed, "positions": settings.positions,
                             **settings.options},
+            compressor=settings.compressor,
         )
+        if settings.compressor is not None:
+            logger.info(f"[tcc_eval] {self.model_id} tcc compressor: {settings.compressor}")
         self._model = RecordingModel(pruned, self._record, self._generation_failed)
 
     def _generation_failed(self, error: Exception) -> None:
@@ -428,6 +431,22 @@ class _LlavaHfTCC(TCCWrapperMixin):
 
         if PartialState().num_processes == 1 and not kwargs.get("device_map"):
             kwargs["device_map"] = kwargs["device"]
+
+    def load_video(self, video_path: Any, max_frames_num: int) -> Any:
+        """Upstream's frames, with a warning (once) when a video has fewer frames than it samples: upstream's
+        linspace then repeats frames, and a model trained on fewer (the demo's 8) answers from a clip it never saw."""
+        frames = super().load_video(video_path, max_frames_num)
+        if not getattr(self, "_warned_short_video", False):
+            from decord import VideoReader
+
+            total = len(VideoReader(video_path if isinstance(video_path, str) else video_path[0]))
+            if total < max_frames_num:
+                self._warned_short_video = True
+                logger.warning(f"[tcc_eval] {video_path} has {total} frames and max_frames_num={max_frames_num}: "
+                               f"llava_hf reads some of them {-(-max_frames_num // total)} times; pass "
+                               f"max_frames_num={total} in --model_args to read each once (the demo models' "
+                               f"videos have 8)")
+        return frames
 
     def _install_pruning(self, settings: TCCSettings, base_model: str) -> None:
         self._image_processor = UpstreamProcessorFixes(self._image_processor,
