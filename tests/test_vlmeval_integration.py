@@ -386,6 +386,40 @@ def test_vanilla_matches_vlmevalkit_wrapper(registered, tiny_checkpoints, tmp_pa
             assert value == mine[key], key
 
 
+def test_qwen25_videos_carry_the_frame_rate_they_were_sampled_at(registered, tiny_checkpoints, tmp_path):
+    """Qwen2VLChat hands the processor bare frames, which transformers 5 times at 24 fps: Qwen2.5-VL's temporal ids
+    (second_per_grid_ts) would squeeze the clip. Ours passes the timing qwen_vl_utils sampled, and nothing else
+    differs from VLMEvalKit's inputs."""
+    import qwen_vl_utils
+    from vlmeval.vlm import Qwen2VLChat
+
+    from tcc_eval import synth
+    from tcc_eval.integrations.vlmeval.wrappers import TCCQwen2VLChat
+
+    synth.export_vlmeval_video(synth.generate("video", 1, seed=0), tmp_path)
+    video = str(tmp_path / "videos/0.mp4")
+    message = [{"type": "video", "value": video}, {"type": "text", "value": "What appeared?"}]
+    ckpt, options = tiny_checkpoints["qwen2_5_vl"], matrix.BASES["Qwen25VL"].options
+    upstream = _upstream(Qwen2VLChat, ckpt, **options)
+    ours = TCCQwen2VLChat(base="Qwen25VL", model_path=ckpt, method="none", **options)
+    upstream.processor = ours.processor_proxy(upstream.processor, torch.device("cpu"), torch.float32)
+    upstream.model, ours._pruned["any"] = Recorder(0), Recorder(0)
+    original = qwen_vl_utils.process_vision_info
+    upstream.generate(message, dataset="TCCSynth_VID")
+    ours.generate(message, dataset="TCCSynth_VID")
+    assert qwen_vl_utils.process_vision_info is original  # put back after the call
+    (theirs,), (mine,) = upstream.model.calls, ours._pruned["any"].calls
+    # the rate qwen_vl_utils itself reports for the frames it sampled (the synthetic clips run at 1 fps)
+    _, _, timing = original([[{"role": "user", "content": ours._prepare_content(message, "TCCSynth_VID")}]],
+                            return_video_kwargs=True)
+    patch = ours.processor.video_processor.temporal_patch_size
+    assert mine["second_per_grid_ts"].tolist() == pytest.approx([patch / fps for fps in timing["fps"]])
+    assert theirs["second_per_grid_ts"].tolist() == pytest.approx([patch / 24])  # transformers' default
+    assert mine["second_per_grid_ts"].tolist() != pytest.approx(theirs["second_per_grid_ts"].tolist())
+    for key in ("input_ids", "pixel_values_videos", "video_grid_thw", "attention_mask"):
+        assert torch.equal(theirs[key], mine[key]), key
+
+
 def test_llava_video_prompt_drops_only_the_stray_image_token(registered, tiny_checkpoints, tmp_path):
     from tcc_eval import synth
     from tcc_eval.integrations.vlmeval.wrappers import TCCLLaVAOneVisionHF
@@ -459,16 +493,18 @@ def test_a_checkpoint_of_another_family_is_refused_before_loading(registered, mo
 
 def test_a_regenerated_image_set_never_shows_an_older_sets_picture(registered, monkeypatch, tmp_path):
     """A regenerated set reuses the indices: a dumped picture of the older set is rewritten, not shown with the new
-    question."""
+    question. An LMUData folder that does not exist yet is made (VLMEvalKit would fall back to ~/LMUData)."""
     import base64
 
     from tcc_eval.integrations.vlmeval.datasets import TCCSynthImage
 
-    monkeypatch.setenv("LMUData", str(tmp_path))
+    monkeypatch.setenv("LMUData", str(tmp_path / "new"))
     monkeypatch.setenv("TCC_SYNTH_N", "2")
     dataset = TCCSynthImage("TCCSynth_IMG")
+    assert (tmp_path / "new" / "TCCSynth_IMG.tsv").is_file()
     line = dataset.data.iloc[0]
     path = Path(dataset.dump_image(line))
+    assert path.is_relative_to(tmp_path / "new")
     assert path.read_bytes() == base64.b64decode(line["image"])
     path.write_bytes(b"an older set's picture")
     assert dataset.dump_image(line) == str(path) and path.read_bytes() == base64.b64decode(line["image"])
@@ -478,9 +514,10 @@ def test_video_set_by_fps_alone(registered, monkeypatch, tmp_path):
     """A --config dataset entry giving fps alone samples by fps (VLMEvalKit refuses nframe and fps together)."""
     from tcc_eval.integrations.vlmeval.datasets import TCCSynthVideo
 
-    monkeypatch.setenv("LMUData", str(tmp_path))
+    monkeypatch.setenv("LMUData", str(tmp_path / "new"))  # made, as for the image set
     monkeypatch.setenv("TCC_SYNTH_N", "2")
     assert (TCCSynthVideo("TCCSynth_VID").nframe, TCCSynthVideo("TCCSynth_VID", fps=1.0).nframe) == (8, 0)
+    assert (tmp_path / "new" / "TCCSynth_VID" / "TCCSynth_VID.tsv").is_file()
     assert TCCSynthVideo("TCCSynth_VID", nframe=4).nframe == 4
 
 
@@ -559,7 +596,7 @@ def test_run_outputs(vlmeval_run, model):
 
 @pytest.mark.parametrize("dataset", DATASETS)
 def test_tcc100_equals_vanilla(vlmeval_run, dataset):
-    root, _ = vlmeval_run
+    root, log = vlmeval_run
 
     def predictions(model):
         return list(pd.read_excel(root / "out" / model / f"{model}_{dataset}.xlsx")["prediction"])
@@ -568,6 +605,10 @@ def test_tcc100_equals_vanilla(vlmeval_run, dataset):
     records = [json.loads(x) for x in
                (root / "out/TQwen_TCC100" / f"TQwen_TCC100_{dataset}_efficiency.jsonl").read_text().splitlines()]
     assert all(r["method"] == "tcc" and r["visual_after"] == r["visual_before"] for r in records)
+    modality = "video" if dataset.endswith("VID") else "image"
+    compressor = str(root / "compressors" / f"TQwen_{modality}.pt")  # which file ran: the records and the log say
+    assert all(r["compressor"] == compressor for r in records)
+    assert f"[tcc_eval] TQwen tcc compressor for {modality} inputs: {compressor}" in log
 
 
 def test_synthetic_sets_generated_on_first_use(vlmeval_run):

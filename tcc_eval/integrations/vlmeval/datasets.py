@@ -86,6 +86,14 @@ class SetMismatch(ValueError):
                          f"{meta_path.name}) to regenerate, or point LMUData at another folder")
 
 
+def make_lmudata() -> None:
+    """Create $LMUData when it is set but missing: VLMEvalKit's LMUDataRoot falls back to ~/LMUData, without a
+    word, for a folder that does not exist, so the sets would be written, and later found, where nobody asked."""
+    wanted = os.environ.get("LMUData")
+    if wanted and not os.path.exists(wanted):  # LMUDataRoot's own test
+        os.makedirs(wanted, exist_ok=True)
+
+
 def ensure_image_set(root: str | os.PathLike | None = None) -> Path:
     """``$LMUData/TCCSynth_IMG.tsv`` (+ ``_gt.json``, ``_meta.json``), generated if absent."""
     from ... import synth
@@ -147,6 +155,10 @@ class TCCSynthImage(CustomMCQDataset):
     DATASET_URL: ClassVar[dict[str, str]] = {}  # nothing to download or md5-check
     DATASET_MD5: ClassVar[dict[str, str]] = {}
 
+    def __init__(self, dataset: str = IMAGE_NAME, **kwargs: Any):
+        make_lmudata()  # before VLMEvalKit's __init__ reads LMUDataRoot
+        super().__init__(dataset=dataset, **kwargs)
+
     @classmethod
     def supported_datasets(cls) -> list[str]:
         return [IMAGE_NAME]
@@ -176,6 +188,7 @@ class TCCSynthVideo(VideoBaseDataset):
     MODALITY = "VIDEO"
 
     def __init__(self, dataset: str = VIDEO_NAME, nframe: int | None = None, fps: float = -1):
+        make_lmudata()  # before VLMEvalKit's __init__ reads LMUDataRoot
         # 8 frames unless fps is given: VLMEvalKit refuses both at once, and a config giving fps alone means fps
         super().__init__(dataset=dataset, nframe=(8 if fps <= 0 else 0) if nframe is None else nframe, fps=fps)
 

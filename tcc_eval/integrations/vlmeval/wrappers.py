@@ -12,10 +12,13 @@ VILA1.5 is the exception: VLMEvalKit's ``VILA.generate_inner`` calls the NVlabs 
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import inspect
 import os
+import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +73,56 @@ class _ToDevice:
                 pixels = api.is_pixel_input(key, value)
                 batch[key] = value.to(self._device, self._dtype) if pixels else value.to(self._device)
         return batch
+
+
+class _ToDeviceVideoTiming(_ToDevice):
+    """Qwen2-VL / Qwen2.5-VL: also hand the processor the timing of the frames ``process_vision_info`` sampled.
+
+    Qwen2VLChat passes bare frames, and transformers 5 then assumes 24 fps: Qwen2.5-VL, which spaces its temporal
+    position ids by the sampled frame rate, would put a 2-fps clip on one or two temporal ids, vanilla and pruned
+    runs alike. ``video_metadata`` is set for one call by ``keeping_video_metadata``."""
+
+    def __init__(self, processor, device: torch.device, dtype: torch.dtype):
+        super().__init__(processor, device, dtype)
+        self.video_metadata: list | None = None
+
+    def __call__(self, *args: Any, **kwargs: Any):
+        videos = kwargs.get("videos")
+        if videos is not None and self.video_metadata is not None and "video_metadata" not in kwargs \
+                and len(self.video_metadata) == len(videos):
+            kwargs = {**kwargs, "video_metadata": self.video_metadata, "do_sample_frames": False}
+        return super().__call__(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def keeping_video_metadata(proxy: _ToDeviceVideoTiming) -> Iterator[None]:
+    """The one patch of a library function here, and why: Qwen2VLChat.generate_inner_transformers calls
+    ``qwen_vl_utils.process_vision_info`` (imported inside the method, at each call) without
+    ``return_video_metadata``, so the timing of the frames it sampled is lost before the processor call. For one
+    generate_inner the module's function is wrapped to ask for it and leave it on the processor proxy; the frames
+    it returns are the same."""
+    import qwen_vl_utils
+
+    original = qwen_vl_utils.process_vision_info
+    if "return_video_metadata" not in inspect.signature(original).parameters:  # an older qwen_vl_utils: as it was
+        yield
+        return
+
+    def with_metadata(conversations: Any, *args: Any, **kwargs: Any):
+        if args or kwargs.get("return_video_metadata"):  # a caller that asks for it itself
+            return original(conversations, *args, **kwargs)
+        images, videos, *rest = original(conversations, **kwargs, return_video_metadata=True)
+        if videos is not None:
+            proxy.video_metadata = [metadata for _, metadata in videos]
+            videos = [video for video, _ in videos]
+        return (images, videos, *rest)
+
+    qwen_vl_utils.process_vision_info = with_metadata
+    try:
+        yield
+    finally:
+        qwen_vl_utils.process_vision_info = original
+        proxy.video_metadata = None
 
 
 class _ToDeviceVideoFix(_ToDevice):
@@ -169,6 +222,7 @@ class TCCModelMixin:
         self.processor = self.processor_proxy(processor, self.device, self.dtype)
         self.model = _PrunedGenerate(self)
         self._pruned: dict[str, Any] = {}
+        self._compressor_files: dict[str, str] = {}  # modality -> the file tcc loaded, for the records
         self._modality = self._modality_default
         self.last_stats: dict[str, Any] = {}
         self.last_record: dict[str, Any] | None = None
@@ -190,6 +244,10 @@ class TCCModelMixin:
             compressor = None
             if self.method == "tcc":
                 compressor = resolve_compressor(self.base, modality, self.compressor)
+                if isinstance(compressor, (str, os.PathLike)):  # which file, of the several places looked at
+                    self._compressor_files[modality] = os.fspath(compressor)
+                    print(f"[tcc_eval] {self.base.name} tcc compressor for {modality} inputs: "
+                          f"{os.fspath(compressor)}", file=sys.stderr)
                 if self.compressor is None:  # the registry's <Base>_<modality>.pt: checked against its modality
                     compressor = {modality: compressor}
             self._pruned[key] = api.wrap_model(
@@ -239,6 +297,7 @@ class TCCModelMixin:
             "base_model": self.base.name,
             "model_path": self.model_path,
             "modality": self._modality,
+            "compressor": self._compressor_files.get(self._modality),
             "time": time.time(),
             **self.last_stats,
         }
@@ -270,6 +329,12 @@ def _defaults(func) -> dict[str, Any]:
 
 class TCCQwen2VLChat(TCCModelMixin, Qwen2VLChat):
     """``Qwen2VLChat`` with pruning; constructor options and defaults are Qwen2VLChat's."""
+
+    processor_proxy = _ToDeviceVideoTiming
+
+    def generate_inner(self, message, dataset=None):
+        with keeping_video_metadata(self.processor):
+            return super().generate_inner(message, dataset)
 
     def __init__(
         self,
