@@ -27,8 +27,8 @@ from tcc_eval.compressor import (
     save_compressor,
 )
 from tcc_eval.compressor.__main__ import DEBUG_ENV, cli, main
+from tcc_eval.answers import extract_letter
 from tcc_eval.compressor.labels import (
-    extract_letter,
     is_correct,
     messages_for,
     parse_shard,

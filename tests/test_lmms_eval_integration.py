@@ -598,15 +598,16 @@ def test_efficiency_dir_resolution(tmp_path):
 
 
 def test_task_prompt_and_scoring():
-    from tcc_eval.lmms_tasks.tccsynth import doc_to_text, extract_letter, process_results
+    from tcc_eval.lmms_tasks.tccsynth import doc_to_text, process_results
 
     doc = {"question": "What color is the circle?", "options": ["red", "green", "blue"], "answer": "B"}
     text = doc_to_text(doc, {"pre_prompt": "", "post_prompt": "Answer with the letter."})
     assert text == "What color is the circle?\nA. red\nB. green\nC. blue\nAnswer with the letter."
-    assert [extract_letter(r, doc["options"]) for r in ["B", "(B) green", "B. green", "green.", "Green", " C\n"]] \
-        == ["B", "B", "B", "B", "B", "C"]
-    assert extract_letter("D", doc["options"]) is None  # only 3 options
-    assert extract_letter("Because", doc["options"]) is None
+    # the labeller's rule (tcc_eval.answers), so a sample is never right to one and wrong to the other
+    for response in ["B", "(B) green", "B. green", "green.", "Green", "B, green", "The answer is B."]:
+        assert process_results(doc, [response]) == {"exact_match": 1.0}, response
+    for response in [" C\n", "D", "Because", "A or B"]:  # D: only 3 options
+        assert process_results(doc, [response]) == {"exact_match": 0.0}, response
     assert process_results(doc, ["B"]) == {"exact_match": 1.0}
     assert process_results(doc, ["A"]) == {"exact_match": 0.0}
 

@@ -20,7 +20,6 @@ import json
 import math
 import os
 import re
-import string
 import sys
 import time
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ import torch
 from PIL import Image
 
 from ..adapters import adapter_for
+from ..answers import extract_letter, normalize
 from ..api import DTYPES, device_arg, on_model_device, read_video, video_timing_options
 from ..integrations import rank_device
 from ..options import DEFAULT_INSTRUCTION_ROWS, INSTRUCTION_ROWS, positive_int
@@ -299,26 +299,6 @@ def dataset_modality(samples: list[Sample]) -> str:
 
 
 # ------------------------------------------------------------------------------------------ answers
-def normalize(text: str) -> str:
-    """Lower case, no punctuation, no articles, single spaces (SQuAD-style)."""
-    words = str(text).lower().translate(str.maketrans("", "", string.punctuation)).split()
-    content = [w for w in words if w not in ("a", "an", "the")]
-    return " ".join(content or words)  # a bare "A" is an answer (option letter), not an article
-
-
-def extract_letter(response: str, options: dict[str, str]) -> str | None:
-    """The option a free-form response picks: a leading letter, a single standalone letter, or an option text."""
-    text = response.strip()
-    lead = re.match(r"^\(?([A-H])(?:[\s.):,]|$)", text)
-    if lead and lead.group(1) in options:
-        return lead.group(1)
-    found = [letter for letter in options if re.search(rf"\b{letter}\b", text)]
-    if len(found) == 1:
-        return found[0]
-    by_text = [letter for letter, option in options.items() if normalize(option) == normalize(text)]
-    return by_text[0] if len(by_text) == 1 else None
-
-
 def is_correct(response: str, sample: Sample) -> bool:
     if sample.options:
         return extract_letter(response, sample.options) == sample.answer

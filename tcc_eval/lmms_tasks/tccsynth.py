@@ -7,19 +7,20 @@ into a cache folder, so nothing has to be downloaded and the YAMLs stay declarat
     $TCC_LMMS_DATA (default ~/.cache/tcc_eval/lmms_tasks)
         / <NAME>_<split>_n<N>_seed<S>_<variant>_<order>_<codec><fps>fps/<NAME>.jsonl
 
-``TCC_LMMS_SYNTH_N`` overrides N (fast tests). Scoring is exact match of the option letter.
+``TCC_LMMS_SYNTH_N`` overrides N (fast tests). Scoring is exact match of the option letter a response picks
+(``tcc_eval.answers``, the labeller's rule).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from tcc_eval.answers import extract_letter
 from tcc_eval.options import positive_int_env
 
 DATA_ENV = "TCC_LMMS_DATA"
@@ -120,21 +121,6 @@ def doc_to_text(doc: dict, lmms_eval_specific_kwargs: dict | None = None) -> str
     return f"{kwargs.get('pre_prompt', '')}{doc['question']}\n{options}{kwargs.get('post_prompt', '')}"
 
 
-def extract_letter(response: str, options: list[str]) -> str | None:
-    """The option letter a response commits to: a leading letter ("B", "(B)", "B. red") or an exact
-    option text ("red"); None otherwise."""
-    text = response.strip()
-    letters = LETTERS[: len(options)]
-    match = re.match(rf"^\(?([{letters}])(?:[).:\s]|$)", text)
-    if match:
-        return match.group(1)
-    normalized = text.rstrip(".").strip().lower()
-    for letter, option in zip(letters, options):
-        if normalized == str(option).lower():
-            return letter
-    return None
-
-
 def process_results(doc: dict, results: list) -> dict[str, float]:
-    letter = extract_letter(str(results[0]), doc["options"])
+    letter = extract_letter(str(results[0]), dict(zip(LETTERS, doc["options"])))
     return {"exact_match": float(letter == doc["answer"])}
