@@ -41,7 +41,6 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 
-[[ -n "$FRAMEWORKS" ]] || { echo "run_all.sh: --frameworks is empty: vlmeval, lmms_eval or none" >&2; exit 2; }
 for framework in ${FRAMEWORKS//,/ }; do
   [[ "$framework" == vlmeval || "$framework" == lmms_eval || "$FRAMEWORKS" == none ]] \
     || { echo "run_all.sh: --frameworks takes vlmeval and/or lmms_eval (comma-separated), or none, got '$framework'" >&2

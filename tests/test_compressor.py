@@ -738,15 +738,24 @@ def test_command_line_refuses_bad_input_before_the_work(tmp_path, capsys):
     message on one line instead of a traceback."""
     with pytest.raises(ValueError, match="is a folder; give the checkpoint file"):  # was: after training, lost
         main(["train", "--labels", str(tmp_path), "--out", str(tmp_path)])
-    for args in (["train", "--labels", "L", "--out", "c.pt", "--val-frac", "1.5"],
-                 ["train", "--labels", "L", "--out", "c.pt", "--epochs", "0"],
-                 ["label", "--model", "M", "--data", "D", "--out", "O", "--max-answer-tokens", "0"],
-                 ["label", "--model", "M", "--data", "D", "--out", "O", "--num-frames", "-1"],
-                 ["label", "--model", "M", "--data", "D", "--out", "O", "--dtype", "float99"],
-                 *([["label", "--model", "M", "--data", "D", "--out", "O", "--device", "cuda"]]
-                   if not torch.cuda.is_available() else [])):
+    for args, message in (
+            (["train", "--labels", "L", "--out", "c.pt", "--val-frac", "1.5"],
+             "argument --val-frac: 1.5 is not a fraction in [0, 1)"),
+            (["train", "--labels", "L", "--out", "c.pt", "--epochs", "0"],
+             "argument --epochs: 0 is not a positive whole number"),
+            (["label", "--model", "M", "--data", "D", "--out", "O", "--max-answer-tokens", "0"],
+             "argument --max-answer-tokens: 0 is not a positive whole number"),
+            (["label", "--model", "M", "--data", "D", "--out", "O", "--num-frames", "-1"],
+             "argument --num-frames: -1 is not a positive whole number"),
+            (["label", "--model", "M", "--data", "D", "--out", "O", "--dtype", "float99"],
+             "argument --dtype: invalid choice: 'float99'"),
+            *([(["label", "--model", "M", "--data", "D", "--out", "O", "--device", "cuda"],
+                "argument --device: cuda, but torch sees no CUDA GPU here; use cpu")]
+              if not torch.cuda.is_available() else [])):
         with pytest.raises(SystemExit):
             main(args)
+        error = capsys.readouterr().err
+        assert message in error.strip().splitlines()[-1] and "Traceback" not in error, error
     proc = subprocess.run([sys.executable, "-m", "tcc_eval.compressor", "evaluate", "--labels", str(tmp_path / "x"),
                            "--compressor", "c.pt"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr

@@ -70,8 +70,11 @@ def test_matrix_names_and_parsing():
     for name, spec in specs.items():
         assert model_registry.parse_name(name) == spec
     assert model_registry.parse_name("Qwen2VL_TCC10").keep_ratio == 0.1  # any ratio parses
-    for bad in ("Qwen2VL_Magic50", "Nope_TCC50", "Qwen2VL_TCC0", "Qwen2VL_TCC", "Qwen2VL_TCC150"):
-        with pytest.raises(ValueError):
+    for bad, reason in (("Qwen2VL_Magic50", "is not a tcc-eval model name"), ("Nope_TCC50", "is not a tcc-eval model name"),
+                        ("Qwen2VL_TCC", "is not a tcc-eval model name"),
+                        ("Qwen2VL_TCC0", "keep ratio 0% must be within 1..100"),
+                        ("Qwen2VL_TCC150", "keep ratio 150% must be within 1..100")):
+        with pytest.raises(ValueError, match=f"'{bad}'.*{reason}"):
             model_registry.parse_name(bad)
 
 
