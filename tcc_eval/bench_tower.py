@@ -52,7 +52,8 @@ def build_tower(name: str, images: int, side: int, device: torch.device, dtype: 
             from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VisionTransformerPretrainedModel as Tower
 
             config = VisionConfig(depth=32, embed_dim=1280, num_heads=16, mlp_ratio=4, hidden_size=3584,
-                                  patch_size=14, spatial_merge_size=2, temporal_patch_size=2)
+                                  patch_size=14, spatial_merge_size=2, temporal_patch_size=2,
+                                  attn_implementation="sdpa")
         else:  # Qwen2.5-VL-7B's: windows of 112 px, full attention in blocks 7, 15, 23 and 31 (the feature layer)
             from transformers.models.qwen2_5_vl.configuration_qwen2_5_vl import Qwen2_5_VLVisionConfig as VisionConfig
             from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import (
@@ -61,8 +62,8 @@ def build_tower(name: str, images: int, side: int, device: torch.device, dtype: 
 
             config = VisionConfig(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16,
                                   out_hidden_size=3584, window_size=112, fullatt_block_indexes=[7, 15, 23, 31],
-                                  patch_size=14, spatial_merge_size=2, temporal_patch_size=2)
-        config._attn_implementation = "sdpa"
+                                  patch_size=14, spatial_merge_size=2, temporal_patch_size=2,
+                                  attn_implementation="sdpa")
         with device:
             tower = Tower(config).to(dtype).eval()
         grid = torch.tensor([[1, side // 14, side // 14]] * images, device=device)

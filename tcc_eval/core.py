@@ -144,11 +144,6 @@ class Selection:
         """Visual tokens each LLM layer holds, summed over the samples."""
         return [sum(layer) for layer in zip(*self.sample_layer_visual(layers))] or [0] * layers
 
-    @property
-    def retention(self) -> float:
-        before = sum(self.visual_before)
-        return sum(self.visual_after) / before if before else 1.0
-
 
 def keep_positions(valid: torch.Tensor, visual: torch.Tensor, kept_visual: torch.Tensor) -> torch.Tensor:
     """Sequence positions that survive: every valid non-visual token plus the kept visual tokens."""

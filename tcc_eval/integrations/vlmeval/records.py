@@ -107,7 +107,9 @@ def track_inference(infer_data: Callable) -> Callable:
             note_line(line)
             return original(line, *a, **k)
 
-        dataset.build_prompt = build_prompt  # instance attribute, removed again below
+        # generate_inner is given a message, never the sample's index, and build_prompt is the one call that sees
+        # the row first: an instance attribute (removed again below) notes it for the efficiency record
+        dataset.build_prompt = build_prompt
         previous, _current = _current, ctx
         try:
             return infer_data(*args, **kwargs)

@@ -4,7 +4,9 @@ VLMEvalKit has no plugin mechanism: its runner reads module-level tables, so reg
 adding entries to them (``supported_VLM``, ``supported_video_datasets``, ``DATASET_CLASSES``) before
 ``vlmeval.run.main()`` uses them. Every change here is additive except the two named wrappers
 (``fix_video_dataset_kwargs``, ``track_inference``), which keep VLMEvalKit's behaviour for its own
-models and datasets.
+models and datasets. The integration's other patches are scoped to one call and undone after it, each with its
+reason: ``records.track_inference`` notes the sample a prompt is built for, ``wrappers.keeping_video_metadata``
+keeps the frame timing qwen_vl_utils sampled, and ``wrappers._ToDevice`` moves a processor's output to the model.
 """
 
 from __future__ import annotations

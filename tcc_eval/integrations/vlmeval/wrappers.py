@@ -96,7 +96,7 @@ class _ToDeviceVideoTiming(_ToDevice):
 
 @contextlib.contextmanager
 def keeping_video_metadata(proxy: _ToDeviceVideoTiming) -> Iterator[None]:
-    """The one patch of a library function here, and why: Qwen2VLChat.generate_inner_transformers calls
+    """A patch of a library function (register.py lists them all), and why: Qwen2VLChat.generate_inner_transformers calls
     ``qwen_vl_utils.process_vision_info`` (imported inside the method, at each call) without
     ``return_video_metadata``, so the timing of the frames it sampled is lost before the processor call. For one
     generate_inner the module's function is wrapped to ask for it and leave it on the processor proxy; the frames
