@@ -16,10 +16,12 @@ from typing import Any, Sequence
 
 import torch
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 from .core import (Selection, check_keep_ratio, highest_position_ids, keep_count, keep_positions, module_devices,
                    pick_order_scores, select_visual, sync, topk_in_order)
 from .flops import fastv_layer_keep_ratio, pyramid_stage_layers, pyramid_stage_ratio, pyramid_visual_counts
+from .methods import SampleView
 from .options import MATCH_MODES
 from .probe import instruction_rows, last_token_attention, layer_keys
 from .pruned import PrefillTimer, TokenPrunedModel, split_model_inputs
@@ -46,7 +48,7 @@ class _LayerKPruner:
         for handle in self.handles:
             handle.remove()
 
-    def register_ranking(self, layer: nn.Module):
+    def register_ranking(self, layer: nn.Module) -> RemovableHandle:
         return layer.register_forward_pre_hook(self.rank, with_kwargs=True)
 
     def rank(self, _module: nn.Module, args: tuple, kwargs: dict) -> None:
@@ -64,7 +66,7 @@ class _LayerKPruner:
         kept = int(self.visual[self.kept.to(self.visual.device)].sum())
         return [int(self.visual.sum())] * self.k + [kept] * (len(self.lm.layers) - self.k)
 
-    def slice(self, _module: nn.Module, args: tuple, kwargs: dict):
+    def slice(self, _module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         """Every layer from K on receives the full-length rotary tables and mask from the decoder loop; only
         layer K receives the full-length hidden states (later layers get the already shortened ones)."""
         if self.kept is None:
@@ -127,7 +129,7 @@ class _DartPruner(_LayerKPruner):
     of layer K) after the decoder's final norm, as DART's code does. Text pivots come from the tokens after
     the last visual one (the instruction)."""
 
-    def register_ranking(self, layer: nn.Module):
+    def register_ranking(self, layer: nn.Module) -> RemovableHandle:
         return layer.register_forward_hook(self.rank_by_duplication, with_kwargs=True)
 
     def rank_by_duplication(self, _module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
@@ -175,7 +177,7 @@ class _PyramidPruner:
     def _hook(self, index: int):
         stage = sum(index >= start for start in self.stage_layers)  # 1-based stage of this layer
 
-        def pre_hook(_module: nn.Module, args: tuple, kwargs: dict):
+        def pre_hook(_module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
             if index == self.stage_layers[stage - 1] and len(self.stage_kept) < stage:
                 self.rank(stage, args[0] if args else kwargs["hidden_states"])
             return self.slice(stage, index, args, kwargs)
@@ -192,7 +194,7 @@ class _PyramidPruner:
         self.stage_local.append(local)
         self.stage_kept.append(previous[local])
 
-    def slice(self, stage: int, index: int, args: tuple, kwargs: dict):
+    def slice(self, stage: int, index: int, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         """As ``_LayerKPruner.slice``, with the kept set of this layer's stage; the first layer of a stage
         shortens the hidden states it receives from the previous stage's sequence."""
         if len(self.stage_kept) < stage:
@@ -229,10 +231,10 @@ class InsideLLMModel(TokenPrunedModel):
         if match not in MATCH_MODES:
             raise ValueError(f"match must be one of {', '.join(MATCH_MODES)}, got {match!r}")
 
-    def pruner(self, view) -> _LayerKPruner | _PyramidPruner:
+    def pruner(self, view: SampleView) -> _LayerKPruner | _PyramidPruner:
         raise NotImplementedError
 
-    def run_sample(self, view, **gen_kwargs) -> tuple[torch.Tensor, torch.Tensor, list[int] | None]:
+    def run_sample(self, view: SampleView, **gen_kwargs: Any) -> tuple[torch.Tensor, torch.Tensor, list[int] | None]:
         """Generate for one unpadded sample; returns (new tokens, prompt positions kept in the last layer, visual
         tokens per layer; None when nothing was pruned)."""
         if self.layer_keep_ratio >= 1.0 or view.n_visual == 0:
@@ -331,7 +333,7 @@ class FastVModel(InsideLLMModel):
     def _stats(self, *args: Any) -> dict:
         return {**super()._stats(*args), "fastv_k": self.fastv_k}
 
-    def pruner(self, view) -> _LayerKPruner:
+    def pruner(self, view: SampleView) -> _LayerKPruner:
         return self.pruner_class(
             self.adapter.language_model, self.fastv_k, self.layer_keep_ratio, view.visual, view.position_ids
         )
@@ -366,6 +368,6 @@ class PyramidDropModel(InsideLLMModel):
         return {**super()._stats(*args), "pdrop_lambda": self.layer_keep_ratio,
                 "pdrop_layers": list(self.stage_layers)}
 
-    def pruner(self, view) -> _PyramidPruner:
+    def pruner(self, view: SampleView) -> _PyramidPruner:
         return _PyramidPruner(self.adapter.language_model, self.layer_keep_ratio, self.stage_layers, view.visual,
                               view.position_ids)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -20,12 +20,16 @@ from PIL import Image, ImageDraw
 
 from .options import DEFAULT_INSTRUCTION_ROWS, output_file
 
+if TYPE_CHECKING:
+    from .demo.regions import TokenRegions
+    from .synth import SynthSample
+
 BLANK = (60, 60, 60)
 GT = (40, 220, 60)
 LABEL_H = 16
 
 
-def kept_tokens(model, processor, sample, method: str, ratio: float, compressor: Any,
+def kept_tokens(model: torch.nn.Module, processor: Any, sample: SynthSample, method: str, ratio: float, compressor: Any,
                 instruction_rows: str = DEFAULT_INSTRUCTION_ROWS) -> tuple[np.ndarray, Any, str]:
     """(kept mask over visual tokens, token regions, predicted letter) for one sample and method."""
     from .api import wrap_model
@@ -43,7 +47,7 @@ def kept_tokens(model, processor, sample, method: str, ratio: float, compressor:
     return keep, token_regions(model, inputs, 0, sample), answer
 
 
-def panels(sample, keep: np.ndarray | None, regions) -> list[Image.Image]:
+def panels(sample: SynthSample, keep: np.ndarray | None, regions: TokenRegions) -> list[Image.Image]:
     """One panel per image view (LLaVA-OV: base view and crop apart, so a cell shows as kept only if that view's
     token is), frame pair or frame: pixels of kept tokens, blank elsewhere."""
     frames = [sample.image] if sample.kind == "image" else sample.video

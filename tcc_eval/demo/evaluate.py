@@ -35,7 +35,7 @@ RATIOS = (0.75, 0.5, 0.25)
 FASTV_K = 1  # the demo LLMs have 4 layers; FastV's and DART's K=2 default leaves no room at 50%/25%
 
 
-def load_demo(family: str, root: str | None = None, device: str | torch.device = "cpu"):
+def load_demo(family: str, root: str | None = None, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, Any]:
     """Shipped (or rebuilt) demo model with its processor, loaded like any checkpoint of its family.
 
     On the CPU by default, in fp32: the committed demo tables were measured so. On a GPU it loads in the
@@ -82,7 +82,8 @@ class Batch:
     gt: list[np.ndarray]  # per sample, over its visual tokens
 
 
-def make_batches(model, processor, samples: list[synth.SynthSample], batch_size: int) -> list[Batch]:
+def make_batches(model: torch.nn.Module, processor: Any, samples: list[synth.SynthSample],
+                 batch_size: int) -> list[Batch]:
     batches = []
     for i in range(0, len(samples), batch_size):
         chunk = samples[i:i + batch_size]
@@ -92,7 +93,7 @@ def make_batches(model, processor, samples: list[synth.SynthSample], batch_size:
     return batches
 
 
-def visual_rows(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+def visual_rows(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """(B, L) bool: visual token positions (padding excluded)."""
     return adapter_for(model).visual_mask(input_ids) & attention_mask.bool()
 
@@ -121,7 +122,7 @@ def kept_visual_mask(kept: torch.Tensor, visual: torch.Tensor) -> np.ndarray:
     return torch.isin(positions, kept.cpu()).numpy()
 
 
-def run_method(model, pruned, batches: list[Batch], letters: dict[int, str],
+def run_method(model: torch.nn.Module, pruned: torch.nn.Module, batches: list[Batch], letters: dict[int, str],
                inside_llm: bool = False) -> dict[str, Any]:
     """Accuracy (overall and per question type) and ground-truth recall of one wrapped model over all batches."""
     hits, recalls = [], []
@@ -149,7 +150,7 @@ def pointing(scores: list[torch.Tensor], batches: list[Batch]) -> float:
 
 
 @torch.no_grad()
-def region_checks(model, batches: list[Batch], letters: dict[int, str]) -> list[dict[str, Any]]:
+def region_checks(model: torch.nn.Module, batches: list[Batch], letters: dict[int, str]) -> list[dict[str, Any]]:
     """Accuracy keeping only / dropping only the ground-truth visual tokens."""
     rows, samples = [], [s for batch in batches for s in batch.samples]
     for name, keep_gt in (("keep_gt", True), ("drop_gt", False)):
@@ -174,7 +175,7 @@ def chance(samples: Iterable[synth.SynthSample]) -> float:
     return float(np.mean([1 / len(s.options) for s in samples]))
 
 
-def inside_llm_model(model, method: str, ratio: float) -> tuple[Any, str]:
+def inside_llm_model(model: torch.nn.Module, method: str, ratio: float) -> tuple[Any, str]:
     """FastV, DART or PyramidDrop at equal average retention when possible, else keeping ``ratio`` from layer K
     on (PyramidDrop: ``ratio`` as its per-stage ratio), flagged."""
     try:
@@ -184,7 +185,7 @@ def inside_llm_model(model, method: str, ratio: float) -> tuple[Any, str]:
 
 
 def evaluate_model(
-    model, processor, samples: list[synth.SynthSample], compressor: Any,
+    model: torch.nn.Module, processor: Any, samples: list[synth.SynthSample], compressor: Any,
     methods: Iterable[str] = METHODS, ratios: Iterable[float] = RATIOS, batch_size: int = 16,
     log: Callable[[str], None] = lambda _: None, instruction_rows: str = DEFAULT_INSTRUCTION_ROWS,
 ) -> list[dict[str, Any]]:
@@ -237,7 +238,7 @@ def evaluate_model(
 TOP_TOKEN_PLACES = ("ground_truth", "lookalike", "other_object", "background")
 
 
-def token_places(model, inputs: dict[str, torch.Tensor], sample: synth.SynthSample) -> np.ndarray:
+def token_places(model: torch.nn.Module, inputs: dict[str, torch.Tensor], sample: synth.SynthSample) -> np.ndarray:
     """(N_v,) index into TOP_TOKEN_PLACES of every visual token of a one-sample batch."""
     regions = token_regions(model, inputs, 0, sample)
     return np.select([regions.ground_truth(sample), regions.lookalikes(sample), regions.objects(sample)],
@@ -257,8 +258,8 @@ def answer_check(logits: torch.Tensor, letters: dict[str, int], answer: str) -> 
 
 
 @torch.no_grad()
-def lookalike_margins(model, inputs: dict[str, torch.Tensor], places: np.ndarray, letters: dict[str, int],
-                      answer: str) -> tuple[tuple[float, bool], tuple[float, bool]] | None:
+def lookalike_margins(model: torch.nn.Module, inputs: dict[str, torch.Tensor], places: np.ndarray,
+                      letters: dict[str, int], answer: str) -> tuple[tuple[float, bool], tuple[float, bool]] | None:
     """``answer_check`` of a one-sample batch before and after its lookalikes are pruned (positions kept); None
     when it has none."""
     if not (places == 1).any():
@@ -283,7 +284,7 @@ def without_lookalikes(checks: list[tuple[tuple[float, bool], tuple[float, bool]
             "mean_margin_change": float(np.mean(change)) if change else None}
 
 
-def oracle_diagnostics(model, processor, samples: list[synth.SynthSample],
+def oracle_diagnostics(model: torch.nn.Module, processor: Any, samples: list[synth.SynthSample],
                        rules: Iterable[str] = RELEVANCE_RULES) -> dict[str, Any]:
     """Where the explainability oracle's relevance goes, on the same samples and answers:
     - "top_token": {rule: {place: share}}, where the top token lands under each relevance rule, over

@@ -147,7 +147,8 @@ def messages_for(sample: synth.SynthSample, text: str) -> list[dict]:
     return [{"role": "user", "content": [media, {"type": "text", "text": text}]}]
 
 
-def encode(processor, samples: list[synth.SynthSample], variants: list[int] | None = None) -> dict[str, torch.Tensor]:
+def encode(processor: Any, samples: list[synth.SynthSample],
+           variants: list[int] | None = None) -> dict[str, torch.Tensor]:
     """One batched processor call (left padding) for samples of one kind."""
     variants = variants or [0] * len(samples)
     msgs = [messages_for(s, prompt_text(s, v)) for s, v in zip(samples, variants)]
@@ -197,7 +198,7 @@ def _vila(spec: DemoSpec, corpus: list[str]) -> tuple[torch.nn.Module, Any]:
 BUILDERS: dict[str, Callable] = {"qwen2_vl": _qwen2vl, "llava_onevision": _llava_onevision, "vila": _vila}
 
 
-def build_untrained(spec: DemoSpec):
+def build_untrained(spec: DemoSpec) -> tuple[torch.nn.Module, Any]:
     """Freshly initialised (seeded) model and its processor."""
     if spec.family not in BUILDERS:
         raise ValueError(f"unknown demo family {spec.family!r}; choose one of {sorted(BUILDERS)}")
@@ -211,7 +212,8 @@ def build_untrained(spec: DemoSpec):
 
 
 # ----------------------------------------------------------------------------- the training step
-def llm_inputs(model, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def llm_inputs(model: torch.nn.Module,
+               inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(inputs_embeds, attention_mask, position_ids) exactly as the model feeds its LLM, with gradients."""
     adapter = adapter_for(model)
     captured = adapter.llm_call_kwargs(inputs)
@@ -222,12 +224,12 @@ def llm_inputs(model, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, to
     return captured["inputs_embeds"], mask, positions
 
 
-def llm_parameters(model) -> set[int]:
+def llm_parameters(model: torch.nn.Module) -> set[int]:
     """ids of the LLM's parameters (decoder + head); everything else is the vision front end."""
     return {id(p) for module in (adapter_for(model).language_model, model.lm_head) for p in module.parameters()}
 
 
-def letter_ids(tokenizer) -> dict[str, int]:
+def letter_ids(tokenizer: Any) -> dict[str, int]:
     ids = {}
     for letter in synth.LETTERS[:4]:
         enc = tokenizer(letter, add_special_tokens=False)["input_ids"]
@@ -237,7 +239,8 @@ def letter_ids(tokenizer) -> dict[str, int]:
     return ids
 
 
-def kept_positions(model, inputs, samples, drop_rates: list[float], rng: np.random.Generator) -> list[torch.Tensor]:
+def kept_positions(model: torch.nn.Module, inputs: dict[str, torch.Tensor], samples: list[synth.SynthSample],
+                   drop_rates: list[float], rng: np.random.Generator) -> list[torch.Tensor]:
     """Per sample: all text, every object's visual tokens, and each background token with prob 1 - rate."""
     visual_of = adapter_for(model).visual_mask
     out = []
@@ -252,7 +255,7 @@ def kept_positions(model, inputs, samples, drop_rates: list[float], rng: np.rand
     return out
 
 
-def answer_logits(model, inputs, positions: list[torch.Tensor] | None = None,
+def answer_logits(model: torch.nn.Module, inputs: dict[str, torch.Tensor], positions: list[torch.Tensor] | None = None,
                   answer_ids: torch.Tensor | None = None) -> torch.Tensor:
     """Next-token logits at the last prompt position, (B, V); ``positions`` prunes like the real pipeline.
 
@@ -295,7 +298,8 @@ VISION_COLORS = ("background", *synth.PALETTE)
 VISION_SHAPES = ("background", *synth.SHAPES)
 
 
-def token_attributes(model, inputs, b: int, sample: synth.SynthSample) -> tuple[torch.Tensor, torch.Tensor]:
+def token_attributes(model: torch.nn.Module, inputs: dict[str, torch.Tensor], b: int,
+                     sample: synth.SynthSample) -> tuple[torch.Tensor, torch.Tensor]:
     """Colour and shape class of every visual token of row ``b`` (0 = background)."""
     regions = token_regions(model, inputs, b, sample)
     color = np.zeros(len(regions), dtype=np.int64)
@@ -308,7 +312,7 @@ def token_attributes(model, inputs, b: int, sample: synth.SynthSample) -> tuple[
     return torch.from_numpy(color), torch.from_numpy(shape)
 
 
-def labelled_visual_tokens(model, processor, samples: list[synth.SynthSample]
+def labelled_visual_tokens(model: torch.nn.Module, processor: Any, samples: list[synth.SynthSample]
                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One batch's visual tokens: LLM-input embeddings (N, hidden), colour and shape classes (N,) each."""
     visual_of = adapter_for(model).visual_mask
@@ -331,7 +335,7 @@ def prototype_batches(spec: DemoSpec, seed_offset: int, batches: int = 8) -> lis
 
 
 @torch.no_grad()
-def image_prototypes(model, processor, batches: list[list[synth.SynthSample]]) -> torch.Tensor:
+def image_prototypes(model: torch.nn.Module, processor: Any, batches: list[list[synth.SynthSample]]) -> torch.Tensor:
     """(colours, shapes, hidden): the front end's mean LLM-input embedding of each kind of object token on
     these images; NaN for kinds they lack (video-only grey distractors)."""
     feats, kinds = [], []
@@ -346,8 +350,9 @@ def image_prototypes(model, processor, batches: list[list[synth.SynthSample]]) -
     return out.view(len(VISION_COLORS), len(VISION_SHAPES), -1)
 
 
-def pretrain_vision(model, processor, spec: DemoSpec, log: Callable[[str], None], seed_offset: int = 0,
-                    prototypes: torch.Tensor | None = None, prototype_weight: float = 0.0) -> None:
+def pretrain_vision(model: torch.nn.Module, processor: Any, spec: DemoSpec, log: Callable[[str], None],
+                    seed_offset: int = 0, prototypes: torch.Tensor | None = None,
+                    prototype_weight: float = 0.0) -> None:
     """Stage 0: teach the vision front end (patch embedding + merger/projector) each token's colour and shape.
 
     A stand-in for the pre-trained vision encoder every real MLLM starts from: with features that already
@@ -390,7 +395,7 @@ def pretrain_vision(model, processor, spec: DemoSpec, log: Callable[[str], None]
 
 
 @torch.no_grad()
-def accuracy(model, processor, samples: list[synth.SynthSample],
+def accuracy(model: torch.nn.Module, processor: Any, samples: list[synth.SynthSample],
              batch_size: int = 32) -> tuple[float, dict[str, float]]:
     """Letter accuracy on full inputs (argmax over the whole vocabulary), overall and per answer letter."""
     ids = letter_ids(processor.tokenizer)
@@ -406,7 +411,8 @@ def accuracy(model, processor, samples: list[synth.SynthSample],
     return float(np.mean(hits)), {k: float(np.mean(v)) for k, v in sorted(per.items())}
 
 
-def fit_llm(model, processor, spec: DemoSpec, log: Callable[[str], None], seed_offset: int = 0) -> None:
+def fit_llm(model: torch.nn.Module, processor: Any, spec: DemoSpec, log: Callable[[str], None],
+            seed_offset: int = 0) -> None:
     """Train the LLM (the front end frozen) for ``spec.steps`` steps from a fresh optimizer and generator."""
     ids = letter_ids(processor.tokenizer)
     eos = processor.tokenizer.eos_token_id  # answers end like a chat turn: "A<|im_end|>"
@@ -440,7 +446,7 @@ def fit_llm(model, processor, spec: DemoSpec, log: Callable[[str], None], seed_o
                 + f"  {time.time() - start:.0f}s")
 
 
-def freeze_front_end(model, spec: DemoSpec) -> None:
+def freeze_front_end(model: torch.nn.Module, spec: DemoSpec) -> None:
     llm = llm_parameters(model)
     for param in model.parameters():
         param.requires_grad_(not spec.freeze_vision or id(param) in llm)
@@ -457,7 +463,7 @@ def reusable_stage1(spec: DemoSpec, folder: Path) -> dict[str, Any] | None:
     return stats if saved and {**stage1, **saved} == stage1 else None
 
 
-def validate_and_save(model, processor, spec: DemoSpec, stats: dict[str, Any], out: Path,
+def validate_and_save(model: torch.nn.Module, processor: Any, spec: DemoSpec, stats: dict[str, Any], out: Path,
                       log: Callable[[str], None]) -> dict[str, Any]:
     model.eval()
     for kind in spec.modalities:

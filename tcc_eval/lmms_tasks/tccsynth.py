@@ -18,10 +18,13 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tcc_eval.answers import extract_letter
 from tcc_eval.options import positive_int_env
+
+if TYPE_CHECKING:
+    import datasets
 
 DATA_ENV = "TCC_LMMS_DATA"
 SIZE_ENV = "TCC_LMMS_SYNTH_N"
@@ -94,7 +97,7 @@ def load_samples(kind: str, n: int, seed: int, split: str = "test") -> list[dict
 
 
 # ------------------------------------------------------------------------------------ lmms-eval hooks
-def process_docs(dataset):
+def process_docs(dataset: datasets.Dataset) -> datasets.Dataset:
     """Replace the one-row spec dataset by the generated samples."""
     import datasets
 

@@ -39,11 +39,16 @@ import math
 import re
 import warnings
 from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from transformers import GenerationConfig
+    from transformers.modeling_outputs import CausalLMOutputWithPast
 
 IMAGE_TOKEN_INDEX = -200  # VILA's placeholder id when the tokenizer has no <image> token
 SUPPORTED_VISION_TOWERS = {"siglip_vision_model", "clip_vision_model"}
@@ -141,7 +146,7 @@ class VilaConfig:
     name_or_path: str = ""
     model_type: str = "vila"
 
-    def get_text_config(self, *args, **kwargs):
+    def get_text_config(self, *args: Any, **kwargs: Any) -> Any:
         return self.text_config
 
     @property
@@ -292,7 +297,7 @@ def check_checkpoint_shapes(part: str, expected: dict[str, tuple[int, ...]], fou
     if not (missing or unexpected or mismatched):
         return
 
-    def listing(keys: list[str], show) -> str:
+    def listing(keys: list[str], show: Callable[[str], str]) -> str:
         shown = ", ".join(show(k) for k in keys[:8])
         return shown + (f", ... ({len(keys) - 8} more)" if len(keys) > 8 else "")
 
@@ -406,7 +411,7 @@ class VilaForConditionalGeneration(nn.Module):
         return next(self.parameters()).dtype
 
     @property
-    def generation_config(self):
+    def generation_config(self) -> GenerationConfig:
         return self.llm.generation_config
 
     def get_input_embeddings(self) -> nn.Module:
@@ -482,7 +487,7 @@ class VilaForConditionalGeneration(nn.Module):
 
     def forward(self, input_ids: torch.Tensor | None = None, pixel_values: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
-                inputs_embeds: torch.Tensor | None = None, **kwargs):
+                inputs_embeds: torch.Tensor | None = None, **kwargs: Any) -> CausalLMOutputWithPast:
         """One LLM pass; returns the Llama ``CausalLMOutputWithPast``."""
         return self.llm(**self._llm_inputs(input_ids, pixel_values, attention_mask, position_ids, inputs_embeds),
                         **kwargs)

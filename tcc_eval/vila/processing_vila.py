@@ -126,7 +126,7 @@ def conv_mode_from_name(name: str) -> str | None:
     return next((mode for key, mode in CHECKPOINT_CONV_MODES.items() if key in name), None)
 
 
-def resolve_conv_mode(config: VilaConfig, tokenizer, conv_mode: str | None = None,
+def resolve_conv_mode(config: VilaConfig, tokenizer: Any, conv_mode: str | None = None,
                       known_as: str | None = None) -> str:
     """Explicit argument, else config.json's ``conv_mode``, else the checkpoint's folder name, else ``known_as``
     (the hub id a registry knows the folder by), else the tokenizer's style (a Llama-3 vocabulary: VILA's current
@@ -426,7 +426,7 @@ class VilaProcessor:
 
     def apply_chat_template(self, conversation: Sequence[dict] | Sequence[Sequence[dict]],
                             add_generation_prompt: bool = True, tokenize: bool = False, return_dict: bool = False,
-                            return_tensors: str = "pt", **unused: Any):
+                            return_tensors: str = "pt", **unused: Any) -> Any:
         """HF chat messages -> VILA prompt text, or (``tokenize=True``) the model inputs.
 
         Content items: ``{"type": "image", "image": PIL/path}``, ``{"type": "video", "video": frames or path}``,

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
 from loguru import logger
 from torch import nn
 
@@ -181,7 +182,7 @@ class RecordingModel(nn.Module):
         except AttributeError:
             return getattr(self.pruned, name)
 
-    def generate(self, *args: Any, **kwargs: Any):
+    def generate(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         try:
             output = self.pruned.generate(*args, **kwargs)
             # the prompts it ran, whose costs last_stats sums: num_return_sequences > 1 returns more rows than that

@@ -529,11 +529,11 @@ class VilaBaseline(lmms):
         self.use_cache = use_cache
 
     @property
-    def model(self):
+    def model(self) -> torch.nn.Module:
         return self._model
 
     @property
-    def tokenizer(self):
+    def tokenizer(self) -> Any:
         return self.processor.tokenizer
 
     @property
@@ -548,7 +548,7 @@ class VilaBaseline(lmms):
         raise NotImplementedError(
             "vila_tcc serves generation tasks (generate_until) only: token pruning acts in generate")
 
-    def generate_until_multi_round(self, requests) -> list:
+    def generate_until_multi_round(self, requests: list) -> list[str]:
         raise NotImplementedError("vila_tcc does not implement multi-round generation (nor does upstream vila)")
 
     def generate_until(self, requests: list) -> list[str]:

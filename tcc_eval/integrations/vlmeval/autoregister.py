@@ -15,6 +15,13 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # only names for hints: this module runs at every interpreter start (the .pth hook)
+    from collections.abc import Sequence
+    from importlib.abc import Loader
+    from importlib.machinery import ModuleSpec
+    from types import ModuleType
 
 TARGET = "vlmeval.config"
 DISABLE_ENV = "TCC_EVAL_NO_AUTOREGISTER"
@@ -51,17 +58,17 @@ def register_quietly() -> None:
 class _RegisterAfterExec:
     """Loader proxy: runs the real loader, then registers. Other loader methods pass through."""
 
-    def __init__(self, loader):
+    def __init__(self, loader: Loader) -> None:
         self._loader = loader
 
-    def create_module(self, spec):
+    def create_module(self, spec: ModuleSpec) -> ModuleType | None:
         return self._loader.create_module(spec)
 
-    def exec_module(self, module):
+    def exec_module(self, module: ModuleType) -> None:
         self._loader.exec_module(module)
         register_quietly()
 
-    def __getattr__(self, name):
+    def __getattr__(self, name: str) -> Any:
         return getattr(self._loader, name)
 
 
@@ -73,7 +80,8 @@ class VlmevalConfigFinder:
     def __init__(self):
         self._busy = False
 
-    def find_spec(self, fullname, path=None, target=None):
+    def find_spec(self, fullname: str, path: Sequence[str] | None = None,
+                  target: ModuleType | None = None) -> ModuleSpec | None:
         if fullname != TARGET or self._busy:
             return None
         self._busy = True  # the nested lookup below must skip this finder

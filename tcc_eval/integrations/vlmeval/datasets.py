@@ -167,7 +167,7 @@ class TCCSynthImage(CustomMCQDataset):
         ensure_image_set()
         return super().load_data(dataset)
 
-    def dump_image(self, line) -> str:
+    def dump_image(self, line: pd.Series) -> str:
         """Write the row's PNG bytes as they are (VLMEvalKit's default re-encodes to JPEG). A file already there is
         kept only if it holds those bytes: a regenerated set reuses the indices, and the old picture would be
         shown with the new question."""
@@ -200,7 +200,7 @@ class TCCSynthVideo(VideoBaseDataset):
         folder = ensure_video_set()
         return {"root": str(folder), "data_file": str(folder / f"{VIDEO_NAME}.tsv")}
 
-    def frame_files(self, line) -> list[str]:
+    def frame_files(self, line: pd.Series) -> list[str]:
         """``nframe`` frames spread uniformly over the clip (or every frame at ``fps``), as lossless PNGs."""
         from ... import synth
 
@@ -211,7 +211,7 @@ class TCCSynthVideo(VideoBaseDataset):
             picked = [frames[i] for i in np.linspace(0, len(frames) - 1, self.nframe).round().astype(int)]
         return [str(p) for p in picked]
 
-    def build_prompt(self, line, video_llm: bool) -> list[dict[str, str]]:
+    def build_prompt(self, line: pd.Series | int, video_llm: bool) -> list[dict[str, str]]:
         if isinstance(line, (int, np.integer)):
             line = self.data.iloc[int(line)]
         if video_llm:

@@ -20,7 +20,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from PIL import Image
@@ -45,6 +45,9 @@ from ...media import open_video
 from ...vila.processing_vila import IMAGE_PLACEHOLDER
 from .. import rank_device
 from . import records
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 class _ToDevice:
@@ -96,11 +99,11 @@ class _ToDeviceVideoTiming(_ToDevice):
 
 @contextlib.contextmanager
 def keeping_video_metadata(proxy: _ToDeviceVideoTiming) -> Iterator[None]:
-    """A patch of a library function (register.py lists them all), and why: Qwen2VLChat.generate_inner_transformers calls
-    ``qwen_vl_utils.process_vision_info`` (imported inside the method, at each call) without
-    ``return_video_metadata``, so the timing of the frames it sampled is lost before the processor call. For one
-    generate_inner the module's function is wrapped to ask for it and leave it on the processor proxy; the frames
-    it returns are the same."""
+    """A patch of a library function (register.py lists them all), and why:
+    Qwen2VLChat.generate_inner_transformers calls ``qwen_vl_utils.process_vision_info`` (imported inside the
+    method, at each call) without ``return_video_metadata``, so the timing of the frames it sampled is lost before
+    the processor call. For one generate_inner the module's function is wrapped to ask for it and leave it on the
+    processor proxy; the frames it returns are the same."""
     import qwen_vl_utils
 
     original = qwen_vl_utils.process_vision_info
@@ -237,7 +240,7 @@ class TCCModelMixin:
         return api.load_hf_model(self.model_path, self.device, self.dtype)
 
     # --- pruning -----------------------------------------------------------------------------------
-    def pruned_model(self, modality: str):
+    def pruned_model(self, modality: str) -> torch.nn.Module:
         """The pruned model for ``modality`` (TCC has one compressor per modality; others share one)."""
         key = modality if self.method == "tcc" else "any"
         if key not in self._pruned:
@@ -269,11 +272,11 @@ class TCCModelMixin:
         return output
 
     # --- VLMEvalKit hooks --------------------------------------------------------------------------
-    def build_prompt(self, line, *args: Any, **kwargs: Any):
+    def build_prompt(self, line: pd.Series | int, *args: Any, **kwargs: Any) -> list[dict[str, str]]:
         records.note_line(line)
         return super().build_prompt(line, *args, **kwargs)
 
-    def generate_inner(self, message, dataset=None):
+    def generate_inner(self, message: list[dict[str, str]], dataset: str | None = None) -> str:
         for item in message:  # upstream's readers report a broken video without its name (Qwen2VL: torchvision's)
             value = item["value"]
             if item["type"] == "video" and isinstance(value, str) and not value.startswith(("data:", "file:")) \
@@ -332,7 +335,7 @@ class TCCQwen2VLChat(TCCModelMixin, Qwen2VLChat):
 
     processor_proxy = _ToDeviceVideoTiming
 
-    def generate_inner(self, message, dataset=None):
+    def generate_inner(self, message: list[dict[str, str]], dataset: str | None = None) -> str:
         with keeping_video_metadata(self.processor):
             return super().generate_inner(message, dataset)
 
@@ -444,7 +447,7 @@ class VilaChat(VILA):
     does for VILA.
     """
 
-    def generate_inner(self, message, dataset=None):
+    def generate_inner(self, message: list[dict[str, str]], dataset: str | None = None) -> str:
         content, images = "", []
         for item in message:
             if item["type"] == "text":
