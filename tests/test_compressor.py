@@ -787,7 +787,8 @@ def test_unreadable_compressor_checkpoint_is_named_with_its_fix(tmp_path, monkey
     whole = save_compressor(tmp_path / "whole.pt", TokenCompressor(), {}, "image", {}).read_bytes()
     png = io.BytesIO()
     random_image(8, 8, seed=0).save(png, format="PNG")
-    for name, content in (("cut.pt", whole[:3000]), ("empty.pt", b""), ("image.pt", png.getvalue())):
+    for name, content in (("cut.pt", whole[:3000]), ("empty.pt", b""), ("image.pt", png.getvalue()),
+                          ("text.pt", b"text junk\n"), ("pickle_junk.pt", b"\x80\x02junk")):  # IndexError, struct.error
         path = tmp_path / name
         path.write_bytes(content)
         with pytest.raises(ValueError, match=rf"{re.escape(repr(str(path)))} is not a readable tcc-eval compressor "
@@ -808,16 +809,18 @@ def test_truncated_label_file_is_named_with_its_fix(tmp_path):
     not torch's PytorchStreamReader error naming no file."""
     labels = write_fake_labels(tmp_path / "labels", 4)
     cut = labels / "samples" / "2.pt"
-    cut.write_bytes(cut.read_bytes()[:100])
+    whole = cut.read_bytes()
     source = json.loads((labels / "meta.json").read_text())["model"]
     ckpt = save_compressor(tmp_path / "c.pt", TokenCompressor(), source, "image", {})
     message = (rf"label file {re.escape(str(cut))} is unreadable \(truncated, or not written by `label`\): delete it "
                r"and rerun `python -m tcc_eval.compressor label` with the same --out to redo it")
-    for args in (["train", "--labels", str(labels), "--out", str(tmp_path / "new.pt")],
-                 ["evaluate", "--labels", str(labels), "--compressor", str(ckpt)]):
-        with pytest.raises(ValueError, match=message):
-            main(args)
-    assert not (tmp_path / "new.pt").exists()
+    for broken in (whole[:100], b"junk\n"):  # cut short; overwritten by text (torch: KeyError / IndexError)
+        cut.write_bytes(broken)
+        for args in (["train", "--labels", str(labels), "--out", str(tmp_path / "new.pt")],
+                     ["evaluate", "--labels", str(labels), "--compressor", str(ckpt)]):
+            with pytest.raises(ValueError, match=message):
+                main(args)
+        assert not (tmp_path / "new.pt").exists()
 
 
 def test_resumed_labelling_redoes_an_unreadable_sample_file(tiny_checkpoints, tmp_path, capsys, one_thread):

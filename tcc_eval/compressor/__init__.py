@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +27,11 @@ TRAIN_HINT = (
     "train one with `python -m tcc_eval.compressor label --model MODEL --data DATA.tsv --out LABELS` "
     "then `python -m tcc_eval.compressor train --labels LABELS --out compressor.pt`"
 )
-# what torch.load raises on a truncated file, an empty one or a file of another format (weights_only refuses it)
-UNREADABLE_ERRORS = (RuntimeError, EOFError, pickle.UnpicklingError)
+# what torch.load raises on a truncated file, an empty one or a file of another format (weights_only refuses it);
+# bytes that are not a zip archive go to the legacy unpickler, whose errors on junk are whatever its parsing hit
+# ("text junk": IndexError; b"\x80\x02junk": struct.error; also KeyError, UnicodeDecodeError, AssertionError)
+UNREADABLE_ERRORS = (RuntimeError, EOFError, pickle.UnpicklingError, ValueError, LookupError, struct.error,
+                     AssertionError)
 
 __all__ = [
     "CompressorConfig", "TokenCompressor", "kl_loss", "load_compressor", "load_compressor_for", "make_target",
