@@ -7,6 +7,7 @@ Methods that prune *inside* the LLM (FastV, DART, PyramidDrop) live in fastv.py.
 
 from __future__ import annotations
 
+import warnings
 import zlib
 from dataclasses import dataclass
 from typing import Callable, Mapping
@@ -14,6 +15,7 @@ from typing import Callable, Mapping
 import torch
 
 from .adapters.base import NO_PATCHES, MLLMAdapter
+from .compressor import token_count_mismatch
 from .core import check_keep_ratio, keep_count, pick_order_scores
 from .flops import INSIDE_LLM_METHODS
 from .options import DEFAULT_INSTRUCTION_ROWS, check_instruction_rows
@@ -363,6 +365,7 @@ class TCCScorer:
                  instruction_rows: str = DEFAULT_INSTRUCTION_ROWS):
         self.compressors = dict(compressors)
         self.instruction_rows = check_instruction_rows(instruction_rows)
+        self._warned: set[str] = set()  # modalities whose token-count mismatch was said (once per run is enough)
         for modality, compressor in self.compressors.items():
             trained = getattr(compressor, "instruction_rows", DEFAULT_INSTRUCTION_ROWS)
             if trained != self.instruction_rows:
@@ -380,6 +383,11 @@ class TCCScorer:
                 f"no compressor for {modality} input (have: {', '.join(sorted(self.compressors))}); train one with "
                 f"`python -m tcc_eval.compressor label ...` on {modality} data, then `... train ...`"
             )
+        if modality not in self._warned:
+            mismatch = token_count_mismatch(self.compressors[modality], view.n_visual)
+            if mismatch:
+                warnings.warn(mismatch, stacklevel=2)
+                self._warned.add(modality)
         return self.compressors[modality].predict(view.layer0_attention(self.instruction_rows))
 
 

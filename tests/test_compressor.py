@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ import torch
 
 import tcc_eval
 from tcc_eval import synth
+from tcc_eval.answers import extract_letter
 from tcc_eval.compressor import (
     CompressorConfig,
     TokenCompressor,
@@ -27,7 +29,6 @@ from tcc_eval.compressor import (
     save_compressor,
 )
 from tcc_eval.compressor.__main__ import DEBUG_ENV, cli, main
-from tcc_eval.answers import extract_letter
 from tcc_eval.compressor.labels import (
     is_correct,
     messages_for,
@@ -290,6 +291,29 @@ def test_label_pixel_limits_set_the_resolution_labels_are_made_at(tiny_checkpoin
                                                                      "longest_edge": 4 * area}}))}
     assert record["n_visual"] == tokens["big"] >= 3 * tokens["default"]
     assert json.loads((out / "meta.json").read_text())["pixels"] == {"min_pixels": 4 * area, "max_pixels": 4 * area}
+
+    # a compressor evaluated at another resolution than its labels' (the checkpoint's own limits here, as
+    # VLMEvalKit's would be where preprocessor_config.json caps them) is told so, once, with the fix
+    ckpt = tmp_path / "big.pt"
+    assert main(["train", "--labels", str(out), "--out", str(ckpt), "--epochs", "1"]) == 0
+    trained = torch.load(ckpt, weights_only=True)["train_stats"]
+    assert trained["visual_tokens"] == dict.fromkeys(("min", "median", "max"), tokens["big"])
+    assert trained["pixels"] == [{"min_pixels": 4 * area, "max_pixels": 4 * area}]
+    messages, _ = messages_for(read_data(data)[0], 8)
+    default = tcc_eval.load(str(published), method="tcc", keep_ratio=0.5, compressor=str(ckpt), device="cpu")
+    with pytest.warns(UserWarning, match=rf"big.pt learned from image inputs of {tokens['big']}-{tokens['big']} "
+                                         rf"visual tokens \(labelled with max_pixels={4 * area}, "
+                                         rf"min_pixels={4 * area}\), but this input has {tokens['default']}: "
+                                         r"evaluate at the resolution the labels were made at"):
+        default.generate(messages, max_new_tokens=1)
+    labelled_alike = tcc_eval.load(str(published), method="tcc", keep_ratio=0.5, compressor=str(ckpt), device="cpu",
+                                   processor_options={"min_pixels": 4 * area, "max_pixels": 4 * area})
+    for model in (default, labelled_alike):  # said once per run; silent where the resolutions agree
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model.generate(messages, max_new_tokens=1)
+        assert not [w for w in caught if "visual tokens" in str(w.message)]
+    assert labelled_alike.last_selection.visual_before == [tokens["big"]]
 
     lower = processor_with_pixel_limits(published, {"min_pixels": 112 * 112})
     assert [(p.size.shortest_edge, p.size.longest_edge) for p in (lower.image_processor, lower.video_processor)] \

@@ -20,6 +20,7 @@ from ..options import DEFAULT_INSTRUCTION_ROWS
 from .network import CompressorConfig, TokenCompressor, kl_loss, make_target, pad_batch
 
 CHECKPOINT_FORMAT = "tcc-compressor"
+TOKEN_RANGE_SLACK = 2.0  # how far beyond its labels' visual token counts an input may go before a warning
 CHECKPOINT_VERSION = 1
 # Facts about the source model a compressor must agree with; architecture is informative only.
 MATCH_KEYS = ("family", "model_type", "hidden_size", "num_attention_heads", "num_key_value_heads", "num_layers")
@@ -142,6 +143,24 @@ def load_compressor(path: str | os.PathLike, device: str | torch.device | None =
     network.instruction_rows = network.train_stats.get("instruction_rows", DEFAULT_INSTRUCTION_ROWS)
     network.checkpoint_path = str(path)
     return network.to(device or "cpu").float().eval()
+
+
+def token_count_mismatch(compressor: Any, n_visual: int) -> str | None:
+    """Why an input of ``n_visual`` visual tokens is out of what ``compressor`` learned from, or None.
+
+    A compressor reads the layer-0 attention row as a sequence; at another resolution its objects span other token
+    counts than in its labels (a checkpoint whose processor caps pixels below the labels' ``--max-pixels``, say),
+    and its ranking silently degrades. A factor of TOKEN_RANGE_SLACK beyond the labels' range is tolerated."""
+    seen = (getattr(compressor, "train_stats", None) or {}).get("visual_tokens")
+    if not seen or seen["min"] / TOKEN_RANGE_SLACK <= n_visual <= seen["max"] * TOKEN_RANGE_SLACK:
+        return None  # in range, or a checkpoint from before the statistic
+    limits = [", ".join(f"{k}={v}" for k, v in sorted(p.items())) or "the checkpoint's own processor limits"
+              for p in compressor.train_stats.get("pixels") or [{}]]
+    return (f"compressor {getattr(compressor, 'checkpoint_path', '')} learned from {compressor.modality} inputs of "
+            f"{seen['min']}-{seen['max']} visual tokens (labelled with {' / '.join(sorted(set(limits)))}), but this "
+            f"input has {n_visual}: evaluate at the resolution the labels were made at (Qwen2-VL: the processor's "
+            f"min_pixels / max_pixels, which a checkpoint's preprocessor_config.json can cap below them), or label at "
+            f"this one")
 
 
 def check_compressor_argument(compressor: Any) -> None:

@@ -205,6 +205,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     train_set = [s for s in samples if s.key not in val_keys]
     val_set = [s for s in samples if s.key in val_keys]
     targets = {s.key: make_target(s.relevance) for s in samples}
+    counts = sorted(s.n for s in samples)
     torch.manual_seed(args.seed)
     config = CompressorConfig(kernel_size=args.kernel_size, activation=args.activation, norm=args.norm,
                               input_scale=args.input_scale)
@@ -218,6 +219,9 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         "seed": args.seed, "val_frac": args.val_frac,
         "lr": args.lr, "batch_size": args.batch_size, "device": str(device), "val_keys": sorted(val_keys),
         "best_val_loss": math.inf, "best_epoch": 0, "epochs_run": 0, "history": [],
+        # what inference compares its inputs with (token_count_mismatch)
+        "visual_tokens": {"min": counts[0], "median": counts[len(counts) // 2], "max": counts[-1]},
+        "pixels": [read_meta(Path(d)).get("pixels", {}) for d in args.labels],
     }
     best_loss, since_best = math.inf, 0
     held_out = len(val_set) or "none: the best epoch is the lowest training loss"
