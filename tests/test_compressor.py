@@ -512,6 +512,22 @@ def test_samples_without_usable_relevance_are_skipped_and_counted(tmp_path):
     assert unusable == 2 and sorted(s.key for s in samples) == [f"fake#{i}" for i in range(2, 6)]
 
 
+def test_training_on_image_and_video_labels_together_says_what_it_makes(tmp_path, capsys, one_thread):
+    """Both modalities in one run give a 'mixed' compressor that the frameworks' per-modality lookup refuses later,
+    so training says so while the labels are at hand."""
+    images = write_fake_labels(tmp_path / "images", 3)
+    videos = write_fake_labels(tmp_path / "videos", 3, seed=1)
+    meta = json.loads((videos / "meta.json").read_text())
+    (videos / "meta.json").write_text(json.dumps({**meta, "data": "fake_videos", "modality": "video"}))
+    args = ["--out", str(tmp_path / "c.pt"), "--epochs", "1"]
+    assert main(["train", "--labels", str(images), *args]) == 0
+    assert "mixed" not in capsys.readouterr().err
+    assert main(["train", "--labels", str(images), str(videos), *args]) == 0
+    assert "warning: these labels hold image and video samples, so the compressor is saved as 'mixed'" \
+        in capsys.readouterr().err
+    assert load_compressor(tmp_path / "c.pt").modality == "mixed"
+
+
 def test_training_runs_where_autograd_was_turned_off(tmp_path, one_thread):
     """A process that imported VLMEvalKit's models runs with autograd off; training turns it on for itself."""
     labels = write_fake_labels(tmp_path / "labels", 8)

@@ -197,6 +197,11 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     source, modality, samples, bad = load_labels(args.labels, args.relevance_rule)
     if not samples:
         raise ValueError(f"no usable label files in {args.labels}: run `python -m tcc_eval.compressor label` first")
+    if modality == "mixed":
+        print("warning: these labels hold image and video samples, so the compressor is saved as 'mixed': usable only "
+              "as one file for both (tcc_eval.load(..., compressor=FILE)); VLMEvalKit, lmms-eval and a {modality: "
+              "file} dict take one per modality, so train on image and video label folders apart for them",
+              file=sys.stderr)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     val_keys = split_keys([s.key for s in samples], args.val_frac, args.seed, [s.media for s in samples])
     if args.val_frac > 0 and not val_keys and len(samples) > 1:
