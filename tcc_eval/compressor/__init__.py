@@ -20,8 +20,8 @@ from ..options import DEFAULT_INSTRUCTION_ROWS
 from .network import CompressorConfig, TokenCompressor, kl_loss, make_target, pad_batch
 
 CHECKPOINT_FORMAT = "tcc-compressor"
-TOKEN_RANGE_SLACK = 2.0  # how far beyond its labels' visual token counts an input may go before a warning
 CHECKPOINT_VERSION = 1
+TOKEN_RANGE_SLACK = 2.0  # how far beyond its labels' visual token counts an input may go before a warning
 # Facts about the source model a compressor must agree with; architecture is informative only.
 MATCH_KEYS = ("family", "model_type", "hidden_size", "num_attention_heads", "num_key_value_heads", "num_layers")
 TRAIN_HINT = (
