@@ -232,6 +232,8 @@ class TokenPrunedModel(nn.Module):
             "select_s": select_s,
             "prefill_s": prefill_s,
             "total_s": total_s,
+            # each sample's own tokens: a left-padded batch's cache also holds its padding, which depends on how
+            # the framework batched the prompts, not on the method
             "kv_cache_bytes": sum(kv_cache_bytes(seq_before - before + visual, 1, shape.kv_heads, shape.head_dim, elem)
                                   for visual in per_layer),
             # the visual tokens' share alone, the quantity the paper reports (Qwen2-VL on MMStar: 71.2 -> 17.8 MB)
