@@ -59,6 +59,9 @@ MODEL_NAME_RE = re.compile(
 )
 VLMEVAL_SUFFIXES = ("_rating.json", "_score.csv", "_acc.csv", "_acc.json")
 LMMS_SUFFIX = "_results.json"
+# What lmms-eval writes in place of every metric under --predict_only (and for tasks scored only by an outside
+# server): its aggregation returns the placeholder 999, which read as a score would top every table
+LMMS_NO_SCORE_METRIC = "bypass"
 # lmms-eval metrics whose aggregation (mvbench_aggregate_results) divides by the non-empty answers only
 EMPTY_ANSWER_METRICS = ("mvbench_accuracy",)
 EFFICIENCY_SUFFIX = "_efficiency.jsonl"
@@ -619,8 +622,8 @@ def _metrics_of(entry: dict) -> list[tuple[str, float]]:
 
 def _lmms_task_scores(entry: dict) -> list[tuple[str, float, str, bool, str]]:
     """(metric, value, scale, primary, note): MME as perception + cognition points, else the first
-    preferred metric, else the first numeric one (first filter wins)."""
-    metrics = _metrics_of(entry)
+    preferred metric, else the first numeric one (first filter wins). lmms-eval's "bypass" metric is no score."""
+    metrics = [(key, value) for key, value in _metrics_of(entry) if key.split(",")[0] != LMMS_NO_SCORE_METRIC]
     by_name: dict[str, float] = {}
     for key, value in metrics:
         by_name.setdefault(key.split(",")[0], value)
@@ -636,6 +639,12 @@ def _lmms_task_scores(entry: dict) -> list[tuple[str, float, str, bool, str]]:
         key, value = metrics[0]
         return [(key.split(",")[0], value, "auto", True, "")]
     return []
+
+
+def _lmms_unscored_tasks(data: dict) -> list[str]:
+    """Tasks of a run whose only metric is lmms-eval's "bypass" placeholder."""
+    return [name for name, entry in data["results"].items() if isinstance(entry, dict)
+            and {key.split(",")[0] for key, _ in _metrics_of(entry)} == {LMMS_NO_SCORE_METRIC}]
 
 
 def _subtasks(name: str, groups: dict[str, list]) -> list[str]:
@@ -807,6 +816,12 @@ def read_lmms(root: Path, skip: Path | None = None) -> list[Score]:
             ratio = 1.0 if method == "none" else ratio
             recounted, empty_answers = _recount_empty_answers(path, data)
             rows = _lmms_scores(recounted)
+            unscored = _lmms_unscored_tasks(data)
+            if unscored:
+                log.warning("%s: lmms-eval computed no score for %s (its '%s' metric, a 999 placeholder: a "
+                            "--predict_only run, or a task scored by a submission server); left out of the tables. "
+                            "Re-run without --predict_only to score it", path, ", ".join(unscored),
+                            LMMS_NO_SCORE_METRIC)
             own_scores = {(b, m): v for b, m, v, *_ in _lmms_scores(data)} if empty_answers else {}
         except Exception as err:  # noqa: BLE001 - any unreadable file is skipped, never fatal
             _warn_skip(path, err)

@@ -1456,6 +1456,36 @@ def test_lmms_runs_set_up_otherwise_than_their_vanilla_say_so(tmp_path):
     assert "model_args" not in table["fastv"] + table["none"]
 
 
+def test_lmms_tasks_without_a_score_are_left_out_with_a_warning(tmp_path, caplog):
+    """Under --predict_only lmms-eval writes every metric as "bypass", whose aggregation returns the placeholder
+    999: it was read as the score (999 on MME) and left the run's real scores unpaired."""
+    args = "pretrained=/m/Qwen2-VL-7B-Instruct,method={},ratio={}"
+    bypass = {"bypass,none": 999, "bypass_stderr,none": "N/A"}
+    vanilla = lmms_run(1500.0, 400.0, 0.8, 70.0, 50.0)
+    write_lmms_results(tmp_path, "qwen2_vl_tcc", args.format("none", 1.0), "20251128_120000", *vanilla)
+    predict_only, groups, sizes = lmms_run(0, 0, 0, 0, 0)
+    predict_only = {task: {"alias": entry["alias"], **(bypass if task != "mvbench" else {" ": " "})}
+                    for task, entry in predict_only.items()}
+    write_lmms_results(tmp_path, "qwen2_vl_tcc", args.format("tcc", 0.5), "20251128_130000", predict_only, groups,
+                       sizes)
+    one_unscored, groups, sizes = lmms_run(1400.0, 300.0, 0.6, 35.0, 25.0)
+    one_unscored["tccsynth_img"] = {"alias": "tccsynth_img", **bypass}
+    write_lmms_results(tmp_path, "qwen2_vl_tcc", args.format("a0", 0.5), "20251128_140000", one_unscored, groups,
+                       sizes)
+    with caplog.at_level(logging.WARNING, logger="tcc_eval.aggregate"):
+        summary = aggregate(tmp_path).summary
+    assert 999 not in set(summary["score"])
+    assert "tcc" not in set(summary["method"])
+    a0 = summary[summary["method"] == "a0"]
+    assert sorted(a0["benchmark"].unique()) == ["mme", "mvbench"]
+    assert row(summary, "lmms_eval", "qwen2_vl/Qwen2-VL-7B-Instruct", "a0", 0.5, "mme", "total").preservation \
+        == pytest.approx(1700 / 1900)
+    warnings = [m for m in caplog.messages if "computed no score" in m]
+    assert len(warnings) == 2 and "--predict_only" in warnings[0]
+    assert "for mme, mvbench_action_antonym, mvbench_action_count, tccsynth_img (" in warnings[0]
+    assert "for tccsynth_img (" in warnings[1]
+
+
 def test_lmms_runs_our_wrappers_refuse_are_skipped(tmp_path, caplog):
     """model_args our lmms-eval wrappers refuse (ratio=1.5, a method typo) made rows of their own: ratio=1.5 read
     as 1.5% and method=tcx as a method."""
