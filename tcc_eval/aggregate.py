@@ -4,7 +4,8 @@
 
 RESULTS_DIR is searched recursively for
 - VLMEvalKit score files ``<MODEL>_<DATASET>_acc.csv`` (MCQ, fractions), ``_score.csv`` (MME and
-  yes/no sets, points / percent; MM-Vet's ``<MODEL>_MMVet_<judge>_score.csv``), ``_acc.json``
+  yes/no sets, points / percent; HallusionBench's aAcc / fAcc / qAcc; MM-Vet's
+  ``<MODEL>_MMVet_<judge>_score.csv``), ``_acc.json``
   (EVAL_FORMAT=json) and ``_rating.json`` (MVBench, Video-MME); MODEL is a registry name
   ``<Base>_<Method><ratio>`` or ``<Base>_Vanilla``;
 - lmms-eval ``*_results.json`` (runs keyed by ``config.model_args``);
@@ -348,6 +349,12 @@ def _scores_from_table(frame: pd.DataFrame) -> list[tuple[str, float, str, bool,
         if overall.empty:
             raise ResultFileError("per-category score table has no Overall row")
         return [("Overall", _num(overall[columns["acc"]].iloc[0]), "percent", True, "")]
+    if {"aacc", "facc", "qacc"} <= set(columns):  # HallusionBench: question, figure and pair accuracy, in percent
+        row, note = _pick_row(frame)
+        parts = [(name, _num(row[columns[name.lower()]])) for name in ("aAcc", "fAcc", "qAcc")]
+        # its headline (OpenVLM leaderboard) is the mean of the three
+        return [("Overall", sum(value for _, value in parts) / 3, "percent", True, note),
+                *((name, value, "percent", False, note) for name, value in parts)]
     if "overall" not in columns:
         raise ResultFileError(f"no Overall column (columns: {', '.join(map(str, frame.columns[:8]))})")
     row, note = _pick_row(frame)

@@ -866,6 +866,34 @@ def test_mmvet_scores_are_read_from_vlmevalkits_per_category_table(tmp_path):
     assert math.isnan(tcc.preservation) and "judged by my-local-judge, the vanilla run by gpt-4-turbo" in tcc.note
 
 
+def test_hallusionbench_reports_the_mean_of_its_three_accuracies(tmp_path):
+    """HallusionBench's score table has a row per split and aAcc / fAcc / qAcc columns, no Overall one: it was
+    skipped. Its headline is the mean of the three on the Overall split (VLMEvalKit's own rating writes it)."""
+    from vlmeval.dataset.utils.yorn import Hallusion_rating
+    from vlmeval.smp import dump
+
+    work = tmp_path / "w"
+    # 2 sets x 2 figures x 2 questions (index: category_l2_?_set_figure_question)
+    runs = {"Qwen2VL7B_Vanilla": [1, 1, 1, 1, 1, 0, 1, 0], "Qwen2VL7B_TCC50": [1, 1, 0, 0, 1, 0, 1, 0]}
+    for model, scores in runs.items():
+        folder = work / model
+        folder.mkdir(parents=True)
+        indices = [f"VS_chart_0_{s}_{fig}_{q}" for s in range(2) for fig in range(2) for q in range(2)]
+        store = folder / f"{model}_HallusionBench_auxmatch.xlsx"
+        dump(pd.DataFrame({"index": indices, "category": "VS", "l2-category": "chart", "score": scores}), str(store))
+        dump(Hallusion_rating(str(store)), str(folder / f"{model}_HallusionBench_score.csv"))
+    summary = aggregate(work).summary
+    vanilla = row(summary, "vlmeval", "Qwen2VL7B", "none", 1.0, "HallusionBench", "Overall")
+    # vanilla: aAcc 6 of 8 answers; fAcc 2 of 4 figures with every answer right (set 1's are not); qAcc 3 of 4
+    # questions right on both figures (set 1's second is not)
+    assert vanilla.score == pytest.approx((75.0 + 50.0 + 75.0) / 3)
+    # tcc: aAcc 4 of 8, fAcc 1 of 4 (set 0, figure 0), qAcc 1 of 4 (set 1, question 0)
+    tcc = row(summary, "vlmeval", "Qwen2VL7B", "tcc", 0.5, "HallusionBench", "Overall")
+    assert (tcc.score, tcc.preservation) == pytest.approx(((50.0 + 25.0 + 25.0) / 3, 0.5))
+    assert row(summary, "vlmeval", "Qwen2VL7B", "tcc", 0.5, "HallusionBench", "fAcc").score == pytest.approx(25.0)
+    assert "split Overall" in tcc.note
+
+
 def test_mvbench_failed_and_empty_answers_count_as_wrong(tmp_path):
     """VLMEvalKit's MVBench rating counts a question right when its score is truthy, so a failed answer (-1)
     and an empty one (never scored: NaN) count as right; the tables recount from the per-sample scores beside it
