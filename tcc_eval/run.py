@@ -14,8 +14,11 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     from tcc_eval.integrations.vlmeval.register import register, register_names, requested_models
 
-    register()
-    register_names(requested_models(argv))
+    try:
+        register()
+        register_names(requested_models(argv))
+    except ValueError as err:  # a malformed TCC_EXTRA_MODELS or model name: the reason, not a traceback
+        raise SystemExit(f"tcc-eval: {err}") from None
     import vlmeval
     import vlmeval.run
 

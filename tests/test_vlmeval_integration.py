@@ -300,6 +300,22 @@ def test_bad_names_of_ours_stop_with_the_reason(tmp_path):
     assert proc.returncode != 0 and "tcc-eval: 'Qwen2VL_TCC150': keep ratio 150%" in proc.stderr, proc.stderr[-2000:]
 
 
+def test_a_malformed_extra_models_setting_stops_a_run_of_our_names(tmp_path, monkeypatch):
+    """TCC_EXTRA_MODELS that does not parse left every name of ours unregistered: VLMEvalKit then logged a KeyError
+    per dataset and exited 0 (and ``python -m tcc_eval.run`` ended in a traceback). Both now stop with the reason."""
+    from tcc_eval.run import main
+
+    reason = "tcc-eval: TCC_EXTRA_MODELS: 'Mine' is not NAME=PATH"
+    proc = subprocess.run([sys.executable, "-m", "vlmeval.run", "--model", "Qwen2VL_TCC50", "--data", "TCCSynth_IMG",
+                           "--work-dir", str(tmp_path)], capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                          env={**os.environ, "TCC_EXTRA_MODELS": "Mine"})
+    assert proc.returncode != 0 and proc.stderr.strip().splitlines()[-1] == reason, proc.stderr[-2000:]
+    assert "KeyError" not in proc.stderr, proc.stderr[-2000:]
+    monkeypatch.setenv("TCC_EXTRA_MODELS", "Mine")
+    with pytest.raises(SystemExit, match=f"^{reason}$"):
+        main(["--model", "Qwen2VL_TCC50", "--data", "TCCSynth_IMG", "--work-dir", str(tmp_path)])
+
+
 def test_run_entry_parses_models():
     from tcc_eval.integrations.vlmeval.register import requested_models
 

@@ -85,9 +85,13 @@ def register_names(names: Iterable[str]) -> list[str]:
 
 def reads_as_ours(name: str) -> bool:
     """``<registered base>_...`` or ``..._<method token><digits>`` / ``..._Vanilla``."""
+    return has_our_suffix(name) or name.partition("_")[0] in all_bases()
+
+
+def has_our_suffix(name: str) -> bool:
+    """``..._<method token><digits>`` / ``..._Vanilla``: ours whatever the base (no registry lookup)."""
     base, sep, rest = name.partition("_")
-    return bool(sep) and (base in all_bases() or re.fullmatch(rf"(?:{'|'.join(METHOD_TOKENS)})\d+|{VANILLA}", rest)
-                          is not None)
+    return bool(sep) and re.fullmatch(rf"(?:{'|'.join(METHOD_TOKENS)})\d+|{VANILLA}", rest) is not None
 
 
 def _values(argv: list[str], flag: str) -> list[str]:
@@ -208,8 +212,14 @@ def register() -> list[str]:
 
     for cls in WRAPPERS.values():  # so --config JSON can name them as "class"
         setattr(vlmeval.vlm, cls.__name__, cls)
-    names = register_models(expand().values())
     cli_args = vlmeval_cli_args()
+    try:
+        specs = expand()
+    except ValueError as err:  # a malformed TCC_EXTRA_MODELS: no name of ours can be registered
+        if cli_args is not None and any(has_our_suffix(name) for name in requested_models(cli_args)):
+            raise BadModelName(f"tcc-eval: {err}") from None  # else VLMEvalKit logs a KeyError per dataset, exit 0
+        raise
+    names = register_models(specs.values())
     if cli_args is not None:  # `python -m vlmeval.run --model Qwen2VL_TCC10`: names outside the matrix too
         names += register_names(requested_models(cli_args))
     if _still_importing("datasets", "VIDEO_PRESETS"):
