@@ -103,7 +103,13 @@ def compressor_candidates(base: Base, modality: str) -> list[Path]:
     if modality not in MODALITIES:
         raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
     file = f"{base.name}_{modality}.pt"
-    out = [Path(os.environ[COMPRESSOR_DIR_ENV]).expanduser() / file] if os.environ.get(COMPRESSOR_DIR_ENV) else []
+    out = []
+    if os.environ.get(COMPRESSOR_DIR_ENV):
+        folder = Path(os.environ[COMPRESSOR_DIR_ENV]).expanduser()
+        if not folder.is_dir():  # a typo here would quietly load the shipped or cached compressor instead
+            raise ValueError(f"{COMPRESSOR_DIR_ENV}={os.environ[COMPRESSOR_DIR_ENV]} is not a folder: point it at the "
+                             f"folder holding {file}, or unset it")
+        out.append(folder / file)
     if base.demo:
         shipped = _demo_entry(base).get(f"compressor_{modality}")
         out += [Path(shipped)] if shipped else []
@@ -115,6 +121,10 @@ def resolve_compressor(base: Base, modality: str, compressor: Any = None) -> Any
 
     Raises FileNotFoundError naming every place looked at and how to train one."""
     if isinstance(compressor, Mapping):
+        unknown = sorted(map(str, set(compressor) - set(MODALITIES)))
+        if unknown:  # a misspelt key would fall through to another compressor, named only in a log line
+            raise ValueError(f"compressor {{modality: checkpoint}} keys {', '.join(map(repr, unknown))}: a modality "
+                             f"is one of {', '.join(MODALITIES)}")
         compressor = compressor.get(modality)
     if compressor is not None:
         return compressor
@@ -122,6 +132,9 @@ def resolve_compressor(base: Base, modality: str, compressor: Any = None) -> Any
     for path in candidates:
         if path.is_file():
             return str(path)
+        if path.exists():  # skipping it would quietly load the next candidate instead
+            raise ValueError(f"{path} is not a compressor file (a folder?): move it away, or put the {modality} "
+                             f"compressor of {base.name} there")
     looked = ", ".join(str(p) for p in candidates)
     demo = " (demo models: `python -m tcc_eval.demo build` trains theirs)" if base.demo else ""
     raise FileNotFoundError(

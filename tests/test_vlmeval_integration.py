@@ -132,6 +132,29 @@ def test_compressor_lookup(monkeypatch, tmp_path):
     assert model_registry.resolve_compressor(base, "image", {"image": "/i.pt", "video": "/v.pt"}) == "/i.pt"
 
 
+def test_compressor_lookup_refuses_what_would_fall_through_to_another_compressor(monkeypatch, tmp_path):
+    """A misspelt modality key, a TCC_COMPRESSOR_DIR that is no folder, and a folder where the file should be each
+    went on to the next place looked at (for a demo base: its shipped compressor), named only in a log line."""
+    base = model_registry.BASES["Qwen2VL"]
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    cached = tmp_path / "home/.cache/tcc_eval/compressors/Qwen2VL_image.pt"
+    cached.parent.mkdir(parents=True)
+    cached.touch()
+    monkeypatch.delenv(model_registry.COMPRESSOR_DIR_ENV, raising=False)
+    with pytest.raises(ValueError, match="keys 'img', 'vid': a modality is one of image, video"):
+        model_registry.resolve_compressor(base, "image", {"img": "/i.pt", "vid": "/v.pt"})
+    monkeypatch.setenv(model_registry.COMPRESSOR_DIR_ENV, str(tmp_path / "typo"))
+    with pytest.raises(ValueError, match=f"TCC_COMPRESSOR_DIR={tmp_path / 'typo'} is not a folder: point it at the "
+                                         "folder holding Qwen2VL_image.pt, or unset it"):
+        model_registry.resolve_compressor(base, "image")
+    (tmp_path / "mine/Qwen2VL_image.pt").mkdir(parents=True)
+    monkeypatch.setenv(model_registry.COMPRESSOR_DIR_ENV, str(tmp_path / "mine"))
+    with pytest.raises(ValueError, match="Qwen2VL_image.pt is not a compressor file"):
+        model_registry.resolve_compressor(base, "image")
+    monkeypatch.delenv(model_registry.COMPRESSOR_DIR_ENV)
+    assert model_registry.resolve_compressor(base, "image") == str(cached)
+
+
 def test_demo_compressor_lookup(monkeypatch, tmp_path):
     import tcc_eval.demo
 
@@ -140,12 +163,12 @@ def test_demo_compressor_lookup(monkeypatch, tmp_path):
     monkeypatch.setattr(tcc_eval.demo, "paths",
                         lambda: {"llava_onevision": {"model": "/m", "compressor_image": str(shipped)}})
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "mine").mkdir()
     monkeypatch.setenv(model_registry.COMPRESSOR_DIR_ENV, str(tmp_path / "mine"))
     with pytest.raises(FileNotFoundError, match="shipped_image.pt.*python -m tcc_eval.demo build"):
         model_registry.resolve_compressor(demo, "image")
     shipped.touch()
     assert model_registry.resolve_compressor(demo, "image") == str(shipped)
-    (tmp_path / "mine").mkdir()
     (tmp_path / "mine/TinyLLaVAOV_image.pt").touch()  # the env dir overrides the shipped file
     assert model_registry.resolve_compressor(demo, "image") == str(tmp_path / "mine/TinyLLaVAOV_image.pt")
 
