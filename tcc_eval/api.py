@@ -391,12 +391,15 @@ def read_media(messages: list[dict], num_frames: int) -> tuple[list[dict], dict[
         raise TypeError(f"messages must be a list of chat turns, e.g. [{{'role': 'user', 'content': [{{'type': "
                         f"'image', 'image': 'cat.jpg'}}, {{'type': 'text', 'text': 'What is the cat doing?'}}]}}]; "
                         f"got {type(messages).__name__}")
+    if not messages:
+        raise ValueError("messages is empty: pass at least one user turn with the image or video and the question")
     out, metadata, given_frames = [], [], False
     for message in messages:
         content = message.get("content")
         if isinstance(content, list):
             parts = []
             for part in content:
+                check_content_part(part)
                 kind, video = part.get("type"), part.get("video")
                 if kind == "video" and isinstance(video, (str, os.PathLike)):
                     frames, meta = read_video(video, num_frames)
@@ -420,6 +423,23 @@ def read_media(messages: list[dict], num_frames: int) -> tuple[list[dict], dict[
     if given_frames:  # frames handed over without their timing
         metadata.append(None)
     return out, video_timing_options(metadata)
+
+
+CONTENT_TYPES = ("text", "image", "video")
+
+
+def check_content_part(part: Any) -> None:
+    """Refuse a part the chat template would drop or misread: a bare string, another type, text under another key
+    (the question vanished from the prompt and the model answered without it)."""
+    example = "{'type': 'text', 'text': 'What is the cat doing?'}"
+    if not isinstance(part, dict):
+        raise TypeError(f"a content part must be a dict such as {example} or {{'type': 'image', 'image': ...}}; got "
+                        f"{type(part).__name__} {part!r:.80}")
+    if part.get("type") not in CONTENT_TYPES:
+        raise ValueError(f"content part type {part.get('type')!r} is not one of {', '.join(map(repr, CONTENT_TYPES))}:"
+                         f" {part!r:.200}")
+    if part["type"] == "text" and not isinstance(part.get("text"), str):
+        raise ValueError(f"a text part holds its text under 'text', e.g. {example}; got {part!r:.200}")
 
 
 def open_image_reference(ref: str) -> Any:

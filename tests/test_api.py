@@ -82,6 +82,16 @@ def test_api_misuse_is_named_not_a_traceback_from_inside(tiny_checkpoints):
     for part in ({"type": "image"}, {"type": "image", "image": 5}):
         with pytest.raises(ValueError, match="an image part needs one of 'image', 'path', 'url', 'base64'"):
             mllm.generate([{"role": "user", "content": [part, {"type": "text", "text": "Q?"}]}])
+    image = {"type": "image", "image": Image.new("RGB", (56, 56))}
+    # a question under "content" vanished from the prompt, and the model answered without it
+    with pytest.raises(ValueError, match="a text part holds its text under 'text', e.g. {'type': 'text', 'text'"):
+        mllm.generate([{"role": "user", "content": [image, {"type": "text", "content": "Q?"}]}])
+    with pytest.raises(TypeError, match="a content part must be a dict such as .* got str 'Q\\?'"):
+        mllm.generate([{"role": "user", "content": [image, "Q?"]}])
+    with pytest.raises(ValueError, match="content part type 'picture' is not one of 'text', 'image', 'video'"):
+        mllm.generate([{"role": "user", "content": [{"type": "picture", "image": image["image"]}]}])
+    with pytest.raises(ValueError, match="messages is empty: pass at least one user turn"):
+        mllm.generate([])
     for wrapped in (mllm, mllm.pruned):
         with pytest.raises(TypeError, match=f"model is already a pruned {type(wrapped).__name__}: wrap the HF model"):
             tcc_eval.wrap_model(wrapped, method="a0")
