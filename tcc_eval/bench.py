@@ -60,7 +60,7 @@ from .flops import (
     pyramid_stage_layers,
     pyramid_stage_ratio,
 )
-from .options import DEFAULT_INSTRUCTION_ROWS, output_file, positive_int
+from .options import DEFAULT_INSTRUCTION_ROWS, output_file, positive_int, seed_int
 from .probe import instruction_to_visual
 
 METHODS = ("none", "tcc", "fastv_same_kept", "fastv_same_avg_retention", "dart_same_avg_retention",
@@ -578,7 +578,7 @@ def add_machine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
                    help="default: float32 on CPU, bfloat16 on CUDA")
     p.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[BenchConfig, str | None]:

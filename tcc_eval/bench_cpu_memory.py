@@ -121,13 +121,14 @@ def format_table(result: dict[str, Any]) -> str:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     from .demo import FAMILIES, MODALITIES
+    from .options import positive_int, seed_int
 
     p = argparse.ArgumentParser(prog="python -m tcc_eval.bench_cpu_memory", description=__doc__.split("\n\n")[0])
     p.add_argument("--family", default="vila", choices=FAMILIES)
     p.add_argument("--modality", default="video", choices=MODALITIES)
-    p.add_argument("--n", type=int, default=8, help="test samples (one batch)")
-    p.add_argument("--seed", type=int, default=11, help="test-split seed")
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads in each child")
+    p.add_argument("--n", type=positive_int, default=8, help="test samples (one batch)")
+    p.add_argument("--seed", type=seed_int, default=11, help="test-split seed")
+    p.add_argument("--threads", type=positive_int, default=2, help="torch CPU threads in each child")
     p.add_argument("--repeats", type=int, default=2, help="rounds of both variants; rows report the median")
     p.add_argument("--json", help="write the result here")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)

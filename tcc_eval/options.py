@@ -139,6 +139,18 @@ def positive_int(text: str) -> int:
     return value
 
 
+def seed_int(text: str) -> int:
+    """argparse type of the command lines' seeds: a whole number >= 0, what numpy's generators take (theirs says
+    "expected non-negative integer" and names neither the option nor the fix)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a seed: give a whole number 0 or more")
+    return value
+
+
 def positive_int_env(name: str, default: int) -> int:
     """A count set by environment variable ``name`` (the synthetic sets' sizes), ``default`` when unset or empty."""
     text = os.environ.get(name, "").strip()

@@ -135,7 +135,7 @@ def render(family: str, modality: str, n: int, seed: int, ratio: float, methods:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .options import positive_int
+    from .options import positive_int, seed_int
     from .demo import FAMILIES, MODALITIES, VARIANTS, demo_root
 
     parser = argparse.ArgumentParser(prog="python -m tcc_eval.visualize", description=__doc__,
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="the demo model to draw (with --model: read from the checkpoint)")
     parser.add_argument("--modality", default="image", choices=MODALITIES)
     parser.add_argument("--n", type=positive_int, default=4, help="samples (rows)")
-    parser.add_argument("--seed", type=int, default=1, help="test-split seed")
+    parser.add_argument("--seed", type=seed_int, default=1, help="test-split seed")
     parser.add_argument("--ratio", type=float, default=0.25, help="retention ratio")
     parser.add_argument("--methods", nargs="+", default=["tcc", "random", "oracle"])
     parser.add_argument("--model", default=None, help="another checkpoint instead of the demo model")

@@ -269,6 +269,7 @@ def test_oracle_bench_measures_one_variant_alone(tmp_path, capsys):
     (["--warmup", "-1"], "--warmup must be >= 0"),
     (["--system", "-1"], "--system >= 0"),
     (["--threads", "0"], "argument --threads: 0 is not a positive whole number"),
+    (["--seed", "1.5"], "argument --seed: 1.5 is not a seed: give a whole number 0 or more"),
     (["--device", "gpu"], "argument --device: 'gpu' is not a torch device"),
     (["--shape", "layers=4,hidden=64,intermediate=128,heads=4,kv_heads=3"], "heads=4 is not a multiple of kv_heads=3"),
     (["--shape", "layers=4,hidden=64,intermediate=128,heads=0,kv_heads=0"], "every count must be at least 1"),

@@ -422,6 +422,7 @@ def test_visualize_writes_png(tmp_path, capsys):
     llava = paths()["llava_onevision"]["model"]
     assert main(["--n", "1", "--methods", "tcc", "--model", llava, "--out", str(tmp_path / "l.png")]) == 0
     for args, message in ((["--n", "0"], "argument --n: 0 is not a positive whole number"),
+                          (["--seed", "-1"], "argument --seed: -1 is not a seed: give a whole number 0 or more"),
                           (["--out", str(tmp_path)],
                            f"argument --out: {tmp_path} is a folder; give a file path, e.g. {tmp_path / 'tcc.png'}"),
                           (["--out", str(tmp_path / "v.txt")], "the sheet is written as PNG; give a .png path")):
@@ -557,6 +558,7 @@ def test_evaluate_cli_scores_the_methods_asked_for(tmp_path, capsys):
     a_file.write_text("")
     bad = [(["--device", "gpu0"], "argument --device: 'gpu0' is not a torch device; use cpu, cuda or cuda:N"),
            (["--n", "0"], "argument --n: 0 is not a positive whole number"),
+           (["--seed", "-1"], "argument --seed: -1 is not a seed: give a whole number 0 or more"),  # numpy's error
            (["--batch-size", "0"], "argument --batch-size: 0 is not a positive whole number"),
            (["--threads", "0"], "argument --threads: 0 is not a positive whole number"),
            (["--json", str(tmp_path)], f"argument --json: {tmp_path} is a folder; give a file path"),

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from ..api import device_arg
-from ..options import DEFAULT_INSTRUCTION_ROWS, positive_int
+from ..options import DEFAULT_INSTRUCTION_ROWS, positive_int, seed_int
 from ..oracle import METHOD_RULE, RELEVANCE_RULES
 from . import MATCH_KEYS, describe, load_compressor, save_compressor
 from .labels import instruction_rows_of, read_label_file, read_meta_file
@@ -298,7 +298,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--val-frac", type=held_out_fraction, default=0.1, help="held-out fraction in [0, 1) "
                         "(default 0.1)")
     parser.add_argument("--patience", type=positive_int, default=10, help="epochs without improvement before stopping")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=seed_int, default=0)
     parser.add_argument("--kernel-size", type=int, default=5, help="odd conv kernel size (default 5)")
     parser.add_argument("--activation", default="gelu", choices=("gelu", "relu", "silu"))
     parser.add_argument("--norm", default="layer", choices=NORMS,
