@@ -84,7 +84,7 @@ if [[ "$SUITE" == demo ]]; then
     show $PY -m tcc_eval.demo build
     read -r -a BUILT <<<"$($PY -c 'import tcc_eval.demo as d; print(" ".join(d.FAMILIES))')"
   elif [[ ${#BUILT[@]} -eq 0 ]]; then
-    echo "demo models missing: building them first (python -m tcc_eval.demo build; CPU, tens of minutes)" | tee -a "$LOG"
+    echo "demo models missing: building them first (python -m tcc_eval.demo build; about 2 h on 2 CPU cores)" | tee -a "$LOG"
     $PY -m tcc_eval.demo build 2>&1 | tee -a "$LOG"
     read -r -a BUILT <<<"$($PY -m tcc_eval.demo paths | $PY -c "import json,sys; p=json.load(sys.stdin); import tcc_eval.demo as d; print(' '.join(f for f in d.FAMILIES if p[f]['built']))")"
     [[ ${#BUILT[@]} -gt 0 ]] || { echo "run_all.sh: demo build produced no models" >&2; exit 1; }

@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tcc_eval.demo", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    b = sub.add_parser("build", help="train the demo models and their compressors (seeded; tens of minutes on CPU)")
+    b = sub.add_parser("build", help="train the demo models and their compressors (seeded; about 2 h on 2 CPU cores)")
     b.add_argument("--out", default=None, type=output_folder("the demo models and compressors"),
                    help="output folder (default: the variant's shipped folder, i.e. overwrite)")
     b.add_argument("--family", nargs="+", default=list(FAMILIES), choices=FAMILIES)
