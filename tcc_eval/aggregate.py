@@ -1271,8 +1271,9 @@ def build_table(summary: pd.DataFrame, efficiency: pd.DataFrame, framework: str,
                 notes.append("FLOPs ratio at the mean visual token count (records without per-sample FLOPs)")
         else:
             row["FLOPs ratio"] = math.nan
-        if method != "none" and eff.empty:
-            notes.append("no efficiency records")
+        if eff.empty:  # a vanilla run too: lmms-eval's own models (qwen2_vl, llava_hf) write none
+            notes.append("no efficiency records" + (" (a vanilla run of the framework's own model: run ours with "
+                                                    "method=none for them)" if method == "none" else ""))
         if len(eff) and eff["samples_without_visual"].iloc[0] > 0:
             notes.append(f"{int(eff['samples_without_visual'].iloc[0])} samples without visual tokens (text-only, or "
                          f"media the framework dropped: efficiency.csv per dataset)")

@@ -124,7 +124,7 @@ def fastv_layer_keep_ratio(avg_retention: float, layers: int, k: int) -> float:
     r = (avg_retention * layers - k) / (layers - k)
     if r <= 0:
         raise ValueError(
-            f"average retention {avg_retention} is below FastV's floor K/L = {k}/{layers}: the first K layers "
+            f"average retention {avg_retention} is not above FastV's floor K/L = {k}/{layers}: the first K layers "
             f"already see every token. Use a larger keep_ratio or a smaller fastv_k."
         )
     return min(1.0, r)

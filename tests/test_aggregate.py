@@ -1447,6 +1447,10 @@ def test_lmms_runs_pair_with_the_upstream_vanilla_and_their_records(tmp_path):
     summary = aggregate(tmp_path).summary
     base = "llava_hf/llava-onevision-qwen2-7b-ov-hf"
     assert row(summary, "lmms_eval", base, "tcc", 0.5, "mme", "total").preservation == pytest.approx(1600 / 1900)
+    # upstream llava_hf writes no efficiency records: its row's empty cost columns say why
+    vanilla = aggregate(tmp_path).tables["lmms_eval"].set_index("method").loc["none"]
+    assert "no efficiency records (a vanilla run of the framework's own model: run ours with method=none" \
+        in vanilla["note"]
 
     work = tmp_path / "default"
     for method, ratio, date in (("none", 1.0, "20251128_120000"), ("tcc", 0.5, "20251128_130000")):
@@ -1462,6 +1466,7 @@ def test_lmms_runs_pair_with_the_upstream_vanilla_and_their_records(tmp_path):
     assert list(table["base_model"].unique()) == ["qwen2_vl/Qwen2-VL-7B-Instruct"]
     tcc = table.set_index("method").loc["tcc"]
     assert tcc["Avg preservation"] == pytest.approx(100.0) and tcc["KV MB"] > 0, tcc.to_dict()
+    assert "efficiency records" not in table.set_index("method").loc["none"]["note"]
 
 
 def test_lmms_runs_set_up_otherwise_than_their_vanilla_say_so(tmp_path):

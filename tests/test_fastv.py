@@ -4,6 +4,8 @@ keys and states, PyramidDrop's the model's own attention in each stage's first l
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -19,6 +21,8 @@ def test_average_retention_formula():
     assert abs((2 + 26 * r) / 28 - 0.5) < 1e-12
     with pytest.raises(ValueError, match="floor"):
         fastv_layer_keep_ratio(0.05, layers=28, k=2)
+    with pytest.raises(ValueError, match=re.escape("average retention 0.5 is not above FastV's floor K/L = 2/4")):
+        fastv_layer_keep_ratio(0.5, layers=4, k=2)  # exactly at it: layer K would keep nothing
 
 
 @pytest.mark.parametrize("family", FAMILIES)
