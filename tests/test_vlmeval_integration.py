@@ -326,17 +326,26 @@ def test_bad_names_of_ours_stop_with_the_reason(tmp_path):
 def test_a_malformed_extra_models_setting_stops_a_run_of_our_names(tmp_path, monkeypatch):
     """TCC_EXTRA_MODELS that does not parse left every name of ours unregistered: VLMEvalKit then logged a KeyError
     per dataset and exited 0 (and ``python -m tcc_eval.run`` ended in a traceback). Both now stop with the reason."""
+    import importlib
+
     from tcc_eval.run import main
 
+    registration = importlib.import_module("tcc_eval.integrations.vlmeval.register")  # the package exports register()
+    importlib.import_module("vlmeval.vlm")  # with the setting still valid: its import fires the start-up hook
+
     reason = "tcc-eval: TCC_EXTRA_MODELS: 'Mine' is not NAME=PATH"
-    proc = subprocess.run([sys.executable, "-m", "vlmeval.run", "--model", "Qwen2VL_TCC50", "--data", "TCCSynth_IMG",
-                           "--work-dir", str(tmp_path)], capture_output=True, text=True, timeout=300, cwd=tmp_path,
-                          env={**os.environ, "TCC_EXTRA_MODELS": "Mine"})
-    assert proc.returncode != 0 and proc.stderr.strip().splitlines()[-1] == reason, proc.stderr[-2000:]
-    assert "KeyError" not in proc.stderr, proc.stderr[-2000:]
+    argv = ["--model", "Qwen2VL_TCC50", "--data", "TCCSynth_IMG", "--work-dir", str(tmp_path)]
     monkeypatch.setenv("TCC_EXTRA_MODELS", "Mine")
+    # the start-up hook's registration in `python -m vlmeval.run ARGV`, which lets BadModelName through (the
+    # subprocess run of test_bad_names_of_ours_stop_with_the_reason shows that path end to end)
+    monkeypatch.setattr(registration, "vlmeval_cli_args", lambda: argv)
+    with pytest.raises(registration.BadModelName, match=f"^{reason}$"):
+        registration.register()
+    monkeypatch.setattr(registration, "vlmeval_cli_args", lambda: ["--model", "GPT4o", "--data", "MME"])
+    with pytest.raises(ValueError, match="is not NAME=PATH"):  # not ours: one line, and VLMEvalKit runs on
+        registration.register()
     with pytest.raises(SystemExit, match=f"^{reason}$"):
-        main(["--model", "Qwen2VL_TCC50", "--data", "TCCSynth_IMG", "--work-dir", str(tmp_path)])
+        main(argv)
 
 
 def test_run_entry_parses_models():
