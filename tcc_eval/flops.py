@@ -71,9 +71,8 @@ def visual_flops(n: float, d: int, m: int, layers: int, gated: bool = True) -> f
 
     The paper's (and FastV's) count, kept so ratios compare with theirs: one FLOP per multiply-add (a hardware
     count such as torch's FlopCounterMode is about twice this; ratios are the same), and it costs K and V
-    projections as d x d,
-    so with grouped-query attention it slightly overstates them (Qwen2-7B, 6000 tokens at 25%: 0.2229 where
-    d x kv_heads x head_dim gives 0.2208)."""
+    projections as d x d, so with grouped-query attention it slightly overstates them (Qwen2-7B, 6000 tokens at
+    25%: 0.2229 where d x kv_heads x head_dim gives 0.2208)."""
     c = 3 if gated else 2
     return layers * (4 * n * d * d + 2 * n * n * d + c * n * d * m)
 

@@ -10,7 +10,15 @@ import time
 from pathlib import Path
 
 from ..cpu_memory import keep_freed_cpu_memory
-from ..options import DEBUG_ENV, DEFAULT_INSTRUCTION_ROWS, INSTRUCTION_ROWS, output_file, output_folder, positive_int, seed_int
+from ..options import (
+    DEBUG_ENV,
+    DEFAULT_INSTRUCTION_ROWS,
+    INSTRUCTION_ROWS,
+    output_file,
+    output_folder,
+    positive_int,
+    seed_int,
+)
 
 
 def keep_ratio_arg(text: str) -> float:
@@ -136,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     b.set_defaults(func=cmd_build)
 
     e = sub.add_parser("evaluate", help="score every method on a fresh synthetic test split")
-    e.add_argument("--seed", type=seed_int, default=1, help="test-split seed (any whole number >= 0; training never sees the test split)")
+    e.add_argument("--seed", type=seed_int, default=1,
+                   help="test-split seed (any whole number >= 0; training never sees the test split)")
     e.add_argument("--n", type=positive_int, default=200, help="samples per modality (default 200)")
     e.add_argument("--family", nargs="+", default=list(FAMILIES), choices=FAMILIES)
     e.add_argument("--modality", nargs="+", default=list(MODALITIES), choices=MODALITIES)
