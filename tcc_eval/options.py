@@ -23,6 +23,11 @@ from .flops import INSIDE_LLM_METHODS
 # ranks by). A compressor is tied to the rule its labels were made with.
 INSTRUCTION_ROWS = ("after_last_visual", "after_first_visual", "last")
 DEFAULT_INSTRUCTION_ROWS = INSTRUCTION_ROWS[0]
+# How the oracle forms each layer's map Abar_l (tcc_eval.oracle). "clamp" is the method (Chefer et al. 2021,
+# METHOD.md); the others are diagnostics (`python -m tcc_eval.demo oracle-rules`): "abs" keeps negative evidence,
+# "signed" lets it cancel, "attention" drops the gradient (plain head-mean attention rollout, the paper's ablation).
+RELEVANCE_RULES = ("clamp", "abs", "signed", "attention")
+METHOD_RULE = "clamp"
 
 # wrap_model's defaults (tests/test_aggregate.py checks them against its signature)
 OPTION_DEFAULTS: dict[str, Any] = {

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .methods import SampleView, Scorer
-from .options import DEFAULT_INSTRUCTION_ROWS
+from .options import DEFAULT_INSTRUCTION_ROWS, METHOD_RULE, RELEVANCE_RULES  # noqa: F401 - METHOD_RULE re-exported
 
 
 @dataclass
@@ -56,13 +56,6 @@ def frozen_weights(model: nn.Module) -> Iterator[None]:
     finally:
         for p in trainable:
             p.requires_grad_(True)
-
-
-# How each layer's map Abar_l is formed. "clamp" is the method (Chefer et al. 2021, METHOD.md); the others
-# are diagnostics (`python -m tcc_eval.demo oracle-rules`): "abs" keeps negative evidence, "signed" lets it
-# cancel, "attention" drops the gradient (plain head-mean attention rollout, the paper's ablation).
-RELEVANCE_RULES = ("clamp", "abs", "signed", "attention")
-METHOD_RULE = "clamp"
 
 
 def check_rule(rule: str) -> None:

@@ -43,8 +43,12 @@ def test_paths_lists_every_shipped_file():
 
 
 def test_paths_cli_prints_json():
-    out = subprocess.run([sys.executable, "-m", "tcc_eval.demo", "paths"], capture_output=True, text=True, check=True)
+    """Without importing torch: scripts call it (run_all.sh four times per run), and torch took 5 s of its 5.3 s."""
+    out = subprocess.run([sys.executable, "-X", "importtime", "-m", "tcc_eval.demo", "paths"], capture_output=True,
+                         text=True, check=True)
     assert json.loads(out.stdout)["qwen2_vl"]["model"] == paths()["qwen2_vl"]["model"]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in out.stderr.splitlines() if line.startswith("import time:")}
+    assert "tcc_eval.demo" in imported and "torch" not in imported
 
 
 def test_building_one_family_keeps_the_others_build_record(tmp_path, monkeypatch):
