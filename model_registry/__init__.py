@@ -42,7 +42,8 @@ __all__ = [
     "resolve_model_path",
 ]
 
-from tcc_eval.api import MODALITIES, local_folder  # noqa: E402  (re-exported for the integrations)
+# MODALITIES and local_folder are re-exported for the integrations
+from tcc_eval.api import MODALITIES, check_modality_keys, local_folder  # noqa: E402
 
 COMPRESSOR_DIR_ENV = "TCC_COMPRESSOR_DIR"
 DEFAULT_COMPRESSOR_DIR = Path("~/.cache/tcc_eval/compressors")
@@ -121,10 +122,7 @@ def resolve_compressor(base: Base, modality: str, compressor: Any = None) -> Any
 
     Raises FileNotFoundError naming every place looked at and how to train one."""
     if isinstance(compressor, Mapping):
-        unknown = sorted(map(str, set(compressor) - set(MODALITIES)))
-        if unknown:  # a misspelt key would fall through to another compressor, named only in a log line
-            raise ValueError(f"compressor {{modality: checkpoint}} keys {', '.join(map(repr, unknown))}: a modality "
-                             f"is one of {', '.join(MODALITIES)}")
+        check_modality_keys(compressor)
         compressor = compressor.get(modality)
     if compressor is not None:
         return compressor

@@ -7,6 +7,7 @@ import io
 import logging
 import numbers
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -233,16 +234,22 @@ def build_scorer(
 MODALITIES = ("image", "video")
 
 
+def check_modality_keys(compressors: Mapping[str, Any]) -> None:
+    """Refuse a {modality: checkpoint} key that is no modality: a misspelt one would fall through to no compressor
+    or, in the registry's lookup, to another one."""
+    unknown = sorted(map(str, set(compressors) - set(MODALITIES)))
+    if unknown:
+        raise ValueError(f"compressor {{modality: checkpoint}} keys {', '.join(map(repr, unknown))}: a modality "
+                         f"is one of {', '.join(MODALITIES)}")
+
+
 def compressors_by_modality(model: torch.nn.Module, compressor: Any) -> dict[str, Any]:
     """A compressor per modality from: one checkpoint (used for both), a {modality: checkpoint} dict, or a
     directory holding ``<family>_<modality>.pt`` files (the layout of the shipped demo compressors)."""
     from .compressor import check_compressor_argument, load_compressor_for
 
     if isinstance(compressor, dict):
-        unknown = sorted(set(compressor) - set(MODALITIES))
-        if unknown:
-            raise ValueError(f"compressor {{modality: checkpoint}} keys {', '.join(map(repr, unknown))}: a modality "
-                             f"is one of {', '.join(MODALITIES)}")
+        check_modality_keys(compressor)
         return {m: _for_modality(load_compressor_for(model, c), m, c) for m, c in compressor.items()}
     if isinstance(compressor, (str, os.PathLike)) and os.path.isdir(compressor):
         family = adapter_for(model).family
