@@ -32,6 +32,11 @@ deep inside (or, qwen2_vl on a LLaVA-OneVision folder, load random weights and f
 
 The device defaults to CUDA when available, else CPU (upstream assumes CUDA); under ``accelerate
 launch`` the upstream data-parallel logic places one model per process, as for the upstream wrappers.
+
+lmms-eval has a model registry, so these are subclasses; what they replace on the upstream instance, and why:
+``self._model`` becomes the pruned model (``_install_pruning``), ``self.task_dict`` is read through ``_NotingDocs``
+for one ``generate_until`` call (records name their sample), and llava_hf's ``self._image_processor`` is wrapped in
+``UpstreamProcessorFixes`` (two transformers 5 failures of upstream's calls).
 """
 
 from __future__ import annotations
@@ -64,6 +69,7 @@ from tcc_eval.adapters import ADAPTERS
 from tcc_eval.api import default_device, default_dtype, names_a_local_path, wrap_model
 from tcc_eval.compressor import check_compressor_argument
 from tcc_eval.core import check_keep_ratio
+from tcc_eval.media import open_video
 from tcc_eval.methods import check_method
 from tcc_eval.options import OWN_OPTIONS, check_option_values
 
@@ -437,9 +443,7 @@ class _LlavaHfTCC(TCCWrapperMixin):
         linspace then repeats frames, and a model trained on fewer (the demo's 8) answers from a clip it never saw."""
         frames = super().load_video(video_path, max_frames_num)
         if not getattr(self, "_warned_short_video", False):
-            from decord import VideoReader
-
-            total = len(VideoReader(video_path if isinstance(video_path, str) else video_path[0]))
+            total = len(open_video(video_path if isinstance(video_path, str) else video_path[0]))
             if total < max_frames_num:
                 self._warned_short_video = True
                 logger.warning(f"[tcc_eval] {video_path} has {total} frames and max_frames_num={max_frames_num}: "

@@ -6,7 +6,9 @@ adding entries to them (``supported_VLM``, ``supported_video_datasets``, ``DATAS
 (``fix_video_dataset_kwargs``, ``track_inference``), which keep VLMEvalKit's behaviour for its own
 models and datasets. The integration's other patches are scoped to one call and undone after it, each with its
 reason: ``records.track_inference`` notes the sample a prompt is built for, ``wrappers.keeping_video_metadata``
-keeps the frame timing qwen_vl_utils sampled, and ``wrappers._ToDevice`` moves a processor's output to the model.
+keeps the frame timing qwen_vl_utils sampled, ``wrappers._ToDevice`` moves a processor's output to the model and
+``wrappers._ToDeviceVideoFix`` drops the ``<image>`` line LLaVA-OneVision video prompts carry. One is not undone:
+``wrappers.restore_world_size`` puts back the WORLD_SIZE that VLMEvalKit's model builder removed.
 """
 
 from __future__ import annotations
@@ -14,14 +16,13 @@ from __future__ import annotations
 import inspect
 import json
 import os
-import re
 import sys
 from collections.abc import Iterable
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-from model_registry import METHOD_TOKENS, VANILLA, ModelSpec, all_bases, expand, parse_name
+from model_registry import ModelSpec, all_bases, expand, has_our_suffix, parse_name
 
 SIMULATE_BROKEN_ENV = "TCC_EVAL_SIMULATE_BROKEN"
 
@@ -86,12 +87,6 @@ def register_names(names: Iterable[str]) -> list[str]:
 def reads_as_ours(name: str) -> bool:
     """``<registered base>_...`` or ``..._<method token><digits>`` / ``..._Vanilla``."""
     return has_our_suffix(name) or name.partition("_")[0] in all_bases()
-
-
-def has_our_suffix(name: str) -> bool:
-    """``..._<method token><digits>`` / ``..._Vanilla``: ours whatever the base (no registry lookup)."""
-    base, sep, rest = name.partition("_")
-    return bool(sep) and re.fullmatch(rf"(?:{'|'.join(METHOD_TOKENS)})\d+|{VANILLA}", rest) is not None
 
 
 def _values(argv: list[str], flag: str) -> list[str]:

@@ -1,10 +1,15 @@
 """VLMEvalKit model wrappers: VLMEvalKit's own Qwen2-VL / LLaVA-OneVision-HF classes with tcc-eval pruning.
 
-Prompt building and decoding are inherited unchanged (``generate_inner`` of ``Qwen2VLChat`` and
-``LLaVA_OneVision_HF``), so ``<Base>_Vanilla`` sees exactly VLMEvalKit's prompts. Only three things
-are swapped: the constructor (no GPU assert, no forced flash-attention: sdpa, or eager for the oracle;
-device per torchrun rank; dtype from ``tcc_eval.api.default_dtype``), the processor's ``.to('cuda')``
-(redirected to our device and dtype), and ``self.model.generate`` (goes through ``tcc_eval.wrap_model``).
+Prompt building and decoding are inherited (``generate_inner`` of ``Qwen2VLChat`` and ``LLaVA_OneVision_HF``),
+so ``<Base>_Vanilla`` sees VLMEvalKit's prompts, with one exception: LLaVA-OneVision video prompts lose the stray
+``<image>`` line transformers 5 refuses (``_ToDeviceVideoFix``). What is swapped, and why:
+- the constructor: no GPU assert, no forced flash-attention (sdpa; the oracle switches to eager for its own pass),
+  device per torchrun rank, dtype from ``tcc_eval.api.default_dtype``, and WORLD_SIZE put back
+  (``restore_world_size``);
+- the processor call (``_ToDevice``): its output moves to our device and dtype, Qwen video frames keep their
+  timing (``keeping_video_metadata``);
+- ``self.model.generate``: goes through ``tcc_eval.wrap_model``, under the optional ``max_new_tokens`` cap;
+- ``build_prompt`` / ``generate_inner``: note the sample for its efficiency record.
 
 VILA1.5 is the exception: VLMEvalKit's ``VILA.generate_inner`` calls the NVlabs VILA repository, so
 ``TCCVILA`` re-states its few prompt steps on ``tcc_eval.vila`` (see ``VilaChat``).
@@ -180,7 +185,7 @@ def check_family(base: Base, model_path: str) -> None:
 
 
 class TCCModelMixin:
-    """Loading, pruning and efficiency records shared by both wrappers (put first in the bases)."""
+    """Loading, pruning and efficiency records shared by the three wrappers (put first in the bases)."""
 
     processor_proxy = _ToDevice
     _modality_default = "image"  # the modality before the first input says otherwise
