@@ -30,6 +30,7 @@ from .matrix import (
     all_bases,
     expand,
     extra_bases,
+    has_our_suffix,
     model_name,
     parse_name,
 )
@@ -37,7 +38,7 @@ from .matrix import (
 __all__ = [
     "BASES", "EXTRA_MODELS_ENV", "FAMILIES", "METHOD_TOKENS", "RATIOS", "VANILLA", "Base", "ModelSpec",
     "all_bases", "available_compressors", "base_for_checkpoint", "compressor_candidates",
-    "expand", "extra_bases",
+    "expand", "extra_bases", "has_our_suffix",
     "local_folder", "model_name", "model_path_env", "parse_name", "registered_base", "resolve_compressor",
     "resolve_model_path",
 ]

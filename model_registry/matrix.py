@@ -130,7 +130,14 @@ def expand() -> dict[str, ModelSpec]:
 
 # Tokens are matched literally ("A0" contains a digit: Qwen2VL_A025 is A0 at 25%).
 _TOKENS = "|".join(sorted(METHOD_TOKENS, key=len, reverse=True))
-_NAME = re.compile(rf"^(?P<base>[A-Za-z0-9]+)_(?:(?P<vanilla>{VANILLA})|(?P<method>{_TOKENS})(?P<ratio>\d+))$")
+_SUFFIX = rf"(?:(?P<vanilla>{VANILLA})|(?P<method>{_TOKENS})(?P<ratio>\d+))"
+_NAME = re.compile(rf"^(?P<base>[A-Za-z0-9]+)_{_SUFFIX}$")
+
+
+def has_our_suffix(name: str) -> bool:
+    """``..._<method token><digits>`` / ``..._Vanilla``: meant as ours whatever the base (no registry lookup)."""
+    _, sep, rest = name.partition("_")
+    return bool(sep) and re.fullmatch(_SUFFIX, rest) is not None
 
 
 def parse_name(name: str) -> ModelSpec:

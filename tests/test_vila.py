@@ -23,6 +23,7 @@ from tcc_eval.vila import (
     sample_frame_indices,
 )
 from tcc_eval.vila.fixtures import build_tiny_vila
+from tcc_eval.vila.modeling_vila import projected_token_count
 from tcc_eval.vila.processing_vila import CHAT_TEMPLATES, VilaImageSpec, preprocess_image
 
 EXPECTED_KEYS = Path(__file__).parent / "data" / "vila15_expected_keys.json"
@@ -70,7 +71,8 @@ def test_downsample_pads_odd_grid_and_keeps_vila15_column_order():
     so400m = merge(torch.randn(2, 27 * 27, 2))  # siglip-so400m-patch14-384: 27x27 -> 28x28 -> 14x14
     assert so400m.shape == (2, 196, 8)
     assert projector(torch.randn(2, 729, 2)).shape == (2, 196, 3)
-    assert projector.num_output_tokens(729) == 196
+    assert projected_token_count("mlp_downsample", 729) == 196
+    assert projected_token_count("mlp2x_gelu", 729) == 729
 
 
 def test_projector_key_names_follow_vila_and_unknown_type_fails():

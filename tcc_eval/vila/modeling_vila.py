@@ -92,12 +92,18 @@ class VilaDownsample2x2(nn.Module):
         return blocks.permute(0, 3, 1, 2, 4, 5).reshape(batch, half * half, 4 * width)  # column-major cells
 
 
+def projected_token_count(projector_type: str, num_input_tokens: int) -> int:
+    """Tokens per image after the projector: mlp_downsample merges 2x2 cells of the (odd sides padded) grid."""
+    if projector_type != "mlp_downsample":
+        return num_input_tokens
+    return math.ceil(math.isqrt(num_input_tokens) / 2) ** 2
+
+
 class VilaMultimodalProjector(nn.Module):
     """VILA's ``mm_projector``: parameters live in ``self.layers`` so state-dict keys match ``layers.*``."""
 
     def __init__(self, projector_type: str, vision_hidden: int, text_hidden: int):
         super().__init__()
-        self.projector_type = projector_type
         mlp = re.fullmatch(r"mlp(\d+)x_gelu", projector_type)
         if projector_type == "mlp_downsample":
             self.layers = nn.Sequential(
@@ -117,11 +123,6 @@ class VilaMultimodalProjector(nn.Module):
         else:
             raise ValueError(f"unknown VILA mm_projector_type {projector_type!r}; supported: 'mlp_downsample', "
                              f"'linear', 'mlp<N>x_gelu' (e.g. 'mlp2x_gelu')")
-
-    def num_output_tokens(self, num_input_tokens: int) -> int:
-        if self.projector_type != "mlp_downsample":
-            return num_input_tokens
-        return math.ceil(math.isqrt(num_input_tokens) / 2) ** 2
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.layers(features)
@@ -168,9 +169,7 @@ class VilaConfig:
     @property
     def num_image_tokens(self) -> int:
         """Tokens per image (or video frame) that reach the LLM."""
-        if self.projector_type != "mlp_downsample":
-            return self.num_vision_tokens
-        return math.ceil(math.isqrt(self.num_vision_tokens) / 2) ** 2
+        return projected_token_count(self.projector_type, self.num_vision_tokens)
 
     @classmethod
     def from_pretrained(cls, path: str | Path) -> "VilaConfig":
