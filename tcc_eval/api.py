@@ -228,7 +228,7 @@ def build_scorer(
         return oracle_scorer(max_answer_tokens=max_answer_tokens)
     if method == "visionzip":
         raise ValueError("method 'visionzip' splits its budget by keep_ratio; build it with wrap_model")
-    raise ValueError(f"method {method!r} does not prune at the LLM input")
+    raise ValueError(f"method {method!r} prunes inside the LLM, not at its input: build it with wrap_model")
 
 
 MODALITIES = ("image", "video")

@@ -93,11 +93,11 @@ def select_visual(
     budget="per_group": k_g = round(rho * n_g) per image / per frame group (``groups`` gives each
     visual token's group id), so every image or frame keeps the same fraction.
     """
+    if budget not in BUDGETS:
+        raise ValueError(f"budget must be one of {', '.join(BUDGETS)}, got {budget!r}")
     n = scores.numel()
     if budget == "global" or groups is None:
         return topk_in_order(scores, keep_count(n, keep_ratio))
-    if budget not in BUDGETS:
-        raise ValueError(f"budget must be one of {', '.join(BUDGETS)}, got {budget!r}")
     check_scores(scores)  # over the whole sample, before the groups split it
     kept = []
     groups = groups.cpu()

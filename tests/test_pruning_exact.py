@@ -330,6 +330,12 @@ def test_nan_scores_are_refused_not_ranked_first():
     assert select_visual(finite, 0.5).tolist() == [2, 3]
 
 
+def test_misspelt_budget_is_refused_without_groups_too():
+    """Without ``groups`` the budget does not matter, but a misspelt one would hide until groups are given."""
+    with pytest.raises(ValueError, match="budget must be one of global, per_group, got 'per-group'"):
+        select_visual(torch.tensor([0.1, 0.2]), 0.5, budget="per-group")
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_two_videos_are_two_frame_runs(loaded, family):
     """LLaVA-OV writes back-to-back videos as one run of <video> tokens: each video's frames and its newline

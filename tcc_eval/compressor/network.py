@@ -215,7 +215,8 @@ def make_target(relevance: torch.Tensor, drop_fraction: float = 0.5) -> torch.Te
     r = relevance.detach().float().flatten().clamp_min(0)
     n = r.numel()
     if n == 0:
-        raise ValueError("relevance is empty: the sample has no visual tokens")
+        raise ValueError("relevance is empty: the sample has no visual tokens; leave it out of training, as "
+                         "load_labels does")
     keep = max(1, n - int(drop_fraction * n))
     order = torch.sort(r, descending=True, stable=True).indices[:keep]
     target = torch.zeros_like(r)

@@ -213,7 +213,8 @@ def evaluate_model(
                     extra["pdrop_lambda"] = pruned.layer_keep_ratio
             else:
                 if method == "tcc" and compressor is None:
-                    raise ValueError("method tcc needs a compressor path")
+                    raise ValueError("method tcc needs a compressor: pass evaluate_model(..., compressor=PATH or "
+                                     "{modality: PATH})")
                 pruned = wrap_model(model, method=method, keep_ratio=ratio, compressor=compressor,
                                     instruction_rows=instruction_rows)
                 if method in ("a0", "tcc") and instruction_rows != DEFAULT_INSTRUCTION_ROWS:
