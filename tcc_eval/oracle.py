@@ -219,15 +219,6 @@ def streamed_relevance_rows(layer_maps: Iterable[tuple[int, int, dict[str, torch
     return relevance
 
 
-def relevance_full_matrix(maps: list[torch.Tensor]) -> torch.Tensor:
-    """Naive reference: R = I; R = R + Abar_l @ R for l = 0..L-1 (O(N^3) per layer; tests only)."""
-    n = maps[0].shape[-1]
-    R = torch.eye(n, dtype=torch.float32, device=maps[0].device)
-    for abar in maps:
-        R = R + abar @ R
-    return R
-
-
 def answer_positions(position_ids: torch.Tensor, n_answer: int) -> torch.Tensor:
     """Positions of appended answer tokens: each row continues from the prompt's last position."""
     steps = torch.arange(1, n_answer + 1, device=position_ids.device)

@@ -8,7 +8,7 @@ import torch
 from conftest import FAMILIES, messages_for, model_inputs
 from tcc_eval.oracle import (
     RELEVANCE_RULES, answer_positions, answer_row_maps, check_recomputed, explain_inputs, gradient_weighted_maps,
-    layerwise_maps, relevance_full_matrix, relevance_row, single_view, view_relevance, view_relevances,
+    layerwise_maps, relevance_row, single_view, view_relevance, view_relevances,
 )
 
 
@@ -21,6 +21,16 @@ def models(loaded, tiny_vila_path):
     from tcc_eval.api import load_hf_model
 
     return {**loaded, "vila": load_hf_model(str(tiny_vila_path), torch.device("cpu"), torch.float32, attn="eager")}
+
+
+def relevance_full_matrix(maps: list[torch.Tensor]) -> torch.Tensor:
+    """The naive reference the fast row is checked against: R = I; R = R + Abar_l @ R for l = 0..L-1 (O(N^3)
+    per layer)."""
+    n = maps[0].shape[-1]
+    relevance = torch.eye(n, dtype=torch.float32, device=maps[0].device)
+    for abar in maps:
+        relevance = relevance + abar @ relevance
+    return relevance
 
 
 def forward_with_attentions(model, processor, kind: str = "image"):
