@@ -252,7 +252,7 @@ def build_tiny_llava_onevision(out_dir: str | os.PathLike, **kwargs: Any) -> Pat
     return save_checkpoint(*tiny_llava_onevision(**kwargs), out_dir)
 
 
-def build_tiny_vila(out_dir: str | os.PathLike, **kwargs) -> Path:
+def build_tiny_vila(out_dir: str | os.PathLike, **kwargs: Any) -> Path:
     """Tiny VILA1.5 in the published folder layout (llm/, vision_tower/, mm_projector/)."""
     from .vila.fixtures import build_tiny_vila as build  # local import: tcc_eval.vila imports this module
 
@@ -267,7 +267,7 @@ FIXTURE_BUILDERS = {
 }
 
 
-def build_tiny_checkpoint(family: str, out_dir: str | os.PathLike, **kwargs) -> Path:
+def build_tiny_checkpoint(family: str, out_dir: str | os.PathLike, **kwargs: Any) -> Path:
     """Build a tiny checkpoint of ``family`` (one of ``FIXTURE_BUILDERS``)."""
     if family not in FIXTURE_BUILDERS:
         raise ValueError(f"unknown model family {family!r}; choose one of {sorted(FIXTURE_BUILDERS)}")

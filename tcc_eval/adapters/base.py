@@ -231,7 +231,7 @@ class MLLMAdapter:
     # --- running the unchanged LLM ------------------------------------------------------------
     def generate_from_embeds(
         self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
-        prompt_ids: torch.Tensor, **gen_kwargs
+        prompt_ids: torch.Tensor, **gen_kwargs: Any
     ) -> torch.Tensor:
         """Prefill + decode on (pruned) embeddings; returns only the new tokens. ``prompt_ids`` are the ids under
         the embeddings: generate runs on the embeddings, and its logits processors read the ids as they read the

@@ -23,7 +23,7 @@ from ..adapters import adapter_for
 from ..api import default_dtype, load_hf_model, on_model_device, wrap_model
 from ..core import keep_positions
 from ..flops import INSIDE_LLM_METHODS, LAYER_K_METHODS
-from ..methods import ALL_METHODS
+from ..methods import ALL_METHODS, SampleView
 from ..options import DEFAULT_INSTRUCTION_ROWS
 from ..oracle import METHOD_RULE, RELEVANCE_RULES, answer_row_maps, draft_answer, relevance_row, single_view
 from . import FAMILIES, MODALITIES, benchmark, compressor_path, model_dir
@@ -107,7 +107,7 @@ class RecordingScorer:
         self.cache: dict[str, torch.Tensor] = {}
         self.calls: list[torch.Tensor] = []
 
-    def __call__(self, view) -> torch.Tensor:
+    def __call__(self, view: SampleView) -> torch.Tensor:
         key = hashlib.sha1(view.input_ids.cpu().numpy().tobytes()
                            + view.inputs_embeds.detach().float().cpu().numpy().tobytes()).hexdigest()
         if key not in self.cache:

@@ -494,7 +494,7 @@ class VilaForConditionalGeneration(nn.Module):
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor | None = None, inputs_embeds: torch.Tensor | None = None,
                  attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
-                 pixel_values: torch.Tensor | None = None, **gen_kwargs) -> torch.Tensor:
+                 pixel_values: torch.Tensor | None = None, **gen_kwargs: Any) -> torch.Tensor:
         """Like HF: prompt + new tokens when ``input_ids`` are given (beside ``inputs_embeds`` they are the ids
         under the embeddings, which logits processors read), only new tokens for bare ``inputs_embeds``."""
         llm_inputs = self._llm_inputs(input_ids, pixel_values, attention_mask, position_ids, inputs_embeds)

@@ -21,13 +21,16 @@ import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 
 from .modeling_vila import VilaConfig
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 IMAGE_PLACEHOLDER = "<image>"
 VIDEO_PLACEHOLDER = "<video>"
@@ -268,8 +271,8 @@ class VilaProcessor:
     """Turns chat messages / placeholder text + images / videos into ``input_ids``, ``attention_mask``,
     ``pixel_values`` for :class:`VilaForConditionalGeneration` (left padding for batches)."""
 
-    def __init__(self, tokenizer, image_spec: VilaImageSpec, config: VilaConfig, conv_mode: str | None = None,
-                 known_as: str | None = None):
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, image_spec: VilaImageSpec, config: VilaConfig,
+                 conv_mode: str | None = None, known_as: str | None = None):
         self.tokenizer = tokenizer
         self.image_spec = image_spec
         self.config = config
@@ -329,10 +332,10 @@ class VilaProcessor:
         if set(stop_ids) != _eos_ids(model):
             model.generation_config.eos_token_id = stop_ids
 
-    def batch_decode(self, *args, **kwargs) -> list[str]:
+    def batch_decode(self, *args: Any, **kwargs: Any) -> list[str]:
         return self.tokenizer.batch_decode(*args, **kwargs)
 
-    def decode(self, *args, **kwargs) -> str:
+    def decode(self, *args: Any, **kwargs: Any) -> str:
         return self.tokenizer.decode(*args, **kwargs)
 
     # -- text ----------------------------------------------------------------------------------------------
