@@ -251,6 +251,49 @@ def test_config_json_passes_method_options(registered):
             build_model_from_config({name: {"compressr": "elsewhere.pt"}}, name)
 
 
+def test_config_entries_cannot_change_what_the_name_says(registered):
+    """An entry without "class" is called with its keys: a method or ratio there would run under (and be tabled by)
+    a name that says another."""
+    from vlmeval.run import build_model_from_config
+
+    for options, key in (({"method": "random", "keep_ratio": 0.02}, "method='tcc'"),
+                         ({"keep_ratio": 0.25}, "keep_ratio=0.5"), ({"base": "TinyLLaVAOV"}, "base='TinyQwen2VL'")):
+        with pytest.raises(ValueError, match=f"TinyQwen2VL_TCC50 runs {key}, as its name says, but its --config entry "
+                                             f"sets"):
+            build_model_from_config({"TinyQwen2VL_TCC50": options}, "TinyQwen2VL_TCC50")
+
+
+def test_a_second_variant_of_a_name_in_one_folder_is_refused(registered, tmp_path):
+    """VLMEvalKit resumes from any prediction file of a name in its folder, --reuse or not: a variant with other
+    --config options would report the first variant's answers. Checked through VLMEvalKit's own infer_data_job."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+    from vlmeval.inference import infer_data_job
+
+    from tcc_eval.integrations.vlmeval.records import append_record, check_same_variant, records_path, variant_of
+
+    name = "TinyQwen2VL_A050"
+    plain = variant_of(name, name)  # a name VLMEvalKit builds inside infer_data: its registered keywords
+    assert plain == {"method": "a0", "keep_ratio": 0.5, "method_options": {"fastv_k": 1}}  # the tiny base's option
+    assert variant_of(SimpleNamespace(tcc_variant=lambda: plain), name) == plain
+    assert variant_of("GPT4V", "GPT4V") is None and variant_of(SimpleNamespace(), "GPT4V") is None
+    folder = tmp_path / name
+    records = records_path(folder, name, "TCCSynth_IMG")
+    append_record(records, {"index": 0, **plain, "method_options": {"budget": "per_group", "fastv_k": 1}})
+    dataset = SimpleNamespace(dataset_name="TCCSynth_IMG", data=pd.DataFrame({"index": [0]}))
+    expected = (r"holds TinyQwen2VL_A050_TCCSynth_IMG results of another variant \(method=a0 keep_ratio=0.5 "
+                r"method_options=\{\"budget\": \"per_group\", \"fastv_k\": 1\}; this run: method=a0 keep_ratio=0.5 "
+                r"method_options=\{\"fastv_k\": 1\}\).*give this variant its own --work-dir")
+    with pytest.raises(ValueError, match=expected):
+        infer_data_job(name, work_dir=str(folder), model_name=name, dataset=dataset)
+    same = records_path(folder, name, "TCCSynth_VID")
+    append_record(same, {"index": 0, **plain})
+    with same.open("a") as handle:
+        handle.write('{"index": 1, "meth')  # a line cut short by a killed run
+    check_same_variant(same, plain)  # the same variant resumes
+
+
 def test_config_entries_under_torchrun_keep_the_world_size(registered, monkeypatch):
     """VLMEvalKit hides WORLD_SIZE while it builds a model and, for a --config entry without "class", never puts it
     back: each torchrun rank would then infer the whole dataset. Ours put it back."""
@@ -495,6 +538,19 @@ def test_llava_video_prompt_drops_only_the_stray_image_token(registered, tiny_ch
     image_id = ours.hf_model.config.image_token_index
     assert not (ids == image_id).any()  # ... minus the stray placeholder transformers 5 rejects
     assert (ids == ours.hf_model.config.video_token_index).sum() > 0
+
+
+def test_llava_video_by_fps_is_refused_by_name(registered, tiny_checkpoints, tmp_path):
+    """VLMEvalKit's fps mode sets LLaVA_OneVision_HF's nframe to None, which its frame sampling cannot take."""
+    from tcc_eval import synth
+    from tcc_eval.integrations.vlmeval.wrappers import TCCLLaVAOneVisionHF
+
+    synth.export_vlmeval_video(synth.generate("video", 1, seed=0), tmp_path)
+    ours = TCCLLaVAOneVisionHF(base="LLaVAOV", model_path=tiny_checkpoints["llava_onevision"])
+    ours.nframe = None  # what VLMEvalKit's infer_data_job_video sets for a dataset with fps and no nframe
+    message = [{"type": "video", "value": str(tmp_path / "videos/0.mp4")}, {"type": "text", "value": "Question?"}]
+    with pytest.raises(ValueError, match="samples by fps.*MVBench_8frame.*\"nframe\": 8"):
+        ours.generate(message, dataset="TCCSynth_VID")
 
 
 def test_an_unreadable_video_is_named(registered, tiny_checkpoints, tmp_path):

@@ -5,7 +5,8 @@ so ``track_inference`` wraps its ``infer_data`` functions: while one runs, ``cur
 records go (``<work_dir>/<MODEL>/<MODEL>_<DATASET>_efficiency.jsonl``) and which sample is being
 prompted (noted when the dataset's or the model's ``build_prompt`` sees the row). Records are only
 ever appended, one JSON object per line, so reruns add lines (the last line per index is the latest)
-and VLMEvalKit's own files are never touched.
+and VLMEvalKit's own files are never touched. A folder holding another variant's records of the name (other
+``--config`` method options) is refused before inference: VLMEvalKit would resume from that variant's answers.
 """
 
 from __future__ import annotations
@@ -87,6 +88,54 @@ def run_dataset_name(model_name: str, dataset: Any, out_file: str | os.PathLike 
     return stem[len(prefix):] if stem.startswith(prefix) and len(stem) > len(prefix) else dataset.dataset_name
 
 
+def variant_of(model: Any, model_name: str) -> dict[str, Any] | None:
+    """The method, ratio and options a run of ours makes (None: not ours). ``model`` is the built model, or its
+    name when VLMEvalKit builds it inside ``infer_data`` with the registered entry's keywords."""
+    if isinstance(model, str):
+        from vlmeval.config import supported_VLM
+
+        entry = supported_VLM.get(model_name)
+        keywords = getattr(entry, "keywords", {}) if getattr(entry, "tcc_eval", False) else {}
+        if "method" not in keywords:
+            return None
+        return {"method": keywords["method"], "keep_ratio": keywords["keep_ratio"],
+                "method_options": dict(keywords.get("method_options") or {})}
+    variant = getattr(model, "tcc_variant", None)
+    return variant() if callable(variant) else None
+
+
+def check_same_variant(path: Path, variant: dict[str, Any] | None) -> None:
+    """Refuse to run a variant into a folder holding another variant's results under the same name.
+
+    VLMEvalKit 0.0.20 resumes from any prediction file of the name in its folder, ``--reuse`` or not: a second
+    variant (other ``--config`` options) would take over the first's answers, and its records would mix with them.
+    """
+    if variant is None or not path.is_file():
+        return
+    want = json.loads(json.dumps(variant, default=record_json_default))
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:  # a line cut short by a killed run: the tables skip it too
+            continue
+        if not isinstance(record, dict):
+            continue
+        had = {"method": record.get("method"), "keep_ratio": record.get("keep_ratio"),
+               "method_options": record.get("method_options") or {}}
+        if had != want:
+            raise ValueError(
+                f"{path.parent} already holds {path.name.removesuffix('_efficiency.jsonl')} results of another "
+                f"variant ({_describe(had)}; this run: {_describe(want)}). VLMEvalKit would resume from its "
+                f"predictions, so the answers would be the other variant's: give this variant its own --work-dir, "
+                f"or move {path.parent} away")
+
+
+def _describe(variant: dict[str, Any]) -> str:
+    options = variant.get("method_options") or {}
+    return f"method={variant.get('method')} keep_ratio={variant.get('keep_ratio')}" + (
+        f" method_options={json.dumps(options, sort_keys=True)}" if options else "")
+
+
 def track_inference(infer_data: Callable) -> Callable:
     """Wrap a VLMEvalKit ``infer_data(model, model_name, work_dir, dataset, ...)`` to set the context."""
     if getattr(infer_data, "tcc_eval_tracked", False):
@@ -101,6 +150,7 @@ def track_inference(infer_data: Callable) -> Callable:
         model_name = str(bound["model_name"])
         name = run_dataset_name(model_name, dataset, bound.get("out_file"))
         ctx = InferenceContext(str(bound["work_dir"]), model_name, name, dataset)
+        check_same_variant(ctx.path, variant_of(bound.get("model"), model_name))
         original = dataset.build_prompt
 
         def build_prompt(line, *a, **k):

@@ -5,7 +5,8 @@ adding entries to them (``supported_VLM``, ``supported_video_datasets``, ``DATAS
 ``vlmeval.run.main()`` uses them. Every change here is additive except the two named wrappers
 (``fix_video_dataset_kwargs``, ``track_inference``), which keep VLMEvalKit's behaviour for its own
 models and datasets. The integration's other patches are scoped to one call and undone after it, each with its
-reason: ``records.track_inference`` notes the sample a prompt is built for, ``wrappers.keeping_video_metadata``
+reason: ``records.track_inference`` notes the sample a prompt is built for (and refuses a folder holding another
+variant's results of the name), ``wrappers.keeping_video_metadata``
 keeps the frame timing qwen_vl_utils sampled, ``wrappers._ToDevice`` moves a processor's output to the model and
 ``wrappers._ToDeviceVideoFix`` drops the ``<image>`` line LLaVA-OneVision video prompts carry. One is not undone:
 ``wrappers.restore_world_size`` puts back the WORLD_SIZE that VLMEvalKit's model builder removed.
@@ -38,10 +39,31 @@ def model_entry(spec: ModelSpec) -> partial:
     if spec.base.unavailable or spec.base.family not in WRAPPERS:
         why = spec.base.unavailable or f"no VLMEvalKit wrapper for {spec.base.family}"
         return partial(_unavailable, f"{spec.name}: {why}")
-    return partial(
+    entry = NamedModelPartial(
         WRAPPERS[spec.base.family], base=spec.base.name, method=spec.method, keep_ratio=spec.keep_ratio,
         **spec.base.options,
     )
+    entry.model_name = spec.name
+    return entry
+
+
+class NamedModelPartial(partial):
+    """A registered name's constructor: a ``--config`` entry may add options but not change what the name says.
+
+    VLMEvalKit calls an entry without ``"class"`` with its keys, which would override the bound base, method or
+    ratio: the run would write under (and the tables label it by) a name whose method and ratio it did not run.
+    """
+
+    NAMED = ("base", "method", "keep_ratio")
+
+    def __call__(self, /, *args: Any, **kwargs: Any):
+        for key in self.NAMED:
+            if key in kwargs and kwargs[key] != self.keywords[key]:
+                raise ValueError(
+                    f"{self.model_name} runs {key}={self.keywords[key]!r}, as its name says, but its --config entry "
+                    f"sets {key}={kwargs[key]!r}: use the name of the model you mean (<Base>_<Method><ratio>, e.g. "
+                    f"Qwen2VL_Random25) and keep --config entries for the other options")
+        return super().__call__(*args, **kwargs)
 
 
 def register_models(specs: Iterable[ModelSpec]) -> list[str]:
@@ -184,7 +206,8 @@ def fix_video_dataset_kwargs() -> None:
 
 
 def track_inference() -> None:
-    """Let our wrappers know the output folder and sample index (see records.py)."""
+    """Let our wrappers know the output folder and sample index, after checking the folder holds no other variant's
+    results (see records.py)."""
     import vlmeval.inference
     import vlmeval.inference_video
 

@@ -240,6 +240,10 @@ class TCCModelMixin:
             self.pruned_model(modality)
         restore_world_size()
 
+    def tcc_variant(self) -> dict[str, Any]:
+        """What this model runs as, beyond its name (``records.check_same_variant`` compares it with a folder's)."""
+        return {"method": self.method, "keep_ratio": self.keep_ratio, "method_options": self.method_options}
+
     def _load(self):
         """The unpruned model (sdpa) and its processor, from ``self.model_path`` (a folder or hub id)."""
         return api.load_hf_model(self.model_path, self.device, self.dtype)
@@ -404,6 +408,15 @@ class TCCLLaVAOneVisionHF(TCCModelMixin, LLaVA_OneVision_HF):
         self.nframe = kwargs.get("nframe", 8)
         self.fps = 1
         self._init_tcc(base, method, keep_ratio, model_path, compressor, device, dtype, max_new_tokens, method_options)
+
+    def load_video(self, video_path: str, max_frames_num: int | None, *args: Any, **kwargs: Any) -> Any:
+        """Upstream's frames; a clear refusal of VLMEvalKit's fps mode, which sets ``nframe`` to None for this
+        class and then fails inside upstream's sampling (``'>' not supported between int and NoneType``)."""
+        if max_frames_num is None:
+            raise ValueError(f"{self.__class__.__name__} samples a fixed number of frames, and this video dataset "
+                             f"samples by fps (nframe=None): use a preset with a frame count (e.g. MVBench_8frame, "
+                             f"Video-MME_8frame, TCCSynth_VID) or a --config dataset entry with \"nframe\": 8")
+        return super().load_video(video_path, max_frames_num, *args, **kwargs)
 
 
 # VLMEvalKit's VILA.__init__ generation settings (updated by the constructor's extra kwargs).
