@@ -189,10 +189,20 @@ def test_media_the_processor_cannot_read_are_named(tiny_checkpoints, tmp_path):
     for part, kind, message in refused:
         with pytest.raises(kind, match=message):
             ask(part)
-    for part in ({"type": "image", "image": data}, {"type": "image", "image": f"data:image/png;base64,{data}"},
-                 {"type": "video", "video": str(frames)}):
-        assert isinstance(ask(part), str)
-    assert mllm.last_stats["visual_before"] > 0
+    png_file = tmp_path / "image.png"
+    png_file.write_bytes(png.getvalue())
+
+    def pixels(part: dict) -> torch.Tensor:
+        return mllm.prepare([{"role": "user", "content": [part, {"type": "text", "text": "Q"}]}])["pixel_values"]
+
+    from_file = pixels({"type": "image", "image": str(png_file)})
+    wrapped = base64.encodebytes(png.getvalue()).decode()  # line breaks, as MIME and `openssl base64` write it
+    for image in (data, f"data:image/png;base64,{data}", wrapped):  # base64 reads as the same picture as its file
+        assert torch.equal(pixels({"type": "image", "image": image}), from_file)
+        assert isinstance(ask({"type": "image", "image": image}), str)
+    frames_part = {"type": "video", "video": str(frames)}
+    assert isinstance(ask(frames_part), str) and mllm.last_stats["visual_before"] > 0
+    assert "pixel_values_videos" in mllm.prepare([{"role": "user", "content": [frames_part]}])  # read as a video
     from transformers.image_utils import load_image  # transformers' own reader of a file, PIL-based
 
     photo = tmp_path / "photo.jpg"  # stored 84 wide x 112 high; EXIF orientation 6 turns it 112 x 84
@@ -205,8 +215,6 @@ def test_media_the_processor_cannot_read_are_named(tiny_checkpoints, tmp_path):
     for key, value in mllm.prepare(as_read).items():  # a file reads as transformers reads it, turned upright
         assert torch.equal(inputs[key], value)
     assert inputs["image_grid_thw"][0, 1:].tolist() == [6, 8]  # 14-px patches of the upright image, not 8 x 6
-    wrapped = base64.encodebytes(png.getvalue()).decode()  # line breaks, as MIME and `openssl base64` write it
-    assert isinstance(ask({"type": "image", "image": wrapped}), str)
 
 
 def test_text_only_prompt_passes_through(loaded):
@@ -238,6 +246,10 @@ def test_video_as_path(tiny_checkpoints, tmp_path, family):
     inputs = mllm.prepare(msgs)
     if family == "qwen2_5_vl":
         assert inputs["second_per_grid_ts"].tolist() == pytest.approx([2.0])
+    if family == "llava_onevision":
+        assert inputs["pixel_values_videos"].shape[1] == 8  # 8 of the 16 frames
+    else:
+        assert inputs["video_grid_thw"][0, 0] == 4  # 8 of the 16 frames, in temporal patches of 2
     mllm.generate(msgs, max_new_tokens=2)
     assert mllm.last_selection.visual_before[0] > 0
 
@@ -383,8 +395,8 @@ def test_every_method_runs_in_the_gpu_dtypes(gpu_dtype_checkpoints, tmp_path, fa
         pruned = tcc_eval.wrap_model(model, method=method, keep_ratio=ratio, compressor=tmp_path, fastv_k=1)
         new_tokens = pruned.generate(**inputs, max_new_tokens=2, do_sample=False)[:, inputs["input_ids"].shape[1]:]
         assert new_tokens.shape == (1, 2), method
-        if not layer_k:
-            selection = pruned.last_selection
-            assert selection.visual_after == [keep_count(selection.visual_before[0], 0.5)], method
+        selection = pruned.last_selection  # layer-K methods: the tokens kept from layer K on, at their layer ratio
+        kept_ratio = pruned.layer_keep_ratio if layer_k else 0.5
+        assert selection.visual_after == [keep_count(selection.visual_before[0], kept_ratio)], method
     relevance = explain_inputs(model, inputs, answer_ids=torch.tensor([40, 41])).relevance
     assert relevance.dtype == torch.float32 and torch.isfinite(relevance).all() and relevance.abs().max() > 0

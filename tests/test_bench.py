@@ -133,7 +133,10 @@ def test_ratios_and_checks(result):
         else:
             assert row["ratio_vs_limit"] == pytest.approx(row["prefill_s"] / limits[row["keep_ratio"]])
     names = {(c["basis"], c["keep_ratio"], c["check"]) for c in result["checks"]}
-    assert len(names) == 2 * 2 * 3 and all(isinstance(c["ok"], bool) for c in result["checks"])  # wall + cpu on CPU
+    assert len(names) == 2 * 2 * 3  # wall + cpu on CPU, two ratios, three checks
+    bounds = {"tcc_prefill / limit": bench.TCC_VS_LIMIT_MAX, "tcc_overhead / vanilla": bench.OVERHEAD_VS_VANILLA_MAX,
+              "tcc / fastv_same_kept": 1.0}
+    assert all(c["max"] == bounds[c["check"]] and c["ok"] is (c["value"] < c["max"]) for c in result["checks"])
     tcc = next(c for c in result["checks"] if c["basis"] == "cpu" and c["check"] == "tcc_prefill / limit")
     by = {(r["method"], r["keep_ratio"]): r for r in rows}
     assert tcc["value"] == pytest.approx(by[("tcc", 0.5)]["prefill_cpu_s"] / by[("limit", 0.5)]["prefill_cpu_s"])

@@ -90,9 +90,9 @@ def test_load_picks_the_device_and_its_dtype(tiny_checkpoints, tiny_vila_path, c
         pruned = tcc_eval.wrap_model(model, method=method, keep_ratio=ratio, compressor=compressors, fastv_k=1)
         new_tokens = pruned.generate(**inputs, max_new_tokens=2, do_sample=False)[:, inputs["input_ids"].shape[1]:]
         assert new_tokens.shape == (1, 2) and new_tokens.device.type == DEVICE.type, method
-        if not layer_k:
-            selection = pruned.last_selection
-            assert selection.visual_after == [keep_count(selection.visual_before[0], 0.5)], method
+        selection = pruned.last_selection  # layer-K methods: the tokens kept from layer K on, at their layer ratio
+        kept_ratio = pruned.layer_keep_ratio if layer_k else 0.5
+        assert selection.visual_after == [keep_count(selection.visual_before[0], kept_ratio)], method
 
 
 def _vila_compressor(model, root):

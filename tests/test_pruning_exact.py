@@ -136,7 +136,9 @@ def test_a_prompt_ending_in_a_pruned_visual_token_is_refused(loaded):
     assert new == reference
     renumbered = wrap_model(model, method="random", keep_ratio=0.5, positions="renumber")
     renumbered.scorer = lambda view: torch.arange(view.n_visual, 0, -1).float()
-    renumbered.generate(**inputs, max_new_tokens=2, do_sample=False)
+    out = renumbered.generate(**inputs, max_new_tokens=2, do_sample=False)
+    last = inputs["input_ids"].shape[1] - 1
+    assert out.shape[1] == last + 3 and last not in renumbered.last_selection.kept_positions[0].tolist()
 
 
 @pytest.mark.parametrize("family", FAMILIES)

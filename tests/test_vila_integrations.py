@@ -433,6 +433,10 @@ def test_vlmeval_tcc100_equals_vanilla(vlmeval_run, dataset):
         return list(pd.read_excel(vlmeval_run / model / f"{model}_{dataset}.xlsx")["prediction"])
 
     assert predictions("TVila_TCC100") == predictions("TVila_Vanilla")
+    records = _records(vlmeval_run / "TVila_TCC100" / f"TVila_TCC100_{dataset}_efficiency.jsonl")
+    assert len(records) == N  # and none of them pruned: the equal answers come from the same tokens
+    assert all(r["method"] == "tcc" and r["keep_ratio"] == 1.0 and r["visual_after"] == r["visual_before"] > 0
+               for r in records)
 
 
 def test_lmms_eval_cli_runs_both_tasks(tiny_vila, synth_env, tmp_path):

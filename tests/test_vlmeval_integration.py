@@ -727,8 +727,9 @@ def test_synthetic_sets_generated_on_first_use(vlmeval_run):
     assert sorted(p.suffix for p in (lmu / "images/TCCSynth_IMG").iterdir()) == [".png"] * N  # lossless
 
 
-@pytest.mark.parametrize("dataset", ["MVBench_8frame", "Video-MME"])
-def test_video_benchmarks_reach_their_download(dataset, monkeypatch, tmp_path):
+@pytest.mark.parametrize("dataset, repository", [("MVBench_8frame", "modelscope/MVBench"),
+                                                 ("Video-MME", "lmms-lab/Video-MME")])
+def test_video_benchmarks_reach_their_download(dataset, repository, monkeypatch, tmp_path):
     """ms-vlmeval fetches video benchmarks from ModelScope by default but does not install modelscope: the
     README's `--data MVBench` needs our dependency on it, in a version whose cache lookup VLMEvalKit can call."""
     import modelscope
@@ -748,7 +749,7 @@ def test_video_benchmarks_reach_their_download(dataset, monkeypatch, tmp_path):
 
     monkeypatch.setattr(modelscope, "dataset_snapshot_download", no_download)
     dataset_class = MVBench if dataset.startswith("MVBench") else VideoMME
-    with pytest.raises(DownloadReached):
+    with pytest.raises(DownloadReached, match=f"^{repository}$"):  # that benchmark's own repository
         dataset_class(dataset, nframe=8)
 
 
