@@ -214,6 +214,20 @@ def test_llava_chat_reads_a_video_as_the_simple_wrapper_does(tiny_checkpoints, t
         assert torch.equal(chat[doc], simple[doc])
 
 
+@pytest.mark.parametrize("cls_name", ["LlavaOneVisionTCCChat", "LlavaOneVisionTCC"])
+def test_llava_refuses_a_batch_size_above_one_before_loading(cls_name, tmp_path):
+    """Upstream llava_hf asserts batch size 1 after its weights load ("Do not support batch_size_per_gpu > 1")."""
+    from tcc_eval.fixtures import build_tiny_checkpoint
+    from tcc_eval.integrations.lmms_eval import models
+
+    folder = build_tiny_checkpoint("llava_onevision", tmp_path / "llava")
+    (folder / "model.safetensors").unlink()  # nothing may load: the refusal comes first
+    with pytest.raises(ValueError, match="llava_onevision_tcc runs one request at a time, as upstream llava_hf does "
+                                         r"\(it refuses batch_size 2\): pass --batch_size 1"):
+        getattr(models, cls_name)(pretrained=str(folder), device="cpu", method="none", batch_size="2",
+                                  efficiency_dir=str(tmp_path / "records"))
+
+
 def test_llava_warns_once_when_a_video_has_fewer_frames_than_it_samples(tmp_path):
     """Upstream's linspace repeats frames of a video shorter than max_frames_num (default 32): the demo model, trained
     on 8-frame clips, then answers from a clip it never saw, so the first such video is named with the fix."""
@@ -753,7 +767,16 @@ def test_efficiency_files_are_named_by_the_global_rank(tiny_checkpoints, monkeyp
 
     monkeypatch.setattr(models.Qwen2VLTCC, "world_size", property(lambda self: 16))
     monkeypatch.setenv("RANK", "9")
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
     ours = models.Qwen2VLTCC(pretrained=tiny_checkpoints["qwen2_vl"], device="cpu", method="none",
                              efficiency_dir=str(tmp_path))
     assert ours.rank == 0  # this process alone: upstream's local rank
     assert ours.efficiency.path_for("mme").name.endswith("_mme_rank9of16_efficiency.jsonl")
+    # torchrun on CPU: upstream's Accelerator sees one process, lmms-eval shards by RANK / WORLD_SIZE; one shared
+    # file name would move the other rank's records aside
+    monkeypatch.setattr(models.Qwen2VLTCC, "world_size", property(lambda self: 1))
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    ours = models.Qwen2VLTCC(pretrained=tiny_checkpoints["qwen2_vl"], device="cpu", method="none",
+                             efficiency_dir=str(tmp_path))
+    assert ours.efficiency.path_for("mme").name.endswith("_mme_rank1of2_efficiency.jsonl")

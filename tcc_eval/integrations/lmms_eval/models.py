@@ -272,9 +272,10 @@ class TCCWrapperMixin:
             base_model=base_model,
             method=settings.method,
             keep_ratio=settings.keep_ratio,
-            # upstream's self.rank is the rank within a node: on several nodes every node has a rank 0
+            # upstream's self.rank is the rank within a node: on several nodes every node has a rank 0; and under
+            # torchrun on CPU upstream's Accelerator sees one process (lmms-eval sets the count after this runs)
             rank=int(os.environ.get("RANK", self.rank)),
-            world_size=self.world_size,
+            world_size=int(os.environ.get("WORLD_SIZE", self.world_size)),
             method_options={"budget": settings.budget, "seed": settings.seed, "positions": settings.positions,
                             **settings.options},
             compressor=settings.compressor,
@@ -431,6 +432,10 @@ class _LlavaHfTCC(TCCWrapperMixin):
             f"generate, which a likelihood score would not go through")
 
     def _set_parent_defaults(self, kwargs: dict[str, Any]) -> None:
+        # upstream asserts batch size 1 only after the weights load, in words that name no fix
+        if int(kwargs.get("batch_size", 1)) > 1:
+            raise ValueError(f"{self.model_id} runs one request at a time, as upstream llava_hf does (it refuses "
+                             f"batch_size {kwargs['batch_size']}): pass --batch_size 1")
         # upstream defaults device_map to "", which transformers 5 rejects in a single process; under
         # accelerate "" must stay: it selects upstream's one-GPU-per-process branch
         from accelerate import PartialState
