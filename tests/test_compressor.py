@@ -446,7 +446,8 @@ def test_training_that_never_improves_saves_nothing_and_says_so(tmp_path, monkey
                     {"marker": "earlier run"})
     monkeypatch.setattr(train_module, "mean_loss", lambda *args: float("nan"))
     with pytest.raises(ValueError, match="no epoch of 2 gave a finite validation loss.*nothing was saved"):
-        main(["train", "--labels", str(labels), "--out", str(ckpt), "--epochs", "2", "--patience", "5"])
+        main(["train", "--labels", str(labels), "--out", str(ckpt), "--epochs", "2", "--patience", "5",
+              "--overwrite"])
     assert load_compressor(ckpt).train_stats == {"marker": "earlier run"}
 
 
@@ -522,10 +523,48 @@ def test_training_on_image_and_video_labels_together_says_what_it_makes(tmp_path
     args = ["--out", str(tmp_path / "c.pt"), "--epochs", "1"]
     assert main(["train", "--labels", str(images), *args]) == 0
     assert "mixed" not in capsys.readouterr().err
-    assert main(["train", "--labels", str(images), str(videos), *args]) == 0
+    assert main(["train", "--labels", str(images), str(videos), *args, "--overwrite"]) == 0
     assert "warning: these labels hold image and video samples, so the compressor is saved as 'mixed'" \
         in capsys.readouterr().err
     assert load_compressor(tmp_path / "c.pt").modality == "mixed"
+
+
+def test_training_never_replaces_an_earlier_compressor_unasked_or_midway(tmp_path, monkeypatch, one_thread):
+    """--out may be the file VLMEvalKit / lmms-eval load: an existing one needs --overwrite, and a run that stops
+    before its end (here interrupted in epoch 2, after epoch 1's checkpoint) leaves it as it was."""
+    from tcc_eval.compressor import train as train_module
+
+    labels, ckpt = write_fake_labels(tmp_path / "labels", 8), tmp_path / "c.pt"
+    save_compressor(ckpt, TokenCompressor(), json.loads((labels / "meta.json").read_text())["model"], "image",
+                    {"marker": "earlier run"})
+    args = ["train", "--labels", str(labels), "--out", str(ckpt), "--epochs", "3", "--val-frac", "0.25"]
+    with pytest.raises(ValueError, match=f"--out {ckpt} exists .*pass --overwrite to replace it"):
+        main(args)
+    real_mean_loss, calls = train_module.mean_loss, []
+
+    def interrupted(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_mean_loss(*a, **k)
+
+    monkeypatch.setattr(train_module, "mean_loss", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        main([*args, "--overwrite"])
+    assert load_compressor(ckpt).train_stats == {"marker": "earlier run"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pt", "labels"]  # no partial checkpoint left behind
+    monkeypatch.setattr(train_module, "mean_loss", real_mean_loss)
+    assert main([*args, "--overwrite"]) == 0
+    assert load_compressor(ckpt).train_stats["epochs_run"] == 3 and not (tmp_path / "c.pt.partial").exists()
+
+
+def test_training_on_labels_the_model_answered_wrongly_says_so(tmp_path):
+    labels = write_fake_labels(tmp_path / "labels", 0)
+    (labels / "skipped").mkdir()
+    for i in range(3):
+        (labels / "skipped" / f"{i}.json").write_text("{}")
+    with pytest.raises(ValueError, match="no usable label files .*3 samples skipped as answered wrongly.*--keep-all"):
+        main(["train", "--labels", str(labels), "--out", str(tmp_path / "c.pt")])
 
 
 def test_training_runs_where_autograd_was_turned_off(tmp_path, one_thread):

@@ -188,15 +188,37 @@ def mean_loss(network: TokenCompressor, samples: list[LabelSample], targets: dic
 
 
 def train(args: argparse.Namespace) -> dict[str, Any]:
-    from tqdm import tqdm
-
-    if Path(args.out).is_dir():  # before training, not when saving its result
-        raise ValueError(f"--out {args.out} is a folder; give the checkpoint file to write, e.g. "
-                         f"{Path(args.out) / 'compressor.pt'}")
+    out = Path(args.out)
+    if out.is_dir():  # before training, not when saving its result
+        raise ValueError(f"--out {out} is a folder; give the checkpoint file to write, e.g. {out / 'compressor.pt'}")
+    if out.exists() and not args.overwrite:
+        raise ValueError(f"--out {out} exists (an earlier compressor, which VLMEvalKit or lmms-eval may be loading): "
+                         f"pass --overwrite to replace it when this run ends, or give another --out")
     start = time.time()
     source, modality, samples, bad = load_labels(args.labels, args.relevance_rule)
     if not samples:
-        raise ValueError(f"no usable label files in {args.labels}: run `python -m tcc_eval.compressor label` first")
+        wrong = sum(len(list((Path(d) / "skipped").glob("*.json"))) for d in args.labels)
+        raise ValueError(f"no usable label files in {' '.join(map(str, args.labels))} ({bad} without positive "
+                         f"relevance or unreadable; {wrong} samples skipped as answered wrongly): run `python -m "
+                         f"tcc_eval.compressor label` first, label more data, or label with --keep-all to keep the "
+                         f"wrongly answered ones")
+    # the best epoch so far is kept beside --out and moved onto it at the end: a run that stops early or fails
+    # leaves an earlier compressor at --out as it was
+    partial = out.with_name(out.name + ".partial")
+    try:
+        stats = _fit(args, partial, source, modality, samples, bad, start)
+        partial.replace(out)
+    finally:
+        partial.unlink(missing_ok=True)
+    print(f"saved {out}")
+    return stats
+
+
+def _fit(args: argparse.Namespace, partial: Path, source: dict[str, Any], modality: str, samples: list[LabelSample],
+         bad: int, start: float) -> dict[str, Any]:
+    """Train, keeping the best epoch's checkpoint at ``partial``; its statistics."""
+    from tqdm import tqdm
+
     if modality == "mixed":
         print("warning: these labels hold image and video samples, so the compressor is saved as 'mixed': usable only "
               "as one file for both (tcc_eval.load(..., compressor=FILE)); VLMEvalKit, lmms-eval and a {modality: "
@@ -254,7 +276,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         if val_loss < best_loss:
             best_loss, since_best = val_loss, 0
             stats.update(best_val_loss=val_loss, best_epoch=epoch, time_s=round(time.time() - start, 2))
-            save_compressor(args.out, network, source, modality, stats)
+            save_compressor(partial, network, source, modality, stats)
         else:
             since_best += 1
             if since_best >= args.patience:
@@ -265,12 +287,12 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                          f"{stats['history'][-1][0]}, validation {stats['history'][-1][1]}), so nothing was saved to "
                          f"{args.out}: check the labels with `python -m tcc_eval.compressor evaluate`, or lower --lr")
     # Rewrite the best weights with the final statistics (epochs run, total time).
-    best = load_compressor(args.out)
+    best = load_compressor(partial)
     stats["time_s"] = round(time.time() - start, 2)
-    save_compressor(args.out, best, source, modality, stats)
+    save_compressor(partial, best, source, modality, stats)
     kind = "validation" if val_set else "training (no validation split: --val-frac 0)"
     print(f"best {kind} KL {best_loss:.4f} at epoch {stats['best_epoch']} of {stats['epochs_run']} "
-          f"({stats['time_s']:.1f} s); saved {args.out}")
+          f"({stats['time_s']:.1f} s)")
     return stats
 
 
@@ -288,7 +310,9 @@ def held_out_fraction(text: str) -> float:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--labels", required=True, nargs="+", help="label directories (same model)")
-    parser.add_argument("--out", required=True, help="checkpoint path to write (e.g. compressor.pt)")
+    parser.add_argument("--out", required=True, help="checkpoint path to write (e.g. compressor.pt); an existing "
+                        "one needs --overwrite")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out (when training ends)")
     parser.add_argument("--relevance-rule", default=METHOD_RULE, choices=RELEVANCE_RULES,
                         help=f"which labels to learn (default {METHOD_RULE}, the method); others must have been "
                         "labelled with `label --ablation-rules`, e.g. attention for the paper's no-gradient ablation")

@@ -71,7 +71,7 @@ def build_compressor(family: str, modality: str, root: Path, work: Path, log: Ca
         f"({time.time() - start:.0f}s)")
     out = compressor_path(family, modality, root)
     out.parent.mkdir(parents=True, exist_ok=True)
-    code = compressor_cli(["train", "--labels", str(labels), "--out", str(out), *COMPRESSOR_ARGS,
+    code = compressor_cli(["train", "--labels", str(labels), "--out", str(out), "--overwrite", *COMPRESSOR_ARGS,
                            *VARIANTS[variant]["compressor_args"], "--relevance-rule", relevance_rule])
     if code:
         raise RuntimeError(f"compressor train failed for {family}/{modality} (exit {code})")
