@@ -320,6 +320,7 @@ def test_label_pixel_limits_set_the_resolution_labels_are_made_at(tiny_checkpoin
         == [(112 * 112, 28 * 28 * 256), (112 * 112, 28 * 28 * 128)]
     with pytest.raises(ValueError, match=r"apply to Qwen2-VL / Qwen2.5-VL processors.*llava_onevision checkpoint"):
         main(["label", "--model", tiny_checkpoints["llava_onevision"], "--out", str(tmp_path / "llava"), *common])
+    assert not (tmp_path / "llava").exists()  # a run refused at start-up leaves no empty label folder
     with pytest.raises(ValueError, match=r"unknown processor options \['size'\]; the options are \['max_pixels'"):
         check_processor_options("qwen2_vl", {"size": 1, "min_pixels": 1})
     with pytest.raises(ValueError, match="must be positive pixel counts"):

@@ -442,8 +442,6 @@ def run(args: argparse.Namespace) -> int:
     samples = read_data(args.data, args.media_root)
     if args.limit is not None:
         samples = samples[: args.limit]
-    (out / "samples").mkdir(parents=True, exist_ok=True)
-    (out / "skipped").mkdir(exist_ok=True)
     device = rank_device(args.device)
     if device.type == "cuda" and device.index is not None:  # an explicit --device cuda:N too
         torch.cuda.set_device(device)
@@ -459,6 +457,8 @@ def run(args: argparse.Namespace) -> int:
         "relevance_rules": label_rules(args.ablation_rules), "instruction_rows": args.instruction_rows,
         "dtype": str(next(model.parameters()).dtype).replace("torch.", ""), "pixels": pixels,
     }
+    (out / "samples").mkdir(parents=True, exist_ok=True)  # only now: a run that fails to start leaves no folder
+    (out / "skipped").mkdir(exist_ok=True)
     prepare_meta(out, meta)
     mine = samples[shard::n_shards]
     stats: dict[str, Any] = {"shard": f"{shard}/{n_shards}", "total": len(mine), "kept": 0, "skipped_wrong": 0,
