@@ -214,8 +214,9 @@ def test_llava_chat_reads_a_video_as_the_simple_wrapper_does(tiny_checkpoints, t
         assert torch.equal(chat[doc], simple[doc])
 
 
-@pytest.mark.parametrize("cls_name", ["LlavaOneVisionTCCChat", "LlavaOneVisionTCC"])
-def test_llava_refuses_a_batch_size_above_one_before_loading(cls_name, tmp_path):
+@pytest.mark.parametrize("cls_name, batch_size", [("LlavaOneVisionTCCChat", "2"), ("LlavaOneVisionTCC", "2"),
+                                                   ("LlavaOneVisionTCCChat", "auto"), ("LlavaOneVisionTCC", "auto:4")])
+def test_llava_refuses_a_batch_size_above_one_before_loading(cls_name, batch_size, tmp_path):
     """Upstream llava_hf asserts batch size 1 after its weights load ("Do not support batch_size_per_gpu > 1")."""
     from tcc_eval.fixtures import build_tiny_checkpoint
     from tcc_eval.integrations.lmms_eval import models
@@ -223,8 +224,8 @@ def test_llava_refuses_a_batch_size_above_one_before_loading(cls_name, tmp_path)
     folder = build_tiny_checkpoint("llava_onevision", tmp_path / "llava")
     (folder / "model.safetensors").unlink()  # nothing may load: the refusal comes first
     with pytest.raises(ValueError, match="llava_onevision_tcc runs one request at a time, as upstream llava_hf does "
-                                         r"\(it refuses batch_size 2\): pass --batch_size 1"):
-        getattr(models, cls_name)(pretrained=str(folder), device="cpu", method="none", batch_size="2",
+                                         rf"\(it refuses batch_size {batch_size}\): pass --batch_size 1"):
+        getattr(models, cls_name)(pretrained=str(folder), device="cpu", method="none", batch_size=batch_size,
                                   efficiency_dir=str(tmp_path / "records"))
 
 

@@ -261,6 +261,8 @@ def test_config_entries_cannot_change_what_the_name_says(registered):
         with pytest.raises(ValueError, match=f"TinyQwen2VL_TCC50 runs {key}, as its name says, but its --config entry "
                                              f"sets"):
             build_model_from_config({"TinyQwen2VL_TCC50": options}, "TinyQwen2VL_TCC50")
+    same = build_model_from_config({"TinyQwen2VL_A050": {"keep_ratio": "0.5", "method": "a0"}}, "TinyQwen2VL_A050")
+    assert (same.method, same.keep_ratio) == ("a0", 0.5)  # what the name says, as a config file may write it
 
 
 def test_a_second_variant_of_a_name_in_one_folder_is_refused(registered, tmp_path):
@@ -270,6 +272,7 @@ def test_a_second_variant_of_a_name_in_one_folder_is_refused(registered, tmp_pat
 
     import pandas as pd
     from vlmeval.inference import infer_data_job
+    from vlmeval.inference_video import infer_data_job_video
 
     from tcc_eval.integrations.vlmeval.records import append_record, check_same_variant, records_path, variant_of
 
@@ -283,13 +286,18 @@ def test_a_second_variant_of_a_name_in_one_folder_is_refused(registered, tmp_pat
     append_record(records, {"index": 0, **plain, "method_options": {"budget": "per_group", "fastv_k": 1}})
     dataset = SimpleNamespace(dataset_name="TCCSynth_IMG", data=pd.DataFrame({"index": [0]}))
     expected = (r"holds TinyQwen2VL_A050_TCCSynth_IMG results of another variant \(method=a0 keep_ratio=0.5 "
-                r"method_options=\{\"budget\": \"per_group\", \"fastv_k\": 1\}; this run: method=a0 keep_ratio=0.5 "
-                r"method_options=\{\"fastv_k\": 1\}\).*give this variant its own --work-dir")
+                r"budget=per_group; this run: method=a0 keep_ratio=0.5\).*give this variant its own --work-dir")
     with pytest.raises(ValueError, match=expected):
         infer_data_job(name, work_dir=str(folder), model_name=name, dataset=dataset)
+    # the video job returns a complete prediction file's answers before infer_data: checked before it too
+    video_records = records_path(folder, name, "TCCSynth_VID_4frame")
+    append_record(video_records, {"index": 0, **plain, "method": "random"})
+    with pytest.raises(ValueError, match=r"TCCSynth_VID_4frame results of another variant \(method=random"):
+        infer_data_job_video(name, str(folder), name, SimpleNamespace(dataset_name="TCCSynth_VID"),
+                             result_file=str(folder / f"{name}_TCCSynth_VID_4frame.xlsx"))
     same = records_path(folder, name, "TCCSynth_VID")
-    append_record(same, {"index": 0, **plain})
-    with same.open("a") as handle:
+    append_record(same, {"index": 0, **plain, "method_options": {"budget": "global", "seed": 3}})  # as the tables
+    with same.open("a") as handle:  # see it: a0 at its default budget, and a seed a0 does not read
         handle.write('{"index": 1, "meth')  # a line cut short by a killed run
     check_same_variant(same, plain)  # the same variant resumes
 
@@ -549,7 +557,8 @@ def test_llava_video_by_fps_is_refused_by_name(registered, tiny_checkpoints, tmp
     ours = TCCLLaVAOneVisionHF(base="LLaVAOV", model_path=tiny_checkpoints["llava_onevision"])
     ours.nframe = None  # what VLMEvalKit's infer_data_job_video sets for a dataset with fps and no nframe
     message = [{"type": "video", "value": str(tmp_path / "videos/0.mp4")}, {"type": "text", "value": "Question?"}]
-    with pytest.raises(ValueError, match="samples by fps.*MVBench_8frame.*\"nframe\": 8"):
+    with pytest.raises(ValueError, match="nframe is None: VLMEvalKit sets that for a video dataset sampled by fps"
+                                         ".*MVBench_8frame.*\"nframe\": 8, and no fps set in the same run"):
         ours.generate(message, dataset="TCCSynth_VID")
 
 
@@ -647,6 +656,15 @@ def test_synthetic_set_sizes_read_alike_in_both_frameworks(registered, monkeypat
 
 
 # --- the real runner, literally, through the .pth hook ----------------------------------------------
+def _run_env(tiny_checkpoints: dict[str, str], root: Path) -> dict[str, str]:
+    """The environment of the runs in ``root``: the tiny test bases, their compressors, small synthetic sets."""
+    extra = {"TQwen": {"path": tiny_checkpoints["qwen2_vl"], "max_new_tokens": 4},
+             "TLlava": {"path": tiny_checkpoints["llava_onevision"], "max_new_tokens": 4},
+             "TQwen25": {"path": tiny_checkpoints["qwen2_5_vl"], "max_new_tokens": 4}}
+    return _clean_env(LMUData=str(root / "LMUData"), TCC_SYNTH_N=str(N), TCC_EXTRA_MODELS=json.dumps(extra),
+                      TCC_COMPRESSOR_DIR=str(root / "compressors"))
+
+
 @pytest.fixture(scope="module")
 def vlmeval_run(tiny_checkpoints, tmp_path_factory):
     """One `python -m vlmeval.run` over both synthetic sets and seven test models."""
@@ -661,11 +679,7 @@ def vlmeval_run(tiny_checkpoints, tmp_path_factory):
     torch.manual_seed(0)
     for modality in ("image", "video"):  # untrained: TCC100 (loads them, prunes nothing) must equal Vanilla
         save_compressor(compressors / f"TQwen_{modality}.pt", TokenCompressor(), model_meta(model), modality, {})
-    extra = {"TQwen": {"path": tiny_checkpoints["qwen2_vl"], "max_new_tokens": 4},
-             "TLlava": {"path": tiny_checkpoints["llava_onevision"], "max_new_tokens": 4},
-             "TQwen25": {"path": tiny_checkpoints["qwen2_5_vl"], "max_new_tokens": 4}}
-    env = _clean_env(LMUData=str(root / "LMUData"), TCC_SYNTH_N=str(N), TCC_EXTRA_MODELS=json.dumps(extra),
-                     TCC_COMPRESSOR_DIR=str(compressors))
+    env = _run_env(tiny_checkpoints, root)
     (root / "LMUData").mkdir()
     cmd = [sys.executable, "-m", "vlmeval.run", "--model", *MODELS, "--data", *DATASETS,
            "--judge", "exact_matching", "--work-dir", str(root / "out")]
@@ -716,6 +730,26 @@ def test_tcc100_equals_vanilla(vlmeval_run, dataset):
     compressor = str(root / "compressors" / f"TQwen_{modality}.pt")  # which file ran: the records and the log say
     assert all(r["compressor"] == compressor for r in records)
     assert f"[tcc_eval] TQwen tcc compressor for {modality} inputs: {compressor}" in log
+
+
+def test_a_second_variant_of_a_video_run_is_refused_by_the_runner(vlmeval_run, tiny_checkpoints):
+    """VLMEvalKit's video job returns a complete prediction file's answers without inferring anything: a --config
+    variant of TQwen_TCC50 run into that folder must stop before it, not report the first variant's answers."""
+    root, _ = vlmeval_run
+    predictions = root / "out/TQwen_TCC50/TQwen_TCC50_TCCSynth_VID.xlsx"
+    before = predictions.read_bytes()
+    config = root / "per_group.json"
+    config.write_text(json.dumps({"model": {"TQwen_TCC50": {"method_options": {"budget": "per_group"}}},
+                                  "data": {"TCCSynth_VID": {"class": "TCCSynthVideo", "dataset": "TCCSynth_VID",
+                                                            "nframe": 8}}}))
+    cmd = [sys.executable, "-m", "vlmeval.run", "--config", str(config), "--judge", "exact_matching",
+           "--work-dir", str(root / "out")]
+    proc = subprocess.run(cmd, cwd=root, env=_run_env(tiny_checkpoints, root), check=False, capture_output=True,
+                          text=True, timeout=600)
+    log = proc.stdout + proc.stderr
+    assert "already holds TQwen_TCC50_TCCSynth_VID results of another variant (method=tcc keep_ratio=0.5; " \
+           "this run: method=tcc keep_ratio=0.5 budget=per_group)" in log, log[-3000:]
+    assert predictions.read_bytes() == before
 
 
 def test_synthetic_sets_generated_on_first_use(vlmeval_run):

@@ -433,7 +433,8 @@ class _LlavaHfTCC(TCCWrapperMixin):
 
     def _set_parent_defaults(self, kwargs: dict[str, Any]) -> None:
         # upstream asserts batch size 1 only after the weights load, in words that name no fix
-        if int(kwargs.get("batch_size", 1)) > 1:
+        batch_size = str(kwargs.get("batch_size", 1))  # lmms-eval passes --batch_size through: "4", "auto", "auto:4"
+        if not batch_size.isdigit() or int(batch_size) > 1:
             raise ValueError(f"{self.model_id} runs one request at a time, as upstream llava_hf does (it refuses "
                              f"batch_size {kwargs['batch_size']}): pass --batch_size 1")
         # upstream defaults device_map to "", which transformers 5 rejects in a single process; under

@@ -108,11 +108,13 @@ def check_same_variant(path: Path, variant: dict[str, Any] | None) -> None:
     """Refuse to run a variant into a folder holding another variant's results under the same name.
 
     VLMEvalKit 0.0.20 resumes from any prediction file of the name in its folder, ``--reuse`` or not: a second
-    variant (other ``--config`` options) would take over the first's answers, and its records would mix with them.
+    variant (other ``--config`` method options) would take over the first's answers, and its records would mix with
+    them. Variants are told apart as the tables tell them: options a method does not read, or at their defaults,
+    make none.
     """
     if variant is None or not path.is_file():
         return
-    want = json.loads(json.dumps(variant, default=record_json_default))
+    want = _variant_key(json.loads(json.dumps(variant, default=record_json_default)))
     for line in path.read_text(encoding="utf-8").splitlines():
         try:
             record = json.loads(line)
@@ -120,8 +122,7 @@ def check_same_variant(path: Path, variant: dict[str, Any] | None) -> None:
             continue
         if not isinstance(record, dict):
             continue
-        had = {"method": record.get("method"), "keep_ratio": record.get("keep_ratio"),
-               "method_options": record.get("method_options") or {}}
+        had = _variant_key(record)
         if had != want:
             raise ValueError(
                 f"{path.parent} already holds {path.name.removesuffix('_efficiency.jsonl')} results of another "
@@ -130,10 +131,39 @@ def check_same_variant(path: Path, variant: dict[str, Any] | None) -> None:
                 f"or move {path.parent} away")
 
 
-def _describe(variant: dict[str, Any]) -> str:
-    options = variant.get("method_options") or {}
-    return f"method={variant.get('method')} keep_ratio={variant.get('keep_ratio')}" + (
-        f" method_options={json.dumps(options, sort_keys=True)}" if options else "")
+def _variant_key(record: dict[str, Any]) -> tuple[Any, Any, str]:
+    from ...options import method_variant
+
+    method = record.get("method")
+    return method, record.get("keep_ratio"), method_variant(str(method), record.get("method_options") or {})
+
+
+def _describe(key: tuple[Any, Any, str]) -> str:
+    method, keep_ratio, options = key
+    return f"method={method} keep_ratio={keep_ratio}" + (f" {options}" if options else "")
+
+
+def checking_variant(infer_data_job: Callable) -> Callable:
+    """Wrap a VLMEvalKit ``infer_data_job*(model, work_dir, model_name, dataset, ...)`` with ``check_same_variant``:
+    before the job, which returns a complete prediction file's answers without calling ``infer_data``."""
+    if getattr(infer_data_job, "tcc_eval_checked", False):
+        return infer_data_job
+    signature = inspect.signature(infer_data_job)
+
+    @functools.wraps(infer_data_job)
+    def checked(*args: Any, **kwargs: Any) -> Any:
+        bound = signature.bind(*args, **kwargs).arguments
+        model_name = str(bound["model_name"])
+        name = bound["dataset"].dataset_name
+        result_file = bound.get("result_file")  # video jobs: named by the --data preset (MVBench_8frame)
+        if result_file and Path(result_file).stem.startswith(f"{model_name}_"):
+            name = Path(result_file).stem[len(model_name) + 1:]
+        check_same_variant(records_path(bound["work_dir"], model_name, name),
+                           variant_of(bound.get("model"), model_name))
+        return infer_data_job(*args, **kwargs)
+
+    checked.tcc_eval_checked = True
+    return checked
 
 
 def track_inference(infer_data: Callable) -> Callable:
@@ -150,7 +180,6 @@ def track_inference(infer_data: Callable) -> Callable:
         model_name = str(bound["model_name"])
         name = run_dataset_name(model_name, dataset, bound.get("out_file"))
         ctx = InferenceContext(str(bound["work_dir"]), model_name, name, dataset)
-        check_same_variant(ctx.path, variant_of(bound.get("model"), model_name))
         original = dataset.build_prompt
 
         def build_prompt(line, *a, **k):

@@ -5,8 +5,9 @@ adding entries to them (``supported_VLM``, ``supported_video_datasets``, ``DATAS
 ``vlmeval.run.main()`` uses them. Every change here is additive except the two named wrappers
 (``fix_video_dataset_kwargs``, ``track_inference``), which keep VLMEvalKit's behaviour for its own
 models and datasets. The integration's other patches are scoped to one call and undone after it, each with its
-reason: ``records.track_inference`` notes the sample a prompt is built for (and refuses a folder holding another
-variant's results of the name), ``wrappers.keeping_video_metadata``
+reason: ``records.track_inference`` notes the sample a prompt is built for, ``records.checking_variant`` (around
+the three ``infer_data_job*``) refuses a folder holding another variant's results of the name,
+``wrappers.keeping_video_metadata``
 keeps the frame timing qwen_vl_utils sampled, ``wrappers._ToDevice`` moves a processor's output to the model and
 ``wrappers._ToDeviceVideoFix`` drops the ``<image>`` line LLaVA-OneVision video prompts carry. One is not undone:
 ``wrappers.restore_world_size`` puts back the WORLD_SIZE that VLMEvalKit's model builder removed.
@@ -47,6 +48,16 @@ def model_entry(spec: ModelSpec) -> partial:
     return entry
 
 
+def _same_value(given: Any, named: Any) -> bool:
+    """``"0.5"`` from a --config file is the ratio 0.5."""
+    if isinstance(named, float) and not isinstance(given, bool):
+        try:
+            return float(given) == named
+        except (TypeError, ValueError):
+            return False
+    return given == named
+
+
 class NamedModelPartial(partial):
     """A registered name's constructor: a ``--config`` entry may add options but not change what the name says.
 
@@ -58,7 +69,7 @@ class NamedModelPartial(partial):
 
     def __call__(self, /, *args: Any, **kwargs: Any):
         for key in self.NAMED:
-            if key in kwargs and kwargs[key] != self.keywords[key]:
+            if key in kwargs and not _same_value(kwargs[key], self.keywords[key]):
                 raise ValueError(
                     f"{self.model_name} runs {key}={self.keywords[key]!r}, as its name says, but its --config entry "
                     f"sets {key}={kwargs[key]!r}: use the name of the model you mean (<Base>_<Method><ratio>, e.g. "
@@ -209,12 +220,22 @@ def track_inference() -> None:
     """Let our wrappers know the output folder and sample index, after checking the folder holds no other variant's
     results (see records.py)."""
     import vlmeval.inference
+    import vlmeval.inference_mt
     import vlmeval.inference_video
 
+    from .records import checking_variant
     from .records import track_inference as tracked
 
     for module in (vlmeval.inference, vlmeval.inference_video):
         module.infer_data = tracked(module.infer_data)
+    for module, job in ((vlmeval.inference, "infer_data_job"), (vlmeval.inference_video, "infer_data_job_video"),
+                        (vlmeval.inference_mt, "infer_data_job_mt")):
+        setattr(module, job, checking_variant(getattr(module, job)))
+        # vlmeval/run.py binds the jobs by name when it is imported, which is after this hook ran (its import of
+        # vlmeval.config comes first) unless something imported it before
+        run = sys.modules.get("vlmeval.run")
+        if run is not None and hasattr(run, job):
+            setattr(run, job, getattr(module, job))
 
 
 def register() -> list[str]:

@@ -413,9 +413,11 @@ class TCCLLaVAOneVisionHF(TCCModelMixin, LLaVA_OneVision_HF):
         """Upstream's frames; a clear refusal of VLMEvalKit's fps mode, which sets ``nframe`` to None for this
         class and then fails inside upstream's sampling (``'>' not supported between int and NoneType``)."""
         if max_frames_num is None:
-            raise ValueError(f"{self.__class__.__name__} samples a fixed number of frames, and this video dataset "
-                             f"samples by fps (nframe=None): use a preset with a frame count (e.g. MVBench_8frame, "
-                             f"Video-MME_8frame, TCCSynth_VID) or a --config dataset entry with \"nframe\": 8")
+            raise ValueError(f"{self.__class__.__name__} samples a fixed number of frames, but its nframe is None: "
+                             f"VLMEvalKit sets that for a video dataset sampled by fps, and keeps it for the run's "
+                             f"later datasets. Use presets with a frame count (e.g. MVBench_8frame, Video-MME_8frame, "
+                             f"TCCSynth_VID) or --config dataset entries with \"nframe\": 8, and no fps set in the "
+                             f"same run")
         return super().load_video(video_path, max_frames_num, *args, **kwargs)
 
 
