@@ -2,15 +2,15 @@
 
 VLMEvalKit has no plugin mechanism: its runner reads module-level tables, so registering means
 adding entries to them (``supported_VLM``, ``supported_video_datasets``, ``DATASET_CLASSES``) before
-``vlmeval.run.main()`` uses them. Every change here is additive except the two named wrappers
-(``fix_video_dataset_kwargs``, ``track_inference``), which keep VLMEvalKit's behaviour for its own
-models and datasets. The integration's other patches are scoped to one call and undone after it, each with its
-reason: ``records.track_inference`` notes the sample a prompt is built for, ``records.checking_variant`` (around
-the three ``infer_data_job*``) refuses a folder holding another variant's results of the name,
-``wrappers.keeping_video_metadata``
-keeps the frame timing qwen_vl_utils sampled, ``wrappers._ToDevice`` moves a processor's output to the model and
-``wrappers._ToDeviceVideoFix`` drops the ``<image>`` line LLaVA-OneVision video prompts carry. One is not undone:
-``wrappers.restore_world_size`` puts back the WORLD_SIZE that VLMEvalKit's model builder removed.
+``vlmeval.run.main()`` uses them. Every change here is additive except the named wrappers, which keep
+VLMEvalKit's behaviour for its own models and datasets: ``fix_video_dataset_kwargs`` (video presets drop the
+runner's extra kwargs) and ``track_inference``, which wraps ``infer_data`` (``records.track_inference`` notes the
+sample a prompt is built for) and the three ``infer_data_job*`` (``records.checking_variant`` refuses a folder
+holding another variant's results of the name). The integration's other patches are scoped to one call and
+undone after it, each with its reason: ``wrappers.keeping_video_metadata`` keeps the frame timing qwen_vl_utils
+sampled, ``wrappers._ToDevice`` moves a processor's output to the model and ``wrappers._ToDeviceVideoFix`` drops
+the ``<image>`` line LLaVA-OneVision video prompts carry. One is not undone: ``wrappers.restore_world_size`` puts
+back the WORLD_SIZE that VLMEvalKit's model builder removed.
 """
 
 from __future__ import annotations
