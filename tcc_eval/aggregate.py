@@ -1300,6 +1300,14 @@ def build_table(summary: pd.DataFrame, efficiency: pd.DataFrame, framework: str,
             if other_counts:  # a --limit or stopped run, or index-less records of two runs
                 notes.append(f"efficiency records count other samples than vanilla's ({', '.join(other_counts)}): "
                              f"a --limit or stopped run scores other samples")
+        if len(eff) and "questions" in mine:  # VLMEvalKit scores say how many predictions they scored
+            recorded = _dataset_samples(efficiency, framework, base, key)
+            short = [f"{bench} {recorded[bench]} of {int(questions)}" for bench, questions
+                     in mine.drop_duplicates("benchmark")[["benchmark", "questions"]].itertuples(index=False)
+                     if bench in recorded and 0 < recorded[bench] < questions]
+            if short:  # records lost (or never written) for some of the samples scored
+                notes.append(f"efficiency records cover fewer samples than were scored ({', '.join(short)}): the "
+                             f"efficiency columns average the recorded ones only")
         row["total s"] = eff["total_s_mean"].iloc[0] if len(eff) else math.nan
         row["KV MB"] = eff["kv_cache_mb_mean"].iloc[0] if len(eff) else math.nan
         row["visual KV MB"] = eff["visual_kv_mb_mean"].iloc[0] if len(eff) else math.nan
@@ -1417,12 +1425,12 @@ def aggregate(results_dir: Path | str, out_dir: Path | str | None = None,
                                  f"write the tables to a folder without results (default: {root / 'tables'})")
 
     scores = read_vlmeval(root, skip) + read_lmms(root, skip)
-    summary = pair_with_vanilla(_to_display(scores))
-    summary = summary.sort_values(
+    paired = pair_with_vanilla(_to_display(scores)).sort_values(  # the tables also read its "questions"
         ["framework", "base_model", "method", "variant", "keep_ratio", "benchmark", "primary", "metric"],
         ascending=[True, True, True, True, False, True, False, True],
         key=lambda col: col.map(lambda m: "%02d%s" % _method_rank(m)) if col.name == "method" else col,
-    )[SUMMARY_COLUMNS]
+    )
+    summary = paired[SUMMARY_COLUMNS]
     efficiency = summarize_efficiency(read_efficiency(root, skip))
     if summary.empty and efficiency.empty:  # write nothing: the tables of an earlier aggregation stay
         raise AggregationRefused(f"no results found under {root} (looked for *{', *'.join(VLMEVAL_SUFFIXES)}, "
@@ -1434,7 +1442,7 @@ def aggregate(results_dir: Path | str, out_dir: Path | str | None = None,
         log.warning("--shape %s=...: no run has base model %s (the runs' bases: %s)", base, base,
                     ", ".join(sorted(bases)))
     present = set(summary["framework"]) | set(efficiency["framework"])
-    tables = {fw: build_table(summary, efficiency, fw, options)  # before any write: an error leaves the old tables
+    tables = {fw: build_table(paired, efficiency, fw, options)  # before any write: an error leaves the old tables
               for fw in [*FRAMEWORKS, *sorted(present - set(FRAMEWORKS))] if fw in present}
     out.mkdir(parents=True, exist_ok=True)
     files = [out / "summary.csv", out / "efficiency.csv", out / "tables.xlsx"]

@@ -1356,6 +1356,22 @@ def test_flops_ratio_sums_the_samples_and_older_records_are_flagged(tmp_path):
         assert note in row["note"], row["note"]
 
 
+def test_records_covering_fewer_samples_than_were_scored_are_flagged(tmp_path):
+    """Records lost (a process's file moved aside, a crash between answer and record) would make the efficiency
+    columns average a subset of what was scored, vanilla's included: the predictions file says how many were."""
+    work = tmp_path / "w"
+    for name, method, ratio, recorded in (("Qwen2VL7B_Vanilla", "none", 1.0, 2), ("Qwen2VL7B_TCC25", "tcc", 0.25, 3)):
+        write_mcq_acc(work / name / f"{name}_MMStar_acc.csv", 50)
+        pd.DataFrame({"index": range(3), "prediction": ["A"] * 3}).to_excel(work / name / f"{name}_MMStar.xlsx",
+                                                                             index=False)
+        lines = [efficiency_line(name, "vlmeval", "MMStar", i, method, ratio, "Qwen2VL7B", 1000, round(1000 * ratio),
+                                 1, 2) for i in range(recorded)]
+        (work / name / f"{name}_MMStar_efficiency.jsonl").write_text("\n".join(lines) + "\n")
+    notes = aggregate(work).tables["vlmeval"].set_index("keep_ratio")["note"]
+    assert "efficiency records cover fewer samples than were scored (MMStar 2 of 3)" in notes[1.0]
+    assert "cover fewer" not in notes[0.25]
+
+
 def test_runs_on_other_samples_than_their_vanilla_are_flagged(tmp_path):
     """A quick --limit run (newest wins) beside a full one: lmms-eval's config names the limit on each score, and a
     run whose efficiency records count other samples per dataset than its vanilla's says so in the table."""
