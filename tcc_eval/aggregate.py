@@ -1300,7 +1300,7 @@ def build_table(summary: pd.DataFrame, efficiency: pd.DataFrame, framework: str,
             if other_counts:  # a --limit or stopped run, or index-less records of two runs
                 notes.append(f"efficiency records count other samples than vanilla's ({', '.join(other_counts)}): "
                              f"a --limit or stopped run scores other samples")
-        if len(eff) and "questions" in mine:  # VLMEvalKit scores say how many predictions they scored
+        if len(eff):  # VLMEvalKit scores say how many predictions they scored (0: not known)
             recorded = _dataset_samples(efficiency, framework, base, key)
             short = [f"{bench} {recorded[bench]} of {int(questions)}" for bench, questions
                      in mine.drop_duplicates("benchmark")[["benchmark", "questions"]].itertuples(index=False)

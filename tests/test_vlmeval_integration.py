@@ -355,6 +355,7 @@ def test_records_use_the_run_dataset_name():
     image = SimpleNamespace(dataset_name="TCCSynth_IMG")
     assert run_dataset_name("M_TCC50", image, "/w/M_TCC50/01_TCCSynth_IMG.pkl") == "TCCSynth_IMG"
     assert run_dataset_name("M_TCC50", image, None) == "TCCSynth_IMG"
+    assert run_dataset_name("M_TCC50", mvbench, None, "/w/M_TCC50/M_TCC50_MVBench_8frame.xlsx") == "MVBench_8frame"
 
 
 def test_bad_names_of_ours_stop_with_the_reason(tmp_path):

@@ -76,14 +76,16 @@ def append_record(path: str | os.PathLike, record: dict[str, Any]) -> None:
         os.close(fd)
 
 
-def run_dataset_name(model_name: str, dataset: Any, out_file: str | os.PathLike | None) -> str:
+def run_dataset_name(model_name: str, dataset: Any, out_file: str | os.PathLike | None,
+                     result_file: str | os.PathLike | None = None) -> str:
     """The ``--data`` name VLMEvalKit's result files carry.
 
     A video preset (``MVBench_8frame``) builds a dataset whose ``dataset_name`` is the base set
-    (``MVBench``); only the per-rank ``out_file`` (``<rank><world>_<MODEL>_<preset>.pkl``) keeps the preset.
-    Image sets use ``<rank><world>_<DATASET>.pkl`` and their own name.
+    (``MVBench``); only the per-rank ``out_file`` (``<rank><world>_<MODEL>_<preset>.pkl``) and the video job's
+    ``result_file`` (``<MODEL>_<preset>.xlsx``) keep the preset. Image sets use ``<rank><world>_<DATASET>.pkl`` and
+    their own name.
     """
-    stem = Path(out_file).stem.split("_", 1)[-1] if out_file else ""
+    stem = Path(out_file).stem.split("_", 1)[-1] if out_file else Path(result_file).stem if result_file else ""
     prefix = f"{model_name}_"
     return stem[len(prefix):] if stem.startswith(prefix) and len(stem) > len(prefix) else dataset.dataset_name
 
@@ -154,10 +156,7 @@ def checking_variant(infer_data_job: Callable) -> Callable:
     def checked(*args: Any, **kwargs: Any) -> Any:
         bound = signature.bind(*args, **kwargs).arguments
         model_name = str(bound["model_name"])
-        name = bound["dataset"].dataset_name
-        result_file = bound.get("result_file")  # video jobs: named by the --data preset (MVBench_8frame)
-        if result_file and Path(result_file).stem.startswith(f"{model_name}_"):
-            name = Path(result_file).stem[len(model_name) + 1:]
+        name = run_dataset_name(model_name, bound["dataset"], None, bound.get("result_file"))
         check_same_variant(records_path(bound["work_dir"], model_name, name),
                            variant_of(bound.get("model"), model_name))
         return infer_data_job(*args, **kwargs)
