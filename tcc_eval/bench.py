@@ -60,7 +60,7 @@ from .flops import (
     pyramid_stage_layers,
     pyramid_stage_ratio,
 )
-from .options import DEFAULT_INSTRUCTION_ROWS, output_file, positive_int, seed_int
+from .options import DEFAULT_INSTRUCTION_ROWS, add_json_output, check_json_output, positive_int, seed_int
 from .probe import instruction_to_visual
 
 METHODS = ("none", "tcc", "fastv_same_kept", "fastv_same_avg_retention", "dart_same_avg_retention",
@@ -597,13 +597,14 @@ def parse_args(argv: list[str] | None = None) -> tuple[BenchConfig, str | None]:
     p.add_argument("--pdrop-layers", help="PyramidDrop's stage layers, e.g. 2/14/21 (default: L/4, L/2, 3L/4)")
     add_machine_args(p)
     p.add_argument("--compressor", help="trained compressor checkpoint (default: random weights, same cost)")
-    p.add_argument("--json", type=output_file("bench.json"), help="write the results here")
+    add_json_output(p, "bench.json")
     args = p.parse_args(argv)
     if args.warmup < 0:
         p.error("--warmup must be >= 0")
     device = torch.device(args.device)
     dtype = args.dtype or ("bfloat16" if device.type == "cuda" else "float32")
     try:
+        check_json_output(args)
         name, shape, arch = parse_shape(args.shape)
         ratios = tuple(check_keep_ratio(r) for r in args.ratios.split(",") if r.strip())
         pdrop_layers = None if args.pdrop_layers is None else pyramid_stage_layers(shape.layers, args.pdrop_layers)

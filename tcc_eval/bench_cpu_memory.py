@@ -121,7 +121,7 @@ def format_table(result: dict[str, Any]) -> str:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     from .demo import FAMILIES, MODALITIES
-    from .options import positive_int, seed_int
+    from .options import add_json_output, check_json_output, positive_int, seed_int
 
     p = argparse.ArgumentParser(prog="python -m tcc_eval.bench_cpu_memory", description=__doc__.split("\n\n")[0])
     p.add_argument("--family", default="vila", choices=FAMILIES)
@@ -130,11 +130,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=seed_int, default=11, help="test-split seed")
     p.add_argument("--threads", type=positive_int, default=2, help="torch CPU threads in each child")
     p.add_argument("--repeats", type=int, default=2, help="rounds of both variants; rows report the median")
-    p.add_argument("--json", help="write the result here")
+    add_json_output(p, "cpu_memory.json", help="write the result here")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.n < 1 or args.repeats < 1 or args.threads < 1:
         p.error("--n, --repeats and --threads must be at least 1")
+    try:
+        check_json_output(args)
+    except ValueError as err:
+        p.error(str(err))
     return args
 
 

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from .bench import add_machine_args, build_llm, machine_info, make_inputs, parse_shape, report, run_variant_process
-from .options import output_file, positive_int
+from .options import add_json_output, check_json_output, positive_int
 from .oracle import frozen_weights, gradient_weighted_maps, layerwise_maps, relevance_row, streamed_relevance_rows
 
 VARIANTS = ("all_layers", "layerwise")
@@ -142,7 +142,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS),
                    help="layerwise alone measures lengths whose all_layers maps would not fit")
     add_machine_args(p)
-    p.add_argument("--json", type=output_file("oracle.json"), help="write the results here")
+    add_json_output(p, "oracle.json")
     p.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)  # set for the measuring child processes
     p.add_argument("--relevance-out", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -152,6 +152,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("need --system >= 0, --text > --answer (the answer rows are text rows) and --tokens > --system + "
                 "--text (some visual tokens)")
     try:
+        check_json_output(args)
         parse_shape(args.shape)
     except ValueError as err:
         p.error(str(err))

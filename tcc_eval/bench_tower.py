@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from .bench import add_machine_args, machine_info, report
-from .options import output_file
+from .options import add_json_output, check_json_output
 from .tower_attention import TowerAttentionRecorder, encoder_layers
 
 TOWERS = ("siglip-so400m", "qwen2-vl-vit", "qwen2.5-vl-vit")
@@ -135,8 +135,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3, help="timed rounds; rows report the median")
     p.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
     add_machine_args(p)
-    p.add_argument("--json", type=output_file("tower.json"), help="write the result here")
+    add_json_output(p, "tower.json", help="write the result here")
     args = p.parse_args(argv)
+    try:
+        check_json_output(args)
+    except ValueError as err:
+        p.error(str(err))
     if args.images < 1 or args.repeats < 1:
         p.error("--images and --repeats must be at least 1")
     if args.tower.startswith("qwen") and (args.side < 28 or args.side % 28):

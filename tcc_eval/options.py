@@ -182,6 +182,21 @@ def output_file(example: str) -> Callable[[str], str]:
     return check
 
 
+def add_json_output(parser: argparse.ArgumentParser, example: str, help: str = "write the results here") -> None:
+    """``--json`` and ``--overwrite``: a command's results file, which an earlier run's results there never lose to
+    a rerun unless it asks (:func:`check_json_output`, called before the run)."""
+    parser.add_argument("--json", default=None, type=output_file(example), help=help)
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
+
+
+def check_json_output(args: argparse.Namespace) -> None:
+    """Refuse a ``--json`` file that exists (an earlier run's results) unless ``--overwrite``: before the run, so a
+    refusal costs nothing."""
+    if args.json and Path(args.json).exists() and not args.overwrite:
+        raise ValueError(f"--json {args.json} exists (an earlier run's results): give another path, or pass "
+                         "--overwrite to replace it")
+
+
 def output_folder(holds: str) -> Callable[[str], Path]:
     """argparse type of a folder the command writes ``holds`` into: a file there is refused before any work."""
 

@@ -302,6 +302,23 @@ def test_oracle_bench_rejects_impossible_layouts(args, message, capsys):
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
 
 
+def test_benchmarks_keep_an_earlier_runs_json_unless_told_to_overwrite(tmp_path, capsys):
+    """Every benchmark refuses an existing --json before it measures anything; --overwrite lets it replace it."""
+    from tcc_eval import bench_cpu_memory, bench_oracle, bench_tower
+
+    earlier = tmp_path / "bench.json"
+    earlier.write_text("{}")
+    for parse in (bench.parse_args, bench_oracle.parse_args, bench_tower.parse_args, bench_cpu_memory.parse_args):
+        with pytest.raises(SystemExit) as refused:
+            parse(["--json", str(earlier)])
+        assert refused.value.code == 2
+        assert f"--json {earlier} exists (an earlier run's results): give another path, or pass --overwrite" in \
+            capsys.readouterr().err
+        parsed = parse(["--json", str(earlier), "--overwrite"])
+        assert (parsed[1] if isinstance(parsed, tuple) else parsed.json) == str(earlier)
+    assert earlier.read_text() == "{}"
+
+
 def test_tower_bench_times_the_tower_with_and_without_visionzip_scoring(monkeypatch, capsys, tmp_path):
     """The tower benchmark's plumbing on a tiny SigLIP (the real shapes take a minute a forward on 2 cores): both
     variants timed every round, the recorder saw the feature layer, ratios against the plain tower."""

@@ -426,6 +426,14 @@ def test_evaluate_never_writes_its_report_over_a_checkpoint(tmp_path, capsys, on
         with pytest.raises(ValueError, match=f"--json {target} names a checkpoint.*give a .json path"):
             main(["evaluate", "--labels", str(labels), "--compressor", str(ckpt), "--json", str(target)])
     assert ckpt.read_bytes() == trained and not (tmp_path / "report.pt").exists()
+    earlier = tmp_path / "fidelity.json"
+    earlier.write_text("an earlier run's report")
+    with pytest.raises(ValueError, match="fidelity.json exists .* pass --overwrite to replace it"):
+        main(["evaluate", "--labels", str(labels), "--compressor", str(ckpt), "--json", str(earlier)])
+    assert earlier.read_text() == "an earlier run's report"
+    assert main(["evaluate", "--labels", str(labels), "--compressor", str(ckpt), "--json", str(earlier),
+                 "--overwrite"]) == 0
+    assert json.loads(earlier.read_text())["compressor"] == str(ckpt)
     with pytest.raises(SystemExit):  # argparse: a folder is no report file
         main(["evaluate", "--labels", str(labels), "--compressor", str(ckpt), "--json", str(tmp_path)])
     assert "is a folder; give a file path" in capsys.readouterr().err

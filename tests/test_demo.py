@@ -541,7 +541,7 @@ def test_evaluate_cli_scores_the_methods_asked_for(tmp_path, capsys):
     assert main(["evaluate", "--methods", "magic"]) == 2
     assert "unknown method 'magic'" in capsys.readouterr().err
     assert main(["evaluate", "--methods", "a0", "--ratios", "0.5", "--n", "2", "--family", "qwen2_vl", "--modality",
-                 "image", "--threads", "1", "--instruction-rows", "last", "--json", str(out)]) == 0
+                 "image", "--threads", "1", "--instruction-rows", "last", "--json", str(out), "--overwrite"]) == 0
     (a0,) = [r for r in json.loads(out.read_text()) if r["method"] == "a0"]
     assert a0["instruction_rows"] == "last" and a0["n"] == 2
     assert main(["evaluate", "--methods", "tcc", "--instruction-rows", "last"]) == 2
@@ -573,6 +573,13 @@ def test_evaluate_cli_scores_the_methods_asked_for(tmp_path, capsys):
         with pytest.raises(SystemExit) as refused:
             main(["evaluate", *args])
         assert refused.value.code == 2 and message in capsys.readouterr().err
+    earlier = tmp_path / "demo.json"
+    earlier.write_text("[]")
+    for command in ("evaluate", "oracle-rules"):  # an earlier run's results are kept, refused before any model loads
+        with pytest.raises(SystemExit) as refused:
+            main([command, "--json", str(earlier)])
+        assert refused.value.code == 2 and f"--json {earlier} exists (an earlier run's results)" in capsys.readouterr().err
+    assert earlier.read_text() == "[]"
     with pytest.raises(SystemExit) as refused:
         main(["build", "--out", str(a_file), "--family", "qwen2_vl"])
     assert refused.value.code == 2 and f"argument --out: {a_file} is a file" in capsys.readouterr().err

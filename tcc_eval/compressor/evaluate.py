@@ -22,7 +22,7 @@ import torch
 from scipy.stats import spearmanr
 
 from ..core import keep_count, topk_in_order
-from ..options import output_file
+from ..options import add_json_output, check_json_output
 from ..oracle import METHOD_RULE, RELEVANCE_RULES
 from . import check_match, load_compressor
 from .network import kl_loss, make_target
@@ -157,6 +157,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json and (Path(args.json).suffix == ".pt" or Path(args.json).resolve() == Path(args.compressor).resolve()):
         raise ValueError(f"--json {args.json} names a checkpoint (the report would replace it): give a .json path, "
                          f"e.g. {Path(args.json).with_suffix('.json')}")
+    check_json_output(args)
     report = evaluate(args.labels, args.compressor, args.split, args.against, args.cross_modality)
     print(format_table(report))
     if args.json:
@@ -177,5 +178,4 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cross-modality", action="store_true",
                         help="score a compressor on labels of another modality than it was trained on (refused "
                         "otherwise) to measure how it transfers")
-    parser.add_argument("--json", default=None, type=output_file("fidelity.json"),
-                        help="also write the report as JSON here")
+    add_json_output(parser, "fidelity.json", help="also write the report as JSON here")

@@ -15,7 +15,8 @@ from ..options import (
     DEFAULT_INSTRUCTION_ROWS,
     INSTRUCTION_ROWS,
     RELEVANCE_RULES,
-    output_file,
+    add_json_output,
+    check_json_output,
     output_folder,
     positive_int,
     seed_int,
@@ -170,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--instruction-rows", default=DEFAULT_INSTRUCTION_ROWS, choices=INSTRUCTION_ROWS,
                    help=f"which text rows' layer-0 attention a0 reads (default {DEFAULT_INSTRUCTION_ROWS}; tcc: only "
                         f"that one, the demo compressors' rule)")
-    e.add_argument("--json", default=None, type=output_file("demo.json"), help="write the rows as JSON here")
+    add_json_output(e, "demo.json", help="write the rows as JSON here")
     e.set_defaults(func=cmd_evaluate)
 
     o = sub.add_parser("oracle-rules", help="oracle pointing per relevance rule (clamp = the method; abs, signed, "
@@ -184,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     o.add_argument("--variant", default=None, choices=sorted(VARIANTS),
                    help="the shipped models of a benchmark variant")
     o.add_argument("--threads", type=positive_int, default=2)
-    o.add_argument("--json", default=None, type=output_file("oracle_rules.json"), help="write the rows as JSON here")
+    add_json_output(o, "oracle_rules.json", help="write the rows as JSON here")
     o.set_defaults(func=cmd_oracle_rules)
 
     p = sub.add_parser("paths", help="print the local paths of the demo models, compressors and data as JSON")
@@ -194,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         demo_root(getattr(args, "root", None), getattr(args, "variant", None))
+        if hasattr(args, "json"):
+            check_json_output(args)
     except ValueError as err:
         parser.error(str(err))
     if getattr(args, "json", None):  # before the run, not after it: a bad path must not cost the evaluation
