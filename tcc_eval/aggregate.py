@@ -149,19 +149,63 @@ LMMS_DEFAULT_CHECKPOINTS = {"qwen2_vl": "Qwen/Qwen2-VL-7B-Instruct", "qwen2_5_vl
                             "vila_tcc": "Efficient-Large-Model/Llama-3-VILA1.5-8b"}
 
 
+def lmms_checkpoint(model: str | None, pretrained: str | None) -> str:
+    """The checkpoint an lmms-eval run loaded, as its model_args (or the model's default) name it."""
+    model_id = (model or "").strip()
+    if not pretrained:
+        pretrained = LMMS_DEFAULT_CHECKPOINTS.get(model_id, LMMS_DEFAULT_CHECKPOINTS.get(
+            LMMS_BASELINES.get(model_id, model_id)))
+    return str(pretrained or "").rstrip("/")
+
+
 def lmms_base_model(model: str | None, pretrained: str | None) -> str:
     """Readable base-model name for an lmms-eval run: the upstream model id (ours named by the one it wraps, so
     an upstream vanilla run pairs with ours) / basename of the checkpoint (the model's default when none is
-    given). Idempotent, so efficiency records may carry either the checkpoint path or this name."""
+    given). Idempotent, so efficiency records may carry either the checkpoint path or this name. Two checkpoints
+    of one basename get longer names from :func:`distinguish_checkpoints`."""
     model_id = (model or "").strip()
     family = LMMS_BASELINES.get(model_id, model_id)
     family = "" if "/" in family else family  # lmms-eval stores a checkpoint path when given a model object
-    if not pretrained:
-        pretrained = LMMS_DEFAULT_CHECKPOINTS.get(model_id, LMMS_DEFAULT_CHECKPOINTS.get(family))
-    name = Path(str(pretrained or "").rstrip("/")).name
+    name = Path(lmms_checkpoint(model_id, pretrained)).name
     if family and name:
         return f"{family}/{name}"
     return family or name or "unknown"
+
+
+def distinguish_checkpoints(scores: list[Score], records: pd.DataFrame) -> None:
+    """Give lmms-eval runs of different checkpoints that share a folder name (runA/checkpoint-1000 and
+    runB/checkpoint-1000) as many of their paths' last folders as tell them apart, in place: under one name,
+    one's compressed runs would be paired with the other's vanilla. A hub id and a local copy of it (Qwen/X,
+    /data/X) are told apart too, as nothing here can tell that they hold the same weights: their rows then have
+    no vanilla pair, and the warning says to run both with one path."""
+    def folders(checkpoint: str) -> tuple[str, ...]:
+        return tuple(part for part in Path(checkpoint).parts if part not in (Path(checkpoint).anchor, "."))
+
+    lmms = records["framework"] == "lmms_eval"
+    seen: dict[str, set[tuple[str, ...]]] = {}
+    for name, checkpoint in {*((s.base_model, s.checkpoint) for s in scores if s.framework == "lmms_eval"),
+                             *zip(records.loc[lmms, "base_model"], records.loc[lmms, "checkpoint"])}:
+        seen.setdefault(name, set()).add(folders(checkpoint))
+    renamed: dict[tuple[str, tuple[str, ...]], str] = {}
+    for name, paths in seen.items():
+        if len(paths) < 2:
+            continue
+        depth = 1
+        while len({path[-depth:] for path in paths}) < len(paths):
+            depth += 1
+        prefix = name[:len(name) - len(next(iter(paths))[-1])]  # "qwen2_vl/" of "qwen2_vl/checkpoint-1000"
+        for path in paths:
+            renamed[name, path] = prefix + "/".join(path[-depth:])
+        log.warning("lmms-eval runs of %d checkpoints share the name %s: told apart as %s. If two of them hold the "
+                    "same weights (a hub id and its local copy), run both with one pretrained= path so they pair",
+                    len(paths), name, ", ".join(sorted(renamed[name, path] for path in paths)))
+    if not renamed:
+        return
+    for score in scores:
+        if score.framework == "lmms_eval":
+            score.base_model = renamed.get((score.base_model, folders(score.checkpoint)), score.base_model)
+    records.loc[lmms, "base_model"] = [renamed.get((name, folders(checkpoint)), name) for name, checkpoint
+                                       in zip(records.loc[lmms, "base_model"], records.loc[lmms, "checkpoint"])]
 
 
 def parse_model_args(model_args: Any) -> dict[str, str]:
@@ -210,6 +254,7 @@ class Score:
     subset: str = ""  # the part of the benchmark scored ("--limit 8", lmms-eval's options); "" for all of it
     setup: str = ""  # lmms-eval model_args beyond the checkpoint, the method and the device ("max_pixels=...")
     questions: int = 0  # rows of the VLMEvalKit predictions file scored (0: not known)
+    checkpoint: str = ""  # the checkpoint an lmms-eval run loaded (lmms_checkpoint)
 
 
 def _walk(root: Path, skip: Path | None) -> Iterator[Path]:
@@ -833,7 +878,8 @@ def read_lmms(root: Path, skip: Path | None = None) -> list[Score]:
         except Exception as err:  # noqa: BLE001 - any unreadable file is skipped, never fatal
             _warn_skip(path, err)
             continue
-        base = lmms_base_model(model_id, args.get("pretrained") or args.get("model"))
+        checkpoint = lmms_checkpoint(model_id, args.get("pretrained") or args.get("model"))
+        base = lmms_base_model(model_id, checkpoint)
         run = f"{model_id}:{config.get('model_args')}"
         subset = lmms_subset(config)
         limited = f"{subset}: a subset of the benchmark" if subset else ""
@@ -845,7 +891,7 @@ def read_lmms(root: Path, skip: Path | None = None) -> list[Score]:
             scores.append(Score("lmms_eval", run, base, method, ratio, benchmark, metric, value, scale, primary,
                                 str(path), mtime, run_started(path, root, lmms_timezone(config)),
                                 "; ".join(filter(None, [note, recount, limited])), variant,
-                                subset=subset, setup=lmms_setup(args)))
+                                subset=subset, setup=lmms_setup(args), checkpoint=checkpoint))
     return scores
 
 
@@ -904,6 +950,7 @@ def read_efficiency(root: Path, skip: Path | None = None) -> pd.DataFrame:
                     raise ResultFileError(f"missing {', '.join(missing)}")
                 framework, base, method, ratio = _efficiency_key(record)
                 row = {"framework": framework, "base_model": base, "method": method,
+                       "checkpoint": lmms_checkpoint(record.get("model"), str(record["base_model"])),
                        "variant": method_variant(method, record.get("method_options")), "keep_ratio": ratio,
                        "dataset": str(record["dataset"]),
                        "index": json.dumps(record.get("index"), sort_keys=True, default=str),
@@ -932,7 +979,7 @@ def read_efficiency(root: Path, skip: Path | None = None) -> pd.DataFrame:
             rows.append(row)
         if bad > MAX_LINE_WARNINGS:
             log.warning("skipped %s: %d more bad lines", path, bad - MAX_LINE_WARNINGS)
-    frame = pd.DataFrame(rows, columns=[*RUN_KEY, "dataset", "index", "mtime", "started", "source",
+    frame = pd.DataFrame(rows, columns=[*RUN_KEY, "checkpoint", "dataset", "index", "mtime", "started", "source",
                                         *EFFICIENCY_NUMERIC,
                                         "batch_size", "first_call", "llm_shape", "pdrop_layers"])
     frame["keep_ratio"] = frame["keep_ratio"].astype(float).round(6)
@@ -1425,13 +1472,15 @@ def aggregate(results_dir: Path | str, out_dir: Path | str | None = None,
                                  f"write the tables to a folder without results (default: {root / 'tables'})")
 
     scores = read_vlmeval(root, skip) + read_lmms(root, skip)
+    records = read_efficiency(root, skip)
+    distinguish_checkpoints(scores, records)
     paired = pair_with_vanilla(_to_display(scores)).sort_values(  # the tables also read its "questions"
         ["framework", "base_model", "method", "variant", "keep_ratio", "benchmark", "primary", "metric"],
         ascending=[True, True, True, True, False, True, False, True],
         key=lambda col: col.map(lambda m: "%02d%s" % _method_rank(m)) if col.name == "method" else col,
     )
     summary = paired[SUMMARY_COLUMNS]
-    efficiency = summarize_efficiency(read_efficiency(root, skip))
+    efficiency = summarize_efficiency(records)
     if summary.empty and efficiency.empty:  # write nothing: the tables of an earlier aggregation stay
         raise AggregationRefused(f"no results found under {root} (looked for *{', *'.join(VLMEVAL_SUFFIXES)}, "
                                  f"*_results.json, *{EFFICIENCY_SUFFIX}); nothing was written. Pass the VLMEvalKit "

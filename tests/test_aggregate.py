@@ -1158,6 +1158,37 @@ def test_lmms_headline_metrics_of_mmstar_and_seedbench(tmp_path):
     assert (seed.score, seed.preservation) == pytest.approx((63.0, 0.9))
 
 
+def test_lmms_checkpoints_sharing_a_folder_name_are_not_paired(tmp_path, caplog):
+    """Two fine-tunes saved as .../checkpoint-1000: each compressed run is paired with its own checkpoint's
+    vanilla (not the newest of both), and its efficiency records stay with it."""
+    def write_run(model, run, method, ratio, date, mmstar):
+        args = f"pretrained=/ckpts/{run}/checkpoint-1000" + (f",method={method},ratio={ratio}" if method else "")
+        write_lmms_results(tmp_path / f"{run}_{method or 'upstream'}", model, args, date,
+                           {"mmstar": {"alias": "mmstar", "average,none": mmstar}}, {"mmstar": []},
+                           {"mmstar": {"original": 1500, "effective": 1500}})
+
+    write_run("qwen2_vl", "runA", None, 1.0, "20261201_100000", 0.60)
+    write_run("qwen2_vl", "runB", None, 1.0, "20261201_110000", 0.40)  # the newer vanilla, of the other checkpoint
+    write_run("qwen2_vl_tcc", "runA", "tcc", 0.5, "20261201_120000", 0.57)
+    records = tmp_path / "records"
+    records.mkdir()
+    (records / "a_efficiency.jsonl").write_text("\n".join(
+        efficiency_line("qwen2_vl_tcc", "lmms_eval", "mmstar", i, "tcc", 0.5, f"/ckpts/{run}/checkpoint-1000",
+                        1000, 500, prefill, 1.0) for i, (run, prefill) in enumerate([("runA", 0.2), ("runB", 0.7)])))
+    with caplog.at_level(logging.WARNING):
+        tables = aggregate(tmp_path)
+    assert "share the name qwen2_vl/checkpoint-1000: told apart as qwen2_vl/runA/checkpoint-1000, " \
+           "qwen2_vl/runB/checkpoint-1000" in caplog.text
+    tcc = row(tables.summary, "lmms_eval", "qwen2_vl/runA/checkpoint-1000", "tcc", 0.5, "mmstar", "average")
+    assert (tcc.vanilla_score, tcc.preservation) == pytest.approx((60.0, 0.95))
+    assert "newest of" not in row(tables.summary, "lmms_eval", "qwen2_vl/runB/checkpoint-1000", "none", 1.0,
+                                  "mmstar", "average").note
+    efficiency = tables.efficiency
+    prefill = efficiency[efficiency["dataset"] == "mmstar"].set_index("base_model")["prefill_s_mean"]
+    assert (prefill["qwen2_vl/runA/checkpoint-1000"], prefill["qwen2_vl/runB/checkpoint-1000"]) == \
+        pytest.approx((0.2, 0.7))
+
+
 def test_lmms_headline_metrics_of_pope_and_activitynetqa(tmp_path):
     """POPE's headline is its F1 (VLMEvalKit's POPE Overall), not pope_accuracy listed first; ActivityNet-QA's is
     gpt_eval_accuracy (percent), not the 0-5 gpt_eval_score rating listed first. POPE values come from lmms-eval's
