@@ -277,12 +277,24 @@ LMMS_RESULTS_NAME = re.compile(r"(\d{8})_(\d{6})_results\.json")
 LMMS_DEFAULT_TIMEZONE = "Asia/Singapore"  # lmms-eval's --timezone default (utils.get_datetime_str)
 
 
-def run_started(path: Path, root: Path, lmms_timezone: str | None = None) -> float:
+def _vlmeval_dataset_updated(folder: Path, dataset: str) -> float | None:
+    """When VLMEvalKit last ran ``dataset`` in ``folder``, from the status.json it keeps there: 0.0.20 writes a
+    local run straight into ``<work_dir>/<MODEL>/``, with no run folder to name it."""
+    try:
+        entry = json.loads((folder / "status.json").read_text(encoding="utf-8"))["datasets"][dataset]
+        return datetime.fromisoformat(entry["updated_at"]).timestamp()
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def run_started(path: Path, root: Path, lmms_timezone: str | None = None, vlmeval_dataset: str | None = None) -> float:
     """When the run that wrote ``path`` started, as its framework named it; the file's mtime where no name says.
     Names outlive a copy that resets mtimes (scp -r, cp -r, a git clone), which would otherwise pick the newest run
     by copy order. VLMEvalKit names its runs in this machine's time zone, lmms-eval in its ``--timezone``
     (``lmms_timezone``, from the results file; lmms-eval's default where it is not given), so runs named under
-    different ``--timezone`` values keep their order; the day alone counts as its start."""
+    different ``--timezone`` values keep their order; the day alone counts as its start. A VLMEvalKit file outside
+    a run folder takes the time its status.json gives ``vlmeval_dataset`` (the dataset's last update, which a copy
+    keeps too)."""
     match = LMMS_RESULTS_NAME.fullmatch(path.name)
     zone = None
     if match is not None:
@@ -295,7 +307,8 @@ def run_started(path: Path, root: Path, lmms_timezone: str | None = None) -> flo
         folders = path.parent.relative_to(root).parts if path.parent.is_relative_to(root) else ()
         match = next(filter(None, map(VLMEVAL_RUN_FOLDER.fullmatch, reversed(folders))), None)
     if match is None:
-        return path.stat().st_mtime
+        updated = _vlmeval_dataset_updated(path.parent, vlmeval_dataset) if vlmeval_dataset else None
+        return path.stat().st_mtime if updated is None else updated
     try:
         return datetime.strptime(match[1] + (match[2] or "000000"), "%Y%m%d%H%M%S").replace(tzinfo=zone).timestamp()
     except ValueError:  # digits that are no date
@@ -608,15 +621,14 @@ def read_vlmeval(root: Path, skip: Path | None = None) -> list[Score]:
         except Exception as err:  # noqa: BLE001 - any unreadable file is skipped, never fatal
             _warn_skip(path, err)
             continue
-        mtime = path.stat().st_mtime
+        mtime, started = path.stat().st_mtime, run_started(path, root, vlmeval_dataset=dataset)
         variant = _vlmeval_run_variant(path, root, model, dataset, method)
         fallback = _judge_fallback_note(path.parent, model, dataset, judge)
         questions = _vlmeval_questions(path.parent, model, dataset)
         for metric, value, scale, primary, note in rows:
             note = "; ".join(filter(None, [note, fallback if primary else ""]))
             scores.append(Score("vlmeval", model, base, method, ratio, dataset, metric, value, scale, primary,
-                                str(path), mtime, run_started(path, root), note, variant, judge,
-                                questions=questions))
+                                str(path), mtime, started, note, variant, judge, questions=questions))
     return scores
 
 
@@ -936,7 +948,9 @@ def read_efficiency(root: Path, skip: Path | None = None) -> pd.DataFrame:
         except (OSError, UnicodeDecodeError) as err:
             _warn_skip(path, err)
             continue
-        mtime, started = path.stat().st_mtime, run_started(path, root)
+        split = _vlmeval_model_dataset(path, root, EFFICIENCY_SUFFIX) if (path.parent / "status.json").is_file() \
+            else None  # our VLMEvalKit records, <MODEL>_<DATASET>_efficiency.jsonl beside VLMEvalKit's status.json
+        mtime, started = path.stat().st_mtime, run_started(path, root, vlmeval_dataset=split and split[1])
         bad = 0
         for number, line in enumerate(lines, 1):
             if not line.strip():

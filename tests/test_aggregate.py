@@ -390,6 +390,34 @@ def test_newest_run_is_read_from_the_run_names_not_the_file_times(tmp_path):
     assert lmms_row.score == pytest.approx(1300.0 + 400.0) and "20251128_130000" in lmms_row.source
 
 
+def test_vlmeval_local_runs_are_ordered_by_their_status_json_not_the_file_times(tmp_path):
+    """VLMEvalKit 0.0.20 writes a local run straight into <work_dir>/<MODEL>/ (no run folder); the status.json it
+    keeps there says when each dataset last ran, which a copy keeps: two work dirs copied newest first still give
+    the newer run's score and efficiency records."""
+    from vlmeval.smp.status_report import upsert_dataset_status
+
+    for work, correct, updated in [("wd_dec05", 50, "2025-12-05T10:00:00+01:00"),
+                                   ("wd_dec01", 57, "2025-12-01T10:00:00+01:00")]:
+        folder = tmp_path / work / "Qwen2VL7B_TCC50"
+        write_mcq_acc(folder / "Qwen2VL7B_TCC50_MMStar_acc.csv", correct)
+        (folder / "Qwen2VL7B_TCC50_MMStar_efficiency.jsonl").write_text(efficiency_line(
+            "Qwen2VL7B_TCC50", "vlmeval", "MMStar", 0, "tcc", 0.5, "Qwen2VL7B", 1000, 500, correct / 10, 9.0) + "\n")
+        upsert_dataset_status(folder, "Qwen2VL7B_TCC50", "MMStar", status="done")  # VLMEvalKit's own writer
+        status = json.loads((folder / "status.json").read_text())
+        status["datasets"]["MMStar"]["updated_at"] = updated
+        (folder / "status.json").write_text(json.dumps(status))
+    for path in (tmp_path / "wd_dec01").rglob("*"):  # the older run copied last: the newer file times
+        os.utime(path, (OLD + 100, OLD + 100))
+    for path in (tmp_path / "wd_dec05").rglob("*"):
+        os.utime(path, (OLD, OLD))
+
+    result = aggregate(tmp_path)
+    newest = row(result.summary.fillna(""), "vlmeval", "Qwen2VL7B", "tcc", 0.5, "MMStar", "Overall")
+    assert newest.score == pytest.approx(50.0) and "wd_dec05" in newest.source and "newest of 2 runs" in newest.note
+    efficiency = result.efficiency.set_index(["framework", "dataset"])
+    assert efficiency.loc[("vlmeval", "MMStar"), "prefill_s_mean"] == pytest.approx(5.0)
+
+
 def test_lmms_run_names_are_read_in_the_time_zone_they_were_named_in(tmp_path):
     """lmms-eval names its results in --timezone, Asia/Singapore (UTC+8) by default: a run named 17:28 there
     started before one named 09:29 under --timezone UTC."""
