@@ -1465,6 +1465,9 @@ class AggregationRefused(ValueError):
     written, and the tables already there are left as they are."""
 
 
+WRITTEN_LIST = ".tcc_aggregate_files.json"  # in the output folder: what the last aggregation wrote there
+
+
 def _is_results_file(path: Path) -> bool:
     return path.name.endswith((*VLMEVAL_SUFFIXES, "_results.json", EFFICIENCY_SUFFIX))
 
@@ -1521,10 +1524,19 @@ def aggregate(results_dir: Path | str, out_dir: Path | str | None = None,
         path.write_text(table_markdown(table, framework), encoding="utf-8")
         files.append(path)
         files.extend(plot_preservation(table, framework, out))
-    # a table or plot of an earlier aggregation that this one did not rewrite would be read as current
-    for stale in {*out.glob("table_*.md"), *out.glob("preservation_*.png")} - set(files):
-        log.info("removing stale %s (no longer produced by these results)", stale)
-        stale.unlink()
+    # a table or plot of an earlier aggregation that this one did not rewrite would be read as current; only files
+    # an aggregation wrote (its list in the folder) are removed, never a user's own table_*.md beside them
+    listed = out / WRITTEN_LIST
+    try:
+        earlier = set(json.loads(listed.read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError):
+        earlier = set()
+    for name in sorted(earlier - {path.name for path in files}):
+        stale = out / str(name)
+        if stale.parent == out and stale.name.startswith(("table_", "preservation_")) and stale.is_file():
+            log.info("removing stale %s (no longer produced by these results)", stale)
+            stale.unlink()
+    listed.write_text(json.dumps(sorted(path.name for path in files), indent=1), encoding="utf-8")
     return Tables(summary, efficiency, tables, files)
 
 

@@ -662,6 +662,9 @@ def test_rerun_drops_tables_of_vanished_runs_but_keeps_raw_files(tmp_path):
     aggregate(work)
     plots = work / "tables"
     assert (plots / "preservation_vlmeval_LLaVAOV.png").exists()
+    own = [plots / "table_main.md", plots / "preservation_figure3_final.png"]  # the user's, not the tables'
+    for path in own:
+        path.write_text("mine")
     moved = tmp_path / "elsewhere"
     (work / "LLaVAOV_TCC50").rename(moved)  # the user moves a base model's runs out of the results
     (work / "LLaVAOV_Vanilla").rename(tmp_path / "elsewhere_vanilla")
@@ -669,6 +672,7 @@ def test_rerun_drops_tables_of_vanished_runs_but_keeps_raw_files(tmp_path):
     assert (plots / "preservation_vlmeval_Qwen2VL.png").exists()
     assert not (plots / "preservation_vlmeval_LLaVAOV.png").exists()
     assert (moved / "LLaVAOV_TCC50_MMStar_acc.csv").exists()
+    assert all(path.read_text() == "mine" for path in own)
 
 
 def test_records_carry_shape_retention_and_fastv_k(tmp_path):
