@@ -476,6 +476,9 @@ def _readable_per_sample_scores(rating: Path, kept: str) -> pd.DataFrame | None:
         return None
 
 
+RATING_OWN_COUNT = "the rating's own count"  # an MVBench score not recounted from its per-sample file
+
+
 def _scores_from_rating(data: Any, path: Path) -> list[tuple[str, float, str, bool, str]]:
     """MVBench ``{task: [correct, total, "xx.xx%"], "overall": [...]}`` or Video-MME
     ``{"short"|"medium"|"long"|"overall": {"overall": "0.xxx", ...}}``.
@@ -499,12 +502,12 @@ def _scores_from_rating(data: Any, path: Path) -> list[tuple[str, float, str, bo
         except ResultFileError as err:  # the rating still holds: its own count, said to be that
             log.warning("%s: kept the rating's own count, which counts failed and empty answers as right: %s",
                         path, err)
-            samples, note = None, f"{note}, the rating's own count ({err})"
+            samples, note = None, f"{note}, {RATING_OWN_COUNT} ({err})"
         scores = None if samples is None else samples["score"]
         if scores is not None and len(scores) != int(total):  # another run's file, or a partial one: not this rating's
             log.warning("%s: kept the rating's own count: its per-sample file has %d rows for %d questions",
                         path, len(scores), int(total))
-            note = f"{note}, the rating's own count (the per-sample file has {len(scores)} rows)"
+            note = f"{note}, {RATING_OWN_COUNT} (the per-sample file has {len(scores)} rows)"
         elif scores is not None:
             recounted = float((scores == 1).sum())
             if recounted != correct:
@@ -1261,6 +1264,10 @@ def build_table(summary: pd.DataFrame, efficiency: pd.DataFrame, framework: str,
             differing = sorted(mine.loc[mine["note"].str.contains(marker, regex=False), "benchmark"])
             if differing:
                 notes.append(says.format(", ".join(differing)))
+        own_count = sorted(mine.loc[mine["note"].str.contains(RATING_OWN_COUNT, regex=False), "benchmark"])
+        if own_count:  # the recount needs the per-sample file: summary.csv and the warning say why it failed
+            notes.append(f"{RATING_OWN_COUNT} on {', '.join(own_count)}, which counts failed and empty answers as "
+                         "right (its per-sample file unreadable or of another run)")
         limited = sorted(mine.loc[mine["note"].str.contains("--limit", regex=False), "benchmark"])
         if limited:
             notes.append(f"scores of a --limit run on {', '.join(limited)}")
@@ -1304,7 +1311,9 @@ def build_table(summary: pd.DataFrame, efficiency: pd.DataFrame, framework: str,
                 row["Avg retention"] = fastv_average_retention(kept, shape.layers, fastv_k)
             else:
                 row["Avg retention"] = ratio
-                notes.append("layer-K average retention from the model name (LLM depth unknown)")
+                why = [*(["no efficiency records"] if math.isnan(measured) else []),
+                       *(["LLM depth unknown"] if shape is None else [])]
+                notes.append(f"layer-K average retention from the model name ({'; '.join(why)})")
         else:
             row["Avg retention"] = kept
         n_visual = next((f["visual_before_mean"].iloc[0] for f in (eff, vanilla_eff) if len(f)), math.nan)
@@ -1334,7 +1343,8 @@ def build_table(summary: pd.DataFrame, efficiency: pd.DataFrame, framework: str,
             row["FLOPs ratio"] = math.nan
         if eff.empty:  # a vanilla run too: lmms-eval's own models (qwen2_vl, llava_hf) write none
             notes.append("no efficiency records" + (" (a vanilla run of the framework's own model: run ours with "
-                                                    "method=none for them)" if method == "none" else ""))
+                                                    "method=none for them)"
+                                                    if method == "none" and framework == "lmms_eval" else ""))
         if len(eff) and eff["samples_without_visual"].iloc[0] > 0:
             notes.append(f"{int(eff['samples_without_visual'].iloc[0])} samples without visual tokens (text-only, or "
                          f"media the framework dropped: efficiency.csv per dataset)")

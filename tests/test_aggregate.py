@@ -952,9 +952,13 @@ def test_mvbench_failed_and_empty_answers_count_as_wrong(tmp_path):
     assert vanilla.note == "6/8"
     # an unreadable per-sample file loses no score: the rating's own count, said to be that
     (work / "Qwen2VL7B_TCC25" / "Qwen2VL7B_TCC25_MVBench_8frame_score.xlsx").write_bytes(b"not a workbook")
-    tcc = row(aggregate(work).summary, "vlmeval", "Qwen2VL7B", "tcc", 0.25, "MVBench_8frame", "overall")
+    tables = aggregate(work)
+    tcc = row(tables.summary, "vlmeval", "Qwen2VL7B", "tcc", 0.25, "MVBench_8frame", "overall")
     assert tcc.score == pytest.approx(75.0)
     assert "6/8, the rating's own count (Qwen2VL7B_TCC25_MVBench_8frame_score.xlsx is unreadable" in tcc.note
+    notes = tables.tables["vlmeval"].set_index("method")["note"]  # the table says it too, not only summary.csv
+    assert "the rating's own count on MVBench_8frame, which counts failed and empty answers as right" in notes["tcc"]
+    assert "rating's own count" not in notes["none"]
     # one of another length (a partial or another run's file) is not this rating's: its own count, said to be that
     pd.DataFrame({"index": range(5), "task_type": ["Action Count"] * 5, "score": [1, 0, 0, 0, 1]}).to_excel(
         work / "Qwen2VL7B_TCC25" / "Qwen2VL7B_TCC25_MVBench_8frame_score.xlsx", index=False)
@@ -1170,6 +1174,23 @@ def test_lmms_mvbench_empty_answers_count_as_wrong(tmp_path):
     half = row(aggregate(tmp_path).summary, "lmms_eval", base, "tcc", 0.5, "mvbench", "mvbench_accuracy")
     assert half.score == pytest.approx((1 / 2 + 2 / 3) / 2 * 100)
     assert "lmms-eval's own count on 2 of 2 tasks" in half.note
+
+
+def test_rows_without_records_say_why_their_costs_come_from_the_name(tmp_path):
+    """Without efficiency records a FastV row's average retention is its name's; the note gives the reasons that
+    hold (no records; the LLM depth only where no shape is known), and a VLMEvalKit vanilla row is not told to use
+    an lmms-eval model."""
+    for model, correct in (("Qwen2VL7B_Vanilla", 60), ("Qwen2VL7B_FastV25", 45), ("TinyQwen2VL_FastV25", 40)):
+        write_mcq_acc(tmp_path / model / f"{model}_MMStar_acc.csv", correct)
+    table = aggregate(tmp_path).tables["vlmeval"].set_index(["base_model", "method"])
+    known = table.loc[("Qwen2VL7B", "fastv")]
+    assert known["Avg retention"] == pytest.approx(0.25)
+    assert "layer-K average retention from the model name (no efficiency records)" in known["note"]
+    assert "LLM depth unknown" not in known["note"]
+    assert "layer-K average retention from the model name (no efficiency records; LLM depth unknown)" in \
+        table.loc[("TinyQwen2VL", "fastv"), "note"]
+    vanilla = table.loc[("Qwen2VL7B", "none"), "note"]
+    assert "no efficiency records" in vanilla and "framework's own model" not in vanilla
 
 
 def test_lmms_headline_metrics_of_mmstar_and_seedbench(tmp_path):
