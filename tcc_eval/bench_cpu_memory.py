@@ -64,7 +64,7 @@ def run_child(family: str, modality: str, n: int, seed: int, threads: int) -> di
             out[workload]["pointing"] = result["pointing"]
         scores.update(json.dumps(result, sort_keys=True).encode())
     out["rows_sha1"] = scores.hexdigest()
-    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
     return out
 
 
@@ -94,7 +94,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                       for key in ("wall_s", "user_s", "kernel_s", "minor_faults")},
                    "wall_runs_s": [m["wall_s"] for m in measured]}
             if workload == WORKLOADS[-1]:  # the child's peak, reached by its last workload at the latest
-                row["peak_rss_mb"] = statistics.median(run["peak_rss_mb"] for run in runs[name])
+                row["peak_rss_mib"] = statistics.median(run["peak_rss_mib"] for run in runs[name])
             rows.append(row)
         base = rows[-len(VARIANTS)]
         for row in rows[-len(VARIANTS):]:
@@ -111,9 +111,9 @@ def format_table(result: dict[str, Any]) -> str:
              f"{result['load_after'][0]:.2f} on {result['cpu_count']} CPUs; same answers and oracle scores in "
              f"every run: {'yes' if result['same_results'] else 'NO'}",
              f"{'workload':<10}{'variant':<16}{'wall s':>9}{'ratio':>7}{'user s':>9}{'kernel s':>10}{'faults':>11}"
-             f"{'peak RSS MB':>13}"]
+             f"{'peak RSS MiB':>13}"]
     for row in result["rows"]:
-        peak = f"{row['peak_rss_mb']:>13.0f}" if "peak_rss_mb" in row else ""
+        peak = f"{row['peak_rss_mib']:>13.0f}" if "peak_rss_mib" in row else ""
         lines.append(f"{row['workload']:<10}{row['variant']:<16}{row['wall_s']:>9.2f}{row['wall_ratio']:>7.3f}"
                      f"{row['user_s']:>9.2f}{row['kernel_s']:>10.2f}{row['minor_faults']:>11.0f}{peak}")
     return "\n".join(lines)

@@ -444,5 +444,5 @@ def test_cpu_memory_bench_runs_both_variants_in_fresh_processes(tmp_path, capsys
         assert row["wall_s"] > 0 and row["minor_faults"] > 0
     oracle = result["runs"]["top pad"][0]["oracle"]
     assert 0 <= oracle["pointing"] <= 1 and 0 <= oracle["accuracy"] <= 1
-    assert all(row["peak_rss_mb"] > 0 for row in result["rows"] if row["workload"] == "oracle")
+    assert all(row["peak_rss_mib"] > 0 for row in result["rows"] if row["workload"] == "oracle")
     assert "same answers and oracle scores in every run: yes" in capsys.readouterr().out
