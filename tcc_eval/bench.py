@@ -30,6 +30,7 @@ import argparse
 import json
 import os
 import platform
+import random
 import statistics
 import subprocess
 import sys
@@ -490,7 +491,8 @@ def check_config(cfg: BenchConfig) -> None:
 
 
 def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run every measurement serially (warm-up rounds, then ``repeats`` timed rounds); returns the JSON."""
+    """Run every measurement serially (warm-up rounds, then ``repeats`` timed rounds, each running the cases in its
+    own seeded random order, so no case always runs right after the same other one); returns the JSON."""
     device, dtype = torch.device(cfg.device), getattr(torch, cfg.dtype)
     check_config(cfg)
     llm = build_llm(cfg.shape, cfg.arch, device, dtype, cfg.seed)
@@ -498,16 +500,16 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
     cases = plan(cfg, llm, compressor, device, dtype)
     results: list[list[Outcome]] = [[] for _ in cases]
     load_before, share = os.getloadavg(), CpuShare()
-    load_per_round = []
+    load_per_round, shuffle = [], random.Random(cfg.seed)
     with torch.inference_mode():
         for round_idx in range(cfg.warmup + cfg.repeats):
             timed = round_idx >= cfg.warmup
-            for case, outs in zip(cases, results):
-                if case.run is None:
+            for index in shuffle.sample(range(len(cases)), len(cases)):
+                if cases[index].run is None:
                     continue
-                outcome = case.run()
+                outcome = cases[index].run()
                 if timed:
-                    outs.append(outcome)
+                    results[index].append(outcome)
             load_per_round.append(os.getloadavg()[0])
             log(f"round {round_idx + 1}/{cfg.warmup + cfg.repeats} ({'timed' if timed else 'warm-up'}) done, "
                 f"load {load_per_round[-1]:.2f}")
