@@ -302,6 +302,29 @@ def test_oracle_bench_rejects_impossible_layouts(args, message, capsys):
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
 
 
+def test_each_round_runs_the_cases_in_an_order_of_its_own(monkeypatch):
+    """No case always follows the same other one (a fixed order once put tcc below its physical floor); every
+    round still runs each case once, and the rows keep the plan's order."""
+    planned, calls = bench.plan, []
+
+    def recording_plan(*args):
+        cases = planned(*args)
+        for case in cases:
+            case.run = (lambda run=case.run, name=(case.method, case.keep_ratio): calls.append(name) or run())
+        return cases
+
+    monkeypatch.setattr(bench, "plan", recording_plan)
+    cfg, _ = bench.parse_args(["--shape", TINY, "--visual", str(N_V), "--text", str(TEXT), "--system", str(SYSTEM),
+                               "--ratios", "0.5", "--repeats", "2", "--warmup", "1", "--device", "cpu"])
+    result = bench.run_bench(cfg, log=lambda msg: None)
+    cases = len(result["rows"])
+    rounds = [calls[i:i + cases] for i in range(0, len(calls), cases)]
+    assert len(rounds) == 3 and all(sorted(r) == sorted(rounds[0]) and len(set(r)) == cases for r in rounds)
+    assert len({tuple(r) for r in rounds}) > 1
+    assert [(r["method"], r["keep_ratio"]) for r in result["rows"]] == [("none", 1.0)] + [
+        (m, 0.5) for m in bench.METHODS[1:]]
+
+
 def test_benchmarks_keep_an_earlier_runs_json_unless_told_to_overwrite(tmp_path, capsys):
     """Every benchmark refuses an existing --json before it measures anything; --overwrite lets it replace it."""
     from tcc_eval import bench_cpu_memory, bench_oracle, bench_tower
