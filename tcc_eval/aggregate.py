@@ -1341,6 +1341,9 @@ def build_table(summary: pd.DataFrame, efficiency: pd.DataFrame, framework: str,
                 notes.append("FLOPs ratio at the mean visual token count (records without per-sample FLOPs)")
         else:
             row["FLOPs ratio"] = math.nan
+        if method == "oracle" and not math.isnan(row["FLOPs ratio"]):  # a reference, not a method one deploys
+            notes.append("FLOPs ratio of the pruned prefill only: the oracle's own answer generation, forward and "
+                         "backward pass are in prefill s")
         if eff.empty:  # a vanilla run too: lmms-eval's own models (qwen2_vl, llava_hf) write none
             notes.append("no efficiency records" + (" (a vanilla run of the framework's own model: run ours with "
                                                     "method=none for them)"

@@ -1176,12 +1176,15 @@ def test_lmms_mvbench_empty_answers_count_as_wrong(tmp_path):
     assert "lmms-eval's own count on 2 of 2 tasks" in half.note
 
 
-def test_rows_without_records_say_why_their_costs_come_from_the_name(tmp_path):
+def test_row_notes_say_where_their_costs_come_from(tmp_path):
     """Without efficiency records a FastV row's average retention is its name's; the note gives the reasons that
     hold (no records; the LLM depth only where no shape is known), and a VLMEvalKit vanilla row is not told to use
-    an lmms-eval model."""
-    for model, correct in (("Qwen2VL7B_Vanilla", 60), ("Qwen2VL7B_FastV25", 45), ("TinyQwen2VL_FastV25", 40)):
+    an lmms-eval model. An oracle row's FLOPs ratio says what it leaves out."""
+    for model, correct in (("Qwen2VL7B_Vanilla", 60), ("Qwen2VL7B_FastV25", 45), ("TinyQwen2VL_FastV25", 40),
+                           ("Qwen2VL7B_Oracle50", 59)):
         write_mcq_acc(tmp_path / model / f"{model}_MMStar_acc.csv", correct)
+    (tmp_path / "Qwen2VL7B_Oracle50" / "Qwen2VL7B_Oracle50_MMStar_efficiency.jsonl").write_text(efficiency_line(
+        "Qwen2VL7B_Oracle50", "vlmeval", "MMStar", 0, "oracle", 0.5, "Qwen2VL7B", 1000, 500, 0.5, 3.0) + "\n")
     table = aggregate(tmp_path).tables["vlmeval"].set_index(["base_model", "method"])
     known = table.loc[("Qwen2VL7B", "fastv")]
     assert known["Avg retention"] == pytest.approx(0.25)
@@ -1191,6 +1194,9 @@ def test_rows_without_records_say_why_their_costs_come_from_the_name(tmp_path):
         table.loc[("TinyQwen2VL", "fastv"), "note"]
     vanilla = table.loc[("Qwen2VL7B", "none"), "note"]
     assert "no efficiency records" in vanilla and "framework's own model" not in vanilla
+    oracle = table.loc[("Qwen2VL7B", "oracle")]  # its FLOPs ratio leaves out what the oracle costs itself
+    assert 0 < oracle["FLOPs ratio"] < 0.5
+    assert "the oracle's own answer generation, forward and backward pass are in prefill s" in oracle["note"]
 
 
 def test_lmms_headline_metrics_of_mmstar_and_seedbench(tmp_path):
