@@ -274,11 +274,13 @@ def test_a_second_variant_of_a_name_in_one_folder_is_refused(registered, tmp_pat
     from vlmeval.inference import infer_data_job
     from vlmeval.inference_video import infer_data_job_video
 
+    from tcc_eval.demo import paths
     from tcc_eval.integrations.vlmeval.records import append_record, check_same_variant, records_path, variant_of
 
     name = "TinyQwen2VL_A050"
     plain = variant_of(name, name)  # a name VLMEvalKit builds inside infer_data: its registered keywords
-    assert plain == {"method": "a0", "keep_ratio": 0.5, "method_options": {"fastv_k": 1}}  # the tiny base's option
+    assert plain == {"method": "a0", "keep_ratio": 0.5, "method_options": {"fastv_k": 1},  # the tiny base's option
+                     "model_path": paths()["qwen2_vl"]["model"]}
     assert variant_of(SimpleNamespace(tcc_variant=lambda: plain), name) == plain
     assert variant_of("GPT4V", "GPT4V") is None and variant_of(SimpleNamespace(), "GPT4V") is None
     folder = tmp_path / name
@@ -286,7 +288,7 @@ def test_a_second_variant_of_a_name_in_one_folder_is_refused(registered, tmp_pat
     append_record(records, {"index": 0, **plain, "method_options": {"budget": "per_group", "fastv_k": 1}})
     dataset = SimpleNamespace(dataset_name="TCCSynth_IMG", data=pd.DataFrame({"index": [0]}))
     expected = (r"holds TinyQwen2VL_A050_TCCSynth_IMG results of another variant \(method=a0 keep_ratio=0.5 "
-                r"budget=per_group; this run: method=a0 keep_ratio=0.5\).*give this variant its own --work-dir")
+                r"budget=per_group; this run: method=a0 keep_ratio=0.5\).*give this run its own --work-dir")
     with pytest.raises(ValueError, match=expected):
         infer_data_job(name, work_dir=str(folder), model_name=name, dataset=dataset)
     # the video job returns a complete prediction file's answers before infer_data: checked before it too
@@ -300,6 +302,25 @@ def test_a_second_variant_of_a_name_in_one_folder_is_refused(registered, tmp_pat
     with same.open("a") as handle:  # see it: a0 at its default budget, and a seed a0 does not read
         handle.write('{"index": 1, "meth')  # a line cut short by a killed run
     check_same_variant(same, plain)  # the same variant resumes
+
+    # another checkpoint or compressor under the name (a --config model_path / compressor, an env override): refused
+    tcc = variant_of("TinyQwen2VL_TCC50", "TinyQwen2VL_TCC50")
+    assert tcc["compressors"] == {m: paths()["qwen2_vl"][f"compressor_{m}"] for m in ("image", "video")}
+    records = records_path(tmp_path / "tcc", "TinyQwen2VL_TCC50", "TCCSynth_IMG")
+    record = {"index": 0, "method": "tcc", "keep_ratio": 0.5, "method_options": {"fastv_k": 1}, "modality": "image",
+              "model_path": tcc["model_path"], "compressor": tcc["compressors"]["image"]}
+    append_record(records, record)
+    check_same_variant(records, tcc)
+    link = tmp_path / "same_model"
+    link.symlink_to(tcc["model_path"])
+    check_same_variant(records, {**tcc, "model_path": str(link)})  # one checkpoint, written another way
+    with pytest.raises(ValueError, match=r"results of another checkpoint \(.*qwen2_vl; this run: /other/ckpt\)"):
+        check_same_variant(records, {**tcc, "model_path": "/other/ckpt"})
+    retrained = {**tcc, "compressors": {**tcc["compressors"], "image": "/new/qwen2_vl_image.pt"}}
+    with pytest.raises(ValueError, match=r"results of another image compressor \(.*qwen2_vl_image.pt; this run: "
+                                         r"/new/qwen2_vl_image.pt\).*give this run its own --work-dir"):
+        check_same_variant(records, retrained)
+    check_same_variant(records, {**tcc, "compressors": {"video": "/new/qwen2_vl_video.pt"}})  # not this modality's
 
 
 def test_config_entries_under_torchrun_keep_the_world_size(registered, monkeypatch):

@@ -6,7 +6,8 @@ records go (``<work_dir>/<MODEL>/<MODEL>_<DATASET>_efficiency.jsonl``) and which
 prompted (noted when the dataset's or the model's ``build_prompt`` sees the row). Records are only
 ever appended, one JSON object per line, so reruns add lines (the last line per index is the latest)
 and VLMEvalKit's own files are never touched. A folder holding another variant's records of the name (other
-``--config`` method options) is refused before inference: VLMEvalKit would resume from that variant's answers.
+``--config`` method options, another checkpoint or compressor) is refused before inference: VLMEvalKit would
+resume from that variant's answers.
 """
 
 from __future__ import annotations
@@ -91,8 +92,9 @@ def run_dataset_name(model_name: str, dataset: Any, out_file: str | os.PathLike 
 
 
 def variant_of(model: Any, model_name: str) -> dict[str, Any] | None:
-    """The method, ratio and options a run of ours makes (None: not ours). ``model`` is the built model, or its
-    name when VLMEvalKit builds it inside ``infer_data`` with the registered entry's keywords."""
+    """The method, ratio, options, checkpoint and compressors a run of ours makes (None: not ours). ``model`` is
+    the built model, or its name when VLMEvalKit builds it inside ``infer_data`` with the registered entry's
+    keywords."""
     if isinstance(model, str):
         from vlmeval.config import supported_VLM
 
@@ -101,18 +103,40 @@ def variant_of(model: Any, model_name: str) -> dict[str, Any] | None:
         if "method" not in keywords:
             return None
         return {"method": keywords["method"], "keep_ratio": keywords["keep_ratio"],
-                "method_options": dict(keywords.get("method_options") or {})}
+                "method_options": dict(keywords.get("method_options") or {}),
+                **run_files(keywords["base"], keywords["method"], keywords.get("model_path"),
+                            keywords.get("compressor"))}
     variant = getattr(model, "tcc_variant", None)
     return variant() if callable(variant) else None
+
+
+def run_files(base_name: str, method: str, model_path: Any = None, compressor: Any = None) -> dict[str, Any]:
+    """The checkpoint and (tcc) the compressor per modality a run of ``base_name`` loads, as its records name them;
+    what cannot be resolved is left out (the model's constructor says why when it is built)."""
+    from model_registry import all_bases, available_compressors, resolve_model_path
+
+    found: dict[str, Any] = {}
+    base = all_bases().get(base_name)
+    if base is None:
+        return found
+    try:
+        found["model_path"] = resolve_model_path(base, model_path)
+        if method == "tcc":
+            found["compressors"] = {modality: os.fspath(file) for modality, file
+                                    in available_compressors(base, compressor).items()
+                                    if isinstance(file, (str, os.PathLike))}
+    except (NotImplementedError, FileNotFoundError, ValueError):
+        pass
+    return found
 
 
 def check_same_variant(path: Path, variant: dict[str, Any] | None) -> None:
     """Refuse to run a variant into a folder holding another variant's results under the same name.
 
     VLMEvalKit 0.0.20 resumes from any prediction file of the name in its folder, ``--reuse`` or not: a second
-    variant (other ``--config`` method options) would take over the first's answers, and its records would mix with
-    them. Variants are told apart as the tables tell them: options a method does not read, or at their defaults,
-    make none.
+    variant (other ``--config`` method options, another checkpoint or compressor) would take over the first's
+    answers, and its records would mix with them. Method variants are told apart as the tables tell them: options a
+    method does not read, or at their defaults, make none.
     """
     if variant is None or not path.is_file():
         return
@@ -125,12 +149,33 @@ def check_same_variant(path: Path, variant: dict[str, Any] | None) -> None:
         if not isinstance(record, dict):
             continue
         had = _variant_key(record)
-        if had != want:
+        differs = [] if had == want else [("variant", _describe(had), _describe(want))]
+        differs += [(what, theirs, ours) for what, theirs, ours in _files_of(record, variant)
+                    if not _same_file(theirs, ours)]
+        if differs:
+            what, theirs, ours = differs[0]
             raise ValueError(
                 f"{path.parent} already holds {path.name.removesuffix('_efficiency.jsonl')} results of another "
-                f"variant ({_describe(had)}; this run: {_describe(want)}). VLMEvalKit would resume from its "
-                f"predictions, so the answers would be the other variant's: give this variant its own --work-dir, "
-                f"or move {path.parent} away")
+                f"{what} ({theirs}; this run: {ours}). VLMEvalKit would resume from its predictions, so the answers "
+                f"would be the other {what}'s: give this run its own --work-dir, or move {path.parent} away")
+
+
+def _files_of(record: dict[str, Any], variant: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(what, the record's, this run's) for the checkpoint and the record's modality's compressor, where both are
+    known (records of versions before these fields, or a run whose files cannot be resolved, compare nothing)."""
+    pairs = []
+    if record.get("model_path") and variant.get("model_path"):
+        pairs.append(("checkpoint", str(record["model_path"]), str(variant["model_path"])))
+    compressors = variant.get("compressors") or {}
+    if record.get("compressor") and record.get("modality") in compressors:
+        pairs.append((f"{record['modality']} compressor", str(record["compressor"]),
+                      str(compressors[record["modality"]])))
+    return pairs
+
+
+def _same_file(a: str, b: str) -> bool:
+    """One checkpoint or compressor, however it was written (a relative path, a symlink); hub ids by name."""
+    return a == b or (os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b))
 
 
 def _variant_key(record: dict[str, Any]) -> tuple[Any, Any, str]:

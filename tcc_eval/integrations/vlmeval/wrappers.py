@@ -242,7 +242,8 @@ class TCCModelMixin:
 
     def tcc_variant(self) -> dict[str, Any]:
         """What this model runs as, beyond its name (``records.check_same_variant`` compares it with a folder's)."""
-        return {"method": self.method, "keep_ratio": self.keep_ratio, "method_options": self.method_options}
+        return {"method": self.method, "keep_ratio": self.keep_ratio, "method_options": self.method_options,
+                "model_path": self.model_path, "compressors": dict(self._compressor_files)}
 
     def _load(self):
         """The unpruned model (sdpa) and its processor, from ``self.model_path`` (a folder or hub id)."""
