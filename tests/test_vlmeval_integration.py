@@ -7,6 +7,7 @@ untrained compressors found through TCC_COMPRESSOR_DIR.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -321,6 +322,19 @@ def test_a_second_variant_of_a_name_in_one_folder_is_refused(registered, tmp_pat
                                          r"/new/qwen2_vl_image.pt\).*give this run its own --work-dir"):
         check_same_variant(records, retrained)
     check_same_variant(records, {**tcc, "compressors": {"video": "/new/qwen2_vl_video.pt"}})  # not this modality's
+    # records of this version also hash the compressor: one retrained into the same file is another compressor
+    assert tcc["compressor_sha1s"]["image"] == hashlib.sha1(Path(tcc["compressors"]["image"]).read_bytes()).hexdigest()
+    hashed = records_path(tmp_path / "hashed", "TinyQwen2VL_TCC50", "TCCSynth_IMG")
+    append_record(hashed, {**record, "compressor_sha1": "0" * 40})
+    with pytest.raises(ValueError, match=r"another image compressor \(.*qwen2_vl_image.pt, sha1 000000000000; this "
+                                         r"run: .*qwen2_vl_image.pt, sha1 [0-9a-f]{12}\)"):
+        check_same_variant(hashed, tcc)
+    copied = tmp_path / "copy_of_image.pt"  # the same weights under another name: the same compressor
+    copied.write_bytes(Path(tcc["compressors"]["image"]).read_bytes())
+    same_weights = records_path(tmp_path / "copied", "TinyQwen2VL_TCC50", "TCCSynth_IMG")
+    append_record(same_weights, {**record, "compressor": str(copied),
+                                 "compressor_sha1": tcc["compressor_sha1s"]["image"]})
+    check_same_variant(same_weights, tcc)
 
 
 def test_config_entries_under_torchrun_keep_the_world_size(registered, monkeypatch):

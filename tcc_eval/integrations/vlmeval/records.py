@@ -13,6 +13,7 @@ resume from that variant's answers.
 from __future__ import annotations
 
 import functools
+import hashlib
 import inspect
 import json
 import numbers
@@ -125,9 +126,19 @@ def run_files(base_name: str, method: str, model_path: Any = None, compressor: A
             found["compressors"] = {modality: os.fspath(file) for modality, file
                                     in available_compressors(base, compressor).items()
                                     if isinstance(file, (str, os.PathLike))}
-    except (NotImplementedError, FileNotFoundError, ValueError):
+            found["compressor_sha1s"] = {modality: file_sha1(file) for modality, file in found["compressors"].items()}
+    except (NotImplementedError, FileNotFoundError, ValueError, OSError):
         pass
     return found
+
+
+def file_sha1(path: str | os.PathLike) -> str:
+    """A compressor file's content hash: retrained into the same path, it is another compressor."""
+    digest = hashlib.sha1()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def check_same_variant(path: Path, variant: dict[str, Any] | None) -> None:
@@ -150,8 +161,7 @@ def check_same_variant(path: Path, variant: dict[str, Any] | None) -> None:
             continue
         had = _variant_key(record)
         differs = [] if had == want else [("variant", _describe(had), _describe(want))]
-        differs += [(what, theirs, ours) for what, theirs, ours in _files_of(record, variant)
-                    if not _same_file(theirs, ours)]
+        differs += [(what, theirs, ours) for what, theirs, ours, same in _files_of(record, variant) if not same]
         if differs:
             what, theirs, ours = differs[0]
             raise ValueError(
@@ -160,16 +170,24 @@ def check_same_variant(path: Path, variant: dict[str, Any] | None) -> None:
                 f"would be the other {what}'s: give this run its own --work-dir, or move {path.parent} away")
 
 
-def _files_of(record: dict[str, Any], variant: dict[str, Any]) -> list[tuple[str, str, str]]:
-    """(what, the record's, this run's) for the checkpoint and the record's modality's compressor, where both are
-    known (records of versions before these fields, or a run whose files cannot be resolved, compare nothing)."""
+def _files_of(record: dict[str, Any], variant: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
+    """(what, the record's, this run's, same) for the checkpoint and the record's modality's compressor, where both
+    are known (records of versions before these fields, or a run whose files cannot be resolved, compare nothing).
+    Compressors compare by content where both hashes are known, else by file."""
     pairs = []
     if record.get("model_path") and variant.get("model_path"):
-        pairs.append(("checkpoint", str(record["model_path"]), str(variant["model_path"])))
-    compressors = variant.get("compressors") or {}
-    if record.get("compressor") and record.get("modality") in compressors:
-        pairs.append((f"{record['modality']} compressor", str(record["compressor"]),
-                      str(compressors[record["modality"]])))
+        theirs, ours = str(record["model_path"]), str(variant["model_path"])
+        pairs.append(("checkpoint", theirs, ours, _same_file(theirs, ours)))
+    modality = record.get("modality")
+    compressors, hashes = variant.get("compressors") or {}, variant.get("compressor_sha1s") or {}
+    if record.get("compressor") and modality in compressors:
+        theirs, ours = str(record["compressor"]), str(compressors[modality])
+        if record.get("compressor_sha1") and modality in hashes:
+            theirs, ours = f"{theirs}, sha1 {record['compressor_sha1'][:12]}", f"{ours}, sha1 {hashes[modality][:12]}"
+            same = record["compressor_sha1"] == hashes[modality]
+        else:
+            same = _same_file(theirs, ours)
+        pairs.append((f"{modality} compressor", theirs, ours, same))
     return pairs
 
 

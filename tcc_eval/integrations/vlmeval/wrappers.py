@@ -231,6 +231,7 @@ class TCCModelMixin:
         self.model = _PrunedGenerate(self)
         self._pruned: dict[str, Any] = {}
         self._compressor_files: dict[str, str] = {}  # modality -> the file tcc loaded, for the records
+        self._compressor_sha1s: dict[str, str] = {}  # and its content's hash
         self._modality = self._modality_default
         self.last_stats: dict[str, Any] = {}
         self.last_record: dict[str, Any] | None = None
@@ -243,7 +244,8 @@ class TCCModelMixin:
     def tcc_variant(self) -> dict[str, Any]:
         """What this model runs as, beyond its name (``records.check_same_variant`` compares it with a folder's)."""
         return {"method": self.method, "keep_ratio": self.keep_ratio, "method_options": self.method_options,
-                "model_path": self.model_path, "compressors": dict(self._compressor_files)}
+                "model_path": self.model_path, "compressors": dict(self._compressor_files),
+                "compressor_sha1s": dict(self._compressor_sha1s)}
 
     def _load(self):
         """The unpruned model (sdpa) and its processor, from ``self.model_path`` (a folder or hub id)."""
@@ -259,6 +261,7 @@ class TCCModelMixin:
                 compressor = resolve_compressor(self.base, modality, self.compressor)
                 if isinstance(compressor, (str, os.PathLike)):  # which file, of the several places looked at
                     self._compressor_files[modality] = os.fspath(compressor)
+                    self._compressor_sha1s[modality] = records.file_sha1(compressor)
                     print(f"[tcc_eval] {self.base.name} tcc compressor for {modality} inputs: "
                           f"{os.fspath(compressor)}", file=sys.stderr)
                 if self.compressor is None:  # the registry's <Base>_<modality>.pt: checked against its modality
@@ -311,6 +314,7 @@ class TCCModelMixin:
             "model_path": self.model_path,
             "modality": self._modality,
             "compressor": self._compressor_files.get(self._modality),
+            "compressor_sha1": self._compressor_sha1s.get(self._modality),
             "time": time.time(),
             **self.last_stats,
         }
