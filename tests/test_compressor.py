@@ -563,8 +563,15 @@ def test_training_never_replaces_an_earlier_compressor_unasked_or_midway(tmp_pat
     assert load_compressor(ckpt).train_stats == {"marker": "earlier run"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pt", "labels"]  # no partial checkpoint left behind
     monkeypatch.setattr(train_module, "mean_loss", real_mean_loss)
+    partial = tmp_path / "c.pt.partial"
+    partial.write_bytes(b"another run's best epoch")  # a second run writing one --out is refused, not mixed in
+    with pytest.raises(ValueError, match=f"{partial} exists: another training run is writing --out {ckpt}"):
+        main([*args, "--overwrite"])
+    assert partial.read_bytes() == b"another run's best epoch"
+    assert load_compressor(ckpt).train_stats == {"marker": "earlier run"}
+    partial.unlink()
     assert main([*args, "--overwrite"]) == 0
-    assert load_compressor(ckpt).train_stats["epochs_run"] == 3 and not (tmp_path / "c.pt.partial").exists()
+    assert load_compressor(ckpt).train_stats["epochs_run"] == 3 and not partial.exists()
 
 
 def test_training_on_labels_the_model_answered_wrongly_says_so(tmp_path):

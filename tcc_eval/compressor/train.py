@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -205,6 +206,13 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     # the best epoch so far is kept beside --out and moved onto it at the end: a run that stops early or fails
     # leaves an earlier compressor at --out as it was
     partial = out.with_name(out.name + ".partial")
+    try:  # claimed before training: two runs writing one --out would otherwise save their epochs into one file
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(partial, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+    except FileExistsError:
+        raise ValueError(f"{partial} exists: another training run is writing --out {out}, or one was killed before "
+                         f"it ended; wait for that run, give another --out, or delete {partial} if no run is using "
+                         f"it") from None
     try:
         stats = _fit(args, partial, source, modality, samples, bad, start)
         partial.replace(out)
